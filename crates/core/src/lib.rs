@@ -13,3 +13,72 @@ pub use message::{Envelope, HelloAck, Message, Refusal, RequestId};
 pub use types::{
     Generation, Geometry, Incarnation, IoFailure, RegionSet, ReplicaId, Seq, SessionId, Stamp,
 };
+
+pub mod membership;
+pub mod meta;
+pub mod replica;
+pub mod target;
+
+pub use membership::{consistency_factor, Member, Membership, MembershipError, REPLICAS_MAX};
+pub use target::{
+    ClientError, ClientOp, ClientReply, ClientReplyBody, ClientRequest, ClientRequestId, Command,
+    EjectReason, Fenced, ReplicaMode, ResyncProgress, Target, TargetEvent, TargetInput,
+    TargetOptions, TargetOutput, VolumeStatus,
+};
+
+pub use meta::{MetaUpdate, ReplicaMeta, Superblock};
+pub use replica::{DiskOp, DiskOpId, Replica, ReplicaInput, ReplicaOptions, ReplicaOutput, WriteOrigin};
+
+/// Known bugs that tests can plant (with the `planted-bugs` feature) to show that the simulator's
+/// checkers catch them. Without the feature no bug can be planted and every check is `false`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// G1: acknowledge writes and flushes after one healthy replica instead of CF.
+    AckBeforeConsistencyFactor,
+    /// G3: copy resync segments without the range lock, so older data lands over newer writes.
+    CopyWithoutRangeLock,
+    /// G5: replicas accept targets of older generations.
+    SkipGenerationCheck,
+    /// G3: resync only the regions the source changed, not those the returning replica changed.
+    ResyncOnlySourceSide,
+    /// G4: serve reads from replicas that are still being resynced.
+    ReadFromUnhealthyReplica,
+    /// G6: allow removing a replica while the others are not all Healthy.
+    RemoveWhileDegraded,
+    /// G2: a restarted target recovers from the least advanced replica.
+    RecoverFromLeastAdvanced,
+}
+
+/// The planted bug, if any. A zero-sized `false` in builds without the `planted-bugs` feature.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bugs {
+    #[cfg(feature = "planted-bugs")]
+    planted: Option<PlantedBug>,
+}
+
+impl Bugs {
+    pub const fn none() -> Bugs {
+        Bugs {
+            #[cfg(feature = "planted-bugs")]
+            planted: None,
+        }
+    }
+
+    #[cfg(feature = "planted-bugs")]
+    pub const fn plant(bug: PlantedBug) -> Bugs {
+        Bugs { planted: Some(bug) }
+    }
+
+    #[inline]
+    pub fn has(&self, bug: PlantedBug) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.planted == Some(bug)
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            let _ = bug;
+            false
+        }
+    }
+}

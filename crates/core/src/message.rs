@@ -76,8 +76,9 @@ pub enum Message {
         data: Bytes,
         region_seq: Seq,
     },
-    /// All segments were sent; the replica makes them durable and is consistent again.
-    FinishResync,
+    /// All segments were sent; the replica makes them durable and is consistent again, holding
+    /// the volume's history up to `stamp`.
+    FinishResync { stamp: Stamp },
 
     // ---- replica -> target ----
     /// Accepts a session and reports what the replica holds.
@@ -156,7 +157,7 @@ impl Message {
             Message::StartResync { .. } => "start-resync",
             Message::ReadSegment { .. } => "read-segment",
             Message::WriteSegment { .. } => "write-segment",
-            Message::FinishResync => "finish-resync",
+            Message::FinishResync { .. } => "finish-resync",
             Message::HelloAck(_) => "hello-ack",
             Message::Refused(_) => "refused",
             Message::WriteDone { .. } => "write-done",

@@ -1,0 +1,87 @@
+//! `tandem sim`: replay one seed of the simulator, or run a swarm of seeds.
+
+use std::time::Instant;
+
+use anyhow::{ensure, Result};
+use clap::Subcommand;
+use tandem_core::Bugs;
+use tandem_sim::{run_seed, swarm_config, RunReport, SwarmSummary};
+
+#[derive(Subcommand)]
+pub enum SimCommand {
+    /// Replays one seed exactly and prints what happened.
+    Replay {
+        /// The seed to replay (as printed by a swarm).
+        seed: u64,
+    },
+    /// Runs many seeds and prints the faults injected and any violations.
+    Swarm {
+        /// How many seeds to run.
+        #[arg(long, default_value_t = 500)]
+        seeds: u64,
+        /// The first seed; the swarm runs `first..first+seeds`.
+        #[arg(long, default_value_t = 0)]
+        first: u64,
+    },
+}
+
+/// Returns `Ok(false)` when the simulator found violations.
+pub fn run(command: SimCommand) -> Result<bool> {
+    match command {
+        SimCommand::Replay { seed } => {
+            let config = swarm_config(seed);
+            println!(
+                "seed {seed}: {} replicas on {} nodes, faults {:?}",
+                config.replicas, config.nodes, config.faults
+            );
+            let report = run_seed(seed, Bugs::none());
+            print_report(&report);
+            Ok(report.violations.is_empty())
+        }
+        SimCommand::Swarm { seeds, first } => {
+            ensure!(seeds > 0, "--seeds must be at least 1");
+            let started = Instant::now();
+            let mut summary = SwarmSummary::default();
+            for seed in first..first + seeds {
+                let report = run_seed(seed, Bugs::none());
+                for violation in &report.violations {
+                    println!("seed {seed}: {violation}");
+                }
+                summary.add(&report);
+            }
+            print_summary(&summary, started.elapsed().as_secs_f64());
+            Ok(summary.violations.is_empty())
+        }
+    }
+}
+
+fn print_report(report: &RunReport) {
+    println!(
+        "ran {} ticks: {} client requests answered, {} reads checked, {} resyncs",
+        report.ticks, report.acked_ops, report.checked_reads, report.resyncs
+    );
+    println!("faults: {:?}", report.faults);
+    println!("network: {:?}", report.network);
+    for (replica, modes) in &report.modes_seen {
+        println!("replica {}: {:?}", replica.0, modes);
+    }
+    if report.violations.is_empty() {
+        println!("violations: 0");
+    }
+    for violation in &report.violations {
+        println!("VIOLATION {violation}");
+    }
+}
+
+fn print_summary(summary: &SwarmSummary, seconds: f64) {
+    println!("seeds run: {} in {seconds:.1}s", summary.seeds);
+    println!(
+        "client requests answered: {}, reads checked: {}, resyncs finished: {}",
+        summary.acked_ops, summary.checked_reads, summary.resyncs
+    );
+    println!("faults injected:");
+    for (name, count) in &summary.faults {
+        println!("  {name:<28} {count}");
+    }
+    println!("violations: {}", summary.violations.len());
+}
