@@ -79,6 +79,8 @@ pub enum Message {
     /// All segments were sent; the replica makes them durable and is consistent again, holding
     /// the volume's history up to `stamp`.
     FinishResync { stamp: Stamp },
+    /// A heartbeat: an idle session is probed so a dead one (or a newer target) is noticed.
+    Ping { request: RequestId },
 
     // ---- replica -> target ----
     /// Accepts a session and reports what the replica holds.
@@ -112,6 +114,7 @@ pub enum Message {
     ResyncFinished {
         result: Result<(), IoFailure>,
     },
+    Pong { request: RequestId },
 }
 
 /// What a replica tells a target when it accepts a session.
@@ -124,6 +127,9 @@ pub struct HelloAck {
     pub consistent: bool,
     /// The newest operation applied, if consistent.
     pub stamp: Stamp,
+    /// False after an unclean restart: the replica then knows only the stamp of its last
+    /// checkpoint, while its cache may hold later writes (in its activity-log regions).
+    pub stamp_exact: bool,
     /// If not consistent: the newest acknowledged write the unfinished resync was bringing in.
     pub sync_stamp: Stamp,
     /// Every operation at or below this is durable here and part of every future history.
@@ -158,6 +164,7 @@ impl Message {
             Message::ReadSegment { .. } => "read-segment",
             Message::WriteSegment { .. } => "write-segment",
             Message::FinishResync { .. } => "finish-resync",
+            Message::Ping { .. } => "ping",
             Message::HelloAck(_) => "hello-ack",
             Message::Refused(_) => "refused",
             Message::WriteDone { .. } => "write-done",
@@ -168,6 +175,7 @@ impl Message {
             Message::SegmentData { .. } => "segment-data",
             Message::SegmentWritten { .. } => "segment-written",
             Message::ResyncFinished { .. } => "resync-finished",
+            Message::Pong { .. } => "pong",
         }
     }
 }

@@ -173,6 +173,9 @@ pub struct Replica {
     barrier: Option<(Barrier, SessionId)>,
     /// The newest operation started, in this replica's current history.
     last_applied: Stamp,
+    /// False after an unclean restart until the replica is resynced or serves as a source:
+    /// `last_applied` is then only the stamp of the last checkpoint.
+    stamp_exact: bool,
     /// The newest durable watermark heard from the target.
     committed: Seq,
     /// Set when storage failed a sync or metadata write: the data can no longer be trusted.
@@ -200,8 +203,12 @@ impl Replica {
             region_seqs[region as usize] = SEQ_UNKNOWN;
             regions_changed.insert(region);
         }
+        // With an empty activity log nothing was written after the last checkpoint, so the
+        // persisted stamp is exact.
+        let stamp_exact = activity_log.is_empty();
         Replica {
             options,
+            stamp_exact,
             last_applied: superblock.stamp,
             committed: superblock.checkpoint,
             superblock,
@@ -298,6 +305,11 @@ impl Replica {
         }
         session.next_in += 1;
         let work = match envelope.message {
+            Message::Ping { request } => {
+                let session = session.id;
+                self.send(session, Message::Pong { request }, out);
+                return;
+            }
             Message::Write {
                 seq,
                 offset,
@@ -630,6 +642,11 @@ impl Replica {
             self.failed_writes = None;
         }
         self.last_applied = self.last_applied.max(Stamp::new(session.generation(), seq));
+        if self.superblock.consistent {
+            // A consistent replica that is sent live writes is the target's source: its disk is
+            // the volume's history now, whatever it held beyond its checkpoint.
+            self.stamp_exact = true;
+        }
         self.note_region_change(offset, len, seq, false);
         let id = self.disk_op_id();
         self.inflight.insert(
@@ -814,6 +831,7 @@ impl Replica {
             incarnation: self.superblock.incarnation,
             consistent,
             stamp: self.history_stamp(),
+            stamp_exact: self.stamp_exact,
             sync_stamp: self.superblock.sync_stamp,
             checkpoint: self.superblock.checkpoint,
             dirty: self.regions_changed_after(self.superblock.checkpoint),
@@ -958,6 +976,7 @@ impl Replica {
                     }
                     Barrier::FinishResync { stamp } => {
                         self.last_applied = self.last_applied.max(stamp);
+                        self.stamp_exact = true;
                         self.failed_writes = None;
                         self.superblock.consistent = !self.storage_failed;
                         self.superblock.stamp = self.last_applied;

@@ -140,9 +140,10 @@ pub enum TargetEvent {
     Fenced,
     /// Recovery finished: `source` holds the volume's history up to `stamp`.
     RecoveredFrom { source: ReplicaId, stamp: Stamp },
-    /// Recovery found no replica holding the newest acknowledged write: they all lost power
-    /// before it was flushed. The volume continues from the newest surviving state.
-    UnflushedWritesLost {
+    /// Recovery found no replica known to hold the newest acknowledged write. Writes after
+    /// `recovered` survive only where the source's cache kept them: they were never flushed, and
+    /// every replica holding them lost power or its storage.
+    RecoveredBehind {
         newest_acknowledged: Stamp,
         recovered: Stamp,
     },
@@ -261,6 +262,8 @@ struct Connected {
     /// before it only once resynced.
     first_live_seq: Seq,
     answered_at_tick: u64,
+    /// The last tick anything arrived on this session.
+    heard_at_tick: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -634,6 +637,7 @@ impl Target {
                     return;
                 }
                 connected.next_in += 1;
+                connected.heard_at_tick = self.now_tick;
                 self.on_replica_message(from, envelope.message, out);
             }
             _ => {} // Another session's message: stale.
@@ -701,6 +705,7 @@ impl Target {
             awaited: BTreeMap::new(),
             first_live_seq: self.seq_last.next(),
             answered_at_tick: self.now_tick,
+            heard_at_tick: self.now_tick,
         }));
         match self.phase {
             Phase::Recovering => self.try_activate(out),
@@ -769,11 +774,12 @@ impl Target {
         }
         // Only fresh answers describe what a replica holds now; the others were already told to
         // resync by this target and hold no usable prefix.
-        let fresh = answered
+        let fresh: Vec<&(ReplicaId, LinkState, HelloAck)> = answered
             .iter()
-            .filter(|(_, state, _)| *state == LinkState::Answered);
+            .filter(|(_, state, _)| *state == LinkState::Answered)
+            .collect();
         let mut needed = fresh
-            .clone()
+            .iter()
             .filter(|(_, _, ack)| !ack.consistent)
             .map(|(_, _, ack)| ack.sync_stamp)
             .max()
@@ -781,28 +787,54 @@ impl Target {
         if self.resumed {
             needed = needed.max(self.acked_max);
         }
-        let consistent = fresh.filter(|(_, _, ack)| ack.consistent);
+        let consistent: Vec<&(ReplicaId, LinkState, HelloAck)> = fresh
+            .iter()
+            .copied()
+            .filter(|(_, _, ack)| ack.consistent)
+            .collect();
         let least_advanced = self.options.bugs.has(PlantedBug::RecoverFromLeastAdvanced);
         let source = if least_advanced {
-            consistent.min_by_key(|(_, _, ack)| ack.stamp)
+            consistent.iter().min_by_key(|(_, _, ack)| ack.stamp)
         } else {
-            consistent.max_by_key(|(_, _, ack)| ack.stamp)
+            consistent.iter().max_by_key(|(_, _, ack)| ack.stamp)
         };
         let Some((source, _, source_ack)) = source else {
             return;
         };
         let (source, source_stamp) = (*source, source_ack.stamp);
-        if source_stamp < needed && !least_advanced {
-            // Without a power loss some consistent replica is always that advanced, so wait for
-            // the others. If every member has answered, waiting cannot help: writes that were
-            // acknowledged but never flushed were lost with power. Serve what survived.
-            if answered.len() < self.membership.replication_factor() {
+        // After an unclean restart a replica knows only its checkpoint's stamp, though its cache
+        // may hold more; such stamps cannot be compared. Choosing by stamp is then safe only if
+        // enough replicas know theirs exactly that every write acknowledged on CF replicas is on
+        // one of them (more than RF - CF), or if the target knows its own acknowledged history.
+        let exact = consistent.iter().filter(|(_, _, ack)| ack.stamp_exact).count();
+        let inexact = consistent.len() - exact;
+        let replication_factor = self.membership.replication_factor();
+        let comparable = inexact == 0
+            || self.resumed
+            || exact > replication_factor - self.membership.consistency_factor();
+        let (mut source, mut source_stamp) = (source, source_stamp);
+        if (source_stamp < needed || !comparable) && !least_advanced {
+            // Wait for the others. Once every member has answered (a member whose storage was
+            // replaced answers with nothing), waiting cannot help: serve the best there is. A
+            // replica whose stamp is inexact was killed, and its cache holds everything it
+            // applied unless it also lost power; it is the better bet than one known to be behind.
+            if !self.every_member_answered() {
                 return;
             }
-            out.push(TargetOutput::Event(TargetEvent::UnflushedWritesLost {
-                newest_acknowledged: needed,
-                recovered: source_stamp,
-            }));
+            let inexact = consistent
+                .iter()
+                .filter(|(_, _, ack)| !ack.stamp_exact)
+                .max_by_key(|(_, _, ack)| ack.stamp);
+            if let Some((replica, _, ack)) = inexact {
+                if source_stamp < needed {
+                    (source, source_stamp) = (*replica, ack.stamp);
+                }
+            } else if source_stamp < needed {
+                out.push(TargetOutput::Event(TargetEvent::RecoveredBehind {
+                    newest_acknowledged: needed,
+                    recovered: source_stamp,
+                }));
+            }
         }
         self.phase = Phase::Active;
         out.push(TargetOutput::Event(TargetEvent::RecoveredFrom {
@@ -854,6 +886,14 @@ impl Target {
                 self.send(replica, message.clone(), Some(Awaited::Op(seq)), out);
             }
         }
+    }
+
+    /// True if every member has answered since the target (re)started recovering: trusted ones
+    /// with their data, and members whose storage was replaced (a new incarnation) with nothing.
+    fn every_member_answered(&self) -> bool {
+        self.membership.members.iter().all(|member| {
+            self.connected(member.replica).is_some() || !member.trusted
+        })
     }
 
     /// Falls back to recovery when no Healthy replica is left: nothing can be served or copied
@@ -1149,6 +1189,7 @@ impl Target {
                 self.answered(from, Awaited::Marker);
                 self.on_resync_finished(from, result, out);
             }
+            Message::Pong { request } => self.answered(from, Awaited::Request(request)),
             _ => self.eject(from, EjectReason::SessionBroken, out),
         }
     }
@@ -1611,6 +1652,13 @@ impl Target {
                     let oldest = c.awaited.values().min().copied();
                     if oldest.is_some_and(|sent| sent + self.options.replica_timeout_ticks <= now) {
                         self.eject(replica, EjectReason::Timeout, out);
+                    } else if c.awaited.is_empty()
+                        && c.heard_at_tick + self.options.replica_timeout_ticks / 2 <= now
+                    {
+                        // An idle session is probed: a replica that moved on to a newer target
+                        // (or whose session silently broke) then times out and is reconnected.
+                        let request = self.request_id();
+                        self.send(replica, Message::Ping { request }, Some(Awaited::Request(request)), out);
                     } else if self.phase == Phase::Recovering
                         && c.state == LinkState::Answered
                         && c.answered_at_tick + self.options.replica_timeout_ticks <= now

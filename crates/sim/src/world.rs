@@ -355,6 +355,37 @@ impl Sim {
         self.events.is_empty() && self.target().is_some_and(|t| t.outstanding_requests() == 0)
     }
 
+    /// True if the node still has replica storage (not removed by a scale-down).
+    pub fn has_storage(&self, replica: ReplicaId) -> bool {
+        self.nodes.get(&replica).is_some_and(|n| n.disk.is_some())
+    }
+
+    /// The latest result of `command`, if the target answered it.
+    pub fn command_result(&self, command: Command) -> Option<Result<(), String>> {
+        self.command_results
+            .iter()
+            .rev()
+            .find(|(c, _)| *c == command)
+            .map(|(_, result)| result.clone())
+    }
+
+    /// Events of generation `generation`'s target.
+    pub fn events_of(&self, generation: Generation) -> impl Iterator<Item = &TargetEvent> {
+        self.target_events
+            .iter()
+            .filter(move |(_, g, _)| *g == generation)
+            .map(|(_, _, event)| event)
+    }
+
+    /// Replaces a replica's storage with fresh, empty storage (a new disk): same identity, new
+    /// incarnation.
+    pub fn wipe_replica(&mut self, replica: ReplicaId) {
+        self.crash_replica(replica, false);
+        self.create_storage(replica, false);
+        let now = self.history.now();
+        self.nodes.get_mut(&replica).expect("exists").wiped_at = Some(now);
+    }
+
     pub fn pending_client_ops(&self) -> usize {
         self.clients.len()
     }
@@ -891,9 +922,8 @@ impl Sim {
         if self.rng.gen_range(0..1000) < 5 {
             self.network.heal();
         }
-        if chance(&mut self.rng, rates.replica_crash_ppm) || chance(&mut self.rng, rates.power_loss_ppm) {
-            let power_loss = chance(&mut self.rng, rates.power_loss_ppm.saturating_mul(2).min(1_000_000))
-                && rates.power_loss_ppm > 0;
+        let power_loss = chance(&mut self.rng, rates.power_loss_ppm);
+        if power_loss || chance(&mut self.rng, rates.replica_crash_ppm) {
             if let Some(&replica) = with_storage.iter().choose(&mut self.rng) {
                 if self.nodes[&replica].process.is_some() {
                     self.crash_replica(replica, power_loss);
@@ -943,23 +973,21 @@ impl Sim {
                 }
             }
         }
-        // A replaced disk loses a replica's data. A volume survives that only while another
-        // replica holds a consistent copy, so wipe only when another one is Healthy; once per run.
+        // A replaced disk loses a replica's data. By design a volume survives that when every
+        // other trusted replica is Healthy (they all hold every acknowledged write); once per run.
         if chance(&mut self.rng, rates.wipe_ppm)
             && self.faults.wipes == 0
             && self.control_plane.membership.replication_factor() >= 3
         {
             if let Some(&replica) = members.iter().choose(&mut self.rng) {
                 let others_healthy = self.target().is_some_and(|target| {
-                    members.iter().any(|r| {
-                        *r != replica && target.replica_mode(*r) == Some(ReplicaMode::Healthy)
-                    })
+                    target.status() == VolumeStatus::Healthy
+                        && members.iter().all(|r| {
+                            *r == replica || target.replica_mode(*r) == Some(ReplicaMode::Healthy)
+                        })
                 });
                 if self.nodes[&replica].disk.is_some() && others_healthy {
-                    self.crash_replica(replica, false);
-                    self.create_storage(replica, false);
-                    let now = self.history.now();
-                    self.nodes.get_mut(&replica).expect("exists").wiped_at = Some(now);
+                    self.wipe_replica(replica);
                     self.faults.wipes += 1;
                 }
             }

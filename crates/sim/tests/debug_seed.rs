@@ -27,6 +27,7 @@ fn dump_replicas() {
     sim.workload_on = true;
     for _ in 0..stop {
         sim.step();
+        if sim.now_tick > stop - 3 { println!("{} TARGETS {}", sim.now_tick, sim.describe_targets()); }
         if sim.now_tick % 10 == 0 || sim.now_tick > stop - 30 {
             for r in 1..=4 {
                 if let Some(replica) = sim.replica(tandem_core::ReplicaId(r)) {

@@ -15,8 +15,8 @@
 //! | `Result<Bytes, IoFailure>` | u8 tag 0 = Ok followed by the bytes, or tag 1 = Err and the failure code |
 //! | `Refusal`              | u8: 1 = Fenced + generation u64, 2 = WrongReplica + replica u64, 3 = GeometryMismatch |
 //!
-//! Kind tags: target -> replica messages use `0x01..=0x0a`, replica -> target messages use
-//! `0x41..=0x4a`. Tag 0 is never valid.
+//! Kind tags: target -> replica messages use `0x01..=0x0b`, replica -> target messages use
+//! `0x41..=0x4b`. Tag 0 is never valid.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tandem_core::{
@@ -38,6 +38,7 @@ const START_RESYNC: u8 = 0x07;
 const READ_SEGMENT: u8 = 0x08;
 const WRITE_SEGMENT: u8 = 0x09;
 const FINISH_RESYNC: u8 = 0x0a;
+const PING: u8 = 0x0b;
 // replica -> target
 const HELLO_ACK: u8 = 0x41;
 const REFUSED: u8 = 0x42;
@@ -49,6 +50,7 @@ const RESYNC_STARTED: u8 = 0x47;
 const SEGMENT_DATA: u8 = 0x48;
 const SEGMENT_WRITTEN: u8 = 0x49;
 const RESYNC_FINISHED: u8 = 0x4a;
+const PONG: u8 = 0x4b;
 
 // ---- small enumerations ----
 const RESULT_OK: u8 = 0;
@@ -75,6 +77,7 @@ pub(crate) fn kind_tag(message: &Message) -> u8 {
         Message::ReadSegment { .. } => READ_SEGMENT,
         Message::WriteSegment { .. } => WRITE_SEGMENT,
         Message::FinishResync { .. } => FINISH_RESYNC,
+        Message::Ping { .. } => PING,
         Message::HelloAck(_) => HELLO_ACK,
         Message::Refused(_) => REFUSED,
         Message::WriteDone { .. } => WRITE_DONE,
@@ -85,6 +88,7 @@ pub(crate) fn kind_tag(message: &Message) -> u8 {
         Message::SegmentData { .. } => SEGMENT_DATA,
         Message::SegmentWritten { .. } => SEGMENT_WRITTEN,
         Message::ResyncFinished { .. } => RESYNC_FINISHED,
+        Message::Pong { .. } => PONG,
     }
 }
 
@@ -101,6 +105,7 @@ pub(crate) fn kind_name(tag: u8) -> Option<&'static str> {
         READ_SEGMENT => "read-segment",
         WRITE_SEGMENT => "write-segment",
         FINISH_RESYNC => "finish-resync",
+        PING => "ping",
         HELLO_ACK => "hello-ack",
         REFUSED => "refused",
         WRITE_DONE => "write-done",
@@ -111,6 +116,7 @@ pub(crate) fn kind_name(tag: u8) -> Option<&'static str> {
         SEGMENT_DATA => "segment-data",
         SEGMENT_WRITTEN => "segment-written",
         RESYNC_FINISHED => "resync-finished",
+        PONG => "pong",
         _ => return None,
     })
 }
@@ -192,11 +198,13 @@ pub(crate) fn encode_payload(message: &Message, out: &mut BytesMut) {
             out.put_u64_le(region_seq.0);
         }
         Message::FinishResync { stamp } => put_stamp(out, stamp),
+        Message::Ping { request } | Message::Pong { request } => out.put_u64_le(request.0),
         Message::HelloAck(ack) => {
             out.put_u64_le(ack.replica.0);
             out.put_u64_le(ack.incarnation.0);
             out.put_u8(u8::from(ack.consistent));
             put_stamp(out, &ack.stamp);
+            out.put_u8(u8::from(ack.stamp_exact));
             put_stamp(out, &ack.sync_stamp);
             out.put_u64_le(ack.checkpoint.0);
             put_region_set(out, &ack.dirty);
@@ -347,6 +355,7 @@ pub(crate) fn decode_payload(tag: u8, payload: Bytes) -> Result<Message, DecodeE
             incarnation: Incarnation(r.u64("incarnation")?),
             consistent: r.bool("consistent")?,
             stamp: r.stamp("stamp")?,
+            stamp_exact: r.bool("stamp_exact")?,
             sync_stamp: r.stamp("sync_stamp")?,
             checkpoint: Seq(r.u64("checkpoint")?),
             dirty: r.region_set("dirty")?,
@@ -388,6 +397,12 @@ pub(crate) fn decode_payload(tag: u8, payload: Bytes) -> Result<Message, DecodeE
         },
         RESYNC_FINISHED => Message::ResyncFinished {
             result: r.unit_result("result")?,
+        },
+        PING => Message::Ping {
+            request: RequestId(r.u64("request")?),
+        },
+        PONG => Message::Pong {
+            request: RequestId(r.u64("request")?),
         },
         // kind_name accepted the tag, so it is one of the above.
         _ => return Err(DecodeError::UnknownKind { tag }),

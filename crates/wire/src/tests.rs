@@ -84,6 +84,7 @@ fn examples() -> Vec<Message> {
             incarnation: Incarnation(0xdead_beef),
             consistent: true,
             stamp: stamp(6, 100),
+            stamp_exact: true,
             sync_stamp: stamp(0, 0),
             checkpoint: Seq(90),
             dirty: regions(),
@@ -93,6 +94,7 @@ fn examples() -> Vec<Message> {
             incarnation: Incarnation(1),
             consistent: false,
             stamp: Stamp::ZERO,
+            stamp_exact: false,
             sync_stamp: stamp(6, 80),
             checkpoint: Seq(0),
             dirty: RegionSet::new(0),
@@ -143,6 +145,12 @@ fn examples() -> Vec<Message> {
         },
         Message::ResyncFinished {
             result: Err(IoFailure::NoSpace),
+        },
+        Message::Ping {
+            request: RequestId(11),
+        },
+        Message::Pong {
+            request: RequestId(11),
         },
     ]
 }
@@ -200,7 +208,7 @@ fn examples_cover_every_variant() {
     let kinds: BTreeSet<&str> = examples().iter().map(Message::kind).collect();
     assert_eq!(
         kinds.len(),
-        20,
+        22,
         "one example per Message variant: {kinds:?}"
     );
 }
@@ -374,7 +382,7 @@ fn unsupported_version() {
 
 #[test]
 fn unknown_kind_is_rejected_from_the_header() {
-    for tag in [0x00, 0x0b, 0x40, 0x4b, 0xff] {
+    for tag in [0x00, 0x0c, 0x40, 0x4c, 0xff] {
         // Only the header: the tag is rejected before the payload arrives.
         let frame = raw_frame(tag, &[0; 8]);
         let error = decode_err(BytesMut::from(&frame[..HEADER_LEN]));

@@ -127,6 +127,7 @@ fn target_message() -> impl Strategy<Value = Message> {
             }
         }),
         stamp().prop_map(|stamp| Message::FinishResync { stamp }),
+        any::<u64>().prop_map(|r| Message::Ping { request: RequestId(r) }),
     ]
 }
 
@@ -136,16 +137,18 @@ fn hello_ack() -> impl Strategy<Value = HelloAck> {
         any::<u64>(),
         any::<bool>(),
         stamp(),
+        any::<bool>(),
         stamp(),
         seq(),
         region_set(),
     )
         .prop_map(
-            |(replica, incarnation, consistent, stamp, sync_stamp, checkpoint, dirty)| HelloAck {
+            |(replica, incarnation, consistent, stamp, stamp_exact, sync_stamp, checkpoint, dirty)| HelloAck {
                 replica: ReplicaId(replica),
                 incarnation: Incarnation(incarnation),
                 consistent,
                 stamp,
+                stamp_exact,
                 sync_stamp,
                 checkpoint,
                 dirty,
@@ -169,6 +172,7 @@ fn replica_message() -> impl Strategy<Value = Message> {
         (request(), unit_result())
             .prop_map(|(request, result)| Message::SegmentWritten { request, result }),
         unit_result().prop_map(|result| Message::ResyncFinished { result }),
+        any::<u64>().prop_map(|r| Message::Pong { request: RequestId(r) }),
     ]
 }
 
