@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 mod sim;
 
 #[derive(Parser)]
-#[command(name = "tandem", version, about = "Replicated block storage with cStor's object model")]
+#[command(
+    name = "tandem",
+    version,
+    about = "Replicated block storage with cStor's object model"
+)]
 struct Cli {
     #[command(subcommand)]
     command: TopCommand,

@@ -27,7 +27,9 @@ pub use target::{
 };
 
 pub use meta::{MetaUpdate, ReplicaMeta, Superblock};
-pub use replica::{DiskOp, DiskOpId, Replica, ReplicaInput, ReplicaOptions, ReplicaOutput, WriteOrigin};
+pub use replica::{
+    DiskOp, DiskOpId, Replica, ReplicaInput, ReplicaOptions, ReplicaOutput, WriteOrigin,
+};
 
 /// Known bugs that tests can plant (with the `planted-bugs` feature) to show that the simulator's
 /// checkers catch them. Without the feature no bug can be planted and every check is `false`.
@@ -47,6 +49,8 @@ pub enum PlantedBug {
     RemoveWhileDegraded,
     /// G2: a restarted target recovers from the least advanced replica.
     RecoverFromLeastAdvanced,
+    /// Liveness: an ejected replica is never reconnected.
+    NeverReconnect,
 }
 
 /// The planted bug, if any. A zero-sized `false` in builds without the `planted-bugs` feature.

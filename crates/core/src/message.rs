@@ -50,18 +50,26 @@ pub enum Message {
         committed: Seq,
     },
     /// Makes everything before it durable and takes a checkpoint.
-    Flush { seq: Seq, committed: Seq },
+    Flush {
+        seq: Seq,
+        committed: Seq,
+    },
     Read {
         request: RequestId,
         offset: u64,
         len: u64,
     },
     /// Asks which regions changed after `since` (the resync source's half of the dirty set).
-    RegionsSince { request: RequestId, since: Seq },
+    RegionsSince {
+        request: RequestId,
+        since: Seq,
+    },
     /// Tells a replica it is about to be overwritten by resync data and so stops being a
     /// consistent copy until [`Message::FinishResync`]. `sync_stamp` is the newest acknowledged
     /// write it will hold once done.
-    StartResync { sync_stamp: Stamp },
+    StartResync {
+        sync_stamp: Stamp,
+    },
     /// Reads one segment from the resync source.
     ReadSegment {
         request: RequestId,
@@ -78,9 +86,13 @@ pub enum Message {
     },
     /// All segments were sent; the replica makes them durable and is consistent again, holding
     /// the volume's history up to `stamp`.
-    FinishResync { stamp: Stamp },
+    FinishResync {
+        stamp: Stamp,
+    },
     /// A heartbeat: an idle session is probed so a dead one (or a newer target) is noticed.
-    Ping { request: RequestId },
+    Ping {
+        request: RequestId,
+    },
 
     // ---- replica -> target ----
     /// Accepts a session and reports what the replica holds.
@@ -114,7 +126,9 @@ pub enum Message {
     ResyncFinished {
         result: Result<(), IoFailure>,
     },
-    Pong { request: RequestId },
+    Pong {
+        request: RequestId,
+    },
 }
 
 /// What a replica tells a target when it accepts a session.

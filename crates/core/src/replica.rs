@@ -39,12 +39,25 @@ pub enum DiskOp {
         origin: WriteOrigin,
     },
     /// Zeroes a range, punching holes where storage can.
-    Trim { id: DiskOpId, offset: u64, len: u64 },
-    Read { id: DiskOpId, offset: u64, len: u64 },
+    Trim {
+        id: DiskOpId,
+        offset: u64,
+        len: u64,
+    },
+    Read {
+        id: DiskOpId,
+        offset: u64,
+        len: u64,
+    },
     /// Makes every completed data write durable (fsync).
-    Sync { id: DiskOpId },
+    Sync {
+        id: DiskOpId,
+    },
     /// Writes metadata atomically and durably.
-    PersistMeta { id: DiskOpId, update: MetaUpdate },
+    PersistMeta {
+        id: DiskOpId,
+        update: MetaUpdate,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -197,7 +210,11 @@ impl Replica {
         } = meta;
         let regions = superblock.geometry.region_count() as usize;
         assert_eq!(region_seqs.len(), regions, "region map size");
-        assert_eq!(activity_log.region_count() as usize, regions, "activity log size");
+        assert_eq!(
+            activity_log.region_count() as usize,
+            regions,
+            "activity log size"
+        );
         let mut regions_changed = BTreeSet::new();
         for region in activity_log.iter() {
             region_seqs[region as usize] = SEQ_UNKNOWN;
@@ -523,8 +540,7 @@ impl Replica {
                     self.start_read(session, request, offset, len, segment, out);
                 }
                 Work::RegionsSince { .. } => {
-                    let Some(Work::RegionsSince { request, since }) = self.queue.pop_front()
-                    else {
+                    let Some(Work::RegionsSince { request, since }) = self.queue.pop_front() else {
                         unreachable!()
                     };
                     let regions = self.regions_changed_after(since);
@@ -556,7 +572,10 @@ impl Replica {
             return false;
         }
         let regions = geometry.regions_of(offset, len);
-        if regions.clone().all(|region| self.activity_log.contains(region)) {
+        if regions
+            .clone()
+            .all(|region| self.activity_log.contains(region))
+        {
             return true;
         }
         if self.activity_log_pending.is_some() {
@@ -855,11 +874,15 @@ impl Replica {
                 // to just before it (and later writes, which a resync or a re-send repairs).
                 let generation = session.generation();
                 match (&result, self.failed_writes.as_mut()) {
-                    (Err(_), Some((failed_generation, seqs))) if *failed_generation == generation => {
+                    (Err(_), Some((failed_generation, seqs)))
+                        if *failed_generation == generation =>
+                    {
                         seqs.insert(seq);
                     }
                     (Err(_), _) => self.failed_writes = Some((generation, BTreeSet::from([seq]))),
-                    (Ok(_), Some((failed_generation, seqs))) if *failed_generation == generation => {
+                    (Ok(_), Some((failed_generation, seqs)))
+                        if *failed_generation == generation =>
+                    {
                         seqs.remove(&seq);
                         if seqs.is_empty() {
                             self.failed_writes = None;
@@ -892,7 +915,10 @@ impl Replica {
                 self.send(session, message, out);
             }
             Purpose::ActivityLog => {
-                let extended = self.activity_log_pending.take().expect("log update pending");
+                let extended = self
+                    .activity_log_pending
+                    .take()
+                    .expect("log update pending");
                 match result {
                     Ok(_) => self.activity_log = extended,
                     Err(_) => self.fail_session(),
@@ -954,9 +980,14 @@ impl Replica {
                 self.barrier = None;
                 match barrier {
                     Barrier::Hello => self.send_hello_ack(session, out),
-                    Barrier::Flush { seq } => {
-                        self.send(session, Message::FlushDone { seq, result: Ok(()) }, out)
-                    }
+                    Barrier::Flush { seq } => self.send(
+                        session,
+                        Message::FlushDone {
+                            seq,
+                            result: Ok(()),
+                        },
+                        out,
+                    ),
                     Barrier::StartResync => self.send(session, Message::ResyncStarted, out),
                     Barrier::FinishResync { .. } => {
                         self.send(session, Message::ResyncFinished { result: Ok(()) }, out)

@@ -34,11 +34,21 @@ pub struct ClientRequestId(pub u64);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientOp {
-    Read { offset: u64, len: u64 },
+    Read {
+        offset: u64,
+        len: u64,
+    },
     /// With `fua`, the reply waits until the write is durable on CF replicas.
-    Write { offset: u64, data: Bytes, fua: bool },
+    Write {
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+    },
     /// Zeroes the range (TRIM and WRITE_ZEROES).
-    Trim { offset: u64, len: u64 },
+    Trim {
+        offset: u64,
+        len: u64,
+    },
     Flush,
 }
 
@@ -52,7 +62,9 @@ pub struct ClientRequest {
 pub enum ClientReplyBody {
     Read(Bytes),
     /// A write, trim or flush is done; `stamp` is its place in the volume's history.
-    Done { stamp: Stamp },
+    Done {
+        stamp: Stamp,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -139,7 +151,10 @@ pub enum TargetEvent {
     /// A newer target has taken over; this one stops serving.
     Fenced,
     /// Recovery finished: `source` holds the volume's history up to `stamp`.
-    RecoveredFrom { source: ReplicaId, stamp: Stamp },
+    RecoveredFrom {
+        source: ReplicaId,
+        stamp: Stamp,
+    },
     /// Recovery found no replica known to hold the newest acknowledged write. Writes after
     /// `recovered` survive only where the source's cache kept them: they were never flushed, and
     /// every replica holding them lost power or its storage.
@@ -244,8 +259,13 @@ enum Awaited {
 
 #[derive(Clone, Debug)]
 enum Connection {
-    Offline { retry_at_tick: u64 },
-    Handshaking { session: SessionId, sent_at_tick: u64 },
+    Offline {
+        retry_at_tick: u64,
+    },
+    Handshaking {
+        session: SessionId,
+        sent_at_tick: u64,
+    },
     Connected(Box<Connected>),
 }
 
@@ -271,7 +291,9 @@ enum LinkState {
     /// Recovery: answered, waiting for the target to choose a source.
     Answered,
     /// Told to start a resync; `started` once it confirmed.
-    NeedsResync { started: bool },
+    NeedsResync {
+        started: bool,
+    },
     Resyncing,
     /// Rebuilt, waiting for its promotion to be persisted.
     AwaitingPromotion,
@@ -282,6 +304,9 @@ enum LinkState {
 struct Link {
     connection: Connection,
     refused: bool,
+    /// The newest operation this replica acknowledged to this target, over all its sessions: a
+    /// killed replica's cache holds at least that far (unless it also lost power).
+    acknowledged_max: Seq,
 }
 
 #[derive(Clone, Debug)]
@@ -437,7 +462,9 @@ impl Target {
     }
 
     pub fn replica_mode(&self, replica: ReplicaId) -> Option<ReplicaMode> {
-        self.links.get(&replica).map(|link| self.mode_of(replica, link))
+        self.links
+            .get(&replica)
+            .map(|link| self.mode_of(replica, link))
     }
 
     pub fn resync_progress(&self) -> Option<ResyncProgress> {
@@ -459,7 +486,9 @@ impl Target {
         for (replica, link) in &self.links {
             let connection = match &link.connection {
                 Connection::Offline { retry_at_tick } => format!("offline(retry {retry_at_tick})"),
-                Connection::Handshaking { sent_at_tick, .. } => format!("handshaking(since {sent_at_tick})"),
+                Connection::Handshaking { sent_at_tick, .. } => {
+                    format!("handshaking(since {sent_at_tick})")
+                }
                 Connection::Connected(c) => format!(
                     "{:?} consistent={} stamp={} sync={} checkpoint={} awaited={}",
                     c.state,
@@ -530,7 +559,13 @@ impl Target {
 
     // ---------------------------------------------------------------- links and sessions
 
-    fn send(&mut self, to: ReplicaId, message: Message, awaited: Option<Awaited>, out: &mut Vec<TargetOutput>) {
+    fn send(
+        &mut self,
+        to: ReplicaId,
+        message: Message,
+        awaited: Option<Awaited>,
+        out: &mut Vec<TargetOutput>,
+    ) {
         let now = self.now_tick;
         let Some(Link {
             connection: Connection::Connected(connected),
@@ -586,7 +621,10 @@ impl Target {
         let was_connected = matches!(link.connection, Connection::Connected(_));
         link.connection = Connection::Offline { retry_at_tick };
         if was_connected {
-            out.push(TargetOutput::Event(TargetEvent::Ejected { replica, reason }));
+            out.push(TargetOutput::Event(TargetEvent::Ejected {
+                replica,
+                reason,
+            }));
         }
         self.forget_replica_work(replica, out);
     }
@@ -661,7 +699,8 @@ impl Target {
     /// the new target, which recovers everything that was acknowledged).
     fn fence(&mut self, out: &mut Vec<TargetOutput>) {
         self.phase = Phase::Fenced;
-        let mut clients: Vec<ClientRequestId> = self.ops.values().filter_map(|op| op.client).collect();
+        let mut clients: Vec<ClientRequestId> =
+            self.ops.values().filter_map(|op| op.client).collect();
         clients.extend(self.reads.values().map(|read| read.client));
         clients.extend(self.reads_waiting.iter().map(|(client, _, _)| *client));
         clients.extend(self.ops_waiting.iter().map(|request| request.id));
@@ -769,7 +808,10 @@ impl Target {
                 _ => None,
             })
             .collect();
-        if !self.resumed && answered.len() < self.membership.consistency_factor() {
+        if !self.resumed
+            && answered.len() < self.membership.consistency_factor()
+            && !self.every_member_answered()
+        {
             return;
         }
         // Only fresh answers describe what a replica holds now; the others were already told to
@@ -806,7 +848,10 @@ impl Target {
         // may hold more; such stamps cannot be compared. Choosing by stamp is then safe only if
         // enough replicas know theirs exactly that every write acknowledged on CF replicas is on
         // one of them (more than RF - CF), or if the target knows its own acknowledged history.
-        let exact = consistent.iter().filter(|(_, _, ack)| ack.stamp_exact).count();
+        let exact = consistent
+            .iter()
+            .filter(|(_, _, ack)| ack.stamp_exact)
+            .count();
         let inexact = consistent.len() - exact;
         let replication_factor = self.membership.replication_factor();
         let comparable = inexact == 0
@@ -824,7 +869,7 @@ impl Target {
             let inexact = consistent
                 .iter()
                 .filter(|(_, _, ack)| !ack.stamp_exact)
-                .max_by_key(|(_, _, ack)| ack.stamp);
+                .max_by_key(|(replica, _, ack)| (self.links[replica].acknowledged_max, ack.stamp));
             if let Some((replica, _, ack)) = inexact {
                 if source_stamp < needed {
                     (source, source_stamp) = (*replica, ack.stamp);
@@ -870,10 +915,15 @@ impl Target {
             .links
             .keys()
             .copied()
-            .filter(|r| self.connected(*r).is_some_and(|c| c.state == LinkState::Answered))
+            .filter(|r| {
+                self.connected(*r)
+                    .is_some_and(|c| c.state == LinkState::Answered)
+            })
             .collect();
         for replica in fresh {
-            self.connected_mut(replica).expect("connected").first_live_seq = first_live_seq;
+            self.connected_mut(replica)
+                .expect("connected")
+                .first_live_seq = first_live_seq;
             if replica == source {
                 self.connected_mut(replica).expect("connected").state = LinkState::Healthy;
             } else {
@@ -891,9 +941,10 @@ impl Target {
     /// True if every member has answered since the target (re)started recovering: trusted ones
     /// with their data, and members whose storage was replaced (a new incarnation) with nothing.
     fn every_member_answered(&self) -> bool {
-        self.membership.members.iter().all(|member| {
-            self.connected(member.replica).is_some() || !member.trusted
-        })
+        self.membership
+            .members
+            .iter()
+            .all(|member| self.connected(member.replica).is_some() || !member.trusted)
     }
 
     /// Falls back to recovery when no Healthy replica is left: nothing can be served or copied
@@ -1083,7 +1134,9 @@ impl Target {
         out: &mut Vec<TargetOutput>,
     ) {
         let seq = match &message {
-            Message::Write { seq, .. } | Message::Trim { seq, .. } | Message::Flush { seq, .. } => *seq,
+            Message::Write { seq, .. } | Message::Trim { seq, .. } | Message::Flush { seq, .. } => {
+                *seq
+            }
             _ => unreachable!("only sequenced operations are broadcast"),
         };
         assert_eq!(seq, self.seq_last.next(), "sequences are dense");
@@ -1107,7 +1160,11 @@ impl Target {
     /// Answers every operation that CF trusted Healthy replicas hold.
     fn complete_ops(&mut self, out: &mut Vec<TargetOutput>) {
         let healthy: BTreeSet<ReplicaId> = self.healthy_replicas().into_iter().collect();
-        let needed = if self.options.bugs.has(PlantedBug::AckBeforeConsistencyFactor) {
+        let needed = if self
+            .options
+            .bugs
+            .has(PlantedBug::AckBeforeConsistencyFactor)
+        {
             1
         } else {
             self.membership.consistency_factor()
@@ -1120,25 +1177,36 @@ impl Target {
             .collect();
         for seq in done {
             let op = self.ops.remove(&seq).expect("listed");
-            if std::env::var("DEBUG_ACKS").is_ok() {
-                eprintln!("tick {} ack {seq:?} holders {:?} healthy {healthy:?}", self.now_tick, op.holders);
-            }
             self.acked_max = self.acked_max.max(op.stamp);
             if op.is_flush {
                 self.committed = self.committed.max(seq);
             }
             if let Some(client) = op.client {
-                reply(out, client, Ok(ClientReplyBody::Done { stamp: op.reply_stamp }));
+                reply(
+                    out,
+                    client,
+                    Ok(ClientReplyBody::Done {
+                        stamp: op.reply_stamp,
+                    }),
+                );
             }
         }
     }
 
-    fn on_replica_message(&mut self, from: ReplicaId, message: Message, out: &mut Vec<TargetOutput>) {
+    fn on_replica_message(
+        &mut self,
+        from: ReplicaId,
+        message: Message,
+        out: &mut Vec<TargetOutput>,
+    ) {
         match message {
             Message::WriteDone { seq, result } | Message::FlushDone { seq, result } => {
                 self.answered(from, Awaited::Op(seq));
                 match result {
                     Ok(()) => {
+                        if let Some(link) = self.links.get_mut(&from) {
+                            link.acknowledged_max = link.acknowledged_max.max(seq);
+                        }
                         if let Some(op) = self.ops.get_mut(&seq) {
                             op.holders.insert(from);
                         }
@@ -1156,11 +1224,13 @@ impl Target {
                         reply(out, read.client, Ok(ClientReplyBody::Read(data)));
                     }
                     Ok(_) => {
-                        self.reads_waiting.push_front((read.client, read.offset, read.len));
+                        self.reads_waiting
+                            .push_front((read.client, read.offset, read.len));
                         self.eject(from, EjectReason::SessionBroken, out);
                     }
                     Err(failure) => {
-                        self.reads_waiting.push_front((read.client, read.offset, read.len));
+                        self.reads_waiting
+                            .push_front((read.client, read.offset, read.len));
                         self.eject(from, EjectReason::IoFailure(failure), out);
                     }
                 }
@@ -1282,7 +1352,9 @@ impl Target {
         let Some(job) = self.resync.as_ref() else {
             return;
         };
-        if job.source != from || !matches!(job.phase, ResyncPhase::Querying { request: r } if r == request) {
+        if job.source != from
+            || !matches!(job.phase, ResyncPhase::Querying { request: r } if r == request)
+        {
             return;
         }
         if source_regions.region_count() as u64 != self.geometry.region_count() {
@@ -1316,7 +1388,12 @@ impl Target {
             if job.todo.is_empty() && job.reading.is_empty() && job.writing.is_empty() {
                 job.phase = ResyncPhase::Finishing;
                 let (dest, stamp) = (job.dest, Stamp::new(self.generation, self.seq_last));
-                self.send(dest, Message::FinishResync { stamp }, Some(Awaited::Marker), out);
+                self.send(
+                    dest,
+                    Message::FinishResync { stamp },
+                    Some(Awaited::Marker),
+                    out,
+                );
                 return;
             }
             if job.reading.len() + job.writing.len() >= self.options.resync_segments_inflight_max {
@@ -1341,7 +1418,14 @@ impl Target {
                 self.locked_ranges.push((offset, len));
             }
             let job = self.resync.as_mut().expect("job exists");
-            job.reading.insert(request, Segment { offset, len, locked });
+            job.reading.insert(
+                request,
+                Segment {
+                    offset,
+                    len,
+                    locked,
+                },
+            );
             self.send(
                 source,
                 Message::ReadSegment {
@@ -1440,7 +1524,12 @@ impl Target {
         }
     }
 
-    fn on_resync_finished(&mut self, from: ReplicaId, result: Result<(), IoFailure>, out: &mut Vec<TargetOutput>) {
+    fn on_resync_finished(
+        &mut self,
+        from: ReplicaId,
+        result: Result<(), IoFailure>,
+        out: &mut Vec<TargetOutput>,
+    ) {
         let Some(job) = self.resync.as_ref() else {
             return;
         };
@@ -1505,7 +1594,11 @@ impl Target {
         }) else {
             return;
         };
-        let incarnation = self.connected(replica).expect("connected").hello.incarnation;
+        let incarnation = self
+            .connected(replica)
+            .expect("connected")
+            .hello
+            .incarnation;
         let mut membership = self.membership.clone();
         let member = membership
             .members
@@ -1528,7 +1621,11 @@ impl Target {
         }
     }
 
-    fn apply_command(&mut self, command: Command, out: &mut Vec<TargetOutput>) -> Result<(), MembershipError> {
+    fn apply_command(
+        &mut self,
+        command: Command,
+        out: &mut Vec<TargetOutput>,
+    ) -> Result<(), MembershipError> {
         if self.phase != Phase::Active {
             return Err(MembershipError::NotActive);
         }
@@ -1563,10 +1660,14 @@ impl Target {
                     let unhealthy: Vec<ReplicaId> = membership
                         .members
                         .iter()
-                        .filter(|m| m.trusted && m.replica != replica && !self.is_healthy(m.replica))
+                        .filter(|m| {
+                            m.trusted && m.replica != replica && !self.is_healthy(m.replica)
+                        })
                         .map(|m| m.replica)
                         .collect();
-                    if !unhealthy.is_empty() && !self.options.bugs.has(PlantedBug::RemoveWhileDegraded) {
+                    if !unhealthy.is_empty()
+                        && !self.options.bugs.has(PlantedBug::RemoveWhileDegraded)
+                    {
                         return Err(MembershipError::NotHealthy {
                             removing: replica,
                             unhealthy,
@@ -1609,7 +1710,12 @@ impl Target {
             PendingMembership::Promotion(replica) => {
                 if let Some(c) = self.connected(replica) {
                     let incarnation = c.hello.incarnation;
-                    if let Some(member) = self.membership.members.iter_mut().find(|m| m.replica == replica) {
+                    if let Some(member) = self
+                        .membership
+                        .members
+                        .iter_mut()
+                        .find(|m| m.replica == replica)
+                    {
                         member.incarnation = Some(incarnation);
                         member.trusted = true;
                     }
@@ -1617,8 +1723,15 @@ impl Target {
                     if c.state == LinkState::AwaitingPromotion {
                         c.state = LinkState::Healthy;
                     }
-                    out.push(TargetOutput::Event(TargetEvent::ReplicaPromoted { replica }));
-                } else if let Some(member) = self.membership.members.iter_mut().find(|m| m.replica == replica) {
+                    out.push(TargetOutput::Event(TargetEvent::ReplicaPromoted {
+                        replica,
+                    }));
+                } else if let Some(member) = self
+                    .membership
+                    .members
+                    .iter_mut()
+                    .find(|m| m.replica == replica)
+                {
                     // It left before the promotion landed; the persisted membership trusts it, so
                     // this target does too (it is a consistent copy) and resyncs it on return.
                     member.trusted = true;
@@ -1634,19 +1747,30 @@ impl Target {
         self.now_tick += 1;
         let now = self.now_tick;
         if self.options.resync_bytes_per_tick > 0 {
-            let cap = self.options.resync_bytes_per_tick.max(u64::from(self.geometry.region_size)) * 2;
-            self.resync_budget_bytes = (self.resync_budget_bytes + self.options.resync_bytes_per_tick).min(cap);
+            let cap = self
+                .options
+                .resync_bytes_per_tick
+                .max(u64::from(self.geometry.region_size))
+                * 2;
+            self.resync_budget_bytes =
+                (self.resync_budget_bytes + self.options.resync_bytes_per_tick).min(cap);
         }
         let replicas: Vec<ReplicaId> = self.links.keys().copied().collect();
         for replica in replicas {
             let link = &self.links[&replica];
             match &link.connection {
-                Connection::Offline { retry_at_tick } if *retry_at_tick <= now => self.hello(replica, out),
+                Connection::Offline { retry_at_tick }
+                    if *retry_at_tick <= now
+                        && !(self.options.bugs.has(PlantedBug::NeverReconnect) && self.resumed) =>
+                {
+                    self.hello(replica, out)
+                }
                 Connection::Handshaking { sent_at_tick, .. }
                     if sent_at_tick + self.options.handshake_timeout_ticks <= now =>
                 {
                     let retry_at_tick = now + self.options.reconnect_interval_ticks;
-                    self.links.get_mut(&replica).expect("exists").connection = Connection::Offline { retry_at_tick };
+                    self.links.get_mut(&replica).expect("exists").connection =
+                        Connection::Offline { retry_at_tick };
                 }
                 Connection::Connected(c) => {
                     let oldest = c.awaited.values().min().copied();
@@ -1658,7 +1782,12 @@ impl Target {
                         // An idle session is probed: a replica that moved on to a newer target
                         // (or whose session silently broke) then times out and is reconnected.
                         let request = self.request_id();
-                        self.send(replica, Message::Ping { request }, Some(Awaited::Request(request)), out);
+                        self.send(
+                            replica,
+                            Message::Ping { request },
+                            Some(Awaited::Request(request)),
+                            out,
+                        );
                     } else if self.phase == Phase::Recovering
                         && c.state == LinkState::Answered
                         && c.answered_at_tick + self.options.replica_timeout_ticks <= now
@@ -1725,7 +1854,10 @@ impl Target {
             .collect();
         for (replica, mode) in modes {
             if self.modes.insert(replica, mode) != Some(mode) {
-                out.push(TargetOutput::Event(TargetEvent::ReplicaMode { replica, mode }));
+                out.push(TargetOutput::Event(TargetEvent::ReplicaMode {
+                    replica,
+                    mode,
+                }));
             }
         }
     }
@@ -1736,10 +1868,15 @@ impl Link {
         Link {
             connection: Connection::Offline { retry_at_tick },
             refused: false,
+            acknowledged_max: Seq::ZERO,
         }
     }
 }
 
-fn reply(out: &mut Vec<TargetOutput>, id: ClientRequestId, result: Result<ClientReplyBody, ClientError>) {
+fn reply(
+    out: &mut Vec<TargetOutput>,
+    id: ClientRequestId,
+    result: Result<ClientReplyBody, ClientError>,
+) {
     out.push(TargetOutput::Reply(ClientReply { id, result }));
 }

@@ -109,7 +109,7 @@ impl Geometry {
         if !self.region_size.is_power_of_two() || self.region_size < self.block_size {
             return Err("region size must be a power of two no smaller than the block size");
         }
-        if self.size_bytes == 0 || self.size_bytes % u64::from(self.block_size) != 0 {
+        if self.size_bytes == 0 || !self.size_bytes.is_multiple_of(u64::from(self.block_size)) {
             return Err("volume size must be a non-zero multiple of the block size");
         }
         if self.region_count() > u64::from(u32::MAX) {
@@ -126,8 +126,8 @@ impl Geometry {
     pub fn contains_aligned(&self, offset: u64, len: u64) -> bool {
         let block = u64::from(self.block_size);
         len > 0
-            && offset % block == 0
-            && len % block == 0
+            && offset.is_multiple_of(block)
+            && len.is_multiple_of(block)
             && offset
                 .checked_add(len)
                 .is_some_and(|end| end <= self.size_bytes)

@@ -42,7 +42,11 @@ pub struct Violation {
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?} at tick {}: {}", self.guarantee, self.tick, self.detail)
+        write!(
+            f,
+            "{:?} at tick {}: {}",
+            self.guarantee, self.tick, self.detail
+        )
     }
 }
 
@@ -216,46 +220,57 @@ impl History {
         })
     }
 
-    /// Checks one block value read (or found) at logical time `now` against a read issued at
-    /// `issued_at`. Returns what is wrong, if anything.
-    pub fn check_block(&self, block: u64, value: Option<u64>, issued_at: u64) -> Option<String> {
+    /// Checks one block value read (or found) against a read issued at logical time
+    /// `issued_at`: it must be the newest write acknowledged before then, or a later one.
+    pub fn check_block(
+        &self,
+        block: u64,
+        value: Option<u64>,
+        issued_at: u64,
+    ) -> Result<(), String> {
         let required = self.required(block, issued_at);
         let Some(value) = value else {
-            return Some(format!("block {block} holds torn or foreign data"));
+            return Err(format!("block {block} holds torn or foreign data"));
         };
         if value == 0 {
-            let Some((required_id, required_stamp)) = required else {
-                return None;
+            return match required {
+                None => Ok(()),
+                Some((_, stamp)) if self.zeroed_since(block, stamp) => Ok(()),
+                Some(_) if self.unstamped_trim(block) => Ok(()),
+                Some((id, stamp)) => Err(format!(
+                    "block {block} reads zeroes but write {id} (stamp {stamp}) was acknowledged"
+                )),
             };
-            let zeroed_later = self.by_block[&block].iter().any(|id| {
-                let write = &self.writes[id];
-                write.trim && write.stamp.is_none_or(|stamp| stamp >= required_stamp)
-            });
-            if zeroed_later {
-                return None;
-            }
-            return Some(format!(
-                "block {block} reads zeroes but write {required_id} (stamp {required_stamp}) was acknowledged"
-            ));
         }
         let Some(write) = self.writes.get(&value) else {
-            return Some(format!("block {block} holds data of unknown write {value}"));
+            return Err(format!("block {block} holds data of unknown write {value}"));
         };
         if write.trim || !write.touches(block) {
-            return Some(format!("block {block} holds data of write {value}, which never wrote it"));
+            return Err(format!(
+                "block {block} holds data of write {value}, which never wrote it"
+            ));
         }
         let Some(stamp) = write.stamp else {
-            return Some(format!(
+            return Err(format!(
                 "block {block} holds data of write {value}, which was never sent to a replica"
             ));
         };
         match required {
-            Some((required_id, required_stamp)) if stamp < required_stamp => Some(format!(
+            Some((required_id, required_stamp)) if stamp < required_stamp => Err(format!(
                 "block {block} holds write {value} (stamp {stamp}) but write {required_id} \
                  (stamp {required_stamp}) was acknowledged before the read"
             )),
-            _ => None,
+            _ => Ok(()),
         }
+    }
+
+    /// True if a trim of `block` was issued whose place in history is not known: zeroes may be
+    /// its work.
+    fn unstamped_trim(&self, block: u64) -> bool {
+        self.by_block[&block].iter().any(|id| {
+            let write = &self.writes[id];
+            write.trim && write.stamp.is_none()
+        })
     }
 }
 
@@ -286,13 +301,26 @@ mod tests {
         history.issue_write(2, 1, 1, false);
         history.learn_stamp(2, stamp(2));
         let read_at = history.now();
-        assert_eq!(history.check_block(0, Some(1), read_at), None);
-        assert_eq!(history.check_block(1, Some(2), read_at), None, "a newer unacknowledged write");
-        assert!(history.check_block(0, Some(0), read_at).is_some(), "lost write");
-        assert!(history.check_block(0, Some(2), read_at).is_some(), "write 2 never touched block 0");
+        assert_eq!(history.check_block(0, Some(1), read_at), Ok(()));
+        assert_eq!(
+            history.check_block(1, Some(2), read_at),
+            Ok(()),
+            "a newer unacknowledged write"
+        );
+        assert!(
+            history.check_block(0, Some(0), read_at).is_err(),
+            "lost write"
+        );
+        assert!(
+            history.check_block(0, Some(2), read_at).is_err(),
+            "write 2 never touched block 0"
+        );
         history.ack_write(2, stamp(2));
         let later = history.now();
-        assert!(history.check_block(1, Some(1), later).is_some(), "stale read");
+        assert!(
+            history.check_block(1, Some(1), later).is_err(),
+            "stale read"
+        );
     }
 
     #[test]
@@ -306,7 +334,14 @@ mod tests {
         history.ack_write(2, stamp(2));
         history.power_lost();
         let read_at = history.now();
-        assert_eq!(history.check_block(0, Some(1), read_at), None, "write 2 may be lost");
-        assert!(history.check_block(0, Some(0), read_at).is_some(), "write 1 was flushed");
+        assert_eq!(
+            history.check_block(0, Some(1), read_at),
+            Ok(()),
+            "write 2 may be lost"
+        );
+        assert!(
+            history.check_block(0, Some(0), read_at).is_err(),
+            "write 1 was flushed"
+        );
     }
 }

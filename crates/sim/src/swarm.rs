@@ -38,7 +38,13 @@ pub fn swarm_config(seed: u64) -> SimConfig {
     let replicas = rng.gen_range(1..=3);
     let nodes = replicas + rng.gen_range(1..=2);
     let mut config = SimConfig::quiet(seed, replicas, nodes);
-    let mut rate = |max: u32| if rng.gen_bool(0.6) { rng.gen_range(0..=max) } else { 0 };
+    let mut rate = |max: u32| {
+        if rng.gen_bool(0.6) {
+            rng.gen_range(0..=max)
+        } else {
+            0
+        }
+    };
     config.faults = FaultRates {
         network: NetworkFaults {
             drop_ppm: rate(3_000),
@@ -58,7 +64,11 @@ pub fn swarm_config(seed: u64) -> SimConfig {
         add_replica_ppm: rate(2_000),
         remove_replica_ppm: rate(2_000),
     };
-    config.target.resync_bytes_per_tick = if rng.gen_bool(0.5) { 0 } else { rng.gen_range(512..8192) };
+    config.target.resync_bytes_per_tick = if rng.gen_bool(0.5) {
+        0
+    } else {
+        rng.gen_range(512..8192)
+    };
     config.workload.inflight_max = rng.gen_range(1..=12);
     config
 }
@@ -90,7 +100,10 @@ pub fn run(config: SimConfig) -> RunReport {
         acked_ops: sim.acked_ops,
         checked_reads: sim.checked_reads,
         resyncs: sim.resyncs_finished().len(),
-        modes_seen: node_ids.into_iter().map(|r| (r, sim.modes_seen(r))).collect(),
+        modes_seen: node_ids
+            .into_iter()
+            .map(|r| (r, sim.modes_seen(r)))
+            .collect(),
     }
 }
 
@@ -102,7 +115,9 @@ pub fn finish(sim: &mut Sim) {
         sim.violations.push(Violation {
             guarantee: Guarantee::Liveness,
             tick: sim.now_tick,
-            detail: format!("not Healthy {CONVERGE_TICKS_MAX} ticks after faults stopped: {detail}"),
+            detail: format!(
+                "not Healthy {CONVERGE_TICKS_MAX} ticks after faults stopped: {detail}"
+            ),
         });
         return;
     }
@@ -149,7 +164,14 @@ fn describe_state(sim: &Sim) -> String {
         .membership()
         .members
         .iter()
-        .map(|m| format!("{}{}={:?}", m.replica.0, if m.trusted { "" } else { "(new)" }, target.replica_mode(m.replica)))
+        .map(|m| {
+            format!(
+                "{}{}={:?}",
+                m.replica.0,
+                if m.trusted { "" } else { "(new)" },
+                target.replica_mode(m.replica)
+            )
+        })
         .collect();
     format!(
         "status {:?}, replicas {}, resync {:?}; {}",

@@ -290,17 +290,24 @@ impl Sim {
     // ------------------------------------------------------------------ observation
 
     pub fn target(&self) -> Option<&Target> {
-        self.current.and_then(|generation| self.targets.get(&generation))
+        self.current
+            .and_then(|generation| self.targets.get(&generation))
     }
 
     /// Every live target's state, zombies included.
     pub fn describe_targets(&self) -> String {
-        let clients: BTreeMap<u64, usize> = self.clients.values().fold(BTreeMap::new(), |mut counts, (g, _)| {
-            *counts.entry(g.0).or_default() += 1;
-            counts
-        });
+        let clients: BTreeMap<u64, usize> =
+            self.clients
+                .values()
+                .fold(BTreeMap::new(), |mut counts, (g, _)| {
+                    *counts.entry(g.0).or_default() += 1;
+                    counts
+                });
         let targets: Vec<String> = self.targets.values().map(|t| t.describe()).collect();
-        format!("clients waiting per generation {clients:?}; {}", targets.join(" | "))
+        format!(
+            "clients waiting per generation {clients:?}; {}",
+            targets.join(" | ")
+        )
     }
 
     pub fn membership(&self) -> &Membership {
@@ -484,7 +491,10 @@ impl Sim {
                     return;
                 }
                 let (id, result) = self.perform_disk_op(replica, op);
-                self.process(Work::Replica(replica, ReplicaInput::DiskDone { id, result }));
+                self.process(Work::Replica(
+                    replica,
+                    ReplicaInput::DiskDone { id, result },
+                ));
             }
         }
     }
@@ -493,7 +503,10 @@ impl Sim {
         &mut self,
         replica: ReplicaId,
         op: DiskOp,
-    ) -> (tandem_core::DiskOpId, Result<Option<Bytes>, tandem_core::IoFailure>) {
+    ) -> (
+        tandem_core::DiskOpId,
+        Result<Option<Bytes>, tandem_core::IoFailure>,
+    ) {
         let rng = &mut self.rng;
         let disk = self
             .nodes
@@ -501,28 +514,10 @@ impl Sim {
             .and_then(|n| n.disk.as_mut())
             .expect("a running replica has a disk");
         let failure = disk.should_fail(rng);
-        if let Ok(block) = std::env::var("DEBUG_BLOCK") {
-            let block: u64 = block.parse().unwrap_or(0);
-            let (offset, len, what) = match &op {
-                DiskOp::Write { offset, data, origin, .. } => {
-                    let value = (block * BLOCK_SIZE)
-                        .checked_sub(*offset)
-                        .and_then(|at| data.get(at as usize..at as usize + BLOCK_SIZE as usize))
-                        .and_then(block_value);
-                    (*offset, data.len() as u64, format!("write {origin:?} value {value:?}"))
-                }
-                DiskOp::Trim { offset, len, .. } => (*offset, *len, "trim".to_string()),
-                _ => (0, 0, String::new()),
-            };
-            if offset <= block * BLOCK_SIZE && block * BLOCK_SIZE < offset + len {
-                eprintln!("tick {} replica {} block {block}: {what} failure {failure:?}", self.now_tick, replica.0);
-            }
-        }
-        if failure.is_some() {
-            self.faults.disk_errors += 1;
-        }
         match op {
-            DiskOp::Write { id, offset, data, .. } => match failure {
+            DiskOp::Write {
+                id, offset, data, ..
+            } => match failure {
                 Some(failure) => (id, Err(failure)),
                 None => {
                     disk.write(offset, data);
@@ -570,7 +565,10 @@ impl Sim {
                     }
                 }
                 Work::Replica(replica, input) => {
-                    let Some(process) = self.nodes.get_mut(&replica).and_then(|n| n.process.as_mut())
+                    let Some(process) = self
+                        .nodes
+                        .get_mut(&replica)
+                        .and_then(|n| n.process.as_mut())
                     else {
                         continue;
                     };
@@ -583,7 +581,12 @@ impl Sim {
         }
     }
 
-    fn on_target_output(&mut self, generation: Generation, output: TargetOutput, queue: &mut VecDeque<Work>) {
+    fn on_target_output(
+        &mut self,
+        generation: Generation,
+        output: TargetOutput,
+        queue: &mut VecDeque<Work>,
+    ) {
         match output {
             TargetOutput::Send { to, envelope } => {
                 // Learn each write's place in history from the wire: its data names it.
@@ -593,7 +596,9 @@ impl Sim {
                             self.history.learn_stamp(id, Stamp::new(generation, *seq));
                         }
                     }
-                    Message::Trim { seq, offset, len, .. } => self.history.learn_trim_stamp(
+                    Message::Trim {
+                        seq, offset, len, ..
+                    } => self.history.learn_trim_stamp(
                         offset / BLOCK_SIZE,
                         len / BLOCK_SIZE,
                         Stamp::new(generation, *seq),
@@ -605,7 +610,10 @@ impl Sim {
             TargetOutput::Reply(reply) => self.on_client_reply(generation, reply),
             TargetOutput::PersistMembership(membership) => {
                 let result = self.persist_membership(generation, membership);
-                queue.push_back(Work::Target(generation, TargetInput::MembershipPersisted(result)));
+                queue.push_back(Work::Target(
+                    generation,
+                    TargetInput::MembershipPersisted(result),
+                ));
             }
             TargetOutput::CommandDone { command, result } => {
                 self.on_command_done(command, result.clone().map_err(|e| e.to_string()));
@@ -646,7 +654,10 @@ impl Sim {
                 let (low, high) = self.config.disk_latency_ticks;
                 let latency = self.rng.gen_range(low..=high) * slowness;
                 let epoch = node.epoch;
-                self.schedule(self.now_tick + latency, Event::DiskDone { replica, epoch, op });
+                self.schedule(
+                    self.now_tick + latency,
+                    Event::DiskDone { replica, epoch, op },
+                );
             }
         }
     }
@@ -684,10 +695,16 @@ impl Sim {
     fn check_membership_change(&mut self, generation: Generation, new: &Membership) {
         let old = self.control_plane.membership.clone();
         if new.replication_factor() == 0 {
-            self.violate(Guarantee::G6Membership, "membership lost its last trusted replica".into());
+            self.violate(
+                Guarantee::G6Membership,
+                "membership lost its last trusted replica".into(),
+            );
         }
         if new.members.len() > tandem_core::REPLICAS_MAX {
-            self.violate(Guarantee::G6Membership, format!("{} members", new.members.len()));
+            self.violate(
+                Guarantee::G6Membership,
+                format!("{} members", new.members.len()),
+            );
         }
         let removed_trusted = old
             .members
@@ -698,7 +715,9 @@ impl Sim {
             let unhealthy: Vec<ReplicaId> = new
                 .members
                 .iter()
-                .filter(|m| m.trusted && target.replica_mode(m.replica) != Some(ReplicaMode::Healthy))
+                .filter(|m| {
+                    m.trusted && target.replica_mode(m.replica) != Some(ReplicaMode::Healthy)
+                })
                 .map(|m| m.replica)
                 .collect();
             if !unhealthy.is_empty() {
@@ -794,7 +813,9 @@ impl Sim {
         let pending: Vec<(u64, u64)> = self
             .events
             .iter()
-            .filter(|(_, event)| matches!(event, Event::DiskDone { replica: r, .. } if *r == replica))
+            .filter(
+                |(_, event)| matches!(event, Event::DiskDone { replica: r, .. } if *r == replica),
+            )
             .map(|(key, _)| *key)
             .collect();
         for key in pending {
@@ -834,8 +855,10 @@ impl Sim {
     /// Cuts a replica off from every target, both ways.
     pub fn partition_replica(&mut self, replica: ReplicaId) {
         for generation in self.targets.keys().copied().collect::<Vec<_>>() {
-            self.network.cut(Node::Target(generation), Node::Replica(replica));
-            self.network.cut(Node::Replica(replica), Node::Target(generation));
+            self.network
+                .cut(Node::Target(generation), Node::Replica(replica));
+            self.network
+                .cut(Node::Replica(replica), Node::Target(generation));
         }
     }
 
@@ -894,7 +917,13 @@ impl Sim {
     fn inject_faults(&mut self) {
         let rates = self.config.faults;
         let now = self.now_tick;
-        let members: Vec<ReplicaId> = self.control_plane.membership.members.iter().map(|m| m.replica).collect();
+        let members: Vec<ReplicaId> = self
+            .control_plane
+            .membership
+            .members
+            .iter()
+            .map(|m| m.replica)
+            .collect();
         let with_storage: Vec<ReplicaId> = self
             .nodes
             .iter()
@@ -908,7 +937,9 @@ impl Sim {
             }
         }
         if chance(&mut self.rng, rates.partition_one_way_ppm) {
-            if let (Some(&replica), Some(generation)) = (with_storage.iter().choose(&mut self.rng), self.current) {
+            if let (Some(&replica), Some(generation)) =
+                (with_storage.iter().choose(&mut self.rng), self.current)
+            {
                 let (a, b) = (Node::Target(generation), Node::Replica(replica));
                 if self.rng.gen_bool(0.5) {
                     self.network.cut(a, b);
@@ -933,7 +964,10 @@ impl Sim {
                         self.faults.replica_crashes += 1;
                     }
                     let delay = self.rng.gen_range(20..300);
-                    self.nodes.get_mut(&replica).expect("exists").restart_at_tick = Some(now + delay);
+                    self.nodes
+                        .get_mut(&replica)
+                        .expect("exists")
+                        .restart_at_tick = Some(now + delay);
                 }
             }
         }
@@ -1014,15 +1048,21 @@ impl Sim {
 
     fn issue_client_request(&mut self) {
         let workload = self.config.workload;
-        if self.clients.len() >= workload.inflight_max || !chance(&mut self.rng, workload.issue_ppm) {
+        if self.clients.len() >= workload.inflight_max || !chance(&mut self.rng, workload.issue_ppm)
+        {
             return;
         }
         let Some(generation) = self.current else {
             return;
         };
-        let total = workload.write_weight + workload.read_weight + workload.flush_weight + workload.trim_weight;
+        let total = workload.write_weight
+            + workload.read_weight
+            + workload.flush_weight
+            + workload.trim_weight;
         let pick = self.rng.gen_range(0..total);
-        let blocks = self.rng.gen_range(1..=workload.blocks_max.min(self.config.blocks));
+        let blocks = self
+            .rng
+            .gen_range(1..=workload.blocks_max.min(self.config.blocks));
         let first_block = self.rng.gen_range(0..=self.config.blocks - blocks);
         let offset = first_block * BLOCK_SIZE;
         let len = blocks * BLOCK_SIZE;
@@ -1054,7 +1094,10 @@ impl Sim {
         } else {
             let id = self.new_write_id();
             self.history.issue_write(id, first_block, blocks, true);
-            (ClientOp::Trim { offset, len }, Pending::Write { id, fua: false })
+            (
+                ClientOp::Trim { offset, len },
+                Pending::Write { id, fua: false },
+            )
         };
         self.submit(generation, op, pending);
     }
@@ -1064,12 +1107,20 @@ impl Sim {
         self.next_write
     }
 
-    fn submit(&mut self, generation: Generation, op: ClientOp, pending: Pending) -> ClientRequestId {
+    fn submit(
+        &mut self,
+        generation: Generation,
+        op: ClientOp,
+        pending: Pending,
+    ) -> ClientRequestId {
         self.next_client += 1;
         let id = ClientRequestId(self.next_client);
         self.clients.insert(id, (generation, pending));
         self.issued_tick.insert(id, self.now_tick);
-        self.process(Work::Target(generation, TargetInput::Client(ClientRequest { id, op })));
+        self.process(Work::Target(
+            generation,
+            TargetInput::Client(ClientRequest { id, op }),
+        ));
         id
     }
 
@@ -1140,9 +1191,12 @@ impl Sim {
                     let start = (index * BLOCK_SIZE) as usize;
                     let value = block_value(&data[start..start + BLOCK_SIZE as usize]);
                     let block = first_block + index;
-                    if let Some(problem) = self.history.check_block(block, value, issued_at) {
+                    if let Err(problem) = self.history.check_block(block, value, issued_at) {
                         let guarantee = self.read_guarantee;
-                        self.violate(guarantee, format!("read from generation {}: {problem}", generation.0));
+                        self.violate(
+                            guarantee,
+                            format!("read from generation {}: {problem}", generation.0),
+                        );
                     }
                 }
             }
@@ -1168,10 +1222,18 @@ impl Sim {
     // ------------------------------------------------------------------ checkers on disks
 
     /// True if a block value on a disk is at least as new as the write stamped `needed`.
-    fn value_at_least(&self, block: u64, value: Option<u64>, needed_id: u64, needed: Stamp) -> bool {
+    fn value_at_least(
+        &self,
+        block: u64,
+        value: Option<u64>,
+        needed_id: u64,
+        needed: Stamp,
+    ) -> bool {
         match value {
             Some(0) => self.history.zeroed_since(block, needed),
-            Some(value) => value == needed_id || self.history.stamp_of(value).is_some_and(|s| s >= needed),
+            Some(value) => {
+                value == needed_id || self.history.stamp_of(value).is_some_and(|s| s >= needed)
+            }
             None => false,
         }
     }
@@ -1204,7 +1266,11 @@ impl Sim {
             });
             if holds {
                 holders += 1;
-                if self.control_plane.membership.trusts(*replica, disk.incarnation) {
+                if self
+                    .control_plane
+                    .membership
+                    .trusts(*replica, disk.incarnation)
+                {
                     trusted_holders += 1;
                 }
             }
@@ -1215,7 +1281,8 @@ impl Sim {
                 .iter()
                 .filter_map(|(replica, node)| {
                     let disk = node.disk.as_ref()?;
-                    let values: Vec<Option<u64>> = (record.first_block..record.first_block + record.blocks)
+                    let values: Vec<Option<u64>> = (record.first_block
+                        ..record.first_block + record.blocks)
                         .map(|block| {
                             let start = (block * BLOCK_SIZE) as usize;
                             block_value(&disk.cache()[start..start + BLOCK_SIZE as usize])
@@ -1263,7 +1330,8 @@ impl Sim {
                     let wiped_since = node.wiped_at.is_some_and(|at| at > issued_at);
                     wiped_since
                         || node.disk.as_ref().is_some_and(|disk| {
-                            let value = block_value(&disk.durable()[start..start + BLOCK_SIZE as usize]);
+                            let value =
+                                block_value(&disk.durable()[start..start + BLOCK_SIZE as usize]);
                             self.value_at_least(block, value, id, stamp)
                         })
                 })
@@ -1353,8 +1421,15 @@ impl Sim {
         let mut problems = Vec::new();
         for other in rest {
             let disk = self.nodes[other].disk.as_ref().expect("healthy has disk");
-            for (image, name) in [(reference.cache(), "cache"), (reference.durable(), "durable")] {
-                let theirs = if name == "cache" { disk.cache() } else { disk.durable() };
+            for (image, name) in [
+                (reference.cache(), "cache"),
+                (reference.durable(), "durable"),
+            ] {
+                let theirs = if name == "cache" {
+                    disk.cache()
+                } else {
+                    disk.durable()
+                };
                 if let Some(block) = (0..self.config.blocks).find(|b| {
                     let start = (b * BLOCK_SIZE) as usize;
                     let end = start + BLOCK_SIZE as usize;

@@ -1,24 +1,319 @@
 //! Scripted scenarios: each a readable story run in the simulator, checked by every checker.
+//!
+//! The world is quiet (no random faults) unless a scenario injects one; the workload writes,
+//! reads, flushes and trims throughout, and `finish` heals, drains, and checks convergence (G3)
+//! and every acknowledged write (G2) at the end.
 
+mod common;
+
+use common::{config, R1, R2, R3};
 use tandem_core::{Command, ReplicaId, ReplicaMode, VolumeStatus};
-use tandem_sim::{Sim, SimConfig};
+use tandem_sim::history::BLOCK_SIZE;
+use tandem_sim::{swarm, Sim, SimConfig};
 
-const R1: ReplicaId = ReplicaId(1);
-const R2: ReplicaId = ReplicaId(2);
-const R3: ReplicaId = ReplicaId(3);
+fn healthy_volume(config: SimConfig) -> Sim {
+    let mut sim = Sim::new(config);
+    assert!(
+        sim.run_until(500, Sim::converged),
+        "volume never became Healthy"
+    );
+    sim
+}
 
-fn assert_no_violations(sim: &Sim) {
-    assert!(sim.violations.is_empty(), "violations: {:#?}", sim.violations);
+fn finish_without_violations(sim: &mut Sim) {
+    swarm::finish(sim);
+    assert!(
+        sim.violations.is_empty(),
+        "violations: {:#?}",
+        sim.violations
+    );
+    assert!(sim.converged(), "not Healthy at the end");
+}
+
+/// Sends an operator command to the target and waits for its answer.
+fn run_command(sim: &mut Sim, command: Command) -> Result<(), String> {
+    let answered_before = sim.command_results.len();
+    sim.command(command);
+    assert!(
+        sim.run_until(500, |s| s.command_results.len() > answered_before),
+        "{command:?} never answered"
+    );
+    let (answered, result) = sim.command_results[answered_before].clone();
+    assert_eq!(answered, command);
+    result
+}
+
+fn is_rebuilding(sim: &Sim, replica: ReplicaId) -> bool {
+    sim.target()
+        .and_then(|t| t.resync_progress())
+        .is_some_and(|p| p.replica == replica && p.bytes_done > 0 && p.bytes_done < p.bytes_total)
 }
 
 #[test]
 fn a_new_volume_becomes_healthy_and_serves_io() {
-    let mut sim = Sim::new(SimConfig::quiet(1, 2, 3));
-    assert!(sim.run_until(500, Sim::converged), "status {:?}", sim.volume_status());
+    let mut sim = healthy_volume(config(1, 2, 3));
     sim.workload_on = true;
     sim.run_ticks(2_000);
-    tandem_sim::swarm::finish(&mut sim);
-    assert_no_violations(&sim);
-    assert!(sim.acked_ops > 500, "only {} requests answered", sim.acked_ops);
-    assert_eq!(sim.volume_status(), Some(VolumeStatus::Healthy));
+    finish_without_violations(&mut sim);
+    assert!(
+        sim.acked_ops > 500,
+        "only {} requests answered",
+        sim.acked_ops
+    );
+    assert!(sim.checked_reads > 100);
+}
+
+/// The seed's walk-through: two replicas, add a third on a new node, wait for it to be rebuilt
+/// while the application writes, then remove one of the old ones. Nothing is lost.
+#[test]
+fn migration_adds_rebuilds_under_writes_then_removes() {
+    let mut sim = healthy_volume(config(2, 2, 3));
+    sim.workload_on = true;
+    sim.run_ticks(500);
+
+    assert_eq!(run_command(&mut sim, Command::AddReplica(R3)), Ok(()));
+    assert_eq!(sim.membership().desired_replication_factor(), 3);
+    assert_eq!(
+        sim.membership().replication_factor(),
+        2,
+        "not trusted until rebuilt"
+    );
+    assert!(
+        sim.run_until(500, |s| is_rebuilding(s, R3)),
+        "no rebuild progress"
+    );
+    assert_eq!(
+        sim.volume_status(),
+        Some(VolumeStatus::Healthy),
+        "a rebuild keeps the volume Healthy"
+    );
+    assert!(
+        sim.run_until(3_000, Sim::converged),
+        "the new replica never became Healthy"
+    );
+    assert_eq!(sim.membership().replication_factor(), 3);
+    let (_, full, regions, bytes) = *sim.resyncs_finished().last().expect("a rebuild finished");
+    assert!(full, "a new replica gets a full rebuild");
+    assert!(regions > 0 && bytes == regions * 4 * BLOCK_SIZE);
+
+    assert_eq!(run_command(&mut sim, Command::RemoveReplica(R1)), Ok(()));
+    assert!(
+        !sim.has_storage(R1),
+        "the removed replica's storage is deleted"
+    );
+    assert_eq!(sim.membership().replication_factor(), 2);
+    sim.run_ticks(500);
+    finish_without_violations(&mut sim);
+    assert_eq!(
+        sim.modes_seen(R3),
+        vec![
+            ReplicaMode::Offline,
+            ReplicaMode::NewReplicaDegraded,
+            ReplicaMode::ReconstructingNewReplica,
+            ReplicaMode::Healthy
+        ]
+    );
+}
+
+/// The new replica's process dies halfway through its rebuild; when it comes back the rebuild
+/// starts again and completes, and the volume never stops serving.
+#[test]
+fn replica_killed_mid_rebuild() {
+    let mut sim = healthy_volume(config(3, 2, 3));
+    sim.workload_on = true;
+    sim.run_ticks(500);
+    assert_eq!(run_command(&mut sim, Command::AddReplica(R3)), Ok(()));
+    assert!(sim.run_until(500, |s| is_rebuilding(s, R3)));
+
+    sim.crash_replica(R3, false);
+    sim.run_ticks(100);
+    assert_eq!(sim.replica_mode(R3), Some(ReplicaMode::Offline));
+    assert_eq!(
+        sim.volume_status(),
+        Some(VolumeStatus::Healthy),
+        "the others still serve"
+    );
+    sim.restart_replica(R3);
+
+    assert!(
+        sim.run_until(3_000, Sim::converged),
+        "the rebuild never finished"
+    );
+    let rebuilds: Vec<_> = sim
+        .resyncs_finished()
+        .into_iter()
+        .filter(|r| r.0 == R3)
+        .collect();
+    assert_eq!(rebuilds.len(), 1, "one rebuild finished: {rebuilds:?}");
+    finish_without_violations(&mut sim);
+}
+
+/// The target restarts (a new generation) while a new replica is being rebuilt: the new target
+/// recovers from the two trusted replicas and rebuilds the new one from scratch.
+#[test]
+fn target_restarted_mid_rebuild() {
+    let mut sim = healthy_volume(config(4, 2, 3));
+    sim.workload_on = true;
+    sim.run_ticks(500);
+    assert_eq!(run_command(&mut sim, Command::AddReplica(R3)), Ok(()));
+    assert!(sim.run_until(500, |s| is_rebuilding(s, R3)));
+
+    sim.crash_target();
+    sim.run_ticks(20);
+    sim.start_target();
+    assert_eq!(sim.target().map(|t| t.generation().0), Some(2));
+    assert!(
+        sim.run_until(3_000, Sim::converged),
+        "never healed after the restart"
+    );
+    assert_eq!(sim.membership().replication_factor(), 3);
+    finish_without_violations(&mut sim);
+}
+
+/// A partition isolates one replica while the application writes to two regions only. After
+/// healing, the returning replica's resync copies exactly those two regions.
+#[test]
+fn partitioned_replica_resyncs_only_what_changed() {
+    let mut sim = healthy_volume(config(5, 3, 3));
+    sim.workload_on = true;
+    sim.run_ticks(1_000);
+    sim.workload_on = false;
+    assert!(sim.run_until(500, |s| s.pending_client_ops() == 0));
+    // Two flushes, one after the other: the second carries the first's durable watermark, so
+    // every replica checkpoints past everything written so far.
+    for _ in 0..2 {
+        sim.client_flush();
+        assert!(sim.run_until(500, |s| s.pending_client_ops() == 0 && s.quiescent()));
+    }
+    let resyncs_before = sim.resyncs_finished().len();
+
+    sim.partition_replica(R3);
+    for round in 0..20 {
+        // Blocks 0..8 are regions 0 and 1.
+        sim.client_write(round % 5, 3);
+    }
+    assert!(sim.run_until(500, |s| s.pending_client_ops() == 0));
+    assert!(sim.run_until(500, |s| s.replica_mode(R3) == Some(ReplicaMode::Offline)));
+    assert_eq!(sim.volume_status(), Some(VolumeStatus::Degraded));
+
+    sim.heal_network();
+    assert!(sim.run_until(1_000, Sim::converged));
+    let resyncs = &sim.resyncs_finished()[resyncs_before..];
+    assert_eq!(resyncs.len(), 1, "{resyncs:?}");
+    let (replica, full, regions, bytes) = resyncs[0];
+    assert_eq!(replica, R3);
+    assert!(!full, "a returning replica gets an incremental resync");
+    assert_eq!(regions, 2, "only the two regions written meanwhile");
+    assert_eq!(bytes, 2 * 4 * BLOCK_SIZE);
+    finish_without_violations(&mut sim);
+}
+
+/// A replica whose storage was replaced comes back with its old identity but a new incarnation:
+/// it never counts as a copy (G6) until it has been fully rebuilt and promoted again.
+#[test]
+fn replaced_replica_is_a_stranger_until_rebuilt() {
+    let mut sim = healthy_volume(config(6, 3, 3));
+    sim.workload_on = true;
+    sim.run_ticks(500);
+    let old_incarnation = sim.membership().get(R2).and_then(|m| m.incarnation);
+
+    sim.wipe_replica(R2);
+    sim.restart_replica(R2);
+    assert!(sim.run_until(500, |s| s.replica_mode(R2)
+        == Some(ReplicaMode::ReconstructingNewReplica)));
+    assert_eq!(sim.volume_status(), Some(VolumeStatus::Degraded));
+    assert_eq!(
+        sim.membership().get(R2).and_then(|m| m.incarnation),
+        old_incarnation
+    );
+
+    assert!(sim.run_until(3_000, Sim::converged));
+    assert_ne!(
+        sim.membership().get(R2).and_then(|m| m.incarnation),
+        old_incarnation
+    );
+    assert!(
+        sim.resyncs_finished().iter().any(|r| r.0 == R2 && r.1),
+        "a full rebuild"
+    );
+    finish_without_violations(&mut sim);
+}
+
+/// A new target takes over while the old one still runs: the replicas refuse the old
+/// generation, the old target learns it is fenced and stops, and nothing it does lands (G5).
+#[test]
+fn older_generation_is_refused() {
+    let mut sim = healthy_volume(config(7, 3, 3));
+    sim.workload_on = true;
+    sim.run_ticks(300);
+    let old = sim.target().expect("target").generation();
+
+    sim.takeover_target();
+    let new = sim.target().expect("target").generation();
+    assert!(new > old);
+    assert!(
+        sim.run_until(1_000, |s| s
+            .events_of(old)
+            .any(|e| *e == tandem_core::TargetEvent::Fenced)),
+        "the old target never learned it was fenced"
+    );
+    for replica in [R1, R2, R3] {
+        assert_eq!(
+            sim.replica(replica)
+                .expect("running")
+                .superblock()
+                .generation_seen,
+            new
+        );
+    }
+    finish_without_violations(&mut sim);
+}
+
+/// Scale-down is refused while the volume is Degraded, naming the replica that is not Healthy,
+/// and nothing changes.
+#[test]
+fn scale_down_refused_while_degraded() {
+    let mut sim = healthy_volume(config(8, 3, 3));
+    sim.partition_replica(R3);
+    assert!(sim.run_until(500, |s| s.replica_mode(R3) == Some(ReplicaMode::Offline)));
+    let before = sim.membership().clone();
+
+    let result = run_command(&mut sim, Command::RemoveReplica(R1));
+    let error = result.expect_err("removal while Degraded is refused");
+    assert!(
+        error.contains("not Healthy") && error.contains("ReplicaId(3)"),
+        "{error}"
+    );
+    assert_eq!(sim.membership(), &before);
+    assert!(sim.has_storage(R1));
+    sim.heal_network();
+    finish_without_violations(&mut sim);
+}
+
+/// The last replica of a volume can never be removed.
+#[test]
+fn removing_the_last_replica_is_refused() {
+    let mut sim = healthy_volume(config(9, 1, 2));
+    let result = run_command(&mut sim, Command::RemoveReplica(R1));
+    let error = result.expect_err("the last replica stays");
+    assert!(error.contains("last replica"), "{error}");
+    assert_eq!(sim.membership().replication_factor(), 1);
+
+    // With a second replica rebuilt, the first may go.
+    assert_eq!(run_command(&mut sim, Command::AddReplica(R2)), Ok(()));
+    assert!(sim.run_until(3_000, Sim::converged));
+    assert_eq!(run_command(&mut sim, Command::RemoveReplica(R1)), Ok(()));
+    let error = run_command(&mut sim, Command::RemoveReplica(R2)).expect_err("last again");
+    assert!(error.contains("last replica"), "{error}");
+    finish_without_violations(&mut sim);
+}
+
+/// A write reaches only one replica before the target dies, and that replica is cut off while a
+/// new target recovers from the other two. When it returns, its resync undoes the write only it
+/// holds (the region is in its own dirty set), so all three end identical (G3).
+#[test]
+fn returning_replica_undoes_writes_only_it_holds() {
+    let mut sim = Sim::new(config(10, 3, 3));
+    common::fork_one_replica_then_heal(&mut sim);
+    finish_without_violations(&mut sim);
 }

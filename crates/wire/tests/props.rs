@@ -127,7 +127,9 @@ fn target_message() -> impl Strategy<Value = Message> {
             }
         }),
         stamp().prop_map(|stamp| Message::FinishResync { stamp }),
-        any::<u64>().prop_map(|r| Message::Ping { request: RequestId(r) }),
+        any::<u64>().prop_map(|r| Message::Ping {
+            request: RequestId(r)
+        }),
     ]
 }
 
@@ -143,7 +145,16 @@ fn hello_ack() -> impl Strategy<Value = HelloAck> {
         region_set(),
     )
         .prop_map(
-            |(replica, incarnation, consistent, stamp, stamp_exact, sync_stamp, checkpoint, dirty)| HelloAck {
+            |(
+                replica,
+                incarnation,
+                consistent,
+                stamp,
+                stamp_exact,
+                sync_stamp,
+                checkpoint,
+                dirty,
+            )| HelloAck {
                 replica: ReplicaId(replica),
                 incarnation: Incarnation(incarnation),
                 consistent,
@@ -172,7 +183,9 @@ fn replica_message() -> impl Strategy<Value = Message> {
         (request(), unit_result())
             .prop_map(|(request, result)| Message::SegmentWritten { request, result }),
         unit_result().prop_map(|result| Message::ResyncFinished { result }),
-        any::<u64>().prop_map(|r| Message::Pong { request: RequestId(r) }),
+        any::<u64>().prop_map(|r| Message::Pong {
+            request: RequestId(r)
+        }),
     ]
 }
 

@@ -1,0 +1,91 @@
+//! Each checker must be able to fail: plant a known bug and show that the swarm catches it,
+//! under the checker named after the guarantee the bug breaks, within a bounded number of seeds.
+
+use tandem_core::{Bugs, PlantedBug};
+use tandem_sim::{run_seed, Guarantee};
+
+/// Runs seeds until one reports a violation of `guarantee`; returns that seed.
+fn caught_by(bug: PlantedBug, guarantee: Guarantee, seeds_max: u64) -> u64 {
+    for seed in 0..seeds_max {
+        let report = run_seed(seed, Bugs::plant(bug));
+        if report.violations.iter().any(|v| v.guarantee == guarantee) {
+            return seed;
+        }
+    }
+    panic!("{bug:?} was not caught by {guarantee:?} within {seeds_max} seeds");
+}
+
+#[test]
+fn acknowledging_before_cf_breaks_g1() {
+    caught_by(
+        PlantedBug::AckBeforeConsistencyFactor,
+        Guarantee::G1Durability,
+        50,
+    );
+}
+
+#[test]
+fn recovering_from_the_least_advanced_replica_breaks_g2() {
+    caught_by(
+        PlantedBug::RecoverFromLeastAdvanced,
+        Guarantee::G2NoLostWrite,
+        100,
+    );
+}
+
+#[test]
+fn copying_without_the_range_lock_breaks_g3() {
+    caught_by(
+        PlantedBug::CopyWithoutRangeLock,
+        Guarantee::G3Convergence,
+        200,
+    );
+}
+
+#[test]
+fn reading_from_an_unhealthy_replica_breaks_g4() {
+    caught_by(
+        PlantedBug::ReadFromUnhealthyReplica,
+        Guarantee::G4ReadYourWrites,
+        50,
+    );
+}
+
+#[test]
+fn skipping_the_generation_check_breaks_g5() {
+    caught_by(PlantedBug::SkipGenerationCheck, Guarantee::G5Fencing, 200);
+}
+
+#[test]
+fn removing_while_degraded_breaks_g6() {
+    caught_by(
+        PlantedBug::RemoveWhileDegraded,
+        Guarantee::G6Membership,
+        100,
+    );
+}
+
+#[test]
+fn never_reconnecting_breaks_liveness() {
+    caught_by(PlantedBug::NeverReconnect, Guarantee::Liveness, 50);
+}
+
+mod common;
+
+/// A returning replica holds a write nobody else has: resyncing only what the source changed
+/// leaves it there, and the replicas differ.
+#[test]
+fn resyncing_only_the_source_side_breaks_g3_in_the_fork_story() {
+    let mut config = common::config(10, 3, 3);
+    config.target.bugs = Bugs::plant(PlantedBug::ResyncOnlySourceSide);
+    let mut sim = tandem_sim::Sim::new(config);
+    common::fork_one_replica_then_heal(&mut sim);
+    tandem_sim::swarm::finish(&mut sim);
+    assert!(
+        sim.violations
+            .iter()
+            .any(|v| v.guarantee == Guarantee::G3Convergence),
+        "not caught: {:#?}",
+        sim.violations
+    );
+}
