@@ -514,6 +514,9 @@ impl Sim {
             .and_then(|n| n.disk.as_mut())
             .expect("a running replica has a disk");
         let failure = disk.should_fail(rng);
+        if failure.is_some() {
+            self.faults.disk_errors += 1;
+        }
         match op {
             DiskOp::Write {
                 id, offset, data, ..
