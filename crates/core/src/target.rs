@@ -906,6 +906,9 @@ impl Target {
                     op.holders.insert(source);
                     None
                 } else {
+                    // Acknowledgements from before do not count: replaying earlier operations
+                    // can take a replica back past this one until it is applied again.
+                    op.holders.clear();
                     Some(*seq)
                 }
             })
