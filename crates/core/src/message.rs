@@ -64,11 +64,14 @@ pub enum Message {
         request: RequestId,
         since: Seq,
     },
-    /// Tells a replica it is about to be overwritten by resync data and so stops being a
-    /// consistent copy until [`Message::FinishResync`]. `sync_stamp` is the newest acknowledged
-    /// write it will hold once done.
+    /// Tells a replica it is being resynced. Live operations follow right after the operation
+    /// stamped `live_after` (`None`: after none it could hold). If its history ends exactly there
+    /// it stays a consistent copy until the first resync segment; otherwise it stops being one at
+    /// once, until [`Message::FinishResync`]. `sync_stamp` is the newest acknowledged write it
+    /// will hold once done.
     StartResync {
         sync_stamp: Stamp,
+        live_after: Option<Stamp>,
     },
     /// Reads one segment from the resync source.
     ReadSegment {

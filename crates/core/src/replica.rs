@@ -131,7 +131,10 @@ enum Work {
     },
     StartResync {
         sync_stamp: Stamp,
+        live_after: Option<Stamp>,
     },
+    /// Persist that this replica is no longer a consistent copy, before what follows breaks it.
+    MarkInconsistent,
     WriteSegment {
         request: RequestId,
         offset: u64,
@@ -167,6 +170,7 @@ enum Barrier {
     Hello,
     Flush { seq: Seq },
     StartResync,
+    MarkInconsistent,
     FinishResync { stamp: Stamp },
 }
 
@@ -193,6 +197,9 @@ pub struct Replica {
     committed: Seq,
     /// Set when storage failed a sync or metadata write: the data can no longer be trusted.
     storage_failed: bool,
+    /// While being resynced and still a consistent copy (live operations continue its history):
+    /// the stamp the resync brings in, persisted if it stops being consistent.
+    joining: Option<Stamp>,
     /// Writes of the current history that storage failed, not yet applied again: the history
     /// this replica holds ends just before the first of them.
     failed_writes: Option<(Generation, BTreeSet<Seq>)>,
@@ -239,6 +246,7 @@ impl Replica {
             barrier: None,
             storage_failed: false,
             failed_writes: None,
+            joining: None,
             next_disk_op: 0,
         }
     }
@@ -370,7 +378,13 @@ impl Replica {
                 segment: true,
             },
             Message::RegionsSince { request, since } => Work::RegionsSince { request, since },
-            Message::StartResync { sync_stamp } => Work::StartResync { sync_stamp },
+            Message::StartResync {
+                sync_stamp,
+                live_after,
+            } => Work::StartResync {
+                sync_stamp,
+                live_after,
+            },
             Message::WriteSegment {
                 request,
                 offset,
@@ -438,6 +452,7 @@ impl Replica {
             broken: false,
         });
         self.queue.clear();
+        self.joining = None;
         self.queue.push_back(Work::Hello);
     }
 
@@ -480,6 +495,7 @@ impl Replica {
                 Work::Hello
                 | Work::Flush { .. }
                 | Work::StartResync { .. }
+                | Work::MarkInconsistent
                 | Work::FinishResync { .. } => {
                     if !self.inflight.is_empty() {
                         return;
@@ -506,6 +522,10 @@ impl Replica {
                         unreachable!()
                     };
                     self.start_client_write(session, seq, offset, DataChange::Trim(len), out);
+                }
+                Work::WriteSegment { .. } if self.superblock.consistent => {
+                    // Resync data makes this a mix of two histories until the resync finishes.
+                    self.queue.push_front(Work::MarkInconsistent);
                 }
                 Work::WriteSegment { offset, data, .. } => {
                     let (offset, len) = (*offset, data.len() as u64);
@@ -785,11 +805,31 @@ impl Replica {
                 self.sync(out);
                 Barrier::Flush { seq }
             }
-            Work::StartResync { sync_stamp } => {
+            Work::StartResync {
+                sync_stamp,
+                live_after,
+            } => {
+                // Live operations continue this replica's history only if it ends exactly where
+                // they start and nothing beyond it may be on disk.
+                let continues = self.superblock.consistent
+                    && self.stamp_exact
+                    && self.failed_writes.is_none()
+                    && live_after == Some(self.history_stamp());
+                if continues {
+                    self.joining = Some(sync_stamp);
+                    self.send(session, Message::ResyncStarted, out);
+                    return;
+                }
                 self.superblock.consistent = false;
                 self.superblock.sync_stamp = sync_stamp;
                 self.persist(self.activity_log.clone(), true, out);
                 Barrier::StartResync
+            }
+            Work::MarkInconsistent => {
+                self.superblock.consistent = false;
+                self.superblock.sync_stamp = self.joining.take().unwrap_or(Stamp::ZERO);
+                self.persist(self.activity_log.clone(), true, out);
+                Barrier::MarkInconsistent
             }
             Work::FinishResync { stamp } => {
                 self.sync(out);
@@ -969,7 +1009,9 @@ impl Replica {
                     },
                     out,
                 ),
-                Barrier::Hello | Barrier::StartResync => self.fail_session(),
+                Barrier::Hello | Barrier::StartResync | Barrier::MarkInconsistent => {
+                    self.fail_session()
+                }
             }
             return;
         }
@@ -989,6 +1031,7 @@ impl Replica {
                         out,
                     ),
                     Barrier::StartResync => self.send(session, Message::ResyncStarted, out),
+                    Barrier::MarkInconsistent => {}
                     Barrier::FinishResync { .. } => {
                         self.send(session, Message::ResyncFinished { result: Ok(()) }, out)
                     }
@@ -1007,13 +1050,16 @@ impl Replica {
                     }
                     Barrier::FinishResync { stamp } => {
                         self.last_applied = self.last_applied.max(stamp);
+                        self.joining = None;
                         self.stamp_exact = true;
                         self.failed_writes = None;
                         self.superblock.consistent = !self.storage_failed;
                         self.superblock.stamp = self.last_applied;
                         self.superblock.sync_stamp = Stamp::ZERO;
                     }
-                    Barrier::Hello | Barrier::StartResync => unreachable!("no sync"),
+                    Barrier::Hello | Barrier::StartResync | Barrier::MarkInconsistent => {
+                        unreachable!("no sync")
+                    }
                 }
                 let empty = RegionSet::new(self.activity_log.region_count());
                 self.persist(empty, true, out);

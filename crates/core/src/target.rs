@@ -357,6 +357,14 @@ struct ResyncJob {
     bytes_done: u64,
 }
 
+/// A removal waiting for the others to catch up.
+#[derive(Clone, Copy, Debug)]
+struct Removal {
+    replica: ReplicaId,
+    /// The others must have acknowledged everything up to here.
+    drain_seq: Seq,
+}
+
 enum PendingMembership {
     Command(Command),
     Promotion(ReplicaId),
@@ -368,6 +376,7 @@ pub struct Target {
     geometry: Geometry,
     membership: Membership,
     membership_pending: Option<PendingMembership>,
+    removal: Option<Removal>,
     phase: Phase,
     /// True once this target has served: it then knows its own acknowledged history.
     resumed: bool,
@@ -376,6 +385,11 @@ pub struct Target {
     session_counter: u32,
     next_request: u64,
     seq_last: Seq,
+    /// The stamp of operation `seq_last`.
+    last_stamp: Stamp,
+    /// The source's stamp when this target first recovered: operations after it are this
+    /// target's own.
+    activation_stamp: Stamp,
     /// The newest acknowledged operation.
     acked_max: Stamp,
     /// Every operation at or below this is durable on CF replicas.
@@ -416,6 +430,7 @@ impl Target {
             geometry,
             membership,
             membership_pending: None,
+            removal: None,
             phase: Phase::Recovering,
             resumed: false,
             links,
@@ -423,6 +438,8 @@ impl Target {
             session_counter: 0,
             next_request: 0,
             seq_last: Seq::ZERO,
+            last_stamp: Stamp::ZERO,
+            activation_stamp: Stamp::ZERO,
             acked_max: Stamp::ZERO,
             committed: Seq::ZERO,
             ops: BTreeMap::new(),
@@ -549,6 +566,7 @@ impl Target {
         }
         self.check_quorum_left(out);
         if self.phase == Phase::Active {
+            self.progress_removal(out);
             self.schedule_resync(out);
             self.pump_resync(out);
             self.retry_waiting(out);
@@ -719,6 +737,12 @@ impl Target {
                 result: Err(MembershipError::Fenced),
             });
         }
+        if let Some(removal) = self.removal.take() {
+            out.push(TargetOutput::CommandDone {
+                command: Command::RemoveReplica(removal.replica),
+                result: Err(MembershipError::Fenced),
+            });
+        }
         out.push(TargetOutput::Event(TargetEvent::Fenced));
     }
 
@@ -748,7 +772,7 @@ impl Target {
         }));
         match self.phase {
             Phase::Recovering => self.try_activate(out),
-            Phase::Active => self.begin_resync(from, out),
+            Phase::Active => self.begin_resync(from, Some(self.last_stamp), out),
             Phase::Fenced => {}
         }
     }
@@ -893,6 +917,8 @@ impl Target {
                 .max()
                 .unwrap_or(Seq::ZERO);
             self.seq_last = source_stamp.seq;
+            self.last_stamp = source_stamp;
+            self.activation_stamp = source_stamp;
             self.acked_max = source_stamp;
             self.committed = checkpoint_max.min(source_stamp.seq);
         }
@@ -914,6 +940,7 @@ impl Target {
             })
             .collect();
         let first_live_seq = resend.first().copied().unwrap_or(self.seq_last.next());
+        let live_after = self.stamp_of(Seq(first_live_seq.0 - 1));
         let fresh: Vec<ReplicaId> = self
             .links
             .keys()
@@ -930,7 +957,7 @@ impl Target {
             if replica == source {
                 self.connected_mut(replica).expect("connected").state = LinkState::Healthy;
             } else {
-                self.begin_resync(replica, out);
+                self.begin_resync(replica, live_after, out);
             }
         }
         for seq in resend {
@@ -956,7 +983,17 @@ impl Target {
         if self.phase == Phase::Active && self.healthy_replicas().is_empty() {
             self.phase = Phase::Recovering;
             self.abort_resync(out);
-            self.try_activate(out);
+            // Replicas waiting for or in a resync may still be consistent copies (live writes
+            // continued their history): ask them afresh.
+            let connected: Vec<ReplicaId> = self
+                .links
+                .keys()
+                .copied()
+                .filter(|r| self.connected(*r).is_some())
+                .collect();
+            for replica in connected {
+                self.hello(replica, out);
+            }
         }
     }
 
@@ -1144,6 +1181,7 @@ impl Target {
         };
         assert_eq!(seq, self.seq_last.next(), "sequences are dense");
         self.seq_last = seq;
+        self.last_stamp = Stamp::new(self.generation, seq);
         self.ops.insert(
             seq,
             PendingOp {
@@ -1275,9 +1313,27 @@ impl Target {
 
     // ---------------------------------------------------------------- resync
 
-    /// A replica joined while the volume is served: it must stop claiming consistency before it
-    /// applies anything from this target, so `StartResync` is the first thing it hears.
-    fn begin_resync(&mut self, replica: ReplicaId, out: &mut Vec<TargetOutput>) {
+    /// The stamp of the operation with sequence `seq`, if this target knows it: its own
+    /// operations and the one it recovered to.
+    fn stamp_of(&self, seq: Seq) -> Option<Stamp> {
+        if seq > self.activation_stamp.seq {
+            Some(Stamp::new(self.generation, seq))
+        } else if seq == self.activation_stamp.seq {
+            Some(self.activation_stamp)
+        } else {
+            None
+        }
+    }
+
+    /// A replica joined while the volume is served. `StartResync` is the first thing it hears:
+    /// live operations follow `live_after`, so it knows whether they continue its history (it
+    /// stays a consistent copy until resync data arrives) or not (it stops being one at once).
+    fn begin_resync(
+        &mut self,
+        replica: ReplicaId,
+        live_after: Option<Stamp>,
+        out: &mut Vec<TargetOutput>,
+    ) {
         let sync_stamp = self.acked_max;
         let Some(c) = self.connected_mut(replica) else {
             return;
@@ -1285,7 +1341,10 @@ impl Target {
         c.state = LinkState::NeedsResync { started: false };
         self.send(
             replica,
-            Message::StartResync { sync_stamp },
+            Message::StartResync {
+                sync_stamp,
+                live_after,
+            },
             Some(Awaited::Marker),
             out,
         );
@@ -1632,7 +1691,7 @@ impl Target {
         if self.phase != Phase::Active {
             return Err(MembershipError::NotActive);
         }
-        if self.membership_pending.is_some() {
+        if self.membership_pending.is_some() || self.removal.is_some() {
             return Err(MembershipError::ChangeInProgress);
         }
         let mut membership = self.membership.clone();
@@ -1660,36 +1719,86 @@ impl Target {
                     if membership.replication_factor() <= 1 {
                         return Err(MembershipError::LastReplica(replica));
                     }
-                    let unhealthy: Vec<ReplicaId> = membership
-                        .members
-                        .iter()
-                        .filter(|m| {
-                            m.trusted && m.replica != replica && !self.is_healthy(m.replica)
-                        })
-                        .map(|m| m.replica)
-                        .collect();
-                    if !unhealthy.is_empty()
-                        && !self.options.bugs.has(PlantedBug::RemoveWhileDegraded)
-                    {
-                        return Err(MembershipError::NotHealthy {
-                            removing: replica,
-                            unhealthy,
-                        });
-                    }
+                    self.check_others_healthy(replica)?;
+                    // Removed only once the others hold everything sequenced so far, so no
+                    // acknowledged write depends on the leaving replica (cStor drains, too).
+                    self.removal = Some(Removal {
+                        replica,
+                        drain_seq: self.seq_last,
+                    });
+                    self.progress_removal(out);
+                    return Ok(());
                 }
-                // From now on it counts for nothing and hears nothing. Safe before the change is
-                // persisted: the others are all Healthy, so any CF of the old membership still
-                // includes a replica holding every write acknowledged under the new one.
-                membership.members.retain(|m| m.replica != replica);
-                self.links.remove(&replica);
-                self.modes.remove(&replica);
-                self.forget_replica_work(replica, out);
+                self.remove_member(replica, out);
+                return Ok(());
             }
         }
         self.membership = membership.clone();
         self.membership_pending = Some(PendingMembership::Command(command));
         out.push(TargetOutput::PersistMembership(membership));
         Ok(())
+    }
+
+    /// Refuses to remove `removing` unless every other trusted member is Healthy.
+    fn check_others_healthy(&self, removing: ReplicaId) -> Result<(), MembershipError> {
+        let unhealthy: Vec<ReplicaId> = self
+            .membership
+            .members
+            .iter()
+            .filter(|m| m.trusted && m.replica != removing && !self.is_healthy(m.replica))
+            .map(|m| m.replica)
+            .collect();
+        if unhealthy.is_empty() || self.options.bugs.has(PlantedBug::RemoveWhileDegraded) {
+            Ok(())
+        } else {
+            Err(MembershipError::NotHealthy {
+                removing,
+                unhealthy,
+            })
+        }
+    }
+
+    /// Finishes a removal once every other trusted replica has acknowledged everything
+    /// sequenced before it was asked for; refuses it if one of them stops being Healthy first.
+    fn progress_removal(&mut self, out: &mut Vec<TargetOutput>) {
+        let Some(removal) = self.removal else {
+            return;
+        };
+        if let Err(error) = self.check_others_healthy(removal.replica) {
+            self.removal = None;
+            out.push(TargetOutput::CommandDone {
+                command: Command::RemoveReplica(removal.replica),
+                result: Err(error),
+            });
+            return;
+        }
+        let drained = self.membership.members.iter().all(|m| {
+            m.replica == removal.replica
+                || !m.trusted
+                || self.connected(m.replica).is_none_or(|c| {
+                    c.awaited.keys().all(
+                        |awaited| !matches!(awaited, Awaited::Op(seq) if *seq <= removal.drain_seq),
+                    )
+                })
+        });
+        if drained {
+            self.removal = None;
+            self.remove_member(removal.replica, out);
+        }
+    }
+
+    /// Drops a member: from now on it counts for nothing and hears nothing. Safe before the
+    /// change is persisted: any CF of the old membership includes a replica holding every write
+    /// acknowledged under the new one.
+    fn remove_member(&mut self, replica: ReplicaId, out: &mut Vec<TargetOutput>) {
+        let mut membership = self.membership.clone();
+        membership.members.retain(|m| m.replica != replica);
+        self.links.remove(&replica);
+        self.modes.remove(&replica);
+        self.forget_replica_work(replica, out);
+        self.membership = membership.clone();
+        self.membership_pending = Some(PendingMembership::Command(Command::RemoveReplica(replica)));
+        out.push(TargetOutput::PersistMembership(membership));
     }
 
     fn on_membership_persisted(&mut self, result: Result<(), Fenced>, out: &mut Vec<TargetOutput>) {

@@ -176,7 +176,19 @@ pub(crate) fn encode_payload(message: &Message, out: &mut BytesMut) {
             out.put_u64_le(request.0);
             out.put_u64_le(since.0);
         }
-        Message::StartResync { sync_stamp } => put_stamp(out, sync_stamp),
+        Message::StartResync {
+            sync_stamp,
+            live_after,
+        } => {
+            put_stamp(out, sync_stamp);
+            match live_after {
+                None => out.put_u8(0),
+                Some(stamp) => {
+                    out.put_u8(1);
+                    put_stamp(out, stamp);
+                }
+            }
+        }
         Message::ReadSegment {
             request,
             offset,
@@ -335,6 +347,11 @@ pub(crate) fn decode_payload(tag: u8, payload: Bytes) -> Result<Message, DecodeE
         },
         START_RESYNC => Message::StartResync {
             sync_stamp: r.stamp("sync_stamp")?,
+            live_after: if r.bool("live_after")? {
+                Some(r.stamp("live_after")?)
+            } else {
+                None
+            },
         },
         READ_SEGMENT => Message::ReadSegment {
             request: RequestId(r.u64("request")?),

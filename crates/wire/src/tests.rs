@@ -64,6 +64,11 @@ fn examples() -> Vec<Message> {
         },
         Message::StartResync {
             sync_stamp: stamp(7, 12),
+            live_after: Some(stamp(7, 30)),
+        },
+        Message::StartResync {
+            sync_stamp: Stamp::ZERO,
+            live_after: None,
         },
         Message::ReadSegment {
             request: RequestId(3),

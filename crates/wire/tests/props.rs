@@ -110,7 +110,12 @@ fn target_message() -> impl Strategy<Value = Message> {
             }
         }),
         (request(), seq()).prop_map(|(request, since)| Message::RegionsSince { request, since }),
-        stamp().prop_map(|sync_stamp| Message::StartResync { sync_stamp }),
+        (stamp(), proptest::option::of(stamp())).prop_map(|(sync_stamp, live_after)| {
+            Message::StartResync {
+                sync_stamp,
+                live_after,
+            }
+        }),
         (request(), any::<u64>(), any::<u64>()).prop_map(|(request, offset, len)| {
             Message::ReadSegment {
                 request,
