@@ -6,8 +6,9 @@
 //! replicas hold it (G1), never waiting for the slowest. Reads go to one Healthy replica (G4).
 //!
 //! A replica that connects (new, returning, or after this target restarted) first hears
-//! `StartResync`, so it stops claiming to be a consistent copy before it applies anything from
-//! this target. It then receives live writes while a resync copies, region by region, the union
+//! `StartResync`, which tells it whether the live writes that follow continue its history; if not
+//! it stops claiming to be a consistent copy before it applies anything from this target. It then
+//! receives live writes while a resync copies, region by region, the union
 //! of what changed on the source and on itself since its checkpoint; each segment is read from
 //! the source and written to the replica under a range lock that holds back client writes to
 //! that range for one source round trip (G7). A new replica's checkpoint is zero, so its resync

@@ -183,7 +183,8 @@ impl History {
         }
     }
 
-    /// A replica lost power: writes not yet durable may be lost.
+    /// A replica lost power (or the target restarted while a killed replica's stamp was
+    /// inexact): writes not yet durable may be lost.
     pub fn power_lost(&mut self) {
         for write in self.writes.values_mut() {
             if !write.durable {

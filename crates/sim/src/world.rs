@@ -749,6 +749,7 @@ impl Sim {
 
     /// Kills the current target (kill -9): its unanswered client requests have unknown outcomes.
     pub fn crash_target(&mut self) {
+        self.note_target_restart();
         if let Some(generation) = self.current.take() {
             self.targets.remove(&generation);
             self.clients.retain(|_, (g, _)| *g != generation);
@@ -757,7 +758,21 @@ impl Sim {
 
     /// A new target takes over while the old one keeps running, cut off from clients.
     pub fn takeover_target(&mut self) {
+        self.note_target_restart();
         self.start_target();
+    }
+
+    /// A killed replica knows only its checkpoint's stamp until it is resynced; a new target then
+    /// cannot tell how far its cache got. Writes not yet flushed are then at risk, as with a power
+    /// loss (a documented limit: it takes a replica crash and a target restart together).
+    fn note_target_restart(&mut self) {
+        let inexact = self
+            .nodes
+            .values()
+            .any(|node| node.process.as_ref().is_some_and(|p| !p.stamp_exact()));
+        if inexact {
+            self.history.power_lost();
+        }
     }
 
     pub fn command(&mut self, command: Command) {

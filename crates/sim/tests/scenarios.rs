@@ -317,3 +317,36 @@ fn returning_replica_undoes_writes_only_it_holds() {
     common::fork_one_replica_then_heal(&mut sim);
     finish_without_violations(&mut sim);
 }
+
+/// Every refused membership change says which rule refused it, and changes nothing.
+#[test]
+fn membership_changes_are_refused_with_clear_messages() {
+    let mut sim = healthy_volume(config(11, 2, 6));
+    let before = sim.membership().clone();
+    let error = run_command(&mut sim, Command::AddReplica(R1)).expect_err("already a member");
+    assert!(error.contains("already a member"), "{error}");
+    let error = run_command(&mut sim, Command::RemoveReplica(ReplicaId(9))).expect_err("unknown");
+    assert!(error.contains("not a member"), "{error}");
+    assert_eq!(sim.membership(), &before);
+
+    for replica in [3, 4, 5] {
+        assert_eq!(
+            run_command(&mut sim, Command::AddReplica(ReplicaId(replica))),
+            Ok(())
+        );
+        assert!(sim.run_until(3_000, Sim::converged));
+    }
+    assert_eq!(sim.membership().replication_factor(), 5);
+    let error = run_command(&mut sim, Command::AddReplica(ReplicaId(6))).expect_err("at most five");
+    assert!(error.contains("at most 5"), "{error}");
+
+    // A removal waits until the others hold everything written so far; meanwhile any other
+    // change is refused.
+    sim.workload_on = true;
+    sim.run_ticks(50);
+    sim.command(Command::RemoveReplica(R1));
+    let error = run_command(&mut sim, Command::RemoveReplica(R2)).expect_err("one at a time");
+    assert!(error.contains("in progress"), "{error}");
+    assert!(sim.run_until(500, |s| s.membership().get(R1).is_none()));
+    finish_without_violations(&mut sim);
+}
