@@ -1,0 +1,305 @@
+//! Client I/O: sequencing, replicating and acknowledging writes, trims and flushes; serving reads.
+
+use super::*;
+
+impl Target {
+    pub(super) fn on_client(&mut self, request: ClientRequest, out: &mut Vec<TargetOutput>) {
+        let in_range = match &request.op {
+            ClientOp::Read { offset, len } | ClientOp::Trim { offset, len } => {
+                self.geometry.contains_aligned(*offset, *len)
+            }
+            ClientOp::Write { offset, data, .. } => {
+                self.geometry.contains_aligned(*offset, data.len() as u64)
+            }
+            ClientOp::Flush => true,
+        };
+        if !in_range {
+            reply(out, request.id, Err(ClientError::OutOfRange));
+            return;
+        }
+        match request.op {
+            ClientOp::Read { offset, len } => {
+                self.reads_waiting.push_back((request.id, offset, len));
+                self.retry_waiting(out);
+            }
+            _ => {
+                self.ops_waiting.push_back(request);
+                self.retry_waiting(out);
+            }
+        }
+    }
+
+    /// Sequences waiting operations in order, stopping at the first that touches a locked range,
+    /// and sends waiting reads to Healthy replicas.
+    pub(super) fn retry_waiting(&mut self, out: &mut Vec<TargetOutput>) {
+        if self.phase != Phase::Active {
+            return;
+        }
+        while let Some(request) = self.ops_waiting.front() {
+            let range = match &request.op {
+                ClientOp::Write { offset, data, .. } => Some((*offset, data.len() as u64)),
+                ClientOp::Trim { offset, len } => Some((*offset, *len)),
+                _ => None,
+            };
+            if range.is_some_and(|(offset, len)| self.is_locked(offset, len)) {
+                break;
+            }
+            let request = self.ops_waiting.pop_front().expect("front exists");
+            self.sequence(request, out);
+        }
+        while let Some(&(client, offset, len)) = self.reads_waiting.front() {
+            let Some(replica) = self.pick_reader() else {
+                break;
+            };
+            self.reads_waiting.pop_front();
+            let request = self.request_id();
+            self.reads.insert(
+                request,
+                PendingRead {
+                    client,
+                    offset,
+                    len,
+                    replica,
+                },
+            );
+            self.send(
+                replica,
+                Message::Read {
+                    request,
+                    offset,
+                    len,
+                },
+                Some(Awaited::Request(request)),
+                out,
+            );
+        }
+    }
+
+    pub(super) fn is_locked(&self, offset: u64, len: u64) -> bool {
+        self.locked_ranges
+            .iter()
+            .any(|&(start, length)| start < offset + len && offset < start + length)
+    }
+
+    /// The Healthy replica with the fewest unanswered requests.
+    pub(super) fn pick_reader(&self) -> Option<ReplicaId> {
+        let unhealthy_reads = self.options.bugs.has(PlantedBug::ReadFromUnhealthyReplica);
+        self.links
+            .keys()
+            .copied()
+            .filter(|r| {
+                self.is_healthy(*r)
+                    || (unhealthy_reads
+                        && self
+                            .connected(*r)
+                            .is_some_and(|c| c.state != LinkState::Answered))
+            })
+            .min_by_key(|r| self.connected(*r).map_or(usize::MAX, |c| c.awaited.len()))
+    }
+
+    pub(super) fn request_id(&mut self) -> RequestId {
+        self.next_request += 1;
+        RequestId(self.next_request)
+    }
+
+    /// Gives an operation the next sequence and sends it to every connected replica.
+    pub(super) fn sequence(&mut self, request: ClientRequest, out: &mut Vec<TargetOutput>) {
+        let (message_for, client, fua) = match request.op {
+            ClientOp::Write { offset, data, fua } => {
+                let seq = self.seq_last.next();
+                let committed = self.committed;
+                (
+                    Message::Write {
+                        seq,
+                        offset,
+                        data,
+                        committed,
+                    },
+                    (!fua).then_some(request.id),
+                    fua,
+                )
+            }
+            ClientOp::Trim { offset, len } => {
+                let seq = self.seq_last.next();
+                let committed = self.committed;
+                (
+                    Message::Trim {
+                        seq,
+                        offset,
+                        len,
+                        committed,
+                    },
+                    Some(request.id),
+                    false,
+                )
+            }
+            ClientOp::Flush => (
+                Message::Flush {
+                    seq: self.seq_last.next(),
+                    committed: self.committed,
+                },
+                Some(request.id),
+                false,
+            ),
+            ClientOp::Read { .. } => unreachable!("reads are not sequenced"),
+        };
+        self.broadcast(message_for, client, None, out);
+        if fua {
+            // FUA: a flush right behind the write carries the reply; a replica acknowledges the
+            // flush only after applying the write, so its quorum covers the write too.
+            let write_stamp = Stamp::new(self.generation, self.seq_last);
+            let flush = Message::Flush {
+                seq: self.seq_last.next(),
+                committed: self.committed,
+            };
+            self.broadcast(flush, Some(request.id), Some(write_stamp), out);
+        }
+    }
+
+    /// Sequences `message` and sends it to every connected replica. The client's reply carries
+    /// `reply_stamp` if given (a FUA write's own stamp), else the operation's.
+    pub(super) fn broadcast(
+        &mut self,
+        message: Message,
+        client: Option<ClientRequestId>,
+        reply_stamp: Option<Stamp>,
+        out: &mut Vec<TargetOutput>,
+    ) {
+        let seq = match &message {
+            Message::Write { seq, .. } | Message::Trim { seq, .. } | Message::Flush { seq, .. } => {
+                *seq
+            }
+            _ => unreachable!("only sequenced operations are broadcast"),
+        };
+        assert_eq!(seq, self.seq_last.next(), "sequences are dense");
+        self.seq_last = seq;
+        self.last_stamp = Stamp::new(self.generation, seq);
+        self.ops.insert(
+            seq,
+            PendingOp {
+                message: message.clone(),
+                client,
+                stamp: Stamp::new(self.generation, seq),
+                reply_stamp: reply_stamp.unwrap_or(Stamp::new(self.generation, seq)),
+                is_flush: matches!(message, Message::Flush { .. }),
+                holders: BTreeSet::new(),
+            },
+        );
+        for replica in self.receivers() {
+            self.send(replica, message.clone(), Some(Awaited::Op(seq)), out);
+        }
+    }
+
+    /// Answers every operation that CF trusted Healthy replicas hold.
+    pub(super) fn complete_ops(&mut self, out: &mut Vec<TargetOutput>) {
+        let healthy: BTreeSet<ReplicaId> = self.healthy_replicas().into_iter().collect();
+        let needed = if self
+            .options
+            .bugs
+            .has(PlantedBug::AckBeforeConsistencyFactor)
+        {
+            1
+        } else {
+            self.membership.consistency_factor()
+        };
+        let done: Vec<Seq> = self
+            .ops
+            .iter()
+            .filter(|(_, op)| op.holders.intersection(&healthy).count() >= needed)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in done {
+            let op = self.ops.remove(&seq).expect("listed");
+            self.acked_max = self.acked_max.max(op.stamp);
+            if op.is_flush {
+                self.committed = self.committed.max(seq);
+            }
+            if let Some(client) = op.client {
+                reply(
+                    out,
+                    client,
+                    Ok(ClientReplyBody::Done {
+                        stamp: op.reply_stamp,
+                    }),
+                );
+            }
+        }
+    }
+
+    pub(super) fn on_replica_message(
+        &mut self,
+        from: ReplicaId,
+        message: Message,
+        out: &mut Vec<TargetOutput>,
+    ) {
+        match message {
+            Message::WriteDone { seq, result } | Message::FlushDone { seq, result } => {
+                self.answered(from, Awaited::Op(seq));
+                match result {
+                    Ok(()) => {
+                        if let Some(link) = self.links.get_mut(&from) {
+                            link.acknowledged_max = link.acknowledged_max.max(seq);
+                        }
+                        if let Some(op) = self.ops.get_mut(&seq) {
+                            op.holders.insert(from);
+                        }
+                    }
+                    Err(failure) => self.eject(from, EjectReason::IoFailure(failure), out),
+                }
+            }
+            Message::ReadDone { request, result } => {
+                self.answered(from, Awaited::Request(request));
+                let Some(read) = self.reads.remove(&request) else {
+                    return;
+                };
+                match result {
+                    Ok(data) if data.len() as u64 == read.len => {
+                        reply(out, read.client, Ok(ClientReplyBody::Read(data)));
+                    }
+                    Ok(_) => {
+                        self.reads_waiting
+                            .push_front((read.client, read.offset, read.len));
+                        self.eject(from, EjectReason::SessionBroken, out);
+                    }
+                    Err(failure) => {
+                        self.reads_waiting
+                            .push_front((read.client, read.offset, read.len));
+                        self.eject(from, EjectReason::IoFailure(failure), out);
+                    }
+                }
+            }
+            Message::ResyncStarted => {
+                self.answered(from, Awaited::Marker);
+                if let Some(c) = self.connected_mut(from) {
+                    if c.state == (LinkState::NeedsResync { started: false }) {
+                        c.state = LinkState::NeedsResync { started: true };
+                    }
+                }
+            }
+            Message::Regions { request, regions } => {
+                self.answered(from, Awaited::Request(request));
+                self.on_regions(from, request, regions, out);
+            }
+            Message::SegmentData { request, result } => {
+                self.answered(from, Awaited::Request(request));
+                self.on_segment_data(from, request, result, out);
+            }
+            Message::SegmentWritten { request, result } => {
+                self.answered(from, Awaited::Request(request));
+                self.on_segment_written(from, request, result, out);
+            }
+            Message::ResyncFinished { result } => {
+                self.answered(from, Awaited::Marker);
+                self.on_resync_finished(from, result, out);
+            }
+            Message::Pong { request } => self.answered(from, Awaited::Request(request)),
+            _ => self.eject(from, EjectReason::SessionBroken, out),
+        }
+    }
+
+    pub(super) fn answered(&mut self, from: ReplicaId, awaited: Awaited) {
+        if let Some(c) = self.connected_mut(from) {
+            c.awaited.remove(&awaited);
+        }
+    }
+}

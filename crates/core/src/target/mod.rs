@@ -1,0 +1,957 @@
+//! The volume target state machine: sequences client I/O, replicates it, and heals replicas.
+//!
+//! One target serves a volume at a time, fenced by its generation (G5). It gives every write,
+//! trim and flush a volume-wide sequence and sends it to every connected replica over that
+//! replica's session; it acknowledges once a consistency-factor (CF = RF/2+1) of trusted, Healthy
+//! replicas hold it (G1), never waiting for the slowest. Reads go to one Healthy replica (G4).
+//!
+//! A replica that connects (new, returning, or after this target restarted) first hears
+//! `StartResync`, which tells it whether the live writes that follow continue its history; if not
+//! it stops claiming to be a consistent copy before it applies anything from this target. It then
+//! receives live writes while a resync copies, region by region, the union
+//! of what changed on the source and on itself since its checkpoint; each segment is read from
+//! the source and written to the replica under a range lock that holds back client writes to
+//! that range for one source round trip (G7). A new replica's checkpoint is zero, so its resync
+//! is the full rebuild of every region ever written (unwritten regions are skipped).
+//!
+//! A restarted target recovers from the replicas alone: it needs CF trusted replicas to answer,
+//! picks the most advanced consistent one as the source of the volume's history, and resyncs the
+//! rest before they count (see [`Target::try_activate`]).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+
+use crate::membership::{Member, Membership, MembershipError, REPLICAS_MAX};
+use crate::message::{Envelope, HelloAck, Message, Refusal, RequestId};
+use crate::types::{
+    Generation, Geometry, Incarnation, IoFailure, RegionSet, ReplicaId, Seq, SessionId, Stamp,
+};
+use crate::{Bugs, PlantedBug};
+
+mod io;
+mod membership;
+mod recovery;
+mod resync;
+
+/// Identifies a client request (an NBD handle, say) so its reply can be matched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClientRequestId(pub u64);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientOp {
+    Read {
+        offset: u64,
+        len: u64,
+    },
+    /// With `fua`, the reply waits until the write is durable on CF replicas.
+    Write {
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+    },
+    /// Zeroes the range (TRIM and WRITE_ZEROES).
+    Trim {
+        offset: u64,
+        len: u64,
+    },
+    Flush,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientRequest {
+    pub id: ClientRequestId,
+    pub op: ClientOp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientReplyBody {
+    Read(Bytes),
+    /// A write, trim or flush is done; `stamp` is its place in the volume's history.
+    Done {
+        stamp: Stamp,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("request outside the volume or not aligned to its block size")]
+    OutOfRange,
+    #[error("this target was replaced by a newer one; reconnect")]
+    Fenced,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientReply {
+    pub id: ClientRequestId,
+    pub result: Result<ClientReplyBody, ClientError>,
+}
+
+/// An operator's request to change the volume's replicas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    AddReplica(ReplicaId),
+    RemoveReplica(ReplicaId),
+}
+
+#[derive(Clone, Debug)]
+pub enum TargetInput {
+    Message {
+        from: ReplicaId,
+        envelope: Envelope,
+    },
+    Client(ClientRequest),
+    Command(Command),
+    /// The answer to [`TargetOutput::PersistMembership`]: `Err` if a newer target took over.
+    MembershipPersisted(Result<(), Fenced>),
+    /// Time passes: one tick. Timeouts and the resync throttle count ticks.
+    Tick,
+}
+
+/// The control plane refused a write from this target because a newer generation exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fenced;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetOutput {
+    Send {
+        to: ReplicaId,
+        envelope: Envelope,
+    },
+    Reply(ClientReply),
+    /// Persist this membership (generation-fenced) and answer with
+    /// [`TargetInput::MembershipPersisted`]. At most one is outstanding.
+    PersistMembership(Membership),
+    CommandDone {
+        command: Command,
+        result: Result<(), MembershipError>,
+    },
+    Event(TargetEvent),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetEvent {
+    VolumeStatus(VolumeStatus),
+    ReplicaMode {
+        replica: ReplicaId,
+        mode: ReplicaMode,
+    },
+    /// A replica was ejected (it stopped answering, fell too far behind, or failed I/O).
+    Ejected {
+        replica: ReplicaId,
+        reason: EjectReason,
+    },
+    ResyncFinished {
+        replica: ReplicaId,
+        source: ReplicaId,
+        full: bool,
+        regions: u64,
+        bytes: u64,
+    },
+    ReplicaPromoted {
+        replica: ReplicaId,
+    },
+    ReplicaRemoved {
+        replica: ReplicaId,
+    },
+    /// A newer target has taken over; this one stops serving.
+    Fenced,
+    /// Recovery finished: `source` holds the volume's history up to `stamp`.
+    RecoveredFrom {
+        source: ReplicaId,
+        stamp: Stamp,
+    },
+    /// Recovery found no replica known to hold the newest acknowledged write. Writes after
+    /// `recovered` survive only where the source's cache kept them: they were never flushed, and
+    /// every replica holding them lost power or its storage.
+    RecoveredBehind {
+        newest_acknowledged: Stamp,
+        recovered: Stamp,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EjectReason {
+    Timeout,
+    Backlog,
+    IoFailure(IoFailure),
+    SessionBroken,
+    Refused(Refusal),
+}
+
+/// The volume's status, as cStor's CStorVolume phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VolumeStatus {
+    /// The target is recovering and serves no I/O yet.
+    Init,
+    /// Every trusted replica is Healthy.
+    Healthy,
+    /// I/O is served (at least CF Healthy) but not every trusted replica is Healthy.
+    Degraded,
+    /// Fewer than CF replicas are Healthy: I/O waits.
+    Offline,
+}
+
+/// A replica's mode, named as cStor's CVR phases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicaMode {
+    Offline,
+    /// Connected, trusted, waiting for its resync.
+    Degraded,
+    /// Connected, new (not trusted), waiting for its rebuild.
+    NewReplicaDegraded,
+    /// Trusted and catching up (incremental resync).
+    Rebuilding,
+    /// New and being rebuilt (full copy); counts for nothing yet.
+    ReconstructingNewReplica,
+    Healthy,
+    /// It refused the target (wrong identity or geometry).
+    Error,
+}
+
+/// Tunables. Units are in the names.
+#[derive(Clone, Copy, Debug)]
+pub struct TargetOptions {
+    /// A replica whose oldest unanswered request is this old is ejected.
+    pub replica_timeout_ticks: u64,
+    /// A replica with more unanswered requests than this is ejected (too far behind).
+    pub replica_inflight_max: usize,
+    pub handshake_timeout_ticks: u64,
+    pub reconnect_interval_ticks: u64,
+    /// Resync bandwidth cap; 0 means uncapped.
+    pub resync_bytes_per_tick: u64,
+    pub resync_segments_inflight_max: usize,
+    pub bugs: Bugs,
+}
+
+impl Default for TargetOptions {
+    fn default() -> Self {
+        TargetOptions {
+            replica_timeout_ticks: 100,
+            replica_inflight_max: 1024,
+            handshake_timeout_ticks: 50,
+            reconnect_interval_ticks: 20,
+            resync_bytes_per_tick: 0,
+            resync_segments_inflight_max: 4,
+            bugs: Bugs::none(),
+        }
+    }
+}
+
+/// Progress of the resync in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResyncProgress {
+    pub replica: ReplicaId,
+    pub source: ReplicaId,
+    pub full: bool,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Recovering,
+    Active,
+    Fenced,
+}
+
+/// What the target expects an answer to on a link, for timeouts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Awaited {
+    Op(Seq),
+    Request(RequestId),
+    Marker,
+}
+
+#[derive(Clone, Debug)]
+enum Connection {
+    Offline {
+        retry_at_tick: u64,
+    },
+    Handshaking {
+        session: SessionId,
+        sent_at_tick: u64,
+    },
+    Connected(Box<Connected>),
+}
+
+#[derive(Clone, Debug)]
+struct Connected {
+    session: SessionId,
+    next_out: u64,
+    next_in: u64,
+    hello: HelloAck,
+    state: LinkState,
+    /// Unanswered requests, with the tick each was sent.
+    awaited: BTreeMap<Awaited, u64>,
+    /// The first operation sent live in this session: the replica holds everything sequenced
+    /// before it only once resynced.
+    first_live_seq: Seq,
+    answered_at_tick: u64,
+    /// The last tick anything arrived on this session.
+    heard_at_tick: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LinkState {
+    /// Recovery: answered, waiting for the target to choose a source.
+    Answered,
+    /// Told to start a resync; `started` once it confirmed.
+    NeedsResync {
+        started: bool,
+    },
+    Resyncing,
+    /// Rebuilt, waiting for its promotion to be persisted.
+    AwaitingPromotion,
+    Healthy,
+}
+
+#[derive(Clone, Debug)]
+struct Link {
+    connection: Connection,
+    refused: bool,
+    /// The newest operation this replica acknowledged to this target, over all its sessions: a
+    /// killed replica's cache holds at least that far (unless it also lost power).
+    acknowledged_max: Seq,
+}
+
+#[derive(Clone, Debug)]
+struct PendingOp {
+    /// Kept until answered, to send again if every replica holding it is lost.
+    message: Message,
+    client: Option<ClientRequestId>,
+    stamp: Stamp,
+    reply_stamp: Stamp,
+    is_flush: bool,
+    /// Replicas that hold it: acknowledged it, or were resynced past it.
+    holders: BTreeSet<ReplicaId>,
+}
+
+#[derive(Clone, Debug)]
+struct PendingRead {
+    client: ClientRequestId,
+    offset: u64,
+    len: u64,
+    replica: ReplicaId,
+}
+
+#[derive(Clone, Debug)]
+enum ResyncPhase {
+    Querying { request: RequestId },
+    Copying,
+    Finishing,
+}
+
+#[derive(Clone, Debug)]
+struct Segment {
+    offset: u64,
+    len: u64,
+    locked: bool,
+}
+
+#[derive(Clone, Debug)]
+struct ResyncJob {
+    dest: ReplicaId,
+    source: ReplicaId,
+    full: bool,
+    phase: ResyncPhase,
+    todo: VecDeque<u32>,
+    regions_total: u64,
+    reading: BTreeMap<RequestId, Segment>,
+    writing: BTreeMap<RequestId, Segment>,
+    bytes_total: u64,
+    bytes_done: u64,
+}
+
+/// A removal waiting for the others to catch up.
+#[derive(Clone, Copy, Debug)]
+struct Removal {
+    replica: ReplicaId,
+    /// The others must have acknowledged everything up to here.
+    drain_seq: Seq,
+}
+
+enum PendingMembership {
+    Command(Command),
+    Promotion(ReplicaId),
+}
+
+pub struct Target {
+    options: TargetOptions,
+    generation: Generation,
+    geometry: Geometry,
+    membership: Membership,
+    membership_pending: Option<PendingMembership>,
+    removal: Option<Removal>,
+    phase: Phase,
+    /// True once this target has served: it then knows its own acknowledged history.
+    resumed: bool,
+    links: BTreeMap<ReplicaId, Link>,
+    now_tick: u64,
+    session_counter: u32,
+    next_request: u64,
+    seq_last: Seq,
+    /// The stamp of operation `seq_last`.
+    last_stamp: Stamp,
+    /// The source's stamp when this target first recovered: operations after it are this
+    /// target's own.
+    activation_stamp: Stamp,
+    /// The newest acknowledged operation.
+    acked_max: Stamp,
+    /// Every operation at or below this is durable on CF replicas.
+    committed: Seq,
+    ops: BTreeMap<Seq, PendingOp>,
+    reads: BTreeMap<RequestId, PendingRead>,
+    /// Reads waiting for a Healthy replica.
+    reads_waiting: VecDeque<(ClientRequestId, u64, u64)>,
+    /// Writes, trims and flushes not yet sequenced: the target is recovering, or they touch a
+    /// range being copied (they keep their order).
+    ops_waiting: VecDeque<ClientRequest>,
+    locked_ranges: Vec<(u64, u64)>,
+    resync: Option<ResyncJob>,
+    resync_budget_bytes: u64,
+    status: VolumeStatus,
+    modes: BTreeMap<ReplicaId, ReplicaMode>,
+}
+
+impl Target {
+    /// A target for `generation` over the persisted `membership`. It serves nothing until it has
+    /// recovered from CF trusted replicas.
+    pub fn new(
+        generation: Generation,
+        geometry: Geometry,
+        membership: Membership,
+        options: TargetOptions,
+    ) -> Target {
+        assert!(geometry.validate().is_ok(), "invalid geometry {geometry:?}");
+        assert!(!membership.members.is_empty(), "a volume has replicas");
+        let links = membership
+            .members
+            .iter()
+            .map(|m| (m.replica, Link::offline(0)))
+            .collect();
+        Target {
+            options,
+            generation,
+            geometry,
+            membership,
+            membership_pending: None,
+            removal: None,
+            phase: Phase::Recovering,
+            resumed: false,
+            links,
+            now_tick: 0,
+            session_counter: 0,
+            next_request: 0,
+            seq_last: Seq::ZERO,
+            last_stamp: Stamp::ZERO,
+            activation_stamp: Stamp::ZERO,
+            acked_max: Stamp::ZERO,
+            committed: Seq::ZERO,
+            ops: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            reads_waiting: VecDeque::new(),
+            ops_waiting: VecDeque::new(),
+            locked_ranges: Vec::new(),
+            resync: None,
+            resync_budget_bytes: 0,
+            status: VolumeStatus::Init,
+            modes: BTreeMap::new(),
+        }
+    }
+
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    pub fn status(&self) -> VolumeStatus {
+        self.status
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        self.phase == Phase::Fenced
+    }
+
+    pub fn replication_factor(&self) -> usize {
+        self.membership.replication_factor()
+    }
+
+    pub fn consistency_factor(&self) -> usize {
+        self.membership.consistency_factor()
+    }
+
+    pub fn replica_mode(&self, replica: ReplicaId) -> Option<ReplicaMode> {
+        self.links
+            .get(&replica)
+            .map(|link| self.mode_of(replica, link))
+    }
+
+    pub fn resync_progress(&self) -> Option<ResyncProgress> {
+        self.resync.as_ref().map(|job| ResyncProgress {
+            replica: job.dest,
+            source: job.source,
+            full: job.full,
+            bytes_done: job.bytes_done,
+            bytes_total: job.bytes_total,
+        })
+    }
+
+    /// A one-line summary of the target's state, for logs and failure reports.
+    pub fn describe(&self) -> String {
+        let mut text = format!(
+            "generation {} {:?} seq {} acked {} committed {}",
+            self.generation.0, self.phase, self.seq_last.0, self.acked_max, self.committed.0
+        );
+        for (replica, link) in &self.links {
+            let connection = match &link.connection {
+                Connection::Offline { retry_at_tick } => format!("offline(retry {retry_at_tick})"),
+                Connection::Handshaking { sent_at_tick, .. } => {
+                    format!("handshaking(since {sent_at_tick})")
+                }
+                Connection::Connected(c) => format!(
+                    "{:?} consistent={} stamp={} sync={} checkpoint={} awaited={}",
+                    c.state,
+                    c.hello.consistent,
+                    c.hello.stamp,
+                    c.hello.sync_stamp,
+                    c.hello.checkpoint.0,
+                    c.awaited.len()
+                ),
+            };
+            text.push_str(&format!("; replica {}: {connection}", replica.0));
+        }
+        let pending: Vec<u64> = self.ops.keys().map(|seq| seq.0).take(8).collect();
+        text.push_str(&format!(
+            "; pending ops {} (first {pending:?}), reads {}+{} waiting, ops waiting {}, locks {}",
+            self.ops.len(),
+            self.reads.len(),
+            self.reads_waiting.len(),
+            self.ops_waiting.len(),
+            self.locked_ranges.len()
+        ));
+        text
+    }
+
+    /// Requests sent to replicas and not yet answered.
+    pub fn outstanding_requests(&self) -> usize {
+        self.links
+            .values()
+            .map(|link| match &link.connection {
+                Connection::Connected(c) => c.awaited.len(),
+                Connection::Handshaking { .. } => 1,
+                Connection::Offline { .. } => 0,
+            })
+            .sum()
+    }
+
+    /// Client operations accepted and not yet answered.
+    pub fn pending_client_ops(&self) -> usize {
+        self.ops.values().filter(|op| op.client.is_some()).count()
+            + self.reads.len()
+            + self.reads_waiting.len()
+            + self.ops_waiting.len()
+    }
+
+    pub fn handle(&mut self, input: TargetInput, out: &mut Vec<TargetOutput>) {
+        if self.phase == Phase::Fenced {
+            if let TargetInput::Client(request) = input {
+                reply(out, request.id, Err(ClientError::Fenced));
+            }
+            return;
+        }
+        match input {
+            TargetInput::Message { from, envelope } => self.on_envelope(from, envelope, out),
+            TargetInput::Client(request) => self.on_client(request, out),
+            TargetInput::Command(command) => self.on_command(command, out),
+            TargetInput::MembershipPersisted(result) => self.on_membership_persisted(result, out),
+            TargetInput::Tick => self.on_tick(out),
+        }
+        self.check_quorum_left(out);
+        if self.phase == Phase::Active {
+            self.progress_removal(out);
+            self.schedule_resync(out);
+            self.pump_resync(out);
+            self.retry_waiting(out);
+            self.complete_ops(out);
+        }
+        self.report_changes(out);
+    }
+
+    // ---------------------------------------------------------------- links and sessions
+
+    fn send(
+        &mut self,
+        to: ReplicaId,
+        message: Message,
+        awaited: Option<Awaited>,
+        out: &mut Vec<TargetOutput>,
+    ) {
+        let now = self.now_tick;
+        let Some(Link {
+            connection: Connection::Connected(connected),
+            ..
+        }) = self.links.get_mut(&to)
+        else {
+            return;
+        };
+        let envelope = Envelope {
+            session: connected.session,
+            number: connected.next_out,
+            message,
+        };
+        connected.next_out += 1;
+        if let Some(awaited) = awaited {
+            connected.awaited.insert(awaited, now);
+        }
+        let backlog = connected.awaited.len();
+        out.push(TargetOutput::Send { to, envelope });
+        if backlog > self.options.replica_inflight_max {
+            self.eject(to, EjectReason::Backlog, out);
+        }
+    }
+
+    fn hello(&mut self, replica: ReplicaId, out: &mut Vec<TargetOutput>) {
+        self.session_counter += 1;
+        let session = SessionId::new(self.generation, self.session_counter);
+        let link = self.links.get_mut(&replica).expect("link exists");
+        link.connection = Connection::Handshaking {
+            session,
+            sent_at_tick: self.now_tick,
+        };
+        out.push(TargetOutput::Send {
+            to: replica,
+            envelope: Envelope {
+                session,
+                number: 1,
+                message: Message::Hello {
+                    generation: self.generation,
+                    replica,
+                    geometry: self.geometry,
+                },
+            },
+        });
+    }
+
+    /// Drops a replica's session. It is retried later and resynced when it returns.
+    fn eject(&mut self, replica: ReplicaId, reason: EjectReason, out: &mut Vec<TargetOutput>) {
+        let retry_at_tick = self.now_tick + self.options.reconnect_interval_ticks;
+        let Some(link) = self.links.get_mut(&replica) else {
+            return;
+        };
+        let was_connected = matches!(link.connection, Connection::Connected(_));
+        link.connection = Connection::Offline { retry_at_tick };
+        if was_connected {
+            out.push(TargetOutput::Event(TargetEvent::Ejected {
+                replica,
+                reason,
+            }));
+        }
+        self.forget_replica_work(replica, out);
+    }
+
+    /// Requeues reads that were on a replica and aborts a resync that involved it.
+    fn forget_replica_work(&mut self, replica: ReplicaId, out: &mut Vec<TargetOutput>) {
+        let orphaned: Vec<RequestId> = self
+            .reads
+            .iter()
+            .filter(|(_, read)| read.replica == replica)
+            .map(|(request, _)| *request)
+            .collect();
+        for request in orphaned {
+            let read = self.reads.remove(&request).expect("listed");
+            self.reads_waiting
+                .push_back((read.client, read.offset, read.len));
+        }
+        if self
+            .resync
+            .as_ref()
+            .is_some_and(|job| job.dest == replica || job.source == replica)
+        {
+            self.abort_resync(out);
+        }
+    }
+
+    fn on_envelope(&mut self, from: ReplicaId, envelope: Envelope, out: &mut Vec<TargetOutput>) {
+        let Some(link) = self.links.get_mut(&from) else {
+            return; // Not a member (any more): ignore.
+        };
+        match &mut link.connection {
+            Connection::Handshaking { session, .. } if *session == envelope.session => {
+                if envelope.number != 1 {
+                    return;
+                }
+                match envelope.message {
+                    Message::HelloAck(ack) => self.on_hello_ack(from, envelope.session, ack, out),
+                    Message::Refused(refusal) => self.on_refused(from, refusal, out),
+                    _ => self.eject(from, EjectReason::SessionBroken, out),
+                }
+            }
+            Connection::Connected(connected) if connected.session == envelope.session => {
+                if envelope.number < connected.next_in {
+                    return; // A duplicate.
+                }
+                if envelope.number > connected.next_in {
+                    self.eject(from, EjectReason::SessionBroken, out);
+                    return;
+                }
+                connected.next_in += 1;
+                connected.heard_at_tick = self.now_tick;
+                self.on_replica_message(from, envelope.message, out);
+            }
+            _ => {} // Another session's message: stale.
+        }
+    }
+
+    fn on_refused(&mut self, from: ReplicaId, refusal: Refusal, out: &mut Vec<TargetOutput>) {
+        if let Refusal::Fenced { generation_seen } = refusal {
+            if generation_seen > self.generation {
+                self.fence(out);
+                return;
+            }
+        }
+        self.eject(from, EjectReason::Refused(refusal), out);
+        if let Some(link) = self.links.get_mut(&from) {
+            link.refused = true;
+        }
+    }
+
+    /// A newer target exists: stop serving, fail what clients are waiting for (they reconnect to
+    /// the new target, which recovers everything that was acknowledged).
+    fn fence(&mut self, out: &mut Vec<TargetOutput>) {
+        self.phase = Phase::Fenced;
+        let mut clients: Vec<ClientRequestId> =
+            self.ops.values().filter_map(|op| op.client).collect();
+        clients.extend(self.reads.values().map(|read| read.client));
+        clients.extend(self.reads_waiting.iter().map(|(client, _, _)| *client));
+        clients.extend(self.ops_waiting.iter().map(|request| request.id));
+        self.ops.clear();
+        self.reads.clear();
+        self.reads_waiting.clear();
+        self.ops_waiting.clear();
+        self.resync = None;
+        self.locked_ranges.clear();
+        for client in clients {
+            reply(out, client, Err(ClientError::Fenced));
+        }
+        if let Some(PendingMembership::Command(command)) = self.membership_pending.take() {
+            out.push(TargetOutput::CommandDone {
+                command,
+                result: Err(MembershipError::Fenced),
+            });
+        }
+        if let Some(removal) = self.removal.take() {
+            out.push(TargetOutput::CommandDone {
+                command: Command::RemoveReplica(removal.replica),
+                result: Err(MembershipError::Fenced),
+            });
+        }
+        out.push(TargetOutput::Event(TargetEvent::Fenced));
+    }
+
+    fn on_hello_ack(
+        &mut self,
+        from: ReplicaId,
+        session: SessionId,
+        ack: HelloAck,
+        out: &mut Vec<TargetOutput>,
+    ) {
+        if ack.replica != from || ack.dirty.region_count() as u64 != self.geometry.region_count() {
+            self.eject(from, EjectReason::SessionBroken, out);
+            return;
+        }
+        let link = self.links.get_mut(&from).expect("link exists");
+        link.refused = false;
+        link.connection = Connection::Connected(Box::new(Connected {
+            session,
+            next_out: 2,
+            next_in: 2,
+            hello: ack,
+            state: LinkState::Answered,
+            awaited: BTreeMap::new(),
+            first_live_seq: self.seq_last.next(),
+            answered_at_tick: self.now_tick,
+            heard_at_tick: self.now_tick,
+        }));
+        match self.phase {
+            Phase::Recovering => self.try_activate(out),
+            Phase::Active => self.begin_resync(from, Some(self.last_stamp), out),
+            Phase::Fenced => {}
+        }
+    }
+
+    fn connected(&self, replica: ReplicaId) -> Option<&Connected> {
+        match &self.links.get(&replica)?.connection {
+            Connection::Connected(connected) => Some(connected),
+            _ => None,
+        }
+    }
+
+    fn connected_mut(&mut self, replica: ReplicaId) -> Option<&mut Connected> {
+        match &mut self.links.get_mut(&replica)?.connection {
+            Connection::Connected(connected) => Some(connected),
+            _ => None,
+        }
+    }
+
+    fn is_trusted(&self, replica: ReplicaId, incarnation: Incarnation) -> bool {
+        self.membership.trusts(replica, incarnation)
+    }
+
+    /// Healthy and trusted: counts toward quorum and serves reads.
+    fn is_healthy(&self, replica: ReplicaId) -> bool {
+        self.connected(replica).is_some_and(|c| {
+            c.state == LinkState::Healthy && self.is_trusted(replica, c.hello.incarnation)
+        })
+    }
+
+    fn healthy_replicas(&self) -> Vec<ReplicaId> {
+        self.links
+            .keys()
+            .copied()
+            .filter(|r| self.is_healthy(*r))
+            .collect()
+    }
+
+    // ---------------------------------------------------------------- time
+
+    fn on_tick(&mut self, out: &mut Vec<TargetOutput>) {
+        self.now_tick += 1;
+        let now = self.now_tick;
+        if self.options.resync_bytes_per_tick > 0 {
+            let cap = self
+                .options
+                .resync_bytes_per_tick
+                .max(u64::from(self.geometry.region_size))
+                * 2;
+            self.resync_budget_bytes =
+                (self.resync_budget_bytes + self.options.resync_bytes_per_tick).min(cap);
+        }
+        let replicas: Vec<ReplicaId> = self.links.keys().copied().collect();
+        for replica in replicas {
+            let link = &self.links[&replica];
+            match &link.connection {
+                Connection::Offline { retry_at_tick }
+                    if *retry_at_tick <= now
+                        && !(self.options.bugs.has(PlantedBug::NeverReconnect) && self.resumed) =>
+                {
+                    self.hello(replica, out)
+                }
+                Connection::Handshaking { sent_at_tick, .. }
+                    if sent_at_tick + self.options.handshake_timeout_ticks <= now =>
+                {
+                    let retry_at_tick = now + self.options.reconnect_interval_ticks;
+                    self.links.get_mut(&replica).expect("exists").connection =
+                        Connection::Offline { retry_at_tick };
+                }
+                Connection::Connected(c) => {
+                    let oldest = c.awaited.values().min().copied();
+                    if oldest.is_some_and(|sent| sent + self.options.replica_timeout_ticks <= now) {
+                        self.eject(replica, EjectReason::Timeout, out);
+                    } else if c.awaited.is_empty()
+                        && c.heard_at_tick + self.options.replica_timeout_ticks / 2 <= now
+                    {
+                        // An idle session is probed: a replica that moved on to a newer target
+                        // (or whose session silently broke) then times out and is reconnected.
+                        let request = self.request_id();
+                        self.send(
+                            replica,
+                            Message::Ping { request },
+                            Some(Awaited::Request(request)),
+                            out,
+                        );
+                    } else if self.phase == Phase::Recovering
+                        && c.state == LinkState::Answered
+                        && c.answered_at_tick + self.options.replica_timeout_ticks <= now
+                    {
+                        // Recovery is stuck on this answer: ask again, the replica may have moved
+                        // on (or accepted a newer target, which fences this one).
+                        self.hello(replica, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- status
+
+    fn mode_of(&self, replica: ReplicaId, link: &Link) -> ReplicaMode {
+        let Connection::Connected(c) = &link.connection else {
+            return if link.refused {
+                ReplicaMode::Error
+            } else {
+                ReplicaMode::Offline
+            };
+        };
+        let trusted = self.is_trusted(replica, c.hello.incarnation);
+        match (c.state, trusted) {
+            (LinkState::Healthy, true) => ReplicaMode::Healthy,
+            (LinkState::Resyncing, true) => ReplicaMode::Rebuilding,
+            (LinkState::Resyncing | LinkState::AwaitingPromotion | LinkState::Healthy, false) => {
+                ReplicaMode::ReconstructingNewReplica
+            }
+            (_, true) => ReplicaMode::Degraded,
+            (_, false) => ReplicaMode::NewReplicaDegraded,
+        }
+    }
+
+    fn compute_status(&self) -> VolumeStatus {
+        match self.phase {
+            Phase::Recovering => VolumeStatus::Init,
+            Phase::Fenced => VolumeStatus::Offline,
+            Phase::Active => {
+                let healthy = self.healthy_replicas().len();
+                if healthy >= self.membership.replication_factor() {
+                    VolumeStatus::Healthy
+                } else if healthy >= self.membership.consistency_factor() {
+                    VolumeStatus::Degraded
+                } else {
+                    VolumeStatus::Offline
+                }
+            }
+        }
+    }
+
+    fn report_changes(&mut self, out: &mut Vec<TargetOutput>) {
+        let status = self.compute_status();
+        if status != self.status {
+            self.status = status;
+            out.push(TargetOutput::Event(TargetEvent::VolumeStatus(status)));
+        }
+        let modes: Vec<(ReplicaId, ReplicaMode)> = self
+            .links
+            .iter()
+            .map(|(replica, link)| (*replica, self.mode_of(*replica, link)))
+            .collect();
+        for (replica, mode) in modes {
+            if self.modes.insert(replica, mode) != Some(mode) {
+                out.push(TargetOutput::Event(TargetEvent::ReplicaMode {
+                    replica,
+                    mode,
+                }));
+            }
+        }
+    }
+}
+
+impl Link {
+    fn offline(retry_at_tick: u64) -> Link {
+        Link {
+            connection: Connection::Offline { retry_at_tick },
+            refused: false,
+            acknowledged_max: Seq::ZERO,
+        }
+    }
+}
+
+fn reply(
+    out: &mut Vec<TargetOutput>,
+    id: ClientRequestId,
+    result: Result<ClientReplyBody, ClientError>,
+) {
+    out.push(TargetOutput::Reply(ClientReply { id, result }));
+}

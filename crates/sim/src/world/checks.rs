@@ -1,0 +1,237 @@
+//! The checkers that look at replicas' disks: G1 at each acknowledgement, G2 at each recovery,
+//! G3 at the end, G5 at each replica write, G6 at each membership change.
+
+use super::*;
+
+impl Sim {
+    /// True if a block value on a disk is at least as new as the write stamped `needed`.
+    pub(super) fn value_at_least(
+        &self,
+        block: u64,
+        value: Option<u64>,
+        needed_id: u64,
+        needed: Stamp,
+    ) -> bool {
+        match value {
+            Some(0) => self.history.zeroed_since(block, needed),
+            Some(value) => {
+                value == needed_id || self.history.stamp_of(value).is_some_and(|s| s >= needed)
+            }
+            None => false,
+        }
+    }
+
+    /// G1 (and G6) at the moment a write is acknowledged: CF replicas hold it in their caches,
+    /// and CF of those are trusted members.
+    pub(super) fn check_write_durability(&mut self, generation: Generation, id: u64, stamp: Stamp) {
+        let record = self.history.writes[&id].clone();
+        if record.lossy {
+            return;
+        }
+        let Some(target) = self.targets.get(&generation) else {
+            return;
+        };
+        let needed = target.consistency_factor();
+        let (mut holders, mut trusted_holders) = (0, 0);
+        for (replica, node) in &self.nodes {
+            let Some(disk) = node.disk.as_ref() else {
+                continue;
+            };
+            if node.wiped_at.is_some_and(|at| at > record.issued_at) {
+                holders += 1;
+                trusted_holders += 1;
+                continue;
+            }
+            let holds = (record.first_block..record.first_block + record.blocks).all(|block| {
+                let start = (block * BLOCK_SIZE) as usize;
+                let value = block_value(&disk.cache()[start..start + BLOCK_SIZE as usize]);
+                self.value_at_least(block, value, id, stamp)
+            });
+            if holds {
+                holders += 1;
+                if self
+                    .control_plane
+                    .membership
+                    .trusts(*replica, disk.incarnation)
+                {
+                    trusted_holders += 1;
+                }
+            }
+        }
+        if holders < needed {
+            let seen: Vec<String> = self
+                .nodes
+                .iter()
+                .filter_map(|(replica, node)| {
+                    let disk = node.disk.as_ref()?;
+                    let values: Vec<Option<u64>> = (record.first_block
+                        ..record.first_block + record.blocks)
+                        .map(|block| {
+                            let start = (block * BLOCK_SIZE) as usize;
+                            block_value(&disk.cache()[start..start + BLOCK_SIZE as usize])
+                        })
+                        .collect();
+                    Some(format!("replica {} holds {values:?}", replica.0))
+                })
+                .collect();
+            self.violate(
+                Guarantee::G1Durability,
+                format!(
+                    "write {id} (stamp {stamp}, blocks {}..{}) acknowledged but held by {holders} replicas, CF is {needed}: {}",
+                    record.first_block,
+                    record.first_block + record.blocks,
+                    seen.join("; ")
+                ),
+            );
+        } else if trusted_holders < needed {
+            self.violate(
+                Guarantee::G6Membership,
+                format!(
+                    "write {id} (stamp {stamp}) acknowledged with {trusted_holders} trusted holders, CF is {needed}"
+                ),
+            );
+        }
+    }
+
+    /// G1 at the moment a flush is acknowledged: every write acknowledged before it is durable
+    /// on CF replicas.
+    pub(super) fn check_flush_durability(&mut self, generation: Generation, issued_at: u64) {
+        let Some(target) = self.targets.get(&generation) else {
+            return;
+        };
+        let needed = target.consistency_factor();
+        for block in 0..self.config.blocks {
+            let Some((id, stamp)) = self.history.required(block, issued_at) else {
+                continue;
+            };
+            let start = (block * BLOCK_SIZE) as usize;
+            let issued_at = self.history.writes[&id].issued_at;
+            let holders = self
+                .nodes
+                .values()
+                .filter(|node| {
+                    let wiped_since = node.wiped_at.is_some_and(|at| at > issued_at);
+                    wiped_since
+                        || node.disk.as_ref().is_some_and(|disk| {
+                            let value =
+                                block_value(&disk.durable()[start..start + BLOCK_SIZE as usize]);
+                            self.value_at_least(block, value, id, stamp)
+                        })
+                })
+                .count();
+            if holders < needed {
+                self.violate(
+                    Guarantee::G1Durability,
+                    format!(
+                        "flush acknowledged but block {block} (write {id}, stamp {stamp}) is durable on {holders} replicas, CF is {needed}"
+                    ),
+                );
+                return;
+            }
+        }
+    }
+
+    /// G2 when a target finishes recovering: the replica it chose as the volume's history holds
+    /// every write that must survive.
+    pub(super) fn check_recovery_source(&mut self, source: ReplicaId) {
+        let Some(disk) = self.nodes.get(&source).and_then(|n| n.disk.as_ref()) else {
+            return;
+        };
+        let now = self.history.now();
+        let mut problem = None;
+        for block in 0..self.config.blocks {
+            let Some((id, stamp)) = self.history.required(block, now) else {
+                continue;
+            };
+            let start = (block * BLOCK_SIZE) as usize;
+            let value = block_value(&disk.cache()[start..start + BLOCK_SIZE as usize]);
+            if !self.value_at_least(block, value, id, stamp) {
+                problem = Some(format!(
+                    "recovered from replica {} whose block {block} holds {value:?}, but write {id} (stamp {stamp}) was acknowledged",
+                    source.0
+                ));
+                break;
+            }
+        }
+        if let Some(problem) = problem {
+            self.violate(Guarantee::G2NoLostWrite, problem);
+        }
+    }
+
+    /// G5: a replica never applies client data from a generation older than one it accepted.
+    pub(super) fn check_fencing(&mut self, replica: ReplicaId, data: &Bytes) {
+        let Some(process) = self.replica(replica) else {
+            return;
+        };
+        let seen = process.superblock().generation_seen;
+        for block in data.chunks_exact(BLOCK_SIZE as usize) {
+            let Some(value) = block_value(block) else {
+                continue;
+            };
+            if let Some(stamp) = self.history.stamp_of(value) {
+                if stamp.generation < seen {
+                    self.violate(
+                        Guarantee::G5Fencing,
+                        format!(
+                            "replica {} applied write {value} of generation {} after accepting generation {}",
+                            replica.0, stamp.generation.0, seen.0
+                        ),
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// G3: every Healthy trusted replica holds the same bytes, in cache and (after a flush) on
+    /// durable media.
+    pub fn check_convergence(&mut self) {
+        let Some(target) = self.target() else {
+            return;
+        };
+        let healthy: Vec<ReplicaId> = self
+            .control_plane
+            .membership
+            .members
+            .iter()
+            .filter(|m| target.replica_mode(m.replica) == Some(ReplicaMode::Healthy))
+            .map(|m| m.replica)
+            .collect();
+        let Some((&first, rest)) = healthy.split_first() else {
+            return;
+        };
+        let reference = self.nodes[&first].disk.as_ref().expect("healthy has disk");
+        let mut problems = Vec::new();
+        for other in rest {
+            let disk = self.nodes[other].disk.as_ref().expect("healthy has disk");
+            for (image, name) in [
+                (reference.cache(), "cache"),
+                (reference.durable(), "durable"),
+            ] {
+                let theirs = if name == "cache" {
+                    disk.cache()
+                } else {
+                    disk.durable()
+                };
+                if let Some(block) = (0..self.config.blocks).find(|b| {
+                    let start = (b * BLOCK_SIZE) as usize;
+                    let end = start + BLOCK_SIZE as usize;
+                    image[start..end] != theirs[start..end]
+                }) {
+                    let start = (block * BLOCK_SIZE) as usize;
+                    let end = start + BLOCK_SIZE as usize;
+                    problems.push(format!(
+                        "replicas {} and {} differ ({name}) at block {block}: {:?} vs {:?}",
+                        first.0,
+                        other.0,
+                        block_value(&image[start..end]),
+                        block_value(&theirs[start..end])
+                    ));
+                }
+            }
+        }
+        for problem in problems {
+            self.violate(Guarantee::G3Convergence, problem);
+        }
+    }
+}

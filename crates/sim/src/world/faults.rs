@@ -1,0 +1,242 @@
+//! Fault injection: crashes, power loss, partitions, disk trouble, wiped storage, membership churn.
+
+use super::*;
+
+impl Sim {
+    /// Kills a replica's process; with `power_loss`, unsynced writes may be lost too. In-flight
+    /// storage operations either happened or did not.
+    pub fn crash_replica(&mut self, replica: ReplicaId, power_loss: bool) {
+        let pending: Vec<(u64, u64)> = self
+            .events
+            .iter()
+            .filter(
+                |(_, event)| matches!(event, Event::DiskDone { replica: r, .. } if *r == replica),
+            )
+            .map(|(key, _)| *key)
+            .collect();
+        for key in pending {
+            let Some(Event::DiskDone { op, .. }) = self.events.remove(&key) else {
+                unreachable!()
+            };
+            if self.rng.gen_bool(0.5) && !matches!(op, DiskOp::Read { .. }) {
+                let _completed_before_the_crash = self.perform_disk_op(replica, op);
+            }
+        }
+        let node = self.nodes.get_mut(&replica).expect("node exists");
+        if node.process.take().is_none() {
+            return;
+        }
+        node.epoch += 1;
+        if power_loss {
+            if let Some(disk) = node.disk.as_mut() {
+                disk.lose_power(&mut self.rng);
+            }
+            self.history.power_lost();
+        }
+    }
+
+    /// Starts a crashed replica's process again from what its disk holds.
+    pub fn restart_replica(&mut self, replica: ReplicaId) {
+        let options = self.config.replica;
+        let node = self.nodes.get_mut(&replica).expect("node exists");
+        node.restart_at_tick = None;
+        if node.process.is_some() {
+            return;
+        }
+        if let Some(disk) = node.disk.as_ref() {
+            node.process = Some(Replica::open(disk.meta.clone(), options));
+        }
+    }
+
+    /// Cuts a replica off from every target, both ways.
+    pub fn partition_replica(&mut self, replica: ReplicaId) {
+        for generation in self.targets.keys().copied().collect::<Vec<_>>() {
+            self.network
+                .cut(Node::Target(generation), Node::Replica(replica));
+            self.network
+                .cut(Node::Replica(replica), Node::Target(generation));
+        }
+    }
+
+    pub fn heal_network(&mut self) {
+        self.network.heal();
+    }
+
+    pub(super) fn restart_due(&mut self) {
+        let due: Vec<ReplicaId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.restart_at_tick.is_some_and(|at| at <= self.now_tick))
+            .map(|(r, _)| *r)
+            .collect();
+        for replica in due {
+            self.restart_replica(replica);
+        }
+        for node in self.nodes.values_mut() {
+            if node.trouble_until_tick != 0 && node.trouble_until_tick <= self.now_tick {
+                node.trouble_until_tick = 0;
+                if let Some(disk) = node.disk.as_mut() {
+                    disk.failure_permille = 0;
+                    disk.slowness = 1;
+                }
+            }
+        }
+        if self
+            .target_restart_at_tick
+            .is_some_and(|at| at <= self.now_tick)
+        {
+            self.start_target();
+        }
+    }
+
+    /// Stops injecting faults and repairs everything: the network, crashed processes, troubled
+    /// disks, a missing target. What follows must converge (liveness).
+    pub fn heal_everything(&mut self) {
+        self.faults_on = false;
+        self.network.faults = NetworkFaults::default();
+        self.network.heal();
+        let replicas: Vec<ReplicaId> = self.nodes.keys().copied().collect();
+        for replica in replicas {
+            let node = self.nodes.get_mut(&replica).expect("exists");
+            node.trouble_until_tick = 0;
+            if let Some(disk) = node.disk.as_mut() {
+                disk.failure_permille = 0;
+                disk.slowness = 1;
+            }
+            self.restart_replica(replica);
+        }
+        if self.current.is_none() {
+            self.start_target();
+        }
+    }
+
+    pub(super) fn inject_faults(&mut self) {
+        let rates = self.config.faults;
+        let now = self.now_tick;
+        let members: Vec<ReplicaId> = self
+            .control_plane
+            .membership
+            .members
+            .iter()
+            .map(|m| m.replica)
+            .collect();
+        let with_storage: Vec<ReplicaId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.disk.is_some())
+            .map(|(r, _)| *r)
+            .collect();
+        if chance(&mut self.rng, rates.partition_ppm) {
+            if let Some(&replica) = with_storage.iter().choose(&mut self.rng) {
+                self.partition_replica(replica);
+                self.faults.partitions += 1;
+            }
+        }
+        if chance(&mut self.rng, rates.partition_one_way_ppm) {
+            if let (Some(&replica), Some(generation)) =
+                (with_storage.iter().choose(&mut self.rng), self.current)
+            {
+                let (a, b) = (Node::Target(generation), Node::Replica(replica));
+                if self.rng.gen_bool(0.5) {
+                    self.network.cut(a, b);
+                } else {
+                    self.network.cut(b, a);
+                }
+                self.faults.one_way_partitions += 1;
+            }
+        }
+        // Partitions heal after a while.
+        if self.rng.gen_range(0..1000) < 5 {
+            self.network.heal();
+        }
+        let power_loss = chance(&mut self.rng, rates.power_loss_ppm);
+        if power_loss || chance(&mut self.rng, rates.replica_crash_ppm) {
+            if let Some(&replica) = with_storage.iter().choose(&mut self.rng) {
+                if self.nodes[&replica].process.is_some() {
+                    self.crash_replica(replica, power_loss);
+                    if power_loss {
+                        self.faults.power_losses += 1;
+                    } else {
+                        self.faults.replica_crashes += 1;
+                    }
+                    let delay = self.rng.gen_range(20..300);
+                    self.nodes
+                        .get_mut(&replica)
+                        .expect("exists")
+                        .restart_at_tick = Some(now + delay);
+                }
+            }
+        }
+        if chance(&mut self.rng, rates.target_crash_ppm) && self.current.is_some() {
+            self.crash_target();
+            self.faults.target_crashes += 1;
+            self.target_restart_at_tick = Some(now + self.rng.gen_range(5..100));
+        }
+        if chance(&mut self.rng, rates.target_takeover_ppm) && self.current.is_some() {
+            self.takeover_target();
+            self.faults.target_takeovers += 1;
+        }
+        if chance(&mut self.rng, rates.disk_errors_ppm) {
+            if let Some(&replica) = with_storage.iter().choose(&mut self.rng) {
+                let until = now + self.rng.gen_range(10..100);
+                let node = self.nodes.get_mut(&replica).expect("exists");
+                if let Some(disk) = node.disk.as_mut() {
+                    disk.failure_permille = 200;
+                    disk.failure = if self.rng.gen_bool(0.5) {
+                        tandem_core::IoFailure::Device
+                    } else {
+                        tandem_core::IoFailure::NoSpace
+                    };
+                    node.trouble_until_tick = until;
+                    self.faults.disk_error_windows += 1;
+                }
+            }
+        }
+        if chance(&mut self.rng, rates.slow_disk_ppm) {
+            if let Some(&replica) = with_storage.iter().choose(&mut self.rng) {
+                let until = now + self.rng.gen_range(50..400);
+                let node = self.nodes.get_mut(&replica).expect("exists");
+                if let Some(disk) = node.disk.as_mut() {
+                    disk.slowness = 20;
+                    node.trouble_until_tick = until;
+                    self.faults.slow_disks += 1;
+                }
+            }
+        }
+        // A replaced disk loses a replica's data. By design a volume survives that when every
+        // other trusted replica is Healthy (they all hold every acknowledged write); once per run.
+        if chance(&mut self.rng, rates.wipe_ppm)
+            && self.faults.wipes == 0
+            && self.control_plane.membership.replication_factor() >= 3
+        {
+            if let Some(&replica) = members.iter().choose(&mut self.rng) {
+                let others_healthy = self.target().is_some_and(|target| {
+                    target.status() == VolumeStatus::Healthy
+                        && members.iter().all(|r| {
+                            *r == replica || target.replica_mode(*r) == Some(ReplicaMode::Healthy)
+                        })
+                });
+                if self.nodes[&replica].disk.is_some() && others_healthy {
+                    self.wipe_replica(replica);
+                    self.faults.wipes += 1;
+                }
+            }
+        }
+        if chance(&mut self.rng, rates.add_replica_ppm) {
+            let spare = self
+                .nodes
+                .iter()
+                .filter(|(r, n)| n.disk.is_none() && !members.contains(r))
+                .map(|(r, _)| *r)
+                .choose(&mut self.rng);
+            if let Some(spare) = spare {
+                self.command(Command::AddReplica(spare));
+            }
+        }
+        if chance(&mut self.rng, rates.remove_replica_ppm) {
+            if let Some(&replica) = members.iter().choose(&mut self.rng) {
+                self.command(Command::RemoveReplica(replica));
+            }
+        }
+    }
+}
