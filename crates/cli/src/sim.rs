@@ -31,8 +31,8 @@ pub fn run(command: SimCommand) -> Result<bool> {
         SimCommand::Replay { seed } => {
             let config = swarm_config(seed);
             println!(
-                "seed {seed}: {} replicas on {} nodes, faults {:?}",
-                config.replicas, config.nodes, config.faults
+                "seed {seed}: a volume of {} replicas on {} nodes, {} blocks",
+                config.replicas, config.nodes, config.blocks
             );
             let report = run_seed(seed, Bugs::none());
             print_report(&report);
@@ -57,20 +57,23 @@ pub fn run(command: SimCommand) -> Result<bool> {
 
 fn print_report(report: &RunReport) {
     println!(
-        "ran {} ticks: {} client requests answered, {} reads checked, {} resyncs",
+        "ran {} ticks: {} client requests answered, {} reads checked, {} resyncs finished",
         report.ticks, report.acked_ops, report.checked_reads, report.resyncs
     );
-    println!("faults: {:?}", report.faults);
-    println!("network: {:?}", report.network);
-    for (replica, modes) in &report.modes_seen {
-        println!("replica {}: {:?}", replica.0, modes);
+    let mut summary = SwarmSummary::default();
+    summary.add(report);
+    println!("faults injected:");
+    for (name, count) in summary.faults.iter().filter(|(_, count)| **count > 0) {
+        println!("  {name:<28} {count}");
     }
-    if report.violations.is_empty() {
-        println!("violations: 0");
+    println!("replica modes reached:");
+    for (replica, modes) in &report.modes_seen {
+        println!("  replica {}: {modes:?}", replica.0);
     }
     for violation in &report.violations {
         println!("VIOLATION {violation}");
     }
+    println!("violations: {}", report.violations.len());
 }
 
 fn print_summary(summary: &SwarmSummary, seconds: f64) {
@@ -83,5 +86,7 @@ fn print_summary(summary: &SwarmSummary, seconds: f64) {
     for (name, count) in &summary.faults {
         println!("  {name:<28} {count}");
     }
+    let modes: Vec<&str> = summary.modes_reached.iter().map(String::as_str).collect();
+    println!("replica modes reached: {}", modes.join(", "));
     println!("violations: {}", summary.violations.len());
 }

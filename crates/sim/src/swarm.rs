@@ -191,6 +191,8 @@ pub struct SwarmSummary {
     pub acked_ops: u64,
     pub checked_reads: u64,
     pub resyncs: u64,
+    /// Every replica mode some replica reached.
+    pub modes_reached: std::collections::BTreeSet<String>,
 }
 
 impl SwarmSummary {
@@ -201,6 +203,10 @@ impl SwarmSummary {
         self.resyncs += report.resyncs as u64;
         for violation in &report.violations {
             self.violations.push((report.seed, violation.clone()));
+        }
+        for modes in report.modes_seen.values() {
+            self.modes_reached
+                .extend(modes.iter().map(|mode| format!("{mode:?}")));
         }
         let f = report.faults;
         let n = report.network;

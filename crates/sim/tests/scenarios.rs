@@ -22,6 +22,12 @@ fn healthy_volume(config: SimConfig) -> Sim {
 
 fn finish_without_violations(sim: &mut Sim) {
     swarm::finish(sim);
+    for replica in 1..=sim.config.nodes as u64 {
+        println!(
+            "replica {replica} modes: {:?}",
+            sim.modes_seen(ReplicaId(replica))
+        );
+    }
     assert!(
         sim.violations.is_empty(),
         "violations: {:#?}",
