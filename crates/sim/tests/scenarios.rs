@@ -77,6 +77,8 @@ fn migration_adds_rebuilds_under_writes_then_removes() {
     sim.workload_on = true;
     sim.run_ticks(500);
 
+    let steady_wait_ticks_max = sim.client_wait_ticks_max;
+    sim.client_wait_ticks_max = 0;
     assert_eq!(run_command(&mut sim, Command::AddReplica(R3)), Ok(()));
     assert_eq!(sim.membership().desired_replication_factor(), 3);
     assert_eq!(
@@ -97,6 +99,13 @@ fn migration_adds_rebuilds_under_writes_then_removes() {
         sim.run_until(3_000, Sim::converged),
         "the new replica never became Healthy"
     );
+    // G7: a rebuild holds a client write back for at most one source round trip per segment.
+    println!(
+        "longest client wait: {steady_wait_ticks_max} ticks steady, {} ticks during the rebuild",
+        sim.client_wait_ticks_max
+    );
+    let round_trip_ticks = 2 * sim.config.network_delay_ticks.1 + sim.config.disk_latency_ticks.1;
+    assert!(sim.client_wait_ticks_max <= steady_wait_ticks_max + round_trip_ticks);
     assert_eq!(sim.membership().replication_factor(), 3);
     let (_, full, regions, bytes) = *sim.resyncs_finished().last().expect("a rebuild finished");
     assert!(full, "a new replica gets a full rebuild");

@@ -125,7 +125,6 @@ impl Target {
         job.regions_total = job.todo.len() as u64;
         job.bytes_total = job.todo.iter().map(|r| geometry.region_range(*r).1).sum();
         job.phase = ResyncPhase::Copying;
-        let _ = out;
     }
 
     /// Starts segment copies within the in-flight and bandwidth limits.
@@ -305,8 +304,7 @@ impl Target {
         let c = self.connected_mut(from).expect("dest connected");
         let first_live_seq = c.first_live_seq;
         let incarnation = c.hello.incarnation;
-        for (seq, op) in self.ops.range_mut(..first_live_seq) {
-            let _ = seq;
+        for op in self.ops.range_mut(..first_live_seq).map(|(_, op)| op) {
             op.holders.insert(from);
         }
         if self.is_trusted(from, incarnation) {

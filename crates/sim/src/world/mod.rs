@@ -198,7 +198,8 @@ pub struct Sim {
     control_plane: ControlPlane,
     nodes: BTreeMap<ReplicaId, NodeState>,
     pub history: History,
-    clients: BTreeMap<ClientRequestId, (Generation, Pending)>,
+    /// Client requests waiting for a reply: the target they went to, what they were, when.
+    clients: BTreeMap<ClientRequestId, (Generation, Pending, u64)>,
     next_client: u64,
     next_write: u64,
     pub violations: Vec<Violation>,
@@ -212,7 +213,6 @@ pub struct Sim {
     pub checked_reads: u64,
     /// The longest a client request waited for its reply, in ticks.
     pub client_wait_ticks_max: u64,
-    issued_tick: BTreeMap<ClientRequestId, u64>,
     /// Which guarantee a bad read breaks: G4 during the run, G2 for the final read-back.
     pub read_guarantee: Guarantee,
 }
@@ -282,7 +282,6 @@ impl Sim {
             acked_ops: 0,
             checked_reads: 0,
             client_wait_ticks_max: 0,
-            issued_tick: BTreeMap::new(),
             read_guarantee: Guarantee::G4ReadYourWrites,
             config,
         };
@@ -302,7 +301,7 @@ impl Sim {
         let clients: BTreeMap<u64, usize> =
             self.clients
                 .values()
-                .fold(BTreeMap::new(), |mut counts, (g, _)| {
+                .fold(BTreeMap::new(), |mut counts, (g, _, _)| {
                     *counts.entry(g.0).or_default() += 1;
                     counts
                 });
@@ -368,15 +367,6 @@ impl Sim {
     /// True if the node still has replica storage (not removed by a scale-down).
     pub fn has_storage(&self, replica: ReplicaId) -> bool {
         self.nodes.get(&replica).is_some_and(|n| n.disk.is_some())
-    }
-
-    /// The latest result of `command`, if the target answered it.
-    pub fn command_result(&self, command: Command) -> Option<Result<(), String>> {
-        self.command_results
-            .iter()
-            .rev()
-            .find(|(c, _)| *c == command)
-            .map(|(_, result)| result.clone())
     }
 
     /// Events of generation `generation`'s target.
@@ -755,7 +745,7 @@ impl Sim {
         self.note_target_restart();
         if let Some(generation) = self.current.take() {
             self.targets.remove(&generation);
-            self.clients.retain(|_, (g, _)| *g != generation);
+            self.clients.retain(|_, (g, _, _)| *g != generation);
         }
     }
 
@@ -897,8 +887,8 @@ impl Sim {
     ) -> ClientRequestId {
         self.next_client += 1;
         let id = ClientRequestId(self.next_client);
-        self.clients.insert(id, (generation, pending));
-        self.issued_tick.insert(id, self.now_tick);
+        self.clients
+            .insert(id, (generation, pending, self.now_tick));
         self.process(Work::Target(
             generation,
             TargetInput::Client(ClientRequest { id, op }),
@@ -949,12 +939,10 @@ impl Sim {
     }
 
     fn on_client_reply(&mut self, generation: Generation, reply: tandem_core::ClientReply) {
-        let Some((_, pending)) = self.clients.remove(&reply.id) else {
+        let Some((_, pending, issued_tick)) = self.clients.remove(&reply.id) else {
             return;
         };
-        if let Some(issued) = self.issued_tick.remove(&reply.id) {
-            self.client_wait_ticks_max = self.client_wait_ticks_max.max(self.now_tick - issued);
-        }
+        self.client_wait_ticks_max = self.client_wait_ticks_max.max(self.now_tick - issued_tick);
         let Ok(body) = reply.result else {
             return; // Fenced or refused: the outcome is unknown, which the history allows.
         };
