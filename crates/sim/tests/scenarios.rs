@@ -365,3 +365,20 @@ fn membership_changes_are_refused_with_clear_messages() {
     assert!(sim.run_until(500, |s| s.membership().get(R1).is_none()));
     finish_without_violations(&mut sim);
 }
+
+/// With every replica cut off, a client is never left hanging: its request fails with a clear
+/// error once the client timeout passes, and the volume recovers when the network heals.
+#[test]
+fn clients_get_an_error_instead_of_hanging() {
+    let mut sim = healthy_volume(config(12, 2, 2));
+    sim.partition_replica(R1);
+    sim.partition_replica(R2);
+    sim.client_write(0, 1);
+    let timeout_ticks = sim.config.target.client_timeout_ticks;
+    assert!(sim.run_until(timeout_ticks + 10, |s| s.pending_client_ops() == 0));
+    let errors: Vec<&String> = sim.client_errors.keys().collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("client timeout"), "{errors:?}");
+    sim.heal_network();
+    finish_without_violations(&mut sim);
+}

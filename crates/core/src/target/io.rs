@@ -17,6 +17,8 @@ impl Target {
             reply(out, request.id, Err(ClientError::OutOfRange));
             return;
         }
+        let deadline = self.now_tick + self.options.client_timeout_ticks;
+        self.client_deadlines.insert(request.id, deadline);
         match request.op {
             ClientOp::Read { offset, len } => {
                 self.reads_waiting.push_back((request.id, offset, len));
@@ -215,13 +217,8 @@ impl Target {
                 self.committed = self.committed.max(seq);
             }
             if let Some(client) = op.client {
-                reply(
-                    out,
-                    client,
-                    Ok(ClientReplyBody::Done {
-                        stamp: op.reply_stamp,
-                    }),
-                );
+                let stamp = op.reply_stamp;
+                self.answer(out, client, Ok(ClientReplyBody::Done { stamp }));
             }
         }
     }
@@ -254,7 +251,7 @@ impl Target {
                 };
                 match result {
                     Ok(data) if data.len() as u64 == read.len => {
-                        reply(out, read.client, Ok(ClientReplyBody::Read(data)));
+                        self.answer(out, read.client, Ok(ClientReplyBody::Read(data)));
                     }
                     Ok(_) => {
                         self.reads_waiting

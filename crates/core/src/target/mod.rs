@@ -79,6 +79,8 @@ pub enum ClientError {
     OutOfRange,
     #[error("this target was replaced by a newer one; reconnect")]
     Fenced,
+    #[error("no answer within the client timeout: the volume has too few healthy replicas")]
+    TimedOut,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -221,6 +223,9 @@ pub struct TargetOptions {
     /// Resync bandwidth cap; 0 means uncapped.
     pub resync_bytes_per_tick: u64,
     pub resync_segments_inflight_max: usize,
+    /// A client request not answered in this time fails with `ClientError::TimedOut` (its
+    /// outcome is then unknown, as with any failed write). No client ever hangs.
+    pub client_timeout_ticks: u64,
     pub bugs: Bugs,
 }
 
@@ -233,6 +238,7 @@ impl Default for TargetOptions {
             reconnect_interval_ticks: 20,
             resync_bytes_per_tick: 0,
             resync_segments_inflight_max: 4,
+            client_timeout_ticks: 3_000,
             bugs: Bugs::none(),
         }
     }
@@ -404,6 +410,8 @@ pub struct Target {
     reads: BTreeMap<RequestId, PendingRead>,
     /// Reads waiting for a Healthy replica.
     reads_waiting: VecDeque<(ClientRequestId, u64, u64)>,
+    /// Every client request accepted and not yet answered, with the tick it times out.
+    client_deadlines: BTreeMap<ClientRequestId, u64>,
     /// Writes, trims and flushes not yet sequenced: the target is recovering, or they touch a
     /// range being copied (they keep their order).
     ops_waiting: VecDeque<ClientRequest>,
@@ -451,6 +459,7 @@ impl Target {
             ops: BTreeMap::new(),
             reads: BTreeMap::new(),
             reads_waiting: VecDeque::new(),
+            client_deadlines: BTreeMap::new(),
             ops_waiting: VecDeque::new(),
             locked_ranges: Vec::new(),
             resync: None,
@@ -550,10 +559,51 @@ impl Target {
 
     /// Client operations accepted and not yet answered.
     pub fn pending_client_ops(&self) -> usize {
-        self.ops.values().filter(|op| op.client.is_some()).count()
-            + self.reads.len()
-            + self.reads_waiting.len()
-            + self.ops_waiting.len()
+        self.client_deadlines.len()
+    }
+
+    /// Answers a client request, unless it was already answered (it timed out).
+    fn answer(
+        &mut self,
+        out: &mut Vec<TargetOutput>,
+        id: ClientRequestId,
+        result: Result<ClientReplyBody, ClientError>,
+    ) {
+        if self.client_deadlines.remove(&id).is_some() {
+            reply(out, id, result);
+        }
+    }
+
+    /// Fails client requests that waited too long. A sequenced write goes on replicating (its
+    /// outcome is unknown to the client, as with any failed write); anything not yet sent is
+    /// dropped.
+    fn time_out_clients(&mut self, out: &mut Vec<TargetOutput>) {
+        let now = self.now_tick;
+        let expired: Vec<ClientRequestId> = self
+            .client_deadlines
+            .iter()
+            .filter(|(_, deadline)| **deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        for id in &expired {
+            self.answer(out, *id, Err(ClientError::TimedOut));
+        }
+        let answered = |id: &ClientRequestId| !self.client_deadlines.contains_key(id);
+        let (reads_waiting, ops_waiting): (VecDeque<_>, VecDeque<_>) = (
+            self.reads_waiting
+                .drain(..)
+                .filter(|(id, _, _)| !answered(id))
+                .collect(),
+            self.ops_waiting
+                .drain(..)
+                .filter(|request| !answered(&request.id))
+                .collect(),
+        );
+        self.reads_waiting = reads_waiting;
+        self.ops_waiting = ops_waiting;
     }
 
     pub fn handle(&mut self, input: TargetInput, out: &mut Vec<TargetOutput>) {
@@ -735,7 +785,7 @@ impl Target {
         self.resync = None;
         self.locked_ranges.clear();
         for client in clients {
-            reply(out, client, Err(ClientError::Fenced));
+            self.answer(out, client, Err(ClientError::Fenced));
         }
         if let Some(PendingMembership::Command(command)) = self.membership_pending.take() {
             out.push(TargetOutput::CommandDone {
@@ -821,6 +871,7 @@ impl Target {
     fn on_tick(&mut self, out: &mut Vec<TargetOutput>) {
         self.now_tick += 1;
         let now = self.now_tick;
+        self.time_out_clients(out);
         if self.options.resync_bytes_per_tick > 0 {
             let cap = self
                 .options

@@ -105,6 +105,7 @@ impl SimConfig {
                 replica_inflight_max: 512,
                 resync_bytes_per_tick: 0,
                 resync_segments_inflight_max: 4,
+                client_timeout_ticks: 1_500,
                 bugs: tandem_core::Bugs::none(),
             },
             replica: ReplicaOptions {
@@ -210,6 +211,8 @@ pub struct Sim {
     pub target_events: Vec<(u64, Generation, TargetEvent)>,
     pub command_results: Vec<(Command, Result<(), String>)>,
     pub acked_ops: u64,
+    /// Client requests answered with an error (fenced, timed out), by message.
+    pub client_errors: BTreeMap<String, u64>,
     pub checked_reads: u64,
     /// The longest a client request waited for its reply, in ticks.
     pub client_wait_ticks_max: u64,
@@ -280,6 +283,7 @@ impl Sim {
             target_events: Vec::new(),
             command_results: Vec::new(),
             acked_ops: 0,
+            client_errors: BTreeMap::new(),
             checked_reads: 0,
             client_wait_ticks_max: 0,
             read_guarantee: Guarantee::G4ReadYourWrites,
@@ -943,8 +947,13 @@ impl Sim {
             return;
         };
         self.client_wait_ticks_max = self.client_wait_ticks_max.max(self.now_tick - issued_tick);
-        let Ok(body) = reply.result else {
-            return; // Fenced or refused: the outcome is unknown, which the history allows.
+        let body = match reply.result {
+            Ok(body) => body,
+            Err(error) => {
+                // Fenced or timed out: the outcome is unknown, which the history allows.
+                *self.client_errors.entry(error.to_string()).or_default() += 1;
+                return;
+            }
         };
         self.acked_ops += 1;
         match (pending, body) {
