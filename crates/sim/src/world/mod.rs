@@ -774,7 +774,11 @@ impl Sim {
 
     pub fn command(&mut self, command: Command) {
         if let Command::AddReplica(replica) = command {
-            self.create_storage(replica, false);
+            // The agent creates storage for a new member, never over an existing one.
+            let node_free = self.nodes.get(&replica).is_some_and(|n| n.disk.is_none());
+            if node_free && self.control_plane.membership.get(replica).is_none() {
+                self.create_storage(replica, false);
+            }
         }
         if let Some(generation) = self.current {
             self.process(Work::Target(generation, TargetInput::Command(command)));
