@@ -419,3 +419,35 @@ fn resync_after_a_target_restart_copies_only_what_changed() {
     }
     finish_without_violations(&mut sim);
 }
+
+/// A replica that missed only writes still waiting for it comes back without a resync: the
+/// target sends them again and it is Healthy at once (with two replicas, CF is two, so writes
+/// wait for the missing one).
+#[test]
+fn brief_disconnect_rejoins_without_a_resync() {
+    let mut sim = healthy_volume(config(14, 2, 2));
+    sim.workload_on = true;
+    sim.run_ticks(300);
+    let resyncs_before = sim.resyncs_finished().len();
+
+    sim.partition_replica(R2);
+    assert!(sim.run_until(500, |s| s.replica_mode(R2) == Some(ReplicaMode::Offline)));
+    assert_eq!(
+        sim.volume_status(),
+        Some(VolumeStatus::Offline),
+        "CF 2 of 2: writes wait"
+    );
+    assert!(sim.pending_client_ops() > 0);
+    sim.heal_network();
+    assert!(sim.run_until(500, Sim::converged));
+    assert!(
+        sim.run_until(500, |s| s.pending_client_ops() < 12),
+        "the waiting writes completed"
+    );
+    assert_eq!(
+        sim.resyncs_finished().len(),
+        resyncs_before,
+        "no resync was needed"
+    );
+    finish_without_violations(&mut sim);
+}

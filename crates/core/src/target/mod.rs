@@ -828,7 +828,7 @@ impl Target {
         }));
         match self.phase {
             Phase::Recovering => self.try_activate(out),
-            Phase::Active => self.begin_resync(from, Some(self.last_stamp), out),
+            Phase::Active => self.rejoin(from, out),
             Phase::Fenced => {}
         }
     }

@@ -15,6 +15,38 @@ impl Target {
         }
     }
 
+    /// A replica answered while the volume is served. A trusted replica that holds exactly this
+    /// target's history up to some point, and missed only operations still unanswered here, is
+    /// sent those again and is Healthy at once: it holds everything, no copy needed (a brief
+    /// disconnect costs no resync). Any other replica is resynced.
+    pub(super) fn rejoin(&mut self, replica: ReplicaId, out: &mut Vec<TargetOutput>) {
+        let hello = &self.connected(replica).expect("just answered").hello;
+        let history = hello.stamp;
+        let trusted = self.is_trusted(replica, hello.incarnation);
+        let missed: Vec<Seq> = (history.seq.0 + 1..=self.seq_last.0).map(Seq).collect();
+        let can_replay = trusted
+            && hello.consistent
+            && hello.stamp_exact
+            && history.generation == self.generation
+            && history.seq >= self.activation_stamp.seq
+            && missed.iter().all(|seq| self.ops.contains_key(seq));
+        if !can_replay {
+            let live_after = Some(self.last_stamp);
+            self.begin_resync(replica, live_after, out);
+            return;
+        }
+        let c = self.connected_mut(replica).expect("connected");
+        c.first_live_seq = history.seq.next();
+        c.state = LinkState::Healthy;
+        for op in self.ops.range_mut(..history.seq.next()).map(|(_, op)| op) {
+            op.holders.insert(replica);
+        }
+        for seq in missed {
+            let message = self.ops[&seq].message.clone();
+            self.send(replica, message, Some(Awaited::Op(seq)), out);
+        }
+    }
+
     /// A replica joined while the volume is served. `StartResync` is the first thing it hears:
     /// live operations follow `live_after`, so it knows whether they continue its history (it
     /// stays a consistent copy until resync data arrives) or not (it stops being one at once).
