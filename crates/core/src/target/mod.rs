@@ -608,8 +608,14 @@ impl Target {
 
     pub fn handle(&mut self, input: TargetInput, out: &mut Vec<TargetOutput>) {
         if self.phase == Phase::Fenced {
-            if let TargetInput::Client(request) = input {
-                reply(out, request.id, Err(ClientError::Fenced));
+            // A fenced target serves nothing but still answers, so nobody waits on it.
+            match input {
+                TargetInput::Client(request) => reply(out, request.id, Err(ClientError::Fenced)),
+                TargetInput::Command(command) => out.push(TargetOutput::CommandDone {
+                    command,
+                    result: Err(MembershipError::Fenced),
+                }),
+                _ => {}
             }
             return;
         }
