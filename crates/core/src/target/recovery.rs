@@ -44,10 +44,15 @@ impl Target {
         if self.resumed {
             needed = needed.max(self.acked_max);
         }
+        // Recovering in place, a source must hold a prefix of this target's own history: a stamp
+        // of an older generation past where this target began is a forked tail it never issued.
+        let on_this_history = |stamp: Stamp| {
+            !self.resumed || stamp.generation == self.generation || stamp <= self.activation_stamp
+        };
         let consistent: Vec<&(ReplicaId, LinkState, HelloAck)> = fresh
             .iter()
             .copied()
-            .filter(|(_, _, ack)| ack.consistent)
+            .filter(|(_, _, ack)| ack.consistent && on_this_history(ack.stamp))
             .collect();
         let least_advanced = self.options.bugs.has(PlantedBug::RecoverFromLeastAdvanced);
         let source = if least_advanced {
