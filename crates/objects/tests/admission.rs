@@ -1,0 +1,474 @@
+//! The CVC admission rules: one case per rule showing its refusal and exact message, and the
+//! updates of the walk-through (scale up, the controller's status updates, scale down) accepted.
+//! Every case starts from the seed's CVC (two replicas, Bound) and a three-node cluster.
+
+use tandem_objects::*;
+
+const SEED_CVC: &str = include_str!("../fixtures/seed-cvc.yaml");
+const VOLUME: &str = "pvc-d1b26676-5035-4e5b-b564-68869b023306";
+const CLUSTER: &str = "cspc-stripe-pool";
+const POOL_A: &str = "cspc-stripe-pool-6qkw";
+const POOL_B: &str = "cspc-stripe-pool-pn9p";
+const POOL_C: &str = "cspc-stripe-pool-psz5";
+
+/// The seed's CVC, with what the seed elides but cStor always sets: the pool cluster label and
+/// the provisioned size and replica count.
+fn seed_cvc() -> CStorVolumeConfig {
+    let object = parse_yaml(SEED_CVC).unwrap_or_else(|error| panic!("{error}"));
+    let mut cvc = CStorVolumeConfig::try_from(object).unwrap_or_else(|error| panic!("{error}"));
+    cvc.metadata
+        .labels
+        .insert(LABEL_CSTOR_POOL_CLUSTER.to_string(), CLUSTER.to_string());
+    cvc.spec.provision = VolumeProvision {
+        capacity: StorageCapacity::new(Quantity::from_bytes_binary(5 << 30)),
+        replica_count: 2,
+    };
+    cvc
+}
+
+fn pool(
+    name: &str,
+    cluster: Option<&str>,
+    phase: CStorPoolInstancePhase,
+    read_only: bool,
+) -> CStorPoolInstance {
+    let mut metadata = ObjectMeta::named(name);
+    if let Some(cluster) = cluster {
+        metadata = metadata.with_label(LABEL_CSTOR_POOL_CLUSTER, cluster);
+    }
+    let mut pool = CStorPoolInstance::new(metadata, CStorPoolInstanceSpec::default());
+    pool.status.phase = phase;
+    pool.status.read_only = read_only;
+    pool
+}
+
+/// Three ONLINE pools of the volume's cluster (one per node, as in the seed), plus one pool of
+/// each kind the guards refuse.
+fn cluster(volume_phase: Option<CStorVolumePhase>) -> PoolSnapshot {
+    use CStorPoolInstancePhase::*;
+    let mut snapshot = PoolSnapshot::new()
+        .with_pool(pool(POOL_A, Some(CLUSTER), Online, false))
+        .with_pool(pool(POOL_B, Some(CLUSTER), Online, false))
+        .with_pool(pool(POOL_C, Some(CLUSTER), Online, false))
+        .with_pool(pool("cspc-stripe-pool-off1", Some(CLUSTER), Offline, false))
+        .with_pool(pool("cspc-stripe-pool-new1", Some(CLUSTER), Empty, false))
+        .with_pool(pool("cspc-stripe-pool-full", Some(CLUSTER), Online, true))
+        .with_pool(pool(
+            "cspc-mirror-pool-x2k4",
+            Some("cspc-mirror-pool"),
+            Online,
+            false,
+        ))
+        .with_pool(pool("loose-pool", None, Online, false));
+    if let Some(phase) = volume_phase {
+        snapshot = snapshot.with_volume_phase(VOLUME, phase);
+    }
+    snapshot
+}
+
+fn set_desired(cvc: &mut CStorVolumeConfig, pools: &[&str]) {
+    cvc.spec.policy.replica_pool_info = pools
+        .iter()
+        .map(|pool| ReplicaPoolInfo::new(*pool))
+        .collect();
+}
+
+fn set_current(cvc: &mut CStorVolumeConfig, pools: &[&str]) {
+    cvc.status.pool_info = pools.iter().map(|pool| pool.to_string()).collect();
+}
+
+/// One update to judge: how the old and new objects differ from the seed's CVC, the volume's
+/// phase, and the verdict (a rule and its exact message, or acceptance).
+struct Case {
+    name: &'static str,
+    old: fn(&mut CStorVolumeConfig),
+    new: fn(&mut CStorVolumeConfig),
+    volume_phase: Option<CStorVolumePhase>,
+    expected: Result<(), (AdmissionRule, &'static str)>,
+}
+
+fn unchanged(_: &mut CStorVolumeConfig) {}
+
+fn check(case: &Case) {
+    let mut old = seed_cvc();
+    (case.old)(&mut old);
+    let mut new = old.clone();
+    (case.new)(&mut new);
+    let actual = validate_cvc_update(&old, &new, &cluster(case.volume_phase))
+        .map_err(|error| (error.rule, error.to_string()));
+    let expected = case
+        .expected
+        .map_err(|(rule, message)| (rule, message.to_string()));
+    assert_eq!(actual, expected, "case: {}", case.name);
+    if let Err((rule, _)) = expected {
+        assert_eq!(
+            rule.is_cstor_rule(),
+            (rule as u8) < (AdmissionRule::LastReplicaRemoval as u8),
+            "case: {}",
+            case.name
+        );
+    }
+}
+
+const HEALTHY: Option<CStorVolumePhase> = Some(CStorVolumePhase::Healthy);
+
+#[test]
+fn accepted_updates() {
+    let cases = [
+        Case {
+            name: "scale up: add a third pool (step 1 of the walk-through)",
+            old: unchanged,
+            new: |cvc| set_desired(cvc, &[POOL_A, POOL_B, POOL_C]),
+            volume_phase: HEALTHY,
+            expected: Ok(()),
+        },
+        Case {
+            name: "scale up by two pools in one edit (cStor allows it)",
+            old: |cvc| {
+                set_desired(cvc, &[POOL_A]);
+                set_current(cvc, &[POOL_A]);
+            },
+            new: |cvc| set_desired(cvc, &[POOL_A, POOL_B, POOL_C]),
+            volume_phase: HEALTHY,
+            expected: Ok(()),
+        },
+        Case {
+            name: "the controller records the scale-up in status",
+            old: |cvc| set_desired(cvc, &[POOL_A, POOL_B, POOL_C]),
+            new: |cvc| set_current(cvc, &[POOL_A, POOL_B, POOL_C]),
+            volume_phase: HEALTHY,
+            expected: Ok(()),
+        },
+        Case {
+            name: "scale down: remove the old pool (step 2 of the walk-through)",
+            old: |cvc| {
+                set_desired(cvc, &[POOL_A, POOL_B, POOL_C]);
+                set_current(cvc, &[POOL_A, POOL_B, POOL_C]);
+            },
+            new: |cvc| set_desired(cvc, &[POOL_A, POOL_C]),
+            volume_phase: HEALTHY,
+            expected: Ok(()),
+        },
+        Case {
+            name: "the controller records the scale-down in status, whatever the volume's phase",
+            old: |cvc| {
+                set_desired(cvc, &[POOL_A, POOL_C]);
+                set_current(cvc, &[POOL_A, POOL_B, POOL_C]);
+            },
+            new: |cvc| set_current(cvc, &[POOL_A, POOL_C]),
+            volume_phase: Some(CStorVolumePhase::Degraded),
+            expected: Ok(()),
+        },
+        Case {
+            name: "the provisioner binds a new volume, even if a chosen pool went offline since",
+            old: |cvc| {
+                cvc.status = CStorVolumeConfigStatus::default();
+                set_desired(cvc, &[]);
+            },
+            new: |cvc| {
+                cvc.status.phase = CStorVolumeConfigPhase::Bound;
+                set_desired(cvc, &[POOL_A, "cspc-stripe-pool-off1"]);
+                set_current(cvc, &[POOL_A, "cspc-stripe-pool-off1"]);
+            },
+            volume_phase: None,
+            expected: Ok(()),
+        },
+        Case {
+            name: "the same size written another way is no change",
+            old: unchanged,
+            new: |cvc| {
+                cvc.spec.provision.capacity.storage = Quantity::from_bytes(5 << 30);
+            },
+            volume_phase: HEALTHY,
+            expected: Ok(()),
+        },
+        Case {
+            name: "the volume grows (spec.capacity may change, spec.provision may not)",
+            old: unchanged,
+            new: |cvc| cvc.spec.capacity.storage = Quantity::from_bytes_binary(10 << 30),
+            volume_phase: HEALTHY,
+            expected: Ok(()),
+        },
+        Case {
+            name: "reordering the pools changes nothing",
+            old: unchanged,
+            new: |cvc| set_desired(cvc, &[POOL_B, POOL_A]),
+            volume_phase: HEALTHY,
+            expected: Ok(()),
+        },
+    ];
+    for case in &cases {
+        check(case);
+    }
+}
+
+#[test]
+fn cstor_rules_refuse_with_cstor_messages() {
+    let cases = [
+        Case {
+            name: "replicaCount modified",
+            old: unchanged,
+            new: |cvc| cvc.spec.provision.replica_count = 3,
+            volume_phase: HEALTHY,
+            expected: Err((
+                AdmissionRule::ReplicaCountModified,
+                "cvc pvc-d1b26676-5035-4e5b-b564-68869b023306 replicaCount got modified from 2 to 3",
+            )),
+        },
+        Case {
+            name: "provisioned capacity modified (cStor's message ends with a space)",
+            old: unchanged,
+            new: |cvc| cvc.spec.provision.capacity.storage = Quantity::from_bytes_binary(10 << 30),
+            volume_phase: HEALTHY,
+            expected: Err((
+                AdmissionRule::ProvisionedCapacityModified,
+                "cvc initial provisioned capacity `Spec.Provision.Capacity` is immutable, can't be modified ",
+            )),
+        },
+        Case {
+            name: "scaling while not Bound",
+            old: |cvc| {
+                cvc.status = CStorVolumeConfigStatus::default();
+                set_desired(cvc, &[]);
+            },
+            new: |cvc| set_desired(cvc, &[POOL_A]),
+            volume_phase: HEALTHY,
+            expected: Err((
+                AdmissionRule::ScalingWhileNotBound,
+                "Can't perform scaling of volume replicas when CVC is not in Bound state",
+            )),
+        },
+        Case {
+            name: "replacing a pool in one edit",
+            old: unchanged,
+            new: |cvc| set_desired(cvc, &[POOL_A, POOL_C]),
+            volume_phase: HEALTHY,
+            expected: Err((
+                AdmissionRule::PoolReplacement,
+                "volume replica migration directly by modifying pool names [cspc-stripe-pool-pn9p] is not yet supported",
+            )),
+        },
+        Case {
+            name: "more than one scale-down in one edit",
+            old: |cvc| {
+                set_desired(cvc, &[POOL_A, POOL_B, POOL_C]);
+                set_current(cvc, &[POOL_A, POOL_B, POOL_C]);
+            },
+            new: |cvc| set_desired(cvc, &[POOL_A]),
+            volume_phase: HEALTHY,
+            expected: Err((
+                AdmissionRule::MoreThanOneScaleDown,
+                "Can't perform more than one replica scale down requested scale down count 2",
+            )),
+        },
+        Case {
+            name: "scaling again while a scale-up is in progress",
+            old: |cvc| set_desired(cvc, &[POOL_A, POOL_B, POOL_C]),
+            new: |cvc| set_desired(cvc, &[POOL_A, POOL_B, POOL_C, "cspc-stripe-pool-x9k2"]),
+            volume_phase: HEALTHY,
+            expected: Err((
+                AdmissionRule::ScalingAlreadyInProgress,
+                "scaling of CVC pvc-d1b26676-5035-4e5b-b564-68869b023306 is already in progress",
+            )),
+        },
+        Case {
+            name: "cancelling a scale-up in progress (cStor refuses this too)",
+            old: |cvc| set_desired(cvc, &[POOL_A, POOL_B, POOL_C]),
+            new: |cvc| set_desired(cvc, &[POOL_A, POOL_B]),
+            volume_phase: HEALTHY,
+            expected: Err((
+                AdmissionRule::ScalingAlreadyInProgress,
+                "scaling of CVC pvc-d1b26676-5035-4e5b-b564-68869b023306 is already in progress",
+            )),
+        },
+        Case {
+            name: "duplicate pool names in spec",
+            old: unchanged,
+            new: |cvc| set_desired(cvc, &[POOL_A, POOL_B, POOL_B]),
+            volume_phase: HEALTHY,
+            expected: Err((
+                AdmissionRule::DuplicatePoolNamesInSpec,
+                "duplicate pool names [cspc-stripe-pool-6qkw cspc-stripe-pool-pn9p cspc-stripe-pool-pn9p] found under spec of cvc pvc-d1b26676-5035-4e5b-b564-68869b023306",
+            )),
+        },
+        Case {
+            name: "duplicate pool names in status",
+            old: unchanged,
+            new: |cvc| set_current(cvc, &[POOL_A, POOL_A]),
+            volume_phase: HEALTHY,
+            expected: Err((
+                AdmissionRule::DuplicatePoolNamesInStatus,
+                "duplicate pool names [cspc-stripe-pool-6qkw cspc-stripe-pool-6qkw] found under status of cvc pvc-d1b26676-5035-4e5b-b564-68869b023306",
+            )),
+        },
+    ];
+    for case in &cases {
+        check(case);
+    }
+}
+
+#[test]
+fn tandem_guards_refuse_with_clear_messages() {
+    let cases = [
+        Case {
+            name: "removing the last replica (cStor allows 1 -> 0)",
+            old: |cvc| {
+                set_desired(cvc, &[POOL_A]);
+                set_current(cvc, &[POOL_A]);
+            },
+            new: |cvc| set_desired(cvc, &[]),
+            volume_phase: HEALTHY,
+            expected: Err((
+                AdmissionRule::LastReplicaRemoval,
+                "cvc pvc-d1b26676-5035-4e5b-b564-68869b023306: refusing to remove the last replica (pools [cspc-stripe-pool-6qkw]): spec.policy.replicaPoolInfo must keep at least one pool",
+            )),
+        },
+        Case {
+            name: "swapping the pool of a scale-up in progress (same count, so cStor misses it)",
+            old: |cvc| set_desired(cvc, &[POOL_A, POOL_B, POOL_C]),
+            new: |cvc| set_desired(cvc, &[POOL_A, POOL_B, "cspc-stripe-pool-x9k2"]),
+            volume_phase: HEALTHY,
+            expected: Err((
+                AdmissionRule::ChangeWhileScaling,
+                "cvc pvc-d1b26676-5035-4e5b-b564-68869b023306: a replica change is already in flight (spec.policy.replicaPoolInfo [cspc-stripe-pool-6qkw cspc-stripe-pool-pn9p cspc-stripe-pool-psz5], status.poolInfo [cspc-stripe-pool-6qkw cspc-stripe-pool-pn9p]); wait until status.poolInfo matches the spec before changing the pools again",
+            )),
+        },
+        Case {
+            name: "scale down while the volume is Degraded",
+            old: |cvc| {
+                set_desired(cvc, &[POOL_A, POOL_B, POOL_C]);
+                set_current(cvc, &[POOL_A, POOL_B, POOL_C]);
+            },
+            new: |cvc| set_desired(cvc, &[POOL_A, POOL_C]),
+            volume_phase: Some(CStorVolumePhase::Degraded),
+            expected: Err((
+                AdmissionRule::ScaleDownWhileNotHealthy,
+                "cvc pvc-d1b26676-5035-4e5b-b564-68869b023306: scale down (removing pool cspc-stripe-pool-pn9p) is allowed only while CStorVolume pvc-d1b26676-5035-4e5b-b564-68869b023306 is Healthy; it is Degraded",
+            )),
+        },
+        Case {
+            name: "scale down with no CStorVolume",
+            old: |cvc| {
+                set_desired(cvc, &[POOL_A, POOL_B, POOL_C]);
+                set_current(cvc, &[POOL_A, POOL_B, POOL_C]);
+            },
+            new: |cvc| set_desired(cvc, &[POOL_A, POOL_C]),
+            volume_phase: None,
+            expected: Err((
+                AdmissionRule::ScaleDownWhileNotHealthy,
+                "cvc pvc-d1b26676-5035-4e5b-b564-68869b023306: scale down (removing pool cspc-stripe-pool-pn9p) is allowed only while CStorVolume pvc-d1b26676-5035-4e5b-b564-68869b023306 is Healthy; there is no CStorVolume pvc-d1b26676-5035-4e5b-b564-68869b023306",
+            )),
+        },
+        Case {
+            name: "a pool that does not exist (a typo, openebs#2982)",
+            old: unchanged,
+            new: |cvc| set_desired(cvc, &[POOL_A, POOL_B, "cspc-stripe-pool-psz6"]),
+            volume_phase: HEALTHY,
+            expected: Err((
+                AdmissionRule::PoolNotFound,
+                "cvc pvc-d1b26676-5035-4e5b-b564-68869b023306: pool cspc-stripe-pool-psz6 named in spec.policy.replicaPoolInfo does not exist (there is no CStorPoolInstance cspc-stripe-pool-psz6)",
+            )),
+        },
+        Case {
+            name: "a pool of another pool cluster",
+            old: unchanged,
+            new: |cvc| set_desired(cvc, &[POOL_A, POOL_B, "cspc-mirror-pool-x2k4"]),
+            volume_phase: HEALTHY,
+            expected: Err((
+                AdmissionRule::PoolInOtherCluster,
+                "cvc pvc-d1b26676-5035-4e5b-b564-68869b023306: pool cspc-mirror-pool-x2k4 belongs to CStorPoolCluster cspc-mirror-pool, but the volume's replicas must be on pools of CStorPoolCluster cspc-stripe-pool",
+            )),
+        },
+        Case {
+            name: "a pool of no pool cluster",
+            old: unchanged,
+            new: |cvc| set_desired(cvc, &[POOL_A, POOL_B, "loose-pool"]),
+            volume_phase: HEALTHY,
+            expected: Err((
+                AdmissionRule::PoolInOtherCluster,
+                "cvc pvc-d1b26676-5035-4e5b-b564-68869b023306: pool loose-pool belongs to no CStorPoolCluster (it has no openebs.io/cstor-pool-cluster label), but the volume's replicas must be on pools of CStorPoolCluster cspc-stripe-pool",
+            )),
+        },
+        Case {
+            name: "an OFFLINE pool",
+            old: unchanged,
+            new: |cvc| set_desired(cvc, &[POOL_A, POOL_B, "cspc-stripe-pool-off1"]),
+            volume_phase: HEALTHY,
+            expected: Err((
+                AdmissionRule::PoolNotOnline,
+                "cvc pvc-d1b26676-5035-4e5b-b564-68869b023306: pool cspc-stripe-pool-off1 is OFFLINE, not ONLINE, so it cannot take a new replica",
+            )),
+        },
+        Case {
+            name: "a pool that has not reported yet",
+            old: unchanged,
+            new: |cvc| set_desired(cvc, &[POOL_A, POOL_B, "cspc-stripe-pool-new1"]),
+            volume_phase: HEALTHY,
+            expected: Err((
+                AdmissionRule::PoolNotOnline,
+                "cvc pvc-d1b26676-5035-4e5b-b564-68869b023306: pool cspc-stripe-pool-new1 has not reported a phase yet, not ONLINE, so it cannot take a new replica",
+            )),
+        },
+        Case {
+            name: "a read-only pool",
+            old: unchanged,
+            new: |cvc| set_desired(cvc, &[POOL_A, POOL_B, "cspc-stripe-pool-full"]),
+            volume_phase: HEALTHY,
+            expected: Err((
+                AdmissionRule::PoolReadOnly,
+                "cvc pvc-d1b26676-5035-4e5b-b564-68869b023306: pool cspc-stripe-pool-full is read-only (its used space reached its read-only threshold), so it cannot take a new replica; expand the pool or choose another",
+            )),
+        },
+        Case {
+            name: "a volume that does not say its pool cluster",
+            old: |cvc| {
+                cvc.metadata.labels.clear();
+            },
+            new: |cvc| set_desired(cvc, &[POOL_A, POOL_B, POOL_C]),
+            volume_phase: HEALTHY,
+            expected: Err((
+                AdmissionRule::VolumeClusterUnknown,
+                "cvc pvc-d1b26676-5035-4e5b-b564-68869b023306 has no openebs.io/cstor-pool-cluster label, so the pools in spec.policy.replicaPoolInfo cannot be checked against the volume's CStorPoolCluster",
+            )),
+        },
+        Case {
+            name: "the provisioner may not bind a volume to a pool that does not exist",
+            old: |cvc| {
+                cvc.status = CStorVolumeConfigStatus::default();
+                set_desired(cvc, &[]);
+            },
+            new: |cvc| {
+                cvc.status.phase = CStorVolumeConfigPhase::Bound;
+                set_desired(cvc, &[POOL_A, "cspc-stripe-pool-gone"]);
+                set_current(cvc, &[POOL_A, "cspc-stripe-pool-gone"]);
+            },
+            volume_phase: None,
+            expected: Err((
+                AdmissionRule::PoolNotFound,
+                "cvc pvc-d1b26676-5035-4e5b-b564-68869b023306: pool cspc-stripe-pool-gone named in spec.policy.replicaPoolInfo does not exist (there is no CStorPoolInstance cspc-stripe-pool-gone)",
+            )),
+        },
+    ];
+    for case in &cases {
+        check(case);
+    }
+}
+
+#[test]
+fn cstor_rules_come_before_tandem_guards() {
+    // Removing two pools at once from a Degraded volume breaks a cStor rule and a Tandem guard;
+    // cStor's message wins, as its webhook would answer first.
+    check(&Case {
+        name: "two removals while Degraded",
+        old: |cvc| {
+            set_desired(cvc, &[POOL_A, POOL_B, POOL_C]);
+            set_current(cvc, &[POOL_A, POOL_B, POOL_C]);
+        },
+        new: |cvc| set_desired(cvc, &[POOL_A]),
+        volume_phase: Some(CStorVolumePhase::Degraded),
+        expected: Err((
+            AdmissionRule::MoreThanOneScaleDown,
+            "Can't perform more than one replica scale down requested scale down count 2",
+        )),
+    });
+}
