@@ -493,84 +493,73 @@ impl Replica {
                 self.queue.clear();
                 return;
             };
-            let Some(work) = self.queue.front() else {
+            let Some(front) = self.queue.front() else {
                 return;
             };
-            match work {
+            if matches!(front, Work::WriteSegment { .. }) && self.superblock.consistent {
+                // Resync data makes this a mix of two histories until the resync finishes.
+                self.queue.push_front(Work::MarkInconsistent);
+                continue;
+            }
+            if !self.may_start_front(out) {
+                return;
+            }
+            let work = self.queue.pop_front().expect("the front was checked");
+            self.start(work, session, out);
+        }
+    }
+
+    /// True if the work at the front of the queue may start now: barriers wait for storage to
+    /// be idle, writes for overlaps and the activity log, reads for overlapping writes.
+    fn may_start_front(&mut self, out: &mut Vec<ReplicaOutput>) -> bool {
+        let (offset, len) = match self.queue.front() {
+            Some(
                 Work::Hello
                 | Work::Flush { .. }
                 | Work::StartResync { .. }
                 | Work::MarkInconsistent
-                | Work::FinishResync { .. } => {
-                    if !self.inflight.is_empty() {
-                        return;
-                    }
-                    let work = self.queue.pop_front().expect("front exists");
-                    self.start_barrier(work, session, out);
-                }
-                Work::Write { offset, data, .. } => {
-                    let (offset, len) = (*offset, data.len() as u64);
-                    if !self.ready_to_modify(offset, len, out) {
-                        return;
-                    }
-                    let Some(Work::Write { seq, offset, data }) = self.queue.pop_front() else {
-                        unreachable!()
-                    };
-                    self.start_client_write(session, seq, offset, DataChange::Write(data), out);
-                }
-                Work::Trim { offset, len, .. } => {
-                    let (offset, len) = (*offset, *len);
-                    if !self.ready_to_modify(offset, len, out) {
-                        return;
-                    }
-                    let Some(Work::Trim { seq, offset, len }) = self.queue.pop_front() else {
-                        unreachable!()
-                    };
-                    self.start_client_write(session, seq, offset, DataChange::Trim(len), out);
-                }
-                Work::WriteSegment { .. } if self.superblock.consistent => {
-                    // Resync data makes this a mix of two histories until the resync finishes.
-                    self.queue.push_front(Work::MarkInconsistent);
-                }
-                Work::WriteSegment { offset, data, .. } => {
-                    let (offset, len) = (*offset, data.len() as u64);
-                    if !self.ready_to_modify(offset, len, out) {
-                        return;
-                    }
-                    let Some(Work::WriteSegment {
-                        request,
-                        offset,
-                        data,
-                        region_seq,
-                    }) = self.queue.pop_front()
-                    else {
-                        unreachable!()
-                    };
-                    self.start_segment_write(session, request, offset, data, region_seq, out);
-                }
-                Work::Read { offset, len, .. } => {
-                    let (offset, len) = (*offset, *len);
-                    if self.overlaps_inflight(offset, len, true) {
-                        return;
-                    }
-                    let Some(Work::Read {
-                        request,
-                        offset,
-                        len,
-                        segment,
-                    }) = self.queue.pop_front()
-                    else {
-                        unreachable!()
-                    };
-                    self.start_read(session, request, offset, len, segment, out);
-                }
-                Work::RegionsSince { .. } => {
-                    let Some(Work::RegionsSince { request, since }) = self.queue.pop_front() else {
-                        unreachable!()
-                    };
-                    let regions = self.regions_changed_after(since);
-                    self.send(session, Message::Regions { request, regions }, out);
-                }
+                | Work::FinishResync { .. },
+            ) => return self.inflight.is_empty(),
+            Some(Work::Read { offset, len, .. }) => {
+                return !self.overlaps_inflight(*offset, *len, true);
+            }
+            Some(Work::RegionsSince { .. }) | None => return true,
+            Some(Work::Write { offset, data, .. } | Work::WriteSegment { offset, data, .. }) => {
+                (*offset, data.len() as u64)
+            }
+            Some(Work::Trim { offset, len, .. }) => (*offset, *len),
+        };
+        self.ready_to_modify(offset, len, out)
+    }
+
+    fn start(&mut self, work: Work, session: SessionId, out: &mut Vec<ReplicaOutput>) {
+        match work {
+            Work::Hello
+            | Work::Flush { .. }
+            | Work::StartResync { .. }
+            | Work::MarkInconsistent
+            | Work::FinishResync { .. } => self.start_barrier(work, session, out),
+            Work::Write { seq, offset, data } => {
+                self.start_client_write(session, seq, offset, DataChange::Write(data), out);
+            }
+            Work::Trim { seq, offset, len } => {
+                self.start_client_write(session, seq, offset, DataChange::Trim(len), out);
+            }
+            Work::WriteSegment {
+                request,
+                offset,
+                data,
+                region_seq,
+            } => self.start_segment_write(session, request, offset, data, region_seq, out),
+            Work::Read {
+                request,
+                offset,
+                len,
+                segment,
+            } => self.start_read(session, request, offset, len, segment, out),
+            Work::RegionsSince { request, since } => {
+                let regions = self.regions_changed_after(since);
+                self.send(session, Message::Regions { request, regions }, out);
             }
         }
     }
