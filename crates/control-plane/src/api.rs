@@ -1,0 +1,536 @@
+//! The object API: cStor objects under Kubernetes-style paths, validated and stored.
+//!
+//! `/apis/cstor.openebs.io/v1/namespaces/{namespace}/{plural}[/{name}]` (and
+//! `/api/v1/namespaces/{namespace}/events` for Events) with list, get, create (POST), update
+//! (PUT, naming the resource version it read), merge patch (PATCH), delete, and watch
+//! (`?watch=true&resourceVersion=N`: one JSON line per change). Every write is parsed into the
+//! typed object first, so nothing malformed is ever stored; an update of a CStorVolumeConfig
+//! also passes cStor's admission rules and Tandem's guards. Errors are Kubernetes `Status`
+//! documents whose message names what was wrong.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tandem_objects::{
+    parse_json, parse_yaml, validate_cvc_update, CStorPoolInstance, CStorVolume, CStorVolumePhase,
+    Kind, Object, PoolLookup,
+};
+use tandem_store::{ChangeKind, ObjectKey, Store, StoreError};
+use tokio::sync::Notify;
+
+/// How long a watch stays open at most, unless the client asks for less.
+const WATCH_SECONDS_MAX: u64 = 300;
+
+/// The API's state: the store, and a signal woken on every write so watches need not poll.
+pub struct Api {
+    store: Arc<dyn Store>,
+    written: Notify,
+}
+
+impl Api {
+    pub fn new(store: Arc<dyn Store>) -> Arc<Api> {
+        Arc::new(Api {
+            store,
+            written: Notify::new(),
+        })
+    }
+}
+
+pub fn router(api: Arc<Api>) -> Router {
+    let cstor = "/apis/cstor.openebs.io/v1";
+    Router::new()
+        .route(&format!("{cstor}/{{resource}}"), get(list_all))
+        .route(
+            &format!("{cstor}/namespaces/{{namespace}}/{{resource}}"),
+            get(list).post(create),
+        )
+        .route(
+            &format!("{cstor}/namespaces/{{namespace}}/{{resource}}/{{name}}"),
+            get(get_one).put(update).patch(patch).delete(delete),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/{resource}",
+            get(list).post(create),
+        )
+        .with_state(api)
+}
+
+/// A failed request, answered as a Kubernetes `Status`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "apiVersion": "v1",
+            "kind": "Status",
+            "status": "Failure",
+            "reason": self.reason,
+            "message": self.message,
+            "code": self.status.as_u16(),
+        });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// Store errors, worded as kubectl users know them.
+fn store_error(kind: Kind, error: StoreError) -> ApiError {
+    let resource = resource_name(kind);
+    match error {
+        StoreError::NotFound(key) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{resource} \"{}\" not found", key.name),
+        ),
+        StoreError::AlreadyExists(key) => ApiError::new(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            format!("{resource} \"{}\" already exists", key.name),
+        ),
+        error @ StoreError::Conflict { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "Conflict", error.to_string())
+        }
+        error @ StoreError::Expired { .. } => {
+            ApiError::new(StatusCode::GONE, "Expired", error.to_string())
+        }
+        error @ StoreError::Invalid { .. } => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            error.to_string(),
+        ),
+        error @ StoreError::Storage(_) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            error.to_string(),
+        ),
+    }
+}
+
+/// "cstorvolumeconfigs.cstor.openebs.io", as kubectl names a resource in messages.
+fn resource_name(kind: Kind) -> String {
+    match kind {
+        Kind::Event => kind.plural().to_string(),
+        _ => format!("{}.cstor.openebs.io", kind.plural()),
+    }
+}
+
+fn kind_of(resource: &str) -> Result<Kind, ApiError> {
+    Kind::ALL
+        .iter()
+        .copied()
+        .find(|kind| kind.plural() == resource)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("the server doesn't have a resource type \"{resource}\""),
+            )
+        })
+}
+
+fn key(kind: Kind, namespace: &str, name: &str) -> ObjectKey {
+    ObjectKey::new(kind.name(), namespace, name)
+}
+
+fn to_value(object: &Object) -> Value {
+    serde_json::from_str(&object.to_json()).expect("an object serializes to JSON")
+}
+
+/// Reads a stored object back into its type (it was validated when written).
+fn typed(kind: Kind, value: &Value) -> Result<Object, ApiError> {
+    parse_json(&value.to_string()).map_err(|error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!("a stored {} no longer parses: {error}", kind.name()),
+        )
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListQuery {
+    #[serde(default)]
+    watch: bool,
+    resource_version: Option<u64>,
+    label_selector: Option<String>,
+    timeout_seconds: Option<u64>,
+}
+
+/// `key=value[,key=value]`: every pair must match.
+fn label_selector(selector: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    let Some(selector) = selector.filter(|s| !s.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    selector
+        .split(',')
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(key, value)| (key.trim().to_string(), value.trim().to_string()))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "label selector \"{pair}\" is not of the form key=value"
+                    ))
+                })
+        })
+        .collect()
+}
+
+fn labels_match(object: &Value, selector: &[(String, String)]) -> bool {
+    selector.iter().all(|(key, value)| {
+        object["metadata"]["labels"][key.as_str()].as_str() == Some(value.as_str())
+    })
+}
+
+async fn list_all(
+    State(api): State<Arc<Api>>,
+    Path(resource): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    list_in(api, resource, None, query).await
+}
+
+async fn list(
+    State(api): State<Arc<Api>>,
+    Path((namespace, resource)): Path<(String, String)>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    list_in(api, resource, Some(namespace), query).await
+}
+
+async fn list_in(
+    api: Arc<Api>,
+    resource: String,
+    namespace: Option<String>,
+    query: ListQuery,
+) -> Result<Response, ApiError> {
+    let kind = kind_of(&resource)?;
+    let selector = label_selector(query.label_selector.as_deref())?;
+    if query.watch {
+        return watch(api, kind, namespace, selector, &query);
+    }
+    let version = api
+        .store
+        .current_version()
+        .map_err(|e| store_error(kind, e))?;
+    let items: Vec<Value> = api
+        .store
+        .list(kind.name(), namespace.as_deref())
+        .map_err(|e| store_error(kind, e))?
+        .into_iter()
+        .map(|stored| stored.object)
+        .filter(|object| labels_match(object, &selector))
+        .collect();
+    Ok(Json(json!({
+        "apiVersion": kind.api_version(),
+        "kind": format!("{}List", kind.name()),
+        "metadata": { "resourceVersion": version.to_string() },
+        "items": items,
+    }))
+    .into_response())
+}
+
+/// Streams one JSON line per change after `resourceVersion`, until the timeout.
+fn watch(
+    api: Arc<Api>,
+    kind: Kind,
+    namespace: Option<String>,
+    selector: Vec<(String, String)>,
+    query: &ListQuery,
+) -> Result<Response, ApiError> {
+    let start = match query.resource_version {
+        Some(version) => version,
+        None => api
+            .store
+            .current_version()
+            .map_err(|e| store_error(kind, e))?,
+    };
+    let seconds = query
+        .timeout_seconds
+        .unwrap_or(WATCH_SECONDS_MAX)
+        .min(WATCH_SECONDS_MAX);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    let lines = futures::stream::unfold(Some(start), move |after| {
+        let (api, namespace, selector) = (api.clone(), namespace.clone(), selector.clone());
+        async move {
+            let mut after = after?;
+            loop {
+                // Ask to be woken before reading, so a write in between is not missed.
+                let written = api.written.notified();
+                let changes = match api.store.changes_since(after, 100) {
+                    Ok(changes) => changes,
+                    Err(error) => {
+                        let status = store_error(kind, error);
+                        let line = json!({"type": "ERROR", "object": {"message": status.message}});
+                        return Some((Ok::<_, std::io::Error>(format!("{line}\n")), None));
+                    }
+                };
+                if let Some(last) = changes.last() {
+                    after = last.object.resource_version;
+                }
+                let mut text = String::new();
+                for change in changes {
+                    let stored = &change.object;
+                    let wanted = stored.key.kind == kind.name()
+                        && namespace
+                            .as_ref()
+                            .is_none_or(|ns| *ns == stored.key.namespace)
+                        && labels_match(&stored.object, &selector);
+                    if wanted {
+                        let kind_word = match change.kind {
+                            ChangeKind::Added => "ADDED",
+                            ChangeKind::Modified => "MODIFIED",
+                            ChangeKind::Deleted => "DELETED",
+                        };
+                        let line = json!({"type": kind_word, "object": stored.object});
+                        text.push_str(&format!("{line}\n"));
+                    }
+                }
+                if !text.is_empty() {
+                    return Some((Ok(text), Some(after)));
+                }
+                if tokio::time::timeout_at(deadline, written).await.is_err() {
+                    return None;
+                }
+            }
+        }
+    });
+    Ok(Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from_stream(lines.boxed()))
+        .expect("a valid response"))
+}
+
+async fn get_one(
+    State(api): State<Arc<Api>>,
+    Path((namespace, resource, name)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let kind = kind_of(&resource)?;
+    let key = key(kind, &namespace, &name);
+    match api.store.get(&key).map_err(|e| store_error(kind, e))? {
+        Some(stored) => Ok(Json(stored.object)),
+        None => Err(store_error(kind, StoreError::NotFound(key))),
+    }
+}
+
+/// Parses a request body (YAML or JSON) into an object of the kind the path names.
+fn parse_body(kind: Kind, namespace: &str, body: &str) -> Result<Object, ApiError> {
+    let object = parse_yaml(body).map_err(|error| ApiError::bad_request(error.to_string()))?;
+    if object.kind() != kind {
+        return Err(ApiError::bad_request(format!(
+            "the body is a {} but the path is for {}",
+            object.kind().name(),
+            resource_name(kind)
+        )));
+    }
+    if object.namespace() != namespace {
+        return Err(ApiError::bad_request(format!(
+            "the body's namespace \"{}\" does not match the path's \"{namespace}\"",
+            object.namespace()
+        )));
+    }
+    Ok(object)
+}
+
+async fn create(
+    State(api): State<Arc<Api>>,
+    Path((namespace, resource)): Path<(String, String)>,
+    body: String,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let kind = kind_of(&resource)?;
+    let mut object = parse_body(kind, &namespace, &body)?;
+    let metadata = object.metadata_mut();
+    metadata.uid = uuid::Uuid::new_v4().to_string();
+    metadata.creation_timestamp = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    metadata.resource_version.clear();
+    let key = key(kind, &namespace, object.name());
+    let stored = api
+        .store
+        .create(&key, to_value(&object))
+        .map_err(|e| store_error(kind, e))?;
+    api.written.notify_waiters();
+    Ok((StatusCode::CREATED, Json(stored.object)))
+}
+
+async fn update(
+    State(api): State<Arc<Api>>,
+    Path((namespace, resource, name)): Path<(String, String, String)>,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    let kind = kind_of(&resource)?;
+    let object = parse_body(kind, &namespace, &body)?;
+    let expected = object
+        .metadata()
+        .resource_version
+        .parse::<u64>()
+        .map_err(|_| {
+            ApiError::bad_request(
+                "metadata.resourceVersion is required for an update: read the object, change it, \
+             send it back",
+            )
+        })?;
+    replace(&api, kind, &namespace, &name, object, expected)
+}
+
+/// JSON merge patch (RFC 7396) of the current object, then the same checks as an update.
+async fn patch(
+    State(api): State<Arc<Api>>,
+    Path((namespace, resource, name)): Path<(String, String, String)>,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    let kind = kind_of(&resource)?;
+    let patch: Value = serde_json::from_str(&body)
+        .map_err(|error| ApiError::bad_request(format!("the merge patch is not JSON: {error}")))?;
+    let key = key(kind, &namespace, &name);
+    let current = api
+        .store
+        .get(&key)
+        .map_err(|e| store_error(kind, e))?
+        .ok_or_else(|| store_error(kind, StoreError::NotFound(key.clone())))?;
+    let mut merged = current.object.clone();
+    merge_patch(&mut merged, &patch);
+    let object = parse_json(&merged.to_string()).map_err(|error| {
+        ApiError::bad_request(format!("the patched object is invalid: {error}"))
+    })?;
+    replace(
+        &api,
+        kind,
+        &namespace,
+        &name,
+        object,
+        current.resource_version,
+    )
+}
+
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let target = target.as_object_mut().expect("made an object");
+    for (field, value) in patch {
+        if value.is_null() {
+            target.remove(field);
+        } else {
+            merge_patch(target.entry(field.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
+/// Stores `object` over the current version `expected`, keeping what a client cannot change
+/// (identity, creation time) and running the admission rules for volume configs.
+fn replace(
+    api: &Api,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+    mut object: Object,
+    expected: u64,
+) -> Result<Json<Value>, ApiError> {
+    if object.name() != name {
+        return Err(ApiError::bad_request(format!(
+            "the body names \"{}\" but the path names \"{name}\"",
+            object.name()
+        )));
+    }
+    let key = key(kind, namespace, name);
+    let current = api
+        .store
+        .get(&key)
+        .map_err(|e| store_error(kind, e))?
+        .ok_or_else(|| store_error(kind, StoreError::NotFound(key.clone())))?;
+    let current_object = typed(kind, &current.object)?;
+    let metadata = object.metadata_mut();
+    metadata.uid = current_object.metadata().uid.clone();
+    metadata.creation_timestamp = current_object.metadata().creation_timestamp.clone();
+    if let (Object::CStorVolumeConfig(old), Object::CStorVolumeConfig(new)) =
+        (&current_object, &object)
+    {
+        let lookup = StoreLookup {
+            store: api.store.as_ref(),
+            namespace,
+        };
+        validate_cvc_update(old, new, &lookup).map_err(|error| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                format!(
+                    "admission webhook \"admission-webhook.cstor.openebs.io\" denied the request: {error}"
+                ),
+            )
+        })?;
+    }
+    let stored = api
+        .store
+        .update(&key, expected, to_value(&object))
+        .map_err(|e| store_error(kind, e))?;
+    api.written.notify_waiters();
+    Ok(Json(stored.object))
+}
+
+async fn delete(
+    State(api): State<Arc<Api>>,
+    Path((namespace, resource, name)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let kind = kind_of(&resource)?;
+    let stored = api
+        .store
+        .delete(&key(kind, &namespace, &name), None)
+        .map_err(|e| store_error(kind, e))?;
+    api.written.notify_waiters();
+    Ok(Json(stored.object))
+}
+
+/// What the admission rules need, read from the store.
+struct StoreLookup<'a> {
+    store: &'a dyn Store,
+    namespace: &'a str,
+}
+
+impl StoreLookup<'_> {
+    fn object(&self, kind: Kind, name: &str) -> Option<Object> {
+        let stored = self.store.get(&key(kind, self.namespace, name)).ok()??;
+        parse_json(&stored.object.to_string()).ok()
+    }
+}
+
+impl PoolLookup for StoreLookup<'_> {
+    fn pool_instance(&self, pool_name: &str) -> Option<CStorPoolInstance> {
+        CStorPoolInstance::try_from(self.object(Kind::CStorPoolInstance, pool_name)?).ok()
+    }
+
+    fn volume_phase(&self, volume_name: &str) -> Option<CStorVolumePhase> {
+        let volume = CStorVolume::try_from(self.object(Kind::CStorVolume, volume_name)?).ok()?;
+        Some(volume.status.phase)
+    }
+}

@@ -1,0 +1,6 @@
+//! Tandem's control plane: the API that stores cStor objects (and, next, the controllers that
+//! reconcile them). It is never on the data path: volumes keep serving I/O while it is down.
+
+pub mod api;
+
+pub use api::{router, Api};

@@ -1,0 +1,320 @@
+//! The object API against a real listener on 127.0.0.1 and a real store file.
+
+use std::sync::Arc;
+
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use tandem_control_plane::{router, Api};
+use tandem_store::RedbStore;
+
+const NS: &str = "/apis/cstor.openebs.io/v1/namespaces/openebs";
+
+struct Server {
+    base: String,
+    client: Client,
+    _dir: tempfile::TempDir,
+}
+
+async fn server() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(RedbStore::open(&dir.path().join("store.redb")).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, router(Api::new(store)))
+            .await
+            .unwrap();
+    });
+    Server {
+        base,
+        client: Client::new(),
+        _dir: dir,
+    }
+}
+
+impl Server {
+    async fn send(&self, method: reqwest::Method, path: &str, body: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn create(&self, resource: &str, body: &str) -> Value {
+        let (status, object) = self
+            .send(reqwest::Method::POST, &format!("{NS}/{resource}"), body)
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{object}");
+        object
+    }
+}
+
+fn pool(name: &str, cluster: &str, phase: &str, read_only: bool) -> String {
+    format!(
+        "apiVersion: cstor.openebs.io/v1\nkind: CStorPoolInstance\nmetadata:\n  name: {name}\n  \
+         labels:\n    openebs.io/cstor-pool-cluster: {cluster}\nspec:\n  hostName: node-{name}\n\
+         status:\n  phase: {phase}\n  readOnly: {read_only}\n"
+    )
+}
+
+const VOLUME: &str = "apiVersion: cstor.openebs.io/v1
+kind: CStorVolume
+metadata:
+  name: pvc-1
+status:
+  phase: Healthy
+";
+
+const CVC: &str = "apiVersion: cstor.openebs.io/v1
+kind: CStorVolumeConfig
+metadata:
+  name: pvc-1
+  labels:
+    openebs.io/cstor-pool-cluster: cspc-stripe-pool
+spec:
+  capacity:
+    storage: 5Gi
+  provision:
+    capacity:
+      storage: 5Gi
+    replicaCount: 2
+  policy:
+    replicaPoolInfo:
+    - poolName: pool-a
+    - poolName: pool-b
+status:
+  phase: Bound
+  poolInfo:
+  - pool-a
+  - pool-b
+";
+
+async fn volume_with_three_pools() -> Server {
+    let server = server().await;
+    for name in ["pool-a", "pool-b", "pool-c"] {
+        server
+            .create(
+                "cstorpoolinstances",
+                &pool(name, "cspc-stripe-pool", "ONLINE", false),
+            )
+            .await;
+    }
+    server
+        .create(
+            "cstorpoolinstances",
+            &pool("pool-ro", "cspc-stripe-pool", "ONLINE", true),
+        )
+        .await;
+    server.create("cstorvolumes", VOLUME).await;
+    server.create("cstorvolumeconfigs", CVC).await;
+    server
+}
+
+#[tokio::test]
+async fn created_objects_get_identity_and_versions_and_can_be_listed() {
+    let server = volume_with_three_pools().await;
+    let (status, cvc) = server
+        .send(
+            reqwest::Method::GET,
+            &format!("{NS}/cstorvolumeconfigs/pvc-1"),
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!cvc["metadata"]["uid"].as_str().unwrap().is_empty());
+    assert!(cvc["metadata"]["creationTimestamp"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    assert_eq!(cvc["metadata"]["resourceVersion"], "6");
+
+    let (_, list) = server
+        .send(
+            reqwest::Method::GET,
+            "/apis/cstor.openebs.io/v1/cstorpoolinstances?labelSelector=openebs.io/cstor-pool-cluster=cspc-stripe-pool",
+            "",
+        )
+        .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 4);
+
+    let (status, error) = server
+        .send(
+            reqwest::Method::GET,
+            &format!("{NS}/cstorvolumeconfigs/nope"),
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        error["message"],
+        "cstorvolumeconfigs.cstor.openebs.io \"nope\" not found"
+    );
+    let (status, _) = server
+        .send(reqwest::Method::POST, &format!("{NS}/cstorvolumes"), VOLUME)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "already exists");
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_a_message_naming_it() {
+    let server = server().await;
+    let (status, error) = server
+        .send(
+            reqwest::Method::POST,
+            &format!("{NS}/cstorvolumes"),
+            "kind: CStorVolume\nmetadata: [",
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        error["message"].as_str().unwrap().contains("line"),
+        "{error}"
+    );
+    let (status, error) = server
+        .send(
+            reqwest::Method::POST,
+            &format!("{NS}/cstorvolumeconfigs"),
+            VOLUME,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("the path is for"),
+        "{error}"
+    );
+    let (status, _) = server
+        .send(reqwest::Method::GET, &format!("{NS}/widgets"), "")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_stale_update_is_refused_as_a_conflict() {
+    let server = volume_with_three_pools().await;
+    let path = format!("{NS}/cstorvolumes/pvc-1");
+    let (_, mut volume) = server.send(reqwest::Method::GET, &path, "").await;
+    let stale = volume.clone();
+    volume["spec"]["targetPort"] = json!("3260");
+    let (status, _) = server
+        .send(reqwest::Method::PUT, &path, &volume.to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, error) = server
+        .send(reqwest::Method::PUT, &path, &stale.to_string())
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("changed by someone else"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn volume_config_edits_pass_the_admission_rules() {
+    let server = volume_with_three_pools().await;
+    let path = format!("{NS}/cstorvolumeconfigs/pvc-1");
+    let patch = |pools: &[&str]| {
+        let pools: Vec<Value> = pools.iter().map(|p| json!({ "poolName": p })).collect();
+        json!({ "spec": { "policy": { "replicaPoolInfo": pools } } }).to_string()
+    };
+
+    // cStor's rule: no replacing a pool in one edit.
+    let (status, error) = server
+        .send(reqwest::Method::PATCH, &path, &patch(&["pool-a", "pool-c"]))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("not yet supported"),
+        "{error}"
+    );
+    // Tandem's guards: the pool must exist and be writable.
+    let (status, error) = server
+        .send(
+            reqwest::Method::PATCH,
+            &path,
+            &patch(&["pool-a", "pool-b", "pool-typo"]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        error["message"].as_str().unwrap().contains("pool-typo"),
+        "{error}"
+    );
+    let (status, _) = server
+        .send(
+            reqwest::Method::PATCH,
+            &path,
+            &patch(&["pool-a", "pool-b", "pool-ro"]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // A valid scale-up is accepted.
+    let (status, cvc) = server
+        .send(
+            reqwest::Method::PATCH,
+            &path,
+            &patch(&["pool-a", "pool-b", "pool-c"]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{cvc}");
+    assert_eq!(
+        cvc["spec"]["policy"]["replicaPoolInfo"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_watch_streams_every_change_after_its_version() {
+    let server = volume_with_three_pools().await;
+    let url = format!(
+        "{}{NS}/cstorvolumes?watch=true&resourceVersion=0&timeoutSeconds=5",
+        server.base
+    );
+    let mut response = server.client.get(url).send().await.unwrap();
+    let mut text = String::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+        if text.contains("\"ADDED\"") {
+            break;
+        }
+    }
+    let line: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(line["type"], "ADDED");
+    assert_eq!(line["object"]["metadata"]["name"], "pvc-1");
+
+    // A change after the watch started is delivered too.
+    let url = format!(
+        "{}{NS}/cstorvolumes?watch=true&timeoutSeconds=5",
+        server.base
+    );
+    let mut response = server.client.get(url).send().await.unwrap();
+    let (status, _) = server
+        .send(
+            reqwest::Method::DELETE,
+            &format!("{NS}/cstorvolumes/pvc-1"),
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let chunk = response.chunk().await.unwrap().expect("a change");
+    let line: Value = serde_json::from_slice(chunk.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(line["type"], "DELETED");
+}
