@@ -1,0 +1,61 @@
+//! `tandem control-plane`: serves the object API from the store under the data directory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tandem_control_plane::{router, Api};
+use tandem_store::RedbStore;
+
+#[derive(Args)]
+pub struct ControlPlaneArgs {
+    /// Where the store lives (`control-plane/store.redb` under it).
+    #[arg(long, env = "TANDEM_DATA_DIR", default_value = "tandem-data")]
+    data_dir: PathBuf,
+    /// Address to serve the API on.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+}
+
+pub fn run(args: ControlPlaneArgs) -> Result<()> {
+    let directory = args.data_dir.join("control-plane");
+    std::fs::create_dir_all(&directory)
+        .with_context(|| format!("create data directory {}", directory.display()))?;
+    let path = directory.join("store.redb");
+    let store = RedbStore::open(&path).with_context(|| format!("open store {}", path.display()))?;
+    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listen on {}", args.listen))?;
+        let address = listener
+            .local_addr()
+            .context("read the listening address")?;
+        // Scripts (and `tandem up`) read this line to find the API.
+        println!("control plane listening on http://{address}");
+        tracing::info!(%address, store = %path.display(), "control plane started");
+        axum::serve(listener, router(Api::new(Arc::new(store))))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serve the API")
+    })
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("install the SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("control plane stopping");
+}
