@@ -605,25 +605,7 @@ impl Replica {
                 extended.insert(neighbour);
             }
         }
-        let id = self.disk_op_id();
-        let session = self.current_session().expect("pump runs with a session");
-        self.inflight.insert(
-            id,
-            Inflight {
-                purpose: Purpose::ActivityLog,
-                session,
-                range: None,
-            },
-        );
-        self.activity_log_pending = Some(extended.clone());
-        out.push(ReplicaOutput::Disk(DiskOp::PersistMeta {
-            id,
-            update: MetaUpdate {
-                superblock: self.superblock.clone(),
-                region_changes: Vec::new(),
-                activity_log: extended,
-            },
-        }));
+        self.persist(extended, false, Purpose::ActivityLog, out);
         false
     }
 
@@ -791,7 +773,7 @@ impl Replica {
                     return;
                 }
                 self.superblock.generation_seen = generation;
-                self.persist(self.activity_log.clone(), false, out);
+                self.persist(self.activity_log.clone(), false, Purpose::Barrier, out);
                 Barrier::Hello
             }
             Work::Flush { seq } => {
@@ -816,13 +798,13 @@ impl Replica {
                 }
                 self.superblock.consistent = false;
                 self.superblock.sync_stamp = sync_stamp;
-                self.persist(self.activity_log.clone(), true, out);
+                self.persist(self.activity_log.clone(), true, Purpose::Barrier, out);
                 Barrier::StartResync
             }
             Work::MarkInconsistent => {
                 self.superblock.consistent = false;
                 self.superblock.sync_stamp = self.joining.take().unwrap_or(Stamp::ZERO);
-                self.persist(self.activity_log.clone(), true, out);
+                self.persist(self.activity_log.clone(), true, Purpose::Barrier, out);
                 Barrier::MarkInconsistent
             }
             Work::FinishResync { stamp } => {
@@ -847,8 +829,15 @@ impl Replica {
         out.push(ReplicaOutput::Disk(DiskOp::Sync { id }));
     }
 
-    /// Persists the superblock (and, with `with_map`, the changed region-map entries).
-    fn persist(&mut self, activity_log: RegionSet, with_map: bool, out: &mut Vec<ReplicaOutput>) {
+    /// Persists the superblock and `activity_log` (and, with `with_map`, the changed region-map
+    /// entries), for a barrier or for extending the activity log.
+    fn persist(
+        &mut self,
+        activity_log: RegionSet,
+        with_map: bool,
+        purpose: Purpose,
+        out: &mut Vec<ReplicaOutput>,
+    ) {
         let region_changes = if with_map {
             std::mem::take(&mut self.regions_changed)
                 .into_iter()
@@ -861,7 +850,7 @@ impl Replica {
         self.inflight.insert(
             id,
             Inflight {
-                purpose: Purpose::Barrier,
+                purpose,
                 session: self.current_session().unwrap_or(SessionId(0)),
                 range: None,
             },
@@ -1056,7 +1045,7 @@ impl Replica {
                     }
                 }
                 let empty = RegionSet::new(self.activity_log.region_count());
-                self.persist(empty, true, out);
+                self.persist(empty, true, Purpose::Barrier, out);
             }
         }
     }
