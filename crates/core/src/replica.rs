@@ -477,9 +477,17 @@ impl Replica {
         }));
     }
 
-    fn disk_op_id(&mut self) -> DiskOpId {
+    /// Sends one operation to storage and remembers what it is for.
+    fn issue(
+        &mut self,
+        inflight: Inflight,
+        out: &mut Vec<ReplicaOutput>,
+        operation: impl FnOnce(DiskOpId) -> DiskOp,
+    ) {
         self.next_disk_op += 1;
-        DiskOpId(self.next_disk_op)
+        let id = DiskOpId(self.next_disk_op);
+        self.inflight.insert(id, inflight);
+        out.push(ReplicaOutput::Disk(operation(id)));
     }
 
     fn current_session(&self) -> Option<SessionId> {
@@ -663,16 +671,12 @@ impl Replica {
             self.stamp_exact = true;
         }
         self.note_region_change(offset, len, seq, false);
-        let id = self.disk_op_id();
-        self.inflight.insert(
-            id,
-            Inflight {
-                purpose: Purpose::Write { seq },
-                session,
-                range: Some((offset, len, true)),
-            },
-        );
-        out.push(ReplicaOutput::Disk(match change {
+        let inflight = Inflight {
+            purpose: Purpose::Write { seq },
+            session,
+            range: Some((offset, len, true)),
+        };
+        self.issue(inflight, out, |id| match change {
             DataChange::Write(data) => DiskOp::Write {
                 id,
                 offset,
@@ -680,7 +684,7 @@ impl Replica {
                 origin: WriteOrigin::Client,
             },
             DataChange::Trim(len) => DiskOp::Trim { id, offset, len },
-        }));
+        });
     }
 
     fn start_segment_write(
@@ -705,21 +709,17 @@ impl Replica {
             return;
         }
         self.note_region_change(offset, len, region_seq, true);
-        let id = self.disk_op_id();
-        self.inflight.insert(
-            id,
-            Inflight {
-                purpose: Purpose::WriteSegment { request },
-                session,
-                range: Some((offset, len, true)),
-            },
-        );
-        out.push(ReplicaOutput::Disk(DiskOp::Write {
+        let inflight = Inflight {
+            purpose: Purpose::WriteSegment { request },
+            session,
+            range: Some((offset, len, true)),
+        };
+        self.issue(inflight, out, |id| DiskOp::Write {
             id,
             offset,
             data,
             origin: WriteOrigin::Resync,
-        }));
+        });
     }
 
     fn start_read(
@@ -741,16 +741,12 @@ impl Replica {
             self.send(session, message, out);
             return;
         }
-        let id = self.disk_op_id();
-        self.inflight.insert(
-            id,
-            Inflight {
-                purpose: Purpose::Read { request, segment },
-                session,
-                range: Some((offset, len, false)),
-            },
-        );
-        out.push(ReplicaOutput::Disk(DiskOp::Read { id, offset, len }));
+        let inflight = Inflight {
+            purpose: Purpose::Read { request, segment },
+            session,
+            range: Some((offset, len, false)),
+        };
+        self.issue(inflight, out, |id| DiskOp::Read { id, offset, len });
     }
 
     fn regions_changed_after(&self, since: Seq) -> RegionSet {
@@ -817,16 +813,12 @@ impl Replica {
     }
 
     fn sync(&mut self, out: &mut Vec<ReplicaOutput>) {
-        let id = self.disk_op_id();
-        self.inflight.insert(
-            id,
-            Inflight {
-                purpose: Purpose::Barrier,
-                session: self.current_session().expect("barrier has a session"),
-                range: None,
-            },
-        );
-        out.push(ReplicaOutput::Disk(DiskOp::Sync { id }));
+        let inflight = Inflight {
+            purpose: Purpose::Barrier,
+            session: self.current_session().expect("barrier has a session"),
+            range: None,
+        };
+        self.issue(inflight, out, |id| DiskOp::Sync { id });
     }
 
     /// Persists the superblock and `activity_log` (and, with `with_map`, the changed region-map
@@ -846,24 +838,21 @@ impl Replica {
         } else {
             Vec::new()
         };
-        let id = self.disk_op_id();
-        self.inflight.insert(
-            id,
-            Inflight {
-                purpose,
-                session: self.current_session().unwrap_or(SessionId(0)),
-                range: None,
-            },
-        );
+        let inflight = Inflight {
+            purpose,
+            session: self.current_session().unwrap_or(SessionId(0)),
+            range: None,
+        };
         self.activity_log_pending = Some(activity_log.clone());
-        out.push(ReplicaOutput::Disk(DiskOp::PersistMeta {
+        let superblock = self.superblock.clone();
+        self.issue(inflight, out, |id| DiskOp::PersistMeta {
             id,
             update: MetaUpdate {
-                superblock: self.superblock.clone(),
+                superblock,
                 region_changes,
                 activity_log,
             },
-        }));
+        });
     }
 
     fn send_hello_ack(&mut self, session: SessionId, out: &mut Vec<ReplicaOutput>) {

@@ -194,12 +194,7 @@ fn partitioned_replica_resyncs_only_what_changed() {
     sim.run_ticks(1_000);
     sim.workload_on = false;
     assert!(sim.run_until(500, |s| s.pending_client_ops() == 0));
-    // Two flushes, one after the other: the second carries the first's durable watermark, so
-    // every replica checkpoints past everything written so far.
-    for _ in 0..2 {
-        sim.client_flush();
-        assert!(sim.run_until(500, |s| s.pending_client_ops() == 0 && s.quiescent()));
-    }
+    common::checkpoint_everything(&mut sim);
     let resyncs_before = sim.resyncs_finished().len();
 
     sim.partition_replica(R3);
@@ -392,10 +387,7 @@ fn resync_after_a_target_restart_copies_only_what_changed() {
     sim.workload_on = true;
     sim.run_ticks(1_000);
     sim.workload_on = false;
-    for _ in 0..2 {
-        sim.client_flush();
-        assert!(sim.run_until(500, |s| s.pending_client_ops() == 0 && s.quiescent()));
-    }
+    common::checkpoint_everything(&mut sim);
     for round in 0..10 {
         // Blocks 8..16 are regions 2 and 3.
         sim.client_write(8 + round % 5, 3);

@@ -17,6 +17,15 @@ pub fn config(seed: u64, replicas: usize, nodes: usize) -> SimConfig {
     config
 }
 
+/// Two flushes, one after the other: the second carries the first's durable watermark, so every
+/// replica checkpoints past everything written so far.
+pub fn checkpoint_everything(sim: &mut Sim) {
+    for _ in 0..2 {
+        sim.client_flush();
+        assert!(sim.run_until(500, |s| s.pending_client_ops() == 0 && s.quiescent()));
+    }
+}
+
 /// The story of `returning_replica_undoes_writes_only_it_holds`, shared with the planted-bug test.
 pub fn fork_one_replica_then_heal(sim: &mut Sim) {
     use tandem_sim::network::Node;
@@ -24,10 +33,7 @@ pub fn fork_one_replica_then_heal(sim: &mut Sim) {
     sim.workload_on = true;
     sim.run_ticks(300);
     sim.workload_on = false;
-    for _ in 0..2 {
-        sim.client_flush();
-        assert!(sim.run_until(500, |s| s.pending_client_ops() == 0 && s.quiescent()));
-    }
+    checkpoint_everything(sim);
 
     let old = sim.target().expect("target").generation();
     sim.network.cut(Node::Target(old), Node::Replica(R1));
