@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -17,6 +18,9 @@ pub struct ControlPlaneArgs {
     /// Address to serve the API on.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
+    /// How long a node agent may stay silent before its pool is marked OFFLINE.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    agent_timeout: Duration,
 }
 
 pub fn run(args: ControlPlaneArgs) -> Result<()> {
@@ -36,7 +40,7 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
         // Scripts (and `tandem up`) read this line to find the API.
         println!("control plane listening on http://{address}");
         tracing::info!(%address, store = %path.display(), "control plane started");
-        axum::serve(listener, router(Api::new(Arc::new(store))))
+        axum::serve(listener, router(Api::new(Arc::new(store), args.agent_timeout)))
             .with_graceful_shutdown(shutdown_signal())
             .await
             .context("serve the API")

@@ -8,14 +8,15 @@
 //! also passes cStor's admission rules and Tandem's guards. Errors are Kubernetes `Status`
 //! documents whose message names what was wrong.
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::{Json, Router};
 use futures::StreamExt;
 use serde::Deserialize;
@@ -24,23 +25,33 @@ use tandem_objects::{
     parse_json, parse_yaml, validate_cvc_update, CStorPoolInstance, CStorVolume, CStorVolumePhase,
     Kind, Object, PoolLookup,
 };
+use tandem_client::{NodeHeartbeat, NodeStatus};
 use tandem_store::{ChangeKind, ObjectKey, Store, StoreError};
 use tokio::sync::Notify;
 
 /// How long a watch stays open at most, unless the client asks for less.
 const WATCH_SECONDS_MAX: u64 = 300;
 
-/// The API's state: the store, and a signal woken on every write so watches need not poll.
+/// The API's state: the store, a signal woken on every write so watches need not poll, and the
+/// newest heartbeat of every node agent (kept in memory only: after a restart the agents are
+/// given one timeout to report again before their pools are declared OFFLINE).
 pub struct Api {
     store: Arc<dyn Store>,
     written: Notify,
+    nodes: Mutex<BTreeMap<String, (NodeHeartbeat, Instant)>>,
+    started: Instant,
+    agent_timeout: Duration,
 }
 
 impl Api {
-    pub fn new(store: Arc<dyn Store>) -> Arc<Api> {
+    /// `agent_timeout`: how long an agent may stay silent before its node is not ready.
+    pub fn new(store: Arc<dyn Store>, agent_timeout: Duration) -> Arc<Api> {
         Arc::new(Api {
             store,
             written: Notify::new(),
+            nodes: Mutex::new(BTreeMap::new()),
+            started: Instant::now(),
+            agent_timeout,
         })
     }
 }
@@ -58,9 +69,16 @@ pub fn router(api: Arc<Api>) -> Router {
             get(get_one).put(update).patch(patch).delete(delete),
         )
         .route(
+            &format!("{cstor}/namespaces/{{namespace}}/{{resource}}/{{name}}/status"),
+            put(update_status),
+        )
+        .route(
             "/api/v1/namespaces/{namespace}/{resource}",
             get(list).post(create),
         )
+        .route("/api/v1/{resource}", get(list_all))
+        .route("/tandem/v1/nodes", get(list_nodes))
+        .route("/tandem/v1/nodes/{node}", put(heartbeat))
         .with_state(api)
 }
 
@@ -368,7 +386,8 @@ async fn create(
     let mut object = parse_body(kind, &namespace, &body)?;
     let metadata = object.metadata_mut();
     metadata.uid = uuid::Uuid::new_v4().to_string();
-    metadata.creation_timestamp = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    metadata.creation_timestamp = now_rfc3339();
+    metadata.deletion_timestamp.clear();
     metadata.resource_version.clear();
     let key = key(kind, &namespace, object.name());
     let stored = api
@@ -386,17 +405,29 @@ async fn update(
 ) -> Result<Json<Value>, ApiError> {
     let kind = kind_of(&resource)?;
     let object = parse_body(kind, &namespace, &body)?;
-    let expected = object
-        .metadata()
-        .resource_version
-        .parse::<u64>()
-        .map_err(|_| {
-            ApiError::bad_request(
-                "metadata.resourceVersion is required for an update: read the object, change it, \
+    let expected = required_version(&object)?;
+    replace(&api, kind, &namespace, &name, object, expected, Part::Spec)
+}
+
+/// `PUT .../{name}/status`: the controllers' and agents' write; only the status changes.
+async fn update_status(
+    State(api): State<Arc<Api>>,
+    Path((namespace, resource, name)): Path<(String, String, String)>,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    let kind = kind_of(&resource)?;
+    let object = parse_body(kind, &namespace, &body)?;
+    let expected = required_version(&object)?;
+    replace(&api, kind, &namespace, &name, object, expected, Part::Status)
+}
+
+fn required_version(object: &Object) -> Result<u64, ApiError> {
+    object.metadata().resource_version.parse::<u64>().map_err(|_| {
+        ApiError::bad_request(
+            "metadata.resourceVersion is required for an update: read the object, change it, \
              send it back",
-            )
-        })?;
-    replace(&api, kind, &namespace, &name, object, expected)
+        )
+    })
 }
 
 /// JSON merge patch (RFC 7396) of the current object, then the same checks as an update.
@@ -426,6 +457,7 @@ async fn patch(
         &name,
         object,
         current.resource_version,
+        Part::Spec,
     )
 }
 
@@ -447,15 +479,26 @@ fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-/// Stores `object` over the current version `expected`, keeping what a client cannot change
-/// (identity, creation time) and running the admission rules for volume configs.
+/// Which part of an object a write may change, as with Kubernetes' status subresource: users
+/// change metadata and spec, the controllers and agents that own an object change its status,
+/// and neither can undo the other's work by writing back a stale copy of the other part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Spec,
+    Status,
+}
+
+/// Stores `object` over the current version `expected`, keeping what the writer may not change
+/// (identity, creation and deletion times, the other part), running the admission rules for
+/// volume configs, and removing an object being deleted once its last finalizer is gone.
 fn replace(
     api: &Api,
     kind: Kind,
     namespace: &str,
     name: &str,
-    mut object: Object,
+    object: Object,
     expected: u64,
+    part: Part,
 ) -> Result<Json<Value>, ApiError> {
     if object.name() != name {
         return Err(ApiError::bad_request(format!(
@@ -470,11 +513,26 @@ fn replace(
         .map_err(|e| store_error(kind, e))?
         .ok_or_else(|| store_error(kind, StoreError::NotFound(key.clone())))?;
     let current_object = typed(kind, &current.object)?;
-    let metadata = object.metadata_mut();
-    metadata.uid = current_object.metadata().uid.clone();
-    metadata.creation_timestamp = current_object.metadata().creation_timestamp.clone();
-    if let (Object::CStorVolumeConfig(old), Object::CStorVolumeConfig(new)) =
-        (&current_object, &object)
+    let written = to_value(&object);
+    let mut merged = match part {
+        Part::Spec => {
+            let mut merged = written;
+            copy_field(&mut merged, &current.object, "status");
+            merged
+        }
+        Part::Status => {
+            let mut merged = current.object.clone();
+            copy_field(&mut merged, &written, "status");
+            merged["metadata"]["resourceVersion"] = written["metadata"]["resourceVersion"].clone();
+            merged
+        }
+    };
+    for field in ["uid", "creationTimestamp", "deletionTimestamp"] {
+        copy_field(&mut merged["metadata"], &current.object["metadata"], field);
+    }
+    let object = typed(kind, &merged)?;
+    if let (Part::Spec, Object::CStorVolumeConfig(old), Object::CStorVolumeConfig(new)) =
+        (part, &current_object, &object)
     {
         let lookup = StoreLookup {
             store: api.store.as_ref(),
@@ -490,25 +548,115 @@ fn replace(
             )
         })?;
     }
-    let stored = api
-        .store
-        .update(&key, expected, to_value(&object))
-        .map_err(|e| store_error(kind, e))?;
+    let metadata = object.metadata();
+    let stored = if !metadata.deletion_timestamp.is_empty() && metadata.finalizers.is_empty() {
+        api.store
+            .delete(&key, Some(expected))
+            .map_err(|e| store_error(kind, e))?
+    } else {
+        api.store
+            .update(&key, expected, to_value(&object))
+            .map_err(|e| store_error(kind, e))?
+    };
     api.written.notify_waiters();
     Ok(Json(stored.object))
 }
 
+/// Sets `target[field]` to `source[field]`, or removes it when `source` has none.
+fn copy_field(target: &mut Value, source: &Value, field: &str) {
+    let Some(target) = target.as_object_mut() else {
+        return;
+    };
+    match source.get(field) {
+        Some(value) => {
+            target.insert(field.to_string(), value.clone());
+        }
+        None => {
+            target.remove(field);
+        }
+    }
+}
+
+/// Deletes an object, or, while finalizers hold it, marks it with a deletion time so its owner
+/// can clean up (a replica's agent destroys its data first) and remove the finalizer.
 async fn delete(
     State(api): State<Arc<Api>>,
     Path((namespace, resource, name)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let kind = kind_of(&resource)?;
-    let stored = api
+    let key = key(kind, &namespace, &name);
+    let current = api
         .store
-        .delete(&key(kind, &namespace, &name), None)
-        .map_err(|e| store_error(kind, e))?;
+        .get(&key)
+        .map_err(|e| store_error(kind, e))?
+        .ok_or_else(|| store_error(kind, StoreError::NotFound(key.clone())))?;
+    let held = current.object["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|finalizers| !finalizers.is_empty());
+    let stored = if held {
+        if current.object["metadata"]["deletionTimestamp"].is_string() {
+            return Ok(Json(current.object));
+        }
+        let mut marked = current.object.clone();
+        marked["metadata"]["deletionTimestamp"] = Value::String(now_rfc3339());
+        api.store
+            .update(&key, current.resource_version, marked)
+            .map_err(|e| store_error(kind, e))?
+    } else {
+        api.store
+            .delete(&key, Some(current.resource_version))
+            .map_err(|e| store_error(kind, e))?
+    };
     api.written.notify_waiters();
     Ok(Json(stored.object))
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+async fn heartbeat(
+    State(api): State<Arc<Api>>,
+    Path(node): Path<String>,
+    Json(heartbeat): Json<NodeHeartbeat>,
+) -> Result<StatusCode, ApiError> {
+    if heartbeat.node != node {
+        return Err(ApiError::bad_request(format!(
+            "the heartbeat is from node \"{}\" but the path names \"{node}\"",
+            heartbeat.node
+        )));
+    }
+    let mut nodes = api.nodes.lock().expect("the node table is never poisoned");
+    nodes.insert(node, (heartbeat, Instant::now()));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_nodes(State(api): State<Arc<Api>>) -> Json<Vec<NodeStatus>> {
+    Json(api.node_statuses())
+}
+
+impl Api {
+    /// Every node that reported since this control plane started, and whether it is ready.
+    pub fn node_statuses(&self) -> Vec<NodeStatus> {
+        let nodes = self.nodes.lock().expect("the node table is never poisoned");
+        nodes
+            .values()
+            .map(|(heartbeat, seen)| {
+                let silent = seen.elapsed();
+                NodeStatus {
+                    node: heartbeat.node.clone(),
+                    address: heartbeat.address.clone(),
+                    last_seen_ms: u64::try_from(silent.as_millis()).unwrap_or(u64::MAX),
+                    ready: silent <= self.agent_timeout,
+                }
+            })
+            .collect()
+    }
+
+    /// Whether the control plane has run long enough to call a silent agent gone.
+    pub fn past_agent_grace(&self) -> bool {
+        self.started.elapsed() > self.agent_timeout
+    }
 }
 
 /// What the admission rules need, read from the store.
