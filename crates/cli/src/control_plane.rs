@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use tandem_control_plane::{router, Api};
+use tandem_control_plane::{controllers, router, Api};
 use tandem_store::RedbStore;
 
 #[derive(Args)]
@@ -40,11 +40,27 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
         // Scripts (and `tandem up`) read this line to find the API.
         println!("control plane listening on http://{address}");
         tracing::info!(%address, store = %path.display(), "control plane started");
-        axum::serve(listener, router(Api::new(Arc::new(store), args.agent_timeout)))
+        let api = Api::new(Arc::new(store), args.agent_timeout);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let controllers = tokio::spawn(controllers::run(
+            api.clone(),
+            format!("http://{address}"),
+            wait_for(stopped),
+        ));
+        let served = axum::serve(listener, router(api))
             .with_graceful_shutdown(shutdown_signal())
             .await
-            .context("serve the API")
+            .context("serve the API");
+        // The receiver may already be gone if the controllers ended on their own.
+        let _ = stop.send(true);
+        let _ = controllers.await;
+        served
     })
+}
+
+async fn wait_for(mut stopped: tokio::sync::watch::Receiver<bool>) {
+    // An error means the sender is gone, which is a stop too.
+    let _ = stopped.wait_for(|stop| *stop).await;
 }
 
 async fn shutdown_signal() {

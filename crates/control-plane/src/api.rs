@@ -22,8 +22,9 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tandem_objects::{
-    parse_json, parse_yaml, validate_cvc_update, CStorPoolInstance, CStorVolume, CStorVolumePhase,
-    Kind, Object, PoolLookup,
+    parse_json, parse_yaml, pool_node, validate_cspc, validate_cvc_update, validate_new_cvc,
+    CStorPoolInstance, CStorVolume, CStorVolumePhase, Kind, Object, PoolLookup,
+    LABEL_CSTOR_POOL_CLUSTER, LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_HOSTNAME,
 };
 use tandem_client::{NodeHeartbeat, NodeStatus};
 use tandem_store::{ChangeKind, ObjectKey, Store, StoreError};
@@ -37,7 +38,7 @@ const WATCH_SECONDS_MAX: u64 = 300;
 /// given one timeout to report again before their pools are declared OFFLINE).
 pub struct Api {
     store: Arc<dyn Store>,
-    written: Notify,
+    pub(crate) written: Notify,
     nodes: Mutex<BTreeMap<String, (NodeHeartbeat, Instant)>>,
     started: Instant,
     agent_timeout: Duration,
@@ -384,6 +385,7 @@ async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let kind = kind_of(&resource)?;
     let mut object = parse_body(kind, &namespace, &body)?;
+    admit(&api, &namespace, None, &object)?;
     let metadata = object.metadata_mut();
     metadata.uid = uuid::Uuid::new_v4().to_string();
     metadata.creation_timestamp = now_rfc3339();
@@ -531,22 +533,8 @@ fn replace(
         copy_field(&mut merged["metadata"], &current.object["metadata"], field);
     }
     let object = typed(kind, &merged)?;
-    if let (Part::Spec, Object::CStorVolumeConfig(old), Object::CStorVolumeConfig(new)) =
-        (part, &current_object, &object)
-    {
-        let lookup = StoreLookup {
-            store: api.store.as_ref(),
-            namespace,
-        };
-        validate_cvc_update(old, new, &lookup).map_err(|error| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Invalid",
-                format!(
-                    "admission webhook \"admission-webhook.cstor.openebs.io\" denied the request: {error}"
-                ),
-            )
-        })?;
+    if part == Part::Spec {
+        admit(api, namespace, Some(&current_object), &object)?;
     }
     let metadata = object.metadata();
     let stored = if !metadata.deletion_timestamp.is_empty() && metadata.finalizers.is_empty() {
@@ -590,6 +578,29 @@ async fn delete(
         .get(&key)
         .map_err(|e| store_error(kind, e))?
         .ok_or_else(|| store_error(kind, StoreError::NotFound(key.clone())))?;
+    if kind == Kind::CStorPoolCluster {
+        let lookup = StoreLookup {
+            store: api.store.as_ref(),
+            namespace: &namespace,
+        };
+        let nodes: Vec<String> = current.object["spec"]["pools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|pool| pool["nodeSelector"][LABEL_HOSTNAME].as_str())
+            .map(str::to_string)
+            .collect();
+        let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+        lookup
+            .refuse_pools_with_replicas(&name, &nodes)
+            .map_err(|message| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    format!("cannot delete cspc {name}: {message}; move or delete its volumes first"),
+                )
+            })?;
+    }
     let held = current.object["metadata"]["finalizers"]
         .as_array()
         .is_some_and(|finalizers| !finalizers.is_empty());
@@ -659,6 +670,57 @@ impl Api {
     }
 }
 
+/// The checks a user's write passes before it is stored: new objects must be complete
+/// (`validate_cspc`, `validate_new_cvc`), a CVC edit passes cStor's admission rules and
+/// Tandem's guards, and a CSPC edit may not drop a pool that still holds replicas.
+fn admit(
+    api: &Api,
+    namespace: &str,
+    current: Option<&Object>,
+    new: &Object,
+) -> Result<(), ApiError> {
+    let invalid = |message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message);
+    let lookup = StoreLookup {
+        store: api.store.as_ref(),
+        namespace,
+    };
+    match (current, new) {
+        (None, Object::CStorPoolCluster(cspc)) => {
+            validate_cspc(cspc).map_err(|error| invalid(error.to_string()))
+        }
+        (None, Object::CStorVolumeConfig(cvc)) => {
+            validate_new_cvc(cvc).map_err(|error| invalid(error.to_string()))
+        }
+        (Some(Object::CStorPoolCluster(old)), Object::CStorPoolCluster(new)) => {
+            validate_cspc(new).map_err(|error| invalid(error.to_string()))?;
+            let kept: Vec<&str> = new
+                .spec
+                .pools
+                .iter()
+                .filter_map(|pool| pool_node(&pool.node_selector))
+                .collect();
+            let removed: Vec<&str> = old
+                .spec
+                .pools
+                .iter()
+                .filter_map(|pool| pool_node(&pool.node_selector))
+                .filter(|node| !kept.contains(node))
+                .collect();
+            lookup
+                .refuse_pools_with_replicas(old.name(), &removed)
+                .map_err(|message| invalid(format!("invalid cspc specification: {message}")))
+        }
+        (Some(Object::CStorVolumeConfig(old)), Object::CStorVolumeConfig(new)) => {
+            validate_cvc_update(old, new, &lookup).map_err(|error| {
+                invalid(format!(
+                    "admission webhook \"admission-webhook.cstor.openebs.io\" denied the request: {error}"
+                ))
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// What the admission rules need, read from the store.
 struct StoreLookup<'a> {
     store: &'a dyn Store,
@@ -666,6 +728,35 @@ struct StoreLookup<'a> {
 }
 
 impl StoreLookup<'_> {
+    /// Refuses when a pool of `cluster` on one of `nodes` still holds a volume replica: its
+    /// data would be lost with the pool.
+    fn refuse_pools_with_replicas(&self, cluster: &str, nodes: &[&str]) -> Result<(), String> {
+        let listed = |kind: Kind| -> Vec<Value> {
+            self.store
+                .list(kind.name(), Some(self.namespace))
+                .map(|items| items.into_iter().map(|stored| stored.object).collect())
+                .unwrap_or_default()
+        };
+        let replicas = listed(Kind::CStorVolumeReplica);
+        for pool in listed(Kind::CStorPoolInstance) {
+            let labels = &pool["metadata"]["labels"];
+            let node = labels[LABEL_HOSTNAME].as_str().unwrap_or_default();
+            if labels[LABEL_CSTOR_POOL_CLUSTER].as_str() != Some(cluster) || !nodes.contains(&node)
+            {
+                continue;
+            }
+            let pool_name = pool["metadata"]["name"].as_str().unwrap_or_default();
+            let holds_replica = replicas.iter().any(|replica| {
+                replica["metadata"]["labels"][LABEL_CSTOR_POOL_INSTANCE_NAME].as_str()
+                    == Some(pool_name)
+            });
+            if holds_replica {
+                return Err(format!("volume still exists on pool {pool_name}"));
+            }
+        }
+        Ok(())
+    }
+
     fn object(&self, kind: Kind, name: &str) -> Option<Object> {
         let stored = self.store.get(&key(kind, self.namespace, name)).ok()??;
         parse_json(&stored.object.to_string()).ok()

@@ -2,5 +2,6 @@
 //! reconcile them). It is never on the data path: volumes keep serving I/O while it is down.
 
 pub mod api;
+pub mod controllers;
 
 pub use api::{router, Api};

@@ -139,6 +139,9 @@ pub fn validate_cvc_update(
     // cStor's webhook (pkg/webhook/cvc.go: validateCVCSpecChanges).
     validate_replica_count(old, new)?;
     validate_provisioned_capacity(old, new)?;
+    if records_placement(old, new) {
+        return validate_pool_names(new);
+    }
     validate_pool_list_changes(old, new)?;
     validate_replica_scaling(old, new)?;
     validate_pool_names(new)?;
@@ -148,6 +151,18 @@ pub fn validate_cvc_update(
     refuse_scale_down_unless_healthy(old, new, pools)?;
     check_added_pools(old, new, pools)?;
     Ok(())
+}
+
+/// The provisioner binds a new volume in two writes (the status subresource, then the spec),
+/// where cStor writes both at once: the second fills the empty `spec.policy.replicaPoolInfo`
+/// with exactly the pools in `status.poolInfo`. That states the placement, it does not change
+/// it, so the scaling rules (which would see a count change mid-scale) do not apply.
+fn records_placement(old: &CStorVolumeConfig, new: &CStorVolumeConfig) -> bool {
+    let mut current: Vec<&str> = old.current_pool_names().iter().map(String::as_str).collect();
+    let mut recorded = new.desired_pool_names();
+    current.sort_unstable();
+    recorded.sort_unstable();
+    old.desired_pool_names().is_empty() && !current.is_empty() && recorded == current
 }
 
 // ---------------------------------------------------------------------------------------------

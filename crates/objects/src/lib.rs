@@ -13,6 +13,7 @@
 //! * `object` — the object types themselves and [`Object`], any of them.
 //! * `parse` — YAML (one document or a `---` stream) and JSON in, with located errors; YAML and
 //!   JSON out.
+//! * `validation` — [`validate_cspc`] (cStor's CSPC webhook) and [`validate_new_cvc`].
 //! * `admission` — [`validate_cvc_update`]: cStor's webhook rules, then Tandem's guards.
 //!
 //! Invariants: no I/O, no clock (timestamps are strings the caller sets), no randomness. An
@@ -41,6 +42,7 @@ mod object;
 mod parse;
 mod pool;
 mod quantity;
+mod validation;
 mod volume;
 
 pub use admission::{validate_cvc_update, AdmissionError, AdmissionRule, PoolLookup, PoolSnapshot};
@@ -67,6 +69,10 @@ pub use pool::{
     RaidGroup, ZfsCapacity,
 };
 pub use quantity::{format_bytes_short, Quantity, QuantityError, QuantityFamily};
+pub use validation::{
+    pool_node, validate_cspc, validate_new_cvc, ValidationError, DEFAULT_RO_THRESHOLD_PERCENT,
+    REPLICAS_MAX,
+};
 pub use volume::{
     CStorVolumeConfigPhase, CStorVolumeConfigSpec, CStorVolumeConfigStatus, CStorVolumePhase,
     CStorVolumePolicySpec, CStorVolumeReplicaCapacity, CStorVolumeReplicaPhase,
