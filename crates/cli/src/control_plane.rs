@@ -10,11 +10,13 @@ use clap::Args;
 use tandem_control_plane::{controllers, router, Api};
 use tandem_store::RedbStore;
 
+use crate::server::{address_file, default_data_dir};
+
 #[derive(Args)]
 pub struct ControlPlaneArgs {
-    /// Where the store lives (`control-plane/store.redb` under it).
-    #[arg(long, env = "TANDEM_DATA_DIR", default_value = "tandem-data")]
-    data_dir: PathBuf,
+    /// Where the store lives (`control-plane/store.redb` under it) [default: ~/.tandem].
+    #[arg(long, env = "TANDEM_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// Address to serve the API on.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
@@ -24,7 +26,8 @@ pub struct ControlPlaneArgs {
 }
 
 pub fn run(args: ControlPlaneArgs) -> Result<()> {
-    let directory = args.data_dir.join("control-plane");
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let directory = data_dir.join("control-plane");
     std::fs::create_dir_all(&directory)
         .with_context(|| format!("create data directory {}", directory.display()))?;
     let path = directory.join("store.redb");
@@ -37,8 +40,9 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
         let address = listener
             .local_addr()
             .context("read the listening address")?;
-        // Scripts (and `tandem up`) read this line to find the API.
+        // Scripts read this line to find the API; the CLI reads the address file.
         println!("control plane listening on http://{address}");
+        write_atomically(&address_file(&data_dir), &format!("http://{address}\n"))?;
         tracing::info!(%address, store = %path.display(), "control plane started");
         let api = Api::new(Arc::new(store), args.agent_timeout);
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -63,7 +67,7 @@ async fn wait_for(mut stopped: tokio::sync::watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -78,4 +82,12 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = interrupt.await;
     tracing::info!("control plane stopping");
+}
+
+/// Writes a small file so that a reader sees the old or the new content, never a part.
+pub fn write_atomically(path: &std::path::Path, content: &str) -> Result<()> {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, content)
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .with_context(|| format!("write {}", path.display()))
 }

@@ -5,7 +5,12 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod agent;
+mod cluster;
 mod control_plane;
+#[allow(dead_code)] // wired into the verbs by the next commit
+mod output;
+mod server;
 mod sim;
 
 #[derive(Parser)]
@@ -24,8 +29,14 @@ enum TopCommand {
     /// Runs the deterministic simulator of the replication core.
     #[command(subcommand)]
     Sim(sim::SimCommand),
-    /// Serves the control plane's object API.
+    /// Starts a local cluster: the control plane and N node agents, each its own process.
+    Up(cluster::UpArgs),
+    /// Stops the local cluster started by `tandem up`.
+    Down(cluster::DownArgs),
+    /// Serves the control plane's object API and runs its controllers.
     ControlPlane(control_plane::ControlPlaneArgs),
+    /// Runs the node agent: owns one pool directory and the replicas placed in it.
+    Agent(agent::AgentArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,11 +46,15 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result: Result<bool> = match cli.command {
         TopCommand::Sim(command) => sim::run(command),
+        TopCommand::Up(args) => cluster::up(args).map(|()| true),
+        TopCommand::Down(args) => cluster::down(args).map(|()| true),
         TopCommand::ControlPlane(args) => control_plane::run(args).map(|()| true),
+        TopCommand::Agent(args) => agent::run(args).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

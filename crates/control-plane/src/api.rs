@@ -21,12 +21,12 @@ use axum::{Json, Router};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tandem_client::{NodeHeartbeat, NodeStatus};
 use tandem_objects::{
     parse_json, parse_yaml, pool_node, validate_cspc, validate_cvc_update, validate_new_cvc,
     CStorPoolInstance, CStorVolume, CStorVolumePhase, Kind, Object, PoolLookup,
     LABEL_CSTOR_POOL_CLUSTER, LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_HOSTNAME,
 };
-use tandem_client::{NodeHeartbeat, NodeStatus};
 use tandem_store::{ChangeKind, ObjectKey, Store, StoreError};
 use tokio::sync::Notify;
 
@@ -420,16 +420,28 @@ async fn update_status(
     let kind = kind_of(&resource)?;
     let object = parse_body(kind, &namespace, &body)?;
     let expected = required_version(&object)?;
-    replace(&api, kind, &namespace, &name, object, expected, Part::Status)
+    replace(
+        &api,
+        kind,
+        &namespace,
+        &name,
+        object,
+        expected,
+        Part::Status,
+    )
 }
 
 fn required_version(object: &Object) -> Result<u64, ApiError> {
-    object.metadata().resource_version.parse::<u64>().map_err(|_| {
-        ApiError::bad_request(
-            "metadata.resourceVersion is required for an update: read the object, change it, \
+    object
+        .metadata()
+        .resource_version
+        .parse::<u64>()
+        .map_err(|_| {
+            ApiError::bad_request(
+                "metadata.resourceVersion is required for an update: read the object, change it, \
              send it back",
-        )
-    })
+            )
+        })
 }
 
 /// JSON merge patch (RFC 7396) of the current object, then the same checks as an update.
@@ -597,7 +609,9 @@ async fn delete(
                 ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "Invalid",
-                    format!("cannot delete cspc {name}: {message}; move or delete its volumes first"),
+                    format!(
+                        "cannot delete cspc {name}: {message}; move or delete its volumes first"
+                    ),
                 )
             })?;
     }
@@ -679,7 +693,8 @@ fn admit(
     current: Option<&Object>,
     new: &Object,
 ) -> Result<(), ApiError> {
-    let invalid = |message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message);
+    let invalid =
+        |message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message);
     let lookup = StoreLookup {
         store: api.store.as_ref(),
         namespace,

@@ -21,9 +21,12 @@ async fn server() -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
-        axum::serve(listener, router(Api::new(store, std::time::Duration::from_secs(10))))
-            .await
-            .unwrap();
+        axum::serve(
+            listener,
+            router(Api::new(store, std::time::Duration::from_secs(10))),
+        )
+        .await
+        .unwrap();
     });
     Server {
         base,

@@ -28,6 +28,10 @@ pub trait PoolLookup {
     fn volume_phase(&self, volume_name: &str) -> Option<CStorVolumePhase>;
 }
 
+/// The condition a CVC carries from a scale's start until it is finished (for a scale-up: until
+/// every new replica is Healthy). No other change of the pools is accepted meanwhile.
+pub const CONDITION_SCALING_VOLUME_REPLICAS: &str = "ScalingVolumeReplicas";
+
 /// A [`PoolLookup`] over objects already in memory: for tests, and for callers that load what
 /// the rules need before running them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -158,7 +162,11 @@ pub fn validate_cvc_update(
 /// with exactly the pools in `status.poolInfo`. That states the placement, it does not change
 /// it, so the scaling rules (which would see a count change mid-scale) do not apply.
 fn records_placement(old: &CStorVolumeConfig, new: &CStorVolumeConfig) -> bool {
-    let mut current: Vec<&str> = old.current_pool_names().iter().map(String::as_str).collect();
+    let mut current: Vec<&str> = old
+        .current_pool_names()
+        .iter()
+        .map(String::as_str)
+        .collect();
     let mut recorded = new.desired_pool_names();
     current.sort_unstable();
     recorded.sort_unstable();
@@ -346,7 +354,10 @@ fn refuse_changes_while_scaling(
         .map(String::as_str)
         .collect();
     let new_desired: BTreeSet<&str> = new.desired_pool_names().into_iter().collect();
-    if old_desired != old_current && new_desired != old_desired {
+    if new_desired == old_desired {
+        return Ok(());
+    }
+    if old_desired != old_current {
         return refuse(
             AdmissionRule::ChangeWhileScaling,
             format!(
@@ -356,6 +367,22 @@ fn refuse_changes_while_scaling(
                 new.name(),
                 go_list(&old.desired_pool_names()),
                 go_list(old.current_pool_names())
+            ),
+        );
+    }
+    if let Some(scaling) = old
+        .status
+        .conditions
+        .iter()
+        .find(|condition| condition.condition_type == CONDITION_SCALING_VOLUME_REPLICAS)
+    {
+        return refuse(
+            AdmissionRule::ChangeWhileScaling,
+            format!(
+                "cvc {}: the last replica change is not finished ({}); wait until the \
+                 {CONDITION_SCALING_VOLUME_REPLICAS} condition is gone from its status",
+                new.name(),
+                scaling.message
             ),
         );
     }

@@ -45,7 +45,10 @@ mod quantity;
 mod validation;
 mod volume;
 
-pub use admission::{validate_cvc_update, AdmissionError, AdmissionRule, PoolLookup, PoolSnapshot};
+pub use admission::{
+    validate_cvc_update, AdmissionError, AdmissionRule, PoolLookup, PoolSnapshot,
+    CONDITION_SCALING_VOLUME_REPLICAS,
+};
 pub use event::{Event, EventSource, EventType};
 pub use kind::{Kind, UnknownKindError};
 pub use meta::{

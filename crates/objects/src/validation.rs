@@ -83,7 +83,9 @@ pub fn validate_cspc(cspc: &CStorPoolCluster) -> Result<(), ValidationError> {
             }
         }
         if pool.data_raid_groups.is_empty() {
-            return refuse("at least one raid group should be present on dataRaidGroups".to_string());
+            return refuse(
+                "at least one raid group should be present on dataRaidGroups".to_string(),
+            );
         }
         if pool.data_raid_groups.len() != 1 {
             return refuse("stripe dataRaidGroups should have exactly one raidGroup".to_string());
@@ -122,7 +124,9 @@ pub fn validate_new_cvc(cvc: &CStorVolumeConfig) -> Result<(), ValidationError> 
         ));
     }
     if cvc.spec.capacity.storage.is_zero() {
-        return refuse(format!("cvc {name}: spec.capacity.storage must be larger than 0"));
+        return refuse(format!(
+            "cvc {name}: spec.capacity.storage must be larger than 0"
+        ));
     }
     let provisioned = cvc.spec.provision.capacity.storage;
     if !provisioned.is_zero() && provisioned != cvc.spec.capacity.storage {

@@ -40,11 +40,19 @@ pub(crate) struct Snapshot {
 impl Snapshot {
     async fn read(client: &Client) -> Result<Snapshot, ClientError> {
         Ok(Snapshot {
-            pool_clusters: client.list_typed(Kind::CStorPoolCluster, None, None).await?,
-            pools: client.list_typed(Kind::CStorPoolInstance, None, None).await?,
-            configs: client.list_typed(Kind::CStorVolumeConfig, None, None).await?,
+            pool_clusters: client
+                .list_typed(Kind::CStorPoolCluster, None, None)
+                .await?,
+            pools: client
+                .list_typed(Kind::CStorPoolInstance, None, None)
+                .await?,
+            configs: client
+                .list_typed(Kind::CStorVolumeConfig, None, None)
+                .await?,
             volumes: client.list_typed(Kind::CStorVolume, None, None).await?,
-            replicas: client.list_typed(Kind::CStorVolumeReplica, None, None).await?,
+            replicas: client
+                .list_typed(Kind::CStorVolumeReplica, None, None)
+                .await?,
         })
     }
 

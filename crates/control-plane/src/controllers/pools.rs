@@ -5,10 +5,10 @@
 use rand::Rng;
 use tandem_client::ClientError;
 use tandem_objects::{
-    pool_node, CStorPoolCluster, CStorPoolClusterStatus, CStorPoolInstance,
-    CStorPoolInstancePhase, CStorPoolInstanceSpec, EventType, Kind, Object, ObjectMeta,
-    OwnerReference, PoolSpec, CSTOR_API_VERSION, DEFAULT_RO_THRESHOLD_PERCENT, LABEL_CAS_TYPE,
-    LABEL_CSTOR_POOL_CLUSTER, LABEL_HOSTNAME, LABEL_VERSION,
+    pool_node, CStorPoolCluster, CStorPoolClusterStatus, CStorPoolInstance, CStorPoolInstancePhase,
+    CStorPoolInstanceSpec, EventType, Kind, Object, ObjectMeta, OwnerReference, PoolSpec,
+    CSTOR_API_VERSION, DEFAULT_RO_THRESHOLD_PERCENT, LABEL_CAS_TYPE, LABEL_CSTOR_POOL_CLUSTER,
+    LABEL_HOSTNAME, LABEL_VERSION,
 };
 
 use super::{Context, Snapshot};
@@ -49,8 +49,16 @@ pub(crate) async fn reconcile_cluster(
         };
         if !existing.iter().any(|pool| pool.spec.host_name == node) {
             let pool = new_pool_instance(cluster, spec, node);
-            tracing::info!(pool = pool.name(), node, cluster = cluster.name(), "creating pool");
-            context.client.create(&Object::CStorPoolInstance(pool)).await?;
+            tracing::info!(
+                pool = pool.name(),
+                node,
+                cluster = cluster.name(),
+                "creating pool"
+            );
+            context
+                .client
+                .create(&Object::CStorPoolInstance(pool))
+                .await?;
         }
     }
     let wanted: Vec<&str> = cluster
@@ -60,12 +68,17 @@ pub(crate) async fn reconcile_cluster(
         .filter_map(|spec| pool_node(&spec.node_selector))
         .collect();
     for pool in &existing {
-        if !wanted.contains(&pool.spec.host_name.as_str()) && pool.metadata.deletion_timestamp.is_empty()
+        if !wanted.contains(&pool.spec.host_name.as_str())
+            && pool.metadata.deletion_timestamp.is_empty()
         {
             tracing::info!(pool = pool.name(), "deleting pool removed from its cluster");
             context
                 .client
-                .delete(Kind::CStorPoolInstance, &pool.metadata.namespace, pool.name())
+                .delete(
+                    Kind::CStorPoolInstance,
+                    &pool.metadata.namespace,
+                    pool.name(),
+                )
                 .await?;
         }
     }

@@ -14,15 +14,13 @@ use tandem_objects::{
     CStorVolumeConfigPhase, CStorVolumeReplica, CStorVolumeReplicaPhase, CStorVolumeReplicaSpec,
     CStorVolumeSpec, Condition, EventType, Kind, Object, ObjectMeta, ObjectReference,
     OwnerReference, ReplicaPoolInfo, ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME,
-    CSTOR_API_VERSION, FINALIZER_CSTOR_VOLUME_REPLICA,
+    CONDITION_SCALING_VOLUME_REPLICAS, CSTOR_API_VERSION, FINALIZER_CSTOR_VOLUME_REPLICA,
     LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_CSTOR_POOL_INSTANCE_UID, LABEL_CSTOR_VOLUME_NAME,
     LABEL_PERSISTENT_VOLUME, LABEL_VERSION,
 };
 
 use super::{now_rfc3339, Context, Snapshot};
 
-/// The condition a CVC carries while a scale is not finished.
-pub const CONDITION_SCALING: &str = "ScalingVolumeReplicas";
 const REASON_SCALING: &str = "ScalingVolumeReplicas";
 
 /// The replicas of one volume, by pool name.
@@ -135,7 +133,11 @@ async fn provision(
         candidates.sort_by_key(|pool| pool.status.provisioned_replicas);
         for pool in candidates.into_iter().take(pending) {
             let replica = new_replica(config, &volume, pool, CStorVolumeReplicaPhase::Empty);
-            tracing::info!(replica = replica.name(), pool = pool.name(), "creating replica");
+            tracing::info!(
+                replica = replica.name(),
+                pool = pool.name(),
+                "creating replica"
+            );
             context
                 .client
                 .create(&Object::CStorVolumeReplica(replica))
@@ -219,7 +221,11 @@ fn new_volume(config: &CStorVolumeConfig) -> CStorVolume {
                 (LABEL_PERSISTENT_VOLUME, config.name()),
                 (LABEL_VERSION, env!("CARGO_PKG_VERSION")),
             ]),
-            owner_references: vec![owner(Kind::CStorVolumeConfig, config.name(), &config.metadata.uid)],
+            owner_references: vec![owner(
+                Kind::CStorVolumeConfig,
+                config.name(),
+                &config.metadata.uid,
+            )],
             ..ObjectMeta::default()
         },
         CStorVolumeSpec {
@@ -253,7 +259,11 @@ fn new_replica(
             (LABEL_VERSION, env!("CARGO_PKG_VERSION")),
         ]),
         finalizers: vec![FINALIZER_CSTOR_VOLUME_REPLICA.to_string()],
-        owner_references: vec![owner(Kind::CStorVolume, volume.name(), &volume.metadata.uid)],
+        owner_references: vec![owner(
+            Kind::CStorVolume,
+            volume.name(),
+            &volume.metadata.uid,
+        )],
         ..ObjectMeta::default()
     };
     metadata.annotations.insert(
@@ -340,14 +350,26 @@ async fn scale(
         return Ok(());
     };
     let desired = config.desired_pool_names();
-    let current: Vec<&str> = config.current_pool_names().iter().map(String::as_str).collect();
+    let current: Vec<&str> = config
+        .current_pool_names()
+        .iter()
+        .map(String::as_str)
+        .collect();
     if desired.is_empty() && !current.is_empty() {
         // Bound, but the placement never reached the spec (a restart between the two writes).
         record_placement(context, config, volume).await?;
         return Ok(());
     }
-    let added: Vec<&str> = desired.iter().copied().filter(|p| !current.contains(p)).collect();
-    let removed: Vec<&str> = current.iter().copied().filter(|p| !desired.contains(p)).collect();
+    let added: Vec<&str> = desired
+        .iter()
+        .copied()
+        .filter(|p| !current.contains(p))
+        .collect();
+    let removed: Vec<&str> = current
+        .iter()
+        .copied()
+        .filter(|p| !desired.contains(p))
+        .collect();
     match (added.is_empty(), removed.is_empty()) {
         (true, true) => finish_scale(context, snapshot, config).await,
         (false, true) => scale_up(context, snapshot, config, volume, &added).await,
@@ -397,7 +419,10 @@ async fn scale_up(
     }
     let from = config.current_pool_names().len();
     let mut scaled = config.clone();
-    scaled.status.pool_info.extend(added.iter().map(|pool| pool.to_string()));
+    scaled
+        .status
+        .pool_info
+        .extend(added.iter().map(|pool| pool.to_string()));
     let message = format!(
         "Scaling up volume replicas from {from} to {wanted}: waiting for the new replica on \
          {} to become Healthy",
@@ -459,7 +484,11 @@ async fn scale_down(
             tracing::info!(replica = replica.name(), "deleting replica for scale-down");
             context
                 .client
-                .delete(Kind::CStorVolumeReplica, &replica.metadata.namespace, replica.name())
+                .delete(
+                    Kind::CStorVolumeReplica,
+                    &replica.metadata.namespace,
+                    replica.name(),
+                )
                 .await?;
         }
     }
@@ -472,7 +501,7 @@ async fn scale_down(
     scaled
         .status
         .conditions
-        .retain(|condition| condition.condition_type != CONDITION_SCALING);
+        .retain(|condition| condition.condition_type != CONDITION_SCALING_VOLUME_REPLICAS);
     let scaled = context
         .client
         .update_status(&Object::CStorVolumeConfig(scaled))
@@ -509,7 +538,7 @@ async fn finish_scale(
     let mut done = config.clone();
     done.status
         .conditions
-        .retain(|condition| condition.condition_type != CONDITION_SCALING);
+        .retain(|condition| condition.condition_type != CONDITION_SCALING_VOLUME_REPLICAS);
     let done = context
         .client
         .update_status(&Object::CStorVolumeConfig(done))
@@ -531,7 +560,7 @@ fn has_scaling_condition(config: &CStorVolumeConfig) -> bool {
         .status
         .conditions
         .iter()
-        .any(|condition| condition.condition_type == CONDITION_SCALING)
+        .any(|condition| condition.condition_type == CONDITION_SCALING_VOLUME_REPLICAS)
 }
 
 fn set_scaling_condition(config: &mut CStorVolumeConfig, reason: &str, message: &str) {
@@ -539,9 +568,9 @@ fn set_scaling_condition(config: &mut CStorVolumeConfig, reason: &str, message: 
     config
         .status
         .conditions
-        .retain(|condition| condition.condition_type != CONDITION_SCALING);
+        .retain(|condition| condition.condition_type != CONDITION_SCALING_VOLUME_REPLICAS);
     config.status.conditions.push(Condition {
-        condition_type: CONDITION_SCALING.to_string(),
+        condition_type: CONDITION_SCALING_VOLUME_REPLICAS.to_string(),
         status: "True".to_string(),
         last_transition_time: now.clone(),
         last_update_time: now,
@@ -556,7 +585,10 @@ fn set_scaling_condition(config: &mut CStorVolumeConfig, reason: &str, message: 
 
 /// A volume whose CVC is gone goes too: its replicas first (their agents destroy the data and
 /// release them), then the CV.
-pub(crate) async fn collect_orphans(context: &Context, snapshot: &Snapshot) -> Result<(), ClientError> {
+pub(crate) async fn collect_orphans(
+    context: &Context,
+    snapshot: &Snapshot,
+) -> Result<(), ClientError> {
     for volume in &snapshot.volumes {
         let has_config = snapshot.configs.iter().any(|config| {
             config.metadata.namespace == volume.metadata.namespace && config.name() == volume.name()
@@ -575,7 +607,10 @@ pub(crate) async fn collect_orphans(context: &Context, snapshot: &Snapshot) -> R
             .collect();
         for replica in &replicas {
             if replica.metadata.deletion_timestamp.is_empty() {
-                tracing::info!(replica = replica.name(), "deleting replica of a deleted volume");
+                tracing::info!(
+                    replica = replica.name(),
+                    "deleting replica of a deleted volume"
+                );
                 context
                     .client
                     .delete(Kind::CStorVolumeReplica, namespace, replica.name())
@@ -583,7 +618,10 @@ pub(crate) async fn collect_orphans(context: &Context, snapshot: &Snapshot) -> R
             }
         }
         if replicas.is_empty() {
-            tracing::info!(volume = volume.name(), "deleting volume whose config was deleted");
+            tracing::info!(
+                volume = volume.name(),
+                "deleting volume whose config was deleted"
+            );
             context
                 .client
                 .delete(Kind::CStorVolume, namespace, volume.name())
@@ -592,4 +630,3 @@ pub(crate) async fn collect_orphans(context: &Context, snapshot: &Snapshot) -> R
     }
     Ok(())
 }
-

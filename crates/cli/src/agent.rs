@@ -1,0 +1,35 @@
+//! `tandem agent`: the node agent, one per node; owns one pool directory and the replicas the
+//! control plane places in it.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tandem_agent::AgentConfig;
+use tandem_objects::Quantity;
+
+use crate::server::ServerArgs;
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// This node's name; the agent serves the pool whose CSPI is on this node.
+    #[arg(long)]
+    node: String,
+    /// The pool directory (created if missing).
+    #[arg(long)]
+    pool_dir: PathBuf,
+    /// The pool's capacity, e.g. 10G or 64Mi.
+    #[arg(long, default_value = "10G")]
+    pool_size: String,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+pub fn run(args: AgentArgs) -> Result<()> {
+    let pool_size = Quantity::parse(&args.pool_size)
+        .with_context(|| format!("--pool-size {:?}", args.pool_size))?;
+    let server = args.server.address()?;
+    let config = AgentConfig::new(args.node, args.pool_dir, pool_size.bytes(), server);
+    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    runtime.block_on(tandem_agent::run(config, crate::control_plane::shutdown_signal()))
+}

@@ -1,0 +1,451 @@
+//! `tandem up` and `tandem down`: a local cluster on this machine, the control plane and one
+//! agent per node, each its own background process with its log and pid file under the data
+//! directory:
+//!
+//! ```text
+//! DIR/cluster.json                      what `up` was asked for (port, nodes, pool sizes)
+//! DIR/control-plane/{store.redb, address, control-plane.log, control-plane.pid}
+//! DIR/nodes/NODE/{pool/, agent.log, agent.pid}
+//! ```
+//!
+//! `up` is idempotent: it starts only what is not running, adds nodes when asked for more,
+//! makes sure the pool cluster `cspc-stripe-pool` has one pool per node, and waits until they
+//! are all ONLINE. `down` stops the processes with SIGTERM (SIGKILL after a grace period) and
+//! leaves the data in place, so the next `up` finds every pool and volume again.
+
+use std::fs::OpenOptions;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tandem_client::Client;
+use tandem_objects::{
+    BlockDevice, CStorPoolCluster, CStorPoolClusterSpec, Kind, Object, ObjectMeta, PoolConfig,
+    PoolSpec, Quantity, RaidGroup, DEFAULT_NAMESPACE, LABEL_HOSTNAME,
+};
+
+use crate::control_plane::write_atomically;
+use crate::server::{address_file, default_data_dir};
+
+/// The pool cluster `tandem up` makes, named as in cStor's walk-through.
+pub const POOL_CLUSTER: &str = "cspc-stripe-pool";
+/// The port the first `up` asks for (then any free one if it is taken).
+const DEFAULT_PORT: u16 = 7070;
+/// The most nodes a local cluster may have.
+const NODES_MAX: usize = 16;
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// How many nodes (agents, each with one pool). A running cluster can only grow.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// The capacity of each new node's pool, e.g. 10G.
+    #[arg(long, default_value = "10G")]
+    pool_size: String,
+    /// The control plane's port on 127.0.0.1 the first time [default: 7070, or any free port
+    /// if that is taken; 0: any free port]. Later runs reuse the recorded one.
+    #[arg(long)]
+    port: Option<u16>,
+    /// How long an agent may stay silent before its pool is OFFLINE.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    agent_timeout: Duration,
+    /// How long to wait for the pools to come ONLINE.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// The data directory [default: ~/.tandem].
+    #[arg(long, env = "TANDEM_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct DownArgs {
+    /// The data directory [default: ~/.tandem].
+    #[arg(long, env = "TANDEM_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+/// What `up` was asked for, kept so the next `up` brings back the same cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClusterFile {
+    port: u16,
+    agent_timeout: String,
+    nodes: Vec<NodeEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeEntry {
+    name: String,
+    pool_size: String,
+}
+
+fn cluster_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("cluster.json")
+}
+
+fn node_dir(data_dir: &Path, node: &str) -> PathBuf {
+    data_dir.join("nodes").join(node)
+}
+
+fn control_plane_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("control-plane")
+}
+
+pub fn up(args: UpArgs) -> Result<()> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    if args.nodes == 0 || args.nodes > NODES_MAX {
+        bail!("--nodes {} is out of range: a local cluster has 1 to {NODES_MAX} nodes", args.nodes);
+    }
+    let pool_size = Quantity::parse(&args.pool_size)
+        .with_context(|| format!("--pool-size {:?}", args.pool_size))?;
+    std::fs::create_dir_all(control_plane_dir(&data_dir))
+        .with_context(|| format!("create the data directory {}", data_dir.display()))?;
+    let data_dir = data_dir
+        .canonicalize()
+        .with_context(|| format!("resolve {}", data_dir.display()))?;
+    let cluster = plan(&data_dir, &args, pool_size)?;
+    write_atomically(
+        &cluster_file(&data_dir),
+        &serde_json::to_string_pretty(&cluster).context("encode cluster.json")?,
+    )?;
+
+    let server = start_control_plane(&data_dir, &cluster, args.timeout)?;
+    for node in &cluster.nodes {
+        start_agent(&data_dir, node, &server)?;
+    }
+    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    let client = Client::new(&server)?;
+    runtime.block_on(ensure_pool_cluster(&client, &cluster, args.timeout))?;
+
+    println!();
+    println!(
+        "Tandem is up: {} nodes, pool cluster {POOL_CLUSTER} with {} pools ONLINE.",
+        cluster.nodes.len(),
+        cluster.nodes.len()
+    );
+    println!("  control plane  {server}");
+    for node in &cluster.nodes {
+        println!(
+            "  {:<13}  pool {} ({})",
+            node.name,
+            node_dir(&data_dir, &node.name).join("pool").display(),
+            node.pool_size
+        );
+    }
+    println!("Logs and data are under {}.", data_dir.display());
+    println!("The tandem command finds this cluster by itself; elsewhere, set");
+    println!("  export TANDEM_SERVER={server}");
+    println!("Next: tandem get cspi -n openebs      Stop: tandem down");
+    Ok(())
+}
+
+/// The cluster to run: the recorded one, grown to `--nodes` if that is more.
+fn plan(data_dir: &Path, args: &UpArgs, pool_size: Quantity) -> Result<ClusterFile> {
+    let recorded = match std::fs::read_to_string(cluster_file(data_dir)) {
+        Ok(text) => Some(serde_json::from_str::<ClusterFile>(&text).with_context(|| {
+            format!("{} is not a cluster file", cluster_file(data_dir).display())
+        })?),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => {
+            return Err(error).with_context(|| format!("read {}", cluster_file(data_dir).display()))
+        }
+    };
+    let mut cluster = match recorded {
+        Some(cluster) => cluster,
+        None => ClusterFile {
+            port: choose_port(args.port)?,
+            agent_timeout: humantime::format_duration(args.agent_timeout).to_string(),
+            nodes: Vec::new(),
+        },
+    };
+    if args.nodes < cluster.nodes.len() {
+        bail!(
+            "the cluster in {} has {} nodes; `tandem up --nodes {}` cannot remove nodes (move \
+             their volumes away, then edit the pool cluster)",
+            data_dir.display(),
+            cluster.nodes.len(),
+            args.nodes
+        );
+    }
+    while cluster.nodes.len() < args.nodes {
+        cluster.nodes.push(NodeEntry {
+            name: format!("node{}", cluster.nodes.len() + 1),
+            pool_size: pool_size.to_string(),
+        });
+    }
+    Ok(cluster)
+}
+
+fn choose_port(asked: Option<u16>) -> Result<u16> {
+    let free_port = || -> Result<u16> {
+        let listener = TcpListener::bind("127.0.0.1:0").context("find a free port")?;
+        Ok(listener.local_addr().context("read the free port")?.port())
+    };
+    match asked {
+        Some(0) => free_port(),
+        Some(port) => Ok(port),
+        None if TcpListener::bind(("127.0.0.1", DEFAULT_PORT)).is_ok() => Ok(DEFAULT_PORT),
+        None => free_port(),
+    }
+}
+
+fn start_control_plane(data_dir: &Path, cluster: &ClusterFile, timeout: Duration) -> Result<String> {
+    let directory = control_plane_dir(data_dir);
+    let pid_file = directory.join("control-plane.pid");
+    let server = format!("http://127.0.0.1:{}", cluster.port);
+    if let Some(pid) = running_pid(&pid_file) {
+        println!("control plane already running (pid {pid}) at {server}");
+        return Ok(server);
+    }
+    // A stale address would let the wait below succeed before the new process is up.
+    let _ = std::fs::remove_file(address_file(data_dir));
+    let pid = spawn(
+        &[
+            "control-plane".to_string(),
+            "--data-dir".to_string(),
+            data_dir.display().to_string(),
+            "--listen".to_string(),
+            format!("127.0.0.1:{}", cluster.port),
+            "--agent-timeout".to_string(),
+            cluster.agent_timeout.clone(),
+        ],
+        &directory.join("control-plane.log"),
+        &pid_file,
+    )?;
+    println!("started control plane (pid {pid}) at {server}");
+    let deadline = Instant::now() + timeout;
+    while !address_file(data_dir).exists() {
+        if running_pid(&pid_file).is_none() {
+            bail!(
+                "the control plane exited at start; see {}",
+                directory.join("control-plane.log").display()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the control plane did not start within {}; see {}",
+                humantime::format_duration(timeout),
+                directory.join("control-plane.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(server)
+}
+
+fn start_agent(data_dir: &Path, node: &NodeEntry, server: &str) -> Result<()> {
+    let directory = node_dir(data_dir, &node.name);
+    std::fs::create_dir_all(&directory)
+        .with_context(|| format!("create {}", directory.display()))?;
+    let pid_file = directory.join("agent.pid");
+    if let Some(pid) = running_pid(&pid_file) {
+        println!("agent {} already running (pid {pid})", node.name);
+        return Ok(());
+    }
+    let pid = spawn(
+        &[
+            "agent".to_string(),
+            "--node".to_string(),
+            node.name.clone(),
+            "--pool-dir".to_string(),
+            directory.join("pool").display().to_string(),
+            "--pool-size".to_string(),
+            node.pool_size.clone(),
+            "--server".to_string(),
+            server.to_string(),
+        ],
+        &directory.join("agent.log"),
+        &pid_file,
+    )?;
+    println!("started agent {} (pid {pid})", node.name);
+    Ok(())
+}
+
+/// Starts `tandem ARGS` in the background, in its own process group (so a Ctrl-C in this
+/// terminal does not reach it), appending its output to `log`.
+fn spawn(args: &[String], log: &Path, pid_file: &Path) -> Result<u32> {
+    let executable = std::env::current_exe().context("find the tandem executable")?;
+    let log_file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("open {}", log.display()))?;
+    let child = Command::new(executable)
+        .args(args)
+        .env_remove("TANDEM_SERVER")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().context("share the log file")?)
+        .stderr(log_file)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("start tandem {}", args.join(" ")))?;
+    let pid = child.id();
+    write_atomically(pid_file, &format!("{pid}\n"))?;
+    Ok(pid)
+}
+
+/// The pid in `pid_file`, if that process is alive and is a tandem process (a pid can be
+/// reused after a reboot).
+fn running_pid(pid_file: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the command name in parentheses: "123 (tandem) S ...".
+    let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+    let command = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let is_tandem = String::from_utf8_lossy(&command).contains("tandem");
+    (state != 'Z' && state != 'X' && is_tandem).then_some(pid)
+}
+
+/// Makes sure the pool cluster has a pool on every node, then waits until they are ONLINE.
+async fn ensure_pool_cluster(client: &Client, cluster: &ClusterFile, timeout: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    // The control plane has just written its address; it may still be a moment from serving.
+    let existing = loop {
+        match client.find(Kind::CStorPoolCluster, DEFAULT_NAMESPACE, POOL_CLUSTER).await {
+            Ok(found) => break found,
+            Err(error) if tokio::time::Instant::now() > deadline => return Err(error.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let wanted = pool_cluster(cluster);
+    match existing {
+        None => {
+            client.create(&Object::CStorPoolCluster(wanted)).await?;
+            println!("created pool cluster {POOL_CLUSTER}");
+        }
+        Some(Object::CStorPoolCluster(mut current)) => {
+            let missing: Vec<PoolSpec> = wanted
+                .spec
+                .pools
+                .into_iter()
+                .filter(|pool| !current.spec.pools.iter().any(|have| have.node_selector == pool.node_selector))
+                .collect();
+            if !missing.is_empty() {
+                current.spec.pools.extend(missing);
+                client.update(&Object::CStorPoolCluster(current)).await?;
+                println!("added pools for the new nodes to {POOL_CLUSTER}");
+            }
+        }
+        Some(other) => bail!("{POOL_CLUSTER} is a {}, not a CStorPoolCluster", other.kind()),
+    }
+    let total = cluster.nodes.len() as u32;
+    let mut last_seen = None;
+    loop {
+        let object = client.get(Kind::CStorPoolCluster, DEFAULT_NAMESPACE, POOL_CLUSTER).await?;
+        let healthy = match &object {
+            Object::CStorPoolCluster(cspc) => cspc.status.healthy_instances,
+            _ => 0,
+        };
+        if last_seen != Some(healthy) {
+            println!("pools ONLINE: {healthy}/{total}");
+            last_seen = Some(healthy);
+        }
+        if healthy >= total {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "only {healthy} of {total} pools came ONLINE within {}; see the agents' logs \
+                 (nodes/NODE/agent.log) and `tandem get cspi -n openebs`",
+                humantime::format_duration(timeout)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn pool_cluster(cluster: &ClusterFile) -> CStorPoolCluster {
+    let pools = cluster
+        .nodes
+        .iter()
+        .map(|node| PoolSpec {
+            node_selector: [(LABEL_HOSTNAME.to_string(), node.name.clone())].into(),
+            data_raid_groups: vec![RaidGroup {
+                block_devices: vec![BlockDevice {
+                    block_device_name: format!("{}-pool", node.name),
+                    capacity: Quantity::parse(&node.pool_size).ok().map(|size| size.bytes()),
+                    dev_link: String::new(),
+                }],
+            }],
+            write_cache_raid_groups: Vec::new(),
+            pool_config: PoolConfig {
+                data_raid_group_type: "stripe".to_string(),
+                ..PoolConfig::default()
+            },
+        })
+        .collect();
+    CStorPoolCluster::new(
+        ObjectMeta {
+            name: POOL_CLUSTER.to_string(),
+            ..ObjectMeta::default()
+        },
+        CStorPoolClusterSpec { pools },
+    )
+}
+
+pub fn down(args: DownArgs) -> Result<()> {
+    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    let mut pid_files: Vec<(String, PathBuf)> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(data_dir.join("nodes")) {
+        for entry in entries.flatten() {
+            let node = entry.file_name().to_string_lossy().to_string();
+            pid_files.push((format!("agent {node}"), entry.path().join("agent.pid")));
+        }
+    }
+    pid_files.sort();
+    // Agents first: the control plane outlives them, so they can report that they stop.
+    pid_files.push((
+        "control plane".to_string(),
+        control_plane_dir(&data_dir).join("control-plane.pid"),
+    ));
+    let mut stopped = 0;
+    for (what, pid_file) in &pid_files {
+        if let Some(pid) = running_pid(pid_file) {
+            stop(what, pid)?;
+            stopped += 1;
+        }
+        let _ = std::fs::remove_file(pid_file);
+    }
+    let _ = std::fs::remove_file(address_file(&data_dir));
+    if stopped == 0 {
+        println!("no Tandem cluster is running in {}", data_dir.display());
+    } else {
+        println!("Tandem is down; the data stays in {}", data_dir.display());
+    }
+    Ok(())
+}
+
+fn stop(what: &str, pid: i32) -> Result<()> {
+    let grace = Duration::from_secs(10);
+    let target = Pid::from_raw(pid);
+    kill(target, Signal::SIGTERM).with_context(|| format!("signal {what} (pid {pid})"))?;
+    let deadline = Instant::now() + grace;
+    while process_alive(pid) {
+        if Instant::now() > deadline {
+            eprintln!("warning: {what} (pid {pid}) did not stop within 10s; killing it");
+            let _ = kill(target, Signal::SIGKILL);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("stopped {what} (pid {pid})");
+    Ok(())
+}
+
+fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()),
+            Some('Z') | Some('X') | None
+        ),
+        Err(_) => false,
+    }
+}
