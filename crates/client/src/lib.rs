@@ -60,9 +60,9 @@ pub enum WatchEvent {
 impl WatchEvent {
     pub fn object(&self) -> &Object {
         match self {
-            WatchEvent::Added(object) | WatchEvent::Modified(object) | WatchEvent::Deleted(object) => {
-                object
-            }
+            WatchEvent::Added(object)
+            | WatchEvent::Modified(object)
+            | WatchEvent::Deleted(object) => object,
         }
     }
 }
@@ -136,8 +136,14 @@ impl Client {
         format!("{}/{name}", Client::collection_path(kind, Some(namespace)))
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
-        let response = request.send().await.map_err(|error| self.unreachable(&error))?;
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.unreachable(&error))?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -173,7 +179,10 @@ impl Client {
         &self,
         response: reqwest::Response,
     ) -> Result<T, ClientError> {
-        let bytes = response.bytes().await.map_err(|error| self.unreachable(&error))?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|error| self.unreachable(&error))?;
         serde_json::from_slice(&bytes).map_err(|error| ClientError::Protocol {
             server: self.server.clone(),
             detail: error.to_string(),
@@ -197,7 +206,9 @@ impl Client {
         namespace: Option<&str>,
         selector: Option<&str>,
     ) -> Result<ObjectList, ClientError> {
-        let mut request = self.http.get(self.url(&Client::collection_path(kind, namespace)));
+        let mut request = self
+            .http
+            .get(self.url(&Client::collection_path(kind, namespace)));
         if let Some(selector) = selector {
             request = request.query(&[("labelSelector", selector)]);
         }
@@ -234,9 +245,17 @@ impl Client {
             .collect())
     }
 
-    pub async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Object, ClientError> {
-        self.object(self.http.get(self.url(&Client::object_path(kind, namespace, name))))
-            .await
+    pub async fn get(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Object, ClientError> {
+        self.object(
+            self.http
+                .get(self.url(&Client::object_path(kind, namespace, name))),
+        )
+        .await
     }
 
     /// [`Client::get`], `None` when there is no such object.
@@ -294,7 +313,12 @@ impl Client {
 
     /// Deletes an object. One with finalizers is only marked (`deletionTimestamp`) and goes
     /// once its owners have removed them; the answer is the object as it then is.
-    pub async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<Object, ClientError> {
+    pub async fn delete(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Object, ClientError> {
         self.object(
             self.http
                 .delete(self.url(&Client::object_path(kind, namespace, name))),
@@ -354,7 +378,9 @@ impl Client {
 
     /// Every node that has reported since the control plane started.
     pub async fn nodes(&self) -> Result<Vec<NodeStatus>, ClientError> {
-        let response = self.send(self.http.get(self.url("/tandem/v1/nodes"))).await?;
+        let response = self
+            .send(self.http.get(self.url("/tandem/v1/nodes")))
+            .await?;
         self.json(response).await
     }
 }
@@ -395,13 +421,16 @@ impl Watch {
             server: self.client.server.clone(),
             detail,
         };
-        let line: Line =
-            serde_json::from_slice(line).map_err(|error| protocol(format!("watch line: {error}")))?;
+        let line: Line = serde_json::from_slice(line)
+            .map_err(|error| protocol(format!("watch line: {error}")))?;
         if line.change == "ERROR" {
             return Err(ClientError::Api {
                 code: 410,
                 reason: "Expired".to_string(),
-                message: line.object["message"].as_str().unwrap_or("watch failed").to_string(),
+                message: line.object["message"]
+                    .as_str()
+                    .unwrap_or("watch failed")
+                    .to_string(),
             });
         }
         let object: Object = serde_json::from_value(line.object)
