@@ -123,6 +123,13 @@ fn accepted_updates() {
             expected: Ok(()),
         },
         Case {
+            name: "the provisioner records its placement in the empty spec (second bind write)",
+            old: |cvc| set_desired(cvc, &[]),
+            new: |cvc| set_desired(cvc, &[POOL_B, POOL_A]),
+            volume_phase: None,
+            expected: Ok(()),
+        },
+        Case {
             name: "scale up by two pools in one edit (cStor allows it)",
             old: |cvc| {
                 set_desired(cvc, &[POOL_A]);
@@ -331,6 +338,24 @@ fn tandem_guards_refuse_with_clear_messages() {
             expected: Err((
                 AdmissionRule::ChangeWhileScaling,
                 "cvc pvc-d1b26676-5035-4e5b-b564-68869b023306: a replica change is already in flight (spec.policy.replicaPoolInfo [cspc-stripe-pool-6qkw cspc-stripe-pool-pn9p cspc-stripe-pool-psz5], status.poolInfo [cspc-stripe-pool-6qkw cspc-stripe-pool-pn9p]); wait until status.poolInfo matches the spec before changing the pools again",
+            )),
+        },
+        Case {
+            name: "scale down while the last scale-up's new replica is still rebuilding",
+            old: |cvc| {
+                set_desired(cvc, &[POOL_A, POOL_B, POOL_C]);
+                set_current(cvc, &[POOL_A, POOL_B, POOL_C]);
+                cvc.status.conditions.push(Condition {
+                    condition_type: CONDITION_SCALING_VOLUME_REPLICAS.to_string(),
+                    message: "waiting for the new replica on cspc-stripe-pool-psz5".to_string(),
+                    ..Condition::default()
+                });
+            },
+            new: |cvc| set_desired(cvc, &[POOL_A, POOL_C]),
+            volume_phase: HEALTHY,
+            expected: Err((
+                AdmissionRule::ChangeWhileScaling,
+                "cvc pvc-d1b26676-5035-4e5b-b564-68869b023306: the last replica change is not finished (waiting for the new replica on cspc-stripe-pool-psz5); wait until the ScalingVolumeReplicas condition is gone from its status",
             )),
         },
         Case {
