@@ -643,8 +643,10 @@ fn now_rfc3339() -> String {
 async fn heartbeat(
     State(api): State<Arc<Api>>,
     Path(node): Path<String>,
-    Json(heartbeat): Json<NodeHeartbeat>,
+    body: String,
 ) -> Result<StatusCode, ApiError> {
+    let heartbeat: NodeHeartbeat = serde_json::from_str(&body)
+        .map_err(|error| ApiError::bad_request(format!("the heartbeat is not valid: {error}")))?;
     if heartbeat.node != node {
         return Err(ApiError::bad_request(format!(
             "the heartbeat is from node \"{}\" but the path names \"{node}\"",

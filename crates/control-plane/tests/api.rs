@@ -321,3 +321,104 @@ async fn a_watch_streams_every_change_after_its_version() {
     let line: Value = serde_json::from_slice(chunk.split(|b| *b == b'\n').next().unwrap()).unwrap();
     assert_eq!(line["type"], "DELETED");
 }
+
+#[tokio::test]
+async fn spec_and_status_are_written_apart() {
+    let server = volume_with_three_pools().await;
+    let path = format!("{NS}/cstorvolumes/pvc-1");
+    let (_, mut volume) = server.send(reqwest::Method::GET, &path, "").await;
+    // A user's update cannot change the status...
+    volume["spec"]["targetPort"] = json!("3260");
+    volume["status"]["phase"] = json!("Offline");
+    let (status, updated) = server
+        .send(reqwest::Method::PUT, &path, &volume.to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["spec"]["targetPort"], "3260");
+    assert_eq!(updated["status"]["phase"], "Healthy");
+    // ...and the status writer cannot change the spec.
+    let mut reported = updated.clone();
+    reported["spec"]["targetPort"] = json!("9999");
+    reported["status"]["phase"] = json!("Degraded");
+    let (status, updated) = server
+        .send(
+            reqwest::Method::PUT,
+            &format!("{path}/status"),
+            &reported.to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["spec"]["targetPort"], "3260");
+    assert_eq!(updated["status"]["phase"], "Degraded");
+    // A stale status write is a conflict like any other.
+    let (status, _) = server
+        .send(
+            reqwest::Method::PUT,
+            &format!("{path}/status"),
+            &reported.to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn finalizers_hold_a_delete_until_their_owner_releases_them() {
+    let server = server().await;
+    let replica = "apiVersion: cstor.openebs.io/v1
+kind: CStorVolumeReplica
+metadata:
+  name: pvc-1-pool-a
+  finalizers: [cstorvolumereplica.openebs.io/finalizer]
+spec:
+  capacity: 5Gi
+";
+    server.create("cstorvolumereplicas", replica).await;
+    let path = format!("{NS}/cstorvolumereplicas/pvc-1-pool-a");
+    let (status, marked) = server.send(reqwest::Method::DELETE, &path, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        marked["metadata"]["deletionTimestamp"].is_string(),
+        "{marked}"
+    );
+    let (status, still) = server.send(reqwest::Method::GET, &path, "").await;
+    assert_eq!(status, StatusCode::OK, "held by its finalizer");
+    let mut released = still.clone();
+    released["metadata"]["finalizers"] = json!([]);
+    let (status, _) = server
+        .send(reqwest::Method::PUT, &path, &released.to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = server.send(reqwest::Method::GET, &path, "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn node_heartbeats_are_listed_with_their_readiness() {
+    let server = server().await;
+    let (status, _) = server
+        .send(
+            reqwest::Method::PUT,
+            "/tandem/v1/nodes/node1",
+            r#"{"node":"node1","address":"127.0.0.1:9000"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, error) = server
+        .send(
+            reqwest::Method::PUT,
+            "/tandem/v1/nodes/node2",
+            r#"{"node":"node1"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        error["message"].as_str().unwrap().contains("node1"),
+        "{error}"
+    );
+    let (_, nodes) = server
+        .send(reqwest::Method::GET, "/tandem/v1/nodes", "")
+        .await;
+    assert_eq!(nodes.as_array().unwrap().len(), 1);
+    assert_eq!(nodes[0]["node"], "node1");
+    assert_eq!(nodes[0]["ready"], true);
+}
