@@ -93,8 +93,16 @@ impl AgentConfig {
         if self.node.is_empty() {
             bail!("the node name is empty");
         }
-        if self.node.contains([',', '=']) {
-            bail!("the node name {:?} cannot contain ',' or '='", self.node);
+        // It goes into a label selector and a URL path.
+        if !self
+            .node
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        {
+            bail!(
+                "the node name {:?} may hold only letters, digits, '-', '.' and '_'",
+                self.node
+            );
         }
         if self.pool_size == 0 {
             bail!("the pool size is zero");
@@ -139,10 +147,61 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
     let recorder = Recorder::new(client.clone(), EVENT_COMPONENT, &config.node);
     let mut agent = reconcile::Agent::new(config, client, recorder);
     tokio::select! {
+        // The agent's loop never ends on its own.
         () = agent.run() => {}
         () = shutdown => {}
     }
     heartbeat.abort();
     tracing::info!("node agent stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_validation() {
+        let config = AgentConfig::new("n1", "/tmp/pool", 10 << 30, "http://127.0.0.1:7070");
+        assert_eq!(config.heartbeat, Duration::from_secs(1));
+        assert_eq!(config.namespace, "openebs");
+        assert_eq!(config.reconcile_interval, Duration::from_secs(1));
+        assert_eq!(config.measure_interval, Duration::from_secs(2));
+        assert!(config.validate().is_ok());
+        let broken = |change: fn(&mut AgentConfig)| {
+            let mut config = config.clone();
+            change(&mut config);
+            config.validate().unwrap_err().to_string()
+        };
+        assert_eq!(broken(|c| c.node.clear()), "the node name is empty");
+        assert!(broken(|c| c.node = "a,b=c".into()).contains("may hold only"));
+        assert!(broken(|c| c.node = "../x/y".into()).contains("may hold only"));
+        assert_eq!(broken(|c| c.pool_size = 0), "the pool size is zero");
+        assert_eq!(
+            broken(|c| c.heartbeat = Duration::ZERO),
+            "the heartbeat is zero"
+        );
+        assert!(broken(|c| c.namespace = "Bad/NS".into()).starts_with("namespace"));
+    }
+
+    #[test]
+    fn cstor_event_texts() {
+        assert_eq!(
+            MESSAGE_READ_ONLY_SET,
+            "Pool storage limit reached to read only threshold limit. Pool expansion is required \
+             to make its volume replicas RW"
+        );
+        assert_eq!(
+            MESSAGE_READ_ONLY_UNSET,
+            "Pool roThresholdLimit or pool got expanded due to that pool readOnly mode is unset"
+        );
+        assert_eq!(FINALIZER, "cstorvolumereplica.openebs.io/finalizer");
+    }
+
+    #[tokio::test]
+    async fn a_bad_configuration_is_an_error_not_a_hang() {
+        let config = AgentConfig::new("n1", "/tmp/pool", 1, "127.0.0.1:7070");
+        let error = run(config, std::future::pending()).await.unwrap_err();
+        assert!(error.to_string().contains("http://"), "{error}");
+    }
 }
