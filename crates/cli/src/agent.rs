@@ -31,5 +31,8 @@ pub fn run(args: AgentArgs) -> Result<()> {
     let server = args.server.address()?;
     let config = AgentConfig::new(args.node, args.pool_dir, pool_size.bytes(), server);
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
-    runtime.block_on(tandem_agent::run(config, crate::control_plane::shutdown_signal()))
+    runtime.block_on(tandem_agent::run(
+        config,
+        crate::control_plane::shutdown_signal(),
+    ))
 }

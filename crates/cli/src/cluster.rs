@@ -102,7 +102,10 @@ fn control_plane_dir(data_dir: &Path) -> PathBuf {
 pub fn up(args: UpArgs) -> Result<()> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     if args.nodes == 0 || args.nodes > NODES_MAX {
-        bail!("--nodes {} is out of range: a local cluster has 1 to {NODES_MAX} nodes", args.nodes);
+        bail!(
+            "--nodes {} is out of range: a local cluster has 1 to {NODES_MAX} nodes",
+            args.nodes
+        );
     }
     let pool_size = Quantity::parse(&args.pool_size)
         .with_context(|| format!("--pool-size {:?}", args.pool_size))?;
@@ -197,7 +200,11 @@ fn choose_port(asked: Option<u16>) -> Result<u16> {
     }
 }
 
-fn start_control_plane(data_dir: &Path, cluster: &ClusterFile, timeout: Duration) -> Result<String> {
+fn start_control_plane(
+    data_dir: &Path,
+    cluster: &ClusterFile,
+    timeout: Duration,
+) -> Result<String> {
     let directory = control_plane_dir(data_dir);
     let pid_file = directory.join("control-plane.pid");
     let server = format!("http://127.0.0.1:{}", cluster.port);
@@ -295,7 +302,11 @@ fn spawn(args: &[String], log: &Path, pid_file: &Path) -> Result<u32> {
 /// The pid in `pid_file`, if that process is alive and is a tandem process (a pid can be
 /// reused after a reboot).
 fn running_pid(pid_file: &Path) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    let pid: i32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The state follows the command name in parentheses: "123 (tandem) S ...".
     let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
@@ -305,11 +316,18 @@ fn running_pid(pid_file: &Path) -> Option<i32> {
 }
 
 /// Makes sure the pool cluster has a pool on every node, then waits until they are ONLINE.
-async fn ensure_pool_cluster(client: &Client, cluster: &ClusterFile, timeout: Duration) -> Result<()> {
+async fn ensure_pool_cluster(
+    client: &Client,
+    cluster: &ClusterFile,
+    timeout: Duration,
+) -> Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
     // The control plane has just written its address; it may still be a moment from serving.
     let existing = loop {
-        match client.find(Kind::CStorPoolCluster, DEFAULT_NAMESPACE, POOL_CLUSTER).await {
+        match client
+            .find(Kind::CStorPoolCluster, DEFAULT_NAMESPACE, POOL_CLUSTER)
+            .await
+        {
             Ok(found) => break found,
             Err(error) if tokio::time::Instant::now() > deadline => return Err(error.into()),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -326,7 +344,13 @@ async fn ensure_pool_cluster(client: &Client, cluster: &ClusterFile, timeout: Du
                 .spec
                 .pools
                 .into_iter()
-                .filter(|pool| !current.spec.pools.iter().any(|have| have.node_selector == pool.node_selector))
+                .filter(|pool| {
+                    !current
+                        .spec
+                        .pools
+                        .iter()
+                        .any(|have| have.node_selector == pool.node_selector)
+                })
                 .collect();
             if !missing.is_empty() {
                 current.spec.pools.extend(missing);
@@ -334,12 +358,17 @@ async fn ensure_pool_cluster(client: &Client, cluster: &ClusterFile, timeout: Du
                 println!("added pools for the new nodes to {POOL_CLUSTER}");
             }
         }
-        Some(other) => bail!("{POOL_CLUSTER} is a {}, not a CStorPoolCluster", other.kind()),
+        Some(other) => bail!(
+            "{POOL_CLUSTER} is a {}, not a CStorPoolCluster",
+            other.kind()
+        ),
     }
     let total = cluster.nodes.len() as u32;
     let mut last_seen = None;
     loop {
-        let object = client.get(Kind::CStorPoolCluster, DEFAULT_NAMESPACE, POOL_CLUSTER).await?;
+        let object = client
+            .get(Kind::CStorPoolCluster, DEFAULT_NAMESPACE, POOL_CLUSTER)
+            .await?;
         let healthy = match &object {
             Object::CStorPoolCluster(cspc) => cspc.status.healthy_instances,
             _ => 0,
@@ -371,7 +400,9 @@ fn pool_cluster(cluster: &ClusterFile) -> CStorPoolCluster {
             data_raid_groups: vec![RaidGroup {
                 block_devices: vec![BlockDevice {
                     block_device_name: format!("{}-pool", node.name),
-                    capacity: Quantity::parse(&node.pool_size).ok().map(|size| size.bytes()),
+                    capacity: Quantity::parse(&node.pool_size)
+                        .ok()
+                        .map(|size| size.bytes()),
                     dev_link: String::new(),
                 }],
             }],
@@ -443,7 +474,8 @@ fn stop(what: &str, pid: i32) -> Result<()> {
 fn process_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => !matches!(
-            stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()),
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next()),
             Some('Z') | Some('X') | None
         ),
         Err(_) => false,

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 mod agent;
 mod cluster;
 mod control_plane;
-#[allow(dead_code)] // wired into the verbs by the next commit
+mod kubectl;
 mod output;
 mod server;
 mod sim;
@@ -37,6 +37,9 @@ enum TopCommand {
     ControlPlane(control_plane::ControlPlaneArgs),
     /// Runs the node agent: owns one pool directory and the replicas placed in it.
     Agent(agent::AgentArgs),
+    /// The kubectl-style verbs: get, describe, edit, patch, apply, create, delete, volume.
+    #[command(flatten)]
+    Kubectl(kubectl::Command),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         TopCommand::Down(args) => cluster::down(args).map(|()| true),
         TopCommand::ControlPlane(args) => control_plane::run(args).map(|()| true),
         TopCommand::Agent(args) => agent::run(args).map(|()| true),
+        TopCommand::Kubectl(command) => kubectl::run(command),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -25,9 +25,7 @@ mod tabwriter;
 #[cfg(test)]
 mod fixtures;
 
-#[allow(unused_imports)] // used by the verbs from the next commit
 pub use self::{
-    age::{age, human_duration},
     describe::describe,
     table::{no_resources, render_table},
 };

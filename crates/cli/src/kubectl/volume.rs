@@ -1,0 +1,229 @@
+//! `tandem volume create NAME --size 5Gi --replicas 2 [--cspc NAME]` and `tandem volume delete
+//! NAME`: what a StorageClass and a PVC do in Kubernetes, in one command. `create` makes the
+//! CStorVolumeConfig and, unless `--wait=false`, waits until the controllers have bound it,
+//! printing the events about it as they come.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::{ArgAction, Args, Subcommand};
+use tandem_client::Client;
+use tandem_objects::{
+    CStorPoolInstance, CStorVolumeConfig, CStorVolumeConfigPhase, CStorVolumeConfigSpec, Event,
+    EventType, Kind, Object, ObjectMeta, Quantity, StorageCapacity, VolumeProvision,
+    LABEL_CSTOR_POOL_CLUSTER,
+};
+use tokio::time::Instant;
+
+use super::delete::delete_one;
+use super::{reference, NamespaceArg};
+use crate::server::ServerArgs;
+
+/// How often the volume is looked at while waiting.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+#[derive(Subcommand, Debug)]
+pub enum VolumeCommand {
+    /// Creates a volume (a CStorVolumeConfig) and waits until it is Bound.
+    Create(CreateArgs),
+    /// Deletes a volume (its CStorVolumeConfig; the controllers remove the rest).
+    Delete(DeleteArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// The volume's name (also its CStorVolume's).
+    name: String,
+    /// The volume's size, e.g. 5Gi or 10G.
+    #[arg(long)]
+    size: String,
+    /// How many replicas, each in a pool on a different node.
+    #[arg(long, default_value_t = 3)]
+    replicas: u32,
+    /// The CStorPoolCluster whose pools hold the replicas; may be left out when the namespace
+    /// has exactly one.
+    #[arg(long)]
+    cspc: Option<String>,
+    /// Wait until the volume is Bound (`--wait=false` returns once it is created).
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    wait: bool,
+    /// How long to wait.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    #[command(flatten)]
+    namespace: NamespaceArg,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// The volume's name.
+    name: String,
+    #[command(flatten)]
+    namespace: NamespaceArg,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+pub async fn run(command: VolumeCommand) -> Result<bool> {
+    match command {
+        VolumeCommand::Create(args) => create(args).await,
+        VolumeCommand::Delete(args) => {
+            let client = args.server.client()?;
+            delete_one(
+                &client,
+                Kind::CStorVolumeConfig,
+                &args.namespace.namespace,
+                &args.name,
+            )
+            .await
+        }
+    }
+}
+
+async fn create(args: CreateArgs) -> Result<bool> {
+    let size = Quantity::parse(&args.size)
+        .map_err(|error| anyhow::anyhow!("--size {:?}: {error}", args.size))?;
+    let client = args.server.client()?;
+    let namespace = args.namespace.namespace.as_str();
+    let cluster = match &args.cspc {
+        Some(cluster) => {
+            client
+                .get(Kind::CStorPoolCluster, namespace, cluster)
+                .await?;
+            cluster.clone()
+        }
+        None => only_cluster(&client, namespace).await?,
+    };
+    let config = CStorVolumeConfig::new(
+        ObjectMeta {
+            namespace: namespace.to_string(),
+            ..ObjectMeta::named(&args.name).with_label(LABEL_CSTOR_POOL_CLUSTER, &cluster)
+        },
+        CStorVolumeConfigSpec {
+            capacity: StorageCapacity::new(size),
+            provision: VolumeProvision {
+                capacity: StorageCapacity::new(size),
+                replica_count: args.replicas,
+            },
+            ..CStorVolumeConfigSpec::default()
+        },
+    );
+    client.create(&Object::CStorVolumeConfig(config)).await?;
+    let created = reference(Kind::CStorVolumeConfig, &args.name);
+    println!("{created} created");
+    if !args.wait {
+        return Ok(true);
+    }
+    println!(
+        "waiting up to {} for {} replicas in pools of {cluster} ...",
+        humantime::format_duration(args.timeout),
+        args.replicas
+    );
+    wait_until_bound(&client, namespace, &args.name, args.timeout).await
+}
+
+/// The namespace's one CStorPoolCluster, or an error saying why there is no obvious choice.
+async fn only_cluster(client: &Client, namespace: &str) -> Result<String> {
+    let clusters = client
+        .list(Kind::CStorPoolCluster, Some(namespace), None)
+        .await?
+        .items;
+    let names: Vec<&str> = clusters.iter().map(Object::name).collect();
+    match names.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => bail!(
+            "there is no CStorPoolCluster in namespace {namespace}: create one first (tandem \
+             apply -f cspc.yaml)"
+        ),
+        several => bail!(
+            "namespace {namespace} has {} CStorPoolClusters ({}): name one with --cspc",
+            several.len(),
+            several.join(", ")
+        ),
+    }
+}
+
+/// Polls the volume until it is Bound, printing each new event about it; on timeout, fails
+/// with the newest warning (what the controllers say is missing).
+async fn wait_until_bound(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<bool> {
+    let deadline = Instant::now() + timeout;
+    let mut shown: Vec<(String, u32)> = Vec::new();
+    let mut warning: Option<String> = None;
+    loop {
+        let object = client.get(Kind::CStorVolumeConfig, namespace, name).await?;
+        let events = client.events_about(&object).await?;
+        for event in &events {
+            let seen = (event.metadata.name.clone(), event.count);
+            if !shown.contains(&seen) {
+                print_event(event);
+                shown.push(seen);
+            }
+            if event.event_type == EventType::Warning {
+                warning = Some(event.message.clone());
+            }
+        }
+        let config = CStorVolumeConfig::try_from(object)?;
+        match config.status.phase {
+            CStorVolumeConfigPhase::Bound => {
+                let pools = pools_and_nodes(client, namespace, &config.status.pool_info).await?;
+                println!(
+                    "volume {name} is Bound: {} replicas, in pools {}",
+                    config.status.pool_info.len(),
+                    pools.join(", ")
+                );
+                return Ok(true);
+            }
+            CStorVolumeConfigPhase::Failed => {
+                bail!(
+                    "volume {name} failed{}",
+                    warning.map(|m| format!(": {m}")).unwrap_or_default()
+                )
+            }
+            CStorVolumeConfigPhase::Pending => {}
+        }
+        if Instant::now() >= deadline {
+            let why = warning.unwrap_or_else(|| "the controllers reported nothing".to_string());
+            bail!(
+                "volume {name} is not Bound after {}: {why}",
+                humantime::format_duration(timeout)
+            );
+        }
+        tokio::time::sleep(POLL_INTERVAL.min(deadline - Instant::now())).await;
+    }
+}
+
+/// "cspc-stripe-6qkw (node-1)" for each pool, in order.
+async fn pools_and_nodes(
+    client: &Client,
+    namespace: &str,
+    pools: &[String],
+) -> Result<Vec<String>> {
+    let instances: Vec<CStorPoolInstance> = client
+        .list_typed(Kind::CStorPoolInstance, Some(namespace), None)
+        .await?;
+    Ok(pools
+        .iter()
+        .map(
+            |pool| match instances.iter().find(|instance| instance.name() == pool) {
+                Some(instance) => format!("{pool} ({})", instance.spec.host_name),
+                None => pool.clone(),
+            },
+        )
+        .collect())
+}
+
+fn print_event(event: &Event) {
+    println!(
+        "  {} {}: {}",
+        event.event_type.as_str(),
+        event.reason,
+        event.message
+    );
+}

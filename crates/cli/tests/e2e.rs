@@ -1,0 +1,757 @@
+//! End to end, as a user meets Tandem: `tandem up` starts a real control plane and real agents
+//! (separate processes, real pool directories, loopback sockets) in a temporary data directory,
+//! and everything after that goes through the `tandem` command only.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const VOLUME: &str = "pvc-d1b26676-5035-4e5b-b564-68869b023306";
+
+/// A local cluster in a temporary directory; `tandem down` when dropped.
+struct Cluster {
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn up(nodes: usize, pool_size: &str) -> Cluster {
+        let cluster = Cluster {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+        };
+        let nodes = nodes.to_string();
+        cluster.ok(&[
+            "up",
+            "--nodes",
+            &nodes,
+            "--pool-size",
+            pool_size,
+            "--port",
+            "0",
+            "--agent-timeout",
+            "2s",
+        ]);
+        cluster
+    }
+
+    fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_with(args, &[])
+    }
+
+    fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tandem"));
+        command
+            .args(args)
+            .env("TANDEM_DATA_DIR", self.data_dir())
+            .env_remove("TANDEM_SERVER")
+            .env("TANDEM_LOG", "warn");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command.output().expect("run tandem")
+    }
+
+    /// Runs `tandem ARGS`, which must succeed; its standard output.
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "tandem {} failed:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Runs `tandem ARGS`, which must fail with one line on standard error; that line.
+    fn fails(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            !output.status.success(),
+            "tandem {} succeeded:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout)
+        );
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+        stderr
+    }
+
+    /// Runs `tandem ARGS` until `accept` takes its output (30 s at most).
+    fn wait_for(&self, what: &str, args: &[&str], accept: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let output = self.run(args);
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            if output.status.success() && accept(&stdout) {
+                return stdout;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last `tandem {}`:\n{stdout}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&args)).expect("tandem -o json prints JSON")
+    }
+
+    /// Pool name -> node name.
+    fn pools(&self) -> Vec<(String, String)> {
+        let list = self.json(&["get", "cspi", "-n", "openebs"]);
+        let mut pools: Vec<(String, String)> = items(&list)
+            .iter()
+            .map(|pool| {
+                (
+                    text(&pool["metadata"]["name"]),
+                    text(&pool["spec"]["hostName"]),
+                )
+            })
+            .collect();
+        pools.sort_by(|a, b| a.1.cmp(&b.1));
+        pools
+    }
+
+    fn pool_on(&self, node: &str) -> String {
+        self.pools()
+            .into_iter()
+            .find(|(_, host)| host == node)
+            .map(|(pool, _)| pool)
+            .unwrap_or_else(|| panic!("no pool on {node}"))
+    }
+
+    fn cvc(&self, name: &str) -> Value {
+        self.json(&["get", "cvc", name, "-n", "openebs"])
+    }
+
+    fn pid(&self, file: &str) -> String {
+        std::fs::read_to_string(self.data_dir().join(file))
+            .expect("a pid file")
+            .trim()
+            .to_string()
+    }
+
+    fn kill_9(&self, pid_file: &str) {
+        let pid = self.pid(pid_file);
+        let status = Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        // Wait until it is gone, so the next `up` does not find it alive.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}/stat")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z")
+        {
+            assert!(Instant::now() < deadline, "pid {pid} survived kill -9");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn patch_pools(&self, volume: &str, pools: &[&str]) -> Output {
+        let info: Vec<Value> = pools
+            .iter()
+            .map(|pool| serde_json::json!({"poolName": pool}))
+            .collect();
+        let patch = serde_json::json!({"spec": {"policy": {"replicaPoolInfo": info}}});
+        self.run(&[
+            "patch",
+            "cvc",
+            volume,
+            "-n",
+            "openebs",
+            "--type",
+            "merge",
+            "-p",
+            &patch.to_string(),
+        ])
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
+
+fn items(list: &Value) -> Vec<Value> {
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn text(value: &Value) -> String {
+    value.as_str().unwrap_or_default().to_string()
+}
+
+/// The table's rows, each split into its columns (header first).
+fn rows(table: &str) -> Vec<Vec<String>> {
+    table
+        .lines()
+        .map(|line| line.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+fn columns(row: &[String]) -> Vec<&str> {
+    row.iter().map(String::as_str).collect()
+}
+
+fn pool_info(cvc: &Value) -> (Vec<String>, Vec<String>) {
+    let spec = cvc["spec"]["policy"]["replicaPoolInfo"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|info| text(&info["poolName"]))
+        .collect();
+    let status = cvc["status"]["poolInfo"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(text)
+        .collect();
+    (spec, status)
+}
+
+fn bound_pools(cluster: &Cluster, volume: &str) -> Vec<String> {
+    let cvc = cluster.cvc(volume);
+    assert_eq!(cvc["status"]["phase"], "Bound", "{cvc}");
+    let (spec, status) = pool_info(&cvc);
+    assert_eq!(spec, status);
+    spec
+}
+
+#[test]
+fn the_seed_tables_and_a_volume_on_two_pools_on_two_nodes() {
+    let cluster = Cluster::up(3, "10G");
+
+    let table = rows(&cluster.ok(&["get", "cspc", "-n", "openebs"]));
+    assert_eq!(
+        columns(&table[0]),
+        [
+            "NAME",
+            "HEALTHYINSTANCES",
+            "PROVISIONEDINSTANCES",
+            "DESIREDINSTANCES",
+            "AGE"
+        ]
+    );
+    assert_eq!(columns(&table[1])[..4], ["cspc-stripe-pool", "3", "3", "3"]);
+
+    let table = rows(&cluster.ok(&["get", "cspi", "-n", "openebs"]));
+    assert_eq!(
+        columns(&table[0]),
+        [
+            "NAME",
+            "HOSTNAME",
+            "ALLOCATED",
+            "FREE",
+            "CAPACITY",
+            "READONLY",
+            "TYPE",
+            "STATUS",
+            "AGE"
+        ]
+    );
+    assert_eq!(table.len(), 4);
+    let mut hosts: Vec<&str> = table[1..].iter().map(|row| row[1].as_str()).collect();
+    hosts.sort_unstable();
+    assert_eq!(hosts, ["node1", "node2", "node3"]);
+    for row in &table[1..] {
+        assert!(
+            row[0].starts_with("cspc-stripe-pool-") && row[0].len() == 21,
+            "{row:?}"
+        );
+        assert_eq!(
+            columns(row)[4..8],
+            ["10G", "false", "stripe", "ONLINE"],
+            "{row:?}"
+        );
+    }
+    let selected = cluster.ok(&[
+        "get",
+        "cspi",
+        "-n",
+        "openebs",
+        "-l",
+        "openebs.io/cstor-pool-cluster=cspc-stripe-pool",
+    ]);
+    assert_eq!(rows(&selected).len(), 4);
+
+    cluster.ok(&[
+        "volume",
+        "create",
+        VOLUME,
+        "--size",
+        "5Gi",
+        "--replicas",
+        "2",
+    ]);
+    let table = rows(&cluster.ok(&["get", "cvc", "-n", "openebs"]));
+    assert_eq!(columns(&table[0]), ["NAME", "STATUS", "AGE"]);
+    assert_eq!(columns(&table[1])[..2], [VOLUME, "Bound"]);
+
+    let yaml = cluster.ok(&["get", "cvc", VOLUME, "-n", "openebs", "-o", "yaml"]);
+    assert!(
+        yaml.contains("replicaPoolInfo:") && yaml.contains("poolInfo:"),
+        "{yaml}"
+    );
+    let pools = bound_pools(&cluster, VOLUME);
+    assert_eq!(pools.len(), 2);
+    let nodes: Vec<String> = pools
+        .iter()
+        .map(|pool| {
+            cluster
+                .pools()
+                .into_iter()
+                .find(|(name, _)| name == pool)
+                .map(|(_, node)| node)
+                .expect("the pool exists")
+        })
+        .collect();
+    assert_ne!(nodes[0], nodes[1], "two replicas never share a node");
+
+    // The agents create the storage; until a target connects (the data path), a replica is
+    // Offline, as in cStor.
+    let table = cluster.wait_for(
+        "both replicas' storage",
+        &["get", "cvr", "-n", "openebs"],
+        |out| {
+            out.lines()
+                .filter(|line| line.contains(" Offline "))
+                .count()
+                == 2
+        },
+    );
+    let table = rows(&table);
+    assert_eq!(
+        columns(&table[0]),
+        ["NAME", "USED", "ALLOCATED", "STATUS", "AGE"]
+    );
+    let mut names: Vec<&str> = table[1..].iter().map(|row| row[0].as_str()).collect();
+    names.sort_unstable();
+    let mut expected: Vec<String> = pools
+        .iter()
+        .map(|pool| format!("{VOLUME}-{pool}"))
+        .collect();
+    expected.sort();
+    assert_eq!(names, expected);
+
+    // Each replica's storage is on its node's pool: a sparse file of the volume's size.
+    for node in &nodes {
+        let data = cluster
+            .data_dir()
+            .join("nodes")
+            .join(node)
+            .join("pool/replicas")
+            .join(VOLUME)
+            .join("data");
+        let metadata =
+            std::fs::metadata(&data).unwrap_or_else(|e| panic!("{}: {e}", data.display()));
+        assert_eq!(metadata.len(), 5 << 30);
+        assert!(
+            std::os::unix::fs::MetadataExt::blocks(&metadata) * 512 < 1 << 20,
+            "sparse"
+        );
+    }
+
+    let described = cluster.ok(&["describe", "cvc", VOLUME, "-n", "openebs"]);
+    assert!(described.contains("Events:"), "{described}");
+    assert!(
+        described.contains("Synced")
+            && described.contains("cstorvolumeclaim-controller")
+            && described.contains("cstorvolumeconfig created successfully"),
+        "{described}"
+    );
+}
+
+#[test]
+fn every_admission_rule_refuses_with_its_message_and_changes_nothing() {
+    let cluster = Cluster::up(4, "10G");
+    cluster.ok(&[
+        "volume",
+        "create",
+        "vol-a",
+        "--size",
+        "1Gi",
+        "--replicas",
+        "2",
+    ]);
+    cluster.ok(&[
+        "volume",
+        "create",
+        "vol-one",
+        "--size",
+        "1Gi",
+        "--replicas",
+        "1",
+    ]);
+    cluster.ok(&[
+        "volume",
+        "create",
+        "vol-three",
+        "--size",
+        "1Gi",
+        "--replicas",
+        "3",
+    ]);
+    let a = bound_pools(&cluster, "vol-a");
+    let free: Vec<String> = cluster
+        .pools()
+        .into_iter()
+        .map(|(pool, _)| pool)
+        .filter(|pool| !a.contains(pool))
+        .collect();
+    let before = cluster.cvc("vol-a");
+
+    let refused = |args: &[&str], message: &str| {
+        let stderr = cluster.fails(args);
+        assert!(
+            stderr.contains(message),
+            "expected {message:?} in {stderr:?}"
+        );
+    };
+    let merge = |patch: &str| -> Vec<String> {
+        [
+            "patch", "cvc", "vol-a", "-n", "openebs", "--type", "merge", "-p", patch,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let args = merge(r#"{"spec":{"provision":{"replicaCount":3}}}"#);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    refused(&args, "cvc vol-a replicaCount got modified from 2 to 3");
+    let args = merge(r#"{"spec":{"provision":{"capacity":{"storage":"2Gi"}}}}"#);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    refused(
+        &args,
+        "cvc initial provisioned capacity `Spec.Provision.Capacity` is immutable, can't be modified",
+    );
+
+    let pools_refused = |volume: &str, pools: &[&str], message: &str| {
+        let output = cluster.patch_pools(volume, pools);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{pools:?} was accepted");
+        assert!(
+            stderr.contains(message),
+            "expected {message:?} in {stderr:?}"
+        );
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    };
+    pools_refused(
+        "vol-a",
+        &[&a[0], &free[0]],
+        &format!(
+            "volume replica migration directly by modifying pool names [{}] is not yet supported",
+            a[1]
+        ),
+    );
+    pools_refused(
+        "vol-a",
+        &[&a[0], &a[1], &a[1]],
+        &format!(
+            "duplicate pool names [{} {} {}] found under spec of cvc vol-a",
+            a[0], a[1], a[1]
+        ),
+    );
+    pools_refused(
+        "vol-a",
+        &[&a[0]],
+        "is allowed only while CStorVolume vol-a is Healthy; it is Init",
+    );
+    pools_refused(
+        "vol-a",
+        &[&a[0], &a[1], "cspc-stripe-pool-zzzz"],
+        "pool cspc-stripe-pool-zzzz named in spec.policy.replicaPoolInfo does not exist",
+    );
+    bound_pools(&cluster, "vol-one");
+    pools_refused("vol-one", &[], "refusing to remove the last replica");
+    let three = bound_pools(&cluster, "vol-three");
+    pools_refused(
+        "vol-three",
+        &[&three[0]],
+        "Can't perform more than one replica scale down requested scale down count 2",
+    );
+
+    // A pool of another pool cluster (its agent serves the first cluster's pool on that node,
+    // so this one never comes ONLINE; the cluster rule speaks first).
+    let other = "apiVersion: cstor.openebs.io/v1\nkind: CStorPoolCluster\nmetadata:\n  name: cspc-other\n  namespace: openebs\nspec:\n  pools:\n  - nodeSelector: {kubernetes.io/hostname: node1}\n    dataRaidGroups: [{blockDevices: [{blockDeviceName: other-disk}]}]\n    poolConfig: {dataRaidGroupType: stripe}\n";
+    let file = cluster.data_dir().join("other.yaml");
+    std::fs::write(&file, other).unwrap();
+    cluster.ok(&["apply", "-f", file.to_str().unwrap()]);
+    let other_pool = cluster.wait_for(
+        "the other cluster's pool",
+        &[
+            "get",
+            "cspi",
+            "-n",
+            "openebs",
+            "-l",
+            "openebs.io/cstor-pool-cluster=cspc-other",
+            "-o",
+            "name",
+        ],
+        |out| !out.trim().is_empty(),
+    );
+    let other_pool = other_pool.trim().rsplit('/').next().unwrap().to_string();
+    pools_refused(
+        "vol-a",
+        &[&a[0], &a[1], &other_pool],
+        &format!("pool {other_pool} belongs to CStorPoolCluster cspc-other, but the volume's replicas must be on pools of CStorPoolCluster cspc-stripe-pool"),
+    );
+
+    // Only when Bound: a volume that cannot be placed (5 replicas, 4 pools) stays Pending.
+    let output = cluster.run(&[
+        "volume",
+        "create",
+        "vol-pending",
+        "--size",
+        "1Gi",
+        "--replicas",
+        "5",
+        "--cspc",
+        "cspc-stripe-pool",
+        "--timeout",
+        "3s",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("not enough pools are available"),
+        "{stderr}"
+    );
+    pools_refused(
+        "vol-pending",
+        &[&a[0]],
+        "Can't perform scaling of volume replicas when CVC is not in Bound state",
+    );
+
+    // A refused edit through the editor: re-opened with the error, then given up.
+    let editor = cluster.data_dir().join("editor.sh");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\ngrep -q '^# \\* ' \"$1\" && exit 0\nsed -i 's/replicaCount: 2/replicaCount: 4/' \"$1\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let output = cluster.run_with(
+        &["edit", "cvc", "vol-a", "-n", "openebs"],
+        &[
+            ("EDITOR", editor.to_str().unwrap()),
+            ("KUBE_EDITOR", editor.to_str().unwrap()),
+        ],
+    );
+    assert!(!output.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        all.contains("replicaCount got modified from 2 to 4"),
+        "{all}"
+    );
+
+    // Nothing refused changed anything.
+    let after = cluster.cvc("vol-a");
+    assert_eq!(after["spec"], before["spec"]);
+    assert_eq!(after["status"], before["status"]);
+    assert_eq!(
+        after["metadata"]["resourceVersion"],
+        before["metadata"]["resourceVersion"]
+    );
+
+    // A scale-up is accepted; no other change until its new replica is Healthy.
+    let output = cluster.patch_pools("vol-a", &[&a[0], &a[1], &free[0]]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let new_replica = format!("vol-a-{}", free[0]);
+    cluster.wait_for("the new replica", &["get", "cvr", "-n", "openebs"], |out| {
+        out.contains(&new_replica)
+    });
+    let output = cluster.patch_pools("vol-a", &[&a[0], &a[1], &free[0], &free[1]]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("scaling of CVC vol-a is already in progress")
+            || stderr.contains("the last replica change is not finished"),
+        "{stderr}"
+    );
+    let described = cluster.ok(&["describe", "cvc", "vol-a", "-n", "openebs"]);
+    assert!(
+        described.contains("Scaling up volume replicas from 2 to 3"),
+        "{described}"
+    );
+    assert!(
+        !described.contains("successfully scaled"),
+        "not before the replica is Healthy"
+    );
+}
+
+#[test]
+fn a_pool_past_its_threshold_goes_read_only_and_is_skipped() {
+    let cluster = Cluster::up(3, "64M");
+    let full = cluster.pool_on("node3");
+    let filler = cluster.data_dir().join("nodes/node3/pool/filler");
+    std::fs::write(&filler, vec![0xa5u8; 56 << 20]).unwrap();
+    let table = cluster.wait_for(
+        "node3's pool to be read-only",
+        &["get", "cspi", "-n", "openebs"],
+        |out| {
+            out.lines()
+                .any(|line| line.contains("node3") && line.contains(" true "))
+        },
+    );
+    assert!(
+        !table
+            .lines()
+            .any(|line| line.contains("node1") && line.contains(" true ")),
+        "{table}"
+    );
+    let described = cluster.ok(&["describe", "cspi", &full, "-n", "openebs"]);
+    assert!(
+        described.contains("PoolReadOnlyThreshold")
+            && described.contains("Pool storage limit reached to read only threshold limit"),
+        "{described}"
+    );
+
+    let output = cluster.run(&[
+        "volume",
+        "create",
+        "vol-3",
+        "--size",
+        "1Gi",
+        "--replicas",
+        "3",
+        "--timeout",
+        "5s",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("usable pool count: 2 pending replica count: 3")
+            && stderr.contains(&format!("{full} is read-only")),
+        "{stderr}"
+    );
+    cluster.ok(&[
+        "volume",
+        "create",
+        "vol-2",
+        "--size",
+        "1Gi",
+        "--replicas",
+        "2",
+    ]);
+    let pools = bound_pools(&cluster, "vol-2");
+    assert!(!pools.contains(&full), "{pools:?}");
+    let add = cluster.patch_pools("vol-2", &[&pools[0], &pools[1], &full]);
+    assert!(!add.status.success());
+    assert!(String::from_utf8_lossy(&add.stderr).contains(&format!("pool {full} is read-only")));
+
+    std::fs::remove_file(&filler).unwrap();
+    cluster.wait_for(
+        "node3's pool to be writable again",
+        &["get", "cspi", "-n", "openebs"],
+        |out| {
+            out.lines()
+                .any(|line| line.contains("node3") && line.contains(" false "))
+        },
+    );
+    let described = cluster.ok(&["describe", "cspi", &full, "-n", "openebs"]);
+    assert!(
+        described.contains("pool readOnly mode is unset"),
+        "{described}"
+    );
+}
+
+#[test]
+fn killed_processes_lose_nothing_and_a_dead_agent_shows_offline() {
+    let cluster = Cluster::up(3, "10G");
+    cluster.ok(&[
+        "volume",
+        "create",
+        "vol-k",
+        "--size",
+        "2Gi",
+        "--replicas",
+        "1",
+    ]);
+    let placed = bound_pools(&cluster, "vol-k");
+    let snapshot = |cluster: &Cluster| -> Vec<(String, String)> {
+        let mut objects = Vec::new();
+        for kind in ["cspc", "cspi", "cvc", "cv", "cvr"] {
+            for item in items(&cluster.json(&["get", kind, "-n", "openebs"])) {
+                objects.push((
+                    text(&item["metadata"]["name"]),
+                    text(&item["metadata"]["uid"]),
+                ));
+            }
+        }
+        objects.sort();
+        objects
+    };
+    let before = snapshot(&cluster);
+    assert_eq!(before.len(), 1 + 3 + 1 + 1 + 1);
+
+    // The control plane dies without warning; the CLI says so in one line.
+    cluster.kill_9("control-plane/control-plane.pid");
+    let stderr = cluster.fails(&["get", "cvc", "-n", "openebs"]);
+    assert!(
+        stderr.contains("cannot reach the Tandem control plane"),
+        "{stderr}"
+    );
+    cluster.ok(&["up", "--nodes", "3"]);
+    assert_eq!(snapshot(&cluster), before);
+    assert_eq!(bound_pools(&cluster, "vol-k"), placed);
+
+    // An agent dies: its pool goes OFFLINE and takes no new replica.
+    let (victim_pool, victim_node) = cluster
+        .pools()
+        .into_iter()
+        .find(|(pool, _)| !placed.contains(pool))
+        .unwrap();
+    cluster.kill_9(&format!("nodes/{victim_node}/agent.pid"));
+    cluster.wait_for(
+        "the dead agent's pool to be OFFLINE",
+        &["get", "cspi", "-n", "openebs"],
+        |out| {
+            out.lines()
+                .any(|line| line.contains(&victim_node) && line.contains("OFFLINE"))
+        },
+    );
+    let described = cluster.ok(&["describe", "cspi", &victim_pool, "-n", "openebs"]);
+    assert!(described.contains("PoolOffline"), "{described}");
+    let add = cluster.patch_pools("vol-k", &[&placed[0], &victim_pool]);
+    assert!(!add.status.success());
+    assert!(
+        String::from_utf8_lossy(&add.stderr)
+            .contains(&format!("pool {victim_pool} is OFFLINE, not ONLINE")),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+
+    // `tandem up` brings it back.
+    cluster.ok(&["up", "--nodes", "3"]);
+    let table = cluster.ok(&["get", "cspi", "-n", "openebs"]);
+    assert!(
+        table
+            .lines()
+            .any(|line| line.contains(&victim_node) && line.contains("ONLINE")),
+        "{table}"
+    );
+}
