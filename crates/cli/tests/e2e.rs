@@ -746,7 +746,12 @@ fn killed_processes_lose_nothing_and_a_dead_agent_shows_offline() {
     );
 
     // `tandem up` brings it back.
-    cluster.ok(&["up", "--nodes", "3"]);
+    let again = cluster.ok(&["up", "--nodes", "3"]);
+    assert!(again.contains("control plane already running"), "{again}");
+    assert!(
+        again.contains(&format!("started agent {victim_node}")),
+        "{again}"
+    );
     let table = cluster.ok(&["get", "cspi", "-n", "openebs"]);
     assert!(
         table
@@ -754,4 +759,25 @@ fn killed_processes_lose_nothing_and_a_dead_agent_shows_offline() {
             .any(|line| line.contains(&victim_node) && line.contains("ONLINE")),
         "{table}"
     );
+
+    // `tandem down` stops every process and keeps the data; a second `down` has nothing to do.
+    let pids: Vec<String> = ["control-plane/control-plane.pid", "nodes/node1/agent.pid"]
+        .iter()
+        .map(|file| cluster.pid(file))
+        .collect();
+    let down = cluster.ok(&["down"]);
+    assert!(down.contains("Tandem is down"), "{down}");
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z"),
+            "pid {pid} still runs"
+        );
+    }
+    assert!(cluster
+        .ok(&["down"])
+        .contains("no Tandem cluster is running"));
+    let stderr = cluster.fails(&["get", "cspc", "-n", "openebs"]);
+    assert!(stderr.contains("no Tandem cluster found"), "{stderr}");
+    assert!(cluster.data_dir().join("control-plane/store.redb").exists());
 }
