@@ -17,7 +17,7 @@ use std::fs::OpenOptions;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -214,7 +214,7 @@ fn start_control_plane(
     }
     // A stale address would let the wait below succeed before the new process is up.
     let _ = std::fs::remove_file(address_file(data_dir));
-    let pid = spawn(
+    let mut child = spawn(
         &[
             "control-plane".to_string(),
             "--data-dir".to_string(),
@@ -227,10 +227,11 @@ fn start_control_plane(
         &directory.join("control-plane.log"),
         &pid_file,
     )?;
-    println!("started control plane (pid {pid}) at {server}");
+    println!("started control plane (pid {}) at {server}", child.id());
     let deadline = Instant::now() + timeout;
     while !address_file(data_dir).exists() {
-        if running_pid(&pid_file).is_none() {
+        // Our own child: `try_wait` knows for sure (a /proc read can race with its exec).
+        if !matches!(child.try_wait(), Ok(None)) {
             bail!(
                 "the control plane exited at start; see {}",
                 directory.join("control-plane.log").display()
@@ -257,7 +258,7 @@ fn start_agent(data_dir: &Path, node: &NodeEntry, server: &str) -> Result<()> {
         println!("agent {} already running (pid {pid})", node.name);
         return Ok(());
     }
-    let pid = spawn(
+    let child = spawn(
         &[
             "agent".to_string(),
             "--node".to_string(),
@@ -272,13 +273,13 @@ fn start_agent(data_dir: &Path, node: &NodeEntry, server: &str) -> Result<()> {
         &directory.join("agent.log"),
         &pid_file,
     )?;
-    println!("started agent {} (pid {pid})", node.name);
+    println!("started agent {} (pid {})", node.name, child.id());
     Ok(())
 }
 
 /// Starts `tandem ARGS` in the background, in its own process group (so a Ctrl-C in this
-/// terminal does not reach it), appending its output to `log`.
-fn spawn(args: &[String], log: &Path, pid_file: &Path) -> Result<u32> {
+/// terminal does not reach it), appending its output to `log`. It outlives this process.
+fn spawn(args: &[String], log: &Path, pid_file: &Path) -> Result<Child> {
     let executable = std::env::current_exe().context("find the tandem executable")?;
     let log_file = OpenOptions::new()
         .create(true)
@@ -294,9 +295,8 @@ fn spawn(args: &[String], log: &Path, pid_file: &Path) -> Result<u32> {
         .process_group(0)
         .spawn()
         .with_context(|| format!("start tandem {}", args.join(" ")))?;
-    let pid = child.id();
-    write_atomically(pid_file, &format!("{pid}\n"))?;
-    Ok(pid)
+    write_atomically(pid_file, &format!("{}\n", child.id()))?;
+    Ok(child)
 }
 
 /// The pid in `pid_file`, if that process is alive and is a tandem process (a pid can be
