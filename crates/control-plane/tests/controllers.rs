@@ -502,16 +502,6 @@ async fn scaling_up_then_down_follows_cstor_and_waits_for_health() {
         "{refused}"
     );
 
-    let mut cv = cluster.cv("pvc-1").await;
-    cv.spec.replica_details.known_replicas = all
-        .iter()
-        .map(|replica| (replica.spec.replica_id.clone(), "1".to_string()))
-        .collect();
-    cluster
-        .client
-        .update(&Object::CStorVolume(cv))
-        .await
-        .unwrap();
     cluster
         .report_volume("pvc-1", CStorVolumePhase::Healthy, &all)
         .await;
@@ -528,7 +518,6 @@ async fn scaling_up_then_down_follows_cstor_and_waits_for_health() {
     .await;
     let cv = cluster.cv("pvc-1").await;
     assert_eq!(cv.spec.desired_replication_factor, 2);
-    assert_eq!(cv.spec.replica_details.known_replicas.len(), 2);
     assert!(cluster
         .replicas("pvc-1")
         .await

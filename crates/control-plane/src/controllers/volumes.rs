@@ -439,8 +439,8 @@ async fn scale_up(
         .await
 }
 
-/// cStor's scale-down, first half: the replica leaves the CV's desired and known sets, and the
-/// target lets go of it (it drains what it owes the others first). Second half, once the
+/// cStor's scale-down, first half: the CV's desired replication factor drops, and the target
+/// lets go of the replica (it drains what it owes the others first). Second half, once the
 /// target's status no longer knows it: the replica object is deleted (its agent destroys the
 /// data) and the CVC's status follows the spec.
 async fn scale_down(
@@ -454,21 +454,23 @@ async fn scale_down(
     let from = config.current_pool_names().len();
     let replica = replicas_of(snapshot, config).get(removed_pool).copied();
     let replica_id = replica.map(|replica| replica.spec.replica_id.clone());
-    let mut lowered = volume.clone();
-    if lowered.spec.desired_replication_factor > desired {
+    if volume.spec.desired_replication_factor > desired {
+        let mut lowered = volume.clone();
         lowered.spec.desired_replication_factor = desired;
+        context.client.update(&Object::CStorVolume(lowered)).await?;
     }
-    if let Some(id) = &replica_id {
-        lowered.spec.replica_details.known_replicas.remove(id);
-    }
-    let volume = if lowered != *volume {
-        let updated = context.client.update(&Object::CStorVolume(lowered)).await?;
-        CStorVolume::try_from(updated).map_err(|error| protocol(context, error))?
-    } else {
-        volume.clone()
-    };
+    // The target owns the known replicas (it writes its persisted membership into the CV); it
+    // sees the removed pool gone from the CVC's spec, drains the replica and lets go of it.
+    // Until its status no longer trusts the replica, the replica's data must stay.
     let message = format!("Scaling down volume replicas from {from} to {desired} is in progress");
-    if volume.is_scale_down_in_progress() {
+    let still_known = replica_id.as_ref().is_some_and(|id| {
+        volume
+            .status
+            .replica_details
+            .known_replicas
+            .contains_key(id)
+    });
+    if still_known {
         if !has_scaling_condition(config) {
             let mut marked = config.clone();
             set_scaling_condition(&mut marked, "ScalingDown", &message);
