@@ -12,11 +12,15 @@ use crate::report::{backoff, ErrorLog};
 /// The longest wait between heartbeats while they fail.
 pub const RETRY_MAX: Duration = Duration::from_secs(3);
 
-pub async fn run(client: Client, node: String, interval: Duration, request_timeout: Duration) {
-    let heartbeat = NodeHeartbeat {
-        node,
-        address: String::new(),
-    };
+/// Heartbeats for `node`, reporting `address` (where its replica host listens).
+pub async fn run(
+    client: Client,
+    node: String,
+    address: String,
+    interval: Duration,
+    request_timeout: Duration,
+) {
+    let heartbeat = NodeHeartbeat { node, address };
     let mut errors = ErrorLog::default();
     let mut failures: u32 = 0;
     loop {

@@ -7,12 +7,18 @@
 //!   pool clusters name the node; the others are set to `ErrorDuplicate`): claims the directory
 //!   for it (`pool.json`), and reports its phase, capacity, read-only mode and replica counts;
 //! * creates, measures and removes the storage of the CStorVolumeReplicas on that pool
-//!   (`replicas/<volume>/{data,meta}`), removing a replica's finalizer once its storage is gone.
+//!   (`replicas/<volume>/{data,meta}`), removing a replica's finalizer once its storage is gone;
+//! * serves the replicas' data to the volumes' targets: one [`ReplicaHost`] listens on
+//!   `data_address` (reported in the heartbeat) and serves every replica whose storage is sound,
+//!   from the start (before the control plane is reached: it is never on the data path) and
+//!   from the moment new storage is created; a replica is taken off the host before its storage
+//!   is removed.
 //!
 //! Code map:
 //!
-//! * `storage` — a replica's storage: the `meta` binary format, atomic writes, creation and
-//!   removal, allocation measurement, the geometry a volume gets.
+//! * `storage` — a replica's storage (re-exported from `tandem_dataplane::replica::storage`,
+//!   which owns the format): the `meta` binary format, atomic writes, creation and removal,
+//!   allocation measurement, the geometry a volume gets.
 //! * `pool` — the pool directory: `pool.json`, the read-only decision, the pool's used space.
 //! * `reconcile` — one reconcile pass over the pool's objects (idempotent).
 //! * `heartbeat` — the heartbeat task.
@@ -26,14 +32,20 @@ mod heartbeat;
 pub mod pool;
 mod reconcile;
 mod report;
-pub mod storage;
 
+pub use tandem_dataplane::replica::storage;
+
+use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tandem_client::{Client, Recorder};
+use tandem_core::ReplicaId;
+use tandem_dataplane::replica::{HostOptions, ReplicaHost};
 
 pub use reconcile::{
     EVENT_COMPONENT, FINALIZER, MESSAGE_READ_ONLY_SET, MESSAGE_READ_ONLY_UNSET,
@@ -61,6 +73,9 @@ pub struct AgentConfig {
     pub measure_interval: Duration,
     /// The longest a single API request may take before it counts as failed (default 10s).
     pub request_timeout: Duration,
+    /// Where the replica host listens for targets (default `127.0.0.1:0`: any free port on
+    /// loopback; [`NodeAgent::data_address`] says which).
+    pub data_address: SocketAddr,
 }
 
 impl AgentConfig {
@@ -68,6 +83,8 @@ impl AgentConfig {
     pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
     pub const DEFAULT_MEASURE_INTERVAL: Duration = Duration::from_secs(2);
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_DATA_ADDRESS: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 
     /// A configuration with the default intervals and namespace.
     pub fn new(
@@ -86,6 +103,7 @@ impl AgentConfig {
             reconcile_interval: AgentConfig::DEFAULT_RECONCILE_INTERVAL,
             measure_interval: AgentConfig::DEFAULT_MEASURE_INTERVAL,
             request_timeout: AgentConfig::DEFAULT_REQUEST_TIMEOUT,
+            data_address: AgentConfig::DEFAULT_DATA_ADDRESS,
         }
     }
 
@@ -125,35 +143,118 @@ impl AgentConfig {
 
 /// Runs the agent until `shutdown` completes. Returns an error only for a configuration it
 /// cannot run with (an empty node name, a zero pool size, a malformed server address, a pool
-/// directory it cannot create); an unreachable control plane is retried forever.
+/// directory it cannot create, a data address it cannot listen on); an unreachable control
+/// plane is retried forever.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    config.validate()?;
-    let client = Client::new(&config.server)?;
-    std::fs::create_dir_all(&config.pool_dir)
-        .with_context(|| format!("create the pool directory {}", config.pool_dir.display()))?;
-    tracing::info!(
-        node = %config.node,
-        pool_dir = %config.pool_dir.display(),
-        pool_size = config.pool_size,
-        server = %config.server,
-        "node agent started"
-    );
-    let heartbeat = tokio::spawn(heartbeat::run(
-        client.clone(),
-        config.node.clone(),
-        config.heartbeat,
-        config.request_timeout,
-    ));
-    let recorder = Recorder::new(client.clone(), EVENT_COMPONENT, &config.node);
-    let mut agent = reconcile::Agent::new(config, client, recorder);
-    tokio::select! {
-        // The agent's loop never ends on its own.
-        () = agent.run() => {}
-        () = shutdown => {}
+    NodeAgent::start(config).await?.run(shutdown).await
+}
+
+/// A started agent: its replica host is listening and serving the replicas found on disk;
+/// [`NodeAgent::run`] does the rest.
+pub struct NodeAgent {
+    config: AgentConfig,
+    client: Client,
+    host: Arc<ReplicaHost>,
+    /// Volume name -> the replica the host serves from `replicas/<volume>`.
+    hosted: HashMap<String, ReplicaId>,
+}
+
+impl NodeAgent {
+    /// Checks the configuration, creates the pool directory, starts the replica host on
+    /// `data_address` and serves every sound replica already in the pool (a replica whose
+    /// storage cannot be opened is logged and left to the reconcile passes).
+    pub async fn start(config: AgentConfig) -> anyhow::Result<NodeAgent> {
+        config.validate()?;
+        let client = Client::new(&config.server)?;
+        std::fs::create_dir_all(&config.pool_dir)
+            .with_context(|| format!("create the pool directory {}", config.pool_dir.display()))?;
+        let host = ReplicaHost::bind(config.data_address, HostOptions::default())
+            .await
+            .context("start the replica host")?;
+        let hosted = host_existing(&host, &config.pool_dir.join(pool::REPLICAS_DIR)).await;
+        Ok(NodeAgent {
+            config,
+            client,
+            host: Arc::new(host),
+            hosted,
+        })
     }
-    heartbeat.abort();
-    tracing::info!("node agent stopped");
-    Ok(())
+
+    /// Where targets reach this node's replicas.
+    pub fn data_address(&self) -> SocketAddr {
+        self.host.local_addr()
+    }
+
+    /// Runs until `shutdown` completes, then stops the replica host (waiting for its disk work).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let NodeAgent {
+            config,
+            client,
+            host,
+            hosted,
+        } = self;
+        let data_address = host.local_addr();
+        tracing::info!(
+            node = %config.node,
+            pool_dir = %config.pool_dir.display(),
+            pool_size = config.pool_size,
+            server = %config.server,
+            data_address = %data_address,
+            replicas = hosted.len(),
+            "node agent started"
+        );
+        let heartbeat = tokio::spawn(heartbeat::run(
+            client.clone(),
+            config.node.clone(),
+            data_address.to_string(),
+            config.heartbeat,
+            config.request_timeout,
+        ));
+        let recorder = Recorder::new(client.clone(), EVENT_COMPONENT, &config.node);
+        let mut agent = reconcile::Agent::new(config, client, recorder, Arc::clone(&host), hosted);
+        tokio::select! {
+            // The agent's loop never ends on its own.
+            () = agent.run() => {}
+            () = shutdown => {}
+        }
+        heartbeat.abort();
+        drop(agent);
+        match Arc::try_unwrap(host) {
+            Ok(host) => host.shutdown().await,
+            Err(host) => drop(host),
+        }
+        tracing::info!("node agent stopped");
+        Ok(())
+    }
+}
+
+/// Serves every replica under `replicas_dir` whose storage opens; returns volume -> replica.
+async fn host_existing(host: &ReplicaHost, replicas_dir: &Path) -> HashMap<String, ReplicaId> {
+    let mut hosted = HashMap::new();
+    let dir = replicas_dir.to_path_buf();
+    let listed = tokio::task::spawn_blocking(move || storage::list_replicas(&dir))
+        .await
+        .map_err(|error| error.to_string())
+        .and_then(|result| result.map_err(|error| error.to_string()));
+    let volumes = match listed {
+        Ok(volumes) => volumes,
+        Err(error) => {
+            tracing::warn!(dir = %replicas_dir.display(), %error, "cannot list the replicas to serve");
+            return hosted;
+        }
+    };
+    for volume in volumes {
+        let dir = replicas_dir.join(&volume);
+        match host.add_replica(&dir).await {
+            Ok(replica) => {
+                hosted.insert(volume, replica);
+            }
+            Err(error) => {
+                tracing::warn!(path = %dir.display(), %error, "cannot serve replica storage")
+            }
+        }
+    }
+    hosted
 }
 
 #[cfg(test)]
@@ -167,6 +268,7 @@ mod tests {
         assert_eq!(config.namespace, "openebs");
         assert_eq!(config.reconcile_interval, Duration::from_secs(1));
         assert_eq!(config.measure_interval, Duration::from_secs(2));
+        assert_eq!(config.data_address.to_string(), "127.0.0.1:0");
         assert!(config.validate().is_ok());
         let broken = |change: fn(&mut AgentConfig)| {
             let mut config = config.clone();

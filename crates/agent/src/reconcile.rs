@@ -7,10 +7,12 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tandem_client::{Client, ClientError, Recorder};
-use tandem_core::{Incarnation, ReplicaId};
+use tandem_core::{Geometry, Incarnation, ReplicaId};
+use tandem_dataplane::replica::ReplicaHost;
 use tandem_objects::{
     format_bytes_short, validate_object_name, CStorPoolInstance, CStorPoolInstanceCapacity,
     CStorPoolInstancePhase, CStorPoolInstanceStatus, CStorVolumeReplica,
@@ -66,11 +68,19 @@ impl From<ClientError> for ApiError {
     }
 }
 
+/// What the agent needs from a replica's `meta`.
+#[derive(Clone, Copy, Debug)]
+struct MetaSummary {
+    replica: ReplicaId,
+    incarnation: Incarnation,
+    geometry: Geometry,
+}
+
 /// What a replica's `meta` said when last read, and the file's length and mtime then (it is
 /// read again only when they change).
 struct CachedMeta {
     stamp: (u64, Option<SystemTime>),
-    outcome: Result<(ReplicaId, Incarnation), String>,
+    outcome: Result<MetaSummary, String>,
 }
 
 /// The agent's memory between passes: only what avoids repeating work or log lines; all state
@@ -88,6 +98,10 @@ pub struct Agent {
     used: Option<u64>,
     measured_at: Option<Instant>,
     waiting_logged: bool,
+    /// Serves the replicas' data to targets.
+    host: Arc<ReplicaHost>,
+    /// Volume name -> the replica the host serves from `replicas/<volume>`.
+    hosted: HashMap<String, ReplicaId>,
 }
 
 /// The objects a pass saw, so the agent can forget the others.
@@ -128,7 +142,13 @@ enum ReplicaState {
 }
 
 impl Agent {
-    pub fn new(config: AgentConfig, client: Client, recorder: Recorder) -> Agent {
+    pub fn new(
+        config: AgentConfig,
+        client: Client,
+        recorder: Recorder,
+        host: Arc<ReplicaHost>,
+        hosted: HashMap<String, ReplicaId>,
+    ) -> Agent {
         Agent {
             config,
             client,
@@ -141,6 +161,8 @@ impl Agent {
             used: None,
             measured_at: None,
             waiting_logged: false,
+            host,
+            hosted,
         }
     }
 
@@ -294,6 +316,19 @@ impl Agent {
             view.storage
         };
         self.note_orphans(&replicas_dir, &storage, &view.owners);
+        let vanished: Vec<String> = self
+            .hosted
+            .keys()
+            .filter(|volume| !storage.contains(*volume))
+            .cloned()
+            .collect();
+        for volume in vanished {
+            tracing::warn!(
+                path = %replicas_dir.join(&volume).display(),
+                "served replica storage disappeared; no longer serving it"
+            );
+            self.unhost(&volume).await;
+        }
         self.metas.retain(|volume, _| storage.contains(volume));
         let used = self.used.unwrap_or(0);
         let status = CStorPoolInstanceStatus {
@@ -661,23 +696,30 @@ impl Agent {
         };
         let dir = view.replicas_dir.join(&volume);
         if view.storage.contains(&volume) {
-            return match self.read_meta(&volume, &dir).await {
-                Err(message) => {
-                    ReplicaState::Failed(format!("{STORAGE_FAILED}is unusable: {message}"))
-                }
-                Ok((replica, incarnation)) if replica != id => ReplicaState::Failed(format!(
+            let failure = match self.read_meta(&volume, &dir).await {
+                Err(message) => format!("{STORAGE_FAILED}is unusable: {message}"),
+                Ok(meta) if meta.replica != id => format!(
                     "{STORAGE_FAILED}{} belongs to replica id {} (incarnation {}), not to this \
                      CVR's replica id {}; it is left untouched",
                     dir.display(),
-                    replica.0,
-                    incarnation.0,
+                    meta.replica.0,
+                    meta.incarnation.0,
                     id.0
-                )),
-                Ok(_) => ReplicaState::Ready {
-                    capacity: self.measure_replica(cvr, &dir).await,
-                    created: false,
-                },
+                ),
+                Ok(meta) => {
+                    self.check_geometry(cvr, &dir, meta.geometry);
+                    if let Err(message) = self.ensure_hosted(&volume, &dir).await {
+                        return ReplicaState::Failed(message);
+                    }
+                    return ReplicaState::Ready {
+                        capacity: self.measure_replica(cvr, &dir).await,
+                        created: false,
+                    };
+                }
             };
+            // Storage that is not sound (or not this replica's) is not served.
+            self.unhost(&volume).await;
+            return ReplicaState::Failed(failure);
         }
         if view.read_only {
             return ReplicaState::Failed(format!(
@@ -685,10 +727,21 @@ impl Agent {
                 view.name, view.used_percent, view.limit
             ));
         }
-        let geometry = match storage::geometry_for(cvr.spec.capacity.bytes(), cvr.spec.block_size) {
+        let capacity = cvr.spec.capacity.bytes();
+        let geometry = match storage::geometry_for(capacity, cvr.spec.block_size) {
             Ok(geometry) => geometry,
             Err(message) => return ReplicaState::Failed(format!("{CREATE_FAILED}: {message}")),
         };
+        if geometry.size_bytes != capacity {
+            // Like LVM rounding to extents; the target computes the same geometry.
+            tracing::info!(
+                cvr = cvr.name(),
+                capacity,
+                size = geometry.size_bytes,
+                block_size = geometry.block_size,
+                "the capacity is not a whole number of blocks; the volume is rounded up"
+            );
+        }
         // cStor's rule: created with the volume (phase "" or Init) it is a consistent copy of
         // an empty history (quorum on); any other phase means a scale-up or a recreation, and
         // it must be rebuilt before it counts (quorum off).
@@ -722,6 +775,9 @@ impl Agent {
                     consistent,
                     "created replica storage"
                 );
+                if let Err(message) = self.ensure_hosted(&volume, &dir).await {
+                    return ReplicaState::Failed(message);
+                }
                 ReplicaState::Ready {
                     capacity: self.measure_replica(cvr, &dir).await,
                     created: true,
@@ -733,12 +789,63 @@ impl Agent {
         }
     }
 
-    /// The replica id and incarnation in `dir/meta`, read again only if the file changed.
-    async fn read_meta(
-        &mut self,
-        volume: &str,
-        dir: &Path,
-    ) -> Result<(ReplicaId, Incarnation), String> {
+    /// Serves the replica in `dir` from the host unless it already is.
+    async fn ensure_hosted(&mut self, volume: &str, dir: &Path) -> Result<(), String> {
+        if self.hosted.contains_key(volume) {
+            return Ok(());
+        }
+        match self.host.add_replica(dir).await {
+            Ok(replica) => {
+                self.hosted.insert(volume.to_string(), replica);
+                Ok(())
+            }
+            Err(error) => Err(format!(
+                "{STORAGE_FAILED}{} cannot be served: {error}",
+                dir.display()
+            )),
+        }
+    }
+
+    /// Stops serving the replica in `replicas/<volume>` (if the host serves it), waiting until
+    /// the host has let go of its files.
+    async fn unhost(&mut self, volume: &str) {
+        if let Some(replica) = self.hosted.remove(volume) {
+            self.host.remove_replica(replica).await;
+        }
+    }
+
+    /// Warns (once) when existing storage has another geometry than the CVR's spec gives: the
+    /// target, which computes its geometry with the same [`storage::geometry_for`], would be
+    /// refused by this replica.
+    fn check_geometry(&mut self, cvr: &CStorVolumeReplica, dir: &Path, stored: Geometry) {
+        let subject = format!("cvr {} geometry", cvr.name());
+        match storage::geometry_for(cvr.spec.capacity.bytes(), cvr.spec.block_size) {
+            Ok(expected) if expected == stored => self.errors.ok(&subject),
+            Ok(expected) => {
+                self.errors.failed(
+                    &subject,
+                    &format!(
+                        "{} holds a volume of {} bytes in {}-byte blocks ({}-byte regions) but the \
+                         CVR's spec gives {} bytes in {}-byte blocks ({}-byte regions); a target \
+                         with the spec's geometry will be refused",
+                        dir.display(),
+                        stored.size_bytes,
+                        stored.block_size,
+                        stored.region_size,
+                        expected.size_bytes,
+                        expected.block_size,
+                        expected.region_size
+                    ),
+                );
+            }
+            Err(message) => {
+                self.errors.failed(&subject, &message);
+            }
+        }
+    }
+
+    /// What `dir/meta` says, read again only if the file changed.
+    async fn read_meta(&mut self, volume: &str, dir: &Path) -> Result<MetaSummary, String> {
         let path = dir.join(META_FILE);
         let stamp = std::fs::metadata(&path)
             .map(|metadata| (metadata.len(), metadata.modified().ok()))
@@ -750,7 +857,11 @@ impl Agent {
         }
         let outcome = blocking(move || {
             storage::read_meta(&path)
-                .map(|meta| (meta.superblock.replica, meta.superblock.incarnation))
+                .map(|meta| MetaSummary {
+                    replica: meta.superblock.replica,
+                    incarnation: meta.superblock.incarnation,
+                    geometry: meta.superblock.geometry,
+                })
                 .map_err(|error| error.to_string())
         })
         .await
@@ -844,9 +955,12 @@ impl Agent {
             let dir = view.replicas_dir.join(volume);
             let belongs_elsewhere = match (self.read_meta(volume, &dir).await, replica_id_of(&cvr))
             {
-                (Ok((replica, _)), Ok(id)) => replica != id,
+                (Ok(meta), Ok(id)) => meta.replica != id,
                 _ => false,
             };
+            // Whatever the storage holds, it is no longer served for a deleted CVR; and the host
+            // must let go of the files before they are removed.
+            self.unhost(volume).await;
             if belongs_elsewhere {
                 tracing::warn!(
                     cvr = cvr.name(),

@@ -2,23 +2,27 @@
 //! temporary directory) and a real pool directory: what it writes to the control plane and what
 //! it leaves on disk.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tandem_agent::storage::{read_meta, DATA_FILE, META_FILE};
+use bytes::{Bytes, BytesMut};
+use tandem_agent::storage::{geometry_for, read_meta, DATA_FILE, META_FILE};
 use tandem_agent::{
-    AgentConfig, FINALIZER, MESSAGE_READ_ONLY_SET, MESSAGE_READ_ONLY_UNSET,
+    AgentConfig, NodeAgent, FINALIZER, MESSAGE_READ_ONLY_SET, MESSAGE_READ_ONLY_UNSET,
     REASON_POOL_CREATION_FAILED, REASON_READ_ONLY,
 };
 use tandem_client::Client;
 use tandem_control_plane::{router, Api};
-use tandem_core::ReplicaId;
+use tandem_core::{Envelope, Generation, Geometry, Message, ReplicaId, Seq, SessionId, Stamp};
 use tandem_objects::{
     CStorPoolInstance, CStorPoolInstancePhase, CStorVolumeReplica, CStorVolumeReplicaPhase,
     EventType, Kind, Object, ObjectMeta, Quantity, LABEL_CSTOR_POOL_CLUSTER,
     LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_HOSTNAME, LABEL_PERSISTENT_VOLUME,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 const NS: &str = "openebs";
@@ -79,6 +83,93 @@ fn start_agent(harness: &Harness, node: &str, pool_dir: &Path, pool_size: u64) -
     RunningAgent {
         stop: Some(stop),
         task,
+    }
+}
+
+/// Starts an agent whose replica host is already serving what is on disk; returns it with the
+/// host's address.
+async fn start_node_agent(
+    harness: &Harness,
+    node: &str,
+    pool_dir: &Path,
+    pool_size: u64,
+) -> (RunningAgent, SocketAddr) {
+    let mut config = AgentConfig::new(node, pool_dir, pool_size, harness.server.clone());
+    config.heartbeat = Duration::from_millis(100);
+    config.reconcile_interval = Duration::from_millis(100);
+    config.measure_interval = Duration::from_millis(200);
+    let agent = NodeAgent::start(config).await.expect("the agent starts");
+    let address = agent.data_address();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(agent.run(async move {
+        let _ = stopped.await;
+    }));
+    (
+        RunningAgent {
+            stop: Some(stop),
+            task,
+        },
+        address,
+    )
+}
+
+/// A session to a replica over raw frames, as a target opens it.
+struct Session {
+    stream: TcpStream,
+    buffer: BytesMut,
+    session: SessionId,
+    number: u64,
+}
+
+impl Session {
+    async fn open(address: SocketAddr, generation: u64, replica: u64, geometry: Geometry) -> Self {
+        let stream = TcpStream::connect(address).await.unwrap();
+        let mut session = Session {
+            stream,
+            buffer: BytesMut::new(),
+            session: SessionId::new(Generation(generation), 1),
+            number: 0,
+        };
+        session
+            .send(Message::Hello {
+                generation: Generation(generation),
+                replica: ReplicaId(replica),
+                geometry,
+            })
+            .await;
+        session
+    }
+
+    async fn send(&mut self, message: Message) {
+        self.number += 1;
+        let mut frame = BytesMut::new();
+        tandem_wire::encode(
+            &Envelope {
+                session: self.session,
+                number: self.number,
+                message,
+            },
+            &mut frame,
+        );
+        self.stream.write_all(&frame).await.unwrap();
+    }
+
+    /// The next message, or None once the host closed the connection.
+    async fn recv(&mut self) -> Option<Message> {
+        let read = async {
+            loop {
+                if let Some(envelope) = tandem_wire::decode(&mut self.buffer).unwrap() {
+                    return Some(envelope.message);
+                }
+                match self.stream.read_buf(&mut self.buffer).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(DEADLINE, read)
+            .await
+            .expect("an answer in time")
     }
 }
 
@@ -476,4 +567,118 @@ async fn corrupt_metadata_is_reported_and_kept() {
         bytes,
         "never overwritten"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_replica_data_and_stops_serving_before_removing_storage() {
+    let harness = control_plane().await;
+    let client = &harness.client;
+    let pool_dir = tempfile::tempdir().unwrap();
+    create(client, pool("cspc-a-abcd", "n1")).await;
+    // 1e8 bytes is not a whole number of 4 KiB blocks: the volume is rounded up, by the same
+    // function a target uses.
+    create(client, replica("pvc-1", "cspc-a-abcd", "100M", "77")).await;
+    let geometry = geometry_for(100_000_000, None).unwrap();
+    assert_eq!(geometry.size_bytes, 100_003_840);
+
+    let (agent, address) = start_node_agent(&harness, "n1", pool_dir.path(), 1 << 30).await;
+    assert!(address.ip().is_loopback() && address.port() != 0);
+    wait_for("the heartbeat to carry the data address", || async {
+        let nodes = client.nodes().await.unwrap();
+        nodes
+            .iter()
+            .any(|node| node.node == "n1" && node.address == address.to_string())
+            .then_some(())
+    })
+    .await;
+    wait_for("the replica to be Offline", || async {
+        find_replica(client, "pvc-1-cspc-a-abcd")
+            .await
+            .filter(|cvr| cvr.status.phase == CStorVolumeReplicaPhase::Offline)
+    })
+    .await;
+
+    // A target reaches the new replica at once.
+    let mut session = Session::open(address, 1, 77, geometry).await;
+    let Some(Message::HelloAck(ack)) = session.recv().await else {
+        panic!("expected a HelloAck");
+    };
+    assert_eq!(ack.replica, ReplicaId(77));
+    assert!(ack.consistent);
+    session
+        .send(Message::Write {
+            seq: Seq(1),
+            offset: 8192,
+            data: Bytes::from(vec![7u8; 4096]),
+            committed: Seq(0),
+        })
+        .await;
+    assert_eq!(
+        session.recv().await,
+        Some(Message::WriteDone {
+            seq: Seq(1),
+            result: Ok(())
+        })
+    );
+    session
+        .send(Message::Flush {
+            seq: Seq(2),
+            committed: Seq(1),
+        })
+        .await;
+    assert_eq!(
+        session.recv().await,
+        Some(Message::FlushDone {
+            seq: Seq(2),
+            result: Ok(())
+        })
+    );
+    agent.stop().await;
+    assert_eq!(
+        session.recv().await,
+        None,
+        "the host stopped with the agent"
+    );
+
+    // A restarted agent serves what is on disk before it has heard from the control plane.
+    let mut config = AgentConfig::new("n1", pool_dir.path(), 1 << 30, harness.server.clone());
+    config.heartbeat = Duration::from_millis(100);
+    config.reconcile_interval = Duration::from_millis(100);
+    let started = NodeAgent::start(config).await.unwrap();
+    let mut session = Session::open(started.data_address(), 2, 77, geometry).await;
+    let Some(Message::HelloAck(ack)) = session.recv().await else {
+        panic!("expected a HelloAck");
+    };
+    assert_eq!(ack.stamp, Stamp::new(Generation(1), Seq(2)));
+    assert_eq!(ack.checkpoint, Seq(1));
+    // Stopped at once: the host lets go of the storage before `run` returns.
+    started.run(async {}).await.unwrap();
+    assert_eq!(session.recv().await, None);
+
+    let (agent, address) = start_node_agent(&harness, "n1", pool_dir.path(), 1 << 30).await;
+    let mut session = Session::open(address, 3, 77, geometry).await;
+    assert!(matches!(session.recv().await, Some(Message::HelloAck(_))));
+    // Deleting the CVR takes the replica off the host, then removes its storage. (The agent
+    // may be writing the CVR's status meanwhile: a conflicting delete is tried again.)
+    wait_for("the CVR to be deleted", || async {
+        match client
+            .delete(Kind::CStorVolumeReplica, NS, "pvc-1-cspc-a-abcd")
+            .await
+        {
+            Ok(_) => Some(()),
+            Err(error) if error.is_conflict() => None,
+            Err(error) => panic!("delete: {error}"),
+        }
+    })
+    .await;
+    assert_eq!(session.recv().await, None, "the connection is closed");
+    let dir = replica_dir(pool_dir.path(), "pvc-1");
+    wait_for("the storage and the CVR to be gone", || async {
+        let gone = find_replica(client, "pvc-1-cspc-a-abcd").await.is_none();
+        (gone && !dir.exists()).then_some(())
+    })
+    .await;
+    let mut late = Session::open(address, 4, 77, geometry).await;
+    assert_eq!(late.recv().await, None, "no longer served");
+    agent.stop().await;
 }

@@ -1,0 +1,9 @@
+//! Tandem's data path: the replication core (`tandem-core`) driven by tokio tasks that turn its
+//! outputs into real socket and file I/O and feed the completions back. The core stays pure;
+//! everything here is the glue around it.
+//!
+//! * `replica` — the replica host: one per node, serving every replica in its pool over TCP.
+//! * `target` — the volume target: sequences client I/O and fans it out to the replicas.
+
+pub mod replica;
+pub mod target;

@@ -1,0 +1,612 @@
+//! A replica's storage on real files: executes the core's [`DiskOp`]s on `<dir>/data` and
+//! `<dir>/meta` (the format in [`super::storage`]).
+//!
+//! Every operation is a blocking system call, run on tokio's blocking pool
+//! ([`ReplicaDisk::execute`]) so the async threads never wait for a disk. The core only issues
+//! operations that may run together (non-overlapping data operations, at most one metadata
+//! write, barriers alone), so several may be in flight at once and complete in any order: data
+//! operations are positional (`pread`/`pwrite` on one shared descriptor), and metadata writes
+//! are serialised by a lock on the in-memory copy.
+//!
+//! * Write: `pwrite`. Read: `pread`; what lies past the end of the file reads as zeros.
+//! * Trim: `fallocate(PUNCH_HOLE | KEEP_SIZE)`, or writing zeros where the file system cannot
+//!   punch holes.
+//! * Sync: `fdatasync` of the data file.
+//! * PersistMeta: the update is applied to the in-memory [`ReplicaMeta`] and the whole of it is
+//!   written atomically (temporary file, fsync, rename, fsync of the directory).
+//!
+//! OS errors become [`IoFailure`]s for the core (`ENOSPC`/`EDQUOT`: no space, anything else: a
+//! device error) and are logged with the replica, the operation and the error. The data file is
+//! locked (`flock`, exclusive) while open, so two hosts never serve the same storage.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use tandem_core::{DiskOp, DiskOpId, Geometry, IoFailure, ReplicaId, ReplicaInput, ReplicaMeta};
+
+use super::storage::{self, MetaReadError, DATA_FILE, META_FILE};
+
+/// The longest read the disk serves: its answer must fit in one wire frame (with room for the
+/// message's other fields). Longer reads are refused as out of range.
+pub const READ_LEN_MAX: u64 = tandem_wire::MAX_PAYLOAD_LEN as u64 - 64;
+
+/// Zeros are written in chunks of this size where holes cannot be punched.
+const ZERO_CHUNK: usize = 1 << 20;
+
+/// Why a replica's storage could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskOpenError {
+    #[error(transparent)]
+    Meta(#[from] MetaReadError),
+    #[error("cannot open {}: {source}", path.display())]
+    Data { path: PathBuf, source: io::Error },
+    #[error(
+        "{} is {actual} bytes but the replica's volume is {expected} bytes",
+        path.display()
+    )]
+    DataSize {
+        path: PathBuf,
+        actual: u64,
+        expected: u64,
+    },
+    #[error("{} is in use by another replica host (it is locked)", path.display())]
+    Locked { path: PathBuf },
+}
+
+/// The space a replica takes on disk, as `st_blocks * 512` (a sparse file counts only what was
+/// written): its data file, and its whole directory (data, metadata, leftovers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Allocation {
+    pub data_bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// What a finished operation reports back to the core.
+#[derive(Clone, Debug)]
+pub struct DiskCompletion {
+    pub id: DiskOpId,
+    pub result: Result<Option<Bytes>, IoFailure>,
+}
+
+impl From<DiskCompletion> for ReplicaInput {
+    fn from(done: DiskCompletion) -> ReplicaInput {
+        ReplicaInput::DiskDone {
+            id: done.id,
+            result: done.result,
+        }
+    }
+}
+
+/// One replica's open storage. Cheap to clone (the files are shared); the lock on the data file
+/// is released when the last clone is dropped.
+#[derive(Clone)]
+pub struct ReplicaDisk {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    data: Flock<File>,
+    replica: ReplicaId,
+    geometry: Geometry,
+    /// The metadata as last written (or attempted: see [`ReplicaDisk::persist_meta`]).
+    meta: Mutex<ReplicaMeta>,
+}
+
+impl ReplicaDisk {
+    /// Opens the replica in `dir`: reads and checks `meta`, opens and locks `data` and checks
+    /// its length against the geometry. Blocking.
+    pub fn open(dir: &Path) -> Result<ReplicaDisk, DiskOpenError> {
+        let meta = storage::read_meta(&dir.join(META_FILE))?;
+        let path = dir.join(DATA_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|source| DiskOpenError::Data {
+                path: path.clone(),
+                source,
+            })?;
+        let data = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(data) => data,
+            Err((_, Errno::EWOULDBLOCK)) => return Err(DiskOpenError::Locked { path }),
+            Err((_, errno)) => {
+                return Err(DiskOpenError::Data {
+                    path,
+                    source: io::Error::from(errno),
+                })
+            }
+        };
+        let actual = data
+            .metadata()
+            .map_err(|source| DiskOpenError::Data {
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        let geometry = meta.superblock.geometry;
+        if actual != geometry.size_bytes {
+            return Err(DiskOpenError::DataSize {
+                path,
+                actual,
+                expected: geometry.size_bytes,
+            });
+        }
+        Ok(ReplicaDisk {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                data,
+                replica: meta.superblock.replica,
+                geometry,
+                meta: Mutex::new(meta),
+            }),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn replica(&self) -> ReplicaId {
+        self.inner.replica
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.inner.geometry
+    }
+
+    /// The metadata as last persisted: what [`tandem_core::Replica::open`] starts from.
+    pub fn meta(&self) -> ReplicaMeta {
+        self.lock_meta().clone()
+    }
+
+    fn lock_meta(&self) -> std::sync::MutexGuard<'_, ReplicaMeta> {
+        // A panic while holding the lock cannot leave the copy half-updated in a way that
+        // matters: it is replaced whole by `apply` before anything is written.
+        self.inner
+            .meta
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `op` on the blocking pool and reports its completion.
+    pub async fn execute(&self, op: DiskOp) -> DiskCompletion {
+        let id = op_id(&op);
+        let disk = self.clone();
+        match tokio::task::spawn_blocking(move || disk.execute_blocking(op)).await {
+            Ok(done) => done,
+            Err(error) => {
+                tracing::error!(replica = self.inner.replica.0, op = id.0, %error, "disk operation task failed");
+                DiskCompletion {
+                    id,
+                    result: Err(IoFailure::Device),
+                }
+            }
+        }
+    }
+
+    /// Runs `op` on this thread.
+    pub fn execute_blocking(&self, op: DiskOp) -> DiskCompletion {
+        let id = op_id(&op);
+        let (kind, outcome) = match op {
+            DiskOp::Write {
+                offset, ref data, ..
+            } => ("write", self.write(offset, data).map(|()| None)),
+            DiskOp::Read { offset, len, .. } => ("read", self.read(offset, len).map(Some)),
+            DiskOp::Trim { offset, len, .. } => ("trim", self.trim(offset, len).map(|()| None)),
+            DiskOp::Sync { .. } => ("sync", self.sync().map(|()| None)),
+            DiskOp::PersistMeta { ref update, .. } => (
+                "persist-meta",
+                self.persist_meta(|meta| meta.apply(update)).map(|()| None),
+            ),
+        };
+        let result = outcome.map_err(|error| {
+            let failure = error.failure();
+            tracing::warn!(
+                replica = self.inner.replica.0,
+                dir = %self.inner.dir.display(),
+                op = kind,
+                error = %error,
+                failure = %failure,
+                "disk operation failed"
+            );
+            failure
+        });
+        DiskCompletion { id, result }
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), OpError> {
+        if self.inner.geometry.contains_aligned(offset, len) {
+            Ok(())
+        } else {
+            Err(OpError::OutOfRange { offset, len })
+        }
+    }
+
+    /// Writes `data` at `offset` (not yet durable: see [`ReplicaDisk::sync`]).
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), OpError> {
+        self.check_range(offset, data.len() as u64)?;
+        self.inner.data.write_all_at(data, offset)?;
+        Ok(())
+    }
+
+    /// Reads `len` bytes at `offset`; bytes past the end of the file read as zeros.
+    pub fn read(&self, offset: u64, len: u64) -> Result<Bytes, OpError> {
+        self.check_range(offset, len)?;
+        if len > READ_LEN_MAX {
+            return Err(OpError::OutOfRange { offset, len });
+        }
+        let len = usize::try_from(len).map_err(|_| OpError::OutOfRange { offset, len })?;
+        let mut buffer = vec![0u8; len];
+        let mut done = 0;
+        while done < len {
+            match self
+                .inner
+                .data
+                .read_at(&mut buffer[done..], offset + done as u64)
+            {
+                Ok(0) => break, // End of file: the rest stays zero.
+                Ok(read) => done += read,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(Bytes::from(buffer))
+    }
+
+    /// Zeroes `[offset, offset + len)`, releasing its space where the file system can.
+    pub fn trim(&self, offset: u64, len: u64) -> Result<(), OpError> {
+        self.check_range(offset, len)?;
+        let flags = nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+            | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        let (Ok(start), Ok(length)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(OpError::OutOfRange { offset, len });
+        };
+        match nix::fcntl::fallocate(self.inner.data.as_raw_fd(), flags, start, length) {
+            Ok(()) => Ok(()),
+            Err(Errno::EOPNOTSUPP | Errno::ENOSYS | Errno::EINVAL) => self.write_zeros(offset, len),
+            Err(errno) => Err(io::Error::from(errno).into()),
+        }
+    }
+
+    fn write_zeros(&self, offset: u64, len: u64) -> Result<(), OpError> {
+        let zeros = vec![0u8; ZERO_CHUNK];
+        let mut done = 0u64;
+        while done < len {
+            let chunk = (len - done).min(ZERO_CHUNK as u64) as usize;
+            self.inner
+                .data
+                .write_all_at(&zeros[..chunk], offset + done)?;
+            done += chunk as u64;
+        }
+        Ok(())
+    }
+
+    /// Makes every completed data write durable (`fdatasync`).
+    pub fn sync(&self) -> Result<(), OpError> {
+        self.inner.data.sync_data()?;
+        Ok(())
+    }
+
+    /// Changes the metadata with `change` and writes the whole of it atomically. The change is
+    /// kept in memory even if the write fails: the core has then stopped trusting this storage,
+    /// and the next write carries everything (region-map entries only ever grow, so keeping
+    /// them errs on the safe side).
+    pub fn persist_meta(&self, change: impl FnOnce(&mut ReplicaMeta)) -> Result<(), OpError> {
+        let mut meta = self.lock_meta();
+        change(&mut meta);
+        let bytes = storage::encode_meta(&meta)
+            .map_err(|error| OpError::Io(io::Error::new(io::ErrorKind::InvalidData, error)))?;
+        storage::write_file_atomic(&self.inner.dir, META_FILE, &bytes)?;
+        Ok(())
+    }
+
+    /// The space the replica takes (a few `stat` calls: blocking, but cheap).
+    pub fn allocation(&self) -> io::Result<Allocation> {
+        use std::os::unix::fs::MetadataExt;
+        let data_bytes = self.inner.data.metadata()?.blocks().saturating_mul(512);
+        let total_bytes = storage::allocated_bytes(&self.inner.dir)?;
+        Ok(Allocation {
+            data_bytes,
+            total_bytes: total_bytes.max(data_bytes),
+        })
+    }
+}
+
+fn op_id(op: &DiskOp) -> DiskOpId {
+    match op {
+        DiskOp::Write { id, .. }
+        | DiskOp::Read { id, .. }
+        | DiskOp::Trim { id, .. }
+        | DiskOp::Sync { id }
+        | DiskOp::PersistMeta { id, .. } => *id,
+    }
+}
+
+/// Why one disk operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("{len} bytes at offset {offset} are outside the volume, misaligned or too long")]
+    OutOfRange { offset: u64, len: u64 },
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl OpError {
+    /// What the core and the target are told.
+    pub fn failure(&self) -> IoFailure {
+        match self {
+            OpError::OutOfRange { .. } => IoFailure::OutOfRange,
+            OpError::Io(error) => io_failure(error),
+        }
+    }
+}
+
+/// Maps an OS error to what the core reports: a full pool (or quota) is "no space", anything
+/// else is a device error.
+pub fn io_failure(error: &io::Error) -> IoFailure {
+    match error.raw_os_error().map(Errno::from_raw) {
+        Some(Errno::ENOSPC | Errno::EDQUOT) => IoFailure::NoSpace,
+        _ if error.kind() == io::ErrorKind::StorageFull => IoFailure::NoSpace,
+        _ => IoFailure::Device,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::storage::{create_replica, geometry_for, NewReplica};
+    use tandem_core::meta::MetaUpdate;
+    use tandem_core::{Generation, Incarnation, Seq, Stamp, WriteOrigin};
+
+    fn replica_dir(size: u64) -> (tempfile::TempDir, PathBuf) {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = create_replica(
+            parent.path(),
+            &NewReplica {
+                volume: "pvc-1".to_string(),
+                replica: ReplicaId(7),
+                incarnation: Incarnation(9),
+                geometry: geometry_for(size, None).unwrap(),
+                consistent: true,
+            },
+        )
+        .unwrap();
+        (parent, dir)
+    }
+
+    fn run(disk: &ReplicaDisk, op: DiskOp) -> Result<Option<Bytes>, IoFailure> {
+        disk.execute_blocking(op).result
+    }
+
+    #[test]
+    fn writes_read_back_and_unwritten_space_reads_as_zeros() {
+        let (_parent, dir) = replica_dir(8 << 20);
+        let disk = ReplicaDisk::open(&dir).unwrap();
+        let data = Bytes::from(vec![0xabu8; 8192]);
+        let write = DiskOp::Write {
+            id: DiskOpId(1),
+            offset: 4096,
+            data: data.clone(),
+            origin: WriteOrigin::Client,
+        };
+        assert_eq!(run(&disk, write), Ok(None));
+        let read = run(
+            &disk,
+            DiskOp::Read {
+                id: DiskOpId(2),
+                offset: 0,
+                len: 16384,
+            },
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(&read[..4096], &[0u8; 4096][..]);
+        assert_eq!(&read[4096..12288], &data[..]);
+        assert_eq!(&read[12288..], &[0u8; 4096][..]);
+        assert_eq!(run(&disk, DiskOp::Sync { id: DiskOpId(3) }), Ok(None));
+        // The bytes are in the file at their offset.
+        let file = std::fs::read(dir.join(DATA_FILE)).unwrap();
+        assert_eq!(&file[4096..12288], &data[..]);
+    }
+
+    #[test]
+    fn reads_past_the_end_of_a_short_file_are_zeros() {
+        let (_parent, dir) = replica_dir(1 << 20);
+        let disk = ReplicaDisk::open(&dir).unwrap();
+        disk.write(0, &[1u8; 4096]).unwrap();
+        // Only this test shortens the file under an open disk, to see the zero fill.
+        disk.inner.data.set_len(2048).unwrap();
+        let read = disk.read(0, 8192).unwrap();
+        assert_eq!(&read[..2048], &[1u8; 2048][..]);
+        assert!(read[2048..].iter().all(|&byte| byte == 0));
+    }
+
+    #[test]
+    fn trim_punches_holes() {
+        let (_parent, dir) = replica_dir(8 << 20);
+        let disk = ReplicaDisk::open(&dir).unwrap();
+        disk.write(0, &vec![0x5au8; 4 << 20]).unwrap();
+        disk.sync().unwrap();
+        let before = disk.allocation().unwrap();
+        assert!(before.data_bytes >= 4 << 20, "{before:?}");
+        assert!(before.total_bytes >= before.data_bytes);
+        let done = run(
+            &disk,
+            DiskOp::Trim {
+                id: DiskOpId(1),
+                offset: 1 << 20,
+                len: 2 << 20,
+            },
+        );
+        assert_eq!(done, Ok(None));
+        disk.sync().unwrap();
+        let after = disk.allocation().unwrap();
+        assert!(
+            after.data_bytes <= before.data_bytes - (2 << 20),
+            "{before:?} -> {after:?}"
+        );
+        let read = disk.read(0, 4 << 20).unwrap();
+        assert!(read[..1 << 20].iter().all(|&byte| byte == 0x5a));
+        assert!(read[1 << 20..3 << 20].iter().all(|&byte| byte == 0));
+        assert!(read[3 << 20..].iter().all(|&byte| byte == 0x5a));
+        assert_eq!(
+            std::fs::metadata(dir.join(DATA_FILE)).unwrap().len(),
+            8 << 20,
+            "the size is kept"
+        );
+        // The fallback gives the same contents.
+        disk.write_zeros(0, 4096).unwrap();
+        assert!(disk.read(0, 4096).unwrap().iter().all(|&byte| byte == 0));
+    }
+
+    #[test]
+    fn persisted_metadata_is_read_back_on_reopen() {
+        let (_parent, dir) = replica_dir(8 << 20);
+        let disk = ReplicaDisk::open(&dir).unwrap();
+        let mut superblock = disk.meta().superblock;
+        superblock.generation_seen = Generation(3);
+        superblock.stamp = Stamp::new(Generation(3), Seq(10));
+        superblock.checkpoint = Seq(8);
+        let mut activity_log = disk.meta().activity_log;
+        activity_log.insert(5);
+        let update = MetaUpdate {
+            superblock,
+            region_changes: vec![(2, Seq(9)), (5, Seq(10))],
+            activity_log,
+        };
+        let mut expected = disk.meta();
+        expected.apply(&update);
+        let op = DiskOp::PersistMeta {
+            id: DiskOpId(1),
+            update,
+        };
+        assert_eq!(run(&disk, op), Ok(None));
+        assert_eq!(disk.meta(), expected);
+        // Locked while open.
+        assert!(matches!(
+            ReplicaDisk::open(&dir),
+            Err(DiskOpenError::Locked { .. })
+        ));
+        drop(disk);
+        let reopened = ReplicaDisk::open(&dir).unwrap();
+        assert_eq!(reopened.meta(), expected);
+        assert_eq!(storage::read_meta(&dir.join(META_FILE)).unwrap(), expected);
+    }
+
+    #[test]
+    fn requests_outside_the_volume_are_refused() {
+        let (_parent, dir) = replica_dir(1 << 20);
+        let disk = ReplicaDisk::open(&dir).unwrap();
+        let failure = Err(IoFailure::OutOfRange);
+        let read = |offset, len| {
+            run(
+                &disk,
+                DiskOp::Read {
+                    id: DiskOpId(1),
+                    offset,
+                    len,
+                },
+            )
+        };
+        assert_eq!(read(1 << 20, 4096), failure);
+        assert_eq!(read(100, 4096), failure);
+        assert_eq!(read(0, 0), failure);
+        assert_eq!(read(u64::MAX - 4095, 4096), failure);
+        let trim = DiskOp::Trim {
+            id: DiskOpId(2),
+            offset: 0,
+            len: 2 << 20,
+        };
+        assert_eq!(run(&disk, trim), failure);
+        let write = DiskOp::Write {
+            id: DiskOpId(3),
+            offset: (1 << 20) - 4096,
+            data: Bytes::from(vec![1u8; 8192]),
+            origin: WriteOrigin::Resync,
+        };
+        assert_eq!(run(&disk, write), failure);
+        assert_eq!(
+            std::fs::metadata(dir.join(DATA_FILE)).unwrap().len(),
+            1 << 20
+        );
+    }
+
+    #[test]
+    fn storage_that_does_not_match_its_metadata_is_refused() {
+        let (_parent, dir) = replica_dir(1 << 20);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join(DATA_FILE))
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
+        let error = ReplicaDisk::open(&dir).err().unwrap();
+        assert!(matches!(error, DiskOpenError::DataSize { .. }), "{error}");
+        std::fs::remove_file(dir.join(DATA_FILE)).unwrap();
+        let error = ReplicaDisk::open(&dir).err().unwrap();
+        assert!(error.to_string().starts_with("cannot open"), "{error}");
+        std::fs::remove_file(dir.join(META_FILE)).unwrap();
+        let error = ReplicaDisk::open(&dir).err().unwrap();
+        assert!(matches!(error, DiskOpenError::Meta(_)), "{error}");
+    }
+
+    #[test]
+    fn os_errors_map_to_failures() {
+        let no_space = io::Error::from_raw_os_error(Errno::ENOSPC as i32);
+        assert_eq!(io_failure(&no_space), IoFailure::NoSpace);
+        let quota = io::Error::from_raw_os_error(Errno::EDQUOT as i32);
+        assert_eq!(io_failure(&quota), IoFailure::NoSpace);
+        let eio = io::Error::from_raw_os_error(Errno::EIO as i32);
+        assert_eq!(io_failure(&eio), IoFailure::Device);
+        let other = io::Error::other("something");
+        assert_eq!(io_failure(&other), IoFailure::Device);
+    }
+
+    #[tokio::test]
+    async fn operations_run_off_the_async_threads_and_complete_in_any_order() {
+        let (_parent, dir) = replica_dir(8 << 20);
+        let disk = ReplicaDisk::open(&dir).unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for block in 0..32u64 {
+            let disk = disk.clone();
+            tasks.spawn(async move {
+                disk.execute(DiskOp::Write {
+                    id: DiskOpId(block),
+                    offset: block * 4096,
+                    data: Bytes::from(vec![block as u8; 4096]),
+                    origin: WriteOrigin::Client,
+                })
+                .await
+            });
+        }
+        let mut ids = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            let done = done.unwrap();
+            assert_eq!(done.result, Ok(None));
+            ids.push(done.id.0);
+        }
+        ids.sort_unstable();
+        assert_eq!(ids, (0..32).collect::<Vec<_>>());
+        let done = disk
+            .execute(DiskOp::Read {
+                id: DiskOpId(99),
+                offset: 0,
+                len: 32 * 4096,
+            })
+            .await;
+        let data = done.result.unwrap().unwrap();
+        for block in 0..32usize {
+            assert!(data[block * 4096..(block + 1) * 4096]
+                .iter()
+                .all(|&byte| byte == block as u8));
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! A volume's target as an NBD export: the NBD server's [`BlockDevice`] calls become client
+//! requests to the target. Every NBD connection to the volume goes through the one target, which
+//! orders all of them in the volume's sequence; a flush covers every write completed before it,
+//! whichever connection sent it, so multi-conn is safe to advertise.
+
+use bytes::Bytes;
+use tandem_core::ClientError;
+use tandem_nbd::{BlockDevice, ExportInfo, Extent, IoError};
+
+use super::{RequestError, TargetHandle};
+
+/// The largest single read or write the export accepts (the NBD server splits nothing; clients
+/// honour it).
+const MAX_REQUEST: u32 = 4 << 20;
+
+/// Zeroes written for WRITE_ZEROES with NO_HOLE, at most this many bytes at a time.
+const ZERO_CHUNK: u32 = 1 << 20;
+
+fn nbd_error(error: RequestError) -> IoError {
+    match error {
+        RequestError::Target(ClientError::OutOfRange) => IoError::Invalid,
+        // The outcome is unknown; the client sees an I/O error, as with a failed disk.
+        RequestError::Target(ClientError::TimedOut) => IoError::Io,
+        // A newer target serves the volume: tell the client to reconnect.
+        RequestError::Target(ClientError::Fenced) | RequestError::Stopped => IoError::Shutdown,
+    }
+}
+
+impl BlockDevice for TargetHandle {
+    fn info(&self) -> ExportInfo {
+        let geometry = self.geometry();
+        let mut info = ExportInfo::new(geometry.size_bytes);
+        info.description = "Tandem replicated volume".to_string();
+        info.min_block = geometry.block_size;
+        info.preferred_block = geometry.block_size.max(4096);
+        info.max_block = MAX_REQUEST;
+        info.can_flush = true;
+        info.can_fua = true;
+        info.can_trim = true;
+        info.can_write_zeroes = true;
+        info.can_multi_conn = true;
+        info
+    }
+
+    async fn read(&self, offset: u64, len: u32) -> Result<Bytes, IoError> {
+        TargetHandle::read(self, offset, u64::from(len))
+            .await
+            .map_err(nbd_error)
+    }
+
+    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), IoError> {
+        TargetHandle::write(self, offset, data, fua)
+            .await
+            .map_err(nbd_error)
+    }
+
+    async fn flush(&self) -> Result<(), IoError> {
+        TargetHandle::flush(self).await.map_err(nbd_error)
+    }
+
+    async fn trim(&self, offset: u64, len: u32, fua: bool) -> Result<(), IoError> {
+        TargetHandle::trim(self, offset, u64::from(len))
+            .await
+            .map_err(nbd_error)?;
+        if fua {
+            TargetHandle::flush(self).await.map_err(nbd_error)?;
+        }
+        Ok(())
+    }
+
+    async fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u32,
+        fua: bool,
+        no_hole: bool,
+    ) -> Result<(), IoError> {
+        if !no_hole {
+            // The core's trim zeroes the range (replicas punch holes).
+            return BlockDevice::trim(self, offset, len, fua).await;
+        }
+        let mut done = 0u32;
+        while done < len {
+            let chunk = (len - done).min(ZERO_CHUNK);
+            let zeroes = Bytes::from(vec![0u8; chunk as usize]);
+            TargetHandle::write(self, offset + u64::from(done), zeroes, fua)
+                .await
+                .map_err(nbd_error)?;
+            done += chunk;
+        }
+        Ok(())
+    }
+
+    async fn block_status(&self, _offset: u64, len: u32) -> Result<Vec<Extent>, IoError> {
+        // Not advertised (`can_block_status` is false): everything is data.
+        Ok(vec![Extent::data(len)])
+    }
+}

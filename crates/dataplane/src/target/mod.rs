@@ -1,0 +1,457 @@
+//! The volume target: a [`tandem_core::Target`] in one tokio task, connected to its replicas
+//! over TCP, serving client requests (the NBD frontend calls [`TargetHandle`]) and publishing
+//! its status.
+//!
+//! The task owns the state machine and is the only one to touch it. Everything else talks to it
+//! through bounded channels: replica connections deliver frames, clients send requests with a
+//! reply slot, the membership store answers persistence requests, and a ticker turns wall time
+//! into the core's ticks. The task turns every output into I/O: a `Hello` opens a fresh
+//! connection to the replica (the core starts a new session for every attempt), other messages
+//! go on the connection of their session, replies go to the waiting client, and a membership to
+//! persist goes to the [`MembershipStore`] (fenced by generation in the control plane).
+
+mod connection;
+mod export;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tandem_core::{
+    ClientError, ClientOp, ClientReplyBody, ClientRequest, ClientRequestId, Command, Envelope,
+    Fenced, Generation, Geometry, Membership, MembershipError, Message, ReplicaId, ReplicaMode,
+    ResyncProgress, SessionId, Target, TargetEvent, TargetInput, TargetOptions, TargetOutput,
+    VolumeStatus,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use connection::Connection;
+
+/// How long one core tick is. The core's timeouts are in ticks (see [`TargetOptions`]): with
+/// 10 ms ticks a replica that does not answer for 1 s is ejected and a client waits at most 30 s.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// How many client requests may wait for the target task at once (beyond them, clients wait
+/// to send: backpressure, not memory).
+const CLIENT_QUEUE: usize = 1024;
+/// How many frames from replicas may wait for the target task.
+const INBOUND_QUEUE: usize = 4096;
+
+/// Where the target persists its membership; the control plane's CStorVolume in production.
+pub trait MembershipStore: Send + Sync + 'static {
+    /// Persists `membership` unless a target newer than `generation` exists (then `Err(Fenced)`).
+    /// Transient failures are retried inside; the target waits for the answer.
+    fn persist(
+        &self,
+        generation: Generation,
+        membership: Membership,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Fenced>> + Send + '_>>;
+}
+
+/// What the target is, for the agent to report (cStor's CStorVolume status).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetStatus {
+    pub generation: Generation,
+    pub status: VolumeStatus,
+    pub membership: Membership,
+    pub modes: BTreeMap<ReplicaId, ReplicaMode>,
+    pub resync: Option<ResyncProgress>,
+    /// Bytes copied by each finished resync, newest last (a bounded history).
+    pub resyncs_finished: Vec<FinishedResync>,
+    pub fenced: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FinishedResync {
+    pub replica: ReplicaId,
+    pub source: ReplicaId,
+    pub full: bool,
+    pub bytes: u64,
+}
+
+/// Why a client request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error(transparent)]
+    Target(#[from] ClientError),
+    #[error("the volume's target has stopped")]
+    Stopped,
+}
+
+/// Why a membership command failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Refused(#[from] MembershipError),
+    #[error("the volume's target has stopped")]
+    Stopped,
+}
+
+/// How to start a target.
+pub struct TargetConfig {
+    pub volume: String,
+    pub generation: Generation,
+    pub geometry: Geometry,
+    pub membership: Membership,
+    /// Where each replica's host listens; updated later with [`TargetHandle::set_address`].
+    pub addresses: BTreeMap<ReplicaId, SocketAddr>,
+    pub options: TargetOptions,
+}
+
+enum Request {
+    Client(
+        ClientOp,
+        oneshot::Sender<Result<ClientReplyBody, ClientError>>,
+    ),
+    Command(Command, oneshot::Sender<Result<(), MembershipError>>),
+    Address(ReplicaId, Option<SocketAddr>),
+    Stop,
+}
+
+/// A replica's frame, tagged with the session of the connection it came on.
+pub(crate) struct Inbound {
+    pub replica: ReplicaId,
+    pub session: SessionId,
+    pub envelope: Envelope,
+}
+
+/// The way in to a running target. Cheap to clone; every NBD connection holds one.
+#[derive(Clone)]
+pub struct TargetHandle {
+    requests: mpsc::Sender<Request>,
+    status: watch::Receiver<TargetStatus>,
+    geometry: Geometry,
+}
+
+impl TargetHandle {
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    async fn client(&self, op: ClientOp) -> Result<ClientReplyBody, RequestError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Client(op, reply))
+            .await
+            .map_err(|_| RequestError::Stopped)?;
+        Ok(answer.await.map_err(|_| RequestError::Stopped)??)
+    }
+
+    pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes, RequestError> {
+        match self.client(ClientOp::Read { offset, len }).await? {
+            ClientReplyBody::Read(data) => Ok(data),
+            ClientReplyBody::Done { .. } => Err(RequestError::Stopped),
+        }
+    }
+
+    pub async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), RequestError> {
+        self.client(ClientOp::Write { offset, data, fua })
+            .await
+            .map(drop)
+    }
+
+    pub async fn trim(&self, offset: u64, len: u64) -> Result<(), RequestError> {
+        self.client(ClientOp::Trim { offset, len }).await.map(drop)
+    }
+
+    pub async fn flush(&self) -> Result<(), RequestError> {
+        self.client(ClientOp::Flush).await.map(drop)
+    }
+
+    /// Adds or removes a replica (cStor's DRF change); answers when the core has decided.
+    pub async fn command(&self, command: Command) -> Result<(), CommandError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Command(command, reply))
+            .await
+            .map_err(|_| CommandError::Stopped)?;
+        Ok(answer.await.map_err(|_| CommandError::Stopped)??)
+    }
+
+    /// Where a replica's host listens now (`None`: unknown, do not connect).
+    pub async fn set_address(&self, replica: ReplicaId, address: Option<SocketAddr>) {
+        // A stopped target needs no addresses.
+        let _ = self.requests.send(Request::Address(replica, address)).await;
+    }
+
+    pub fn status(&self) -> TargetStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn watch_status(&self) -> watch::Receiver<TargetStatus> {
+        self.status.clone()
+    }
+
+    /// Stops the target: clients waiting get an error, connections close.
+    pub async fn stop(&self) {
+        let _ = self.requests.send(Request::Stop).await;
+    }
+}
+
+/// Starts a target task; it runs until [`TargetHandle::stop`] or until every handle is dropped.
+pub fn start(config: TargetConfig, store: Arc<dyn MembershipStore>) -> TargetHandle {
+    let (requests, requests_rx) = mpsc::channel(CLIENT_QUEUE);
+    let target = Target::new(
+        config.generation,
+        config.geometry,
+        config.membership.clone(),
+        config.options,
+    );
+    let initial = TargetStatus {
+        generation: config.generation,
+        status: VolumeStatus::Init,
+        membership: config.membership,
+        modes: BTreeMap::new(),
+        resync: None,
+        resyncs_finished: Vec::new(),
+        fenced: false,
+    };
+    let (status_tx, status) = watch::channel(initial);
+    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+    let (persisted_tx, persisted_rx) = mpsc::channel(4);
+    let task = TargetTask {
+        volume: config.volume,
+        target,
+        addresses: config.addresses,
+        connections: BTreeMap::new(),
+        clients: BTreeMap::new(),
+        next_client: 0,
+        commands: BTreeMap::new(),
+        inbound_tx,
+        persisted_tx,
+        store,
+        status: status_tx,
+        resyncs_finished: Vec::new(),
+        out: Vec::new(),
+    };
+    tokio::spawn(task.run(requests_rx, inbound_rx, persisted_rx));
+    TargetHandle {
+        requests,
+        status,
+        geometry: config.geometry,
+    }
+}
+
+struct TargetTask {
+    volume: String,
+    target: Target,
+    addresses: BTreeMap<ReplicaId, SocketAddr>,
+    /// The open connection of each replica, with the session it carries.
+    connections: BTreeMap<ReplicaId, (SessionId, Connection)>,
+    clients: BTreeMap<ClientRequestId, oneshot::Sender<Result<ClientReplyBody, ClientError>>>,
+    next_client: u64,
+    commands: BTreeMap<(u8, u64), Vec<oneshot::Sender<Result<(), MembershipError>>>>,
+    inbound_tx: mpsc::Sender<Inbound>,
+    persisted_tx: mpsc::Sender<Result<(), Fenced>>,
+    store: Arc<dyn MembershipStore>,
+    status: watch::Sender<TargetStatus>,
+    resyncs_finished: Vec<FinishedResync>,
+    out: Vec<TargetOutput>,
+}
+
+/// How many finished resyncs the status remembers.
+const RESYNC_HISTORY: usize = 16;
+
+fn command_key(command: Command) -> (u8, u64) {
+    match command {
+        Command::AddReplica(replica) => (0, replica.0),
+        Command::RemoveReplica(replica) => (1, replica.0),
+    }
+}
+
+impl TargetTask {
+    async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Request>,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut persisted: mpsc::Receiver<Result<(), Fenced>>,
+    ) {
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tracing::info!(volume = %self.volume, generation = self.target.generation().0, "target started");
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => self.handle(TargetInput::Tick),
+                request = requests.recv() => match request {
+                    Some(Request::Client(op, reply)) => {
+                        let id = ClientRequestId(self.next_client);
+                        self.next_client += 1;
+                        self.clients.insert(id, reply);
+                        self.handle(TargetInput::Client(ClientRequest { id, op }));
+                    }
+                    Some(Request::Command(command, reply)) => {
+                        self.commands.entry(command_key(command)).or_default().push(reply);
+                        self.handle(TargetInput::Command(command));
+                    }
+                    Some(Request::Address(replica, address)) => self.set_address(replica, address),
+                    Some(Request::Stop) | None => break,
+                },
+                Some(frame) = inbound.recv() => self.on_inbound(frame),
+                Some(result) = persisted.recv() => self.handle(TargetInput::MembershipPersisted(result)),
+            }
+        }
+        tracing::info!(volume = %self.volume, generation = self.target.generation().0, "target stopped");
+        // Dropping the reply slots tells every waiting client the target stopped.
+    }
+
+    fn set_address(&mut self, replica: ReplicaId, address: Option<SocketAddr>) {
+        let changed = match address {
+            Some(address) => self.addresses.insert(replica, address) != Some(address),
+            None => self.addresses.remove(&replica).is_some(),
+        };
+        if changed {
+            // The next Hello connects to the new address; the old connection is stale.
+            self.connections.remove(&replica);
+        }
+    }
+
+    fn on_inbound(&mut self, frame: Inbound) {
+        let current = self
+            .connections
+            .get(&frame.replica)
+            .is_some_and(|(session, _)| *session == frame.session);
+        if current {
+            self.handle(TargetInput::Message {
+                from: frame.replica,
+                envelope: frame.envelope,
+            });
+        }
+    }
+
+    fn handle(&mut self, input: TargetInput) {
+        let mut out = std::mem::take(&mut self.out);
+        self.target.handle(input, &mut out);
+        for output in out.drain(..) {
+            self.on_output(output);
+        }
+        self.out = out;
+        self.publish_status();
+    }
+
+    fn on_output(&mut self, output: TargetOutput) {
+        match output {
+            TargetOutput::Send { to, envelope } => self.send(to, envelope),
+            TargetOutput::Reply(reply) => {
+                if let Some(client) = self.clients.remove(&reply.id) {
+                    // The client may have given up (its connection closed); nothing to do.
+                    let _ = client.send(reply.result);
+                }
+            }
+            TargetOutput::PersistMembership(membership) => {
+                let (store, answer) = (self.store.clone(), self.persisted_tx.clone());
+                let generation = self.target.generation();
+                tokio::spawn(async move {
+                    let result = store.persist(generation, membership).await;
+                    let _ = answer.send(result).await;
+                });
+            }
+            TargetOutput::CommandDone { command, result } => {
+                if let Some(waiters) = self.commands.remove(&command_key(command)) {
+                    for waiter in waiters {
+                        let _ = waiter.send(result.clone());
+                    }
+                }
+            }
+            TargetOutput::Event(event) => self.on_event(event),
+        }
+    }
+
+    fn send(&mut self, to: ReplicaId, envelope: Envelope) {
+        if matches!(envelope.message, Message::Hello { .. }) {
+            // Every Hello starts a new session on a new connection; the old one is done.
+            self.connections.remove(&to);
+            let Some(&address) = self.addresses.get(&to) else {
+                tracing::debug!(volume = %self.volume, replica = to.0, "no address for replica yet");
+                return;
+            };
+            let session = envelope.session;
+            let connection = Connection::open(address, to, session, self.inbound_tx.clone());
+            connection.send(envelope);
+            self.connections.insert(to, (session, connection));
+            return;
+        }
+        match self.connections.get(&to) {
+            Some((session, connection)) if *session == envelope.session => {
+                connection.send(envelope)
+            }
+            // A message for a session that is gone: the core's timeouts notice and start over.
+            _ => {}
+        }
+    }
+
+    fn on_event(&mut self, event: TargetEvent) {
+        match &event {
+            TargetEvent::ResyncFinished {
+                replica,
+                source,
+                full,
+                bytes,
+                regions,
+            } => {
+                tracing::info!(
+                    volume = %self.volume, replica = replica.0, source = source.0, full, bytes, regions,
+                    "resync finished"
+                );
+                self.resyncs_finished.push(FinishedResync {
+                    replica: *replica,
+                    source: *source,
+                    full: *full,
+                    bytes: *bytes,
+                });
+                if self.resyncs_finished.len() > RESYNC_HISTORY {
+                    self.resyncs_finished.remove(0);
+                }
+            }
+            TargetEvent::Ejected { replica, reason } => {
+                tracing::warn!(volume = %self.volume, replica = replica.0, ?reason, "replica ejected");
+            }
+            TargetEvent::Fenced => {
+                tracing::warn!(volume = %self.volume, "a newer target took over; this one stops serving");
+            }
+            TargetEvent::RecoveredBehind {
+                newest_acknowledged,
+                recovered,
+            } => {
+                tracing::error!(
+                    volume = %self.volume, ?newest_acknowledged, ?recovered,
+                    "recovered from a replica behind the newest acknowledged write"
+                );
+            }
+            other => tracing::debug!(volume = %self.volume, event = ?other, "target event"),
+        }
+    }
+
+    fn publish_status(&self) {
+        let target = &self.target;
+        let modes: BTreeMap<ReplicaId, ReplicaMode> = target
+            .membership()
+            .members
+            .iter()
+            .filter_map(|member| {
+                target
+                    .replica_mode(member.replica)
+                    .map(|mode| (member.replica, mode))
+            })
+            .collect();
+        let status = TargetStatus {
+            generation: target.generation(),
+            status: target.status(),
+            membership: target.membership().clone(),
+            modes,
+            resync: target.resync_progress(),
+            resyncs_finished: self.resyncs_finished.clone(),
+            fenced: target.is_fenced(),
+        };
+        self.status.send_if_modified(|current| {
+            if *current == status {
+                false
+            } else {
+                *current = status;
+                true
+            }
+        });
+    }
+}

@@ -1,0 +1,313 @@
+//! The handshake phase: greeting, client flags, and option haggling (fixed newstyle).
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::device::{BlockDevice, ExportInfo};
+use crate::proto::{self, ClientOption, Info, InfoRequest, MetaContextRequest, TransmissionParams};
+use crate::server::{ConnError, Server};
+
+/// A connection that reached the transmission phase.
+pub(crate) struct Session<D> {
+    pub name: String,
+    pub device: Arc<D>,
+    pub params: TransmissionParams,
+    /// Set when the export is removed.
+    pub closed: watch::Receiver<bool>,
+}
+
+/// How a handshake ended without an error.
+pub(crate) enum Outcome<D> {
+    Transmission(Session<D>),
+    /// The client left (soft or hard) before choosing an export.
+    Closed(&'static str),
+}
+
+/// The last `NBD_OPT_SET_META_CONTEXT`: for which export, and whether `base:allocation` was
+/// selected.
+struct MetaSelection {
+    export: String,
+    allocation: bool,
+}
+
+struct Negotiation {
+    no_zeroes: bool,
+    structured: bool,
+    meta: Option<MetaSelection>,
+}
+
+fn protocol(err: impl std::fmt::Display) -> ConnError {
+    ConnError::Protocol(err.to_string())
+}
+
+/// Reads exactly `buf.len()` bytes; `Ok(false)` if the client closed the connection first.
+async fn read_full<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut [u8]) -> io::Result<bool> {
+    match stream.read_exact(buf).await {
+        Ok(_) => Ok(true),
+        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+/// Runs the handshake on `stream` until the client enters the transmission phase or leaves.
+pub(crate) async fn run<S, D>(stream: &mut S, server: &Server<D>) -> Result<Outcome<D>, ConnError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    D: BlockDevice,
+{
+    let mut out = BytesMut::with_capacity(256);
+    proto::encode_greeting(&mut out);
+    stream.write_all(&out).await?;
+
+    let mut flags = [0u8; 4];
+    if !read_full(stream, &mut flags).await? {
+        return Ok(Outcome::Closed("client left before sending its flags"));
+    }
+    let flags = proto::decode_client_flags(&flags).map_err(protocol)?;
+    let mut state = Negotiation {
+        no_zeroes: flags.no_zeroes,
+        structured: false,
+        meta: None,
+    };
+
+    let mut header = [0u8; proto::OPTION_HEADER_LEN];
+    loop {
+        if !read_full(stream, &mut header).await? {
+            return Ok(Outcome::Closed("client left during option haggling"));
+        }
+        // Checks the magic and refuses absurd lengths before anything is allocated.
+        let header = proto::decode_option_header(&header).map_err(protocol)?;
+        let mut data = vec![0u8; header.length as usize];
+        if !read_full(stream, &mut data).await? {
+            return Err(ConnError::Protocol(
+                "connection closed inside an option".into(),
+            ));
+        }
+        if !flags.fixed_newstyle && header.option != proto::OPT_EXPORT_NAME {
+            return Err(ConnError::Protocol(format!(
+                "option {} from a client that did not negotiate fixed newstyle",
+                header.option
+            )));
+        }
+        out.clear();
+        let option = match proto::decode_option(header.option, &data) {
+            Ok(option) => option,
+            // NBD_OPT_EXPORT_NAME cannot be answered with an error.
+            Err(err) if header.option == proto::OPT_EXPORT_NAME => return Err(protocol(err)),
+            Err(err) => {
+                tracing::debug!(%err, "invalid option");
+                let reason = err.reason.as_bytes();
+                proto::encode_option_reply(&mut out, header.option, proto::REP_ERR_INVALID, reason);
+                stream.write_all(&out).await?;
+                continue;
+            }
+        };
+        if let Some(outcome) = handle_option(option, &mut state, server, &mut out)? {
+            stream.write_all(&out).await?;
+            return Ok(outcome);
+        }
+        stream.write_all(&out).await?;
+    }
+}
+
+/// Answers one option into `out`; returns the outcome if the handshake ends with it.
+fn handle_option<D: BlockDevice>(
+    option: ClientOption,
+    state: &mut Negotiation,
+    server: &Server<D>,
+    out: &mut BytesMut,
+) -> Result<Option<Outcome<D>>, ConnError> {
+    let code = option.code();
+    let error = |out: &mut BytesMut, reply: u32, message: &str| {
+        proto::encode_option_reply(out, code, reply, message.as_bytes());
+    };
+    match option {
+        ClientOption::ExportName(name) => {
+            let Some((device, closed)) = server.lookup(&name) else {
+                return Err(ConnError::Protocol(format!(
+                    "NBD_OPT_EXPORT_NAME: unknown export {name:?}"
+                )));
+            };
+            let info = device.info();
+            info.validate().map_err(protocol)?;
+            let params = transmission_params(&info, state, &name);
+            proto::encode_export_name_reply(
+                out,
+                params.size,
+                params.transmission_flags(),
+                state.no_zeroes,
+            );
+            return Ok(Some(Outcome::Transmission(Session {
+                name,
+                device,
+                params,
+                closed,
+            })));
+        }
+        ClientOption::Abort => {
+            proto::encode_option_reply(out, code, proto::REP_ACK, &[]);
+            return Ok(Some(Outcome::Closed("client aborted the handshake")));
+        }
+        ClientOption::List => {
+            for (name, device) in server.list() {
+                proto::encode_rep_server(out, &name, &device.info().description);
+            }
+            proto::encode_option_reply(out, code, proto::REP_ACK, &[]);
+        }
+        ClientOption::StartTls => error(out, proto::REP_ERR_UNSUP, "TLS is not supported"),
+        ClientOption::Info(req) => {
+            info_or_go(req, false, state, server, out)?;
+        }
+        ClientOption::Go(req) => return info_or_go(req, true, state, server, out),
+        ClientOption::StructuredReply => {
+            state.structured = true;
+            proto::encode_option_reply(out, code, proto::REP_ACK, &[]);
+        }
+        ClientOption::ListMetaContext(req) => {
+            if !state.structured {
+                error(
+                    out,
+                    proto::REP_ERR_INVALID,
+                    "negotiate structured replies first",
+                );
+                return Ok(None);
+            }
+            let Some((device, _)) = server.lookup(&req.export) else {
+                error(out, proto::REP_ERR_UNKNOWN, "unknown export");
+                return Ok(None);
+            };
+            // No query lists every context; "base:" is the wildcard of the base namespace.
+            let listed = req.queries.is_empty()
+                || req
+                    .queries
+                    .iter()
+                    .any(|q| q == "base:" || q == proto::BASE_ALLOCATION);
+            if listed && device.info().can_block_status {
+                proto::encode_rep_meta_context(out, code, 0, proto::BASE_ALLOCATION);
+            }
+            proto::encode_option_reply(out, code, proto::REP_ACK, &[]);
+        }
+        ClientOption::SetMetaContext(req) => {
+            // The spec: this replaces the previous selection even when it fails.
+            state.meta = None;
+            if !state.structured {
+                error(
+                    out,
+                    proto::REP_ERR_INVALID,
+                    "negotiate structured replies first",
+                );
+                return Ok(None);
+            }
+            set_meta_context(req, state, server, out);
+        }
+        ClientOption::Unknown(_) => error(out, proto::REP_ERR_UNSUP, "option not supported"),
+    }
+    Ok(None)
+}
+
+fn set_meta_context<D: BlockDevice>(
+    req: MetaContextRequest,
+    state: &mut Negotiation,
+    server: &Server<D>,
+    out: &mut BytesMut,
+) {
+    let code = proto::OPT_SET_META_CONTEXT;
+    let Some((device, _)) = server.lookup(&req.export) else {
+        proto::encode_option_reply(out, code, proto::REP_ERR_UNKNOWN, b"unknown export");
+        return;
+    };
+    // "base:" alone must be ignored here; unknown namespaces and leaves are ignored.
+    let allocation =
+        device.info().can_block_status && req.queries.iter().any(|q| q == proto::BASE_ALLOCATION);
+    if allocation {
+        let id = proto::BASE_ALLOCATION_ID;
+        proto::encode_rep_meta_context(out, code, id, proto::BASE_ALLOCATION);
+    }
+    proto::encode_option_reply(out, code, proto::REP_ACK, &[]);
+    state.meta = Some(MetaSelection {
+        export: req.export,
+        allocation,
+    });
+}
+
+fn info_or_go<D: BlockDevice>(
+    req: InfoRequest,
+    go: bool,
+    state: &Negotiation,
+    server: &Server<D>,
+    out: &mut BytesMut,
+) -> Result<Option<Outcome<D>>, ConnError> {
+    let code = if go { proto::OPT_GO } else { proto::OPT_INFO };
+    let Some((device, closed)) = server.lookup(&req.name) else {
+        proto::encode_option_reply(out, code, proto::REP_ERR_UNKNOWN, b"unknown export");
+        return Ok(None);
+    };
+    let info = device.info();
+    if let Err(err) = info.validate() {
+        tracing::warn!(export = %req.name, %err, "refusing a misconfigured export");
+        proto::encode_option_reply(
+            out,
+            code,
+            proto::REP_ERR_UNKNOWN,
+            b"export is misconfigured",
+        );
+        return Ok(None);
+    }
+    let params = transmission_params(&info, state, &req.name);
+    let export = Info::Export {
+        size: params.size,
+        flags: params.transmission_flags(),
+    };
+    proto::encode_rep_info(out, code, &export);
+    if req.requests.contains(&proto::INFO_NAME) {
+        proto::encode_rep_info(out, code, &Info::Name(&req.name));
+    }
+    if req.requests.contains(&proto::INFO_DESCRIPTION) {
+        proto::encode_rep_info(out, code, &Info::Description(&info.description));
+    }
+    // Always sent: the server enforces these limits whether or not the client asked.
+    let sizes = Info::BlockSize {
+        min: params.min_block,
+        preferred: params.preferred_block,
+        max: params.max_block,
+    };
+    proto::encode_rep_info(out, code, &sizes);
+    proto::encode_option_reply(out, code, proto::REP_ACK, &[]);
+    if !go {
+        return Ok(None);
+    }
+    let session = Session {
+        name: req.name,
+        device,
+        params,
+        closed,
+    };
+    Ok(Some(Outcome::Transmission(session)))
+}
+
+/// The parameters of a transmission phase on export `name` with this negotiation state.
+fn transmission_params(info: &ExportInfo, state: &Negotiation, name: &str) -> TransmissionParams {
+    let selected = state
+        .meta
+        .as_ref()
+        .is_some_and(|m| m.allocation && m.export == name && state.structured);
+    let max_block = info.effective_max_block();
+    TransmissionParams {
+        size: info.size,
+        read_only: info.read_only,
+        can_flush: info.can_flush,
+        can_fua: info.can_fua,
+        can_trim: info.can_trim,
+        can_write_zeroes: info.can_write_zeroes,
+        can_multi_conn: info.can_multi_conn,
+        min_block: info.min_block,
+        preferred_block: info.preferred_block.min(proto::MAX_PAYLOAD),
+        max_block,
+        structured: state.structured,
+        meta_context: selected.then_some(proto::BASE_ALLOCATION_ID),
+    }
+}

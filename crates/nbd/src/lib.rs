@@ -1,0 +1,41 @@
+//! Tandem's NBD server: serves block devices to applications over the Network Block Device
+//! protocol (the NetworkBlockDevice `doc/proto.md`), fixed newstyle handshake only.
+//!
+//! A [`Server`] hosts any number of exports of one [`BlockDevice`] type, added and removed at
+//! run time ([`Server::add_export`], [`Server::remove_export`]), and serves them on a TCP
+//! listener ([`Server::serve`]). [`FileDevice`] is a device over a regular file.
+//!
+//! # What is supported
+//!
+//! - Handshake: `NBD_OPT_EXPORT_NAME`, `ABORT`, `LIST`, `INFO`, `GO` (with `NBD_INFO_EXPORT`,
+//!   `NAME`, `DESCRIPTION`, `BLOCK_SIZE`), `STRUCTURED_REPLY`, `LIST_META_CONTEXT` and
+//!   `SET_META_CONTEXT` (`base:allocation`); everything else is `NBD_REP_ERR_UNSUP`. No TLS.
+//! - Transmission: `READ`, `WRITE` (FUA), `DISC`, `FLUSH`, `TRIM`, `WRITE_ZEROES` (`NO_HOLE`),
+//!   `BLOCK_STATUS` (`REQ_ONE`), simple or structured replies. Requests of a connection run
+//!   concurrently and may be answered out of order, bounded by [`ServerConfig`].
+//!
+//! # Flush, FUA and multi-conn
+//!
+//! The server keeps no cache: every request goes to the device, and a request is answered only
+//! after the device finished it. So a flush is answered after [`BlockDevice::flush`] returned,
+//! which covers every write answered before it (on any connection, if the device says it can
+//! serve several connections with `can_multi_conn`); a FUA write is answered after the device
+//! persisted it. `NBD_FLAG_CAN_MULTI_CONN` is advertised exactly when the device's
+//! [`ExportInfo::can_multi_conn`] is set.
+//!
+//! # Hostile clients
+//!
+//! Decoding is in [`proto`], pure functions over byte slices. A bad magic, a truncated frame,
+//! an oversized option or write, a stalled handshake or payload, or a client that stops reading
+//! its replies ends that connection only; invalid requests get the error the spec asks for.
+
+mod device;
+mod file;
+mod handshake;
+pub mod proto;
+mod server;
+mod transmission;
+
+pub use device::{BlockDevice, ExportInfo, Extent, InvalidExportInfo, IoError};
+pub use file::FileDevice;
+pub use server::{Server, ServerConfig, ServerError};
