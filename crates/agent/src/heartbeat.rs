@@ -12,15 +12,21 @@ use crate::report::{backoff, ErrorLog};
 /// The longest wait between heartbeats while they fail.
 pub const RETRY_MAX: Duration = Duration::from_secs(3);
 
-/// Heartbeats for `node`, reporting `address` (where its replica host listens).
+/// Heartbeats for `node`, reporting `address` (where its replica host listens) and
+/// `nbd_address` (where its targets' NBD exports are).
 pub async fn run(
     client: Client,
     node: String,
     address: String,
+    nbd_address: String,
     interval: Duration,
     request_timeout: Duration,
 ) {
-    let heartbeat = NodeHeartbeat { node, address };
+    let heartbeat = NodeHeartbeat {
+        node,
+        address,
+        nbd_address,
+    };
     let mut errors = ErrorLog::default();
     let mut failures: u32 = 0;
     loop {

@@ -32,6 +32,7 @@ mod heartbeat;
 pub mod pool;
 mod reconcile;
 mod report;
+mod targets;
 
 pub use tandem_dataplane::replica::storage;
 
@@ -76,6 +77,10 @@ pub struct AgentConfig {
     /// Where the replica host listens for targets (default `127.0.0.1:0`: any free port on
     /// loopback; [`NodeAgent::data_address`] says which).
     pub data_address: SocketAddr,
+    /// Where the NBD server of the targets this node hosts listens (default `127.0.0.1:0`;
+    /// [`NodeAgent::nbd_address`] says which). Clients reconnect to it after a restart, so a
+    /// cluster gives each node a fixed port.
+    pub nbd_address: SocketAddr,
 }
 
 impl AgentConfig {
@@ -104,6 +109,7 @@ impl AgentConfig {
             measure_interval: AgentConfig::DEFAULT_MEASURE_INTERVAL,
             request_timeout: AgentConfig::DEFAULT_REQUEST_TIMEOUT,
             data_address: AgentConfig::DEFAULT_DATA_ADDRESS,
+            nbd_address: AgentConfig::DEFAULT_DATA_ADDRESS,
         }
     }
 
@@ -157,6 +163,8 @@ pub struct NodeAgent {
     host: Arc<ReplicaHost>,
     /// Volume name -> the replica the host serves from `replicas/<volume>`.
     hosted: HashMap<String, ReplicaId>,
+    nbd: Arc<targets::NbdServer>,
+    nbd_listener: tokio::net::TcpListener,
 }
 
 impl NodeAgent {
@@ -172,11 +180,16 @@ impl NodeAgent {
             .await
             .context("start the replica host")?;
         let hosted = host_existing(&host, &config.pool_dir.join(pool::REPLICAS_DIR)).await;
+        let nbd_listener = tokio::net::TcpListener::bind(config.nbd_address)
+            .await
+            .with_context(|| format!("listen for NBD clients on {}", config.nbd_address))?;
         Ok(NodeAgent {
             config,
             client,
             host: Arc::new(host),
             hosted,
+            nbd: Arc::new(tandem_nbd::Server::new(tandem_nbd::ServerConfig::default())),
+            nbd_listener,
         })
     }
 
@@ -185,13 +198,23 @@ impl NodeAgent {
         self.host.local_addr()
     }
 
+    /// Where applications reach the volumes whose targets this node hosts.
+    pub fn nbd_address(&self) -> SocketAddr {
+        self.nbd_listener
+            .local_addr()
+            .unwrap_or(self.config.nbd_address)
+    }
+
     /// Runs until `shutdown` completes, then stops the replica host (waiting for its disk work).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let nbd_address = self.nbd_address();
         let NodeAgent {
             config,
             client,
             host,
             hosted,
+            nbd,
+            nbd_listener,
         } = self;
         let data_address = host.local_addr();
         tracing::info!(
@@ -200,6 +223,7 @@ impl NodeAgent {
             pool_size = config.pool_size,
             server = %config.server,
             data_address = %data_address,
+            nbd_address = %nbd_address,
             replicas = hosted.len(),
             "node agent started"
         );
@@ -207,9 +231,23 @@ impl NodeAgent {
             client.clone(),
             config.node.clone(),
             data_address.to_string(),
+            nbd_address.to_string(),
             config.heartbeat,
             config.request_timeout,
         ));
+        let (nbd_stop, nbd_stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(Arc::clone(&nbd).serve(nbd_listener, async move {
+            let _ = nbd_stopped.await;
+        }));
+        let targets = tokio::spawn(
+            targets::Targets::new(
+                client.clone(),
+                config.namespace.clone(),
+                config.node.clone(),
+                Arc::clone(&nbd),
+            )
+            .run(),
+        );
         let recorder = Recorder::new(client.clone(), EVENT_COMPONENT, &config.node);
         let mut agent = reconcile::Agent::new(config, client, recorder, Arc::clone(&host), hosted);
         tokio::select! {
@@ -218,6 +256,9 @@ impl NodeAgent {
             () = shutdown => {}
         }
         heartbeat.abort();
+        targets.abort();
+        let _ = nbd_stop.send(());
+        let _ = serving.await;
         drop(agent);
         match Arc::try_unwrap(host) {
             Ok(host) => host.shutdown().await,

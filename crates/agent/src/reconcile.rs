@@ -15,10 +15,11 @@ use tandem_core::{Geometry, Incarnation, ReplicaId};
 use tandem_dataplane::replica::ReplicaHost;
 use tandem_objects::{
     format_bytes_short, validate_object_name, CStorPoolInstance, CStorPoolInstanceCapacity,
-    CStorPoolInstancePhase, CStorPoolInstanceStatus, CStorVolumeReplica,
+    CStorPoolInstancePhase, CStorPoolInstanceStatus, CStorVolume, CStorVolumeReplica,
     CStorVolumeReplicaCapacity, CStorVolumeReplicaPhase, CStorVolumeReplicaStatus, EventType, Kind,
-    Object, ObjectMeta, Quantity, FINALIZER_CSTOR_VOLUME_REPLICA, LABEL_CSTOR_POOL_INSTANCE_NAME,
-    LABEL_CSTOR_VOLUME_NAME, LABEL_HOSTNAME, LABEL_PERSISTENT_VOLUME,
+    Object, ObjectMeta, Quantity, ReplicaStatus, ANNOTATION_INCARNATION,
+    FINALIZER_CSTOR_VOLUME_REPLICA, LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_CSTOR_VOLUME_NAME,
+    LABEL_HOSTNAME, LABEL_PERSISTENT_VOLUME,
 };
 
 use crate::pool::{self, Claim, PoolRecord, REPLICAS_DIR, RO_THRESHOLD_DEFAULT};
@@ -128,6 +129,8 @@ struct PoolView {
     storage: BTreeSet<String>,
     /// Volume name -> the CVR that owns the volume's directory in this pool (the oldest).
     owners: HashMap<String, String>,
+    /// What each volume's target reports about its replicas, by volume and replica id.
+    reported: HashMap<(String, String), ReplicaStatus>,
 }
 
 /// What the agent makes of one replica that is not being deleted.
@@ -291,12 +294,37 @@ impl Agent {
                     .or_insert_with(|| replica.name().to_string());
             }
         }
+        // The targets' view of each replica (a failure here only delays the phases).
+        let reported = match self
+            .api(
+                self.client
+                    .list_typed::<CStorVolume>(Kind::CStorVolume, Some(&namespace), None),
+            )
+            .await
+        {
+            Ok(volumes) => volumes
+                .into_iter()
+                .flat_map(|volume| {
+                    let name = volume.name().to_string();
+                    volume
+                        .status
+                        .replica_statuses
+                        .into_iter()
+                        .map(move |status| ((name.clone(), status.replica_id.clone()), status))
+                })
+                .collect(),
+            Err(error) => {
+                self.errors.failed("volume statuses", &error.message);
+                HashMap::new()
+            }
+        };
         let view = PoolView {
             name: served.name().to_string(),
             replicas_dir: replicas_dir.clone(),
             read_only,
             used_percent: pool::used_percent(used, self.config.pool_size),
             limit,
+            reported,
             storage,
             owners,
         };
@@ -664,7 +692,16 @@ impl Agent {
         }
         let state = self.ensure_storage(&cvr, view).await;
         let created = matches!(state, ReplicaState::Ready { created: true, .. });
-        let status = desired_status(&cvr.status, &state);
+        if matches!(state, ReplicaState::Ready { .. }) {
+            match self.record_incarnation(cvr).await {
+                Some(updated) => cvr = updated,
+                None => return created,
+            }
+        }
+        let reported = volume_of(&cvr)
+            .ok()
+            .and_then(|volume| view.reported.get(&(volume, cvr.spec.replica_id.clone())));
+        let status = desired_status(&cvr.status, &state, reported);
         if let ReplicaState::Failed(message) = &state {
             self.errors.failed(&subject, message);
         } else {
@@ -672,6 +709,39 @@ impl Agent {
         }
         self.write_replica_status(cvr, status, &subject).await;
         created
+    }
+
+    /// Writes the incarnation of the replica's storage (cStor's zvol GUID) into its CVR, where
+    /// the volume's target finds it. `None` if the CVR could not be updated (next pass).
+    async fn record_incarnation(&mut self, cvr: CStorVolumeReplica) -> Option<CStorVolumeReplica> {
+        let Ok(id) = replica_id_of(&cvr) else {
+            return Some(cvr);
+        };
+        let Some(hosted) = self.host.status(id) else {
+            return Some(cvr);
+        };
+        let incarnation = hosted.incarnation.0.to_string();
+        if cvr.metadata.annotation(ANNOTATION_INCARNATION) == Some(incarnation.as_str()) {
+            return Some(cvr);
+        }
+        let subject = format!("cvr {}", cvr.name());
+        let mut updated = cvr;
+        updated
+            .metadata
+            .annotations
+            .insert(ANNOTATION_INCARNATION.to_string(), incarnation);
+        match self
+            .api(self.client.update(&Object::CStorVolumeReplica(updated)))
+            .await
+        {
+            Ok(object) => CStorVolumeReplica::try_from(object).ok(),
+            Err(error) => {
+                if !error.conflict {
+                    self.errors.failed(&subject, &error.message);
+                }
+                None
+            }
+        }
     }
 
     async fn ensure_storage(&mut self, cvr: &CStorVolumeReplica, view: &PoolView) -> ReplicaState {
@@ -1020,13 +1090,13 @@ impl Agent {
     }
 }
 
-/// The status a replica should have given what the agent found. Only the agent's own phases
-/// are changed: "" / Init / Recreate become Offline once storage exists (the data path that
-/// connects replicas to a target sets the others), an Error the agent set is cleared when its
-/// cause is gone, and a replica whose storage was just created is Offline whatever it was.
+/// The status a replica should have given what the agent found and what the volume's target
+/// reports. With storage in place, the phase is the target's view of the replica (Offline when
+/// the target does not report it); an Error the agent set is cleared when its cause is gone.
 fn desired_status(
     current: &CStorVolumeReplicaStatus,
     state: &ReplicaState,
+    reported: Option<&ReplicaStatus>,
 ) -> CStorVolumeReplicaStatus {
     let mut status = current.clone();
     match state {
@@ -1041,6 +1111,14 @@ fn desired_status(
             if *created || ours {
                 status.phase = CStorVolumeReplicaPhase::Offline;
                 status.message.clear();
+            }
+            if let Some(reported) = reported {
+                if let Some(phase) = reported.phase {
+                    status.phase = phase;
+                    status.message.clear();
+                }
+                status.rebuild = reported.rebuild.clone();
+                status.last_resync = reported.last_resync.clone();
             }
             if let Some(capacity) = capacity {
                 status.capacity = capacity.clone();
@@ -1191,7 +1269,10 @@ mod tests {
             ..Default::default()
         };
         for phase in [Empty, Init, Recreate] {
-            assert_eq!(desired_status(&status(phase, ""), &ready).phase, Offline);
+            assert_eq!(
+                desired_status(&status(phase, ""), &ready, None).phase,
+                Offline
+            );
         }
         for phase in [
             Healthy,
@@ -1201,18 +1282,38 @@ mod tests {
             ReconstructingNewReplica,
             Offline,
         ] {
-            assert_eq!(desired_status(&status(phase, ""), &ready).phase, phase);
-            assert_eq!(desired_status(&status(phase, ""), &created).phase, Offline);
+            assert_eq!(
+                desired_status(&status(phase, ""), &ready, None).phase,
+                phase
+            );
+            assert_eq!(
+                desired_status(&status(phase, ""), &created, None).phase,
+                Offline
+            );
         }
         let ours = status(Error, "cannot create replica storage: pool p is read-only");
-        assert_eq!(desired_status(&ours, &ready), status(Offline, ""));
+        assert_eq!(desired_status(&ours, &ready, None), status(Offline, ""));
         let theirs = status(Error, "zfs stats returned nothing");
-        assert_eq!(desired_status(&theirs, &ready), theirs);
+        assert_eq!(desired_status(&theirs, &ready, None), theirs);
         let failed = desired_status(
             &status(Healthy, ""),
             &ReplicaState::Failed("replica storage x".into()),
+            None,
         );
         assert_eq!(failed, status(Error, "replica storage x"));
+        // The target's view wins once storage is ready.
+        let reported = ReplicaStatus {
+            phase: Some(ReconstructingNewReplica),
+            rebuild: Some(tandem_objects::RebuildProgress {
+                bytes_done: 1,
+                bytes_total: 2,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let followed = desired_status(&status(Offline, ""), &ready, Some(&reported));
+        assert_eq!(followed.phase, ReconstructingNewReplica);
+        assert_eq!(followed.rebuild, reported.rebuild);
     }
 
     #[test]

@@ -76,6 +76,9 @@ pub struct NodeHeartbeat {
     /// Where the agent serves replicas (the data path), if it does yet.
     #[serde(default)]
     pub address: String,
+    /// Where the agent serves the NBD exports of the targets it hosts.
+    #[serde(default)]
+    pub nbd_address: String,
 }
 
 /// A node as the control plane sees it.
@@ -85,6 +88,8 @@ pub struct NodeStatus {
     pub node: String,
     #[serde(default)]
     pub address: String,
+    #[serde(default)]
+    pub nbd_address: String,
     /// Milliseconds since the agent last reported.
     pub last_seen_ms: u64,
     /// Whether it reported within the control plane's agent timeout.

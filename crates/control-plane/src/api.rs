@@ -673,6 +673,7 @@ impl Api {
                 NodeStatus {
                     node: heartbeat.node.clone(),
                     address: heartbeat.address.clone(),
+                    nbd_address: heartbeat.nbd_address.clone(),
                     last_seen_ms: u64::try_from(silent.as_millis()).unwrap_or(u64::MAX),
                     ready: silent <= self.agent_timeout,
                 }

@@ -54,6 +54,7 @@ async fn cluster(nodes: &[&str]) -> Cluster {
                     .heartbeat(&NodeHeartbeat {
                         node,
                         address: String::new(),
+                        nbd_address: String::new(),
                     })
                     .await;
             }

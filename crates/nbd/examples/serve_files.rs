@@ -1,4 +1,5 @@
-//! Serves regular files over NBD until Ctrl-C, for manual testing and benchmarks:
+//! Serves regular files over NBD until Ctrl-C, for manual testing and benchmarks (logs go to
+//! stderr, filtered by `RUST_LOG`, e.g. `RUST_LOG=tandem_nbd=debug`):
 //!
 //! ```sh
 //! cargo run --release -p tandem-nbd --example serve_files -- 127.0.0.1:10809 disk=/tmp/disk.img [ro=/tmp/ro.img:ro]
@@ -12,6 +13,10 @@ use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let mut args = std::env::args().skip(1);
     let usage = "usage: serve_files ADDR NAME=PATH[:ro]...";
     let addr = args.next().ok_or(usage)?;

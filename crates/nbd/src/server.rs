@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -75,6 +76,17 @@ struct Export<D> {
 pub struct Server<D> {
     config: ServerConfig,
     exports: RwLock<BTreeMap<String, Export<D>>>,
+    /// Connections accepted and not yet closed (handshake or transmission).
+    open: AtomicUsize,
+}
+
+/// Counts a connection as open until dropped (also when its task is aborted).
+struct OpenGuard<'a>(&'a AtomicUsize);
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl<D: BlockDevice> Server<D> {
@@ -83,6 +95,7 @@ impl<D: BlockDevice> Server<D> {
         Server {
             config,
             exports: RwLock::new(BTreeMap::new()),
+            open: AtomicUsize::new(0),
         }
     }
 
@@ -119,6 +132,11 @@ impl<D: BlockDevice> Server<D> {
             export.closed.send_replace(true);
             export.device
         })
+    }
+
+    /// Connections currently open (in the handshake or the transmission phase).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 
     /// The device served as `name`.
@@ -189,6 +207,8 @@ impl<D: BlockDevice> Server<D> {
     }
 
     async fn connection(&self, stream: TcpStream, stop: watch::Receiver<bool>) {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        let _open = OpenGuard(&self.open);
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(%err, "cannot set TCP_NODELAY");
         }

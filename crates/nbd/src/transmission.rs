@@ -34,6 +34,8 @@ const BATCH_BYTES: usize = 1 << 20;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 64 * 1024;
 
+const CLIENT_CLOSED: &str = "client closed the connection";
+
 /// How a connection ended normally.
 pub(crate) struct Summary {
     pub reason: &'static str,
@@ -169,8 +171,23 @@ pub(crate) async fn run<D: BlockDevice>(
         Err(_) => Err(ConnError::TaskPanicked),
     };
     let summary = read_result?;
-    write_result?;
-    Ok(summary)
+    match write_result {
+        Ok(()) => Ok(summary),
+        // The client left without waiting for the replies to its last requests.
+        Err(ConnError::Io(err))
+            if summary.reason == CLIENT_CLOSED
+                && matches!(
+                    err.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) =>
+        {
+            Ok(Summary {
+                reason: "client closed the connection before its last replies",
+                ..summary
+            })
+        }
+        Err(err) => Err(err),
+    }
 }
 
 async fn read_loop<D: BlockDevice>(
@@ -220,7 +237,7 @@ async fn read_loop<D: BlockDevice>(
                         continue;
                     }
                     filled = reader.fill() => match filled {
-                        Ok(0) if reader.buf.is_empty() => break Ok("client closed the connection"),
+                        Ok(0) if reader.buf.is_empty() => break Ok(CLIENT_CLOSED),
                         Ok(0) => break Err(ConnError::Protocol("connection closed inside a request header".into())),
                         Ok(_) => continue,
                         Err(err) => break Err(err.into()),

@@ -657,8 +657,8 @@ async fn writes_on_one_connection_are_seen_and_flushed_from_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_handshake_and_stalled_payload_are_dropped() {
     let config = ServerConfig {
-        handshake_timeout: Duration::from_millis(300),
-        payload_timeout: Duration::from_millis(300),
+        handshake_timeout: Duration::from_millis(1000),
+        payload_timeout: Duration::from_millis(1000),
         ..ServerConfig::default()
     };
     let t = TestServer::start_with(config).await;
@@ -687,7 +687,7 @@ async fn stalled_handshake_and_stalled_payload_are_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_replies_is_dropped() {
     let config = ServerConfig {
-        reply_timeout: Duration::from_millis(300),
+        reply_timeout: Duration::from_millis(1000),
         ..ServerConfig::default()
     };
     let t = TestServer::start_with(config).await;
@@ -705,8 +705,11 @@ async fn a_client_that_stops_reading_replies_is_dropped() {
     })
     .await;
     still_works(&mut healthy, 1, 4096).await;
-    // Let the reply timeout under test expire while the client reads nothing.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The greedy client reads nothing until the server has given up on it.
+    wait_until("the greedy connection to be dropped", || {
+        t.server.open_connections() == 1
+    })
+    .await;
     let mut total = 0usize;
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -776,4 +779,48 @@ async fn shutdown_closes_connections_and_serve_returns() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "listener closed"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_run_concurrently_and_replies_come_out_of_order() {
+    let t = TestServer::start().await;
+    let probe = t.add_file("disk", 1 << 20);
+    probe.hold_reads_at.store(0, Ordering::SeqCst);
+    let (mut c, _, _) = RawClient::go(t.addr, "disk", false, false).await;
+    // The first read waits inside the device until the second one has been answered: a server
+    // that processed requests one at a time, or replied in order, would hang here.
+    c.request(proto::CMD_READ, 0, 1, 0, 4096, &[]).await;
+    c.request(proto::CMD_READ, 0, 2, 4096, 4096, &[]).await;
+    assert_eq!(c.simple_reply(4096).await.1, 2);
+    probe.release.notify_one();
+    assert_eq!(c.simple_reply(4096).await.1, 1);
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_are_bounded_per_connection() {
+    let config = ServerConfig {
+        max_in_flight_requests: 4,
+        ..ServerConfig::default()
+    };
+    let t = TestServer::start_with(config).await;
+    let probe = t.add_file("disk", 1 << 20);
+    probe.hold_reads_at.store(0, Ordering::SeqCst);
+    let (mut c, _, _) = RawClient::go(t.addr, "disk", false, false).await;
+    for handle in 0..12 {
+        c.request(proto::CMD_READ, 0, handle, 0, 4096, &[]).await;
+    }
+    wait_until("four reads in the device", || {
+        probe.reads_in_flight.load(Ordering::SeqCst) == 4
+    })
+    .await;
+    // Release them one by one; each release lets exactly one more request in.
+    let mut answered = std::collections::HashSet::new();
+    for _ in 0..12 {
+        probe.release.notify_one();
+        assert!(answered.insert(c.simple_reply(4096).await.1));
+    }
+    assert_eq!(probe.max_reads_in_flight.load(Ordering::SeqCst), 4);
+    assert_eq!(probe.reads.load(Ordering::SeqCst), 12);
+    t.shutdown().await;
 }

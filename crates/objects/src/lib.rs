@@ -53,7 +53,8 @@ pub use event::{Event, EventSource, EventType};
 pub use kind::{Kind, UnknownKindError};
 pub use meta::{
     validate_namespace, validate_object_name, Condition, NameError, ObjectMeta, ObjectReference,
-    OwnerReference, ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME, CORE_API_VERSION, CSTOR_API_VERSION,
+    OwnerReference, ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME, ANNOTATION_INCARNATION,
+    ANNOTATION_TARGET_GENERATION, ANNOTATION_TARGET_NODE, CORE_API_VERSION, CSTOR_API_VERSION,
     DEFAULT_NAMESPACE, FINALIZER_CSTOR_VOLUME_REPLICA, LABEL_CAS_TYPE, LABEL_CSTOR_POOL_CLUSTER,
     LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_CSTOR_POOL_INSTANCE_UID, LABEL_CSTOR_VOLUME_NAME,
     LABEL_HOSTNAME, LABEL_PERSISTENT_VOLUME, LABEL_POD_DISRUPTION_BUDGET, LABEL_VERSION,
@@ -81,5 +82,5 @@ pub use volume::{
     CStorVolumePolicySpec, CStorVolumeReplicaCapacity, CStorVolumeReplicaPhase,
     CStorVolumeReplicaSpec, CStorVolumeReplicaStatus, CStorVolumeSpec, CStorVolumeStatus,
     PolicyProvision, RebuildProgress, ReplicaDetails, ReplicaMode, ReplicaPolicy, ReplicaPoolInfo,
-    ReplicaStatus, SnapshotInfo, StorageCapacity, TargetPolicy, VolumeProvision,
+    ReplicaStatus, ResyncRecord, SnapshotInfo, StorageCapacity, TargetPolicy, VolumeProvision,
 };

@@ -36,6 +36,15 @@ pub const LABEL_VERSION: &str = "openebs.io/version";
 pub const LABEL_POD_DISRUPTION_BUDGET: &str = "openebs.io/pod-disruption-budget";
 /// On a CVR: the node of the pool that holds it.
 pub const ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME: &str = "cstorpoolinstance.openebs.io/hostname";
+/// Tandem: the node whose agent hosts a volume's target (on the CStorVolume).
+pub const ANNOTATION_TARGET_NODE: &str = "tandem.io/target-node";
+/// Tandem: the newest target generation started for a volume (on the CStorVolume). A target
+/// takes the next number with a resource-version-checked update, so two never share one, and
+/// its membership writes are refused once a newer one exists (fencing).
+pub const ANNOTATION_TARGET_GENERATION: &str = "tandem.io/target-generation";
+/// Tandem: the incarnation of a replica's storage (cStor's zvol GUID), set by its agent when it
+/// creates the storage (on the CStorVolumeReplica).
+pub const ANNOTATION_INCARNATION: &str = "tandem.io/incarnation";
 /// On a CVR: removed only once the replica's data is destroyed in its pool.
 pub const FINALIZER_CSTOR_VOLUME_REPLICA: &str = "cstorvolumereplica.openebs.io/finalizer";
 

@@ -280,6 +280,31 @@ pub struct ReplicaStatus {
     /// "1" when the replica's writes count toward quorum, "0" while it is being reconstructed.
     #[serde(default)]
     pub quorum: String,
+    /// Tandem: the replica's full mode, named as the CVR phases (cStor's `mode` has only
+    /// Healthy and Degraded); the replica's agent copies it into its CVR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<CStorVolumeReplicaPhase>,
+    /// Tandem: progress of the rebuild or resync of this replica, while one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<RebuildProgress>,
+    /// Tandem: the last finished rebuild or resync of this replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_resync: Option<ResyncRecord>,
+}
+
+/// A finished rebuild (full copy) or resync (only the regions that changed).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResyncRecord {
+    /// The replica the data came from.
+    #[serde(default)]
+    pub source: String,
+    /// A full rebuild rather than an incremental resync.
+    #[serde(default)]
+    pub full: bool,
+    /// Bytes copied.
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -338,6 +363,9 @@ pub struct CStorVolumeReplicaStatus {
     /// Tandem's addition: progress of the running rebuild or resync, from the data path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebuild: Option<RebuildProgress>,
+    /// Tandem's addition: the last finished rebuild or resync, from the data path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_resync: Option<ResyncRecord>,
 }
 
 /// A replica's space: `total` is the ALLOCATED column (space taken in the pool), `used` the USED

@@ -580,6 +580,13 @@ fn one_of_each_kind() -> Vec<Object> {
                 inflight_sync: "0".to_string(),
                 up_time: 3600,
                 quorum: "1".to_string(),
+                phase: Some(CStorVolumeReplicaPhase::Healthy),
+                rebuild: None,
+                last_resync: Some(ResyncRecord {
+                    source: "2".to_string(),
+                    full: false,
+                    bytes: 4096,
+                }),
             }],
             capacity: Quantity::from_bytes_binary(5 << 30),
             last_transition_time: "2026-11-23T20:49:46Z".to_string(),
@@ -616,6 +623,7 @@ fn one_of_each_kind() -> Vec<Object> {
                 bytes_per_second: 50_000_000,
                 eta_seconds: Some(28),
             }),
+            last_resync: None,
         },
     };
     let event = Event {

@@ -243,7 +243,7 @@ struct TargetTask {
     connections: BTreeMap<ReplicaId, (SessionId, Connection)>,
     clients: BTreeMap<ClientRequestId, oneshot::Sender<Result<ClientReplyBody, ClientError>>>,
     next_client: u64,
-    commands: BTreeMap<(u8, u64), Vec<oneshot::Sender<Result<(), MembershipError>>>>,
+    commands: BTreeMap<(u8, u64), Vec<CommandWaiter>>,
     inbound_tx: mpsc::Sender<Inbound>,
     persisted_tx: mpsc::Sender<Result<(), Fenced>>,
     store: Arc<dyn MembershipStore>,
@@ -251,6 +251,9 @@ struct TargetTask {
     resyncs_finished: Vec<FinishedResync>,
     out: Vec<TargetOutput>,
 }
+
+/// Who waits for a membership command's outcome.
+type CommandWaiter = oneshot::Sender<Result<(), MembershipError>>;
 
 /// How many finished resyncs the status remembers.
 const RESYNC_HISTORY: usize = 16;

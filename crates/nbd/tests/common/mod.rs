@@ -61,6 +61,17 @@ impl Probe {
             multi_conn: true,
         }
     }
+
+    async fn read_inner(&self, offset: u64, len: u32) -> Result<Bytes, IoError> {
+        if self.fail_reads.load(Ordering::Relaxed) {
+            return Err(IoError::Io);
+        }
+        let data = self.file.read(offset, len).await?;
+        if self.short_reads.load(Ordering::Relaxed) {
+            return Ok(data.slice(..data.len() / 2));
+        }
+        Ok(data)
+    }
 }
 
 impl BlockDevice for Probe {
@@ -84,19 +95,6 @@ impl BlockDevice for Probe {
         let result = self.read_inner(offset, len).await;
         self.reads_in_flight.fetch_sub(1, Ordering::SeqCst);
         result
-    }
-}
-
-impl Probe {
-    async fn read_inner(&self, offset: u64, len: u32) -> Result<Bytes, IoError> {
-        if self.fail_reads.load(Ordering::Relaxed) {
-            return Err(IoError::Io);
-        }
-        let data = self.file.read(offset, len).await?;
-        if self.short_reads.load(Ordering::Relaxed) {
-            return Ok(data.slice(..data.len() / 2));
-        }
-        Ok(data)
     }
 
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), IoError> {
@@ -244,7 +242,9 @@ pub fn ensure_tool(bin: &str, package: &str) -> bool {
 /// Runs an external command with a deadline and returns its output (stdout and stderr).
 pub async fn run(program: &str, args: &[&str]) -> Output {
     let mut cmd = tokio::process::Command::new(program);
+    // Outside the source tree, so no tool leaves files (fio's verify state...) in the crate.
     cmd.args(args)
+        .current_dir(std::env::temp_dir())
         .kill_on_drop(true)
         .stdin(std::process::Stdio::null());
     let output = tokio::time::timeout(DEADLINE, cmd.output())
