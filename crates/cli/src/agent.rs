@@ -21,6 +21,12 @@ pub struct AgentArgs {
     /// The pool's capacity, e.g. 10G or 64Mi.
     #[arg(long, default_value = "10G")]
     pool_size: String,
+    /// Where the replica host listens for targets.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    data_address: std::net::SocketAddr,
+    /// Where the NBD exports of the targets this node hosts are served.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    nbd_address: std::net::SocketAddr,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -29,7 +35,9 @@ pub fn run(args: AgentArgs) -> Result<()> {
     let pool_size = Quantity::parse(&args.pool_size)
         .with_context(|| format!("--pool-size {:?}", args.pool_size))?;
     let server = args.server.address()?;
-    let config = AgentConfig::new(args.node, args.pool_dir, pool_size.bytes(), server);
+    let mut config = AgentConfig::new(args.node, args.pool_dir, pool_size.bytes(), server);
+    config.data_address = args.data_address;
+    config.nbd_address = args.nbd_address;
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     runtime.block_on(tandem_agent::run(
         config,

@@ -85,6 +85,12 @@ struct ClusterFile {
 struct NodeEntry {
     name: String,
     pool_size: String,
+    /// Where the node's replica host and NBD server listen on 127.0.0.1; chosen once, so a
+    /// restarted agent is found (and an application reconnects) at the same address.
+    #[serde(default)]
+    data_port: u16,
+    #[serde(default)]
+    nbd_port: u16,
 }
 
 fn cluster_file(data_dir: &Path) -> PathBuf {
@@ -137,10 +143,11 @@ pub fn up(args: UpArgs) -> Result<()> {
     println!("  control plane  {server}");
     for node in &cluster.nodes {
         println!(
-            "  {:<13}  pool {} ({})",
+            "  {:<13}  pool {} ({}), NBD on 127.0.0.1:{}",
             node.name,
             node_dir(&data_dir, &node.name).join("pool").display(),
-            node.pool_size
+            node.pool_size,
+            node.nbd_port
         );
     }
     println!("Logs and data are under {}.", data_dir.display());
@@ -182,7 +189,17 @@ fn plan(data_dir: &Path, args: &UpArgs, pool_size: Quantity) -> Result<ClusterFi
         cluster.nodes.push(NodeEntry {
             name: format!("node{}", cluster.nodes.len() + 1),
             pool_size: pool_size.to_string(),
+            data_port: 0,
+            nbd_port: 0,
         });
+    }
+    for node in &mut cluster.nodes {
+        if node.data_port == 0 {
+            node.data_port = choose_port(Some(0))?;
+        }
+        if node.nbd_port == 0 {
+            node.nbd_port = choose_port(Some(0))?;
+        }
     }
     Ok(cluster)
 }
@@ -269,6 +286,10 @@ fn start_agent(data_dir: &Path, node: &NodeEntry, server: &str) -> Result<()> {
             node.pool_size.clone(),
             "--server".to_string(),
             server.to_string(),
+            "--data-address".to_string(),
+            format!("127.0.0.1:{}", node.data_port),
+            "--nbd-address".to_string(),
+            format!("127.0.0.1:{}", node.nbd_port),
         ],
         &directory.join("agent.log"),
         &pid_file,

@@ -9,9 +9,9 @@ use anyhow::{bail, Result};
 use clap::{ArgAction, Args, Subcommand};
 use tandem_client::Client;
 use tandem_objects::{
-    CStorPoolInstance, CStorVolumeConfig, CStorVolumeConfigPhase, CStorVolumeConfigSpec, Event,
-    EventType, Kind, Object, ObjectMeta, Quantity, StorageCapacity, VolumeProvision,
-    LABEL_CSTOR_POOL_CLUSTER,
+    CStorPoolInstance, CStorVolumeConfig, CStorVolumeConfigPhase, CStorVolumeConfigSpec,
+    CStorVolumePhase, Event, EventType, Kind, Object, ObjectMeta, Quantity, StorageCapacity,
+    VolumeProvision, LABEL_CSTOR_POOL_CLUSTER,
 };
 use tokio::time::Instant;
 
@@ -28,6 +28,21 @@ pub enum VolumeCommand {
     Create(CreateArgs),
     /// Deletes a volume (its CStorVolumeConfig; the controllers remove the rest).
     Delete(DeleteArgs),
+    /// Prints where applications reach the volume: nbd://IP:PORT/NAME.
+    Uri(UriArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct UriArgs {
+    /// The volume's name.
+    name: String,
+    /// Wait up to this long for the volume's target to be placed and serving.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    #[command(flatten)]
+    namespace: NamespaceArg,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 #[derive(Args, Debug)]
@@ -69,6 +84,7 @@ pub struct DeleteArgs {
 pub async fn run(command: VolumeCommand) -> Result<bool> {
     match command {
         VolumeCommand::Create(args) => create(args).await,
+        VolumeCommand::Uri(args) => uri(args).await,
         VolumeCommand::Delete(args) => {
             let client = args.server.client()?;
             delete_one(
@@ -79,6 +95,51 @@ pub async fn run(command: VolumeCommand) -> Result<bool> {
             )
             .await
         }
+    }
+}
+
+/// Waits until the volume's CStorVolume names its target's address and the target serves I/O
+/// (Healthy or Degraded), then prints the NBD URI.
+async fn uri(args: UriArgs) -> Result<bool> {
+    let client = args.server.client()?;
+    let namespace = &args.namespace.namespace;
+    let deadline = Instant::now() + args.timeout;
+    loop {
+        let object = client.get(Kind::CStorVolume, namespace, &args.name).await;
+        let waiting_for = match object {
+            Ok(Object::CStorVolume(volume)) => {
+                let serving = matches!(
+                    volume.status.phase,
+                    CStorVolumePhase::Healthy | CStorVolumePhase::Degraded
+                );
+                if !volume.spec.target_ip.is_empty() && serving {
+                    println!(
+                        "nbd://{}:{}/{}",
+                        volume.spec.target_ip,
+                        volume.spec.target_port,
+                        volume.name()
+                    );
+                    return Ok(true);
+                }
+                format!(
+                    "its target to serve (the volume is {})",
+                    volume.status.phase
+                )
+            }
+            Ok(_) => bail!("{} is not a CStorVolume", args.name),
+            Err(error) if error.is_not_found() => {
+                format!("its CStorVolume (does the volume {} exist?)", args.name)
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if Instant::now() > deadline {
+            bail!(
+                "volume {} has no NBD address after {}: waiting for {waiting_for}",
+                args.name,
+                humantime::format_duration(args.timeout)
+            );
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
 

@@ -14,9 +14,9 @@ use tandem_objects::{
     CStorVolumeConfigPhase, CStorVolumeReplica, CStorVolumeReplicaPhase, CStorVolumeReplicaSpec,
     CStorVolumeSpec, Condition, EventType, Kind, Object, ObjectMeta, ObjectReference,
     OwnerReference, ReplicaPoolInfo, ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME,
-    CONDITION_SCALING_VOLUME_REPLICAS, CSTOR_API_VERSION, FINALIZER_CSTOR_VOLUME_REPLICA,
-    LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_CSTOR_POOL_INSTANCE_UID, LABEL_CSTOR_VOLUME_NAME,
-    LABEL_PERSISTENT_VOLUME, LABEL_VERSION,
+    ANNOTATION_TARGET_NODE, CONDITION_SCALING_VOLUME_REPLICAS, CSTOR_API_VERSION,
+    FINALIZER_CSTOR_VOLUME_REPLICA, LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_CSTOR_POOL_INSTANCE_UID,
+    LABEL_CSTOR_VOLUME_NAME, LABEL_PERSISTENT_VOLUME, LABEL_VERSION,
 };
 
 use super::{now_rfc3339, Context, Snapshot};
@@ -60,9 +60,67 @@ pub(crate) async fn reconcile_config(
     }
     match config.status.phase {
         CStorVolumeConfigPhase::Pending => provision(context, snapshot, config).await,
-        CStorVolumeConfigPhase::Bound => scale(context, snapshot, config).await,
+        CStorVolumeConfigPhase::Bound => {
+            if let Some(volume) = volume_of(snapshot, config) {
+                place_target(context, snapshot, config, volume).await?;
+            }
+            scale(context, snapshot, config).await
+        }
         CStorVolumeConfigPhase::Failed => Ok(()),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Target placement
+
+/// Puts the volume's target on a node (the node of its first replica whose agent is up, as a
+/// target next to one copy saves a network hop) and records where clients reach it: the node's
+/// NBD address in `spec.targetIP` / `spec.targetPort`. A placed target stays where it is: when
+/// its agent restarts, clients reconnect to the same address.
+async fn place_target(
+    context: &Context,
+    snapshot: &Snapshot,
+    config: &CStorVolumeConfig,
+    volume: &CStorVolume,
+) -> Result<(), ClientError> {
+    let nodes = context.api.node_statuses();
+    let reachable = |node: &str| {
+        nodes
+            .iter()
+            .find(|status| status.node == node && status.ready && !status.nbd_address.is_empty())
+    };
+    let placed = volume.metadata.annotation(ANNOTATION_TARGET_NODE);
+    let node = match placed {
+        Some(node) => nodes.iter().find(|status| status.node == node),
+        None => config
+            .current_pool_names()
+            .iter()
+            .filter_map(|pool| snapshot.pool(&config.metadata.namespace, pool))
+            .find_map(|pool| reachable(&pool.spec.host_name)),
+    };
+    let Some(node) = node else {
+        return Ok(()); // No agent has reported an NBD address yet.
+    };
+    let Some((ip, port)) = node.nbd_address.rsplit_once(':') else {
+        return Ok(());
+    };
+    let mut placed_volume = volume.clone();
+    placed_volume
+        .metadata
+        .annotations
+        .insert(ANNOTATION_TARGET_NODE.to_string(), node.node.clone());
+    placed_volume.spec.target_ip = ip.to_string();
+    placed_volume.spec.target_port = port.to_string();
+    placed_volume.spec.target_portal = node.nbd_address.clone();
+    if placed_volume == *volume {
+        return Ok(());
+    }
+    tracing::info!(volume = volume.name(), node = %node.node, address = %node.nbd_address, "target placed");
+    context
+        .client
+        .update(&Object::CStorVolume(placed_volume))
+        .await
+        .map(drop)
 }
 
 // ---------------------------------------------------------------------------------------------
