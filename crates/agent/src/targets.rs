@@ -345,11 +345,18 @@ impl Targets {
                 }));
             }
         }
-        self.publish(volume, &name).await
+        self.publish(volume, &name, &replicas).await
     }
 
-    /// Writes the CV's status from the target's, if it changed.
-    async fn publish(&mut self, volume: &CStorVolume, name: &str) -> Result<(), String> {
+    /// Writes the CV's status from the target's, and each replica's phase into its CVR, where
+    /// they changed. The replicas' agents copy the same into the CVRs too; this keeps a CVR true
+    /// while its own agent is down (it shows Offline, not its last phase).
+    async fn publish(
+        &mut self,
+        volume: &CStorVolume,
+        name: &str,
+        replicas: &[&CStorVolumeReplica],
+    ) -> Result<(), String> {
         let running = self.running.get_mut(name).expect("a running target");
         let status = running.handle.status();
         let rate = resync_rate(&mut running.resync_seen, &status);
@@ -372,6 +379,32 @@ impl Targets {
             .collect();
         updated.status.replica_details.known_replicas = known_replicas(&status.membership);
         updated.status.capacity = volume.spec.capacity;
+        for reported in &updated.status.replica_statuses {
+            let Some(cvr) = replicas
+                .iter()
+                .find(|cvr| cvr.spec.replica_id == reported.replica_id)
+            else {
+                continue;
+            };
+            let mut replica = (*cvr).clone();
+            if let Some(phase) = reported.phase {
+                replica.status.phase = phase;
+            }
+            replica.status.rebuild = reported.rebuild.clone();
+            replica.status.last_resync = reported.last_resync.clone();
+            if replica.status != cvr.status {
+                replica.status.last_update_time =
+                    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+                if replica.status.phase != cvr.status.phase {
+                    replica.status.last_transition_time = replica.status.last_update_time.clone();
+                }
+                // A conflict means the replica's agent wrote meanwhile; the next pass retries.
+                let _ = self
+                    .client
+                    .update_status(&Object::CStorVolumeReplica(replica))
+                    .await;
+            }
+        }
         if updated.status == volume.status {
             return Ok(());
         }

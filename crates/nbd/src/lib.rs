@@ -29,6 +29,7 @@
 //! an oversized option or write, a stalled handshake or payload, or a client that stops reading
 //! its replies ends that connection only; invalid requests get the error the spec asks for.
 
+pub mod client;
 mod device;
 mod file;
 mod handshake;
@@ -36,6 +37,7 @@ pub mod proto;
 mod server;
 mod transmission;
 
+pub use client::{Client, ClientError, ClientOptions, NbdUri};
 pub use device::{BlockDevice, ExportInfo, Extent, InvalidExportInfo, IoError};
 pub use file::FileDevice;
 pub use server::{Server, ServerConfig, ServerError};

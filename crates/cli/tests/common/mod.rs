@@ -1,0 +1,232 @@
+//! The harness of the end-to-end tests: a local cluster started with `tandem up` in a temporary
+//! directory, driven only through the `tandem` command, and stopped with `tandem down`.
+
+#![allow(dead_code)] // Each test file uses a part of it.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A local cluster in a temporary directory; `tandem down` when dropped.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn up(nodes: usize, pool_size: &str) -> Cluster {
+        let cluster = Cluster {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+        };
+        let nodes = nodes.to_string();
+        cluster.ok(&[
+            "up",
+            "--nodes",
+            &nodes,
+            "--pool-size",
+            pool_size,
+            "--port",
+            "0",
+            "--agent-timeout",
+            "2s",
+        ]);
+        cluster
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with(args, &[])
+    }
+
+    pub fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tandem"));
+        command
+            .args(args)
+            .env("TANDEM_DATA_DIR", self.data_dir())
+            .env_remove("TANDEM_SERVER")
+            .env("TANDEM_LOG", "warn");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command.output().expect("run tandem")
+    }
+
+    /// Runs `tandem ARGS`, which must succeed; its standard output.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "tandem {} failed:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Runs `tandem ARGS`, which must fail with one line on standard error; that line.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            !output.status.success(),
+            "tandem {} succeeded:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout)
+        );
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+        stderr
+    }
+
+    /// Runs `tandem ARGS` until `accept` takes its output (30 s at most).
+    pub fn wait_for(&self, what: &str, args: &[&str], accept: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let output = self.run(args);
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            if output.status.success() && accept(&stdout) {
+                return stdout;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last `tandem {}`:\n{stdout}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&args)).expect("tandem -o json prints JSON")
+    }
+
+    /// Pool name -> node name.
+    pub fn pools(&self) -> Vec<(String, String)> {
+        let list = self.json(&["get", "cspi", "-n", "openebs"]);
+        let mut pools: Vec<(String, String)> = items(&list)
+            .iter()
+            .map(|pool| {
+                (
+                    text(&pool["metadata"]["name"]),
+                    text(&pool["spec"]["hostName"]),
+                )
+            })
+            .collect();
+        pools.sort_by(|a, b| a.1.cmp(&b.1));
+        pools
+    }
+
+    pub fn pool_on(&self, node: &str) -> String {
+        self.pools()
+            .into_iter()
+            .find(|(_, host)| host == node)
+            .map(|(pool, _)| pool)
+            .unwrap_or_else(|| panic!("no pool on {node}"))
+    }
+
+    pub fn cvc(&self, name: &str) -> Value {
+        self.json(&["get", "cvc", name, "-n", "openebs"])
+    }
+
+    pub fn pid(&self, file: &str) -> String {
+        std::fs::read_to_string(self.data_dir().join(file))
+            .expect("a pid file")
+            .trim()
+            .to_string()
+    }
+
+    pub fn kill_9(&self, pid_file: &str) {
+        let pid = self.pid(pid_file);
+        let status = Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        // Wait until it is gone, so the next `up` does not find it alive.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}/stat")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z")
+        {
+            assert!(Instant::now() < deadline, "pid {pid} survived kill -9");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn patch_pools(&self, volume: &str, pools: &[&str]) -> Output {
+        let info: Vec<Value> = pools
+            .iter()
+            .map(|pool| serde_json::json!({"poolName": pool}))
+            .collect();
+        let patch = serde_json::json!({"spec": {"policy": {"replicaPoolInfo": info}}});
+        self.run(&[
+            "patch",
+            "cvc",
+            volume,
+            "-n",
+            "openebs",
+            "--type",
+            "merge",
+            "-p",
+            &patch.to_string(),
+        ])
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
+
+pub fn items(list: &Value) -> Vec<Value> {
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+pub fn text(value: &Value) -> String {
+    value.as_str().unwrap_or_default().to_string()
+}
+
+/// The table's rows, each split into its columns (header first).
+pub fn rows(table: &str) -> Vec<Vec<String>> {
+    table
+        .lines()
+        .map(|line| line.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+pub fn columns(row: &[String]) -> Vec<&str> {
+    row.iter().map(String::as_str).collect()
+}
+
+pub fn pool_info(cvc: &Value) -> (Vec<String>, Vec<String>) {
+    let spec = cvc["spec"]["policy"]["replicaPoolInfo"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|info| text(&info["poolName"]))
+        .collect();
+    let status = cvc["status"]["poolInfo"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(text)
+        .collect();
+    (spec, status)
+}
+
+pub fn bound_pools(cluster: &Cluster, volume: &str) -> Vec<String> {
+    let cvc = cluster.cvc(volume);
+    assert_eq!(cvc["status"]["phase"], "Bound", "{cvc}");
+    let (spec, status) = pool_info(&cvc);
+    assert_eq!(spec, status);
+    spec
+}

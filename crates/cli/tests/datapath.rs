@@ -1,0 +1,360 @@
+//! The data path end to end: volumes of a cluster started with `tandem up` (separate agent and
+//! control-plane processes, real pool directories, loopback TCP) served over NBD to real
+//! clients — qemu-io, qemu-img, nbdinfo, nbdcopy, fio — while replicas move, and while agents
+//! are killed with kill -9.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn tool(name: &str, args: &[&str]) -> String {
+    let output = Command::new(name)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("{name} is not installed ({error}); .ci/run installs it"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{name} {args:?} failed:\n{text}");
+    text
+}
+
+/// qemu-io commands against the volume; a failed pattern check fails the test (qemu-io's exit
+/// status does not say so).
+fn qemu_io(uri: &str, commands: &[&str]) -> String {
+    let mut args = vec!["-f", "raw"];
+    for command in commands {
+        args.extend(["-c", command]);
+    }
+    args.push(uri);
+    let text = tool("qemu-io", &args);
+    assert!(!text.contains("Pattern verification failed"), "{text}");
+    assert!(!text.to_lowercase().contains("error"), "{text}");
+    text
+}
+
+impl Cluster {
+    fn uri(&self, volume: &str) -> String {
+        self.ok(&["volume", "uri", volume, "-n", "openebs"])
+            .trim()
+            .to_string()
+    }
+
+    fn cvr(&self, name: &str) -> Value {
+        self.json(&["get", "cvr", name, "-n", "openebs"])
+    }
+
+    /// Adds the pool on `node` to the volume, waits until its new replica is Healthy and the
+    /// volume says it scaled; returns the new replica's name.
+    fn add_pool(&self, volume: &str, node: &str) -> String {
+        let pool = self.pool_on(node);
+        let cvc = self.cvc(volume);
+        let mut pools: Vec<String> = cvc["status"]["poolInfo"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|pool| pool.as_str().unwrap().to_string())
+            .collect();
+        pools.push(pool.clone());
+        let refs: Vec<&str> = pools.iter().map(String::as_str).collect();
+        let output = self.patch_pools(volume, &refs);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let replica = format!("{volume}-{pool}");
+        let count = pools.len().to_string();
+        self.wait_for(
+            "the new replica to be Healthy",
+            &["describe", "cvc", volume, "-n", "openebs"],
+            |out| out.contains(&format!("successfully scaled volume replicas to {count}")),
+        );
+        assert_eq!(self.cvr(&replica)["status"]["phase"], "Healthy");
+        replica
+    }
+
+    /// Removes the pool on `node` from the volume and waits until its replica is gone.
+    fn remove_pool(&self, volume: &str, node: &str) {
+        let pool = self.pool_on(node);
+        let cvc = self.cvc(volume);
+        let pools: Vec<String> = cvc["status"]["poolInfo"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|pool| pool.as_str().unwrap().to_string())
+            .filter(|name| *name != pool)
+            .collect();
+        let refs: Vec<&str> = pools.iter().map(String::as_str).collect();
+        let output = self.patch_pools(volume, &refs);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let replica = format!("{volume}-{pool}");
+        self.wait_for(
+            "the removed replica to be gone",
+            &["get", "cvr", "-n", "openebs"],
+            |out| !out.contains(&replica),
+        );
+        let data = self
+            .data_dir()
+            .join("nodes")
+            .join(node)
+            .join("pool/replicas")
+            .join(volume);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while data.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{} was not removed",
+                data.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The nodes holding the volume's replicas, in poolInfo order.
+    fn replica_nodes(&self, volume: &str) -> Vec<String> {
+        let pools = self.pools();
+        self.cvc(volume)["status"]["poolInfo"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|pool| {
+                pools
+                    .iter()
+                    .find(|(name, _)| name == pool.as_str().unwrap())
+                    .map(|(_, node)| node.clone())
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    fn target_node(&self, volume: &str) -> String {
+        let cv = self.json(&["get", "cv", volume, "-n", "openebs"]);
+        cv["metadata"]["annotations"]["tandem.io/target-node"]
+            .as_str()
+            .expect("the target is placed")
+            .to_string()
+    }
+}
+
+fn free_node(cluster: &Cluster, volume: &str) -> String {
+    let used = cluster.replica_nodes(volume);
+    cluster
+        .pools()
+        .into_iter()
+        .map(|(_, node)| node)
+        .find(|node| !used.contains(node))
+        .expect("a node without a replica")
+}
+
+#[test]
+fn real_clients_read_back_everything_across_a_replica_move() {
+    let cluster = Cluster::up(3, "1G");
+    cluster.ok(&[
+        "volume",
+        "create",
+        "vol-q",
+        "--size",
+        "128Mi",
+        "--replicas",
+        "2",
+    ]);
+    let uri = cluster.uri("vol-q");
+    assert!(
+        uri.starts_with("nbd://127.0.0.1:") && uri.ends_with("/vol-q"),
+        "{uri}"
+    );
+
+    let info: Value = serde_json::from_str(&tool("nbdinfo", &["--json", &uri])).unwrap();
+    let export = &info["exports"][0];
+    assert_eq!(export["export-size"], 128 << 20);
+    for flag in [
+        "can_flush",
+        "can_fua",
+        "can_multi_conn",
+        "can_trim",
+        "can_zero",
+    ] {
+        assert_eq!(export[flag], true, "{flag}: {info}");
+    }
+
+    qemu_io(
+        &uri,
+        &["write -P 0x11 0 4M", "write -P 0x22 64M 8M", "flush"],
+    );
+    // nbdcopy a file in at 32M.. and compare it byte for byte after the move.
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.img");
+    let pattern: Vec<u8> = (0..(16u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&source, &pattern).unwrap();
+    let write_file = format!("write -s {} 32M 16M", source.display());
+    qemu_io(&uri, &[write_file.as_str(), "flush"]);
+
+    let old = cluster.replica_nodes("vol-q");
+    let free = free_node(&cluster, "vol-q");
+    cluster.add_pool("vol-q", &free);
+    cluster.remove_pool("vol-q", &old[0]);
+
+    qemu_io(
+        &uri,
+        &[
+            "read -P 0x11 0 4M",
+            "read -P 0x22 64M 8M",
+            "read -P 0 4M 28M",
+        ],
+    );
+    let copy = dir.path().join("copy.img");
+    tool("nbdcopy", &[&uri, copy.to_str().unwrap()]);
+    let copied = std::fs::read(&copy).unwrap();
+    assert_eq!(copied.len(), 128 << 20);
+    assert!(
+        copied[32 << 20..48 << 20] == pattern[..],
+        "the copied window differs"
+    );
+    assert!(copied[..4 << 20].iter().all(|&b| b == 0x11));
+}
+
+#[test]
+fn fio_verifies_with_no_errors_during_a_full_migration() {
+    let cluster = Cluster::up(3, "1G");
+    cluster.ok(&[
+        "volume",
+        "create",
+        "vol-f",
+        "--size",
+        "256Mi",
+        "--replicas",
+        "2",
+    ]);
+    let uri = cluster.uri("vol-f");
+    let dir = tempfile::tempdir().unwrap();
+    // Verifying writers, one after another, for the whole migration: each writes 32 MiB of
+    // random 4k blocks with flushes, then reads every block back and checks its crc32c.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, uri, dir) = (stop.clone(), uri.clone(), dir.path().to_path_buf());
+        std::thread::spawn(move || {
+            let mut runs = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && runs < 200 {
+                let output = dir.join(format!("fio-{runs}.json"));
+                let status = Command::new("fio")
+                    .current_dir(&dir)
+                    .args([
+                        "--name=migrate",
+                        "--ioengine=nbd",
+                        &format!("--uri={uri}"),
+                        "--rw=randwrite",
+                        "--bs=4k",
+                        "--iodepth=16",
+                        "--size=32m",
+                        &format!("--offset={}m", (runs % 4) * 64),
+                        "--verify=crc32c",
+                        "--do_verify=1",
+                        "--verify_fatal=1",
+                        "--verify_state_save=0",
+                        "--fsync=64",
+                        "--output-format=json",
+                        &format!("--output={}", output.display()),
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .expect("fio is installed (.ci/run installs it)");
+                let report: Value =
+                    serde_json::from_str(&std::fs::read_to_string(&output).unwrap_or_default())
+                        .unwrap_or(Value::Null);
+                assert!(status.success(), "fio run {runs} failed: {report}");
+                assert_eq!(report["jobs"][0]["error"], 0, "fio run {runs}: {report}");
+                runs += 1;
+            }
+            runs
+        })
+    };
+    let old = cluster.replica_nodes("vol-f");
+    let free = free_node(&cluster, "vol-f");
+    cluster.add_pool("vol-f", &free);
+    cluster.remove_pool("vol-f", &old[0]);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let runs = writer.join().expect("every fio run verified");
+    assert!(runs >= 1);
+}
+
+#[test]
+fn a_killed_replica_agent_resyncs_only_what_it_missed() {
+    let cluster = Cluster::up(3, "1G");
+    cluster.ok(&[
+        "volume",
+        "create",
+        "vol-k",
+        "--size",
+        "256Mi",
+        "--replicas",
+        "3",
+    ]);
+    let uri = cluster.uri("vol-k");
+    qemu_io(&uri, &["write -P 0x33 0 64M", "flush"]);
+    let target = cluster.target_node("vol-k");
+    let victim = cluster
+        .replica_nodes("vol-k")
+        .into_iter()
+        .find(|node| *node != target)
+        .unwrap();
+    let replica = format!("vol-k-{}", cluster.pool_on(&victim));
+    cluster.kill_9(&format!("nodes/{victim}/agent.pid"));
+    // I/O goes on with two of three replicas.
+    qemu_io(
+        &uri,
+        &["write -P 0x44 128M 2M", "flush", "read -P 0x33 0 64M"],
+    );
+    cluster.wait_for(
+        "the replica to be seen Offline",
+        &["get", "cvr", &replica, "-n", "openebs"],
+        |out| !out.contains("Healthy"),
+    );
+    cluster.ok(&["up", "--nodes", "3"]);
+    cluster.wait_for(
+        "the replica to be Healthy again",
+        &["get", "cvr", &replica, "-n", "openebs"],
+        |out| out.contains("Healthy"),
+    );
+    let last = &cluster.cvr(&replica)["status"]["lastResync"];
+    assert_eq!(last["full"], false, "{last}");
+    let bytes = last["bytes"].as_u64().unwrap();
+    // 2 MiB were written meanwhile (1 MiB regions); the 64 MiB before were not copied again.
+    assert!(bytes >= 2 << 20 && bytes <= 4 << 20, "copied {bytes} bytes");
+    qemu_io(&uri, &["read -P 0x33 0 64M", "read -P 0x44 128M 2M"]);
+}
+
+#[test]
+fn a_killed_target_agent_comes_back_and_every_acknowledged_write_reads_back() {
+    let cluster = Cluster::up(3, "1G");
+    cluster.ok(&[
+        "volume",
+        "create",
+        "vol-t",
+        "--size",
+        "128Mi",
+        "--replicas",
+        "2",
+    ]);
+    let uri = cluster.uri("vol-t");
+    qemu_io(&uri, &["write -P 0x55 0 16M", "write -P 0x66 16M 1M"]);
+    let target = cluster.target_node("vol-t");
+    cluster.kill_9(&format!("nodes/{target}/agent.pid"));
+    cluster.ok(&["up", "--nodes", "3"]);
+    // The same address serves again once the new target has recovered.
+    assert_eq!(cluster.uri("vol-t"), uri);
+    qemu_io(&uri, &["read -P 0x55 0 16M", "read -P 0x66 16M 1M"]);
+}
