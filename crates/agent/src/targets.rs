@@ -379,6 +379,11 @@ impl Targets {
             .collect();
         updated.status.replica_details.known_replicas = known_replicas(&status.membership);
         updated.status.capacity = volume.spec.capacity;
+        updated.status.message = if status.fenced {
+            "a newer target took over".to_string()
+        } else {
+            String::new()
+        };
         for reported in &updated.status.replica_statuses {
             let Some(cvr) = replicas
                 .iter()

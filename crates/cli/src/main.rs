@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod agent;
 mod cluster;
 mod control_plane;
+mod demo;
 mod kubectl;
 mod output;
 mod server;
@@ -37,6 +38,9 @@ enum TopCommand {
     ControlPlane(control_plane::ControlPlaneArgs),
     /// Runs the node agent: owns one pool directory and the replicas placed in it.
     Agent(agent::AgentArgs),
+    /// Moves a volume's replica to another node while an application writes to it, checking
+    /// that no data is lost (cStor's migration walk-through, on the local cluster).
+    Demo(demo::DemoArgs),
     /// The kubectl-style verbs: get, describe, edit, patch, apply, create, delete, volume.
     #[command(flatten)]
     Kubectl(kubectl::Command),
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
         TopCommand::Down(args) => cluster::down(args).map(|()| true),
         TopCommand::ControlPlane(args) => control_plane::run(args).map(|()| true),
         TopCommand::Agent(args) => agent::run(args).map(|()| true),
+        TopCommand::Demo(args) => demo::run(args),
         TopCommand::Kubectl(command) => kubectl::run(command),
     };
     match result {

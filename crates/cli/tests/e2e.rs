@@ -98,14 +98,14 @@ fn the_seed_tables_and_a_volume_on_two_pools_on_two_nodes() {
         .collect();
     assert_ne!(nodes[0], nodes[1], "two replicas never share a node");
 
-    // The agents create the storage; until a target connects (the data path), a replica is
-    // Offline, as in cStor.
+    // The agents create the storage, the volume's target connects to both: Healthy, as in the
+    // seed's table.
     let table = cluster.wait_for(
-        "both replicas' storage",
+        "both replicas to be Healthy",
         &["get", "cvr", "-n", "openebs"],
         |out| {
             out.lines()
-                .filter(|line| line.contains(" Offline "))
+                .filter(|line| line.contains(" Healthy "))
                 .count()
                 == 2
         },
@@ -244,11 +244,6 @@ fn every_admission_rule_refuses_with_its_message_and_changes_nothing() {
     );
     pools_refused(
         "vol-a",
-        &[&a[0]],
-        "is allowed only while CStorVolume vol-a is Healthy; it is Init",
-    );
-    pools_refused(
-        "vol-a",
         &[&a[0], &a[1], "cspc-stripe-pool-zzzz"],
         "pool cspc-stripe-pool-zzzz named in spec.policy.replicaPoolInfo does not exist",
     );
@@ -349,14 +344,24 @@ fn every_admission_rule_refuses_with_its_message_and_changes_nothing() {
         before["metadata"]["resourceVersion"]
     );
 
-    // A scale-up is accepted; no other change until its new replica is Healthy.
-    let output = cluster.patch_pools("vol-a", &[&a[0], &a[1], &free[0]]);
+    // A scale-up is accepted, but its new replica cannot be built while its node's agent is
+    // down (killed just before the edit, while its pool still counts as ONLINE): no other change
+    // is accepted until the new replica is Healthy, and "successfully scaled" is not said.
+    // (Not vol-three's target node: vol-three must keep reporting for the check after this.)
+    let three_target = cluster.target_node("vol-three");
+    let (stalled_pool, stalled_node) = cluster
+        .pools()
+        .into_iter()
+        .find(|(pool, node)| free.contains(pool) && *node != three_target)
+        .unwrap();
+    cluster.kill_9(&format!("nodes/{stalled_node}/agent.pid"));
+    let output = cluster.patch_pools("vol-a", &[&a[0], &a[1], &stalled_pool]);
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let new_replica = format!("vol-a-{}", free[0]);
+    let new_replica = format!("vol-a-{stalled_pool}");
     cluster.wait_for("the new replica", &["get", "cvr", "-n", "openebs"], |out| {
         out.contains(&new_replica)
     });
@@ -377,6 +382,37 @@ fn every_admission_rule_refuses_with_its_message_and_changes_nothing() {
         !described.contains("successfully scaled"),
         "not before the replica is Healthy"
     );
+
+    // Scale-down only while the volume is Healthy: vol-three is Degraded once the agent of one
+    // of its replicas (not the one hosting its target, which would then report nothing) is dead.
+    let target = cluster.target_node("vol-three");
+    let nodes = cluster.replica_nodes("vol-three");
+    // One dead replica only (two of three would leave it Offline, below its consistency factor).
+    let dead = if nodes.contains(&stalled_node) {
+        stalled_node.clone()
+    } else {
+        nodes.iter().find(|node| **node != target).unwrap().clone()
+    };
+    if dead != stalled_node {
+        cluster.kill_9(&format!("nodes/{dead}/agent.pid"));
+    }
+    cluster.wait_for(
+        "vol-three to be Degraded",
+        &["get", "cv", "vol-three", "-n", "openebs"],
+        |out| out.contains("Degraded"),
+    );
+    let keep: Vec<String> = nodes
+        .iter()
+        .filter(|node| **node != target)
+        .map(|node| cluster.pool_on(node))
+        .collect();
+    let refs: Vec<&str> = keep.iter().map(String::as_str).collect();
+    pools_refused(
+        "vol-three",
+        &refs,
+        "is allowed only while CStorVolume vol-three is Healthy; it is Degraded",
+    );
+    cluster.ok(&["up", "--nodes", "4"]);
 }
 
 #[test]

@@ -118,7 +118,7 @@ impl NbdUri {
                 _ => return Err(invalid(&format!("port {port:?} is not a port number"))),
             },
         };
-        let export = percent_decode(path).map_err(|reason| invalid(reason))?;
+        let export = percent_decode(path).map_err(invalid)?;
         proto::decode_string(export.as_bytes())
             .map_err(|reason| invalid(&format!("export name: {reason}")))?;
         Ok(NbdUri {
@@ -1111,7 +1111,7 @@ mod tests {
         assert_eq!(flags, proto::FLAG_FIXED_NEWSTYLE | proto::FLAG_NO_ZEROES);
 
         let mut old = greeting;
-        old[8..16].copy_from_slice(&0x0042_0281_8612_53u64.to_be_bytes());
+        old[8..16].copy_from_slice(&0x0000_4202_8186_1253_u64.to_be_bytes());
         assert!(decode_greeting(&old).unwrap_err().contains("old-style"));
         let mut not_nbd = greeting;
         not_nbd[0] = b'X';

@@ -21,7 +21,7 @@ mod describe;
 mod edit;
 mod get;
 mod patch;
-mod volume;
+pub(crate) mod volume;
 
 use std::io::Read;
 

@@ -107,9 +107,16 @@ impl Cluster {
         serde_json::from_str(&self.ok(&args)).expect("tandem -o json prints JSON")
     }
 
-    /// Pool name -> node name.
+    /// Pool name -> node name, for the pools of `cspc-stripe-pool`.
     pub fn pools(&self) -> Vec<(String, String)> {
-        let list = self.json(&["get", "cspi", "-n", "openebs"]);
+        let list = self.json(&[
+            "get",
+            "cspi",
+            "-n",
+            "openebs",
+            "-l",
+            "openebs.io/cstor-pool-cluster=cspc-stripe-pool",
+        ]);
         let mut pools: Vec<(String, String)> = items(&list)
             .iter()
             .map(|pool| {
@@ -229,4 +236,122 @@ pub fn bound_pools(cluster: &Cluster, volume: &str) -> Vec<String> {
     let (spec, status) = pool_info(&cvc);
     assert_eq!(spec, status);
     spec
+}
+
+impl Cluster {
+    pub fn uri(&self, volume: &str) -> String {
+        self.ok(&["volume", "uri", volume, "-n", "openebs"])
+            .trim()
+            .to_string()
+    }
+
+    pub fn cvr(&self, name: &str) -> Value {
+        self.json(&["get", "cvr", name, "-n", "openebs"])
+    }
+
+    /// Adds the pool on `node` to the volume, waits until its new replica is Healthy and the
+    /// volume says it scaled; returns the new replica's name.
+    pub fn add_pool(&self, volume: &str, node: &str) -> String {
+        let pool = self.pool_on(node);
+        let cvc = self.cvc(volume);
+        let mut pools: Vec<String> = cvc["status"]["poolInfo"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|pool| pool.as_str().unwrap().to_string())
+            .collect();
+        pools.push(pool.clone());
+        let refs: Vec<&str> = pools.iter().map(String::as_str).collect();
+        let output = self.patch_pools(volume, &refs);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let replica = format!("{volume}-{pool}");
+        let count = pools.len().to_string();
+        self.wait_for(
+            "the new replica to be Healthy",
+            &["describe", "cvc", volume, "-n", "openebs"],
+            |out| out.contains(&format!("successfully scaled volume replicas to {count}")),
+        );
+        assert_eq!(self.cvr(&replica)["status"]["phase"], "Healthy");
+        replica
+    }
+
+    /// Removes the pool on `node` from the volume and waits until its replica is gone.
+    pub fn remove_pool(&self, volume: &str, node: &str) {
+        let pool = self.pool_on(node);
+        let cvc = self.cvc(volume);
+        let pools: Vec<String> = cvc["status"]["poolInfo"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|pool| pool.as_str().unwrap().to_string())
+            .filter(|name| *name != pool)
+            .collect();
+        let refs: Vec<&str> = pools.iter().map(String::as_str).collect();
+        let output = self.patch_pools(volume, &refs);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let replica = format!("{volume}-{pool}");
+        self.wait_for(
+            "the removed replica to be gone",
+            &["get", "cvr", "-n", "openebs"],
+            |out| !out.contains(&replica),
+        );
+        let data = self
+            .data_dir()
+            .join("nodes")
+            .join(node)
+            .join("pool/replicas")
+            .join(volume);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while data.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{} was not removed",
+                data.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The nodes holding the volume's replicas, in poolInfo order.
+    pub fn replica_nodes(&self, volume: &str) -> Vec<String> {
+        let pools = self.pools();
+        self.cvc(volume)["status"]["poolInfo"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|pool| {
+                pools
+                    .iter()
+                    .find(|(name, _)| name == pool.as_str().unwrap())
+                    .map(|(_, node)| node.clone())
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    pub fn target_node(&self, volume: &str) -> String {
+        let cv = self.json(&["get", "cv", volume, "-n", "openebs"]);
+        cv["metadata"]["annotations"]["tandem.io/target-node"]
+            .as_str()
+            .expect("the target is placed")
+            .to_string()
+    }
+}
+
+pub fn free_node(cluster: &Cluster, volume: &str) -> String {
+    let used = cluster.replica_nodes(volume);
+    cluster
+        .pools()
+        .into_iter()
+        .map(|(_, node)| node)
+        .find(|node| !used.contains(node))
+        .expect("a node without a replica")
 }

@@ -11,9 +11,9 @@ use rand::seq::SliceRandom;
 use tandem_client::ClientError;
 use tandem_objects::{
     CStorPoolInstance, CStorPoolInstancePhase, CStorVolume, CStorVolumeConfig,
-    CStorVolumeConfigPhase, CStorVolumeReplica, CStorVolumeReplicaPhase, CStorVolumeReplicaSpec,
-    CStorVolumeSpec, Condition, EventType, Kind, Object, ObjectMeta, ObjectReference,
-    OwnerReference, ReplicaPoolInfo, ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME,
+    CStorVolumeConfigPhase, CStorVolumePhase, CStorVolumeReplica, CStorVolumeReplicaPhase,
+    CStorVolumeReplicaSpec, CStorVolumeSpec, Condition, EventType, Kind, Object, ObjectMeta,
+    ObjectReference, OwnerReference, ReplicaPoolInfo, ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME,
     ANNOTATION_TARGET_NODE, CONDITION_SCALING_VOLUME_REPLICAS, CSTOR_API_VERSION,
     FINALIZER_CSTOR_VOLUME_REPLICA, LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_CSTOR_POOL_INSTANCE_UID,
     LABEL_CSTOR_VOLUME_NAME, LABEL_PERSISTENT_VOLUME, LABEL_VERSION,
@@ -73,6 +73,33 @@ pub(crate) async fn reconcile_config(
 // ---------------------------------------------------------------------------------------------
 // Target placement
 
+/// A volume whose target's node stopped reporting is Offline as far as anyone can tell; its
+/// agent (or a restarted one) reports the real state again when it is back.
+async fn mark_target_unreachable(
+    context: &Context,
+    volume: &CStorVolume,
+    node: &str,
+) -> Result<(), ClientError> {
+    let message = format!("the agent hosting the target (node {node}) is not reporting");
+    if volume.status.phase == CStorVolumePhase::Offline && volume.status.message == message {
+        return Ok(());
+    }
+    tracing::warn!(
+        volume = volume.name(),
+        node,
+        "target unreachable: volume Offline"
+    );
+    let mut offline = volume.clone();
+    offline.status.phase = CStorVolumePhase::Offline;
+    offline.status.message = message;
+    offline.status.last_transition_time = super::now_rfc3339();
+    context
+        .client
+        .update_status(&Object::CStorVolume(offline))
+        .await
+        .map(drop)
+}
+
 /// Puts the volume's target on a node (the node of its first replica whose agent is up, as a
 /// target next to one copy saves a network hop) and records where clients reach it: the node's
 /// NBD address in `spec.targetIP` / `spec.targetPort`. A placed target stays where it is: when
@@ -101,6 +128,10 @@ async fn place_target(
     let Some(node) = node else {
         return Ok(()); // No agent has reported an NBD address yet.
     };
+    if placed.is_some() && !node.ready && context.api.past_agent_grace() {
+        // The target's agent is silent: whatever its last status said is stale.
+        return mark_target_unreachable(context, volume, &node.node).await;
+    }
     let Some((ip, port)) = node.nbd_address.rsplit_once(':') else {
         return Ok(());
     };

@@ -1,0 +1,1697 @@
+//! `tandem demo`: the seed's walk-through (cStor's "How to Migrate Data Replica Across Nodes")
+//! for real, on a local cluster, with an application writing to the volume the whole time:
+//!
+//! 1. start (or reuse) the local cluster as `tandem up` does, and show its pools;
+//! 2. create a 2-replica volume `pvc-<uuid>` and show where its replicas are;
+//! 3. start the application: a task writing 64 KiB blocks across the volume over NBD (the
+//!    `tandem_nbd` client), with FUA writes, flushes and read-back checks, timing every I/O;
+//! 4. scale up to the pool with no replica (a merge patch of `spec.policy.replicaPoolInfo`, as
+//!    `tandem patch` sends it) and follow the new replica's rebuild until it is Healthy;
+//! 5. scale down: drop the first original pool, wait until its replica is gone and the pool's
+//!    space is freed;
+//! 6. stop the application and read back every block: each one's last content is known.
+//!
+//! The summary says how much was written and verified, how many I/O errors there were, and the
+//! longest single I/O ("the longest I/O stall"); the exit status is 1 if any I/O failed or any
+//! block read back wrong. Every wait has a deadline (`--timeout`) and fails naming what did not
+//! happen. The cluster and the volume are left in place to look around (`--cleanup` deletes
+//! the volume); `tandem down` stops the cluster.
+//!
+//! Everything goes through the same code as the commands it names: `cluster::up`, the `volume
+//! create` verb, the API client for patches, `render_table` for the tables.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use tandem_client::Client as ApiClient;
+use tandem_nbd::client::ClientError as NbdError;
+use tandem_nbd::{Client as NbdClient, ClientOptions};
+use tandem_objects::{
+    CStorPoolInstance, CStorPoolInstancePhase, CStorVolume, CStorVolumeConfig, CStorVolumePhase,
+    CStorVolumeReplica, CStorVolumeReplicaPhase, Event, Kind, Quantity, DEFAULT_NAMESPACE,
+    LABEL_CSTOR_POOL_CLUSTER, LABEL_PERSISTENT_VOLUME,
+};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::cluster::{self, UpArgs, POOL_CLUSTER};
+use crate::kubectl::reference;
+use crate::kubectl::volume::{self, VolumeCommand};
+use crate::output::{no_resources, render_table};
+use crate::server::{default_data_dir, ServerArgs};
+
+/// What `tandem demo --help` says after the options.
+const AFTER_HELP: &str = "\
+What it does: starts (or reuses) the local cluster in the data directory as `tandem up` does,
+creates a 2-replica volume pvc-<uuid>, starts an application writing 64 KiB blocks across it over
+NBD (FUA writes, flushes, read-back checks), adds a replica on the pool that has none and follows
+its rebuild, removes the replica on the first original pool, then stops the application and reads
+back every block.
+
+Exit status: 0 when no I/O failed and every block read back as last written (\"no data lost\"),
+1 otherwise, or when a step did not happen within --timeout (the message names it).
+
+Afterwards the cluster keeps running and the volume stays, so you can look around (tandem get
+cvr -n openebs, tandem describe cvc NAME -n openebs, qemu-io on the volume's URI); nothing is
+deleted unless --cleanup is given. `tandem down` stops the cluster; `tandem volume delete NAME`
+removes the volume.";
+
+#[derive(Args, Debug)]
+#[command(after_long_help = AFTER_HELP)]
+pub struct DemoArgs {
+    /// The local cluster's data directory [default: ~/.tandem]. A cluster already running there
+    /// is reused.
+    #[arg(long, env = "TANDEM_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The demo volume's size (a multiple of 64Ki).
+    #[arg(long, default_value = "256Mi")]
+    size: String,
+    /// Nodes of the cluster (at least 3: two replicas, and a pool to move one to). A running
+    /// cluster with more keeps them.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// The control plane's port when the demo starts the cluster (as `tandem up --port`).
+    #[arg(long)]
+    port: Option<u16>,
+    /// How long each step may take (pools ONLINE, volume Bound, rebuild, scale-down).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Delete the demo's volume at the end (the cluster keeps running either way).
+    #[arg(long)]
+    cleanup: bool,
+    /// Keep the demo's volume at the end; this is the default (the opposite of --cleanup).
+    #[arg(long, conflicts_with = "cleanup")]
+    keep: bool,
+}
+
+/// `tandem up`'s options, parsed from words, so the demo starts the cluster exactly as `up`.
+#[derive(Parser)]
+#[command(no_binary_name = true)]
+struct UpWords {
+    #[command(flatten)]
+    args: UpArgs,
+}
+
+/// `tandem volume ...`, parsed from words, so the demo creates the volume exactly as the verb.
+#[derive(Parser)]
+#[command(no_binary_name = true)]
+struct VolumeWords {
+    #[command(subcommand)]
+    command: VolumeCommand,
+}
+
+const NAMESPACE: &str = DEFAULT_NAMESPACE;
+/// The application's block: every write and read is one block.
+const BLOCK: u64 = 64 * 1024;
+/// Writes in flight at once (one batch of consecutive blocks).
+const QUEUE_DEPTH: u64 = 4;
+/// Every this many writes, one is FUA.
+const FUA_EVERY: u64 = 5;
+/// A flush after this many writes.
+const FLUSH_EVERY: u64 = 32;
+/// A read-back check of a random earlier block after this many writes.
+const VERIFY_EVERY: u64 = 16;
+/// Reads in flight during the final check.
+const VERIFY_DEPTH: usize = 8;
+/// An I/O not answered within this counts as an error (the application goes on, on a new
+/// connection).
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often objects are looked at while waiting.
+const POLL: Duration = Duration::from_millis(200);
+/// How long the application goes on writing on the new replicas before it is stopped.
+const WRITE_AFTER_MIGRATION: Duration = Duration::from_secs(3);
+/// The most problems (I/O errors, wrong data) listed in the summary.
+const PROBLEMS_SHOWN: usize = 20;
+
+pub fn run(args: DemoArgs) -> Result<bool> {
+    let size =
+        Quantity::parse(&args.size).map_err(|error| anyhow!("--size {:?}: {error}", args.size))?;
+    if size.bytes() < QUEUE_DEPTH * BLOCK || !size.bytes().is_multiple_of(BLOCK) {
+        bail!(
+            "--size {}: the demo writes 64 KiB blocks, so the size must be a multiple of 64Ki and \
+             at least 256Ki",
+            args.size
+        );
+    }
+    if args.nodes < 3 {
+        bail!(
+            "--nodes {}: the demo needs at least 3 nodes (two replicas, and a pool to move one \
+             to)",
+            args.nodes
+        );
+    }
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let started = Instant::now();
+
+    heading("Step 1: a local cluster and its pools (tandem up)");
+    let nodes = args.nodes.max(recorded_nodes(&data_dir));
+    let mut words = vec![
+        "--nodes".to_string(),
+        nodes.to_string(),
+        "--data-dir".to_string(),
+        data_dir.display().to_string(),
+        "--timeout".to_string(),
+        humantime::format_duration(args.timeout).to_string(),
+    ];
+    if let Some(port) = args.port {
+        words.extend(["--port".to_string(), port.to_string()]);
+    }
+    let up = UpWords::try_parse_from(words).context("the options for tandem up")?;
+    cluster::up(up.args)?;
+    let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
+    let api = ServerArgs {
+        server: None,
+        data_dir: Some(data_dir.clone()),
+    }
+    .client()?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    let mut demo = Demo {
+        api,
+        size,
+        timeout: args.timeout,
+        data_dir,
+        volume: format!("pvc-{}", uuid::Uuid::new_v4()),
+        seen_events: HashSet::new(),
+        started,
+        cleanup: args.cleanup,
+    };
+    runtime.block_on(demo.walk())
+}
+
+/// The number of nodes `tandem up` recorded in the data directory (0 if none): the demo never
+/// asks `up` for fewer, which `up` refuses.
+fn recorded_nodes(data_dir: &Path) -> usize {
+    std::fs::read_to_string(data_dir.join("cluster.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|cluster| cluster["nodes"].as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+
+fn heading(text: &str) {
+    println!();
+    println!("== {text}");
+}
+
+/// A command line, as the user would type it to see the same.
+fn command(text: &str) {
+    println!("$ {text}");
+}
+
+/// "256 MiB", "1.5 GiB", "512 KiB", "12 B".
+fn human(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("B", 1),
+    ];
+    for (unit, size) in UNITS {
+        if bytes >= size || size == 1 {
+            let value = bytes as f64 / size as f64;
+            return if value.fract() == 0.0 || value >= 100.0 {
+                format!("{value:.0} {unit}")
+            } else {
+                format!("{value:.1} {unit}")
+            };
+        }
+    }
+    unreachable!("the last unit matches everything")
+}
+
+fn seconds(duration: Duration) -> String {
+    format!("{:.1} s", duration.as_secs_f64())
+}
+
+/// A pool as the demo needs it.
+#[derive(Debug, Clone)]
+struct Pool {
+    name: String,
+    node: String,
+    /// The ALLOCATED column.
+    allocated: Quantity,
+    usable: bool,
+}
+
+impl Pool {
+    fn from(instance: &CStorPoolInstance) -> Pool {
+        Pool {
+            name: instance.name().to_string(),
+            node: instance.spec.host_name.clone(),
+            allocated: instance.status.capacity.used,
+            usable: instance.status.phase == CStorPoolInstancePhase::Online
+                && !instance.status.read_only,
+        }
+    }
+}
+
+struct Demo {
+    api: ApiClient,
+    size: Quantity,
+    timeout: Duration,
+    data_dir: PathBuf,
+    volume: String,
+    /// Events already printed: (name, count).
+    seen_events: HashSet<(String, u32)>,
+    started: Instant,
+    cleanup: bool,
+}
+
+impl Demo {
+    async fn walk(&mut self) -> Result<bool> {
+        let pools = self.wait_for_pools().await?;
+        println!();
+        self.table(
+            "tandem get cspc -n openebs",
+            Kind::CStorPoolCluster,
+            None,
+            false,
+        )
+        .await?;
+        println!();
+        self.table(
+            "tandem get cspi -n openebs",
+            Kind::CStorPoolInstance,
+            None,
+            false,
+        )
+        .await?;
+
+        heading(&format!(
+            "Step 2: a volume with 2 replicas (tandem volume create {} --size {} --replicas 2)",
+            self.volume, self.size
+        ));
+        self.create_volume().await?;
+        let config = self.config().await?;
+        let original: Vec<String> = config
+            .spec
+            .policy
+            .replica_pool_info
+            .iter()
+            .map(|pool| pool.pool_name.clone())
+            .collect();
+        if original.len() != 2 {
+            bail!(
+                "volume {} is Bound with {} pools in spec.policy.replicaPoolInfo, expected 2",
+                self.volume,
+                original.len()
+            );
+        }
+        println!();
+        self.table(
+            &format!("tandem get cvc {} -n openebs", self.volume),
+            Kind::CStorVolumeConfig,
+            None,
+            false,
+        )
+        .await?;
+        println!();
+        command(&format!(
+            "tandem get cvc {} -n openebs -o yaml    (abridged: where the replicas are)",
+            self.volume
+        ));
+        print_pools_of(&config, &pools);
+        self.wait_for_replicas(&original).await?;
+        println!();
+        self.replica_table().await?;
+
+        heading("Step 3: an application writes to the volume over NBD (tandem volume uri)");
+        let uri = self.volume_uri().await?;
+        command(&format!("tandem volume uri {} -n openebs", self.volume));
+        println!("{uri}");
+        let blocks = self.size.bytes() / BLOCK;
+        println!(
+            "starting the application: {blocks} blocks of 64 KiB written in turn, over and over \
+             (every {FUA_EVERY}th with FUA, a flush every {FLUSH_EVERY} writes, a random earlier \
+             block read back every {VERIFY_EVERY}); each I/O times out after {}",
+            humantime::format_duration(IO_TIMEOUT)
+        );
+        let writer = Writer::start(uri.clone(), blocks);
+        let steps = self.migrate(&writer, &original).await;
+        let mut stats_line = writer.stats.line();
+        if steps.is_ok() {
+            heading("Step 6: stop the application and read back every block");
+        } else {
+            println!();
+            println!("stopping the application ...");
+        }
+        let written = writer.stop().await;
+        if let Err(error) = steps {
+            println!("application until then: {stats_line}");
+            writer_problems(&written.stats);
+            return Err(error);
+        }
+        stats_line = written.stats.line();
+        println!("application stopped after its final flush: {stats_line}");
+        let checked = verify_all(&uri, &written).await;
+        println!(
+            "read back {} blocks ({}) on a new connection: {} as last written, {} wrong, {} \
+             unreadable",
+            blocks,
+            human(blocks * BLOCK),
+            checked.good,
+            checked.wrong,
+            checked.unreadable
+        );
+        let ok = self.summary(&written, &checked, &original).await?;
+        self.finish(&uri).await?;
+        Ok(ok)
+    }
+
+    /// Steps 3 (the volume filled once), 4 and 5, while the writer runs.
+    async fn migrate(&mut self, writer: &Writer, original: &[String]) -> Result<()> {
+        let filled = writer
+            .wait_for_rounds(1, self.timeout)
+            .await
+            .map_err(|why| {
+                anyhow!(
+                    "the application did not write the whole volume once within {}: {why} \
+                     (so far {}; a larger volume needs a longer --timeout)",
+                    humantime::format_duration(self.timeout),
+                    writer.stats.line()
+                )
+            })?;
+        println!(
+            "the application wrote the whole volume once in {} and goes on: {}",
+            seconds(filled),
+            writer.stats.line()
+        );
+
+        // Step 4: scale up.
+        let pools = self.pools().await?;
+        let mut free: Vec<&Pool> = pools
+            .iter()
+            .filter(|pool| pool.usable && !original.contains(&pool.name))
+            .collect();
+        free.sort_by(|a, b| (a.allocated.bytes(), &a.name).cmp(&(b.allocated.bytes(), &b.name)));
+        let Some(target) = free.first().map(|pool| (*pool).clone()) else {
+            bail!(
+                "no ONLINE, writable pool of {POOL_CLUSTER} is without a replica of {}: `tandem \
+                 get cspi -n openebs` shows the pools",
+                self.volume
+            );
+        };
+        heading(&format!(
+            "Step 4: scale up to the pool with no replica, {} on {} (tandem patch cvc)",
+            target.name, target.node
+        ));
+        println!(
+            "{} has no replica of the volume: add it to spec.policy.replicaPoolInfo",
+            target.name
+        );
+        let mut wanted: Vec<String> = original.to_vec();
+        wanted.push(target.name.clone());
+        let baseline = self.events().await?;
+        self.patch_pools(&wanted).await?;
+        let copied = self.wait_for_rebuild(&target, &baseline).await?;
+        self.wait_for_growth(&target, copied).await?;
+        println!();
+        self.replica_table().await?;
+        println!("application meanwhile: {}", writer.stats.line());
+
+        // Step 5: scale down.
+        let leaving = original[0].clone();
+        let leaving_node = pools
+            .iter()
+            .find(|pool| pool.name == leaving)
+            .map(|pool| pool.node.clone())
+            .unwrap_or_default();
+        heading(&format!(
+            "Step 5: scale down: remove the replica on the first original pool, {leaving} on \
+             {leaving_node}"
+        ));
+        self.table(
+            "tandem get cspi -n openebs",
+            Kind::CStorPoolInstance,
+            None,
+            false,
+        )
+        .await?;
+        let before = self
+            .pools()
+            .await?
+            .into_iter()
+            .find(|pool| pool.name == leaving)
+            .map_or(Quantity::ZERO, |pool| pool.allocated);
+        println!();
+        let remaining: Vec<String> = wanted.into_iter().filter(|pool| *pool != leaving).collect();
+        let baseline = self.events().await?;
+        self.patch_pools(&remaining).await?;
+        self.wait_for_removal(&leaving, &baseline).await?;
+        let after = self.wait_for_space(&leaving, before).await?;
+        println!();
+        self.replica_table().await?;
+        println!();
+        self.table(
+            "tandem get cspi -n openebs",
+            Kind::CStorPoolInstance,
+            None,
+            false,
+        )
+        .await?;
+        println!(
+            "{leaving} on {leaving_node}: ALLOCATED {before} -> {after} ({} freed)",
+            human(before.bytes().saturating_sub(after.bytes()))
+        );
+        println!(
+            "the application goes on for {} on the new replicas ...",
+            seconds(WRITE_AFTER_MIGRATION)
+        );
+        tokio::time::sleep(WRITE_AFTER_MIGRATION).await;
+        Ok(())
+    }
+
+    /// Prints a `get` table of `kind` (all of it, or the objects matching `selector`).
+    async fn table(
+        &self,
+        shown: &str,
+        kind: Kind,
+        selector: Option<&str>,
+        wide: bool,
+    ) -> Result<()> {
+        command(shown);
+        let mut objects = self.api.list(kind, Some(NAMESPACE), selector).await?.items;
+        if kind == Kind::CStorVolumeConfig {
+            objects.retain(|object| object.name() == self.volume);
+        }
+        let table = render_table(kind, &objects, wide, SystemTime::now(), false, true);
+        if table.is_empty() {
+            println!("{}", no_resources(Some(NAMESPACE)));
+        } else {
+            print!("{table}");
+        }
+        Ok(())
+    }
+
+    async fn replica_table(&self) -> Result<()> {
+        let selector = format!("{LABEL_PERSISTENT_VOLUME}={}", self.volume);
+        self.table(
+            &format!("tandem get cvr -n openebs -o wide -l {selector}"),
+            Kind::CStorVolumeReplica,
+            Some(&selector),
+            true,
+        )
+        .await
+    }
+
+    /// The pools of the pool cluster, by name.
+    async fn pools(&self) -> Result<Vec<Pool>> {
+        let selector = format!("{LABEL_CSTOR_POOL_CLUSTER}={POOL_CLUSTER}");
+        let instances: Vec<CStorPoolInstance> = self
+            .api
+            .list_typed(Kind::CStorPoolInstance, Some(NAMESPACE), Some(&selector))
+            .await?;
+        let mut pools: Vec<Pool> = instances.iter().map(Pool::from).collect();
+        pools.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(pools)
+    }
+
+    /// Waits until at least 3 pools of the pool cluster are ONLINE and writable (`up` waited
+    /// for every pool to be ONLINE; a reused cluster may have read-only ones).
+    async fn wait_for_pools(&self) -> Result<Vec<Pool>> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let pools = self.pools().await?;
+            if pools.iter().filter(|pool| pool.usable).count() >= 3 {
+                return Ok(pools);
+            }
+            if Instant::now() > deadline {
+                let states: Vec<String> = pools
+                    .iter()
+                    .map(|pool| {
+                        format!(
+                            "{} on {}: {}",
+                            pool.name,
+                            pool.node,
+                            if pool.usable {
+                                "ONLINE"
+                            } else {
+                                "not ONLINE or read-only"
+                            }
+                        )
+                    })
+                    .collect();
+                bail!(
+                    "3 ONLINE, writable pools of {POOL_CLUSTER} did not appear within {}; the \
+                     pools: {}",
+                    humantime::format_duration(self.timeout),
+                    if states.is_empty() {
+                        "none".to_string()
+                    } else {
+                        states.join(", ")
+                    }
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn create_volume(&self) -> Result<()> {
+        let words = VolumeWords::try_parse_from([
+            "create",
+            &self.volume,
+            "--size",
+            &self.size.to_string(),
+            "--replicas",
+            "2",
+            "--cspc",
+            POOL_CLUSTER,
+            "--timeout",
+            &humantime::format_duration(self.timeout).to_string(),
+            "--server",
+            self.api.server(),
+        ])
+        .context("the options for tandem volume create")?;
+        if !volume::run(words.command).await? {
+            bail!("volume {} could not be created", self.volume);
+        }
+        Ok(())
+    }
+
+    async fn config(&self) -> Result<CStorVolumeConfig> {
+        let object = self
+            .api
+            .get(Kind::CStorVolumeConfig, NAMESPACE, &self.volume)
+            .await?;
+        Ok(CStorVolumeConfig::try_from(object)?)
+    }
+
+    /// `tandem volume uri`: the target's address once the CStorVolume is Healthy.
+    async fn volume_uri(&self) -> Result<String> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let found = self
+                .api
+                .find(Kind::CStorVolume, NAMESPACE, &self.volume)
+                .await?;
+            let state = match found {
+                Some(object) => {
+                    let volume = CStorVolume::try_from(object)?;
+                    if volume.status.phase == CStorVolumePhase::Healthy
+                        && !volume.spec.target_ip.is_empty()
+                    {
+                        return Ok(format!(
+                            "nbd://{}:{}/{}",
+                            volume.spec.target_ip,
+                            volume.spec.target_port,
+                            volume.name()
+                        ));
+                    }
+                    format!(
+                        "its CStorVolume is {} with target address {:?}",
+                        volume.status.phase, volume.spec.target_portal
+                    )
+                }
+                None => "it has no CStorVolume".to_string(),
+            };
+            if Instant::now() > deadline {
+                bail!(
+                    "volume {} was not served (CStorVolume Healthy, with a target address) \
+                     within {}: {state}",
+                    self.volume,
+                    humantime::format_duration(self.timeout)
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The events about the volume's CStorVolumeConfig, oldest first.
+    async fn events(&self) -> Result<Vec<Event>> {
+        let object = self
+            .api
+            .get(Kind::CStorVolumeConfig, NAMESPACE, &self.volume)
+            .await?;
+        Ok(self.api.events_about(&object).await?)
+    }
+
+    /// Prints the events not printed yet (through the progress bar when one is shown).
+    async fn print_new_events(&mut self, bar: Option<&ProgressBar>) -> Result<Vec<Event>> {
+        let events = self.events().await?;
+        for event in &events {
+            if self
+                .seen_events
+                .insert((event.metadata.name.clone(), event.count))
+            {
+                let line = format!(
+                    "  {} {}: {}",
+                    event.event_type.as_str(),
+                    event.reason,
+                    event.message
+                );
+                match bar {
+                    Some(bar) => bar.println(line),
+                    None => println!("{line}"),
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    /// Sets `spec.policy.replicaPoolInfo` with a JSON merge patch, as `tandem patch` does.
+    async fn patch_pools(&mut self, pools: &[String]) -> Result<()> {
+        let patch = json!({
+            "spec": {"policy": {"replicaPoolInfo":
+                pools.iter().map(|pool| json!({"poolName": pool})).collect::<Vec<_>>()
+            }}
+        });
+        command(&format!(
+            "tandem patch cvc {} -n openebs --type merge -p '{patch}'",
+            self.volume
+        ));
+        // Only the events after the patch are news.
+        for event in self.events().await? {
+            self.seen_events
+                .insert((event.metadata.name.clone(), event.count));
+        }
+        self.api
+            .patch(Kind::CStorVolumeConfig, NAMESPACE, &self.volume, &patch)
+            .await
+            .map_err(|error| anyhow!("the control plane refused the patch: {error}"))?;
+        println!(
+            "{} patched",
+            reference(Kind::CStorVolumeConfig, &self.volume)
+        );
+        Ok(())
+    }
+
+    /// Follows the new replica on `pool` until it is Healthy and the volume config says it
+    /// scaled to 3, with a progress bar fed by the replica's `status.rebuild` (lines instead
+    /// when standard output is not a terminal).
+    /// Returns how many bytes the rebuild copied (0 if the replica does not say).
+    async fn wait_for_rebuild(&mut self, pool: &Pool, baseline: &[Event]) -> Result<u64> {
+        let name = format!("{}-{}", self.volume, pool.name);
+        let done_message = "successfully scaled volume replicas to 3";
+        let deadline = Instant::now() + self.timeout;
+        // The bar appears with the first progress the replica reports.
+        let terminal = std::io::stdout().is_terminal();
+        let mut bar: Option<ProgressBar> = None;
+        let mut phase = None;
+        let mut last_line = Instant::now();
+        let mut replica: Option<CStorVolumeReplica>;
+        loop {
+            let events = self.print_new_events(bar.as_ref()).await?;
+            let scaled = has_new_event(&events, baseline, done_message);
+            replica = match self
+                .api
+                .find(Kind::CStorVolumeReplica, NAMESPACE, &name)
+                .await?
+            {
+                Some(object) => Some(CStorVolumeReplica::try_from(object)?),
+                None => None,
+            };
+            if let Some(replica) = &replica {
+                let now = replica.status.phase;
+                if phase != Some(now) {
+                    let line = format!("  {name}: {now}");
+                    match &bar {
+                        Some(bar) => bar.println(line),
+                        None => println!("{line}"),
+                    }
+                    phase = Some(now);
+                }
+                if let Some(rebuild) = &replica.status.rebuild {
+                    let eta = rebuild
+                        .eta_seconds
+                        .map_or(String::new(), |eta| format!(", ~{eta} s left"));
+                    let rate = match rebuild.bytes_per_second {
+                        0 => "rate not known yet".to_string(),
+                        rate => format!("{}/s{eta}", human(rate)),
+                    };
+                    if terminal && bar.is_none() {
+                        bar = Some(progress_bar());
+                    }
+                    match &bar {
+                        Some(bar) => {
+                            bar.set_length(rebuild.bytes_total);
+                            bar.set_position(rebuild.bytes_done);
+                            bar.set_message(rate);
+                        }
+                        None if last_line.elapsed() >= Duration::from_secs(1) => {
+                            println!(
+                                "  rebuild: {} of {} ({}%), {rate}",
+                                human(rebuild.bytes_done),
+                                human(rebuild.bytes_total),
+                                rebuild.bytes_done * 100 / rebuild.bytes_total.max(1)
+                            );
+                            last_line = Instant::now();
+                        }
+                        None => {}
+                    }
+                }
+                if now == CStorVolumeReplicaPhase::Healthy && scaled {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                if let Some(bar) = &bar {
+                    bar.abandon();
+                }
+                let within = humantime::format_duration(self.timeout);
+                return Err(match &replica {
+                    Some(replica) if replica.status.phase == CStorVolumeReplicaPhase::Healthy => {
+                        anyhow!(
+                            "the new replica on pool {} is Healthy, but volume {} has no event \
+                             {done_message:?} within {within}; its newest: {}",
+                            pool.name,
+                            self.volume,
+                            newest_event(&events)
+                        )
+                    }
+                    Some(replica) => anyhow!(
+                        "the new replica on pool {} did not become Healthy within {within}; \
+                         its status: {}",
+                        pool.name,
+                        replica_status(replica)
+                    ),
+                    None => anyhow!(
+                        "the new replica on pool {} (CStorVolumeReplica {name}) was not \
+                         created within {within}; the volume's newest event: {}",
+                        pool.name,
+                        newest_event(&events)
+                    ),
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        let resync = replica
+            .as_ref()
+            .and_then(|replica| replica.status.last_resync.as_ref());
+        let copied = resync
+            .map(|resync| {
+                format!(
+                    ": {} copied from replica {} ({})",
+                    human(resync.bytes),
+                    resync.source,
+                    if resync.full {
+                        "full rebuild"
+                    } else {
+                        "changed regions only"
+                    }
+                )
+            })
+            .unwrap_or_default();
+        if let Some(bar) = &bar {
+            bar.set_position(bar.length().unwrap_or(0));
+            bar.finish_with_message("done");
+            // The finished bar stays on its line; what follows goes below it.
+            println!();
+        }
+        println!(
+            "the new replica on {} ({}) is Healthy{copied}",
+            pool.name, pool.node
+        );
+        Ok(resync.map_or(0, |resync| resync.bytes))
+    }
+
+    /// Waits until the replica on `pool` is gone and the volume config says it scaled to 2.
+    async fn wait_for_removal(&mut self, pool: &str, baseline: &[Event]) -> Result<()> {
+        let name = format!("{}-{pool}", self.volume);
+        let done_message = "successfully scaled volume replicas to 2";
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let events = self.print_new_events(None).await?;
+            let scaled = has_new_event(&events, baseline, done_message);
+            let replica = self
+                .api
+                .find(Kind::CStorVolumeReplica, NAMESPACE, &name)
+                .await?;
+            if replica.is_none() && scaled {
+                println!("the replica on {pool} is gone");
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let within = humantime::format_duration(self.timeout);
+                return Err(match replica {
+                    Some(object) => {
+                        let replica = CStorVolumeReplica::try_from(object)?;
+                        anyhow!(
+                            "the replica on pool {pool} ({name}) was not removed within \
+                             {within}; its status: {}; the volume's newest event: {}",
+                            replica_status(&replica),
+                            newest_event(&events)
+                        )
+                    }
+                    None => anyhow!(
+                        "the replica on pool {pool} is gone, but volume {} has no event \
+                         {done_message:?} within {within}; its newest: {}",
+                        self.volume,
+                        newest_event(&events)
+                    ),
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits until the pool's ALLOCATED drops below `before` (its agent reports every few
+    /// seconds); returns the new value.
+    async fn wait_for_space(&self, pool: &str, before: Quantity) -> Result<Quantity> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let allocated = self
+                .pools()
+                .await?
+                .into_iter()
+                .find(|found| found.name == pool)
+                .map(|found| found.allocated)
+                .ok_or_else(|| anyhow!("pool {pool} is gone"))?;
+            if allocated.bytes() < before.bytes() {
+                return Ok(allocated);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "pool {pool}'s ALLOCATED did not drop within {} of its replica being \
+                     removed: it is still {allocated}",
+                    humantime::format_duration(self.timeout)
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits until `pool`'s agent reports the space its new replica takes (ALLOCATED up by at
+    /// least half of the `copied` bytes since before the scale-up; the data file is sparse, so
+    /// it holds at least what was copied), so the tables show it.
+    async fn wait_for_growth(&self, pool: &Pool, copied: u64) -> Result<()> {
+        let wanted = pool.allocated.bytes() + (copied / 2).max(1);
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let allocated = self
+                .pools()
+                .await?
+                .into_iter()
+                .find(|found| found.name == pool.name)
+                .map(|found| found.allocated)
+                .ok_or_else(|| anyhow!("pool {} is gone", pool.name))?;
+            if allocated.bytes() >= wanted {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "pool {}'s ALLOCATED did not grow by half of the {} its new replica copied \
+                     within {} of the replica being Healthy: it is {allocated}, it was {}",
+                    pool.name,
+                    human(copied),
+                    humantime::format_duration(self.timeout),
+                    pool.allocated
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits until the replicas on `pools` are all Healthy.
+    async fn wait_for_replicas(&self, pools: &[String]) -> Result<()> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let mut waiting = None;
+            for pool in pools {
+                let name = format!("{}-{pool}", self.volume);
+                let found = self
+                    .api
+                    .find(Kind::CStorVolumeReplica, NAMESPACE, &name)
+                    .await?;
+                let status = match found {
+                    Some(object) => {
+                        let replica = CStorVolumeReplica::try_from(object)?;
+                        if replica.status.phase == CStorVolumeReplicaPhase::Healthy {
+                            continue;
+                        }
+                        replica_status(&replica)
+                    }
+                    None => "it does not exist".to_string(),
+                };
+                waiting = Some(format!("the replica on pool {pool} ({name}): {status}"));
+                break;
+            }
+            let Some(waiting) = waiting else {
+                return Ok(());
+            };
+            if Instant::now() > deadline {
+                bail!(
+                    "the replicas of volume {} did not all become Healthy within {}; {waiting}",
+                    self.volume,
+                    humantime::format_duration(self.timeout)
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Prints the summary; true when nothing was lost and no I/O failed.
+    async fn summary(
+        &self,
+        written: &Written,
+        checked: &Checked,
+        original: &[String],
+    ) -> Result<bool> {
+        let stats = &written.stats;
+        let config = self.config().await?;
+        let pools = self.pools().await?;
+        let node_of = |name: &str| {
+            pools
+                .iter()
+                .find(|pool| pool.name == name)
+                .map_or_else(|| "?".to_string(), |pool| pool.node.clone())
+        };
+        let now: Vec<String> = config
+            .status
+            .pool_info
+            .iter()
+            .map(|pool| node_of(pool))
+            .collect();
+        let before: Vec<String> = original.iter().map(|pool| node_of(pool)).collect();
+        let errors = stats.io_errors.load(Ordering::Relaxed);
+        let wrong = stats.wrong.load(Ordering::Relaxed);
+        heading("Summary");
+        println!(
+            "  volume             {} ({}), replicas on {} -> {}",
+            self.volume,
+            human(self.size.bytes()),
+            before.join(" and "),
+            now.join(" and ")
+        );
+        println!(
+            "  bytes written      {} ({} writes of 64 KiB, {} with FUA; {} flushes)",
+            human(stats.bytes_written.load(Ordering::Relaxed)),
+            stats.writes.load(Ordering::Relaxed),
+            stats.fua_writes.load(Ordering::Relaxed),
+            stats.flushes.load(Ordering::Relaxed)
+        );
+        println!(
+            "  bytes verified     {} ({} while writing, {} at the end)",
+            human(stats.bytes_verified.load(Ordering::Relaxed)),
+            human(stats.bytes_verified.load(Ordering::Relaxed) - checked.bytes),
+            human(checked.bytes)
+        );
+        println!("  I/O errors         {errors}");
+        println!(
+            "  longest I/O stall  {} ms",
+            stats.longest_us.load(Ordering::Relaxed).div_ceil(1000)
+        );
+        println!("  time taken         {}", seconds(self.started.elapsed()));
+        let ok = errors == 0 && wrong == 0;
+        if ok {
+            println!(
+                "  result             no data lost: all {} blocks hold what was last written to \
+                 them, and no I/O failed",
+                written.expected.len()
+            );
+        } else {
+            println!(
+                "  result             FAILED: {wrong} block reads returned wrong data, {errors} \
+                 I/O errors"
+            );
+            writer_problems(stats);
+        }
+        Ok(ok)
+    }
+
+    /// What to do next; deletes the volume with `--cleanup`.
+    async fn finish(&self, uri: &str) -> Result<()> {
+        let default = default_data_dir()
+            .canonicalize()
+            .is_ok_and(|dir| dir == self.data_dir);
+        if self.cleanup {
+            heading("Cleanup (--cleanup): the volume is deleted, the cluster keeps running");
+            command(&format!("tandem volume delete {} -n openebs", self.volume));
+            let words = VolumeWords::try_parse_from([
+                "delete",
+                &self.volume,
+                "--server",
+                self.api.server(),
+            ])
+            .context("the options for tandem volume delete")?;
+            volume::run(words.command).await?;
+            println!("The cluster is still running:");
+        } else {
+            heading(&format!(
+                "The cluster is still running, with the volume {}. To look around:",
+                self.volume
+            ));
+        }
+        if !default {
+            println!("  export TANDEM_DATA_DIR={}", self.data_dir.display());
+        }
+        if !self.cleanup {
+            println!("  the replicas         tandem get cvr -n openebs -o wide");
+            println!(
+                "  the scaling events   tandem describe cvc {} -n openebs",
+                self.volume
+            );
+            println!("  the data             qemu-io -f raw -c 'read -v 0 64' {uri}");
+            println!(
+                "  remove the volume    tandem volume delete {} -n openebs",
+                self.volume
+            );
+        }
+        println!(
+            "  stop the cluster     tandem down    (the data stays in {})",
+            self.data_dir.display()
+        );
+        Ok(())
+    }
+}
+
+/// The rebuild's progress bar, on standard output (a terminal).
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stdout());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "  rebuild [{bar:30}] {binary_bytes}/{binary_total_bytes} {msg}",
+        )
+        .expect("a valid progress template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// The abridged YAML of the seed: `spec.policy.replicaPoolInfo` and `status.poolInfo`, with
+/// each pool's node.
+fn print_pools_of(config: &CStorVolumeConfig, pools: &[Pool]) {
+    let node = |name: &str| {
+        pools
+            .iter()
+            .find(|pool| pool.name == name)
+            .map_or(String::new(), |pool| format!("    # on {}", pool.node))
+    };
+    println!("spec:");
+    println!("  policy:");
+    println!("    replicaPoolInfo:");
+    for pool in &config.spec.policy.replica_pool_info {
+        println!(
+            "    - poolName: {}{}",
+            pool.pool_name,
+            node(&pool.pool_name)
+        );
+    }
+    println!("status:");
+    println!("  phase: {}", config.status.phase);
+    println!("  poolInfo:");
+    for pool in &config.status.pool_info {
+        println!("  - {pool}{}", node(pool));
+    }
+}
+
+/// True if `events` has one whose message contains `message` and that is not in `baseline`
+/// (new, or repeated since: a higher count).
+fn has_new_event(events: &[Event], baseline: &[Event], message: &str) -> bool {
+    events.iter().any(|event| {
+        event.message.contains(message)
+            && !baseline
+                .iter()
+                .any(|old| old.metadata.name == event.metadata.name && old.count == event.count)
+    })
+}
+
+fn newest_event(events: &[Event]) -> String {
+    events.last().map_or_else(
+        || "none".to_string(),
+        |event| {
+            format!(
+                "{} {}: {}",
+                event.event_type.as_str(),
+                event.reason,
+                event.message
+            )
+        },
+    )
+}
+
+fn replica_status(replica: &CStorVolumeReplica) -> String {
+    let mut text = format!("phase {}", replica.status.phase);
+    if let Some(rebuild) = &replica.status.rebuild {
+        text.push_str(&format!(
+            ", rebuild {} of {} at {}/s",
+            human(rebuild.bytes_done),
+            human(rebuild.bytes_total),
+            human(rebuild.bytes_per_second)
+        ));
+    }
+    if !replica.status.message.is_empty() {
+        text.push_str(&format!(", message {:?}", replica.status.message));
+    }
+    text
+}
+
+fn writer_problems(stats: &Stats) {
+    let problems = stats
+        .problems
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if problems.is_empty() {
+        return;
+    }
+    println!("  problems (the first {PROBLEMS_SHOWN}):");
+    for problem in problems.iter() {
+        println!("    {problem}");
+    }
+}
+
+// ---- The application ------------------------------------------------------------------------
+
+/// The content of `block` after the write of round `round`: a header naming both, then words
+/// derived from them, so any block read back can be checked and, when wrong, recognised.
+fn block_data(block: u64, round: u32) -> Vec<u8> {
+    let mut data = Vec::with_capacity(BLOCK as usize);
+    data.extend_from_slice(b"TANDEMv1");
+    data.extend_from_slice(&block.to_le_bytes());
+    data.extend_from_slice(&u64::from(round).to_le_bytes());
+    let mut state = block.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(round) << 32 ^ 0x5eed;
+    while data.len() < BLOCK as usize {
+        // splitmix64
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        data.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    data
+}
+
+/// What a block read back holds, for messages: "round 3 of block 7", "zeroes", ...
+fn describe_content(data: &[u8]) -> String {
+    if data.iter().all(|&byte| byte == 0) {
+        return "zeroes".to_string();
+    }
+    if data.len() >= 24 && &data[..8] == b"TANDEMv1" {
+        let block = u64::from_le_bytes(data[8..16].try_into().expect("8 bytes"));
+        let round = u64::from_le_bytes(data[16..24].try_into().expect("8 bytes"));
+        let intact = u32::try_from(round)
+            .map(|round| block_data(block, round) == data)
+            .unwrap_or(false);
+        return format!(
+            "round {round} of block {block}{}",
+            if intact { "" } else { ", damaged" }
+        );
+    }
+    "data the application never wrote".to_string()
+}
+
+/// What a block must hold: each candidate is a round (`None`: never written, zeroes). One
+/// candidate normally; a failed write adds its round (the old or the new content may be there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Expect(Vec<Option<u32>>);
+
+impl Expect {
+    fn matches(&self, block: u64, data: &[u8]) -> bool {
+        self.0.iter().any(|candidate| match candidate {
+            None => data.iter().all(|&byte| byte == 0),
+            Some(round) => data == block_data(block, *round).as_slice(),
+        })
+    }
+
+    fn describe(&self) -> String {
+        let names: Vec<String> = self
+            .0
+            .iter()
+            .map(|candidate| match candidate {
+                None => "zeroes".to_string(),
+                Some(round) => format!("round {round}"),
+            })
+            .collect();
+        names.join(" or ")
+    }
+}
+
+/// The application's counters, shared with the demo while it runs.
+#[derive(Default)]
+struct Stats {
+    bytes_written: AtomicU64,
+    writes: AtomicU64,
+    fua_writes: AtomicU64,
+    flushes: AtomicU64,
+    bytes_verified: AtomicU64,
+    io_errors: AtomicU64,
+    wrong: AtomicU64,
+    longest_us: AtomicU64,
+    /// Full passes over the volume finished.
+    rounds: AtomicU64,
+    reconnects: AtomicU64,
+    problems: Mutex<Vec<String>>,
+}
+
+impl Stats {
+    fn took(&self, duration: Duration) {
+        self.longest_us
+            .fetch_max(duration.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn problem(&self, message: String) {
+        let mut problems = self.problems.lock().unwrap_or_else(PoisonError::into_inner);
+        if problems.len() < PROBLEMS_SHOWN {
+            problems.push(message);
+        }
+    }
+
+    fn io_error(&self, message: String) {
+        self.io_errors.fetch_add(1, Ordering::Relaxed);
+        self.problem(message);
+    }
+
+    fn wrong_data(&self, message: String) {
+        self.wrong.fetch_add(1, Ordering::Relaxed);
+        self.problem(message);
+    }
+
+    fn line(&self) -> String {
+        let reconnects = self.reconnects.load(Ordering::Relaxed);
+        format!(
+            "{} written, {} verified, {} I/O errors{}, longest I/O stall {} ms",
+            human(self.bytes_written.load(Ordering::Relaxed)),
+            human(self.bytes_verified.load(Ordering::Relaxed)),
+            self.io_errors.load(Ordering::Relaxed),
+            if reconnects > 0 {
+                format!(" ({reconnects} reconnections)")
+            } else {
+                String::new()
+            },
+            self.longest_us.load(Ordering::Relaxed).div_ceil(1000)
+        )
+    }
+}
+
+/// A failed I/O: its message, and whether the connection must be replaced.
+struct Failure {
+    message: String,
+    lost: bool,
+}
+
+/// Runs one I/O with the application's timeout, recording how long it took.
+async fn timed<T>(
+    stats: &Stats,
+    io: impl Future<Output = Result<T, NbdError>>,
+) -> Result<T, Failure> {
+    let began = Instant::now();
+    let result = tokio::time::timeout(IO_TIMEOUT, io).await;
+    stats.took(began.elapsed());
+    match result {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(Failure {
+            lost: error.is_connection_lost(),
+            message: error.to_string(),
+        }),
+        Err(_) => Err(Failure {
+            lost: true,
+            message: format!(
+                "no answer within {}",
+                humantime::format_duration(IO_TIMEOUT)
+            ),
+        }),
+    }
+}
+
+/// What the application leaves when it stops.
+struct Written {
+    stats: Arc<Stats>,
+    expected: Vec<Expect>,
+}
+
+/// The running application.
+struct Writer {
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<Expect>>,
+    started: Instant,
+}
+
+impl Writer {
+    fn start(uri: String, blocks: u64) -> Writer {
+        let stats = Arc::new(Stats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(write_loop(
+            uri,
+            blocks,
+            Arc::clone(&stats),
+            Arc::clone(&stop),
+        ));
+        Writer {
+            stats,
+            stop,
+            task,
+            started: Instant::now(),
+        }
+    }
+
+    /// Waits until the application finished `rounds` full passes; how long it took.
+    async fn wait_for_rounds(&self, rounds: u64, timeout: Duration) -> Result<Duration, &str> {
+        let deadline = Instant::now() + timeout;
+        while self.stats.rounds.load(Ordering::Relaxed) < rounds {
+            if self.task.is_finished() {
+                return Err("the application stopped");
+            }
+            if Instant::now() > deadline {
+                return Err("it was still writing");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(self.started.elapsed())
+    }
+
+    /// Stops the application after its current batch and final flush.
+    async fn stop(self) -> Written {
+        self.stop.store(true, Ordering::SeqCst);
+        let expected = match self.task.await {
+            Ok(expected) => expected,
+            Err(error) => {
+                self.stats
+                    .io_error(format!("the application's task failed: {error}"));
+                Vec::new()
+            }
+        };
+        Written {
+            stats: self.stats,
+            expected,
+        }
+    }
+}
+
+/// Connects (again) to the volume, retrying until it works or `give_up` says so; each failed
+/// attempt is an I/O error.
+async fn connect(uri: &str, stats: &Stats, give_up: impl Fn() -> bool) -> Option<Arc<NbdClient>> {
+    let options = ClientOptions {
+        handshake_timeout: IO_TIMEOUT,
+    };
+    loop {
+        if give_up() {
+            return None;
+        }
+        let began = Instant::now();
+        let connected = NbdClient::connect_with(uri, &options).await;
+        stats.took(began.elapsed());
+        match connected {
+            Ok(client) => return Some(Arc::new(client)),
+            Err(error) => {
+                stats.io_error(format!("connecting to {uri}: {error}"));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// The application: writes the volume block after block, round after round, a batch of
+/// [`QUEUE_DEPTH`] writes in flight at a time; FUA, flushes and read-back checks as the
+/// constants say. Returns what each block must hold.
+async fn write_loop(
+    uri: String,
+    blocks: u64,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+) -> Vec<Expect> {
+    let mut expected = vec![Expect(vec![None]); blocks as usize];
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    let mut client: Option<Arc<NbdClient>> = None;
+    let mut round: u32 = 0;
+    let mut next: u64 = 0;
+    let mut writes: u64 = 0;
+    let mut since_flush: u64 = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let nbd = match &client {
+            Some(nbd) => Arc::clone(nbd),
+            None => match connect(&uri, &stats, || stop.load(Ordering::SeqCst)).await {
+                Some(nbd) => {
+                    if writes > 0 {
+                        stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    client = Some(Arc::clone(&nbd));
+                    nbd
+                }
+                None => break,
+            },
+        };
+        let batch: Vec<u64> = (next..(next + QUEUE_DEPTH).min(blocks)).collect();
+        let mut in_flight = JoinSet::new();
+        for &block in &batch {
+            writes += 1;
+            let fua = writes.is_multiple_of(FUA_EVERY);
+            let nbd = Arc::clone(&nbd);
+            let stats = Arc::clone(&stats);
+            in_flight.spawn(async move {
+                let data = block_data(block, round);
+                let result = timed(&stats, nbd.write(block * BLOCK, &data, fua)).await;
+                (block, fua, result)
+            });
+        }
+        let mut lost = false;
+        while let Some(joined) = in_flight.join_next().await {
+            let (block, fua, result) = match joined {
+                Ok(done) => done,
+                Err(error) => {
+                    stats.io_error(format!("a write task failed: {error}"));
+                    continue;
+                }
+            };
+            let expect = &mut expected[block as usize];
+            match result {
+                Ok(()) => {
+                    *expect = Expect(vec![Some(round)]);
+                    stats.bytes_written.fetch_add(BLOCK, Ordering::Relaxed);
+                    stats.writes.fetch_add(1, Ordering::Relaxed);
+                    if fua {
+                        stats.fua_writes.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(failure) => {
+                    expect.0.push(Some(round));
+                    lost |= failure.lost;
+                    stats.io_error(format!(
+                        "write of block {block} (round {round}): {}",
+                        failure.message
+                    ));
+                }
+            }
+        }
+        let verify_now = writes % VERIFY_EVERY < batch.len() as u64;
+        next += batch.len() as u64;
+        if next >= blocks {
+            next = 0;
+            round += 1;
+            stats.rounds.store(u64::from(round), Ordering::Relaxed);
+        }
+        since_flush += batch.len() as u64;
+        if !lost && since_flush >= FLUSH_EVERY {
+            since_flush = 0;
+            match timed(&stats, nbd.flush()).await {
+                Ok(()) => {
+                    stats.flushes.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(failure) => {
+                    lost |= failure.lost;
+                    stats.io_error(format!("flush: {}", failure.message));
+                }
+            }
+        }
+        if !lost && verify_now {
+            let written = if round == 0 { next } else { blocks };
+            if written > 0 {
+                let block = rng.gen_range(0..written);
+                let check = check_block(&nbd, &stats, block, &expected[block as usize]).await;
+                lost |= check == BlockCheck::Failed { lost: true };
+            }
+        }
+        if lost {
+            client = None;
+        }
+    }
+    if let Some(nbd) = client {
+        match timed(&stats, nbd.flush()).await {
+            Ok(()) => {
+                stats.flushes.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(failure) => stats.io_error(format!("final flush: {}", failure.message)),
+        }
+        if let Some(nbd) = Arc::into_inner(nbd) {
+            let _ = tokio::time::timeout(IO_TIMEOUT, nbd.disconnect()).await;
+        }
+    }
+    expected
+}
+
+/// How a block read back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlockCheck {
+    Good,
+    Wrong,
+    /// The read failed; `lost`: the connection must be replaced.
+    Failed {
+        lost: bool,
+    },
+}
+
+/// Reads `block` back and checks it against what it must hold, counting into `stats`.
+async fn check_block(nbd: &NbdClient, stats: &Stats, block: u64, expect: &Expect) -> BlockCheck {
+    match timed(stats, nbd.read(block * BLOCK, BLOCK as u32)).await {
+        Ok(data) if expect.matches(block, &data) => {
+            stats.bytes_verified.fetch_add(BLOCK, Ordering::Relaxed);
+            BlockCheck::Good
+        }
+        Ok(data) => {
+            stats.wrong_data(format!(
+                "block {block} (offset {}): expected {}, read {}",
+                block * BLOCK,
+                expect.describe(),
+                describe_content(&data)
+            ));
+            BlockCheck::Wrong
+        }
+        Err(failure) => {
+            stats.io_error(format!("read of block {block}: {}", failure.message));
+            BlockCheck::Failed { lost: failure.lost }
+        }
+    }
+}
+
+/// The result of reading back every block at the end.
+#[derive(Default)]
+struct Checked {
+    good: u64,
+    wrong: u64,
+    unreadable: u64,
+    bytes: u64,
+}
+
+/// Reads back every block on a new connection, [`VERIFY_DEPTH`] at a time, and checks each
+/// against what it must hold. A lost connection is replaced (within [`IO_TIMEOUT`]); blocks
+/// that cannot be read count as unreadable.
+async fn verify_all(uri: &str, written: &Written) -> Checked {
+    let stats = &written.stats;
+    let expected = Arc::new(written.expected.clone());
+    let blocks = expected.len() as u64;
+    let mut checked = Checked::default();
+    let mut nbd: Option<Arc<NbdClient>> = None;
+    let mut next = 0u64;
+    while next < blocks {
+        let client = match &nbd {
+            Some(client) => Arc::clone(client),
+            None => {
+                let give_up = Instant::now() + IO_TIMEOUT;
+                match connect(uri, stats, || Instant::now() > give_up).await {
+                    Some(client) => {
+                        nbd = Some(Arc::clone(&client));
+                        client
+                    }
+                    None => {
+                        checked.unreadable += blocks - next;
+                        break;
+                    }
+                }
+            }
+        };
+        let mut in_flight = JoinSet::new();
+        let end = (next + VERIFY_DEPTH as u64).min(blocks);
+        for block in next..end {
+            let (client, stats, expected) = (
+                Arc::clone(&client),
+                Arc::clone(stats),
+                Arc::clone(&expected),
+            );
+            in_flight.spawn(async move {
+                check_block(&client, &stats, block, &expected[block as usize]).await
+            });
+        }
+        next = end;
+        while let Some(joined) = in_flight.join_next().await {
+            match joined {
+                Ok(BlockCheck::Good) => {
+                    checked.good += 1;
+                    checked.bytes += BLOCK;
+                }
+                Ok(BlockCheck::Wrong) => checked.wrong += 1,
+                Ok(BlockCheck::Failed { lost }) => {
+                    checked.unreadable += 1;
+                    if lost {
+                        nbd = None;
+                    }
+                }
+                Err(error) => {
+                    checked.unreadable += 1;
+                    stats.io_error(format!("a read task failed: {error}"));
+                }
+            }
+        }
+    }
+    if let Some(client) = nbd.and_then(Arc::into_inner) {
+        let _ = tokio::time::timeout(IO_TIMEOUT, client.disconnect()).await;
+    }
+    checked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_block_and_round_has_its_own_content() {
+        let a = block_data(7, 3);
+        assert_eq!(a.len(), BLOCK as usize);
+        assert_eq!(a, block_data(7, 3));
+        assert_ne!(a, block_data(7, 4));
+        assert_ne!(a, block_data(8, 3));
+        assert_eq!(describe_content(&a), "round 3 of block 7");
+        let mut damaged = a.clone();
+        damaged[40_000] ^= 1;
+        assert_eq!(describe_content(&damaged), "round 3 of block 7, damaged");
+        assert_eq!(describe_content(&vec![0; BLOCK as usize]), "zeroes");
+        assert_eq!(
+            describe_content(&vec![1; BLOCK as usize]),
+            "data the application never wrote"
+        );
+    }
+
+    #[test]
+    fn a_failed_write_allows_the_old_or_the_new_content() {
+        let zeroes = vec![0; BLOCK as usize];
+        let fresh = Expect(vec![None]);
+        assert!(fresh.matches(5, &zeroes));
+        assert!(!fresh.matches(5, &block_data(5, 0)));
+        let uncertain = Expect(vec![Some(1), Some(2)]);
+        assert!(uncertain.matches(5, &block_data(5, 1)));
+        assert!(uncertain.matches(5, &block_data(5, 2)));
+        assert!(!uncertain.matches(5, &block_data(5, 3)));
+        assert!(!uncertain.matches(5, &block_data(6, 2)));
+        assert_eq!(uncertain.describe(), "round 1 or round 2");
+        assert_eq!(Expect(vec![None, Some(0)]).describe(), "zeroes or round 0");
+    }
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(human(0), "0 B");
+        assert_eq!(human(12), "12 B");
+        assert_eq!(human(64 << 10), "64 KiB");
+        assert_eq!(human(256 << 20), "256 MiB");
+        assert_eq!(human((3 << 29) + 1), "1.5 GiB");
+        assert_eq!(human(1020 << 20), "1020 MiB");
+    }
+
+    #[test]
+    fn new_events_are_told_from_old_ones() {
+        let event = |name: &str, count: u32, message: &str| {
+            let mut event = Event::default();
+            event.metadata.name = name.to_string();
+            event.count = count;
+            event.message = message.to_string();
+            event
+        };
+        let done = "successfully scaled volume replicas to 3";
+        let old = vec![event("a", 1, done)];
+        assert!(!has_new_event(&old, &old, done));
+        assert!(has_new_event(&[event("a", 2, done)], &old, done));
+        assert!(has_new_event(&[event("b", 1, done)], &[], done));
+        assert!(!has_new_event(&[event("b", 1, "other")], &[], done));
+    }
+}
