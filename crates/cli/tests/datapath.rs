@@ -267,3 +267,74 @@ fn a_killed_target_agent_comes_back_and_every_acknowledged_write_reads_back() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A small tmpfs mounted on a directory, unmounted when dropped (after the cluster is down).
+struct SmallFs {
+    path: std::path::PathBuf,
+}
+
+impl SmallFs {
+    /// `None` when this machine does not let the test mount (not root): then the test says so.
+    fn mount(path: &std::path::Path, size: &str) -> Option<SmallFs> {
+        std::fs::create_dir_all(path).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .ok()?;
+        status.success().then(|| SmallFs {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
+}
+
+#[test]
+fn a_full_pool_drops_its_replica_and_the_volume_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("nodes/node3/pool");
+    let Some(small) = SmallFs::mount(&pool, "40m") else {
+        eprintln!("skipped: mounting a 40 MiB tmpfs needs root (CAP_SYS_ADMIN)");
+        return;
+    };
+    let cluster = Cluster::up_in(dir, 3, "1G");
+    cluster.ok(&[
+        "volume",
+        "create",
+        "vol-full",
+        "--size",
+        "256Mi",
+        "--replicas",
+        "3",
+    ]);
+    let uri = cluster.uri("vol-full");
+    let full_replica = format!("vol-full-{}", cluster.pool_on("node3"));
+    // 96 MiB do not fit node3's 40 MiB: its writes fail with ENOSPC, the target ejects it, and
+    // the two others (the consistency factor of three) acknowledge everything.
+    qemu_io(&uri, &["write -P 0x77 0 96M", "flush"]);
+    cluster.wait_for(
+        "the full pool's replica to leave",
+        &["get", "cvr", &full_replica, "-n", "openebs"],
+        |out| out.lines().nth(1).is_some_and(|line| !line.contains(" Healthy ")),
+    );
+    cluster.wait_for(
+        "the volume to say it is Degraded",
+        &["get", "cv", "vol-full", "-n", "openebs"],
+        |out| out.contains("Degraded"),
+    );
+    qemu_io(
+        &uri,
+        &[
+            "read -P 0x77 0 96M",
+            "write -P 0x78 200M 1M",
+            "read -P 0x78 200M 1M",
+        ],
+    );
+    drop(cluster);
+    drop(small);
+}

@@ -16,9 +16,17 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn up(nodes: usize, pool_size: &str) -> Cluster {
-        let cluster = Cluster {
-            dir: tempfile::tempdir().expect("a temporary directory"),
-        };
+        Cluster::up_in(
+            tempfile::tempdir().expect("a temporary directory"),
+            nodes,
+            pool_size,
+        )
+    }
+
+    /// [`Cluster::up`] in a prepared data directory (e.g. with a small file system mounted on a
+    /// node's pool directory).
+    pub fn up_in(dir: tempfile::TempDir, nodes: usize, pool_size: &str) -> Cluster {
+        let cluster = Cluster { dir };
         let nodes = nodes.to_string();
         cluster.ok(&[
             "up",
