@@ -320,7 +320,11 @@ fn a_full_pool_drops_its_replica_and_the_volume_keeps_everything() {
     cluster.wait_for(
         "the full pool's replica to leave",
         &["get", "cvr", &full_replica, "-n", "openebs"],
-        |out| out.lines().nth(1).is_some_and(|line| !line.contains(" Healthy ")),
+        |out| {
+            out.lines()
+                .nth(1)
+                .is_some_and(|line| !line.contains(" Healthy "))
+        },
     );
     cluster.wait_for(
         "the volume to say it is Degraded",
