@@ -1,5 +1,7 @@
-//! Tandem's NBD server: serves block devices to applications over the Network Block Device
-//! protocol (the NetworkBlockDevice `doc/proto.md`), fixed newstyle handshake only.
+//! Tandem's NBD server (and a small client): serves block devices to applications over the
+//! Network Block Device protocol (the NetworkBlockDevice `doc/proto.md`), fixed newstyle
+//! handshake only. [`client::Client`] is a minimal pipelined client (simple replies), used by
+//! `tandem demo` as the application.
 //!
 //! A [`Server`] hosts any number of exports of one [`BlockDevice`] type, added and removed at
 //! run time ([`Server::add_export`], [`Server::remove_export`]), and serves them on a TCP
