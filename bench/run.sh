@@ -11,13 +11,14 @@
 #   BENCH_BASE=/tmp   where the work directory goes (Tandem's data dir and the nbdkit/qemu-nbd
 #                     files are all inside it, so on the same filesystem)
 #   TANDEM_BIN=...    use this binary instead of building target/release/tandem
-#   KEEP=1            keep the work directory (fio JSON, logs) instead of removing it
+#   KEEP=1            keep the work directory's logs and fio JSON (the data files are removed)
+#   LOAD_LIMIT=60     in (f), the longest fio keeps writing while the new replica is rebuilt
 #   MAX_SECONDS=900   the whole run is killed (and cleaned up) after this long
 #
 # Prints one markdown table and writes it, with the details, to bench/results.md.
 # Not a test: CI does not run it. Needs fio (with the nbd engine), nbdkit, qemu-nbd, nbdcopy,
 # nbdinfo, jq, python3, awk.
-set -euo pipefail
+set -eEuo pipefail
 
 RUNTIME=${RUNTIME:-10}
 RAMP=${RAMP:-1}
@@ -42,6 +43,10 @@ done
 
 # --- work directory, cleanup -------------------------------------------------------------------
 
+# At most about 9 GiB are on disk at once (the random file, a 2 GiB volume's 3 replicas, the
+# rest being deleted); ask for 12 so the run never fills the file system others use.
+FREE_GIB=$(df -P -k "${BENCH_BASE:-/tmp}" | awk 'NR == 2 { printf "%d", $4 / 1048576 }')
+[ "$FREE_GIB" -ge 12 ] || die "only ${FREE_GIB} GiB free under ${BENCH_BASE:-/tmp}; the run needs 12"
 WORK=$(mktemp -d "${BENCH_BASE:-/tmp}/tandem-bench.XXXXXX")
 export TANDEM_DATA_DIR=$WORK/tandem
 mkdir -p "$TANDEM_DATA_DIR" "$WORK/fio" "$WORK/files"
@@ -50,7 +55,7 @@ TANDEM_UP=0
 
 cleanup() {
     local status=$?
-    trap - EXIT INT TERM
+    trap - EXIT INT TERM ERR
     set +e
     local pid
     for pid in "${PIDS[@]}"; do
@@ -68,13 +73,17 @@ cleanup() {
         timeout -k 5 60 "$TANDEM" down >/dev/null 2>&1 || log "tandem down failed"
     fi
     if [ "${KEEP:-0}" = 1 ] || [ "$status" != 0 ]; then
-        log "work directory kept: $WORK"
+        # Keep the logs and fio's JSON, never the GiB of data.
+        rm -rf "$WORK/files"
+        find "$TANDEM_DATA_DIR/nodes" -path '*/replicas/*' -type f -size +1M -delete 2>/dev/null
+        log "work directory kept (logs, fio JSON; data removed): $WORK"
     else
         rm -rf "$WORK"
     fi
     exit "$status"
 }
 trap cleanup EXIT
+trap 'log "error (status $?) at line $LINENO: $BASH_COMMAND"' ERR
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -88,6 +97,24 @@ trap 'exit 143' TERM
     kill -TERM $$
 ) &
 PIDS+=($!)
+
+# Other people's compilers on this machine: every second, how many are running (epoch count).
+(
+    trap 'exit 0' TERM
+    while :; do
+        echo "$(date +%s) $(ps -eo stat=,comm= | awk '$1 ~ /^R/ && $2 ~ /^(rustc|cargo|cc1|cc1plus|cc|ld|ld\.lld|rust-lld|clippy-driver|rustdoc|build-script-b)/' | wc -l)"
+        sleep 1
+    done
+) >"$WORK/others.log" 2>/dev/null &
+PIDS+=($!)
+# busy_seconds FROM TO: the samples in [FROM, TO] in which another compiler was running
+busy_seconds() { awk -v a="$1" -v b="$2" '$1 >= int(a) && $1 <= b && $2 > 0 { n++ } END { print n + 0 }' "$WORK/others.log"; }
+BUSY=""        # measurements that overlapped other people's compilers
+busy_note() { # NAME FROM TO
+    local n
+    n=$(busy_seconds "$2" "$3")
+    [ "$n" = 0 ] || BUSY="$BUSY${BUSY:+, }$1 ($n s)"
+}
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -122,18 +149,22 @@ fio_run() {
     local name=$1 uri=$2 rw=$3 bs=$4 depth=$5
     shift 5
     log "fio $name: $rw bs=$bs iodepth=$depth ${RUNTIME}s"
+    local from
+    from=$(date +%s)
     timeout -k 5 $((RUNTIME + RAMP + 60)) fio --name="$name" --ioengine=nbd --uri="$uri" \
         --rw="$rw" --bs="$bs" --iodepth="$depth" --size="${SIZE_MIB}m" \
         --runtime="$RUNTIME" --ramp_time="$RAMP" --time_based \
         --randrepeat=0 --norandommap --lat_percentiles=1 \
         --output-format=json --output="$WORK/fio/$name.json" "$@" \
         >"$WORK/fio/$name.out" 2>&1 || die "fio $name (see $WORK/fio/$name.out)"
+    busy_note "$name" "$from" "$(date +%s)"
     local errors
-    errors=$(jq '.jobs[0].error' "$WORK/fio/$name.json")
+    errors=$(fio_get "$name" '.error')
     [ "$errors" = 0 ] || die "fio $name reported error $errors"
 }
 # jq on a run's JSON: fio_get NAME FILTER
-fio_get() { jq -r ".jobs[0] | $2" "$WORK/fio/$1.json"; }
+# (fio may print a line such as "fio: terminating on signal 15" before the JSON.)
+fio_get() { sed -n '/^{/,$p' "$WORK/fio/$1.json" | jq -r ".jobs[0] | $2"; }
 
 declare -A R   # results: R[label.metric]
 
@@ -161,27 +192,37 @@ copy_timed() {
     timeout -k 5 300 nbdcopy --flush "$1" "$2" || die "nbdcopy $1 -> $2"
     b=$(now)
     COPY_MIBS=$(awk -v a="$a" -v b="$b" -v m="$SIZE_MIB" 'BEGIN { printf "%.1f", m / (b - a) }')
+    log "nbdcopy --flush to $2: $COPY_MIBS MiB/s"
 }
 
 # --- machine -----------------------------------------------------------------------------------
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-OTHERS_BEFORE=$(pgrep -c -x 'rustc|cargo|cc1|cc1plus|ld|fio|nbdkit|qemu-nbd' || true)
+busy_others() { ps -eo comm= | grep -cE '^(rustc|cargo|cc|cc1|cc1plus|ld|ld.lld|rust-lld|fio|nbdkit|qemu-nbd|tandem)$' || true; }
+OTHERS_BEFORE=$(busy_others)
 log "load average $LOAD_BEFORE; other compiler/benchmark processes running: $OTHERS_BEFORE"
 log "work directory $WORK"
 
 log "random data: 1 GiB"
 head -c $((SIZE_MIB << 20)) /dev/urandom >"$WORK/files/random.img"
 
+# Fills a 1 GiB export from the random file (the same way for every server: how a file was
+# written changes how fast 4k overwrites are, see the notes); sets R[LABEL.fill]
+fill_from_random() { # LABEL URI
+    copy_timed "$WORK/files/random.img" "$2"
+    R[$1.fill]=$COPY_MIBS
+}
+
 # --- (a) nbdkit file ---------------------------------------------------------------------------
 
-cp "$WORK/files/random.img" "$WORK/files/nbdkit.img"
+truncate -s $((SIZE_MIB << 20)) "$WORK/files/nbdkit.img"
 PORT=$(free_port)
 nbdkit -f -i 127.0.0.1 -p "$PORT" file "$WORK/files/nbdkit.img" >"$WORK/nbdkit.log" 2>&1 &
 NBDKIT_PID=$!
 PIDS+=("$NBDKIT_PID")
 wait_nbd "nbd://127.0.0.1:$PORT"
-log "(a) nbdkit file on nbd://127.0.0.1:$PORT (filled from the random file)"
+log "(a) nbdkit file on nbd://127.0.0.1:$PORT"
+fill_from_random nbdkit "nbd://127.0.0.1:$PORT"
 suite nbdkit "nbd://127.0.0.1:$PORT"
 kill -TERM "$NBDKIT_PID"
 wait "$NBDKIT_PID" 2>/dev/null || true
@@ -189,7 +230,7 @@ rm -f "$WORK/files/nbdkit.img"
 
 # --- (b) qemu-nbd --cache=writeback ------------------------------------------------------------
 
-cp "$WORK/files/random.img" "$WORK/files/qemu.img"
+truncate -s $((SIZE_MIB << 20)) "$WORK/files/qemu.img"
 PORT=$(free_port)
 qemu-nbd -f raw -t --cache=writeback -b 127.0.0.1 -p "$PORT" "$WORK/files/qemu.img" \
     >"$WORK/qemu-nbd.log" 2>&1 &
@@ -197,6 +238,7 @@ QEMU_PID=$!
 PIDS+=("$QEMU_PID")
 wait_nbd "nbd://127.0.0.1:$PORT"
 log "(b) qemu-nbd --cache=writeback on nbd://127.0.0.1:$PORT"
+fill_from_random qemu "nbd://127.0.0.1:$PORT"
 suite qemu "nbd://127.0.0.1:$PORT"
 kill -TERM "$QEMU_PID"
 wait "$QEMU_PID" 2>/dev/null || true
@@ -218,13 +260,6 @@ volume_create() { # NAME SIZE REPLICAS
     echo "$uri"
 }
 volume_delete() { t volume delete "$1" >>"$WORK/tandem-volumes.log" 2>&1 || log "delete $1 failed"; }
-
-# Fills a 1 GiB volume from the random file; sets R[LABEL.fill]
-fill_from_random() { # LABEL URI
-    copy_timed "$WORK/files/random.img" "$2"
-    R[$1.fill]=$COPY_MIBS
-    log "filled $1 at $COPY_MIBS MiB/s (nbdcopy --flush)"
-}
 
 # --- (c) (d) Tandem volumes --------------------------------------------------------------------
 
@@ -261,35 +296,75 @@ add_replica() {
     log "$vol: replica added in pool $NEW_POOL"
 }
 
-# wait_healthy VOLUME POOL: polls the new replica's CVR until Healthy (180 s). Sets
-# T_RECON (first seen reconstructing), T_HEALTHY, RESYNC_BYTES, RESYNC_FULL, PHASES.
+# wait_healthy VOLUME POOL DEADLINE STABLE_SECS: polls the new replica's CVR every 0.2 s until it
+# has been Healthy (with a lastResync) for STABLE_SECS, or until DEADLINE (unix seconds; then
+# returns 1). Sets T_RECON (first seen reconstructing), T_HEALTHY (first seen Healthy), T_STABLE
+# (start of the Healthy streak that held), FLAPS (times it left Healthy again), PHASES, and
+# RESYNC_BYTES / RESYNC_FULL (lastResync when first Healthy).
 wait_healthy() {
-    local vol=$1 pool=$2 deadline status phase
-    deadline=$(($(date +%s) + 180))
-    T_RECON="" PHASES=""
+    local vol=$1 pool=$2 deadline=$3 stable=$4 status phase streak="" prev="" at
+    T_RECON="" T_HEALTHY="" T_STABLE="" FLAPS=0 PHASES="" RESYNC_BYTES=0 RESYNC_FULL=""
     while :; do
         status=$(cvr_json "$vol" | jq -c --arg pool "$pool" \
             '.items[] | select(.metadata.labels["cstorpoolinstance.openebs.io/name"] == $pool)
              | .status') || status='{}'
         [ -n "$status" ] || status='{}'
+        at=$(now)
         phase=$(jq -r '.phase // "none"' <<<"$status")
-        case " $PHASES " in *" $phase "*) ;; *) PHASES="$PHASES $phase" ;; esac
+        [ "$phase" = "$prev" ] || PHASES="$PHASES${PHASES:+ -> }$phase"
+        prev=$phase
         if [ -z "$T_RECON" ] && { [ "$phase" = ReconstructingNewReplica ] ||
             [ "$(jq '.rebuild != null' <<<"$status")" = true ]; }; then
-            T_RECON=$(now)
+            T_RECON=$at
         fi
         if [ "$phase" = Healthy ] && [ "$(jq '.lastResync != null' <<<"$status")" = true ]; then
-            T_HEALTHY=$(now)
-            RESYNC_BYTES=$(jq '.lastResync.bytes' <<<"$status")
-            RESYNC_FULL=$(jq '.lastResync.full' <<<"$status")
-            [ -n "$T_RECON" ] || T_RECON=$T_HEALTHY
-            echo "$status" >>"$WORK/tandem-volumes.log"
-            return 0
+            if [ -z "$T_HEALTHY" ]; then
+                T_HEALTHY=$at
+                RESYNC_BYTES=$(jq '.lastResync.bytes' <<<"$status")
+                RESYNC_FULL=$(jq '.lastResync.full' <<<"$status")
+                [ -n "$T_RECON" ] || T_RECON=$at
+                echo "$vol first Healthy: $status" >>"$WORK/tandem-volumes.log"
+            fi
+            [ -n "$streak" ] || streak=$at
+            if awk -v a="$streak" -v b="$at" -v s="$stable" 'BEGIN { exit !(b - a >= s) }'; then
+                T_STABLE=$streak
+                return 0
+            fi
+        elif [ -n "$streak" ]; then
+            FLAPS=$((FLAPS + 1))
+            streak=""
         fi
-        [ "$(date +%s)" -lt "$deadline" ] || die "$vol: the new replica in $pool not Healthy after 180 s (phases:$PHASES)"
+        [ "$(date +%s)" -lt "$deadline" ] || return 1
         sleep 0.2
     done
 }
+
+# What the target's agent logged about VOLUME's replica RID: ejections, finished resyncs (count,
+# total bytes), and the time of the first finished resync (unix seconds, empty if none).
+replica_log() { # VOLUME RID
+    local lines first
+    lines=$(cat "$TANDEM_DATA_DIR"/nodes/*/agent.log | grep -E "(replica ejected|resync finished) volume=$1 replica=$2 " || true)
+    local ejected resynced
+    ejected=$(grep "replica ejected" <<<"$lines" || true)
+    resynced=$(grep "resync finished" <<<"$lines" | grep -v " bytes=0 " | sort || true)
+    EJECTIONS=$(grep -c . <<<"$ejected" || true)
+    EJECT_REASONS=$(sed -n 's/.*reason=\([A-Za-z]*\).*/\1/p' <<<"$ejected" | sort | uniq -c |
+        awk '{printf "%s%s x%s", sep, $2, $1; sep=", "}')
+    RESYNCS=$(grep -c . <<<"$resynced" || true)
+    RESYNC_TOTAL=$(sed -n 's/.* bytes=\([0-9]*\).*/\1/p' <<<"$resynced" | awk '{ s += $1 } END { print s + 0 }')
+    first=$(head -1 <<<"$resynced" | cut -d' ' -f1)
+    T_FIRST_COPY=""
+    [ -z "$first" ] || T_FIRST_COPY=$(date -d "$first" +%s.%N)
+    first=$(cat "$TANDEM_DATA_DIR"/nodes/*/agent.log |
+        grep "membership change done volume=$1 command=AddReplica(ReplicaId($2))" | sort | head -1 | cut -d' ' -f1 || true)
+    T_ADD=""
+    [ -z "$first" ] || T_ADD=$(date -d "$first" +%s.%N)
+}
+replica_id() { # VOLUME POOL
+    cvr_json "$1" | jq -r --arg pool "$2" \
+        '.items[] | select(.metadata.labels["cstorpoolinstance.openebs.io/name"] == $pool) | .spec.replicaid'
+}
+mibs() { awk -v b="$1" -v s="$2" 'BEGIN { if (s > 0) printf "%.1f", b / 1048576 / s; else print "n/a" }'; }
 
 # --- (e) rebuild throughput vs nbdcopy ---------------------------------------------------------
 
@@ -297,14 +372,27 @@ URI=$(volume_create rebuild1 1Gi 1)
 log "(e) rebuild: filling rebuild1 ($URI)"
 fill_from_random rebuild1 "$URI"
 add_replica rebuild1
-wait_healthy rebuild1 "$NEW_POOL"
+wait_healthy rebuild1 "$NEW_POOL" $(($(date +%s) + 180)) 2 ||
+    die "rebuild1: the new replica in $NEW_POOL not stably Healthy after 180 s (phases: $PHASES)"
 R[rebuild.secs]=$(elapsed "$T_PATCH" "$T_HEALTHY")
 R[rebuild.copysecs]=$(elapsed "$T_RECON" "$T_HEALTHY")
 R[rebuild.bytes]=$RESYNC_BYTES
 R[rebuild.full]=$RESYNC_FULL
 R[rebuild.phases]=$PHASES
-R[rebuild.mibs]=$(awk -v b="$RESYNC_BYTES" -v s="${R[rebuild.secs]}" 'BEGIN { printf "%.1f", b / 1048576 / s }')
-R[rebuild.copymibs]=$(awk -v b="$RESYNC_BYTES" -v s="${R[rebuild.copysecs]}" 'BEGIN { if (s > 0) printf "%.1f", b / 1048576 / s; else print "n/a" }')
+R[rebuild.flaps]=$FLAPS
+R[rebuild.mibs]=$(mibs "$RESYNC_BYTES" "${R[rebuild.secs]}")
+R[rebuild.copymibs]=$(mibs "$RESYNC_BYTES" "${R[rebuild.copysecs]}")
+replica_log rebuild1 "$(replica_id rebuild1 "$NEW_POOL")"
+R[rebuild.ejections]=$EJECTIONS
+R[rebuild.resyncs]=$RESYNCS
+R[rebuild.setup]=n/a R[rebuild.logcopy]=n/a R[rebuild.logmibs]=n/a
+if [ -n "$T_ADD" ] && [ -n "$T_FIRST_COPY" ]; then
+    R[rebuild.setup]=$(elapsed "$T_PATCH" "$T_ADD")
+    R[rebuild.logcopy]=$(elapsed "$T_ADD" "$T_FIRST_COPY")
+    R[rebuild.logmibs]=$(mibs "$RESYNC_BYTES" "${R[rebuild.logcopy]}")
+    R[rebuild.report]=$(elapsed "$T_FIRST_COPY" "$T_HEALTHY")
+fi
+busy_note "rebuild" "$T_PATCH" "$T_HEALTHY"
 log "rebuild: ${RESYNC_BYTES} bytes, ${R[rebuild.secs]} s patch->Healthy, ${R[rebuild.mibs]} MiB/s"
 volume_delete rebuild1
 
@@ -320,7 +408,9 @@ DST_PID=$!
 PIDS+=("$DST_PID")
 wait_nbd "nbd://127.0.0.1:$SRC_PORT"
 wait_nbd "nbd://127.0.0.1:$DST_PORT"
+FROM=$(date +%s)
 copy_timed "nbd://127.0.0.1:$SRC_PORT" "nbd://127.0.0.1:$DST_PORT"
+busy_note "nbdcopy" "$FROM" "$(date +%s)"
 R[nbdcopy.mibs]=$COPY_MIBS
 log "nbdcopy nbdkit file -> nbdkit file: $COPY_MIBS MiB/s"
 cmp -s "$WORK/files/random.img" "$WORK/files/copy-dst.img" || die "nbdcopy result differs"
@@ -333,49 +423,78 @@ rm -f "$WORK/files/copy-dst.img"
 SIZE_MIB=$REBUILD_LOAD_SIZE_MIB
 URI=$(volume_create rebuild2 2Gi 2)
 log "(f) IOPS during a rebuild: filling rebuild2 ($URI, 2 GiB, 2 replicas)"
-timeout -k 5 300 fio --name=fill --ioengine=nbd --uri="$URI" --rw=write --bs=1M --iodepth=8 \
-    --size="${SIZE_MIB}m" --output-format=json --output="$WORK/fio/fill.json" \
-    >"$WORK/fio/fill.out" 2>&1 || die "fio fill of rebuild2"
+cat "$WORK/files/random.img" "$WORK/files/random.img" >"$WORK/files/random2.img"
+copy_timed "$WORK/files/random2.img" "$URI"
+rm -f "$WORK/files/random2.img"
 fio_run steady "$URI" randwrite 4k 32
 R[steady.iops]=$(fio_get steady '.write.iops')
 
-# fio runs in the background (up to 150 s) logging IOPS every 250 ms (unix epoch ms); the
-# replica is added 3 s in; fio is stopped 1 s after the new replica is Healthy.
-log "fio during: 4k randwrite iodepth 32 while a third replica is rebuilt"
-timeout -k 5 170 fio --name=during --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k \
-    --iodepth=32 --size="${SIZE_MIB}m" --runtime=150 --time_based --randrepeat=0 --norandommap \
+# fio runs in the background logging IOPS every 250 ms (unix epoch ms); the replica is added 3 s
+# in. fio is stopped 1 s after the new replica has stayed Healthy for 3 s, or LOAD_LIMIT s after
+# the patch if it never does (then we wait, without load, for it to become Healthy).
+LOAD_LIMIT=${LOAD_LIMIT:-60}
+log "fio during: 4k randwrite iodepth 32 while a third replica is rebuilt (at most ${LOAD_LIMIT}s)"
+timeout -k 5 $((LOAD_LIMIT + 60)) fio --name=during --ioengine=nbd --uri="$URI" --rw=randwrite \
+    --bs=4k --iodepth=32 --size="${SIZE_MIB}m" --runtime=$((LOAD_LIMIT + 30)) --time_based \
+    --randrepeat=0 --norandommap \
     --write_iops_log="$WORK/fio/during" --log_avg_msec=250 --log_unix_epoch=1 \
     --output-format=json --output="$WORK/fio/during.json" >"$WORK/fio/during.out" 2>&1 &
 FIO_PID=$!
 PIDS+=("$FIO_PID")
 sleep 3
 add_replica rebuild2
-wait_healthy rebuild2 "$NEW_POOL"
-sleep 1
+R[during.converged]=yes
+if ! wait_healthy rebuild2 "$NEW_POOL" $(($(date +%s) + LOAD_LIMIT)) 3; then
+    R[during.converged]=no
+    log "rebuild2: the new replica was not stably Healthy within ${LOAD_LIMIT}s under load (phases: $PHASES)"
+fi
+R[during.phases]=$PHASES
+R[during.flaps]=$FLAPS
+T_LOAD_END=${T_STABLE:-$(now)}
+T_RECON_LOAD=$T_RECON
+[ "${R[during.converged]}" = no ] || sleep 1
 kill -0 "$FIO_PID" 2>/dev/null || die "fio stopped before the rebuild finished (see $WORK/fio/during.out)"
 kill -TERM "$FIO_PID"
-FIO_STATUS=0
-wait "$FIO_PID" || FIO_STATUS=$?
-[ -s "$WORK/fio/during.json" ] || die "fio during: no output (status $FIO_STATUS, see $WORK/fio/during.out)"
+T_FIO_STOP=$(now)
+wait "$FIO_PID" || true
+[ -s "$WORK/fio/during.json" ] || die "fio during: no output (see $WORK/fio/during.out)"
 R[during.fioerror]=$(fio_get during '.error')
-R[during.fiototal]=$(fio_get during '.write.total_ios')
-R[during.secs]=$(elapsed "$T_PATCH" "$T_HEALTHY")
-R[during.copysecs]=$(elapsed "$T_RECON" "$T_HEALTHY")
-R[during.bytes]=$RESYNC_BYTES
-R[during.phases]=$PHASES
-R[during.rebuildmibs]=$(awk -v b="$RESYNC_BYTES" -v s="${R[during.secs]}" 'BEGIN { printf "%.1f", b / 1048576 / s }')
-# IOPS from the log: mean over the 250 ms windows ending inside [from, to] (unix seconds).
+busy_note "during" "$T_PATCH" "$T_FIO_STOP"
+RID=$(replica_id rebuild2 "$NEW_POOL")
+if [ "${R[during.converged]}" = no ]; then
+    # Without load, does it get there?
+    T_UNLOADED=$(now)
+    if wait_healthy rebuild2 "$NEW_POOL" $(($(date +%s) + 120)) 3; then
+        R[during.unloaded]="stably Healthy $(elapsed "$T_UNLOADED" "$T_STABLE") s after fio stopped"
+    else
+        R[during.unloaded]="still not stably Healthy 120 s after fio stopped (phases: $PHASES)"
+    fi
+fi
+replica_log rebuild2 "$RID"
+R[during.ejections]=$EJECTIONS
+R[during.reasons]=$EJECT_REASONS
+R[during.resyncs]=$RESYNCS
+R[during.copied]=$RESYNC_TOTAL
+R[during.secs]=$(elapsed "$T_PATCH" "$T_LOAD_END")
+R[during.firstcopy]=$(elapsed "$T_RECON_LOAD" "${T_FIRST_COPY:-$T_LOAD_END}")
+R[during.firstmibs]=$(mibs "$(awk -v t="$RESYNC_TOTAL" -v n="$RESYNCS" 'BEGIN { print (n > 0 ? t / n : 0) }')" "${R[during.firstcopy]}")
+# IOPS from the log: mean over the 250 ms windows ending inside (from, to] (unix seconds).
 window_iops() { # FROM TO -> "mean min samples"
     awk -F', *' -v from="$1" -v to="$2" '
         { t = $1 / 1000; if (t > from + 0.25 && t <= to) { s += $2; n++; if (min == "" || $2 < min) min = $2 } }
-        END { if (n) printf "%.0f %.0f %d", s / n, min, n; else print "0 0 0" }' \
+        END { if (n) printf "%.0f %.0f %d\n", s / n, min, n; else print "0 0 0" }' \
         "$WORK/fio/during_iops.1.log"
 }
-read -r "R[during.iops]" "R[during.min]" "R[during.samples]" < <(window_iops "$T_RECON" "$T_HEALTHY")
-read -r "R[during.iopspatch]" _ _ < <(window_iops "$T_PATCH" "$T_HEALTHY")
+read -r "R[during.iops]" "R[during.min]" "R[during.samples]" < <(window_iops "$T_RECON_LOAD" "$T_LOAD_END")
+read -r "R[during.firstiops]" _ "R[during.firstsamples]" < <(window_iops "$T_RECON_LOAD" "${T_FIRST_COPY:-$T_LOAD_END}")
 PATCH_AT=$(awk -v p="$T_PATCH" 'BEGIN { printf "%.3f", p - 3 }')
 read -r "R[during.before]" _ _ < <(window_iops "$PATCH_AT" "$T_PATCH")
-log "steady ${R[steady.iops]} IOPS; during rebuild ${R[during.iops]} IOPS over ${R[during.copysecs]} s (${R[during.samples]} samples)"
+if [ "${R[during.converged]}" = yes ]; then
+    read -r "R[during.after]" _ _ < <(window_iops "$T_STABLE" "$T_FIO_STOP")
+else
+    R[during.after]=0
+fi
+log "steady ${R[steady.iops]} IOPS; during rebuild ${R[during.iops]} IOPS over ${R[during.secs]} s; ejections ${R[during.ejections]}, resyncs ${R[during.resyncs]}"
 volume_delete rebuild2
 
 # --- table -------------------------------------------------------------------------------------
@@ -393,12 +512,17 @@ rd=$(ratio "${R[during.iops]}" "${R[steady.iops]}")
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 RUN_SECS=$(($(date +%s) - T_START))
 COMMIT=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
-DIRTY=$(cd "$REPO" && git status --porcelain -- crates 2>/dev/null | head -1)
+DIRTY=$(cd "$REPO" && git status --porcelain -- crates 2>/dev/null | grep -c . || true)
 CPU=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)
 
 SHORT_NOTE=""
 if [ "${R[during.samples]}" -lt 8 ]; then
-    SHORT_NOTE=" The rebuild lasted under 2 s, so the during-rebuild figure rests on only ${R[during.samples]} samples."
+    SHORT_NOTE=" The rebuild under load lasted under 2 s, so the during-rebuild figure rests on only ${R[during.samples]} samples."
+fi
+if [ "${R[during.converged]}" = yes ]; then
+    DURING_END="until the new replica had stayed Healthy for 3 s"
+else
+    DURING_END="for the ${LOAD_LIMIT} s the load was kept on: the new replica was NOT stably Healthy by then (${R[during.unloaded]})"
 fi
 
 TABLE=$(
@@ -419,13 +543,15 @@ EOF
 
 NOTES=$(
     cat <<EOF
-- Each fio run: \`--ioengine=nbd\`, one job, ${RUNTIME} s \`--time_based\` after ${RAMP} s \`--ramp_time\`, \`--size\` = the export (1 GiB), \`--randrepeat=0 --norandommap\`; one run per cell, no repeats. Sequential runs use iodepth ${SEQ_DEPTH} (8 MiB in flight). Every export was filled with random data first (nbdkit and qemu-nbd: a copy of a 1 GiB random file; Tandem: \`nbdcopy --flush\` of that file, at $(n0 "${R[tandem1.fill]}") MiB/s to 1 replica and $(n0 "${R[tandem3.fill]}") MiB/s to 3), so reads hit data. Runs in order: random write, random read, sequential write, sequential read, iodepth 1.
+- Each fio run: `--ioengine=nbd`, one job, ${RUNTIME} s `--time_based` after ${RAMP} s `--ramp_time`, `--size` = the export (1 GiB), `--randrepeat=0 --norandommap`; one run per cell, no repeats. Sequential runs use iodepth ${SEQ_DEPTH} (8 MiB in flight). Runs in order: random write, random read, sequential write, sequential read, iodepth 1.
+- Every export was first filled the same way, \`nbdcopy --flush\` of a 1 GiB random file through NBD (so reads hit data): $(n0 "${R[nbdkit.fill]}") MiB/s into nbdkit, $(n0 "${R[qemu.fill]}") into qemu-nbd, $(n0 "${R[tandem1.fill]}") into Tandem with 1 replica, $(n0 "${R[tandem3.fill]}") with 3. How the files were written matters on this kernel: 4k overwrites of a file written in large sequential chunks cost much more kernel time (ext4 on large page-cache folios, \`ext4_block_write_begin\`) than overwrites of a sparse or randomly written file, for every server alike.
 - Latency is fio's \`lat\` (submission to completion). iodepth 1 IOPS: nbdkit $(k "${R[nbdkit.qd1iops]}"), qemu-nbd $(k "${R[qemu.qd1iops]}"), Tandem 1 replica $(k "${R[tandem1.qd1iops]}"), 3 replicas $(k "${R[tandem3.qd1iops]}").
 - Servers: \`nbdkit -f file FILE\`; \`qemu-nbd -f raw -t --cache=writeback FILE\`; Tandem \`tandem up --pool-size 8G\` (3 node agents on this machine). All files, the Tandem data directory and the pools are on the same filesystem (${WORK%/*}); everything fits in the page cache, no run asks for a flush except the \`nbdcopy --flush\` copies and Tandem's end of rebuild.
-- Rebuild (e): ${R[rebuild.bytes]} bytes copied (full: ${R[rebuild.full]}), $(awk -v s="${R[rebuild.secs]}" 'BEGIN{printf "%.2f", s}') s from the patch to Healthy (CVR phases seen:${R[rebuild.phases]}); the copy phase alone (first seen reconstructing to Healthy, polled every 0.2 s) took ${R[rebuild.copysecs]} s, ${R[rebuild.copymibs]} MiB/s. The nbdcopy peer: \`nbdcopy --flush\` of the same random 1 GiB from a read-only nbdkit file export to a sparse one.
-- During rebuild (f): ${R[during.bytes]} bytes rebuilt in ${R[during.secs]} s patch to Healthy (${R[during.rebuildmibs]} MiB/s under load; copy phase ${R[during.copysecs]} s). "During" is the mean of fio's 250 ms IOPS windows inside the copy phase (${R[during.samples]} windows, lowest $(k "${R[during.min]}")); from the patch to Healthy: $(k "${R[during.iopspatch]}"); the 3 s before the patch, same fio run: $(k "${R[during.before]}"). "Steady" is a separate ${RUNTIME} s run on the same filled 2-replica volume. fio error code during the rebuild: ${R[during.fioerror]}.${SHORT_NOTE}
-- Machine: $(nproc) vCPU ${CPU}, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r); fio $(fio --version | sed 's/fio-//'), $(nbdkit --version), $(qemu-nbd --version | head -1 | cut -d' ' -f1-2), nbdcopy $(nbdcopy --version | head -1 | awk '{print $2}'). The fio client, the servers and Tandem's agents share the vCPUs. Load average before: ${LOAD_BEFORE} (compiler/benchmark processes of others at start: ${OTHERS_BEFORE}); after: ${LOAD_AFTER}.
-- Tandem commit ${COMMIT}${DIRTY:+ (with local changes)}; $(date -u '+%Y-%m-%d %H:%M UTC'); the script ran ${RUN_SECS} s.
+- Rebuild (e): ${R[rebuild.bytes]} bytes copied (full: ${R[rebuild.full]}), ${R[rebuild.secs]} s from the patch to the first Healthy (CVR phases seen: ${R[rebuild.phases]}; polled every 0.2 s); by the agents' logs: ${R[rebuild.setup]} s from the patch until the target added the new replica (the control plane creates the CVR, its agent creates the storage), ${R[rebuild.logcopy]} s of copy (${R[rebuild.logmibs]} MiB/s), ${R[rebuild.report]:-n/a} s until the CVR showed Healthy. Ejections of the new replica: ${R[rebuild.ejections]}, resyncs: ${R[rebuild.resyncs]}. The nbdcopy peer: \`nbdcopy --flush\` of the same random 1 GiB from a read-only nbdkit file export to a sparse file export.
+- During rebuild (f): fio 4k random write at iodepth 32 on the filled 2 GiB 2-replica volume; a third replica is added 3 s in. "During" is the mean of fio's 250 ms IOPS windows from the first reconstructing phase seen ${DURING_END} (${R[during.secs]} s after the patch; ${R[during.samples]} windows, lowest $(k "${R[during.min]}")). The first copy alone took ${R[during.firstcopy]} s (${R[during.firstmibs]} MiB/s) at $(k "${R[during.firstiops]}") IOPS. The new replica was ejected ${R[during.ejections]} times (${R[during.reasons]:-none}) and resynced ${R[during.resyncs]} times, $(awk -v b="${R[during.copied]}" 'BEGIN { printf "%.1f", b / 1073741824 }') GiB copied in all; CVR phases seen: ${R[during.phases]}. Same fio run: $(k "${R[during.before]}") IOPS in the 3 s before the patch$( [ "${R[during.converged]}" = yes ] && echo ", $(k "${R[during.after]}") once stably Healthy with 3 replicas"). "Steady" is a separate ${RUNTIME} s run on the same 2-replica volume before. fio error code: ${R[during.fioerror]}.${SHORT_NOTE}
+- Other people's compilers (rustc, cargo, cc, ld) were running during: ${BUSY:-none of the measurements} (sampled every second).
+- Machine: $(nproc) vCPU ${CPU}, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r); fio $(fio --version | sed 's/fio-//'), $(nbdkit --version), $(qemu-nbd --version | awk 'NR == 1 { print $1, $2 }'), nbdcopy $(nbdcopy --version | awk 'NR == 1 { print $2 }'). The fio client, the servers and Tandem's agents share the vCPUs. Load average before: ${LOAD_BEFORE} (compiler/benchmark processes of others at start: ${OTHERS_BEFORE}); after: ${LOAD_AFTER}.
+- Tandem commit ${COMMIT}$( [ "${DIRTY:-0}" = 0 ] || echo " (with uncommitted changes in crates/)"); $(date -u '+%Y-%m-%d %H:%M UTC'); the script ran ${RUN_SECS} s.
 EOF
 )
 
