@@ -176,13 +176,36 @@ impl NodeAgent {
         let client = Client::new(&config.server)?;
         std::fs::create_dir_all(&config.pool_dir)
             .with_context(|| format!("create the pool directory {}", config.pool_dir.display()))?;
-        let host = ReplicaHost::bind(config.data_address, HostOptions::default())
-            .await
-            .context("start the replica host")?;
+        let host = match ReplicaHost::bind(config.data_address, HostOptions::default()).await {
+            Ok(host) => host,
+            // Someone took the configured port: serve on another one rather than not at all
+            // (the heartbeat tells the control plane where).
+            Err(error) if config.data_address.port() != 0 => {
+                tracing::warn!(address = %config.data_address, %error, "data address taken; using any free port");
+                let mut any = config.data_address;
+                any.set_port(0);
+                ReplicaHost::bind(any, HostOptions::default())
+                    .await
+                    .context("start the replica host")?
+            }
+            Err(error) => return Err(error).context("start the replica host"),
+        };
         let hosted = host_existing(&host, &config.pool_dir.join(pool::REPLICAS_DIR)).await;
-        let nbd_listener = tokio::net::TcpListener::bind(config.nbd_address)
-            .await
-            .with_context(|| format!("listen for NBD clients on {}", config.nbd_address))?;
+        let nbd_listener = match tokio::net::TcpListener::bind(config.nbd_address).await {
+            Ok(listener) => listener,
+            Err(error) if config.nbd_address.port() != 0 => {
+                tracing::warn!(address = %config.nbd_address, %error, "NBD address taken; using any free port");
+                let mut any = config.nbd_address;
+                any.set_port(0);
+                tokio::net::TcpListener::bind(any)
+                    .await
+                    .with_context(|| format!("listen for NBD clients on {any}"))?
+            }
+            Err(error) => {
+                return Err(error)
+                    .with_context(|| format!("listen for NBD clients on {}", config.nbd_address))
+            }
+        };
         Ok(NodeAgent {
             config,
             client,

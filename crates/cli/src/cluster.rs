@@ -204,8 +204,21 @@ fn plan(data_dir: &Path, args: &UpArgs, pool_size: Quantity) -> Result<ClusterFi
     Ok(cluster)
 }
 
+/// Ports for the cluster's listeners come from below the kernel's ephemeral range (32768 and
+/// up), so no outgoing connection can take one between `up` choosing it and a process binding
+/// it; each is checked free when chosen.
+const PORT_RANGE: std::ops::Range<u16> = 20000..32000;
+
 fn choose_port(asked: Option<u16>) -> Result<u16> {
     let free_port = || -> Result<u16> {
+        use rand::Rng;
+        let mut random = rand::thread_rng();
+        for _attempt in 0..200 {
+            let port = random.gen_range(PORT_RANGE);
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
         let listener = TcpListener::bind("127.0.0.1:0").context("find a free port")?;
         Ok(listener.local_addr().context("read the free port")?.port())
     };
