@@ -98,17 +98,57 @@ trap 'exit 143' TERM
 ) &
 PIDS+=($!)
 
-# Other people's compilers on this machine: every second, how many are running (epoch count).
-(
-    trap 'exit 0' TERM
-    while :; do
-        echo "$(date +%s) $(ps -eo stat=,comm= | awk '$1 ~ /^R/ && $2 ~ /^(rustc|cargo|cc1|cc1plus|cc|ld|ld\.lld|rust-lld|clippy-driver|rustdoc|build-script-b)/' | wc -l)"
-        sleep 1
-    done
-) >"$WORK/others.log" 2>/dev/null &
+# Other people's work on this machine: every second, the CPU used by processes that are neither
+# this script's descendants nor this run's Tandem cluster (whose command lines contain $WORK), as
+# a percentage of one CPU, with the busiest names. Lines: "EPOCH PERCENT NAME...".
+cat >"$WORK/others.py" <<'PY'
+import os, sys, time
+me, work = int(sys.argv[1]), sys.argv[2]
+hz = os.sysconf("SC_CLK_TCK")
+def snapshot():
+    procs = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        procs[int(pid)] = (int(fields[1]), int(fields[11]) + int(fields[12]), name, cmd)
+    return procs
+def mine(pid, procs):
+    for _ in range(64):
+        if pid == me:
+            return True
+        if pid not in procs or pid <= 1:
+            return False
+        pid = procs[pid][0]
+    return False
+before = snapshot()
+while True:
+    time.sleep(1)
+    now = snapshot()
+    used = {}
+    for pid, (ppid, ticks, name, cmd) in now.items():
+        if not cmd or work in cmd or name == "process_api" or mine(pid, now):
+            continue
+        delta = ticks - before.get(pid, (0, ticks))[1]
+        if delta > 0:
+            used[name] = used.get(name, 0) + delta
+    before = now
+    total = sum(used.values()) * 100 // hz
+    names = " ".join(n for n, _ in sorted(used.items(), key=lambda kv: -kv[1])[:3]) if total >= 10 else ""
+    print(int(time.time()), total, names, flush=True)
+PY
+python3 "$WORK/others.py" "$$" "$WORK" >"$WORK/others.log" 2>/dev/null &
 PIDS+=($!)
 # busy_seconds FROM TO: the samples in [FROM, TO] in which another compiler was running
-busy_seconds() { awk -v a="$1" -v b="$2" '$1 >= int(a) && $1 <= b && $2 > 0 { n++ } END { print n + 0 }' "$WORK/others.log"; }
+busy_seconds() { awk -v a="$1" -v b="$2" '$1 >= int(a) && $1 <= b && $2 >= 20 { n++ } END { print n + 0 }' "$WORK/others.log"; }
 BUSY=""        # measurements that overlapped other people's compilers
 busy_note() { # NAME FROM TO
     local n
@@ -200,7 +240,7 @@ copy_timed() {
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 busy_others() { ps -eo comm= | grep -cE '^(rustc|cargo|cc|cc1|cc1plus|ld|ld.lld|rust-lld|fio|nbdkit|qemu-nbd|tandem)$' || true; }
 OTHERS_BEFORE=$(busy_others)
-log "load average $LOAD_BEFORE; other compiler/benchmark processes running: $OTHERS_BEFORE"
+log "load average $LOAD_BEFORE; other tandem, compiler or benchmark processes: $OTHERS_BEFORE"
 log "work directory $WORK"
 
 log "random data: 1 GiB"
@@ -515,6 +555,11 @@ COMMIT=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
 DIRTY=$(cd "$REPO" && git status --porcelain -- crates 2>/dev/null | grep -c . || true)
 CPU=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)
 
+OTHERS_SEEN=$(awk '$2 >= 20 { for (i = 3; i <= NF; i++) seen[$i]++ } END { for (n in seen) printf "%s %d\n", n, seen[n] }' "$WORK/others.log" |
+    sort -k2,2nr | head -5 | awk '{ printf "%s%s (%s s)", sep, $1, $2; sep = ", " }')
+# A long list of phase changes is cut short.
+short_phases() { awk -F' -> ' '{ if (NF <= 8) print; else { for (i = 1; i <= 6; i++) printf "%s -> ", $i; printf "... (%d phase changes in all)\n", NF - 1 } }' <<<"$1"; }
+R[during.phases]=$(short_phases "${R[during.phases]}")
 SHORT_NOTE=""
 if [ "${R[during.samples]}" -lt 8 ]; then
     SHORT_NOTE=" The rebuild under load lasted under 2 s, so the during-rebuild figure rests on only ${R[during.samples]} samples."
@@ -543,14 +588,14 @@ EOF
 
 NOTES=$(
     cat <<EOF
-- Each fio run: `--ioengine=nbd`, one job, ${RUNTIME} s `--time_based` after ${RAMP} s `--ramp_time`, `--size` = the export (1 GiB), `--randrepeat=0 --norandommap`; one run per cell, no repeats. Sequential runs use iodepth ${SEQ_DEPTH} (8 MiB in flight). Runs in order: random write, random read, sequential write, sequential read, iodepth 1.
+- Each fio run: \`--ioengine=nbd\`, one job, ${RUNTIME} s \`--time_based\` after ${RAMP} s \`--ramp_time\`, \`--size\` = the export (1 GiB), \`--randrepeat=0 --norandommap\`; one run per cell, no repeats. Sequential runs use iodepth ${SEQ_DEPTH} (8 MiB in flight). Runs in order: random write, random read, sequential write, sequential read, iodepth 1.
 - Every export was first filled the same way, \`nbdcopy --flush\` of a 1 GiB random file through NBD (so reads hit data): $(n0 "${R[nbdkit.fill]}") MiB/s into nbdkit, $(n0 "${R[qemu.fill]}") into qemu-nbd, $(n0 "${R[tandem1.fill]}") into Tandem with 1 replica, $(n0 "${R[tandem3.fill]}") with 3. How the files were written matters on this kernel: 4k overwrites of a file written in large sequential chunks cost much more kernel time (ext4 on large page-cache folios, \`ext4_block_write_begin\`) than overwrites of a sparse or randomly written file, for every server alike.
 - Latency is fio's \`lat\` (submission to completion). iodepth 1 IOPS: nbdkit $(k "${R[nbdkit.qd1iops]}"), qemu-nbd $(k "${R[qemu.qd1iops]}"), Tandem 1 replica $(k "${R[tandem1.qd1iops]}"), 3 replicas $(k "${R[tandem3.qd1iops]}").
 - Servers: \`nbdkit -f file FILE\`; \`qemu-nbd -f raw -t --cache=writeback FILE\`; Tandem \`tandem up --pool-size 8G\` (3 node agents on this machine). All files, the Tandem data directory and the pools are on the same filesystem (${WORK%/*}); everything fits in the page cache, no run asks for a flush except the \`nbdcopy --flush\` copies and Tandem's end of rebuild.
 - Rebuild (e): ${R[rebuild.bytes]} bytes copied (full: ${R[rebuild.full]}), ${R[rebuild.secs]} s from the patch to the first Healthy (CVR phases seen: ${R[rebuild.phases]}; polled every 0.2 s); by the agents' logs: ${R[rebuild.setup]} s from the patch until the target added the new replica (the control plane creates the CVR, its agent creates the storage), ${R[rebuild.logcopy]} s of copy (${R[rebuild.logmibs]} MiB/s), ${R[rebuild.report]:-n/a} s until the CVR showed Healthy. Ejections of the new replica: ${R[rebuild.ejections]}, resyncs: ${R[rebuild.resyncs]}. The nbdcopy peer: \`nbdcopy --flush\` of the same random 1 GiB from a read-only nbdkit file export to a sparse file export.
 - During rebuild (f): fio 4k random write at iodepth 32 on the filled 2 GiB 2-replica volume; a third replica is added 3 s in. "During" is the mean of fio's 250 ms IOPS windows from the first reconstructing phase seen ${DURING_END} (${R[during.secs]} s after the patch; ${R[during.samples]} windows, lowest $(k "${R[during.min]}")). The first copy alone took ${R[during.firstcopy]} s (${R[during.firstmibs]} MiB/s) at $(k "${R[during.firstiops]}") IOPS. The new replica was ejected ${R[during.ejections]} times (${R[during.reasons]:-none}) and resynced ${R[during.resyncs]} times, $(awk -v b="${R[during.copied]}" 'BEGIN { printf "%.1f", b / 1073741824 }') GiB copied in all; CVR phases seen: ${R[during.phases]}. Same fio run: $(k "${R[during.before]}") IOPS in the 3 s before the patch$( [ "${R[during.converged]}" = yes ] && echo ", $(k "${R[during.after]}") once stably Healthy with 3 replicas"). "Steady" is a separate ${RUNTIME} s run on the same 2-replica volume before. fio error code: ${R[during.fioerror]}.${SHORT_NOTE}
-- Other people's compilers (rustc, cargo, cc, ld) were running during: ${BUSY:-none of the measurements} (sampled every second).
-- Machine: $(nproc) vCPU ${CPU}, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r); fio $(fio --version | sed 's/fio-//'), $(nbdkit --version), $(qemu-nbd --version | awk 'NR == 1 { print $1, $2 }'), nbdcopy $(nbdcopy --version | awk 'NR == 1 { print $2 }'). The fio client, the servers and Tandem's agents share the vCPUs. Load average before: ${LOAD_BEFORE} (compiler/benchmark processes of others at start: ${OTHERS_BEFORE}); after: ${LOAD_AFTER}.
+- Other people's processes (anything using CPU that is not this run's) took at least 20% of a CPU during: ${BUSY:-none of the measurements} (seconds; sampled every second; the busiest: ${OTHERS_SEEN:-none}).
+- Machine: $(nproc) vCPU ${CPU}, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r); fio $(fio --version | sed 's/fio-//'), $(nbdkit --version), $(qemu-nbd --version | awk 'NR == 1 { print $1, $2 }'), nbdcopy $(nbdcopy --version | awk 'NR == 1 { print $2 }'). The fio client, the servers and Tandem's agents share the vCPUs. Load average before: ${LOAD_BEFORE} (other tandem, compiler or benchmark processes at start: ${OTHERS_BEFORE}); after: ${LOAD_AFTER}.
 - Tandem commit ${COMMIT}$( [ "${DIRTY:-0}" = 0 ] || echo " (with uncommitted changes in crates/)"); $(date -u '+%Y-%m-%d %H:%M UTC'); the script ran ${RUN_SECS} s.
 EOF
 )
