@@ -70,6 +70,10 @@ pub fn swarm_config(seed: u64) -> SimConfig {
         rng.gen_range(512..8192)
     };
     config.workload.inflight_max = rng.gen_range(1..=12);
+    // Drawn last, so every other parameter of a seed stays as it was before backpressure.
+    if rng.gen_bool(0.5) {
+        config.target.replica_congestion_ops = rng.gen_range(2..=16);
+    }
     config
 }
 

@@ -7,7 +7,7 @@
 mod common;
 
 use common::{config, R1, R2, R3};
-use tandem_core::{Command, ReplicaId, ReplicaMode, VolumeStatus};
+use tandem_core::{Command, EjectReason, ReplicaId, ReplicaMode, VolumeStatus};
 use tandem_sim::history::BLOCK_SIZE;
 use tandem_sim::{swarm, Sim, SimConfig};
 
@@ -440,6 +440,55 @@ fn brief_disconnect_rejoins_without_a_resync() {
         sim.resyncs_finished().len(),
         resyncs_before,
         "no resync was needed"
+    );
+    finish_without_violations(&mut sim);
+}
+
+/// A replica that keeps up, only slower than the others (here a disk 8 times slower, under a
+/// client that keeps 32 requests in flight), paces the volume: it is never ejected for its
+/// backlog and resynced over and over. The same holds for a new replica rebuilt on that disk
+/// while the client keeps writing: the rebuild finishes, once.
+#[test]
+fn a_slower_replica_paces_the_volume_instead_of_being_ejected() {
+    let mut config = config(12, 2, 3);
+    config.target.replica_inflight_max = 24;
+    config.target.replica_congestion_ops = 12;
+    // Slow, not dead: twelve requests queued on that disk are answered within the timeout.
+    config.target.replica_timeout_ticks = 300;
+    config.workload.inflight_max = 32;
+    config.workload.issue_ppm = 1_000_000;
+    let mut sim = healthy_volume(config);
+    let resyncs_at_start = sim.resyncs_finished().len();
+    sim.slow_disk(R2, 3);
+    sim.workload_on = true;
+    sim.run_ticks(2_000);
+    assert_eq!(sim.ejections(EjectReason::Backlog), 0, "R2 was ejected");
+    assert_eq!(sim.resyncs_finished().len(), resyncs_at_start);
+    assert_eq!(sim.replica_mode(R2), Some(ReplicaMode::Healthy));
+
+    sim.slow_disk(R3, 3);
+    assert_eq!(run_command(&mut sim, Command::AddReplica(R3)), Ok(()));
+    assert!(
+        sim.run_until(20_000, Sim::converged),
+        "the new replica never became Healthy: {}",
+        sim.describe_targets()
+    );
+    assert_eq!(
+        sim.ejections(EjectReason::Backlog),
+        0,
+        "a replica was ejected"
+    );
+    assert_eq!(
+        sim.resyncs_finished().len(),
+        resyncs_at_start + 1,
+        "one rebuild, not several"
+    );
+    let acked_before = sim.acked_ops;
+    sim.run_ticks(1_000);
+    println!("acked in 1000 ticks: {}", sim.acked_ops - acked_before);
+    assert!(
+        sim.acked_ops > acked_before + 100,
+        "the volume keeps serving"
     );
     finish_without_violations(&mut sim);
 }

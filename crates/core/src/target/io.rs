@@ -31,13 +31,16 @@ impl Target {
         }
     }
 
-    /// Sequences waiting operations in order, stopping at the first that touches a locked range,
-    /// and sends waiting reads to Healthy replicas.
+    /// Sequences waiting operations in order, stopping at the first that touches a locked range
+    /// or while a replica is congested, and sends waiting reads to Healthy replicas.
     pub(super) fn retry_waiting(&mut self, out: &mut Vec<TargetOutput>) {
         if self.phase != Phase::Active {
             return;
         }
         while let Some(request) = self.ops_waiting.front() {
+            if self.congested() {
+                break;
+            }
             let range = match &request.op {
                 ClientOp::Write { offset, data, .. } => Some((*offset, data.len() as u64)),
                 ClientOp::Trim { offset, len } => Some((*offset, *len)),
@@ -75,6 +78,17 @@ impl Target {
                 out,
             );
         }
+    }
+
+    /// A replica that receives live operations has `replica_congestion_ops` unanswered.
+    pub(super) fn congested(&self) -> bool {
+        self.links.values().any(|link| match &link.connection {
+            Connection::Connected(c) => {
+                c.state != LinkState::Answered
+                    && c.awaited.len() >= self.options.replica_congestion_ops
+            }
+            _ => false,
+        })
     }
 
     pub(super) fn is_locked(&self, offset: u64, len: u64) -> bool {

@@ -218,6 +218,13 @@ pub struct TargetOptions {
     pub replica_timeout_ticks: u64,
     /// A replica with more unanswered requests than this is ejected (too far behind).
     pub replica_inflight_max: usize,
+    /// Backpressure: while a replica that receives live writes has this many requests
+    /// unanswered, new writes, trims and flushes wait. A replica that keeps up, only slower
+    /// than the others (a slower disk, or a rebuild sharing its bandwidth), then paces the
+    /// volume instead of falling ever further behind until it is ejected and resynced over and
+    /// over. One that stops answering is still ejected after `replica_timeout_ticks`. Must be
+    /// below `replica_inflight_max`.
+    pub replica_congestion_ops: usize,
     pub handshake_timeout_ticks: u64,
     pub reconnect_interval_ticks: u64,
     /// Resync bandwidth cap; 0 means uncapped.
@@ -234,6 +241,7 @@ impl Default for TargetOptions {
         TargetOptions {
             replica_timeout_ticks: 100,
             replica_inflight_max: 1024,
+            replica_congestion_ops: 256,
             handshake_timeout_ticks: 50,
             reconnect_interval_ticks: 20,
             resync_bytes_per_tick: 0,
@@ -433,6 +441,10 @@ impl Target {
     ) -> Target {
         assert!(geometry.validate().is_ok(), "invalid geometry {geometry:?}");
         assert!(!membership.members.is_empty(), "a volume has replicas");
+        assert!(
+            options.replica_congestion_ops < options.replica_inflight_max,
+            "backpressure must start before a replica is ejected for its backlog"
+        );
         let links = membership
             .members
             .iter()

@@ -18,7 +18,9 @@ impl Target {
     /// A replica answered while the volume is served. A trusted replica that holds exactly this
     /// target's history up to some point, and missed only operations still unanswered here, is
     /// sent those again and is Healthy at once: it holds everything, no copy needed (a brief
-    /// disconnect costs no resync). Any other replica is resynced.
+    /// disconnect costs no resync). Any other replica is resynced, as is one that missed more
+    /// than `replica_congestion_ops` operations (resending them all would overrun its backlog
+    /// limit, eject it again, and never end).
     pub(super) fn rejoin(&mut self, replica: ReplicaId, out: &mut Vec<TargetOutput>) {
         let hello = &self.connected(replica).expect("just answered").hello;
         let history = hello.stamp;
@@ -29,6 +31,7 @@ impl Target {
             && hello.stamp_exact
             && history.generation == self.generation
             && history.seq >= self.activation_stamp.seq
+            && missed.len() <= self.options.replica_congestion_ops
             && missed.iter().all(|seq| self.ops.contains_key(seq));
         if !can_replay {
             let live_after = Some(self.last_stamp);

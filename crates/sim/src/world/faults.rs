@@ -91,6 +91,13 @@ impl Sim {
 
     /// Stops injecting faults and repairs everything: the network, crashed processes, troubled
     /// disks, a missing target. What follows must converge (liveness).
+    /// Makes a replica's disk `slowness` times slower until everything is healed.
+    pub fn slow_disk(&mut self, replica: ReplicaId, slowness: u64) {
+        if let Some(disk) = self.nodes.get_mut(&replica).and_then(|n| n.disk.as_mut()) {
+            disk.slowness = slowness;
+        }
+    }
+
     pub fn heal_everything(&mut self) {
         self.faults_on = false;
         self.network.faults = NetworkFaults::default();

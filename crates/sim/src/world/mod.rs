@@ -12,10 +12,10 @@ use rand::seq::IteratorRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tandem_core::{
-    ClientOp, ClientReplyBody, ClientRequest, ClientRequestId, Command, DiskOp, Envelope,
-    Generation, Geometry, Incarnation, Membership, Message, Replica, ReplicaId, ReplicaInput,
-    ReplicaMeta, ReplicaMode, ReplicaOptions, ReplicaOutput, Stamp, Target, TargetEvent,
-    TargetInput, TargetOptions, TargetOutput, VolumeStatus, WriteOrigin,
+    ClientOp, ClientReplyBody, ClientRequest, ClientRequestId, Command, DiskOp, EjectReason,
+    Envelope, Generation, Geometry, Incarnation, Membership, Message, Replica, ReplicaId,
+    ReplicaInput, ReplicaMeta, ReplicaMode, ReplicaOptions, ReplicaOutput, Stamp, Target,
+    TargetEvent, TargetInput, TargetOptions, TargetOutput, VolumeStatus, WriteOrigin,
 };
 
 use crate::disk::SimDisk;
@@ -103,6 +103,7 @@ impl SimConfig {
                 handshake_timeout_ticks: 30,
                 reconnect_interval_ticks: 10,
                 replica_inflight_max: 512,
+                replica_congestion_ops: 256,
                 resync_bytes_per_tick: 0,
                 resync_segments_inflight_max: 4,
                 client_timeout_ticks: 1_500,
@@ -360,6 +361,16 @@ impl Sim {
                 _ => None,
             })
             .collect()
+    }
+
+    /// How many times a replica was ejected for `reason`, by any target.
+    pub fn ejections(&self, reason: EjectReason) -> usize {
+        self.target_events
+            .iter()
+            .filter(|(_, _, event)| {
+                matches!(event, TargetEvent::Ejected { reason: r, .. } if *r == reason)
+            })
+            .count()
     }
 
     /// True when nothing is in flight anywhere: no message on the wire, no disk operation, no
