@@ -97,6 +97,35 @@ fn real_clients_read_back_everything_across_a_replica_move() {
             "read -P 0 4M 28M",
         ],
     );
+
+    // Block status (`base:allocation`): what was written is data, the rest holes, also on the
+    // replica rebuilt during the move (it is copied only the regions ever written).
+    let map: Value = serde_json::from_str(&tool("nbdinfo", &["--map", "--json", &uri])).unwrap();
+    let extents: Vec<(u64, u64, u64)> = map
+        .as_array()
+        .unwrap_or_else(|| panic!("nbdinfo --map: {map}"))
+        .iter()
+        .map(|e| {
+            let field = |name: &str| e[name].as_u64().unwrap_or_else(|| panic!("{e}"));
+            (field("offset"), field("length"), field("type"))
+        })
+        .collect();
+    let mib = 1u64 << 20;
+    let data = 0; // NBD_STATE_HOLE | NBD_STATE_ZERO = 3 for a hole
+    assert_eq!(
+        extents,
+        vec![
+            (0, 4 * mib, data),
+            (4 * mib, 28 * mib, 3),
+            (32 * mib, 16 * mib, data),
+            (48 * mib, 16 * mib, 3),
+            (64 * mib, 8 * mib, data),
+            (72 * mib, 56 * mib, 3),
+        ],
+        "nbdinfo --map: {map}"
+    );
+
+    // A sparse-aware client copies only the data.
     let copy = dir.path().join("copy.img");
     tool("nbdcopy", &[&uri, copy.to_str().unwrap()]);
     let copied = std::fs::read(&copy).unwrap();
@@ -106,6 +135,12 @@ fn real_clients_read_back_everything_across_a_replica_move() {
         "the copied window differs"
     );
     assert!(copied[..4 << 20].iter().all(|&b| b == 0x11));
+    use std::os::unix::fs::MetadataExt;
+    let allocated = std::fs::metadata(&copy).unwrap().blocks() * 512;
+    assert!(
+        allocated <= 30 * mib,
+        "nbdcopy wrote {allocated} bytes of a volume holding 28 MiB of data"
+    );
 }
 
 #[test]

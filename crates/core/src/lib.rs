@@ -11,7 +11,8 @@ pub mod types;
 
 pub use message::{Envelope, HelloAck, Message, Refusal, RequestId};
 pub use types::{
-    Generation, Geometry, Incarnation, IoFailure, RegionSet, ReplicaId, Seq, SessionId, Stamp,
+    Extent, Generation, Geometry, Incarnation, IoFailure, RegionSet, ReplicaId, Seq, SessionId,
+    Stamp,
 };
 
 pub mod membership;
@@ -28,7 +29,7 @@ pub use target::{
 
 pub use meta::{MetaUpdate, ReplicaMeta, Superblock};
 pub use replica::{
-    DiskOp, DiskOpId, Replica, ReplicaInput, ReplicaOptions, ReplicaOutput, WriteOrigin,
+    Completion, DiskOp, DiskOpId, Replica, ReplicaInput, ReplicaOptions, ReplicaOutput, WriteOrigin,
 };
 
 /// Known bugs that tests can plant (with the `planted-bugs` feature) to show that the simulator's

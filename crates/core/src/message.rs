@@ -8,7 +8,8 @@
 use bytes::Bytes;
 
 use crate::types::{
-    Generation, Geometry, Incarnation, IoFailure, RegionSet, ReplicaId, Seq, SessionId, Stamp,
+    Extent, Generation, Geometry, Incarnation, IoFailure, RegionSet, ReplicaId, Seq, SessionId,
+    Stamp,
 };
 
 /// A message with its place in a session.
@@ -55,6 +56,13 @@ pub enum Message {
         committed: Seq,
     },
     Read {
+        request: RequestId,
+        offset: u64,
+        len: u64,
+    },
+    /// Asks which parts of a range hold data (block status); answered after every earlier
+    /// write to the range, like a read.
+    QueryAllocation {
         request: RequestId,
         offset: u64,
         len: u64,
@@ -112,6 +120,11 @@ pub enum Message {
     ReadDone {
         request: RequestId,
         result: Result<Bytes, IoFailure>,
+    },
+    /// The range's allocation, as consecutive extents covering exactly the range asked for.
+    Allocation {
+        request: RequestId,
+        result: Result<Vec<Extent>, IoFailure>,
     },
     Regions {
         request: RequestId,
@@ -176,6 +189,7 @@ impl Message {
             Message::Trim { .. } => "trim",
             Message::Flush { .. } => "flush",
             Message::Read { .. } => "read",
+            Message::QueryAllocation { .. } => "query-allocation",
             Message::RegionsSince { .. } => "regions-since",
             Message::StartResync { .. } => "start-resync",
             Message::ReadSegment { .. } => "read-segment",
@@ -187,6 +201,7 @@ impl Message {
             Message::WriteDone { .. } => "write-done",
             Message::FlushDone { .. } => "flush-done",
             Message::ReadDone { .. } => "read-done",
+            Message::Allocation { .. } => "allocation",
             Message::Regions { .. } => "regions",
             Message::ResyncStarted => "resync-started",
             Message::SegmentData { .. } => "segment-data",

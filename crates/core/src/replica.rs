@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use crate::message::{Envelope, HelloAck, Message, Refusal, RequestId};
 use crate::meta::{MetaUpdate, ReplicaMeta, Superblock, SEQ_UNKNOWN};
-use crate::types::{Generation, IoFailure, RegionSet, Seq, SessionId, Stamp};
+use crate::types::{Extent, Generation, IoFailure, RegionSet, Seq, SessionId, Stamp};
 use crate::{Bugs, PlantedBug};
 
 /// Identifies one storage operation so its completion can be matched.
@@ -49,6 +49,13 @@ pub enum DiskOp {
         offset: u64,
         len: u64,
     },
+    /// Reports which parts of a range hold data and which are holes (reading as zeroes), as
+    /// extents covering exactly the range.
+    Allocation {
+        id: DiskOpId,
+        offset: u64,
+        len: u64,
+    },
     /// Makes every completed data write durable (fsync).
     Sync {
         id: DiskOpId,
@@ -63,11 +70,21 @@ pub enum DiskOp {
 #[derive(Clone, Debug)]
 pub enum ReplicaInput {
     Message(Envelope),
-    /// A storage operation finished; reads carry their data.
+    /// A storage operation finished.
     DiskDone {
         id: DiskOpId,
-        result: Result<Option<Bytes>, IoFailure>,
+        result: Result<Completion, IoFailure>,
     },
+}
+
+/// What a successful storage operation returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Completion {
+    Done,
+    /// A read's data.
+    Data(Bytes),
+    /// An allocation query's extents.
+    Extents(Vec<Extent>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,7 +140,7 @@ enum Work {
         request: RequestId,
         offset: u64,
         len: u64,
-        segment: bool,
+        kind: ReadKind,
     },
     RegionsSince {
         request: RequestId,
@@ -146,12 +163,21 @@ enum Work {
     },
 }
 
+/// What a read-only storage operation answers: a client read, a resync segment, or an
+/// allocation query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadKind {
+    Client,
+    Segment,
+    Allocation,
+}
+
 /// What an in-flight storage operation is for.
 #[derive(Clone, Copy, Debug)]
 enum Purpose {
     Write { seq: Seq },
     WriteSegment { request: RequestId },
-    Read { request: RequestId, segment: bool },
+    Read { request: RequestId, kind: ReadKind },
     ActivityLog,
     Barrier,
 }
@@ -370,7 +396,17 @@ impl Replica {
                 request,
                 offset,
                 len,
-                segment: false,
+                kind: ReadKind::Client,
+            },
+            Message::QueryAllocation {
+                request,
+                offset,
+                len,
+            } => Work::Read {
+                request,
+                offset,
+                len,
+                kind: ReadKind::Allocation,
             },
             Message::ReadSegment {
                 request,
@@ -380,7 +416,7 @@ impl Replica {
                 request,
                 offset,
                 len,
-                segment: true,
+                kind: ReadKind::Segment,
             },
             Message::RegionsSince { request, since } => Work::RegionsSince { request, since },
             Message::StartResync {
@@ -563,8 +599,8 @@ impl Replica {
                 request,
                 offset,
                 len,
-                segment,
-            } => self.start_read(session, request, offset, len, segment, out),
+                kind,
+            } => self.start_read(session, request, offset, len, kind, out),
             Work::RegionsSince { request, since } => {
                 let regions = self.regions_changed_after(since);
                 self.send(session, Message::Regions { request, regions }, out);
@@ -728,25 +764,23 @@ impl Replica {
         request: RequestId,
         offset: u64,
         len: u64,
-        segment: bool,
+        kind: ReadKind,
         out: &mut Vec<ReplicaOutput>,
     ) {
         if !self.superblock.geometry.contains_aligned(offset, len) {
-            let result = Err(IoFailure::OutOfRange);
-            let message = if segment {
-                Message::SegmentData { request, result }
-            } else {
-                Message::ReadDone { request, result }
-            };
+            let message = read_answer(request, kind, Err(IoFailure::OutOfRange));
             self.send(session, message, out);
             return;
         }
         let inflight = Inflight {
-            purpose: Purpose::Read { request, segment },
+            purpose: Purpose::Read { request, kind },
             session,
             range: Some((offset, len, false)),
         };
-        self.issue(inflight, out, |id| DiskOp::Read { id, offset, len });
+        self.issue(inflight, out, |id| match kind {
+            ReadKind::Client | ReadKind::Segment => DiskOp::Read { id, offset, len },
+            ReadKind::Allocation => DiskOp::Allocation { id, offset, len },
+        });
     }
 
     fn regions_changed_after(&self, since: Seq) -> RegionSet {
@@ -873,7 +907,7 @@ impl Replica {
     fn on_disk_done(
         &mut self,
         id: DiskOpId,
-        result: Result<Option<Bytes>, IoFailure>,
+        result: Result<Completion, IoFailure>,
         out: &mut Vec<ReplicaOutput>,
     ) {
         let Some(inflight) = self.inflight.remove(&id) else {
@@ -917,13 +951,8 @@ impl Replica {
                     self.stop_after_failed_write();
                 }
             }
-            Purpose::Read { request, segment } => {
-                let result = result.map(|data| data.unwrap_or_default());
-                let message = if segment {
-                    Message::SegmentData { request, result }
-                } else {
-                    Message::ReadDone { request, result }
-                };
+            Purpose::Read { request, kind } => {
+                let message = read_answer(request, kind, result);
                 self.send(session, message, out);
             }
             Purpose::ActivityLog => {
@@ -1054,6 +1083,35 @@ impl DataChange {
     }
 }
 
+/// The message answering a read-only operation. A completion of the wrong shape (a driver bug)
+/// is answered as a device error rather than trusted.
+fn read_answer(
+    request: RequestId,
+    kind: ReadKind,
+    result: Result<Completion, IoFailure>,
+) -> Message {
+    match kind {
+        ReadKind::Client | ReadKind::Segment => {
+            let result = result.and_then(|completion| match completion {
+                Completion::Data(data) => Ok(data),
+                _ => Err(IoFailure::Device),
+            });
+            if kind == ReadKind::Segment {
+                Message::SegmentData { request, result }
+            } else {
+                Message::ReadDone { request, result }
+            }
+        }
+        ReadKind::Allocation => {
+            let result = result.and_then(|completion| match completion {
+                Completion::Extents(extents) => Ok(extents),
+                _ => Err(IoFailure::Device),
+            });
+            Message::Allocation { request, result }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1108,17 +1166,24 @@ mod tests {
                 let (id, result) = match op {
                     DiskOp::PersistMeta { id, update } => {
                         self.meta.apply(&update);
-                        (id, Ok(None))
+                        (id, Ok(Completion::Done))
                     }
                     DiskOp::Write { id, .. } | DiskOp::Trim { id, .. } if self.fail_writes => {
                         (id, Err(IoFailure::NoSpace))
                     }
                     DiskOp::Write { id, .. } | DiskOp::Trim { id, .. } | DiskOp::Sync { id } => {
-                        (id, Ok(None))
+                        (id, Ok(Completion::Done))
                     }
                     DiskOp::Read { id, len, .. } => {
-                        (id, Ok(Some(Bytes::from(vec![0; len as usize]))))
+                        (id, Ok(Completion::Data(Bytes::from(vec![0; len as usize]))))
                     }
+                    DiskOp::Allocation { id, len, .. } => (
+                        id,
+                        Ok(Completion::Extents(vec![Extent {
+                            len,
+                            allocated: false,
+                        }])),
+                    ),
                 };
                 sent.extend(self.feed(ReplicaInput::DiskDone { id, result }));
             }

@@ -54,6 +54,25 @@ impl fmt::Display for Stamp {
     }
 }
 
+/// A run of a replica's storage with one allocation state (NBD's `base:allocation`): allocated
+/// data, or a hole, which reads as zeroes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub len: u64,
+    pub allocated: bool,
+}
+
+impl Extent {
+    /// True if `extents` describe exactly `len` bytes in runs of non-zero length.
+    pub fn cover(extents: &[Extent], len: u64) -> bool {
+        extents.iter().all(|e| e.len > 0)
+            && extents
+                .iter()
+                .try_fold(0u64, |sum, e| sum.checked_add(e.len))
+                .is_some_and(|sum| sum == len)
+    }
+}
+
 /// Identifies one target-replica session; a new handshake always starts a new one. The high 32
 /// bits are the target's generation, so a later target's sessions always compare greater.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

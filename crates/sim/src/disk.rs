@@ -8,7 +8,9 @@
 use bytes::Bytes;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use tandem_core::{Incarnation, IoFailure, MetaUpdate, ReplicaMeta};
+use tandem_core::{Extent, Incarnation, IoFailure, MetaUpdate, ReplicaMeta};
+
+use crate::history::BLOCK_SIZE;
 
 #[derive(Clone, Debug)]
 struct Unsynced {
@@ -80,6 +82,29 @@ impl SimDisk {
 
     pub fn read(&self, offset: u64, len: u64) -> Bytes {
         Bytes::copy_from_slice(&self.cache[offset as usize..(offset + len) as usize])
+    }
+
+    /// Which blocks hold data: this disk stores nothing for a block of zeroes (as a file system
+    /// that detects zeroes would), so every such block is a hole. Extents cover the range.
+    pub fn allocation(&self, offset: u64, len: u64) -> Vec<Extent> {
+        let mut extents: Vec<Extent> = Vec::new();
+        let end = offset + len;
+        let mut at = offset;
+        while at < end {
+            let block_end = (at + BLOCK_SIZE).min(end);
+            let allocated = self.cache[at as usize..block_end as usize]
+                .iter()
+                .any(|byte| *byte != 0);
+            match extents.last_mut() {
+                Some(last) if last.allocated == allocated => last.len += block_end - at,
+                _ => extents.push(Extent {
+                    len: block_end - at,
+                    allocated,
+                }),
+            }
+            at = block_end;
+        }
+        extents
     }
 
     pub fn sync(&mut self) {

@@ -13,15 +13,17 @@
 //! | `IoFailure`            | u8: 1 = NoSpace, 2 = Device, 3 = OutOfRange                       |
 //! | `Result<(), IoFailure>`| u8 tag 0 = Ok, or tag 1 = Err followed by the failure code        |
 //! | `Result<Bytes, IoFailure>` | u8 tag 0 = Ok followed by the bytes, or tag 1 = Err and the failure code |
+//! | `Vec<Extent>`          | count u32, then per extent: len u64, allocated `bool`             |
+//! | `Result<Vec<Extent>, IoFailure>` | u8 tag 0 = Ok followed by the extents, or tag 1 = Err and the failure code |
 //! | `Refusal`              | u8: 1 = Fenced + generation u64, 2 = WrongReplica + replica u64, 3 = GeometryMismatch |
 //!
-//! Kind tags: target -> replica messages use `0x01..=0x0b`, replica -> target messages use
-//! `0x41..=0x4b`. Tag 0 is never valid.
+//! Kind tags: target -> replica messages use `0x01..=0x0c`, replica -> target messages use
+//! `0x41..=0x4c`. Tag 0 is never valid.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tandem_core::{
-    Generation, Geometry, HelloAck, Incarnation, IoFailure, Message, Refusal, RegionSet, ReplicaId,
-    RequestId, Seq, Stamp,
+    Extent, Generation, Geometry, HelloAck, Incarnation, IoFailure, Message, Refusal, RegionSet,
+    ReplicaId, RequestId, Seq, Stamp,
 };
 
 use crate::DecodeError;
@@ -39,6 +41,7 @@ const READ_SEGMENT: u8 = 0x08;
 const WRITE_SEGMENT: u8 = 0x09;
 const FINISH_RESYNC: u8 = 0x0a;
 const PING: u8 = 0x0b;
+const QUERY_ALLOCATION: u8 = 0x0c;
 // replica -> target
 const HELLO_ACK: u8 = 0x41;
 const REFUSED: u8 = 0x42;
@@ -51,6 +54,7 @@ const SEGMENT_DATA: u8 = 0x48;
 const SEGMENT_WRITTEN: u8 = 0x49;
 const RESYNC_FINISHED: u8 = 0x4a;
 const PONG: u8 = 0x4b;
+const ALLOCATION: u8 = 0x4c;
 
 // ---- small enumerations ----
 const RESULT_OK: u8 = 0;
@@ -72,6 +76,7 @@ pub(crate) fn kind_tag(message: &Message) -> u8 {
         Message::Trim { .. } => TRIM,
         Message::Flush { .. } => FLUSH,
         Message::Read { .. } => READ,
+        Message::QueryAllocation { .. } => QUERY_ALLOCATION,
         Message::RegionsSince { .. } => REGIONS_SINCE,
         Message::StartResync { .. } => START_RESYNC,
         Message::ReadSegment { .. } => READ_SEGMENT,
@@ -83,6 +88,7 @@ pub(crate) fn kind_tag(message: &Message) -> u8 {
         Message::WriteDone { .. } => WRITE_DONE,
         Message::FlushDone { .. } => FLUSH_DONE,
         Message::ReadDone { .. } => READ_DONE,
+        Message::Allocation { .. } => ALLOCATION,
         Message::Regions { .. } => REGIONS,
         Message::ResyncStarted => RESYNC_STARTED,
         Message::SegmentData { .. } => SEGMENT_DATA,
@@ -100,6 +106,7 @@ pub(crate) fn kind_name(tag: u8) -> Option<&'static str> {
         TRIM => "trim",
         FLUSH => "flush",
         READ => "read",
+        QUERY_ALLOCATION => "query-allocation",
         REGIONS_SINCE => "regions-since",
         START_RESYNC => "start-resync",
         READ_SEGMENT => "read-segment",
@@ -111,6 +118,7 @@ pub(crate) fn kind_name(tag: u8) -> Option<&'static str> {
         WRITE_DONE => "write-done",
         FLUSH_DONE => "flush-done",
         READ_DONE => "read-done",
+        ALLOCATION => "allocation",
         REGIONS => "regions",
         RESYNC_STARTED => "resync-started",
         SEGMENT_DATA => "segment-data",
@@ -164,6 +172,11 @@ pub(crate) fn encode_payload(message: &Message, out: &mut BytesMut) {
             out.put_u64_le(committed.0);
         }
         Message::Read {
+            request,
+            offset,
+            len,
+        }
+        | Message::QueryAllocation {
             request,
             offset,
             len,
@@ -242,6 +255,25 @@ pub(crate) fn encode_payload(message: &Message, out: &mut BytesMut) {
                 Ok(data) => {
                     out.put_u8(RESULT_OK);
                     put_bytes(out, data);
+                }
+                Err(failure) => {
+                    out.put_u8(RESULT_ERR);
+                    out.put_u8(failure_code(*failure));
+                }
+            }
+        }
+        Message::Allocation { request, result } => {
+            out.put_u64_le(request.0);
+            match result {
+                Ok(extents) => {
+                    out.put_u8(RESULT_OK);
+                    // More extents than fit a u32 are more than fit a frame: rejected by the
+                    // caller, as for `put_bytes`.
+                    out.put_u32_le(u32::try_from(extents.len()).unwrap_or(u32::MAX));
+                    for extent in extents {
+                        out.put_u64_le(extent.len);
+                        out.put_u8(u8::from(extent.allocated));
+                    }
                 }
                 Err(failure) => {
                     out.put_u8(RESULT_ERR);
@@ -341,6 +373,11 @@ pub(crate) fn decode_payload(tag: u8, payload: Bytes) -> Result<Message, DecodeE
             offset: r.u64("offset")?,
             len: r.u64("len")?,
         },
+        QUERY_ALLOCATION => Message::QueryAllocation {
+            request: RequestId(r.u64("request")?),
+            offset: r.u64("offset")?,
+            len: r.u64("len")?,
+        },
         REGIONS_SINCE => Message::RegionsSince {
             request: RequestId(r.u64("request")?),
             since: Seq(r.u64("since")?),
@@ -398,6 +435,10 @@ pub(crate) fn decode_payload(tag: u8, payload: Bytes) -> Result<Message, DecodeE
         READ_DONE => Message::ReadDone {
             request: RequestId(r.u64("request")?),
             result: r.bytes_result("result")?,
+        },
+        ALLOCATION => Message::Allocation {
+            request: RequestId(r.u64("request")?),
+            result: r.extents_result("result")?,
         },
         REGIONS => Message::Regions {
             request: RequestId(r.u64("request")?),
@@ -551,6 +592,25 @@ impl Reader {
         } else {
             Ok(Err(self.failure(field)?))
         }
+    }
+
+    fn extents_result(
+        &mut self,
+        field: &'static str,
+    ) -> Result<Result<Vec<Extent>, IoFailure>, DecodeError> {
+        if !self.result_tag(field)? {
+            return Ok(Err(self.failure(field)?));
+        }
+        let count = usize::try_from(self.u32(field)?).unwrap_or(usize::MAX);
+        // Check the extents are all there before allocating room for them.
+        self.need(field, count.saturating_mul(9))?;
+        let mut extents = Vec::with_capacity(count);
+        for _ in 0..count {
+            let len = self.payload.get_u64_le();
+            let allocated = self.bool(field)?;
+            extents.push(Extent { len, allocated });
+        }
+        Ok(Ok(extents))
     }
 
     fn bytes_result(

@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tandem_core::{
-    Envelope, Generation, Geometry, HelloAck, Incarnation, IoFailure, Message, Refusal, RegionSet,
-    ReplicaId, RequestId, Seq, SessionId, Stamp,
+    Envelope, Extent, Generation, Geometry, HelloAck, Incarnation, IoFailure, Message, Refusal,
+    RegionSet, ReplicaId, RequestId, Seq, SessionId, Stamp,
 };
 
 use crate::{
@@ -57,6 +57,11 @@ fn examples() -> Vec<Message> {
             request: RequestId(1),
             offset: 4096,
             len: 4096,
+        },
+        Message::QueryAllocation {
+            request: RequestId(4),
+            offset: 1 << 20,
+            len: 8 << 20,
         },
         Message::RegionsSince {
             request: RequestId(2),
@@ -130,6 +135,27 @@ fn examples() -> Vec<Message> {
         Message::ReadDone {
             request: RequestId(1),
             result: Err(IoFailure::OutOfRange),
+        },
+        Message::Allocation {
+            request: RequestId(4),
+            result: Ok(vec![
+                Extent {
+                    len: 4096,
+                    allocated: true,
+                },
+                Extent {
+                    len: 1 << 20,
+                    allocated: false,
+                },
+            ]),
+        },
+        Message::Allocation {
+            request: RequestId(4),
+            result: Ok(Vec::new()),
+        },
+        Message::Allocation {
+            request: RequestId(4),
+            result: Err(IoFailure::Device),
         },
         Message::Regions {
             request: RequestId(2),
@@ -213,7 +239,7 @@ fn examples_cover_every_variant() {
     let kinds: BTreeSet<&str> = examples().iter().map(Message::kind).collect();
     assert_eq!(
         kinds.len(),
-        22,
+        24,
         "one example per Message variant: {kinds:?}"
     );
 }
@@ -387,7 +413,7 @@ fn unsupported_version() {
 
 #[test]
 fn unknown_kind_is_rejected_from_the_header() {
-    for tag in [0x00, 0x0c, 0x40, 0x4c, 0xff] {
+    for tag in [0x00, 0x0d, 0x40, 0x4d, 0xff] {
         // Only the header: the tag is rejected before the payload arrives.
         let frame = raw_frame(tag, &[0; 8]);
         let error = decode_err(BytesMut::from(&frame[..HEADER_LEN]));
@@ -566,6 +592,32 @@ fn invalid_fields() {
         decode_err(raw_frame(0x42, &[0])),
         DecodeError::InvalidRefusal { value: 0 }
     );
+
+    // Allocation: one extent whose `allocated` byte is 2; then a count of extents the payload
+    // does not hold (refused before allocating room for them).
+    let mut payload = vec![0; 8];
+    payload.push(0);
+    payload.extend_from_slice(&1u32.to_le_bytes());
+    payload.extend_from_slice(&4096u64.to_le_bytes());
+    payload.push(2);
+    assert_eq!(
+        decode_err(raw_frame(0x4c, &payload)),
+        DecodeError::InvalidBool {
+            kind: "allocation",
+            field: "result",
+            value: 2
+        }
+    );
+    let mut payload = vec![0; 8];
+    payload.push(0);
+    payload.extend_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(
+        decode_err(raw_frame(0x4c, &payload)),
+        DecodeError::Truncated {
+            kind: "allocation",
+            ..
+        }
+    ));
 
     // Regions: 3 regions but bit 3 set.
     let mut payload = vec![0; 8];

@@ -5,9 +5,9 @@ use super::*;
 impl Target {
     pub(super) fn on_client(&mut self, request: ClientRequest, out: &mut Vec<TargetOutput>) {
         let in_range = match &request.op {
-            ClientOp::Read { offset, len } | ClientOp::Trim { offset, len } => {
-                self.geometry.contains_aligned(*offset, *len)
-            }
+            ClientOp::Read { offset, len }
+            | ClientOp::Allocation { offset, len }
+            | ClientOp::Trim { offset, len } => self.geometry.contains_aligned(*offset, *len),
             ClientOp::Write { offset, data, .. } => {
                 self.geometry.contains_aligned(*offset, data.len() as u64)
             }
@@ -20,8 +20,13 @@ impl Target {
         let deadline = self.now_tick + self.options.client_timeout_ticks;
         self.client_deadlines.insert(request.id, deadline);
         match request.op {
-            ClientOp::Read { offset, len } => {
-                self.reads_waiting.push_back((request.id, offset, len));
+            ClientOp::Read { offset, len } | ClientOp::Allocation { offset, len } => {
+                self.reads_waiting.push_back(ClientRead {
+                    client: request.id,
+                    offset,
+                    len,
+                    allocation: matches!(request.op, ClientOp::Allocation { .. }),
+                });
                 self.retry_waiting(out);
             }
             _ => {
@@ -52,31 +57,28 @@ impl Target {
             let request = self.ops_waiting.pop_front().expect("front exists");
             self.sequence(request, out);
         }
-        while let Some(&(client, offset, len)) = self.reads_waiting.front() {
+        while let Some(&read) = self.reads_waiting.front() {
             let Some(replica) = self.pick_reader() else {
                 break;
             };
             self.reads_waiting.pop_front();
             let request = self.request_id();
-            self.reads.insert(
-                request,
-                PendingRead {
-                    client,
+            self.reads.insert(request, PendingRead { read, replica });
+            let (offset, len) = (read.offset, read.len);
+            let message = if read.allocation {
+                Message::QueryAllocation {
+                    request,
                     offset,
                     len,
-                    replica,
-                },
-            );
-            self.send(
-                replica,
+                }
+            } else {
                 Message::Read {
                     request,
                     offset,
                     len,
-                },
-                Some(Awaited::Request(request)),
-                out,
-            );
+                }
+            };
+            self.send(replica, message, Some(Awaited::Request(request)), out);
         }
     }
 
@@ -157,7 +159,9 @@ impl Target {
                 Some(request.id),
                 false,
             ),
-            ClientOp::Read { .. } => unreachable!("reads are not sequenced"),
+            ClientOp::Read { .. } | ClientOp::Allocation { .. } => {
+                unreachable!("reads are not sequenced")
+            }
         };
         self.broadcast(message_for, client, None, out);
         if fua {
@@ -259,25 +263,10 @@ impl Target {
                 }
             }
             Message::ReadDone { request, result } => {
-                self.answered(from, Awaited::Request(request));
-                let Some(read) = self.reads.remove(&request) else {
-                    return;
-                };
-                match result {
-                    Ok(data) if data.len() as u64 == read.len => {
-                        self.answer(out, read.client, Ok(ClientReplyBody::Read(data)));
-                    }
-                    Ok(_) => {
-                        self.reads_waiting
-                            .push_front((read.client, read.offset, read.len));
-                        self.eject(from, EjectReason::SessionBroken, out);
-                    }
-                    Err(failure) => {
-                        self.reads_waiting
-                            .push_front((read.client, read.offset, read.len));
-                        self.eject(from, EjectReason::IoFailure(failure), out);
-                    }
-                }
+                self.on_read_done(from, request, result.map(ClientReplyBody::Read), out);
+            }
+            Message::Allocation { request, result } => {
+                self.on_read_done(from, request, result.map(ClientReplyBody::Allocation), out);
             }
             Message::ResyncStarted => {
                 self.answered(from, Awaited::Marker);
@@ -305,6 +294,40 @@ impl Target {
             }
             Message::Pong { request } => self.answered(from, Awaited::Request(request)),
             _ => self.eject(from, EjectReason::SessionBroken, out),
+        }
+    }
+
+    /// A replica answered a client read (data or allocation). An answer of the wrong shape
+    /// breaks the session; a failed one ejects the replica. Either way the read is sent again,
+    /// to another Healthy replica.
+    fn on_read_done(
+        &mut self,
+        from: ReplicaId,
+        request: RequestId,
+        result: Result<ClientReplyBody, IoFailure>,
+        out: &mut Vec<TargetOutput>,
+    ) {
+        self.answered(from, Awaited::Request(request));
+        let Some(PendingRead { read, .. }) = self.reads.remove(&request) else {
+            return;
+        };
+        let well_formed = |body: &ClientReplyBody| match body {
+            ClientReplyBody::Read(data) => !read.allocation && data.len() as u64 == read.len,
+            ClientReplyBody::Allocation(extents) => {
+                read.allocation && Extent::cover(extents, read.len)
+            }
+            ClientReplyBody::Done { .. } => false,
+        };
+        match result {
+            Ok(body) if well_formed(&body) => self.answer(out, read.client, Ok(body)),
+            Ok(_) => {
+                self.reads_waiting.push_front(read);
+                self.eject(from, EjectReason::SessionBroken, out);
+            }
+            Err(failure) => {
+                self.reads_waiting.push_front(read);
+                self.eject(from, EjectReason::IoFailure(failure), out);
+            }
         }
     }
 

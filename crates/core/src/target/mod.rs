@@ -25,7 +25,8 @@ use bytes::Bytes;
 use crate::membership::{Member, Membership, MembershipError, REPLICAS_MAX};
 use crate::message::{Envelope, HelloAck, Message, Refusal, RequestId};
 use crate::types::{
-    Generation, Geometry, Incarnation, IoFailure, RegionSet, ReplicaId, Seq, SessionId, Stamp,
+    Extent, Generation, Geometry, Incarnation, IoFailure, RegionSet, ReplicaId, Seq, SessionId,
+    Stamp,
 };
 use crate::{Bugs, PlantedBug};
 
@@ -50,6 +51,12 @@ pub enum ClientOp {
         data: Bytes,
         fua: bool,
     },
+    /// Which parts of the range hold data (NBD block status). Served like a read, by one
+    /// Healthy replica, after every write acknowledged before it.
+    Allocation {
+        offset: u64,
+        len: u64,
+    },
     /// Zeroes the range (TRIM and WRITE_ZEROES).
     Trim {
         offset: u64,
@@ -67,6 +74,9 @@ pub struct ClientRequest {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientReplyBody {
     Read(Bytes),
+    /// The range's allocation: consecutive extents covering exactly the range asked for. A hole
+    /// reads as zeroes; allocated data may hold anything, zeroes included.
+    Allocation(Vec<Extent>),
     /// A write, trim or flush is done; `stamp` is its place in the volume's history.
     Done {
         stamp: Stamp,
@@ -341,11 +351,18 @@ struct PendingOp {
     holders: BTreeSet<ReplicaId>,
 }
 
-#[derive(Clone, Debug)]
-struct PendingRead {
+/// A client read of data, or of allocation (block status): both go to one Healthy replica.
+#[derive(Clone, Copy, Debug)]
+struct ClientRead {
     client: ClientRequestId,
     offset: u64,
     len: u64,
+    allocation: bool,
+}
+
+#[derive(Clone, Debug)]
+struct PendingRead {
+    read: ClientRead,
     replica: ReplicaId,
 }
 
@@ -417,7 +434,7 @@ pub struct Target {
     ops: BTreeMap<Seq, PendingOp>,
     reads: BTreeMap<RequestId, PendingRead>,
     /// Reads waiting for a Healthy replica.
-    reads_waiting: VecDeque<(ClientRequestId, u64, u64)>,
+    reads_waiting: VecDeque<ClientRead>,
     /// Every client request accepted and not yet answered, with the tick it times out.
     client_deadlines: BTreeMap<ClientRequestId, u64>,
     /// Writes, trims and flushes not yet sequenced: the target is recovering, or they touch a
@@ -607,7 +624,7 @@ impl Target {
         let (reads_waiting, ops_waiting): (VecDeque<_>, VecDeque<_>) = (
             self.reads_waiting
                 .drain(..)
-                .filter(|(id, _, _)| !answered(id))
+                .filter(|read| !answered(&read.client))
                 .collect(),
             self.ops_waiting
                 .drain(..)
@@ -730,9 +747,8 @@ impl Target {
             .map(|(request, _)| *request)
             .collect();
         for request in orphaned {
-            let read = self.reads.remove(&request).expect("listed");
-            self.reads_waiting
-                .push_back((read.client, read.offset, read.len));
+            let pending = self.reads.remove(&request).expect("listed");
+            self.reads_waiting.push_back(pending.read);
         }
         if self
             .resync
@@ -793,8 +809,8 @@ impl Target {
         self.phase = Phase::Fenced;
         let mut clients: Vec<ClientRequestId> =
             self.ops.values().filter_map(|op| op.client).collect();
-        clients.extend(self.reads.values().map(|read| read.client));
-        clients.extend(self.reads_waiting.iter().map(|(client, _, _)| *client));
+        clients.extend(self.reads.values().map(|pending| pending.read.client));
+        clients.extend(self.reads_waiting.iter().map(|read| read.client));
         clients.extend(self.ops_waiting.iter().map(|request| request.id));
         self.ops.clear();
         self.reads.clear();

@@ -9,6 +9,7 @@
 //! are serialised by a lock on the in-memory copy.
 //!
 //! * Write: `pwrite`. Read: `pread`; what lies past the end of the file reads as zeros.
+//! * Allocation: `SEEK_DATA` / `SEEK_HOLE`, in whole blocks (a partly allocated block is data).
 //! * Trim: `fallocate(PUNCH_HOLE | KEEP_SIZE)`, or writing zeros where the file system cannot
 //!   punch holes.
 //! * Sync: `fdatasync` of the data file.
@@ -29,13 +30,20 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::Bytes;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
-use tandem_core::{DiskOp, DiskOpId, Geometry, IoFailure, ReplicaId, ReplicaInput, ReplicaMeta};
+use nix::unistd::{lseek, Whence};
+use tandem_core::{
+    Completion, DiskOp, DiskOpId, Extent, Geometry, IoFailure, ReplicaId, ReplicaInput, ReplicaMeta,
+};
 
 use super::storage::{self, MetaReadError, DATA_FILE, META_FILE};
 
 /// The longest read the disk serves: its answer must fit in one wire frame (with room for the
 /// message's other fields). Longer reads are refused as out of range.
 pub const READ_LEN_MAX: u64 = tandem_wire::MAX_PAYLOAD_LEN as u64 - 64;
+
+/// The longest range an allocation query may describe: its extents must fit in one wire frame
+/// however fragmented the file (9 bytes per extent, one extent per 4 KiB block at worst).
+pub const ALLOCATION_LEN_MAX: u64 = 256 << 20;
 
 /// Zeros are written in chunks of this size where holes cannot be punched.
 const ZERO_CHUNK: usize = 1 << 20;
@@ -72,7 +80,7 @@ pub struct Allocation {
 #[derive(Clone, Debug)]
 pub struct DiskCompletion {
     pub id: DiskOpId,
-    pub result: Result<Option<Bytes>, IoFailure>,
+    pub result: Result<Completion, IoFailure>,
 }
 
 impl From<DiskCompletion> for ReplicaInput {
@@ -198,13 +206,22 @@ impl ReplicaDisk {
         let (kind, outcome) = match op {
             DiskOp::Write {
                 offset, ref data, ..
-            } => ("write", self.write(offset, data).map(|()| None)),
-            DiskOp::Read { offset, len, .. } => ("read", self.read(offset, len).map(Some)),
-            DiskOp::Trim { offset, len, .. } => ("trim", self.trim(offset, len).map(|()| None)),
-            DiskOp::Sync { .. } => ("sync", self.sync().map(|()| None)),
+            } => ("write", self.write(offset, data).map(|()| Completion::Done)),
+            DiskOp::Read { offset, len, .. } => {
+                ("read", self.read(offset, len).map(Completion::Data))
+            }
+            DiskOp::Allocation { offset, len, .. } => (
+                "allocation",
+                self.extents(offset, len).map(Completion::Extents),
+            ),
+            DiskOp::Trim { offset, len, .. } => {
+                ("trim", self.trim(offset, len).map(|()| Completion::Done))
+            }
+            DiskOp::Sync { .. } => ("sync", self.sync().map(|()| Completion::Done)),
             DiskOp::PersistMeta { ref update, .. } => (
                 "persist-meta",
-                self.persist_meta(|meta| meta.apply(update)).map(|()| None),
+                self.persist_meta(|meta| meta.apply(update))
+                    .map(|()| Completion::Done),
             ),
         };
         let result = outcome.map_err(|error| {
@@ -259,6 +276,62 @@ impl ReplicaDisk {
             }
         }
         Ok(Bytes::from(buffer))
+    }
+
+    /// Which blocks of `[offset, offset + len)` hold data, as extents covering the range
+    /// exactly. A block is a hole only if the file system reports all of it unallocated; where
+    /// it cannot tell (no `SEEK_DATA`), everything is data.
+    pub fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>, OpError> {
+        self.check_range(offset, len)?;
+        if len > ALLOCATION_LEN_MAX {
+            return Err(OpError::OutOfRange { offset, len });
+        }
+        let block = u64::from(self.inner.geometry.block_size);
+        let end = offset + len;
+        let fd = self.inner.data.as_raw_fd();
+        let seek = |pos: u64, whence: Whence| -> Result<Option<u64>, OpError> {
+            let start = i64::try_from(pos).map_err(|_| OpError::OutOfRange { offset, len })?;
+            match lseek(fd, start, whence) {
+                Ok(at) => Ok(Some(u64::try_from(at).unwrap_or(end))),
+                // No data at or after `pos` (SEEK_DATA), or `pos` is past the end of the file.
+                Err(Errno::ENXIO) => Ok(None),
+                Err(errno) => Err(io::Error::from(errno).into()),
+            }
+        };
+        let mut extents: Vec<Extent> = Vec::new();
+        let mut push = |len: u64, allocated: bool| match extents.last_mut() {
+            Some(last) if last.allocated == allocated => last.len += len,
+            _ if len > 0 => extents.push(Extent { len, allocated }),
+            _ => {}
+        };
+        let mut pos = offset;
+        while pos < end {
+            // Data starts at the block holding the next allocated byte.
+            let data = match seek(pos, Whence::SeekData) {
+                Ok(found) => found.map_or(end, |at| (at / block * block).clamp(pos, end)),
+                Err(OpError::Io(error))
+                    if matches!(
+                        error.raw_os_error().map(Errno::from_raw),
+                        Some(Errno::EINVAL | Errno::EOPNOTSUPP)
+                    ) =>
+                {
+                    push(end - pos, true);
+                    break;
+                }
+                Err(error) => return Err(error),
+            };
+            push(data - pos, false);
+            if data >= end {
+                break;
+            }
+            // ... and runs to the first whole block of the hole after it.
+            let hole = seek(data, Whence::SeekHole)?
+                .map_or(end, |at| at.div_ceil(block) * block)
+                .clamp(data + block, end);
+            push(hole - data, true);
+            pos = hole;
+        }
+        Ok(extents)
     }
 
     /// Zeroes `[offset, offset + len)`, releasing its space where the file system can.
@@ -324,6 +397,7 @@ fn op_id(op: &DiskOp) -> DiskOpId {
     match op {
         DiskOp::Write { id, .. }
         | DiskOp::Read { id, .. }
+        | DiskOp::Allocation { id, .. }
         | DiskOp::Trim { id, .. }
         | DiskOp::Sync { id }
         | DiskOp::PersistMeta { id, .. } => *id,
@@ -382,7 +456,7 @@ mod tests {
         (parent, dir)
     }
 
-    fn run(disk: &ReplicaDisk, op: DiskOp) -> Result<Option<Bytes>, IoFailure> {
+    fn run(disk: &ReplicaDisk, op: DiskOp) -> Result<Completion, IoFailure> {
         disk.execute_blocking(op).result
     }
 
@@ -397,7 +471,7 @@ mod tests {
             data: data.clone(),
             origin: WriteOrigin::Client,
         };
-        assert_eq!(run(&disk, write), Ok(None));
+        assert_eq!(run(&disk, write), Ok(Completion::Done));
         let read = run(
             &disk,
             DiskOp::Read {
@@ -405,13 +479,17 @@ mod tests {
                 offset: 0,
                 len: 16384,
             },
-        )
-        .unwrap()
-        .unwrap();
+        );
+        let Ok(Completion::Data(read)) = read else {
+            panic!("{read:?}");
+        };
         assert_eq!(&read[..4096], &[0u8; 4096][..]);
         assert_eq!(&read[4096..12288], &data[..]);
         assert_eq!(&read[12288..], &[0u8; 4096][..]);
-        assert_eq!(run(&disk, DiskOp::Sync { id: DiskOpId(3) }), Ok(None));
+        assert_eq!(
+            run(&disk, DiskOp::Sync { id: DiskOpId(3) }),
+            Ok(Completion::Done)
+        );
         // The bytes are in the file at their offset.
         let file = std::fs::read(dir.join(DATA_FILE)).unwrap();
         assert_eq!(&file[4096..12288], &data[..]);
@@ -446,7 +524,7 @@ mod tests {
                 len: 2 << 20,
             },
         );
-        assert_eq!(done, Ok(None));
+        assert_eq!(done, Ok(Completion::Done));
         disk.sync().unwrap();
         let after = disk.allocation().unwrap();
         assert!(
@@ -488,7 +566,7 @@ mod tests {
             id: DiskOpId(1),
             update,
         };
-        assert_eq!(run(&disk, op), Ok(None));
+        assert_eq!(run(&disk, op), Ok(Completion::Done));
         assert_eq!(disk.meta(), expected);
         // Locked while open.
         assert!(matches!(
@@ -570,6 +648,55 @@ mod tests {
         assert_eq!(io_failure(&other), IoFailure::Device);
     }
 
+    #[test]
+    fn allocation_reports_written_blocks_as_data_and_the_rest_as_holes() {
+        let (_parent, dir) = replica_dir(8 << 20);
+        let disk = ReplicaDisk::open(&dir).unwrap();
+        let extents = |offset, len| match run(
+            &disk,
+            DiskOp::Allocation {
+                id: DiskOpId(1),
+                offset,
+                len,
+            },
+        ) {
+            Ok(Completion::Extents(extents)) => extents
+                .iter()
+                .map(|e| (e.len, e.allocated))
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(extents(0, 8 << 20), vec![(8 << 20, false)]);
+        disk.write(1 << 20, &[7u8; 8192]).unwrap();
+        disk.write(4 << 20, &[9u8; 4096]).unwrap();
+        let all = extents(0, 8 << 20);
+        assert_eq!(all.iter().map(|e| e.0).sum::<u64>(), 8 << 20, "{all:?}");
+        // The file system allocates in its own blocks (4 KiB here): the written blocks are data,
+        // every byte more than a block away from them is a hole.
+        let data: Vec<_> = all.iter().filter(|e| e.1).collect();
+        assert_eq!(data.len(), 2, "{all:?}");
+        assert!(
+            data.iter().all(|e| e.0 >= 4096 && e.0 <= 64 << 10),
+            "{all:?}"
+        );
+        assert_eq!(extents(1 << 20, 8192), vec![(8192, true)]);
+        assert_eq!(extents(2 << 20, 1 << 20), vec![(1 << 20, false)]);
+        // A sub-range starting inside data.
+        assert_eq!(extents((1 << 20) + 4096, 4096), vec![(4096, true)]);
+        disk.trim(1 << 20, 8192).unwrap();
+        assert_eq!(extents(1 << 20, 8192), vec![(8192, false)]);
+        let (_parent, big) = replica_dir(1 << 30);
+        let too_long = run(
+            &ReplicaDisk::open(&big).unwrap(),
+            DiskOp::Allocation {
+                id: DiskOpId(2),
+                offset: 0,
+                len: ALLOCATION_LEN_MAX + 4096,
+            },
+        );
+        assert_eq!(too_long, Err(IoFailure::OutOfRange));
+    }
+
     #[tokio::test]
     async fn operations_run_off_the_async_threads_and_complete_in_any_order() {
         let (_parent, dir) = replica_dir(8 << 20);
@@ -590,7 +717,7 @@ mod tests {
         let mut ids = Vec::new();
         while let Some(done) = tasks.join_next().await {
             let done = done.unwrap();
-            assert_eq!(done.result, Ok(None));
+            assert_eq!(done.result, Ok(Completion::Done));
             ids.push(done.id.0);
         }
         ids.sort_unstable();
@@ -602,7 +729,9 @@ mod tests {
                 len: 32 * 4096,
             })
             .await;
-        let data = done.result.unwrap().unwrap();
+        let Ok(Completion::Data(data)) = done.result else {
+            panic!("{:?}", done.result);
+        };
         for block in 0..32usize {
             assert!(data[block * 4096..(block + 1) * 4096]
                 .iter()

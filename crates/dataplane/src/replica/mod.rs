@@ -14,6 +14,7 @@ mod host;
 pub mod storage;
 
 pub use disk::{
-    io_failure, Allocation, DiskCompletion, DiskOpenError, OpError, ReplicaDisk, READ_LEN_MAX,
+    io_failure, Allocation, DiskCompletion, DiskOpenError, OpError, ReplicaDisk,
+    ALLOCATION_LEN_MAX, READ_LEN_MAX,
 };
 pub use host::{HostError, HostOptions, ReplicaHost, ReplicaStatus};

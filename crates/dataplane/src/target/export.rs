@@ -1,13 +1,16 @@
 //! A volume's target as an NBD export: the NBD server's [`BlockDevice`] calls become client
 //! requests to the target. Every NBD connection to the volume goes through the one target, which
 //! orders all of them in the volume's sequence; a flush covers every write completed before it,
-//! whichever connection sent it, so multi-conn is safe to advertise.
+//! whichever connection sent it, so multi-conn is safe to advertise. Block status
+//! (`base:allocation`) asks one Healthy replica which blocks its storage holds, after every
+//! write acknowledged before the request: a hole is never reported where written data lies.
 
 use bytes::Bytes;
 use tandem_core::ClientError;
 use tandem_nbd::{BlockDevice, ExportInfo, Extent, IoError};
 
 use super::{RequestError, TargetHandle};
+use crate::replica::ALLOCATION_LEN_MAX;
 
 /// The largest single read or write the export accepts (the NBD server splits nothing; clients
 /// honour it).
@@ -39,6 +42,7 @@ impl BlockDevice for TargetHandle {
         info.can_trim = true;
         info.can_write_zeroes = true;
         info.can_multi_conn = true;
+        info.can_block_status = true;
         info
     }
 
@@ -91,8 +95,23 @@ impl BlockDevice for TargetHandle {
         Ok(())
     }
 
-    async fn block_status(&self, _offset: u64, len: u32) -> Result<Vec<Extent>, IoError> {
-        // Not advertised (`can_block_status` is false): everything is data.
-        Ok(vec![Extent::data(len)])
+    async fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, IoError> {
+        // Describing less than asked is allowed: the client asks again from where it stopped.
+        let len = u64::from(len).min(ALLOCATION_LEN_MAX);
+        let extents = TargetHandle::allocation(self, offset, len)
+            .await
+            .map_err(nbd_error)?;
+        Ok(extents
+            .into_iter()
+            .map(|extent| {
+                // Each extent is at most ALLOCATION_LEN_MAX long, well within a u32.
+                let length = u32::try_from(extent.len).unwrap_or(u32::MAX);
+                if extent.allocated {
+                    Extent::data(length)
+                } else {
+                    Extent::hole(length)
+                }
+            })
+            .collect())
     }
 }

@@ -142,7 +142,20 @@ impl TargetHandle {
     pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes, RequestError> {
         match self.client(ClientOp::Read { offset, len }).await? {
             ClientReplyBody::Read(data) => Ok(data),
-            ClientReplyBody::Done { .. } => Err(RequestError::Stopped),
+            _ => Err(RequestError::Stopped),
+        }
+    }
+
+    /// Which parts of `[offset, offset + len)` hold data (as one Healthy replica stores them,
+    /// after every write acknowledged before this call): extents covering the range exactly.
+    pub async fn allocation(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<tandem_core::Extent>, RequestError> {
+        match self.client(ClientOp::Allocation { offset, len }).await? {
+            ClientReplyBody::Allocation(extents) => Ok(extents),
+            _ => Err(RequestError::Stopped),
         }
     }
 

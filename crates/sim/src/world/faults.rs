@@ -18,7 +18,8 @@ impl Sim {
             let Some(Event::DiskDone { op, .. }) = self.events.remove(&key) else {
                 unreachable!()
             };
-            if self.rng.gen_bool(0.5) && !matches!(op, DiskOp::Read { .. }) {
+            let read_only = matches!(op, DiskOp::Read { .. } | DiskOp::Allocation { .. });
+            if self.rng.gen_bool(0.5) && !read_only {
                 let _completed_before_the_crash = self.perform_disk_op(replica, op);
             }
         }

@@ -12,10 +12,10 @@ use rand::seq::IteratorRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tandem_core::{
-    ClientOp, ClientReplyBody, ClientRequest, ClientRequestId, Command, DiskOp, EjectReason,
-    Envelope, Generation, Geometry, Incarnation, Membership, Message, Replica, ReplicaId,
-    ReplicaInput, ReplicaMeta, ReplicaMode, ReplicaOptions, ReplicaOutput, Stamp, Target,
-    TargetEvent, TargetInput, TargetOptions, TargetOutput, VolumeStatus, WriteOrigin,
+    ClientOp, ClientReplyBody, ClientRequest, ClientRequestId, Command, Completion, DiskOp,
+    EjectReason, Envelope, Generation, Geometry, Incarnation, Membership, Message, Replica,
+    ReplicaId, ReplicaInput, ReplicaMeta, ReplicaMode, ReplicaOptions, ReplicaOutput, Stamp,
+    Target, TargetEvent, TargetInput, TargetOptions, TargetOutput, VolumeStatus, WriteOrigin,
 };
 
 use crate::disk::SimDisk;
@@ -53,6 +53,8 @@ pub struct WorkloadConfig {
     pub read_weight: u32,
     pub flush_weight: u32,
     pub trim_weight: u32,
+    /// Block status (allocation) queries.
+    pub allocation_weight: u32,
     pub fua_ppm: u32,
     pub blocks_max: u64,
 }
@@ -66,6 +68,7 @@ impl Default for WorkloadConfig {
             read_weight: 30,
             flush_weight: 10,
             trim_weight: 5,
+            allocation_weight: 5,
             fua_ppm: 50_000,
             blocks_max: 6,
         }
@@ -150,6 +153,14 @@ enum Event {
         epoch: u64,
         op: DiskOp,
     },
+    /// A read-only operation that looked at the disk when it was issued (a real disk may serve
+    /// a read at any moment before it completes), completing later.
+    DiskAnswered {
+        replica: ReplicaId,
+        epoch: u64,
+        id: tandem_core::DiskOpId,
+        result: Result<Completion, tandem_core::IoFailure>,
+    },
 }
 
 struct NodeState {
@@ -167,6 +178,12 @@ struct NodeState {
 #[derive(Clone, Copy, Debug)]
 enum Pending {
     Read {
+        first_block: u64,
+        blocks: u64,
+        issued_at: u64,
+    },
+    /// A block status query: every block it calls a hole must be allowed to read as zeroes.
+    Allocation {
         first_block: u64,
         blocks: u64,
         issued_at: u64,
@@ -504,6 +521,21 @@ impl Sim {
                     ReplicaInput::DiskDone { id, result },
                 ));
             }
+            Event::DiskAnswered {
+                replica,
+                epoch,
+                id,
+                result,
+            } => {
+                let node = self.nodes.get(&replica).expect("node exists");
+                if node.epoch != epoch || node.process.is_none() {
+                    return;
+                }
+                self.process(Work::Replica(
+                    replica,
+                    ReplicaInput::DiskDone { id, result },
+                ));
+            }
         }
     }
 
@@ -513,7 +545,7 @@ impl Sim {
         op: DiskOp,
     ) -> (
         tandem_core::DiskOpId,
-        Result<Option<Bytes>, tandem_core::IoFailure>,
+        Result<Completion, tandem_core::IoFailure>,
     ) {
         let rng = &mut self.rng;
         let disk = self
@@ -532,29 +564,33 @@ impl Sim {
                 Some(failure) => (id, Err(failure)),
                 None => {
                     disk.write(offset, data);
-                    (id, Ok(None))
+                    (id, Ok(Completion::Done))
                 }
             },
             DiskOp::Trim { id, offset, len } => match failure {
                 Some(failure) => (id, Err(failure)),
                 None => {
                     disk.trim(offset, len);
-                    (id, Ok(None))
+                    (id, Ok(Completion::Done))
                 }
             },
             DiskOp::Read { id, offset, len } => match failure {
                 Some(failure) => (id, Err(failure)),
-                None => (id, Ok(Some(disk.read(offset, len)))),
+                None => (id, Ok(Completion::Data(disk.read(offset, len)))),
+            },
+            DiskOp::Allocation { id, offset, len } => match failure {
+                Some(failure) => (id, Err(failure)),
+                None => (id, Ok(Completion::Extents(disk.allocation(offset, len)))),
             },
             // A failed fsync may have dropped acknowledged data (fsyncgate): a replica cannot
             // recover from that on its own, so the simulator does not inject it.
             DiskOp::Sync { id } => {
                 disk.sync();
-                (id, Ok(None))
+                (id, Ok(Completion::Done))
             }
             DiskOp::PersistMeta { id, update } => {
                 disk.persist_meta(&update);
-                (id, Ok(None))
+                (id, Ok(Completion::Done))
             }
         }
     }
@@ -665,10 +701,19 @@ impl Sim {
                 let (low, high) = self.config.disk_latency_ticks;
                 let latency = self.rng.gen_range(low..=high) * slowness;
                 let epoch = node.epoch;
-                self.schedule(
-                    self.now_tick + latency,
-                    Event::DiskDone { replica, epoch, op },
-                );
+                let read_only = matches!(op, DiskOp::Read { .. } | DiskOp::Allocation { .. });
+                let event = if read_only && self.rng.gen_bool(0.5) {
+                    let (id, result) = self.perform_disk_op(replica, op);
+                    Event::DiskAnswered {
+                        replica,
+                        epoch,
+                        id,
+                        result,
+                    }
+                } else {
+                    Event::DiskDone { replica, epoch, op }
+                };
+                self.schedule(self.now_tick + latency, event);
             }
         }
     }
@@ -849,7 +894,8 @@ impl Sim {
         let total = workload.write_weight
             + workload.read_weight
             + workload.flush_weight
-            + workload.trim_weight;
+            + workload.trim_weight
+            + workload.allocation_weight;
         let pick = self.rng.gen_range(0..total);
         let blocks = self
             .rng
@@ -882,12 +928,22 @@ impl Sim {
         } else if pick < workload.write_weight + workload.read_weight + workload.flush_weight {
             let issued_at = self.history.now();
             (ClientOp::Flush, Pending::Flush { issued_at })
-        } else {
+        } else if pick < total - workload.allocation_weight {
             let id = self.new_write_id();
             self.history.issue_write(id, first_block, blocks, true);
             (
                 ClientOp::Trim { offset, len },
                 Pending::Write { id, fua: false },
+            )
+        } else {
+            let issued_at = self.history.now();
+            (
+                ClientOp::Allocation { offset, len },
+                Pending::Allocation {
+                    first_block,
+                    blocks,
+                    issued_at,
+                },
             )
         };
         self.submit(generation, op, pending);
@@ -992,6 +1048,44 @@ impl Sim {
                             format!("read from generation {}: {problem}", generation.0),
                         );
                     }
+                }
+            }
+            (
+                Pending::Allocation {
+                    first_block,
+                    blocks,
+                    issued_at,
+                },
+                ClientReplyBody::Allocation(extents),
+            ) => {
+                self.checked_reads += 1;
+                let mut block = first_block;
+                for extent in &extents {
+                    let extent_blocks = extent.len / BLOCK_SIZE;
+                    if extent.len % BLOCK_SIZE != 0 || block + extent_blocks > first_block + blocks
+                    {
+                        self.violate(
+                            Guarantee::G4ReadYourWrites,
+                            format!("allocation {extents:?} does not cover blocks {first_block}+{blocks}"),
+                        );
+                        return;
+                    }
+                    if !extent.allocated {
+                        for hole in block..block + extent_blocks {
+                            if let Err(problem) = self.history.check_block(hole, Some(0), issued_at)
+                            {
+                                let guarantee = self.read_guarantee;
+                                self.violate(
+                                    guarantee,
+                                    format!(
+                                        "block status from generation {} calls a block with data a hole: {problem}",
+                                        generation.0
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                    block += extent_blocks;
                 }
             }
             (Pending::Write { id, fua }, ClientReplyBody::Done { stamp }) => {
