@@ -24,7 +24,7 @@ pub use membership::{consistency_factor, Member, Membership, MembershipError, RE
 pub use target::{
     ClientError, ClientOp, ClientReply, ClientReplyBody, ClientRequest, ClientRequestId, Command,
     EjectReason, Fenced, ReplicaMode, ResyncProgress, Target, TargetEvent, TargetInput,
-    TargetOptions, TargetOutput, VolumeStatus,
+    TargetOptions, TargetOutput, VolumeStatus, CLIENT_ACTIVITY_TICKS,
 };
 
 pub use meta::{MetaUpdate, ReplicaMeta, Superblock};

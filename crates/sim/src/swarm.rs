@@ -74,6 +74,9 @@ pub fn swarm_config(seed: u64) -> SimConfig {
     if rng.gen_bool(0.5) {
         config.target.replica_congestion_ops = rng.gen_range(2..=16);
     }
+    if rng.gen_bool(0.5) {
+        config.target.resync_bytes_per_tick_under_load = rng.gen_range(256..4096);
+    }
     config
 }
 

@@ -492,3 +492,46 @@ fn a_slower_replica_paces_the_volume_instead_of_being_ejected() {
     );
     finish_without_violations(&mut sim);
 }
+
+/// While clients do I/O, a rebuild copies at most `resync_bytes_per_tick_under_load` per tick,
+/// leaving the replicas to the application; once the clients go quiet it runs uncapped.
+#[test]
+fn a_rebuild_yields_to_client_io_and_speeds_up_when_idle() {
+    let mut config = config(13, 2, 3);
+    config.target.resync_bytes_per_tick = 0;
+    config.target.resync_bytes_per_tick_under_load = 256;
+    let region_bytes = config.region_blocks * BLOCK_SIZE;
+    let mut sim = healthy_volume(config);
+    sim.workload_on = true;
+    sim.run_ticks(2_000);
+    assert_eq!(run_command(&mut sim, Command::AddReplica(R3)), Ok(()));
+    let start = sim.now_tick;
+    assert!(sim.run_until(500, |s| is_rebuilding(s, R3)));
+    sim.run_ticks(300);
+    let progress = sim
+        .target()
+        .and_then(|t| t.resync_progress())
+        .expect("rebuilding");
+    let ticks = sim.now_tick - start;
+    println!(
+        "under load: {} of {} bytes in {ticks} ticks",
+        progress.bytes_done, progress.bytes_total
+    );
+    assert!(progress.bytes_done <= 256 * ticks + 2 * region_bytes);
+    assert!(
+        progress.bytes_done < progress.bytes_total,
+        "finished under load"
+    );
+
+    sim.workload_on = false;
+    let idle_start = sim.now_tick;
+    assert!(
+        sim.run_until(300, Sim::converged),
+        "idle rebuild did not finish"
+    );
+    let left = progress.bytes_total - progress.bytes_done;
+    let idle_ticks = sim.now_tick - idle_start;
+    println!("idle: the last {left} bytes in {idle_ticks} ticks");
+    assert!(left > 256 * idle_ticks, "the idle rebuild was still capped");
+    finish_without_violations(&mut sim);
+}

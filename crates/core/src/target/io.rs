@@ -17,6 +17,7 @@ impl Target {
             reply(out, request.id, Err(ClientError::OutOfRange));
             return;
         }
+        self.client_seen_tick = Some(self.now_tick);
         let deadline = self.now_tick + self.options.client_timeout_ticks;
         self.client_deadlines.insert(request.id, deadline);
         match request.op {

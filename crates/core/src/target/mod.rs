@@ -239,6 +239,11 @@ pub struct TargetOptions {
     pub reconnect_interval_ticks: u64,
     /// Resync bandwidth cap; 0 means uncapped.
     pub resync_bytes_per_tick: u64,
+    /// The resync's cap while clients are doing I/O (a request arrived within the last
+    /// `CLIENT_ACTIVITY_TICKS`): the copy yields the rest of the replicas' time to the
+    /// application, and runs at `resync_bytes_per_tick` again once the volume is idle (DRBD's
+    /// c-min-rate). 0: no separate cap.
+    pub resync_bytes_per_tick_under_load: u64,
     pub resync_segments_inflight_max: usize,
     /// A client request not answered in this time fails with `ClientError::TimedOut` (its
     /// outcome is then unknown, as with any failed write). No client ever hangs.
@@ -255,12 +260,18 @@ impl Default for TargetOptions {
             handshake_timeout_ticks: 50,
             reconnect_interval_ticks: 20,
             resync_bytes_per_tick: 0,
+            // With 10 ms ticks: 100 MiB/s under load, uncapped when idle.
+            resync_bytes_per_tick_under_load: 1 << 20,
             resync_segments_inflight_max: 4,
             client_timeout_ticks: 3_000,
             bugs: Bugs::none(),
         }
     }
 }
+
+/// A volume whose clients sent a request within this many ticks is under load (see
+/// [`TargetOptions::resync_bytes_per_tick_under_load`]).
+pub const CLIENT_ACTIVITY_TICKS: u64 = 10;
 
 /// Progress of the resync in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -443,6 +454,8 @@ pub struct Target {
     locked_ranges: Vec<(u64, u64)>,
     resync: Option<ResyncJob>,
     resync_budget_bytes: u64,
+    /// The tick the last client request arrived.
+    client_seen_tick: Option<u64>,
     status: VolumeStatus,
     modes: BTreeMap<ReplicaId, ReplicaMode>,
 }
@@ -493,6 +506,7 @@ impl Target {
             locked_ranges: Vec::new(),
             resync: None,
             resync_budget_bytes: 0,
+            client_seen_tick: None,
             status: VolumeStatus::Init,
             modes: BTreeMap::new(),
         }
@@ -906,14 +920,10 @@ impl Target {
         self.now_tick += 1;
         let now = self.now_tick;
         self.time_out_clients(out);
-        if self.options.resync_bytes_per_tick > 0 {
-            let cap = self
-                .options
-                .resync_bytes_per_tick
-                .max(u64::from(self.geometry.region_size))
-                * 2;
-            self.resync_budget_bytes =
-                (self.resync_budget_bytes + self.options.resync_bytes_per_tick).min(cap);
+        let rate = self.resync_rate();
+        if rate > 0 {
+            let cap = rate.max(u64::from(self.geometry.region_size)) * 2;
+            self.resync_budget_bytes = (self.resync_budget_bytes + rate).min(cap);
         }
         let replicas: Vec<ReplicaId> = self.links.keys().copied().collect();
         for replica in replicas {

@@ -164,6 +164,7 @@ impl Target {
 
     /// Starts segment copies within the in-flight and bandwidth limits.
     pub(super) fn pump_resync(&mut self, out: &mut Vec<TargetOutput>) {
+        let throttled = self.resync_rate() > 0;
         loop {
             let Some(job) = self.resync.as_mut() else {
                 return;
@@ -189,7 +190,6 @@ impl Target {
                 return;
             };
             let (offset, len) = self.geometry.region_range(region);
-            let throttled = self.options.resync_bytes_per_tick > 0;
             if throttled && self.resync_budget_bytes < len {
                 return;
             }
@@ -222,6 +222,23 @@ impl Target {
                 Some(Awaited::Request(request)),
                 out,
             );
+        }
+    }
+
+    /// Bytes per tick the resync may copy now (0: uncapped): the lower cap while clients are
+    /// doing I/O, the configured one otherwise.
+    pub(super) fn resync_rate(&self) -> u64 {
+        let (idle_rate, busy_rate) = (
+            self.options.resync_bytes_per_tick,
+            self.options.resync_bytes_per_tick_under_load,
+        );
+        let busy = self
+            .client_seen_tick
+            .is_some_and(|seen| self.now_tick < seen + CLIENT_ACTIVITY_TICKS);
+        match (busy, idle_rate, busy_rate) {
+            (false, _, _) | (true, _, 0) => idle_rate,
+            (true, 0, busy_rate) => busy_rate,
+            (true, idle_rate, busy_rate) => idle_rate.min(busy_rate),
         }
     }
 

@@ -108,6 +108,7 @@ impl SimConfig {
                 replica_inflight_max: 512,
                 replica_congestion_ops: 256,
                 resync_bytes_per_tick: 0,
+                resync_bytes_per_tick_under_load: 0,
                 resync_segments_inflight_max: 4,
                 client_timeout_ticks: 1_500,
                 bugs: tandem_core::Bugs::none(),
