@@ -28,6 +28,7 @@
 //! never overwritten; a directory that belongs to another pool is never used; nothing read from
 //! the network or the disk is unwrapped.
 
+mod changes;
 mod heartbeat;
 pub mod pool;
 mod reconcile;
@@ -262,6 +263,8 @@ impl NodeAgent {
         let serving = tokio::spawn(Arc::clone(&nbd).serve(nbd_listener, async move {
             let _ = nbd_stopped.await;
         }));
+        let changes = changes::Changes::new();
+        let watching = changes.watch_api(client.clone(), config.namespace.clone());
         let targets = tokio::spawn(
             targets::Targets::new(
                 client.clone(),
@@ -269,16 +272,17 @@ impl NodeAgent {
                 config.node.clone(),
                 Arc::clone(&nbd),
             )
-            .run(),
+            .run(changes.clone()),
         );
         let recorder = Recorder::new(client.clone(), EVENT_COMPONENT, &config.node);
         let mut agent = reconcile::Agent::new(config, client, recorder, Arc::clone(&host), hosted);
         tokio::select! {
             // The agent's loop never ends on its own.
-            () = agent.run() => {}
+            () = agent.run(changes.subscribe()) => {}
             () = shutdown => {}
         }
         heartbeat.abort();
+        watching.abort();
         targets.abort();
         let _ = nbd_stop.send(());
         let _ = serving.await;

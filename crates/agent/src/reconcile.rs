@@ -4,6 +4,7 @@
 //! finishes the work. A failure on one object is logged (once per distinct error), recorded in
 //! its status where cStor would, and the pass goes on with the others.
 
+use crate::changes::Wakeups;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -170,11 +171,13 @@ impl Agent {
     }
 
     /// Runs passes forever: every `reconcile_interval`, right after a pass that changed
-    /// something, and with a bounded backoff while the control plane cannot be reached.
-    pub async fn run(&mut self) {
+    /// something or when `wakeups` signals a change, and with a bounded backoff while the
+    /// control plane cannot be reached.
+    pub async fn run(&mut self, mut wakeups: Wakeups) {
         let mut failures: u32 = 0;
         let mut immediate: u32 = 0;
         loop {
+            wakeups.seen();
             match self.pass().await {
                 Ok(changed) => {
                     self.errors.ok("reconcile");
@@ -190,7 +193,9 @@ impl Agent {
                 }
             }
             immediate = 0;
-            tokio::time::sleep(backoff(self.config.reconcile_interval, failures, RETRY_MAX)).await;
+            wakeups
+                .wait(backoff(self.config.reconcile_interval, failures, RETRY_MAX))
+                .await;
         }
     }
 

@@ -25,23 +25,31 @@ use std::time::{Duration, Instant};
 
 use tandem_client::{Client, ClientError};
 use tandem_core::{
-    Command, Fenced, Generation, Incarnation, Member, Membership, ReplicaId, ReplicaMode,
-    TargetOptions, VolumeStatus,
+    Command, Fenced, Generation, Incarnation, Member, Membership, ReplicaId, ReplicaIo,
+    ReplicaMode, TargetOptions, VolumeStatus,
 };
 use tandem_dataplane::replica::storage::geometry_for;
 use tandem_dataplane::target::{self, MembershipStore, TargetConfig, TargetHandle, TargetStatus};
 use tandem_nbd::Server;
 use tandem_objects::{
     CStorVolume, CStorVolumeConfig, CStorVolumePhase, CStorVolumeReplica, CStorVolumeReplicaPhase,
-    Kind, Object, RebuildProgress, ReplicaStatus, ResyncRecord,
-    ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME, ANNOTATION_INCARNATION, ANNOTATION_TARGET_GENERATION,
-    ANNOTATION_TARGET_NODE, LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_PERSISTENT_VOLUME,
+    CStorVolumeReplicaStatus, CStorVolumeStatus, Kind, Object, RebuildProgress, ReplicaStatus,
+    ResyncRecord, ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME, ANNOTATION_INCARNATION,
+    ANNOTATION_TARGET_GENERATION, ANNOTATION_TARGET_NODE, LABEL_CSTOR_POOL_INSTANCE_NAME,
+    LABEL_PERSISTENT_VOLUME,
 };
 
+use crate::changes::Changes;
 use crate::report::ErrorLog;
 
 /// How often the targets are brought in line and their status published.
 const PASS_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Rebuild progress alone is written at most this often.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
+/// Changes of the per-replica I/O counters alone (in-flight requests, checkpointed sequence,
+/// up time) are written at most this often.
+const COUNTERS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The NBD server every target of this node is an export of.
 pub type NbdServer = Server<TargetHandle>;
@@ -53,6 +61,10 @@ struct Running {
     command: Option<tokio::task::JoinHandle<()>>,
     /// When the running resync was first seen, and its bytes then (for the rate).
     resync_seen: Option<(ReplicaId, Instant, u64)>,
+    /// When rebuild progress was last written (or could have been).
+    progress_written: Option<Instant>,
+    /// When the CV's status, with its I/O counters, was last written.
+    counters_written: Option<Instant>,
 }
 
 pub struct Targets {
@@ -62,6 +74,8 @@ pub struct Targets {
     nbd: Arc<NbdServer>,
     running: BTreeMap<String, Running>,
     errors: ErrorLog,
+    /// Signalled when a target started here changes state (set by [`Targets::run`]).
+    changes: Option<Changes>,
 }
 
 /// What a pass reads once.
@@ -138,18 +152,24 @@ impl Targets {
             nbd,
             running: BTreeMap::new(),
             errors: ErrorLog::default(),
+            changes: None,
         }
     }
 
-    /// Runs passes until the task is dropped; stops every target when it is.
-    pub async fn run(mut self) {
+    /// Runs passes until the task is dropped; stops every target when it is. A pass runs every
+    /// `PASS_INTERVAL`, and at once when `changes` signals (an object changed, or one of this
+    /// node's targets changed state: every target started here signals it).
+    pub async fn run(mut self, changes: Changes) {
+        let mut wakeups = changes.subscribe();
+        self.changes = Some(changes);
         loop {
+            wakeups.seen();
             if let Err(error) = self.pass().await {
                 self.errors.failed("targets", &error);
             } else {
                 self.errors.ok("targets");
             }
-            tokio::time::sleep(PASS_INTERVAL).await;
+            wakeups.wait(PASS_INTERVAL).await;
         }
     }
 
@@ -285,6 +305,9 @@ impl Targets {
             },
             store,
         );
+        if let Some(changes) = &self.changes {
+            tokio::spawn(signal_state_changes(handle.watch_status(), changes.clone()));
+        }
         self.nbd.remove_export(&name);
         self.nbd
             .add_export(name.clone(), Arc::new(handle.clone()))
@@ -297,6 +320,8 @@ impl Targets {
                 generation,
                 command: None,
                 resync_seen: None,
+                progress_written: None,
+                counters_written: None,
             },
         );
         Ok(())
@@ -359,7 +384,19 @@ impl Targets {
     ) -> Result<(), String> {
         let running = self.running.get_mut(name).expect("a running target");
         let status = running.handle.status();
+        let io = running.handle.replica_io().await;
         let rate = resync_rate(&mut running.resync_seen, &status);
+        // A change of phase or mode is written at once; rebuild progress alone at most every
+        // PROGRESS_INTERVAL (each write wakes every agent's loops).
+        let progress_due = running
+            .progress_written
+            .is_none_or(|at| at.elapsed() >= PROGRESS_INTERVAL);
+        if progress_due {
+            running.progress_written = Some(Instant::now());
+        }
+        let counters_due = running
+            .counters_written
+            .is_none_or(|at| at.elapsed() >= COUNTERS_INTERVAL);
         let mut updated = volume.clone();
         updated.status.phase = if status.fenced {
             CStorVolumePhase::Offline
@@ -375,7 +412,7 @@ impl Targets {
             .membership
             .members
             .iter()
-            .map(|member| replica_status(member, &status, rate))
+            .map(|member| replica_status(member, &status, rate, io.get(&member.replica)))
             .collect();
         updated.status.replica_details.known_replicas = known_replicas(&status.membership);
         updated.status.capacity = volume.spec.capacity;
@@ -397,6 +434,14 @@ impl Targets {
             }
             replica.status.rebuild = reported.rebuild.clone();
             replica.status.last_resync = reported.last_resync.clone();
+            let progress_only = replica.status.rebuild != cvr.status.rebuild
+                && CStorVolumeReplicaStatus {
+                    rebuild: cvr.status.rebuild.clone(),
+                    ..replica.status.clone()
+                } == cvr.status;
+            if progress_only && !progress_due {
+                continue;
+            }
             if replica.status != cvr.status {
                 replica.status.last_update_time =
                     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
@@ -410,9 +455,32 @@ impl Targets {
                     .await;
             }
         }
-        if updated.status == volume.status {
+        // Rebuild progress and I/O counters change all the time: alone, they are written at
+        // most every PROGRESS_INTERVAL and COUNTERS_INTERVAL.
+        let without = |status: &CStorVolumeStatus, progress: bool| {
+            let mut status = status.clone();
+            for replica in &mut status.replica_statuses {
+                replica.checkpointed_io_seq.clear();
+                replica.inflight_read.clear();
+                replica.inflight_write.clear();
+                replica.inflight_sync.clear();
+                replica.up_time = 0;
+                if progress {
+                    replica.rebuild = None;
+                }
+            }
+            status
+        };
+        let changed = without(&updated.status, true) != without(&volume.status, true);
+        let progressed = without(&updated.status, false) != without(&volume.status, false);
+        let counted = updated.status != volume.status;
+        if !(changed || (progressed && progress_due) || (counted && counters_due)) {
             return Ok(());
         }
+        self.running
+            .get_mut(name)
+            .expect("a running target")
+            .counters_written = Some(Instant::now());
         updated.status.last_update_time =
             humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         if updated.status.phase != volume.status.phase {
@@ -502,6 +570,31 @@ fn membership_change(
     None
 }
 
+/// Signals `changes` whenever a target's state changes (the volume's phase, a replica's mode,
+/// the membership, a resync finishing), not on mere rebuild progress. Ends with the target.
+async fn signal_state_changes(
+    mut status: tokio::sync::watch::Receiver<TargetStatus>,
+    changes: Changes,
+) {
+    let state = |status: &TargetStatus| {
+        (
+            status.status,
+            status.modes.clone(),
+            status.membership.clone(),
+            status.fenced,
+            status.resyncs_finished.last().cloned(),
+        )
+    };
+    let mut last = state(&status.borrow_and_update());
+    while status.changed().await.is_ok() {
+        let now = state(&status.borrow_and_update());
+        if now != last {
+            last = now;
+            changes.signal();
+        }
+    }
+}
+
 /// Bytes per second of the running resync, measured since it was first seen.
 fn resync_rate(seen: &mut Option<(ReplicaId, Instant, u64)>, status: &TargetStatus) -> u64 {
     let Some(progress) = status.resync else {
@@ -524,7 +617,12 @@ fn resync_rate(seen: &mut Option<(ReplicaId, Instant, u64)>, status: &TargetStat
     }
 }
 
-fn replica_status(member: &Member, status: &TargetStatus, rate: u64) -> ReplicaStatus {
+fn replica_status(
+    member: &Member,
+    status: &TargetStatus,
+    rate: u64,
+    io: Option<&ReplicaIo>,
+) -> ReplicaStatus {
     let mode = status
         .modes
         .get(&member.replica)
@@ -569,10 +667,16 @@ fn replica_status(member: &Member, status: &TargetStatus, rate: u64) -> ReplicaS
             tandem_objects::ReplicaMode::Degraded
         },
         quorum: if member.trusted { "1" } else { "0" }.to_string(),
+        checkpointed_io_seq: io.map_or(String::new(), |io| io.checkpointed.0.to_string()),
+        inflight_read: io.map_or(String::new(), |io| io.inflight_reads.to_string()),
+        inflight_write: io.map_or(String::new(), |io| io.inflight_writes.to_string()),
+        inflight_sync: io.map_or(String::new(), |io| io.inflight_syncs.to_string()),
+        up_time: io.map_or(0, |io| {
+            (u128::from(io.connected_ticks) * target::TICK.as_millis() / 1000) as u64
+        }),
         phase: Some(phase),
         rebuild,
         last_resync,
-        ..ReplicaStatus::default()
     }
 }
 

@@ -141,6 +141,31 @@ fn real_clients_read_back_everything_across_a_replica_move() {
         allocated <= 30 * mib,
         "nbdcopy wrote {allocated} bytes of a volume holding 28 MiB of data"
     );
+
+    // The CV's per-replica status carries the target's view of each replica's I/O.
+    let cv = cluster.json(&["get", "cv", "vol-q", "-n", "openebs"]);
+    let statuses = cv["status"]["replicaStatuses"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{cv}"));
+    assert_eq!(statuses.len(), 2, "{cv}");
+    for status in statuses {
+        assert_eq!(status["mode"], "Healthy", "{status}");
+        for counter in [
+            "checkpointedIOSeq",
+            "inflightRead",
+            "inflightWrite",
+            "inflightSync",
+        ] {
+            let value = status[counter].as_str().unwrap_or_default();
+            assert!(value.parse::<u64>().is_ok(), "{counter}: {status}");
+        }
+    }
+    assert!(
+        statuses
+            .iter()
+            .any(|s| s["checkpointedIOSeq"].as_str().unwrap_or("0") != "0"),
+        "no replica reports a checkpoint: {cv}"
+    );
 }
 
 #[test]

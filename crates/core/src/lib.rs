@@ -23,7 +23,7 @@ pub mod target;
 pub use membership::{consistency_factor, Member, Membership, MembershipError, REPLICAS_MAX};
 pub use target::{
     ClientError, ClientOp, ClientReply, ClientReplyBody, ClientRequest, ClientRequestId, Command,
-    EjectReason, Fenced, ReplicaMode, ResyncProgress, Target, TargetEvent, TargetInput,
+    EjectReason, Fenced, ReplicaIo, ReplicaMode, ResyncProgress, Target, TargetEvent, TargetInput,
     TargetOptions, TargetOutput, VolumeStatus, CLIENT_ACTIVITY_TICKS,
 };
 

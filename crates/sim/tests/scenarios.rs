@@ -59,8 +59,33 @@ fn is_rebuilding(sim: &Sim, replica: ReplicaId) -> bool {
 fn a_new_volume_becomes_healthy_and_serves_io() {
     let mut sim = healthy_volume(config(1, 2, 3));
     sim.workload_on = true;
-    sim.run_ticks(2_000);
+    let mut busy = false;
+    for _ in 0..2_000 {
+        sim.run_ticks(1);
+        let io = sim.target().and_then(|t| t.replica_io(R1));
+        busy |= io
+            .is_some_and(|io| io.inflight_writes > 0 && io.inflight_reads + io.inflight_syncs > 0);
+    }
+    assert!(
+        busy,
+        "the per-replica I/O counters never showed reads or flushes with writes"
+    );
     finish_without_violations(&mut sim);
+    common::checkpoint_everything(&mut sim);
+    for replica in [R1, R2] {
+        let io = sim
+            .target()
+            .and_then(|t| t.replica_io(replica))
+            .expect("connected");
+        assert_eq!(
+            (io.inflight_reads, io.inflight_writes, io.inflight_syncs),
+            (0, 0, 0)
+        );
+        assert!(
+            io.checkpointed > tandem_core::Seq::ZERO && io.connected_ticks > 0,
+            "{io:?}"
+        );
+    }
     assert!(
         sim.acked_ops > 500,
         "only {} requests answered",

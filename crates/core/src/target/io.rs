@@ -251,6 +251,11 @@ impl Target {
         match message {
             Message::WriteDone { seq, result } | Message::FlushDone { seq, result } => {
                 self.answered(from, Awaited::Op(seq));
+                if let Some(c) = self.connected_mut(from) {
+                    if c.flushes_awaited.remove(&seq) && result.is_ok() {
+                        c.flushed = c.flushed.max(seq);
+                    }
+                }
                 match result {
                     Ok(()) => {
                         if let Some(link) = self.links.get_mut(&from) {

@@ -273,6 +273,22 @@ impl Default for TargetOptions {
 /// [`TargetOptions::resync_bytes_per_tick_under_load`]).
 pub const CLIENT_ACTIVITY_TICKS: u64 = 10;
 
+/// One connected replica's I/O as the target sees it (cStor's per-replica volume status).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaIo {
+    /// The newest flush the replica made durable in this session (at first, the checkpoint it
+    /// reported when it connected): cStor's `checkpointedIOSeq`.
+    pub checkpointed: Seq,
+    /// Client reads sent to it and not yet answered.
+    pub inflight_reads: usize,
+    /// Writes and trims sent to it and not yet answered.
+    pub inflight_writes: usize,
+    /// Flushes sent to it and not yet answered.
+    pub inflight_syncs: usize,
+    /// Ticks since its session started.
+    pub connected_ticks: u64,
+}
+
 /// Progress of the resync in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResyncProgress {
@@ -319,6 +335,11 @@ struct Connected {
     state: LinkState,
     /// Unanswered requests, with the tick each was sent.
     awaited: BTreeMap<Awaited, u64>,
+    /// The flushes among them.
+    flushes_awaited: BTreeSet<Seq>,
+    /// The newest flush this replica made durable in this session (its checkpoint at first).
+    flushed: Seq,
+    connected_at_tick: u64,
     /// The first operation sent live in this session: the replica holds everything sequenced
     /// before it only once resynced.
     first_live_seq: Seq,
@@ -542,6 +563,27 @@ impl Target {
             .map(|link| self.mode_of(replica, link))
     }
 
+    /// The I/O of a connected replica; `None` while it is not connected.
+    pub fn replica_io(&self, replica: ReplicaId) -> Option<ReplicaIo> {
+        let c = self.connected(replica)?;
+        let ops = c
+            .awaited
+            .keys()
+            .filter(|awaited| matches!(awaited, Awaited::Op(_)))
+            .count();
+        Some(ReplicaIo {
+            checkpointed: c.flushed,
+            inflight_reads: self
+                .reads
+                .values()
+                .filter(|pending| pending.replica == replica)
+                .count(),
+            inflight_writes: ops.saturating_sub(c.flushes_awaited.len()),
+            inflight_syncs: c.flushes_awaited.len(),
+            connected_ticks: self.now_tick - c.connected_at_tick,
+        })
+    }
+
     pub fn resync_progress(&self) -> Option<ResyncProgress> {
         self.resync.as_ref().map(|job| ResyncProgress {
             replica: job.dest,
@@ -705,6 +747,9 @@ impl Target {
         connected.next_out += 1;
         if let Some(awaited) = awaited {
             connected.awaited.insert(awaited, now);
+            if let Message::Flush { seq, .. } = &envelope.message {
+                connected.flushes_awaited.insert(*seq);
+            }
         }
         let backlog = connected.awaited.len();
         out.push(TargetOutput::Send { to, envelope });
@@ -861,6 +906,7 @@ impl Target {
             self.eject(from, EjectReason::SessionBroken, out);
             return;
         }
+        let checkpoint = ack.checkpoint;
         let link = self.links.get_mut(&from).expect("link exists");
         link.refused = false;
         link.connection = Connection::Connected(Box::new(Connected {
@@ -870,6 +916,9 @@ impl Target {
             hello: ack,
             state: LinkState::Answered,
             awaited: BTreeMap::new(),
+            flushes_awaited: BTreeSet::new(),
+            flushed: checkpoint,
+            connected_at_tick: self.now_tick,
             first_live_seq: self.seq_last.next(),
             answered_at_tick: self.now_tick,
             heard_at_tick: self.now_tick,

@@ -21,9 +21,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tandem_core::{
     ClientError, ClientOp, ClientReplyBody, ClientRequest, ClientRequestId, Command, Envelope,
-    Fenced, Generation, Geometry, Membership, MembershipError, Message, ReplicaId, ReplicaMode,
-    ResyncProgress, SessionId, Target, TargetEvent, TargetInput, TargetOptions, TargetOutput,
-    VolumeStatus,
+    Fenced, Generation, Geometry, Membership, MembershipError, Message, ReplicaId, ReplicaIo,
+    ReplicaMode, ResyncProgress, SessionId, Target, TargetEvent, TargetInput, TargetOptions,
+    TargetOutput, VolumeStatus,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -107,6 +107,7 @@ enum Request {
     ),
     Command(Command, oneshot::Sender<Result<(), MembershipError>>),
     Address(ReplicaId, Option<SocketAddr>),
+    ReplicaIo(oneshot::Sender<BTreeMap<ReplicaId, ReplicaIo>>),
     Stop,
 }
 
@@ -196,6 +197,16 @@ impl TargetHandle {
     /// A receiver that sees every status change.
     pub fn watch_status(&self) -> watch::Receiver<TargetStatus> {
         self.status.clone()
+    }
+
+    /// The I/O of each connected replica (in-flight requests, checkpoint, connected time in
+    /// ticks of [`TICK`]); empty once the target has stopped.
+    pub async fn replica_io(&self) -> BTreeMap<ReplicaId, ReplicaIo> {
+        let (reply, answer) = oneshot::channel();
+        if self.requests.send(Request::ReplicaIo(reply)).await.is_err() {
+            return BTreeMap::new();
+        }
+        answer.await.unwrap_or_default()
     }
 
     /// Stops the target: clients waiting get an error, connections close.
@@ -303,6 +314,16 @@ impl TargetTask {
                         self.handle(TargetInput::Command(command));
                     }
                     Some(Request::Address(replica, address)) => self.set_address(replica, address),
+                    Some(Request::ReplicaIo(reply)) => {
+                        let io = self
+                            .target
+                            .membership()
+                            .members
+                            .iter()
+                            .filter_map(|m| Some((m.replica, self.target.replica_io(m.replica)?)))
+                            .collect();
+                        let _ = reply.send(io);
+                    }
                     Some(Request::Stop) | None => break,
                 },
                 Some(frame) = inbound.recv() => self.on_inbound(frame),
