@@ -530,6 +530,9 @@ impl Agent {
             Ok(used) => {
                 self.errors.ok("measure pool");
                 self.used = Some(used);
+                // The pool's size is enforced here: past it, its replicas refuse writes (the
+                // targets eject them and the volumes go on with the others) until space is freed.
+                self.host.set_pool_full(used >= self.config.pool_size);
                 self.measured_at = Some(Instant::now());
                 Ok(())
             }

@@ -243,3 +243,84 @@ async fn a_volume_serves_nbd_and_moves_a_replica_while_serving() {
     assert!(read.contains("read 1048576/1048576 bytes"), "{read}");
     handle.stop().await;
 }
+
+/// A pool whose size is reached refuses writes as "no space": its replica leaves the volume,
+/// which keeps serving from the other two; once the pool has space again the replica returns,
+/// is resynced, and holds what was written meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_pool_refuses_writes_and_its_replica_returns_when_space_is_freed() {
+    let nodes = [node().await, node().await, node().await];
+    let mut initial = Vec::new();
+    for (index, node) in nodes.iter().enumerate() {
+        initial.push(replica_on(node, index as u64 + 1, true).await);
+    }
+    let addresses: BTreeMap<ReplicaId, _> = (0..3)
+        .map(|index| (ReplicaId(index as u64 + 1), nodes[index].host.local_addr()))
+        .collect();
+    let handle: TargetHandle = target::start(
+        TargetConfig {
+            volume: VOLUME.to_string(),
+            generation: Generation(1),
+            geometry: geometry_for(SIZE, None).unwrap(),
+            membership: Membership::initial(&initial),
+            addresses,
+            options: TargetOptions::default(),
+        },
+        Arc::new(Recorded::default()),
+    );
+    eventually("the volume to be Healthy", || {
+        handle.status().status == VolumeStatus::Healthy
+    })
+    .await;
+    let server = Arc::new(Server::new(ServerConfig::default()));
+    server.add_export(VOLUME, Arc::new(handle.clone())).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!("nbd://{}/{VOLUME}", listener.local_addr().unwrap());
+    tokio::spawn(server.clone().serve(listener, std::future::pending()));
+
+    let full = ReplicaId(3);
+    nodes[2].host.set_pool_full(true);
+    let written = {
+        let uri = uri.clone();
+        tokio::task::spawn_blocking(move || {
+            qemu_io(
+                &uri,
+                &["write -P 0x5a 4M 2M", "flush", "read -P 0x5a 4M 2M"],
+            )
+        })
+        .await
+        .unwrap()
+    };
+    assert!(written.contains("wrote 2097152/2097152 bytes"), "{written}");
+    assert_ne!(
+        handle.status().modes.get(&full),
+        Some(&ReplicaMode::Healthy)
+    );
+    assert_eq!(handle.status().status, VolumeStatus::Degraded);
+    assert_eq!(
+        file_bytes(&data_file(&nodes[2]), 4 << 20, 4096),
+        vec![0; 4096]
+    );
+
+    nodes[2].host.set_pool_full(false);
+    eventually("the replica to return and be resynced", || {
+        let status = handle.status();
+        status.status == VolumeStatus::Healthy
+            && status.modes.get(&full) == Some(&ReplicaMode::Healthy)
+    })
+    .await;
+    let resync = handle
+        .status()
+        .resyncs_finished
+        .iter()
+        .rev()
+        .find(|resync| resync.replica == full)
+        .cloned()
+        .expect("the returning replica was resynced");
+    assert!(!resync.full && resync.bytes >= 2 << 20, "{resync:?}");
+    assert_eq!(
+        file_bytes(&data_file(&nodes[2]), 4 << 20, 4096),
+        vec![0x5a; 4096]
+    );
+    handle.stop().await;
+}

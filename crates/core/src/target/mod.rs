@@ -260,8 +260,8 @@ impl Default for TargetOptions {
             handshake_timeout_ticks: 50,
             reconnect_interval_ticks: 20,
             resync_bytes_per_tick: 0,
-            // With 10 ms ticks: 100 MiB/s under load, uncapped when idle.
-            resync_bytes_per_tick_under_load: 1 << 20,
+            // With 10 ms ticks: 50 MiB/s under load, uncapped when idle.
+            resync_bytes_per_tick_under_load: 512 << 10,
             resync_segments_inflight_max: 4,
             client_timeout_ticks: 3_000,
             bugs: Bugs::none(),

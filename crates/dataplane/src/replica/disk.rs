@@ -16,6 +16,10 @@
 //! * PersistMeta: the update is applied to the in-memory [`ReplicaMeta`] and the whole of it is
 //!   written atomically (temporary file, fsync, rename, fsync of the directory).
 //!
+//! A full pool (the agent measured its size reached: [`ReplicaDisk::open_in_pool`]'s flag)
+//! refuses writes as "no space", as a full file system would; trims, syncs and metadata writes
+//! go on (they free space or need next to none).
+//!
 //! OS errors become [`IoFailure`]s for the core (`ENOSPC`/`EDQUOT`: no space, anything else: a
 //! device error) and are logged with the replica, the operation and the error. The data file is
 //! locked (`flock`, exclusive) while open, so two hosts never serve the same storage.
@@ -25,6 +29,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -106,12 +111,19 @@ struct Inner {
     geometry: Geometry,
     /// The metadata as last written (or attempted: see [`ReplicaDisk::persist_meta`]).
     meta: Mutex<ReplicaMeta>,
+    /// Set while the pool holding this replica is full: writes fail with "no space".
+    pool_full: Arc<AtomicBool>,
 }
 
 impl ReplicaDisk {
     /// Opens the replica in `dir`: reads and checks `meta`, opens and locks `data` and checks
     /// its length against the geometry. Blocking.
     pub fn open(dir: &Path) -> Result<ReplicaDisk, DiskOpenError> {
+        ReplicaDisk::open_in_pool(dir, Arc::new(AtomicBool::new(false)))
+    }
+
+    /// As [`ReplicaDisk::open`], in a pool whose `full` flag the pool's owner keeps up to date.
+    pub fn open_in_pool(dir: &Path, full: Arc<AtomicBool>) -> Result<ReplicaDisk, DiskOpenError> {
         let meta = storage::read_meta(&dir.join(META_FILE))?;
         let path = dir.join(DATA_FILE);
         let file = OpenOptions::new()
@@ -154,6 +166,7 @@ impl ReplicaDisk {
                 replica: meta.superblock.replica,
                 geometry,
                 meta: Mutex::new(meta),
+                pool_full: full,
             }),
         })
     }
@@ -250,6 +263,9 @@ impl ReplicaDisk {
     /// Writes `data` at `offset` (not yet durable: see [`ReplicaDisk::sync`]).
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), OpError> {
         self.check_range(offset, data.len() as u64)?;
+        if self.inner.pool_full.load(Ordering::Relaxed) {
+            return Err(OpError::PoolFull);
+        }
         self.inner.data.write_all_at(data, offset)?;
         Ok(())
     }
@@ -409,6 +425,8 @@ fn op_id(op: &DiskOp) -> DiskOpId {
 pub enum OpError {
     #[error("{len} bytes at offset {offset} are outside the volume, misaligned or too long")]
     OutOfRange { offset: u64, len: u64 },
+    #[error("the pool is full: its size is reached")]
+    PoolFull,
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -418,6 +436,7 @@ impl OpError {
     pub fn failure(&self) -> IoFailure {
         match self {
             OpError::OutOfRange { .. } => IoFailure::OutOfRange,
+            OpError::PoolFull => IoFailure::NoSpace,
             OpError::Io(error) => io_failure(error),
         }
     }

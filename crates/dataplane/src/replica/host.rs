@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -192,6 +192,8 @@ pub(crate) struct Shared {
     pub options: HostOptions,
     pub shutdown: watch::Receiver<bool>,
     replicas: Mutex<HashMap<ReplicaId, ReplicaEntry>>,
+    /// Shared with every hosted replica's disk: set while the pool is full.
+    pool_full: Arc<AtomicBool>,
 }
 
 impl Shared {
@@ -218,6 +220,18 @@ pub struct ReplicaHost {
 }
 
 impl ReplicaHost {
+    /// Marks the pool full (its size reached: every hosted replica then refuses writes as "no
+    /// space", and its targets eject it) or no longer full.
+    pub fn set_pool_full(&self, full: bool) {
+        if self.shared.pool_full.swap(full, Ordering::Relaxed) != full {
+            if full {
+                tracing::warn!("the pool is full: its replicas refuse writes until space is freed");
+            } else {
+                tracing::info!("the pool has space again: its replicas accept writes");
+            }
+        }
+    }
+
     /// Listens on `address` (port 0: any free port; see [`ReplicaHost::local_addr`]).
     pub async fn bind(address: SocketAddr, options: HostOptions) -> Result<ReplicaHost, HostError> {
         let listener = TcpListener::bind(address)
@@ -231,6 +245,7 @@ impl ReplicaHost {
             options,
             shutdown: shutdown_rx,
             replicas: Mutex::new(HashMap::new()),
+            pool_full: Arc::new(AtomicBool::new(false)),
         });
         let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         tracing::info!(address = %local_addr, "replica host listening");
@@ -261,7 +276,8 @@ impl ReplicaHost {
             });
         }
         let owned = dir.to_path_buf();
-        let disk = tokio::task::spawn_blocking(move || ReplicaDisk::open(&owned))
+        let full = Arc::clone(&self.shared.pool_full);
+        let disk = tokio::task::spawn_blocking(move || ReplicaDisk::open_in_pool(&owned, full))
             .await
             .map_err(|error| HostError::Task {
                 dir: dir.to_path_buf(),
