@@ -7,7 +7,7 @@
 mod common;
 
 use common::{config, R1, R2, R3};
-use tandem_core::{Command, EjectReason, ReplicaId, ReplicaMode, VolumeStatus};
+use tandem_core::{Command, EjectReason, ReplicaId, ReplicaMode, TargetEvent, VolumeStatus};
 use tandem_sim::history::BLOCK_SIZE;
 use tandem_sim::{swarm, Sim, SimConfig};
 
@@ -558,5 +558,38 @@ fn a_rebuild_yields_to_client_io_and_speeds_up_when_idle() {
     let idle_ticks = sim.now_tick - idle_start;
     println!("idle: the last {left} bytes in {idle_ticks} ticks");
     assert!(left > 256 * idle_ticks, "the idle rebuild was still capped");
+    finish_without_violations(&mut sim);
+}
+
+/// A replica whose disk fails every operation is ejected, and retried with a pause that doubles
+/// each time (up to 32 reconnect intervals), not every interval; once the disk is repaired it is
+/// resynced and Healthy again.
+#[test]
+fn a_replica_that_keeps_failing_is_retried_with_backoff() {
+    let mut sim = healthy_volume(config(14, 3, 3));
+    sim.workload_on = true;
+    sim.fail_disk(R3, 1000);
+    sim.run_ticks(3_000);
+    let ejections = sim
+        .target_events
+        .iter()
+        .filter(
+            |(_, _, event)| matches!(event, TargetEvent::Ejected { replica, .. } if *replica == R3),
+        )
+        .count();
+    let interval = sim.config.target.reconnect_interval_ticks;
+    println!("R3 ejected {ejections} times in 3000 ticks (reconnect interval {interval})");
+    assert!(ejections >= 3, "the failing replica was not retried");
+    assert!(
+        ejections <= 3_000 / (interval * 32) as usize + 8,
+        "retried without backoff"
+    );
+    assert_eq!(sim.volume_status(), Some(VolumeStatus::Degraded));
+
+    sim.fail_disk(R3, 0);
+    assert!(
+        sim.run_until(32 * interval + 1_000, Sim::converged),
+        "the repaired replica did not come back"
+    );
     finish_without_violations(&mut sim);
 }

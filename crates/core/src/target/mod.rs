@@ -269,6 +269,10 @@ impl Default for TargetOptions {
     }
 }
 
+/// A replica ejected again and again before it is Healthy waits at most this many reconnect
+/// intervals before the next attempt.
+pub const RECONNECT_BACKOFF_MAX: u64 = 32;
+
 /// A volume whose clients sent a request within this many ticks is under load (see
 /// [`TargetOptions::resync_bytes_per_tick_under_load`]).
 pub const CLIENT_ACTIVITY_TICKS: u64 = 10;
@@ -369,6 +373,8 @@ struct Link {
     /// The newest operation this replica acknowledged to this target, over all its sessions: a
     /// killed replica's cache holds at least that far (unless it also lost power).
     acknowledged_max: Seq,
+    /// Ejections since it was last Healthy: the reconnect backoff.
+    ejections_unhealed: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -780,13 +786,22 @@ impl Target {
         });
     }
 
-    /// Drops a replica's session. It is retried later and resynced when it returns.
+    /// Drops a replica's session. It is retried later and resynced when it returns; a replica
+    /// ejected again before it was Healthy waits twice as long each time (up to
+    /// `RECONNECT_BACKOFF_MAX` times the interval), so one that keeps failing (a full pool, a
+    /// broken disk) is not hammered, and does not flood the logs.
     fn eject(&mut self, replica: ReplicaId, reason: EjectReason, out: &mut Vec<TargetOutput>) {
-        let retry_at_tick = self.now_tick + self.options.reconnect_interval_ticks;
+        let now = self.now_tick;
+        let interval = self.options.reconnect_interval_ticks;
         let Some(link) = self.links.get_mut(&replica) else {
             return;
         };
         let was_connected = matches!(link.connection, Connection::Connected(_));
+        let backoff = (1u64 << link.ejections_unhealed.min(16)).min(RECONNECT_BACKOFF_MAX);
+        let retry_at_tick = now + interval * backoff;
+        if was_connected {
+            link.ejections_unhealed += 1;
+        }
         link.connection = Connection::Offline { retry_at_tick };
         if was_connected {
             out.push(TargetOutput::Event(TargetEvent::Ejected {
@@ -1072,6 +1087,11 @@ impl Target {
             .map(|(replica, link)| (*replica, self.mode_of(*replica, link)))
             .collect();
         for (replica, mode) in modes {
+            if mode == ReplicaMode::Healthy {
+                if let Some(link) = self.links.get_mut(&replica) {
+                    link.ejections_unhealed = 0;
+                }
+            }
             if self.modes.insert(replica, mode) != Some(mode) {
                 out.push(TargetOutput::Event(TargetEvent::ReplicaMode {
                     replica,
@@ -1088,6 +1108,7 @@ impl Link {
             connection: Connection::Offline { retry_at_tick },
             refused: false,
             acknowledged_max: Seq::ZERO,
+            ejections_unhealed: 0,
         }
     }
 }

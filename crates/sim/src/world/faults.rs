@@ -92,6 +92,14 @@ impl Sim {
 
     /// Stops injecting faults and repairs everything: the network, crashed processes, troubled
     /// disks, a missing target. What follows must converge (liveness).
+    /// Makes a replica's disk fail each operation with probability `permille` / 1000 until
+    /// everything is healed (0: repaired).
+    pub fn fail_disk(&mut self, replica: ReplicaId, permille: u32) {
+        if let Some(disk) = self.nodes.get_mut(&replica).and_then(|n| n.disk.as_mut()) {
+            disk.failure_permille = permille;
+        }
+    }
+
     /// Makes a replica's disk `slowness` times slower until everything is healed.
     pub fn slow_disk(&mut self, replica: ReplicaId, slowness: u64) {
         if let Some(disk) = self.nodes.get_mut(&replica).and_then(|n| n.disk.as_mut()) {
