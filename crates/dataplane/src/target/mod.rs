@@ -359,13 +359,28 @@ impl TargetTask {
     }
 
     fn handle(&mut self, input: TargetInput) {
+        // Status changes come with events or membership work; the rest (rebuild progress) is
+        // published on the next tick. Building the status for every I/O would cost more than
+        // the I/O.
+        let mut publish = matches!(
+            input,
+            TargetInput::Tick | TargetInput::Command(_) | TargetInput::MembershipPersisted(_)
+        );
         let mut out = std::mem::take(&mut self.out);
         self.target.handle(input, &mut out);
         for output in out.drain(..) {
+            publish |= matches!(
+                output,
+                TargetOutput::Event(_)
+                    | TargetOutput::PersistMembership(_)
+                    | TargetOutput::CommandDone { .. }
+            );
             self.on_output(output);
         }
         self.out = out;
-        self.publish_status();
+        if publish {
+            self.publish_status();
+        }
     }
 
     fn on_output(&mut self, output: TargetOutput) {
