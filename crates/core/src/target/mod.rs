@@ -118,6 +118,12 @@ pub enum TargetInput {
     MembershipPersisted(Result<(), Fenced>),
     /// Time passes: one tick. Timeouts and the resync throttle count ticks.
     Tick,
+    /// The connection carrying `session` to `replica` ended (closed or reset, as when its
+    /// process died): the replica is ejected at once instead of after `replica_timeout_ticks`.
+    SessionLost {
+        replica: ReplicaId,
+        session: SessionId,
+    },
 }
 
 /// The control plane refused a write from this target because a newer generation exists.
@@ -716,6 +722,9 @@ impl Target {
             TargetInput::Command(command) => self.on_command(command, out),
             TargetInput::MembershipPersisted(result) => self.on_membership_persisted(result, out),
             TargetInput::Tick => self.on_tick(out),
+            TargetInput::SessionLost { replica, session } => {
+                self.on_session_lost(replica, session, out)
+            }
         }
         self.check_quorum_left(out);
         if self.phase == Phase::Active {
@@ -861,6 +870,27 @@ impl Target {
                 self.on_replica_message(from, envelope.message, out);
             }
             _ => {} // Another session's message: stale.
+        }
+    }
+
+    fn on_session_lost(
+        &mut self,
+        replica: ReplicaId,
+        session: SessionId,
+        out: &mut Vec<TargetOutput>,
+    ) {
+        let Some(link) = self.links.get_mut(&replica) else {
+            return;
+        };
+        match &link.connection {
+            Connection::Connected(c) if c.session == session => {
+                self.eject(replica, EjectReason::SessionBroken, out);
+            }
+            Connection::Handshaking { session: s, .. } if *s == session => {
+                let retry_at_tick = self.now_tick + self.options.reconnect_interval_ticks;
+                link.connection = Connection::Offline { retry_at_tick };
+            }
+            _ => {} // An older session's connection: nothing to do.
         }
     }
 
@@ -1230,6 +1260,53 @@ mod tests {
         assert_eq!(
             target.replica_mode(ReplicaId(1)),
             Some(ReplicaMode::NewReplicaDegraded)
+        );
+    }
+
+    #[test]
+    fn a_lost_session_ejects_its_replica_at_once_and_an_older_one_is_ignored() {
+        let mut target = target();
+        let envelope = hello(&mut target);
+        let ack = HelloAck {
+            replica: ReplicaId(1),
+            incarnation: Incarnation(5),
+            consistent: true,
+            stamp: Stamp::ZERO,
+            stamp_exact: true,
+            sync_stamp: Stamp::ZERO,
+            checkpoint: Seq::ZERO,
+            dirty: RegionSet::new(4),
+        };
+        answer(&mut target, envelope.session, Message::HelloAck(ack));
+        assert_eq!(
+            target.replica_mode(ReplicaId(1)),
+            Some(ReplicaMode::Healthy)
+        );
+        let lost = |target: &mut Target, session| {
+            let mut out = Vec::new();
+            target.handle(
+                TargetInput::SessionLost {
+                    replica: ReplicaId(1),
+                    session,
+                },
+                &mut out,
+            );
+            out
+        };
+        let older = SessionId::new(Generation(2), 9);
+        assert!(lost(&mut target, older).is_empty());
+        assert_eq!(
+            target.replica_mode(ReplicaId(1)),
+            Some(ReplicaMode::Healthy)
+        );
+        let out = lost(&mut target, envelope.session);
+        assert!(out.contains(&TargetOutput::Event(TargetEvent::Ejected {
+            replica: ReplicaId(1),
+            reason: EjectReason::SessionBroken,
+        })));
+        assert_eq!(
+            target.replica_mode(ReplicaId(1)),
+            Some(ReplicaMode::Offline)
         );
     }
 

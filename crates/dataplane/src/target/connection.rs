@@ -1,7 +1,7 @@
 //! One TCP connection from a target to a replica host, carrying one session: a writer task
 //! encodes the target's messages in order, a reader task decodes the replica's and hands them
-//! to the target tagged with the session. Any error ends the connection; the target's timeouts
-//! notice the silence and start a new session.
+//! to the target tagged with the session. Any error ends the connection, and the target hears
+//! that it did (the replica is ejected at once, not after a timeout) and starts a new session.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -33,9 +33,15 @@ impl Connection {
     ) -> Connection {
         let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
         tokio::spawn(async move {
-            if let Err(error) = run(address, replica, session, outbound_rx, inbound).await {
+            if let Err(error) = run(address, replica, session, outbound_rx, inbound.clone()).await {
                 tracing::debug!(replica = replica.0, %address, %error, "replica connection ended");
             }
+            let ended = Inbound {
+                replica,
+                session,
+                envelope: None,
+            };
+            let _ = inbound.send(ended).await; // The target may have stopped.
         });
         Connection { outbound }
     }
@@ -80,7 +86,7 @@ async fn run(
                 let frame = Inbound {
                     replica,
                     session,
-                    envelope,
+                    envelope: Some(envelope),
                 };
                 if inbound.send(frame).await.is_err() {
                     return anyhow::Ok(()); // The target stopped.

@@ -115,7 +115,8 @@ enum Request {
 pub(crate) struct Inbound {
     pub replica: ReplicaId,
     pub session: SessionId,
-    pub envelope: Envelope,
+    /// A frame from the replica, or `None`: the connection ended.
+    pub envelope: Option<Envelope>,
 }
 
 /// The way in to a running target. Cheap to clone; every NBD connection holds one.
@@ -350,11 +351,21 @@ impl TargetTask {
             .connections
             .get(&frame.replica)
             .is_some_and(|(session, _)| *session == frame.session);
-        if current {
-            self.handle(TargetInput::Message {
+        if !current {
+            return;
+        }
+        match frame.envelope {
+            Some(envelope) => self.handle(TargetInput::Message {
                 from: frame.replica,
-                envelope: frame.envelope,
-            });
+                envelope,
+            }),
+            None => {
+                self.connections.remove(&frame.replica);
+                self.handle(TargetInput::SessionLost {
+                    replica: frame.replica,
+                    session: frame.session,
+                });
+            }
         }
     }
 

@@ -24,10 +24,24 @@ impl Sim {
             }
         }
         let node = self.nodes.get_mut(&replica).expect("node exists");
-        if node.process.take().is_none() {
+        let Some(process) = node.process.take() else {
             return;
-        }
+        };
         node.epoch += 1;
+        // A killed process's kernel resets its connections: the target may hear of it at once
+        // (half the time here, so the timeouts stay exercised). A machine losing power, or one
+        // cut off, resets nothing.
+        if let Some(session) = process.session() {
+            let target = Node::Target(session.generation());
+            if !power_loss
+                && !self.network.is_cut(Node::Replica(replica), target)
+                && self.rng.gen_bool(0.5)
+            {
+                let at = self.now_tick + self.rng.gen_range(1..=4);
+                self.schedule(at, Event::SessionLost { replica, session });
+            }
+        }
+        let node = self.nodes.get_mut(&replica).expect("node exists");
         if power_loss {
             if let Some(disk) = node.disk.as_mut() {
                 disk.lose_power(&mut self.rng);

@@ -154,6 +154,12 @@ enum Event {
         epoch: u64,
         op: DiskOp,
     },
+    /// A target learns that its connection to a replica ended (the replica's process died and
+    /// its kernel reset the connection).
+    SessionLost {
+        replica: ReplicaId,
+        session: tandem_core::SessionId,
+    },
     /// A read-only operation that looked at the disk when it was issued (a real disk may serve
     /// a read at any moment before it completes), completing later.
     DiskAnswered {
@@ -521,6 +527,15 @@ impl Sim {
                     replica,
                     ReplicaInput::DiskDone { id, result },
                 ));
+            }
+            Event::SessionLost { replica, session } => {
+                let generation = session.generation();
+                if self.targets.contains_key(&generation) {
+                    self.process(Work::Target(
+                        generation,
+                        TargetInput::SessionLost { replica, session },
+                    ));
+                }
             }
             Event::DiskAnswered {
                 replica,
