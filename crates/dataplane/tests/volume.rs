@@ -119,6 +119,41 @@ fn file_bytes(path: &Path, offset: u64, len: usize) -> Vec<u8> {
     buffer
 }
 
+/// Starts generation 1's target over `initial` (replica i+1 on `nodes[i]`), waits for it to be
+/// Healthy, and serves it over NBD; returns the handle and the export's URI.
+async fn serve_volume(
+    nodes: &[Node],
+    initial: &[(ReplicaId, Incarnation)],
+    store: Arc<Recorded>,
+) -> (TargetHandle, String) {
+    let addresses: BTreeMap<ReplicaId, _> = nodes
+        .iter()
+        .enumerate()
+        .map(|(index, node)| (ReplicaId(index as u64 + 1), node.host.local_addr()))
+        .collect();
+    let handle: TargetHandle = target::start(
+        TargetConfig {
+            volume: VOLUME.to_string(),
+            generation: Generation(1),
+            geometry: geometry_for(SIZE, None).unwrap(),
+            membership: Membership::initial(initial),
+            addresses,
+            options: TargetOptions::default(),
+        },
+        store,
+    );
+    eventually("the volume to be Healthy", || {
+        handle.status().status == VolumeStatus::Healthy
+    })
+    .await;
+    let server = Arc::new(Server::new(ServerConfig::default()));
+    server.add_export(VOLUME, Arc::new(handle.clone())).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!("nbd://{}/{VOLUME}", listener.local_addr().unwrap());
+    tokio::spawn(server.serve(listener, std::future::pending()));
+    (handle, uri)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_volume_serves_nbd_and_moves_a_replica_while_serving() {
     let nodes = [node().await, node().await, node().await, node().await];
@@ -126,31 +161,8 @@ async fn a_volume_serves_nbd_and_moves_a_replica_while_serving() {
     for (index, node) in nodes[..3].iter().enumerate() {
         initial.push(replica_on(node, index as u64 + 1, true).await);
     }
-    let addresses: BTreeMap<ReplicaId, _> = (0..4)
-        .map(|index| (ReplicaId(index as u64 + 1), nodes[index].host.local_addr()))
-        .collect();
     let store = Arc::new(Recorded::default());
-    let handle: TargetHandle = target::start(
-        TargetConfig {
-            volume: VOLUME.to_string(),
-            generation: Generation(1),
-            geometry: geometry_for(SIZE, None).unwrap(),
-            membership: Membership::initial(&initial),
-            addresses,
-            options: TargetOptions::default(),
-        },
-        store.clone(),
-    );
-    eventually("the volume to be Healthy", || {
-        handle.status().status == VolumeStatus::Healthy
-    })
-    .await;
-
-    let server = Arc::new(Server::new(ServerConfig::default()));
-    server.add_export(VOLUME, Arc::new(handle.clone())).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let uri = format!("nbd://{}/{VOLUME}", listener.local_addr().unwrap());
-    tokio::spawn(server.clone().serve(listener, std::future::pending()));
+    let (handle, uri) = serve_volume(&nodes, &initial, store.clone()).await;
 
     let written = {
         let uri = uri.clone();
@@ -254,29 +266,7 @@ async fn a_full_pool_refuses_writes_and_its_replica_returns_when_space_is_freed(
     for (index, node) in nodes.iter().enumerate() {
         initial.push(replica_on(node, index as u64 + 1, true).await);
     }
-    let addresses: BTreeMap<ReplicaId, _> = (0..3)
-        .map(|index| (ReplicaId(index as u64 + 1), nodes[index].host.local_addr()))
-        .collect();
-    let handle: TargetHandle = target::start(
-        TargetConfig {
-            volume: VOLUME.to_string(),
-            generation: Generation(1),
-            geometry: geometry_for(SIZE, None).unwrap(),
-            membership: Membership::initial(&initial),
-            addresses,
-            options: TargetOptions::default(),
-        },
-        Arc::new(Recorded::default()),
-    );
-    eventually("the volume to be Healthy", || {
-        handle.status().status == VolumeStatus::Healthy
-    })
-    .await;
-    let server = Arc::new(Server::new(ServerConfig::default()));
-    server.add_export(VOLUME, Arc::new(handle.clone())).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let uri = format!("nbd://{}/{VOLUME}", listener.local_addr().unwrap());
-    tokio::spawn(server.clone().serve(listener, std::future::pending()));
+    let (handle, uri) = serve_volume(&nodes, &initial, Arc::new(Recorded::default())).await;
 
     let full = ReplicaId(3);
     nodes[2].host.set_pool_full(true);

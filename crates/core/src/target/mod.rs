@@ -1183,6 +1183,20 @@ mod tests {
             .expect("a handshake")
     }
 
+    /// Replica 1's answer to a handshake: a consistent, empty copy of `incarnation`.
+    fn empty_ack(incarnation: Incarnation) -> HelloAck {
+        HelloAck {
+            replica: ReplicaId(1),
+            incarnation,
+            consistent: true,
+            stamp: Stamp::ZERO,
+            stamp_exact: true,
+            sync_stamp: Stamp::ZERO,
+            checkpoint: Seq::ZERO,
+            dirty: RegionSet::new(4),
+        }
+    }
+
     fn answer(target: &mut Target, session: SessionId, message: Message) -> Vec<TargetOutput> {
         let mut out = Vec::new();
         target.handle(
@@ -1241,17 +1255,11 @@ mod tests {
     fn an_answer_from_a_stranger_is_not_trusted() {
         let mut target = target();
         let envelope = hello(&mut target);
-        let ack = HelloAck {
-            replica: ReplicaId(1),
-            incarnation: Incarnation(6),
-            consistent: true,
-            stamp: Stamp::ZERO,
-            stamp_exact: true,
-            sync_stamp: Stamp::ZERO,
-            checkpoint: Seq::ZERO,
-            dirty: RegionSet::new(4),
-        };
-        answer(&mut target, envelope.session, Message::HelloAck(ack));
+        answer(
+            &mut target,
+            envelope.session,
+            Message::HelloAck(empty_ack(Incarnation(6))),
+        );
         assert_eq!(
             target.status(),
             VolumeStatus::Init,
@@ -1267,17 +1275,11 @@ mod tests {
     fn a_lost_session_ejects_its_replica_at_once_and_an_older_one_is_ignored() {
         let mut target = target();
         let envelope = hello(&mut target);
-        let ack = HelloAck {
-            replica: ReplicaId(1),
-            incarnation: Incarnation(5),
-            consistent: true,
-            stamp: Stamp::ZERO,
-            stamp_exact: true,
-            sync_stamp: Stamp::ZERO,
-            checkpoint: Seq::ZERO,
-            dirty: RegionSet::new(4),
-        };
-        answer(&mut target, envelope.session, Message::HelloAck(ack));
+        answer(
+            &mut target,
+            envelope.session,
+            Message::HelloAck(empty_ack(Incarnation(5))),
+        );
         assert_eq!(
             target.replica_mode(ReplicaId(1)),
             Some(ReplicaMode::Healthy)
