@@ -4,8 +4,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use tandem_core::{
-    Envelope, Generation, Geometry, HelloAck, Incarnation, IoFailure, Message, Refusal, RegionSet,
-    ReplicaId, RequestId, Seq, SessionId, Stamp,
+    Envelope, Extent, Generation, Geometry, HelloAck, Incarnation, IoFailure, Message, Refusal,
+    RegionSet, ReplicaId, RequestId, Seq, SessionId, Stamp,
 };
 use tandem_wire::{decode, decode_frame, encode, HEADER_LEN};
 
@@ -51,6 +51,12 @@ fn unit_result() -> impl Strategy<Value = Result<(), IoFailure>> {
 
 fn bytes_result() -> impl Strategy<Value = Result<Bytes, IoFailure>> {
     prop_oneof![data().prop_map(Ok), failure().prop_map(Err)]
+}
+
+fn extents_result() -> impl Strategy<Value = Result<Vec<Extent>, IoFailure>> {
+    let extent =
+        (any::<u64>(), any::<bool>()).prop_map(|(len, allocated)| Extent { len, allocated });
+    prop_oneof![vec(extent, 0..40).prop_map(Ok), failure().prop_map(Err)]
 }
 
 /// A region set of 0..300 regions (so 0, 1 and several words, full and partial) with random bits.
@@ -104,6 +110,13 @@ fn target_message() -> impl Strategy<Value = Message> {
         (seq(), seq()).prop_map(|(seq, committed)| Message::Flush { seq, committed }),
         (request(), any::<u64>(), any::<u64>()).prop_map(|(request, offset, len)| {
             Message::Read {
+                request,
+                offset,
+                len,
+            }
+        }),
+        (request(), any::<u64>(), any::<u64>()).prop_map(|(request, offset, len)| {
+            Message::QueryAllocation {
                 request,
                 offset,
                 len,
@@ -180,6 +193,8 @@ fn replica_message() -> impl Strategy<Value = Message> {
         (seq(), unit_result()).prop_map(|(seq, result)| Message::FlushDone { seq, result }),
         (request(), bytes_result())
             .prop_map(|(request, result)| Message::ReadDone { request, result }),
+        (request(), extents_result())
+            .prop_map(|(request, result)| Message::Allocation { request, result }),
         (request(), region_set())
             .prop_map(|(request, regions)| Message::Regions { request, regions }),
         Just(Message::ResyncStarted),
@@ -209,7 +224,7 @@ fn envelope() -> impl Strategy<Value = Envelope> {
 
 /// Kind tags the decoder knows, plus a few it does not.
 fn kind_tag() -> impl Strategy<Value = u8> {
-    prop_oneof![4 => 0x01u8..=0x0a, 4 => 0x41u8..=0x4a, 1 => any::<u8>()]
+    prop_oneof![4 => 0x01u8..=0x0c, 4 => 0x41u8..=0x4c, 1 => any::<u8>()]
 }
 
 /// Decodes everything in `buf` until it runs dry or fails; returns how many frames decoded.
