@@ -402,3 +402,83 @@ fn a_full_pool_drops_its_replica_and_the_volume_keeps_everything() {
     drop(cluster);
     drop(small);
 }
+
+/// A pool past its size (`--pool-size`, not a full file system): its replicas refuse writes, the
+/// volume goes on with the other two, and once space is freed the replica comes back, is
+/// resynced, and holds everything.
+#[test]
+fn a_pool_past_its_size_refuses_writes_until_space_is_freed() {
+    let cluster = Cluster::up(3, "64M");
+    cluster.ok(&[
+        "volume",
+        "create",
+        "vol-a",
+        "--size",
+        "256Mi",
+        "--replicas",
+        "3",
+    ]);
+    cluster.ok(&[
+        "volume",
+        "create",
+        "filler",
+        "--size",
+        "128Mi",
+        "--replicas",
+        "1",
+    ]);
+    let crowded = cluster.replica_nodes("filler")[0].clone();
+    let replica = format!("vol-a-{}", cluster.pool_on(&crowded));
+    qemu_io(&cluster.uri("filler"), &["write -P 0x11 0 40M", "flush"]);
+    let uri = cluster.uri("vol-a");
+    qemu_io(&uri, &["write -P 0x22 0 32M", "flush"]);
+    // The agent measures its pool every few seconds; once it sees 72 MiB used of 64 MiB, the
+    // next writes to the replica there fail and the target ejects it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        qemu_io(&uri, &["write -P 0x33 64M 1M", "flush"]);
+        let cvr = cluster.ok(&["get", "cvr", &replica, "-n", "openebs"]);
+        if cvr
+            .lines()
+            .nth(1)
+            .is_some_and(|line| !line.contains(" Healthy "))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the full pool's replica stayed: {cvr}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cluster.wait_for(
+        "the volume to say it is Degraded",
+        &["get", "cv", "vol-a", "-n", "openebs"],
+        |out| out.contains("Degraded"),
+    );
+    qemu_io(&uri, &["write -P 0x44 100M 4M", "read -P 0x22 0 32M"]);
+
+    cluster.ok(&["volume", "delete", "filler"]);
+    cluster.wait_for(
+        "the replica to come back once its pool has space",
+        &["get", "cvr", &replica, "-n", "openebs"],
+        |out| {
+            out.lines()
+                .nth(1)
+                .is_some_and(|line| line.contains(" Healthy "))
+        },
+    );
+    cluster.wait_for(
+        "the volume to be Healthy",
+        &["get", "cv", "vol-a", "-n", "openebs"],
+        |out| out.contains("Healthy"),
+    );
+    qemu_io(
+        &uri,
+        &[
+            "read -P 0x22 0 32M",
+            "read -P 0x33 64M 1M",
+            "read -P 0x44 100M 4M",
+        ],
+    );
+}
