@@ -226,6 +226,7 @@ impl SwarmSummary {
             ("partition (both ways)", f.partitions),
             ("partition (one way)", f.one_way_partitions),
             ("replica crash (kill -9)", f.replica_crashes),
+            ("connection reset seen by the target", f.connection_resets),
             ("replica power loss", f.power_losses),
             ("target crash", f.target_crashes),
             ("target takeover (zombie)", f.target_takeovers),

@@ -39,6 +39,7 @@ impl Sim {
             {
                 let at = self.now_tick + self.rng.gen_range(1..=4);
                 self.schedule(at, Event::SessionLost { replica, session });
+                self.faults.connection_resets += 1;
             }
         }
         let node = self.nodes.get_mut(&replica).expect("node exists");

@@ -130,6 +130,8 @@ pub struct FaultCounters {
     pub partitions: u64,
     pub one_way_partitions: u64,
     pub replica_crashes: u64,
+    /// Crashes whose connection reset reached the target (it ejects at once).
+    pub connection_resets: u64,
     pub power_losses: u64,
     pub target_crashes: u64,
     pub target_takeovers: u64,
