@@ -283,13 +283,7 @@ impl Demo {
         )
         .await?;
         println!();
-        self.table(
-            "tandem get cspi -n openebs",
-            Kind::CStorPoolInstance,
-            None,
-            false,
-        )
-        .await?;
+        self.pool_table().await?;
 
         heading(&format!(
             "Step 2: a volume with 2 replicas (tandem volume create {} --size {} --replicas 2)",
@@ -434,13 +428,7 @@ impl Demo {
             "Step 5: scale down: remove the replica on the first original pool, {leaving} on \
              {leaving_node}"
         ));
-        self.table(
-            "tandem get cspi -n openebs",
-            Kind::CStorPoolInstance,
-            None,
-            false,
-        )
-        .await?;
+        self.pool_table().await?;
         let before = self
             .pools()
             .await?
@@ -456,13 +444,7 @@ impl Demo {
         println!();
         self.replica_table().await?;
         println!();
-        self.table(
-            "tandem get cspi -n openebs",
-            Kind::CStorPoolInstance,
-            None,
-            false,
-        )
-        .await?;
+        self.pool_table().await?;
         println!(
             "{leaving} on {leaving_node}: ALLOCATED {before} -> {after} ({} freed)",
             human(before.bytes().saturating_sub(after.bytes()))
@@ -495,6 +477,16 @@ impl Demo {
             print!("{table}");
         }
         Ok(())
+    }
+
+    async fn pool_table(&self) -> Result<()> {
+        self.table(
+            "tandem get cspi -n openebs",
+            Kind::CStorPoolInstance,
+            None,
+            false,
+        )
+        .await
     }
 
     async fn replica_table(&self) -> Result<()> {

@@ -257,18 +257,8 @@ impl Cluster {
         self.json(&["get", "cvr", name, "-n", "openebs"])
     }
 
-    /// Adds the pool on `node` to the volume, waits until its new replica is Healthy and the
-    /// volume says it scaled; returns the new replica's name.
-    pub fn add_pool(&self, volume: &str, node: &str) -> String {
-        let pool = self.pool_on(node);
-        let cvc = self.cvc(volume);
-        let mut pools: Vec<String> = cvc["status"]["poolInfo"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|pool| pool.as_str().unwrap().to_string())
-            .collect();
-        pools.push(pool.clone());
+    /// Edits the volume's pool list to `pools`; the edit must be accepted.
+    fn set_pools(&self, volume: &str, pools: &[String]) {
         let refs: Vec<&str> = pools.iter().map(String::as_str).collect();
         let output = self.patch_pools(volume, &refs);
         assert!(
@@ -276,6 +266,15 @@ impl Cluster {
             "{}",
             String::from_utf8_lossy(&output.stderr)
         );
+    }
+
+    /// Adds the pool on `node` to the volume, waits until its new replica is Healthy and the
+    /// volume says it scaled; returns the new replica's name.
+    pub fn add_pool(&self, volume: &str, node: &str) -> String {
+        let pool = self.pool_on(node);
+        let (_, mut pools) = pool_info(&self.cvc(volume));
+        pools.push(pool.clone());
+        self.set_pools(volume, &pools);
         let replica = format!("{volume}-{pool}");
         let count = pools.len().to_string();
         self.wait_for(
@@ -290,21 +289,9 @@ impl Cluster {
     /// Removes the pool on `node` from the volume and waits until its replica is gone.
     pub fn remove_pool(&self, volume: &str, node: &str) {
         let pool = self.pool_on(node);
-        let cvc = self.cvc(volume);
-        let pools: Vec<String> = cvc["status"]["poolInfo"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|pool| pool.as_str().unwrap().to_string())
-            .filter(|name| *name != pool)
-            .collect();
-        let refs: Vec<&str> = pools.iter().map(String::as_str).collect();
-        let output = self.patch_pools(volume, &refs);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let (_, mut pools) = pool_info(&self.cvc(volume));
+        pools.retain(|name| *name != pool);
+        self.set_pools(volume, &pools);
         let replica = format!("{volume}-{pool}");
         self.wait_for(
             "the removed replica to be gone",
