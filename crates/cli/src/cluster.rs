@@ -33,6 +33,7 @@ use tandem_objects::{
 
 use crate::control_plane::write_atomically;
 use crate::server::{address_file, default_data_dir};
+use crate::wait::{wait_for, Deadline, Probe};
 
 /// The pool cluster `tandem up` makes, named as in cStor's walk-through.
 pub const POOL_CLUSTER: &str = "cspc-stripe-pool";
@@ -126,11 +127,11 @@ pub fn up(args: UpArgs) -> Result<()> {
         &serde_json::to_string_pretty(&cluster).context("encode cluster.json")?,
     )?;
 
-    let server = start_control_plane(&data_dir, &cluster, args.timeout)?;
+    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    let server = runtime.block_on(start_control_plane(&data_dir, &cluster, args.timeout))?;
     for node in &cluster.nodes {
         start_agent(&data_dir, node, &server)?;
     }
-    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     let client = Client::new(&server)?;
     runtime.block_on(ensure_pool_cluster(&client, &cluster, args.timeout))?;
 
@@ -230,7 +231,7 @@ fn choose_port(asked: Option<u16>) -> Result<u16> {
     }
 }
 
-fn start_control_plane(
+async fn start_control_plane(
     data_dir: &Path,
     cluster: &ClusterFile,
     timeout: Duration,
@@ -258,24 +259,23 @@ fn start_control_plane(
         &pid_file,
     )?;
     println!("started control plane (pid {}) at {server}", child.id());
-    let deadline = Instant::now() + timeout;
-    while !address_file(data_dir).exists() {
+    let log = directory.join("control-plane.log");
+    let deadline = Deadline::after(timeout).polling_every(Duration::from_millis(50));
+    wait_for(deadline, "the control plane has not started", async || {
+        if address_file(data_dir).exists() {
+            return Ok(Probe::Done(()));
+        }
         // Our own child: `try_wait` knows for sure (a /proc read can race with its exec).
         if !matches!(child.try_wait(), Ok(None)) {
-            bail!(
-                "the control plane exited at start; see {}",
-                directory.join("control-plane.log").display()
-            );
+            bail!("the control plane exited at start; see {}", log.display());
         }
-        if Instant::now() > deadline {
-            bail!(
-                "the control plane did not start within {}; see {}",
-                humantime::format_duration(timeout),
-                directory.join("control-plane.log").display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        Ok(Probe::Waiting(format!(
+            "it has not written {} yet; see {}",
+            address_file(data_dir).display(),
+            log.display()
+        )))
+    })
+    .await?;
     Ok(server)
 }
 
@@ -355,18 +355,19 @@ async fn ensure_pool_cluster(
     cluster: &ClusterFile,
     timeout: Duration,
 ) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = Deadline::after(timeout);
     // The control plane has just written its address; it may still be a moment from serving.
-    let existing = loop {
-        match client
+    let answering = deadline.polling_every(Duration::from_millis(100));
+    let existing = wait_for(answering, "the control plane does not answer", async || {
+        let found = client
             .find(Kind::CStorPoolCluster, DEFAULT_NAMESPACE, POOL_CLUSTER)
-            .await
-        {
-            Ok(found) => break found,
-            Err(error) if tokio::time::Instant::now() > deadline => return Err(error.into()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
+            .await;
+        anyhow::Ok(match found {
+            Ok(found) => Probe::Done(found),
+            Err(error) => Probe::Waiting(error.to_string()),
+        })
+    })
+    .await?;
     let wanted = pool_cluster(cluster);
     match existing {
         None => {
@@ -399,7 +400,8 @@ async fn ensure_pool_cluster(
     }
     let total = cluster.nodes.len() as u32;
     let mut last_seen = None;
-    loop {
+    let what = format!("the pools of {POOL_CLUSTER} are not all ONLINE");
+    wait_for(deadline, what, async || {
         let object = client
             .get(Kind::CStorPoolCluster, DEFAULT_NAMESPACE, POOL_CLUSTER)
             .await?;
@@ -412,17 +414,14 @@ async fn ensure_pool_cluster(
             last_seen = Some(healthy);
         }
         if healthy >= total {
-            return Ok(());
+            return Ok(Probe::Done(()));
         }
-        if tokio::time::Instant::now() > deadline {
-            bail!(
-                "only {healthy} of {total} pools came ONLINE within {}; see the agents' logs \
-                 (nodes/NODE/agent.log) and `tandem get cspi -n openebs`",
-                humantime::format_duration(timeout)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Ok(Probe::Waiting(format!(
+            "only {healthy} of {total} are; see the agents' logs (nodes/NODE/agent.log) and \
+             `tandem get cspi -n openebs`"
+        )))
+    })
+    .await
 }
 
 fn pool_cluster(cluster: &ClusterFile) -> CStorPoolCluster {

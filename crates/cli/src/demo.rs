@@ -38,8 +38,8 @@ use tandem_nbd::client::ClientError as NbdError;
 use tandem_nbd::{Client as NbdClient, ClientOptions};
 use tandem_objects::{
     CStorPoolInstance, CStorPoolInstancePhase, CStorVolume, CStorVolumeConfig, CStorVolumePhase,
-    CStorVolumeReplica, CStorVolumeReplicaPhase, Event, Kind, Quantity, DEFAULT_NAMESPACE,
-    LABEL_CSTOR_POOL_CLUSTER, LABEL_PERSISTENT_VOLUME,
+    CStorVolumeReplica, CStorVolumeReplicaPhase, Event, Kind, Quantity, RebuildProgress,
+    DEFAULT_NAMESPACE, LABEL_CSTOR_POOL_CLUSTER, LABEL_PERSISTENT_VOLUME,
 };
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -49,6 +49,7 @@ use crate::kubectl::reference;
 use crate::kubectl::volume::{self, VolumeCommand};
 use crate::output::{no_resources, render_table};
 use crate::server::{default_data_dir, ServerArgs};
+use crate::wait::{wait_for, Deadline, Probe};
 
 /// What `tandem demo --help` says after the options.
 const AFTER_HELP: &str = "\
@@ -126,8 +127,6 @@ const VERIFY_DEPTH: usize = 8;
 /// An I/O not answered within this counts as an error (the application goes on, on a new
 /// connection).
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often objects are looked at while waiting.
-const POLL: Duration = Duration::from_millis(200);
 /// How long the application goes on writing on the new replicas before it is stopped.
 const WRITE_AFTER_MIGRATION: Duration = Duration::from_secs(3);
 /// The most problems (I/O errors, wrong data) listed in the summary.
@@ -368,17 +367,24 @@ impl Demo {
 
     /// Steps 3 (the volume filled once), 4 and 5, while the writer runs.
     async fn migrate(&mut self, writer: &Writer, original: &[String]) -> Result<()> {
-        let filled = writer
-            .wait_for_rounds(1, self.timeout)
-            .await
-            .map_err(|why| {
-                anyhow!(
-                    "the application did not write the whole volume once within {}: {why} \
-                     (so far {}; a larger volume needs a longer --timeout)",
-                    humantime::format_duration(self.timeout),
+        let deadline = self.deadline().polling_every(Duration::from_millis(50));
+        let what = "the application has not written the whole volume once";
+        let filled = wait_for(deadline, what, async || {
+            if writer.rounds() >= 1 {
+                return Ok(Probe::Done(writer.running_for()));
+            }
+            if writer.has_stopped() {
+                bail!(
+                    "the application stopped before it wrote the whole volume once (so far {})",
                     writer.stats.line()
-                )
-            })?;
+                );
+            }
+            Ok(Probe::Waiting(format!(
+                "it is still writing (so far {}; a larger volume needs a longer --timeout)",
+                writer.stats.line()
+            )))
+        })
+        .await?;
         println!(
             "the application wrote the whole volume once in {} and goes on: {}",
             seconds(filled),
@@ -457,6 +463,11 @@ impl Demo {
         Ok(())
     }
 
+    /// A deadline for one step: `--timeout` from now.
+    fn deadline(&self) -> Deadline {
+        Deadline::after(self.timeout)
+    }
+
     /// Prints a `get` table of `kind` (all of it, or the objects matching `selector`).
     async fn table(
         &self,
@@ -515,41 +526,37 @@ impl Demo {
     /// Waits until at least 3 pools of the pool cluster are ONLINE and writable (`up` waited
     /// for every pool to be ONLINE; a reused cluster may have read-only ones).
     async fn wait_for_pools(&self) -> Result<Vec<Pool>> {
-        let deadline = Instant::now() + self.timeout;
-        loop {
+        let what = format!("{POOL_CLUSTER} has fewer than 3 ONLINE, writable pools");
+        wait_for(self.deadline(), what, async || {
             let pools = self.pools().await?;
             if pools.iter().filter(|pool| pool.usable).count() >= 3 {
-                return Ok(pools);
+                return Ok(Probe::Done(pools));
             }
-            if Instant::now() > deadline {
-                let states: Vec<String> = pools
-                    .iter()
-                    .map(|pool| {
-                        format!(
-                            "{} on {}: {}",
-                            pool.name,
-                            pool.node,
-                            if pool.usable {
-                                "ONLINE"
-                            } else {
-                                "not ONLINE or read-only"
-                            }
-                        )
-                    })
-                    .collect();
-                bail!(
-                    "3 ONLINE, writable pools of {POOL_CLUSTER} did not appear within {}; the \
-                     pools: {}",
-                    humantime::format_duration(self.timeout),
-                    if states.is_empty() {
-                        "none".to_string()
-                    } else {
-                        states.join(", ")
-                    }
-                );
-            }
-            tokio::time::sleep(POLL).await;
-        }
+            let states: Vec<String> = pools
+                .iter()
+                .map(|pool| {
+                    format!(
+                        "{} on {}: {}",
+                        pool.name,
+                        pool.node,
+                        if pool.usable {
+                            "ONLINE"
+                        } else {
+                            "not ONLINE or read-only"
+                        }
+                    )
+                })
+                .collect();
+            Ok(Probe::Waiting(format!(
+                "the pools: {}",
+                if states.is_empty() {
+                    "none".to_string()
+                } else {
+                    states.join(", ")
+                }
+            )))
+        })
+        .await
     }
 
     async fn create_volume(&self) -> Result<()> {
@@ -584,8 +591,11 @@ impl Demo {
 
     /// `tandem volume uri`: the target's address once the CStorVolume is Healthy.
     async fn volume_uri(&self) -> Result<String> {
-        let deadline = Instant::now() + self.timeout;
-        loop {
+        let what = format!(
+            "volume {} is not served (CStorVolume Healthy, with a target address)",
+            self.volume
+        );
+        wait_for(self.deadline(), what, async || {
             let found = self
                 .api
                 .find(Kind::CStorVolume, NAMESPACE, &self.volume)
@@ -596,12 +606,12 @@ impl Demo {
                     if volume.status.phase == CStorVolumePhase::Healthy
                         && !volume.spec.target_ip.is_empty()
                     {
-                        return Ok(format!(
+                        return Ok(Probe::Done(format!(
                             "nbd://{}:{}/{}",
                             volume.spec.target_ip,
                             volume.spec.target_port,
                             volume.name()
-                        ));
+                        )));
                     }
                     format!(
                         "its CStorVolume is {} with target address {:?}",
@@ -610,16 +620,9 @@ impl Demo {
                 }
                 None => "it has no CStorVolume".to_string(),
             };
-            if Instant::now() > deadline {
-                bail!(
-                    "volume {} was not served (CStorVolume Healthy, with a target address) \
-                     within {}: {state}",
-                    self.volume,
-                    humantime::format_duration(self.timeout)
-                );
-            }
-            tokio::time::sleep(POLL).await;
-        }
+            Ok(Probe::Waiting(state))
+        })
+        .await
     }
 
     /// The events about the volume's CStorVolumeConfig, oldest first.
@@ -632,7 +635,7 @@ impl Demo {
     }
 
     /// Prints the events not printed yet (through the progress bar when one is shown).
-    async fn print_new_events(&mut self, bar: Option<&ProgressBar>) -> Result<Vec<Event>> {
+    async fn print_new_events(&mut self, progress: Option<&Progress>) -> Result<Vec<Event>> {
         let events = self.events().await?;
         for event in &events {
             if self
@@ -645,8 +648,8 @@ impl Demo {
                     event.reason,
                     event.message
                 );
-                match bar {
-                    Some(bar) => bar.println(line),
+                match progress {
+                    Some(progress) => progress.println(line),
                     None => println!("{line}"),
                 }
             }
@@ -688,101 +691,57 @@ impl Demo {
     async fn wait_for_rebuild(&mut self, pool: &Pool, baseline: &[Event]) -> Result<u64> {
         let name = format!("{}-{}", self.volume, pool.name);
         let done_message = "successfully scaled volume replicas to 3";
-        let deadline = Instant::now() + self.timeout;
-        // The bar appears with the first progress the replica reports.
-        let terminal = std::io::stdout().is_terminal();
-        let mut bar: Option<ProgressBar> = None;
+        let what = format!(
+            "volume {} has not scaled up to pool {}",
+            self.volume, pool.name
+        );
+        let mut progress = Progress::new();
         let mut phase = None;
-        let mut last_line = Instant::now();
-        let mut replica: Option<CStorVolumeReplica>;
-        loop {
-            let events = self.print_new_events(bar.as_ref()).await?;
+        let healthy = wait_for(self.deadline(), what, async || {
+            let events = self.print_new_events(Some(&progress)).await?;
             let scaled = has_new_event(&events, baseline, done_message);
-            replica = match self
+            let found = self
                 .api
                 .find(Kind::CStorVolumeReplica, NAMESPACE, &name)
-                .await?
-            {
-                Some(object) => Some(CStorVolumeReplica::try_from(object)?),
-                None => None,
+                .await?;
+            let Some(object) = found else {
+                return Ok(Probe::Waiting(format!(
+                    "its new replica (CStorVolumeReplica {name}) was not created; the volume's \
+                     newest event: {}",
+                    newest_event(&events)
+                )));
             };
-            if let Some(replica) = &replica {
-                let now = replica.status.phase;
-                if phase != Some(now) {
-                    let line = format!("  {name}: {now}");
-                    match &bar {
-                        Some(bar) => bar.println(line),
-                        None => println!("{line}"),
-                    }
-                    phase = Some(now);
-                }
-                if let Some(rebuild) = &replica.status.rebuild {
-                    let eta = rebuild
-                        .eta_seconds
-                        .map_or(String::new(), |eta| format!(", ~{eta} s left"));
-                    let rate = match rebuild.bytes_per_second {
-                        0 => "rate not known yet".to_string(),
-                        rate => format!("{}/s{eta}", human(rate)),
-                    };
-                    if terminal && bar.is_none() {
-                        bar = Some(progress_bar());
-                    }
-                    match &bar {
-                        Some(bar) => {
-                            bar.set_length(rebuild.bytes_total);
-                            bar.set_position(rebuild.bytes_done);
-                            bar.set_message(rate);
-                        }
-                        None if last_line.elapsed() >= Duration::from_secs(1) => {
-                            println!(
-                                "  rebuild: {} of {} ({}%), {rate}",
-                                human(rebuild.bytes_done),
-                                human(rebuild.bytes_total),
-                                rebuild.bytes_done * 100 / rebuild.bytes_total.max(1)
-                            );
-                            last_line = Instant::now();
-                        }
-                        None => {}
-                    }
-                }
-                if now == CStorVolumeReplicaPhase::Healthy && scaled {
-                    break;
-                }
+            let replica = CStorVolumeReplica::try_from(object)?;
+            let now = replica.status.phase;
+            if phase != Some(now) {
+                progress.println(format!("  {name}: {now}"));
+                phase = Some(now);
             }
-            if Instant::now() > deadline {
-                if let Some(bar) = &bar {
-                    bar.abandon();
-                }
-                let within = humantime::format_duration(self.timeout);
-                return Err(match &replica {
-                    Some(replica) if replica.status.phase == CStorVolumeReplicaPhase::Healthy => {
-                        anyhow!(
-                            "the new replica on pool {} is Healthy, but volume {} has no event \
-                             {done_message:?} within {within}; its newest: {}",
-                            pool.name,
-                            self.volume,
-                            newest_event(&events)
-                        )
-                    }
-                    Some(replica) => anyhow!(
-                        "the new replica on pool {} did not become Healthy within {within}; \
-                         its status: {}",
-                        pool.name,
-                        replica_status(replica)
-                    ),
-                    None => anyhow!(
-                        "the new replica on pool {} (CStorVolumeReplica {name}) was not \
-                         created within {within}; the volume's newest event: {}",
-                        pool.name,
-                        newest_event(&events)
-                    ),
-                });
+            if let Some(rebuild) = &replica.status.rebuild {
+                progress.show(rebuild);
             }
-            tokio::time::sleep(POLL).await;
-        }
-        let resync = replica
-            .as_ref()
-            .and_then(|replica| replica.status.last_resync.as_ref());
+            Ok(match (now == CStorVolumeReplicaPhase::Healthy, scaled) {
+                (true, true) => Probe::Done(replica),
+                (true, false) => Probe::Waiting(format!(
+                    "its new replica is Healthy, but the volume has no event {done_message:?}; \
+                     its newest: {}",
+                    newest_event(&events)
+                )),
+                (false, _) => Probe::Waiting(format!(
+                    "its new replica is not Healthy; its status: {}",
+                    replica_status(&replica)
+                )),
+            })
+        })
+        .await;
+        let replica = match healthy {
+            Ok(replica) => replica,
+            Err(error) => {
+                progress.abandon();
+                return Err(error);
+            }
+        };
+        let resync = replica.status.last_resync.as_ref();
         let copied = resync
             .map(|resync| {
                 format!(
@@ -797,12 +756,7 @@ impl Demo {
                 )
             })
             .unwrap_or_default();
-        if let Some(bar) = &bar {
-            bar.set_position(bar.length().unwrap_or(0));
-            bar.finish_with_message("done");
-            // The finished bar stays on its line; what follows goes below it.
-            println!();
-        }
+        progress.finish();
         println!(
             "the new replica on {} ({}) is Healthy{copied}",
             pool.name, pool.node
@@ -814,66 +768,63 @@ impl Demo {
     async fn wait_for_removal(&mut self, pool: &str, baseline: &[Event]) -> Result<()> {
         let name = format!("{}-{pool}", self.volume);
         let done_message = "successfully scaled volume replicas to 2";
-        let deadline = Instant::now() + self.timeout;
-        loop {
+        let what = format!(
+            "volume {} has not scaled down from pool {pool}",
+            self.volume
+        );
+        wait_for(self.deadline(), what, async || {
             let events = self.print_new_events(None).await?;
             let scaled = has_new_event(&events, baseline, done_message);
             let replica = self
                 .api
                 .find(Kind::CStorVolumeReplica, NAMESPACE, &name)
                 .await?;
-            if replica.is_none() && scaled {
-                println!("the replica on {pool} is gone");
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let within = humantime::format_duration(self.timeout);
-                return Err(match replica {
-                    Some(object) => {
-                        let replica = CStorVolumeReplica::try_from(object)?;
-                        anyhow!(
-                            "the replica on pool {pool} ({name}) was not removed within \
-                             {within}; its status: {}; the volume's newest event: {}",
-                            replica_status(&replica),
-                            newest_event(&events)
-                        )
-                    }
-                    None => anyhow!(
-                        "the replica on pool {pool} is gone, but volume {} has no event \
-                         {done_message:?} within {within}; its newest: {}",
-                        self.volume,
+            anyhow::Ok(match replica {
+                Some(object) => {
+                    let replica = CStorVolumeReplica::try_from(object)?;
+                    Probe::Waiting(format!(
+                        "its replica there ({name}) is not removed; its status: {}; the \
+                         volume's newest event: {}",
+                        replica_status(&replica),
                         newest_event(&events)
-                    ),
-                });
-            }
-            tokio::time::sleep(POLL).await;
-        }
+                    ))
+                }
+                None if scaled => Probe::Done(()),
+                None => Probe::Waiting(format!(
+                    "the replica is gone, but the volume has no event {done_message:?}; its \
+                     newest: {}",
+                    newest_event(&events)
+                )),
+            })
+        })
+        .await?;
+        println!("the replica on {pool} is gone");
+        Ok(())
     }
 
     /// Waits until the pool's ALLOCATED drops below `before` (its agent reports every few
     /// seconds); returns the new value.
     async fn wait_for_space(&self, pool: &str, before: Quantity) -> Result<Quantity> {
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            let allocated = self
-                .pools()
-                .await?
-                .into_iter()
-                .find(|found| found.name == pool)
-                .map(|found| found.allocated)
-                .ok_or_else(|| anyhow!("pool {pool} is gone"))?;
-            if allocated.bytes() < before.bytes() {
-                return Ok(allocated);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "pool {pool}'s ALLOCATED did not drop within {} of its replica being \
-                     removed: it is still {allocated}",
-                    humantime::format_duration(self.timeout)
-                );
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        let what = format!("pool {pool} has not freed the space of its removed replica");
+        wait_for(self.deadline(), what, async || {
+            let allocated = self.allocated(pool).await?;
+            Ok(if allocated.bytes() < before.bytes() {
+                Probe::Done(allocated)
+            } else {
+                Probe::Waiting(format!("its ALLOCATED is still {allocated}"))
+            })
+        })
+        .await
+    }
+
+    /// The pool's ALLOCATED now.
+    async fn allocated(&self, pool: &str) -> Result<Quantity> {
+        self.pools()
+            .await?
+            .into_iter()
+            .find(|found| found.name == pool)
+            .map(|found| found.allocated)
+            .ok_or_else(|| anyhow!("pool {pool} is gone"))
     }
 
     /// Waits until `pool`'s agent reports the space its new replica takes (ALLOCATED up by at
@@ -881,37 +832,30 @@ impl Demo {
     /// it holds at least what was copied), so the tables show it.
     async fn wait_for_growth(&self, pool: &Pool, copied: u64) -> Result<()> {
         let wanted = pool.allocated.bytes() + (copied / 2).max(1);
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            let allocated = self
-                .pools()
-                .await?
-                .into_iter()
-                .find(|found| found.name == pool.name)
-                .map(|found| found.allocated)
-                .ok_or_else(|| anyhow!("pool {} is gone", pool.name))?;
-            if allocated.bytes() >= wanted {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "pool {}'s ALLOCATED did not grow by half of the {} its new replica copied \
-                     within {} of the replica being Healthy: it is {allocated}, it was {}",
-                    pool.name,
-                    human(copied),
-                    humantime::format_duration(self.timeout),
-                    pool.allocated
-                );
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        let what = format!(
+            "pool {} does not show the space of its new replica",
+            pool.name
+        );
+        wait_for(self.deadline(), what, async || {
+            let allocated = self.allocated(&pool.name).await?;
+            Ok(if allocated.bytes() >= wanted {
+                Probe::Done(())
+            } else {
+                Probe::Waiting(format!(
+                    "its ALLOCATED is {allocated}, it was {} before the replica copied {} (at \
+                     least half of that is expected)",
+                    pool.allocated,
+                    human(copied)
+                ))
+            })
+        })
+        .await
     }
 
     /// Waits until the replicas on `pools` are all Healthy.
     async fn wait_for_replicas(&self, pools: &[String]) -> Result<()> {
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            let mut waiting = None;
+        let what = format!("the replicas of volume {} are not all Healthy", self.volume);
+        wait_for(self.deadline(), what, async || {
             for pool in pools {
                 let name = format!("{}-{pool}", self.volume);
                 let found = self
@@ -928,21 +872,13 @@ impl Demo {
                     }
                     None => "it does not exist".to_string(),
                 };
-                waiting = Some(format!("the replica on pool {pool} ({name}): {status}"));
-                break;
+                return Ok(Probe::Waiting(format!(
+                    "the replica on pool {pool} ({name}): {status}"
+                )));
             }
-            let Some(waiting) = waiting else {
-                return Ok(());
-            };
-            if Instant::now() > deadline {
-                bail!(
-                    "the replicas of volume {} did not all become Healthy within {}; {waiting}",
-                    self.volume,
-                    humantime::format_duration(self.timeout)
-                );
-            }
-            tokio::time::sleep(POLL).await;
-        }
+            Ok(Probe::Done(()))
+        })
+        .await
     }
 
     /// Prints the summary; true when nothing was lost and no I/O failed.
@@ -1057,6 +993,79 @@ impl Demo {
             self.data_dir.display()
         );
         Ok(())
+    }
+}
+
+/// How a rebuild's progress is shown: a bar on standard output when it is a terminal (from the
+/// first progress the replica reports), a line a second otherwise.
+struct Progress {
+    terminal: bool,
+    bar: Option<ProgressBar>,
+    last_line: Instant,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            terminal: std::io::stdout().is_terminal(),
+            bar: None,
+            last_line: Instant::now(),
+        }
+    }
+
+    /// Prints a line (above the bar when one is shown).
+    fn println(&self, line: String) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => println!("{line}"),
+        }
+    }
+
+    fn show(&mut self, rebuild: &RebuildProgress) {
+        let eta = rebuild
+            .eta_seconds
+            .map_or(String::new(), |eta| format!(", ~{eta} s left"));
+        let rate = match rebuild.bytes_per_second {
+            0 => "rate not known yet".to_string(),
+            rate => format!("{}/s{eta}", human(rate)),
+        };
+        if self.terminal && self.bar.is_none() {
+            self.bar = Some(progress_bar());
+        }
+        match &self.bar {
+            Some(bar) => {
+                bar.set_length(rebuild.bytes_total);
+                bar.set_position(rebuild.bytes_done);
+                bar.set_message(rate);
+            }
+            None if self.last_line.elapsed() >= Duration::from_secs(1) => {
+                println!(
+                    "  rebuild: {} of {} ({}%), {rate}",
+                    human(rebuild.bytes_done),
+                    human(rebuild.bytes_total),
+                    rebuild.bytes_done * 100 / rebuild.bytes_total.max(1)
+                );
+                self.last_line = Instant::now();
+            }
+            None => {}
+        }
+    }
+
+    /// The rebuild is done: the bar shows all of it, and stays on its line.
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(bar.length().unwrap_or(0));
+            bar.finish_with_message("done");
+            // The finished bar stays on its line; what follows goes below it.
+            println!();
+        }
+    }
+
+    /// The wait failed: the bar stays as it is.
+    fn abandon(&self) {
+        if let Some(bar) = &self.bar {
+            bar.abandon();
+        }
     }
 }
 
@@ -1340,19 +1349,19 @@ impl Writer {
         }
     }
 
-    /// Waits until the application finished `rounds` full passes; how long it took.
-    async fn wait_for_rounds(&self, rounds: u64, timeout: Duration) -> Result<Duration, &str> {
-        let deadline = Instant::now() + timeout;
-        while self.stats.rounds.load(Ordering::Relaxed) < rounds {
-            if self.task.is_finished() {
-                return Err("the application stopped");
-            }
-            if Instant::now() > deadline {
-                return Err("it was still writing");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(self.started.elapsed())
+    /// Full passes over the volume finished so far.
+    fn rounds(&self) -> u64 {
+        self.stats.rounds.load(Ordering::Relaxed)
+    }
+
+    /// True once the application stopped by itself (its task ended).
+    fn has_stopped(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// How long the application has been running.
+    fn running_for(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// Stops the application after its current batch and final flush.
