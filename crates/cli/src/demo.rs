@@ -21,27 +21,20 @@
 //! create` verb, the API client for patches, `render_table` for the tables.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rand::{Rng, SeedableRng};
 use serde_json::json;
 use tandem_client::Client as ApiClient;
-use tandem_nbd::client::ClientError as NbdError;
-use tandem_nbd::{Client as NbdClient, ClientOptions};
 use tandem_objects::{
     CStorPoolInstance, CStorPoolInstancePhase, CStorVolume, CStorVolumeConfig, CStorVolumePhase,
     CStorVolumeReplica, CStorVolumeReplicaPhase, Event, Kind, Quantity, RebuildProgress,
     DEFAULT_NAMESPACE, LABEL_CSTOR_POOL_CLUSTER, LABEL_PERSISTENT_VOLUME,
 };
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::cluster::{self, UpArgs, POOL_CLUSTER};
@@ -50,6 +43,10 @@ use crate::kubectl::volume::{self, VolumeCommand};
 use crate::output::{no_resources, render_table};
 use crate::server::{default_data_dir, ServerArgs};
 use crate::wait::{wait_for, Deadline, Probe};
+use crate::workload::{
+    human, verify_all, Checked, Stats, Writer, Written, BLOCK, FLUSH_EVERY, FUA_EVERY, IO_TIMEOUT,
+    PROBLEMS_SHOWN, QUEUE_DEPTH, VERIFY_EVERY,
+};
 
 /// What `tandem demo --help` says after the options.
 const AFTER_HELP: &str = "\
@@ -112,25 +109,8 @@ struct VolumeWords {
 }
 
 const NAMESPACE: &str = DEFAULT_NAMESPACE;
-/// The application's block: every write and read is one block.
-const BLOCK: u64 = 64 * 1024;
-/// Writes in flight at once (one batch of consecutive blocks).
-const QUEUE_DEPTH: u64 = 4;
-/// Every this many writes, one is FUA.
-const FUA_EVERY: u64 = 5;
-/// A flush after this many writes.
-const FLUSH_EVERY: u64 = 32;
-/// A read-back check of a random earlier block after this many writes.
-const VERIFY_EVERY: u64 = 16;
-/// Reads in flight during the final check.
-const VERIFY_DEPTH: usize = 8;
-/// An I/O not answered within this counts as an error (the application goes on, on a new
-/// connection).
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the application goes on writing on the new replicas before it is stopped.
 const WRITE_AFTER_MIGRATION: Duration = Duration::from_secs(3);
-/// The most problems (I/O errors, wrong data) listed in the summary.
-const PROBLEMS_SHOWN: usize = 20;
 
 pub fn run(args: DemoArgs) -> Result<bool> {
     let size =
@@ -209,27 +189,6 @@ fn heading(text: &str) {
 /// A command line, as the user would type it to see the same.
 fn command(text: &str) {
     println!("$ {text}");
-}
-
-/// "256 MiB", "1.5 GiB", "512 KiB", "12 B".
-fn human(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [
-        ("GiB", 1 << 30),
-        ("MiB", 1 << 20),
-        ("KiB", 1 << 10),
-        ("B", 1),
-    ];
-    for (unit, size) in UNITS {
-        if bytes >= size || size == 1 {
-            let value = bytes as f64 / size as f64;
-            return if value.fract() == 0.0 || value >= 100.0 {
-                format!("{value:.0} {unit}")
-            } else {
-                format!("{value:.1} {unit}")
-            };
-        }
-    }
-    unreachable!("the last unit matches everything")
 }
 
 fn seconds(duration: Duration) -> String {
@@ -335,7 +294,7 @@ impl Demo {
         );
         let writer = Writer::start(uri.clone(), blocks);
         let steps = self.migrate(&writer, &original).await;
-        let mut stats_line = writer.stats.line();
+        let mut stats_line = writer.stats().line();
         if steps.is_ok() {
             heading("Step 6: stop the application and read back every block");
         } else {
@@ -376,19 +335,19 @@ impl Demo {
             if writer.has_stopped() {
                 bail!(
                     "the application stopped before it wrote the whole volume once (so far {})",
-                    writer.stats.line()
+                    writer.stats().line()
                 );
             }
             Ok(Probe::Waiting(format!(
                 "it is still writing (so far {}; a larger volume needs a longer --timeout)",
-                writer.stats.line()
+                writer.stats().line()
             )))
         })
         .await?;
         println!(
             "the application wrote the whole volume once in {} and goes on: {}",
             seconds(filled),
-            writer.stats.line()
+            writer.stats().line()
         );
 
         // Step 4: scale up.
@@ -421,7 +380,7 @@ impl Demo {
         self.wait_for_growth(&target, copied).await?;
         println!();
         self.replica_table().await?;
-        println!("application meanwhile: {}", writer.stats.line());
+        println!("application meanwhile: {}", writer.stats().line());
 
         // Step 5: scale down.
         let leaving = original[0].clone();
@@ -888,7 +847,7 @@ impl Demo {
         checked: &Checked,
         original: &[String],
     ) -> Result<bool> {
-        let stats = &written.stats;
+        let stats = written.stats.counts();
         let config = self.config().await?;
         let pools = self.pools().await?;
         let node_of = |name: &str| {
@@ -904,8 +863,8 @@ impl Demo {
             .map(|pool| node_of(pool))
             .collect();
         let before: Vec<String> = original.iter().map(|pool| node_of(pool)).collect();
-        let errors = stats.io_errors.load(Ordering::Relaxed);
-        let wrong = stats.wrong.load(Ordering::Relaxed);
+        let errors = stats.io_errors;
+        let wrong = stats.wrong;
         heading("Summary");
         println!(
             "  volume             {} ({}), replicas on {} -> {}",
@@ -916,36 +875,33 @@ impl Demo {
         );
         println!(
             "  bytes written      {} ({} writes of 64 KiB, {} with FUA; {} flushes)",
-            human(stats.bytes_written.load(Ordering::Relaxed)),
-            stats.writes.load(Ordering::Relaxed),
-            stats.fua_writes.load(Ordering::Relaxed),
-            stats.flushes.load(Ordering::Relaxed)
+            human(stats.bytes_written),
+            stats.writes,
+            stats.fua_writes,
+            stats.flushes
         );
         println!(
             "  bytes verified     {} ({} while writing, {} at the end)",
-            human(stats.bytes_verified.load(Ordering::Relaxed)),
-            human(stats.bytes_verified.load(Ordering::Relaxed) - checked.bytes),
+            human(stats.bytes_verified),
+            human(stats.bytes_verified - checked.bytes),
             human(checked.bytes)
         );
         println!("  I/O errors         {errors}");
-        println!(
-            "  longest I/O stall  {} ms",
-            stats.longest_us.load(Ordering::Relaxed).div_ceil(1000)
-        );
+        println!("  longest I/O stall  {} ms", stats.longest_io_ms);
         println!("  time taken         {}", seconds(self.started.elapsed()));
         let ok = errors == 0 && wrong == 0;
         if ok {
             println!(
                 "  result             no data lost: all {} blocks hold what was last written to \
                  them, and no I/O failed",
-                written.expected.len()
+                written.blocks()
             );
         } else {
             println!(
                 "  result             FAILED: {wrong} block reads returned wrong data, {errors} \
                  I/O errors"
             );
-            writer_problems(stats);
+            writer_problems(&written.stats);
         }
         Ok(ok)
     }
@@ -1151,533 +1107,19 @@ fn replica_status(replica: &CStorVolumeReplica) -> String {
 }
 
 fn writer_problems(stats: &Stats) {
-    let problems = stats
-        .problems
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
+    let problems = stats.problems();
     if problems.is_empty() {
         return;
     }
     println!("  problems (the first {PROBLEMS_SHOWN}):");
-    for problem in problems.iter() {
+    for problem in &problems {
         println!("    {problem}");
     }
-}
-
-// ---- The application ------------------------------------------------------------------------
-
-/// The content of `block` after the write of round `round`: a header naming both, then words
-/// derived from them, so any block read back can be checked and, when wrong, recognised.
-fn block_data(block: u64, round: u32) -> Vec<u8> {
-    let mut data = Vec::with_capacity(BLOCK as usize);
-    data.extend_from_slice(b"TANDEMv1");
-    data.extend_from_slice(&block.to_le_bytes());
-    data.extend_from_slice(&u64::from(round).to_le_bytes());
-    let mut state = block.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(round) << 32 ^ 0x5eed;
-    while data.len() < BLOCK as usize {
-        // splitmix64
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        data.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    data
-}
-
-/// What a block read back holds, for messages: "round 3 of block 7", "zeroes", ...
-fn describe_content(data: &[u8]) -> String {
-    if data.iter().all(|&byte| byte == 0) {
-        return "zeroes".to_string();
-    }
-    if data.len() >= 24 && &data[..8] == b"TANDEMv1" {
-        let block = u64::from_le_bytes(data[8..16].try_into().expect("8 bytes"));
-        let round = u64::from_le_bytes(data[16..24].try_into().expect("8 bytes"));
-        let intact = u32::try_from(round)
-            .map(|round| block_data(block, round) == data)
-            .unwrap_or(false);
-        return format!(
-            "round {round} of block {block}{}",
-            if intact { "" } else { ", damaged" }
-        );
-    }
-    "data the application never wrote".to_string()
-}
-
-/// What a block must hold: each candidate is a round (`None`: never written, zeroes). One
-/// candidate normally; a failed write adds its round (the old or the new content may be there).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Expect(Vec<Option<u32>>);
-
-impl Expect {
-    fn matches(&self, block: u64, data: &[u8]) -> bool {
-        self.0.iter().any(|candidate| match candidate {
-            None => data.iter().all(|&byte| byte == 0),
-            Some(round) => data == block_data(block, *round).as_slice(),
-        })
-    }
-
-    fn describe(&self) -> String {
-        let names: Vec<String> = self
-            .0
-            .iter()
-            .map(|candidate| match candidate {
-                None => "zeroes".to_string(),
-                Some(round) => format!("round {round}"),
-            })
-            .collect();
-        names.join(" or ")
-    }
-}
-
-/// The application's counters, shared with the demo while it runs.
-#[derive(Default)]
-struct Stats {
-    bytes_written: AtomicU64,
-    writes: AtomicU64,
-    fua_writes: AtomicU64,
-    flushes: AtomicU64,
-    bytes_verified: AtomicU64,
-    io_errors: AtomicU64,
-    wrong: AtomicU64,
-    longest_us: AtomicU64,
-    /// Full passes over the volume finished.
-    rounds: AtomicU64,
-    reconnects: AtomicU64,
-    problems: Mutex<Vec<String>>,
-}
-
-impl Stats {
-    fn took(&self, duration: Duration) {
-        self.longest_us
-            .fetch_max(duration.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    fn problem(&self, message: String) {
-        let mut problems = self.problems.lock().unwrap_or_else(PoisonError::into_inner);
-        if problems.len() < PROBLEMS_SHOWN {
-            problems.push(message);
-        }
-    }
-
-    fn io_error(&self, message: String) {
-        self.io_errors.fetch_add(1, Ordering::Relaxed);
-        self.problem(message);
-    }
-
-    fn wrong_data(&self, message: String) {
-        self.wrong.fetch_add(1, Ordering::Relaxed);
-        self.problem(message);
-    }
-
-    fn line(&self) -> String {
-        let reconnects = self.reconnects.load(Ordering::Relaxed);
-        format!(
-            "{} written, {} verified, {} I/O errors{}, longest I/O stall {} ms",
-            human(self.bytes_written.load(Ordering::Relaxed)),
-            human(self.bytes_verified.load(Ordering::Relaxed)),
-            self.io_errors.load(Ordering::Relaxed),
-            if reconnects > 0 {
-                format!(" ({reconnects} reconnections)")
-            } else {
-                String::new()
-            },
-            self.longest_us.load(Ordering::Relaxed).div_ceil(1000)
-        )
-    }
-}
-
-/// A failed I/O: its message, and whether the connection must be replaced.
-struct Failure {
-    message: String,
-    lost: bool,
-}
-
-/// Runs one I/O with the application's timeout, recording how long it took.
-async fn timed<T>(
-    stats: &Stats,
-    io: impl Future<Output = Result<T, NbdError>>,
-) -> Result<T, Failure> {
-    let began = Instant::now();
-    let result = tokio::time::timeout(IO_TIMEOUT, io).await;
-    stats.took(began.elapsed());
-    match result {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => Err(Failure {
-            lost: error.is_connection_lost(),
-            message: error.to_string(),
-        }),
-        Err(_) => Err(Failure {
-            lost: true,
-            message: format!(
-                "no answer within {}",
-                humantime::format_duration(IO_TIMEOUT)
-            ),
-        }),
-    }
-}
-
-/// What the application leaves when it stops.
-struct Written {
-    stats: Arc<Stats>,
-    expected: Vec<Expect>,
-}
-
-/// The running application.
-struct Writer {
-    stats: Arc<Stats>,
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<Vec<Expect>>,
-    started: Instant,
-}
-
-impl Writer {
-    fn start(uri: String, blocks: u64) -> Writer {
-        let stats = Arc::new(Stats::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(write_loop(
-            uri,
-            blocks,
-            Arc::clone(&stats),
-            Arc::clone(&stop),
-        ));
-        Writer {
-            stats,
-            stop,
-            task,
-            started: Instant::now(),
-        }
-    }
-
-    /// Full passes over the volume finished so far.
-    fn rounds(&self) -> u64 {
-        self.stats.rounds.load(Ordering::Relaxed)
-    }
-
-    /// True once the application stopped by itself (its task ended).
-    fn has_stopped(&self) -> bool {
-        self.task.is_finished()
-    }
-
-    /// How long the application has been running.
-    fn running_for(&self) -> Duration {
-        self.started.elapsed()
-    }
-
-    /// Stops the application after its current batch and final flush.
-    async fn stop(self) -> Written {
-        self.stop.store(true, Ordering::SeqCst);
-        let expected = match self.task.await {
-            Ok(expected) => expected,
-            Err(error) => {
-                self.stats
-                    .io_error(format!("the application's task failed: {error}"));
-                Vec::new()
-            }
-        };
-        Written {
-            stats: self.stats,
-            expected,
-        }
-    }
-}
-
-/// Connects (again) to the volume, retrying until it works or `give_up` says so; each failed
-/// attempt is an I/O error.
-async fn connect(uri: &str, stats: &Stats, give_up: impl Fn() -> bool) -> Option<Arc<NbdClient>> {
-    let options = ClientOptions {
-        handshake_timeout: IO_TIMEOUT,
-    };
-    loop {
-        if give_up() {
-            return None;
-        }
-        let began = Instant::now();
-        let connected = NbdClient::connect_with(uri, &options).await;
-        stats.took(began.elapsed());
-        match connected {
-            Ok(client) => return Some(Arc::new(client)),
-            Err(error) => {
-                stats.io_error(format!("connecting to {uri}: {error}"));
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
-}
-
-/// The application: writes the volume block after block, round after round, a batch of
-/// [`QUEUE_DEPTH`] writes in flight at a time; FUA, flushes and read-back checks as the
-/// constants say. Returns what each block must hold.
-async fn write_loop(
-    uri: String,
-    blocks: u64,
-    stats: Arc<Stats>,
-    stop: Arc<AtomicBool>,
-) -> Vec<Expect> {
-    let mut expected = vec![Expect(vec![None]); blocks as usize];
-    let mut rng = rand::rngs::StdRng::from_entropy();
-    let mut client: Option<Arc<NbdClient>> = None;
-    let mut round: u32 = 0;
-    let mut next: u64 = 0;
-    let mut writes: u64 = 0;
-    let mut since_flush: u64 = 0;
-    while !stop.load(Ordering::SeqCst) {
-        let nbd = match &client {
-            Some(nbd) => Arc::clone(nbd),
-            None => match connect(&uri, &stats, || stop.load(Ordering::SeqCst)).await {
-                Some(nbd) => {
-                    if writes > 0 {
-                        stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                    }
-                    client = Some(Arc::clone(&nbd));
-                    nbd
-                }
-                None => break,
-            },
-        };
-        let batch: Vec<u64> = (next..(next + QUEUE_DEPTH).min(blocks)).collect();
-        let mut in_flight = JoinSet::new();
-        for &block in &batch {
-            writes += 1;
-            let fua = writes.is_multiple_of(FUA_EVERY);
-            let nbd = Arc::clone(&nbd);
-            let stats = Arc::clone(&stats);
-            in_flight.spawn(async move {
-                let data = block_data(block, round);
-                let result = timed(&stats, nbd.write(block * BLOCK, &data, fua)).await;
-                (block, fua, result)
-            });
-        }
-        let mut lost = false;
-        while let Some(joined) = in_flight.join_next().await {
-            let (block, fua, result) = match joined {
-                Ok(done) => done,
-                Err(error) => {
-                    stats.io_error(format!("a write task failed: {error}"));
-                    continue;
-                }
-            };
-            let expect = &mut expected[block as usize];
-            match result {
-                Ok(()) => {
-                    *expect = Expect(vec![Some(round)]);
-                    stats.bytes_written.fetch_add(BLOCK, Ordering::Relaxed);
-                    stats.writes.fetch_add(1, Ordering::Relaxed);
-                    if fua {
-                        stats.fua_writes.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Err(failure) => {
-                    expect.0.push(Some(round));
-                    lost |= failure.lost;
-                    stats.io_error(format!(
-                        "write of block {block} (round {round}): {}",
-                        failure.message
-                    ));
-                }
-            }
-        }
-        let verify_now = writes % VERIFY_EVERY < batch.len() as u64;
-        next += batch.len() as u64;
-        if next >= blocks {
-            next = 0;
-            round += 1;
-            stats.rounds.store(u64::from(round), Ordering::Relaxed);
-        }
-        since_flush += batch.len() as u64;
-        if !lost && since_flush >= FLUSH_EVERY {
-            since_flush = 0;
-            match timed(&stats, nbd.flush()).await {
-                Ok(()) => {
-                    stats.flushes.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(failure) => {
-                    lost |= failure.lost;
-                    stats.io_error(format!("flush: {}", failure.message));
-                }
-            }
-        }
-        if !lost && verify_now {
-            let written = if round == 0 { next } else { blocks };
-            if written > 0 {
-                let block = rng.gen_range(0..written);
-                let check = check_block(&nbd, &stats, block, &expected[block as usize]).await;
-                lost |= check == BlockCheck::Failed { lost: true };
-            }
-        }
-        if lost {
-            client = None;
-        }
-    }
-    if let Some(nbd) = client {
-        match timed(&stats, nbd.flush()).await {
-            Ok(()) => {
-                stats.flushes.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(failure) => stats.io_error(format!("final flush: {}", failure.message)),
-        }
-        if let Some(nbd) = Arc::into_inner(nbd) {
-            let _ = tokio::time::timeout(IO_TIMEOUT, nbd.disconnect()).await;
-        }
-    }
-    expected
-}
-
-/// How a block read back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BlockCheck {
-    Good,
-    Wrong,
-    /// The read failed; `lost`: the connection must be replaced.
-    Failed {
-        lost: bool,
-    },
-}
-
-/// Reads `block` back and checks it against what it must hold, counting into `stats`.
-async fn check_block(nbd: &NbdClient, stats: &Stats, block: u64, expect: &Expect) -> BlockCheck {
-    match timed(stats, nbd.read(block * BLOCK, BLOCK as u32)).await {
-        Ok(data) if expect.matches(block, &data) => {
-            stats.bytes_verified.fetch_add(BLOCK, Ordering::Relaxed);
-            BlockCheck::Good
-        }
-        Ok(data) => {
-            stats.wrong_data(format!(
-                "block {block} (offset {}): expected {}, read {}",
-                block * BLOCK,
-                expect.describe(),
-                describe_content(&data)
-            ));
-            BlockCheck::Wrong
-        }
-        Err(failure) => {
-            stats.io_error(format!("read of block {block}: {}", failure.message));
-            BlockCheck::Failed { lost: failure.lost }
-        }
-    }
-}
-
-/// The result of reading back every block at the end.
-#[derive(Default)]
-struct Checked {
-    good: u64,
-    wrong: u64,
-    unreadable: u64,
-    bytes: u64,
-}
-
-/// Reads back every block on a new connection, [`VERIFY_DEPTH`] at a time, and checks each
-/// against what it must hold. A lost connection is replaced (within [`IO_TIMEOUT`]); blocks
-/// that cannot be read count as unreadable.
-async fn verify_all(uri: &str, written: &Written) -> Checked {
-    let stats = &written.stats;
-    let expected = Arc::new(written.expected.clone());
-    let blocks = expected.len() as u64;
-    let mut checked = Checked::default();
-    let mut nbd: Option<Arc<NbdClient>> = None;
-    let mut next = 0u64;
-    while next < blocks {
-        let client = match &nbd {
-            Some(client) => Arc::clone(client),
-            None => {
-                let give_up = Instant::now() + IO_TIMEOUT;
-                match connect(uri, stats, || Instant::now() > give_up).await {
-                    Some(client) => {
-                        nbd = Some(Arc::clone(&client));
-                        client
-                    }
-                    None => {
-                        checked.unreadable += blocks - next;
-                        break;
-                    }
-                }
-            }
-        };
-        let mut in_flight = JoinSet::new();
-        let end = (next + VERIFY_DEPTH as u64).min(blocks);
-        for block in next..end {
-            let (client, stats, expected) = (
-                Arc::clone(&client),
-                Arc::clone(stats),
-                Arc::clone(&expected),
-            );
-            in_flight.spawn(async move {
-                check_block(&client, &stats, block, &expected[block as usize]).await
-            });
-        }
-        next = end;
-        while let Some(joined) = in_flight.join_next().await {
-            match joined {
-                Ok(BlockCheck::Good) => {
-                    checked.good += 1;
-                    checked.bytes += BLOCK;
-                }
-                Ok(BlockCheck::Wrong) => checked.wrong += 1,
-                Ok(BlockCheck::Failed { lost }) => {
-                    checked.unreadable += 1;
-                    if lost {
-                        nbd = None;
-                    }
-                }
-                Err(error) => {
-                    checked.unreadable += 1;
-                    stats.io_error(format!("a read task failed: {error}"));
-                }
-            }
-        }
-    }
-    if let Some(client) = nbd.and_then(Arc::into_inner) {
-        let _ = tokio::time::timeout(IO_TIMEOUT, client.disconnect()).await;
-    }
-    checked
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_block_and_round_has_its_own_content() {
-        let a = block_data(7, 3);
-        assert_eq!(a.len(), BLOCK as usize);
-        assert_eq!(a, block_data(7, 3));
-        assert_ne!(a, block_data(7, 4));
-        assert_ne!(a, block_data(8, 3));
-        assert_eq!(describe_content(&a), "round 3 of block 7");
-        let mut damaged = a.clone();
-        damaged[40_000] ^= 1;
-        assert_eq!(describe_content(&damaged), "round 3 of block 7, damaged");
-        assert_eq!(describe_content(&vec![0; BLOCK as usize]), "zeroes");
-        assert_eq!(
-            describe_content(&vec![1; BLOCK as usize]),
-            "data the application never wrote"
-        );
-    }
-
-    #[test]
-    fn a_failed_write_allows_the_old_or_the_new_content() {
-        let zeroes = vec![0; BLOCK as usize];
-        let fresh = Expect(vec![None]);
-        assert!(fresh.matches(5, &zeroes));
-        assert!(!fresh.matches(5, &block_data(5, 0)));
-        let uncertain = Expect(vec![Some(1), Some(2)]);
-        assert!(uncertain.matches(5, &block_data(5, 1)));
-        assert!(uncertain.matches(5, &block_data(5, 2)));
-        assert!(!uncertain.matches(5, &block_data(5, 3)));
-        assert!(!uncertain.matches(5, &block_data(6, 2)));
-        assert_eq!(uncertain.describe(), "round 1 or round 2");
-        assert_eq!(Expect(vec![None, Some(0)]).describe(), "zeroes or round 0");
-    }
-
-    #[test]
-    fn sizes_read_well() {
-        assert_eq!(human(0), "0 B");
-        assert_eq!(human(12), "12 B");
-        assert_eq!(human(64 << 10), "64 KiB");
-        assert_eq!(human(256 << 20), "256 MiB");
-        assert_eq!(human((3 << 29) + 1), "1.5 GiB");
-        assert_eq!(human(1020 << 20), "1020 MiB");
-    }
 
     #[test]
     fn new_events_are_told_from_old_ones() {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use tandem::wait;
+use tandem::{wait, workload};
 
 mod agent;
 mod cluster;
