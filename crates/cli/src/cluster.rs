@@ -41,21 +41,25 @@ pub const POOL_CLUSTER: &str = "cspc-stripe-pool";
 const DEFAULT_PORT: u16 = 7070;
 /// The most nodes a local cluster may have.
 const NODES_MAX: usize = 16;
+/// `up --pool-size` when not given.
+const POOL_SIZE_DEFAULT: &str = "10G";
+/// `up --agent-timeout` when not given.
+const AGENT_TIMEOUT_DEFAULT: &str = "10s";
 
-#[derive(Args)]
+#[derive(Args, Debug, PartialEq, Eq)]
 pub struct UpArgs {
     /// How many nodes (agents, each with one pool). A running cluster can only grow.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
     /// The capacity of each new node's pool, e.g. 10G.
-    #[arg(long, default_value = "10G")]
+    #[arg(long, default_value = POOL_SIZE_DEFAULT)]
     pool_size: String,
     /// The control plane's port on 127.0.0.1 the first time [default: 7070, or any free port
     /// if that is taken; 0: any free port]. Later runs reuse the recorded one.
     #[arg(long)]
     port: Option<u16>,
     /// How long an agent may stay silent before its pool is OFFLINE.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = AGENT_TIMEOUT_DEFAULT, value_parser = humantime::parse_duration)]
     agent_timeout: Duration,
     /// How long to wait for the pools to come ONLINE.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
@@ -63,6 +67,22 @@ pub struct UpArgs {
     /// The data directory [default: ~/.tandem].
     #[arg(long, env = "TANDEM_DATA_DIR")]
     data_dir: Option<PathBuf>,
+}
+
+impl UpArgs {
+    /// `tandem up --nodes NODES --data-dir DATA_DIR --timeout TIMEOUT [--port PORT]`, the
+    /// other options as `up` takes them when not given.
+    pub fn new(nodes: usize, data_dir: PathBuf, port: Option<u16>, timeout: Duration) -> UpArgs {
+        UpArgs {
+            nodes,
+            pool_size: POOL_SIZE_DEFAULT.to_string(),
+            port,
+            agent_timeout: humantime::parse_duration(AGENT_TIMEOUT_DEFAULT)
+                .expect("the default agent timeout is a duration"),
+            timeout,
+            data_dir: Some(data_dir),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -96,6 +116,15 @@ struct NodeEntry {
 
 fn cluster_file(data_dir: &Path) -> PathBuf {
     data_dir.join("cluster.json")
+}
+
+/// The number of nodes `up` recorded in the data directory (0 if none): `up` never takes
+/// fewer.
+pub fn recorded_nodes(data_dir: &Path) -> usize {
+    std::fs::read_to_string(cluster_file(data_dir))
+        .ok()
+        .and_then(|text| serde_json::from_str::<ClusterFile>(&text).ok())
+        .map_or(0, |cluster| cluster.nodes.len())
 }
 
 fn node_dir(data_dir: &Path, node: &str) -> PathBuf {
@@ -512,5 +541,40 @@ fn process_alive(pid: i32) -> bool {
             Some('Z') | Some('X') | None
         ),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    #[command(no_binary_name = true)]
+    struct UpWords {
+        #[command(flatten)]
+        args: UpArgs,
+    }
+
+    #[test]
+    fn up_args_made_in_code_are_those_of_the_same_command_line() {
+        let words = [
+            "--nodes",
+            "4",
+            "--data-dir",
+            "/tmp/tandem-x",
+            "--timeout",
+            "5m",
+            "--port",
+            "0",
+        ];
+        let parsed = UpWords::try_parse_from(words).expect("up's options").args;
+        let made = UpArgs::new(
+            4,
+            PathBuf::from("/tmp/tandem-x"),
+            Some(0),
+            Duration::from_secs(300),
+        );
+        assert_eq!(made, parsed);
     }
 }

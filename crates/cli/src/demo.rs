@@ -22,24 +22,24 @@
 
 use std::collections::HashSet;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Args, Parser};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use tandem_client::Client as ApiClient;
 use tandem_objects::{
-    CStorPoolInstance, CStorPoolInstancePhase, CStorVolume, CStorVolumeConfig, CStorVolumePhase,
-    CStorVolumeReplica, CStorVolumeReplicaPhase, Event, Kind, Quantity, RebuildProgress,
-    DEFAULT_NAMESPACE, LABEL_CSTOR_POOL_CLUSTER, LABEL_PERSISTENT_VOLUME,
+    CStorPoolInstance, CStorPoolInstancePhase, CStorVolumeConfig, CStorVolumeReplica,
+    CStorVolumeReplicaPhase, Event, Kind, Object, Quantity, RebuildProgress, DEFAULT_NAMESPACE,
+    LABEL_CSTOR_POOL_CLUSTER, LABEL_PERSISTENT_VOLUME,
 };
 use tokio::time::Instant;
 
 use crate::cluster::{self, UpArgs, POOL_CLUSTER};
 use crate::kubectl::reference;
-use crate::kubectl::volume::{self, VolumeCommand};
+use crate::kubectl::volume::{self, NewVolume};
 use crate::output::{no_resources, render_table};
 use crate::server::{default_data_dir, ServerArgs};
 use crate::wait::{wait_for, Deadline, Probe};
@@ -92,22 +92,6 @@ pub struct DemoArgs {
     keep: bool,
 }
 
-/// `tandem up`'s options, parsed from words, so the demo starts the cluster exactly as `up`.
-#[derive(Parser)]
-#[command(no_binary_name = true)]
-struct UpWords {
-    #[command(flatten)]
-    args: UpArgs,
-}
-
-/// `tandem volume ...`, parsed from words, so the demo creates the volume exactly as the verb.
-#[derive(Parser)]
-#[command(no_binary_name = true)]
-struct VolumeWords {
-    #[command(subcommand)]
-    command: VolumeCommand,
-}
-
 const NAMESPACE: &str = DEFAULT_NAMESPACE;
 /// How long the application goes on writing on the new replicas before it is stopped.
 const WRITE_AFTER_MIGRATION: Duration = Duration::from_secs(3);
@@ -133,20 +117,14 @@ pub fn run(args: DemoArgs) -> Result<bool> {
     let started = Instant::now();
 
     heading("Step 1: a local cluster and its pools (tandem up)");
-    let nodes = args.nodes.max(recorded_nodes(&data_dir));
-    let mut words = vec![
-        "--nodes".to_string(),
-        nodes.to_string(),
-        "--data-dir".to_string(),
-        data_dir.display().to_string(),
-        "--timeout".to_string(),
-        humantime::format_duration(args.timeout).to_string(),
-    ];
-    if let Some(port) = args.port {
-        words.extend(["--port".to_string(), port.to_string()]);
-    }
-    let up = UpWords::try_parse_from(words).context("the options for tandem up")?;
-    cluster::up(up.args)?;
+    // Never fewer nodes than the cluster has: `up` refuses to remove nodes.
+    let nodes = args.nodes.max(cluster::recorded_nodes(&data_dir));
+    cluster::up(UpArgs::new(
+        nodes,
+        data_dir.clone(),
+        args.port,
+        args.timeout,
+    ))?;
     let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
     let api = ServerArgs {
         server: None,
@@ -169,16 +147,6 @@ pub fn run(args: DemoArgs) -> Result<bool> {
         cleanup: args.cleanup,
     };
     runtime.block_on(demo.walk())
-}
-
-/// The number of nodes `tandem up` recorded in the data directory (0 if none): the demo never
-/// asks `up` for fewer, which `up` refuses.
-fn recorded_nodes(data_dir: &Path) -> usize {
-    std::fs::read_to_string(data_dir.join("cluster.json"))
-        .ok()
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-        .and_then(|cluster| cluster["nodes"].as_array().map(Vec::len))
-        .unwrap_or(0)
 }
 
 fn heading(text: &str) {
@@ -233,7 +201,7 @@ impl Demo {
     async fn walk(&mut self) -> Result<bool> {
         let pools = self.wait_for_pools().await?;
         println!();
-        self.table(
+        self.list_table(
             "tandem get cspc -n openebs",
             Kind::CStorPoolCluster,
             None,
@@ -264,13 +232,7 @@ impl Demo {
             );
         }
         println!();
-        self.table(
-            &format!("tandem get cvc {} -n openebs", self.volume),
-            Kind::CStorVolumeConfig,
-            None,
-            false,
-        )
-        .await?;
+        self.volume_table().await?;
         println!();
         command(&format!(
             "tandem get cvc {} -n openebs -o yaml    (abridged: where the replicas are)",
@@ -282,7 +244,7 @@ impl Demo {
         self.replica_table().await?;
 
         heading("Step 3: an application writes to the volume over NBD (tandem volume uri)");
-        let uri = self.volume_uri().await?;
+        let uri = volume::wait_for_uri(&self.api, NAMESPACE, &self.volume, self.timeout).await?;
         command(&format!("tandem volume uri {} -n openebs", self.volume));
         println!("{uri}");
         let blocks = self.size.bytes() / BLOCK;
@@ -427,8 +389,9 @@ impl Demo {
         Deadline::after(self.timeout)
     }
 
-    /// Prints a `get` table of `kind` (all of it, or the objects matching `selector`).
-    async fn table(
+    /// Prints `shown` and the table it prints: the objects of `kind` (those matching
+    /// `selector`, when given).
+    async fn list_table(
         &self,
         shown: &str,
         kind: Kind,
@@ -436,21 +399,22 @@ impl Demo {
         wide: bool,
     ) -> Result<()> {
         command(shown);
-        let mut objects = self.api.list(kind, Some(NAMESPACE), selector).await?.items;
-        if kind == Kind::CStorVolumeConfig {
-            objects.retain(|object| object.name() == self.volume);
-        }
-        let table = render_table(kind, &objects, wide, SystemTime::now(), false, true);
-        if table.is_empty() {
-            println!("{}", no_resources(Some(NAMESPACE)));
-        } else {
-            print!("{table}");
-        }
+        let objects = self.api.list(kind, Some(NAMESPACE), selector).await?.items;
+        print_table(kind, &objects, wide);
+        Ok(())
+    }
+
+    /// `tandem get cvc NAME -n openebs`.
+    async fn volume_table(&self) -> Result<()> {
+        command(&format!("tandem get cvc {} -n openebs", self.volume));
+        let kind = Kind::CStorVolumeConfig;
+        let object = self.api.get(kind, NAMESPACE, &self.volume).await?;
+        print_table(kind, &[object], false);
         Ok(())
     }
 
     async fn pool_table(&self) -> Result<()> {
-        self.table(
+        self.list_table(
             "tandem get cspi -n openebs",
             Kind::CStorPoolInstance,
             None,
@@ -461,7 +425,7 @@ impl Demo {
 
     async fn replica_table(&self) -> Result<()> {
         let selector = format!("{LABEL_PERSISTENT_VOLUME}={}", self.volume);
-        self.table(
+        self.list_table(
             &format!("tandem get cvr -n openebs -o wide -l {selector}"),
             Kind::CStorVolumeReplica,
             Some(&selector),
@@ -519,22 +483,13 @@ impl Demo {
     }
 
     async fn create_volume(&self) -> Result<()> {
-        let words = VolumeWords::try_parse_from([
-            "create",
-            &self.volume,
-            "--size",
-            &self.size.to_string(),
-            "--replicas",
-            "2",
-            "--cspc",
-            POOL_CLUSTER,
-            "--timeout",
-            &humantime::format_duration(self.timeout).to_string(),
-            "--server",
-            self.api.server(),
-        ])
-        .context("the options for tandem volume create")?;
-        if !volume::run(words.command).await? {
+        let new = NewVolume {
+            name: &self.volume,
+            size: self.size,
+            replicas: 2,
+            cspc: Some(POOL_CLUSTER),
+        };
+        if !volume::create_volume(&self.api, NAMESPACE, &new, Some(self.timeout)).await? {
             bail!("volume {} could not be created", self.volume);
         }
         Ok(())
@@ -546,42 +501,6 @@ impl Demo {
             .get(Kind::CStorVolumeConfig, NAMESPACE, &self.volume)
             .await?;
         Ok(CStorVolumeConfig::try_from(object)?)
-    }
-
-    /// `tandem volume uri`: the target's address once the CStorVolume is Healthy.
-    async fn volume_uri(&self) -> Result<String> {
-        let what = format!(
-            "volume {} is not served (CStorVolume Healthy, with a target address)",
-            self.volume
-        );
-        wait_for(self.deadline(), what, async || {
-            let found = self
-                .api
-                .find(Kind::CStorVolume, NAMESPACE, &self.volume)
-                .await?;
-            let state = match found {
-                Some(object) => {
-                    let volume = CStorVolume::try_from(object)?;
-                    if volume.status.phase == CStorVolumePhase::Healthy
-                        && !volume.spec.target_ip.is_empty()
-                    {
-                        return Ok(Probe::Done(format!(
-                            "nbd://{}:{}/{}",
-                            volume.spec.target_ip,
-                            volume.spec.target_port,
-                            volume.name()
-                        )));
-                    }
-                    format!(
-                        "its CStorVolume is {} with target address {:?}",
-                        volume.status.phase, volume.spec.target_portal
-                    )
-                }
-                None => "it has no CStorVolume".to_string(),
-            };
-            Ok(Probe::Waiting(state))
-        })
-        .await
     }
 
     /// The events about the volume's CStorVolumeConfig, oldest first.
@@ -914,14 +833,7 @@ impl Demo {
         if self.cleanup {
             heading("Cleanup (--cleanup): the volume is deleted, the cluster keeps running");
             command(&format!("tandem volume delete {} -n openebs", self.volume));
-            let words = VolumeWords::try_parse_from([
-                "delete",
-                &self.volume,
-                "--server",
-                self.api.server(),
-            ])
-            .context("the options for tandem volume delete")?;
-            volume::run(words.command).await?;
+            volume::delete_volume(&self.api, NAMESPACE, &self.volume).await?;
             println!("The cluster is still running:");
         } else {
             heading(&format!(
@@ -949,6 +861,16 @@ impl Demo {
             self.data_dir.display()
         );
         Ok(())
+    }
+}
+
+/// The table `tandem get` prints for `objects` of `kind` (kubectl's line when there are none).
+fn print_table(kind: Kind, objects: &[Object], wide: bool) {
+    let table = render_table(kind, objects, wide, SystemTime::now(), false, true);
+    if table.is_empty() {
+        println!("{}", no_resources(Some(NAMESPACE)));
+    } else {
+        print!("{table}");
     }
 }
 

@@ -87,15 +87,15 @@ pub async fn run(command: VolumeCommand) -> Result<bool> {
         VolumeCommand::Uri(args) => uri(args).await,
         VolumeCommand::Delete(args) => {
             let client = args.server.client()?;
-            delete_one(
-                &client,
-                Kind::CStorVolumeConfig,
-                &args.namespace.namespace,
-                &args.name,
-            )
-            .await
+            delete_volume(&client, &args.namespace.namespace, &args.name).await
         }
     }
+}
+
+/// `tandem volume delete`: deletes the volume's CStorVolumeConfig (the controllers remove the
+/// rest), printing kubectl's line; `Ok(false)` if the control plane refused (reported).
+pub async fn delete_volume(client: &Client, namespace: &str, name: &str) -> Result<bool> {
+    delete_one(client, Kind::CStorVolumeConfig, namespace, name).await
 }
 
 /// Waits until the volume's CStorVolume names its target's address and the target serves I/O
@@ -155,42 +155,69 @@ async fn create(args: CreateArgs) -> Result<bool> {
     let size = Quantity::parse(&args.size)
         .map_err(|error| anyhow::anyhow!("--size {:?}: {error}", args.size))?;
     let client = args.server.client()?;
-    let namespace = args.namespace.namespace.as_str();
-    let cluster = match &args.cspc {
+    let volume = NewVolume {
+        name: &args.name,
+        size,
+        replicas: args.replicas,
+        cspc: args.cspc.as_deref(),
+    };
+    let wait = args.wait.then_some(args.timeout);
+    create_volume(&client, &args.namespace.namespace, &volume, wait).await
+}
+
+/// A volume to create, as `volume create`'s options give it.
+#[derive(Debug, Clone)]
+pub struct NewVolume<'a> {
+    pub name: &'a str,
+    pub size: Quantity,
+    pub replicas: u32,
+    /// The pool cluster; `None`: the namespace's only one.
+    pub cspc: Option<&'a str>,
+}
+
+/// `tandem volume create`: creates the volume's CStorVolumeConfig in `namespace` and, with
+/// `wait`, waits up to that long until it is Bound, printing as it goes.
+pub async fn create_volume(
+    client: &Client,
+    namespace: &str,
+    volume: &NewVolume<'_>,
+    wait: Option<Duration>,
+) -> Result<bool> {
+    let cluster = match volume.cspc {
         Some(cluster) => {
             client
                 .get(Kind::CStorPoolCluster, namespace, cluster)
                 .await?;
-            cluster.clone()
+            cluster.to_string()
         }
-        None => only_cluster(&client, namespace).await?,
+        None => only_cluster(client, namespace).await?,
     };
     let config = CStorVolumeConfig::new(
         ObjectMeta {
             namespace: namespace.to_string(),
-            ..ObjectMeta::named(&args.name).with_label(LABEL_CSTOR_POOL_CLUSTER, &cluster)
+            ..ObjectMeta::named(volume.name).with_label(LABEL_CSTOR_POOL_CLUSTER, &cluster)
         },
         CStorVolumeConfigSpec {
-            capacity: StorageCapacity::new(size),
+            capacity: StorageCapacity::new(volume.size),
             provision: VolumeProvision {
-                capacity: StorageCapacity::new(size),
-                replica_count: args.replicas,
+                capacity: StorageCapacity::new(volume.size),
+                replica_count: volume.replicas,
             },
             ..CStorVolumeConfigSpec::default()
         },
     );
     client.create(&Object::CStorVolumeConfig(config)).await?;
-    let created = reference(Kind::CStorVolumeConfig, &args.name);
+    let created = reference(Kind::CStorVolumeConfig, volume.name);
     println!("{created} created");
-    if !args.wait {
+    let Some(timeout) = wait else {
         return Ok(true);
-    }
+    };
     println!(
         "waiting up to {} for {} replicas in pools of {cluster} ...",
-        humantime::format_duration(args.timeout),
-        args.replicas
+        humantime::format_duration(timeout),
+        volume.replicas
     );
-    wait_until_bound(&client, namespace, &args.name, args.timeout).await
+    wait_until_bound(client, namespace, volume.name, timeout).await
 }
 
 /// The namespace's one CStorPoolCluster, or an error saying why there is no obvious choice.
