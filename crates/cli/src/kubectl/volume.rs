@@ -320,10 +320,16 @@ async fn pools_and_nodes(
 }
 
 fn print_event(event: &Event) {
-    println!(
+    println!("{}", event_line(event));
+}
+
+/// "  Normal Scaled: successfully scaled volume replicas to 3": an event as `volume create`
+/// (and the demo) print it.
+pub fn event_line(event: &Event) -> String {
+    format!(
         "  {} {}: {}",
         event.event_type.as_str(),
         event.reason,
         event.message
-    );
+    )
 }
