@@ -33,6 +33,7 @@ use tandem_objects::{
 
 use crate::control_plane::write_atomically;
 use crate::server::{address_file, default_data_dir};
+use crate::wait::{wait_for, Deadline, Probe};
 
 /// The pool cluster `tandem up` makes, named as in cStor's walk-through.
 pub const POOL_CLUSTER: &str = "cspc-stripe-pool";
@@ -40,21 +41,25 @@ pub const POOL_CLUSTER: &str = "cspc-stripe-pool";
 const DEFAULT_PORT: u16 = 7070;
 /// The most nodes a local cluster may have.
 const NODES_MAX: usize = 16;
+/// `up --pool-size` when not given.
+const POOL_SIZE_DEFAULT: &str = "10G";
+/// `up --agent-timeout` when not given.
+const AGENT_TIMEOUT_DEFAULT: &str = "10s";
 
-#[derive(Args)]
+#[derive(Args, Debug, PartialEq, Eq)]
 pub struct UpArgs {
     /// How many nodes (agents, each with one pool). A running cluster can only grow.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
     /// The capacity of each new node's pool, e.g. 10G.
-    #[arg(long, default_value = "10G")]
+    #[arg(long, default_value = POOL_SIZE_DEFAULT)]
     pool_size: String,
     /// The control plane's port on 127.0.0.1 the first time [default: 7070, or any free port
     /// if that is taken; 0: any free port]. Later runs reuse the recorded one.
     #[arg(long)]
     port: Option<u16>,
     /// How long an agent may stay silent before its pool is OFFLINE.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = AGENT_TIMEOUT_DEFAULT, value_parser = humantime::parse_duration)]
     agent_timeout: Duration,
     /// How long to wait for the pools to come ONLINE.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
@@ -62,6 +67,22 @@ pub struct UpArgs {
     /// The data directory [default: ~/.tandem].
     #[arg(long, env = "TANDEM_DATA_DIR")]
     data_dir: Option<PathBuf>,
+}
+
+impl UpArgs {
+    /// `tandem up --nodes NODES --data-dir DATA_DIR --timeout TIMEOUT [--port PORT]`, the
+    /// other options as `up` takes them when not given.
+    pub fn new(nodes: usize, data_dir: PathBuf, port: Option<u16>, timeout: Duration) -> UpArgs {
+        UpArgs {
+            nodes,
+            pool_size: POOL_SIZE_DEFAULT.to_string(),
+            port,
+            agent_timeout: humantime::parse_duration(AGENT_TIMEOUT_DEFAULT)
+                .expect("the default agent timeout is a duration"),
+            timeout,
+            data_dir: Some(data_dir),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -97,6 +118,15 @@ fn cluster_file(data_dir: &Path) -> PathBuf {
     data_dir.join("cluster.json")
 }
 
+/// The number of nodes `up` recorded in the data directory (0 if none): `up` never takes
+/// fewer.
+pub fn recorded_nodes(data_dir: &Path) -> usize {
+    std::fs::read_to_string(cluster_file(data_dir))
+        .ok()
+        .and_then(|text| serde_json::from_str::<ClusterFile>(&text).ok())
+        .map_or(0, |cluster| cluster.nodes.len())
+}
+
 fn node_dir(data_dir: &Path, node: &str) -> PathBuf {
     data_dir.join("nodes").join(node)
 }
@@ -126,11 +156,11 @@ pub fn up(args: UpArgs) -> Result<()> {
         &serde_json::to_string_pretty(&cluster).context("encode cluster.json")?,
     )?;
 
-    let server = start_control_plane(&data_dir, &cluster, args.timeout)?;
+    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    let server = runtime.block_on(start_control_plane(&data_dir, &cluster, args.timeout))?;
     for node in &cluster.nodes {
         start_agent(&data_dir, node, &server)?;
     }
-    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     let client = Client::new(&server)?;
     runtime.block_on(ensure_pool_cluster(&client, &cluster, args.timeout))?;
 
@@ -230,7 +260,7 @@ fn choose_port(asked: Option<u16>) -> Result<u16> {
     }
 }
 
-fn start_control_plane(
+async fn start_control_plane(
     data_dir: &Path,
     cluster: &ClusterFile,
     timeout: Duration,
@@ -258,24 +288,23 @@ fn start_control_plane(
         &pid_file,
     )?;
     println!("started control plane (pid {}) at {server}", child.id());
-    let deadline = Instant::now() + timeout;
-    while !address_file(data_dir).exists() {
+    let log = directory.join("control-plane.log");
+    let deadline = Deadline::after(timeout).polling_every(Duration::from_millis(50));
+    wait_for(deadline, "the control plane has not started", async || {
+        if address_file(data_dir).exists() {
+            return Ok(Probe::Done(()));
+        }
         // Our own child: `try_wait` knows for sure (a /proc read can race with its exec).
         if !matches!(child.try_wait(), Ok(None)) {
-            bail!(
-                "the control plane exited at start; see {}",
-                directory.join("control-plane.log").display()
-            );
+            bail!("the control plane exited at start; see {}", log.display());
         }
-        if Instant::now() > deadline {
-            bail!(
-                "the control plane did not start within {}; see {}",
-                humantime::format_duration(timeout),
-                directory.join("control-plane.log").display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        Ok(Probe::Waiting(format!(
+            "it has not written {} yet; see {}",
+            address_file(data_dir).display(),
+            log.display()
+        )))
+    })
+    .await?;
     Ok(server)
 }
 
@@ -355,18 +384,19 @@ async fn ensure_pool_cluster(
     cluster: &ClusterFile,
     timeout: Duration,
 ) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = Deadline::after(timeout);
     // The control plane has just written its address; it may still be a moment from serving.
-    let existing = loop {
-        match client
+    let answering = deadline.polling_every(Duration::from_millis(100));
+    let existing = wait_for(answering, "the control plane does not answer", async || {
+        let found = client
             .find(Kind::CStorPoolCluster, DEFAULT_NAMESPACE, POOL_CLUSTER)
-            .await
-        {
-            Ok(found) => break found,
-            Err(error) if tokio::time::Instant::now() > deadline => return Err(error.into()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
+            .await;
+        anyhow::Ok(match found {
+            Ok(found) => Probe::Done(found),
+            Err(error) => Probe::Waiting(error.to_string()),
+        })
+    })
+    .await?;
     let wanted = pool_cluster(cluster);
     match existing {
         None => {
@@ -399,7 +429,8 @@ async fn ensure_pool_cluster(
     }
     let total = cluster.nodes.len() as u32;
     let mut last_seen = None;
-    loop {
+    let what = format!("the pools of {POOL_CLUSTER} are not all ONLINE");
+    wait_for(deadline, what, async || {
         let object = client
             .get(Kind::CStorPoolCluster, DEFAULT_NAMESPACE, POOL_CLUSTER)
             .await?;
@@ -412,17 +443,14 @@ async fn ensure_pool_cluster(
             last_seen = Some(healthy);
         }
         if healthy >= total {
-            return Ok(());
+            return Ok(Probe::Done(()));
         }
-        if tokio::time::Instant::now() > deadline {
-            bail!(
-                "only {healthy} of {total} pools came ONLINE within {}; see the agents' logs \
-                 (nodes/NODE/agent.log) and `tandem get cspi -n openebs`",
-                humantime::format_duration(timeout)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Ok(Probe::Waiting(format!(
+            "only {healthy} of {total} are; see the agents' logs (nodes/NODE/agent.log) and \
+             `tandem get cspi -n openebs`"
+        )))
+    })
+    .await
 }
 
 fn pool_cluster(cluster: &ClusterFile) -> CStorPoolCluster {
@@ -513,5 +541,40 @@ fn process_alive(pid: i32) -> bool {
             Some('Z') | Some('X') | None
         ),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    #[command(no_binary_name = true)]
+    struct UpWords {
+        #[command(flatten)]
+        args: UpArgs,
+    }
+
+    #[test]
+    fn up_args_made_in_code_are_those_of_the_same_command_line() {
+        let words = [
+            "--nodes",
+            "4",
+            "--data-dir",
+            "/tmp/tandem-x",
+            "--timeout",
+            "5m",
+            "--port",
+            "0",
+        ];
+        let parsed = UpWords::try_parse_from(words).expect("up's options").args;
+        let made = UpArgs::new(
+            4,
+            PathBuf::from("/tmp/tandem-x"),
+            Some(0),
+            Duration::from_secs(300),
+        );
+        assert_eq!(made, parsed);
     }
 }

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use tandem::{wait, workload};
 
 mod agent;
 mod cluster;

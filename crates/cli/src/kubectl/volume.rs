@@ -13,11 +13,11 @@ use tandem_objects::{
     CStorVolumePhase, Event, EventType, Kind, Object, ObjectMeta, Quantity, StorageCapacity,
     VolumeProvision, LABEL_CSTOR_POOL_CLUSTER,
 };
-use tokio::time::Instant;
 
 use super::delete::delete_one;
 use super::{reference, NamespaceArg};
 use crate::server::ServerArgs;
+use crate::wait::{wait_for, Deadline, Probe};
 
 /// How often the volume is looked at while waiting.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -87,102 +87,137 @@ pub async fn run(command: VolumeCommand) -> Result<bool> {
         VolumeCommand::Uri(args) => uri(args).await,
         VolumeCommand::Delete(args) => {
             let client = args.server.client()?;
-            delete_one(
-                &client,
-                Kind::CStorVolumeConfig,
-                &args.namespace.namespace,
-                &args.name,
-            )
-            .await
+            delete_volume(&client, &args.namespace.namespace, &args.name).await
         }
     }
+}
+
+/// `tandem volume delete`: deletes the volume's CStorVolumeConfig (the controllers remove the
+/// rest), printing kubectl's line; `Ok(false)` if the control plane refused (reported).
+pub async fn delete_volume(client: &Client, namespace: &str, name: &str) -> Result<bool> {
+    delete_one(client, Kind::CStorVolumeConfig, namespace, name).await
 }
 
 /// Waits until the volume's CStorVolume names its target's address and the target serves I/O
 /// (Healthy or Degraded), then prints the NBD URI.
 async fn uri(args: UriArgs) -> Result<bool> {
     let client = args.server.client()?;
-    let namespace = &args.namespace.namespace;
-    let deadline = Instant::now() + args.timeout;
-    loop {
-        let object = client.get(Kind::CStorVolume, namespace, &args.name).await;
-        let waiting_for = match object {
-            Ok(Object::CStorVolume(volume)) => {
-                let serving = matches!(
-                    volume.status.phase,
-                    CStorVolumePhase::Healthy | CStorVolumePhase::Degraded
-                );
-                if !volume.spec.target_ip.is_empty() && serving {
-                    println!(
-                        "nbd://{}:{}/{}",
-                        volume.spec.target_ip,
-                        volume.spec.target_port,
-                        volume.name()
+    let uri = wait_for_uri(&client, &args.namespace.namespace, &args.name, args.timeout).await?;
+    println!("{uri}");
+    Ok(true)
+}
+
+/// `nbd://IP:PORT/NAME`, where applications reach the volume, once its CStorVolume names its
+/// target's address and the target serves I/O (Healthy or Degraded); waits up to `timeout`.
+pub async fn wait_for_uri(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<String> {
+    let deadline = Deadline::after(timeout).polling_every(POLL_INTERVAL);
+    wait_for(
+        deadline,
+        format!("volume {name} has no NBD address"),
+        async || {
+            let waiting_for = match client.get(Kind::CStorVolume, namespace, name).await {
+                Ok(Object::CStorVolume(volume)) => {
+                    let serving = matches!(
+                        volume.status.phase,
+                        CStorVolumePhase::Healthy | CStorVolumePhase::Degraded
                     );
-                    return Ok(true);
+                    if !volume.spec.target_ip.is_empty() && serving {
+                        return Ok(Probe::Done(format!(
+                            "nbd://{}:{}/{}",
+                            volume.spec.target_ip,
+                            volume.spec.target_port,
+                            volume.name()
+                        )));
+                    }
+                    format!(
+                        "its target to serve (the volume is {})",
+                        volume.status.phase
+                    )
                 }
-                format!(
-                    "its target to serve (the volume is {})",
-                    volume.status.phase
-                )
-            }
-            Ok(_) => bail!("{} is not a CStorVolume", args.name),
-            Err(error) if error.is_not_found() => {
-                format!("its CStorVolume (does the volume {} exist?)", args.name)
-            }
-            Err(error) => return Err(error.into()),
-        };
-        if Instant::now() > deadline {
-            bail!(
-                "volume {} has no NBD address after {}: waiting for {waiting_for}",
-                args.name,
-                humantime::format_duration(args.timeout)
-            );
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
+                Ok(_) => bail!("{name} is not a CStorVolume"),
+                Err(error) if error.is_not_found() => {
+                    format!("its CStorVolume (does the volume {name} exist?)")
+                }
+                Err(error) => return Err(error.into()),
+            };
+            Ok(Probe::Waiting(format!("waiting for {waiting_for}")))
+        },
+    )
+    .await
 }
 
 async fn create(args: CreateArgs) -> Result<bool> {
     let size = Quantity::parse(&args.size)
         .map_err(|error| anyhow::anyhow!("--size {:?}: {error}", args.size))?;
     let client = args.server.client()?;
-    let namespace = args.namespace.namespace.as_str();
-    let cluster = match &args.cspc {
+    let volume = NewVolume {
+        name: &args.name,
+        size,
+        replicas: args.replicas,
+        cspc: args.cspc.as_deref(),
+    };
+    let wait = args.wait.then_some(args.timeout);
+    create_volume(&client, &args.namespace.namespace, &volume, wait).await
+}
+
+/// A volume to create, as `volume create`'s options give it.
+#[derive(Debug, Clone)]
+pub struct NewVolume<'a> {
+    pub name: &'a str,
+    pub size: Quantity,
+    pub replicas: u32,
+    /// The pool cluster; `None`: the namespace's only one.
+    pub cspc: Option<&'a str>,
+}
+
+/// `tandem volume create`: creates the volume's CStorVolumeConfig in `namespace` and, with
+/// `wait`, waits up to that long until it is Bound, printing as it goes.
+pub async fn create_volume(
+    client: &Client,
+    namespace: &str,
+    volume: &NewVolume<'_>,
+    wait: Option<Duration>,
+) -> Result<bool> {
+    let cluster = match volume.cspc {
         Some(cluster) => {
             client
                 .get(Kind::CStorPoolCluster, namespace, cluster)
                 .await?;
-            cluster.clone()
+            cluster.to_string()
         }
-        None => only_cluster(&client, namespace).await?,
+        None => only_cluster(client, namespace).await?,
     };
     let config = CStorVolumeConfig::new(
         ObjectMeta {
             namespace: namespace.to_string(),
-            ..ObjectMeta::named(&args.name).with_label(LABEL_CSTOR_POOL_CLUSTER, &cluster)
+            ..ObjectMeta::named(volume.name).with_label(LABEL_CSTOR_POOL_CLUSTER, &cluster)
         },
         CStorVolumeConfigSpec {
-            capacity: StorageCapacity::new(size),
+            capacity: StorageCapacity::new(volume.size),
             provision: VolumeProvision {
-                capacity: StorageCapacity::new(size),
-                replica_count: args.replicas,
+                capacity: StorageCapacity::new(volume.size),
+                replica_count: volume.replicas,
             },
             ..CStorVolumeConfigSpec::default()
         },
     );
     client.create(&Object::CStorVolumeConfig(config)).await?;
-    let created = reference(Kind::CStorVolumeConfig, &args.name);
+    let created = reference(Kind::CStorVolumeConfig, volume.name);
     println!("{created} created");
-    if !args.wait {
+    let Some(timeout) = wait else {
         return Ok(true);
-    }
+    };
     println!(
         "waiting up to {} for {} replicas in pools of {cluster} ...",
-        humantime::format_duration(args.timeout),
-        args.replicas
+        humantime::format_duration(timeout),
+        volume.replicas
     );
-    wait_until_bound(&client, namespace, &args.name, args.timeout).await
+    wait_until_bound(client, namespace, volume.name, timeout).await
 }
 
 /// The namespace's one CStorPoolCluster, or an error saying why there is no obvious choice.
@@ -214,50 +249,54 @@ async fn wait_until_bound(
     name: &str,
     timeout: Duration,
 ) -> Result<bool> {
-    let deadline = Instant::now() + timeout;
+    let deadline = Deadline::after(timeout).polling_every(POLL_INTERVAL);
     let mut shown: Vec<(String, u32)> = Vec::new();
     let mut warning: Option<String> = None;
-    loop {
-        let object = client.get(Kind::CStorVolumeConfig, namespace, name).await?;
-        let events = client.events_about(&object).await?;
-        for event in &events {
-            let seen = (event.metadata.name.clone(), event.count);
-            if !shown.contains(&seen) {
-                print_event(event);
-                shown.push(seen);
+    wait_for(
+        deadline,
+        format!("volume {name} is not Bound"),
+        async || {
+            let object = client.get(Kind::CStorVolumeConfig, namespace, name).await?;
+            let events = client.events_about(&object).await?;
+            for event in &events {
+                let seen = (event.metadata.name.clone(), event.count);
+                if !shown.contains(&seen) {
+                    print_event(event);
+                    shown.push(seen);
+                }
+                if event.event_type == EventType::Warning {
+                    warning = Some(event.message.clone());
+                }
             }
-            if event.event_type == EventType::Warning {
-                warning = Some(event.message.clone());
+            let config = CStorVolumeConfig::try_from(object)?;
+            match config.status.phase {
+                CStorVolumeConfigPhase::Bound => {
+                    let pools =
+                        pools_and_nodes(client, namespace, &config.status.pool_info).await?;
+                    println!(
+                        "volume {name} is Bound: {} replicas, in pools {}",
+                        config.status.pool_info.len(),
+                        pools.join(", ")
+                    );
+                    return Ok(Probe::Done(true));
+                }
+                CStorVolumeConfigPhase::Failed => {
+                    bail!(
+                        "volume {name} failed{}",
+                        warning
+                            .as_ref()
+                            .map(|m| format!(": {m}"))
+                            .unwrap_or_default()
+                    )
+                }
+                CStorVolumeConfigPhase::Pending => {}
             }
-        }
-        let config = CStorVolumeConfig::try_from(object)?;
-        match config.status.phase {
-            CStorVolumeConfigPhase::Bound => {
-                let pools = pools_and_nodes(client, namespace, &config.status.pool_info).await?;
-                println!(
-                    "volume {name} is Bound: {} replicas, in pools {}",
-                    config.status.pool_info.len(),
-                    pools.join(", ")
-                );
-                return Ok(true);
-            }
-            CStorVolumeConfigPhase::Failed => {
-                bail!(
-                    "volume {name} failed{}",
-                    warning.map(|m| format!(": {m}")).unwrap_or_default()
-                )
-            }
-            CStorVolumeConfigPhase::Pending => {}
-        }
-        if Instant::now() >= deadline {
-            let why = warning.unwrap_or_else(|| "the controllers reported nothing".to_string());
-            bail!(
-                "volume {name} is not Bound after {}: {why}",
-                humantime::format_duration(timeout)
-            );
-        }
-        tokio::time::sleep(POLL_INTERVAL.min(deadline - Instant::now())).await;
-    }
+            Ok(Probe::Waiting(warning.clone().unwrap_or_else(|| {
+                "the controllers reported nothing".to_string()
+            })))
+        },
+    )
+    .await
 }
 
 /// "cspc-stripe-6qkw (node-1)" for each pool, in order.
@@ -281,10 +320,16 @@ async fn pools_and_nodes(
 }
 
 fn print_event(event: &Event) {
-    println!(
+    println!("{}", event_line(event));
+}
+
+/// "  Normal Scaled: successfully scaled volume replicas to 3": an event as `volume create`
+/// (and the demo) print it.
+pub fn event_line(event: &Event) -> String {
+    format!(
         "  {} {}: {}",
         event.event_type.as_str(),
         event.reason,
         event.message
-    );
+    )
 }
