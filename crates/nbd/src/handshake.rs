@@ -7,9 +7,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::device::{BlockDevice, ExportInfo};
 use crate::proto::{self, ClientOption, Info, InfoRequest, MetaContextRequest, TransmissionParams};
 use crate::server::{ConnError, Server};
+use tandem_block::{BlockDevice, ExportInfo};
 
 /// A connection that reached the transmission phase.
 pub(crate) struct Session<D> {
@@ -295,7 +295,7 @@ fn transmission_params(info: &ExportInfo, state: &Negotiation, name: &str) -> Tr
         .meta
         .as_ref()
         .is_some_and(|m| m.allocation && m.export == name && state.structured);
-    let max_block = info.effective_max_block();
+    let max_block = proto::effective_max_block(info);
     TransmissionParams {
         size: info.size,
         read_only: info.read_only,

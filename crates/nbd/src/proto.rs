@@ -17,7 +17,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use crate::device::IoError;
+use tandem_block::{ExportInfo, Extent, IoError};
 
 // ---- Magic numbers ------------------------------------------------------------------------
 
@@ -136,12 +136,53 @@ pub const EOVERFLOW: u32 = 75;
 pub const ENOTSUP: u32 = 95;
 pub const ESHUTDOWN: u32 = 108;
 
+/// The protocol's error value for a device error.
+pub fn error_value(error: IoError) -> u32 {
+    match error {
+        IoError::NotPermitted => EPERM,
+        IoError::Io => EIO,
+        IoError::NoMemory => ENOMEM,
+        IoError::Invalid => EINVAL,
+        IoError::NoSpace => ENOSPC,
+        IoError::Overflow => EOVERFLOW,
+        IoError::NotSupported => ENOTSUP,
+        IoError::Shutdown => ESHUTDOWN,
+    }
+}
+
+/// The device error for a protocol error value. Unknown values are `Invalid`, as the spec tells
+/// clients to treat them.
+pub fn io_error(value: u32) -> IoError {
+    match value {
+        EPERM => IoError::NotPermitted,
+        EIO => IoError::Io,
+        ENOMEM => IoError::NoMemory,
+        ENOSPC => IoError::NoSpace,
+        EOVERFLOW => IoError::Overflow,
+        ENOTSUP => IoError::NotSupported,
+        ESHUTDOWN => IoError::Shutdown,
+        _ => IoError::Invalid,
+    }
+}
+
 // ---- base:allocation ----------------------------------------------------------------------
 
 pub const STATE_HOLE: u32 = 1 << 0;
 pub const STATE_ZERO: u32 = 1 << 1;
 /// The only metadata context this server knows.
 pub const BASE_ALLOCATION: &str = "base:allocation";
+
+/// The `base:allocation` status flags of a device's extent.
+pub fn extent_status(extent: &Extent) -> u32 {
+    let mut flags = 0;
+    if extent.hole {
+        flags |= STATE_HOLE;
+    }
+    if extent.zero {
+        flags |= STATE_ZERO;
+    }
+    flags
+}
 
 // ---- Sizes and limits ---------------------------------------------------------------------
 
@@ -166,6 +207,13 @@ pub const MAX_OPTION_LEN: u32 = 64 * 1024;
 pub const MAX_PAYLOAD: u32 = 32 * 1024 * 1024;
 /// The metadata context id this server gives `base:allocation`.
 pub const BASE_ALLOCATION_ID: u32 = 1;
+
+/// The maximum block size the server advertises and enforces for a device: its `max_block`
+/// capped at [`MAX_PAYLOAD`] and kept a multiple of `min_block`.
+pub fn effective_max_block(info: &ExportInfo) -> u32 {
+    let capped = info.max_block.min(MAX_PAYLOAD);
+    capped - capped % info.min_block.max(1)
+}
 
 /// A frame that cannot be decoded at all: the connection cannot continue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -971,6 +1019,48 @@ mod tests {
 
     fn check(h: RequestHeader, p: &TransmissionParams) -> Result<Command, IoError> {
         validate_request(&h, p).map_err(|r| r.error)
+    }
+
+    #[test]
+    fn error_values_round_trip() {
+        for e in [
+            IoError::NotPermitted,
+            IoError::Io,
+            IoError::NoMemory,
+            IoError::Invalid,
+            IoError::NoSpace,
+            IoError::Overflow,
+            IoError::NotSupported,
+            IoError::Shutdown,
+        ] {
+            assert_eq!(io_error(error_value(e)), e);
+        }
+        assert_eq!(io_error(9999), IoError::Invalid);
+        assert_eq!(error_value(IoError::NoSpace), 28);
+        assert_eq!(error_value(IoError::Io), 5);
+    }
+
+    #[test]
+    fn extent_status_flags() {
+        assert_eq!(extent_status(&Extent::data(1)), 0);
+        assert_eq!(extent_status(&Extent::hole(1)), 3);
+        let zero = Extent {
+            length: 1,
+            hole: false,
+            zero: true,
+        };
+        assert_eq!(extent_status(&zero), 2);
+    }
+
+    #[test]
+    fn max_block_is_capped_at_the_largest_payload() {
+        let mut info = ExportInfo::new(1 << 20);
+        info.min_block = 512;
+        info.max_block = 64 << 20;
+        assert_eq!(info.validate(), Ok(()));
+        assert_eq!(effective_max_block(&info), MAX_PAYLOAD);
+        info.max_block = 1 << 20;
+        assert_eq!(effective_max_block(&info), 1 << 20);
     }
 
     #[test]

@@ -12,9 +12,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::device::{BlockDevice, InvalidExportInfo};
 use crate::handshake::{self, Outcome};
 use crate::{proto, transmission};
+use tandem_block::{BlockDevice, InvalidExportInfo};
 
 /// Limits and timeouts of a [`Server`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +59,7 @@ pub enum ServerError {
     /// The name is not a valid NBD string (at most 4096 bytes of UTF-8 without NUL).
     #[error("invalid export name: {0}")]
     InvalidName(&'static str),
-    /// The device's [`crate::ExportInfo`] breaks the protocol's block size rules.
+    /// The device's [`tandem_block::ExportInfo`] breaks the protocol's block size rules.
     #[error(transparent)]
     InvalidExport(#[from] InvalidExportInfo),
 }

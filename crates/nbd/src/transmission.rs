@@ -22,10 +22,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinSet};
 
-use crate::device::{BlockDevice, IoError};
 use crate::handshake::Session;
 use crate::proto::{self, Command, Rejection, RequestHeader};
 use crate::server::{wait_set, ConnError, ServerConfig};
+use tandem_block::{BlockDevice, IoError};
 
 /// The most descriptors in one block status reply.
 const MAX_DESCRIPTORS: usize = 1024;
@@ -89,9 +89,16 @@ impl Reply {
         let mut head = BytesMut::with_capacity(64);
         if ctx.structured {
             let done = proto::REPLY_FLAG_DONE;
-            proto::encode_error_chunk(&mut head, done, handle, error.errno(), message, None);
+            proto::encode_error_chunk(
+                &mut head,
+                done,
+                handle,
+                proto::error_value(error),
+                message,
+                None,
+            );
         } else {
-            proto::encode_simple_reply(&mut head, error.errno(), handle);
+            proto::encode_simple_reply(&mut head, proto::error_value(error), handle);
         }
         Reply::head(head)
     }
@@ -447,7 +454,7 @@ async fn execute<D: BlockDevice>(
             req_one,
         } => device.block_status(offset, length).await.map(|extents| {
             let descriptors = proto::block_status_descriptors(
-                extents.iter().map(|e| (e.length, e.status())),
+                extents.iter().map(|e| (e.length, proto::extent_status(e))),
                 length,
                 req_one,
                 MAX_DESCRIPTORS,
@@ -527,7 +534,7 @@ async fn read<D: BlockDevice>(
         &mut tail,
         done,
         handle,
-        IoError::Io.errno(),
+        proto::error_value(IoError::Io),
         "short read",
         at,
     );
