@@ -26,6 +26,14 @@
 //! persisted it. `NBD_FLAG_CAN_MULTI_CONN` is advertised exactly when the device's
 //! [`ExportInfo::can_multi_conn`] is set.
 //!
+//! # Layout
+//!
+//! Modules import one way, bottom up: [`proto`] is the pure codec of both sides (constants,
+//! frames, the protocol's values for `tandem-block`'s types, then the handshake's and the
+//! transmission's encoders and decoders); the server (`config`, `conn`, `exports`, `handshake`,
+//! `transmission`, then [`Server`]) and the [`client`] (`uri`, `error`, `handshake`, then
+//! [`Client`]) each stand on `proto` alone, never on each other.
+//!
 //! # Hostile clients
 //!
 //! Decoding is in [`proto`], pure functions over byte slices. A bad magic, a truncated frame,
@@ -37,10 +45,8 @@
 //! [`ExportInfo::can_multi_conn`]: tandem_block::ExportInfo::can_multi_conn
 
 pub mod client;
-mod handshake;
 pub mod proto;
 mod server;
-mod transmission;
 
 pub use client::{Client, ClientError, ClientOptions, NbdUri};
 pub use server::{Server, ServerConfig, ServerError};

@@ -16,16 +16,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use tandem_block::{BlockDevice, IoError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinSet};
 
-use crate::handshake::Session;
+use super::config::ServerConfig;
+use super::conn::{wait_set, ConnError, Session};
 use crate::proto::{self, Command, Rejection, RequestHeader};
-use crate::server::{wait_set, ConnError, ServerConfig};
-use tandem_block::{BlockDevice, IoError};
 
 /// The most descriptors in one block status reply.
 const MAX_DESCRIPTORS: usize = 1024;
@@ -37,7 +37,7 @@ const READ_CHUNK: usize = 64 * 1024;
 const CLIENT_CLOSED: &str = "client closed the connection";
 
 /// How a connection ended normally.
-pub(crate) struct Summary {
+pub(super) struct Summary {
     pub reason: &'static str,
     pub requests: u64,
 }
@@ -153,7 +153,7 @@ fn panicked(result: Result<(), JoinError>) -> bool {
 
 /// Runs the transmission phase until the client disconnects, the connection fails, or the
 /// server or export stops.
-pub(crate) async fn run<D: BlockDevice>(
+pub(super) async fn run<D: BlockDevice>(
     stream: TcpStream,
     session: Session<D>,
     stop: watch::Receiver<bool>,

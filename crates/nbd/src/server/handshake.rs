@@ -1,27 +1,17 @@
 //! The handshake phase: greeting, client flags, and option haggling (fixed newstyle).
 
 use std::io;
-use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
-
-use crate::proto::{self, ClientOption, Info, InfoRequest, MetaContextRequest, TransmissionParams};
-use crate::server::{ConnError, Server};
 use tandem_block::{BlockDevice, ExportInfo};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// A connection that reached the transmission phase.
-pub(crate) struct Session<D> {
-    pub name: String,
-    pub device: Arc<D>,
-    pub params: TransmissionParams,
-    /// Set when the export is removed.
-    pub closed: watch::Receiver<bool>,
-}
+use super::conn::{ConnError, Session};
+use super::exports::Exports;
+use crate::proto::{self, ClientOption, Info, InfoRequest, MetaContextRequest, TransmissionParams};
 
 /// How a handshake ended without an error.
-pub(crate) enum Outcome<D> {
+pub(super) enum Outcome<D> {
     Transmission(Session<D>),
     /// The client left (soft or hard) before choosing an export.
     Closed(&'static str),
@@ -54,7 +44,7 @@ async fn read_full<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut [u8]) -> io::
 }
 
 /// Runs the handshake on `stream` until the client enters the transmission phase or leaves.
-pub(crate) async fn run<S, D>(stream: &mut S, server: &Server<D>) -> Result<Outcome<D>, ConnError>
+pub(super) async fn run<S, D>(stream: &mut S, exports: &Exports<D>) -> Result<Outcome<D>, ConnError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     D: BlockDevice,
@@ -106,7 +96,7 @@ where
                 continue;
             }
         };
-        if let Some(outcome) = handle_option(option, &mut state, server, &mut out)? {
+        if let Some(outcome) = handle_option(option, &mut state, exports, &mut out)? {
             stream.write_all(&out).await?;
             return Ok(outcome);
         }
@@ -118,7 +108,7 @@ where
 fn handle_option<D: BlockDevice>(
     option: ClientOption,
     state: &mut Negotiation,
-    server: &Server<D>,
+    exports: &Exports<D>,
     out: &mut BytesMut,
 ) -> Result<Option<Outcome<D>>, ConnError> {
     let code = option.code();
@@ -127,7 +117,7 @@ fn handle_option<D: BlockDevice>(
     };
     match option {
         ClientOption::ExportName(name) => {
-            let Some((device, closed)) = server.lookup(&name) else {
+            let Some((device, closed)) = exports.lookup(&name) else {
                 return Err(ConnError::Protocol(format!(
                     "NBD_OPT_EXPORT_NAME: unknown export {name:?}"
                 )));
@@ -153,16 +143,16 @@ fn handle_option<D: BlockDevice>(
             return Ok(Some(Outcome::Closed("client aborted the handshake")));
         }
         ClientOption::List => {
-            for (name, device) in server.list() {
+            for (name, device) in exports.list() {
                 proto::encode_rep_server(out, &name, &device.info().description);
             }
             proto::encode_option_reply(out, code, proto::REP_ACK, &[]);
         }
         ClientOption::StartTls => error(out, proto::REP_ERR_UNSUP, "TLS is not supported"),
         ClientOption::Info(req) => {
-            info_or_go(req, false, state, server, out)?;
+            info_or_go(req, false, state, exports, out)?;
         }
-        ClientOption::Go(req) => return info_or_go(req, true, state, server, out),
+        ClientOption::Go(req) => return info_or_go(req, true, state, exports, out),
         ClientOption::StructuredReply => {
             state.structured = true;
             proto::encode_option_reply(out, code, proto::REP_ACK, &[]);
@@ -176,7 +166,7 @@ fn handle_option<D: BlockDevice>(
                 );
                 return Ok(None);
             }
-            let Some((device, _)) = server.lookup(&req.export) else {
+            let Some((device, _)) = exports.lookup(&req.export) else {
                 error(out, proto::REP_ERR_UNKNOWN, "unknown export");
                 return Ok(None);
             };
@@ -202,7 +192,7 @@ fn handle_option<D: BlockDevice>(
                 );
                 return Ok(None);
             }
-            set_meta_context(req, state, server, out);
+            set_meta_context(req, state, exports, out);
         }
         ClientOption::Unknown(_) => error(out, proto::REP_ERR_UNSUP, "option not supported"),
     }
@@ -212,11 +202,11 @@ fn handle_option<D: BlockDevice>(
 fn set_meta_context<D: BlockDevice>(
     req: MetaContextRequest,
     state: &mut Negotiation,
-    server: &Server<D>,
+    exports: &Exports<D>,
     out: &mut BytesMut,
 ) {
     let code = proto::OPT_SET_META_CONTEXT;
-    let Some((device, _)) = server.lookup(&req.export) else {
+    let Some((device, _)) = exports.lookup(&req.export) else {
         proto::encode_option_reply(out, code, proto::REP_ERR_UNKNOWN, b"unknown export");
         return;
     };
@@ -238,11 +228,11 @@ fn info_or_go<D: BlockDevice>(
     req: InfoRequest,
     go: bool,
     state: &Negotiation,
-    server: &Server<D>,
+    exports: &Exports<D>,
     out: &mut BytesMut,
 ) -> Result<Option<Outcome<D>>, ConnError> {
     let code = if go { proto::OPT_GO } else { proto::OPT_INFO };
-    let Some((device, closed)) = server.lookup(&req.name) else {
+    let Some((device, closed)) = exports.lookup(&req.name) else {
         proto::encode_option_reply(out, code, proto::REP_ERR_UNKNOWN, b"unknown export");
         return Ok(None);
     };
