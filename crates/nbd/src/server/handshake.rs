@@ -6,7 +6,7 @@ use bytes::BytesMut;
 use tandem_block::{BlockDevice, ExportInfo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::conn::{ConnError, Session};
+use super::conn::{ConnError, Session, Violation};
 use super::exports::Exports;
 use crate::proto::{self, ClientOption, Info, InfoRequest, MetaContextRequest, TransmissionParams};
 
@@ -28,10 +28,6 @@ struct Negotiation {
     no_zeroes: bool,
     structured: bool,
     meta: Option<MetaSelection>,
-}
-
-fn protocol(err: impl std::fmt::Display) -> ConnError {
-    ConnError::Protocol(err.to_string())
 }
 
 /// Reads exactly `buf.len()` bytes; `Ok(false)` if the client closed the connection first.
@@ -57,7 +53,7 @@ where
     if !read_full(stream, &mut flags).await? {
         return Ok(Outcome::Closed("client left before sending its flags"));
     }
-    let flags = proto::decode_client_flags(&flags).map_err(protocol)?;
+    let flags = proto::decode_client_flags(&flags)?;
     let mut state = Negotiation {
         no_zeroes: flags.no_zeroes,
         structured: false,
@@ -70,24 +66,21 @@ where
             return Ok(Outcome::Closed("client left during option haggling"));
         }
         // Checks the magic and refuses absurd lengths before anything is allocated.
-        let header = proto::decode_option_header(&header).map_err(protocol)?;
+        let header = proto::decode_option_header(&header)?;
         let mut data = vec![0u8; header.length as usize];
         if !read_full(stream, &mut data).await? {
-            return Err(ConnError::Protocol(
-                "connection closed inside an option".into(),
-            ));
+            return Err(Violation::ClosedInOption.into());
         }
         if !flags.fixed_newstyle && header.option != proto::OPT_EXPORT_NAME {
-            return Err(ConnError::Protocol(format!(
-                "option {} from a client that did not negotiate fixed newstyle",
-                header.option
-            )));
+            return Err(Violation::NotFixedNewstyle(header.option).into());
         }
         out.clear();
         let option = match proto::decode_option(header.option, &data) {
             Ok(option) => option,
             // NBD_OPT_EXPORT_NAME cannot be answered with an error.
-            Err(err) if header.option == proto::OPT_EXPORT_NAME => return Err(protocol(err)),
+            Err(err) if header.option == proto::OPT_EXPORT_NAME => {
+                return Err(Violation::from(err).into());
+            }
             Err(err) => {
                 tracing::debug!(%err, "invalid option");
                 let reason = err.reason.as_bytes();
@@ -118,12 +111,10 @@ fn handle_option<D: BlockDevice>(
     match option {
         ClientOption::ExportName(name) => {
             let Some((device, closed)) = exports.lookup(&name) else {
-                return Err(ConnError::Protocol(format!(
-                    "NBD_OPT_EXPORT_NAME: unknown export {name:?}"
-                )));
+                return Err(Violation::UnknownExport(name).into());
             };
             let info = device.info();
-            info.validate().map_err(protocol)?;
+            info.validate().map_err(Violation::from)?;
             let params = transmission_params(&info, state, &name);
             proto::encode_export_name_reply(
                 out,

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinSet};
 
 use super::config::ServerConfig;
-use super::conn::{wait_set, ConnError, Session};
+use super::conn::{wait_set, ConnError, Session, Violation};
 use crate::proto::{self, Command, Rejection, RequestHeader};
 
 /// The most descriptors in one block status reply.
@@ -231,7 +231,7 @@ async fn read_loop<D: BlockDevice>(
         }
         let header = match reader.header() {
             Some(Ok(header)) => header,
-            Some(Err(err)) => break Err(ConnError::Protocol(err.to_string())),
+            Some(Err(err)) => break Err(err.into()),
             None => {
                 tokio::select! {
                     biased;
@@ -245,7 +245,7 @@ async fn read_loop<D: BlockDevice>(
                     }
                     filled = reader.fill() => match filled {
                         Ok(0) if reader.buf.is_empty() => break Ok(CLIENT_CLOSED),
-                        Ok(0) => break Err(ConnError::Protocol("connection closed inside a request header".into())),
+                        Ok(0) => break Err(Violation::ClosedInHeader.into()),
                         Ok(_) => continue,
                         Err(err) => break Err(err.into()),
                     },
@@ -257,7 +257,7 @@ async fn read_loop<D: BlockDevice>(
         let request_permit = tokio::select! {
             permit = Arc::clone(&requests).acquire_owned() => match permit {
                 Ok(permit) => permit,
-                Err(_) => break Err(ConnError::Protocol("request limiter closed".into())),
+                Err(_) => break Err(Violation::RequestLimiterClosed.into()),
             },
             _ = stopped(&mut stop, &mut export_closed) => break Ok("server or export stopped"),
             _ = tx.closed() => break Ok("reply writer stopped"),
@@ -269,10 +269,7 @@ async fn read_loop<D: BlockDevice>(
             Ok(len) => len,
             Err(rejection) => {
                 send_rejection(&tx, header.handle, ctx, rejection, request_permit, None);
-                break Err(ConnError::Protocol(format!(
-                    "write of {} bytes exceeds the maximum payload",
-                    header.length
-                )));
+                break Err(Violation::PayloadTooLarge(header.length).into());
             }
         };
         let mut byte_permit = None;
@@ -283,7 +280,7 @@ async fn read_loop<D: BlockDevice>(
                 .await
             {
                 Ok(permit) => permit,
-                Err(_) => break Err(ConnError::Protocol("byte limiter closed".into())),
+                Err(_) => break Err(Violation::ByteLimiterClosed.into()),
             };
             byte_permit = Some(permit);
             let read =
@@ -318,7 +315,7 @@ async fn read_loop<D: BlockDevice>(
                     .await
                 {
                     Ok(permit) => byte_permit = Some(permit),
-                    Err(_) => break Err(ConnError::Protocol("byte limiter closed".into())),
+                    Err(_) => break Err(Violation::ByteLimiterClosed.into()),
                 }
             }
         }
