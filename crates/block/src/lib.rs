@@ -6,7 +6,7 @@
 //! Nothing here knows a wire protocol: a frontend maps [`IoError`] to its own error values and
 //! [`Extent`] to its own status flags, and may advertise less than a device allows (the NBD
 //! server caps `max_block` at its largest payload). The trait's methods return futures but need
-//! no runtime; with the `file` feature, [`FileDevice`] is a device over a regular file, which
+//! no runtime; with the `file` feature, `FileDevice` is a device over a regular file, which
 //! runs its I/O on tokio's blocking threads.
 //!
 //! ```text
