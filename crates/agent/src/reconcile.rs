@@ -917,7 +917,7 @@ impl Agent {
                 );
             }
             Err(message) => {
-                self.errors.failed(&subject, &message);
+                self.errors.failed(&subject, &message.to_string());
             }
         }
     }

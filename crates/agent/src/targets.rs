@@ -254,7 +254,8 @@ impl Targets {
         let name = volume.name().to_string();
         let replicas: Vec<&CStorVolumeReplica> = view.replicas_of(&name).collect();
         let block_size = replicas.iter().find_map(|cvr| cvr.spec.block_size);
-        let geometry = geometry_for(volume.spec.capacity.bytes(), block_size)?;
+        let geometry = geometry_for(volume.spec.capacity.bytes(), block_size)
+            .map_err(|error| error.to_string())?;
         let mut updated = volume.clone();
         let membership = if volume.spec.replica_details.known_replicas.is_empty() {
             // A new volume: its first target records the replicas it was created with.

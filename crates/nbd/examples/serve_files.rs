@@ -8,7 +8,8 @@
 
 use std::sync::Arc;
 
-use tandem_nbd::{FileDevice, Server, ServerConfig};
+use tandem_block::FileDevice;
+use tandem_nbd::{Server, ServerConfig};
 use tokio::net::TcpListener;
 
 #[tokio::main]

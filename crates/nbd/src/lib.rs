@@ -3,9 +3,10 @@
 //! handshake only. [`client::Client`] is a minimal pipelined client (simple replies), used by
 //! `tandem demo` as the application.
 //!
-//! A [`Server`] hosts any number of exports of one [`BlockDevice`] type, added and removed at
-//! run time ([`Server::add_export`], [`Server::remove_export`]), and serves them on a TCP
-//! listener ([`Server::serve`]). [`FileDevice`] is a device over a regular file.
+//! A [`Server`] hosts any number of exports of one [`BlockDevice`] type (the interface of
+//! `tandem-block`, which this crate serves and does not define), added and removed at run time
+//! ([`Server::add_export`], [`Server::remove_export`]), and serves them on a TCP listener
+//! ([`Server::serve`]).
 //!
 //! # What is supported
 //!
@@ -25,21 +26,27 @@
 //! persisted it. `NBD_FLAG_CAN_MULTI_CONN` is advertised exactly when the device's
 //! [`ExportInfo::can_multi_conn`] is set.
 //!
+//! # Layout
+//!
+//! Modules import one way, bottom up: [`proto`] is the pure codec of both sides (constants,
+//! frames, the protocol's values for `tandem-block`'s types, then the handshake's and the
+//! transmission's encoders and decoders); the server (`config`, `conn`, `exports`, `handshake`,
+//! `transmission`, then [`Server`]) and the [`client`] (`uri`, `error`, `handshake`, then
+//! [`Client`]) each stand on `proto` alone, never on each other.
+//!
 //! # Hostile clients
 //!
 //! Decoding is in [`proto`], pure functions over byte slices. A bad magic, a truncated frame,
 //! an oversized option or write, a stalled handshake or payload, or a client that stops reading
 //! its replies ends that connection only; invalid requests get the error the spec asks for.
+//!
+//! [`BlockDevice`]: tandem_block::BlockDevice
+//! [`BlockDevice::flush`]: tandem_block::BlockDevice::flush
+//! [`ExportInfo::can_multi_conn`]: tandem_block::ExportInfo::can_multi_conn
 
 pub mod client;
-mod device;
-mod file;
-mod handshake;
 pub mod proto;
 mod server;
-mod transmission;
 
 pub use client::{Client, ClientError, ClientOptions, NbdUri};
-pub use device::{BlockDevice, ExportInfo, Extent, InvalidExportInfo, IoError};
-pub use file::FileDevice;
 pub use server::{Server, ServerConfig, ServerError};

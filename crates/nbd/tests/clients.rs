@@ -91,7 +91,7 @@ async fn nbdinfo_list_shows_every_export_and_multi_conn_follows_the_device() {
     }
     let t = TestServer::start().await;
     t.add_file("alpha", 1 << 20);
-    let file = tandem_nbd::FileDevice::create(t.path("beta"), 2 << 20).expect("create");
+    let file = tandem_block::FileDevice::create(t.path("beta"), 2 << 20).expect("create");
     let mut probe = Probe::new(file.with_description("second"));
     probe.multi_conn = false;
     t.add("beta", probe);
@@ -136,7 +136,7 @@ async fn nbdinfo_map_shows_holes_and_data() {
     sparse_pattern_file(&path, 16 << 20, &[(4 << 20, 1 << 20, 1)]);
     t.add(
         "map",
-        Probe::new(tandem_nbd::FileDevice::open(&path, false).expect("open")),
+        Probe::new(tandem_block::FileDevice::open(&path, false).expect("open")),
     );
     let out = run_ok("nbdinfo", &["--map", &t.uri("map")]).await;
     // Lines: offset length type description.
@@ -248,7 +248,7 @@ async fn qemu_io_read_only_export_refuses_writes() {
     sparse_pattern_file(&path, 1 << 20, &[(0, 4096, 7)]);
     t.add(
         "ro",
-        Probe::new(tandem_nbd::FileDevice::open(&path, true).expect("open")),
+        Probe::new(tandem_block::FileDevice::open(&path, true).expect("open")),
     );
     let uri = t.uri("ro");
     let out = run("qemu-io", &["-f", "raw", "-r", "-c", "read 0 4k", &uri]).await;
@@ -365,7 +365,7 @@ async fn nbdcopy_skips_holes_using_block_status() {
     );
     let probe = t.add(
         "sparse",
-        Probe::new(tandem_nbd::FileDevice::open(&path, true).expect("open")),
+        Probe::new(tandem_block::FileDevice::open(&path, true).expect("open")),
     );
     let out = t.dir.path().join("copy.raw");
     std::fs::File::create(&out)

@@ -8,8 +8,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
+use tandem_block::FileDevice;
 use tandem_nbd::proto::{self, ClientOption, InfoRequest, MetaContextRequest};
-use tandem_nbd::{FileDevice, ServerConfig};
+use tandem_nbd::ServerConfig;
 use tokio::io::AsyncWriteExt;
 
 const FIXED: u32 = proto::FLAG_C_FIXED_NEWSTYLE | proto::FLAG_C_NO_ZEROES;

@@ -519,21 +519,19 @@ pub fn allocated_bytes(path: &Path) -> io::Result<u64> {
 /// to extents, the volume gets the few bytes more), and regions of at least 1 MiB, doubled until
 /// the volume has at most [`REGIONS_MAX`] of them (up to 2 GiB regions). Every replica of a volume computes the same
 /// geometry from the same capacity, and a target must use this function too.
-pub fn geometry_for(capacity: u64, block_size: Option<u32>) -> Result<Geometry, String> {
+pub fn geometry_for(capacity: u64, block_size: Option<u32>) -> Result<Geometry, GeometryError> {
     let block_size = block_size.unwrap_or(BLOCK_SIZE_DEFAULT);
     if !block_size.is_power_of_two() || !(512..=REGION_SIZE_MIN).contains(&block_size) {
-        return Err(format!(
-            "spec.blockSize {block_size} is not supported: use a power of two from 512 to {REGION_SIZE_MIN}"
-        ));
+        return Err(GeometryError::UnsupportedBlockSize(block_size));
     }
     if capacity == 0 {
-        return Err("spec.capacity is zero".to_string());
+        return Err(GeometryError::ZeroCapacity);
     }
     let block = u64::from(block_size);
     let size_bytes = capacity
         .div_ceil(block)
         .checked_mul(block)
-        .ok_or_else(|| format!("spec.capacity {capacity} is too large"))?;
+        .ok_or(GeometryError::CapacityTooLarge(capacity))?;
     let mut region_size = REGION_SIZE_MIN;
     while size_bytes.div_ceil(u64::from(region_size)) > REGIONS_MAX && region_size < REGION_SIZE_MAX
     {
@@ -544,8 +542,25 @@ pub fn geometry_for(capacity: u64, block_size: Option<u32>) -> Result<Geometry, 
         block_size,
         region_size,
     };
-    geometry.validate().map_err(str::to_string)?;
+    geometry.validate().map_err(GeometryError::Invalid)?;
     Ok(geometry)
+}
+
+/// Why [`geometry_for`] refused a volume's capacity or block size. The texts name the spec
+/// fields they come from (the agent puts them in a CVR's status).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GeometryError {
+    #[error(
+        "spec.blockSize {0} is not supported: use a power of two from 512 to {REGION_SIZE_MIN}"
+    )]
+    UnsupportedBlockSize(u32),
+    #[error("spec.capacity is zero")]
+    ZeroCapacity,
+    #[error("spec.capacity {0} is too large")]
+    CapacityTooLarge(u64),
+    /// The geometry breaks a rule of [`Geometry::validate`] (too many regions).
+    #[error("{0}")]
+    Invalid(&'static str),
 }
 
 /// A stable replica id for a CVR whose `spec.replicaid` is empty: the 64-bit FNV-1a hash of its
@@ -720,12 +735,25 @@ mod tests {
         assert_eq!(decimal.size_bytes % 4096, 0);
         assert_eq!(geometry_for(8192, Some(512)).unwrap().block_size, 512);
         assert!(geometry_for(0, None).is_err());
+        assert_eq!(
+            geometry_for(0, None).unwrap_err().to_string(),
+            "spec.capacity is zero"
+        );
+        assert_eq!(
+            geometry_for(4096, Some(1000)).unwrap_err().to_string(),
+            "spec.blockSize 1000 is not supported: use a power of two from 512 to 1048576"
+        );
+        assert_eq!(
+            geometry_for(u64::MAX, None).unwrap_err(),
+            GeometryError::CapacityTooLarge(u64::MAX)
+        );
         assert!(geometry_for(4096, Some(1000)).is_err());
         assert!(geometry_for(4096, Some(256)).is_err());
         assert!(geometry_for(u64::MAX, None).is_err());
         // Rounds up without overflow, but would need more than u32::MAX regions.
         assert!(geometry_for(u64::MAX - 8191, None)
             .unwrap_err()
+            .to_string()
             .contains("too many regions"));
     }
 

@@ -1,13 +1,14 @@
-//! A volume's target as an NBD export: the NBD server's [`BlockDevice`] calls become client
-//! requests to the target. Every NBD connection to the volume goes through the one target, which
-//! orders all of them in the volume's sequence; a flush covers every write completed before it,
-//! whichever connection sent it, so multi-conn is safe to advertise. Block status
-//! (`base:allocation`) asks one Healthy replica which blocks its storage holds, after every
-//! write acknowledged before the request: a hole is never reported where written data lies.
+//! A volume's target as a block device ([`BlockDevice`], served by a frontend: NBD today): the
+//! frontend's calls become client requests to the target. Every connection to the volume goes
+//! through the one target, which orders all of them in the volume's sequence; a flush covers
+//! every write completed before it, whichever connection sent it, so multi-conn is safe to
+//! advertise. Block status (NBD's `base:allocation`) asks one Healthy replica which blocks its
+//! storage holds, after every write acknowledged before the request: a hole is never reported
+//! where written data lies.
 
 use bytes::Bytes;
+use tandem_block::{BlockDevice, ExportInfo, Extent, IoError};
 use tandem_core::ClientError;
-use tandem_nbd::{BlockDevice, ExportInfo, Extent, IoError};
 
 use super::{RequestError, TargetHandle};
 use crate::replica::ALLOCATION_LEN_MAX;
@@ -19,7 +20,7 @@ const MAX_REQUEST: u32 = 4 << 20;
 /// Zeroes written for WRITE_ZEROES with NO_HOLE, at most this many bytes at a time.
 const ZERO_CHUNK: u32 = 1 << 20;
 
-fn nbd_error(error: RequestError) -> IoError {
+fn device_error(error: RequestError) -> IoError {
     match error {
         RequestError::Target(ClientError::OutOfRange) => IoError::Invalid,
         // The outcome is unknown; the client sees an I/O error, as with a failed disk.
@@ -49,25 +50,25 @@ impl BlockDevice for TargetHandle {
     async fn read(&self, offset: u64, len: u32) -> Result<Bytes, IoError> {
         TargetHandle::read(self, offset, u64::from(len))
             .await
-            .map_err(nbd_error)
+            .map_err(device_error)
     }
 
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), IoError> {
         TargetHandle::write(self, offset, data, fua)
             .await
-            .map_err(nbd_error)
+            .map_err(device_error)
     }
 
     async fn flush(&self) -> Result<(), IoError> {
-        TargetHandle::flush(self).await.map_err(nbd_error)
+        TargetHandle::flush(self).await.map_err(device_error)
     }
 
     async fn trim(&self, offset: u64, len: u32, fua: bool) -> Result<(), IoError> {
         TargetHandle::trim(self, offset, u64::from(len))
             .await
-            .map_err(nbd_error)?;
+            .map_err(device_error)?;
         if fua {
-            TargetHandle::flush(self).await.map_err(nbd_error)?;
+            TargetHandle::flush(self).await.map_err(device_error)?;
         }
         Ok(())
     }
@@ -89,7 +90,7 @@ impl BlockDevice for TargetHandle {
             let zeroes = Bytes::from(vec![0u8; chunk as usize]);
             TargetHandle::write(self, offset + u64::from(done), zeroes, fua)
                 .await
-                .map_err(nbd_error)?;
+                .map_err(device_error)?;
             done += chunk;
         }
         Ok(())
@@ -100,7 +101,7 @@ impl BlockDevice for TargetHandle {
         let len = u64::from(len).min(ALLOCATION_LEN_MAX);
         let extents = TargetHandle::allocation(self, offset, len)
             .await
-            .map_err(nbd_error)?;
+            .map_err(device_error)?;
         Ok(extents
             .into_iter()
             .map(|extent| {

@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use tandem_block::{BlockDevice, ExportInfo, Extent, FileDevice, IoError};
 use tandem_nbd::proto::{self, ClientOption, InfoRequest, MetaContextRequest, RequestHeader};
-use tandem_nbd::{BlockDevice, ExportInfo, Extent, FileDevice, IoError, Server, ServerConfig};
+use tandem_nbd::{Server, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;

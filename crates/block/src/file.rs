@@ -20,8 +20,7 @@ use nix::errno::Errno;
 use nix::fcntl::{fallocate, FallocateFlags};
 use nix::unistd::{lseek, Whence};
 
-use crate::device::{BlockDevice, ExportInfo, Extent, IoError};
-use crate::proto;
+use crate::{BlockDevice, ExportInfo, Extent, IoError, DEFAULT_MAX_BLOCK, MAX_DESCRIPTION_LEN};
 
 /// The largest buffer of zeroes written at once by the write-zeroes fallback.
 const ZERO_CHUNK: usize = 1 << 20;
@@ -86,7 +85,7 @@ impl FileDevice {
 
     fn from_file(file: File, size: u64, read_only: bool, description: String) -> Self {
         let mut description = description;
-        if description.len() > proto::MAX_STRING_LEN || description.contains('\0') {
+        if description.len() > MAX_DESCRIPTION_LEN || description.contains('\0') {
             description = String::from("file");
         }
         FileDevice {
@@ -232,7 +231,7 @@ impl BlockDevice for FileDevice {
             read_only: self.inner.read_only,
             min_block: 1,
             preferred_block: 4096,
-            max_block: proto::MAX_PAYLOAD,
+            max_block: DEFAULT_MAX_BLOCK,
             can_flush: true,
             can_fua: true,
             can_trim: true,

@@ -1,27 +1,17 @@
 //! The handshake phase: greeting, client flags, and option haggling (fixed newstyle).
 
 use std::io;
-use std::sync::Arc;
 
 use bytes::BytesMut;
+use tandem_block::{BlockDevice, ExportInfo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
 
-use crate::device::{BlockDevice, ExportInfo};
+use super::conn::{ConnError, Session, Violation};
+use super::exports::Exports;
 use crate::proto::{self, ClientOption, Info, InfoRequest, MetaContextRequest, TransmissionParams};
-use crate::server::{ConnError, Server};
-
-/// A connection that reached the transmission phase.
-pub(crate) struct Session<D> {
-    pub name: String,
-    pub device: Arc<D>,
-    pub params: TransmissionParams,
-    /// Set when the export is removed.
-    pub closed: watch::Receiver<bool>,
-}
 
 /// How a handshake ended without an error.
-pub(crate) enum Outcome<D> {
+pub(super) enum Outcome<D> {
     Transmission(Session<D>),
     /// The client left (soft or hard) before choosing an export.
     Closed(&'static str),
@@ -40,10 +30,6 @@ struct Negotiation {
     meta: Option<MetaSelection>,
 }
 
-fn protocol(err: impl std::fmt::Display) -> ConnError {
-    ConnError::Protocol(err.to_string())
-}
-
 /// Reads exactly `buf.len()` bytes; `Ok(false)` if the client closed the connection first.
 async fn read_full<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut [u8]) -> io::Result<bool> {
     match stream.read_exact(buf).await {
@@ -54,7 +40,7 @@ async fn read_full<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut [u8]) -> io::
 }
 
 /// Runs the handshake on `stream` until the client enters the transmission phase or leaves.
-pub(crate) async fn run<S, D>(stream: &mut S, server: &Server<D>) -> Result<Outcome<D>, ConnError>
+pub(super) async fn run<S, D>(stream: &mut S, exports: &Exports<D>) -> Result<Outcome<D>, ConnError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     D: BlockDevice,
@@ -67,7 +53,7 @@ where
     if !read_full(stream, &mut flags).await? {
         return Ok(Outcome::Closed("client left before sending its flags"));
     }
-    let flags = proto::decode_client_flags(&flags).map_err(protocol)?;
+    let flags = proto::decode_client_flags(&flags)?;
     let mut state = Negotiation {
         no_zeroes: flags.no_zeroes,
         structured: false,
@@ -80,24 +66,21 @@ where
             return Ok(Outcome::Closed("client left during option haggling"));
         }
         // Checks the magic and refuses absurd lengths before anything is allocated.
-        let header = proto::decode_option_header(&header).map_err(protocol)?;
+        let header = proto::decode_option_header(&header)?;
         let mut data = vec![0u8; header.length as usize];
         if !read_full(stream, &mut data).await? {
-            return Err(ConnError::Protocol(
-                "connection closed inside an option".into(),
-            ));
+            return Err(Violation::ClosedInOption.into());
         }
         if !flags.fixed_newstyle && header.option != proto::OPT_EXPORT_NAME {
-            return Err(ConnError::Protocol(format!(
-                "option {} from a client that did not negotiate fixed newstyle",
-                header.option
-            )));
+            return Err(Violation::NotFixedNewstyle(header.option).into());
         }
         out.clear();
         let option = match proto::decode_option(header.option, &data) {
             Ok(option) => option,
             // NBD_OPT_EXPORT_NAME cannot be answered with an error.
-            Err(err) if header.option == proto::OPT_EXPORT_NAME => return Err(protocol(err)),
+            Err(err) if header.option == proto::OPT_EXPORT_NAME => {
+                return Err(Violation::from(err).into());
+            }
             Err(err) => {
                 tracing::debug!(%err, "invalid option");
                 let reason = err.reason.as_bytes();
@@ -106,7 +89,7 @@ where
                 continue;
             }
         };
-        if let Some(outcome) = handle_option(option, &mut state, server, &mut out)? {
+        if let Some(outcome) = handle_option(option, &mut state, exports, &mut out)? {
             stream.write_all(&out).await?;
             return Ok(outcome);
         }
@@ -118,7 +101,7 @@ where
 fn handle_option<D: BlockDevice>(
     option: ClientOption,
     state: &mut Negotiation,
-    server: &Server<D>,
+    exports: &Exports<D>,
     out: &mut BytesMut,
 ) -> Result<Option<Outcome<D>>, ConnError> {
     let code = option.code();
@@ -127,13 +110,11 @@ fn handle_option<D: BlockDevice>(
     };
     match option {
         ClientOption::ExportName(name) => {
-            let Some((device, closed)) = server.lookup(&name) else {
-                return Err(ConnError::Protocol(format!(
-                    "NBD_OPT_EXPORT_NAME: unknown export {name:?}"
-                )));
+            let Some((device, closed)) = exports.lookup(&name) else {
+                return Err(Violation::UnknownExport(name).into());
             };
             let info = device.info();
-            info.validate().map_err(protocol)?;
+            info.validate().map_err(Violation::from)?;
             let params = transmission_params(&info, state, &name);
             proto::encode_export_name_reply(
                 out,
@@ -153,16 +134,16 @@ fn handle_option<D: BlockDevice>(
             return Ok(Some(Outcome::Closed("client aborted the handshake")));
         }
         ClientOption::List => {
-            for (name, device) in server.list() {
+            for (name, device) in exports.list() {
                 proto::encode_rep_server(out, &name, &device.info().description);
             }
             proto::encode_option_reply(out, code, proto::REP_ACK, &[]);
         }
         ClientOption::StartTls => error(out, proto::REP_ERR_UNSUP, "TLS is not supported"),
         ClientOption::Info(req) => {
-            info_or_go(req, false, state, server, out)?;
+            info_or_go(req, false, state, exports, out)?;
         }
-        ClientOption::Go(req) => return info_or_go(req, true, state, server, out),
+        ClientOption::Go(req) => return info_or_go(req, true, state, exports, out),
         ClientOption::StructuredReply => {
             state.structured = true;
             proto::encode_option_reply(out, code, proto::REP_ACK, &[]);
@@ -176,7 +157,7 @@ fn handle_option<D: BlockDevice>(
                 );
                 return Ok(None);
             }
-            let Some((device, _)) = server.lookup(&req.export) else {
+            let Some((device, _)) = exports.lookup(&req.export) else {
                 error(out, proto::REP_ERR_UNKNOWN, "unknown export");
                 return Ok(None);
             };
@@ -202,7 +183,7 @@ fn handle_option<D: BlockDevice>(
                 );
                 return Ok(None);
             }
-            set_meta_context(req, state, server, out);
+            set_meta_context(req, state, exports, out);
         }
         ClientOption::Unknown(_) => error(out, proto::REP_ERR_UNSUP, "option not supported"),
     }
@@ -212,11 +193,11 @@ fn handle_option<D: BlockDevice>(
 fn set_meta_context<D: BlockDevice>(
     req: MetaContextRequest,
     state: &mut Negotiation,
-    server: &Server<D>,
+    exports: &Exports<D>,
     out: &mut BytesMut,
 ) {
     let code = proto::OPT_SET_META_CONTEXT;
-    let Some((device, _)) = server.lookup(&req.export) else {
+    let Some((device, _)) = exports.lookup(&req.export) else {
         proto::encode_option_reply(out, code, proto::REP_ERR_UNKNOWN, b"unknown export");
         return;
     };
@@ -238,11 +219,11 @@ fn info_or_go<D: BlockDevice>(
     req: InfoRequest,
     go: bool,
     state: &Negotiation,
-    server: &Server<D>,
+    exports: &Exports<D>,
     out: &mut BytesMut,
 ) -> Result<Option<Outcome<D>>, ConnError> {
     let code = if go { proto::OPT_GO } else { proto::OPT_INFO };
-    let Some((device, closed)) = server.lookup(&req.name) else {
+    let Some((device, closed)) = exports.lookup(&req.name) else {
         proto::encode_option_reply(out, code, proto::REP_ERR_UNKNOWN, b"unknown export");
         return Ok(None);
     };
@@ -295,7 +276,7 @@ fn transmission_params(info: &ExportInfo, state: &Negotiation, name: &str) -> Tr
         .meta
         .as_ref()
         .is_some_and(|m| m.allocation && m.export == name && state.structured);
-    let max_block = info.effective_max_block();
+    let max_block = proto::effective_max_block(info);
     TransmissionParams {
         size: info.size,
         read_only: info.read_only,

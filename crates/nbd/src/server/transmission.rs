@@ -16,16 +16,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use tandem_block::{BlockDevice, IoError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinSet};
 
-use crate::device::{BlockDevice, IoError};
-use crate::handshake::Session;
+use super::config::ServerConfig;
+use super::conn::{wait_set, ConnError, Session, Violation};
 use crate::proto::{self, Command, Rejection, RequestHeader};
-use crate::server::{wait_set, ConnError, ServerConfig};
 
 /// The most descriptors in one block status reply.
 const MAX_DESCRIPTORS: usize = 1024;
@@ -37,7 +37,7 @@ const READ_CHUNK: usize = 64 * 1024;
 const CLIENT_CLOSED: &str = "client closed the connection";
 
 /// How a connection ended normally.
-pub(crate) struct Summary {
+pub(super) struct Summary {
     pub reason: &'static str,
     pub requests: u64,
 }
@@ -89,9 +89,16 @@ impl Reply {
         let mut head = BytesMut::with_capacity(64);
         if ctx.structured {
             let done = proto::REPLY_FLAG_DONE;
-            proto::encode_error_chunk(&mut head, done, handle, error.errno(), message, None);
+            proto::encode_error_chunk(
+                &mut head,
+                done,
+                handle,
+                proto::error_value(error),
+                message,
+                None,
+            );
         } else {
-            proto::encode_simple_reply(&mut head, error.errno(), handle);
+            proto::encode_simple_reply(&mut head, proto::error_value(error), handle);
         }
         Reply::head(head)
     }
@@ -146,7 +153,7 @@ fn panicked(result: Result<(), JoinError>) -> bool {
 
 /// Runs the transmission phase until the client disconnects, the connection fails, or the
 /// server or export stops.
-pub(crate) async fn run<D: BlockDevice>(
+pub(super) async fn run<D: BlockDevice>(
     stream: TcpStream,
     session: Session<D>,
     stop: watch::Receiver<bool>,
@@ -224,7 +231,7 @@ async fn read_loop<D: BlockDevice>(
         }
         let header = match reader.header() {
             Some(Ok(header)) => header,
-            Some(Err(err)) => break Err(ConnError::Protocol(err.to_string())),
+            Some(Err(err)) => break Err(err.into()),
             None => {
                 tokio::select! {
                     biased;
@@ -238,7 +245,7 @@ async fn read_loop<D: BlockDevice>(
                     }
                     filled = reader.fill() => match filled {
                         Ok(0) if reader.buf.is_empty() => break Ok(CLIENT_CLOSED),
-                        Ok(0) => break Err(ConnError::Protocol("connection closed inside a request header".into())),
+                        Ok(0) => break Err(Violation::ClosedInHeader.into()),
                         Ok(_) => continue,
                         Err(err) => break Err(err.into()),
                     },
@@ -250,7 +257,7 @@ async fn read_loop<D: BlockDevice>(
         let request_permit = tokio::select! {
             permit = Arc::clone(&requests).acquire_owned() => match permit {
                 Ok(permit) => permit,
-                Err(_) => break Err(ConnError::Protocol("request limiter closed".into())),
+                Err(_) => break Err(Violation::RequestLimiterClosed.into()),
             },
             _ = stopped(&mut stop, &mut export_closed) => break Ok("server or export stopped"),
             _ = tx.closed() => break Ok("reply writer stopped"),
@@ -262,10 +269,7 @@ async fn read_loop<D: BlockDevice>(
             Ok(len) => len,
             Err(rejection) => {
                 send_rejection(&tx, header.handle, ctx, rejection, request_permit, None);
-                break Err(ConnError::Protocol(format!(
-                    "write of {} bytes exceeds the maximum payload",
-                    header.length
-                )));
+                break Err(Violation::PayloadTooLarge(header.length).into());
             }
         };
         let mut byte_permit = None;
@@ -276,7 +280,7 @@ async fn read_loop<D: BlockDevice>(
                 .await
             {
                 Ok(permit) => permit,
-                Err(_) => break Err(ConnError::Protocol("byte limiter closed".into())),
+                Err(_) => break Err(Violation::ByteLimiterClosed.into()),
             };
             byte_permit = Some(permit);
             let read =
@@ -311,7 +315,7 @@ async fn read_loop<D: BlockDevice>(
                     .await
                 {
                     Ok(permit) => byte_permit = Some(permit),
-                    Err(_) => break Err(ConnError::Protocol("byte limiter closed".into())),
+                    Err(_) => break Err(Violation::ByteLimiterClosed.into()),
                 }
             }
         }
@@ -447,7 +451,7 @@ async fn execute<D: BlockDevice>(
             req_one,
         } => device.block_status(offset, length).await.map(|extents| {
             let descriptors = proto::block_status_descriptors(
-                extents.iter().map(|e| (e.length, e.status())),
+                extents.iter().map(|e| (e.length, proto::extent_status(e))),
                 length,
                 req_one,
                 MAX_DESCRIPTORS,
@@ -527,7 +531,7 @@ async fn read<D: BlockDevice>(
         &mut tail,
         done,
         handle,
-        IoError::Io.errno(),
+        proto::error_value(IoError::Io),
         "short read",
         at,
     );
