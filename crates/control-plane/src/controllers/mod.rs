@@ -14,6 +14,9 @@ mod observe;
 mod pools;
 mod volumes;
 
+#[cfg(test)]
+mod fixtures;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;

@@ -181,3 +181,6 @@ pub(crate) fn plan_liveness(observed: &Observed, pool: &CStorPoolInstance) -> Ve
         },
     ]
 }
+
+#[cfg(test)]
+mod tests;
