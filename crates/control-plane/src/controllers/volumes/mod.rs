@@ -99,3 +99,6 @@ fn record(
         message: message.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests;
