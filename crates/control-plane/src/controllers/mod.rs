@@ -1,5 +1,5 @@
 //! The controllers: level-triggered loops that make the stored objects true. Each pass reads
-//! everything once ([`Observed`]), then, for each pool cluster, pool and volume config, plans
+//! everything once (`Observed`), then, for each pool cluster, pool and volume config, plans
 //! what to do from that alone (`pools::plan_*`, `volumes::plan_*`: pure functions, tested as
 //! tables) and executes the plan through the API client (`execute`). A pass runs after every
 //! write to the store and at least once a second (pool liveness depends on time). Every pass is
@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_client::{Client, ClientError, ErrorKind, Recorder};
-use tandem_objects::{CStorVolume, Object};
+use tandem_objects::{CStorVolume, CStorVolumeConfig, Object};
 
 use crate::controllers::execute::execute;
 use crate::controllers::observe::Observed;
@@ -108,7 +108,7 @@ async fn pass(context: &Context, errors: &mut ErrorLog) {
 async fn create_volume_then_provision(
     context: &Context,
     observed: &Observed,
-    config: &tandem_objects::CStorVolumeConfig,
+    config: &CStorVolumeConfig,
     volume: Box<CStorVolume>,
 ) -> Result<(), ClientError> {
     let created = context.client.create(&Object::CStorVolume(*volume)).await?;
