@@ -840,3 +840,41 @@ impl PoolLookup for StoreLookup<'_> {
         Some(volume.status.phase)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind of error answers with the Kubernetes `Status` it always had.
+    #[tokio::test]
+    async fn given_each_error_kind_when_answered_then_its_status_code_and_reason() {
+        let table = [
+            (ErrorKind::BadRequest, 400, "BadRequest"),
+            (ErrorKind::NotFound, 404, "NotFound"),
+            (ErrorKind::AlreadyExists, 409, "AlreadyExists"),
+            (ErrorKind::Conflict, 409, "Conflict"),
+            (ErrorKind::Expired, 410, "Expired"),
+            (ErrorKind::Invalid, 422, "Invalid"),
+            (ErrorKind::Internal, 500, "InternalError"),
+        ];
+        for (kind, code, reason) in table {
+            let response = ApiError::new(kind, "what was wrong").into_response();
+            assert_eq!(response.status().as_u16(), code, "{kind:?}");
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .expect("a body");
+            let body: Value = serde_json::from_slice(&bytes).expect("JSON");
+            assert_eq!(
+                body,
+                json!({
+                    "apiVersion": "v1",
+                    "kind": "Status",
+                    "status": "Failure",
+                    "reason": reason,
+                    "message": "what was wrong",
+                    "code": code,
+                })
+            );
+        }
+    }
+}

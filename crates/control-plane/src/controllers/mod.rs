@@ -172,3 +172,67 @@ impl ErrorLog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(message: &str) -> Result<(), ClientError> {
+        Err(ClientError::Api {
+            code: 422,
+            reason: "Invalid".to_string(),
+            message: message.to_string(),
+        })
+    }
+
+    fn conflict() -> Result<(), ClientError> {
+        Err(ClientError::Api {
+            code: 409,
+            reason: "Conflict".to_string(),
+            message: "stale".to_string(),
+        })
+    }
+
+    #[test]
+    fn given_each_subject_when_logged_then_it_reads_as_it_always_did() {
+        let table = [
+            (Subject::Snapshot, "snapshot"),
+            (Subject::PoolCluster("c".to_string()), "cspc/c"),
+            (Subject::Pool("p".to_string()), "cspi/p"),
+            (Subject::VolumeConfig("v".to_string()), "cvc/v"),
+            (Subject::GarbageCollection, "volume garbage collection"),
+        ];
+        for (subject, text) in table {
+            assert_eq!(subject.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn given_errors_when_reported_then_each_subject_keeps_its_last_until_it_succeeds() {
+        let mut errors = ErrorLog::default();
+        let pool = || Subject::Pool("p".to_string());
+        let config = || Subject::VolumeConfig("v".to_string());
+        errors.report(pool(), refused("first"));
+        errors.report(pool(), refused("first"));
+        errors.report(config(), conflict());
+        assert_eq!(
+            errors.last,
+            BTreeMap::from([(pool(), "first".to_string())]),
+            "a conflict is not an error worth a line"
+        );
+        errors.report(pool(), refused("second"));
+        errors.report(config(), refused("third"));
+        assert_eq!(
+            errors.last,
+            BTreeMap::from([
+                (pool(), "second".to_string()),
+                (config(), "third".to_string())
+            ])
+        );
+        errors.report(pool(), Ok(()));
+        assert_eq!(
+            errors.last,
+            BTreeMap::from([(config(), "third".to_string())])
+        );
+    }
+}
