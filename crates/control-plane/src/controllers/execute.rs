@@ -29,7 +29,7 @@ pub(crate) enum Action {
     },
     /// Records an event about an object (a repeat bumps the count of the same event).
     Record {
-        by: Recorder,
+        by: Controller,
         about: Object,
         event_type: EventType,
         reason: String,
@@ -46,9 +46,9 @@ pub(crate) enum Version {
     OfPreviousWrite,
 }
 
-/// Whose name an event carries (its FROM column).
+/// Which controller records an event (its FROM column: `POOL_CONTROLLER`, `VOLUME_CONTROLLER`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Recorder {
+pub(crate) enum Controller {
     Pools,
     Volumes,
 }
@@ -201,8 +201,8 @@ pub(crate) async fn execute(context: &Context, actions: Vec<Action>) -> Result<(
                 message,
             } => {
                 let recorder = match by {
-                    Recorder::Pools => &context.pool_events,
-                    Recorder::Volumes => &context.volume_events,
+                    Controller::Pools => &context.pool_events,
+                    Controller::Volumes => &context.volume_events,
                 };
                 recorder
                     .record(&about, event_type, &reason, &message)

@@ -10,7 +10,7 @@ use tandem_objects::{
     LABEL_HOSTNAME, LABEL_VERSION,
 };
 
-use crate::controllers::execute::{Action, Log, Recorder};
+use crate::controllers::execute::{Action, Controller, Log};
 use crate::controllers::observe::Observed;
 
 /// The characters of Kubernetes' `rand.String`, which cStor uses for pool names: no vowels
@@ -173,7 +173,7 @@ pub(crate) fn plan_liveness(observed: &Observed, pool: &CStorPoolInstance) -> Ve
         }),
         Action::UpdateStatus(updated.clone()),
         Action::Record {
-            by: Recorder::Pools,
+            by: Controller::Pools,
             about: updated,
             event_type: EventType::Warning,
             reason: "PoolOffline".to_string(),

@@ -19,7 +19,7 @@ use tandem_objects::{
     CStorVolume, CStorVolumeConfig, CStorVolumeConfigPhase, EventType, Kind, Object,
 };
 
-use crate::controllers::execute::{Action, Recorder};
+use crate::controllers::execute::{Action, Controller};
 use crate::controllers::observe::Observed;
 
 pub(crate) use objects::new_volume;
@@ -92,7 +92,7 @@ fn record(
     message: &str,
 ) -> Action {
     Action::Record {
-        by: Recorder::Volumes,
+        by: Controller::Volumes,
         about: Object::CStorVolumeConfig(config.clone()),
         event_type,
         reason: reason.to_string(),
