@@ -12,8 +12,9 @@ use tandem_objects::{Event, Kind, Object};
 
 pub use events::Recorder;
 
-/// Why a request failed. Callers branch on [`ClientError::is_not_found`] and
-/// [`ClientError::is_conflict`]; the message is fit to show a user as it is.
+/// Why a request failed. Callers branch on [`ClientError::kind`] (or its shorthands
+/// [`ClientError::is_not_found`] and [`ClientError::is_conflict`]); the message is fit to show
+/// a user as it is.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing answered at the server's address.
@@ -31,14 +32,40 @@ pub enum ClientError {
     Protocol { server: String, detail: String },
 }
 
+/// What a caller may do about a [`ClientError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Nothing answered: try again later.
+    Unreachable,
+    /// The object does not exist.
+    NotFound,
+    /// A stale resource version (someone else wrote first), or a create of an existing name:
+    /// read again and start over.
+    Conflict,
+    /// The server refused the request for another reason (invalid, expired, internal).
+    Refused,
+    /// The server answered something this client cannot read.
+    Protocol,
+}
+
 impl ClientError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ClientError::Unreachable { .. } => ErrorKind::Unreachable,
+            ClientError::Api { code: 404, .. } => ErrorKind::NotFound,
+            ClientError::Api { code: 409, .. } => ErrorKind::Conflict,
+            ClientError::Api { .. } => ErrorKind::Refused,
+            ClientError::Protocol { .. } => ErrorKind::Protocol,
+        }
+    }
+
     pub fn is_not_found(&self) -> bool {
-        matches!(self, ClientError::Api { code: 404, .. })
+        self.kind() == ErrorKind::NotFound
     }
 
     /// A stale resource version (someone else wrote first), or a create of an existing name.
     pub fn is_conflict(&self) -> bool {
-        matches!(self, ClientError::Api { code: 409, .. })
+        self.kind() == ErrorKind::Conflict
     }
 }
 

@@ -83,40 +83,102 @@ pub fn router(api: Arc<Api>) -> Router {
         .with_state(api)
 }
 
-/// A failed request, answered as a Kubernetes `Status`.
-#[derive(Debug)]
+/// What went wrong with a request, as Kubernetes names it: it decides the HTTP status and the
+/// `reason` of the `Status` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    BadRequest,
+    NotFound,
+    AlreadyExists,
+    /// A stale resource version: someone else wrote first.
+    Conflict,
+    /// A watch from a version the store no longer has.
+    Expired,
+    /// The object, or the change, breaks a validation or admission rule.
+    Invalid,
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::AlreadyExists | ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::Expired => StatusCode::GONE,
+            ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `reason` of the `Status` answer.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "BadRequest",
+            ErrorKind::NotFound => "NotFound",
+            ErrorKind::AlreadyExists => "AlreadyExists",
+            ErrorKind::Conflict => "Conflict",
+            ErrorKind::Expired => "Expired",
+            ErrorKind::Invalid => "Invalid",
+            ErrorKind::Internal => "InternalError",
+        }
+    }
+}
+
+/// A failed request, answered as a Kubernetes `Status` whose message names what was wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
 pub struct ApiError {
-    status: StatusCode,
-    reason: &'static str,
+    kind: ErrorKind,
     message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> ApiError {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> ApiError {
         ApiError {
-            status,
-            reason,
+            kind,
             message: message.into(),
         }
     }
 
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
     fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+        ApiError::new(ErrorKind::BadRequest, message)
+    }
+
+    fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorKind::Invalid, message)
+    }
+
+    fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorKind::Internal, message)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let status = self.kind.status();
         let body = json!({
             "apiVersion": "v1",
             "kind": "Status",
             "status": "Failure",
-            "reason": self.reason,
+            "reason": self.kind.reason(),
             "message": self.message,
-            "code": self.status.as_u16(),
+            "code": status.as_u16(),
         });
-        (self.status, Json(body)).into_response()
+        (status, Json(body)).into_response()
     }
+}
+
+/// A pool cannot go (from its cluster's spec, or with its cluster): a volume replica still
+/// lives on it, and its data would be lost with the pool.
+#[derive(Debug, thiserror::Error)]
+#[error("volume still exists on pool {pool}")]
+pub(crate) struct PoolHoldsReplicas {
+    pool: String,
 }
 
 /// Store errors, worded as kubectl users know them.
@@ -124,31 +186,19 @@ fn store_error(kind: Kind, error: StoreError) -> ApiError {
     let resource = resource_name(kind);
     match error {
         StoreError::NotFound(key) => ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
+            ErrorKind::NotFound,
             format!("{resource} \"{}\" not found", key.name),
         ),
         StoreError::AlreadyExists(key) => ApiError::new(
-            StatusCode::CONFLICT,
-            "AlreadyExists",
+            ErrorKind::AlreadyExists,
             format!("{resource} \"{}\" already exists", key.name),
         ),
         error @ StoreError::Conflict { .. } => {
-            ApiError::new(StatusCode::CONFLICT, "Conflict", error.to_string())
+            ApiError::new(ErrorKind::Conflict, error.to_string())
         }
-        error @ StoreError::Expired { .. } => {
-            ApiError::new(StatusCode::GONE, "Expired", error.to_string())
-        }
-        error @ StoreError::Invalid { .. } => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Invalid",
-            error.to_string(),
-        ),
-        error @ StoreError::Storage(_) => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            error.to_string(),
-        ),
+        error @ StoreError::Expired { .. } => ApiError::new(ErrorKind::Expired, error.to_string()),
+        error @ StoreError::Invalid { .. } => ApiError::invalid(error.to_string()),
+        error @ StoreError::Storage(_) => ApiError::internal(error.to_string()),
     }
 }
 
@@ -167,8 +217,7 @@ fn kind_of(resource: &str) -> Result<Kind, ApiError> {
         .find(|kind| kind.plural() == resource)
         .ok_or_else(|| {
             ApiError::new(
-                StatusCode::NOT_FOUND,
-                "NotFound",
+                ErrorKind::NotFound,
                 format!("the server doesn't have a resource type \"{resource}\""),
             )
         })
@@ -185,11 +234,10 @@ fn to_value(object: &Object) -> Value {
 /// Reads a stored object back into its type (it was validated when written).
 fn typed(kind: Kind, value: &Value) -> Result<Object, ApiError> {
     parse_json(&value.to_string()).map_err(|error| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            format!("a stored {} no longer parses: {error}", kind.name()),
-        )
+        ApiError::internal(format!(
+            "a stored {} no longer parses: {error}",
+            kind.name()
+        ))
     })
 }
 
@@ -605,14 +653,10 @@ async fn delete(
         let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
         lookup
             .refuse_pools_with_replicas(&name, &nodes)
-            .map_err(|message| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "Invalid",
-                    format!(
-                        "cannot delete cspc {name}: {message}; move or delete its volumes first"
-                    ),
-                )
+            .map_err(|refusal| {
+                ApiError::invalid(format!(
+                    "cannot delete cspc {name}: {refusal}; move or delete its volumes first"
+                ))
             })?;
     }
     let held = current.object["metadata"]["finalizers"]
@@ -696,8 +740,7 @@ fn admit(
     current: Option<&Object>,
     new: &Object,
 ) -> Result<(), ApiError> {
-    let invalid =
-        |message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message);
+    let invalid = ApiError::invalid;
     let lookup = StoreLookup {
         store: api.store.as_ref(),
         namespace,
@@ -726,7 +769,7 @@ fn admit(
                 .collect();
             lookup
                 .refuse_pools_with_replicas(old.name(), &removed)
-                .map_err(|message| invalid(format!("invalid cspc specification: {message}")))
+                .map_err(|refusal| invalid(format!("invalid cspc specification: {refusal}")))
         }
         (Some(Object::CStorVolumeConfig(old)), Object::CStorVolumeConfig(new)) => {
             validate_cvc_update(old, new, &lookup).map_err(|error| {
@@ -748,7 +791,11 @@ struct StoreLookup<'a> {
 impl StoreLookup<'_> {
     /// Refuses when a pool of `cluster` on one of `nodes` still holds a volume replica: its
     /// data would be lost with the pool.
-    fn refuse_pools_with_replicas(&self, cluster: &str, nodes: &[&str]) -> Result<(), String> {
+    fn refuse_pools_with_replicas(
+        &self,
+        cluster: &str,
+        nodes: &[&str],
+    ) -> Result<(), PoolHoldsReplicas> {
         let listed = |kind: Kind| -> Vec<Value> {
             self.store
                 .list(kind.name(), Some(self.namespace))
@@ -769,7 +816,9 @@ impl StoreLookup<'_> {
                     == Some(pool_name)
             });
             if holds_replica {
-                return Err(format!("volume still exists on pool {pool_name}"));
+                return Err(PoolHoldsReplicas {
+                    pool: pool_name.to_string(),
+                });
             }
         }
         Ok(())
@@ -789,5 +838,43 @@ impl PoolLookup for StoreLookup<'_> {
     fn volume_phase(&self, volume_name: &str) -> Option<CStorVolumePhase> {
         let volume = CStorVolume::try_from(self.object(Kind::CStorVolume, volume_name)?).ok()?;
         Some(volume.status.phase)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind of error answers with the Kubernetes `Status` it always had.
+    #[tokio::test]
+    async fn given_each_error_kind_when_answered_then_its_status_code_and_reason() {
+        let table = [
+            (ErrorKind::BadRequest, 400, "BadRequest"),
+            (ErrorKind::NotFound, 404, "NotFound"),
+            (ErrorKind::AlreadyExists, 409, "AlreadyExists"),
+            (ErrorKind::Conflict, 409, "Conflict"),
+            (ErrorKind::Expired, 410, "Expired"),
+            (ErrorKind::Invalid, 422, "Invalid"),
+            (ErrorKind::Internal, 500, "InternalError"),
+        ];
+        for (kind, code, reason) in table {
+            let response = ApiError::new(kind, "what was wrong").into_response();
+            assert_eq!(response.status().as_u16(), code, "{kind:?}");
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .expect("a body");
+            let body: Value = serde_json::from_slice(&bytes).expect("JSON");
+            assert_eq!(
+                body,
+                json!({
+                    "apiVersion": "v1",
+                    "kind": "Status",
+                    "status": "Failure",
+                    "reason": reason,
+                    "message": "what was wrong",
+                    "code": code,
+                })
+            );
+        }
     }
 }

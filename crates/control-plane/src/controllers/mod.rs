@@ -1,67 +1,40 @@
 //! The controllers: level-triggered loops that make the stored objects true. Each pass reads
-//! every object once (a [`Snapshot`]), then reconciles pool clusters, pool liveness and volume
-//! configs. A pass runs after every write to the store and at least once a second (pool
-//! liveness depends on time). Every pass is idempotent, and every write names the resource
-//! version it read, so a pass that raced with a user's edit loses with a conflict and the next
-//! pass starts over from what is stored.
+//! everything once (`Observed`), then, for each pool cluster, pool and volume config, plans
+//! what to do from that alone (`pools::plan_*`, `volumes::plan_*`: pure functions, tested as
+//! tables) and executes the plan through the API client (`execute`). A pass runs after every
+//! write to the store and at least once a second (pool liveness depends on time). Every pass is
+//! idempotent, and every write names the resource version it read, so a pass that raced with a
+//! user's edit loses with a conflict and the next pass starts over from what is stored.
 //!
 //! The controllers are API clients like the CLI and the agents: their writes pass the same
 //! validation and admission rules, and nothing about them depends on the store's kind.
 
+mod execute;
+mod observe;
 mod pools;
 mod volumes;
 
+#[cfg(test)]
+mod fixtures;
+
 use std::collections::BTreeMap;
+use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use tandem_client::{Client, ClientError, Recorder};
-use tandem_objects::{
-    CStorPoolCluster, CStorPoolInstance, CStorVolume, CStorVolumeConfig, CStorVolumeReplica, Kind,
-};
+use tandem_client::{Client, ClientError, ErrorKind, Recorder};
+use tandem_objects::{CStorVolume, CStorVolumeConfig, Object};
 
+use crate::controllers::execute::execute;
+use crate::controllers::observe::Observed;
+use crate::controllers::volumes::Step;
 use crate::Api;
 
 /// The event source of the volume controller, as cStor names it.
 pub const VOLUME_CONTROLLER: &str = "cstorvolumeclaim-controller";
 /// The event source of the pool cluster controller.
 pub const POOL_CONTROLLER: &str = "cspc-controller";
-
-/// Everything the controllers look at, read once per pass.
-pub(crate) struct Snapshot {
-    pub pool_clusters: Vec<CStorPoolCluster>,
-    pub pools: Vec<CStorPoolInstance>,
-    pub configs: Vec<CStorVolumeConfig>,
-    pub volumes: Vec<CStorVolume>,
-    pub replicas: Vec<CStorVolumeReplica>,
-}
-
-impl Snapshot {
-    async fn read(client: &Client) -> Result<Snapshot, ClientError> {
-        Ok(Snapshot {
-            pool_clusters: client
-                .list_typed(Kind::CStorPoolCluster, None, None)
-                .await?,
-            pools: client
-                .list_typed(Kind::CStorPoolInstance, None, None)
-                .await?,
-            configs: client
-                .list_typed(Kind::CStorVolumeConfig, None, None)
-                .await?,
-            volumes: client.list_typed(Kind::CStorVolume, None, None).await?,
-            replicas: client
-                .list_typed(Kind::CStorVolumeReplica, None, None)
-                .await?,
-        })
-    }
-
-    pub fn pool(&self, namespace: &str, name: &str) -> Option<&CStorPoolInstance> {
-        self.pools
-            .iter()
-            .find(|pool| pool.metadata.namespace == namespace && pool.name() == name)
-    }
-}
 
 /// What the controllers share: the API client, the event recorders, and the API's view of
 /// the node agents.
@@ -101,54 +74,165 @@ pub async fn run(api: Arc<Api>, server: String, shutdown: impl Future<Output = (
 }
 
 async fn pass(context: &Context, errors: &mut ErrorLog) {
-    let snapshot = match Snapshot::read(&context.client).await {
-        Ok(snapshot) => snapshot,
+    let observed = match Observed::read(&context.client, &context.api).await {
+        Ok(observed) => observed,
         Err(error) => {
-            errors.report("snapshot", Err(error));
+            errors.report(Subject::Snapshot, Err(error));
             return;
         }
     };
-    for cluster in &snapshot.pool_clusters {
-        let result = pools::reconcile_cluster(context, &snapshot, cluster).await;
-        errors.report(&format!("cspc/{}", cluster.name()), result);
+    for cluster in &observed.pool_clusters {
+        let actions = pools::plan_cluster(&observed, cluster, &mut rand::thread_rng());
+        let result = execute(context, actions).await;
+        errors.report(Subject::PoolCluster(cluster.name().to_string()), result);
     }
-    for pool in &snapshot.pools {
-        let result = pools::reconcile_liveness(context, pool).await;
-        errors.report(&format!("cspi/{}", pool.name()), result);
+    for pool in &observed.pools {
+        let result = execute(context, pools::plan_liveness(&observed, pool)).await;
+        errors.report(Subject::Pool(pool.name().to_string()), result);
     }
-    for config in &snapshot.configs {
-        let result = volumes::reconcile_config(context, &snapshot, config).await;
-        errors.report(&format!("cvc/{}", config.name()), result);
+    for config in &observed.configs {
+        let step = volumes::plan_config(&observed, config, &mut rand::thread_rng());
+        let result = match step {
+            Step::Act(actions) => execute(context, actions).await,
+            Step::CreateVolume(volume) => {
+                create_volume_then_provision(context, &observed, config, volume).await
+            }
+        };
+        errors.report(Subject::VolumeConfig(config.name().to_string()), result);
     }
-    let result = volumes::collect_orphans(context, &snapshot).await;
-    errors.report("volume garbage collection", result);
+    let result = execute(context, volumes::plan_orphans(&observed)).await;
+    errors.report(Subject::GarbageCollection, result);
+}
+
+/// The first step of provisioning: the volume, whose uid (the server's) its replicas name.
+async fn create_volume_then_provision(
+    context: &Context,
+    observed: &Observed,
+    config: &CStorVolumeConfig,
+    volume: Box<CStorVolume>,
+) -> Result<(), ClientError> {
+    let created = context.client.create(&Object::CStorVolume(*volume)).await?;
+    let volume = CStorVolume::try_from(created).map_err(|error| ClientError::Protocol {
+        server: context.client.server().to_string(),
+        detail: error.to_string(),
+    })?;
+    let actions = volumes::plan_provision(observed, config, &volume, &mut rand::thread_rng());
+    execute(context, actions).await
+}
+
+/// What an error is about: the key of the error log.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Subject {
+    /// Reading what the pass looks at.
+    Snapshot,
+    PoolCluster(String),
+    Pool(String),
+    VolumeConfig(String),
+    GarbageCollection,
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Snapshot => formatter.write_str("snapshot"),
+            Subject::PoolCluster(name) => write!(formatter, "cspc/{name}"),
+            Subject::Pool(name) => write!(formatter, "cspi/{name}"),
+            Subject::VolumeConfig(name) => write!(formatter, "cvc/{name}"),
+            Subject::GarbageCollection => formatter.write_str("volume garbage collection"),
+        }
+    }
 }
 
 /// Logs each object's errors once per distinct message (a pass runs every second), and a
 /// conflict, which only means a writer raced with this pass, not at all.
 #[derive(Default)]
 struct ErrorLog {
-    last: BTreeMap<String, String>,
+    last: BTreeMap<Subject, String>,
 }
 
 impl ErrorLog {
-    fn report(&mut self, what: &str, result: Result<(), ClientError>) {
+    fn report(&mut self, subject: Subject, result: Result<(), ClientError>) {
         match result {
             Ok(()) => {
-                self.last.remove(what);
+                self.last.remove(&subject);
             }
-            Err(error) if error.is_conflict() => {}
+            Err(error) if error.kind() == ErrorKind::Conflict => {}
             Err(error) => {
                 let message = error.to_string();
-                if self.last.get(what) != Some(&message) {
-                    tracing::warn!(object = what, error = %message, "reconcile failed; retrying");
-                    self.last.insert(what.to_string(), message);
+                if self.last.get(&subject) != Some(&message) {
+                    let object = subject.to_string();
+                    tracing::warn!(
+                        object = object.as_str(),
+                        error = %message,
+                        "reconcile failed; retrying"
+                    );
+                    self.last.insert(subject, message);
                 }
             }
         }
     }
 }
 
-pub(crate) fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(message: &str) -> Result<(), ClientError> {
+        Err(ClientError::Api {
+            code: 422,
+            reason: "Invalid".to_string(),
+            message: message.to_string(),
+        })
+    }
+
+    fn conflict() -> Result<(), ClientError> {
+        Err(ClientError::Api {
+            code: 409,
+            reason: "Conflict".to_string(),
+            message: "stale".to_string(),
+        })
+    }
+
+    #[test]
+    fn given_each_subject_when_logged_then_it_reads_as_it_always_did() {
+        let table = [
+            (Subject::Snapshot, "snapshot"),
+            (Subject::PoolCluster("c".to_string()), "cspc/c"),
+            (Subject::Pool("p".to_string()), "cspi/p"),
+            (Subject::VolumeConfig("v".to_string()), "cvc/v"),
+            (Subject::GarbageCollection, "volume garbage collection"),
+        ];
+        for (subject, text) in table {
+            assert_eq!(subject.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn given_errors_when_reported_then_each_subject_keeps_its_last_until_it_succeeds() {
+        let mut errors = ErrorLog::default();
+        let pool = || Subject::Pool("p".to_string());
+        let config = || Subject::VolumeConfig("v".to_string());
+        errors.report(pool(), refused("first"));
+        errors.report(pool(), refused("first"));
+        errors.report(config(), conflict());
+        assert_eq!(
+            errors.last,
+            BTreeMap::from([(pool(), "first".to_string())]),
+            "a conflict is not an error worth a line"
+        );
+        errors.report(pool(), refused("second"));
+        errors.report(config(), refused("third"));
+        assert_eq!(
+            errors.last,
+            BTreeMap::from([
+                (pool(), "second".to_string()),
+                (config(), "third".to_string())
+            ])
+        );
+        errors.report(pool(), Ok(()));
+        assert_eq!(
+            errors.last,
+            BTreeMap::from([(config(), "third".to_string())])
+        );
+    }
 }

@@ -3,7 +3,6 @@
 //! marked OFFLINE, and the CSPC's status counts its instances.
 
 use rand::Rng;
-use tandem_client::ClientError;
 use tandem_objects::{
     pool_node, CStorPoolCluster, CStorPoolClusterStatus, CStorPoolInstance, CStorPoolInstancePhase,
     CStorPoolInstanceSpec, EventType, Kind, Object, ObjectMeta, OwnerReference, PoolSpec,
@@ -11,14 +10,14 @@ use tandem_objects::{
     LABEL_HOSTNAME, LABEL_VERSION,
 };
 
-use super::{Context, Snapshot};
+use crate::controllers::execute::{Action, Controller, Log};
+use crate::controllers::observe::Observed;
 
 /// The characters of Kubernetes' `rand.String`, which cStor uses for pool names: no vowels
 /// (no words) and no look-alikes.
 const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
-fn pool_instance_name(cluster: &str) -> String {
-    let mut random = rand::thread_rng();
+fn pool_instance_name(cluster: &str, random: &mut impl Rng) -> String {
     let suffix: String = (0..4)
         .map(|_| char::from(NAME_ALPHABET[random.gen_range(0..NAME_ALPHABET.len())]))
         .collect();
@@ -26,10 +25,10 @@ fn pool_instance_name(cluster: &str) -> String {
 }
 
 fn cluster_pools<'a>(
-    snapshot: &'a Snapshot,
+    observed: &'a Observed,
     cluster: &'a CStorPoolCluster,
 ) -> impl Iterator<Item = &'a CStorPoolInstance> + 'a {
-    snapshot.pools.iter().filter(move |pool| {
+    observed.pools.iter().filter(move |pool| {
         pool.metadata.namespace == cluster.metadata.namespace
             && pool.pool_cluster_name() == Some(cluster.name())
     })
@@ -37,28 +36,25 @@ fn cluster_pools<'a>(
 
 /// Creates the missing pools, deletes the removed ones (the API refused the edit if they held
 /// replicas), and updates the counts.
-pub(crate) async fn reconcile_cluster(
-    context: &Context,
-    snapshot: &Snapshot,
+pub(crate) fn plan_cluster(
+    observed: &Observed,
     cluster: &CStorPoolCluster,
-) -> Result<(), ClientError> {
-    let existing: Vec<&CStorPoolInstance> = cluster_pools(snapshot, cluster).collect();
+    random: &mut impl Rng,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let existing: Vec<&CStorPoolInstance> = cluster_pools(observed, cluster).collect();
     for spec in &cluster.spec.pools {
         let Some(node) = pool_node(&spec.node_selector) else {
             continue;
         };
         if !existing.iter().any(|pool| pool.spec.host_name == node) {
-            let pool = new_pool_instance(cluster, spec, node);
-            tracing::info!(
-                pool = pool.name(),
-                node,
-                cluster = cluster.name(),
-                "creating pool"
-            );
-            context
-                .client
-                .create(&Object::CStorPoolInstance(pool))
-                .await?;
+            let pool = new_pool_instance(cluster, spec, node, random);
+            actions.push(Action::Log(Log::CreatingPool {
+                pool: pool.name().to_string(),
+                node: node.to_string(),
+                cluster: cluster.name().to_string(),
+            }));
+            actions.push(Action::Create(Object::CStorPoolInstance(pool)));
         }
     }
     let wanted: Vec<&str> = cluster
@@ -71,15 +67,14 @@ pub(crate) async fn reconcile_cluster(
         if !wanted.contains(&pool.spec.host_name.as_str())
             && pool.metadata.deletion_timestamp.is_empty()
         {
-            tracing::info!(pool = pool.name(), "deleting pool removed from its cluster");
-            context
-                .client
-                .delete(
-                    Kind::CStorPoolInstance,
-                    &pool.metadata.namespace,
-                    pool.name(),
-                )
-                .await?;
+            actions.push(Action::Log(Log::DeletingPool {
+                pool: pool.name().to_string(),
+            }));
+            actions.push(Action::Delete {
+                kind: Kind::CStorPoolInstance,
+                namespace: pool.metadata.namespace.clone(),
+                name: pool.name().to_string(),
+            });
         }
     }
     let status = CStorPoolClusterStatus {
@@ -96,25 +91,27 @@ pub(crate) async fn reconcile_cluster(
     if status != cluster.status {
         let mut updated = cluster.clone();
         updated.status = status;
-        context
-            .client
-            .update_status(&Object::CStorPoolCluster(updated))
-            .await?;
+        actions.push(Action::UpdateStatus(Object::CStorPoolCluster(updated)));
     }
-    Ok(())
+    actions
 }
 
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-fn new_pool_instance(cluster: &CStorPoolCluster, spec: &PoolSpec, node: &str) -> CStorPoolInstance {
+fn new_pool_instance(
+    cluster: &CStorPoolCluster,
+    spec: &PoolSpec,
+    node: &str,
+    random: &mut impl Rng,
+) -> CStorPoolInstance {
     let mut pool_config = spec.pool_config.clone();
     pool_config
         .ro_threshold_limit
         .get_or_insert(DEFAULT_RO_THRESHOLD_PERCENT);
     let metadata = ObjectMeta {
-        name: pool_instance_name(cluster.name()),
+        name: pool_instance_name(cluster.name(), random),
         namespace: cluster.metadata.namespace.clone(),
         labels: [
             (LABEL_HOSTNAME, node),
@@ -150,17 +147,13 @@ fn new_pool_instance(cluster: &CStorPoolCluster, spec: &PoolSpec, node: &str) ->
 /// A pool whose agent has not reported within the agent timeout is OFFLINE (its agent turns it
 /// ONLINE again when it comes back). Right after a control-plane start every agent gets one
 /// timeout to report first.
-pub(crate) async fn reconcile_liveness(
-    context: &Context,
-    pool: &CStorPoolInstance,
-) -> Result<(), ClientError> {
-    if pool.status.phase == CStorPoolInstancePhase::Offline || !context.api.past_agent_grace() {
-        return Ok(());
+pub(crate) fn plan_liveness(observed: &Observed, pool: &CStorPoolInstance) -> Vec<Action> {
+    if pool.status.phase == CStorPoolInstancePhase::Offline || !observed.past_agent_grace {
+        return Vec::new();
     }
-    let nodes = context.api.node_statuses();
-    let node = nodes.iter().find(|node| node.node == pool.spec.host_name);
+    let node = observed.node(&pool.spec.host_name);
     if node.is_some_and(|node| node.ready) {
-        return Ok(());
+        return Vec::new();
     }
     let silence = match node {
         Some(node) => format!("has not reported for {}s", node.last_seen_ms / 1000),
@@ -171,13 +164,23 @@ pub(crate) async fn reconcile_liveness(
         pool.name(),
         pool.spec.host_name
     );
-    tracing::warn!("{message}");
     let mut updated = pool.clone();
     updated.status.phase = CStorPoolInstancePhase::Offline;
     let updated = Object::CStorPoolInstance(updated);
-    context.client.update_status(&updated).await?;
-    context
-        .pool_events
-        .record(&updated, EventType::Warning, "PoolOffline", &message)
-        .await
+    vec![
+        Action::Log(Log::PoolOffline {
+            message: message.clone(),
+        }),
+        Action::UpdateStatus(updated.clone()),
+        Action::Record {
+            by: Controller::Pools,
+            about: updated,
+            event_type: EventType::Warning,
+            reason: "PoolOffline".to_string(),
+            message,
+        },
+    ]
 }
+
+#[cfg(test)]
+mod tests;

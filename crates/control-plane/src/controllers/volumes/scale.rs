@@ -1,0 +1,219 @@
+//! Scaling a Bound volume to the pools its CVC's spec names: a scale-up creates the new
+//! replicas for reconstruction and finishes once every replica is Healthy; a scale-down waits
+//! for the target to let go of the replica before deleting it. Replacing pools (migration) is
+//! refused with a warning.
+
+use tandem_objects::{
+    CStorVolume, CStorVolumeConfig, CStorVolumeReplicaPhase, EventType, Kind, Object,
+};
+
+use crate::controllers::execute::{Action, Log, Version};
+use crate::controllers::observe::Observed;
+use crate::controllers::volumes::objects::{
+    clear_scaling_condition, has_scaling_condition, new_replica, set_scaling_condition,
+    with_placement,
+};
+use crate::controllers::volumes::{record, warn_once};
+
+const REASON_SCALING: &str = "ScalingVolumeReplicas";
+
+pub(super) fn plan_scale(observed: &Observed, config: &CStorVolumeConfig) -> Vec<Action> {
+    let Some(volume) = observed.volume_of(config) else {
+        return Vec::new();
+    };
+    let desired = config.desired_pool_names();
+    let current: Vec<&str> = config
+        .current_pool_names()
+        .iter()
+        .map(String::as_str)
+        .collect();
+    if desired.is_empty() && !current.is_empty() {
+        // Bound, but the placement never reached the spec (a restart between the two writes).
+        let placed = with_placement(config, volume);
+        if placed == *config {
+            return Vec::new();
+        }
+        return vec![Action::Update {
+            object: Object::CStorVolumeConfig(placed),
+            at: Version::Read,
+        }];
+    }
+    let added: Vec<&str> = desired
+        .iter()
+        .copied()
+        .filter(|p| !current.contains(p))
+        .collect();
+    let removed: Vec<&str> = current
+        .iter()
+        .copied()
+        .filter(|p| !desired.contains(p))
+        .collect();
+    match (added.is_empty(), removed.is_empty()) {
+        (true, true) => finish_scale(observed, config),
+        (false, true) => scale_up(observed, config, volume, &added),
+        (true, false) => scale_down(observed, config, volume, removed[0]),
+        (false, false) => warn_once(
+            observed,
+            config,
+            "Migration",
+            "Migration of volume replicas is not yet supported",
+        )
+        .into_iter()
+        .collect(),
+    }
+}
+
+fn scale_up(
+    observed: &Observed,
+    config: &CStorVolumeConfig,
+    volume: &CStorVolume,
+    added: &[&str],
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let namespace = &config.metadata.namespace;
+    let wanted = u32::try_from(config.desired_pool_names().len()).unwrap_or(u32::MAX);
+    if volume.spec.desired_replication_factor < wanted {
+        let mut raised = volume.clone();
+        raised.spec.desired_replication_factor = wanted;
+        actions.push(Action::Update {
+            object: Object::CStorVolume(raised),
+            at: Version::Read,
+        });
+    }
+    let existing = observed.replicas_of(config);
+    for pool_name in added {
+        if existing.contains_key(pool_name) {
+            continue;
+        }
+        let Some(pool) = observed.pool(namespace, pool_name) else {
+            let message =
+                format!("failed to get cstorpoolinstance {pool_name} error: it does not exist");
+            actions.extend(warn_once(observed, config, REASON_SCALING, &message));
+            return actions;
+        };
+        let replica = new_replica(config, volume, pool, CStorVolumeReplicaPhase::Recreate);
+        actions.push(Action::Log(Log::CreatingReplicaForScaleUp {
+            replica: replica.name().to_string(),
+        }));
+        actions.push(Action::Create(Object::CStorVolumeReplica(replica)));
+    }
+    let from = config.current_pool_names().len();
+    let mut scaled = config.clone();
+    scaled
+        .status
+        .pool_info
+        .extend(added.iter().map(|pool| pool.to_string()));
+    let message = format!(
+        "Scaling up volume replicas from {from} to {wanted}: waiting for the new replica on \
+         {} to become Healthy",
+        added.join(", ")
+    );
+    set_scaling_condition(&mut scaled, &observed.now, "ScalingUp", &message);
+    actions.push(Action::UpdateStatus(Object::CStorVolumeConfig(
+        scaled.clone(),
+    )));
+    actions.push(record(&scaled, EventType::Normal, REASON_SCALING, &message));
+    actions
+}
+
+/// cStor's scale-down, first half: the CV's desired replication factor drops, and the target
+/// lets go of the replica (it drains what it owes the others first). Second half, once the
+/// target's status no longer knows it: the replica object is deleted (its agent destroys the
+/// data) and the CVC's status follows the spec.
+fn scale_down(
+    observed: &Observed,
+    config: &CStorVolumeConfig,
+    volume: &CStorVolume,
+    removed_pool: &str,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let desired = u32::try_from(config.desired_pool_names().len()).unwrap_or(u32::MAX);
+    let from = config.current_pool_names().len();
+    let replica = observed.replicas_of(config).get(removed_pool).copied();
+    let replica_id = replica.map(|replica| replica.spec.replica_id.clone());
+    if volume.spec.desired_replication_factor > desired {
+        let mut lowered = volume.clone();
+        lowered.spec.desired_replication_factor = desired;
+        actions.push(Action::Update {
+            object: Object::CStorVolume(lowered),
+            at: Version::Read,
+        });
+    }
+    // The target owns the known replicas (it writes its persisted membership into the CV); it
+    // sees the removed pool gone from the CVC's spec, drains the replica and lets go of it.
+    // Until its status no longer trusts the replica, the replica's data must stay.
+    let message = format!("Scaling down volume replicas from {from} to {desired} is in progress");
+    let still_known = replica_id.as_ref().is_some_and(|id| {
+        volume
+            .status
+            .replica_details
+            .known_replicas
+            .contains_key(id)
+    });
+    if still_known {
+        if !has_scaling_condition(config) {
+            let mut marked = config.clone();
+            set_scaling_condition(&mut marked, &observed.now, "ScalingDown", &message);
+            actions.push(Action::UpdateStatus(Object::CStorVolumeConfig(marked)));
+        }
+        actions.extend(warn_once(observed, config, REASON_SCALING, &message));
+        return actions;
+    }
+    if let Some(replica) = replica {
+        if replica.metadata.deletion_timestamp.is_empty() {
+            actions.push(Action::Log(Log::DeletingReplicaForScaleDown {
+                replica: replica.name().to_string(),
+            }));
+            actions.push(Action::Delete {
+                kind: Kind::CStorVolumeReplica,
+                namespace: replica.metadata.namespace.clone(),
+                name: replica.name().to_string(),
+            });
+        }
+    }
+    let mut scaled = config.clone();
+    scaled.status.pool_info = config
+        .desired_pool_names()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    clear_scaling_condition(&mut scaled);
+    actions.push(Action::UpdateStatus(Object::CStorVolumeConfig(
+        scaled.clone(),
+    )));
+    actions.push(record(
+        &scaled,
+        EventType::Normal,
+        REASON_SCALING,
+        &format!("successfully scaled volume replicas to {desired}"),
+    ));
+    actions
+}
+
+/// Spec and status agree: a scale-up is finished once every replica is Healthy.
+fn finish_scale(observed: &Observed, config: &CStorVolumeConfig) -> Vec<Action> {
+    if !has_scaling_condition(config) {
+        return Vec::new();
+    }
+    let replicas = observed.replicas_of(config);
+    let all_healthy = config.current_pool_names().iter().all(|pool| {
+        replicas
+            .get(pool.as_str())
+            .is_some_and(|replica| replica.status.phase == CStorVolumeReplicaPhase::Healthy)
+    });
+    if !all_healthy {
+        return Vec::new();
+    }
+    let mut done = config.clone();
+    clear_scaling_condition(&mut done);
+    let count = config.current_pool_names().len();
+    vec![
+        Action::UpdateStatus(Object::CStorVolumeConfig(done.clone())),
+        record(
+            &done,
+            EventType::Normal,
+            REASON_SCALING,
+            &format!("successfully scaled volume replicas to {count}"),
+        ),
+    ]
+}

@@ -1,0 +1,758 @@
+//! The volume controller's plans as tables: given the observed configs, volumes, replicas,
+//! pools, node agents and events, the actions one pass takes.
+
+use tandem_objects::CStorPoolInstancePhase::{Offline, Online};
+use tandem_objects::CStorVolumeReplicaPhase::{Degraded, Healthy, Recreate};
+use tandem_objects::{
+    CStorPoolInstance, CStorVolumeConfigPhase, CStorVolumePhase, Condition, Object,
+    CONDITION_SCALING_VOLUME_REPLICAS, FINALIZER_CSTOR_VOLUME_REPLICA, LABEL_CSTOR_POOL_CLUSTER,
+};
+
+use crate::controllers::execute::Action;
+use crate::controllers::fixtures::{
+    bound, cv, cvc, describe, event, node, observed, placed_cv, pool, random, replica, NOW,
+};
+use crate::controllers::observe::Observed;
+use crate::controllers::volumes::{plan_config, plan_orphans, plan_provision, Step};
+
+/// Plans what a pass does for every config (a volume to create first is created with uid
+/// `uid-created`, as the server would answer), then for the volumes left without one, and
+/// compares the actions, one line each, with `expected`.
+fn check(observed: Observed, expected: &[&str]) {
+    let mut actions = Vec::new();
+    for config in &observed.configs {
+        match plan_config(&observed, config, &mut random()) {
+            Step::Act(planned) => actions.extend(planned),
+            Step::CreateVolume(volume) => {
+                let mut created = *volume;
+                actions.push(Action::Create(Object::CStorVolume(created.clone())));
+                created.metadata.uid = "uid-created".to_string();
+                actions.extend(plan_provision(&observed, config, &created, &mut random()));
+            }
+        }
+    }
+    actions.extend(plan_orphans(&observed));
+    let actual = describe(&actions);
+    assert_eq!(actual, expected, "\nactual:\n{}\n", actual.join("\n"));
+}
+
+/// Four pools of the cluster on four nodes: `a` and `d` usable (`a` already holds a replica of
+/// another volume), `b` read-only, `c` OFFLINE.
+fn four_pools() -> Vec<CStorPoolInstance> {
+    let mut a = pool("a", "n1", Online);
+    a.status.provisioned_replicas = 1;
+    let mut b = pool("b", "n2", Online);
+    b.status.read_only = true;
+    let c = pool("c", "n3", Offline);
+    let d = pool("d", "n4", Online);
+    vec![a, b, c, d]
+}
+
+fn online_pools(names: &[&str]) -> Vec<CStorPoolInstance> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(index, name)| pool(name, &format!("n{}", index + 1), Online))
+        .collect()
+}
+
+fn scaling_condition(reason: &str, message: &str) -> Condition {
+    Condition {
+        condition_type: CONDITION_SCALING_VOLUME_REPLICAS.to_string(),
+        status: "True".to_string(),
+        reason: reason.to_string(),
+        message: message.to_string(),
+        ..Condition::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Provisioning
+
+#[test]
+fn given_a_new_cvc_without_a_volume_when_planned_then_the_volume_first_then_its_replicas() {
+    check(
+        Observed {
+            configs: vec![cvc("pvc-1", 2)],
+            pools: four_pools(),
+            ..observed()
+        },
+        &[
+            "create cv pvc-1: drf 2, target - at ",
+            "create replica pvc-1-d (Empty, owner CStorVolume uid-created)",
+            "create replica pvc-1-a (Empty, owner CStorVolume uid-created)",
+        ],
+    );
+}
+
+#[test]
+fn given_offline_and_read_only_pools_when_two_replicas_are_wanted_then_the_usable_two_least_loaded_first(
+) {
+    check(
+        Observed {
+            configs: vec![cvc("pvc-two", 2)],
+            volumes: vec![cv("pvc-two", 2)],
+            pools: four_pools(),
+            ..observed()
+        },
+        &[
+            "create replica pvc-two-d (Empty, owner CStorVolume uid-pvc-two)",
+            "create replica pvc-two-a (Empty, owner CStorVolume uid-pvc-two)",
+        ],
+    );
+}
+
+#[test]
+fn given_too_few_usable_pools_when_planned_then_a_warning_names_the_skipped_and_nothing_is_placed()
+{
+    check(
+        Observed {
+            configs: vec![cvc("pvc-three", 3)],
+            volumes: vec![cv("pvc-three", 3)],
+            pools: four_pools(),
+            ..observed()
+        },
+        &[
+            "event Warning Provisioning by Volumes about CStorVolumeConfig pvc-three: not enough \
+           pools are available of provided CSPC: \"cspc\", usable pool count: 2 pending replica \
+           count: 3 (skipped: b is read-only, c is OFFLINE)",
+        ],
+    );
+}
+
+#[test]
+fn given_a_pool_not_reported_yet_when_too_few_are_usable_then_the_warning_says_so() {
+    let mut pools = online_pools(&["a"]);
+    pools.push(pool(
+        "e",
+        "n5",
+        tandem_objects::CStorPoolInstancePhase::Empty,
+    ));
+    check(
+        Observed {
+            configs: vec![cvc("pvc-1", 2)],
+            volumes: vec![cv("pvc-1", 2)],
+            pools,
+            ..observed()
+        },
+        &[
+            "event Warning Provisioning by Volumes about CStorVolumeConfig pvc-1: not enough \
+           pools are available of provided CSPC: \"cspc\", usable pool count: 1 pending replica \
+           count: 2 (skipped: e has not come ONLINE yet)",
+        ],
+    );
+}
+
+#[test]
+fn given_the_same_warning_is_the_newest_event_when_planned_again_then_nothing() {
+    let message = "not enough pools are available of provided CSPC: \"cspc\", usable pool \
+                   count: 2 pending replica count: 3 (skipped: b is read-only, c is OFFLINE)";
+    check(
+        Observed {
+            configs: vec![cvc("pvc-three", 3)],
+            volumes: vec![cv("pvc-three", 3)],
+            pools: four_pools(),
+            events: vec![
+                event("pvc-three", "Provisioning", message, "2026-12-02T10:59:00Z"),
+                event("pvc-three", "Provisioning", "older", "2026-12-02T10:58:00Z"),
+            ],
+            ..observed()
+        },
+        &[],
+    );
+}
+
+#[test]
+fn given_the_same_warning_followed_by_another_event_when_planned_then_it_is_recorded_again() {
+    let message = "not enough pools are available of provided CSPC: \"cspc\", usable pool \
+                   count: 2 pending replica count: 3 (skipped: b is read-only, c is OFFLINE)";
+    check(
+        Observed {
+            configs: vec![cvc("pvc-three", 3)],
+            volumes: vec![cv("pvc-three", 3)],
+            pools: four_pools(),
+            events: vec![
+                event("pvc-three", "Provisioning", message, "2026-12-02T10:58:00Z"),
+                event(
+                    "pvc-three",
+                    "Other",
+                    "something else",
+                    "2026-12-02T10:59:00Z",
+                ),
+            ],
+            ..observed()
+        },
+        &[&format!(
+            "event Warning Provisioning by Volumes about CStorVolumeConfig pvc-three: {message}"
+        )],
+    );
+}
+
+#[test]
+fn given_a_replica_on_a_node_when_more_are_placed_then_no_second_replica_goes_to_that_node() {
+    let mut pools = online_pools(&["a", "b"]);
+    pools.push(pool("a2", "n1", Online)); // a second pool on n1
+    check(
+        Observed {
+            configs: vec![cvc("pvc-1", 3)],
+            volumes: vec![cv("pvc-1", 3)],
+            replicas: vec![replica("pvc-1", "a", Healthy)],
+            pools,
+            ..observed()
+        },
+        &[
+            "event Warning Provisioning by Volumes about CStorVolumeConfig pvc-1: not enough \
+           pools are available of provided CSPC: \"cspc\", usable pool count: 1 pending replica \
+           count: 2",
+        ],
+    );
+}
+
+#[test]
+fn given_pools_of_another_cluster_when_planned_then_they_are_not_used() {
+    let mut pools = online_pools(&["a"]);
+    let mut other = pool("x", "n9", Online);
+    other
+        .metadata
+        .labels
+        .insert(LABEL_CSTOR_POOL_CLUSTER.to_string(), "other".to_string());
+    pools.push(other);
+    check(
+        Observed {
+            configs: vec![cvc("pvc-1", 2)],
+            volumes: vec![cv("pvc-1", 2)],
+            pools,
+            ..observed()
+        },
+        &[
+            "event Warning Provisioning by Volumes about CStorVolumeConfig pvc-1: not enough \
+           pools are available of provided CSPC: \"cspc\", usable pool count: 1 pending replica \
+           count: 2",
+        ],
+    );
+}
+
+#[test]
+fn given_a_spec_that_names_its_pools_when_provisioned_then_only_those_are_used() {
+    let mut config = cvc("pvc-1", 1);
+    config.spec.policy.replica_pool_info = vec![tandem_objects::ReplicaPoolInfo::new("c")];
+    check(
+        Observed {
+            configs: vec![config],
+            volumes: vec![cv("pvc-1", 1)],
+            pools: online_pools(&["a", "b", "c"]),
+            ..observed()
+        },
+        &["create replica pvc-1-c (Empty, owner CStorVolume uid-pvc-1)"],
+    );
+}
+
+#[test]
+fn given_every_replica_exists_when_planned_then_bound_placed_in_the_spec_and_synced() {
+    check(
+        Observed {
+            configs: vec![cvc("pvc-1", 2)],
+            volumes: vec![cv("pvc-1", 2)],
+            replicas: vec![
+                replica("pvc-1", "d", Degraded),
+                replica("pvc-1", "a", Degraded),
+            ],
+            pools: four_pools(),
+            ..observed()
+        },
+        &[
+            "status cvc pvc-1: Bound, pools [a, d], capacity 5Gi",
+            "update cvc pvc-1: pools [a, d], volume pvc-1 uid-pvc-1 (at the version just written)",
+            "event Normal Synced by Volumes about CStorVolumeConfig pvc-1: cstorvolumeconfig \
+             created successfully",
+        ],
+    );
+}
+
+#[test]
+fn given_every_replica_exists_and_the_spec_already_placed_when_bound_then_no_spec_write() {
+    let mut config = cvc("pvc-1", 1);
+    let placed = bound("pvc-1", &["a"], &["a"]);
+    config.spec = placed.spec;
+    check(
+        Observed {
+            configs: vec![config],
+            volumes: vec![cv("pvc-1", 1)],
+            replicas: vec![replica("pvc-1", "a", Degraded)],
+            pools: online_pools(&["a"]),
+            ..observed()
+        },
+        &[
+            "status cvc pvc-1: Bound, pools [a], capacity 5Gi",
+            "event Normal Synced by Volumes about CStorVolumeConfig pvc-1: cstorvolumeconfig \
+             created successfully",
+        ],
+    );
+}
+
+#[test]
+fn given_a_created_replica_when_provisioned_then_it_is_named_labelled_and_held_as_cstor_makes_it() {
+    let observed = Observed {
+        pools: online_pools(&["a"]),
+        ..observed()
+    };
+    let actions = plan_provision(&observed, &cvc("pvc-1", 1), &cv("pvc-1", 1), &mut random());
+    let Some(Action::Create(Object::CStorVolumeReplica(created))) = actions.get(1) else {
+        panic!("a replica is created: {actions:?}");
+    };
+    assert_eq!(created.name(), "pvc-1-a");
+    assert_eq!(
+        created.metadata.finalizers,
+        [FINALIZER_CSTOR_VOLUME_REPLICA]
+    );
+    assert!(created.spec.replica_id.parse::<u64>().is_ok());
+    assert_eq!(
+        created.metadata.label("cstorpoolinstance.openebs.io/name"),
+        Some("a")
+    );
+    assert_eq!(
+        created.metadata.label("openebs.io/persistent-volume"),
+        Some("pvc-1")
+    );
+}
+
+#[test]
+fn given_a_cvc_being_deleted_or_failed_or_without_a_cluster_when_planned_then_nothing() {
+    let mut deleted = cvc("pvc-deleted", 1);
+    deleted.metadata.deletion_timestamp = NOW.to_string();
+    let mut failed = cvc("pvc-failed", 1);
+    failed.status.phase = CStorVolumeConfigPhase::Failed;
+    let mut clusterless = cvc("pvc-clusterless", 1);
+    clusterless.metadata.labels.clear();
+    check(
+        Observed {
+            configs: vec![deleted, failed, clusterless],
+            pools: online_pools(&["a"]),
+            ..observed()
+        },
+        &[],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Target placement
+
+#[test]
+fn given_a_bound_volume_when_its_first_pools_agent_serves_nbd_then_the_target_is_placed_there() {
+    check(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b"], &["a", "b"])],
+            volumes: vec![cv("pvc-1", 2)],
+            pools: online_pools(&["a", "b"]),
+            nodes: vec![
+                node("n1", true, "10.0.0.1:10809", 100),
+                node("n2", true, "10.0.0.2:10809", 100),
+            ],
+            ..observed()
+        },
+        &["update cv pvc-1: drf 2, target n1 at 10.0.0.1:10809"],
+    );
+}
+
+#[test]
+fn given_the_first_pools_agent_silent_when_placing_then_the_target_goes_to_the_next_one() {
+    check(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b"], &["a", "b"])],
+            volumes: vec![cv("pvc-1", 2)],
+            pools: online_pools(&["a", "b"]),
+            nodes: vec![
+                node("n1", false, "10.0.0.1:10809", 9_000),
+                node("n2", true, "10.0.0.2:10809", 100),
+            ],
+            ..observed()
+        },
+        &["update cv pvc-1: drf 2, target n2 at 10.0.0.2:10809"],
+    );
+}
+
+#[test]
+fn given_no_agent_serving_nbd_yet_when_planned_then_the_target_waits() {
+    check(
+        Observed {
+            configs: vec![bound("pvc-1", &["a"], &["a"])],
+            volumes: vec![cv("pvc-1", 1)],
+            pools: online_pools(&["a"]),
+            nodes: vec![node("n1", true, "", 100)],
+            ..observed()
+        },
+        &[],
+    );
+}
+
+#[test]
+fn given_a_placed_target_whose_agent_reports_when_planned_then_it_stays() {
+    check(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b"], &["a", "b"])],
+            volumes: vec![placed_cv("pvc-1", 2, "n2", "10.0.0.2:10809")],
+            pools: online_pools(&["a", "b"]),
+            nodes: vec![
+                node("n1", true, "10.0.0.1:10809", 100),
+                node("n2", true, "10.0.0.2:10809", 100),
+            ],
+            ..observed()
+        },
+        &[],
+    );
+}
+
+#[test]
+fn given_a_placed_targets_agent_silent_past_the_grace_when_planned_then_the_volume_is_offline() {
+    check(
+        Observed {
+            configs: vec![bound("pvc-1", &["a"], &["a"])],
+            volumes: vec![placed_cv("pvc-1", 1, "n1", "10.0.0.1:10809")],
+            pools: online_pools(&["a"]),
+            nodes: vec![node("n1", false, "10.0.0.1:10809", 9_000)],
+            ..observed()
+        },
+        &[&format!(
+            "status cv pvc-1: Offline since {NOW}: the agent hosting the target (node n1) is \
+             not reporting"
+        )],
+    );
+}
+
+#[test]
+fn given_a_volume_already_offline_for_its_silent_target_when_planned_then_nothing() {
+    let mut volume = placed_cv("pvc-1", 1, "n1", "10.0.0.1:10809");
+    volume.status.phase = CStorVolumePhase::Offline;
+    volume.status.message = "the agent hosting the target (node n1) is not reporting".to_string();
+    check(
+        Observed {
+            configs: vec![bound("pvc-1", &["a"], &["a"])],
+            volumes: vec![volume],
+            pools: online_pools(&["a"]),
+            nodes: vec![node("n1", false, "10.0.0.1:10809", 9_000)],
+            ..observed()
+        },
+        &[],
+    );
+}
+
+#[test]
+fn given_a_placed_targets_agent_silent_within_the_grace_when_planned_then_nothing() {
+    check(
+        Observed {
+            configs: vec![bound("pvc-1", &["a"], &["a"])],
+            volumes: vec![placed_cv("pvc-1", 1, "n1", "10.0.0.1:10809")],
+            pools: online_pools(&["a"]),
+            nodes: vec![node("n1", false, "10.0.0.1:10809", 9_000)],
+            past_agent_grace: false,
+            ..observed()
+        },
+        &[],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scaling
+
+#[test]
+fn given_a_bound_cvc_whose_placement_never_reached_the_spec_when_planned_then_it_is_written() {
+    let mut config = bound("pvc-1", &["a", "b"], &[]);
+    config.spec.cstor_volume_ref = None;
+    check(
+        Observed {
+            configs: vec![config],
+            volumes: vec![cv("pvc-1", 2)],
+            pools: online_pools(&["a", "b"]),
+            ..observed()
+        },
+        &["update cvc pvc-1: pools [a, b], volume pvc-1 uid-pvc-1"],
+    );
+}
+
+#[test]
+fn given_a_pool_added_to_the_spec_when_planned_then_a_replica_for_reconstruction_and_scaling_up() {
+    check(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b"], &["a", "b", "c"])],
+            volumes: vec![cv("pvc-1", 2)],
+            replicas: vec![
+                replica("pvc-1", "a", Healthy),
+                replica("pvc-1", "b", Healthy),
+            ],
+            pools: online_pools(&["a", "b", "c"]),
+            ..observed()
+        },
+        &[
+            "update cv pvc-1: drf 3, target - at ",
+            "create replica pvc-1-c (Recreate, owner CStorVolume uid-pvc-1)",
+            &format!(
+                "status cvc pvc-1: Bound, pools [a, b, c], capacity 5Gi, ScalingVolumeReplicas \
+                 ScalingUp since {NOW}: Scaling up volume replicas from 2 to 3: waiting for the \
+                 new replica on c to become Healthy"
+            ),
+            "event Normal ScalingVolumeReplicas by Volumes about CStorVolumeConfig pvc-1: \
+             Scaling up volume replicas from 2 to 3: waiting for the new replica on c to become \
+             Healthy",
+        ],
+    );
+}
+
+#[test]
+fn given_a_scale_up_to_a_pool_that_does_not_exist_when_planned_then_a_warning() {
+    check(
+        Observed {
+            configs: vec![bound("pvc-1", &["a"], &["a", "zz"])],
+            volumes: vec![cv("pvc-1", 1)],
+            replicas: vec![replica("pvc-1", "a", Healthy)],
+            pools: online_pools(&["a"]),
+            ..observed()
+        },
+        &[
+            "update cv pvc-1: drf 2, target - at ",
+            "event Warning ScalingVolumeReplicas by Volumes about CStorVolumeConfig pvc-1: failed \
+             to get cstorpoolinstance zz error: it does not exist",
+        ],
+    );
+}
+
+#[test]
+fn given_a_scale_up_whose_new_replica_is_not_healthy_when_planned_then_no_success_yet() {
+    let mut config = bound("pvc-1", &["a", "b", "c"], &["a", "b", "c"]);
+    config.status.conditions.push(scaling_condition(
+        "ScalingUp",
+        "Scaling up volume replicas from 2 to 3",
+    ));
+    check(
+        Observed {
+            configs: vec![config],
+            volumes: vec![cv("pvc-1", 3)],
+            replicas: vec![
+                replica("pvc-1", "a", Healthy),
+                replica("pvc-1", "b", Healthy),
+                replica("pvc-1", "c", Recreate),
+            ],
+            pools: online_pools(&["a", "b", "c"]),
+            ..observed()
+        },
+        &[],
+    );
+}
+
+#[test]
+fn given_a_scale_up_whose_replicas_are_all_healthy_when_planned_then_it_is_finished() {
+    let mut config = bound("pvc-1", &["a", "b", "c"], &["a", "b", "c"]);
+    config.status.conditions.push(scaling_condition(
+        "ScalingUp",
+        "Scaling up volume replicas from 2 to 3",
+    ));
+    check(
+        Observed {
+            configs: vec![config],
+            volumes: vec![cv("pvc-1", 3)],
+            replicas: vec![
+                replica("pvc-1", "a", Healthy),
+                replica("pvc-1", "b", Healthy),
+                replica("pvc-1", "c", Healthy),
+            ],
+            pools: online_pools(&["a", "b", "c"]),
+            ..observed()
+        },
+        &[
+            "status cvc pvc-1: Bound, pools [a, b, c], capacity 5Gi",
+            "event Normal ScalingVolumeReplicas by Volumes about CStorVolumeConfig pvc-1: \
+             successfully scaled volume replicas to 3",
+        ],
+    );
+}
+
+#[test]
+fn given_a_pool_removed_while_the_target_still_trusts_its_replica_when_planned_then_scale_down_waits(
+) {
+    let mut volume = cv("pvc-1", 3);
+    volume.status.replica_details.known_replicas = ["id-a", "id-b", "id-c"]
+        .into_iter()
+        .map(|id| (id.to_string(), "1".to_string()))
+        .collect();
+    check(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b", "c"], &["b", "c"])],
+            volumes: vec![volume],
+            replicas: vec![
+                replica("pvc-1", "a", Healthy),
+                replica("pvc-1", "b", Healthy),
+                replica("pvc-1", "c", Healthy),
+            ],
+            pools: online_pools(&["a", "b", "c"]),
+            ..observed()
+        },
+        &[
+            "update cv pvc-1: drf 2, target - at ",
+            &format!(
+                "status cvc pvc-1: Bound, pools [a, b, c], capacity 5Gi, ScalingVolumeReplicas \
+                 ScalingDown since {NOW}: Scaling down volume replicas from 3 to 2 is in progress"
+            ),
+            "event Warning ScalingVolumeReplicas by Volumes about CStorVolumeConfig pvc-1: \
+             Scaling down volume replicas from 3 to 2 is in progress",
+        ],
+    );
+}
+
+#[test]
+fn given_a_scale_down_already_marked_and_warned_when_the_target_still_trusts_the_replica_then_nothing(
+) {
+    let message = "Scaling down volume replicas from 3 to 2 is in progress";
+    let mut config = bound("pvc-1", &["a", "b", "c"], &["b", "c"]);
+    config
+        .status
+        .conditions
+        .push(scaling_condition("ScalingDown", message));
+    let mut volume = cv("pvc-1", 2);
+    volume.status.replica_details.known_replicas = ["id-a", "id-b", "id-c"]
+        .into_iter()
+        .map(|id| (id.to_string(), "1".to_string()))
+        .collect();
+    check(
+        Observed {
+            configs: vec![config],
+            volumes: vec![volume],
+            replicas: vec![
+                replica("pvc-1", "a", Healthy),
+                replica("pvc-1", "b", Healthy),
+                replica("pvc-1", "c", Healthy),
+            ],
+            pools: online_pools(&["a", "b", "c"]),
+            events: vec![event(
+                "pvc-1",
+                "ScalingVolumeReplicas",
+                message,
+                "2026-12-02T10:59:00Z",
+            )],
+            ..observed()
+        },
+        &[],
+    );
+}
+
+#[test]
+fn given_the_target_let_go_of_the_removed_replica_when_planned_then_it_is_deleted_and_scaled() {
+    let mut config = bound("pvc-1", &["a", "b", "c"], &["b", "c"]);
+    config.status.conditions.push(scaling_condition(
+        "ScalingDown",
+        "Scaling down volume replicas from 3 to 2 is in progress",
+    ));
+    let mut volume = cv("pvc-1", 2);
+    volume.status.replica_details.known_replicas = ["id-b", "id-c"]
+        .into_iter()
+        .map(|id| (id.to_string(), "1".to_string()))
+        .collect();
+    check(
+        Observed {
+            configs: vec![config],
+            volumes: vec![volume],
+            replicas: vec![
+                replica("pvc-1", "a", Healthy),
+                replica("pvc-1", "b", Healthy),
+                replica("pvc-1", "c", Healthy),
+            ],
+            pools: online_pools(&["a", "b", "c"]),
+            ..observed()
+        },
+        &[
+            "delete CStorVolumeReplica pvc-1-a",
+            "status cvc pvc-1: Bound, pools [b, c], capacity 5Gi",
+            "event Normal ScalingVolumeReplicas by Volumes about CStorVolumeConfig pvc-1: \
+             successfully scaled volume replicas to 2",
+        ],
+    );
+}
+
+#[test]
+fn given_the_removed_replica_already_being_deleted_when_planned_then_only_the_status_follows() {
+    let mut leaving = replica("pvc-1", "a", Healthy);
+    leaving.metadata.deletion_timestamp = NOW.to_string();
+    check(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b"], &["b"])],
+            volumes: vec![cv("pvc-1", 1)],
+            replicas: vec![leaving, replica("pvc-1", "b", Healthy)],
+            pools: online_pools(&["a", "b"]),
+            ..observed()
+        },
+        &[
+            "status cvc pvc-1: Bound, pools [b], capacity 5Gi",
+            "event Normal ScalingVolumeReplicas by Volumes about CStorVolumeConfig pvc-1: \
+             successfully scaled volume replicas to 1",
+        ],
+    );
+}
+
+#[test]
+fn given_pools_both_added_and_removed_when_planned_then_a_migration_warning() {
+    check(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b"], &["a", "c"])],
+            volumes: vec![cv("pvc-1", 2)],
+            pools: online_pools(&["a", "b", "c"]),
+            ..observed()
+        },
+        &[
+            "event Warning Migration by Volumes about CStorVolumeConfig pvc-1: Migration of \
+           volume replicas is not yet supported",
+        ],
+    );
+}
+
+#[test]
+fn given_a_bound_cvc_without_its_volume_when_planned_then_nothing() {
+    check(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b"], &["a", "b", "c"])],
+            pools: online_pools(&["a", "b", "c"]),
+            ..observed()
+        },
+        &[],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Garbage collection
+
+#[test]
+fn given_a_volume_whose_cvc_is_gone_when_planned_then_its_replicas_go_first() {
+    let mut leaving = replica("pvc-1", "b", Healthy);
+    leaving.metadata.deletion_timestamp = NOW.to_string();
+    check(
+        Observed {
+            volumes: vec![cv("pvc-1", 2)],
+            replicas: vec![replica("pvc-1", "a", Healthy), leaving],
+            ..observed()
+        },
+        &["delete CStorVolumeReplica pvc-1-a"],
+    );
+}
+
+#[test]
+fn given_a_volume_whose_cvc_and_replicas_are_gone_when_planned_then_the_volume_goes() {
+    check(
+        Observed {
+            volumes: vec![cv("pvc-1", 2)],
+            ..observed()
+        },
+        &["delete CStorVolume pvc-1"],
+    );
+}
+
+#[test]
+fn given_a_volume_with_its_cvc_when_collecting_then_it_stays() {
+    let config = bound("pvc-1", &["a"], &["a"]);
+    check(
+        Observed {
+            configs: vec![config],
+            volumes: vec![cv("pvc-1", 1)],
+            replicas: vec![replica("pvc-1", "a", Healthy)],
+            pools: online_pools(&["a"]),
+            ..observed()
+        },
+        &[],
+    );
+}
