@@ -29,6 +29,9 @@
 //! the network or the disk is unwrapped.
 
 mod changes;
+pub mod cstor;
+#[cfg(test)]
+mod fixtures;
 mod heartbeat;
 pub mod pool;
 mod reconcile;

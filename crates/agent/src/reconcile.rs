@@ -15,14 +15,14 @@ use tandem_client::{Client, ClientError, Recorder};
 use tandem_core::{Geometry, Incarnation, ReplicaId};
 use tandem_dataplane::replica::ReplicaHost;
 use tandem_objects::{
-    format_bytes_short, validate_object_name, CStorPoolInstance, CStorPoolInstanceCapacity,
-    CStorPoolInstancePhase, CStorPoolInstanceStatus, CStorVolume, CStorVolumeReplica,
-    CStorVolumeReplicaCapacity, CStorVolumeReplicaPhase, CStorVolumeReplicaStatus, EventType, Kind,
-    Object, ObjectMeta, Quantity, ReplicaStatus, ANNOTATION_INCARNATION,
-    FINALIZER_CSTOR_VOLUME_REPLICA, LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_CSTOR_VOLUME_NAME,
-    LABEL_HOSTNAME, LABEL_PERSISTENT_VOLUME,
+    CStorPoolInstance, CStorPoolInstanceCapacity, CStorPoolInstancePhase, CStorPoolInstanceStatus,
+    CStorVolume, CStorVolumeReplica, CStorVolumeReplicaCapacity, CStorVolumeReplicaPhase,
+    CStorVolumeReplicaStatus, EventType, Kind, Object, ObjectMeta, ReplicaStatus,
+    ANNOTATION_INCARNATION, FINALIZER_CSTOR_VOLUME_REPLICA, LABEL_CSTOR_POOL_INSTANCE_NAME,
+    LABEL_HOSTNAME,
 };
 
+use crate::cstor::{self, creation_order, short_quantity};
 use crate::pool::{self, Claim, PoolRecord, REPLICAS_DIR, RO_THRESHOLD_DEFAULT};
 use crate::report::{backoff, ErrorLog};
 use crate::storage::{self, NewReplica, DATA_FILE, META_FILE};
@@ -131,7 +131,7 @@ struct PoolView {
     /// Volume name -> the CVR that owns the volume's directory in this pool (the oldest).
     owners: HashMap<String, String>,
     /// What each volume's target reports about its replicas, by volume and replica id.
-    reported: HashMap<(String, String), ReplicaStatus>,
+    reported: HashMap<(String, ReplicaId), ReplicaStatus>,
 }
 
 /// What the agent makes of one replica that is not being deleted.
@@ -315,7 +315,10 @@ impl Agent {
                         .status
                         .replica_statuses
                         .into_iter()
-                        .map(move |status| ((name.clone(), status.replica_id.clone()), status))
+                        .filter_map(move |status| {
+                            let id = ReplicaId(status.replica_id.parse().ok()?);
+                            Some(((name.clone(), id), status))
+                        })
                 })
                 .collect(),
             Err(error) => {
@@ -670,7 +673,7 @@ impl Agent {
         if cvr.spec.replica_id.trim().is_empty() {
             // As cStor's pool-manager: generate the id and write it to the CVR before any
             // storage carries it.
-            let id = storage::replica_id_from_uid(&cvr.metadata.uid);
+            let id = cstor::replica_id_to_assign(&cvr);
             cvr.spec.replica_id = id.0.to_string();
             match self
                 .api(self.client.update(&Object::CStorVolumeReplica(cvr)))
@@ -706,9 +709,10 @@ impl Agent {
                 None => return created,
             }
         }
-        let reported = volume_of(&cvr)
-            .ok()
-            .and_then(|volume| view.reported.get(&(volume, cvr.spec.replica_id.clone())));
+        let reported = match (volume_of(&cvr), cstor::replica_id(&cvr)) {
+            (Ok(volume), Ok(Some(id))) => view.reported.get(&(volume, id)),
+            _ => None,
+        };
         let status = desired_status(&cvr.status, &state, reported);
         if let ReplicaState::Failed(message) = &state {
             self.errors.failed(&subject, message);
@@ -722,7 +726,7 @@ impl Agent {
     /// Writes the incarnation of the replica's storage (cStor's zvol GUID) into its CVR, where
     /// the volume's target finds it. `None` if the CVR could not be updated (next pass).
     async fn record_incarnation(&mut self, cvr: CStorVolumeReplica) -> Option<CStorVolumeReplica> {
-        let Ok(id) = replica_id_of(&cvr) else {
+        let Ok(Some(id)) = cstor::replica_id(&cvr) else {
             return Some(cvr);
         };
         let Some(hosted) = self.host.status(id) else {
@@ -769,7 +773,9 @@ impl Agent {
             ));
         }
         let id = match replica_id_of(cvr) {
-            Ok(id) => id,
+            Ok(Some(id)) => id,
+            // Only before the assignment reconcile_replica writes first is read back.
+            Ok(None) => cstor::replica_id_to_assign(cvr),
             Err(message) => return ReplicaState::Failed(message),
         };
         let dir = view.replicas_dir.join(&volume);
@@ -806,7 +812,7 @@ impl Agent {
             ));
         }
         let capacity = cvr.spec.capacity.bytes();
-        let geometry = match storage::geometry_for(capacity, cvr.spec.block_size) {
+        let geometry = match cstor::geometry(capacity, cvr.spec.block_size) {
             Ok(geometry) => geometry,
             Err(message) => return ReplicaState::Failed(format!("{CREATE_FAILED}: {message}")),
         };
@@ -897,7 +903,7 @@ impl Agent {
     /// refused by this replica.
     fn check_geometry(&mut self, cvr: &CStorVolumeReplica, dir: &Path, stored: Geometry) {
         let subject = format!("cvr {} geometry", cvr.name());
-        match storage::geometry_for(cvr.spec.capacity.bytes(), cvr.spec.block_size) {
+        match cstor::geometry_of(cvr) {
             Ok(expected) if expected == stored => self.errors.ok(&subject),
             Ok(expected) => {
                 self.errors.failed(
@@ -916,8 +922,8 @@ impl Agent {
                     ),
                 );
             }
-            Err(message) => {
-                self.errors.failed(&subject, &message);
+            Err(error) => {
+                self.errors.failed(&subject, &error.to_string());
             }
         }
     }
@@ -1031,15 +1037,24 @@ impl Agent {
         });
         if let Some(volume) = owned {
             let dir = view.replicas_dir.join(volume);
-            let belongs_elsewhere = match (self.read_meta(volume, &dir).await, replica_id_of(&cvr))
-            {
-                (Ok(meta), Ok(id)) => meta.replica != id,
-                _ => false,
-            };
+            // A CVR with no replica id never had storage of its own: the id is written before
+            // storage is created.
+            let (belongs_elsewhere, no_id) =
+                match (self.read_meta(volume, &dir).await, cstor::replica_id(&cvr)) {
+                    (Ok(meta), Ok(Some(id))) => (meta.replica != id, false),
+                    (Ok(_), Ok(None)) => (true, true),
+                    _ => (false, false),
+                };
             // Whatever the storage holds, it is no longer served for a deleted CVR; and the host
             // must let go of the files before they are removed.
             self.unhost(volume).await;
-            if belongs_elsewhere {
+            if no_id {
+                tracing::warn!(
+                    cvr = cvr.name(),
+                    path = %dir.display(),
+                    "the CVR records no replica id, so the storage under this volume's name is not its own; keeping it"
+                );
+            } else if belongs_elsewhere {
                 tracing::warn!(
                     cvr = cvr.name(),
                     path = %dir.display(),
@@ -1140,44 +1155,16 @@ fn desired_status(
     status
 }
 
-/// The volume a CVR is a replica of: its directory name in the pool. Checked as an object name,
-/// so a label such as "../x" can never reach the file system.
+/// The volume a CVR is a replica of (see [`cstor::volume_of`]), or why its storage cannot be
+/// created.
 fn volume_of(cvr: &CStorVolumeReplica) -> Result<String, String> {
-    let volume = [LABEL_PERSISTENT_VOLUME, LABEL_CSTOR_VOLUME_NAME]
-        .iter()
-        .find_map(|key| cvr.metadata.label(key).filter(|value| !value.is_empty()))
-        .ok_or_else(|| {
-            format!(
-                "{CREATE_FAILED}: the CVR has neither a {LABEL_PERSISTENT_VOLUME} nor a \
-                 {LABEL_CSTOR_VOLUME_NAME} label"
-            )
-        })?;
-    validate_object_name(volume)
-        .map_err(|error| format!("{CREATE_FAILED}: the volume name {error}"))?;
-    Ok(volume.to_string())
+    cstor::volume_of(cvr).map_err(|error| format!("{CREATE_FAILED}: {error}"))
 }
 
-/// `spec.replicaid` (a decimal u64), or the stable hash of the uid when it is empty.
-fn replica_id_of(cvr: &CStorVolumeReplica) -> Result<ReplicaId, String> {
-    let text = cvr.spec.replica_id.trim();
-    if text.is_empty() {
-        return Ok(storage::replica_id_from_uid(&cvr.metadata.uid));
-    }
-    text.parse::<u64>()
-        .map(ReplicaId)
-        .map_err(|_| format!("{CREATE_FAILED}: spec.replicaid {text:?} is not a decimal number"))
-}
-
-/// Oldest first (by creationTimestamp, then name); unreadable timestamps last.
-fn creation_order(metadata: &ObjectMeta) -> (bool, Option<SystemTime>, String) {
-    let created = humantime::parse_rfc3339_weak(&metadata.creation_timestamp).ok();
-    (created.is_none(), created, metadata.name.clone())
-}
-
-/// A size as cStor reports it: three significant digits ("9.63G"), held as the quantity that
-/// short form stands for, so it prints "9630M".
-pub fn short_quantity(bytes: u64) -> Quantity {
-    Quantity::parse(&format_bytes_short(bytes)).unwrap_or(Quantity::from_bytes(bytes))
+/// The replica id a CVR records (see [`cstor::replica_id`]), or why its storage cannot be
+/// created.
+fn replica_id_of(cvr: &CStorVolumeReplica) -> Result<Option<ReplicaId>, String> {
+    cstor::replica_id(cvr).map_err(|error| format!("{CREATE_FAILED}: {error}"))
 }
 
 fn now_rfc3339() -> String {
@@ -1196,6 +1183,7 @@ async fn blocking<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tandem_objects::{LABEL_CSTOR_VOLUME_NAME, LABEL_PERSISTENT_VOLUME};
 
     fn cvr(
         labels: &[(&str, &str)],
@@ -1211,18 +1199,6 @@ mod tests {
         cvr.spec.replica_id = replica_id.to_string();
         cvr.status.phase = phase;
         cvr
-    }
-
-    #[test]
-    fn short_quantities_print_like_cstor() {
-        assert_eq!(short_quantity(9_630_000_000).to_string(), "9630M");
-        assert_eq!(short_quantity(9_634_567_890).to_string(), "9630M");
-        assert_eq!(short_quantity(56_000).to_string(), "56k");
-        assert_eq!(short_quantity(10_000_000_000).to_string(), "10G");
-        assert_eq!(short_quantity(10 << 30).to_string(), "10700M");
-        assert_eq!(short_quantity(4096).to_string(), "4100");
-        assert_eq!(short_quantity(0).to_string(), "0");
-        assert_eq!(short_quantity(u64::MAX).to_short_string(), "18.4E");
     }
 
     #[test]
@@ -1245,19 +1221,16 @@ mod tests {
     }
 
     #[test]
-    fn replica_ids_parse_or_hash() {
+    fn replica_ids_parse_and_an_empty_one_is_none() {
         use CStorVolumeReplicaPhase::Empty;
         assert_eq!(
             replica_id_of(&cvr(&[], "12345", Empty)),
-            Ok(ReplicaId(12345))
+            Ok(Some(ReplicaId(12345)))
         );
-        assert_eq!(
-            replica_id_of(&cvr(&[], "", Empty)),
-            Ok(storage::replica_id_from_uid("uid-1"))
-        );
-        assert!(replica_id_of(&cvr(&[], "12a", Empty))
-            .unwrap_err()
-            .contains("not a decimal number"));
+        assert_eq!(replica_id_of(&cvr(&[], "", Empty)), Ok(None));
+        let malformed = replica_id_of(&cvr(&[], "12a", Empty)).unwrap_err();
+        assert!(malformed.starts_with(CREATE_FAILED), "{malformed}");
+        assert!(malformed.contains("not a decimal number"));
     }
 
     #[test]
@@ -1322,22 +1295,5 @@ mod tests {
         let followed = desired_status(&status(Offline, ""), &ready, Some(&reported));
         assert_eq!(followed.phase, ReconstructingNewReplica);
         assert_eq!(followed.rebuild, reported.rebuild);
-    }
-
-    #[test]
-    fn creation_order_is_oldest_then_name() {
-        let meta = |name: &str, created: &str| ObjectMeta {
-            creation_timestamp: created.to_string(),
-            ..ObjectMeta::named(name)
-        };
-        let mut all = [
-            meta("b", "2024-01-01T00:00:00Z"),
-            meta("c", ""),
-            meta("a", "2024-01-01T00:00:00Z"),
-            meta("z", "2023-12-31T23:59:59Z"),
-        ];
-        all.sort_by_key(creation_order);
-        let names: Vec<&str> = all.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(names, vec!["z", "a", "b", "c"]);
     }
 }

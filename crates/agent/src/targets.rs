@@ -28,18 +28,17 @@ use tandem_core::{
     Command, Fenced, Generation, Incarnation, Member, Membership, ReplicaId, ReplicaIo,
     ReplicaMode, TargetOptions, VolumeStatus,
 };
-use tandem_dataplane::replica::storage::geometry_for;
 use tandem_dataplane::target::{self, MembershipStore, TargetConfig, TargetHandle, TargetStatus};
 use tandem_nbd::Server;
 use tandem_objects::{
     CStorVolume, CStorVolumeConfig, CStorVolumePhase, CStorVolumeReplica, CStorVolumeReplicaPhase,
     CStorVolumeReplicaStatus, CStorVolumeStatus, Kind, Object, RebuildProgress, ReplicaStatus,
-    ResyncRecord, ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME, ANNOTATION_INCARNATION,
-    ANNOTATION_TARGET_GENERATION, ANNOTATION_TARGET_NODE, LABEL_CSTOR_POOL_INSTANCE_NAME,
-    LABEL_PERSISTENT_VOLUME,
+    ResyncRecord, ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME, ANNOTATION_TARGET_GENERATION,
+    ANNOTATION_TARGET_NODE, LABEL_PERSISTENT_VOLUME,
 };
 
 use crate::changes::Changes;
+use crate::cstor::{self, generation_of, known_replicas, membership_change, replica_of};
 use crate::report::ErrorLog;
 
 /// How often the targets are brought in line and their status published.
@@ -106,41 +105,9 @@ impl View {
     }
 }
 
+/// The replica id a CVR records; `None` while it has none (or one that is not a number).
 fn replica_id(cvr: &CStorVolumeReplica) -> Option<ReplicaId> {
-    cvr.spec.replica_id.trim().parse().ok().map(ReplicaId)
-}
-
-fn generation_of(volume: &CStorVolume) -> u64 {
-    volume
-        .metadata
-        .annotation(ANNOTATION_TARGET_GENERATION)
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0)
-}
-
-/// The membership a CV records: every known replica, trusted, with its incarnation.
-fn recorded_membership(volume: &CStorVolume) -> Option<Membership> {
-    let mut members = Vec::new();
-    for (id, incarnation) in &volume.spec.replica_details.known_replicas {
-        members.push(Member {
-            replica: ReplicaId(id.parse().ok()?),
-            incarnation: Some(Incarnation(incarnation.parse().ok()?)),
-            trusted: true,
-        });
-    }
-    Some(Membership { members })
-}
-
-fn known_replicas(membership: &Membership) -> BTreeMap<String, String> {
-    membership
-        .members
-        .iter()
-        .filter(|member| member.trusted)
-        .filter_map(|member| {
-            let incarnation = member.incarnation?;
-            Some((member.replica.0.to_string(), incarnation.0.to_string()))
-        })
-        .collect()
+    cstor::replica_id(cvr).ok().flatten()
 }
 
 impl Targets {
@@ -254,7 +221,8 @@ impl Targets {
         let name = volume.name().to_string();
         let replicas: Vec<&CStorVolumeReplica> = view.replicas_of(&name).collect();
         let block_size = replicas.iter().find_map(|cvr| cvr.spec.block_size);
-        let geometry = geometry_for(volume.spec.capacity.bytes(), block_size)?;
+        let geometry = cstor::geometry(volume.spec.capacity.bytes(), block_size)
+            .map_err(|error| error.to_string())?;
         let mut updated = volume.clone();
         let membership = if volume.spec.replica_details.known_replicas.is_empty() {
             // A new volume: its first target records the replicas it was created with.
@@ -263,9 +231,7 @@ impl Targets {
             updated.spec.replica_details.known_replicas = known_replicas(&membership);
             membership
         } else {
-            recorded_membership(volume).ok_or_else(|| {
-                format!("CStorVolume {name} has a known replica that is not a number")
-            })?
+            cstor::recorded_membership(volume).map_err(|error| error.to_string())?
         };
         let generation = Generation(generation_of(volume) + 1);
         updated.metadata.annotations.insert(
@@ -422,9 +388,11 @@ impl Targets {
             String::new()
         };
         for reported in &updated.status.replica_statuses {
-            let Some(cvr) = replicas
-                .iter()
-                .find(|cvr| cvr.spec.replica_id == reported.replica_id)
+            let Some(cvr) = reported
+                .replica_id
+                .parse()
+                .ok()
+                .and_then(|id| replica_of(replicas, ReplicaId(id)))
             else {
                 continue;
             };
@@ -508,15 +476,10 @@ fn initial_members(
     let wanted = volume.spec.desired_replication_factor as usize;
     let mut members = Vec::new();
     for cvr in replicas {
-        let (Some(id), Some(incarnation)) = (
-            replica_id(cvr),
-            cvr.metadata
-                .annotation(ANNOTATION_INCARNATION)
-                .and_then(|value| value.parse().ok()),
-        ) else {
+        let (Some(id), Some(incarnation)) = (replica_id(cvr), cstor::incarnation_of(cvr)) else {
             continue;
         };
-        members.push((id, Incarnation(incarnation)));
+        members.push((id, incarnation));
     }
     if members.len() < wanted || wanted == 0 {
         return Err(format!(
@@ -526,48 +489,6 @@ fn initial_members(
     }
     members.truncate(wanted);
     Ok(members)
-}
-
-/// The next membership change the objects ask for, if any: first an addition (a scale-up's new
-/// replica), then a removal (a scale-down's leaving replica).
-fn membership_change(
-    status: &TargetStatus,
-    config: Option<&CStorVolumeConfig>,
-    replicas: &[&CStorVolumeReplica],
-) -> Option<Command> {
-    let config = config?;
-    let desired: BTreeSet<&str> = config.desired_pool_names().into_iter().collect();
-    if desired.is_empty() {
-        return None;
-    }
-    let pool_of = |cvr: &CStorVolumeReplica| {
-        cvr.metadata
-            .label(LABEL_CSTOR_POOL_INSTANCE_NAME)
-            .map(str::to_string)
-    };
-    for cvr in replicas {
-        let (Some(id), Some(pool)) = (replica_id(cvr), pool_of(cvr)) else {
-            continue;
-        };
-        let wanted = desired.contains(pool.as_str()) && cvr.metadata.deletion_timestamp.is_empty();
-        let member = status.membership.get(id).is_some();
-        // A new replica has storage once its agent recorded the incarnation.
-        if wanted && !member && cvr.metadata.annotation(ANNOTATION_INCARNATION).is_some() {
-            return Some(Command::AddReplica(id));
-        }
-    }
-    for member in &status.membership.members {
-        let cvr = replicas
-            .iter()
-            .find(|cvr| replica_id(cvr) == Some(member.replica));
-        let wanted = cvr
-            .and_then(|cvr| pool_of(cvr))
-            .is_some_and(|pool| desired.contains(pool.as_str()));
-        if !wanted {
-            return Some(Command::RemoveReplica(member.replica));
-        }
-    }
-    None
 }
 
 /// Signals `changes` whenever a target's state changes (the volume's phase, a replica's mode,
