@@ -190,6 +190,7 @@ pub fn short_quantity(bytes: u64) -> Quantity {
 #[allow(clippy::cloned_ref_to_slice_refs)] // rows build their objects inline
 mod tests {
     use super::*;
+    use crate::error::{Refusal, ReplicaError};
     use crate::fixtures::{config, cvr, deleted, target, with_incarnation};
     use tandem_objects::CStorVolumeReplicaPhase;
 
@@ -215,6 +216,29 @@ mod tests {
         assert_eq!(short_quantity(4096).to_string(), "4100");
         assert_eq!(short_quantity(0).to_string(), "0");
         assert_eq!(short_quantity(u64::MAX).to_short_string(), "18.4E");
+    }
+
+    #[test]
+    fn volume_names_come_from_labels_and_are_checked() {
+        assert_eq!(
+            volume_of(&labelled(&[(LABEL_PERSISTENT_VOLUME, "pvc-1")], "")),
+            Ok("pvc-1".into())
+        );
+        assert_eq!(
+            volume_of(&labelled(&[(LABEL_CSTOR_VOLUME_NAME, "pvc-2")], "")),
+            Ok("pvc-2".into())
+        );
+        let missing = volume_of(&labelled(&[], "")).unwrap_err();
+        // The text written into the CVR's status is the agent's own.
+        let status = ReplicaError::from(Refusal::Cstor(missing)).to_string();
+        assert!(
+            status.starts_with("cannot create replica storage"),
+            "{status}"
+        );
+        for bad in ["../x", "..", ".", "a/b", "Pvc"] {
+            let error = volume_of(&labelled(&[(LABEL_PERSISTENT_VOLUME, bad)], "")).unwrap_err();
+            assert!(error.to_string().contains("is not valid"), "{bad}: {error}");
+        }
     }
 
     /// An empty `spec.replicaid` is no id at all (not the hash of the uid): the hash is only

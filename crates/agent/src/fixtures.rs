@@ -7,9 +7,10 @@ use tandem_core::{
 };
 use tandem_dataplane::target::TargetStatus;
 use tandem_objects::{
-    CStorVolume, CStorVolumeConfig, CStorVolumeReplica, ObjectMeta, Quantity, ReplicaPoolInfo,
-    ANNOTATION_INCARNATION, ANNOTATION_TARGET_GENERATION, ANNOTATION_TARGET_NODE,
-    FINALIZER_CSTOR_VOLUME_REPLICA, LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_PERSISTENT_VOLUME,
+    CStorVolume, CStorVolumeConfig, CStorVolumeReplica, CStorVolumeReplicaPhase, ObjectMeta,
+    Quantity, ReplicaPoolInfo, ANNOTATION_INCARNATION, ANNOTATION_TARGET_GENERATION,
+    ANNOTATION_TARGET_NODE, FINALIZER_CSTOR_VOLUME_REPLICA, LABEL_CSTOR_POOL_INSTANCE_NAME,
+    LABEL_PERSISTENT_VOLUME,
 };
 
 /// The CVR of `volume` in `pool` (named `<volume>-<pool>`, uid `uid-<volume>-<pool>`, 1 GiB,
@@ -27,6 +28,11 @@ pub fn cvr(volume: &str, pool: &str, replica_id: &str) -> CStorVolumeReplica {
     replica.spec.capacity = Quantity::parse("1Gi").expect("a quantity");
     replica.spec.replica_id = replica_id.to_string();
     replica
+}
+
+pub fn phase(mut cvr: CStorVolumeReplica, phase: CStorVolumeReplicaPhase) -> CStorVolumeReplica {
+    cvr.status.phase = phase;
+    cvr
 }
 
 pub fn deleted(mut cvr: CStorVolumeReplica) -> CStorVolumeReplica {

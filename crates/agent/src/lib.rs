@@ -30,6 +30,7 @@
 
 mod changes;
 pub mod cstor;
+pub mod error;
 #[cfg(test)]
 mod fixtures;
 mod heartbeat;

@@ -39,6 +39,7 @@ use tandem_objects::{
 
 use crate::changes::Changes;
 use crate::cstor::{self, generation_of, known_replicas, membership_change, replica_of};
+use crate::error::{Error, Subject};
 use crate::report::ErrorLog;
 
 /// How often the targets are brought in line and their status published.
@@ -132,9 +133,9 @@ impl Targets {
         loop {
             wakeups.seen();
             if let Err(error) = self.pass().await {
-                self.errors.failed("targets", &error);
+                self.errors.failed(&Subject::Targets, &error);
             } else {
-                self.errors.ok("targets");
+                self.errors.ok(&Subject::Targets);
             }
             wakeups.wait(PASS_INTERVAL).await;
         }
@@ -166,8 +167,8 @@ impl Targets {
         })
     }
 
-    async fn pass(&mut self) -> Result<(), String> {
-        let view = self.read().await.map_err(|error| error.to_string())?;
+    async fn pass(&mut self) -> Result<(), Error> {
+        let view = self.read().await?;
         let mine: BTreeSet<String> = view
             .volumes
             .iter()
@@ -190,7 +191,7 @@ impl Targets {
             .iter()
             .filter(|volume| mine.contains(volume.name()))
         {
-            let subject = format!("target {}", volume.name());
+            let subject = Subject::Target(volume.name().to_string());
             let result = if self.running.contains_key(volume.name()) {
                 self.keep(volume, &view).await
             } else {
@@ -217,12 +218,11 @@ impl Targets {
         }
     }
 
-    async fn start(&mut self, volume: &CStorVolume, view: &View) -> Result<(), String> {
+    async fn start(&mut self, volume: &CStorVolume, view: &View) -> Result<(), Error> {
         let name = volume.name().to_string();
         let replicas: Vec<&CStorVolumeReplica> = view.replicas_of(&name).collect();
         let block_size = replicas.iter().find_map(|cvr| cvr.spec.block_size);
-        let geometry = cstor::geometry(volume.spec.capacity.bytes(), block_size)
-            .map_err(|error| error.to_string())?;
+        let geometry = cstor::geometry(volume.spec.capacity.bytes(), block_size)?;
         let mut updated = volume.clone();
         let membership = if volume.spec.replica_details.known_replicas.is_empty() {
             // A new volume: its first target records the replicas it was created with.
@@ -231,7 +231,7 @@ impl Targets {
             updated.spec.replica_details.known_replicas = known_replicas(&membership);
             membership
         } else {
-            cstor::recorded_membership(volume).map_err(|error| error.to_string())?
+            cstor::recorded_membership(volume)?
         };
         let generation = Generation(generation_of(volume) + 1);
         updated.metadata.annotations.insert(
@@ -244,7 +244,10 @@ impl Targets {
         self.client
             .update(&Object::CStorVolume(updated))
             .await
-            .map_err(|error| format!("cannot take generation {}: {error}", generation.0))?;
+            .map_err(|error| Error::TakeGeneration {
+                generation: generation.0,
+                source: Box::new(error.into()),
+            })?;
         let addresses = membership
             .members
             .iter()
@@ -277,7 +280,10 @@ impl Targets {
         self.nbd.remove_export(&name);
         self.nbd
             .add_export(name.clone(), Arc::new(handle.clone()))
-            .map_err(|error| format!("cannot export {name} over NBD: {error}"))?;
+            .map_err(|error| Error::Export {
+                volume: name.clone(),
+                message: error.to_string(),
+            })?;
         tracing::info!(volume = %name, generation = generation.0, "target started");
         self.running.insert(
             name,
@@ -293,7 +299,7 @@ impl Targets {
         Ok(())
     }
 
-    async fn keep(&mut self, volume: &CStorVolume, view: &View) -> Result<(), String> {
+    async fn keep(&mut self, volume: &CStorVolume, view: &View) -> Result<(), Error> {
         let name = volume.name().to_string();
         if generation_of(volume) > self.running[&name].generation.0 {
             // Someone started a newer target (this agent restarted its own, or another node
@@ -347,7 +353,7 @@ impl Targets {
         volume: &CStorVolume,
         name: &str,
         replicas: &[&CStorVolumeReplica],
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let running = self.running.get_mut(name).expect("a running target");
         let status = running.handle.status();
         let io = running.handle.replica_io().await;
@@ -461,9 +467,10 @@ impl Targets {
         {
             Ok(_) => Ok(()),
             Err(error) if error.is_conflict() => Ok(()),
-            Err(error) => Err(format!(
-                "cannot write the status of CStorVolume {name}: {error}"
-            )),
+            Err(error) => Err(Error::WriteVolumeStatus {
+                volume: name.to_string(),
+                source: Box::new(error.into()),
+            }),
         }
     }
 }
@@ -472,7 +479,7 @@ impl Targets {
 fn initial_members(
     volume: &CStorVolume,
     replicas: &[&CStorVolumeReplica],
-) -> Result<Vec<(ReplicaId, Incarnation)>, String> {
+) -> Result<Vec<(ReplicaId, Incarnation)>, Error> {
     let wanted = volume.spec.desired_replication_factor as usize;
     let mut members = Vec::new();
     for cvr in replicas {
@@ -482,10 +489,10 @@ fn initial_members(
         members.push((id, incarnation));
     }
     if members.len() < wanted || wanted == 0 {
-        return Err(format!(
-            "waiting for the storage of the volume's replicas ({} of {wanted} ready)",
-            members.len()
-        ));
+        return Err(Error::WaitingForStorage {
+            ready: members.len(),
+            wanted,
+        });
     }
     members.truncate(wanted);
     Ok(members)
