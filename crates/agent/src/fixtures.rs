@@ -8,9 +8,9 @@ use tandem_core::{
 use tandem_dataplane::target::TargetStatus;
 use tandem_objects::{
     CStorVolume, CStorVolumeConfig, CStorVolumeReplica, CStorVolumeReplicaPhase, ObjectMeta,
-    Quantity, ReplicaPoolInfo, ANNOTATION_INCARNATION, ANNOTATION_TARGET_GENERATION,
-    ANNOTATION_TARGET_NODE, FINALIZER_CSTOR_VOLUME_REPLICA, LABEL_CSTOR_POOL_INSTANCE_NAME,
-    LABEL_PERSISTENT_VOLUME,
+    Quantity, ReplicaPoolInfo, ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME, ANNOTATION_INCARNATION,
+    ANNOTATION_TARGET_GENERATION, ANNOTATION_TARGET_NODE, FINALIZER_CSTOR_VOLUME_REPLICA,
+    LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_PERSISTENT_VOLUME,
 };
 
 /// The CVR of `volume` in `pool` (named `<volume>-<pool>`, uid `uid-<volume>-<pool>`, 1 GiB,
@@ -44,6 +44,15 @@ pub fn with_incarnation(mut cvr: CStorVolumeReplica, incarnation: u64) -> CStorV
     cvr.metadata
         .annotations
         .insert(ANNOTATION_INCARNATION.to_string(), incarnation.to_string());
+    cvr
+}
+
+/// The CVR's pool is on `node`.
+pub fn on_node(mut cvr: CStorVolumeReplica, node: &str) -> CStorVolumeReplica {
+    cvr.metadata.annotations.insert(
+        ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME.to_string(),
+        node.to_string(),
+    );
     cvr
 }
 
