@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tandem_client::{Client, NodeHeartbeat};
 
+use crate::error::{Error, Subject};
 use crate::report::{backoff, ErrorLog};
 
 /// The longest wait between heartbeats while they fail.
@@ -30,25 +31,47 @@ pub async fn run(
     let mut errors = ErrorLog::default();
     let mut failures: u32 = 0;
     loop {
-        let timeout = request_timeout.min(interval.max(RETRY_MAX));
+        let timeout = answer_timeout(interval, request_timeout);
         let outcome = match tokio::time::timeout(timeout, client.heartbeat(&heartbeat)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => Err(format!(
-                "no answer within {}",
-                humantime::format_duration(timeout)
-            )),
+            Ok(Err(error)) => Err(Error::from(error)),
+            Err(_) => Err(Error::NoAnswer(timeout)),
         };
         match outcome {
             Ok(()) => {
-                errors.ok("heartbeat");
+                errors.ok(&Subject::Heartbeat);
                 failures = 0;
             }
             Err(error) => {
-                errors.failed("heartbeat", &error);
+                errors.failed(&Subject::Heartbeat, &error);
                 failures = failures.saturating_add(1);
             }
         }
         tokio::time::sleep(backoff(interval, failures, RETRY_MAX)).await;
+    }
+}
+
+/// How long one heartbeat waits for an answer: the request timeout, cut to the interval (at
+/// least [`RETRY_MAX`]) so a hung request cannot hold back the next heartbeat for long.
+fn answer_timeout(interval: Duration, request_timeout: Duration) -> Duration {
+    request_timeout.min(interval.max(RETRY_MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_a_request_timeout_longer_than_the_interval_when_heartbeating_then_wait_at_most_the_interval_or_the_retry_cap(
+    ) {
+        let second = Duration::from_secs(1);
+        let ten = Duration::from_secs(10);
+        assert_eq!(answer_timeout(second, ten), RETRY_MAX);
+        assert_eq!(
+            answer_timeout(Duration::from_secs(5), ten),
+            Duration::from_secs(5)
+        );
+        assert_eq!(answer_timeout(Duration::from_secs(30), ten), ten);
+        assert_eq!(answer_timeout(second, second), second);
     }
 }

@@ -20,8 +20,20 @@
 //!   which owns the format): the `meta` binary format, atomic writes, creation and removal,
 //!   allocation measurement, the geometry a volume gets.
 //! * `pool` — the pool directory: `pool.json`, the read-only decision, the pool's used space.
-//! * `reconcile` — one reconcile pass over the pool's objects (idempotent).
-//! * `heartbeat` — the heartbeat task.
+//! * `cstor` — cStor objects in the core's terms: a CVR's volume, replica id (none until
+//!   assigned) and incarnation, a volume's geometry and generation, the membership a CV
+//!   records, the membership change a CVC's pool list asks for. Both loops read objects only
+//!   through it.
+//! * `reconcile` — the pool loop, one idempotent pass at a time: `reconcile/plan.rs` decides
+//!   from what a pass observed (pure, tested as tables), `reconcile/mod.rs` observes (API, pool
+//!   directory, replica host) and carries the actions out.
+//! * `targets` — the targets this node hosts, the same way: `targets/plan.rs` decides which to
+//!   start, keep or stop and what to write, `targets/mod.rs` runs them, exports them over NBD
+//!   and keeps their membership in the CV.
+//! * `heartbeat` — the heartbeat task. `changes` — the wake-ups of the loops (a watch on the
+//!   objects, the targets' state changes). `report` — each distinct failure logged once, the
+//!   bounded backoff.
+//! * `error` — the crate's one error type (with `kind()`), and the typed key of the error log.
 //!
 //! Invariants: storage is never deleted except for a CVR being deleted (storage without a CVR is
 //! an orphan: logged, counted, kept, since the store may have been lost); existing storage is
@@ -29,6 +41,10 @@
 //! the network or the disk is unwrapped.
 
 mod changes;
+pub mod cstor;
+pub mod error;
+#[cfg(test)]
+mod fixtures;
 mod heartbeat;
 pub mod pool;
 mod reconcile;

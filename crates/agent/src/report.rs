@@ -2,35 +2,41 @@
 //! every second), and the bounded backoff used while the control plane is unreachable.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::time::Duration;
 
-/// The last failure logged per subject ("list pools", "cvr pvc-1-cspc-a-abcd", ...).
+use crate::error::Subject;
+
+/// The last failure logged per subject (the pool directory, a CVR, ...).
 #[derive(Debug, Default)]
 pub struct ErrorLog {
-    last: HashMap<String, String>,
+    last: HashMap<Subject, String>,
 }
 
 impl ErrorLog {
     /// Logs `error` about `subject` at warn level unless it is the failure last logged for it.
     /// Returns true if it was logged (a new or different failure).
-    pub fn failed(&mut self, subject: &str, error: &str) -> bool {
-        if self.last.get(subject).map(String::as_str) == Some(error) {
+    pub fn failed(&mut self, subject: &Subject, error: impl fmt::Display) -> bool {
+        let error = error.to_string();
+        if self.last.get(subject) == Some(&error) {
             return false;
         }
-        tracing::warn!(subject, error, "failed");
-        self.last.insert(subject.to_string(), error.to_string());
+        let text = subject.to_string();
+        tracing::warn!(subject = text.as_str(), error = error.as_str(), "failed");
+        self.last.insert(subject.clone(), error);
         true
     }
 
     /// Notes that `subject` works again, logging it if it had failed.
-    pub fn ok(&mut self, subject: &str) {
+    pub fn ok(&mut self, subject: &Subject) {
         if self.last.remove(subject).is_some() {
-            tracing::info!(subject, "recovered");
+            let text = subject.to_string();
+            tracing::info!(subject = text.as_str(), "recovered");
         }
     }
 
     /// Forgets every subject `keep` rejects (objects that are gone).
-    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+    pub fn retain(&mut self, mut keep: impl FnMut(&Subject) -> bool) {
         self.last.retain(|subject, _| keep(subject));
     }
 }
@@ -63,13 +69,15 @@ mod tests {
     #[test]
     fn each_distinct_failure_is_logged_once() {
         let mut log = ErrorLog::default();
-        assert!(log.failed("list pools", "connection refused"));
-        assert!(!log.failed("list pools", "connection refused"));
-        assert!(log.failed("list pools", "timed out"));
-        assert!(log.failed("cvr a", "timed out"));
-        log.ok("list pools");
-        assert!(log.failed("list pools", "timed out"));
-        log.retain(|subject| subject != "cvr a");
-        assert!(log.failed("cvr a", "timed out"));
+        let pools = Subject::Reconcile;
+        let cvr = Subject::cvr("a");
+        assert!(log.failed(&pools, "connection refused"));
+        assert!(!log.failed(&pools, "connection refused"));
+        assert!(log.failed(&pools, "timed out"));
+        assert!(log.failed(&cvr, "timed out"));
+        log.ok(&pools);
+        assert!(log.failed(&pools, "timed out"));
+        log.retain(|subject| *subject != cvr);
+        assert!(log.failed(&cvr, "timed out"));
     }
 }

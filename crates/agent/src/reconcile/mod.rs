@@ -1,0 +1,585 @@
+//! One reconcile pass: read this node's pools and their replicas from the control plane, make
+//! the pool directory match, and report what is there. Every pass starts from what it lists and
+//! what is on disk, so a pass may stop anywhere (a crash, a lost connection) and the next one
+//! finishes the work. A failure on one object is logged (once per distinct error), recorded in
+//! its status where cStor would, and the pass goes on with the others.
+//!
+//! What to do is decided in [`plan`] from what was observed; this file observes the pool (lists,
+//! measures) and carries the pool's actions out, `replica.rs` does the same for each CVR.
+
+mod plan;
+mod replica;
+
+use crate::changes::Wakeups;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tandem_client::{Client, ClientError, Recorder};
+use tandem_core::ReplicaId;
+use tandem_dataplane::replica::ReplicaHost;
+use tandem_objects::{
+    CStorPoolInstance, CStorPoolInstanceStatus, CStorVolume, CStorVolumeReplica,
+    CStorVolumeReplicaPhase, EventType, Kind, Object, ObjectMeta, FINALIZER_CSTOR_VOLUME_REPLICA,
+    LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_HOSTNAME,
+};
+
+use crate::cstor::creation_order;
+use crate::error::{Aspect, Error, ReplicaError, Subject};
+use crate::pool::{self, Claim, PoolRecord, REPLICAS_DIR, RO_THRESHOLD_DEFAULT};
+use crate::report::{backoff, ErrorLog};
+use crate::storage;
+use crate::AgentConfig;
+use plan::{MetaSummary, PoolView};
+
+/// The FROM of the agent's events.
+pub const EVENT_COMPONENT: &str = "cstor-pool-manager";
+/// The finalizer that holds a CVR until its storage is removed.
+pub const FINALIZER: &str = FINALIZER_CSTOR_VOLUME_REPLICA;
+pub const REASON_READ_ONLY: &str = "PoolReadOnlyThreshold";
+pub const MESSAGE_READ_ONLY_SET: &str = "Pool storage limit reached to read only threshold limit. \
+                                          Pool expansion is required to make its volume replicas RW";
+pub const MESSAGE_READ_ONLY_UNSET: &str =
+    "Pool roThresholdLimit or pool got expanded due to that pool readOnly mode is unset";
+pub const REASON_POOL_CREATION_FAILED: &str = "PoolCreationFailed";
+pub const REASON_DELETION_FAILED: &str = "DeletionFailed";
+
+/// The longest wait between passes while the control plane cannot be reached.
+const RETRY_MAX: Duration = Duration::from_secs(10);
+/// Passes run back to back at most this many times after changes before the normal interval.
+const IMMEDIATE_PASSES_MAX: u32 = 3;
+
+/// What a replica's `meta` said when last read, and the file's length and mtime then (it is
+/// read again only when they change).
+struct CachedMeta {
+    stamp: (u64, Option<SystemTime>),
+    outcome: Result<MetaSummary, ReplicaError>,
+}
+
+/// The agent's memory between passes: only what avoids repeating work or log lines; all state
+/// that matters is in the control plane and on disk.
+pub struct Agent {
+    config: AgentConfig,
+    client: Client,
+    recorder: Recorder,
+    errors: ErrorLog,
+    /// (object uid, reason) -> the message last recorded, so an event is recorded once.
+    events: HashMap<(String, &'static str), String>,
+    orphans: BTreeSet<String>,
+    duplicates: BTreeSet<String>,
+    metas: HashMap<String, CachedMeta>,
+    used: Option<u64>,
+    measured_at: Option<Instant>,
+    waiting_logged: bool,
+    /// Serves the replicas' data to targets.
+    host: Arc<ReplicaHost>,
+    /// Volume name -> the replica the host serves from `replicas/<volume>`.
+    hosted: HashMap<String, ReplicaId>,
+}
+
+/// The objects a pass saw, so the agent can forget the others.
+#[derive(Default)]
+struct Seen {
+    uids: HashSet<String>,
+    names: HashSet<(Kind, String)>,
+}
+
+impl Seen {
+    fn add(&mut self, kind: Kind, metadata: &ObjectMeta) {
+        self.uids.insert(metadata.uid.clone());
+        self.names.insert((kind, metadata.name.clone()));
+    }
+}
+
+impl Agent {
+    pub fn new(
+        config: AgentConfig,
+        client: Client,
+        recorder: Recorder,
+        host: Arc<ReplicaHost>,
+        hosted: HashMap<String, ReplicaId>,
+    ) -> Agent {
+        Agent {
+            config,
+            client,
+            recorder,
+            errors: ErrorLog::default(),
+            events: HashMap::new(),
+            orphans: BTreeSet::new(),
+            duplicates: BTreeSet::new(),
+            metas: HashMap::new(),
+            used: None,
+            measured_at: None,
+            waiting_logged: false,
+            host,
+            hosted,
+        }
+    }
+
+    /// Runs passes forever: every `reconcile_interval`, right after a pass that changed
+    /// something or when `wakeups` signals a change, and with a bounded backoff while the
+    /// control plane cannot be reached.
+    pub async fn run(&mut self, mut wakeups: Wakeups) {
+        let mut failures: u32 = 0;
+        let mut immediate: u32 = 0;
+        loop {
+            wakeups.seen();
+            match self.pass().await {
+                Ok(changed) => {
+                    self.errors.ok(&Subject::Reconcile);
+                    failures = 0;
+                    if changed && immediate < IMMEDIATE_PASSES_MAX {
+                        immediate += 1;
+                        continue;
+                    }
+                }
+                Err(error) => {
+                    self.errors.failed(&Subject::Reconcile, &error);
+                    failures = failures.saturating_add(1);
+                }
+            }
+            immediate = 0;
+            wakeups
+                .wait(backoff(self.config.reconcile_interval, failures, RETRY_MAX))
+                .await;
+        }
+    }
+
+    /// One API request, bounded by the request timeout.
+    async fn api<T>(
+        &self,
+        request: impl Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(self.config.request_timeout, request).await {
+            Ok(result) => result.map_err(Error::from),
+            Err(_) => Err(Error::Timeout(self.config.request_timeout)),
+        }
+    }
+
+    /// Notes a failed update of an object: a conflict is not logged (the next pass reads the
+    /// object again).
+    fn update_failed(&mut self, subject: &Subject, error: &Error) {
+        if !error.is_conflict() {
+            self.errors.failed(subject, error);
+        }
+    }
+
+    /// One pass. Ok(true) if it changed something on disk (the next pass follows at once);
+    /// Err when it could not read what it needs (the pass is retried with backoff).
+    async fn pass(&mut self) -> Result<bool, Error> {
+        let namespace = self.config.namespace.clone();
+        let selector = format!("{LABEL_HOSTNAME}={}", self.config.node);
+        let pools: Vec<CStorPoolInstance> = self
+            .api(
+                self.client
+                    .list_typed(Kind::CStorPoolInstance, Some(&namespace), Some(&selector)),
+            )
+            .await
+            .map_err(|error| Error::ListPools {
+                node: self.config.node.clone(),
+                source: Box::new(error),
+            })?;
+        let Some(choice) = plan::choose_pool(pools) else {
+            if !self.waiting_logged {
+                tracing::info!(
+                    node = %self.config.node,
+                    namespace = %namespace,
+                    "waiting for a CStorPoolInstance labelled {selector}"
+                );
+                self.waiting_logged = true;
+            }
+            return Ok(false);
+        };
+        self.waiting_logged = false;
+        let served = choice.served;
+        let mut seen = Seen::default();
+        seen.add(Kind::CStorPoolInstance, &served.metadata);
+        for (duplicate, status) in choice.duplicates {
+            seen.add(Kind::CStorPoolInstance, &duplicate.metadata);
+            self.mark_duplicate(duplicate, status, &served).await;
+        }
+
+        let mut changed = false;
+        let Some(pool_changed) = self.claim_pool(&served).await else {
+            self.forget_except(&seen);
+            return Ok(false);
+        };
+        changed |= pool_changed;
+
+        let replicas_dir = self.config.pool_dir.join(REPLICAS_DIR);
+        changed |= self.clean_transient(&replicas_dir).await;
+
+        self.measure_pool(changed).await?;
+        let used = self.used.unwrap_or(0);
+        let limit = served
+            .spec
+            .pool_config
+            .ro_threshold_limit
+            .unwrap_or(RO_THRESHOLD_DEFAULT);
+
+        let cvr_selector = format!("{LABEL_CSTOR_POOL_INSTANCE_NAME}={}", served.name());
+        let mut replicas: Vec<CStorVolumeReplica> = self
+            .api(self.client.list_typed(
+                Kind::CStorVolumeReplica,
+                Some(&namespace),
+                Some(&cvr_selector),
+            ))
+            .await
+            .map_err(|error| Error::ListReplicas {
+                pool: served.name().to_string(),
+                source: Box::new(error),
+            })?;
+        replicas.sort_by_key(|replica| creation_order(&replica.metadata));
+        let storage = self.list_storage(&replicas_dir).await?;
+        let reported = self.reported(&namespace).await;
+        let view = PoolView {
+            name: served.name().to_string(),
+            replicas_dir: replicas_dir.clone(),
+            read_only: pool::read_only(used, self.config.pool_size, limit),
+            used_percent: pool::used_percent(used, self.config.pool_size),
+            limit,
+            owners: plan::owners(&replicas),
+            reported,
+            storage,
+        };
+        let mut healthy: u32 = 0;
+        for replica in replicas {
+            seen.add(Kind::CStorVolumeReplica, &replica.metadata);
+            if replica.status.phase == CStorVolumeReplicaPhase::Healthy {
+                healthy = healthy.saturating_add(1);
+            }
+            changed |= self.reconcile_replica(replica, &view).await;
+        }
+
+        let storage = if changed {
+            self.measure_pool(true).await?;
+            self.list_storage(&replicas_dir).await?
+        } else {
+            view.storage
+        };
+        self.note_orphans(&replicas_dir, plan::orphans(&storage, &view.owners));
+        for volume in plan::vanished(self.hosted.keys(), &storage) {
+            tracing::warn!(
+                path = %replicas_dir.join(&volume).display(),
+                "served replica storage disappeared; no longer serving it"
+            );
+            self.unhost(&volume).await;
+        }
+        self.metas.retain(|volume, _| storage.contains(volume));
+        let used = self.used.unwrap_or(0);
+        let status = plan::pool_status(
+            &served,
+            used,
+            self.config.pool_size,
+            limit,
+            storage.len(),
+            healthy,
+        );
+        self.write_pool_status(served, status).await;
+        self.forget_except(&seen);
+        Ok(changed)
+    }
+
+    /// The targets' view of each replica, by volume and replica id (a failure here only delays
+    /// the phases).
+    async fn reported(
+        &mut self,
+        namespace: &str,
+    ) -> HashMap<(String, ReplicaId), tandem_objects::ReplicaStatus> {
+        let listed = self
+            .api(
+                self.client
+                    .list_typed::<CStorVolume>(Kind::CStorVolume, Some(namespace), None),
+            )
+            .await;
+        match listed {
+            Ok(volumes) => volumes
+                .into_iter()
+                .flat_map(|volume| {
+                    let name = volume.name().to_string();
+                    volume
+                        .status
+                        .replica_statuses
+                        .into_iter()
+                        .filter_map(move |status| {
+                            let id = ReplicaId(status.replica_id.parse().ok()?);
+                            Some(((name.clone(), id), status))
+                        })
+                })
+                .collect(),
+            Err(error) => {
+                self.errors.failed(&Subject::VolumeStatuses, &error);
+                HashMap::new()
+            }
+        }
+    }
+
+    /// Drops the memory of objects that are gone.
+    fn forget_except(&mut self, seen: &Seen) {
+        self.events.retain(|(uid, _), _| seen.uids.contains(uid));
+        self.errors.retain(|subject| match subject {
+            Subject::Object { kind, name, .. } => seen.names.contains(&(*kind, name.clone())),
+            _ => true,
+        });
+        self.duplicates.retain(|name| {
+            seen.names
+                .contains(&(Kind::CStorPoolInstance, name.clone()))
+        });
+    }
+
+    /// Another CSPI names this node: it is not served, and says so (cStor's ErrorDuplicate).
+    async fn mark_duplicate(
+        &mut self,
+        mut duplicate: CStorPoolInstance,
+        status: Option<CStorPoolInstanceStatus>,
+        served: &CStorPoolInstance,
+    ) {
+        if self.duplicates.insert(duplicate.name().to_string()) {
+            tracing::warn!(
+                pool = duplicate.name(),
+                served = served.name(),
+                node = %self.config.node,
+                "two pools name this node; serving the older one"
+            );
+        }
+        let Some(status) = status else {
+            return;
+        };
+        let subject = Subject::cspi(duplicate.name());
+        duplicate.status = status;
+        let object = Object::CStorPoolInstance(duplicate);
+        match self.api(self.client.update_status(&object)).await {
+            Ok(_) => self.errors.ok(&subject),
+            Err(error) => self.update_failed(&subject, &error),
+        }
+    }
+
+    /// Makes the pool directory this CSPI's. Some(true) if it was created just now; None if the
+    /// directory cannot be this pool's (the CSPI is then PoolCreationFailed).
+    async fn claim_pool(&mut self, served: &CStorPoolInstance) -> Option<bool> {
+        let record = PoolRecord {
+            cspi: served.name().to_string(),
+            uid: served.metadata.uid.clone(),
+            cspc: served.pool_cluster_name().unwrap_or_default().to_string(),
+            capacity: self.config.pool_size,
+        };
+        let dir = self.config.pool_dir.clone();
+        let outcome = blocking(move || {
+            pool::claim(&dir, &record).map_err(|error| Error::Claim(error.to_string()))
+        })
+        .await
+        .and_then(|result| result);
+        match outcome {
+            Ok(claim) => {
+                self.errors.ok(&Subject::PoolDirectory);
+                match claim {
+                    Claim::Created => tracing::info!(
+                        pool = served.name(),
+                        dir = %self.config.pool_dir.display(),
+                        "created the pool"
+                    ),
+                    Claim::Updated => tracing::info!(
+                        pool = served.name(),
+                        dir = %self.config.pool_dir.display(),
+                        "updated the pool record"
+                    ),
+                    Claim::Unchanged => {}
+                }
+                Some(claim == Claim::Created)
+            }
+            Err(error) => {
+                self.errors.failed(&Subject::PoolDirectory, &error);
+                let object = Object::CStorPoolInstance(served.clone());
+                self.record_once(
+                    &object,
+                    EventType::Warning,
+                    REASON_POOL_CREATION_FAILED,
+                    &error.to_string(),
+                )
+                .await;
+                self.write_pool_status(served.clone(), plan::claim_failed_status(served))
+                    .await;
+                None
+            }
+        }
+    }
+
+    async fn clean_transient(&mut self, replicas_dir: &Path) -> bool {
+        let dir = replicas_dir.to_path_buf();
+        let outcome =
+            blocking(move || storage::clean_transient_dirs(&dir).map_err(|e| e.to_string()))
+                .await
+                .map_err(|error| error.to_string())
+                .and_then(|result| result);
+        match outcome {
+            Ok(removed) => {
+                self.errors.ok(&Subject::CleanUp);
+                for path in &removed {
+                    tracing::info!(path = %path.display(), "removed what an interrupted operation left");
+                }
+                !removed.is_empty()
+            }
+            Err(message) => {
+                let error = Error::CleanUp {
+                    dir: replicas_dir.to_path_buf(),
+                    message,
+                };
+                self.errors.failed(&Subject::CleanUp, &error);
+                false
+            }
+        }
+    }
+
+    /// Re-measures the pool's used space when asked to or when the last measurement is older
+    /// than the measure interval. A failed measurement keeps the last one; with none, the pass
+    /// fails.
+    async fn measure_pool(&mut self, now: bool) -> Result<(), Error> {
+        let due = now
+            || self.used.is_none()
+            || self
+                .measured_at
+                .is_none_or(|at| at.elapsed() >= self.config.measure_interval);
+        if !due {
+            return Ok(());
+        }
+        let dir = self.config.pool_dir.clone();
+        let outcome = blocking(move || pool::measure(&dir).map_err(|error| error.to_string()))
+            .await
+            .map_err(|error| error.to_string())
+            .and_then(|result| result);
+        match outcome {
+            Ok(used) => {
+                self.errors.ok(&Subject::MeasurePool);
+                self.used = Some(used);
+                // The pool's size is enforced here: past it, its replicas refuse writes (the
+                // targets eject them and the volumes go on with the others) until space is freed.
+                self.host.set_pool_full(used >= self.config.pool_size);
+                self.measured_at = Some(Instant::now());
+                Ok(())
+            }
+            Err(message) => {
+                let error = Error::MeasurePool {
+                    dir: self.config.pool_dir.clone(),
+                    message,
+                };
+                self.errors.failed(&Subject::MeasurePool, &error);
+                match self.used {
+                    Some(_) => Ok(()),
+                    None => Err(error),
+                }
+            }
+        }
+    }
+
+    async fn list_storage(&mut self, replicas_dir: &Path) -> Result<BTreeSet<String>, Error> {
+        let dir = replicas_dir.to_path_buf();
+        blocking(move || storage::list_replicas(&dir).map_err(|error| error.to_string()))
+            .await
+            .map_err(|error| error.to_string())
+            .and_then(|result| result)
+            .map(|volumes| volumes.into_iter().collect())
+            .map_err(|message| Error::ListStorage {
+                dir: replicas_dir.to_path_buf(),
+                message,
+            })
+    }
+
+    /// Storage with no CVR is kept (the store may have been lost; removing it could lose the
+    /// last copy of a volume), logged once, and counted as provisioned.
+    fn note_orphans(&mut self, replicas_dir: &Path, orphans: BTreeSet<String>) {
+        for volume in orphans.difference(&self.orphans) {
+            tracing::warn!(
+                path = %replicas_dir.join(volume).display(),
+                "replica storage without a CStorVolumeReplica; keeping it (remove it by hand if it is not needed)"
+            );
+        }
+        self.orphans = orphans;
+    }
+
+    /// Writes the CSPI's status if it differs, and records the read-only transitions.
+    async fn write_pool_status(
+        &mut self,
+        mut served: CStorPoolInstance,
+        status: CStorPoolInstanceStatus,
+    ) {
+        if served.status == status {
+            return;
+        }
+        let was_read_only = served.status.read_only;
+        let subject = Subject::cspi(served.name());
+        served.status = status;
+        let read_only = served.status.read_only;
+        let object = Object::CStorPoolInstance(served);
+        match self.api(self.client.update_status(&object)).await {
+            Ok(_) => self.errors.ok(&subject),
+            Err(error) => {
+                self.update_failed(&subject, &error);
+                return;
+            }
+        }
+        if let Some((event_type, message)) = plan::read_only_event(was_read_only, read_only) {
+            if read_only {
+                tracing::warn!(pool = object.name(), "the pool is read-only");
+            } else {
+                tracing::info!(pool = object.name(), "the pool is no longer read-only");
+            }
+            self.record(&object, event_type, REASON_READ_ONLY, message)
+                .await;
+        }
+    }
+
+    async fn record(
+        &mut self,
+        about: &Object,
+        event_type: EventType,
+        reason: &'static str,
+        message: &str,
+    ) -> bool {
+        let subject = Subject::object(about.kind(), about.name(), Aspect::Event(reason));
+        match self
+            .api(self.recorder.record(about, event_type, reason, message))
+            .await
+        {
+            Ok(()) => {
+                self.errors.ok(&subject);
+                true
+            }
+            Err(error) => {
+                self.errors.failed(&subject, &error);
+                false
+            }
+        }
+    }
+
+    /// Records an event unless the same one was already recorded about this object.
+    async fn record_once(
+        &mut self,
+        about: &Object,
+        event_type: EventType,
+        reason: &'static str,
+        message: &str,
+    ) {
+        let key = (about.metadata().uid.clone(), reason);
+        if self.events.get(&key).map(String::as_str) == Some(message) {
+            return;
+        }
+        if self.record(about, event_type, reason, message).await {
+            self.events.insert(key, message.to_string());
+        }
+    }
+}
+
+pub(super) fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// Runs file-system work off the async threads (so a slow disk never stalls the API calls).
+pub(super) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| Error::Task(error.to_string()))
+}

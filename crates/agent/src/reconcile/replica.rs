@@ -1,0 +1,429 @@
+//! The per-replica half of the executor: observes one CVR (its `meta`, whether the host serves
+//! it), plans its actions with [`super::plan::plan_replica`] and carries them out against the
+//! pool directory, the replica host and the API.
+
+use std::path::Path;
+
+use tandem_core::Incarnation;
+use tandem_objects::{
+    CStorVolumeReplica, CStorVolumeReplicaCapacity, CStorVolumeReplicaStatus, EventType, Kind,
+    Object, ANNOTATION_INCARNATION,
+};
+
+use super::plan::{self, Action, Keep, MetaSummary, PoolView, ReplicaObserved};
+use super::{blocking, now_rfc3339, Agent, CachedMeta, FINALIZER, REASON_DELETION_FAILED};
+use crate::cstor::{self, short_quantity};
+use crate::error::{Aspect, Error, ReplicaError, Subject};
+use crate::storage::{self, NewReplica, DATA_FILE, META_FILE};
+
+impl Agent {
+    /// Brings one replica's storage and status in line: observes it, plans, and carries the
+    /// plan out. Returns true if storage was created or removed.
+    pub(super) async fn reconcile_replica(
+        &mut self,
+        cvr: CStorVolumeReplica,
+        view: &PoolView,
+    ) -> bool {
+        let meta = match view.owned_storage(&cvr) {
+            Some(volume) => Some(
+                self.read_meta(&volume, &view.replicas_dir.join(&volume))
+                    .await,
+            ),
+            None => None,
+        };
+        let hosted = cstor::volume_of(&cvr).is_ok_and(|volume| self.hosted.contains_key(&volume));
+        let actions = plan::plan_replica(
+            &ReplicaObserved {
+                cvr: &cvr,
+                meta,
+                hosted,
+            },
+            view,
+        );
+        self.execute(cvr, actions, view).await
+    }
+
+    /// Carries out one replica's actions in order, until one fails.
+    async fn execute(
+        &mut self,
+        mut cvr: CStorVolumeReplica,
+        actions: Vec<Action>,
+        view: &PoolView,
+    ) -> bool {
+        let subject = Subject::cvr(cvr.name());
+        let mut changed = false;
+        let mut capacity: Option<CStorVolumeReplicaCapacity> = None;
+        for action in actions {
+            match action {
+                Action::AssignReplicaId(id) => {
+                    cvr.spec.replica_id = id.0.to_string();
+                    match self.update_replica(cvr, &subject).await {
+                        Some(updated) => {
+                            tracing::info!(
+                                cvr = updated.name(),
+                                replica_id = id.0,
+                                "set the replica id"
+                            );
+                            cvr = updated;
+                        }
+                        None => return changed,
+                    }
+                }
+                Action::NoteGeometry(mismatch) => {
+                    let subject = subject.with(Aspect::Geometry);
+                    match mismatch {
+                        None => self.errors.ok(&subject),
+                        Some(message) => {
+                            self.errors.failed(&subject, &message);
+                        }
+                    }
+                }
+                Action::CreateStorage { volume, storage } => {
+                    match self.create_storage(&cvr, &volume, storage, view).await {
+                        Ok(()) => changed = true,
+                        Err(problem) => {
+                            let failed = plan::failed_status(&cvr.status, problem);
+                            self.set_status(cvr, failed, None, &subject).await;
+                            return changed;
+                        }
+                    }
+                }
+                Action::Serve { volume } => {
+                    if let Err(problem) = self.ensure_hosted(&volume, &view.replicas_dir).await {
+                        let failed = plan::failed_status(&cvr.status, problem);
+                        self.set_status(cvr, failed, None, &subject).await;
+                        return changed;
+                    }
+                }
+                Action::StopServing { volume } => self.unhost(&volume).await,
+                Action::MeasureCapacity { volume } => {
+                    capacity = self
+                        .measure_replica(&cvr, &view.replicas_dir.join(volume))
+                        .await;
+                }
+                Action::RecordIncarnation => match self.record_incarnation(cvr).await {
+                    Some(updated) => cvr = updated,
+                    None => return changed,
+                },
+                set @ Action::SetStatus { .. } => {
+                    self.set_status(cvr, set, capacity, &subject).await;
+                    return changed;
+                }
+                Action::RemoveStorage { volume } => {
+                    let dir = view.replicas_dir.join(&volume);
+                    let replicas_dir = view.replicas_dir.clone();
+                    let doomed = volume.clone();
+                    let outcome = blocking(move || {
+                        storage::remove_replica(&replicas_dir, &doomed)
+                            .map_err(|error| error.to_string())
+                    })
+                    .await
+                    .map_err(|error| error.to_string())
+                    .and_then(|result| result);
+                    if let Err(message) = outcome {
+                        self.deletion_failed(cvr, Error::RemoveStorage { dir, message }, &subject)
+                            .await;
+                        return changed;
+                    }
+                    tracing::info!(cvr = cvr.name(), path = %dir.display(), "removed replica storage");
+                    self.metas.remove(&volume);
+                    changed = true;
+                }
+                Action::KeepStorage { volume, why } => {
+                    let path = view.replicas_dir.join(&volume);
+                    match why {
+                        Keep::AnotherReplica => tracing::warn!(
+                            cvr = cvr.name(),
+                            path = %path.display(),
+                            "the storage under this volume's name belongs to another replica id; keeping it"
+                        ),
+                        Keep::NoReplicaId => tracing::warn!(
+                            cvr = cvr.name(),
+                            path = %path.display(),
+                            "the CVR records no replica id, so the storage under this volume's name is not its own; keeping it"
+                        ),
+                    }
+                }
+                Action::ReleaseFinalizer => {
+                    cvr.metadata.finalizers.retain(|f| f != FINALIZER);
+                    let name = cvr.name().to_string();
+                    match self
+                        .api(self.client.update(&Object::CStorVolumeReplica(cvr)))
+                        .await
+                    {
+                        Ok(_) => {
+                            self.errors.ok(&subject);
+                            tracing::info!(cvr = %name, "removed the finalizer");
+                        }
+                        Err(error) => self.update_failed(&subject, &error),
+                    }
+                    return changed;
+                }
+            }
+        }
+        changed
+    }
+
+    /// Updates a CVR; `None` if it could not be (the next pass tries again).
+    async fn update_replica(
+        &mut self,
+        cvr: CStorVolumeReplica,
+        subject: &Subject,
+    ) -> Option<CStorVolumeReplica> {
+        match self
+            .api(self.client.update(&Object::CStorVolumeReplica(cvr)))
+            .await
+        {
+            Ok(object) => match CStorVolumeReplica::try_from(object) {
+                Ok(updated) => Some(updated),
+                Err(error) => {
+                    self.errors.failed(subject, error);
+                    None
+                }
+            },
+            Err(error) => {
+                self.update_failed(subject, &error);
+                None
+            }
+        }
+    }
+
+    /// Writes the incarnation of the replica's storage (cStor's zvol GUID) into its CVR, where
+    /// the volume's target finds it. `None` if the CVR could not be updated (next pass).
+    async fn record_incarnation(&mut self, cvr: CStorVolumeReplica) -> Option<CStorVolumeReplica> {
+        let Ok(Some(id)) = cstor::replica_id(&cvr) else {
+            return Some(cvr);
+        };
+        let Some(hosted) = self.host.status(id) else {
+            return Some(cvr);
+        };
+        let incarnation = hosted.incarnation.0.to_string();
+        if cvr.metadata.annotation(ANNOTATION_INCARNATION) == Some(incarnation.as_str()) {
+            return Some(cvr);
+        }
+        let subject = Subject::cvr(cvr.name());
+        let mut updated = cvr;
+        updated
+            .metadata
+            .annotations
+            .insert(ANNOTATION_INCARNATION.to_string(), incarnation);
+        match self
+            .api(self.client.update(&Object::CStorVolumeReplica(updated)))
+            .await
+        {
+            Ok(object) => CStorVolumeReplica::try_from(object).ok(),
+            Err(error) => {
+                self.update_failed(&subject, &error);
+                None
+            }
+        }
+    }
+
+    async fn create_storage(
+        &mut self,
+        cvr: &CStorVolumeReplica,
+        volume: &str,
+        planned: plan::NewStorage,
+        view: &PoolView,
+    ) -> Result<(), ReplicaError> {
+        let capacity = cvr.spec.capacity.bytes();
+        let geometry = planned.geometry;
+        if geometry.size_bytes != capacity {
+            // Like LVM rounding to extents; the target computes the same geometry.
+            tracing::info!(
+                cvr = cvr.name(),
+                capacity,
+                size = geometry.size_bytes,
+                block_size = geometry.block_size,
+                "the capacity is not a whole number of blocks; the volume is rounded up"
+            );
+        }
+        let new = NewReplica {
+            volume: volume.to_string(),
+            replica: planned.replica,
+            incarnation: Incarnation(rand::random()),
+            geometry,
+            consistent: planned.consistent,
+        };
+        let replicas_dir = view.replicas_dir.clone();
+        let incarnation = new.incarnation;
+        let created = blocking(move || {
+            storage::create_replica(&replicas_dir, &new).map_err(|error| error.to_string())
+        })
+        .await
+        .map_err(|error| error.to_string())
+        .and_then(|result| result);
+        let dir = view.replicas_dir.join(volume);
+        match created {
+            Ok(path) => {
+                tracing::info!(
+                    cvr = cvr.name(),
+                    path = %path.display(),
+                    replica_id = planned.replica.0,
+                    incarnation = incarnation.0,
+                    size = geometry.size_bytes,
+                    region_size = geometry.region_size,
+                    consistent = planned.consistent,
+                    "created replica storage"
+                );
+                Ok(())
+            }
+            Err(message) => Err(ReplicaError::Create { dir, message }),
+        }
+    }
+
+    /// Serves the replica in `replicas_dir/<volume>` from the host unless it already is.
+    async fn ensure_hosted(
+        &mut self,
+        volume: &str,
+        replicas_dir: &Path,
+    ) -> Result<(), ReplicaError> {
+        if self.hosted.contains_key(volume) {
+            return Ok(());
+        }
+        let dir = replicas_dir.join(volume);
+        match self.host.add_replica(&dir).await {
+            Ok(replica) => {
+                self.hosted.insert(volume.to_string(), replica);
+                Ok(())
+            }
+            Err(error) => Err(ReplicaError::serve(&dir, error)),
+        }
+    }
+
+    /// Stops serving the replica in `replicas/<volume>` (if the host serves it), waiting until
+    /// the host has let go of its files.
+    pub(super) async fn unhost(&mut self, volume: &str) {
+        if let Some(replica) = self.hosted.remove(volume) {
+            self.host.remove_replica(replica).await;
+        }
+    }
+
+    /// What `dir/meta` says, read again only if the file changed.
+    async fn read_meta(&mut self, volume: &str, dir: &Path) -> Result<MetaSummary, ReplicaError> {
+        let path = dir.join(META_FILE);
+        let stamp = std::fs::metadata(&path)
+            .map(|metadata| (metadata.len(), metadata.modified().ok()))
+            .ok();
+        if let (Some(stamp), Some(cached)) = (stamp, self.metas.get(volume)) {
+            if cached.stamp == stamp {
+                return cached.outcome.clone();
+            }
+        }
+        let outcome = blocking(move || {
+            storage::read_meta(&path)
+                .map(|meta| MetaSummary {
+                    replica: meta.superblock.replica,
+                    incarnation: meta.superblock.incarnation,
+                    geometry: meta.superblock.geometry,
+                })
+                .map_err(|error| error.to_string())
+        })
+        .await
+        .map_err(|error| error.to_string())
+        .and_then(|result| result)
+        .map_err(ReplicaError::Unusable);
+        if let Some(stamp) = stamp {
+            self.metas.insert(
+                volume.to_string(),
+                CachedMeta {
+                    stamp,
+                    outcome: outcome.clone(),
+                },
+            );
+        }
+        outcome
+    }
+
+    /// ALLOCATED (the replica directory) and USED (its data file), in cStor's short form.
+    async fn measure_replica(
+        &mut self,
+        cvr: &CStorVolumeReplica,
+        dir: &Path,
+    ) -> Option<CStorVolumeReplicaCapacity> {
+        let owned = dir.to_path_buf();
+        let measured = blocking(move || {
+            let total = storage::allocated_bytes(&owned)?;
+            let used = storage::allocated_bytes(&owned.join(DATA_FILE))?;
+            Ok::<_, std::io::Error>((total, used))
+        })
+        .await
+        .and_then(|result| result.map_err(|error| Error::MeasureReplica(error.to_string())));
+        let subject = Subject::object(Kind::CStorVolumeReplica, cvr.name(), Aspect::Capacity);
+        match measured {
+            Ok((total, used)) => {
+                self.errors.ok(&subject);
+                Some(CStorVolumeReplicaCapacity {
+                    total: short_quantity(total),
+                    used: short_quantity(used),
+                })
+            }
+            Err(error) => {
+                self.errors.failed(&subject, &error);
+                None
+            }
+        }
+    }
+
+    /// Carries out a [`Action::SetStatus`]: logs its problem (or the recovery), and writes the
+    /// status with the measured capacity unless the CVR has it.
+    async fn set_status(
+        &mut self,
+        cvr: CStorVolumeReplica,
+        action: Action,
+        capacity: Option<CStorVolumeReplicaCapacity>,
+        subject: &Subject,
+    ) {
+        let Action::SetStatus { status, problem } = action else {
+            return;
+        };
+        match &problem {
+            Some(problem) => {
+                self.errors.failed(subject, problem);
+            }
+            None => self.errors.ok(subject),
+        }
+        let status = plan::with_capacity(status, capacity);
+        self.write_replica_status(cvr, status, subject).await;
+    }
+
+    async fn write_replica_status(
+        &mut self,
+        mut cvr: CStorVolumeReplica,
+        mut status: CStorVolumeReplicaStatus,
+        subject: &Subject,
+    ) {
+        if status == cvr.status {
+            return;
+        }
+        let now = now_rfc3339();
+        if status.phase != cvr.status.phase {
+            status.last_transition_time = now.clone();
+            tracing::info!(cvr = cvr.name(), from = %cvr.status.phase, to = %status.phase, "phase");
+        }
+        status.last_update_time = now;
+        cvr.status = status;
+        if let Err(error) = self
+            .api(self.client.update_status(&Object::CStorVolumeReplica(cvr)))
+            .await
+        {
+            self.update_failed(&subject.with(Aspect::Status), &error);
+        }
+    }
+
+    /// The storage of a deleted CVR could not be removed: cStor's DeletionFailed, with an event.
+    async fn deletion_failed(&mut self, cvr: CStorVolumeReplica, error: Error, subject: &Subject) {
+        let message = error.to_string();
+        self.errors.failed(subject, &error);
+        let object = Object::CStorVolumeReplica(cvr.clone());
+        self.record_once(
+            &object,
+            EventType::Warning,
+            REASON_DELETION_FAILED,
+            &message,
+        )
+        .await;
+        let status = plan::deletion_failed_status(&cvr.status, message);
+        self.write_replica_status(cvr, status, subject).await;
+    }
+}

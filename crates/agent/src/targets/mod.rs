@@ -1,0 +1,436 @@
+//! The targets this node hosts: for every CStorVolume whose `tandem.io/target-node` names this
+//! node, a [`tandem_dataplane::target`] task serving the volume as an NBD export, kept in line
+//! with the objects:
+//!
+//! * **Start.** A target takes the volume's next generation with a resource-version-checked
+//!   update of the CV (two agents can never both win one), and starts from the membership the CV
+//!   records (`spec.replicaDetails.knownReplicas`: replica id -> incarnation). A new volume has
+//!   none yet: its first target records the replicas created with it, once every one of them
+//!   has storage (their CVRs carry `tandem.io/incarnation`).
+//! * **Membership.** A CVR whose pool is in the CVC's `spec.policy.replicaPoolInfo` but is not a
+//!   member is added (it is rebuilt and promoted by the core); a member whose pool left that list
+//!   is removed (after the others drained it). One change at a time.
+//! * **Persistence.** The core's membership goes into the CV, refused once a newer generation
+//!   exists (fencing); the CV's status then says what the live target trusts, which is what the
+//!   control plane waits for before it deletes a removed replica.
+//! * **Status.** The CV's phase and per-replica status (mode, CVR-style phase, rebuild progress,
+//!   last resync) follow the target; the replicas' agents copy each replica's part into its CVR.
+//!
+//! What to do is decided in [`plan`] from what a pass observed; this file reads the objects and
+//! the targets' status and carries the plan out.
+
+mod plan;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tandem_client::{Client, ClientError};
+use tandem_core::{Fenced, Generation, Membership, ReplicaId, TargetOptions};
+use tandem_dataplane::target::{self, MembershipStore, TargetConfig, TargetHandle, TargetStatus};
+use tandem_nbd::Server;
+use tandem_objects::{CStorVolume, Kind, Object};
+
+use crate::changes::Changes;
+use crate::cstor::{generation_of, known_replicas};
+use crate::error::{Error, Subject};
+use crate::report::ErrorLog;
+use plan::{KeepPlan, Measured, Step, View};
+
+/// How often the targets are brought in line and their status published.
+const PASS_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Rebuild progress alone is written at most this often.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
+/// Changes of the per-replica I/O counters alone (in-flight requests, checkpointed sequence,
+/// up time) are written at most this often.
+const COUNTERS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The NBD server every target of this node is an export of.
+pub type NbdServer = Server<TargetHandle>;
+
+struct Running {
+    handle: TargetHandle,
+    generation: Generation,
+    /// The membership command in flight, if any (one at a time).
+    command: Option<tokio::task::JoinHandle<()>>,
+    /// When the running resync was first seen, and its bytes then (for the rate).
+    resync_seen: Option<(ReplicaId, Instant, u64)>,
+    /// When rebuild progress was last written (or could have been).
+    progress_written: Option<Instant>,
+    /// When the CV's status, with its I/O counters, was last written.
+    counters_written: Option<Instant>,
+}
+
+pub struct Targets {
+    client: Client,
+    namespace: String,
+    node: String,
+    nbd: Arc<NbdServer>,
+    running: BTreeMap<String, Running>,
+    errors: ErrorLog,
+    /// Signalled when a target started here changes state (set by [`Targets::run`]).
+    changes: Option<Changes>,
+}
+
+impl Targets {
+    pub fn new(client: Client, namespace: String, node: String, nbd: Arc<NbdServer>) -> Targets {
+        Targets {
+            client,
+            namespace,
+            node,
+            nbd,
+            running: BTreeMap::new(),
+            errors: ErrorLog::default(),
+            changes: None,
+        }
+    }
+
+    /// Runs passes until the task is dropped; stops every target when it is. A pass runs every
+    /// `PASS_INTERVAL`, and at once when `changes` signals (an object changed, or one of this
+    /// node's targets changed state: every target started here signals it).
+    pub async fn run(mut self, changes: Changes) {
+        let mut wakeups = changes.subscribe();
+        self.changes = Some(changes);
+        loop {
+            wakeups.seen();
+            if let Err(error) = self.pass().await {
+                self.errors.failed(&Subject::Targets, &error);
+            } else {
+                self.errors.ok(&Subject::Targets);
+            }
+            wakeups.wait(PASS_INTERVAL).await;
+        }
+    }
+
+    async fn read(&self) -> Result<View, ClientError> {
+        let namespace = Some(self.namespace.as_str());
+        let addresses = self
+            .client
+            .nodes()
+            .await?
+            .into_iter()
+            .filter_map(|node| Some((node.node, node.address.parse().ok()?)))
+            .collect();
+        Ok(View {
+            volumes: self
+                .client
+                .list_typed(Kind::CStorVolume, namespace, None)
+                .await?,
+            configs: self
+                .client
+                .list_typed(Kind::CStorVolumeConfig, namespace, None)
+                .await?,
+            replicas: self
+                .client
+                .list_typed(Kind::CStorVolumeReplica, namespace, None)
+                .await?,
+            addresses,
+        })
+    }
+
+    async fn pass(&mut self) -> Result<(), Error> {
+        let view = self.read().await?;
+        let running: BTreeMap<String, Generation> = self
+            .running
+            .iter()
+            .map(|(volume, running)| (volume.clone(), running.generation))
+            .collect();
+        for step in plan::plan_targets(&self.node, &running, &view.volumes) {
+            let (volume, result) = match step {
+                Step::Stop(volume) => {
+                    self.stop(&volume).await;
+                    continue;
+                }
+                Step::Fenced(volume) => {
+                    self.stop(&volume).await;
+                    (volume, Ok(()))
+                }
+                Step::Start(volume) => {
+                    let result = self.start(&volume, &view).await;
+                    (volume, result)
+                }
+                Step::Keep(volume) => {
+                    let result = self.keep(&volume, &view).await;
+                    (volume, result)
+                }
+            };
+            let subject = Subject::Target(volume);
+            match result {
+                Ok(()) => self.errors.ok(&subject),
+                Err(error) => {
+                    self.errors.failed(&subject, &error);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn stop(&mut self, volume: &str) {
+        if let Some(running) = self.running.remove(volume) {
+            tracing::info!(volume, "stopping target: the volume moved or is gone");
+            self.nbd.remove_export(volume);
+            if let Some(command) = running.command {
+                command.abort();
+            }
+            running.handle.stop().await;
+        }
+    }
+
+    async fn start(&mut self, name: &str, view: &View) -> Result<(), Error> {
+        let Some(volume) = view.volumes.iter().find(|volume| volume.name() == name) else {
+            return Ok(());
+        };
+        let plan = plan::plan_start(volume, view)?;
+        let generation = plan.generation;
+        // Taking the generation: a stale read loses with a conflict and the next pass retries.
+        self.client
+            .update(&Object::CStorVolume(plan.updated))
+            .await
+            .map_err(|error| Error::TakeGeneration {
+                generation: generation.0,
+                source: Box::new(error.into()),
+            })?;
+        let store = Arc::new(CvMembership {
+            client: self.client.clone(),
+            namespace: self.namespace.clone(),
+            volume: name.to_string(),
+        });
+        let handle = target::start(
+            TargetConfig {
+                volume: name.to_string(),
+                generation,
+                geometry: plan.geometry,
+                membership: plan.membership,
+                addresses: plan.addresses,
+                options: TargetOptions::default(),
+            },
+            store,
+        );
+        if let Some(changes) = &self.changes {
+            tokio::spawn(signal_state_changes(handle.watch_status(), changes.clone()));
+        }
+        self.nbd.remove_export(name);
+        self.nbd
+            .add_export(name.to_string(), Arc::new(handle.clone()))
+            .map_err(|error| Error::Export {
+                volume: name.to_string(),
+                message: error.to_string(),
+            })?;
+        tracing::info!(volume = %name, generation = generation.0, "target started");
+        self.running.insert(
+            name.to_string(),
+            Running {
+                handle,
+                generation,
+                command: None,
+                resync_seen: None,
+                progress_written: None,
+                counters_written: None,
+            },
+        );
+        Ok(())
+    }
+
+    async fn keep(&mut self, name: &str, view: &View) -> Result<(), Error> {
+        let (Some(volume), Some(running)) = (
+            view.volumes.iter().find(|volume| volume.name() == name),
+            self.running.get_mut(name),
+        ) else {
+            return Ok(());
+        };
+        let status = running.handle.status();
+        let in_flight = running
+            .command
+            .as_ref()
+            .is_some_and(|command| !command.is_finished());
+        if !in_flight {
+            running.command = None;
+        }
+        let KeepPlan { addresses, command } = plan::plan_keep(&status, name, view, in_flight);
+        for (replica, address) in addresses {
+            running.handle.set_address(replica, address).await;
+        }
+        if let Some((command, address)) = command {
+            if let tandem_core::Command::AddReplica(replica) = command {
+                running.handle.set_address(replica, address).await;
+            }
+            let (handle, volume_name) = (running.handle.clone(), name.to_string());
+            running.command = Some(tokio::spawn(async move {
+                match handle.command(command).await {
+                    Ok(()) => {
+                        tracing::info!(volume = %volume_name, ?command, "membership change done")
+                    }
+                    Err(error) => {
+                        tracing::warn!(volume = %volume_name, ?command, %error, "membership change refused")
+                    }
+                }
+            }));
+        }
+        self.publish(volume, view).await
+    }
+
+    /// Measures the target, plans its status writes and makes them.
+    async fn publish(&mut self, volume: &CStorVolume, view: &View) -> Result<(), Error> {
+        let name = volume.name();
+        let running = self.running.get_mut(name).expect("a running target");
+        let status = running.handle.status();
+        let io = running.handle.replica_io().await;
+        let resync_rate = resync_rate(&mut running.resync_seen, &status);
+        // A change of phase or mode is written at once; rebuild progress alone at most every
+        // PROGRESS_INTERVAL (each write wakes every agent's loops).
+        let progress_due = running
+            .progress_written
+            .is_none_or(|at| at.elapsed() >= PROGRESS_INTERVAL);
+        if progress_due {
+            running.progress_written = Some(Instant::now());
+        }
+        let counters_due = running
+            .counters_written
+            .is_none_or(|at| at.elapsed() >= COUNTERS_INTERVAL);
+        let measured = Measured {
+            io,
+            resync_rate,
+            progress_due,
+            counters_due,
+            now: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        };
+        let replicas = view.replicas_of(name);
+        let publish = plan::plan_publish(volume, &replicas, &status, &measured);
+        for replica in publish.replicas {
+            // A conflict means the replica's agent wrote meanwhile; the next pass retries.
+            let _ = self
+                .client
+                .update_status(&Object::CStorVolumeReplica(replica))
+                .await;
+        }
+        let Some(updated) = publish.volume else {
+            return Ok(());
+        };
+        running.counters_written = Some(Instant::now());
+        match self
+            .client
+            .update_status(&Object::CStorVolume(updated))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) if error.is_conflict() => Ok(()),
+            Err(error) => Err(Error::WriteVolumeStatus {
+                volume: name.to_string(),
+                source: Box::new(error.into()),
+            }),
+        }
+    }
+}
+
+/// Signals `changes` whenever a target's state changes (the volume's phase, a replica's mode,
+/// the membership, a resync finishing), not on mere rebuild progress. Ends with the target.
+async fn signal_state_changes(
+    mut status: tokio::sync::watch::Receiver<TargetStatus>,
+    changes: Changes,
+) {
+    let state = |status: &TargetStatus| {
+        (
+            status.status,
+            status.modes.clone(),
+            status.membership.clone(),
+            status.fenced,
+            status.resyncs_finished.last().cloned(),
+        )
+    };
+    let mut last = state(&status.borrow_and_update());
+    while status.changed().await.is_ok() {
+        let now = state(&status.borrow_and_update());
+        if now != last {
+            last = now;
+            changes.signal();
+        }
+    }
+}
+
+/// Bytes per second of the running resync, measured since it was first seen.
+fn resync_rate(seen: &mut Option<(ReplicaId, Instant, u64)>, status: &TargetStatus) -> u64 {
+    let Some(progress) = status.resync else {
+        *seen = None;
+        return 0;
+    };
+    match seen {
+        Some((replica, since, start)) if *replica == progress.replica => {
+            let seconds = since.elapsed().as_secs_f64();
+            if seconds < 0.5 {
+                0
+            } else {
+                (progress.bytes_done.saturating_sub(*start) as f64 / seconds) as u64
+            }
+        }
+        _ => {
+            *seen = Some((progress.replica, Instant::now(), progress.bytes_done));
+            0
+        }
+    }
+}
+
+/// The target's membership store: the CV, fenced by the generation annotation.
+struct CvMembership {
+    client: Client,
+    namespace: String,
+    volume: String,
+}
+
+/// How long a membership write keeps retrying while the control plane cannot be reached; the
+/// target keeps serving I/O meanwhile, only membership changes wait.
+const PERSIST_RETRY: Duration = Duration::from_millis(500);
+
+impl MembershipStore for CvMembership {
+    fn persist(
+        &self,
+        generation: Generation,
+        membership: Membership,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Fenced>> + Send + '_>> {
+        Box::pin(async move {
+            loop {
+                match self.try_persist(generation, &membership).await {
+                    Ok(Some(result)) => return result,
+                    // Someone wrote in between: read again (and see whether we were fenced).
+                    Ok(None) => continue,
+                    Err(error) => {
+                        tracing::warn!(volume = %self.volume, %error, "cannot persist the membership yet; retrying");
+                        tokio::time::sleep(PERSIST_RETRY).await;
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl CvMembership {
+    async fn try_persist(
+        &self,
+        generation: Generation,
+        membership: &Membership,
+    ) -> Result<Option<Result<(), Fenced>>, ClientError> {
+        let object = self
+            .client
+            .get(Kind::CStorVolume, &self.namespace, &self.volume)
+            .await?;
+        let Ok(mut volume) = CStorVolume::try_from(object) else {
+            return Ok(Some(Err(Fenced)));
+        };
+        if generation_of(&volume) != generation.0 {
+            return Ok(Some(Err(Fenced)));
+        }
+        volume.spec.replica_details.known_replicas = known_replicas(membership);
+        volume.spec.replication_factor = membership.replication_factor() as u32;
+        volume.spec.consistency_factor = membership.consistency_factor() as u32;
+        match self.client.update(&Object::CStorVolume(volume)).await {
+            Ok(_) => {
+                tracing::info!(volume = %self.volume, generation = generation.0, "membership persisted");
+                Ok(Some(Ok(())))
+            }
+            Err(error) if error.is_conflict() => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! What the targets loop does, decided from what it observed: which targets to start, keep or
+//! stop; what a new target starts from; which addresses and membership change a running one
+//! gets; and which status writes publish it. Pure: the executor in `targets/mod.rs` reads the
+//! objects and the targets' status, calls these, and carries the result out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use tandem_core::{
+    Command, Generation, Geometry, Incarnation, Member, Membership, ReplicaId, ReplicaIo,
+    ReplicaMode, VolumeStatus,
+};
+use tandem_dataplane::target::{self, TargetStatus};
+use tandem_objects::{
+    CStorVolume, CStorVolumeConfig, CStorVolumePhase, CStorVolumeReplica, CStorVolumeReplicaPhase,
+    CStorVolumeReplicaStatus, CStorVolumeStatus, RebuildProgress, ReplicaStatus, ResyncRecord,
+    ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME, ANNOTATION_TARGET_GENERATION, ANNOTATION_TARGET_NODE,
+    LABEL_PERSISTENT_VOLUME,
+};
+
+use crate::cstor::{self, generation_of, known_replicas, replica_id, replica_of};
+use crate::error::Error;
+
+/// What a pass reads once.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub volumes: Vec<CStorVolume>,
+    pub configs: Vec<CStorVolumeConfig>,
+    pub replicas: Vec<CStorVolumeReplica>,
+    /// Node name -> where its replica host listens.
+    pub addresses: BTreeMap<String, SocketAddr>,
+}
+
+impl View {
+    pub fn replicas_of<'a>(&'a self, volume: &'a str) -> Vec<&'a CStorVolumeReplica> {
+        self.replicas
+            .iter()
+            .filter(move |cvr| cvr.metadata.label(LABEL_PERSISTENT_VOLUME) == Some(volume))
+            .collect()
+    }
+
+    pub fn config(&self, volume: &str) -> Option<&CStorVolumeConfig> {
+        self.configs.iter().find(|config| config.name() == volume)
+    }
+
+    pub fn address_of(&self, cvr: &CStorVolumeReplica) -> Option<SocketAddr> {
+        let node = cvr
+            .metadata
+            .annotation(ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME)?;
+        self.addresses.get(node).copied()
+    }
+
+    /// Where the replica with id `id` is served, if its CVR and its node's address are known.
+    pub fn address_of_replica(
+        &self,
+        replicas: &[&CStorVolumeReplica],
+        id: ReplicaId,
+    ) -> Option<SocketAddr> {
+        replica_of(replicas, id).and_then(|cvr| self.address_of(cvr))
+    }
+}
+
+/// What to do with one volume's target this pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The volume moved or is gone: stop this node's target.
+    Stop(String),
+    /// A newer target took the volume over (this agent restarted its own, or another node took
+    /// over): this one is fenced anyway; stop it, and start over next pass.
+    Fenced(String),
+    Start(String),
+    /// Keep it running: addresses, membership change, status.
+    Keep(String),
+}
+
+/// The steps of one pass, given the volumes and the generation of every target running here.
+pub fn plan_targets(
+    node: &str,
+    running: &BTreeMap<String, Generation>,
+    volumes: &[CStorVolume],
+) -> Vec<Step> {
+    let mine: BTreeSet<&str> = volumes
+        .iter()
+        .filter(|volume| volume.metadata.annotation(ANNOTATION_TARGET_NODE) == Some(node))
+        .map(|volume| volume.name())
+        .collect();
+    let mut steps: Vec<Step> = running
+        .keys()
+        .filter(|volume| !mine.contains(volume.as_str()))
+        .map(|volume| Step::Stop(volume.clone()))
+        .collect();
+    for volume in volumes.iter().filter(|volume| mine.contains(volume.name())) {
+        let name = volume.name().to_string();
+        steps.push(match running.get(&name) {
+            Some(generation) if generation_of(volume) > generation.0 => Step::Fenced(name),
+            Some(_) => Step::Keep(name),
+            None => Step::Start(name),
+        });
+    }
+    steps
+}
+
+/// How a new target starts: the CV updated to take the next generation (and, for a new volume,
+/// to record its first membership), and the target's configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartPlan {
+    pub updated: CStorVolume,
+    pub generation: Generation,
+    pub geometry: Geometry,
+    pub membership: Membership,
+    pub addresses: BTreeMap<ReplicaId, SocketAddr>,
+}
+
+pub fn plan_start(volume: &CStorVolume, view: &View) -> Result<StartPlan, Error> {
+    let name = volume.name();
+    let replicas = view.replicas_of(name);
+    let block_size = replicas.iter().find_map(|cvr| cvr.spec.block_size);
+    let geometry = cstor::geometry(volume.spec.capacity.bytes(), block_size)?;
+    let mut updated = volume.clone();
+    let membership = if volume.spec.replica_details.known_replicas.is_empty() {
+        // A new volume: its first target records the replicas it was created with.
+        let initial = initial_members(volume, &replicas)?;
+        let membership = Membership::initial(&initial);
+        updated.spec.replica_details.known_replicas = known_replicas(&membership);
+        membership
+    } else {
+        cstor::recorded_membership(volume)?
+    };
+    let generation = Generation(generation_of(volume) + 1);
+    updated.metadata.annotations.insert(
+        ANNOTATION_TARGET_GENERATION.to_string(),
+        generation.0.to_string(),
+    );
+    updated.spec.replication_factor = membership.replication_factor() as u32;
+    updated.spec.consistency_factor = membership.consistency_factor() as u32;
+    let addresses = membership
+        .members
+        .iter()
+        .filter_map(|member| {
+            let address = view.address_of_replica(&replicas, member.replica)?;
+            Some((member.replica, address))
+        })
+        .collect();
+    Ok(StartPlan {
+        updated,
+        generation,
+        geometry,
+        membership,
+        addresses,
+    })
+}
+
+/// The replicas a new volume was created with, with their incarnations, once all have storage.
+fn initial_members(
+    volume: &CStorVolume,
+    replicas: &[&CStorVolumeReplica],
+) -> Result<Vec<(ReplicaId, Incarnation)>, Error> {
+    let wanted = volume.spec.desired_replication_factor as usize;
+    let mut members: Vec<(ReplicaId, Incarnation)> = replicas
+        .iter()
+        .filter_map(|cvr| Some((replica_id(cvr).ok()??, cstor::incarnation_of(cvr)?)))
+        .collect();
+    if members.len() < wanted || wanted == 0 {
+        return Err(Error::WaitingForStorage {
+            ready: members.len(),
+            wanted,
+        });
+    }
+    members.truncate(wanted);
+    Ok(members)
+}
+
+/// What a running target is given this pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeepPlan {
+    /// Every member's address (`None`: unknown, the target stops dialling it).
+    pub addresses: Vec<(ReplicaId, Option<SocketAddr>)>,
+    /// The membership change to send, with the new replica's address for an addition.
+    pub command: Option<(Command, Option<SocketAddr>)>,
+}
+
+/// `command_in_flight`: the target is still carrying out the last change (one at a time).
+pub fn plan_keep(
+    status: &TargetStatus,
+    volume: &str,
+    view: &View,
+    command_in_flight: bool,
+) -> KeepPlan {
+    let replicas = view.replicas_of(volume);
+    let addresses = status
+        .membership
+        .members
+        .iter()
+        .map(|member| {
+            let address = view.address_of_replica(&replicas, member.replica);
+            (member.replica, address)
+        })
+        .collect();
+    let command = if command_in_flight {
+        None
+    } else {
+        cstor::membership_change(status, view.config(volume), &replicas).map(|command| {
+            let address = match command {
+                Command::AddReplica(replica) => view.address_of_replica(&replicas, replica),
+                _ => None,
+            };
+            (command, address)
+        })
+    };
+    KeepPlan { addresses, command }
+}
+
+/// What the executor measured of a running target, beyond its status.
+#[derive(Debug, Clone, Default)]
+pub struct Measured {
+    pub io: BTreeMap<ReplicaId, ReplicaIo>,
+    /// Bytes per second of the running resync.
+    pub resync_rate: u64,
+    /// Rebuild progress alone may be written (its interval passed).
+    pub progress_due: bool,
+    /// I/O counters alone may be written (their interval passed).
+    pub counters_due: bool,
+    /// The time to stamp writes with (RFC 3339).
+    pub now: String,
+}
+
+/// The writes that publish a target's state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Publish {
+    /// CVRs whose status follows the target's view of their replica.
+    pub replicas: Vec<CStorVolumeReplica>,
+    /// The CV with its new status, if it must be written.
+    pub volume: Option<CStorVolume>,
+}
+
+/// The CV's status from the target's, and each replica's phase into its CVR, where they
+/// changed. The replicas' agents copy the same into the CVRs too; this keeps a CVR true while
+/// its own agent is down (it shows Offline, not its last phase).
+pub fn plan_publish(
+    volume: &CStorVolume,
+    replicas: &[&CStorVolumeReplica],
+    status: &TargetStatus,
+    measured: &Measured,
+) -> Publish {
+    let mut updated = volume.clone();
+    updated.status.phase = if status.fenced {
+        CStorVolumePhase::Offline
+    } else {
+        match status.status {
+            VolumeStatus::Init => CStorVolumePhase::Init,
+            VolumeStatus::Healthy => CStorVolumePhase::Healthy,
+            VolumeStatus::Degraded => CStorVolumePhase::Degraded,
+            VolumeStatus::Offline => CStorVolumePhase::Offline,
+        }
+    };
+    updated.status.replica_statuses = status
+        .membership
+        .members
+        .iter()
+        .map(|member| {
+            replica_status(
+                member,
+                status,
+                measured.resync_rate,
+                measured.io.get(&member.replica),
+            )
+        })
+        .collect();
+    updated.status.replica_details.known_replicas = known_replicas(&status.membership);
+    updated.status.capacity = volume.spec.capacity;
+    updated.status.message = if status.fenced {
+        "a newer target took over".to_string()
+    } else {
+        String::new()
+    };
+    let mut publish = Publish::default();
+    for (member, reported) in status
+        .membership
+        .members
+        .iter()
+        .zip(&updated.status.replica_statuses)
+    {
+        let Some(cvr) = replica_of(replicas, member.replica) else {
+            continue;
+        };
+        let mut replica = cvr.clone();
+        if let Some(phase) = reported.phase {
+            replica.status.phase = phase;
+        }
+        replica.status.rebuild = reported.rebuild.clone();
+        replica.status.last_resync = reported.last_resync.clone();
+        let progress_only = replica.status.rebuild != cvr.status.rebuild
+            && CStorVolumeReplicaStatus {
+                rebuild: cvr.status.rebuild.clone(),
+                ..replica.status.clone()
+            } == cvr.status;
+        if progress_only && !measured.progress_due {
+            continue;
+        }
+        if replica.status != cvr.status {
+            replica.status.last_update_time = measured.now.clone();
+            if replica.status.phase != cvr.status.phase {
+                replica.status.last_transition_time = measured.now.clone();
+            }
+            publish.replicas.push(replica);
+        }
+    }
+    // Rebuild progress and I/O counters change all the time: alone, they are written at most
+    // every progress and counters interval.
+    let without = |status: &CStorVolumeStatus, progress: bool| {
+        let mut status = status.clone();
+        for replica in &mut status.replica_statuses {
+            replica.checkpointed_io_seq.clear();
+            replica.inflight_read.clear();
+            replica.inflight_write.clear();
+            replica.inflight_sync.clear();
+            replica.up_time = 0;
+            if progress {
+                replica.rebuild = None;
+            }
+        }
+        status
+    };
+    let changed = without(&updated.status, true) != without(&volume.status, true);
+    let progressed = without(&updated.status, false) != without(&volume.status, false);
+    let counted = updated.status != volume.status;
+    if changed || (progressed && measured.progress_due) || (counted && measured.counters_due) {
+        updated.status.last_update_time = measured.now.clone();
+        if updated.status.phase != volume.status.phase {
+            updated.status.last_transition_time = measured.now.clone();
+        }
+        publish.volume = Some(updated);
+    }
+    publish
+}
+
+/// A member's part of the CV's status.
+pub fn replica_status(
+    member: &Member,
+    status: &TargetStatus,
+    rate: u64,
+    io: Option<&ReplicaIo>,
+) -> ReplicaStatus {
+    let mode = status
+        .modes
+        .get(&member.replica)
+        .copied()
+        .unwrap_or(ReplicaMode::Offline);
+    let phase = match mode {
+        ReplicaMode::Offline => CStorVolumeReplicaPhase::Offline,
+        ReplicaMode::Degraded => CStorVolumeReplicaPhase::Degraded,
+        ReplicaMode::NewReplicaDegraded => CStorVolumeReplicaPhase::NewReplicaDegraded,
+        ReplicaMode::Rebuilding => CStorVolumeReplicaPhase::Rebuilding,
+        ReplicaMode::ReconstructingNewReplica => CStorVolumeReplicaPhase::ReconstructingNewReplica,
+        ReplicaMode::Healthy => CStorVolumeReplicaPhase::Healthy,
+        ReplicaMode::Error => CStorVolumeReplicaPhase::Error,
+    };
+    let rebuild = status
+        .resync
+        .filter(|progress| progress.replica == member.replica)
+        .map(|progress| {
+            let left = progress.bytes_total.saturating_sub(progress.bytes_done);
+            RebuildProgress {
+                bytes_done: progress.bytes_done,
+                bytes_total: progress.bytes_total,
+                bytes_per_second: rate,
+                eta_seconds: (rate > 0).then(|| left.div_ceil(rate)),
+            }
+        });
+    let last_resync = status
+        .resyncs_finished
+        .iter()
+        .rev()
+        .find(|resync| resync.replica == member.replica)
+        .map(|resync| ResyncRecord {
+            source: resync.source.0.to_string(),
+            full: resync.full,
+            bytes: resync.bytes,
+        });
+    ReplicaStatus {
+        replica_id: member.replica.0.to_string(),
+        mode: if mode == ReplicaMode::Healthy {
+            tandem_objects::ReplicaMode::Healthy
+        } else {
+            tandem_objects::ReplicaMode::Degraded
+        },
+        quorum: if member.trusted { "1" } else { "0" }.to_string(),
+        checkpointed_io_seq: io.map_or(String::new(), |io| io.checkpointed.0.to_string()),
+        inflight_read: io.map_or(String::new(), |io| io.inflight_reads.to_string()),
+        inflight_write: io.map_or(String::new(), |io| io.inflight_writes.to_string()),
+        inflight_sync: io.map_or(String::new(), |io| io.inflight_syncs.to_string()),
+        up_time: io.map_or(0, |io| {
+            (u128::from(io.connected_ticks) * target::TICK.as_millis() / 1000) as u64
+        }),
+        phase: Some(phase),
+        rebuild,
+        last_resync,
+    }
+}
+
+#[cfg(test)]
+mod tests;
