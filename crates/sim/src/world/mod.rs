@@ -13,9 +13,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tandem_core::{
     ClientOp, ClientReplyBody, ClientRequest, ClientRequestId, Command, Completion, DiskOp,
-    EjectReason, Envelope, Generation, Geometry, Incarnation, Membership, Message, Replica,
-    ReplicaId, ReplicaInput, ReplicaMeta, ReplicaMode, ReplicaOptions, ReplicaOutput, Stamp,
-    Target, TargetEvent, TargetInput, TargetOptions, TargetOutput, VolumeStatus, WriteOrigin,
+    EjectReason, Envelope, Generation, Geometry, Incarnation, Membership, MembershipError, Message,
+    Replica, ReplicaId, ReplicaInput, ReplicaMeta, ReplicaMode, ReplicaOptions, ReplicaOutput,
+    Stamp, Target, TargetEvent, TargetInput, TargetOptions, TargetOutput, VolumeStatus,
+    WriteOrigin,
 };
 
 use crate::disk::SimDisk;
@@ -236,7 +237,7 @@ pub struct Sim {
     pub workload_on: bool,
     /// Events every target reported, with the tick.
     pub target_events: Vec<(u64, Generation, TargetEvent)>,
-    pub command_results: Vec<(Command, Result<(), String>)>,
+    pub command_results: Vec<(Command, Result<(), MembershipError>)>,
     pub acked_ops: u64,
     /// Client requests answered with an error (fenced, timed out), by message.
     pub client_errors: BTreeMap<String, u64>,
@@ -681,9 +682,8 @@ impl Sim {
                 ));
             }
             TargetOutput::CommandDone { command, result } => {
-                self.on_command_done(command, result.clone().map_err(|e| e.to_string()));
-                self.command_results
-                    .push((command, result.map_err(|e| e.to_string())));
+                self.on_command_done(command, &result);
+                self.command_results.push((command, result));
             }
             TargetOutput::Event(event) => {
                 if let TargetEvent::Fenced = event {
@@ -859,7 +859,7 @@ impl Sim {
         }
     }
 
-    fn on_command_done(&mut self, command: Command, result: Result<(), String>) {
+    fn on_command_done(&mut self, command: Command, result: &Result<(), MembershipError>) {
         match (command, result) {
             (Command::RemoveReplica(replica), Ok(())) => {
                 // The agent deletes the replica's storage once the volume let it go.
