@@ -15,6 +15,7 @@ use bytes::Bytes;
 
 use crate::message::{Envelope, HelloAck, Message, Refusal, RequestId};
 use crate::meta::{MetaUpdate, ReplicaMeta, Superblock, SEQ_UNKNOWN};
+use crate::session::{Arrival, Session};
 use crate::types::{Extent, Generation, IoFailure, RegionSet, Seq, SessionId, Stamp};
 use crate::{Bugs, PlantedBug};
 
@@ -109,14 +110,6 @@ impl Default for ReplicaOptions {
             bugs: Bugs::none(),
         }
     }
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Session {
-    id: SessionId,
-    next_in: u64,
-    next_out: u64,
-    broken: bool,
 }
 
 /// Work received in the current session and not yet started.
@@ -322,7 +315,7 @@ impl Replica {
     }
 
     pub fn session(&self) -> Option<SessionId> {
-        self.session.map(|session| session.id)
+        self.session.map(|session| session.id())
     }
 
     pub fn handle(&mut self, input: ReplicaInput, out: &mut Vec<ReplicaOutput>) {
@@ -346,23 +339,22 @@ impl Replica {
         let Some(session) = self.session.as_mut() else {
             return;
         };
-        if envelope.session != session.id || session.broken {
+        if envelope.session != session.id() {
             return;
         }
-        if envelope.number < session.next_in {
-            return; // A duplicate.
+        match session.accept(envelope.number) {
+            Arrival::InOrder => {}
+            Arrival::Dropped => return,
+            Arrival::Gap => {
+                // Something was lost or reordered. The session cannot continue; the target
+                // notices the silence, opens a new one and resyncs this replica.
+                self.queue.clear();
+                return;
+            }
         }
-        if envelope.number > session.next_in {
-            // A gap: something was lost or reordered. The session cannot continue; the target
-            // notices the silence, opens a new one and resyncs this replica.
-            session.broken = true;
-            self.queue.clear();
-            return;
-        }
-        session.next_in += 1;
         let work = match envelope.message {
             Message::Ping { request } => {
-                let session = session.id;
+                let session = session.id();
                 self.send(session, Message::Pong { request }, out);
                 return;
             }
@@ -440,7 +432,7 @@ impl Replica {
             Message::FinishResync { stamp } => Work::FinishResync { stamp },
             // Messages only a replica sends: a confused or hostile peer. End the session.
             _ => {
-                session.broken = true;
+                session.break_off();
                 self.queue.clear();
                 return;
             }
@@ -460,7 +452,11 @@ impl Replica {
         let fenced = (generation < self.superblock.generation_seen
             || session_id.generation() != generation)
             && !self.options.bugs.has(PlantedBug::SkipGenerationCheck);
-        if !fenced && self.session.is_some_and(|current| session_id <= current.id) {
+        if !fenced
+            && self
+                .session
+                .is_some_and(|current| session_id <= current.id())
+        {
             return; // A stale or duplicated handshake.
         }
         let refusal = if fenced {
@@ -479,19 +475,14 @@ impl Replica {
         if let Some(refusal) = refusal {
             out.push(ReplicaOutput::Send(Envelope {
                 session: session_id,
-                number: 1,
+                number: Session::OPENING_NUMBER,
                 message: Message::Refused(refusal),
             }));
             return;
         }
         // A new session replaces the old one: work not yet started is dropped (the target
         // resyncs whatever it misses). Work already in storage finishes first (Hello is a barrier).
-        self.session = Some(Session {
-            id: session_id,
-            next_in: 2,
-            next_out: 1,
-            broken: false,
-        });
+        self.session = Some(Session::accepted(session_id));
         self.queue.clear();
         self.joining = None;
         self.queue.push_back(Work::Hello);
@@ -501,16 +492,10 @@ impl Replica {
         let Some(current) = self.session.as_mut() else {
             return;
         };
-        if current.id != session || current.broken {
+        if current.id() != session || current.is_broken() {
             return;
         }
-        let number = current.next_out;
-        current.next_out += 1;
-        out.push(ReplicaOutput::Send(Envelope {
-            session,
-            number,
-            message,
-        }));
+        out.push(ReplicaOutput::Send(current.envelope(message)));
     }
 
     /// Sends one operation to storage and remembers what it is for.
@@ -527,7 +512,7 @@ impl Replica {
     }
 
     fn current_session(&self) -> Option<SessionId> {
-        self.session.filter(|s| !s.broken).map(|s| s.id)
+        self.session.filter(|s| !s.is_broken()).map(|s| s.id())
     }
 
     /// Starts queued work, in order, as far as overlaps and barriers allow.
@@ -973,7 +958,7 @@ impl Replica {
     /// the failed one ever lands, so sending the failed one again later cannot undo newer data.
     fn stop_after_failed_write(&mut self) {
         if let Some(session) = self.session.as_mut() {
-            session.broken = true;
+            session.break_off();
         }
         self.queue.clear();
     }
@@ -983,7 +968,7 @@ impl Replica {
     fn fail_session(&mut self) {
         self.storage_failed = true;
         if let Some(session) = self.session.as_mut() {
-            session.broken = true;
+            session.break_off();
         }
         self.queue.clear();
     }

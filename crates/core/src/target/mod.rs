@@ -24,6 +24,7 @@ use bytes::Bytes;
 
 use crate::membership::{Member, Membership, MembershipError, REPLICAS_MAX};
 use crate::message::{Envelope, HelloAck, Message, Refusal, RequestId};
+use crate::session::{Arrival, Session};
 use crate::types::{
     Extent, Generation, Geometry, Incarnation, IoFailure, RegionSet, ReplicaId, Seq, SessionId,
     Stamp,
@@ -338,9 +339,7 @@ enum Connection {
 
 #[derive(Clone, Debug)]
 struct Connected {
-    session: SessionId,
-    next_out: u64,
-    next_in: u64,
+    session: Session,
     hello: HelloAck,
     state: LinkState,
     /// Unanswered requests, with the tick each was sent.
@@ -754,12 +753,7 @@ impl Target {
         else {
             return;
         };
-        let envelope = Envelope {
-            session: connected.session,
-            number: connected.next_out,
-            message,
-        };
-        connected.next_out += 1;
+        let envelope = connected.session.envelope(message);
         if let Some(awaited) = awaited {
             connected.awaited.insert(awaited, now);
             if let Message::Flush { seq, .. } = &envelope.message {
@@ -785,7 +779,7 @@ impl Target {
             to: replica,
             envelope: Envelope {
                 session,
-                number: 1,
+                number: Session::OPENING_NUMBER,
                 message: Message::Hello {
                     generation: self.generation,
                     replica,
@@ -848,7 +842,7 @@ impl Target {
         };
         match &mut link.connection {
             Connection::Handshaking { session, .. } if *session == envelope.session => {
-                if envelope.number != 1 {
+                if envelope.number != Session::OPENING_NUMBER {
                     return;
                 }
                 match envelope.message {
@@ -857,15 +851,15 @@ impl Target {
                     _ => self.eject(from, EjectReason::SessionBroken, out),
                 }
             }
-            Connection::Connected(connected) if connected.session == envelope.session => {
-                if envelope.number < connected.next_in {
-                    return; // A duplicate.
+            Connection::Connected(connected) if connected.session.id() == envelope.session => {
+                match connected.session.accept(envelope.number) {
+                    Arrival::InOrder => {}
+                    Arrival::Dropped => return,
+                    Arrival::Gap => {
+                        self.eject(from, EjectReason::SessionBroken, out);
+                        return;
+                    }
                 }
-                if envelope.number > connected.next_in {
-                    self.eject(from, EjectReason::SessionBroken, out);
-                    return;
-                }
-                connected.next_in += 1;
                 connected.heard_at_tick = self.now_tick;
                 self.on_replica_message(from, envelope.message, out);
             }
@@ -883,7 +877,7 @@ impl Target {
             return;
         };
         match &link.connection {
-            Connection::Connected(c) if c.session == session => {
+            Connection::Connected(c) if c.session.id() == session => {
                 self.eject(replica, EjectReason::SessionBroken, out);
             }
             Connection::Handshaking { session: s, .. } if *s == session => {
@@ -955,9 +949,7 @@ impl Target {
         let link = self.links.get_mut(&from).expect("link exists");
         link.refused = false;
         link.connection = Connection::Connected(Box::new(Connected {
-            session,
-            next_out: 2,
-            next_in: 2,
+            session: Session::answered(session),
             hello: ack,
             state: LinkState::Answered,
             awaited: BTreeMap::new(),
