@@ -7,7 +7,7 @@ use crate::replica::queue::{Inflight, Purpose, Work};
 use crate::replica::{DiskOp, Replica, ReplicaOutput};
 use crate::types::{IoFailure, RegionSet, Seq, SessionId, Stamp};
 
-/// A barrier in progress. Each runs a sync and/or a metadata write, then replies.
+/// Which barrier runs. Each runs a sync and/or a metadata write, then replies.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Barrier {
     Hello,
@@ -15,6 +15,24 @@ pub(super) enum Barrier {
     StartResync,
     MarkInconsistent,
     FinishResync { stamp: Stamp },
+}
+
+/// A barrier in progress: which one, the session that asked for it, and its step.
+#[derive(Clone, Debug)]
+pub(super) struct RunningBarrier {
+    pub(super) barrier: Barrier,
+    pub(super) session: SessionId,
+    pub(super) step: BarrierStep,
+}
+
+/// Where a running barrier is. Flush and FinishResync sync first, then write metadata; the others
+/// only write metadata. A barrier ends when its metadata write does.
+#[derive(Clone, Debug)]
+pub(super) enum BarrierStep {
+    /// Waiting for storage to make every completed write durable.
+    Syncing,
+    /// Waiting for the metadata write that ends the barrier; it persists `activity_log`.
+    PersistingMeta { activity_log: RegionSet },
 }
 
 impl Replica {
@@ -25,7 +43,8 @@ impl Replica {
         out: &mut Vec<ReplicaOutput>,
     ) {
         assert!(self.inflight.is_empty(), "barriers start with storage idle");
-        let barrier = match work {
+        assert!(self.barrier.is_none(), "one barrier at a time");
+        let (barrier, step) = match work {
             Work::Hello => {
                 let generation = session.generation();
                 if generation <= self.superblock.generation_seen {
@@ -33,13 +52,13 @@ impl Replica {
                     return;
                 }
                 self.superblock.generation_seen = generation;
-                self.persist(self.activity_log.clone(), false, Purpose::Barrier, out);
-                Barrier::Hello
+                let step = self.persist_for_barrier(self.activity_log.clone(), false, out);
+                (Barrier::Hello, step)
             }
             Work::Flush { seq } => {
                 self.last_applied = Stamp::new(session.generation(), seq);
                 self.sync(out);
-                Barrier::Flush { seq }
+                (Barrier::Flush { seq }, BarrierStep::Syncing)
             }
             Work::StartResync {
                 sync_stamp,
@@ -58,22 +77,26 @@ impl Replica {
                 }
                 self.superblock.consistent = false;
                 self.superblock.sync_stamp = sync_stamp;
-                self.persist(self.activity_log.clone(), true, Purpose::Barrier, out);
-                Barrier::StartResync
+                let step = self.persist_for_barrier(self.activity_log.clone(), true, out);
+                (Barrier::StartResync, step)
             }
             Work::MarkInconsistent => {
                 self.superblock.consistent = false;
                 self.superblock.sync_stamp = self.joining.take().unwrap_or(Stamp::ZERO);
-                self.persist(self.activity_log.clone(), true, Purpose::Barrier, out);
-                Barrier::MarkInconsistent
+                let step = self.persist_for_barrier(self.activity_log.clone(), true, out);
+                (Barrier::MarkInconsistent, step)
             }
             Work::FinishResync { stamp } => {
                 self.sync(out);
-                Barrier::FinishResync { stamp }
+                (Barrier::FinishResync { stamp }, BarrierStep::Syncing)
             }
             _ => unreachable!("not a barrier"),
         };
-        self.barrier = Some((barrier, session));
+        self.barrier = Some(RunningBarrier {
+            barrier,
+            session,
+            step,
+        });
     }
 
     pub(super) fn sync(&mut self, out: &mut Vec<ReplicaOutput>) {
@@ -107,7 +130,6 @@ impl Replica {
             session: self.current_session().unwrap_or(SessionId(0)),
             range: None,
         };
-        self.activity_log_pending = Some(activity_log.clone());
         let superblock = self.superblock.clone();
         self.issue(inflight, out, |id| DiskOp::PersistMeta {
             id,
@@ -117,6 +139,17 @@ impl Replica {
                 activity_log,
             },
         });
+    }
+
+    /// Persists the superblock and `activity_log` for a barrier: its last step.
+    fn persist_for_barrier(
+        &mut self,
+        activity_log: RegionSet,
+        with_map: bool,
+        out: &mut Vec<ReplicaOutput>,
+    ) -> BarrierStep {
+        self.persist(activity_log.clone(), with_map, Purpose::Barrier, out);
+        BarrierStep::PersistingMeta { activity_log }
     }
 
     pub(super) fn send_hello_ack(&mut self, session: SessionId, out: &mut Vec<ReplicaOutput>) {
@@ -139,11 +172,17 @@ impl Replica {
         result: Result<(), IoFailure>,
         out: &mut Vec<ReplicaOutput>,
     ) {
-        let (barrier, session) = self.barrier.expect("a barrier is running");
-        let persisted = self.activity_log_pending.take();
+        let RunningBarrier {
+            barrier,
+            session,
+            step,
+        } = self.barrier.take().expect("a barrier is running");
+        assert!(
+            self.inflight.is_empty(),
+            "a barrier runs with storage otherwise idle"
+        );
         if let Err(failure) = result {
             self.storage_failed = true;
-            self.barrier = None;
             match barrier {
                 Barrier::Flush { seq } => self.send(
                     session,
@@ -166,11 +205,10 @@ impl Replica {
             }
             return;
         }
-        match persisted {
-            // A metadata write finished: the barrier is done.
-            Some(activity_log) => {
+        match step {
+            // The metadata write finished: the barrier is done.
+            BarrierStep::PersistingMeta { activity_log } => {
                 self.activity_log = activity_log;
-                self.barrier = None;
                 match barrier {
                     Barrier::Hello => self.send_hello_ack(session, out),
                     Barrier::Flush { seq } => self.send(
@@ -190,7 +228,7 @@ impl Replica {
             }
             // A sync finished: record the checkpoint, then persist it with the region map. The
             // activity log can be emptied: every write so far is durable and in the map.
-            None => {
+            BarrierStep::Syncing => {
                 match barrier {
                     Barrier::Flush { seq } => {
                         if self.superblock.consistent && !self.storage_failed {
@@ -213,7 +251,12 @@ impl Replica {
                     }
                 }
                 let empty = RegionSet::new(self.activity_log.region_count());
-                self.persist(empty, true, Purpose::Barrier, out);
+                let step = self.persist_for_barrier(empty, true, out);
+                self.barrier = Some(RunningBarrier {
+                    barrier,
+                    session,
+                    step,
+                });
             }
         }
     }

@@ -24,7 +24,7 @@ mod queue;
 #[cfg(test)]
 mod tests;
 
-use barrier::Barrier;
+use barrier::RunningBarrier;
 use queue::{read_answer, Inflight, Purpose, ReadKind, Work};
 
 /// Identifies one storage operation so its completion can be matched.
@@ -129,11 +129,12 @@ pub struct Replica {
     regions_changed: BTreeSet<u32>,
     /// The activity log as persisted.
     activity_log: RegionSet,
+    /// The extended activity log being persisted (the log a barrier persists is in its step).
     activity_log_pending: Option<RegionSet>,
     session: Option<Session>,
     queue: VecDeque<Work>,
     inflight: BTreeMap<DiskOpId, Inflight>,
-    barrier: Option<(Barrier, SessionId)>,
+    barrier: Option<RunningBarrier>,
     /// The newest operation started, in this replica's current history.
     last_applied: Stamp,
     /// False after an unclean restart until the replica is resynced or serves as a source:
@@ -218,7 +219,7 @@ impl Replica {
             self.superblock.checkpoint.0,
             self.queue.len(),
             self.inflight.len(),
-            self.barrier,
+            self.barrier.as_ref().map(|running| (running.barrier, running.session)),
             self.failed_writes
         )
     }

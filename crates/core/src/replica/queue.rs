@@ -203,6 +203,7 @@ impl Replica {
                 extended.insert(neighbour);
             }
         }
+        self.activity_log_pending = Some(extended.clone());
         self.persist(extended, false, Purpose::ActivityLog, out);
         false
     }
