@@ -1,6 +1,43 @@
 //! Client I/O: sequencing, replicating and acknowledging writes, trims and flushes; serving reads.
 
-use super::*;
+use std::collections::BTreeSet;
+
+use crate::message::{Message, RequestId};
+use crate::target::link::{Awaited, Connection, LinkState};
+use crate::target::{reply, Phase, Target};
+use crate::target::{
+    ClientError, ClientOp, ClientReplyBody, ClientRequest, ClientRequestId, EjectReason,
+    TargetOutput,
+};
+use crate::types::{Extent, IoFailure, ReplicaId, Seq, Stamp};
+use crate::PlantedBug;
+
+#[derive(Clone, Debug)]
+pub(super) struct PendingOp {
+    /// Kept until answered, to send again if every replica holding it is lost.
+    pub(super) message: Message,
+    pub(super) client: Option<ClientRequestId>,
+    pub(super) stamp: Stamp,
+    pub(super) reply_stamp: Stamp,
+    pub(super) is_flush: bool,
+    /// Replicas that hold it: acknowledged it, or were resynced past it.
+    pub(super) holders: BTreeSet<ReplicaId>,
+}
+
+/// A client read of data, or of allocation (block status): both go to one Healthy replica.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ClientRead {
+    pub(super) client: ClientRequestId,
+    pub(super) offset: u64,
+    pub(super) len: u64,
+    pub(super) allocation: bool,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct PendingRead {
+    pub(super) read: ClientRead,
+    pub(super) replica: ReplicaId,
+}
 
 impl Target {
     pub(super) fn on_client(&mut self, request: ClientRequest, out: &mut Vec<TargetOutput>) {

@@ -1,6 +1,23 @@
 //! Membership changes: adding, promoting and removing replicas (G6).
 
-use super::*;
+use crate::membership::{Member, MembershipError, REPLICAS_MAX};
+use crate::target::link::{Awaited, Link, LinkState};
+use crate::target::{Command, Fenced, Phase, Target, TargetEvent, TargetOutput};
+use crate::types::{ReplicaId, Seq};
+use crate::PlantedBug;
+
+/// A removal waiting for the others to catch up.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Removal {
+    pub(super) replica: ReplicaId,
+    /// The others must have acknowledged everything up to here.
+    pub(super) drain_seq: Seq,
+}
+
+pub(super) enum PendingMembership {
+    Command(Command),
+    Promotion(ReplicaId),
+}
 
 impl Target {
     /// A rebuilt new replica becomes trusted only once that is persisted: until then it counts for

@@ -1,6 +1,10 @@
 //! Recovery: choosing, from the replicas' answers, the copy that holds the volume's history.
 
-use super::*;
+use crate::message::HelloAck;
+use crate::target::link::{Awaited, Connection, LinkState};
+use crate::target::{Phase, Target, TargetEvent, TargetOutput};
+use crate::types::{ReplicaId, Seq, Stamp};
+use crate::PlantedBug;
 
 impl Target {
     /// Recovery: with answers from at least CF trusted replicas, the consistent one with the

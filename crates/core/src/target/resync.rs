@@ -1,6 +1,42 @@
 //! Resync and rebuild: copying changed regions to a joining replica under range locks.
 
-use super::*;
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+
+use crate::message::{Message, RequestId};
+use crate::target::link::{Awaited, LinkState};
+use crate::target::{EjectReason, Target, TargetEvent, TargetOutput, CLIENT_ACTIVITY_TICKS};
+use crate::types::{IoFailure, RegionSet, ReplicaId, Seq, Stamp};
+use crate::PlantedBug;
+
+#[derive(Clone, Debug)]
+pub(super) enum ResyncPhase {
+    Querying { request: RequestId },
+    Copying,
+    Finishing,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Segment {
+    pub(super) offset: u64,
+    pub(super) len: u64,
+    pub(super) locked: bool,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct ResyncJob {
+    pub(super) dest: ReplicaId,
+    pub(super) source: ReplicaId,
+    pub(super) full: bool,
+    pub(super) phase: ResyncPhase,
+    pub(super) todo: VecDeque<u32>,
+    pub(super) regions_total: u64,
+    pub(super) reading: BTreeMap<RequestId, Segment>,
+    pub(super) writing: BTreeMap<RequestId, Segment>,
+    pub(super) bytes_total: u64,
+    pub(super) bytes_done: u64,
+}
 
 impl Target {
     /// The stamp of the operation with sequence `seq`, if this target knows it: its own
