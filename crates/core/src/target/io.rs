@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use crate::message::{Message, RequestId};
-use crate::target::link::{Awaited, Connection, LinkState};
+use crate::target::link::{Awaited, LinkState};
 use crate::target::{reply, Phase, Target};
 use crate::target::{
     ClientError, ClientOp, ClientReplyBody, ClientRequest, ClientRequestId, EjectReason,
@@ -122,12 +122,11 @@ impl Target {
 
     /// A replica that receives live operations has `replica_congestion_ops` unanswered.
     pub(super) fn congested(&self) -> bool {
-        self.links.values().any(|link| match &link.connection {
-            Connection::Connected(c) => {
+        self.links.values().any(|link| {
+            link.connected().is_some_and(|c| {
                 c.state != LinkState::Answered
                     && c.awaited.len() >= self.options.replica_congestion_ops
-            }
-            _ => false,
+            })
         })
     }
 
@@ -289,14 +288,12 @@ impl Target {
             Message::WriteDone { seq, result } | Message::FlushDone { seq, result } => {
                 self.answered(from, Awaited::Op(seq));
                 if let Some(c) = self.connected_mut(from) {
-                    if c.flushes_awaited.remove(&seq) && result.is_ok() {
-                        c.flushed = c.flushed.max(seq);
-                    }
+                    c.flush_answered(seq, result.is_ok());
                 }
                 match result {
                     Ok(()) => {
                         if let Some(link) = self.links.get_mut(&from) {
-                            link.acknowledged_max = link.acknowledged_max.max(seq);
+                            link.note_acknowledged(seq);
                         }
                         if let Some(op) = self.ops.get_mut(&seq) {
                             op.holders.insert(from);
@@ -376,7 +373,7 @@ impl Target {
 
     pub(super) fn answered(&mut self, from: ReplicaId, awaited: Awaited) {
         if let Some(c) = self.connected_mut(from) {
-            c.awaited.remove(&awaited);
+            c.answered(awaited);
         }
     }
 }

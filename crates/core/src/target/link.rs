@@ -1,9 +1,13 @@
-//! A link: the target's view of one replica, over its successive sessions.
+//! A replica link: the target's view of one replica over its successive sessions. The link owns
+//! the session's numbering (what it sends, what it accepts), what is awaited on it, and its
+//! timeouts (handshake, answers, idle probes, reconnect backoff); the target decides what to
+//! send and what an answer means.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::message::{HelloAck, RequestId};
-use crate::session::Session;
+use crate::message::{Envelope, HelloAck, Message, RequestId};
+use crate::session::{Arrival, Session};
+use crate::target::{ReplicaMode, TargetOptions, RECONNECT_BACKOFF_MAX};
 use crate::types::{Seq, SessionId};
 
 /// What the target expects an answer to on a link, for timeouts.
@@ -15,7 +19,7 @@ pub(super) enum Awaited {
 }
 
 #[derive(Clone, Debug)]
-pub(super) enum Connection {
+enum Connection {
     Offline {
         retry_at_tick: u64,
     },
@@ -60,24 +64,308 @@ pub(super) enum LinkState {
     Healthy,
 }
 
+/// One replica as the target sees it.
 #[derive(Clone, Debug)]
-pub(super) struct Link {
-    pub(super) connection: Connection,
-    pub(super) refused: bool,
+pub(super) struct ReplicaLink {
+    connection: Connection,
+    /// It refused the target (wrong identity or geometry).
+    refused: bool,
     /// The newest operation this replica acknowledged to this target, over all its sessions: a
     /// killed replica's cache holds at least that far (unless it also lost power).
-    pub(super) acknowledged_max: Seq,
+    acknowledged_max: Seq,
     /// Ejections since it was last Healthy: the reconnect backoff.
-    pub(super) ejections_unhealed: u32,
+    ejections_unhealed: u32,
+    /// The mode last reported for it, so only changes are reported.
+    mode_reported: Option<ReplicaMode>,
 }
 
-impl Link {
-    pub(super) fn offline(retry_at_tick: u64) -> Link {
-        Link {
+/// What arrived on a link, as far as the link can tell.
+pub(super) enum Accepted {
+    /// The replica's answer to the handshake in progress.
+    Handshake(Message),
+    /// The next message of the connected session.
+    Message(Message),
+    /// A gap in the connected session: it cannot continue.
+    Gap,
+    /// Another session's message, or a duplicate: dropped.
+    Stale,
+}
+
+/// What is due on a link at a tick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Due {
+    /// Offline and its retry time has come: open a new session.
+    Reconnect,
+    /// Its oldest unanswered request is older than `replica_timeout_ticks`.
+    TimedOut,
+    /// Idle for half the timeout: probe it, so a replica that moved on (or whose session
+    /// silently broke) times out and is reconnected.
+    Probe,
+    /// Recovery waited `replica_timeout_ticks` on its answer: ask again.
+    AskAgain,
+}
+
+/// What a lost connection means for a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Loss {
+    /// The connected session ended: eject the replica.
+    Connected,
+    /// The handshake's connection ended: it is retried after the reconnect interval.
+    Handshake,
+    /// An older session's connection: nothing to do.
+    Stale,
+}
+
+impl ReplicaLink {
+    pub(super) fn offline(retry_at_tick: u64) -> ReplicaLink {
+        ReplicaLink {
             connection: Connection::Offline { retry_at_tick },
             refused: false,
             acknowledged_max: Seq::ZERO,
             ejections_unhealed: 0,
+            mode_reported: None,
+        }
+    }
+
+    pub(super) fn connected(&self) -> Option<&Connected> {
+        match &self.connection {
+            Connection::Connected(connected) => Some(connected),
+            _ => None,
+        }
+    }
+
+    pub(super) fn connected_mut(&mut self) -> Option<&mut Connected> {
+        match &mut self.connection {
+            Connection::Connected(connected) => Some(connected),
+            _ => None,
+        }
+    }
+
+    pub(super) fn mark_refused(&mut self) {
+        self.refused = true;
+    }
+
+    pub(super) fn acknowledged_max(&self) -> Seq {
+        self.acknowledged_max
+    }
+
+    /// The replica acknowledged operation `seq`.
+    pub(super) fn note_acknowledged(&mut self, seq: Seq) {
+        self.acknowledged_max = self.acknowledged_max.max(seq);
+    }
+
+    /// Opens `session`: the handshake (numbered [`Session::OPENING_NUMBER`]) is being sent.
+    pub(super) fn open(&mut self, session: SessionId, now: u64) {
+        self.connection = Connection::Handshaking {
+            session,
+            sent_at_tick: now,
+        };
+    }
+
+    /// The replica answered the handshake of `session`: the session is connected.
+    pub(super) fn connect(
+        &mut self,
+        session: SessionId,
+        hello: HelloAck,
+        now: u64,
+        first_live_seq: Seq,
+    ) {
+        assert!(
+            matches!(self.connection, Connection::Handshaking { session: s, .. } if s == session),
+            "only the handshake in progress connects"
+        );
+        let checkpoint = hello.checkpoint;
+        self.refused = false;
+        self.connection = Connection::Connected(Box::new(Connected {
+            session: Session::answered(session),
+            hello,
+            state: LinkState::Answered,
+            awaited: BTreeMap::new(),
+            flushes_awaited: BTreeSet::new(),
+            flushed: checkpoint,
+            connected_at_tick: now,
+            first_live_seq,
+            answered_at_tick: now,
+            heard_at_tick: now,
+        }));
+    }
+
+    /// Drops the session (if any) and schedules the next attempt: a replica ejected again before
+    /// it was Healthy waits twice as long each time, up to `RECONNECT_BACKOFF_MAX` intervals.
+    /// Returns true if it was connected.
+    pub(super) fn disconnect(&mut self, now: u64, interval_ticks: u64) -> bool {
+        let was_connected = matches!(self.connection, Connection::Connected(_));
+        let backoff = (1u64 << self.ejections_unhealed.min(16)).min(RECONNECT_BACKOFF_MAX);
+        let retry_at_tick = now + interval_ticks * backoff;
+        if was_connected {
+            self.ejections_unhealed += 1;
+        }
+        self.connection = Connection::Offline { retry_at_tick };
+        was_connected
+    }
+
+    /// It was seen Healthy: the reconnect backoff starts over.
+    pub(super) fn healed(&mut self) {
+        self.ejections_unhealed = 0;
+    }
+
+    /// Numbers `message` on the connected session and remembers what is `awaited` for it.
+    /// Returns the envelope and the number of requests now unanswered; `None` if not connected.
+    pub(super) fn send(
+        &mut self,
+        message: Message,
+        awaited: Option<Awaited>,
+        now: u64,
+    ) -> Option<(Envelope, usize)> {
+        let connected = self.connected_mut()?;
+        let envelope = connected.session.envelope(message);
+        if let Some(awaited) = awaited {
+            connected.awaited.insert(awaited, now);
+            if let Message::Flush { seq, .. } = &envelope.message {
+                connected.flushes_awaited.insert(*seq);
+            }
+        }
+        Some((envelope, connected.awaited.len()))
+    }
+
+    /// Takes an envelope that arrived from the replica.
+    pub(super) fn accept(&mut self, envelope: Envelope, now: u64) -> Accepted {
+        match &mut self.connection {
+            Connection::Handshaking { session, .. } if *session == envelope.session => {
+                if envelope.number != Session::OPENING_NUMBER {
+                    return Accepted::Stale;
+                }
+                Accepted::Handshake(envelope.message)
+            }
+            Connection::Connected(connected) if connected.session.id() == envelope.session => {
+                match connected.session.accept(envelope.number) {
+                    Arrival::InOrder => {
+                        connected.heard_at_tick = now;
+                        Accepted::Message(envelope.message)
+                    }
+                    Arrival::Dropped => Accepted::Stale,
+                    Arrival::Gap => Accepted::Gap,
+                }
+            }
+            _ => Accepted::Stale,
+        }
+    }
+
+    /// The connection carrying `session` ended.
+    pub(super) fn lose(&mut self, session: SessionId, now: u64, interval_ticks: u64) -> Loss {
+        match &self.connection {
+            Connection::Connected(c) if c.session.id() == session => Loss::Connected,
+            Connection::Handshaking { session: s, .. } if *s == session => {
+                let retry_at_tick = now + interval_ticks;
+                self.connection = Connection::Offline { retry_at_tick };
+                Loss::Handshake
+            }
+            _ => Loss::Stale,
+        }
+    }
+
+    /// What is due at tick `now`. A handshake unanswered for `handshake_timeout_ticks` is
+    /// abandoned here (retried after the reconnect interval).
+    pub(super) fn tick(
+        &mut self,
+        now: u64,
+        options: &TargetOptions,
+        recovering: bool,
+    ) -> Option<Due> {
+        match &self.connection {
+            Connection::Offline { retry_at_tick } if *retry_at_tick <= now => Some(Due::Reconnect),
+            Connection::Handshaking { sent_at_tick, .. }
+                if sent_at_tick + options.handshake_timeout_ticks <= now =>
+            {
+                let retry_at_tick = now + options.reconnect_interval_ticks;
+                self.connection = Connection::Offline { retry_at_tick };
+                None
+            }
+            Connection::Connected(c) => {
+                let oldest = c.awaited.values().min().copied();
+                if oldest.is_some_and(|sent| sent + options.replica_timeout_ticks <= now) {
+                    Some(Due::TimedOut)
+                } else if c.awaited.is_empty()
+                    && c.heard_at_tick + options.replica_timeout_ticks / 2 <= now
+                {
+                    Some(Due::Probe)
+                } else if recovering
+                    && c.state == LinkState::Answered
+                    && c.answered_at_tick + options.replica_timeout_ticks <= now
+                {
+                    Some(Due::AskAgain)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// Requests sent on the link and not yet answered (a handshake counts as one).
+    pub(super) fn outstanding(&self) -> usize {
+        match &self.connection {
+            Connection::Connected(c) => c.awaited.len(),
+            Connection::Handshaking { .. } => 1,
+            Connection::Offline { .. } => 0,
+        }
+    }
+
+    /// Its mode, given whether the membership trusts the replica that answered.
+    pub(super) fn mode(&self, trusted: bool) -> ReplicaMode {
+        let Connection::Connected(c) = &self.connection else {
+            return if self.refused {
+                ReplicaMode::Error
+            } else {
+                ReplicaMode::Offline
+            };
+        };
+        match (c.state, trusted) {
+            (LinkState::Healthy, true) => ReplicaMode::Healthy,
+            (LinkState::Resyncing, true) => ReplicaMode::Rebuilding,
+            (LinkState::Resyncing | LinkState::AwaitingPromotion | LinkState::Healthy, false) => {
+                ReplicaMode::ReconstructingNewReplica
+            }
+            (_, true) => ReplicaMode::Degraded,
+            (_, false) => ReplicaMode::NewReplicaDegraded,
+        }
+    }
+
+    /// Records `mode` as reported; true if it changed.
+    pub(super) fn report_mode(&mut self, mode: ReplicaMode) -> bool {
+        self.mode_reported.replace(mode) != Some(mode)
+    }
+
+    /// A one-line summary, for the target's.
+    pub(super) fn describe(&self) -> String {
+        match &self.connection {
+            Connection::Offline { retry_at_tick } => format!("offline(retry {retry_at_tick})"),
+            Connection::Handshaking { sent_at_tick, .. } => {
+                format!("handshaking(since {sent_at_tick})")
+            }
+            Connection::Connected(c) => format!(
+                "{:?} consistent={} stamp={} sync={} checkpoint={} awaited={}",
+                c.state,
+                c.hello.consistent,
+                c.hello.stamp,
+                c.hello.sync_stamp,
+                c.hello.checkpoint.0,
+                c.awaited.len()
+            ),
+        }
+    }
+}
+
+impl Connected {
+    /// An answer to what was `awaited` arrived (or was made moot).
+    pub(super) fn answered(&mut self, awaited: Awaited) {
+        self.awaited.remove(&awaited);
+    }
+
+    /// The replica answered flush `seq`; a successful one is its newest durable point.
+    pub(super) fn flush_answered(&mut self, seq: Seq, ok: bool) {
+        if self.flushes_awaited.remove(&seq) && ok {
+            self.flushed = self.flushed.max(seq);
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Membership changes: adding, promoting and removing replicas (G6).
 
 use crate::membership::{Member, MembershipError, REPLICAS_MAX};
-use crate::target::link::{Awaited, Link, LinkState};
+use crate::target::link::{Awaited, LinkState, ReplicaLink};
 use crate::target::{Command, Fenced, Phase, Target, TargetEvent, TargetOutput};
 use crate::types::{ReplicaId, Seq};
 use crate::PlantedBug;
@@ -84,7 +84,8 @@ impl Target {
                     incarnation: None,
                     trusted: false,
                 });
-                self.links.insert(replica, Link::offline(self.now_tick));
+                self.links
+                    .insert(replica, ReplicaLink::offline(self.now_tick));
             }
             Command::RemoveReplica(replica) => {
                 let member = membership
@@ -170,7 +171,6 @@ impl Target {
         let mut membership = self.membership.clone();
         membership.members.retain(|m| m.replica != replica);
         self.links.remove(&replica);
-        self.modes.remove(&replica);
         self.forget_replica_work(replica, out);
         self.membership = membership.clone();
         self.membership_pending = Some(PendingMembership::Command(Command::RemoveReplica(replica)));

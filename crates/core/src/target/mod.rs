@@ -18,11 +18,11 @@
 //! picks the most advanced consistent one as the source of the volume's history, and resyncs the
 //! rest before they count (see [`Target::try_activate`]).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::membership::{Membership, MembershipError};
 use crate::message::{Envelope, HelloAck, Message, Refusal, RequestId};
-use crate::session::{Arrival, Session};
+use crate::session::Session;
 use crate::types::{Generation, Geometry, Incarnation, ReplicaId, Seq, SessionId, Stamp};
 use crate::PlantedBug;
 
@@ -41,7 +41,7 @@ pub use api::{
     TargetOptions, TargetOutput, VolumeStatus, CLIENT_ACTIVITY_TICKS, RECONNECT_BACKOFF_MAX,
 };
 use io::{ClientRead, PendingOp, PendingRead};
-use link::{Awaited, Connected, Connection, Link, LinkState};
+use link::{Accepted, Awaited, Connected, Due, LinkState, Loss, ReplicaLink};
 use membership::{PendingMembership, Removal};
 use resync::ResyncJob;
 
@@ -62,7 +62,7 @@ pub struct Target {
     phase: Phase,
     /// True once this target has served: it then knows its own acknowledged history.
     resumed: bool,
-    links: BTreeMap<ReplicaId, Link>,
+    links: BTreeMap<ReplicaId, ReplicaLink>,
     now_tick: u64,
     session_counter: u32,
     next_request: u64,
@@ -91,7 +91,6 @@ pub struct Target {
     /// The tick the last client request arrived.
     client_seen_tick: Option<u64>,
     status: VolumeStatus,
-    modes: BTreeMap<ReplicaId, ReplicaMode>,
 }
 
 impl Target {
@@ -112,7 +111,7 @@ impl Target {
         let links = membership
             .members
             .iter()
-            .map(|m| (m.replica, Link::offline(0)))
+            .map(|m| (m.replica, ReplicaLink::offline(0)))
             .collect();
         Target {
             options,
@@ -142,7 +141,6 @@ impl Target {
             resync_budget_bytes: 0,
             client_seen_tick: None,
             status: VolumeStatus::Init,
-            modes: BTreeMap::new(),
         }
     }
 
@@ -214,22 +212,7 @@ impl Target {
             self.generation.0, self.phase, self.seq_last.0, self.acked_max, self.committed.0
         );
         for (replica, link) in &self.links {
-            let connection = match &link.connection {
-                Connection::Offline { retry_at_tick } => format!("offline(retry {retry_at_tick})"),
-                Connection::Handshaking { sent_at_tick, .. } => {
-                    format!("handshaking(since {sent_at_tick})")
-                }
-                Connection::Connected(c) => format!(
-                    "{:?} consistent={} stamp={} sync={} checkpoint={} awaited={}",
-                    c.state,
-                    c.hello.consistent,
-                    c.hello.stamp,
-                    c.hello.sync_stamp,
-                    c.hello.checkpoint.0,
-                    c.awaited.len()
-                ),
-            };
-            text.push_str(&format!("; replica {}: {connection}", replica.0));
+            text.push_str(&format!("; replica {}: {}", replica.0, link.describe()));
         }
         let pending: Vec<u64> = self.ops.keys().map(|seq| seq.0).take(8).collect();
         text.push_str(&format!(
@@ -245,14 +228,7 @@ impl Target {
 
     /// Requests sent to replicas and not yet answered.
     pub fn outstanding_requests(&self) -> usize {
-        self.links
-            .values()
-            .map(|link| match &link.connection {
-                Connection::Connected(c) => c.awaited.len(),
-                Connection::Handshaking { .. } => 1,
-                Connection::Offline { .. } => 0,
-            })
-            .sum()
+        self.links.values().map(ReplicaLink::outstanding).sum()
     }
 
     /// Client operations accepted and not yet answered.
@@ -348,21 +324,13 @@ impl Target {
         out: &mut Vec<TargetOutput>,
     ) {
         let now = self.now_tick;
-        let Some(Link {
-            connection: Connection::Connected(connected),
-            ..
-        }) = self.links.get_mut(&to)
+        let Some((envelope, backlog)) = self
+            .links
+            .get_mut(&to)
+            .and_then(|link| link.send(message, awaited, now))
         else {
             return;
         };
-        let envelope = connected.session.envelope(message);
-        if let Some(awaited) = awaited {
-            connected.awaited.insert(awaited, now);
-            if let Message::Flush { seq, .. } = &envelope.message {
-                connected.flushes_awaited.insert(*seq);
-            }
-        }
-        let backlog = connected.awaited.len();
         out.push(TargetOutput::Send { to, envelope });
         if backlog > self.options.replica_inflight_max {
             self.eject(to, EjectReason::Backlog, out);
@@ -373,10 +341,7 @@ impl Target {
         self.session_counter += 1;
         let session = SessionId::new(self.generation, self.session_counter);
         let link = self.links.get_mut(&replica).expect("link exists");
-        link.connection = Connection::Handshaking {
-            session,
-            sent_at_tick: self.now_tick,
-        };
+        link.open(session, self.now_tick);
         out.push(TargetOutput::Send {
             to: replica,
             envelope: Envelope {
@@ -401,14 +366,7 @@ impl Target {
         let Some(link) = self.links.get_mut(&replica) else {
             return;
         };
-        let was_connected = matches!(link.connection, Connection::Connected(_));
-        let backoff = (1u64 << link.ejections_unhealed.min(16)).min(RECONNECT_BACKOFF_MAX);
-        let retry_at_tick = now + interval * backoff;
-        if was_connected {
-            link.ejections_unhealed += 1;
-        }
-        link.connection = Connection::Offline { retry_at_tick };
-        if was_connected {
+        if link.disconnect(now, interval) {
             out.push(TargetOutput::Event(TargetEvent::Ejected {
                 replica,
                 reason,
@@ -442,30 +400,17 @@ impl Target {
         let Some(link) = self.links.get_mut(&from) else {
             return; // Not a member (any more): ignore.
         };
-        match &mut link.connection {
-            Connection::Handshaking { session, .. } if *session == envelope.session => {
-                if envelope.number != Session::OPENING_NUMBER {
-                    return;
-                }
-                match envelope.message {
-                    Message::HelloAck(ack) => self.on_hello_ack(from, envelope.session, ack, out),
-                    Message::Refused(refusal) => self.on_refused(from, refusal, out),
-                    _ => self.eject(from, EjectReason::SessionBroken, out),
-                }
+        let session = envelope.session;
+        match link.accept(envelope, self.now_tick) {
+            Accepted::Handshake(Message::HelloAck(ack)) => {
+                self.on_hello_ack(from, session, ack, out)
             }
-            Connection::Connected(connected) if connected.session.id() == envelope.session => {
-                match connected.session.accept(envelope.number) {
-                    Arrival::InOrder => {}
-                    Arrival::Dropped => return,
-                    Arrival::Gap => {
-                        self.eject(from, EjectReason::SessionBroken, out);
-                        return;
-                    }
-                }
-                connected.heard_at_tick = self.now_tick;
-                self.on_replica_message(from, envelope.message, out);
+            Accepted::Handshake(Message::Refused(refusal)) => self.on_refused(from, refusal, out),
+            Accepted::Handshake(_) | Accepted::Gap => {
+                self.eject(from, EjectReason::SessionBroken, out)
             }
-            _ => {} // Another session's message: stale.
+            Accepted::Message(message) => self.on_replica_message(from, message, out),
+            Accepted::Stale => {}
         }
     }
 
@@ -478,15 +423,10 @@ impl Target {
         let Some(link) = self.links.get_mut(&replica) else {
             return;
         };
-        match &link.connection {
-            Connection::Connected(c) if c.session.id() == session => {
-                self.eject(replica, EjectReason::SessionBroken, out);
-            }
-            Connection::Handshaking { session: s, .. } if *s == session => {
-                let retry_at_tick = self.now_tick + self.options.reconnect_interval_ticks;
-                link.connection = Connection::Offline { retry_at_tick };
-            }
-            _ => {} // An older session's connection: nothing to do.
+        let interval = self.options.reconnect_interval_ticks;
+        match link.lose(session, self.now_tick, interval) {
+            Loss::Connected => self.eject(replica, EjectReason::SessionBroken, out),
+            Loss::Handshake | Loss::Stale => {}
         }
     }
 
@@ -499,7 +439,7 @@ impl Target {
         }
         self.eject(from, EjectReason::Refused(refusal), out);
         if let Some(link) = self.links.get_mut(&from) {
-            link.refused = true;
+            link.mark_refused();
         }
     }
 
@@ -547,21 +487,9 @@ impl Target {
             self.eject(from, EjectReason::SessionBroken, out);
             return;
         }
-        let checkpoint = ack.checkpoint;
+        let first_live_seq = self.seq_last.next();
         let link = self.links.get_mut(&from).expect("link exists");
-        link.refused = false;
-        link.connection = Connection::Connected(Box::new(Connected {
-            session: Session::answered(session),
-            hello: ack,
-            state: LinkState::Answered,
-            awaited: BTreeMap::new(),
-            flushes_awaited: BTreeSet::new(),
-            flushed: checkpoint,
-            connected_at_tick: self.now_tick,
-            first_live_seq: self.seq_last.next(),
-            answered_at_tick: self.now_tick,
-            heard_at_tick: self.now_tick,
-        }));
+        link.connect(session, ack, self.now_tick, first_live_seq);
         match self.phase {
             Phase::Recovering => self.try_activate(out),
             Phase::Active => self.rejoin(from, out),
@@ -570,17 +498,11 @@ impl Target {
     }
 
     fn connected(&self, replica: ReplicaId) -> Option<&Connected> {
-        match &self.links.get(&replica)?.connection {
-            Connection::Connected(connected) => Some(connected),
-            _ => None,
-        }
+        self.links.get(&replica)?.connected()
     }
 
     fn connected_mut(&mut self, replica: ReplicaId) -> Option<&mut Connected> {
-        match &mut self.links.get_mut(&replica)?.connection {
-            Connection::Connected(connected) => Some(connected),
-            _ => None,
-        }
+        self.links.get_mut(&replica)?.connected_mut()
     }
 
     fn is_trusted(&self, replica: ReplicaId, incarnation: Incarnation) -> bool {
@@ -613,73 +535,41 @@ impl Target {
             let cap = rate.max(u64::from(self.geometry.region_size)) * 2;
             self.resync_budget_bytes = (self.resync_budget_bytes + rate).min(cap);
         }
+        let recovering = self.phase == Phase::Recovering;
         let replicas: Vec<ReplicaId> = self.links.keys().copied().collect();
         for replica in replicas {
-            let link = &self.links[&replica];
-            match &link.connection {
-                Connection::Offline { retry_at_tick }
-                    if *retry_at_tick <= now
-                        && !(self.options.bugs.has(PlantedBug::NeverReconnect) && self.resumed) =>
+            let link = self.links.get_mut(&replica).expect("listed");
+            match link.tick(now, &self.options, recovering) {
+                Some(Due::Reconnect)
+                    if !(self.options.bugs.has(PlantedBug::NeverReconnect) && self.resumed) =>
                 {
                     self.hello(replica, out)
                 }
-                Connection::Handshaking { sent_at_tick, .. }
-                    if sent_at_tick + self.options.handshake_timeout_ticks <= now =>
-                {
-                    let retry_at_tick = now + self.options.reconnect_interval_ticks;
-                    self.links.get_mut(&replica).expect("exists").connection =
-                        Connection::Offline { retry_at_tick };
+                Some(Due::TimedOut) => self.eject(replica, EjectReason::Timeout, out),
+                Some(Due::Probe) => {
+                    let request = self.request_id();
+                    self.send(
+                        replica,
+                        Message::Ping { request },
+                        Some(Awaited::Request(request)),
+                        out,
+                    );
                 }
-                Connection::Connected(c) => {
-                    let oldest = c.awaited.values().min().copied();
-                    if oldest.is_some_and(|sent| sent + self.options.replica_timeout_ticks <= now) {
-                        self.eject(replica, EjectReason::Timeout, out);
-                    } else if c.awaited.is_empty()
-                        && c.heard_at_tick + self.options.replica_timeout_ticks / 2 <= now
-                    {
-                        // An idle session is probed: a replica that moved on to a newer target
-                        // (or whose session silently broke) then times out and is reconnected.
-                        let request = self.request_id();
-                        self.send(
-                            replica,
-                            Message::Ping { request },
-                            Some(Awaited::Request(request)),
-                            out,
-                        );
-                    } else if self.phase == Phase::Recovering
-                        && c.state == LinkState::Answered
-                        && c.answered_at_tick + self.options.replica_timeout_ticks <= now
-                    {
-                        // Recovery is stuck on this answer: ask again, the replica may have moved
-                        // on (or accepted a newer target, which fences this one).
-                        self.hello(replica, out);
-                    }
-                }
-                _ => {}
+                // Recovery is stuck on this answer: ask again, the replica may have moved on (or
+                // accepted a newer target, which fences this one).
+                Some(Due::AskAgain) => self.hello(replica, out),
+                Some(Due::Reconnect) | None => {}
             }
         }
     }
 
     // ---------------------------------------------------------------- status
 
-    fn mode_of(&self, replica: ReplicaId, link: &Link) -> ReplicaMode {
-        let Connection::Connected(c) = &link.connection else {
-            return if link.refused {
-                ReplicaMode::Error
-            } else {
-                ReplicaMode::Offline
-            };
-        };
-        let trusted = self.is_trusted(replica, c.hello.incarnation);
-        match (c.state, trusted) {
-            (LinkState::Healthy, true) => ReplicaMode::Healthy,
-            (LinkState::Resyncing, true) => ReplicaMode::Rebuilding,
-            (LinkState::Resyncing | LinkState::AwaitingPromotion | LinkState::Healthy, false) => {
-                ReplicaMode::ReconstructingNewReplica
-            }
-            (_, true) => ReplicaMode::Degraded,
-            (_, false) => ReplicaMode::NewReplicaDegraded,
-        }
+    fn mode_of(&self, replica: ReplicaId, link: &ReplicaLink) -> ReplicaMode {
+        let trusted = link
+            .connected()
+            .is_some_and(|c| self.is_trusted(replica, c.hello.incarnation));
+        link.mode(trusted)
     }
 
     fn compute_status(&self) -> VolumeStatus {
@@ -711,12 +601,11 @@ impl Target {
             .map(|(replica, link)| (*replica, self.mode_of(*replica, link)))
             .collect();
         for (replica, mode) in modes {
+            let link = self.links.get_mut(&replica).expect("listed");
             if mode == ReplicaMode::Healthy {
-                if let Some(link) = self.links.get_mut(&replica) {
-                    link.ejections_unhealed = 0;
-                }
+                link.healed();
             }
-            if self.modes.insert(replica, mode) != Some(mode) {
+            if link.report_mode(mode) {
                 out.push(TargetOutput::Event(TargetEvent::ReplicaMode {
                     replica,
                     mode,

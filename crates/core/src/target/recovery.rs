@@ -1,7 +1,7 @@
 //! Recovery: choosing, from the replicas' answers, the copy that holds the volume's history.
 
 use crate::message::HelloAck;
-use crate::target::link::{Awaited, Connection, LinkState};
+use crate::target::link::{Awaited, LinkState};
 use crate::target::{Phase, Target, TargetEvent, TargetOutput};
 use crate::types::{ReplicaId, Seq, Stamp};
 use crate::PlantedBug;
@@ -20,11 +20,10 @@ impl Target {
         let answered: Vec<(ReplicaId, LinkState, HelloAck)> = self
             .links
             .iter()
-            .filter_map(|(replica, link)| match &link.connection {
-                Connection::Connected(c) if self.is_trusted(*replica, c.hello.incarnation) => {
-                    Some((*replica, c.state, c.hello.clone()))
-                }
-                _ => None,
+            .filter_map(|(replica, link)| {
+                let c = link.connected()?;
+                self.is_trusted(*replica, c.hello.incarnation)
+                    .then(|| (*replica, c.state, c.hello.clone()))
             })
             .collect();
         if !self.resumed
@@ -93,7 +92,9 @@ impl Target {
             let inexact = consistent
                 .iter()
                 .filter(|(_, _, ack)| !ack.stamp_exact)
-                .max_by_key(|(replica, _, ack)| (self.links[replica].acknowledged_max, ack.stamp));
+                .max_by_key(|(replica, _, ack)| {
+                    (self.links[replica].acknowledged_max(), ack.stamp)
+                });
             if let Some((replica, _, ack)) = inexact {
                 if source_stamp < needed {
                     (source, source_stamp) = (*replica, ack.stamp);
