@@ -131,9 +131,9 @@ impl Target {
     }
 
     pub(super) fn is_locked(&self, offset: u64, len: u64) -> bool {
-        self.locked_ranges
-            .iter()
-            .any(|&(start, length)| start < offset + len && offset < start + length)
+        self.resync
+            .as_ref()
+            .is_some_and(|job| job.is_locked(offset, len))
     }
 
     /// The Healthy replica with the fewest unanswered requests.

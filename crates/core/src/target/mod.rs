@@ -43,7 +43,7 @@ pub use api::{
 use io::{ClientRead, PendingOp, PendingRead};
 use link::{Accepted, Awaited, Connected, Due, LinkState, Loss, ReplicaLink};
 use membership::{PendingMembership, Removal};
-use resync::ResyncJob;
+use resync::{ResyncBudget, ResyncJob};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -85,9 +85,8 @@ pub struct Target {
     /// Writes, trims and flushes not yet sequenced: the target is recovering, or they touch a
     /// range being copied (they keep their order).
     ops_waiting: VecDeque<ClientRequest>,
-    locked_ranges: Vec<(u64, u64)>,
     resync: Option<ResyncJob>,
-    resync_budget_bytes: u64,
+    resync_budget: ResyncBudget,
     /// The tick the last client request arrived.
     client_seen_tick: Option<u64>,
     status: VolumeStatus,
@@ -136,9 +135,8 @@ impl Target {
             reads_waiting: VecDeque::new(),
             client_deadlines: BTreeMap::new(),
             ops_waiting: VecDeque::new(),
-            locked_ranges: Vec::new(),
             resync: None,
-            resync_budget_bytes: 0,
+            resync_budget: ResyncBudget::default(),
             client_seen_tick: None,
             status: VolumeStatus::Init,
         }
@@ -196,13 +194,7 @@ impl Target {
     }
 
     pub fn resync_progress(&self) -> Option<ResyncProgress> {
-        self.resync.as_ref().map(|job| ResyncProgress {
-            replica: job.dest,
-            source: job.source,
-            full: job.full,
-            bytes_done: job.bytes_done,
-            bytes_total: job.bytes_total,
-        })
+        self.resync.as_ref().map(ResyncJob::progress)
     }
 
     /// A one-line summary of the target's state, for logs and failure reports.
@@ -221,7 +213,7 @@ impl Target {
             self.reads.len(),
             self.reads_waiting.len(),
             self.ops_waiting.len(),
-            self.locked_ranges.len()
+            self.resync.as_ref().map_or(0, ResyncJob::locks_held)
         ));
         text
     }
@@ -390,7 +382,7 @@ impl Target {
         if self
             .resync
             .as_ref()
-            .is_some_and(|job| job.dest == replica || job.source == replica)
+            .is_some_and(|job| job.involves(replica))
         {
             self.abort_resync(out);
         }
@@ -457,7 +449,6 @@ impl Target {
         self.reads_waiting.clear();
         self.ops_waiting.clear();
         self.resync = None;
-        self.locked_ranges.clear();
         for client in clients {
             self.answer(out, client, Err(ClientError::Fenced));
         }
@@ -531,10 +522,7 @@ impl Target {
         let now = self.now_tick;
         self.time_out_clients(out);
         let rate = self.resync_rate();
-        if rate > 0 {
-            let cap = rate.max(u64::from(self.geometry.region_size)) * 2;
-            self.resync_budget_bytes = (self.resync_budget_bytes + rate).min(cap);
-        }
+        self.resync_budget.refill(rate, self.geometry.region_size);
         let recovering = self.phase == Phase::Recovering;
         let replicas: Vec<ReplicaId> = self.links.keys().copied().collect();
         for replica in replicas {
