@@ -208,6 +208,22 @@ impl Replica {
         false
     }
 
+    /// What `ready_to_modify` established when the modifying operation was let through: an
+    /// unclean stop will know its regions may have changed, and nothing overlapping runs.
+    fn assert_may_modify(&self, offset: u64, len: u64) {
+        let geometry = self.superblock.geometry;
+        assert!(
+            geometry
+                .regions_of(offset, len)
+                .all(|region| self.activity_log.contains(region)),
+            "data changes only inside the persisted activity log"
+        );
+        assert!(
+            !self.overlaps_inflight(offset, len, false),
+            "overlapping operations never run together"
+        );
+    }
+
     pub(super) fn note_region_change(&mut self, offset: u64, len: u64, seq: Seq, exact: bool) {
         let geometry = self.superblock.geometry;
         for region in geometry.regions_of(offset, len) {
@@ -261,6 +277,7 @@ impl Replica {
             // the volume's history now, whatever it held beyond its checkpoint.
             self.stamp_exact = true;
         }
+        self.assert_may_modify(offset, len);
         self.note_region_change(offset, len, seq, false);
         let inflight = Inflight {
             purpose: Purpose::Write { seq },
@@ -299,6 +316,7 @@ impl Replica {
             );
             return;
         }
+        self.assert_may_modify(offset, len);
         self.note_region_change(offset, len, region_seq, true);
         let inflight = Inflight {
             purpose: Purpose::WriteSegment { request },
@@ -327,6 +345,10 @@ impl Replica {
             self.send(session, message, out);
             return;
         }
+        assert!(
+            !self.overlaps_inflight(offset, len, true),
+            "a read never runs beside an overlapping write"
+        );
         let inflight = Inflight {
             purpose: Purpose::Read { request, kind },
             session,

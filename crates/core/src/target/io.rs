@@ -229,6 +229,16 @@ impl Target {
             _ => unreachable!("only sequenced operations are broadcast"),
         };
         assert_eq!(seq, self.seq_last.next(), "sequences are dense");
+        assert_eq!(self.phase, Phase::Active, "only a serving target sequences");
+        let range = match &message {
+            Message::Write { offset, data, .. } => Some((*offset, data.len() as u64)),
+            Message::Trim { offset, len, .. } => Some((*offset, *len)),
+            _ => None,
+        };
+        assert!(
+            range.is_none_or(|(offset, len)| !self.is_locked(offset, len)),
+            "a write is never sequenced over a range being copied (G7)"
+        );
         self.seq_last = seq;
         self.last_stamp = Stamp::new(self.generation, seq);
         self.ops.insert(
@@ -267,9 +277,17 @@ impl Target {
             .collect();
         for seq in done {
             let op = self.ops.remove(&seq).expect("listed");
+            assert_eq!(
+                op.stamp.generation, self.generation,
+                "a target answers only operations it sequenced"
+            );
             self.acked_max = self.acked_max.max(op.stamp);
             if op.is_flush {
                 self.committed = self.committed.max(seq);
+                assert!(
+                    self.committed <= self.seq_last,
+                    "the durable watermark never passes what was sequenced"
+                );
             }
             if let Some(client) = op.client {
                 let stamp = op.reply_stamp;

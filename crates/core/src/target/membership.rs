@@ -172,6 +172,10 @@ impl Target {
         membership.members.retain(|m| m.replica != replica);
         self.links.remove(&replica);
         self.forget_replica_work(replica, out);
+        assert!(
+            membership.members.iter().any(|m| m.trusted),
+            "a volume never loses its last trusted replica"
+        );
         self.membership = membership.clone();
         self.membership_pending = Some(PendingMembership::Command(Command::RemoveReplica(replica)));
         out.push(TargetOutput::PersistMembership(membership));

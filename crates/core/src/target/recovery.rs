@@ -17,6 +17,12 @@ impl Target {
     /// the newest write it acknowledged itself, and re-sends its unanswered operations to the
     /// source after what the source holds.
     pub(super) fn try_activate(&mut self, out: &mut Vec<TargetOutput>) {
+        assert_eq!(
+            self.phase,
+            Phase::Recovering,
+            "only a recovering target activates"
+        );
+        assert!(self.resync.is_none(), "no resync runs while recovering");
         let answered: Vec<(ReplicaId, LinkState, HelloAck)> = self
             .links
             .iter()
@@ -123,6 +129,10 @@ impl Target {
             self.acked_max = source_stamp;
             self.committed = checkpoint_max.min(source_stamp.seq);
         }
+        assert!(
+            self.committed <= self.seq_last,
+            "the durable watermark never passes the history served"
+        );
         self.resumed = true;
         // The source holds every operation up to its stamp; later ones go to it again, in order.
         let resend: Vec<Seq> = self

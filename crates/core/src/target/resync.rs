@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use crate::message::{Message, RequestId};
 use crate::target::link::{Awaited, LinkState};
+use crate::target::Phase;
 use crate::target::{
     EjectReason, ResyncProgress, Target, TargetEvent, TargetOutput, CLIENT_ACTIVITY_TICKS,
 };
@@ -294,6 +295,7 @@ impl Target {
             self.begin_resync(replica, live_after, out);
             return;
         }
+        assert_eq!(self.phase, Phase::Active, "only a serving target replays");
         let c = self.connected_mut(replica).expect("connected");
         c.first_live_seq = history.seq.next();
         c.state = LinkState::Healthy;
@@ -549,6 +551,11 @@ impl Target {
         // The replica now holds every operation sequenced before it joined (copied) and has
         // applied every later one it was sent: it holds all of them.
         let c = self.connected_mut(from).expect("dest connected");
+        assert_eq!(
+            c.state,
+            LinkState::Resyncing,
+            "a replica is resynced only in its resync's session"
+        );
         let first_live_seq = c.first_live_seq;
         let incarnation = c.hello.incarnation;
         for op in self.ops.range_mut(..first_live_seq).map(|(_, op)| op) {
