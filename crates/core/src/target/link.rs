@@ -369,3 +369,154 @@ impl Connected {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Generation, Incarnation, RegionSet, ReplicaId, Stamp};
+
+    const OPTIONS: TargetOptions = TargetOptions {
+        replica_timeout_ticks: 100,
+        replica_inflight_max: 1024,
+        replica_congestion_ops: 256,
+        handshake_timeout_ticks: 50,
+        reconnect_interval_ticks: 20,
+        resync_bytes_per_tick: 0,
+        resync_bytes_per_tick_under_load: 0,
+        resync_segments_inflight_max: 4,
+        client_timeout_ticks: 3_000,
+        bugs: crate::Bugs::none(),
+    };
+
+    fn ack() -> HelloAck {
+        HelloAck {
+            replica: ReplicaId(1),
+            incarnation: Incarnation(1),
+            consistent: true,
+            stamp: Stamp::ZERO,
+            stamp_exact: true,
+            sync_stamp: Stamp::ZERO,
+            checkpoint: Seq::ZERO,
+            dirty: RegionSet::new(4),
+        }
+    }
+
+    /// A link connected at tick `now` over session 1 of generation 1.
+    fn connected_at(now: u64) -> (ReplicaLink, SessionId) {
+        let session = SessionId::new(Generation(1), 1);
+        let mut link = ReplicaLink::offline(0);
+        link.open(session, now);
+        link.connect(session, ack(), now, Seq(1));
+        (link, session)
+    }
+
+    #[test]
+    fn a_replica_ejected_before_it_heals_waits_twice_as_long_each_time_up_to_the_cap() {
+        let (mut link, _) = connected_at(0);
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            let session = SessionId::new(Generation(1), 2);
+            link.open(session, 0);
+            link.connect(session, ack(), 0, Seq(1));
+            assert!(link.disconnect(1_000, 20));
+            let retry_at = (1_000..).find(|now| link.tick(*now, &OPTIONS, false).is_some());
+            waits.push(retry_at.expect("retried") - 1_000);
+        }
+        assert_eq!(waits, vec![20, 40, 80, 160, 320, 640, 640, 640]);
+        link.healed();
+        let session = SessionId::new(Generation(1), 3);
+        link.open(session, 0);
+        link.connect(session, ack(), 0, Seq(1));
+        link.disconnect(1_000, 20);
+        assert_eq!(link.tick(1_019, &OPTIONS, false), None);
+        assert_eq!(link.tick(1_020, &OPTIONS, false), Some(Due::Reconnect));
+    }
+
+    #[test]
+    fn an_unanswered_request_times_out_and_an_idle_session_is_probed() {
+        let (mut link, _) = connected_at(0);
+        assert_eq!(link.tick(49, &OPTIONS, false), None);
+        assert_eq!(
+            link.tick(50, &OPTIONS, false),
+            Some(Due::Probe),
+            "idle half the timeout"
+        );
+        link.send(
+            Message::Ping {
+                request: RequestId(1),
+            },
+            Some(Awaited::Request(RequestId(1))),
+            50,
+        );
+        assert_eq!(link.tick(149, &OPTIONS, false), None);
+        assert_eq!(link.tick(150, &OPTIONS, false), Some(Due::TimedOut));
+        assert_eq!(link.outstanding(), 1);
+    }
+
+    #[test]
+    fn recovery_asks_again_after_waiting_a_timeout_on_an_answer() {
+        let (mut link, _) = connected_at(0);
+        let request = RequestId(1);
+        link.send(
+            Message::Ping { request },
+            Some(Awaited::Request(request)),
+            0,
+        );
+        link.connected_mut()
+            .expect("connected")
+            .answered(Awaited::Request(request));
+        link.send(
+            Message::Ping { request },
+            Some(Awaited::Request(request)),
+            90,
+        );
+        assert_eq!(
+            link.tick(100, &OPTIONS, false),
+            None,
+            "serving: nothing to ask"
+        );
+        assert_eq!(link.tick(100, &OPTIONS, true), Some(Due::AskAgain));
+    }
+
+    #[test]
+    fn a_handshake_unanswered_too_long_is_retried_later() {
+        let mut link = ReplicaLink::offline(0);
+        link.open(SessionId::new(Generation(1), 1), 0);
+        assert_eq!(link.outstanding(), 1);
+        assert_eq!(link.tick(50, &OPTIONS, false), None, "abandoned");
+        assert_eq!(link.outstanding(), 0);
+        assert_eq!(link.tick(69, &OPTIONS, false), None);
+        assert_eq!(link.tick(70, &OPTIONS, false), Some(Due::Reconnect));
+    }
+
+    #[test]
+    fn only_the_current_session_is_accepted_and_a_gap_ends_it() {
+        let (mut link, session) = connected_at(0);
+        let envelope = |session, number| Envelope {
+            session,
+            number,
+            message: Message::Pong {
+                request: RequestId(1),
+            },
+        };
+        let older = SessionId::new(Generation(1), 0);
+        assert!(matches!(
+            link.accept(envelope(older, 2), 1),
+            Accepted::Stale
+        ));
+        assert!(matches!(
+            link.accept(envelope(session, 2), 1),
+            Accepted::Message(_)
+        ));
+        assert!(
+            matches!(link.accept(envelope(session, 2), 1), Accepted::Stale),
+            "duplicate"
+        );
+        assert!(matches!(
+            link.accept(envelope(session, 4), 1),
+            Accepted::Gap
+        ));
+        assert_eq!(link.lose(older, 1, 20), Loss::Stale);
+        assert_eq!(link.lose(session, 1, 20), Loss::Connected);
+    }
+}

@@ -582,3 +582,109 @@ impl Target {
         self.retry_waiting(out);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GEOMETRY: Geometry = Geometry {
+        size_bytes: 64 * 1024,
+        block_size: 4096,
+        region_size: 16 * 1024,
+    };
+
+    /// A job copying regions 1 and 3 from replica 1 to replica 2.
+    fn copying() -> ResyncJob {
+        let mut job = ResyncJob::new(ReplicaId(2), ReplicaId(1), false, RequestId(1));
+        assert!(job.awaits_regions(ReplicaId(1), RequestId(1)));
+        assert!(!job.awaits_regions(ReplicaId(2), RequestId(1)));
+        let mut regions = RegionSet::new(4);
+        regions.insert(1);
+        regions.insert(3);
+        job.copy(&regions, &GEOMETRY);
+        job
+    }
+
+    fn start(job: &mut ResyncJob, request: u64, budget: Option<&mut ResyncBudget>) -> Option<u64> {
+        match job.next_segment(4, &GEOMETRY, budget) {
+            NextSegment::Copy { offset, len } => {
+                let segment = Segment {
+                    offset,
+                    len,
+                    locked: true,
+                };
+                job.reading(RequestId(request), segment);
+                Some(offset)
+            }
+            NextSegment::Finish | NextSegment::Wait => None,
+        }
+    }
+
+    #[test]
+    fn a_segment_being_read_locks_its_range_until_its_data_arrives() {
+        let mut job = copying();
+        assert_eq!(start(&mut job, 2, None), Some(16 * 1024));
+        assert!(job.is_locked(20 * 1024, 4096));
+        assert!(!job.is_locked(0, 16 * 1024), "the region before is free");
+        assert_eq!(job.locks_held(), 1);
+        assert!(
+            job.read_done(ReplicaId(2), RequestId(2)).is_none(),
+            "only from the source"
+        );
+        let segment = job
+            .read_done(ReplicaId(1), RequestId(2))
+            .expect("being read");
+        assert!(!job.is_locked(20 * 1024, 4096));
+        job.writing(RequestId(3), segment);
+        assert_eq!(job.locks_held(), 0, "a segment being written holds no lock");
+    }
+
+    #[test]
+    fn a_job_finishes_once_every_segment_is_written() {
+        let mut job = copying();
+        assert_eq!(start(&mut job, 2, None), Some(16 * 1024));
+        assert_eq!(start(&mut job, 3, None), Some(48 * 1024));
+        assert!(matches!(
+            job.next_segment(4, &GEOMETRY, None),
+            NextSegment::Wait
+        ));
+        for (read, write) in [(2, 4), (3, 5)] {
+            let segment = job.read_done(ReplicaId(1), RequestId(read)).expect("read");
+            job.writing(RequestId(write), segment);
+            let segment = job
+                .write_done(ReplicaId(2), RequestId(write))
+                .expect("written");
+            job.copied(&segment);
+        }
+        assert!(!job.is_finishing(ReplicaId(2)));
+        assert!(matches!(
+            job.next_segment(4, &GEOMETRY, None),
+            NextSegment::Finish
+        ));
+        assert!(job.is_finishing(ReplicaId(2)));
+        assert_eq!(
+            job.finished(),
+            TargetEvent::ResyncFinished {
+                replica: ReplicaId(2),
+                source: ReplicaId(1),
+                full: false,
+                regions: 2,
+                bytes: 32 * 1024,
+            }
+        );
+    }
+
+    #[test]
+    fn a_throttled_copy_waits_for_budget_and_leftovers_carry_over() {
+        let mut job = copying();
+        let mut budget = ResyncBudget::default();
+        budget.refill(8 * 1024, GEOMETRY.region_size);
+        assert_eq!(start(&mut job, 2, Some(&mut budget)), None, "half a region");
+        budget.refill(8 * 1024, GEOMETRY.region_size);
+        assert_eq!(start(&mut job, 2, Some(&mut budget)), Some(16 * 1024));
+        for _ in 0..10 {
+            budget.refill(8 * 1024, GEOMETRY.region_size);
+        }
+        assert_eq!(budget.bytes, 32 * 1024, "capped at two regions");
+    }
+}
