@@ -8,6 +8,10 @@
 //! The replica keeps a region map (newest sequence per region) and an activity log in memory and
 //! persists them at checkpoints; a write to a region outside the persisted activity log first
 //! extends the log, so an unclean stop never loses track of what may have changed (DRBD's idea).
+//!
+//! Layout: this file holds the `Replica`, its messages and storage completions; `queue` the work
+//! in arrival order (data operations, overlaps, the activity log); `barrier` the barriers and
+//! their steps (`BarrierStep`).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 

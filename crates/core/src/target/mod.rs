@@ -17,6 +17,13 @@
 //! A restarted target recovers from the replicas alone: it needs CF trusted replicas to answer,
 //! picks the most advanced consistent one as the source of the volume's history, and resyncs the
 //! rest before they count (see [`Target::try_activate`]).
+//!
+//! Layout: `api` is the interface (inputs, outputs, options); `link` one replica's session
+//! (`ReplicaLink`: what it sends and accepts, timeouts, backoff); `io` client I/O
+//! (sequencing, acknowledgement, reads); `resync` the copy to a joining replica
+//! (`ResyncJob`: its segments and range locks); `recovery` choosing the source when
+//! the target starts or loses every Healthy replica; `membership` adding, promoting and removing
+//! replicas. This file holds the `Target` itself: its phase, dispatch, ejection and status.
 
 use std::collections::{BTreeMap, VecDeque};
 
