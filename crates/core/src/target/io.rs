@@ -124,7 +124,7 @@ impl Target {
     pub(super) fn congested(&self) -> bool {
         self.links.values().any(|link| {
             link.connected().is_some_and(|c| {
-                c.state != LinkState::Answered
+                c.state() != LinkState::Answered
                     && c.awaited.len() >= self.options.replica_congestion_ops
             })
         })
@@ -147,7 +147,7 @@ impl Target {
                     || (unhealthy_reads
                         && self
                             .connected(*r)
-                            .is_some_and(|c| c.state != LinkState::Answered))
+                            .is_some_and(|c| c.state() != LinkState::Answered))
             })
             .min_by_key(|r| self.connected(*r).map_or(usize::MAX, |c| c.awaited.len()))
     }
@@ -329,8 +329,8 @@ impl Target {
             Message::ResyncStarted => {
                 self.answered(from, Awaited::Marker);
                 if let Some(c) = self.connected_mut(from) {
-                    if c.state == (LinkState::NeedsResync { started: false }) {
-                        c.state = LinkState::NeedsResync { started: true };
+                    if c.state() == (LinkState::NeedsResync { started: false }) {
+                        c.set_state(LinkState::NeedsResync { started: true });
                     }
                 }
             }

@@ -34,7 +34,8 @@ enum Connection {
 pub(super) struct Connected {
     pub(super) session: Session,
     pub(super) hello: HelloAck,
-    pub(super) state: LinkState,
+    /// Where the replica is in this session; changed only through `set_state`.
+    state: LinkState,
     /// Unanswered requests, with the tick each was sent.
     pub(super) awaited: BTreeMap<Awaited, u64>,
     /// The flushes among them.
@@ -357,6 +358,40 @@ impl ReplicaLink {
 }
 
 impl Connected {
+    pub(super) fn state(&self) -> LinkState {
+        self.state
+    }
+
+    /// Moves the replica on. A replica becomes Healthy only as recovery's source, by replaying
+    /// what it missed, through its own finished resync, or by a persisted promotion; every
+    /// other move is a bug that could let a replica count without the data.
+    pub(super) fn set_state(&mut self, to: LinkState) {
+        let from = self.state;
+        let allowed = matches!(
+            (from, to),
+            (
+                LinkState::Answered,
+                LinkState::Healthy | LinkState::NeedsResync { started: false }
+            ) | (
+                LinkState::NeedsResync { started: false },
+                LinkState::NeedsResync { started: true }
+            ) | (
+                LinkState::NeedsResync { started: true },
+                LinkState::Resyncing
+            ) | (
+                LinkState::Resyncing,
+                LinkState::NeedsResync { started: true }
+                    | LinkState::Healthy
+                    | LinkState::AwaitingPromotion
+            ) | (LinkState::AwaitingPromotion, LinkState::Healthy)
+        );
+        assert!(
+            allowed,
+            "a replica link never moves from {from:?} to {to:?}"
+        );
+        self.state = to;
+    }
+
     /// An answer to what was `awaited` arrived (or was made moot).
     pub(super) fn answered(&mut self, awaited: Awaited) {
         self.awaited.remove(&awaited);

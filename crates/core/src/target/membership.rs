@@ -28,7 +28,7 @@ impl Target {
         }
         let Some(replica) = self.links.keys().copied().find(|r| {
             self.connected(*r)
-                .is_some_and(|c| c.state == LinkState::AwaitingPromotion)
+                .is_some_and(|c| c.state() == LinkState::AwaitingPromotion)
         }) else {
             return;
         };
@@ -216,8 +216,8 @@ impl Target {
                         member.trusted = true;
                     }
                     let c = self.connected_mut(replica).expect("connected");
-                    if c.state == LinkState::AwaitingPromotion {
-                        c.state = LinkState::Healthy;
+                    if c.state() == LinkState::AwaitingPromotion {
+                        c.set_state(LinkState::Healthy);
                     }
                     out.push(TargetOutput::Event(TargetEvent::ReplicaPromoted {
                         replica,

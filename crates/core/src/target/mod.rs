@@ -510,7 +510,7 @@ impl Target {
     /// Healthy and trusted: counts toward quorum and serves reads.
     fn is_healthy(&self, replica: ReplicaId) -> bool {
         self.connected(replica).is_some_and(|c| {
-            c.state == LinkState::Healthy && self.is_trusted(replica, c.hello.incarnation)
+            c.state() == LinkState::Healthy && self.is_trusted(replica, c.hello.incarnation)
         })
     }
 

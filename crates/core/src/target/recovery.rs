@@ -29,7 +29,7 @@ impl Target {
             .filter_map(|(replica, link)| {
                 let c = link.connected()?;
                 self.is_trusted(*replica, c.hello.incarnation)
-                    .then(|| (*replica, c.state, c.hello.clone()))
+                    .then(|| (*replica, c.state(), c.hello.clone()))
             })
             .collect();
         if !self.resumed
@@ -158,7 +158,7 @@ impl Target {
             .copied()
             .filter(|r| {
                 self.connected(*r)
-                    .is_some_and(|c| c.state == LinkState::Answered)
+                    .is_some_and(|c| c.state() == LinkState::Answered)
             })
             .collect();
         for replica in fresh {
@@ -166,7 +166,9 @@ impl Target {
                 .expect("connected")
                 .first_live_seq = first_live_seq;
             if replica == source {
-                self.connected_mut(replica).expect("connected").state = LinkState::Healthy;
+                self.connected_mut(replica)
+                    .expect("connected")
+                    .set_state(LinkState::Healthy);
             } else {
                 self.begin_resync(replica, live_after, out);
             }
@@ -215,7 +217,7 @@ impl Target {
             .copied()
             .filter(|r| {
                 self.connected(*r)
-                    .is_some_and(|c| c.state != LinkState::Answered)
+                    .is_some_and(|c| c.state() != LinkState::Answered)
             })
             .collect()
     }

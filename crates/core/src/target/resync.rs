@@ -298,7 +298,7 @@ impl Target {
         assert_eq!(self.phase, Phase::Active, "only a serving target replays");
         let c = self.connected_mut(replica).expect("connected");
         c.first_live_seq = history.seq.next();
-        c.state = LinkState::Healthy;
+        c.set_state(LinkState::Healthy);
         for op in self.ops.range_mut(..history.seq.next()).map(|(_, op)| op) {
             op.holders.insert(replica);
         }
@@ -321,7 +321,7 @@ impl Target {
         let Some(c) = self.connected_mut(replica) else {
             return;
         };
-        c.state = LinkState::NeedsResync { started: false };
+        c.set_state(LinkState::NeedsResync { started: false });
         self.send(
             replica,
             Message::StartResync {
@@ -351,7 +351,7 @@ impl Target {
             .copied()
             .filter_map(|r| {
                 let c = self.connected(r)?;
-                (c.state == LinkState::NeedsResync { started: true })
+                (c.state() == LinkState::NeedsResync { started: true })
                     .then(|| (r, self.is_trusted(r, c.hello.incarnation)))
             })
             .collect();
@@ -367,7 +367,9 @@ impl Target {
         let since = if trusted { hello.checkpoint } else { Seq::ZERO };
         let request = self.request_id();
         self.resync = Some(ResyncJob::new(dest, source, !trusted, request));
-        self.connected_mut(dest).expect("connected").state = LinkState::Resyncing;
+        self.connected_mut(dest)
+            .expect("connected")
+            .set_state(LinkState::Resyncing);
         self.send(
             source,
             Message::RegionsSince { request, since },
@@ -552,7 +554,7 @@ impl Target {
         // applied every later one it was sent: it holds all of them.
         let c = self.connected_mut(from).expect("dest connected");
         assert_eq!(
-            c.state,
+            c.state(),
             LinkState::Resyncing,
             "a replica is resynced only in its resync's session"
         );
@@ -562,9 +564,13 @@ impl Target {
             op.holders.insert(from);
         }
         if self.is_trusted(from, incarnation) {
-            self.connected_mut(from).expect("connected").state = LinkState::Healthy;
+            self.connected_mut(from)
+                .expect("connected")
+                .set_state(LinkState::Healthy);
         } else {
-            self.connected_mut(from).expect("connected").state = LinkState::AwaitingPromotion;
+            self.connected_mut(from)
+                .expect("connected")
+                .set_state(LinkState::AwaitingPromotion);
             self.try_promote(out);
         }
     }
@@ -577,7 +583,7 @@ impl Target {
         // The replica being resynced stays waiting (its checkpoint and dirty set still hold) and
         // the resync starts over, with another source if need be.
         if let Some(c) = self.connected_mut(job.dest) {
-            c.state = LinkState::NeedsResync { started: true };
+            c.set_state(LinkState::NeedsResync { started: true });
         }
         self.retry_waiting(out);
     }
