@@ -1,7 +1,14 @@
 //! The simulated clients: the workload's requests, and every reply checked against the
 //! history (G4, and G1 for flushes).
 
-use super::*;
+use rand::Rng;
+use tandem_core::{
+    ClientOp, ClientReplyBody, ClientRequest, ClientRequestId, Generation, TargetInput,
+};
+
+use crate::history::{block_data, block_value, Guarantee, BLOCK_SIZE};
+use crate::network::chance;
+use crate::world::{Sim, Work};
 
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Pending {

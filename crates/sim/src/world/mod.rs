@@ -7,21 +7,18 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use bytes::Bytes;
-use rand::seq::IteratorRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tandem_core::{
-    ClientOp, ClientReplyBody, ClientRequest, ClientRequestId, Command, Completion, DiskOp,
-    EjectReason, Envelope, Generation, Geometry, Incarnation, Membership, MembershipError, Message,
-    Replica, ReplicaId, ReplicaInput, ReplicaMeta, ReplicaMode, ReplicaOptions, ReplicaOutput,
-    Stamp, Target, TargetEvent, TargetInput, TargetOptions, TargetOutput, VolumeStatus,
-    WriteOrigin,
+    ClientRequestId, Command, Completion, DiskOp, EjectReason, Envelope, Generation, Geometry,
+    Incarnation, Membership, MembershipError, Message, Replica, ReplicaId, ReplicaInput,
+    ReplicaMeta, ReplicaMode, ReplicaOptions, ReplicaOutput, Stamp, Target, TargetEvent,
+    TargetInput, TargetOptions, TargetOutput, VolumeStatus, WriteOrigin,
 };
 
 use crate::disk::SimDisk;
-use crate::history::{block_data, block_value, Guarantee, History, Violation, BLOCK_SIZE};
-use crate::network::{chance, Network, NetworkFaults, Node};
+use crate::history::{block_value, Guarantee, History, Violation, BLOCK_SIZE};
+use crate::network::{Network, NetworkFaults, Node};
 
 mod checks;
 mod clients;
