@@ -32,7 +32,7 @@ enum Connection {
 
 #[derive(Clone, Debug)]
 pub(super) struct Connected {
-    pub(super) session: Session,
+    session: Session,
     pub(super) hello: HelloAck,
     /// Where the replica is in this session; changed only through `set_state`.
     state: LinkState,
@@ -46,9 +46,9 @@ pub(super) struct Connected {
     /// The first operation sent live in this session: the replica holds everything sequenced
     /// before it only once resynced.
     pub(super) first_live_seq: Seq,
-    pub(super) answered_at_tick: u64,
+    answered_at_tick: u64,
     /// The last tick anything arrived on this session.
-    pub(super) heard_at_tick: u64,
+    heard_at_tick: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
