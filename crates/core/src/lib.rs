@@ -18,6 +18,7 @@ pub use types::{
 pub mod membership;
 pub mod meta;
 pub mod replica;
+mod session;
 pub mod target;
 
 pub use membership::{consistency_factor, Member, Membership, MembershipError, REPLICAS_MAX};

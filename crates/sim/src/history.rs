@@ -50,6 +50,83 @@ impl fmt::Display for Violation {
     }
 }
 
+/// Why a block's value breaks the history: what a checker reports as a violation's detail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlockProblem {
+    /// The block does not hold one write's id throughout.
+    Torn {
+        block: u64,
+    },
+    /// The block reads zeroes though a write to it was acknowledged and nothing zeroed it since.
+    ZeroesOverAcknowledged {
+        block: u64,
+        acknowledged: u64,
+        stamp: Stamp,
+    },
+    UnknownWrite {
+        block: u64,
+        value: u64,
+    },
+    /// The write named never wrote this block (or was a trim).
+    NeverWroteBlock {
+        block: u64,
+        value: u64,
+    },
+    /// The write named never reached a replica.
+    NeverSent {
+        block: u64,
+        value: u64,
+    },
+    /// The block holds a write older than one acknowledged before the read.
+    OlderThanAcknowledged {
+        block: u64,
+        value: u64,
+        stamp: Stamp,
+        required_id: u64,
+        required_stamp: Stamp,
+    },
+}
+
+impl fmt::Display for BlockProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BlockProblem::Torn { block } => write!(f, "block {block} holds torn or foreign data"),
+            BlockProblem::ZeroesOverAcknowledged {
+                block,
+                acknowledged,
+                stamp,
+            } => write!(
+                f,
+                "block {block} reads zeroes but write {acknowledged} (stamp {stamp}) was acknowledged"
+            ),
+            BlockProblem::UnknownWrite { block, value } => {
+                write!(f, "block {block} holds data of unknown write {value}")
+            }
+            BlockProblem::NeverWroteBlock { block, value } => write!(
+                f,
+                "block {block} holds data of write {value}, which never wrote it"
+            ),
+            BlockProblem::NeverSent { block, value } => write!(
+                f,
+                "block {block} holds data of write {value}, which was never sent to a replica"
+            ),
+            BlockProblem::OlderThanAcknowledged {
+                block,
+                value,
+                stamp,
+                required_id,
+                required_stamp,
+            } => write!(
+                f,
+                "block {block} holds write {value} (stamp {stamp}) but write {required_id} \
+                 (stamp {required_stamp}) was acknowledged before the read"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BlockProblem {}
+
 /// The data a write puts in a block: the write's id in every 8 bytes.
 pub fn block_data(write_id: u64, blocks: u64) -> Bytes {
     let mut data = BytesMut::with_capacity((blocks * BLOCK_SIZE) as usize);
@@ -228,39 +305,42 @@ impl History {
         block: u64,
         value: Option<u64>,
         issued_at: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), BlockProblem> {
         let required = self.required(block, issued_at);
         let Some(value) = value else {
-            return Err(format!("block {block} holds torn or foreign data"));
+            return Err(BlockProblem::Torn { block });
         };
         if value == 0 {
             return match required {
                 None => Ok(()),
                 Some((_, stamp)) if self.zeroed_since(block, stamp) => Ok(()),
                 Some(_) if self.unstamped_trim(block) => Ok(()),
-                Some((id, stamp)) => Err(format!(
-                    "block {block} reads zeroes but write {id} (stamp {stamp}) was acknowledged"
-                )),
+                Some((acknowledged, stamp)) => Err(BlockProblem::ZeroesOverAcknowledged {
+                    block,
+                    acknowledged,
+                    stamp,
+                }),
             };
         }
         let Some(write) = self.writes.get(&value) else {
-            return Err(format!("block {block} holds data of unknown write {value}"));
+            return Err(BlockProblem::UnknownWrite { block, value });
         };
         if write.trim || !write.touches(block) {
-            return Err(format!(
-                "block {block} holds data of write {value}, which never wrote it"
-            ));
+            return Err(BlockProblem::NeverWroteBlock { block, value });
         }
         let Some(stamp) = write.stamp else {
-            return Err(format!(
-                "block {block} holds data of write {value}, which was never sent to a replica"
-            ));
+            return Err(BlockProblem::NeverSent { block, value });
         };
         match required {
-            Some((required_id, required_stamp)) if stamp < required_stamp => Err(format!(
-                "block {block} holds write {value} (stamp {stamp}) but write {required_id} \
-                 (stamp {required_stamp}) was acknowledged before the read"
-            )),
+            Some((required_id, required_stamp)) if stamp < required_stamp => {
+                Err(BlockProblem::OlderThanAcknowledged {
+                    block,
+                    value,
+                    stamp,
+                    required_id,
+                    required_stamp,
+                })
+            }
             _ => Ok(()),
         }
     }

@@ -46,7 +46,7 @@ fn run_command(sim: &mut Sim, command: Command) -> Result<(), String> {
     );
     let (answered, result) = sim.command_results[answered_before].clone();
     assert_eq!(answered, command);
-    result
+    result.map_err(|error| error.to_string())
 }
 
 fn is_rebuilding(sim: &Sim, replica: ReplicaId) -> bool {

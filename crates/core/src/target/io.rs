@@ -1,6 +1,43 @@
 //! Client I/O: sequencing, replicating and acknowledging writes, trims and flushes; serving reads.
 
-use super::*;
+use std::collections::BTreeSet;
+
+use crate::message::{Message, RequestId};
+use crate::target::link::{Awaited, LinkState};
+use crate::target::{reply, Phase, Target};
+use crate::target::{
+    ClientError, ClientOp, ClientReplyBody, ClientRequest, ClientRequestId, EjectReason,
+    TargetOutput,
+};
+use crate::types::{Extent, IoFailure, ReplicaId, Seq, Stamp};
+use crate::PlantedBug;
+
+#[derive(Clone, Debug)]
+pub(super) struct PendingOp {
+    /// Kept until answered, to send again if every replica holding it is lost.
+    pub(super) message: Message,
+    pub(super) client: Option<ClientRequestId>,
+    pub(super) stamp: Stamp,
+    pub(super) reply_stamp: Stamp,
+    pub(super) is_flush: bool,
+    /// Replicas that hold it: acknowledged it, or were resynced past it.
+    pub(super) holders: BTreeSet<ReplicaId>,
+}
+
+/// A client read of data, or of allocation (block status): both go to one Healthy replica.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ClientRead {
+    pub(super) client: ClientRequestId,
+    pub(super) offset: u64,
+    pub(super) len: u64,
+    pub(super) allocation: bool,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct PendingRead {
+    pub(super) read: ClientRead,
+    pub(super) replica: ReplicaId,
+}
 
 impl Target {
     pub(super) fn on_client(&mut self, request: ClientRequest, out: &mut Vec<TargetOutput>) {
@@ -85,19 +122,18 @@ impl Target {
 
     /// A replica that receives live operations has `replica_congestion_ops` unanswered.
     pub(super) fn congested(&self) -> bool {
-        self.links.values().any(|link| match &link.connection {
-            Connection::Connected(c) => {
-                c.state != LinkState::Answered
+        self.links.values().any(|link| {
+            link.connected().is_some_and(|c| {
+                c.state() != LinkState::Answered
                     && c.awaited.len() >= self.options.replica_congestion_ops
-            }
-            _ => false,
+            })
         })
     }
 
     pub(super) fn is_locked(&self, offset: u64, len: u64) -> bool {
-        self.locked_ranges
-            .iter()
-            .any(|&(start, length)| start < offset + len && offset < start + length)
+        self.resync
+            .as_ref()
+            .is_some_and(|job| job.is_locked(offset, len))
     }
 
     /// The Healthy replica with the fewest unanswered requests.
@@ -111,7 +147,7 @@ impl Target {
                     || (unhealthy_reads
                         && self
                             .connected(*r)
-                            .is_some_and(|c| c.state != LinkState::Answered))
+                            .is_some_and(|c| c.state() != LinkState::Answered))
             })
             .min_by_key(|r| self.connected(*r).map_or(usize::MAX, |c| c.awaited.len()))
     }
@@ -193,6 +229,16 @@ impl Target {
             _ => unreachable!("only sequenced operations are broadcast"),
         };
         assert_eq!(seq, self.seq_last.next(), "sequences are dense");
+        assert_eq!(self.phase, Phase::Active, "only a serving target sequences");
+        let range = match &message {
+            Message::Write { offset, data, .. } => Some((*offset, data.len() as u64)),
+            Message::Trim { offset, len, .. } => Some((*offset, *len)),
+            _ => None,
+        };
+        assert!(
+            range.is_none_or(|(offset, len)| !self.is_locked(offset, len)),
+            "a write is never sequenced over a range being copied (G7)"
+        );
         self.seq_last = seq;
         self.last_stamp = Stamp::new(self.generation, seq);
         self.ops.insert(
@@ -231,9 +277,17 @@ impl Target {
             .collect();
         for seq in done {
             let op = self.ops.remove(&seq).expect("listed");
+            assert_eq!(
+                op.stamp.generation, self.generation,
+                "a target answers only operations it sequenced"
+            );
             self.acked_max = self.acked_max.max(op.stamp);
             if op.is_flush {
                 self.committed = self.committed.max(seq);
+                assert!(
+                    self.committed <= self.seq_last,
+                    "the durable watermark never passes what was sequenced"
+                );
             }
             if let Some(client) = op.client {
                 let stamp = op.reply_stamp;
@@ -252,14 +306,12 @@ impl Target {
             Message::WriteDone { seq, result } | Message::FlushDone { seq, result } => {
                 self.answered(from, Awaited::Op(seq));
                 if let Some(c) = self.connected_mut(from) {
-                    if c.flushes_awaited.remove(&seq) && result.is_ok() {
-                        c.flushed = c.flushed.max(seq);
-                    }
+                    c.flush_answered(seq, result.is_ok());
                 }
                 match result {
                     Ok(()) => {
                         if let Some(link) = self.links.get_mut(&from) {
-                            link.acknowledged_max = link.acknowledged_max.max(seq);
+                            link.note_acknowledged(seq);
                         }
                         if let Some(op) = self.ops.get_mut(&seq) {
                             op.holders.insert(from);
@@ -277,8 +329,8 @@ impl Target {
             Message::ResyncStarted => {
                 self.answered(from, Awaited::Marker);
                 if let Some(c) = self.connected_mut(from) {
-                    if c.state == (LinkState::NeedsResync { started: false }) {
-                        c.state = LinkState::NeedsResync { started: true };
+                    if c.state() == (LinkState::NeedsResync { started: false }) {
+                        c.set_state(LinkState::NeedsResync { started: true });
                     }
                 }
             }
@@ -339,7 +391,7 @@ impl Target {
 
     pub(super) fn answered(&mut self, from: ReplicaId, awaited: Awaited) {
         if let Some(c) = self.connected_mut(from) {
-            c.awaited.remove(&awaited);
+            c.answered(awaited);
         }
     }
 }

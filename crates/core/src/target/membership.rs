@@ -1,6 +1,23 @@
 //! Membership changes: adding, promoting and removing replicas (G6).
 
-use super::*;
+use crate::membership::{Member, MembershipError, REPLICAS_MAX};
+use crate::target::link::{Awaited, LinkState, ReplicaLink};
+use crate::target::{Command, Fenced, Phase, Target, TargetEvent, TargetOutput};
+use crate::types::{ReplicaId, Seq};
+use crate::PlantedBug;
+
+/// A removal waiting for the others to catch up.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Removal {
+    pub(super) replica: ReplicaId,
+    /// The others must have acknowledged everything up to here.
+    pub(super) drain_seq: Seq,
+}
+
+pub(super) enum PendingMembership {
+    Command(Command),
+    Promotion(ReplicaId),
+}
 
 impl Target {
     /// A rebuilt new replica becomes trusted only once that is persisted: until then it counts for
@@ -11,7 +28,7 @@ impl Target {
         }
         let Some(replica) = self.links.keys().copied().find(|r| {
             self.connected(*r)
-                .is_some_and(|c| c.state == LinkState::AwaitingPromotion)
+                .is_some_and(|c| c.state() == LinkState::AwaitingPromotion)
         }) else {
             return;
         };
@@ -67,7 +84,8 @@ impl Target {
                     incarnation: None,
                     trusted: false,
                 });
-                self.links.insert(replica, Link::offline(self.now_tick));
+                self.links
+                    .insert(replica, ReplicaLink::offline(self.now_tick));
             }
             Command::RemoveReplica(replica) => {
                 let member = membership
@@ -153,8 +171,11 @@ impl Target {
         let mut membership = self.membership.clone();
         membership.members.retain(|m| m.replica != replica);
         self.links.remove(&replica);
-        self.modes.remove(&replica);
         self.forget_replica_work(replica, out);
+        assert!(
+            membership.members.iter().any(|m| m.trusted),
+            "a volume never loses its last trusted replica"
+        );
         self.membership = membership.clone();
         self.membership_pending = Some(PendingMembership::Command(Command::RemoveReplica(replica)));
         out.push(TargetOutput::PersistMembership(membership));
@@ -195,8 +216,8 @@ impl Target {
                         member.trusted = true;
                     }
                     let c = self.connected_mut(replica).expect("connected");
-                    if c.state == LinkState::AwaitingPromotion {
-                        c.state = LinkState::Healthy;
+                    if c.state() == LinkState::AwaitingPromotion {
+                        c.set_state(LinkState::Healthy);
                     }
                     out.push(TargetOutput::Event(TargetEvent::ReplicaPromoted {
                         replica,

@@ -17,438 +17,46 @@
 //! A restarted target recovers from the replicas alone: it needs CF trusted replicas to answer,
 //! picks the most advanced consistent one as the source of the volume's history, and resyncs the
 //! rest before they count (see [`Target::try_activate`]).
+//!
+//! Layout: `api` is the interface (inputs, outputs, options); `link` one replica's session
+//! (`ReplicaLink`: what it sends and accepts, timeouts, backoff); `io` client I/O
+//! (sequencing, acknowledgement, reads); `resync` the copy to a joining replica
+//! (`ResyncJob`: its segments and range locks); `recovery` choosing the source when
+//! the target starts or loses every Healthy replica; `membership` adding, promoting and removing
+//! replicas. This file holds the `Target` itself: its phase, dispatch, ejection and status.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
-use bytes::Bytes;
-
-use crate::membership::{Member, Membership, MembershipError, REPLICAS_MAX};
+use crate::membership::{Membership, MembershipError};
 use crate::message::{Envelope, HelloAck, Message, Refusal, RequestId};
-use crate::types::{
-    Extent, Generation, Geometry, Incarnation, IoFailure, RegionSet, ReplicaId, Seq, SessionId,
-    Stamp,
-};
-use crate::{Bugs, PlantedBug};
+use crate::session::Session;
+use crate::types::{Generation, Geometry, Incarnation, ReplicaId, Seq, SessionId, Stamp};
+use crate::PlantedBug;
 
+mod api;
 mod io;
+mod link;
 mod membership;
 mod recovery;
 mod resync;
+#[cfg(test)]
+mod tests;
 
-/// Identifies a client request (an NBD handle, say) so its reply can be matched.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ClientRequestId(pub u64);
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ClientOp {
-    Read {
-        offset: u64,
-        len: u64,
-    },
-    /// With `fua`, the reply waits until the write is durable on CF replicas.
-    Write {
-        offset: u64,
-        data: Bytes,
-        fua: bool,
-    },
-    /// Which parts of the range hold data (NBD block status). Served like a read, by one
-    /// Healthy replica, after every write acknowledged before it.
-    Allocation {
-        offset: u64,
-        len: u64,
-    },
-    /// Zeroes the range (TRIM and WRITE_ZEROES).
-    Trim {
-        offset: u64,
-        len: u64,
-    },
-    Flush,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientRequest {
-    pub id: ClientRequestId,
-    pub op: ClientOp,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ClientReplyBody {
-    Read(Bytes),
-    /// The range's allocation: consecutive extents covering exactly the range asked for. A hole
-    /// reads as zeroes; allocated data may hold anything, zeroes included.
-    Allocation(Vec<Extent>),
-    /// A write, trim or flush is done; `stamp` is its place in the volume's history.
-    Done {
-        stamp: Stamp,
-    },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ClientError {
-    #[error("request outside the volume or not aligned to its block size")]
-    OutOfRange,
-    #[error("this target was replaced by a newer one; reconnect")]
-    Fenced,
-    #[error("no answer within the client timeout: the volume has too few healthy replicas")]
-    TimedOut,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientReply {
-    pub id: ClientRequestId,
-    pub result: Result<ClientReplyBody, ClientError>,
-}
-
-/// An operator's request to change the volume's replicas.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Command {
-    AddReplica(ReplicaId),
-    RemoveReplica(ReplicaId),
-}
-
-#[derive(Clone, Debug)]
-pub enum TargetInput {
-    Message {
-        from: ReplicaId,
-        envelope: Envelope,
-    },
-    Client(ClientRequest),
-    Command(Command),
-    /// The answer to [`TargetOutput::PersistMembership`]: `Err` if a newer target took over.
-    MembershipPersisted(Result<(), Fenced>),
-    /// Time passes: one tick. Timeouts and the resync throttle count ticks.
-    Tick,
-    /// The connection carrying `session` to `replica` ended (closed or reset, as when its
-    /// process died): the replica is ejected at once instead of after `replica_timeout_ticks`.
-    SessionLost {
-        replica: ReplicaId,
-        session: SessionId,
-    },
-}
-
-/// The control plane refused a write from this target because a newer generation exists.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Fenced;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TargetOutput {
-    Send {
-        to: ReplicaId,
-        envelope: Envelope,
-    },
-    Reply(ClientReply),
-    /// Persist this membership (generation-fenced) and answer with
-    /// [`TargetInput::MembershipPersisted`]. At most one is outstanding.
-    PersistMembership(Membership),
-    CommandDone {
-        command: Command,
-        result: Result<(), MembershipError>,
-    },
-    Event(TargetEvent),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TargetEvent {
-    VolumeStatus(VolumeStatus),
-    ReplicaMode {
-        replica: ReplicaId,
-        mode: ReplicaMode,
-    },
-    /// A replica was ejected (it stopped answering, fell too far behind, or failed I/O).
-    Ejected {
-        replica: ReplicaId,
-        reason: EjectReason,
-    },
-    ResyncFinished {
-        replica: ReplicaId,
-        source: ReplicaId,
-        full: bool,
-        regions: u64,
-        bytes: u64,
-    },
-    ReplicaPromoted {
-        replica: ReplicaId,
-    },
-    ReplicaRemoved {
-        replica: ReplicaId,
-    },
-    /// A newer target has taken over; this one stops serving.
-    Fenced,
-    /// Recovery finished: `source` holds the volume's history up to `stamp`.
-    RecoveredFrom {
-        source: ReplicaId,
-        stamp: Stamp,
-    },
-    /// Recovery found no replica known to hold the newest acknowledged write. Writes after
-    /// `recovered` survive only where the source's cache kept them: they were never flushed, and
-    /// every replica holding them lost power or its storage.
-    RecoveredBehind {
-        newest_acknowledged: Stamp,
-        recovered: Stamp,
-    },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EjectReason {
-    Timeout,
-    Backlog,
-    IoFailure(IoFailure),
-    SessionBroken,
-    Refused(Refusal),
-}
-
-/// The volume's status, as cStor's CStorVolume phase.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VolumeStatus {
-    /// The target is recovering and serves no I/O yet.
-    Init,
-    /// Every trusted replica is Healthy.
-    Healthy,
-    /// I/O is served (at least CF Healthy) but not every trusted replica is Healthy.
-    Degraded,
-    /// Fewer than CF replicas are Healthy: I/O waits.
-    Offline,
-}
-
-/// A replica's mode, named as cStor's CVR phases.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReplicaMode {
-    Offline,
-    /// Connected, trusted, waiting for its resync.
-    Degraded,
-    /// Connected, new (not trusted), waiting for its rebuild.
-    NewReplicaDegraded,
-    /// Trusted and catching up (incremental resync).
-    Rebuilding,
-    /// New and being rebuilt (full copy); counts for nothing yet.
-    ReconstructingNewReplica,
-    Healthy,
-    /// It refused the target (wrong identity or geometry).
-    Error,
-}
-
-/// Tunables. Units are in the names.
-#[derive(Clone, Copy, Debug)]
-pub struct TargetOptions {
-    /// A replica whose oldest unanswered request is this old is ejected.
-    pub replica_timeout_ticks: u64,
-    /// A replica with more unanswered requests than this is ejected (too far behind).
-    pub replica_inflight_max: usize,
-    /// Backpressure: while a replica that receives live writes has this many requests
-    /// unanswered, new writes, trims and flushes wait. A replica that keeps up, only slower
-    /// than the others (a slower disk, or a rebuild sharing its bandwidth), then paces the
-    /// volume instead of falling ever further behind until it is ejected and resynced over and
-    /// over. One that stops answering is still ejected after `replica_timeout_ticks`. Must be
-    /// below `replica_inflight_max`.
-    pub replica_congestion_ops: usize,
-    pub handshake_timeout_ticks: u64,
-    pub reconnect_interval_ticks: u64,
-    /// Resync bandwidth cap; 0 means uncapped.
-    pub resync_bytes_per_tick: u64,
-    /// The resync's cap while clients are doing I/O (a request arrived within the last
-    /// `CLIENT_ACTIVITY_TICKS`): the copy yields the rest of the replicas' time to the
-    /// application, and runs at `resync_bytes_per_tick` again once the volume is idle (DRBD's
-    /// c-min-rate). 0: no separate cap.
-    pub resync_bytes_per_tick_under_load: u64,
-    pub resync_segments_inflight_max: usize,
-    /// A client request not answered in this time fails with `ClientError::TimedOut` (its
-    /// outcome is then unknown, as with any failed write). No client ever hangs.
-    pub client_timeout_ticks: u64,
-    pub bugs: Bugs,
-}
-
-impl Default for TargetOptions {
-    fn default() -> Self {
-        TargetOptions {
-            replica_timeout_ticks: 100,
-            replica_inflight_max: 1024,
-            replica_congestion_ops: 256,
-            handshake_timeout_ticks: 50,
-            reconnect_interval_ticks: 20,
-            resync_bytes_per_tick: 0,
-            // With 10 ms ticks: 50 MiB/s under load, uncapped when idle.
-            resync_bytes_per_tick_under_load: 512 << 10,
-            resync_segments_inflight_max: 4,
-            client_timeout_ticks: 3_000,
-            bugs: Bugs::none(),
-        }
-    }
-}
-
-/// A replica ejected again and again before it is Healthy waits at most this many reconnect
-/// intervals before the next attempt.
-pub const RECONNECT_BACKOFF_MAX: u64 = 32;
-
-/// A volume whose clients sent a request within this many ticks is under load (see
-/// [`TargetOptions::resync_bytes_per_tick_under_load`]).
-pub const CLIENT_ACTIVITY_TICKS: u64 = 10;
-
-/// One connected replica's I/O as the target sees it (cStor's per-replica volume status).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReplicaIo {
-    /// The newest flush the replica made durable in this session (at first, the checkpoint it
-    /// reported when it connected): cStor's `checkpointedIOSeq`.
-    pub checkpointed: Seq,
-    /// Client reads sent to it and not yet answered.
-    pub inflight_reads: usize,
-    /// Writes and trims sent to it and not yet answered.
-    pub inflight_writes: usize,
-    /// Flushes sent to it and not yet answered.
-    pub inflight_syncs: usize,
-    /// Ticks since its session started.
-    pub connected_ticks: u64,
-}
-
-/// Progress of the resync in flight.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ResyncProgress {
-    pub replica: ReplicaId,
-    pub source: ReplicaId,
-    pub full: bool,
-    pub bytes_done: u64,
-    pub bytes_total: u64,
-}
+pub use api::{
+    ClientError, ClientOp, ClientReply, ClientReplyBody, ClientRequest, ClientRequestId, Command,
+    EjectReason, Fenced, ReplicaIo, ReplicaMode, ResyncProgress, TargetEvent, TargetInput,
+    TargetOptions, TargetOutput, VolumeStatus, CLIENT_ACTIVITY_TICKS, RECONNECT_BACKOFF_MAX,
+};
+use io::{ClientRead, PendingOp, PendingRead};
+use link::{Accepted, Awaited, Connected, Due, LinkState, Loss, ReplicaLink};
+use membership::{PendingMembership, Removal};
+use resync::{ResyncBudget, ResyncJob};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Recovering,
     Active,
     Fenced,
-}
-
-/// What the target expects an answer to on a link, for timeouts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Awaited {
-    Op(Seq),
-    Request(RequestId),
-    Marker,
-}
-
-#[derive(Clone, Debug)]
-enum Connection {
-    Offline {
-        retry_at_tick: u64,
-    },
-    Handshaking {
-        session: SessionId,
-        sent_at_tick: u64,
-    },
-    Connected(Box<Connected>),
-}
-
-#[derive(Clone, Debug)]
-struct Connected {
-    session: SessionId,
-    next_out: u64,
-    next_in: u64,
-    hello: HelloAck,
-    state: LinkState,
-    /// Unanswered requests, with the tick each was sent.
-    awaited: BTreeMap<Awaited, u64>,
-    /// The flushes among them.
-    flushes_awaited: BTreeSet<Seq>,
-    /// The newest flush this replica made durable in this session (its checkpoint at first).
-    flushed: Seq,
-    connected_at_tick: u64,
-    /// The first operation sent live in this session: the replica holds everything sequenced
-    /// before it only once resynced.
-    first_live_seq: Seq,
-    answered_at_tick: u64,
-    /// The last tick anything arrived on this session.
-    heard_at_tick: u64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum LinkState {
-    /// Recovery: answered, waiting for the target to choose a source.
-    Answered,
-    /// Told to start a resync; `started` once it confirmed.
-    NeedsResync {
-        started: bool,
-    },
-    Resyncing,
-    /// Rebuilt, waiting for its promotion to be persisted.
-    AwaitingPromotion,
-    Healthy,
-}
-
-#[derive(Clone, Debug)]
-struct Link {
-    connection: Connection,
-    refused: bool,
-    /// The newest operation this replica acknowledged to this target, over all its sessions: a
-    /// killed replica's cache holds at least that far (unless it also lost power).
-    acknowledged_max: Seq,
-    /// Ejections since it was last Healthy: the reconnect backoff.
-    ejections_unhealed: u32,
-}
-
-#[derive(Clone, Debug)]
-struct PendingOp {
-    /// Kept until answered, to send again if every replica holding it is lost.
-    message: Message,
-    client: Option<ClientRequestId>,
-    stamp: Stamp,
-    reply_stamp: Stamp,
-    is_flush: bool,
-    /// Replicas that hold it: acknowledged it, or were resynced past it.
-    holders: BTreeSet<ReplicaId>,
-}
-
-/// A client read of data, or of allocation (block status): both go to one Healthy replica.
-#[derive(Clone, Copy, Debug)]
-struct ClientRead {
-    client: ClientRequestId,
-    offset: u64,
-    len: u64,
-    allocation: bool,
-}
-
-#[derive(Clone, Debug)]
-struct PendingRead {
-    read: ClientRead,
-    replica: ReplicaId,
-}
-
-#[derive(Clone, Debug)]
-enum ResyncPhase {
-    Querying { request: RequestId },
-    Copying,
-    Finishing,
-}
-
-#[derive(Clone, Debug)]
-struct Segment {
-    offset: u64,
-    len: u64,
-    locked: bool,
-}
-
-#[derive(Clone, Debug)]
-struct ResyncJob {
-    dest: ReplicaId,
-    source: ReplicaId,
-    full: bool,
-    phase: ResyncPhase,
-    todo: VecDeque<u32>,
-    regions_total: u64,
-    reading: BTreeMap<RequestId, Segment>,
-    writing: BTreeMap<RequestId, Segment>,
-    bytes_total: u64,
-    bytes_done: u64,
-}
-
-/// A removal waiting for the others to catch up.
-#[derive(Clone, Copy, Debug)]
-struct Removal {
-    replica: ReplicaId,
-    /// The others must have acknowledged everything up to here.
-    drain_seq: Seq,
-}
-
-enum PendingMembership {
-    Command(Command),
-    Promotion(ReplicaId),
 }
 
 pub struct Target {
@@ -461,7 +69,7 @@ pub struct Target {
     phase: Phase,
     /// True once this target has served: it then knows its own acknowledged history.
     resumed: bool,
-    links: BTreeMap<ReplicaId, Link>,
+    links: BTreeMap<ReplicaId, ReplicaLink>,
     now_tick: u64,
     session_counter: u32,
     next_request: u64,
@@ -484,13 +92,11 @@ pub struct Target {
     /// Writes, trims and flushes not yet sequenced: the target is recovering, or they touch a
     /// range being copied (they keep their order).
     ops_waiting: VecDeque<ClientRequest>,
-    locked_ranges: Vec<(u64, u64)>,
     resync: Option<ResyncJob>,
-    resync_budget_bytes: u64,
+    resync_budget: ResyncBudget,
     /// The tick the last client request arrived.
     client_seen_tick: Option<u64>,
     status: VolumeStatus,
-    modes: BTreeMap<ReplicaId, ReplicaMode>,
 }
 
 impl Target {
@@ -511,7 +117,7 @@ impl Target {
         let links = membership
             .members
             .iter()
-            .map(|m| (m.replica, Link::offline(0)))
+            .map(|m| (m.replica, ReplicaLink::offline(0)))
             .collect();
         Target {
             options,
@@ -536,12 +142,10 @@ impl Target {
             reads_waiting: VecDeque::new(),
             client_deadlines: BTreeMap::new(),
             ops_waiting: VecDeque::new(),
-            locked_ranges: Vec::new(),
             resync: None,
-            resync_budget_bytes: 0,
+            resync_budget: ResyncBudget::default(),
             client_seen_tick: None,
             status: VolumeStatus::Init,
-            modes: BTreeMap::new(),
         }
     }
 
@@ -597,13 +201,7 @@ impl Target {
     }
 
     pub fn resync_progress(&self) -> Option<ResyncProgress> {
-        self.resync.as_ref().map(|job| ResyncProgress {
-            replica: job.dest,
-            source: job.source,
-            full: job.full,
-            bytes_done: job.bytes_done,
-            bytes_total: job.bytes_total,
-        })
+        self.resync.as_ref().map(ResyncJob::progress)
     }
 
     /// A one-line summary of the target's state, for logs and failure reports.
@@ -613,22 +211,7 @@ impl Target {
             self.generation.0, self.phase, self.seq_last.0, self.acked_max, self.committed.0
         );
         for (replica, link) in &self.links {
-            let connection = match &link.connection {
-                Connection::Offline { retry_at_tick } => format!("offline(retry {retry_at_tick})"),
-                Connection::Handshaking { sent_at_tick, .. } => {
-                    format!("handshaking(since {sent_at_tick})")
-                }
-                Connection::Connected(c) => format!(
-                    "{:?} consistent={} stamp={} sync={} checkpoint={} awaited={}",
-                    c.state,
-                    c.hello.consistent,
-                    c.hello.stamp,
-                    c.hello.sync_stamp,
-                    c.hello.checkpoint.0,
-                    c.awaited.len()
-                ),
-            };
-            text.push_str(&format!("; replica {}: {connection}", replica.0));
+            text.push_str(&format!("; replica {}: {}", replica.0, link.describe()));
         }
         let pending: Vec<u64> = self.ops.keys().map(|seq| seq.0).take(8).collect();
         text.push_str(&format!(
@@ -637,21 +220,14 @@ impl Target {
             self.reads.len(),
             self.reads_waiting.len(),
             self.ops_waiting.len(),
-            self.locked_ranges.len()
+            self.resync.as_ref().map_or(0, ResyncJob::locks_held)
         ));
         text
     }
 
     /// Requests sent to replicas and not yet answered.
     pub fn outstanding_requests(&self) -> usize {
-        self.links
-            .values()
-            .map(|link| match &link.connection {
-                Connection::Connected(c) => c.awaited.len(),
-                Connection::Handshaking { .. } => 1,
-                Connection::Offline { .. } => 0,
-            })
-            .sum()
+        self.links.values().map(ReplicaLink::outstanding).sum()
     }
 
     /// Client operations accepted and not yet answered.
@@ -747,26 +323,13 @@ impl Target {
         out: &mut Vec<TargetOutput>,
     ) {
         let now = self.now_tick;
-        let Some(Link {
-            connection: Connection::Connected(connected),
-            ..
-        }) = self.links.get_mut(&to)
+        let Some((envelope, backlog)) = self
+            .links
+            .get_mut(&to)
+            .and_then(|link| link.send(message, awaited, now))
         else {
             return;
         };
-        let envelope = Envelope {
-            session: connected.session,
-            number: connected.next_out,
-            message,
-        };
-        connected.next_out += 1;
-        if let Some(awaited) = awaited {
-            connected.awaited.insert(awaited, now);
-            if let Message::Flush { seq, .. } = &envelope.message {
-                connected.flushes_awaited.insert(*seq);
-            }
-        }
-        let backlog = connected.awaited.len();
         out.push(TargetOutput::Send { to, envelope });
         if backlog > self.options.replica_inflight_max {
             self.eject(to, EjectReason::Backlog, out);
@@ -777,15 +340,12 @@ impl Target {
         self.session_counter += 1;
         let session = SessionId::new(self.generation, self.session_counter);
         let link = self.links.get_mut(&replica).expect("link exists");
-        link.connection = Connection::Handshaking {
-            session,
-            sent_at_tick: self.now_tick,
-        };
+        link.open(session, self.now_tick);
         out.push(TargetOutput::Send {
             to: replica,
             envelope: Envelope {
                 session,
-                number: 1,
+                number: Session::OPENING_NUMBER,
                 message: Message::Hello {
                     generation: self.generation,
                     replica,
@@ -805,14 +365,7 @@ impl Target {
         let Some(link) = self.links.get_mut(&replica) else {
             return;
         };
-        let was_connected = matches!(link.connection, Connection::Connected(_));
-        let backoff = (1u64 << link.ejections_unhealed.min(16)).min(RECONNECT_BACKOFF_MAX);
-        let retry_at_tick = now + interval * backoff;
-        if was_connected {
-            link.ejections_unhealed += 1;
-        }
-        link.connection = Connection::Offline { retry_at_tick };
-        if was_connected {
+        if link.disconnect(now, interval) {
             out.push(TargetOutput::Event(TargetEvent::Ejected {
                 replica,
                 reason,
@@ -836,7 +389,7 @@ impl Target {
         if self
             .resync
             .as_ref()
-            .is_some_and(|job| job.dest == replica || job.source == replica)
+            .is_some_and(|job| job.involves(replica))
         {
             self.abort_resync(out);
         }
@@ -846,30 +399,17 @@ impl Target {
         let Some(link) = self.links.get_mut(&from) else {
             return; // Not a member (any more): ignore.
         };
-        match &mut link.connection {
-            Connection::Handshaking { session, .. } if *session == envelope.session => {
-                if envelope.number != 1 {
-                    return;
-                }
-                match envelope.message {
-                    Message::HelloAck(ack) => self.on_hello_ack(from, envelope.session, ack, out),
-                    Message::Refused(refusal) => self.on_refused(from, refusal, out),
-                    _ => self.eject(from, EjectReason::SessionBroken, out),
-                }
+        let session = envelope.session;
+        match link.accept(envelope, self.now_tick) {
+            Accepted::Handshake(Message::HelloAck(ack)) => {
+                self.on_hello_ack(from, session, ack, out)
             }
-            Connection::Connected(connected) if connected.session == envelope.session => {
-                if envelope.number < connected.next_in {
-                    return; // A duplicate.
-                }
-                if envelope.number > connected.next_in {
-                    self.eject(from, EjectReason::SessionBroken, out);
-                    return;
-                }
-                connected.next_in += 1;
-                connected.heard_at_tick = self.now_tick;
-                self.on_replica_message(from, envelope.message, out);
+            Accepted::Handshake(Message::Refused(refusal)) => self.on_refused(from, refusal, out),
+            Accepted::Handshake(_) | Accepted::Gap => {
+                self.eject(from, EjectReason::SessionBroken, out)
             }
-            _ => {} // Another session's message: stale.
+            Accepted::Message(message) => self.on_replica_message(from, message, out),
+            Accepted::Stale => {}
         }
     }
 
@@ -882,15 +422,10 @@ impl Target {
         let Some(link) = self.links.get_mut(&replica) else {
             return;
         };
-        match &link.connection {
-            Connection::Connected(c) if c.session == session => {
-                self.eject(replica, EjectReason::SessionBroken, out);
-            }
-            Connection::Handshaking { session: s, .. } if *s == session => {
-                let retry_at_tick = self.now_tick + self.options.reconnect_interval_ticks;
-                link.connection = Connection::Offline { retry_at_tick };
-            }
-            _ => {} // An older session's connection: nothing to do.
+        let interval = self.options.reconnect_interval_ticks;
+        match link.lose(session, self.now_tick, interval) {
+            Loss::Connected => self.eject(replica, EjectReason::SessionBroken, out),
+            Loss::Handshake | Loss::Stale => {}
         }
     }
 
@@ -903,7 +438,7 @@ impl Target {
         }
         self.eject(from, EjectReason::Refused(refusal), out);
         if let Some(link) = self.links.get_mut(&from) {
-            link.refused = true;
+            link.mark_refused();
         }
     }
 
@@ -921,7 +456,6 @@ impl Target {
         self.reads_waiting.clear();
         self.ops_waiting.clear();
         self.resync = None;
-        self.locked_ranges.clear();
         for client in clients {
             self.answer(out, client, Err(ClientError::Fenced));
         }
@@ -951,23 +485,9 @@ impl Target {
             self.eject(from, EjectReason::SessionBroken, out);
             return;
         }
-        let checkpoint = ack.checkpoint;
+        let first_live_seq = self.seq_last.next();
         let link = self.links.get_mut(&from).expect("link exists");
-        link.refused = false;
-        link.connection = Connection::Connected(Box::new(Connected {
-            session,
-            next_out: 2,
-            next_in: 2,
-            hello: ack,
-            state: LinkState::Answered,
-            awaited: BTreeMap::new(),
-            flushes_awaited: BTreeSet::new(),
-            flushed: checkpoint,
-            connected_at_tick: self.now_tick,
-            first_live_seq: self.seq_last.next(),
-            answered_at_tick: self.now_tick,
-            heard_at_tick: self.now_tick,
-        }));
+        link.connect(session, ack, self.now_tick, first_live_seq);
         match self.phase {
             Phase::Recovering => self.try_activate(out),
             Phase::Active => self.rejoin(from, out),
@@ -976,17 +496,11 @@ impl Target {
     }
 
     fn connected(&self, replica: ReplicaId) -> Option<&Connected> {
-        match &self.links.get(&replica)?.connection {
-            Connection::Connected(connected) => Some(connected),
-            _ => None,
-        }
+        self.links.get(&replica)?.connected()
     }
 
     fn connected_mut(&mut self, replica: ReplicaId) -> Option<&mut Connected> {
-        match &mut self.links.get_mut(&replica)?.connection {
-            Connection::Connected(connected) => Some(connected),
-            _ => None,
-        }
+        self.links.get_mut(&replica)?.connected_mut()
     }
 
     fn is_trusted(&self, replica: ReplicaId, incarnation: Incarnation) -> bool {
@@ -996,7 +510,7 @@ impl Target {
     /// Healthy and trusted: counts toward quorum and serves reads.
     fn is_healthy(&self, replica: ReplicaId) -> bool {
         self.connected(replica).is_some_and(|c| {
-            c.state == LinkState::Healthy && self.is_trusted(replica, c.hello.incarnation)
+            c.state() == LinkState::Healthy && self.is_trusted(replica, c.hello.incarnation)
         })
     }
 
@@ -1015,77 +529,42 @@ impl Target {
         let now = self.now_tick;
         self.time_out_clients(out);
         let rate = self.resync_rate();
-        if rate > 0 {
-            let cap = rate.max(u64::from(self.geometry.region_size)) * 2;
-            self.resync_budget_bytes = (self.resync_budget_bytes + rate).min(cap);
-        }
+        self.resync_budget.refill(rate, self.geometry.region_size);
+        let recovering = self.phase == Phase::Recovering;
         let replicas: Vec<ReplicaId> = self.links.keys().copied().collect();
         for replica in replicas {
-            let link = &self.links[&replica];
-            match &link.connection {
-                Connection::Offline { retry_at_tick }
-                    if *retry_at_tick <= now
-                        && !(self.options.bugs.has(PlantedBug::NeverReconnect) && self.resumed) =>
+            let link = self.links.get_mut(&replica).expect("listed");
+            match link.tick(now, &self.options, recovering) {
+                Some(Due::Reconnect)
+                    if !(self.options.bugs.has(PlantedBug::NeverReconnect) && self.resumed) =>
                 {
                     self.hello(replica, out)
                 }
-                Connection::Handshaking { sent_at_tick, .. }
-                    if sent_at_tick + self.options.handshake_timeout_ticks <= now =>
-                {
-                    let retry_at_tick = now + self.options.reconnect_interval_ticks;
-                    self.links.get_mut(&replica).expect("exists").connection =
-                        Connection::Offline { retry_at_tick };
+                Some(Due::TimedOut) => self.eject(replica, EjectReason::Timeout, out),
+                Some(Due::Probe) => {
+                    let request = self.request_id();
+                    self.send(
+                        replica,
+                        Message::Ping { request },
+                        Some(Awaited::Request(request)),
+                        out,
+                    );
                 }
-                Connection::Connected(c) => {
-                    let oldest = c.awaited.values().min().copied();
-                    if oldest.is_some_and(|sent| sent + self.options.replica_timeout_ticks <= now) {
-                        self.eject(replica, EjectReason::Timeout, out);
-                    } else if c.awaited.is_empty()
-                        && c.heard_at_tick + self.options.replica_timeout_ticks / 2 <= now
-                    {
-                        // An idle session is probed: a replica that moved on to a newer target
-                        // (or whose session silently broke) then times out and is reconnected.
-                        let request = self.request_id();
-                        self.send(
-                            replica,
-                            Message::Ping { request },
-                            Some(Awaited::Request(request)),
-                            out,
-                        );
-                    } else if self.phase == Phase::Recovering
-                        && c.state == LinkState::Answered
-                        && c.answered_at_tick + self.options.replica_timeout_ticks <= now
-                    {
-                        // Recovery is stuck on this answer: ask again, the replica may have moved
-                        // on (or accepted a newer target, which fences this one).
-                        self.hello(replica, out);
-                    }
-                }
-                _ => {}
+                // Recovery is stuck on this answer: ask again, the replica may have moved on (or
+                // accepted a newer target, which fences this one).
+                Some(Due::AskAgain) => self.hello(replica, out),
+                Some(Due::Reconnect) | None => {}
             }
         }
     }
 
     // ---------------------------------------------------------------- status
 
-    fn mode_of(&self, replica: ReplicaId, link: &Link) -> ReplicaMode {
-        let Connection::Connected(c) = &link.connection else {
-            return if link.refused {
-                ReplicaMode::Error
-            } else {
-                ReplicaMode::Offline
-            };
-        };
-        let trusted = self.is_trusted(replica, c.hello.incarnation);
-        match (c.state, trusted) {
-            (LinkState::Healthy, true) => ReplicaMode::Healthy,
-            (LinkState::Resyncing, true) => ReplicaMode::Rebuilding,
-            (LinkState::Resyncing | LinkState::AwaitingPromotion | LinkState::Healthy, false) => {
-                ReplicaMode::ReconstructingNewReplica
-            }
-            (_, true) => ReplicaMode::Degraded,
-            (_, false) => ReplicaMode::NewReplicaDegraded,
-        }
+    fn mode_of(&self, replica: ReplicaId, link: &ReplicaLink) -> ReplicaMode {
+        let trusted = link
+            .connected()
+            .is_some_and(|c| self.is_trusted(replica, c.hello.incarnation));
+        link.mode(trusted)
     }
 
     fn compute_status(&self) -> VolumeStatus {
@@ -1117,28 +596,16 @@ impl Target {
             .map(|(replica, link)| (*replica, self.mode_of(*replica, link)))
             .collect();
         for (replica, mode) in modes {
+            let link = self.links.get_mut(&replica).expect("listed");
             if mode == ReplicaMode::Healthy {
-                if let Some(link) = self.links.get_mut(&replica) {
-                    link.ejections_unhealed = 0;
-                }
+                link.healed();
             }
-            if self.modes.insert(replica, mode) != Some(mode) {
+            if link.report_mode(mode) {
                 out.push(TargetOutput::Event(TargetEvent::ReplicaMode {
                     replica,
                     mode,
                 }));
             }
-        }
-    }
-}
-
-impl Link {
-    fn offline(retry_at_tick: u64) -> Link {
-        Link {
-            connection: Connection::Offline { retry_at_tick },
-            refused: false,
-            acknowledged_max: Seq::ZERO,
-            ejections_unhealed: 0,
         }
     }
 }
@@ -1149,190 +616,4 @@ fn reply(
     result: Result<ClientReplyBody, ClientError>,
 ) {
     out.push(TargetOutput::Reply(ClientReply { id, result }));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GEOMETRY: Geometry = Geometry {
-        size_bytes: 64 * 1024,
-        block_size: 4096,
-        region_size: 16 * 1024,
-    };
-
-    fn target() -> Target {
-        let membership = Membership::initial(&[(ReplicaId(1), Incarnation(5))]);
-        Target::new(
-            Generation(3),
-            GEOMETRY,
-            membership,
-            TargetOptions::default(),
-        )
-    }
-
-    /// Ticks once and returns the handshake the target sent.
-    fn hello(target: &mut Target) -> Envelope {
-        let mut out = Vec::new();
-        target.handle(TargetInput::Tick, &mut out);
-        out.into_iter()
-            .find_map(|output| match output {
-                TargetOutput::Send { envelope, .. } => Some(envelope),
-                _ => None,
-            })
-            .expect("a handshake")
-    }
-
-    /// Replica 1's answer to a handshake: a consistent, empty copy of `incarnation`.
-    fn empty_ack(incarnation: Incarnation) -> HelloAck {
-        HelloAck {
-            replica: ReplicaId(1),
-            incarnation,
-            consistent: true,
-            stamp: Stamp::ZERO,
-            stamp_exact: true,
-            sync_stamp: Stamp::ZERO,
-            checkpoint: Seq::ZERO,
-            dirty: RegionSet::new(4),
-        }
-    }
-
-    fn answer(target: &mut Target, session: SessionId, message: Message) -> Vec<TargetOutput> {
-        let mut out = Vec::new();
-        target.handle(
-            TargetInput::Message {
-                from: ReplicaId(1),
-                envelope: Envelope {
-                    session,
-                    number: 1,
-                    message,
-                },
-            },
-            &mut out,
-        );
-        out
-    }
-
-    #[test]
-    fn a_replica_that_refuses_the_handshake_is_in_error() {
-        let mut target = target();
-        let envelope = hello(&mut target);
-        assert_eq!(envelope.session.generation(), Generation(3));
-        answer(
-            &mut target,
-            envelope.session,
-            Message::Refused(Refusal::GeometryMismatch),
-        );
-        assert_eq!(target.replica_mode(ReplicaId(1)), Some(ReplicaMode::Error));
-        assert_eq!(target.status(), VolumeStatus::Init);
-    }
-
-    #[test]
-    fn a_newer_generation_fences_the_target_and_fails_its_clients() {
-        let mut target = target();
-        let mut out = Vec::new();
-        target.handle(
-            TargetInput::Client(ClientRequest {
-                id: ClientRequestId(1),
-                op: ClientOp::Flush,
-            }),
-            &mut out,
-        );
-        let envelope = hello(&mut target);
-        let refusal = Refusal::Fenced {
-            generation_seen: Generation(4),
-        };
-        let out = answer(&mut target, envelope.session, Message::Refused(refusal));
-        assert!(target.is_fenced());
-        assert!(out.contains(&TargetOutput::Reply(ClientReply {
-            id: ClientRequestId(1),
-            result: Err(ClientError::Fenced),
-        })));
-        assert!(out.contains(&TargetOutput::Event(TargetEvent::Fenced)));
-    }
-
-    #[test]
-    fn an_answer_from_a_stranger_is_not_trusted() {
-        let mut target = target();
-        let envelope = hello(&mut target);
-        answer(
-            &mut target,
-            envelope.session,
-            Message::HelloAck(empty_ack(Incarnation(6))),
-        );
-        assert_eq!(
-            target.status(),
-            VolumeStatus::Init,
-            "a stranger cannot recover the volume"
-        );
-        assert_eq!(
-            target.replica_mode(ReplicaId(1)),
-            Some(ReplicaMode::NewReplicaDegraded)
-        );
-    }
-
-    #[test]
-    fn a_lost_session_ejects_its_replica_at_once_and_an_older_one_is_ignored() {
-        let mut target = target();
-        let envelope = hello(&mut target);
-        answer(
-            &mut target,
-            envelope.session,
-            Message::HelloAck(empty_ack(Incarnation(5))),
-        );
-        assert_eq!(
-            target.replica_mode(ReplicaId(1)),
-            Some(ReplicaMode::Healthy)
-        );
-        let lost = |target: &mut Target, session| {
-            let mut out = Vec::new();
-            target.handle(
-                TargetInput::SessionLost {
-                    replica: ReplicaId(1),
-                    session,
-                },
-                &mut out,
-            );
-            out
-        };
-        let older = SessionId::new(Generation(2), 9);
-        assert!(lost(&mut target, older).is_empty());
-        assert_eq!(
-            target.replica_mode(ReplicaId(1)),
-            Some(ReplicaMode::Healthy)
-        );
-        let out = lost(&mut target, envelope.session);
-        assert!(out.contains(&TargetOutput::Event(TargetEvent::Ejected {
-            replica: ReplicaId(1),
-            reason: EjectReason::SessionBroken,
-        })));
-        assert_eq!(
-            target.replica_mode(ReplicaId(1)),
-            Some(ReplicaMode::Offline)
-        );
-    }
-
-    #[test]
-    fn requests_outside_the_volume_are_refused() {
-        let mut target = target();
-        let mut out = Vec::new();
-        target.handle(
-            TargetInput::Client(ClientRequest {
-                id: ClientRequestId(7),
-                op: ClientOp::Read {
-                    offset: 64 * 1024,
-                    len: 4096,
-                },
-            }),
-            &mut out,
-        );
-        assert_eq!(
-            out[0],
-            TargetOutput::Reply(ClientReply {
-                id: ClientRequestId(7),
-                result: Err(ClientError::OutOfRange),
-            })
-        );
-        assert_eq!(target.pending_client_ops(), 0);
-    }
 }

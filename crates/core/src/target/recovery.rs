@@ -1,6 +1,10 @@
 //! Recovery: choosing, from the replicas' answers, the copy that holds the volume's history.
 
-use super::*;
+use crate::message::HelloAck;
+use crate::target::link::{Awaited, LinkState};
+use crate::target::{Phase, Target, TargetEvent, TargetOutput};
+use crate::types::{ReplicaId, Seq, Stamp};
+use crate::PlantedBug;
 
 impl Target {
     /// Recovery: with answers from at least CF trusted replicas, the consistent one with the
@@ -13,14 +17,19 @@ impl Target {
     /// the newest write it acknowledged itself, and re-sends its unanswered operations to the
     /// source after what the source holds.
     pub(super) fn try_activate(&mut self, out: &mut Vec<TargetOutput>) {
+        assert_eq!(
+            self.phase,
+            Phase::Recovering,
+            "only a recovering target activates"
+        );
+        assert!(self.resync.is_none(), "no resync runs while recovering");
         let answered: Vec<(ReplicaId, LinkState, HelloAck)> = self
             .links
             .iter()
-            .filter_map(|(replica, link)| match &link.connection {
-                Connection::Connected(c) if self.is_trusted(*replica, c.hello.incarnation) => {
-                    Some((*replica, c.state, c.hello.clone()))
-                }
-                _ => None,
+            .filter_map(|(replica, link)| {
+                let c = link.connected()?;
+                self.is_trusted(*replica, c.hello.incarnation)
+                    .then(|| (*replica, c.state(), c.hello.clone()))
             })
             .collect();
         if !self.resumed
@@ -89,7 +98,9 @@ impl Target {
             let inexact = consistent
                 .iter()
                 .filter(|(_, _, ack)| !ack.stamp_exact)
-                .max_by_key(|(replica, _, ack)| (self.links[replica].acknowledged_max, ack.stamp));
+                .max_by_key(|(replica, _, ack)| {
+                    (self.links[replica].acknowledged_max(), ack.stamp)
+                });
             if let Some((replica, _, ack)) = inexact {
                 if source_stamp < needed {
                     (source, source_stamp) = (*replica, ack.stamp);
@@ -118,6 +129,10 @@ impl Target {
             self.acked_max = source_stamp;
             self.committed = checkpoint_max.min(source_stamp.seq);
         }
+        assert!(
+            self.committed <= self.seq_last,
+            "the durable watermark never passes the history served"
+        );
         self.resumed = true;
         // The source holds every operation up to its stamp; later ones go to it again, in order.
         let resend: Vec<Seq> = self
@@ -143,7 +158,7 @@ impl Target {
             .copied()
             .filter(|r| {
                 self.connected(*r)
-                    .is_some_and(|c| c.state == LinkState::Answered)
+                    .is_some_and(|c| c.state() == LinkState::Answered)
             })
             .collect();
         for replica in fresh {
@@ -151,7 +166,9 @@ impl Target {
                 .expect("connected")
                 .first_live_seq = first_live_seq;
             if replica == source {
-                self.connected_mut(replica).expect("connected").state = LinkState::Healthy;
+                self.connected_mut(replica)
+                    .expect("connected")
+                    .set_state(LinkState::Healthy);
             } else {
                 self.begin_resync(replica, live_after, out);
             }
@@ -200,7 +217,7 @@ impl Target {
             .copied()
             .filter(|r| {
                 self.connected(*r)
-                    .is_some_and(|c| c.state != LinkState::Answered)
+                    .is_some_and(|c| c.state() != LinkState::Answered)
             })
             .collect()
     }

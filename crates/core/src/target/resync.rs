@@ -1,6 +1,263 @@
 //! Resync and rebuild: copying changed regions to a joining replica under range locks.
 
-use super::*;
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+
+use crate::message::{Message, RequestId};
+use crate::target::link::{Awaited, LinkState};
+use crate::target::Phase;
+use crate::target::{
+    EjectReason, ResyncProgress, Target, TargetEvent, TargetOutput, CLIENT_ACTIVITY_TICKS,
+};
+use crate::types::{Geometry, IoFailure, RegionSet, ReplicaId, Seq, Stamp};
+use crate::PlantedBug;
+
+#[derive(Clone, Debug)]
+enum ResyncPhase {
+    /// Asking the source which regions changed since the replica's checkpoint.
+    Querying {
+        request: RequestId,
+    },
+    Copying,
+    /// Every segment is written; waiting for the replica to make it durable.
+    Finishing,
+}
+
+/// One region being copied: read from the source, then written to the replica.
+#[derive(Clone, Debug)]
+pub(super) struct Segment {
+    pub(super) offset: u64,
+    pub(super) len: u64,
+    /// While it is read, it holds back client writes to its range (G7).
+    pub(super) locked: bool,
+}
+
+/// A resync (or rebuild) of one replica from one source: which regions are left, the segments
+/// in flight, and the range locks they hold. The locks are exactly the segments being read
+/// from the source: a job that ends or is aborted holds none.
+#[derive(Clone, Debug)]
+pub(super) struct ResyncJob {
+    pub(super) dest: ReplicaId,
+    pub(super) source: ReplicaId,
+    /// A new replica's rebuild: everything ever written is copied.
+    pub(super) full: bool,
+    phase: ResyncPhase,
+    todo: VecDeque<u32>,
+    regions_total: u64,
+    /// Segments being read from the source, by request.
+    reading: BTreeMap<RequestId, Segment>,
+    /// Segments being written to the replica, by request.
+    writing: BTreeMap<RequestId, Segment>,
+    bytes_total: u64,
+    bytes_done: u64,
+}
+
+/// What a resync job does next.
+pub(super) enum NextSegment {
+    /// Copy this region.
+    Copy { offset: u64, len: u64 },
+    /// Everything is copied: the replica is told to finish.
+    Finish,
+    /// Nothing now: still querying or finishing, at the in-flight limit, or out of budget.
+    Wait,
+}
+
+impl ResyncJob {
+    /// A job that starts by asking `source` (with `request`) which regions changed.
+    pub(super) fn new(
+        dest: ReplicaId,
+        source: ReplicaId,
+        full: bool,
+        request: RequestId,
+    ) -> ResyncJob {
+        assert_ne!(dest, source, "a replica is never resynced from itself");
+        ResyncJob {
+            dest,
+            source,
+            full,
+            phase: ResyncPhase::Querying { request },
+            todo: VecDeque::new(),
+            regions_total: 0,
+            reading: BTreeMap::new(),
+            writing: BTreeMap::new(),
+            bytes_total: 0,
+            bytes_done: 0,
+        }
+    }
+
+    pub(super) fn involves(&self, replica: ReplicaId) -> bool {
+        self.dest == replica || self.source == replica
+    }
+
+    /// True if `request` from `from` is the region query this job waits for.
+    pub(super) fn awaits_regions(&self, from: ReplicaId, request: RequestId) -> bool {
+        self.source == from
+            && matches!(self.phase, ResyncPhase::Querying { request: r } if r == request)
+    }
+
+    /// The regions to copy are known: the copy starts.
+    pub(super) fn copy(&mut self, regions: &RegionSet, geometry: &Geometry) {
+        assert!(
+            matches!(self.phase, ResyncPhase::Querying { .. }),
+            "regions are planned once"
+        );
+        self.todo = regions.iter().collect();
+        self.regions_total = self.todo.len() as u64;
+        self.bytes_total = self.todo.iter().map(|r| geometry.region_range(*r).1).sum();
+        self.phase = ResyncPhase::Copying;
+    }
+
+    /// The next step within `inflight_max` segments and, if throttled, the `budget`.
+    pub(super) fn next_segment(
+        &mut self,
+        inflight_max: usize,
+        geometry: &Geometry,
+        budget: Option<&mut ResyncBudget>,
+    ) -> NextSegment {
+        if !matches!(self.phase, ResyncPhase::Copying) {
+            return NextSegment::Wait;
+        }
+        if self.todo.is_empty() && self.reading.is_empty() && self.writing.is_empty() {
+            self.phase = ResyncPhase::Finishing;
+            return NextSegment::Finish;
+        }
+        if self.reading.len() + self.writing.len() >= inflight_max {
+            return NextSegment::Wait;
+        }
+        let Some(&region) = self.todo.front() else {
+            return NextSegment::Wait;
+        };
+        let (offset, len) = geometry.region_range(region);
+        if let Some(budget) = budget {
+            if !budget.spend(len) {
+                return NextSegment::Wait;
+            }
+        }
+        self.todo.pop_front();
+        NextSegment::Copy { offset, len }
+    }
+
+    /// A segment's read from the source was sent as `request`.
+    pub(super) fn reading(&mut self, request: RequestId, segment: Segment) {
+        assert!(
+            matches!(self.phase, ResyncPhase::Copying),
+            "copies run while copying"
+        );
+        assert!(
+            !self.overlaps_segment(segment.offset, segment.len),
+            "a range is copied by one segment at a time"
+        );
+        self.reading.insert(request, segment);
+    }
+
+    /// The source answered read `request`: the segment's lock is released.
+    pub(super) fn read_done(&mut self, from: ReplicaId, request: RequestId) -> Option<Segment> {
+        if self.source != from {
+            return None;
+        }
+        self.reading.remove(&request)
+    }
+
+    /// A segment's write to the replica was sent as `request`.
+    pub(super) fn writing(&mut self, request: RequestId, segment: Segment) {
+        self.writing.insert(request, segment);
+    }
+
+    /// The replica answered write `request`.
+    pub(super) fn write_done(&mut self, from: ReplicaId, request: RequestId) -> Option<Segment> {
+        if self.dest != from {
+            return None;
+        }
+        self.writing.remove(&request)
+    }
+
+    pub(super) fn copied(&mut self, segment: &Segment) {
+        self.bytes_done += segment.len;
+        assert!(
+            self.bytes_done <= self.bytes_total,
+            "copied more than planned"
+        );
+    }
+
+    /// True if `from` finishing its resync ends this job.
+    pub(super) fn is_finishing(&self, from: ReplicaId) -> bool {
+        self.dest == from && matches!(self.phase, ResyncPhase::Finishing)
+    }
+
+    /// True if a client write to the range must wait: a segment being read covers part of it.
+    pub(super) fn is_locked(&self, offset: u64, len: u64) -> bool {
+        self.reading.values().any(|segment| {
+            segment.locked && segment.offset < offset + len && offset < segment.offset + segment.len
+        })
+    }
+
+    pub(super) fn locks_held(&self) -> usize {
+        self.reading
+            .values()
+            .filter(|segment| segment.locked)
+            .count()
+    }
+
+    fn overlaps_segment(&self, offset: u64, len: u64) -> bool {
+        self.reading
+            .values()
+            .chain(self.writing.values())
+            .any(|segment| segment.offset < offset + len && offset < segment.offset + segment.len)
+    }
+
+    pub(super) fn progress(&self) -> ResyncProgress {
+        ResyncProgress {
+            replica: self.dest,
+            source: self.source,
+            full: self.full,
+            bytes_done: self.bytes_done,
+            bytes_total: self.bytes_total,
+        }
+    }
+
+    /// The event for a finished job.
+    pub(super) fn finished(&self) -> TargetEvent {
+        assert!(
+            self.todo.is_empty() && self.reading.is_empty() && self.writing.is_empty(),
+            "a resync finishes with every segment copied"
+        );
+        TargetEvent::ResyncFinished {
+            replica: self.dest,
+            source: self.source,
+            full: self.full,
+            regions: self.regions_total,
+            bytes: self.bytes_done,
+        }
+    }
+}
+
+/// The resync's bandwidth allowance: bytes it may copy now, refilled every tick at the current
+/// rate and capped at two ticks' worth (at least two regions). It outlives jobs: what one job
+/// left over, the next one starts with.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct ResyncBudget {
+    bytes: u64,
+}
+
+impl ResyncBudget {
+    /// One tick's refill at `rate` bytes per tick (0: uncapped, nothing to count).
+    pub(super) fn refill(&mut self, rate: u64, region_size: u32) {
+        if rate > 0 {
+            let cap = rate.max(u64::from(region_size)) * 2;
+            self.bytes = (self.bytes + rate).min(cap);
+        }
+    }
+
+    /// Takes `len` bytes if there are that many.
+    fn spend(&mut self, len: u64) -> bool {
+        if self.bytes < len {
+            return false;
+        }
+        self.bytes -= len;
+        true
+    }
+}
 
 impl Target {
     /// The stamp of the operation with sequence `seq`, if this target knows it: its own
@@ -38,9 +295,10 @@ impl Target {
             self.begin_resync(replica, live_after, out);
             return;
         }
+        assert_eq!(self.phase, Phase::Active, "only a serving target replays");
         let c = self.connected_mut(replica).expect("connected");
         c.first_live_seq = history.seq.next();
-        c.state = LinkState::Healthy;
+        c.set_state(LinkState::Healthy);
         for op in self.ops.range_mut(..history.seq.next()).map(|(_, op)| op) {
             op.holders.insert(replica);
         }
@@ -63,7 +321,7 @@ impl Target {
         let Some(c) = self.connected_mut(replica) else {
             return;
         };
-        c.state = LinkState::NeedsResync { started: false };
+        c.set_state(LinkState::NeedsResync { started: false });
         self.send(
             replica,
             Message::StartResync {
@@ -93,7 +351,7 @@ impl Target {
             .copied()
             .filter_map(|r| {
                 let c = self.connected(r)?;
-                (c.state == LinkState::NeedsResync { started: true })
+                (c.state() == LinkState::NeedsResync { started: true })
                     .then(|| (r, self.is_trusted(r, c.hello.incarnation)))
             })
             .collect();
@@ -108,19 +366,10 @@ impl Target {
         // A stranger's checkpoint means nothing: copy everything ever written.
         let since = if trusted { hello.checkpoint } else { Seq::ZERO };
         let request = self.request_id();
-        self.resync = Some(ResyncJob {
-            dest,
-            source,
-            full: !trusted,
-            phase: ResyncPhase::Querying { request },
-            todo: VecDeque::new(),
-            regions_total: 0,
-            reading: BTreeMap::new(),
-            writing: BTreeMap::new(),
-            bytes_total: 0,
-            bytes_done: 0,
-        });
-        self.connected_mut(dest).expect("connected").state = LinkState::Resyncing;
+        self.resync = Some(ResyncJob::new(dest, source, !trusted, request));
+        self.connected_mut(dest)
+            .expect("connected")
+            .set_state(LinkState::Resyncing);
         self.send(
             source,
             Message::RegionsSince { request, since },
@@ -139,9 +388,7 @@ impl Target {
         let Some(job) = self.resync.as_ref() else {
             return;
         };
-        if job.source != from
-            || !matches!(job.phase, ResyncPhase::Querying { request: r } if r == request)
-        {
+        if !job.awaits_regions(from, request) {
             return;
         }
         if source_regions.region_count() as u64 != self.geometry.region_count() {
@@ -154,12 +401,8 @@ impl Target {
             let dest_dirty = &self.connected(dest).expect("dest connected").hello.dirty;
             regions.union_with(dest_dirty);
         }
-        let geometry = self.geometry;
         let job = self.resync.as_mut().expect("job exists");
-        job.todo = regions.iter().collect();
-        job.regions_total = job.todo.len() as u64;
-        job.bytes_total = job.todo.iter().map(|r| geometry.region_range(*r).1).sum();
-        job.phase = ResyncPhase::Copying;
+        job.copy(&regions, &self.geometry);
     }
 
     /// Starts segment copies within the in-flight and bandwidth limits.
@@ -169,59 +412,45 @@ impl Target {
             let Some(job) = self.resync.as_mut() else {
                 return;
             };
-            if !matches!(job.phase, ResyncPhase::Copying) {
-                return;
+            let budget = throttled.then_some(&mut self.resync_budget);
+            let inflight_max = self.options.resync_segments_inflight_max;
+            match job.next_segment(inflight_max, &self.geometry, budget) {
+                NextSegment::Wait => return,
+                NextSegment::Finish => {
+                    let (dest, stamp) = (job.dest, Stamp::new(self.generation, self.seq_last));
+                    self.send(
+                        dest,
+                        Message::FinishResync { stamp },
+                        Some(Awaited::Marker),
+                        out,
+                    );
+                    return;
+                }
+                NextSegment::Copy { offset, len } => {
+                    let source = job.source;
+                    let locked = !self.options.bugs.has(PlantedBug::CopyWithoutRangeLock);
+                    let request = self.request_id();
+                    let job = self.resync.as_mut().expect("job exists");
+                    job.reading(
+                        request,
+                        Segment {
+                            offset,
+                            len,
+                            locked,
+                        },
+                    );
+                    self.send(
+                        source,
+                        Message::ReadSegment {
+                            request,
+                            offset,
+                            len,
+                        },
+                        Some(Awaited::Request(request)),
+                        out,
+                    );
+                }
             }
-            if job.todo.is_empty() && job.reading.is_empty() && job.writing.is_empty() {
-                job.phase = ResyncPhase::Finishing;
-                let (dest, stamp) = (job.dest, Stamp::new(self.generation, self.seq_last));
-                self.send(
-                    dest,
-                    Message::FinishResync { stamp },
-                    Some(Awaited::Marker),
-                    out,
-                );
-                return;
-            }
-            if job.reading.len() + job.writing.len() >= self.options.resync_segments_inflight_max {
-                return;
-            }
-            let Some(&region) = job.todo.front() else {
-                return;
-            };
-            let (offset, len) = self.geometry.region_range(region);
-            if throttled && self.resync_budget_bytes < len {
-                return;
-            }
-            job.todo.pop_front();
-            if throttled {
-                self.resync_budget_bytes -= len;
-            }
-            let source = job.source;
-            let locked = !self.options.bugs.has(PlantedBug::CopyWithoutRangeLock);
-            let request = self.request_id();
-            if locked {
-                self.locked_ranges.push((offset, len));
-            }
-            let job = self.resync.as_mut().expect("job exists");
-            job.reading.insert(
-                request,
-                Segment {
-                    offset,
-                    len,
-                    locked,
-                },
-            );
-            self.send(
-                source,
-                Message::ReadSegment {
-                    request,
-                    offset,
-                    len,
-                },
-                Some(Awaited::Request(request)),
-                out,
-            );
         }
     }
 
@@ -242,17 +471,6 @@ impl Target {
         }
     }
 
-    pub(super) fn unlock(&mut self, segment: &Segment) {
-        if segment.locked {
-            let position = self
-                .locked_ranges
-                .iter()
-                .position(|&range| range == (segment.offset, segment.len))
-                .expect("a locked segment has its lock");
-            self.locked_ranges.swap_remove(position);
-        }
-    }
-
     /// The source's copy of a segment arrived. Everything sequenced before the read is in it, and
     /// nothing touching the range was sequenced since (the lock), so the replica being resynced,
     /// which receives this after every earlier write, ends up exactly as the source. Then the
@@ -267,10 +485,7 @@ impl Target {
         let Some(job) = self.resync.as_mut() else {
             return;
         };
-        if job.source != from {
-            return;
-        }
-        let Some(segment) = job.reading.remove(&request) else {
+        let Some(segment) = job.read_done(from, request) else {
             return;
         };
         let dest = job.dest;
@@ -289,19 +504,12 @@ impl Target {
                     Some(Awaited::Request(write_request)),
                     out,
                 );
-                self.unlock(&segment);
                 if let Some(job) = self.resync.as_mut() {
-                    job.writing.insert(write_request, segment);
+                    job.writing(write_request, segment);
                 }
             }
-            Ok(_) => {
-                self.unlock(&segment);
-                self.eject(from, EjectReason::SessionBroken, out);
-            }
-            Err(failure) => {
-                self.unlock(&segment);
-                self.eject(from, EjectReason::IoFailure(failure), out);
-            }
+            Ok(_) => self.eject(from, EjectReason::SessionBroken, out),
+            Err(failure) => self.eject(from, EjectReason::IoFailure(failure), out),
         }
     }
 
@@ -315,14 +523,11 @@ impl Target {
         let Some(job) = self.resync.as_mut() else {
             return;
         };
-        if job.dest != from {
-            return;
-        }
-        let Some(segment) = job.writing.remove(&request) else {
+        let Some(segment) = job.write_done(from, request) else {
             return;
         };
         match result {
-            Ok(()) => job.bytes_done += segment.len,
+            Ok(()) => job.copied(&segment),
             Err(failure) => self.eject(from, EjectReason::IoFailure(failure), out),
         }
     }
@@ -336,7 +541,7 @@ impl Target {
         let Some(job) = self.resync.as_ref() else {
             return;
         };
-        if job.dest != from || !matches!(job.phase, ResyncPhase::Finishing) {
+        if !job.is_finishing(from) {
             return;
         }
         if let Err(failure) = result {
@@ -344,41 +549,148 @@ impl Target {
             return;
         }
         let job = self.resync.take().expect("job exists");
-        out.push(TargetOutput::Event(TargetEvent::ResyncFinished {
-            replica: job.dest,
-            source: job.source,
-            full: job.full,
-            regions: job.regions_total,
-            bytes: job.bytes_done,
-        }));
+        out.push(TargetOutput::Event(job.finished()));
         // The replica now holds every operation sequenced before it joined (copied) and has
         // applied every later one it was sent: it holds all of them.
         let c = self.connected_mut(from).expect("dest connected");
+        assert_eq!(
+            c.state(),
+            LinkState::Resyncing,
+            "a replica is resynced only in its resync's session"
+        );
         let first_live_seq = c.first_live_seq;
         let incarnation = c.hello.incarnation;
         for op in self.ops.range_mut(..first_live_seq).map(|(_, op)| op) {
             op.holders.insert(from);
         }
         if self.is_trusted(from, incarnation) {
-            self.connected_mut(from).expect("connected").state = LinkState::Healthy;
+            self.connected_mut(from)
+                .expect("connected")
+                .set_state(LinkState::Healthy);
         } else {
-            self.connected_mut(from).expect("connected").state = LinkState::AwaitingPromotion;
+            self.connected_mut(from)
+                .expect("connected")
+                .set_state(LinkState::AwaitingPromotion);
             self.try_promote(out);
         }
     }
 
     pub(super) fn abort_resync(&mut self, out: &mut Vec<TargetOutput>) {
+        // Its locks go with it.
         let Some(job) = self.resync.take() else {
             return;
         };
-        for segment in job.reading.values() {
-            self.unlock(segment);
-        }
         // The replica being resynced stays waiting (its checkpoint and dirty set still hold) and
         // the resync starts over, with another source if need be.
         if let Some(c) = self.connected_mut(job.dest) {
-            c.state = LinkState::NeedsResync { started: true };
+            c.set_state(LinkState::NeedsResync { started: true });
         }
         self.retry_waiting(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GEOMETRY: Geometry = Geometry {
+        size_bytes: 64 * 1024,
+        block_size: 4096,
+        region_size: 16 * 1024,
+    };
+
+    /// A job copying regions 1 and 3 from replica 1 to replica 2.
+    fn copying() -> ResyncJob {
+        let mut job = ResyncJob::new(ReplicaId(2), ReplicaId(1), false, RequestId(1));
+        assert!(job.awaits_regions(ReplicaId(1), RequestId(1)));
+        assert!(!job.awaits_regions(ReplicaId(2), RequestId(1)));
+        let mut regions = RegionSet::new(4);
+        regions.insert(1);
+        regions.insert(3);
+        job.copy(&regions, &GEOMETRY);
+        job
+    }
+
+    fn start(job: &mut ResyncJob, request: u64, budget: Option<&mut ResyncBudget>) -> Option<u64> {
+        match job.next_segment(4, &GEOMETRY, budget) {
+            NextSegment::Copy { offset, len } => {
+                let segment = Segment {
+                    offset,
+                    len,
+                    locked: true,
+                };
+                job.reading(RequestId(request), segment);
+                Some(offset)
+            }
+            NextSegment::Finish | NextSegment::Wait => None,
+        }
+    }
+
+    #[test]
+    fn a_segment_being_read_locks_its_range_until_its_data_arrives() {
+        let mut job = copying();
+        assert_eq!(start(&mut job, 2, None), Some(16 * 1024));
+        assert!(job.is_locked(20 * 1024, 4096));
+        assert!(!job.is_locked(0, 16 * 1024), "the region before is free");
+        assert_eq!(job.locks_held(), 1);
+        assert!(
+            job.read_done(ReplicaId(2), RequestId(2)).is_none(),
+            "only from the source"
+        );
+        let segment = job
+            .read_done(ReplicaId(1), RequestId(2))
+            .expect("being read");
+        assert!(!job.is_locked(20 * 1024, 4096));
+        job.writing(RequestId(3), segment);
+        assert_eq!(job.locks_held(), 0, "a segment being written holds no lock");
+    }
+
+    #[test]
+    fn a_job_finishes_once_every_segment_is_written() {
+        let mut job = copying();
+        assert_eq!(start(&mut job, 2, None), Some(16 * 1024));
+        assert_eq!(start(&mut job, 3, None), Some(48 * 1024));
+        assert!(matches!(
+            job.next_segment(4, &GEOMETRY, None),
+            NextSegment::Wait
+        ));
+        for (read, write) in [(2, 4), (3, 5)] {
+            let segment = job.read_done(ReplicaId(1), RequestId(read)).expect("read");
+            job.writing(RequestId(write), segment);
+            let segment = job
+                .write_done(ReplicaId(2), RequestId(write))
+                .expect("written");
+            job.copied(&segment);
+        }
+        assert!(!job.is_finishing(ReplicaId(2)));
+        assert!(matches!(
+            job.next_segment(4, &GEOMETRY, None),
+            NextSegment::Finish
+        ));
+        assert!(job.is_finishing(ReplicaId(2)));
+        assert_eq!(
+            job.finished(),
+            TargetEvent::ResyncFinished {
+                replica: ReplicaId(2),
+                source: ReplicaId(1),
+                full: false,
+                regions: 2,
+                bytes: 32 * 1024,
+            }
+        );
+    }
+
+    #[test]
+    fn a_throttled_copy_waits_for_budget_and_leftovers_carry_over() {
+        let mut job = copying();
+        let mut budget = ResyncBudget::default();
+        budget.refill(8 * 1024, GEOMETRY.region_size);
+        assert_eq!(start(&mut job, 2, Some(&mut budget)), None, "half a region");
+        budget.refill(8 * 1024, GEOMETRY.region_size);
+        assert_eq!(start(&mut job, 2, Some(&mut budget)), Some(16 * 1024));
+        for _ in 0..10 {
+            budget.refill(8 * 1024, GEOMETRY.region_size);
+        }
+        assert_eq!(budget.bytes, 32 * 1024, "capped at two regions");
     }
 }

@@ -1,7 +1,11 @@
 //! The checkers that look at replicas' disks: G1 at each acknowledgement, G2 at each recovery,
 //! G3 at the end, G5 at each replica write, G6 at each membership change.
 
-use super::*;
+use bytes::Bytes;
+use tandem_core::{Generation, ReplicaId, ReplicaMode, Stamp};
+
+use crate::history::{block_value, Guarantee, BLOCK_SIZE};
+use crate::world::Sim;
 
 impl Sim {
     /// True if a block value on a disk is at least as new as the write stamped `needed`.

@@ -1,6 +1,11 @@
 //! Fault injection: crashes, power loss, partitions, disk trouble, wiped storage, membership churn.
 
-use super::*;
+use rand::seq::IteratorRandom;
+use rand::Rng;
+use tandem_core::{Command, DiskOp, Replica, ReplicaId, ReplicaMode, VolumeStatus};
+
+use crate::network::{chance, NetworkFaults, Node};
+use crate::world::{Event, Sim};
 
 impl Sim {
     /// Kills a replica's process; with `power_loss`, unsynced writes may be lost too. In-flight

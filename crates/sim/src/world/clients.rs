@@ -1,0 +1,264 @@
+//! The simulated clients: the workload's requests, and every reply checked against the
+//! history (G4, and G1 for flushes).
+
+use rand::Rng;
+use tandem_core::{
+    ClientOp, ClientReplyBody, ClientRequest, ClientRequestId, Generation, TargetInput,
+};
+
+use crate::history::{block_data, block_value, Guarantee, BLOCK_SIZE};
+use crate::network::chance;
+use crate::world::{Sim, Work};
+
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Pending {
+    Read {
+        first_block: u64,
+        blocks: u64,
+        issued_at: u64,
+    },
+    /// A block status query: every block it calls a hole must be allowed to read as zeroes.
+    Allocation {
+        first_block: u64,
+        blocks: u64,
+        issued_at: u64,
+    },
+    Write {
+        id: u64,
+        fua: bool,
+    },
+    Flush {
+        issued_at: u64,
+    },
+}
+
+impl Sim {
+    pub(super) fn issue_client_request(&mut self) {
+        let workload = self.config.workload;
+        if self.clients.len() >= workload.inflight_max || !chance(&mut self.rng, workload.issue_ppm)
+        {
+            return;
+        }
+        let Some(generation) = self.current else {
+            return;
+        };
+        let total = workload.write_weight
+            + workload.read_weight
+            + workload.flush_weight
+            + workload.trim_weight
+            + workload.allocation_weight;
+        let pick = self.rng.gen_range(0..total);
+        let blocks = self
+            .rng
+            .gen_range(1..=workload.blocks_max.min(self.config.blocks));
+        let first_block = self.rng.gen_range(0..=self.config.blocks - blocks);
+        let offset = first_block * BLOCK_SIZE;
+        let len = blocks * BLOCK_SIZE;
+        let (op, pending) = if pick < workload.write_weight {
+            let id = self.new_write_id();
+            let fua = chance(&mut self.rng, workload.fua_ppm);
+            self.history.issue_write(id, first_block, blocks, false);
+            (
+                ClientOp::Write {
+                    offset,
+                    data: block_data(id, blocks),
+                    fua,
+                },
+                Pending::Write { id, fua },
+            )
+        } else if pick < workload.write_weight + workload.read_weight {
+            let issued_at = self.history.now();
+            (
+                ClientOp::Read { offset, len },
+                Pending::Read {
+                    first_block,
+                    blocks,
+                    issued_at,
+                },
+            )
+        } else if pick < workload.write_weight + workload.read_weight + workload.flush_weight {
+            let issued_at = self.history.now();
+            (ClientOp::Flush, Pending::Flush { issued_at })
+        } else if pick < total - workload.allocation_weight {
+            let id = self.new_write_id();
+            self.history.issue_write(id, first_block, blocks, true);
+            (
+                ClientOp::Trim { offset, len },
+                Pending::Write { id, fua: false },
+            )
+        } else {
+            let issued_at = self.history.now();
+            (
+                ClientOp::Allocation { offset, len },
+                Pending::Allocation {
+                    first_block,
+                    blocks,
+                    issued_at,
+                },
+            )
+        };
+        self.submit(generation, op, pending);
+    }
+
+    fn new_write_id(&mut self) -> u64 {
+        self.next_write += 1;
+        self.next_write
+    }
+
+    fn submit(
+        &mut self,
+        generation: Generation,
+        op: ClientOp,
+        pending: Pending,
+    ) -> ClientRequestId {
+        self.next_client += 1;
+        let id = ClientRequestId(self.next_client);
+        self.clients
+            .insert(id, (generation, pending, self.now_tick));
+        self.process(Work::Target(
+            generation,
+            TargetInput::Client(ClientRequest { id, op }),
+        ));
+        id
+    }
+
+    /// Writes `blocks` blocks at `first_block` through the current target; returns the write id.
+    pub fn client_write(&mut self, first_block: u64, blocks: u64) -> Option<u64> {
+        let generation = self.current?;
+        let id = self.new_write_id();
+        self.history.issue_write(id, first_block, blocks, false);
+        let op = ClientOp::Write {
+            offset: first_block * BLOCK_SIZE,
+            data: block_data(id, blocks),
+            fua: false,
+        };
+        self.submit(generation, op, Pending::Write { id, fua: false });
+        Some(id)
+    }
+
+    pub fn client_flush(&mut self) {
+        if let Some(generation) = self.current {
+            let issued_at = self.history.now();
+            self.submit(generation, ClientOp::Flush, Pending::Flush { issued_at });
+        }
+    }
+
+    /// Reads the whole volume through the current target; each block is checked on arrival.
+    pub fn client_read_all(&mut self) {
+        if let Some(generation) = self.current {
+            let issued_at = self.history.now();
+            let blocks = self.config.blocks;
+            let op = ClientOp::Read {
+                offset: 0,
+                len: blocks * BLOCK_SIZE,
+            };
+            self.submit(
+                generation,
+                op,
+                Pending::Read {
+                    first_block: 0,
+                    blocks,
+                    issued_at,
+                },
+            );
+        }
+    }
+
+    pub(super) fn on_client_reply(
+        &mut self,
+        generation: Generation,
+        reply: tandem_core::ClientReply,
+    ) {
+        let Some((_, pending, issued_tick)) = self.clients.remove(&reply.id) else {
+            return;
+        };
+        self.client_wait_ticks_max = self.client_wait_ticks_max.max(self.now_tick - issued_tick);
+        let body = match reply.result {
+            Ok(body) => body,
+            Err(error) => {
+                // Fenced or timed out: the outcome is unknown, which the history allows.
+                *self.client_errors.entry(error.to_string()).or_default() += 1;
+                return;
+            }
+        };
+        self.acked_ops += 1;
+        match (pending, body) {
+            (
+                Pending::Read {
+                    first_block,
+                    blocks,
+                    issued_at,
+                },
+                ClientReplyBody::Read(data),
+            ) => {
+                self.checked_reads += 1;
+                for index in 0..blocks {
+                    let start = (index * BLOCK_SIZE) as usize;
+                    let value = block_value(&data[start..start + BLOCK_SIZE as usize]);
+                    let block = first_block + index;
+                    if let Err(problem) = self.history.check_block(block, value, issued_at) {
+                        let guarantee = self.read_guarantee;
+                        self.violate(
+                            guarantee,
+                            format!("read from generation {}: {problem}", generation.0),
+                        );
+                    }
+                }
+            }
+            (
+                Pending::Allocation {
+                    first_block,
+                    blocks,
+                    issued_at,
+                },
+                ClientReplyBody::Allocation(extents),
+            ) => {
+                self.checked_reads += 1;
+                let mut block = first_block;
+                for extent in &extents {
+                    let extent_blocks = extent.len / BLOCK_SIZE;
+                    if extent.len % BLOCK_SIZE != 0 || block + extent_blocks > first_block + blocks
+                    {
+                        self.violate(
+                            Guarantee::G4ReadYourWrites,
+                            format!("allocation {extents:?} does not cover blocks {first_block}+{blocks}"),
+                        );
+                        return;
+                    }
+                    if !extent.allocated {
+                        for hole in block..block + extent_blocks {
+                            if let Err(problem) = self.history.check_block(hole, Some(0), issued_at)
+                            {
+                                let guarantee = self.read_guarantee;
+                                self.violate(
+                                    guarantee,
+                                    format!(
+                                        "block status from generation {} calls a block with data a hole: {problem}",
+                                        generation.0
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                    block += extent_blocks;
+                }
+            }
+            (Pending::Write { id, fua }, ClientReplyBody::Done { stamp }) => {
+                self.history.ack_write(id, stamp);
+                if fua {
+                    let now = self.history.now();
+                    self.history.flush_acked(now);
+                }
+                self.check_write_durability(generation, id, stamp);
+            }
+            (Pending::Flush { issued_at }, ClientReplyBody::Done { .. }) => {
+                self.check_flush_durability(generation, issued_at);
+                self.history.flush_acked(issued_at);
+            }
+            (pending, body) => self.violate(
+                Guarantee::G4ReadYourWrites,
+                format!("reply {body:?} does not match request {pending:?}"),
+            ),
+        }
+    }
+}
