@@ -272,7 +272,9 @@ mod tests {
         let all = [
             ReplicaError::Refused(Refusal::Cstor(CstorError::NoVolumeLabel)),
             ReplicaError::Refused(Refusal::Cstor(CstorError::BadReplicaId("x".into()))),
-            ReplicaError::Refused(Refusal::Cstor(CstorError::Geometry(crate::storage::GeometryError::ZeroCapacity))),
+            ReplicaError::Refused(Refusal::Cstor(CstorError::Geometry(
+                crate::storage::GeometryError::ZeroCapacity,
+            ))),
             ReplicaError::Refused(Refusal::VolumeTaken {
                 volume: "pvc-1".into(),
                 pool: "p".into(),
