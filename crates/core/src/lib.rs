@@ -53,6 +53,9 @@ pub enum PlantedBug {
     RecoverFromLeastAdvanced,
     /// Liveness: an ejected replica is never reconnected.
     NeverReconnect,
+    /// G7: a resync segment's range lock is released only when the whole resync ends, not once
+    /// the segment's data has arrived from the source.
+    HoldRangeLockForWholeResync,
 }
 
 /// The planted bug, if any. A zero-sized `false` in builds without the `planted-bugs` feature.

@@ -24,6 +24,7 @@ mod checks;
 mod clients;
 mod faults;
 
+pub use clients::ClientWaits;
 use clients::Pending;
 
 /// How often each fault happens while faults are on, per tick, in parts per million.
@@ -220,8 +221,8 @@ pub struct Sim {
     /// Client requests answered with an error (fenced, timed out), by message.
     pub client_errors: BTreeMap<String, u64>,
     pub checked_reads: u64,
-    /// The longest a client request waited for its reply, in ticks.
-    pub client_wait_ticks_max: u64,
+    /// How long client requests waited for their replies, apart for those a rebuild overlapped.
+    pub client_waits: ClientWaits,
     /// Which guarantee a bad read breaks: G4 during the run, G2 for the final read-back.
     pub read_guarantee: Guarantee,
 }
@@ -291,7 +292,7 @@ impl Sim {
             acked_ops: 0,
             client_errors: BTreeMap::new(),
             checked_reads: 0,
-            client_wait_ticks_max: 0,
+            client_waits: ClientWaits::default(),
             read_guarantee: Guarantee::G4ReadYourWrites,
             config,
         };
@@ -453,6 +454,9 @@ impl Sim {
 
     pub fn step(&mut self) {
         self.now_tick += 1;
+        if !self.converged() {
+            self.client_waits.rebuild_seen_tick = Some(self.now_tick);
+        }
         if self.faults_on {
             self.inject_faults();
         }
