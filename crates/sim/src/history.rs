@@ -31,6 +31,9 @@ pub enum Guarantee {
     G6Membership,
     /// A rebuild holds a client request back by at most one source round trip.
     G7BoundedImpact,
+    /// Metadata is persisted at barriers and when a write first leaves the activity log, never
+    /// once per write.
+    G8NoMetadataPerWrite,
     /// Once faults stop, everything heals in bounded time.
     Liveness,
 }

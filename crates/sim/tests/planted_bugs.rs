@@ -70,6 +70,15 @@ fn never_reconnecting_breaks_liveness() {
     caught_by(PlantedBug::NeverReconnect, Guarantee::Liveness, 50);
 }
 
+#[test]
+fn persisting_metadata_on_every_write_breaks_g8() {
+    caught_by(
+        PlantedBug::PersistMetadataOnEveryWrite,
+        Guarantee::G8NoMetadataPerWrite,
+        10,
+    );
+}
+
 mod common;
 
 /// A rebuild whose segments keep their range locks until it ends holds back every client write

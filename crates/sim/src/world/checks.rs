@@ -1,6 +1,6 @@
 //! The checkers that look at replicas' disks and at client waits: G1 at each acknowledgement,
 //! G2 at each recovery, G3 at the end, G5 at each replica write, G6 at each membership change,
-//! G7 when a scenario asks after a rebuild.
+//! G7 when a scenario asks after a rebuild, G8 at each metadata write.
 
 use bytes::Bytes;
 use tandem_core::{Generation, ReplicaId, ReplicaMode, Stamp};
@@ -274,6 +274,30 @@ impl Sim {
                 Guarantee::G7BoundedImpact,
                 format!(
                     "a client request waited {rebuild} ticks while a rebuild ran, but at most {steady} ticks otherwise; one source round trip is {round_trip_ticks} ticks"
+                ),
+            );
+        }
+    }
+
+    /// G8 at each metadata write a replica's storage performs that neither extends the persisted
+    /// activity log (a write's first touch of a region outside it: the log gains a region and
+    /// loses none) nor marks a consistent replica inconsistent (a resync's start, or its first
+    /// segment's). Such a write belongs to a barrier, and each barrier message delivered to the
+    /// replica (Hello, Flush, StartResync, FinishResync) pays for at most one: a replica never
+    /// performs more of them than it was asked for barriers. A write repeated for every client
+    /// write soon outnumbers them.
+    pub(super) fn check_metadata_write(&mut self, replica: ReplicaId) {
+        let Some(node) = self.nodes.get_mut(&replica) else {
+            return;
+        };
+        node.barrier_meta_writes += 1;
+        let (writes, barriers) = (node.barrier_meta_writes, node.barriers_asked);
+        if writes > barriers {
+            self.violate(
+                Guarantee::G8NoMetadataPerWrite,
+                format!(
+                    "replica {} wrote metadata {writes} times without extending its activity log, but was asked for {barriers} barriers",
+                    replica.0
                 ),
             );
         }
