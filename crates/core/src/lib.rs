@@ -53,6 +53,12 @@ pub enum PlantedBug {
     RecoverFromLeastAdvanced,
     /// Liveness: an ejected replica is never reconnected.
     NeverReconnect,
+    /// G7: a resync segment's range lock is released only when the whole resync ends, not once
+    /// the segment's data has arrived from the source.
+    HoldRangeLockForWholeResync,
+    /// G8: the replica persists its activity log again for every write (that finds no metadata
+    /// write in flight), even when the write's regions are already in it.
+    PersistMetadataOnEveryWrite,
 }
 
 /// The planted bug, if any. A zero-sized `false` in builds without the `planted-bugs` feature.

@@ -14,7 +14,7 @@ use tandem_core::Stamp;
 /// Simulated volumes use small blocks so that many writes overlap.
 pub const BLOCK_SIZE: u64 = 512;
 
-/// The guarantee a violation breaks (see the design brief).
+/// The guarantee a violation breaks (see `docs/guarantees.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Guarantee {
     /// An acknowledged write is on CF replicas; a flushed one is durable on CF replicas.
@@ -29,6 +29,11 @@ pub enum Guarantee {
     G5Fencing,
     /// Strangers never count; removals only when safe.
     G6Membership,
+    /// A rebuild holds a client request back by at most one source round trip.
+    G7BoundedImpact,
+    /// Metadata is persisted at barriers and when a write first leaves the activity log, never
+    /// once per write.
+    G8NoMetadataPerWrite,
     /// Once faults stop, everything heals in bounded time.
     Liveness,
 }

@@ -1,5 +1,5 @@
 //! Tandem's deterministic simulator: the replication core in a seeded world that injects faults
-//! and checks the data-path guarantees (G1-G6 and liveness) from outside.
+//! and checks the data-path guarantees (G1-G8 and liveness) from outside.
 
 pub mod disk;
 pub mod history;

@@ -70,7 +70,33 @@ fn never_reconnecting_breaks_liveness() {
     caught_by(PlantedBug::NeverReconnect, Guarantee::Liveness, 50);
 }
 
+#[test]
+fn persisting_metadata_on_every_write_breaks_g8() {
+    caught_by(
+        PlantedBug::PersistMetadataOnEveryWrite,
+        Guarantee::G8NoMetadataPerWrite,
+        10,
+    );
+}
+
 mod common;
+
+/// A rebuild whose segments keep their range locks until it ends holds back every client write
+/// that reaches a copied range, and (writes are sequenced in order) every write behind it.
+#[test]
+fn holding_the_range_lock_for_the_whole_resync_breaks_g7() {
+    let mut config = common::config(2, 2, 3);
+    config.target.bugs = Bugs::plant(PlantedBug::HoldRangeLockForWholeResync);
+    let mut sim = common::healthy_volume(config);
+    common::add_a_replica_and_rebuild_it_under_writes(&mut sim);
+    assert!(
+        sim.violations
+            .iter()
+            .any(|v| v.guarantee == Guarantee::G7BoundedImpact),
+        "not caught: {:#?}",
+        sim.violations
+    );
+}
 
 /// A returning replica holds a write nobody else has: resyncing only what the source changed
 /// leaves it there, and the replicas differ.

@@ -6,19 +6,10 @@
 
 mod common;
 
-use common::{config, R1, R2, R3};
+use common::{config, healthy_volume, is_rebuilding, run_command, R1, R2, R3};
 use tandem_core::{Command, EjectReason, ReplicaId, ReplicaMode, TargetEvent, VolumeStatus};
 use tandem_sim::history::BLOCK_SIZE;
-use tandem_sim::{swarm, Sim, SimConfig};
-
-fn healthy_volume(config: SimConfig) -> Sim {
-    let mut sim = Sim::new(config);
-    assert!(
-        sim.run_until(500, Sim::converged),
-        "volume never became Healthy"
-    );
-    sim
-}
+use tandem_sim::{swarm, Sim};
 
 fn finish_without_violations(sim: &mut Sim) {
     swarm::finish(sim);
@@ -34,25 +25,6 @@ fn finish_without_violations(sim: &mut Sim) {
         sim.violations
     );
     assert!(sim.converged(), "not Healthy at the end");
-}
-
-/// Sends an operator command to the target and waits for its answer.
-fn run_command(sim: &mut Sim, command: Command) -> Result<(), String> {
-    let answered_before = sim.command_results.len();
-    sim.command(command);
-    assert!(
-        sim.run_until(500, |s| s.command_results.len() > answered_before),
-        "{command:?} never answered"
-    );
-    let (answered, result) = sim.command_results[answered_before].clone();
-    assert_eq!(answered, command);
-    result.map_err(|error| error.to_string())
-}
-
-fn is_rebuilding(sim: &Sim, replica: ReplicaId) -> bool {
-    sim.target()
-        .and_then(|t| t.resync_progress())
-        .is_some_and(|p| p.replica == replica && p.bytes_done > 0 && p.bytes_done < p.bytes_total)
 }
 
 #[test]
@@ -99,38 +71,7 @@ fn a_new_volume_becomes_healthy_and_serves_io() {
 #[test]
 fn migration_adds_rebuilds_under_writes_then_removes() {
     let mut sim = healthy_volume(config(2, 2, 3));
-    sim.workload_on = true;
-    sim.run_ticks(500);
-
-    let steady_wait_ticks_max = sim.client_wait_ticks_max;
-    sim.client_wait_ticks_max = 0;
-    assert_eq!(run_command(&mut sim, Command::AddReplica(R3)), Ok(()));
-    assert_eq!(sim.membership().desired_replication_factor(), 3);
-    assert_eq!(
-        sim.membership().replication_factor(),
-        2,
-        "not trusted until rebuilt"
-    );
-    assert!(
-        sim.run_until(500, |s| is_rebuilding(s, R3)),
-        "no rebuild progress"
-    );
-    assert_eq!(
-        sim.volume_status(),
-        Some(VolumeStatus::Healthy),
-        "a rebuild keeps the volume Healthy"
-    );
-    assert!(
-        sim.run_until(3_000, Sim::converged),
-        "the new replica never became Healthy"
-    );
-    // G7: a rebuild holds a client write back for at most one source round trip per segment.
-    println!(
-        "longest client wait: {steady_wait_ticks_max} ticks steady, {} ticks during the rebuild",
-        sim.client_wait_ticks_max
-    );
-    let round_trip_ticks = 2 * sim.config.network_delay_ticks.1 + sim.config.disk_latency_ticks.1;
-    assert!(sim.client_wait_ticks_max <= steady_wait_ticks_max + round_trip_ticks);
+    common::add_a_replica_and_rebuild_it_under_writes(&mut sim);
     assert_eq!(sim.membership().replication_factor(), 3);
     let (_, full, regions, bytes) = *sim.resyncs_finished().last().expect("a rebuild finished");
     assert!(full, "a new replica gets a full rebuild");

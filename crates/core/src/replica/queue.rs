@@ -6,6 +6,7 @@ use bytes::Bytes;
 use crate::message::{Message, RequestId};
 use crate::replica::{Completion, DiskOp, Replica, ReplicaOutput, WriteOrigin};
 use crate::types::{IoFailure, RegionSet, Seq, SessionId, Stamp};
+use crate::PlantedBug;
 
 /// Work received in the current session and not yet started.
 #[derive(Clone, Debug)]
@@ -188,6 +189,17 @@ impl Replica {
             .clone()
             .all(|region| self.activity_log.contains(region))
         {
+            if self
+                .options
+                .bugs
+                .has(PlantedBug::PersistMetadataOnEveryWrite)
+                && self.activity_log_pending.is_none()
+            {
+                // The planted bug: the log is written again though it already holds the write's
+                // regions (the write does not wait for it).
+                self.activity_log_pending = Some(self.activity_log.clone());
+                self.persist(self.activity_log.clone(), false, Purpose::ActivityLog, out);
+            }
             return true;
         }
         if self.activity_log_pending.is_some() {

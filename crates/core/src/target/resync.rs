@@ -35,7 +35,8 @@ pub(super) struct Segment {
 
 /// A resync (or rebuild) of one replica from one source: which regions are left, the segments
 /// in flight, and the range locks they hold. The locks are exactly the segments being read
-/// from the source: a job that ends or is aborted holds none.
+/// from the source (with the planted bug `HoldRangeLockForWholeResync`, every segment read so
+/// far): a job that ends or is aborted holds none.
 #[derive(Clone, Debug)]
 pub(super) struct ResyncJob {
     pub(super) dest: ReplicaId,
@@ -49,6 +50,9 @@ pub(super) struct ResyncJob {
     reading: BTreeMap<RequestId, Segment>,
     /// Segments being written to the replica, by request.
     writing: BTreeMap<RequestId, Segment>,
+    /// Locks kept after their segment was read: only with the planted bug
+    /// `HoldRangeLockForWholeResync`, always empty otherwise.
+    held: Vec<Segment>,
     bytes_total: u64,
     bytes_done: u64,
 }
@@ -81,6 +85,7 @@ impl ResyncJob {
             regions_total: 0,
             reading: BTreeMap::new(),
             writing: BTreeMap::new(),
+            held: Vec::new(),
             bytes_total: 0,
             bytes_done: 0,
         }
@@ -159,6 +164,12 @@ impl ResyncJob {
         self.reading.remove(&request)
     }
 
+    /// Keeps a read segment's lock until the job ends (the planted bug
+    /// `HoldRangeLockForWholeResync`).
+    pub(super) fn hold_lock_until_the_end(&mut self, segment: Segment) {
+        self.held.push(segment);
+    }
+
     /// A segment's write to the replica was sent as `request`.
     pub(super) fn writing(&mut self, request: RequestId, segment: Segment) {
         self.writing.insert(request, segment);
@@ -187,7 +198,7 @@ impl ResyncJob {
 
     /// True if a client write to the range must wait: a segment being read covers part of it.
     pub(super) fn is_locked(&self, offset: u64, len: u64) -> bool {
-        self.reading.values().any(|segment| {
+        self.reading.values().chain(&self.held).any(|segment| {
             segment.locked && segment.offset < offset + len && offset < segment.offset + segment.len
         })
     }
@@ -195,6 +206,7 @@ impl ResyncJob {
     pub(super) fn locks_held(&self) -> usize {
         self.reading
             .values()
+            .chain(&self.held)
             .filter(|segment| segment.locked)
             .count()
     }
@@ -488,6 +500,13 @@ impl Target {
         let Some(segment) = job.read_done(from, request) else {
             return;
         };
+        if self
+            .options
+            .bugs
+            .has(PlantedBug::HoldRangeLockForWholeResync)
+        {
+            job.hold_lock_until_the_end(segment.clone());
+        }
         let dest = job.dest;
         match result {
             Ok(data) if data.len() as u64 == segment.len => {

@@ -1,5 +1,6 @@
-//! The checkers that look at replicas' disks: G1 at each acknowledgement, G2 at each recovery,
-//! G3 at the end, G5 at each replica write, G6 at each membership change.
+//! The checkers that look at replicas' disks and at client waits: G1 at each acknowledgement,
+//! G2 at each recovery, G3 at the end, G5 at each replica write, G6 at each membership change,
+//! G7 when a scenario asks after a rebuild, G8 at each metadata write.
 
 use bytes::Bytes;
 use tandem_core::{Generation, ReplicaId, ReplicaMode, Stamp};
@@ -236,6 +237,69 @@ impl Sim {
         }
         for problem in problems {
             self.violate(Guarantee::G3Convergence, problem);
+        }
+    }
+
+    /// The longest client waits so far, in ticks: of requests no rebuild overlapped, and of
+    /// requests one did, counting those still unanswered with their wait so far.
+    pub fn longest_client_waits(&self) -> (Option<u64>, Option<u64>) {
+        let rebuilding = !self.converged();
+        let seen = self.client_waits.rebuild_seen_tick;
+        let unanswered = self
+            .clients
+            .values()
+            .filter(|(_, _, issued)| rebuilding || seen.is_some_and(|t| t >= *issued))
+            .map(|(_, _, issued)| self.now_tick - issued)
+            .max();
+        (
+            self.client_waits.steady_ticks_max,
+            self.client_waits.rebuild_ticks_max.max(unanswered),
+        )
+    }
+
+    /// G7, asked by a scenario once a rebuild is over: no client request a rebuild overlapped
+    /// waited (or, unanswered, has waited) longer than the longest wait of one it did not
+    /// overlap, plus one source round trip (a segment's read request to the source, its disk
+    /// read, the data's way back: how long a segment holds its range lock). Only meaningful in a
+    /// quiet world: faults make requests wait for reasons of their own. Without a request of
+    /// each kind there is nothing to compare.
+    pub fn check_client_wait(&mut self) {
+        let (Some(steady), Some(rebuild)) = self.longest_client_waits() else {
+            return;
+        };
+        let round_trip_ticks =
+            2 * self.config.network_delay_ticks.1 + self.config.disk_latency_ticks.1;
+        if rebuild > steady + round_trip_ticks {
+            self.violate(
+                Guarantee::G7BoundedImpact,
+                format!(
+                    "a client request waited {rebuild} ticks while a rebuild ran, but at most {steady} ticks otherwise; one source round trip is {round_trip_ticks} ticks"
+                ),
+            );
+        }
+    }
+
+    /// G8 at each metadata write a replica's storage performs that neither extends the persisted
+    /// activity log (a write's first touch of a region outside it: the log gains a region and
+    /// loses none) nor marks a consistent replica inconsistent (a resync's start, or its first
+    /// segment's). Such a write belongs to a barrier, and each barrier message delivered to the
+    /// replica (Hello, Flush, StartResync, FinishResync) pays for at most one: a replica never
+    /// performs more of them than it was asked for barriers. A write repeated for every client
+    /// write soon outnumbers them.
+    pub(super) fn check_metadata_write(&mut self, replica: ReplicaId) {
+        let Some(node) = self.nodes.get_mut(&replica) else {
+            return;
+        };
+        node.barrier_meta_writes += 1;
+        let (writes, barriers) = (node.barrier_meta_writes, node.barriers_asked);
+        if writes > barriers {
+            self.violate(
+                Guarantee::G8NoMetadataPerWrite,
+                format!(
+                    "replica {} wrote metadata {writes} times without extending its activity log, but was asked for {barriers} barriers",
+                    replica.0
+                ),
+            );
         }
     }
 }

@@ -10,6 +10,35 @@ use crate::history::{block_data, block_value, Guarantee, BLOCK_SIZE};
 use crate::network::chance;
 use crate::world::{Sim, Work};
 
+/// How long client requests waited for their replies, kept apart for the requests a rebuild
+/// overlapped: G7's measure. A rebuild runs (for this measure) while the volume is not
+/// converged, from the moment a replica joins or falls behind until every member is trusted
+/// and Healthy again.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClientWaits {
+    /// The longest wait, in ticks, of a request during which no rebuild ran.
+    pub steady_ticks_max: Option<u64>,
+    /// The longest wait, in ticks, of a request during which a rebuild ran at some tick.
+    pub rebuild_ticks_max: Option<u64>,
+    /// The last tick at which a rebuild was seen running.
+    pub(super) rebuild_seen_tick: Option<u64>,
+}
+
+impl ClientWaits {
+    /// A request issued at `issued_tick` was answered at `now_tick`; `rebuilding` says whether
+    /// a rebuild runs now.
+    fn record(&mut self, issued_tick: u64, now_tick: u64, rebuilding: bool) {
+        let waited = now_tick - issued_tick;
+        let overlapped = rebuilding || self.rebuild_seen_tick.is_some_and(|t| t >= issued_tick);
+        let longest = if overlapped {
+            &mut self.rebuild_ticks_max
+        } else {
+            &mut self.steady_ticks_max
+        };
+        *longest = Some(longest.map_or(waited, |max| max.max(waited)));
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Pending {
     Read {
@@ -172,7 +201,9 @@ impl Sim {
         let Some((_, pending, issued_tick)) = self.clients.remove(&reply.id) else {
             return;
         };
-        self.client_wait_ticks_max = self.client_wait_ticks_max.max(self.now_tick - issued_tick);
+        let rebuilding = !self.converged();
+        self.client_waits
+            .record(issued_tick, self.now_tick, rebuilding);
         let body = match reply.result {
             Ok(body) => body,
             Err(error) => {

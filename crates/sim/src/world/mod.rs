@@ -24,6 +24,7 @@ mod checks;
 mod clients;
 mod faults;
 
+pub use clients::ClientWaits;
 use clients::Pending;
 
 /// How often each fault happens while faults are on, per tick, in parts per million.
@@ -183,6 +184,12 @@ struct NodeState {
     epoch: u64,
     restart_at_tick: Option<u64>,
     trouble_until_tick: u64,
+    /// Barrier messages (Hello, Flush, StartResync, FinishResync) delivered to its process: each
+    /// may cost one metadata write (G8).
+    barriers_asked: u64,
+    /// Metadata writes its storage performed that neither extended the persisted activity log
+    /// nor marked the replica inconsistent: barriers' (G8).
+    barrier_meta_writes: u64,
 }
 
 /// A control plane: the persisted membership and the generation counter, fenced by generation.
@@ -220,8 +227,8 @@ pub struct Sim {
     /// Client requests answered with an error (fenced, timed out), by message.
     pub client_errors: BTreeMap<String, u64>,
     pub checked_reads: u64,
-    /// The longest a client request waited for its reply, in ticks.
-    pub client_wait_ticks_max: u64,
+    /// How long client requests waited for their replies, apart for those a rebuild overlapped.
+    pub client_waits: ClientWaits,
     /// Which guarantee a bad read breaks: G4 during the run, G2 for the final read-back.
     pub read_guarantee: Guarantee,
 }
@@ -251,6 +258,8 @@ impl Sim {
                 epoch: 0,
                 restart_at_tick: None,
                 trouble_until_tick: 0,
+                barriers_asked: 0,
+                barrier_meta_writes: 0,
             };
             if initial.len() < config.replicas {
                 let incarnation = Incarnation(rng.gen());
@@ -291,7 +300,7 @@ impl Sim {
             acked_ops: 0,
             client_errors: BTreeMap::new(),
             checked_reads: 0,
-            client_wait_ticks_max: 0,
+            client_waits: ClientWaits::default(),
             read_guarantee: Guarantee::G4ReadYourWrites,
             config,
         };
@@ -453,6 +462,9 @@ impl Sim {
 
     pub fn step(&mut self) {
         self.now_tick += 1;
+        if !self.converged() {
+            self.client_waits.rebuild_seen_tick = Some(self.now_tick);
+        }
         if self.faults_on {
             self.inject_faults();
         }
@@ -494,6 +506,18 @@ impl Sim {
                 }
                 Node::Replica(replica) => {
                     if self.replica(replica).is_some() {
+                        if matches!(
+                            envelope.message,
+                            Message::Hello { .. }
+                                | Message::Flush { .. }
+                                | Message::StartResync { .. }
+                                | Message::FinishResync { .. }
+                        ) {
+                            self.nodes
+                                .get_mut(&replica)
+                                .expect("running")
+                                .barriers_asked += 1;
+                        }
                         self.process(Work::Replica(replica, ReplicaInput::Message(envelope)));
                     }
                 }
@@ -586,7 +610,16 @@ impl Sim {
                 (id, Ok(Completion::Done))
             }
             DiskOp::PersistMeta { id, update } => {
+                // A write's first touch of a region outside the activity log extends it; a
+                // consistent replica persisting that it no longer is starts a resync. Any other
+                // metadata write is a barrier's.
+                let extends_log = extends(&disk.meta.activity_log, &update.activity_log);
+                let marks_inconsistent =
+                    disk.meta.superblock.consistent && !update.superblock.consistent;
                 disk.persist_meta(&update);
+                if !extends_log && !marks_inconsistent {
+                    self.check_metadata_write(replica);
+                }
                 (id, Ok(Completion::Done))
             }
         }
@@ -875,4 +908,9 @@ impl Sim {
         node.disk = Some(SimDisk::new(meta));
         node.restart_at_tick = None;
     }
+}
+
+/// True if activity log `new` holds every region of `old` and at least one more.
+fn extends(old: &tandem_core::RegionSet, new: &tandem_core::RegionSet) -> bool {
+    old.iter().all(|region| new.contains(region)) && new.len() > old.len()
 }

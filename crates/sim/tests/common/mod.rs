@@ -1,7 +1,7 @@
 //! What the scenario and planted-bug tests share: the volume they use and the stories they tell.
 #![allow(dead_code)]
 
-use tandem_core::{ReplicaId, VolumeStatus};
+use tandem_core::{Command, ReplicaId, VolumeStatus};
 use tandem_sim::{Sim, SimConfig};
 
 pub const R1: ReplicaId = ReplicaId(1);
@@ -15,6 +15,71 @@ pub fn config(seed: u64, replicas: usize, nodes: usize) -> SimConfig {
     config.blocks = 256;
     config.target.resync_bytes_per_tick = 2048;
     config
+}
+
+pub fn healthy_volume(config: SimConfig) -> Sim {
+    let mut sim = Sim::new(config);
+    assert!(
+        sim.run_until(500, Sim::converged),
+        "volume never became Healthy"
+    );
+    sim
+}
+
+/// Sends an operator command to the target and waits for its answer.
+pub fn run_command(sim: &mut Sim, command: Command) -> Result<(), String> {
+    let answered_before = sim.command_results.len();
+    sim.command(command);
+    assert!(
+        sim.run_until(500, |s| s.command_results.len() > answered_before),
+        "{command:?} never answered"
+    );
+    let (answered, result) = sim.command_results[answered_before].clone();
+    assert_eq!(answered, command);
+    result.map_err(|error| error.to_string())
+}
+
+pub fn is_rebuilding(sim: &Sim, replica: ReplicaId) -> bool {
+    sim.target()
+        .and_then(|t| t.resync_progress())
+        .is_some_and(|p| p.replica == replica && p.bytes_done > 0 && p.bytes_done < p.bytes_total)
+}
+
+/// The first half of `migration_adds_rebuilds_under_writes_then_removes`, shared with the
+/// planted-bug test: on a Healthy volume of two replicas the application writes, a third replica
+/// is added and rebuilt while it keeps writing, and once the new replica is Healthy the client
+/// waits are checked (G7).
+pub fn add_a_replica_and_rebuild_it_under_writes(sim: &mut Sim) {
+    sim.workload_on = true;
+    sim.run_ticks(500);
+    assert_eq!(run_command(sim, Command::AddReplica(R3)), Ok(()));
+    assert_eq!(sim.membership().desired_replication_factor(), 3);
+    assert_eq!(
+        sim.membership().replication_factor(),
+        2,
+        "not trusted until rebuilt"
+    );
+    assert!(
+        sim.run_until(500, |s| is_rebuilding(s, R3)),
+        "no rebuild progress"
+    );
+    assert_eq!(
+        sim.volume_status(),
+        Some(VolumeStatus::Healthy),
+        "a rebuild keeps the volume Healthy"
+    );
+    assert!(
+        sim.run_until(3_000, Sim::converged),
+        "the new replica never became Healthy"
+    );
+    // G7: a rebuild holds a client write back for at most one source round trip per segment.
+    let (steady, during) = sim.longest_client_waits();
+    println!("longest client wait: {steady:?} ticks steady, {during:?} ticks during the rebuild");
+    assert!(
+        steady.is_some() && during.is_some(),
+        "client waits measured both before and during the rebuild"
+    );
+    sim.check_client_wait();
 }
 
 /// Two flushes, one after the other: the second carries the first's durable watermark, so every
