@@ -148,6 +148,11 @@ pub const MAX_OPTION_LEN: u32 = 64 * 1024;
 /// size. A write announcing more is answered `EINVAL` and closes the connection, since its
 /// payload cannot be skipped safely.
 pub const MAX_PAYLOAD: u32 = 32 * 1024 * 1024;
+// The block interface's defaults and limits must fit what NBD can carry: a device's default
+// maximum block is a legal NBD payload, and any description it accepts is a legal NBD string.
+const _: () = assert!(tandem_block::DEFAULT_MAX_BLOCK <= MAX_PAYLOAD);
+const _: () = assert!(tandem_block::MAX_DESCRIPTION_LEN <= MAX_STRING_LEN);
+
 /// The metadata context id this server gives `base:allocation`.
 pub const BASE_ALLOCATION_ID: u32 = 1;
 /// The longest option reply the client accepts during the handshake (a name, a description and
