@@ -125,7 +125,7 @@ impl Target {
         self.links.values().any(|link| {
             link.connected().is_some_and(|c| {
                 c.state() != LinkState::Answered
-                    && c.awaited.len() >= self.options.replica_congestion_ops
+                    && c.awaited().len() >= self.options.replica_congestion_ops
             })
         })
     }
@@ -149,7 +149,7 @@ impl Target {
                             .connected(*r)
                             .is_some_and(|c| c.state() != LinkState::Answered))
             })
-            .min_by_key(|r| self.connected(*r).map_or(usize::MAX, |c| c.awaited.len()))
+            .min_by_key(|r| self.connected(*r).map_or(usize::MAX, |c| c.awaited().len()))
     }
 
     pub(super) fn request_id(&mut self) -> RequestId {

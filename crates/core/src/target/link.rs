@@ -33,19 +33,19 @@ enum Connection {
 #[derive(Clone, Debug)]
 pub(super) struct Connected {
     session: Session,
-    pub(super) hello: HelloAck,
+    hello: HelloAck,
     /// Where the replica is in this session; changed only through `set_state`.
     state: LinkState,
     /// Unanswered requests, with the tick each was sent.
-    pub(super) awaited: BTreeMap<Awaited, u64>,
+    awaited: BTreeMap<Awaited, u64>,
     /// The flushes among them.
-    pub(super) flushes_awaited: BTreeSet<Seq>,
+    flushes_awaited: BTreeSet<Seq>,
     /// The newest flush this replica made durable in this session (its checkpoint at first).
-    pub(super) flushed: Seq,
-    pub(super) connected_at_tick: u64,
+    flushed: Seq,
+    connected_at_tick: u64,
     /// The first operation sent live in this session: the replica holds everything sequenced
     /// before it only once resynced.
-    pub(super) first_live_seq: Seq,
+    first_live_seq: Seq,
     answered_at_tick: u64,
     /// The last tick anything arrived on this session.
     heard_at_tick: u64,
@@ -360,6 +360,41 @@ impl ReplicaLink {
 impl Connected {
     pub(super) fn state(&self) -> LinkState {
         self.state
+    }
+
+    /// What the replica said when it answered this session's `Hello`.
+    pub(super) fn hello(&self) -> &HelloAck {
+        &self.hello
+    }
+
+    /// The requests it has not answered yet, with the tick each was sent.
+    pub(super) fn awaited(&self) -> &BTreeMap<Awaited, u64> {
+        &self.awaited
+    }
+
+    /// How many of the unanswered requests are flushes.
+    pub(super) fn flushes_awaited(&self) -> usize {
+        self.flushes_awaited.len()
+    }
+
+    /// The newest flush this replica made durable in this session (its checkpoint at first).
+    pub(super) fn flushed(&self) -> Seq {
+        self.flushed
+    }
+
+    pub(super) fn connected_at_tick(&self) -> u64 {
+        self.connected_at_tick
+    }
+
+    /// The first operation sent live in this session.
+    pub(super) fn first_live_seq(&self) -> Seq {
+        self.first_live_seq
+    }
+
+    /// From `seq` on, operations reach the replica live; everything before it must come from a
+    /// replay or a resync before the replica counts as holding it.
+    pub(super) fn start_live_at(&mut self, seq: Seq) {
+        self.first_live_seq = seq;
     }
 
     /// Moves the replica on. A replica becomes Healthy only as recovery's source, by replaying

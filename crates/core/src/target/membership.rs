@@ -35,7 +35,7 @@ impl Target {
         let incarnation = self
             .connected(replica)
             .expect("connected")
-            .hello
+            .hello()
             .incarnation;
         let mut membership = self.membership.clone();
         let member = membership
@@ -153,7 +153,7 @@ impl Target {
             m.replica == removal.replica
                 || !m.trusted
                 || self.connected(m.replica).is_none_or(|c| {
-                    c.awaited.keys().all(
+                    c.awaited().keys().all(
                         |awaited| !matches!(awaited, Awaited::Op(seq) if *seq <= removal.drain_seq),
                     )
                 })
@@ -205,7 +205,7 @@ impl Target {
             }
             PendingMembership::Promotion(replica) => {
                 if let Some(c) = self.connected(replica) {
-                    let incarnation = c.hello.incarnation;
+                    let incarnation = c.hello().incarnation;
                     if let Some(member) = self
                         .membership
                         .members

@@ -183,20 +183,20 @@ impl Target {
     pub fn replica_io(&self, replica: ReplicaId) -> Option<ReplicaIo> {
         let c = self.connected(replica)?;
         let ops = c
-            .awaited
+            .awaited()
             .keys()
             .filter(|awaited| matches!(awaited, Awaited::Op(_)))
             .count();
         Some(ReplicaIo {
-            checkpointed: c.flushed,
+            checkpointed: c.flushed(),
             inflight_reads: self
                 .reads
                 .values()
                 .filter(|pending| pending.replica == replica)
                 .count(),
-            inflight_writes: ops.saturating_sub(c.flushes_awaited.len()),
-            inflight_syncs: c.flushes_awaited.len(),
-            connected_ticks: self.now_tick - c.connected_at_tick,
+            inflight_writes: ops.saturating_sub(c.flushes_awaited()),
+            inflight_syncs: c.flushes_awaited(),
+            connected_ticks: self.now_tick - c.connected_at_tick(),
         })
     }
 
@@ -510,7 +510,7 @@ impl Target {
     /// Healthy and trusted: counts toward quorum and serves reads.
     fn is_healthy(&self, replica: ReplicaId) -> bool {
         self.connected(replica).is_some_and(|c| {
-            c.state() == LinkState::Healthy && self.is_trusted(replica, c.hello.incarnation)
+            c.state() == LinkState::Healthy && self.is_trusted(replica, c.hello().incarnation)
         })
     }
 
@@ -563,7 +563,7 @@ impl Target {
     fn mode_of(&self, replica: ReplicaId, link: &ReplicaLink) -> ReplicaMode {
         let trusted = link
             .connected()
-            .is_some_and(|c| self.is_trusted(replica, c.hello.incarnation));
+            .is_some_and(|c| self.is_trusted(replica, c.hello().incarnation));
         link.mode(trusted)
     }
 

@@ -28,8 +28,8 @@ impl Target {
             .iter()
             .filter_map(|(replica, link)| {
                 let c = link.connected()?;
-                self.is_trusted(*replica, c.hello.incarnation)
-                    .then(|| (*replica, c.state(), c.hello.clone()))
+                self.is_trusted(*replica, c.hello().incarnation)
+                    .then(|| (*replica, c.state(), c.hello().clone()))
             })
             .collect();
         if !self.resumed
@@ -164,7 +164,7 @@ impl Target {
         for replica in fresh {
             self.connected_mut(replica)
                 .expect("connected")
-                .first_live_seq = first_live_seq;
+                .start_live_at(first_live_seq);
             if replica == source {
                 self.connected_mut(replica)
                     .expect("connected")

@@ -291,7 +291,7 @@ impl Target {
     /// than `replica_congestion_ops` operations (resending them all would overrun its backlog
     /// limit, eject it again, and never end).
     pub(super) fn rejoin(&mut self, replica: ReplicaId, out: &mut Vec<TargetOutput>) {
-        let hello = &self.connected(replica).expect("just answered").hello;
+        let hello = self.connected(replica).expect("just answered").hello();
         let history = hello.stamp;
         let trusted = self.is_trusted(replica, hello.incarnation);
         let missed: Vec<Seq> = (history.seq.0 + 1..=self.seq_last.0).map(Seq).collect();
@@ -309,7 +309,7 @@ impl Target {
         }
         assert_eq!(self.phase, Phase::Active, "only a serving target replays");
         let c = self.connected_mut(replica).expect("connected");
-        c.first_live_seq = history.seq.next();
+        c.start_live_at(history.seq.next());
         c.set_state(LinkState::Healthy);
         for op in self.ops.range_mut(..history.seq.next()).map(|(_, op)| op) {
             op.holders.insert(replica);
@@ -353,7 +353,7 @@ impl Target {
         let Some(source) = self
             .healthy_replicas()
             .into_iter()
-            .min_by_key(|r| self.connected(*r).map_or(usize::MAX, |c| c.awaited.len()))
+            .min_by_key(|r| self.connected(*r).map_or(usize::MAX, |c| c.awaited().len()))
         else {
             return;
         };
@@ -364,7 +364,7 @@ impl Target {
             .filter_map(|r| {
                 let c = self.connected(r)?;
                 (c.state() == LinkState::NeedsResync { started: true })
-                    .then(|| (r, self.is_trusted(r, c.hello.incarnation)))
+                    .then(|| (r, self.is_trusted(r, c.hello().incarnation)))
             })
             .collect();
         let Some(&(dest, trusted)) = ready
@@ -374,7 +374,7 @@ impl Target {
         else {
             return;
         };
-        let hello = &self.connected(dest).expect("connected").hello;
+        let hello = self.connected(dest).expect("connected").hello();
         // A stranger's checkpoint means nothing: copy everything ever written.
         let since = if trusted { hello.checkpoint } else { Seq::ZERO };
         let request = self.request_id();
@@ -410,7 +410,7 @@ impl Target {
         let dest = job.dest;
         let mut regions = source_regions;
         if !self.options.bugs.has(PlantedBug::ResyncOnlySourceSide) {
-            let dest_dirty = &self.connected(dest).expect("dest connected").hello.dirty;
+            let dest_dirty = &self.connected(dest).expect("dest connected").hello().dirty;
             regions.union_with(dest_dirty);
         }
         let job = self.resync.as_mut().expect("job exists");
@@ -577,8 +577,8 @@ impl Target {
             LinkState::Resyncing,
             "a replica is resynced only in its resync's session"
         );
-        let first_live_seq = c.first_live_seq;
-        let incarnation = c.hello.incarnation;
+        let first_live_seq = c.first_live_seq();
+        let incarnation = c.hello().incarnation;
         for op in self.ops.range_mut(..first_live_seq).map(|(_, op)| op) {
             op.holders.insert(from);
         }
