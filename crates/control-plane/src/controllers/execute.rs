@@ -4,7 +4,7 @@
 //! someone else's fails with a conflict.
 
 use tandem_client::ClientError;
-use tandem_objects::{EventType, Kind, Object};
+use tandem_objects::{Event, EventType, Kind, Object};
 
 use crate::controllers::Context;
 
@@ -34,6 +34,11 @@ pub(crate) enum Action {
         event_type: EventType,
         reason: String,
         message: String,
+        /// Read the object's events first, and record nothing if the newest already has this
+        /// reason and message (a pass runs every second; the event should say "x2" when
+        /// something new happened, not count the passes). A failed read fails the plan here,
+        /// like any failed action; the plans put such a warning last.
+        unless_newest_says_the_same: bool,
     },
 }
 
@@ -199,7 +204,14 @@ pub(crate) async fn execute(context: &Context, actions: Vec<Action>) -> Result<(
                 event_type,
                 reason,
                 message,
+                unless_newest_says_the_same,
             } => {
+                if unless_newest_says_the_same {
+                    let events = client.events_about(&about).await?;
+                    if newest_says(&events, &reason, &message) {
+                        continue;
+                    }
+                }
                 let recorder = match by {
                     Controller::Pools => &context.pool_events,
                     Controller::Volumes => &context.volume_events,
@@ -211,4 +223,47 @@ pub(crate) async fn execute(context: &Context, actions: Vec<Action>) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Whether the newest of `events` (oldest first, as `Client::events_about` answers) has this
+/// reason and message.
+fn newest_says(events: &[Event], reason: &str, message: &str) -> bool {
+    events
+        .last()
+        .is_some_and(|event| event.reason == reason && event.message == message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controllers::fixtures::event;
+
+    const SAID: &str = "not enough pools are available";
+
+    #[test]
+    fn given_the_same_warning_is_the_newest_event_when_recorded_again_then_it_is_skipped() {
+        let events = [
+            event("pvc-1", "Provisioning", "older", "2026-12-02T10:58:00Z"),
+            event("pvc-1", "Provisioning", SAID, "2026-12-02T10:59:00Z"),
+        ];
+        assert!(newest_says(&events, "Provisioning", SAID));
+    }
+
+    #[test]
+    fn given_the_same_warning_followed_by_another_event_when_recorded_then_it_is_recorded_again() {
+        let events = [
+            event("pvc-1", "Provisioning", SAID, "2026-12-02T10:58:00Z"),
+            event("pvc-1", "Other", "something else", "2026-12-02T10:59:00Z"),
+        ];
+        assert!(!newest_says(&events, "Provisioning", SAID));
+    }
+
+    #[test]
+    fn given_the_newest_differs_in_reason_or_message_or_no_event_when_recorded_then_it_is_recorded()
+    {
+        let newest = [event("pvc-1", "Provisioning", SAID, "2026-12-02T10:59:00Z")];
+        assert!(!newest_says(&newest, "Migration", SAID));
+        assert!(!newest_says(&newest, "Provisioning", "something else"));
+        assert!(!newest_says(&[], "Provisioning", SAID));
+    }
 }
