@@ -56,6 +56,8 @@ pub(crate) fn plan_config(
             if let Some(volume) = observed.volume_of(config) {
                 actions.extend(target::plan_target(observed, config, volume));
             }
+            // As before the reshape: if both write the CV, scale's write (at the read version)
+            // conflicts and waits a pass; a follow-up may name `Version::OfPreviousWrite`.
             actions.extend(scale::plan_scale(observed, config));
             Step::Act(actions)
         }
