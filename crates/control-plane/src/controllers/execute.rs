@@ -3,10 +3,29 @@
 //! Every write names the resource version its object was read at, so a write that raced with
 //! someone else's fails with a conflict.
 
-use tandem_client::ClientError;
-use tandem_objects::{EventType, Kind, Object};
+use tandem_client::{ClientError, ErrorKind};
+use tandem_objects::{Event, EventType, Kind, Object};
 
 use crate::controllers::Context;
+
+/// Why a plan's actions stopped.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ExecuteError {
+    /// The API client failed (the server refused, or did not answer).
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The plan asked for something the executor cannot do: a bug in a plan, reported like any
+    /// other failure rather than ending the controllers.
+    #[error("a plan bug: {0}")]
+    Plan(String),
+}
+
+impl ExecuteError {
+    /// Whether a writer raced with this pass: the next pass starts over, nothing to report.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, ExecuteError::Client(error) if error.kind() == ErrorKind::Conflict)
+    }
+}
 
 /// One step of a plan.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +53,11 @@ pub(crate) enum Action {
         event_type: EventType,
         reason: String,
         message: String,
+        /// Read the object's events first, and record nothing if the newest already has this
+        /// reason and message (a pass runs every second; the event should say "x2" when
+        /// something new happened, not count the passes). A failed read fails the plan here,
+        /// like any failed action; the plans put such a warning last.
+        unless_newest_says_the_same: bool,
     },
 }
 
@@ -165,7 +189,7 @@ impl Log {
 }
 
 /// Does `actions` in order; the first failure ends it.
-pub(crate) async fn execute(context: &Context, actions: Vec<Action>) -> Result<(), ClientError> {
+pub(crate) async fn execute(context: &Context, actions: Vec<Action>) -> Result<(), ExecuteError> {
     let client = &context.client;
     let mut written: Option<Object> = None;
     for action in actions {
@@ -174,16 +198,8 @@ pub(crate) async fn execute(context: &Context, actions: Vec<Action>) -> Result<(
             Action::Create(object) => written = Some(client.create(&object).await?),
             Action::Update { mut object, at } => {
                 if at == Version::OfPreviousWrite {
-                    let previous = written
-                        .as_ref()
-                        .expect("a plan writes an object before it writes it again");
-                    assert_eq!(
-                        (previous.kind(), previous.namespace(), previous.name()),
-                        (object.kind(), object.namespace(), object.name()),
-                        "a plan names the version of a previous write of the same object"
-                    );
                     object.metadata_mut().resource_version =
-                        previous.metadata().resource_version.clone();
+                        version_of_previous_write(written.as_ref(), &object)?;
                 }
                 written = Some(client.update(&object).await?);
             }
@@ -199,7 +215,14 @@ pub(crate) async fn execute(context: &Context, actions: Vec<Action>) -> Result<(
                 event_type,
                 reason,
                 message,
+                unless_newest_says_the_same,
             } => {
+                if unless_newest_says_the_same {
+                    let events = client.events_about(&about).await?;
+                    if newest_says(&events, &reason, &message) {
+                        continue;
+                    }
+                }
                 let recorder = match by {
                     Controller::Pools => &context.pool_events,
                     Controller::Volumes => &context.volume_events,
@@ -211,4 +234,113 @@ pub(crate) async fn execute(context: &Context, actions: Vec<Action>) -> Result<(
         }
     }
     Ok(())
+}
+
+/// The resource version the previous action's write answered with, which must have been a
+/// write of the same object.
+fn version_of_previous_write(
+    previous: Option<&Object>,
+    object: &Object,
+) -> Result<String, ExecuteError> {
+    let name = |object: &Object| {
+        format!(
+            "{} {}/{}",
+            object.kind().name(),
+            object.namespace(),
+            object.name()
+        )
+    };
+    match previous {
+        None => Err(ExecuteError::Plan(format!(
+            "an update of {} names the version of a previous write, but nothing was written \
+             before it",
+            name(object)
+        ))),
+        Some(previous)
+            if (previous.kind(), previous.namespace(), previous.name())
+                != (object.kind(), object.namespace(), object.name()) =>
+        {
+            Err(ExecuteError::Plan(format!(
+                "an update of {} names the version of a previous write, but the previous write \
+                 was of {}",
+                name(object),
+                name(previous)
+            )))
+        }
+        Some(previous) => Ok(previous.metadata().resource_version.clone()),
+    }
+}
+
+/// Whether the newest of `events` (oldest first, as `Client::events_about` answers) has this
+/// reason and message.
+fn newest_says(events: &[Event], reason: &str, message: &str) -> bool {
+    events
+        .last()
+        .is_some_and(|event| event.reason == reason && event.message == message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controllers::fixtures::event;
+
+    fn cvc(name: &str, resource_version: &str) -> Object {
+        let mut config = tandem_objects::CStorVolumeConfig::default();
+        config.metadata.namespace = "openebs".to_string();
+        config.metadata.name = name.to_string();
+        config.metadata.resource_version = resource_version.to_string();
+        Object::CStorVolumeConfig(config)
+    }
+
+    #[test]
+    fn given_a_write_of_the_same_object_when_its_version_is_named_then_it_is_the_one_written() {
+        let version = version_of_previous_write(Some(&cvc("pvc-1", "8")), &cvc("pvc-1", "7"));
+        assert_eq!(version.unwrap(), "8");
+    }
+
+    #[test]
+    fn given_no_previous_write_or_another_object_when_its_version_is_named_then_a_plan_error() {
+        let nothing = version_of_previous_write(None, &cvc("pvc-1", "7")).unwrap_err();
+        assert_eq!(
+            nothing.to_string(),
+            "a plan bug: an update of CStorVolumeConfig openebs/pvc-1 names the version of a \
+             previous write, but nothing was written before it"
+        );
+        let other = version_of_previous_write(Some(&cvc("pvc-2", "8")), &cvc("pvc-1", "7"));
+        assert_eq!(
+            other.unwrap_err().to_string(),
+            "a plan bug: an update of CStorVolumeConfig openebs/pvc-1 names the version of a \
+             previous write, but the previous write was of CStorVolumeConfig openebs/pvc-2"
+        );
+        assert!(!nothing.is_conflict());
+    }
+
+    const SAID: &str = "not enough pools are available";
+
+    #[test]
+    fn given_the_same_warning_is_the_newest_event_when_recorded_again_then_it_is_skipped() {
+        let events = [
+            event("pvc-1", "Provisioning", "older", "2026-12-02T10:58:00Z"),
+            event("pvc-1", "Provisioning", SAID, "2026-12-02T10:59:00Z"),
+        ];
+        assert!(newest_says(&events, "Provisioning", SAID));
+    }
+
+    #[test]
+    fn given_the_same_warning_followed_by_another_event_when_recorded_then_it_is_recorded_again() {
+        let events = [
+            event("pvc-1", "Provisioning", SAID, "2026-12-02T10:58:00Z"),
+            event("pvc-1", "Other", "something else", "2026-12-02T10:59:00Z"),
+        ];
+        assert!(!newest_says(&events, "Provisioning", SAID));
+    }
+
+    #[test]
+    fn given_the_newest_differs_in_reason_or_message_or_no_event_when_recorded_then_it_is_recorded()
+    {
+        let newest = [event("pvc-1", "Provisioning", SAID, "2026-12-02T10:59:00Z")];
+        assert!(!newest_says(&newest, "Migration", SAID));
+        assert!(!newest_says(&newest, "Provisioning", "something else"));
+        assert!(!newest_says(&[], "Provisioning", SAID));
+    }
 }

@@ -201,11 +201,19 @@ fn describe_one(action: &Action) -> Option<String> {
             event_type,
             reason,
             message,
-        } => format!(
-            "event {event_type} {reason} by {by:?} about {} {}: {message}",
-            about.kind().name(),
-            about.name()
-        ),
+            unless_newest_says_the_same,
+        } => {
+            let unless = if *unless_newest_says_the_same {
+                " unless its newest says the same"
+            } else {
+                ""
+            };
+            format!(
+                "event {event_type} {reason} by {by:?} about {} {}{unless}: {message}",
+                about.kind().name(),
+                about.name()
+            )
+        }
     };
     Some(line)
 }

@@ -23,10 +23,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tandem_client::{Client, ClientError, ErrorKind, Recorder};
+use tandem_client::{Client, ClientError, Recorder};
 use tandem_objects::{CStorVolume, CStorVolumeConfig, Object};
 
-use crate::controllers::execute::execute;
+use crate::controllers::execute::{execute, ExecuteError};
 use crate::controllers::observe::Observed;
 use crate::controllers::volumes::Step;
 use crate::Api;
@@ -77,7 +77,7 @@ async fn pass(context: &Context, errors: &mut ErrorLog) {
     let observed = match Observed::read(&context.client, &context.api).await {
         Ok(observed) => observed,
         Err(error) => {
-            errors.report(Subject::Snapshot, Err(error));
+            errors.report(Subject::Snapshot, Err(error.into()));
             return;
         }
     };
@@ -110,7 +110,7 @@ async fn create_volume_then_provision(
     observed: &Observed,
     config: &CStorVolumeConfig,
     volume: Box<CStorVolume>,
-) -> Result<(), ClientError> {
+) -> Result<(), ExecuteError> {
     let created = context.client.create(&Object::CStorVolume(*volume)).await?;
     let volume = CStorVolume::try_from(created).map_err(|error| ClientError::Protocol {
         server: context.client.server().to_string(),
@@ -151,12 +151,12 @@ struct ErrorLog {
 }
 
 impl ErrorLog {
-    fn report(&mut self, subject: Subject, result: Result<(), ClientError>) {
+    fn report(&mut self, subject: Subject, result: Result<(), ExecuteError>) {
         match result {
             Ok(()) => {
                 self.last.remove(&subject);
             }
-            Err(error) if error.kind() == ErrorKind::Conflict => {}
+            Err(error) if error.is_conflict() => {}
             Err(error) => {
                 let message = error.to_string();
                 if self.last.get(&subject) != Some(&message) {
@@ -177,20 +177,20 @@ impl ErrorLog {
 mod tests {
     use super::*;
 
-    fn refused(message: &str) -> Result<(), ClientError> {
-        Err(ClientError::Api {
+    fn refused(message: &str) -> Result<(), ExecuteError> {
+        Err(ExecuteError::Client(ClientError::Api {
             code: 422,
             reason: "Invalid".to_string(),
             message: message.to_string(),
-        })
+        }))
     }
 
-    fn conflict() -> Result<(), ClientError> {
-        Err(ClientError::Api {
+    fn conflict() -> Result<(), ExecuteError> {
+        Err(ExecuteError::Client(ClientError::Api {
             code: 409,
             reason: "Conflict".to_string(),
             message: "stale".to_string(),
-        })
+        }))
     }
 
     #[test]

@@ -1,13 +1,14 @@
-//! What a controller pass looks at, read once at its start: every object, every event, the
-//! API's view of the node agents, and the time. The plans decide from this alone.
+//! What a controller pass looks at, read once at its start: every object, the API's view of the
+//! node agents, and the time. The plans decide from this alone (events are read only where a
+//! warning is about to be recorded: see `Action::Record`).
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use tandem_client::{Client, ClientError, NodeStatus};
 use tandem_objects::{
-    CStorPoolCluster, CStorPoolInstance, CStorVolume, CStorVolumeConfig, CStorVolumeReplica, Event,
-    Kind, LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_PERSISTENT_VOLUME,
+    CStorPoolCluster, CStorPoolInstance, CStorVolume, CStorVolumeConfig, CStorVolumeReplica, Kind,
+    LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_PERSISTENT_VOLUME,
 };
 
 use crate::Api;
@@ -20,8 +21,6 @@ pub(crate) struct Observed {
     pub configs: Vec<CStorVolumeConfig>,
     pub volumes: Vec<CStorVolume>,
     pub replicas: Vec<CStorVolumeReplica>,
-    /// Every event: a warning is not recorded again while it is the newest about its object.
-    pub events: Vec<Event>,
     /// The node agents that reported since the control plane started.
     pub nodes: Vec<NodeStatus>,
     /// Whether the control plane has run long enough to call a silent agent gone.
@@ -46,7 +45,6 @@ impl Observed {
             replicas: client
                 .list_typed(Kind::CStorVolumeReplica, None, None)
                 .await?,
-            events: client.list_typed(Kind::Event, None, None).await?,
             nodes: api.node_statuses(),
             past_agent_grace: api.past_agent_grace(),
             now: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
@@ -81,19 +79,6 @@ impl Observed {
                     .map(|pool| (pool, replica))
             })
             .collect()
-    }
-
-    /// The newest event about an object (the last of the newest, as a stable sort by last
-    /// time would leave them).
-    pub fn newest_event_about(&self, kind: Kind, namespace: &str, name: &str) -> Option<&Event> {
-        self.events
-            .iter()
-            .filter(|event| {
-                event.metadata.namespace == namespace
-                    && event.involved_object.kind == kind.name()
-                    && event.involved_object.name == name
-            })
-            .max_by(|a, b| a.last_timestamp.cmp(&b.last_timestamp))
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeStatus> {

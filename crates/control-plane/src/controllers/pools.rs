@@ -178,6 +178,7 @@ pub(crate) fn plan_liveness(observed: &Observed, pool: &CStorPoolInstance) -> Ve
             event_type: EventType::Warning,
             reason: "PoolOffline".to_string(),
             message,
+            unless_newest_says_the_same: false,
         },
     ]
 }

@@ -15,9 +15,7 @@ mod scale;
 mod target;
 
 use rand::Rng;
-use tandem_objects::{
-    CStorVolume, CStorVolumeConfig, CStorVolumeConfigPhase, EventType, Kind, Object,
-};
+use tandem_objects::{CStorVolume, CStorVolumeConfig, CStorVolumeConfigPhase, EventType, Object};
 
 use crate::controllers::execute::{Action, Controller};
 use crate::controllers::observe::Observed;
@@ -58,6 +56,8 @@ pub(crate) fn plan_config(
             if let Some(volume) = observed.volume_of(config) {
                 actions.extend(target::plan_target(observed, config, volume));
             }
+            // As before the reshape: if both write the CV, scale's write (at the read version)
+            // conflicts and waits a pass; a follow-up may name `Version::OfPreviousWrite`.
             actions.extend(scale::plan_scale(observed, config));
             Step::Act(actions)
         }
@@ -65,23 +65,19 @@ pub(crate) fn plan_config(
     }
 }
 
-/// A Warning, unless the CVC's newest event already says it (a pass runs every second; the
-/// event should say "x2" when something new happened, not count the passes).
-fn warn_once(
-    observed: &Observed,
-    config: &CStorVolumeConfig,
-    reason: &str,
-    message: &str,
-) -> Option<Action> {
-    let newest = observed.newest_event_about(
-        Kind::CStorVolumeConfig,
-        &config.metadata.namespace,
-        config.name(),
-    );
-    if newest.is_some_and(|event| event.reason == reason && event.message == message) {
-        return None;
+/// A Warning, to be recorded unless the CVC's newest event already says it (a pass runs every
+/// second; the event should say "x2" when something new happened, not count the passes). The
+/// executor reads the CVC's events just before, as the recorder's caller always did: the pass
+/// does not read every event.
+fn warn_once(config: &CStorVolumeConfig, reason: &str, message: &str) -> Action {
+    Action::Record {
+        by: Controller::Volumes,
+        about: Object::CStorVolumeConfig(config.clone()),
+        event_type: EventType::Warning,
+        reason: reason.to_string(),
+        message: message.to_string(),
+        unless_newest_says_the_same: true,
     }
-    Some(record(config, EventType::Warning, reason, message))
 }
 
 /// An event from the volume controller about a CVC.
@@ -97,6 +93,7 @@ fn record(
         event_type,
         reason: reason.to_string(),
         message: message.to_string(),
+        unless_newest_says_the_same: false,
     }
 }
 

@@ -69,9 +69,7 @@ pub(crate) fn plan_provision(
         if !skipped.is_empty() {
             message.push_str(&format!(" (skipped: {})", skipped.join(", ")));
         }
-        return warn_once(observed, config, "Provisioning", &message)
-            .into_iter()
-            .collect();
+        return vec![warn_once(config, "Provisioning", &message)];
     }
     // cStor shuffles; spreading by how many replicas a pool holds keeps pools even.
     candidates.shuffle(random);

@@ -52,14 +52,11 @@ pub(super) fn plan_scale(observed: &Observed, config: &CStorVolumeConfig) -> Vec
         (true, true) => finish_scale(observed, config),
         (false, true) => scale_up(observed, config, volume, &added),
         (true, false) => scale_down(observed, config, volume, removed[0]),
-        (false, false) => warn_once(
-            observed,
+        (false, false) => vec![warn_once(
             config,
             "Migration",
             "Migration of volume replicas is not yet supported",
-        )
-        .into_iter()
-        .collect(),
+        )],
     }
 }
 
@@ -88,7 +85,7 @@ fn scale_up(
         let Some(pool) = observed.pool(namespace, pool_name) else {
             let message =
                 format!("failed to get cstorpoolinstance {pool_name} error: it does not exist");
-            actions.extend(warn_once(observed, config, REASON_SCALING, &message));
+            actions.push(warn_once(config, REASON_SCALING, &message));
             return actions;
         };
         let replica = new_replica(config, volume, pool, CStorVolumeReplicaPhase::Recreate);
@@ -156,7 +153,7 @@ fn scale_down(
             set_scaling_condition(&mut marked, &observed.now, "ScalingDown", &message);
             actions.push(Action::UpdateStatus(Object::CStorVolumeConfig(marked)));
         }
-        actions.extend(warn_once(observed, config, REASON_SCALING, &message));
+        actions.push(warn_once(config, REASON_SCALING, &message));
         return actions;
     }
     if let Some(replica) = replica {

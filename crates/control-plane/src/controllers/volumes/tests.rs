@@ -1,5 +1,5 @@
 //! The volume controller's plans as tables: given the observed configs, volumes, replicas,
-//! pools, node agents and events, the actions one pass takes.
+//! pools and node agents, the actions one pass takes.
 
 use tandem_objects::CStorPoolInstancePhase::{Offline, Online};
 use tandem_objects::CStorVolumeReplicaPhase::{Degraded, Healthy, Recreate};
@@ -10,7 +10,7 @@ use tandem_objects::{
 
 use crate::controllers::execute::Action;
 use crate::controllers::fixtures::{
-    bound, cv, cvc, describe, event, node, observed, placed_cv, pool, random, replica, NOW,
+    bound, cv, cvc, describe, node, observed, placed_cv, pool, random, replica, NOW,
 };
 use crate::controllers::observe::Observed;
 use crate::controllers::volumes::{plan_config, plan_orphans, plan_provision, Step};
@@ -113,9 +113,10 @@ fn given_too_few_usable_pools_when_planned_then_a_warning_names_the_skipped_and_
             ..observed()
         },
         &[
-            "event Warning Provisioning by Volumes about CStorVolumeConfig pvc-three: not enough \
-           pools are available of provided CSPC: \"cspc\", usable pool count: 2 pending replica \
-           count: 3 (skipped: b is read-only, c is OFFLINE)",
+            "event Warning Provisioning by Volumes about CStorVolumeConfig pvc-three unless its \
+             newest says the same: not enough pools are available of provided CSPC: \"cspc\", \
+             usable pool count: 2 pending replica count: 3 (skipped: b is read-only, c is \
+             OFFLINE)",
         ],
     );
 }
@@ -136,55 +137,10 @@ fn given_a_pool_not_reported_yet_when_too_few_are_usable_then_the_warning_says_s
             ..observed()
         },
         &[
-            "event Warning Provisioning by Volumes about CStorVolumeConfig pvc-1: not enough \
-           pools are available of provided CSPC: \"cspc\", usable pool count: 1 pending replica \
-           count: 2 (skipped: e has not come ONLINE yet)",
+            "event Warning Provisioning by Volumes about CStorVolumeConfig pvc-1 unless its \
+             newest says the same: not enough pools are available of provided CSPC: \"cspc\", \
+             usable pool count: 1 pending replica count: 2 (skipped: e has not come ONLINE yet)",
         ],
-    );
-}
-
-#[test]
-fn given_the_same_warning_is_the_newest_event_when_planned_again_then_nothing() {
-    let message = "not enough pools are available of provided CSPC: \"cspc\", usable pool \
-                   count: 2 pending replica count: 3 (skipped: b is read-only, c is OFFLINE)";
-    check(
-        Observed {
-            configs: vec![cvc("pvc-three", 3)],
-            volumes: vec![cv("pvc-three", 3)],
-            pools: four_pools(),
-            events: vec![
-                event("pvc-three", "Provisioning", message, "2026-12-02T10:59:00Z"),
-                event("pvc-three", "Provisioning", "older", "2026-12-02T10:58:00Z"),
-            ],
-            ..observed()
-        },
-        &[],
-    );
-}
-
-#[test]
-fn given_the_same_warning_followed_by_another_event_when_planned_then_it_is_recorded_again() {
-    let message = "not enough pools are available of provided CSPC: \"cspc\", usable pool \
-                   count: 2 pending replica count: 3 (skipped: b is read-only, c is OFFLINE)";
-    check(
-        Observed {
-            configs: vec![cvc("pvc-three", 3)],
-            volumes: vec![cv("pvc-three", 3)],
-            pools: four_pools(),
-            events: vec![
-                event("pvc-three", "Provisioning", message, "2026-12-02T10:58:00Z"),
-                event(
-                    "pvc-three",
-                    "Other",
-                    "something else",
-                    "2026-12-02T10:59:00Z",
-                ),
-            ],
-            ..observed()
-        },
-        &[&format!(
-            "event Warning Provisioning by Volumes about CStorVolumeConfig pvc-three: {message}"
-        )],
     );
 }
 
@@ -201,9 +157,9 @@ fn given_a_replica_on_a_node_when_more_are_placed_then_no_second_replica_goes_to
             ..observed()
         },
         &[
-            "event Warning Provisioning by Volumes about CStorVolumeConfig pvc-1: not enough \
-           pools are available of provided CSPC: \"cspc\", usable pool count: 1 pending replica \
-           count: 2",
+            "event Warning Provisioning by Volumes about CStorVolumeConfig pvc-1 unless its \
+             newest says the same: not enough pools are available of provided CSPC: \"cspc\", \
+             usable pool count: 1 pending replica count: 2",
         ],
     );
 }
@@ -225,9 +181,9 @@ fn given_pools_of_another_cluster_when_planned_then_they_are_not_used() {
             ..observed()
         },
         &[
-            "event Warning Provisioning by Volumes about CStorVolumeConfig pvc-1: not enough \
-           pools are available of provided CSPC: \"cspc\", usable pool count: 1 pending replica \
-           count: 2",
+            "event Warning Provisioning by Volumes about CStorVolumeConfig pvc-1 unless its \
+             newest says the same: not enough pools are available of provided CSPC: \"cspc\", \
+             usable pool count: 1 pending replica count: 2",
         ],
     );
 }
@@ -509,8 +465,9 @@ fn given_a_scale_up_to_a_pool_that_does_not_exist_when_planned_then_a_warning() 
         },
         &[
             "update cv pvc-1: drf 2, target - at ",
-            "event Warning ScalingVolumeReplicas by Volumes about CStorVolumeConfig pvc-1: failed \
-             to get cstorpoolinstance zz error: it does not exist",
+            "event Warning ScalingVolumeReplicas by Volumes about CStorVolumeConfig pvc-1 unless \
+             its newest says the same: failed to get cstorpoolinstance zz error: it does not \
+             exist",
         ],
     );
 }
@@ -591,14 +548,14 @@ fn given_a_pool_removed_while_the_target_still_trusts_its_replica_when_planned_t
                 "status cvc pvc-1: Bound, pools [a, b, c], capacity 5Gi, ScalingVolumeReplicas \
                  ScalingDown since {NOW}: Scaling down volume replicas from 3 to 2 is in progress"
             ),
-            "event Warning ScalingVolumeReplicas by Volumes about CStorVolumeConfig pvc-1: \
-             Scaling down volume replicas from 3 to 2 is in progress",
+            "event Warning ScalingVolumeReplicas by Volumes about CStorVolumeConfig pvc-1 unless \
+             its newest says the same: Scaling down volume replicas from 3 to 2 is in progress",
         ],
     );
 }
 
 #[test]
-fn given_a_scale_down_already_marked_and_warned_when_the_target_still_trusts_the_replica_then_nothing(
+fn given_a_scale_down_already_marked_when_the_target_still_trusts_the_replica_then_only_the_warning(
 ) {
     let message = "Scaling down volume replicas from 3 to 2 is in progress";
     let mut config = bound("pvc-1", &["a", "b", "c"], &["b", "c"]);
@@ -621,15 +578,12 @@ fn given_a_scale_down_already_marked_and_warned_when_the_target_still_trusts_the
                 replica("pvc-1", "c", Healthy),
             ],
             pools: online_pools(&["a", "b", "c"]),
-            events: vec![event(
-                "pvc-1",
-                "ScalingVolumeReplicas",
-                message,
-                "2026-12-02T10:59:00Z",
-            )],
             ..observed()
         },
-        &[],
+        &[&format!(
+            "event Warning ScalingVolumeReplicas by Volumes about CStorVolumeConfig pvc-1 unless \
+             its newest says the same: {message}"
+        )],
     );
 }
 
@@ -696,8 +650,8 @@ fn given_pools_both_added_and_removed_when_planned_then_a_migration_warning() {
             ..observed()
         },
         &[
-            "event Warning Migration by Volumes about CStorVolumeConfig pvc-1: Migration of \
-           volume replicas is not yet supported",
+            "event Warning Migration by Volumes about CStorVolumeConfig pvc-1 unless its newest \
+             says the same: Migration of volume replicas is not yet supported",
         ],
     );
 }
