@@ -49,8 +49,9 @@ pub fn volume_of(cvr: &CStorVolumeReplica) -> Result<String, CstorError> {
 /// assigned (the field is empty).
 ///
 /// An empty field is not read as any id: the replica's agent assigns one
-/// ([`replica_id_to_assign`]) and writes it to the CVR before any storage carries it, so a CVR
-/// with no id has no storage of its own, and a target has no replica to talk to.
+/// ([`replica_id_to_assign`]) and writes it to the CVR before any storage carries it, so a
+/// target has no replica to talk to until then. (Deleting a CVR that records no id, the agent
+/// compares its storage with [`replica_id_to_assign`].)
 pub fn replica_id(cvr: &CStorVolumeReplica) -> Result<Option<ReplicaId>, CstorError> {
     let text = cvr.spec.replica_id.trim();
     if text.is_empty() {
@@ -240,8 +241,8 @@ mod tests {
         }
     }
 
-    /// An empty `spec.replicaid` is no id at all (not the hash of the uid): the hash is only
-    /// the id the agent assigns.
+    /// An empty `spec.replicaid` is no id at all (not the hash of the uid): the hash is the id
+    /// the agent assigns, and the one a deleted CVR without an id is compared with.
     #[test]
     fn replica_ids_parse_and_an_empty_one_is_none_until_assigned() {
         assert_eq!(

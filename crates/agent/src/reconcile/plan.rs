@@ -180,16 +180,6 @@ pub struct NewStorage {
     pub consistent: bool,
 }
 
-/// Why storage under a deleted CVR's volume name is kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keep {
-    /// It carries another replica id than the CVR's.
-    AnotherReplica,
-    /// The CVR records no replica id: it never had storage of its own (the id is written
-    /// before storage is created).
-    NoReplicaId,
-}
-
 /// One step of bringing a replica in line, carried out in order; a step that fails ends the
 /// replica's steps for this pass (a failed [`Action::CreateStorage`] or [`Action::Serve`] is
 /// then written into its status, see [`failed_status`]).
@@ -229,9 +219,10 @@ pub enum Action {
     RemoveStorage {
         volume: String,
     },
+    /// The storage under a deleted CVR's volume name carries another replica id than the
+    /// CVR's (or, when the CVR records none, than the id the agent gives it): kept.
     KeepStorage {
         volume: String,
-        why: Keep,
     },
     ReleaseFinalizer,
 }
@@ -249,19 +240,22 @@ fn plan_deleted(observed: &ReplicaObserved<'_>, pool: &PoolView) -> Vec<Action> 
     let cvr = observed.cvr;
     let mut actions = Vec::new();
     if let Some(volume) = pool.owned_storage(cvr) {
-        let keep = match (&observed.meta, cstor::replica_id(cvr)) {
-            (Some(Ok(meta)), Ok(Some(id))) if meta.replica != id => Some(Keep::AnotherReplica),
-            (Some(Ok(_)), Ok(None)) => Some(Keep::NoReplicaId),
-            _ => None,
-        };
+        // A CVR that records no id is compared with the id the agent gives it (the hash of its
+        // uid): storage carrying that id was created for it; storage carrying another is not its
+        // own. Unreadable metadata or a malformed id does not keep storage.
+        let id = cstor::replica_id(cvr)
+            .map(|recorded| recorded.unwrap_or_else(|| cstor::replica_id_to_assign(cvr)));
+        let another =
+            matches!((&observed.meta, id), (Some(Ok(meta)), Ok(id)) if meta.replica != id);
         // Whatever the storage holds, it is no longer served for a deleted CVR; and the host
         // must let go of the files before they are removed.
         actions.push(Action::StopServing {
             volume: volume.clone(),
         });
-        actions.push(match keep {
-            Some(why) => Action::KeepStorage { volume, why },
-            None => Action::RemoveStorage { volume },
+        actions.push(if another {
+            Action::KeepStorage { volume }
+        } else {
+            Action::RemoveStorage { volume }
         });
     }
     if cvr.metadata.finalizers.iter().any(|f| f == FINALIZER) {

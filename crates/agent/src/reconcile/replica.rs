@@ -10,7 +10,7 @@ use tandem_objects::{
     Object, ANNOTATION_INCARNATION,
 };
 
-use super::plan::{self, Action, Keep, MetaSummary, PoolView, ReplicaObserved};
+use super::plan::{self, Action, MetaSummary, PoolView, ReplicaObserved};
 use super::{blocking, now_rfc3339, Agent, CachedMeta, FINALIZER, REASON_DELETION_FAILED};
 use crate::cstor::{self, short_quantity};
 use crate::error::{Aspect, Error, ReplicaError, Subject};
@@ -129,20 +129,13 @@ impl Agent {
                     self.metas.remove(&volume);
                     changed = true;
                 }
-                Action::KeepStorage { volume, why } => {
+                Action::KeepStorage { volume } => {
                     let path = view.replicas_dir.join(&volume);
-                    match why {
-                        Keep::AnotherReplica => tracing::warn!(
-                            cvr = cvr.name(),
-                            path = %path.display(),
-                            "the storage under this volume's name belongs to another replica id; keeping it"
-                        ),
-                        Keep::NoReplicaId => tracing::warn!(
-                            cvr = cvr.name(),
-                            path = %path.display(),
-                            "the CVR records no replica id, so the storage under this volume's name is not its own; keeping it"
-                        ),
-                    }
+                    tracing::warn!(
+                        cvr = cvr.name(),
+                        path = %path.display(),
+                        "the storage under this volume's name belongs to another replica id; keeping it"
+                    );
                 }
                 Action::ReleaseFinalizer => {
                     cvr.metadata.finalizers.retain(|f| f != FINALIZER);

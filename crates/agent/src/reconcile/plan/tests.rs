@@ -94,10 +94,9 @@ fn remove(volume: &str) -> Action {
     }
 }
 
-fn keep(volume: &str, why: Keep) -> Action {
+fn keep(volume: &str) -> Action {
     Action::KeepStorage {
         volume: volume.to_string(),
-        why,
     }
 }
 
@@ -606,34 +605,48 @@ fn given_a_cvr_marked_for_deletion_when_the_storage_carries_another_id_then_keep
         true,
         vec![
             stop_serving("pvc-1"),
-            keep("pvc-1", Keep::AnotherReplica),
+            keep("pvc-1"),
             Action::ReleaseFinalizer,
         ],
     );
 }
 
-/// The corner where the agent's behaviour changed: a deleted CVR whose `spec.replicaid` is
-/// empty. The agent used to compare the storage with the hash of the CVR's uid (and remove it
-/// when they matched); an empty id is now no id, and storage is only ever created after the id
-/// is written, so the storage is not the CVR's: it is kept (an orphan, logged and counted).
+/// A deleted CVR whose `spec.replicaid` is empty is compared with the id the agent gives it,
+/// the hash of its uid: storage carrying that id is its own and is removed.
 #[test]
-fn given_a_cvr_marked_for_deletion_when_it_records_no_replica_id_then_the_storage_is_kept() {
+fn given_a_cvr_marked_for_deletion_with_no_recorded_id_when_its_storage_carries_the_hash_of_its_uid_then_the_storage_is_removed_and_the_finalizer_released(
+) {
     let doomed = deleted(cvr("pvc-1", "cspc-a", ""));
     let pool = pool_with(&[doomed.clone()], &["pvc-1"]);
     let hashed = storage_id("uid-pvc-1-cspc-a");
-    let carrying_the_hash = Some(Ok(MetaSummary {
-        replica: hashed,
-        incarnation: Incarnation(1),
-        geometry: cstor::geometry(GIB, None).unwrap(),
-    }));
+    assert_eq!(hashed, cstor::replica_id_to_assign(&doomed));
     check(
         &doomed,
         &pool,
-        carrying_the_hash,
+        meta(hashed.0),
         true,
         vec![
             stop_serving("pvc-1"),
-            keep("pvc-1", Keep::NoReplicaId),
+            remove("pvc-1"),
+            Action::ReleaseFinalizer,
+        ],
+    );
+}
+
+#[test]
+fn given_a_cvr_marked_for_deletion_with_no_recorded_id_when_its_storage_carries_another_id_then_it_is_kept(
+) {
+    let doomed = deleted(cvr("pvc-1", "cspc-a", ""));
+    let pool = pool_with(&[doomed.clone()], &["pvc-1"]);
+    let hashed = storage_id("uid-pvc-1-cspc-a");
+    check(
+        &doomed,
+        &pool,
+        meta(hashed.0.wrapping_add(1)),
+        true,
+        vec![
+            stop_serving("pvc-1"),
+            keep("pvc-1"),
             Action::ReleaseFinalizer,
         ],
     );
