@@ -1,7 +1,8 @@
 //! What a reconcile pass does, decided from what it observed: which pool to serve, what to do
 //! with each replica (create, serve, measure, remove its storage; write its id, incarnation,
 //! status; release its finalizer) and the pool's status. Pure: no API, no disk, no clock; the
-//! executor in `reconcile.rs` observes, calls these, and carries the actions out.
+//! executor in `reconcile/mod.rs` (per replica, `reconcile/replica.rs`) observes, calls these,
+//! and carries the actions out.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
