@@ -170,12 +170,19 @@ pub struct ReplicaObserved<'a> {
     pub meta: Option<Result<MetaSummary, ReplicaError>>,
     /// Whether the replica host serves `replicas/<volume>`.
     pub hosted: bool,
+    /// The incarnation the replica host serves under the CVR's replica id (the one it records,
+    /// or the one it is to be given), if it serves that id.
+    pub served: Option<Incarnation>,
+    /// The incarnation storage created for it in this pass gets (drawn at random by the
+    /// executor, as cStor's zvol GUID).
+    pub new_incarnation: Incarnation,
 }
 
 /// New storage for a replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NewStorage {
     pub replica: ReplicaId,
+    pub incarnation: Incarnation,
     pub geometry: Geometry,
     /// Created with its volume: a consistent copy of an empty history (quorum on).
     pub consistent: bool,
@@ -209,8 +216,9 @@ pub enum Action {
     MeasureCapacity {
         volume: String,
     },
-    /// Write the incarnation the host serves into the CVR (where the target finds it).
-    RecordIncarnation,
+    /// Write the incarnation the host serves into the CVR (where the target finds it); planned
+    /// only when the CVR records another one (or none).
+    RecordIncarnation(Incarnation),
     /// Write this status (with the measured capacity, if any) unless the CVR has it; `problem`
     /// is logged (or, when `None`, the CVR's earlier failure is noted as recovered).
     SetStatus {
@@ -304,11 +312,20 @@ fn plan_live(observed: &ReplicaObserved<'_>, pool: &PoolView) -> Vec<Action> {
         Err(error) => return fail(actions, Refusal::Cstor(error).into()),
     };
     let reported = pool.reported.get(&(volume.clone(), id));
-    let ready = |mut actions: Vec<Action>, created: bool| {
+    // The incarnation the host serves once the steps before are done: the one it serves now,
+    // or that of the storage the steps serve (`stored`).
+    let ready = |mut actions: Vec<Action>, created: bool, stored: Incarnation| {
         actions.push(Action::MeasureCapacity {
             volume: volume.clone(),
         });
-        actions.push(Action::RecordIncarnation);
+        let served = if observed.hosted {
+            observed.served
+        } else {
+            Some(stored)
+        };
+        if let Some(served) = served.filter(|served| cstor::incarnation_of(cvr) != Some(*served)) {
+            actions.push(Action::RecordIncarnation(served));
+        }
         actions.push(Action::SetStatus {
             status: ready_status(&cvr.status, created, reported),
             problem: None,
@@ -325,7 +342,7 @@ fn plan_live(observed: &ReplicaObserved<'_>, pool: &PoolView) -> Vec<Action> {
                         volume: volume.clone(),
                     });
                 }
-                return ready(actions, false);
+                return ready(actions, false, meta.incarnation);
             }
             Some(Ok(meta)) => ReplicaError::AnotherReplica {
                 dir,
@@ -364,6 +381,7 @@ fn plan_live(observed: &ReplicaObserved<'_>, pool: &PoolView) -> Vec<Action> {
         volume: volume.clone(),
         storage: NewStorage {
             replica: id,
+            incarnation: observed.new_incarnation,
             geometry,
             consistent,
         },
@@ -373,7 +391,7 @@ fn plan_live(observed: &ReplicaObserved<'_>, pool: &PoolView) -> Vec<Action> {
             volume: volume.clone(),
         });
     }
-    ready(actions, true)
+    ready(actions, true, observed.new_incarnation)
 }
 
 /// Existing storage with another geometry than the CVR's spec gives: the target, which
@@ -402,15 +420,23 @@ fn geometry_mismatch(
     }
 }
 
-/// The step that records a failure: phase Error with the failure's text.
+/// The step that records a failure: phase Error with the failure's text ([`error_status`]).
 pub fn failed_status(current: &CStorVolumeReplicaStatus, problem: ReplicaError) -> Action {
+    Action::SetStatus {
+        status: error_status(current, &problem),
+        problem: Some(problem),
+    }
+}
+
+/// The status of a replica that failed: phase Error with the failure's text.
+pub fn error_status(
+    current: &CStorVolumeReplicaStatus,
+    problem: &ReplicaError,
+) -> CStorVolumeReplicaStatus {
     let mut status = current.clone();
     status.phase = CStorVolumeReplicaPhase::Error;
     status.message = problem.to_string();
-    Action::SetStatus {
-        status,
-        problem: Some(problem),
-    }
+    status
 }
 
 /// The status of a replica whose storage is in place (`created`: just now). Its phase is the
