@@ -7,7 +7,7 @@ use std::path::Path;
 use tandem_core::Incarnation;
 use tandem_objects::{
     CStorVolumeReplica, CStorVolumeReplicaCapacity, CStorVolumeReplicaStatus, EventType, Kind,
-    Object, WrongKindError, ANNOTATION_INCARNATION,
+    Object, WrongKindError,
 };
 
 use super::plan::{self, Action, MetaSummary, PoolView, ReplicaObserved};
@@ -65,7 +65,7 @@ impl Agent {
         for action in actions {
             match action {
                 Action::AssignReplicaId(id) => {
-                    cvr.spec.replica_id = id.0.to_string();
+                    cstor::set_replica_id(&mut cvr, id);
                     match self.update_replica(cvr, &subject).await {
                         Some(Ok(updated)) => {
                             tracing::info!(
@@ -113,11 +113,7 @@ impl Agent {
                         .await;
                 }
                 Action::RecordIncarnation(incarnation) => {
-                    // Where the volume's target finds it (cStor's zvol GUID).
-                    cvr.metadata.annotations.insert(
-                        ANNOTATION_INCARNATION.to_string(),
-                        incarnation.0.to_string(),
-                    );
+                    cstor::set_incarnation(&mut cvr, incarnation);
                     match self.update_replica(cvr, &subject).await {
                         Some(Ok(updated)) => cvr = updated,
                         Some(Err(_)) | None => return changed,

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 
 use tandem_core::{ReplicaId, ResyncProgress};
+use tandem_objects::{ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME, ANNOTATION_TARGET_GENERATION};
 
 use super::*;
 use crate::fixtures::{config, cvr, known, on_node, target, volume, with_incarnation};
