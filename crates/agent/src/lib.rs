@@ -44,12 +44,12 @@
 //! the network or the disk is unwrapped.
 
 mod changes;
-pub mod cstor;
-pub mod error;
+pub(crate) mod cstor;
+pub(crate) mod error;
 #[cfg(test)]
 mod fixtures;
 mod heartbeat;
-pub mod pool;
+pub(crate) mod pool;
 mod reconcile;
 mod report;
 mod targets;
