@@ -171,7 +171,7 @@ pub struct ReplicaObserved<'a> {
     /// Whether the replica host serves `replicas/<volume>`.
     pub hosted: bool,
     /// The incarnation the replica host serves under the CVR's replica id (the one it records,
-    /// or the one it is to be given), if it serves that id.
+    /// or the one it is to be given), if it serves that id; read only when `hosted`.
     pub served: Option<Incarnation>,
     /// The incarnation storage created for it in this pass gets (drawn at random by the
     /// executor, as cStor's zvol GUID).

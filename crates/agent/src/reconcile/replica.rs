@@ -32,11 +32,13 @@ impl Agent {
             None => None,
         };
         let hosted = cstor::volume_of(&cvr).is_ok_and(|volume| self.hosted.contains_key(&volume));
+        // Asked only when it matters (the host measures the replica's allocation to answer).
         let served = match cstor::replica_id(&cvr) {
             Ok(Some(id)) => Some(id),
             Ok(None) => Some(cstor::replica_id_to_assign(&cvr)),
             Err(_) => None,
         }
+        .filter(|_| hosted)
         .and_then(|id| self.host.status(id))
         .map(|status| status.incarnation);
         let actions = plan::plan_replica(
