@@ -1,18 +1,21 @@
-//! cStor objects in the core's terms: a CVR's volume, replica id and incarnation, a volume's
-//! geometry, the membership a CV records, and the membership change a CVC's pool list asks for.
-//! The pool reconciler and the targets both read the objects through these functions only, so
-//! they cannot disagree about what an object means.
+//! cStor objects in the core's terms: a CVR's volume, replica id, incarnation and node, a
+//! volume's geometry, generation and target node, the membership a CV records, and the
+//! membership change a CVC's pool list asks for. The pool reconciler and the targets read and
+//! write the CVRs' labels, annotations and `spec.replicaid` and the CVs' annotations through
+//! these functions only, so they cannot disagree about what an object means without it showing
+//! here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
-use tandem_core::{Command, Geometry, Incarnation, Member, Membership, ReplicaId};
+use tandem_core::{Command, Generation, Geometry, Incarnation, Member, Membership, ReplicaId};
 use tandem_dataplane::replica::storage;
 use tandem_dataplane::target::TargetStatus;
 use tandem_objects::{
     format_bytes_short, validate_object_name, CStorVolume, CStorVolumeConfig, CStorVolumeReplica,
-    ObjectMeta, Quantity, ANNOTATION_INCARNATION, ANNOTATION_TARGET_GENERATION,
-    LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_CSTOR_VOLUME_NAME, LABEL_PERSISTENT_VOLUME,
+    ObjectMeta, Quantity, ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME, ANNOTATION_INCARNATION,
+    ANNOTATION_TARGET_GENERATION, ANNOTATION_TARGET_NODE, LABEL_CSTOR_POOL_INSTANCE_NAME,
+    LABEL_CSTOR_VOLUME_NAME, LABEL_PERSISTENT_VOLUME,
 };
 
 /// A cStor object that does not map to the core's types.
@@ -45,12 +48,22 @@ pub fn volume_of(cvr: &CStorVolumeReplica) -> Result<String, CstorError> {
     Ok(volume.to_string())
 }
 
+/// Whether a CVR is one of `volume`'s replicas as a target sees them: its persistent-volume
+/// label names the volume. The control plane selects a volume's replicas by that label alone,
+/// and so does the targets loop; the controller sets it (and the cStor volume-name label, to the
+/// same name) on every CVR it creates. [`volume_of`], which places storage, also accepts the
+/// volume-name label when the persistent-volume label is missing.
+pub fn is_replica_of(cvr: &CStorVolumeReplica, volume: &str) -> bool {
+    cvr.metadata.label(LABEL_PERSISTENT_VOLUME) == Some(volume)
+}
+
 /// The replica id a CVR records in `spec.replicaid` (a decimal u64); `None` while none is
 /// assigned (the field is empty).
 ///
 /// An empty field is not read as any id: the replica's agent assigns one
-/// ([`replica_id_to_assign`]) and writes it to the CVR before any storage carries it, so a CVR
-/// with no id has no storage of its own, and a target has no replica to talk to.
+/// ([`replica_id_to_assign`]) and writes it to the CVR before any storage carries it, so a
+/// target has no replica to talk to until then. (Deleting a CVR that records no id, the agent
+/// compares its storage with [`replica_id_to_assign`].)
 pub fn replica_id(cvr: &CStorVolumeReplica) -> Result<Option<ReplicaId>, CstorError> {
     let text = cvr.spec.replica_id.trim();
     if text.is_empty() {
@@ -59,6 +72,11 @@ pub fn replica_id(cvr: &CStorVolumeReplica) -> Result<Option<ReplicaId>, CstorEr
     text.parse::<u64>()
         .map(|id| Some(ReplicaId(id)))
         .map_err(|_| CstorError::BadReplicaId(text.to_string()))
+}
+
+/// Records `id` in the CVR's `spec.replicaid`.
+pub fn set_replica_id(cvr: &mut CStorVolumeReplica, id: ReplicaId) {
+    cvr.spec.replica_id = id.0.to_string();
 }
 
 /// The id the agent gives a CVR that has none (as cStor's pool-manager does): a stable hash of
@@ -74,6 +92,20 @@ pub fn incarnation_of(cvr: &CStorVolumeReplica) -> Option<Incarnation> {
         .annotation(ANNOTATION_INCARNATION)
         .and_then(|value| value.parse().ok())
         .map(Incarnation)
+}
+
+/// Records the incarnation of the replica's storage in the CVR (where the target finds it).
+pub fn set_incarnation(cvr: &mut CStorVolumeReplica, incarnation: Incarnation) {
+    cvr.metadata.annotations.insert(
+        ANNOTATION_INCARNATION.to_string(),
+        incarnation.0.to_string(),
+    );
+}
+
+/// The node a CVR's pool is on (whose agent serves its replica).
+pub fn node_of(cvr: &CStorVolumeReplica) -> Option<&str> {
+    cvr.metadata
+        .annotation(ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME)
 }
 
 /// The CStorPoolInstance a CVR's storage is in.
@@ -99,6 +131,19 @@ pub fn generation_of(volume: &CStorVolume) -> u64 {
         .annotation(ANNOTATION_TARGET_GENERATION)
         .and_then(|value| value.parse().ok())
         .unwrap_or(0)
+}
+
+/// Records that the CV's newest target has `generation`.
+pub fn set_generation(volume: &mut CStorVolume, generation: Generation) {
+    volume.metadata.annotations.insert(
+        ANNOTATION_TARGET_GENERATION.to_string(),
+        generation.0.to_string(),
+    );
+}
+
+/// The node a CV's target is to run on.
+pub fn target_node_of(volume: &CStorVolume) -> Option<&str> {
+    volume.metadata.annotation(ANNOTATION_TARGET_NODE)
 }
 
 /// The membership a CV records: every known replica, trusted, with its incarnation.
@@ -240,8 +285,39 @@ mod tests {
         }
     }
 
-    /// An empty `spec.replicaid` is no id at all (not the hash of the uid): the hash is only
-    /// the id the agent assigns.
+    /// A target counts a CVR as its volume's by the persistent-volume label alone, as the
+    /// control plane does; placing storage also accepts the cStor volume-name label.
+    #[test]
+    fn a_targets_replicas_are_the_cvrs_labelled_with_its_persistent_volume() {
+        let both = labelled(
+            &[
+                (LABEL_PERSISTENT_VOLUME, "pvc-1"),
+                (LABEL_CSTOR_VOLUME_NAME, "pvc-1"),
+            ],
+            "",
+        );
+        assert!(is_replica_of(&both, "pvc-1"));
+        assert!(!is_replica_of(&both, "pvc-2"));
+        let only_cstor = labelled(&[(LABEL_CSTOR_VOLUME_NAME, "pvc-1")], "");
+        assert!(!is_replica_of(&only_cstor, "pvc-1"));
+        assert_eq!(volume_of(&only_cstor), Ok("pvc-1".into()));
+    }
+
+    #[test]
+    fn what_the_agent_writes_is_what_it_reads_back() {
+        let mut cvr = labelled(&[], "");
+        set_replica_id(&mut cvr, ReplicaId(42));
+        assert_eq!(replica_id(&cvr), Ok(Some(ReplicaId(42))));
+        set_incarnation(&mut cvr, Incarnation(7));
+        assert_eq!(incarnation_of(&cvr), Some(Incarnation(7)));
+        let mut volume = crate::fixtures::volume("pvc-1", "n1", 1, 2);
+        assert_eq!(target_node_of(&volume), Some("n1"));
+        set_generation(&mut volume, Generation(5));
+        assert_eq!(generation_of(&volume), 5);
+    }
+
+    /// An empty `spec.replicaid` is no id at all (not the hash of the uid): the hash is the id
+    /// the agent assigns, and the one a deleted CVR without an id is compared with.
     #[test]
     fn replica_ids_parse_and_an_empty_one_is_none_until_assigned() {
         assert_eq!(

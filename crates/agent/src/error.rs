@@ -23,28 +23,23 @@ pub fn is_agent_message(message: &str) -> bool {
     message.starts_with(CREATE_FAILED) || message.starts_with(STORAGE_FAILED)
 }
 
-/// What went wrong, by what the caller does about it.
+/// What went wrong, by what the caller does about it: the one distinction the agent's loops
+/// make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// Someone else wrote the object first: the next pass reads it again (nothing to log).
     Conflict,
-    /// The control plane refused a request or did not answer.
-    ControlPlane,
-    /// An object says something the agent cannot use (written into its status where cStor
-    /// would).
-    Object,
-    /// The pool directory or a replica's storage.
-    Storage,
-    /// Not an error yet: something the agent waits for.
-    Waiting,
+    /// Anything else: logged once (see [`crate::report::ErrorLog`]) and tried again by the next
+    /// pass.
+    Other,
 }
 
 /// Why an agent operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A control plane request failed (the client's own text).
-    #[error("{message}")]
-    Api { message: String, conflict: bool },
+    #[error(transparent)]
+    Api(#[from] ClientError),
     #[error("the control plane did not answer within {}", humantime::format_duration(*.0))]
     Timeout(Duration),
     /// A heartbeat got no answer in time.
@@ -61,8 +56,8 @@ pub enum Error {
     #[error("cannot clean up {}: {message}", dir.display())]
     CleanUp { dir: PathBuf, message: String },
     /// The pool directory cannot be this pool's (the claim's own text).
-    #[error("{0}")]
-    Claim(String),
+    #[error(transparent)]
+    Claim(#[from] crate::pool::ClaimError),
     #[error("file-system task failed: {0}")]
     Task(String),
     /// A replica's allocation could not be measured (the file system's text).
@@ -89,36 +84,17 @@ pub enum Error {
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Api { conflict: true, .. } => ErrorKind::Conflict,
-            Error::Api { .. } | Error::Timeout(_) | Error::NoAnswer(_) => ErrorKind::ControlPlane,
+            Error::Api(error) if error.is_conflict() => ErrorKind::Conflict,
             Error::ListPools { source, .. }
             | Error::ListReplicas { source, .. }
             | Error::TakeGeneration { source, .. }
             | Error::WriteVolumeStatus { source, .. } => source.kind(),
-            Error::ListStorage { .. }
-            | Error::MeasurePool { .. }
-            | Error::CleanUp { .. }
-            | Error::Claim(_)
-            | Error::Task(_)
-            | Error::MeasureReplica(_)
-            | Error::RemoveStorage { .. }
-            | Error::Export { .. } => ErrorKind::Storage,
-            Error::Replica(_) | Error::Cstor(_) => ErrorKind::Object,
-            Error::WaitingForStorage { .. } => ErrorKind::Waiting,
+            _ => ErrorKind::Other,
         }
     }
 
     pub fn is_conflict(&self) -> bool {
         self.kind() == ErrorKind::Conflict
-    }
-}
-
-impl From<ClientError> for Error {
-    fn from(error: ClientError) -> Self {
-        Error::Api {
-            conflict: error.is_conflict(),
-            message: error.to_string(),
-        }
     }
 }
 
@@ -329,10 +305,11 @@ mod tests {
             Error::Timeout(Duration::from_secs(10)).to_string(),
             "the control plane did not answer within 10s"
         );
-        let conflict = Error::Api {
+        let conflict = Error::from(ClientError::Api {
+            code: 409,
+            reason: "Conflict".into(),
             message: "stale".into(),
-            conflict: true,
-        };
+        });
         assert_eq!(conflict.kind(), ErrorKind::Conflict);
         let wrapped = Error::TakeGeneration {
             generation: 2,

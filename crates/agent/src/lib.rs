@@ -21,9 +21,12 @@
 //!   allocation measurement, the geometry a volume gets.
 //! * `pool` — the pool directory: `pool.json`, the read-only decision, the pool's used space.
 //! * `cstor` — cStor objects in the core's terms: a CVR's volume, replica id (none until
-//!   assigned) and incarnation, a volume's geometry and generation, the membership a CV
-//!   records, the membership change a CVC's pool list asks for. Both loops read objects only
-//!   through it.
+//!   assigned), incarnation and node, a volume's geometry, generation and target node, the
+//!   membership a CV records, the membership change a CVC's pool list asks for. Both loops read
+//!   and write the CVRs' labels, annotations and `spec.replicaid` and the CVs' annotations only
+//!   through it (which is where the one difference between them is written down: the targets
+//!   loop, like the control plane, takes a volume's replicas by the persistent-volume label
+//!   alone, see `is_replica_of`).
 //! * `reconcile` — the pool loop, one idempotent pass at a time: `reconcile/plan.rs` decides
 //!   from what a pass observed (pure, tested as tables), `reconcile/mod.rs` observes (API, pool
 //!   directory, replica host) and carries the actions out.
@@ -41,12 +44,12 @@
 //! the network or the disk is unwrapped.
 
 mod changes;
-pub mod cstor;
-pub mod error;
+pub(crate) mod cstor;
+pub(crate) mod error;
 #[cfg(test)]
 mod fixtures;
 mod heartbeat;
-pub mod pool;
+pub(crate) mod pool;
 mod reconcile;
 mod report;
 mod targets;

@@ -366,11 +366,9 @@ impl Agent {
             capacity: self.config.pool_size,
         };
         let dir = self.config.pool_dir.clone();
-        let outcome = blocking(move || {
-            pool::claim(&dir, &record).map_err(|error| Error::Claim(error.to_string()))
-        })
-        .await
-        .and_then(|result| result);
+        let outcome = blocking(move || pool::claim(&dir, &record).map_err(Error::Claim))
+            .await
+            .and_then(|result| result);
         match outcome {
             Ok(claim) => {
                 self.errors.ok(&Subject::PoolDirectory);

@@ -1,7 +1,8 @@
 //! What a reconcile pass does, decided from what it observed: which pool to serve, what to do
 //! with each replica (create, serve, measure, remove its storage; write its id, incarnation,
 //! status; release its finalizer) and the pool's status. Pure: no API, no disk, no clock; the
-//! executor in `reconcile.rs` observes, calls these, and carries the actions out.
+//! executor in `reconcile/mod.rs` (per replica, `reconcile/replica.rs`) observes, calls these,
+//! and carries the actions out.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -169,25 +170,22 @@ pub struct ReplicaObserved<'a> {
     pub meta: Option<Result<MetaSummary, ReplicaError>>,
     /// Whether the replica host serves `replicas/<volume>`.
     pub hosted: bool,
+    /// The incarnation the replica host serves under the CVR's replica id (the one it records,
+    /// or the one it is to be given), if it serves that id; read only when `hosted`.
+    pub served: Option<Incarnation>,
+    /// The incarnation storage created for it in this pass gets (drawn at random by the
+    /// executor, as cStor's zvol GUID).
+    pub new_incarnation: Incarnation,
 }
 
 /// New storage for a replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NewStorage {
     pub replica: ReplicaId,
+    pub incarnation: Incarnation,
     pub geometry: Geometry,
     /// Created with its volume: a consistent copy of an empty history (quorum on).
     pub consistent: bool,
-}
-
-/// Why storage under a deleted CVR's volume name is kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keep {
-    /// It carries another replica id than the CVR's.
-    AnotherReplica,
-    /// The CVR records no replica id: it never had storage of its own (the id is written
-    /// before storage is created).
-    NoReplicaId,
 }
 
 /// One step of bringing a replica in line, carried out in order; a step that fails ends the
@@ -218,8 +216,9 @@ pub enum Action {
     MeasureCapacity {
         volume: String,
     },
-    /// Write the incarnation the host serves into the CVR (where the target finds it).
-    RecordIncarnation,
+    /// Write the incarnation the host serves into the CVR (where the target finds it); planned
+    /// only when the CVR records another one (or none).
+    RecordIncarnation(Incarnation),
     /// Write this status (with the measured capacity, if any) unless the CVR has it; `problem`
     /// is logged (or, when `None`, the CVR's earlier failure is noted as recovered).
     SetStatus {
@@ -229,9 +228,10 @@ pub enum Action {
     RemoveStorage {
         volume: String,
     },
+    /// The storage under a deleted CVR's volume name carries another replica id than the
+    /// CVR's (or, when the CVR records none, than the id the agent gives it): kept.
     KeepStorage {
         volume: String,
-        why: Keep,
     },
     ReleaseFinalizer,
 }
@@ -249,19 +249,22 @@ fn plan_deleted(observed: &ReplicaObserved<'_>, pool: &PoolView) -> Vec<Action> 
     let cvr = observed.cvr;
     let mut actions = Vec::new();
     if let Some(volume) = pool.owned_storage(cvr) {
-        let keep = match (&observed.meta, cstor::replica_id(cvr)) {
-            (Some(Ok(meta)), Ok(Some(id))) if meta.replica != id => Some(Keep::AnotherReplica),
-            (Some(Ok(_)), Ok(None)) => Some(Keep::NoReplicaId),
-            _ => None,
-        };
+        // A CVR that records no id is compared with the id the agent gives it (the hash of its
+        // uid): storage carrying that id was created for it; storage carrying another is not its
+        // own. Unreadable metadata or a malformed id does not keep storage.
+        let id = cstor::replica_id(cvr)
+            .map(|recorded| recorded.unwrap_or_else(|| cstor::replica_id_to_assign(cvr)));
+        let another =
+            matches!((&observed.meta, id), (Some(Ok(meta)), Ok(id)) if meta.replica != id);
         // Whatever the storage holds, it is no longer served for a deleted CVR; and the host
         // must let go of the files before they are removed.
         actions.push(Action::StopServing {
             volume: volume.clone(),
         });
-        actions.push(match keep {
-            Some(why) => Action::KeepStorage { volume, why },
-            None => Action::RemoveStorage { volume },
+        actions.push(if another {
+            Action::KeepStorage { volume }
+        } else {
+            Action::RemoveStorage { volume }
         });
     }
     if cvr.metadata.finalizers.iter().any(|f| f == FINALIZER) {
@@ -309,11 +312,20 @@ fn plan_live(observed: &ReplicaObserved<'_>, pool: &PoolView) -> Vec<Action> {
         Err(error) => return fail(actions, Refusal::Cstor(error).into()),
     };
     let reported = pool.reported.get(&(volume.clone(), id));
-    let ready = |mut actions: Vec<Action>, created: bool| {
+    // The incarnation the host serves once the steps before are done: the one it serves now,
+    // or that of the storage the steps serve (`stored`).
+    let ready = |mut actions: Vec<Action>, created: bool, stored: Incarnation| {
         actions.push(Action::MeasureCapacity {
             volume: volume.clone(),
         });
-        actions.push(Action::RecordIncarnation);
+        let served = if observed.hosted {
+            observed.served
+        } else {
+            Some(stored)
+        };
+        if let Some(served) = served.filter(|served| cstor::incarnation_of(cvr) != Some(*served)) {
+            actions.push(Action::RecordIncarnation(served));
+        }
         actions.push(Action::SetStatus {
             status: ready_status(&cvr.status, created, reported),
             problem: None,
@@ -330,7 +342,7 @@ fn plan_live(observed: &ReplicaObserved<'_>, pool: &PoolView) -> Vec<Action> {
                         volume: volume.clone(),
                     });
                 }
-                return ready(actions, false);
+                return ready(actions, false, meta.incarnation);
             }
             Some(Ok(meta)) => ReplicaError::AnotherReplica {
                 dir,
@@ -369,6 +381,7 @@ fn plan_live(observed: &ReplicaObserved<'_>, pool: &PoolView) -> Vec<Action> {
         volume: volume.clone(),
         storage: NewStorage {
             replica: id,
+            incarnation: observed.new_incarnation,
             geometry,
             consistent,
         },
@@ -378,7 +391,7 @@ fn plan_live(observed: &ReplicaObserved<'_>, pool: &PoolView) -> Vec<Action> {
             volume: volume.clone(),
         });
     }
-    ready(actions, true)
+    ready(actions, true, observed.new_incarnation)
 }
 
 /// Existing storage with another geometry than the CVR's spec gives: the target, which
@@ -407,15 +420,23 @@ fn geometry_mismatch(
     }
 }
 
-/// The step that records a failure: phase Error with the failure's text.
+/// The step that records a failure: phase Error with the failure's text ([`error_status`]).
 pub fn failed_status(current: &CStorVolumeReplicaStatus, problem: ReplicaError) -> Action {
+    Action::SetStatus {
+        status: error_status(current, &problem),
+        problem: Some(problem),
+    }
+}
+
+/// The status of a replica that failed: phase Error with the failure's text.
+pub fn error_status(
+    current: &CStorVolumeReplicaStatus,
+    problem: &ReplicaError,
+) -> CStorVolumeReplicaStatus {
     let mut status = current.clone();
     status.phase = CStorVolumeReplicaPhase::Error;
     status.message = problem.to_string();
-    Action::SetStatus {
-        status,
-        problem: Some(problem),
-    }
+    status
 }
 
 /// The status of a replica whose storage is in place (`created`: just now). Its phase is the

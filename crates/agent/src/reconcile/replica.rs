@@ -7,10 +7,10 @@ use std::path::Path;
 use tandem_core::Incarnation;
 use tandem_objects::{
     CStorVolumeReplica, CStorVolumeReplicaCapacity, CStorVolumeReplicaStatus, EventType, Kind,
-    Object, ANNOTATION_INCARNATION,
+    Object, WrongKindError,
 };
 
-use super::plan::{self, Action, Keep, MetaSummary, PoolView, ReplicaObserved};
+use super::plan::{self, Action, MetaSummary, PoolView, ReplicaObserved};
 use super::{blocking, now_rfc3339, Agent, CachedMeta, FINALIZER, REASON_DELETION_FAILED};
 use crate::cstor::{self, short_quantity};
 use crate::error::{Aspect, Error, ReplicaError, Subject};
@@ -32,11 +32,22 @@ impl Agent {
             None => None,
         };
         let hosted = cstor::volume_of(&cvr).is_ok_and(|volume| self.hosted.contains_key(&volume));
+        // Asked only when it matters (the host measures the replica's allocation to answer).
+        let served = match cstor::replica_id(&cvr) {
+            Ok(Some(id)) => Some(id),
+            Ok(None) => Some(cstor::replica_id_to_assign(&cvr)),
+            Err(_) => None,
+        }
+        .filter(|_| hosted)
+        .and_then(|id| self.host.status(id))
+        .map(|status| status.incarnation);
         let actions = plan::plan_replica(
             &ReplicaObserved {
                 cvr: &cvr,
                 meta,
                 hosted,
+                served,
+                new_incarnation: Incarnation(rand::random()),
             },
             view,
         );
@@ -56,15 +67,19 @@ impl Agent {
         for action in actions {
             match action {
                 Action::AssignReplicaId(id) => {
-                    cvr.spec.replica_id = id.0.to_string();
+                    cstor::set_replica_id(&mut cvr, id);
                     match self.update_replica(cvr, &subject).await {
-                        Some(updated) => {
+                        Some(Ok(updated)) => {
                             tracing::info!(
                                 cvr = updated.name(),
                                 replica_id = id.0,
                                 "set the replica id"
                             );
                             cvr = updated;
+                        }
+                        Some(Err(error)) => {
+                            self.errors.failed(&subject, error);
+                            return changed;
                         }
                         None => return changed,
                     }
@@ -82,16 +97,14 @@ impl Agent {
                     match self.create_storage(&cvr, &volume, storage, view).await {
                         Ok(()) => changed = true,
                         Err(problem) => {
-                            let failed = plan::failed_status(&cvr.status, problem);
-                            self.set_status(cvr, failed, None, &subject).await;
+                            self.failed(cvr, problem, &subject).await;
                             return changed;
                         }
                     }
                 }
                 Action::Serve { volume } => {
                     if let Err(problem) = self.ensure_hosted(&volume, &view.replicas_dir).await {
-                        let failed = plan::failed_status(&cvr.status, problem);
-                        self.set_status(cvr, failed, None, &subject).await;
+                        self.failed(cvr, problem, &subject).await;
                         return changed;
                     }
                 }
@@ -101,12 +114,16 @@ impl Agent {
                         .measure_replica(&cvr, &view.replicas_dir.join(volume))
                         .await;
                 }
-                Action::RecordIncarnation => match self.record_incarnation(cvr).await {
-                    Some(updated) => cvr = updated,
-                    None => return changed,
-                },
-                set @ Action::SetStatus { .. } => {
-                    self.set_status(cvr, set, capacity, &subject).await;
+                Action::RecordIncarnation(incarnation) => {
+                    cstor::set_incarnation(&mut cvr, incarnation);
+                    match self.update_replica(cvr, &subject).await {
+                        Some(Ok(updated)) => cvr = updated,
+                        Some(Err(_)) | None => return changed,
+                    }
+                }
+                Action::SetStatus { status, problem } => {
+                    self.set_status(cvr, status, problem, capacity, &subject)
+                        .await;
                     return changed;
                 }
                 Action::RemoveStorage { volume } => {
@@ -129,33 +146,20 @@ impl Agent {
                     self.metas.remove(&volume);
                     changed = true;
                 }
-                Action::KeepStorage { volume, why } => {
+                Action::KeepStorage { volume } => {
                     let path = view.replicas_dir.join(&volume);
-                    match why {
-                        Keep::AnotherReplica => tracing::warn!(
-                            cvr = cvr.name(),
-                            path = %path.display(),
-                            "the storage under this volume's name belongs to another replica id; keeping it"
-                        ),
-                        Keep::NoReplicaId => tracing::warn!(
-                            cvr = cvr.name(),
-                            path = %path.display(),
-                            "the CVR records no replica id, so the storage under this volume's name is not its own; keeping it"
-                        ),
-                    }
+                    tracing::warn!(
+                        cvr = cvr.name(),
+                        path = %path.display(),
+                        "the storage under this volume's name belongs to another replica id; keeping it"
+                    );
                 }
                 Action::ReleaseFinalizer => {
                     cvr.metadata.finalizers.retain(|f| f != FINALIZER);
                     let name = cvr.name().to_string();
-                    match self
-                        .api(self.client.update(&Object::CStorVolumeReplica(cvr)))
-                        .await
-                    {
-                        Ok(_) => {
-                            self.errors.ok(&subject);
-                            tracing::info!(cvr = %name, "removed the finalizer");
-                        }
-                        Err(error) => self.update_failed(&subject, &error),
+                    if self.update_replica(cvr, &subject).await.is_some() {
+                        self.errors.ok(&subject);
+                        tracing::info!(cvr = %name, "removed the finalizer");
                     }
                     return changed;
                 }
@@ -164,56 +168,22 @@ impl Agent {
         changed
     }
 
-    /// Updates a CVR; `None` if it could not be (the next pass tries again).
+    /// Writes a CVR's spec and metadata and takes the server's answer: `None` if the update
+    /// failed (reported unless it was a conflict; the next pass tries again), else the answer
+    /// as a CVR (an error only if the server answered with another kind; each caller decides
+    /// whether to report it).
     async fn update_replica(
         &mut self,
         cvr: CStorVolumeReplica,
         subject: &Subject,
-    ) -> Option<CStorVolumeReplica> {
+    ) -> Option<Result<CStorVolumeReplica, WrongKindError>> {
         match self
             .api(self.client.update(&Object::CStorVolumeReplica(cvr)))
             .await
         {
-            Ok(object) => match CStorVolumeReplica::try_from(object) {
-                Ok(updated) => Some(updated),
-                Err(error) => {
-                    self.errors.failed(subject, error);
-                    None
-                }
-            },
+            Ok(object) => Some(CStorVolumeReplica::try_from(object)),
             Err(error) => {
                 self.update_failed(subject, &error);
-                None
-            }
-        }
-    }
-
-    /// Writes the incarnation of the replica's storage (cStor's zvol GUID) into its CVR, where
-    /// the volume's target finds it. `None` if the CVR could not be updated (next pass).
-    async fn record_incarnation(&mut self, cvr: CStorVolumeReplica) -> Option<CStorVolumeReplica> {
-        let Ok(Some(id)) = cstor::replica_id(&cvr) else {
-            return Some(cvr);
-        };
-        let Some(hosted) = self.host.status(id) else {
-            return Some(cvr);
-        };
-        let incarnation = hosted.incarnation.0.to_string();
-        if cvr.metadata.annotation(ANNOTATION_INCARNATION) == Some(incarnation.as_str()) {
-            return Some(cvr);
-        }
-        let subject = Subject::cvr(cvr.name());
-        let mut updated = cvr;
-        updated
-            .metadata
-            .annotations
-            .insert(ANNOTATION_INCARNATION.to_string(), incarnation);
-        match self
-            .api(self.client.update(&Object::CStorVolumeReplica(updated)))
-            .await
-        {
-            Ok(object) => CStorVolumeReplica::try_from(object).ok(),
-            Err(error) => {
-                self.update_failed(&subject, &error);
                 None
             }
         }
@@ -241,7 +211,7 @@ impl Agent {
         let new = NewReplica {
             volume: volume.to_string(),
             replica: planned.replica,
-            incarnation: Incarnation(rand::random()),
+            incarnation: planned.incarnation,
             geometry,
             consistent: planned.consistent,
         };
@@ -365,18 +335,23 @@ impl Agent {
         }
     }
 
+    /// A step failed: the status says so, as [`plan::failed_status`] plans it.
+    async fn failed(&mut self, cvr: CStorVolumeReplica, problem: ReplicaError, subject: &Subject) {
+        let status = plan::error_status(&cvr.status, &problem);
+        self.set_status(cvr, status, Some(problem), None, subject)
+            .await;
+    }
+
     /// Carries out a [`Action::SetStatus`]: logs its problem (or the recovery), and writes the
     /// status with the measured capacity unless the CVR has it.
     async fn set_status(
         &mut self,
         cvr: CStorVolumeReplica,
-        action: Action,
+        status: CStorVolumeReplicaStatus,
+        problem: Option<ReplicaError>,
         capacity: Option<CStorVolumeReplicaCapacity>,
         subject: &Subject,
     ) {
-        let Action::SetStatus { status, problem } = action else {
-            return;
-        };
         match &problem {
             Some(problem) => {
                 self.errors.failed(subject, problem);

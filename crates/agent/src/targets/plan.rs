@@ -14,8 +14,6 @@ use tandem_dataplane::target::{self, TargetStatus};
 use tandem_objects::{
     CStorVolume, CStorVolumeConfig, CStorVolumePhase, CStorVolumeReplica, CStorVolumeReplicaPhase,
     CStorVolumeReplicaStatus, CStorVolumeStatus, RebuildProgress, ReplicaStatus, ResyncRecord,
-    ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME, ANNOTATION_TARGET_GENERATION, ANNOTATION_TARGET_NODE,
-    LABEL_PERSISTENT_VOLUME,
 };
 
 use crate::cstor::{self, generation_of, known_replicas, replica_id, replica_of};
@@ -35,7 +33,7 @@ impl View {
     pub fn replicas_of<'a>(&'a self, volume: &'a str) -> Vec<&'a CStorVolumeReplica> {
         self.replicas
             .iter()
-            .filter(move |cvr| cvr.metadata.label(LABEL_PERSISTENT_VOLUME) == Some(volume))
+            .filter(move |cvr| cstor::is_replica_of(cvr, volume))
             .collect()
     }
 
@@ -44,10 +42,7 @@ impl View {
     }
 
     pub fn address_of(&self, cvr: &CStorVolumeReplica) -> Option<SocketAddr> {
-        let node = cvr
-            .metadata
-            .annotation(ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME)?;
-        self.addresses.get(node).copied()
+        self.addresses.get(cstor::node_of(cvr)?).copied()
     }
 
     /// Where the replica with id `id` is served, if its CVR and its node's address are known.
@@ -81,7 +76,7 @@ pub fn plan_targets(
 ) -> Vec<Step> {
     let mine: BTreeSet<&str> = volumes
         .iter()
-        .filter(|volume| volume.metadata.annotation(ANNOTATION_TARGET_NODE) == Some(node))
+        .filter(|volume| cstor::target_node_of(volume) == Some(node))
         .map(|volume| volume.name())
         .collect();
     let mut steps: Vec<Step> = running
@@ -127,10 +122,7 @@ pub fn plan_start(volume: &CStorVolume, view: &View) -> Result<StartPlan, Error>
         cstor::recorded_membership(volume)?
     };
     let generation = Generation(generation_of(volume) + 1);
-    updated.metadata.annotations.insert(
-        ANNOTATION_TARGET_GENERATION.to_string(),
-        generation.0.to_string(),
-    );
+    cstor::set_generation(&mut updated, generation);
     updated.spec.replication_factor = membership.replication_factor() as u32;
     updated.spec.consistency_factor = membership.consistency_factor() as u32;
     let addresses = membership

@@ -9,10 +9,14 @@ use tandem_objects::{ObjectMeta, RebuildProgress};
 use super::*;
 use crate::cstor::CstorError;
 use crate::error::Refusal;
-use crate::fixtures::{cvr, deleted, phase};
+use crate::fixtures::{cvr, deleted, phase, with_incarnation};
 use CStorVolumeReplicaPhase::*;
 
 const GIB: u64 = 1 << 30;
+/// The incarnation of existing storage (its `meta`), the one the host serves it with.
+const STORED: Incarnation = Incarnation(99);
+/// The incarnation storage created in the pass gets.
+const NEW: Incarnation = Incarnation(7);
 
 /// The pool `cspc-a` in `/pool`, with `replicas` listed (oldest first) and storage for the
 /// volumes in `storage`.
@@ -32,7 +36,7 @@ fn pool_with(replicas: &[CStorVolumeReplica], storage: &[&str]) -> PoolView {
 fn meta(replica: u64) -> Option<Result<MetaSummary, ReplicaError>> {
     Some(Ok(MetaSummary {
         replica: ReplicaId(replica),
-        incarnation: Incarnation(99),
+        incarnation: STORED,
         geometry: cstor::geometry(GIB, None).unwrap(),
     }))
 }
@@ -64,6 +68,7 @@ fn create(volume: &str, replica: ReplicaId, consistent: bool) -> Action {
         volume: volume.to_string(),
         storage: NewStorage {
             replica,
+            incarnation: NEW,
             geometry: cstor::geometry(GIB, None).unwrap(),
             consistent,
         },
@@ -94,14 +99,14 @@ fn remove(volume: &str) -> Action {
     }
 }
 
-fn keep(volume: &str, why: Keep) -> Action {
+fn keep(volume: &str) -> Action {
     Action::KeepStorage {
         volume: volume.to_string(),
-        why,
     }
 }
 
-/// Plans for `cvr` (the pool's only CVR unless `pool` says otherwise) and compares.
+/// Plans for `cvr` (the pool's only CVR unless `pool` says otherwise) and compares. A `hosted`
+/// replica is served with the incarnation [`STORED`].
 fn check(
     cvr: &CStorVolumeReplica,
     pool: &PoolView,
@@ -109,8 +114,21 @@ fn check(
     hosted: bool,
     expected: Vec<Action>,
 ) {
-    let observed = ReplicaObserved { cvr, meta, hosted };
-    assert_eq!(plan_replica(&observed, pool), expected);
+    assert_eq!(plan_replica(&observed(cvr, meta, hosted), pool), expected);
+}
+
+fn observed(
+    cvr: &CStorVolumeReplica,
+    meta: Option<Result<MetaSummary, ReplicaError>>,
+    hosted: bool,
+) -> ReplicaObserved<'_> {
+    ReplicaObserved {
+        cvr,
+        meta,
+        hosted,
+        served: hosted.then_some(STORED),
+        new_incarnation: NEW,
+    }
 }
 
 // Admission and placement: new storage.
@@ -129,7 +147,7 @@ fn given_a_cvr_created_with_its_volume_when_the_pool_has_room_then_create_consis
             create("pvc-1", ReplicaId(12345), true),
             serve("pvc-1"),
             measure("pvc-1"),
-            Action::RecordIncarnation,
+            Action::RecordIncarnation(NEW),
             ready(Offline),
         ],
     );
@@ -143,7 +161,7 @@ fn given_a_cvr_created_with_its_volume_when_the_pool_has_room_then_create_consis
             create("pvc-1", ReplicaId(12345), true),
             serve("pvc-1"),
             measure("pvc-1"),
-            Action::RecordIncarnation,
+            Action::RecordIncarnation(NEW),
             ready(Offline),
         ],
     );
@@ -165,7 +183,7 @@ fn given_a_scale_up_cvr_without_an_id_when_planning_then_assign_the_generated_id
             create("pvc-2", id, false),
             serve("pvc-2"),
             measure("pvc-2"),
-            Action::RecordIncarnation,
+            Action::RecordIncarnation(NEW),
             ready(Offline),
         ],
     );
@@ -187,7 +205,7 @@ fn given_new_storage_the_host_already_serves_when_planning_then_it_is_not_served
         vec![
             create("pvc-1", ReplicaId(1), true),
             measure("pvc-1"),
-            Action::RecordIncarnation,
+            Action::RecordIncarnation(STORED),
             ready(Offline),
         ],
     );
@@ -224,7 +242,7 @@ fn given_a_read_only_pool_when_a_cvr_has_sound_storage_then_it_is_still_served()
         vec![
             Action::NoteGeometry(None),
             measure("pvc-1"),
-            Action::RecordIncarnation,
+            Action::RecordIncarnation(STORED),
             ready(Healthy),
         ],
     );
@@ -310,7 +328,7 @@ fn given_sound_storage_the_host_serves_when_planning_then_measure_it_and_keep_th
         vec![
             Action::NoteGeometry(None),
             measure("pvc-1"),
-            Action::RecordIncarnation,
+            Action::RecordIncarnation(STORED),
             ready(Healthy),
         ],
     );
@@ -329,9 +347,62 @@ fn given_sound_storage_after_a_restart_when_the_host_does_not_serve_it_then_serv
             Action::NoteGeometry(None),
             serve("pvc-1"),
             measure("pvc-1"),
-            Action::RecordIncarnation,
+            Action::RecordIncarnation(STORED),
             ready(Offline),
         ],
+    );
+}
+
+#[test]
+fn given_the_cvr_records_the_served_incarnation_when_planning_then_it_is_not_written_again() {
+    let existing = with_incarnation(phase(cvr("pvc-1", "cspc-a", "1"), Offline), STORED.0);
+    let pool = pool_with(&[existing.clone()], &["pvc-1"]);
+    let steps = vec![Action::NoteGeometry(None), measure("pvc-1"), ready(Offline)];
+    check(&existing, &pool, meta(1), true, steps);
+    // After a restart the storage is served again, with the incarnation its meta records.
+    let steps = vec![
+        Action::NoteGeometry(None),
+        serve("pvc-1"),
+        measure("pvc-1"),
+        ready(Offline),
+    ];
+    check(&existing, &pool, meta(1), false, steps);
+}
+
+#[test]
+fn given_the_cvr_records_another_incarnation_when_planning_then_the_served_one_is_written() {
+    let stale = with_incarnation(phase(cvr("pvc-1", "cspc-a", "1"), Offline), 12);
+    let pool = pool_with(&[stale.clone()], &["pvc-1"]);
+    let steps = vec![
+        Action::NoteGeometry(None),
+        measure("pvc-1"),
+        Action::RecordIncarnation(STORED),
+        ready(Offline),
+    ];
+    check(&stale, &pool, meta(1), true, steps);
+    // Storage created anew (its CVR recreated) gets a new incarnation, written once created.
+    let recreated = with_incarnation(phase(cvr("pvc-1", "cspc-a", "1"), Recreate), 12);
+    let pool = pool_with(&[recreated.clone()], &[]);
+    let steps = vec![
+        create("pvc-1", ReplicaId(1), false),
+        serve("pvc-1"),
+        measure("pvc-1"),
+        Action::RecordIncarnation(NEW),
+        ready(Offline),
+    ];
+    check(&recreated, &pool, None, false, steps);
+}
+
+#[test]
+fn given_the_host_serves_no_replica_under_the_id_when_the_storage_is_not_served_anew_then_no_incarnation_is_written(
+) {
+    let existing = phase(cvr("pvc-1", "cspc-a", "1"), Offline);
+    let pool = pool_with(&[existing.clone()], &["pvc-1"]);
+    let mut unserved = observed(&existing, meta(1), true);
+    unserved.served = None;
+    assert_eq!(
+        plan_replica(&unserved, &pool),
+        vec![Action::NoteGeometry(None), measure("pvc-1"), ready(Offline)]
     );
 }
 
@@ -377,14 +448,7 @@ fn given_storage_of_another_geometry_when_planning_then_warn_and_serve_it_anyway
     let mut existing = phase(cvr("pvc-1", "cspc-a", "1"), Offline);
     existing.spec.capacity = tandem_objects::Quantity::from_bytes(2 * GIB);
     let pool = pool_with(&[existing.clone()], &["pvc-1"]);
-    let actions = plan_replica(
-        &ReplicaObserved {
-            cvr: &existing,
-            meta: meta(1),
-            hosted: true,
-        },
-        &pool,
-    );
+    let actions = plan_replica(&observed(&existing, meta(1), true), &pool);
     let Some(Action::NoteGeometry(Some(warning))) = actions.first() else {
         panic!("{actions:?}");
     };
@@ -392,7 +456,11 @@ fn given_storage_of_another_geometry_when_planning_then_warn_and_serve_it_anyway
     assert!(warning.ends_with("a target with the spec's geometry will be refused"));
     assert_eq!(
         actions[1..],
-        [measure("pvc-1"), Action::RecordIncarnation, ready(Offline)]
+        [
+            measure("pvc-1"),
+            Action::RecordIncarnation(STORED),
+            ready(Offline)
+        ]
     );
 }
 
@@ -406,7 +474,7 @@ fn given_an_error_the_agent_set_when_its_cause_is_gone_then_clear_it() {
     let steps = vec![
         Action::NoteGeometry(None),
         measure("pvc-1"),
-        Action::RecordIncarnation,
+        Action::RecordIncarnation(STORED),
         ready(Offline),
     ];
     check(&existing, &pool, meta(1), true, steps);
@@ -420,7 +488,7 @@ fn given_an_error_the_data_path_set_when_storage_is_sound_then_leave_it() {
     let steps = vec![
         Action::NoteGeometry(None),
         measure("pvc-1"),
-        Action::RecordIncarnation,
+        Action::RecordIncarnation(STORED),
         Action::SetStatus {
             status: existing.status.clone(),
             problem: None,
@@ -454,7 +522,7 @@ fn given_the_target_reports_a_replica_when_planning_then_its_phase_and_progress_
         vec![
             Action::NoteGeometry(None),
             measure("pvc-1"),
-            Action::RecordIncarnation,
+            Action::RecordIncarnation(STORED),
             Action::SetStatus {
                 status: expected,
                 problem: None,
@@ -483,7 +551,7 @@ fn given_an_id_written_with_a_leading_zero_when_the_target_reports_it_then_its_p
         vec![
             Action::NoteGeometry(None),
             measure("pvc-1"),
-            Action::RecordIncarnation,
+            Action::RecordIncarnation(STORED),
             ready(Healthy),
         ],
     );
@@ -606,34 +674,48 @@ fn given_a_cvr_marked_for_deletion_when_the_storage_carries_another_id_then_keep
         true,
         vec![
             stop_serving("pvc-1"),
-            keep("pvc-1", Keep::AnotherReplica),
+            keep("pvc-1"),
             Action::ReleaseFinalizer,
         ],
     );
 }
 
-/// The corner where the agent's behaviour changed: a deleted CVR whose `spec.replicaid` is
-/// empty. The agent used to compare the storage with the hash of the CVR's uid (and remove it
-/// when they matched); an empty id is now no id, and storage is only ever created after the id
-/// is written, so the storage is not the CVR's: it is kept (an orphan, logged and counted).
+/// A deleted CVR whose `spec.replicaid` is empty is compared with the id the agent gives it,
+/// the hash of its uid: storage carrying that id is its own and is removed.
 #[test]
-fn given_a_cvr_marked_for_deletion_when_it_records_no_replica_id_then_the_storage_is_kept() {
+fn given_a_cvr_marked_for_deletion_with_no_recorded_id_when_its_storage_carries_the_hash_of_its_uid_then_the_storage_is_removed_and_the_finalizer_released(
+) {
     let doomed = deleted(cvr("pvc-1", "cspc-a", ""));
     let pool = pool_with(&[doomed.clone()], &["pvc-1"]);
     let hashed = storage_id("uid-pvc-1-cspc-a");
-    let carrying_the_hash = Some(Ok(MetaSummary {
-        replica: hashed,
-        incarnation: Incarnation(1),
-        geometry: cstor::geometry(GIB, None).unwrap(),
-    }));
+    assert_eq!(hashed, cstor::replica_id_to_assign(&doomed));
     check(
         &doomed,
         &pool,
-        carrying_the_hash,
+        meta(hashed.0),
         true,
         vec![
             stop_serving("pvc-1"),
-            keep("pvc-1", Keep::NoReplicaId),
+            remove("pvc-1"),
+            Action::ReleaseFinalizer,
+        ],
+    );
+}
+
+#[test]
+fn given_a_cvr_marked_for_deletion_with_no_recorded_id_when_its_storage_carries_another_id_then_it_is_kept(
+) {
+    let doomed = deleted(cvr("pvc-1", "cspc-a", ""));
+    let pool = pool_with(&[doomed.clone()], &["pvc-1"]);
+    let hashed = storage_id("uid-pvc-1-cspc-a");
+    check(
+        &doomed,
+        &pool,
+        meta(hashed.0.wrapping_add(1)),
+        true,
+        vec![
+            stop_serving("pvc-1"),
+            keep("pvc-1"),
             Action::ReleaseFinalizer,
         ],
     );
