@@ -58,7 +58,7 @@ pub use tandem_dataplane::replica::storage;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,6 +101,10 @@ pub struct AgentConfig {
     /// [`NodeAgent::nbd_address`] says which). Clients reconnect to it after a restart, so a
     /// cluster gives each node a fixed port.
     pub nbd_address: SocketAddr,
+    /// The address other nodes and clients reach this node at, reported in the heartbeat with
+    /// the ports the agent listens on. `None` reports the listening addresses themselves, which
+    /// then must name one interface (not `0.0.0.0` or `::`).
+    pub advertise_ip: Option<IpAddr>,
 }
 
 impl AgentConfig {
@@ -130,6 +134,16 @@ impl AgentConfig {
             request_timeout: AgentConfig::DEFAULT_REQUEST_TIMEOUT,
             data_address: AgentConfig::DEFAULT_DATA_ADDRESS,
             nbd_address: AgentConfig::DEFAULT_DATA_ADDRESS,
+            advertise_ip: None,
+        }
+    }
+
+    /// The address to report for a listener bound at `bound`: the advertised IP with the bound
+    /// port, or `bound` itself.
+    pub fn advertised(&self, bound: SocketAddr) -> SocketAddr {
+        match self.advertise_ip {
+            Some(ip) => SocketAddr::new(ip, bound.port()),
+            None => bound,
         }
     }
 
@@ -150,6 +164,23 @@ impl AgentConfig {
         }
         if self.pool_size == 0 {
             bail!("the pool size is zero");
+        }
+        if let Some(ip) = self.advertise_ip {
+            if ip.is_unspecified() {
+                bail!(
+                    "the advertised address {ip} names no interface: give the address other \
+                     nodes reach this one at"
+                );
+            }
+        }
+        for (what, address) in [("data", self.data_address), ("NBD", self.nbd_address)] {
+            if address.ip().is_unspecified() && self.advertise_ip.is_none() {
+                bail!(
+                    "the {what} address {address} listens on every interface, so it cannot be \
+                     reported to other nodes: say which address reaches this node \
+                     (--advertise-address)"
+                );
+            }
         }
         tandem_objects::validate_namespace(&self.namespace)
             .with_context(|| format!("namespace {:?}", self.namespace))?;
@@ -259,7 +290,8 @@ impl NodeAgent {
             nbd,
             nbd_listener,
         } = self;
-        let data_address = host.local_addr();
+        let data_address = config.advertised(host.local_addr());
+        let nbd_address = config.advertised(nbd_address);
         tracing::info!(
             node = %config.node,
             pool_dir = %config.pool_dir.display(),
@@ -371,6 +403,32 @@ mod tests {
             "the heartbeat is zero"
         );
         assert!(broken(|c| c.namespace = "Bad/NS".into()).starts_with("namespace"));
+        assert_eq!(
+            broken(|c| c.data_address = "0.0.0.0:7000".parse().unwrap()),
+            "the data address 0.0.0.0:7000 listens on every interface, so it cannot be reported \
+             to other nodes: say which address reaches this node (--advertise-address)"
+        );
+        assert!(broken(|c| c.nbd_address = "[::]:10809".parse().unwrap())
+            .starts_with("the NBD address [::]:10809 listens on every interface"));
+        assert_eq!(
+            broken(|c| c.advertise_ip = Some("0.0.0.0".parse().unwrap())),
+            "the advertised address 0.0.0.0 names no interface: give the address other nodes \
+             reach this one at"
+        );
+    }
+
+    #[test]
+    fn every_interface_is_reported_as_the_advertised_address_with_the_bound_port() {
+        let mut config = AgentConfig::new("n1", "/tmp/pool", 1, "http://127.0.0.1:7070");
+        config.data_address = "0.0.0.0:0".parse().unwrap();
+        config.nbd_address = "0.0.0.0:10809".parse().unwrap();
+        config.advertise_ip = Some("10.77.0.2".parse().unwrap());
+        assert!(config.validate().is_ok());
+        let bound: SocketAddr = "0.0.0.0:41000".parse().unwrap();
+        assert_eq!(config.advertised(bound).to_string(), "10.77.0.2:41000");
+        config.advertise_ip = None;
+        let loopback: SocketAddr = "127.0.0.1:41000".parse().unwrap();
+        assert_eq!(config.advertised(loopback), loopback);
     }
 
     #[test]

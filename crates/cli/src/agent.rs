@@ -27,6 +27,11 @@ pub struct AgentArgs {
     /// Where the NBD exports of the targets this node hosts are served.
     #[arg(long, default_value = "127.0.0.1:0")]
     nbd_address: std::net::SocketAddr,
+    /// The address other nodes and clients reach this node at (reported with the ports it
+    /// listens on). Needed when --data-address or --nbd-address listen on every interface
+    /// (0.0.0.0 or ::); by default the listening addresses are reported as they are.
+    #[arg(long)]
+    advertise_address: Option<std::net::IpAddr>,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -38,6 +43,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
     let mut config = AgentConfig::new(args.node, args.pool_dir, pool_size.bytes(), server);
     config.data_address = args.data_address;
     config.nbd_address = args.nbd_address;
+    config.advertise_ip = args.advertise_address;
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     runtime.block_on(tandem_agent::run(
         config,

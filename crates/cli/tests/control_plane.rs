@@ -1,10 +1,13 @@
-//! `tandem control-plane` as a real process: objects survive kill -9 and a restart.
+//! `tandem control-plane` as a real process: objects survive kill -9 and a restart; a
+//! `tandem agent` on every interface reports the address it advertises.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
+use tandem::wait::{wait_for, Deadline, Probe, TimedOut};
 
 /// Starts the control plane on a free port; returns the process and its API address.
 fn start(data_dir: &Path) -> (Child, String) {
@@ -83,4 +86,92 @@ fn an_unusable_address_is_a_clear_error() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("listen on 203.0.113.1:1"), "{stderr}");
+}
+
+/// The node status the control plane has for `node`, once it has one.
+async fn node_status(client: &reqwest::Client, address: &str, node: &str) -> Option<Value> {
+    let nodes: Value = client
+        .get(format!("{address}/tandem/v1/nodes"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    nodes
+        .as_array()?
+        .iter()
+        .find(|status| status["node"] == node)
+        .cloned()
+}
+
+/// An agent that listens on every interface reports the address it was told to advertise,
+/// with the ports it listens on; without one it refuses to start, naming what is missing.
+#[tokio::test]
+async fn an_agent_on_every_interface_reports_its_advertised_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let (mut control_plane, address) = start(dir.path());
+    let agent = |extra: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tandem"));
+        command
+            .args([
+                "agent",
+                "--node",
+                "n1",
+                "--pool-size",
+                "64Mi",
+                "--server",
+                &address,
+            ])
+            .args(["--data-address", "0.0.0.0:0", "--nbd-address", "0.0.0.0:0"])
+            .arg("--pool-dir")
+            .arg(dir.path().join("pool"))
+            .args(extra);
+        command
+    };
+
+    let refused = agent(&[]).output().expect("run tandem agent");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("listens on every interface") && stderr.contains("--advertise-address"),
+        "{stderr}"
+    );
+
+    let mut node = agent(&["--advertise-address", "127.0.0.1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tandem agent");
+    let status = wait_for(
+        Deadline::after(Duration::from_secs(30)).polling_every(Duration::from_millis(100)),
+        "node n1 has not reported to the control plane",
+        async || -> Result<Probe<Value>, TimedOut> {
+            Ok(match node_status(&client, &address, "n1").await {
+                Some(status) => Probe::Done(status),
+                None => Probe::Waiting("no heartbeat yet".into()),
+            })
+        },
+    )
+    .await
+    .unwrap_or_else(|timed_out| panic!("{timed_out}"));
+    for field in ["address", "nbdAddress"] {
+        let reported = status[field].as_str().unwrap_or_default();
+        let port = reported
+            .strip_prefix("127.0.0.1:")
+            .and_then(|port| port.parse::<u16>().ok());
+        assert!(port.is_some_and(|port| port != 0), "{field} {reported:?}");
+    }
+    // What is reported is where the node really listens.
+    let nbd_address = status["nbdAddress"].as_str().unwrap();
+    assert!(
+        std::net::TcpStream::connect(nbd_address).is_ok(),
+        "{nbd_address}"
+    );
+
+    node.kill().unwrap();
+    node.wait().unwrap();
+    control_plane.kill().unwrap();
+    control_plane.wait().unwrap();
 }
