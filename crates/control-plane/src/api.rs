@@ -493,6 +493,11 @@ fn required_version(object: &Object) -> Result<u64, ApiError> {
 }
 
 /// JSON merge patch (RFC 7396) of the current object, then the same checks as an update.
+/// How often a merge patch without a resource version is tried again when another writer (a
+/// controller writing status, say) changed the object between its read and its write. Such a
+/// patch states no precondition, so it applies to whatever is current, as in Kubernetes.
+const PATCH_ATTEMPTS_MAX: u32 = 5;
+
 async fn patch(
     State(api): State<Arc<Api>>,
     Path((namespace, resource, name)): Path<(String, String, String)>,
@@ -502,25 +507,41 @@ async fn patch(
     let patch: Value = serde_json::from_str(&body)
         .map_err(|error| ApiError::bad_request(format!("the merge patch is not JSON: {error}")))?;
     let key = key(kind, &namespace, &name);
-    let current = api
-        .store
-        .get(&key)
-        .map_err(|e| store_error(kind, e))?
-        .ok_or_else(|| store_error(kind, StoreError::NotFound(key.clone())))?;
-    let mut merged = current.object.clone();
-    merge_patch(&mut merged, &patch);
-    let object = parse_json(&merged.to_string()).map_err(|error| {
-        ApiError::bad_request(format!("the patched object is invalid: {error}"))
-    })?;
-    replace(
-        &api,
-        kind,
-        &namespace,
-        &name,
-        object,
-        current.resource_version,
-        Part::Spec,
-    )
+    let has_precondition = patch
+        .pointer("/metadata/resourceVersion")
+        .is_some_and(|version| !version.is_null());
+    let mut attempt = 1;
+    loop {
+        let current = api
+            .store
+            .get(&key)
+            .map_err(|e| store_error(kind, e))?
+            .ok_or_else(|| store_error(kind, StoreError::NotFound(key.clone())))?;
+        let mut merged = current.object.clone();
+        merge_patch(&mut merged, &patch);
+        let object = parse_json(&merged.to_string()).map_err(|error| {
+            ApiError::bad_request(format!("the patched object is invalid: {error}"))
+        })?;
+        let result = replace(
+            &api,
+            kind,
+            &namespace,
+            &name,
+            object,
+            current.resource_version,
+            Part::Spec,
+        );
+        match result {
+            Err(error)
+                if error.kind() == ErrorKind::Conflict
+                    && !has_precondition
+                    && attempt < PATCH_ATTEMPTS_MAX =>
+            {
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
 }
 
 fn merge_patch(target: &mut Value, patch: &Value) {

@@ -422,3 +422,46 @@ async fn node_heartbeats_are_listed_with_their_readiness() {
     assert_eq!(nodes[0]["node"], "node1");
     assert_eq!(nodes[0]["ready"], true);
 }
+
+/// Merge patches that name no resource version apply to whatever is current: several at once on
+/// one object all succeed (one that lost the race to another writer is tried again), and every
+/// change lands. Four writers per round: a patch can lose at most three times, within the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_merge_patches_without_a_version_all_apply() {
+    let server = Arc::new(server().await);
+    server
+        .create(
+            "cstorpoolinstances",
+            &pool("pool-a", "cspc", "ONLINE", false),
+        )
+        .await;
+    let path = format!("{NS}/cstorpoolinstances/pool-a");
+    for round in 0..5 {
+        let writers: Vec<_> = (0..4)
+            .map(|writer| {
+                let server = Arc::clone(&server);
+                let path = path.clone();
+                tokio::spawn(async move {
+                    let patch = json!({
+                        "metadata": { "labels": { format!("writer-{writer}"): format!("round-{round}") } }
+                    });
+                    server
+                        .send(reqwest::Method::PATCH, &path, &patch.to_string())
+                        .await
+                })
+            })
+            .collect();
+        for writer in writers {
+            let (status, answer) = writer.await.unwrap();
+            assert_eq!(status, StatusCode::OK, "round {round}: {answer}");
+        }
+        let (_, object) = server.send(reqwest::Method::GET, &path, "").await;
+        for writer in 0..4 {
+            assert_eq!(
+                object["metadata"]["labels"][format!("writer-{writer}")],
+                format!("round-{round}"),
+                "{object}"
+            );
+        }
+    }
+}
