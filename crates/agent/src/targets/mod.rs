@@ -299,6 +299,27 @@ impl Targets {
         };
         let replicas = view.replicas_of(name);
         let publish = plan::plan_publish(volume, &replicas, &status, &measured);
+        // The CV first, then the CVRs: the pool's reconcile pass lists its CVRs and then the CVs
+        // and makes each CVR's phase follow its CV's, so a CVR must never say more than its CV
+        // already does, or that pass writes the older phase back over it.
+        if let Some(updated) = publish.volume {
+            running.counters_written = Some(Instant::now());
+            match self
+                .client
+                .update_status(&Object::CStorVolume(updated))
+                .await
+            {
+                Ok(_) => {}
+                // Someone wrote the CV meanwhile; the next pass publishes again.
+                Err(error) if error.is_conflict() => return Ok(()),
+                Err(error) => {
+                    return Err(Error::WriteVolumeStatus {
+                        volume: name.to_string(),
+                        source: Box::new(error.into()),
+                    })
+                }
+            }
+        }
         for replica in publish.replicas {
             // A conflict means the replica's agent wrote meanwhile; the next pass retries.
             let _ = self
@@ -306,22 +327,7 @@ impl Targets {
                 .update_status(&Object::CStorVolumeReplica(replica))
                 .await;
         }
-        let Some(updated) = publish.volume else {
-            return Ok(());
-        };
-        running.counters_written = Some(Instant::now());
-        match self
-            .client
-            .update_status(&Object::CStorVolume(updated))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(error) if error.is_conflict() => Ok(()),
-            Err(error) => Err(Error::WriteVolumeStatus {
-                volume: name.to_string(),
-                source: Box::new(error.into()),
-            }),
-        }
+        Ok(())
     }
 }
 
