@@ -227,36 +227,11 @@ impl NodeAgent {
         let client = Client::new(&config.server)?;
         std::fs::create_dir_all(&config.pool_dir)
             .with_context(|| format!("create the pool directory {}", config.pool_dir.display()))?;
-        let host = match ReplicaHost::bind(config.data_address, HostOptions::default()).await {
-            Ok(host) => host,
-            // Someone took the configured port: serve on another one rather than not at all
-            // (the heartbeat tells the control plane where).
-            Err(error) if config.data_address.port() != 0 => {
-                tracing::warn!(address = %config.data_address, %error, "data address taken; using any free port");
-                let mut any = config.data_address;
-                any.set_port(0);
-                ReplicaHost::bind(any, HostOptions::default())
-                    .await
-                    .context("start the replica host")?
-            }
-            Err(error) => return Err(error).context("start the replica host"),
-        };
+        let data_listener = listen(config.data_address, "replica traffic").await?;
+        let host = ReplicaHost::serve(data_listener, HostOptions::default())
+            .context("start the replica host")?;
         let hosted = host_existing(&host, &config.pool_dir.join(pool::REPLICAS_DIR)).await;
-        let nbd_listener = match tokio::net::TcpListener::bind(config.nbd_address).await {
-            Ok(listener) => listener,
-            Err(error) if config.nbd_address.port() != 0 => {
-                tracing::warn!(address = %config.nbd_address, %error, "NBD address taken; using any free port");
-                let mut any = config.nbd_address;
-                any.set_port(0);
-                tokio::net::TcpListener::bind(any)
-                    .await
-                    .with_context(|| format!("listen for NBD clients on {any}"))?
-            }
-            Err(error) => {
-                return Err(error)
-                    .with_context(|| format!("listen for NBD clients on {}", config.nbd_address))
-            }
-        };
+        let nbd_listener = listen(config.nbd_address, "NBD clients").await?;
         Ok(NodeAgent {
             config,
             client,
@@ -344,6 +319,46 @@ impl NodeAgent {
         }
         tracing::info!("node agent stopped");
         Ok(())
+    }
+}
+
+/// How long the agent waits for its configured port to become free before it takes any free
+/// port instead: after a crash or kill -9 the previous process may still be releasing its
+/// sockets, and clients reconnect to the address they know.
+const PORT_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Listens on `address` for `what`. A fixed port that is taken is tried again for
+/// [`PORT_PATIENCE`] (the previous agent may still be exiting), then any free port is used,
+/// with a warning (the heartbeat tells the control plane where).
+async fn listen(address: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let deadline = tokio::time::Instant::now() + PORT_PATIENCE;
+    let mut warned = false;
+    loop {
+        match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => return Ok(listener),
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse
+                    && address.port() != 0
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                if !warned {
+                    tracing::info!(%address, "the address for {what} is taken; waiting for it to be free");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) if address.port() != 0 => {
+                tracing::warn!(%address, %error, "cannot listen for {what}; using any free port");
+                let mut any = address;
+                any.set_port(0);
+                return tokio::net::TcpListener::bind(any)
+                    .await
+                    .with_context(|| format!("listen for {what} on {any}"));
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("listen for {what} on {address}"))
+            }
+        }
     }
 }
 

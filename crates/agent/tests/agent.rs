@@ -402,6 +402,31 @@ async fn serves_its_pool_creates_and_removes_replica_storage() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_waits_for_its_ports_while_the_previous_one_lets_go() {
+    let harness = control_plane().await;
+    let pool_dir = tempfile::tempdir().unwrap();
+    // The previous agent (still exiting after a kill -9) holds both ports.
+    let data = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nbd = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = AgentConfig::new("n1", pool_dir.path(), 1 << 30, harness.server.clone());
+    config.data_address = data.local_addr().unwrap();
+    config.nbd_address = nbd.local_addr().unwrap();
+    let wanted = (config.data_address, config.nbd_address);
+    let starting = tokio::spawn(NodeAgent::start(config));
+    // Long enough for the new agent to find the ports taken (it retries; it does not give up).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!starting.is_finished(), "the agent waits for its ports");
+    drop((data, nbd));
+    let agent = tokio::time::timeout(DEADLINE, starting)
+        .await
+        .expect("the agent starts once its ports are free")
+        .unwrap()
+        .expect("the agent starts");
+    assert_eq!((agent.data_address(), agent.nbd_address()), wanted);
+    agent.run(async {}).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_a_directory_that_belongs_to_another_pool() {
     let harness = control_plane().await;
     let client = &harness.client;

@@ -322,7 +322,8 @@ fn a_killed_target_agent_comes_back_and_every_acknowledged_write_reads_back() {
         }
         assert!(
             Instant::now() < deadline,
-            "the volume did not come back: {text}"
+            "the volume did not come back: {text}\nthe agent on {target} logged:\n{}",
+            cluster.agent_log_tail(&target)
         );
         std::thread::sleep(Duration::from_millis(200));
     }

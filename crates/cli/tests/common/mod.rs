@@ -176,6 +176,14 @@ impl Cluster {
         }
     }
 
+    /// The end of node NODE's agent log (for a failure message).
+    pub fn agent_log_tail(&self, node: &str) -> String {
+        let log = self.data_dir().join("nodes").join(node).join("agent.log");
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
     pub fn patch_pools(&self, volume: &str, pools: &[&str]) -> Output {
         let info: Vec<Value> = pools
             .iter()

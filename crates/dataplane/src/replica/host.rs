@@ -103,6 +103,8 @@ pub enum HostError {
         address: SocketAddr,
         source: io::Error,
     },
+    #[error("cannot read the address the replica host listens on: {0}")]
+    LocalAddress(io::Error),
     #[error(transparent)]
     Open(#[from] DiskOpenError),
     #[error("replica {} is already served by this host from {}", replica.0, dir.display())]
@@ -249,9 +251,12 @@ impl ReplicaHost {
         let listener = TcpListener::bind(address)
             .await
             .map_err(|source| HostError::Bind { address, source })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| HostError::Bind { address, source })?;
+        ReplicaHost::serve(listener, options)
+    }
+
+    /// Serves on a listener the caller has bound (for callers that choose how to bind).
+    pub fn serve(listener: TcpListener, options: HostOptions) -> Result<ReplicaHost, HostError> {
+        let local_addr = listener.local_addr().map_err(HostError::LocalAddress)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             options,
