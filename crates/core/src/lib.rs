@@ -59,6 +59,11 @@ pub enum PlantedBug {
     /// G8: the replica persists its activity log again for every write (that finds no metadata
     /// write in flight), even when the write's regions are already in it.
     PersistMetadataOnEveryWrite,
+    /// G5: a target serves reads without a current read lease (without having heard from CF
+    /// replicas lately), so an old target cut off from the others reads its own stale copy.
+    ReadWithoutLease,
+    /// G5: a target that takes over serves at once, before the old target's read lease ran out.
+    ServeBeforeOldLeaseEnds,
 }
 
 /// The planted bug, if any. A zero-sized `false` in builds without the `planted-bugs` feature.

@@ -57,6 +57,26 @@ fn skipping_the_generation_check_breaks_g5() {
 }
 
 #[test]
+fn reading_without_a_lease_breaks_g5() {
+    caught_by(PlantedBug::ReadWithoutLease, Guarantee::G5Fencing, 300);
+}
+
+#[test]
+fn serving_before_an_old_lease_ends_breaks_g5() {
+    let mut config = common::long_lease_config(11);
+    config.target.bugs = Bugs::plant(PlantedBug::ServeBeforeOldLeaseEnds);
+    let mut sim = common::healthy_volume(config);
+    common::overwrite_behind_a_cut_off_target(&mut sim);
+    assert!(
+        sim.violations
+            .iter()
+            .any(|v| v.guarantee == Guarantee::G5Fencing),
+        "a stale read through the old target: {:#?}",
+        sim.violations
+    );
+}
+
+#[test]
 fn removing_while_degraded_breaks_g6() {
     caught_by(
         PlantedBug::RemoveWhileDegraded,

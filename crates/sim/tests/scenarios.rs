@@ -6,7 +6,10 @@
 
 mod common;
 
-use common::{config, healthy_volume, is_rebuilding, run_command, R1, R2, R3};
+use common::{
+    config, healthy_volume, is_rebuilding, overwrite_behind_a_cut_off_target, run_command, R1, R2,
+    R3,
+};
 use tandem_core::{Command, EjectReason, ReplicaId, ReplicaMode, TargetEvent, VolumeStatus};
 use tandem_sim::history::BLOCK_SIZE;
 use tandem_sim::{swarm, Sim};
@@ -242,6 +245,18 @@ fn older_generation_is_refused() {
             new
         );
     }
+    finish_without_violations(&mut sim);
+}
+
+/// The old target's node is cut off with its own replica while a new target takes over
+/// through the other two and overwrites data. A client still reading through the old target
+/// gets nothing stale: the old target's read lease ran out before the new one served, and it
+/// cannot renew it (G5).
+#[test]
+fn an_old_target_cut_off_with_its_own_replica_serves_nothing_stale() {
+    let mut sim = healthy_volume(common::long_lease_config(11));
+    overwrite_behind_a_cut_off_target(&mut sim);
+    assert_eq!(sim.checked_reads, 0, "the old target served no read");
     finish_without_violations(&mut sim);
 }
 

@@ -227,6 +227,16 @@ pub struct TargetOptions {
     /// A client request not answered in this time fails with `ClientError::TimedOut` (its
     /// outcome is then unknown, as with any failed write). No client ever hangs.
     pub client_timeout_ticks: u64,
+    /// The read lease: a target serves a read only while CF member replicas have answered a
+    /// request it sent within this many ticks. A replica that accepted a newer target answers
+    /// this one no more, so an old target that is cut off or was paused stops reading its own,
+    /// possibly stale, copy within this time (it renews the lease with pings when it can).
+    pub read_lease_ticks: u64,
+    /// A target that takes over (a generation after the first) waits this long after CF
+    /// replicas accepted it before it serves anything, so any read lease of an older target
+    /// has run out first. Must exceed `read_lease_ticks` (by a margin for tick granularity
+    /// and clock rate).
+    pub takeover_wait_ticks: u64,
     pub bugs: Bugs,
 }
 
@@ -243,6 +253,9 @@ impl Default for TargetOptions {
             resync_bytes_per_tick_under_load: 512 << 10,
             resync_segments_inflight_max: 4,
             client_timeout_ticks: 3_000,
+            // With 10 ms ticks: a 1 s read lease, and a new target waits 1.2 s.
+            read_lease_ticks: 100,
+            takeover_wait_ticks: 120,
             bugs: Bugs::none(),
         }
     }

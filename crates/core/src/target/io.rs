@@ -95,6 +95,10 @@ impl Target {
             let request = self.ops_waiting.pop_front().expect("front exists");
             self.sequence(request, out);
         }
+        if !self.reads_waiting.is_empty() && !self.read_lease_holds() {
+            self.renew_read_lease(out);
+            return;
+        }
         while let Some(&read) = self.reads_waiting.front() {
             let Some(replica) = self.pick_reader() else {
                 break;
@@ -134,6 +138,50 @@ impl Target {
         self.resync
             .as_ref()
             .is_some_and(|job| job.is_locked(offset, len))
+    }
+
+    /// True while CF trusted members have answered a request sent within the read lease: none
+    /// of them had accepted a newer target then, so no newer target has acknowledged a write
+    /// yet (it waits longer than the lease after CF replicas accepted it). Reads are served
+    /// only while it holds (G5).
+    pub(super) fn read_lease_holds(&self) -> bool {
+        let now = self.now_tick;
+        let lease = self.options.read_lease_ticks;
+        let confirming = self
+            .links
+            .iter()
+            .filter(|(replica, link)| {
+                link.connected().is_some_and(|c| {
+                    self.is_trusted(**replica, c.hello().incarnation)
+                        && c.confirmed_at_tick() + lease > now
+                })
+            })
+            .count();
+        confirming >= self.membership.consistency_factor()
+            || self.options.bugs.has(PlantedBug::ReadWithoutLease)
+    }
+
+    /// Reads wait for the read lease: ask every idle trusted replica for a sign of life.
+    fn renew_read_lease(&mut self, out: &mut Vec<TargetOutput>) {
+        let idle: Vec<ReplicaId> = self
+            .links
+            .iter()
+            .filter(|(replica, link)| {
+                link.connected().is_some_and(|c| {
+                    c.awaited().is_empty() && self.is_trusted(**replica, c.hello().incarnation)
+                })
+            })
+            .map(|(replica, _)| *replica)
+            .collect();
+        for replica in idle {
+            let request = self.request_id();
+            self.send(
+                replica,
+                Message::Ping { request },
+                Some(Awaited::Request(request)),
+                out,
+            );
+        }
     }
 
     /// The Healthy replica with the fewest unanswered requests.

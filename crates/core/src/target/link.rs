@@ -49,6 +49,9 @@ pub(super) struct Connected {
     answered_at_tick: u64,
     /// The last tick anything arrived on this session.
     heard_at_tick: u64,
+    /// The tick the newest request it has answered was sent (the handshake, at first): it had
+    /// not accepted a newer target then. The read lease counts from here.
+    confirmed_at_tick: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,10 +174,13 @@ impl ReplicaLink {
         now: u64,
         first_live_seq: Seq,
     ) {
-        assert!(
-            matches!(self.connection, Connection::Handshaking { session: s, .. } if s == session),
-            "only the handshake in progress connects"
-        );
+        let sent_at_tick = match &self.connection {
+            Connection::Handshaking {
+                session: handshake,
+                sent_at_tick,
+            } if *handshake == session => *sent_at_tick,
+            _ => panic!("only the handshake in progress connects"),
+        };
         let checkpoint = hello.checkpoint;
         self.refused = false;
         self.connection = Connection::Connected(Box::new(Connected {
@@ -188,6 +194,7 @@ impl ReplicaLink {
             first_live_seq,
             answered_at_tick: now,
             heard_at_tick: now,
+            confirmed_at_tick: sent_at_tick,
         }));
     }
 
@@ -429,7 +436,14 @@ impl Connected {
 
     /// An answer to what was `awaited` arrived (or was made moot).
     pub(super) fn answered(&mut self, awaited: Awaited) {
-        self.awaited.remove(&awaited);
+        if let Some(sent_at_tick) = self.awaited.remove(&awaited) {
+            self.confirmed_at_tick = self.confirmed_at_tick.max(sent_at_tick);
+        }
+    }
+
+    /// The tick the newest request it has answered in this session was sent.
+    pub(super) fn confirmed_at_tick(&self) -> u64 {
+        self.confirmed_at_tick
     }
 
     /// The replica answered flush `seq`; a successful one is its newest durable point.
@@ -455,6 +469,8 @@ mod tests {
         resync_bytes_per_tick_under_load: 0,
         resync_segments_inflight_max: 4,
         client_timeout_ticks: 3_000,
+        read_lease_ticks: 100,
+        takeover_wait_ticks: 120,
         bugs: crate::Bugs::none(),
     };
 

@@ -96,6 +96,9 @@ pub struct Target {
     resync_budget: ResyncBudget,
     /// The tick the last client request arrived.
     client_seen_tick: Option<u64>,
+    /// A target that takes over serves from this tick on (see
+    /// [`TargetOptions::takeover_wait_ticks`]); set when it first could.
+    takeover_ready_at: Option<u64>,
     status: VolumeStatus,
 }
 
@@ -113,6 +116,10 @@ impl Target {
         assert!(
             options.replica_congestion_ops < options.replica_inflight_max,
             "backpressure must start before a replica is ejected for its backlog"
+        );
+        assert!(
+            options.takeover_wait_ticks > options.read_lease_ticks + 1,
+            "a new target must wait out an old target's read lease"
         );
         let links = membership
             .members
@@ -145,6 +152,7 @@ impl Target {
             resync: None,
             resync_budget: ResyncBudget::default(),
             client_seen_tick: None,
+            takeover_ready_at: None,
             status: VolumeStatus::Init,
         }
     }
@@ -528,9 +536,17 @@ impl Target {
         self.now_tick += 1;
         let now = self.now_tick;
         self.time_out_clients(out);
+        if self.phase == Phase::Recovering
+            && !self.resumed
+            && self.takeover_ready_at.is_some_and(|at| at <= now)
+        {
+            self.try_activate(out);
+        }
         let rate = self.resync_rate();
         self.resync_budget.refill(rate, self.geometry.region_size);
-        let recovering = self.phase == Phase::Recovering;
+        // Waiting out an older target's lease is not being stuck: no need to ask again.
+        let recovering =
+            self.phase == Phase::Recovering && self.takeover_ready_at.is_none_or(|at| now >= at);
         let replicas: Vec<ReplicaId> = self.links.keys().copied().collect();
         for replica in replicas {
             let link = self.links.get_mut(&replica).expect("listed");

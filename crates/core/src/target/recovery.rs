@@ -3,7 +3,7 @@
 use crate::message::HelloAck;
 use crate::target::link::{Awaited, LinkState};
 use crate::target::{Phase, Target, TargetEvent, TargetOutput};
-use crate::types::{ReplicaId, Seq, Stamp};
+use crate::types::{Generation, ReplicaId, Seq, Stamp};
 use crate::PlantedBug;
 
 impl Target {
@@ -112,6 +112,9 @@ impl Target {
                 }));
             }
         }
+        if !self.resumed && !self.waited_out_older_leases() {
+            return;
+        }
         self.phase = Phase::Active;
         out.push(TargetOutput::Event(TargetEvent::RecoveredFrom {
             source,
@@ -179,6 +182,21 @@ impl Target {
                 self.send(replica, message.clone(), Some(Awaited::Op(seq)), out);
             }
         }
+    }
+
+    /// A target that takes over from an older one serves only `takeover_wait_ticks` after it
+    /// first could: CF trusted replicas have accepted its generation by then, so they answer
+    /// the older target no more, and any read lease that target held has run out (G5). The
+    /// first generation has no predecessor.
+    fn waited_out_older_leases(&mut self) -> bool {
+        if self.generation <= Generation(1)
+            || self.options.bugs.has(PlantedBug::ServeBeforeOldLeaseEnds)
+        {
+            return true;
+        }
+        let now = self.now_tick;
+        let wait = self.options.takeover_wait_ticks;
+        now >= *self.takeover_ready_at.get_or_insert(now + wait)
     }
 
     /// True if every member has answered since the target (re)started recovering: trusted ones

@@ -119,8 +119,17 @@ fn an_answer_from_a_stranger_is_not_trusted() {
     );
 }
 
-#[test]
-fn a_lost_session_ejects_its_replica_at_once_and_an_older_one_is_ignored() {
+/// Ticks `ticks` times; what the target sent.
+fn tick(target: &mut Target, ticks: u64) -> Vec<TargetOutput> {
+    let mut out = Vec::new();
+    for _ in 0..ticks {
+        target.handle(TargetInput::Tick, &mut out);
+    }
+    out
+}
+
+/// A target of generation 3 whose one replica answered, past its takeover wait: serving.
+fn serving_target() -> (Target, SessionId) {
     let mut target = target();
     let envelope = hello(&mut target);
     answer(
@@ -128,6 +137,127 @@ fn a_lost_session_ejects_its_replica_at_once_and_an_older_one_is_ignored() {
         envelope.session,
         Message::HelloAck(empty_ack(Incarnation(5))),
     );
+    tick(&mut target, TargetOptions::default().takeover_wait_ticks);
+    assert_eq!(target.status(), VolumeStatus::Healthy);
+    (target, envelope.session)
+}
+
+#[test]
+fn a_target_that_takes_over_serves_only_once_an_older_read_lease_ran_out() {
+    let mut target = target();
+    let envelope = hello(&mut target);
+    answer(
+        &mut target,
+        envelope.session,
+        Message::HelloAck(empty_ack(Incarnation(5))),
+    );
+    let wait = TargetOptions::default().takeover_wait_ticks;
+    tick(&mut target, wait - 1);
+    assert_eq!(target.status(), VolumeStatus::Init, "still waiting");
+    tick(&mut target, 1);
+    assert_eq!(target.status(), VolumeStatus::Healthy);
+}
+
+#[test]
+fn the_first_generation_serves_at_once() {
+    let membership = Membership::initial(&[(ReplicaId(1), Incarnation(5))]);
+    let mut target = Target::new(
+        Generation(1),
+        GEOMETRY,
+        membership,
+        TargetOptions::default(),
+    );
+    let envelope = hello(&mut target);
+    answer(
+        &mut target,
+        envelope.session,
+        Message::HelloAck(empty_ack(Incarnation(5))),
+    );
+    assert_eq!(target.status(), VolumeStatus::Healthy);
+}
+
+#[test]
+fn a_read_waits_for_the_read_lease_and_the_target_renews_it() {
+    // The replica last answered the handshake, longer ago than the lease; its idle probe is
+    // still unanswered.
+    let (mut target, session) = serving_target();
+    let mut out = Vec::new();
+    target.handle(
+        TargetInput::Client(ClientRequest {
+            id: ClientRequestId(1),
+            op: ClientOp::Read {
+                offset: 0,
+                len: 4096,
+            },
+        }),
+        &mut out,
+    );
+    let sent: Vec<&Message> = out
+        .iter()
+        .filter_map(|output| match output {
+            TargetOutput::Send { envelope, .. } => Some(&envelope.message),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !sent.iter().any(|m| matches!(m, Message::Read { .. })),
+        "no read without a lease: {sent:?}"
+    );
+    // The replica answers the probe: the lease holds again and the read goes out.
+    let awaited: Vec<RequestId> = target.links[&ReplicaId(1)]
+        .connected()
+        .expect("connected")
+        .awaited()
+        .keys()
+        .filter_map(|awaited| match awaited {
+            link::Awaited::Request(request) => Some(*request),
+            _ => None,
+        })
+        .collect();
+    let newest = *awaited.iter().max().expect("a ping is awaited");
+    let mut out = Vec::new();
+    for (number, request) in (2..).zip(awaited) {
+        out.clear();
+        target.handle(
+            TargetInput::Message {
+                from: ReplicaId(1),
+                envelope: Envelope {
+                    session,
+                    number,
+                    message: Message::Pong { request },
+                },
+            },
+            &mut out,
+        );
+        if request == newest {
+            break;
+        }
+    }
+    assert!(
+        out.iter().any(|output| matches!(
+            output,
+            TargetOutput::Send {
+                envelope: Envelope {
+                    message: Message::Read { .. },
+                    ..
+                },
+                ..
+            }
+        )),
+        "the read goes out once the lease holds: {out:?}"
+    );
+}
+
+#[test]
+fn a_lost_session_ejects_its_replica_at_once_and_an_older_one_is_ignored() {
+    let (mut target, session) = serving_target();
+    let envelope = Envelope {
+        session,
+        number: Session::OPENING_NUMBER,
+        message: Message::Ping {
+            request: RequestId(0),
+        },
+    };
     assert_eq!(
         target.replica_mode(ReplicaId(1)),
         Some(ReplicaMode::Healthy)

@@ -10,6 +10,7 @@
 //! go on the connection of their session, replies go to the waiting client, and a membership to
 //! persist goes to the [`MembershipStore`] (fenced by generation in the control plane).
 
+mod clock;
 mod connection;
 mod export;
 
@@ -27,6 +28,7 @@ use tandem_core::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+use clock::TickClock;
 use connection::Connection;
 
 /// How long one core tick is. The core's timeouts are in ticks (see [`TargetOptions`]): with
@@ -251,6 +253,7 @@ pub fn start(config: TargetConfig, store: Arc<dyn MembershipStore>) -> TargetHan
         status: status_tx,
         resyncs_finished: Vec::new(),
         out: Vec::new(),
+        clock: TickClock::start(TICK),
     };
     tokio::spawn(task.run(requests_rx, inbound_rx, persisted_rx));
     TargetHandle {
@@ -275,6 +278,7 @@ struct TargetTask {
     status: watch::Sender<TargetStatus>,
     resyncs_finished: Vec<FinishedResync>,
     out: Vec<TargetOutput>,
+    clock: TickClock,
 }
 
 /// Who waits for a membership command's outcome.
@@ -302,9 +306,18 @@ impl TargetTask {
         tracing::info!(volume = %self.volume, generation = self.target.generation().0, "target started");
         loop {
             tokio::select! {
-                _ = ticker.tick() => self.handle(TargetInput::Tick),
+                _ = ticker.tick() => {
+                    // Answers that already arrived count before time moves on.
+                    while let Ok(frame) = inbound.try_recv() {
+                        self.on_inbound(frame);
+                    }
+                    self.catch_up();
+                }
                 request = requests.recv() => match request {
                     Some(Request::Client(op, reply)) => {
+                        // A client is served on the time it is now, not the time the target
+                        // last woke up (a paused target's read lease has run out).
+                        self.catch_up();
                         let id = ClientRequestId(self.next_client);
                         self.next_client += 1;
                         self.clients.insert(id, reply);
@@ -369,7 +382,27 @@ impl TargetTask {
         }
     }
 
+    /// Feeds the core every tick due by the clock (many after a pause), publishing once.
+    fn catch_up(&mut self) {
+        let due = self.clock.due();
+        let mut publish = false;
+        for _ in 0..due {
+            publish |= self.apply(TargetInput::Tick);
+        }
+        if publish {
+            self.publish_status();
+        }
+    }
+
     fn handle(&mut self, input: TargetInput) {
+        if self.apply(input) {
+            self.publish_status();
+        }
+    }
+
+    /// Gives the core one input and carries out what it asks; true if the status should be
+    /// published.
+    fn apply(&mut self, input: TargetInput) -> bool {
         // Status changes come with events or membership work; the rest (rebuild progress) is
         // published on the next tick. Building the status for every I/O would cost more than
         // the I/O.
@@ -389,9 +422,7 @@ impl TargetTask {
             self.on_output(output);
         }
         self.out = out;
-        if publish {
-            self.publish_status();
-        }
+        publish
     }
 
     fn on_output(&mut self, output: TargetOutput) {

@@ -137,8 +137,15 @@ impl Sim {
     }
 
     /// G2 when a target finishes recovering: the replica it chose as the volume's history holds
-    /// every write that must survive.
-    pub(super) fn check_recovery_source(&mut self, source: ReplicaId) {
+    /// every write that must survive. A target that a newer one took over from may still
+    /// recover in place from a replica the newer one never reached (cut off together); it
+    /// cannot serve what it recovered (its writes need CF replicas, which refuse it; its reads
+    /// need a read lease), and every read it does answer is checked against the whole history
+    /// (G5), so its recovery is not held to writes it never saw.
+    pub(super) fn check_recovery_source(&mut self, generation: Generation, source: ReplicaId) {
+        if generation < self.control_plane.generation {
+            return;
+        }
         let Some(disk) = self.nodes.get(&source).and_then(|n| n.disk.as_ref()) else {
             return;
         };

@@ -126,7 +126,37 @@ impl Sim {
                 },
             )
         };
+        let generation = match op {
+            ClientOp::Read { .. } | ClientOp::Allocation { .. } => self.reader_target(generation),
+            _ => generation,
+        };
         self.submit(generation, op, pending);
+    }
+
+    /// The guarantee a wrong read from `generation` breaks: a target that another took over
+    /// from serving stale data is a fencing failure (G5); otherwise the read rule itself.
+    fn read_guarantee_of(&self, generation: Generation) -> Guarantee {
+        if self.control_plane.generation > generation {
+            Guarantee::G5Fencing
+        } else {
+            self.read_guarantee
+        }
+    }
+
+    /// Where a read goes: half the time, while an older target still runs unfenced, a client
+    /// that has not noticed the takeover reads through it. It must never be served anything
+    /// older than what the new target acknowledged (G5).
+    fn reader_target(&mut self, current: Generation) -> Generation {
+        let stale = self
+            .targets
+            .iter()
+            .filter(|(generation, target)| **generation < current && !target.is_fenced())
+            .map(|(generation, _)| *generation)
+            .max();
+        match stale {
+            Some(stale) if self.rng.gen_bool(0.5) => stale,
+            _ => current,
+        }
     }
 
     fn new_write_id(&mut self) -> u64 {
@@ -175,6 +205,14 @@ impl Sim {
     /// Reads the whole volume through the current target; each block is checked on arrival.
     pub fn client_read_all(&mut self) {
         if let Some(generation) = self.current {
+            self.client_read_all_through(generation);
+        }
+    }
+
+    /// Reads the whole volume through target `generation` (an old one, for a client that did
+    /// not notice a takeover), if it still runs; each block is checked on arrival.
+    pub fn client_read_all_through(&mut self, generation: Generation) {
+        if self.targets.contains_key(&generation) {
             let issued_at = self.history.now();
             let blocks = self.config.blocks;
             let op = ClientOp::Read {
@@ -228,7 +266,7 @@ impl Sim {
                     let value = block_value(&data[start..start + BLOCK_SIZE as usize]);
                     let block = first_block + index;
                     if let Err(problem) = self.history.check_block(block, value, issued_at) {
-                        let guarantee = self.read_guarantee;
+                        let guarantee = self.read_guarantee_of(generation);
                         self.violate(
                             guarantee,
                             format!("read from generation {}: {problem}", generation.0),
@@ -260,7 +298,7 @@ impl Sim {
                         for hole in block..block + extent_blocks {
                             if let Err(problem) = self.history.check_block(hole, Some(0), issued_at)
                             {
-                                let guarantee = self.read_guarantee;
+                                let guarantee = self.read_guarantee_of(generation);
                                 self.violate(
                                     guarantee,
                                     format!(

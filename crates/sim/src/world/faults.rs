@@ -209,7 +209,20 @@ impl Sim {
             self.target_restart_at_tick = Some(now + self.rng.gen_range(5..100));
         }
         if chance(&mut self.rng, rates.target_takeover_ppm) && self.current.is_some() {
+            // Half the time the old target's node is cut off with its own replica, which the new
+            // target cannot reach either: the old one must stop reading that copy.
+            let split = if self.rng.gen_bool(0.5) {
+                with_storage.iter().choose(&mut self.rng).copied()
+            } else {
+                None
+            };
+            if let Some(keep) = split {
+                self.isolate_target_with(keep);
+            }
             self.takeover_target();
+            if let Some(keep) = split {
+                self.cut_target_from(keep);
+            }
             self.faults.target_takeovers += 1;
         }
         if chance(&mut self.rng, rates.disk_errors_ppm) {

@@ -113,6 +113,8 @@ impl SimConfig {
                 resync_bytes_per_tick_under_load: 0,
                 resync_segments_inflight_max: 4,
                 client_timeout_ticks: 1_500,
+                read_lease_ticks: 40,
+                takeover_wait_ticks: 50,
                 bugs: tandem_core::Bugs::none(),
             },
             replica: ReplicaOptions {
@@ -703,7 +705,7 @@ impl Sim {
                     }
                 }
                 if let TargetEvent::RecoveredFrom { source, .. } = event {
-                    self.check_recovery_source(source);
+                    self.check_recovery_source(generation, source);
                 }
                 self.target_events.push((self.now_tick, generation, event));
             }
@@ -838,10 +840,32 @@ impl Sim {
         }
     }
 
-    /// A new target takes over while the old one keeps running, cut off from clients.
+    /// A new target takes over while the old one keeps running. Clients that have not noticed
+    /// keep reading through the old one (see `issue_client_request`), which must not serve them
+    /// anything stale (G5).
     pub fn takeover_target(&mut self) {
         self.note_target_restart();
         self.start_target();
+    }
+
+    /// Cuts the current target off from every replica but `keep`, both ways: its node lost the
+    /// network but kept its own replica.
+    pub fn isolate_target_with(&mut self, keep: ReplicaId) {
+        for replica in self.nodes.keys().copied().collect::<Vec<_>>() {
+            if replica != keep {
+                self.cut_target_from(replica);
+            }
+        }
+    }
+
+    /// Cuts the current target off from `replica`, both ways.
+    pub fn cut_target_from(&mut self, replica: ReplicaId) {
+        if let Some(generation) = self.current {
+            self.network
+                .cut(Node::Target(generation), Node::Replica(replica));
+            self.network
+                .cut(Node::Replica(replica), Node::Target(generation));
+        }
     }
 
     /// A killed replica knows only its checkpoint's stamp until it is resynced; a new target then
