@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use tandem::{wait, workload};
 
 mod agent;
+mod application;
 mod cluster;
 mod control_plane;
 mod demo;
@@ -42,6 +43,10 @@ enum TopCommand {
     /// Moves a volume's replica to another node while an application writes to it, checking
     /// that no data is lost (cStor's migration walk-through, on the local cluster).
     Demo(demo::DemoArgs),
+    /// Runs a verifying application against a volume: writes known content round after round
+    /// (FUA writes, flushes, read-back checks, reconnecting after failures), then reads every
+    /// block back. Fails if any block held the wrong data.
+    Workload(application::WorkloadArgs),
     /// The kubectl-style verbs: get, describe, edit, patch, apply, create, delete, volume.
     #[command(flatten)]
     Kubectl(kubectl::Command),
@@ -64,6 +69,7 @@ fn main() -> ExitCode {
         TopCommand::ControlPlane(args) => control_plane::run(args).map(|()| true),
         TopCommand::Agent(args) => agent::run(args).map(|()| true),
         TopCommand::Demo(args) => demo::run(args),
+        TopCommand::Workload(args) => application::run(args),
         TopCommand::Kubectl(command) => kubectl::run(command),
     };
     match result {

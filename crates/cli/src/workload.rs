@@ -144,16 +144,38 @@ pub struct Stats {
     io_errors: AtomicU64,
     wrong: AtomicU64,
     longest_us: AtomicU64,
+    /// The longest time between two I/Os that succeeded (a failover, a reconnection).
+    longest_pause_us: AtomicU64,
+    /// When the last I/O succeeded, since `epoch`.
+    last_success_us: AtomicU64,
+    epoch: EpochInstant,
     /// Full passes over the volume finished.
     rounds: AtomicU64,
     reconnects: AtomicU64,
     problems: Mutex<Vec<String>>,
 }
 
+/// The moment the counters started (an `Instant` with a default).
+struct EpochInstant(Instant);
+
+impl Default for EpochInstant {
+    fn default() -> Self {
+        EpochInstant(Instant::now())
+    }
+}
+
 impl Stats {
     fn took(&self, duration: Duration) {
         self.longest_us
             .fetch_max(duration.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// An I/O succeeded: the time since the previous one is a pause the application saw.
+    fn succeeded(&self) {
+        let now = self.epoch.0.elapsed().as_micros() as u64;
+        let previous = self.last_success_us.swap(now, Ordering::Relaxed);
+        self.longest_pause_us
+            .fetch_max(now.saturating_sub(previous), Ordering::Relaxed);
     }
 
     fn problem(&self, message: String) {
@@ -185,6 +207,9 @@ impl Stats {
             io_errors: load(&self.io_errors),
             wrong: load(&self.wrong),
             longest_io_ms: load(&self.longest_us).div_ceil(1000),
+            longest_pause_ms: load(&self.longest_pause_us).div_ceil(1000),
+            reconnects: load(&self.reconnects),
+            rounds: load(&self.rounds),
         }
     }
 
@@ -229,6 +254,10 @@ pub struct Counts {
     pub wrong: u64,
     /// The longest single I/O ("the longest I/O stall"), rounded up.
     pub longest_io_ms: u64,
+    /// The longest time without a successful I/O (a failover, a reconnection), rounded up.
+    pub longest_pause_ms: u64,
+    pub reconnects: u64,
+    pub rounds: u64,
 }
 
 /// A failed I/O: its message, and whether the connection must be replaced.
@@ -246,7 +275,10 @@ async fn timed<T>(
     let result = tokio::time::timeout(IO_TIMEOUT, io).await;
     stats.took(began.elapsed());
     match result {
-        Ok(Ok(value)) => Ok(value),
+        Ok(Ok(value)) => {
+            stats.succeeded();
+            Ok(value)
+        }
         Ok(Err(error)) => Err(Failure {
             lost: error.is_connection_lost(),
             message: error.to_string(),
@@ -285,10 +317,18 @@ pub struct Writer {
 impl Writer {
     /// Starts writing the first `blocks` blocks of the volume at `uri` (a tokio task).
     pub fn start(uri: String, blocks: u64) -> Writer {
+        Writer::start_on(vec![uri], blocks)
+    }
+
+    /// [`Writer::start`] with several addresses of the same volume (every node's endpoint):
+    /// after a failure the application reconnects to the next one in turn, as a multipath
+    /// initiator would.
+    pub fn start_on(uris: Vec<String>, blocks: u64) -> Writer {
+        assert!(!uris.is_empty(), "the application needs an address");
         let stats = Arc::new(Stats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn(write_loop(
-            uri,
+            uris,
             blocks,
             Arc::clone(&stats),
             Arc::clone(&stop),
@@ -339,9 +379,14 @@ impl Writer {
     }
 }
 
-/// Connects (again) to the volume, retrying until it works or `give_up` says so; each failed
-/// attempt is an I/O error.
-async fn connect(uri: &str, stats: &Stats, give_up: impl Fn() -> bool) -> Option<Arc<NbdClient>> {
+/// Connects (again) to the volume, through the next of `uris` each time, retrying until it
+/// works or `give_up` says so; each failed attempt is an I/O error.
+async fn connect(
+    uris: &[String],
+    turn: &mut usize,
+    stats: &Stats,
+    give_up: impl Fn() -> bool,
+) -> Option<Arc<NbdClient>> {
     let options = ClientOptions {
         handshake_timeout: IO_TIMEOUT,
     };
@@ -349,6 +394,8 @@ async fn connect(uri: &str, stats: &Stats, give_up: impl Fn() -> bool) -> Option
         if give_up() {
             return None;
         }
+        let uri = &uris[*turn % uris.len()];
+        *turn += 1;
         let began = Instant::now();
         let connected = NbdClient::connect_with(uri, &options).await;
         stats.took(began.elapsed());
@@ -356,7 +403,10 @@ async fn connect(uri: &str, stats: &Stats, give_up: impl Fn() -> bool) -> Option
             Ok(client) => return Some(Arc::new(client)),
             Err(error) => {
                 stats.io_error(format!("connecting to {uri}: {error}"));
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                // Every address was tried: wait a moment before the next round.
+                if (*turn).is_multiple_of(uris.len()) {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
             }
         }
     }
@@ -366,7 +416,7 @@ async fn connect(uri: &str, stats: &Stats, give_up: impl Fn() -> bool) -> Option
 /// [`QUEUE_DEPTH`] writes in flight at a time; FUA, flushes and read-back checks as the
 /// constants say. Returns what each block must hold.
 async fn write_loop(
-    uri: String,
+    uris: Vec<String>,
     blocks: u64,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
@@ -378,10 +428,11 @@ async fn write_loop(
     let mut next: u64 = 0;
     let mut writes: u64 = 0;
     let mut since_flush: u64 = 0;
+    let mut turn = 0;
     while !stop.load(Ordering::SeqCst) {
         let nbd = match &client {
             Some(nbd) => Arc::clone(nbd),
-            None => match connect(&uri, &stats, || stop.load(Ordering::SeqCst)).await {
+            None => match connect(&uris, &mut turn, &stats, || stop.load(Ordering::SeqCst)).await {
                 Some(nbd) => {
                     if writes > 0 {
                         stats.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -529,7 +580,14 @@ pub struct Checked {
 /// against what it must hold. A lost connection is replaced (within [`IO_TIMEOUT`]); blocks
 /// that cannot be read count as unreadable.
 pub async fn verify_all(uri: &str, written: &Written) -> Checked {
+    verify_all_on(&[uri.to_string()], written).await
+}
+
+/// [`verify_all`] through any of `uris` (in turn, after a failure).
+pub async fn verify_all_on(uris: &[String], written: &Written) -> Checked {
+    assert!(!uris.is_empty(), "the check needs an address");
     let stats = &written.stats;
+    let mut turn = 0;
     let expected = Arc::new(written.expected.clone());
     let blocks = expected.len() as u64;
     let mut checked = Checked::default();
@@ -540,7 +598,7 @@ pub async fn verify_all(uri: &str, written: &Written) -> Checked {
             Some(client) => Arc::clone(client),
             None => {
                 let give_up = Instant::now() + IO_TIMEOUT;
-                match connect(uri, stats, || Instant::now() > give_up).await {
+                match connect(uris, &mut turn, stats, || Instant::now() > give_up).await {
                     Some(client) => {
                         nbd = Some(Arc::clone(&client));
                         client
