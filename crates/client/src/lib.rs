@@ -125,28 +125,47 @@ pub struct NodeStatus {
 
 #[derive(Clone)]
 pub struct Client {
+    /// The address as given: `http://HOST:PORT` or `unix:PATH`.
     server: String,
+    /// What request URLs start with: the server itself over TCP, a placeholder host over a
+    /// Unix socket (the socket decides where the request goes).
+    base: String,
     http: reqwest::Client,
 }
 
+/// The scheme of a control plane reached over a Unix socket: `unix:/path/to/control-plane.sock`.
+pub const UNIX_SCHEME: &str = "unix:";
+
 impl Client {
-    /// A client of the control plane at `server` (e.g. `http://127.0.0.1:7070`).
+    /// A client of the control plane at `server`: `http://127.0.0.1:7070` over TCP, or
+    /// `unix:/path/to/control-plane.sock` over a Unix socket (a control plane in another
+    /// network namespace is reached that way from this one).
     pub fn new(server: &str) -> Result<Client, ClientError> {
         let server = server.trim_end_matches('/').to_string();
-        if !server.starts_with("http://") && !server.starts_with("https://") {
+        let builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        let (base, builder) = if let Some(path) = server.strip_prefix(UNIX_SCHEME) {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if !path.starts_with('/') {
+                return Err(ClientError::Protocol {
+                    server,
+                    detail: "a Unix socket address is unix:/absolute/path".to_string(),
+                });
+            }
+            let socket = std::path::PathBuf::from(path);
+            ("http://localhost".to_string(), builder.unix_socket(socket))
+        } else if server.starts_with("http://") || server.starts_with("https://") {
+            (server.clone(), builder)
+        } else {
             return Err(ClientError::Protocol {
                 server,
-                detail: "the server address must start with http:// or https://".to_string(),
+                detail: "the server address must start with http://, https:// or unix:".to_string(),
             });
-        }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|error| ClientError::Protocol {
-                server: server.clone(),
-                detail: format!("cannot build an HTTP client: {error}"),
-            })?;
-        Ok(Client { server, http })
+        };
+        let http = builder.build().map_err(|error| ClientError::Protocol {
+            server: server.clone(),
+            detail: format!("cannot build an HTTP client: {error}"),
+        })?;
+        Ok(Client { server, base, http })
     }
 
     pub fn server(&self) -> &str {
@@ -227,7 +246,7 @@ impl Client {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.server)
+        format!("{}{path}", self.base)
     }
 
     /// Every object of `kind` in `namespace` (all namespaces if `None`) whose labels match
