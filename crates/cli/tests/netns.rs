@@ -220,3 +220,61 @@ fn a_node_cut_off_the_bridge_goes_offline_and_comes_back() {
     cluster.heal_drops("node2");
     assert!(ping("node1", "node2"), "node2 should answer again");
 }
+
+#[test]
+fn down_after_a_failed_up_removes_what_it_had_created() {
+    if !netns_possible() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the control plane's socket goes: the control plane refuses to start, after
+    // `up` made the route and the namespaces.
+    std::fs::create_dir_all(dir.path().join("control-plane")).unwrap();
+    std::fs::write(
+        dir.path().join("control-plane/control-plane.sock"),
+        "in the way",
+    )
+    .unwrap();
+    let prefix = unique_prefix();
+    let tandem = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args(args)
+            .env("TANDEM_DATA_DIR", dir.path())
+            .env_remove("TANDEM_SERVER")
+            .env("TANDEM_LOG", "warn")
+            .output()
+            .expect("tandem")
+    };
+    let up = tandem(&["up", "--netns", &prefix, "--nodes", "2", "--timeout", "20s"]);
+    assert!(!up.status.success());
+    let stderr = String::from_utf8_lossy(&up.stderr);
+    assert!(
+        stderr.contains("the control plane exited at start"),
+        "{stderr}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("control-plane/control-plane.log")).unwrap();
+    assert!(
+        log.contains("a file that is not a socket is in the way"),
+        "{log}"
+    );
+    assert!(namespaces().contains(&format!("{prefix}-node2")));
+
+    let down = tandem(&["down"]);
+    assert!(down.status.success(), "{down:?}");
+    let left: Vec<String> = namespaces()
+        .into_iter()
+        .filter(|name| name.starts_with(&format!("{prefix}-")))
+        .collect();
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+    let recorded: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("cluster.json")).unwrap())
+            .unwrap();
+    let subnet = recorded["netns"]["subnet"].as_u64().unwrap();
+    assert!(
+        !blackhole_routes().contains(&format!("10.77.{subnet}.0/24")),
+        "{}",
+        blackhole_routes()
+    );
+    let again = tandem(&["down"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("no Tandem cluster is running"));
+}

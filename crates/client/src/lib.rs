@@ -494,3 +494,78 @@ impl Watch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+
+    #[test]
+    fn addresses_are_http_urls_or_absolute_unix_socket_paths() {
+        for good in [
+            "http://127.0.0.1:7070",
+            "https://cp.example:7070/",
+            "unix:/run/cp.sock",
+            "unix:///run/cp.sock",
+        ] {
+            assert!(Client::new(good).is_ok(), "{good}");
+        }
+        for (bad, expected) in [
+            (
+                "127.0.0.1:7070",
+                "must start with http://, https:// or unix:",
+            ),
+            ("unix:cp.sock", "unix:/absolute/path"),
+        ] {
+            let error = Client::new(bad).err().expect(bad).to_string();
+            assert!(error.contains(expected), "{bad}: {error}");
+        }
+    }
+
+    /// A request over a Unix socket reaches the server listening on it, and a socket nobody
+    /// listens on is "unreachable", naming the address.
+    #[tokio::test]
+    async fn a_unix_socket_carries_the_requests() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let socket = dir.path().join("cp.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("a connection");
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut request_line = String::new();
+            reader
+                .read_line(&mut request_line)
+                .expect("the request line");
+            loop {
+                let mut header = String::new();
+                reader.read_line(&mut header).expect("a header");
+                if header == "\r\n" || header.is_empty() {
+                    break;
+                }
+            }
+            let body = r#"[{"node":"node1","lastSeenMs":5,"ready":true}]"#;
+            write!(
+                &stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .expect("answer");
+            request_line
+        });
+        let client = Client::new(&format!("unix:{}", socket.display())).expect("a client");
+        let nodes = client.nodes().await.expect("an answer over the socket");
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0].node, "node1");
+        let request_line = server.join().expect("the server");
+        assert!(
+            request_line.starts_with("GET /tandem/v1/nodes HTTP/1.1"),
+            "{request_line}"
+        );
+
+        std::fs::remove_file(&socket).expect("remove the socket");
+        let error = client.nodes().await.expect_err("nobody listens");
+        assert_eq!(error.kind(), ErrorKind::Unreachable);
+        assert!(error.to_string().contains("unix:"), "{error}");
+    }
+}
