@@ -260,6 +260,15 @@ pub fn reserve(
                 network.prefix
             );
         }
+        // Without its route, a connection from the root namespace to a test address could
+        // leave the machine, and another cluster may have been given the subnet.
+        if !has_route(network)? {
+            bail!(
+                "the route blackhole {} of this cluster's namespaces is gone; `tandem down`, \
+                 then `tandem up` again",
+                network.cidr()
+            );
+        }
         return Ok(network.clone());
     }
     std::fs::create_dir_all("/run/tandem").context("create /run/tandem")?;
@@ -297,6 +306,13 @@ pub fn reserve(
     record(&network)?;
     ip(&["route", "add", "blackhole", &network.cidr()])?;
     Ok(network)
+}
+
+/// Whether the root namespace has the network's blackhole route.
+fn has_route(network: &Network) -> Result<bool> {
+    let cidr = network.cidr();
+    let routes = run_ip(&["-4", "route", "show", "type", "blackhole", &cidr])?;
+    Ok(!String::from_utf8_lossy(&routes.stdout).trim().is_empty())
 }
 
 /// Creates what is missing of the switch and the hosts for `nodes` (so a second `up`, or one
@@ -381,8 +397,7 @@ pub fn remove(network: &Network, nodes: &[String]) -> Result<()> {
         println!("removed network namespace {namespace}");
     }
     let cidr = network.cidr();
-    let routes = run_ip(&["-4", "route", "show", "type", "blackhole", &cidr])?;
-    if !String::from_utf8_lossy(&routes.stdout).trim().is_empty() {
+    if has_route(network)? {
         ip(&["route", "del", "blackhole", &cidr])?;
         println!("removed the route blackhole {cidr}");
     }
