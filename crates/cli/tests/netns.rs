@@ -207,9 +207,9 @@ fn a_node_cut_off_the_bridge_goes_offline_and_comes_back() {
     // A one-way drop from node1 into node2 leaves node2 reaching the control plane.
     cluster.drop_from("node2", "node1");
     let ping = |from: &str, to: &str| {
-        let namespace = format!("{}-{from}", cluster.netns_prefix().unwrap());
-        Command::new("ip")
-            .args(["netns", "exec", &namespace, "ping", "-c1", "-W1"])
+        cluster
+            .in_node(from, "ping")
+            .args(["-c1", "-W1"])
             .arg(cluster.node_address(to))
             .output()
             .expect("ping is installed")

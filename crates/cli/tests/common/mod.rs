@@ -553,6 +553,19 @@ impl Cluster {
         assert!(nft.wait().expect("nft").success(), "nft -f failed");
     }
 
+    /// A program run inside node NODE's namespace (`ip netns exec PREFIX-NODE PROGRAM`), e.g. to
+    /// look at its sockets or to reach another node from there.
+    pub fn in_node(&self, node: &str, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args([
+            "netns",
+            "exec",
+            &format!("{}-{node}", self.netns_or_panic()),
+            program,
+        ]);
+        command
+    }
+
     /// Removes every drop rule [`Cluster::drop_from`] added in node NODE.
     pub fn heal_drops(&self, node: &str) {
         let namespace = format!("{}-{node}", self.netns_or_panic());
