@@ -3,10 +3,16 @@
 //! directory:
 //!
 //! ```text
-//! DIR/cluster.json                      what `up` was asked for (port, nodes, pool sizes)
-//! DIR/control-plane/{store.redb, address, control-plane.log, control-plane.pid}
+//! DIR/cluster.json                      what `up` was asked for (port, nodes, pool sizes) and
+//!                                       with --netns, the network it created
+//! DIR/control-plane/{store.redb, address, control-plane.log, control-plane.pid,
+//!                    control-plane.sock (with --netns)}
 //! DIR/nodes/NODE/{pool/, agent.log, agent.pid}
 //! ```
+//!
+//! By default every process listens on 127.0.0.1. With `--netns PREFIX` each runs on its own
+//! network host, a network namespace on a bridge ([`netns`]); the `tandem` command reaches the
+//! control plane from the root namespace through its Unix socket.
 //!
 //! `up` is idempotent: it starts only what is not running, adds nodes when asked for more,
 //! makes sure the pool cluster `cspc-stripe-pool` has one pool per node, and waits until they
@@ -30,6 +36,10 @@ use tandem_objects::{
     BlockDevice, CStorPoolCluster, CStorPoolClusterSpec, Kind, Object, ObjectMeta, PoolConfig,
     PoolSpec, Quantity, RaidGroup, DEFAULT_NAMESPACE, LABEL_HOSTNAME,
 };
+
+mod netns;
+
+pub use netns::{enter as enter_namespace, Network};
 
 use crate::control_plane::write_atomically;
 use crate::server::{address_file, default_data_dir};
@@ -67,6 +77,12 @@ pub struct UpArgs {
     /// The data directory [default: ~/.tandem].
     #[arg(long, env = "TANDEM_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Run every node on its own network host: namespaces PREFIX-node1.. with their own
+    /// addresses on a bridge (in PREFIX-sw), the control plane in PREFIX-cp, and PREFIX-client
+    /// for clients (`ip netns exec PREFIX-client qemu-io nbd://...`). Needs root and `ip`. A
+    /// cluster started with it keeps it.
+    #[arg(long, value_name = "PREFIX")]
+    netns: Option<String>,
 }
 
 impl UpArgs {
@@ -81,7 +97,14 @@ impl UpArgs {
                 .expect("the default agent timeout is a duration"),
             timeout,
             data_dir: Some(data_dir),
+            netns: None,
         }
+    }
+
+    /// The same, on network namespaces named after `prefix` (`up --netns PREFIX`).
+    pub fn on_netns(mut self, prefix: Option<String>) -> UpArgs {
+        self.netns = prefix;
+        self
     }
 }
 
@@ -99,6 +122,23 @@ struct ClusterFile {
     port: u16,
     agent_timeout: String,
     nodes: Vec<NodeEntry>,
+    /// The network namespaces the cluster runs on (`up --netns`); none on loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    netns: Option<Network>,
+}
+
+impl ClusterFile {
+    fn node_names(&self) -> Vec<String> {
+        self.nodes.iter().map(|node| node.name.clone()).collect()
+    }
+
+    /// Where node `index` listens (and is reached): its namespace's address, or 127.0.0.1.
+    fn node_ip(&self, index: usize) -> String {
+        match &self.netns {
+            Some(network) => network.node_address(index).to_string(),
+            None => "127.0.0.1".to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,10 +161,21 @@ fn cluster_file(data_dir: &Path) -> PathBuf {
 /// The number of nodes `up` recorded in the data directory (0 if none): `up` never takes
 /// fewer.
 pub fn recorded_nodes(data_dir: &Path) -> usize {
+    read_recorded(data_dir).map_or(0, |cluster| cluster.nodes.len())
+}
+
+fn read_recorded(data_dir: &Path) -> Option<ClusterFile> {
     std::fs::read_to_string(cluster_file(data_dir))
         .ok()
         .and_then(|text| serde_json::from_str::<ClusterFile>(&text).ok())
-        .map_or(0, |cluster| cluster.nodes.len())
+}
+
+/// The network namespaces the cluster in `data_dir` runs on, if it was started with --netns
+/// and is not down.
+pub fn recorded_network(data_dir: &Path) -> Option<Network> {
+    read_recorded(data_dir)
+        .and_then(|cluster| cluster.netns)
+        .filter(|network| network.created)
 }
 
 fn node_dir(data_dir: &Path, node: &str) -> PathBuf {
@@ -150,16 +201,33 @@ pub fn up(args: UpArgs) -> Result<()> {
     let data_dir = data_dir
         .canonicalize()
         .with_context(|| format!("resolve {}", data_dir.display()))?;
-    let cluster = plan(&data_dir, &args, pool_size)?;
-    write_atomically(
-        &cluster_file(&data_dir),
-        &serde_json::to_string_pretty(&cluster).context("encode cluster.json")?,
-    )?;
+    let mut cluster = plan(&data_dir, &args, pool_size)?;
+    let prefix = args
+        .netns
+        .clone()
+        .or_else(|| cluster.netns.as_ref().map(|network| network.prefix.clone()));
+    if let Some(prefix) = prefix {
+        let network = netns::reserve(&prefix, cluster.netns.as_ref(), |network| {
+            let mut recorded = cluster.clone();
+            recorded.netns = Some(network.clone());
+            record(&data_dir, &recorded)
+        })?;
+        cluster.netns = Some(network.clone());
+        record(&data_dir, &cluster)?;
+        netns::create(&network, &cluster.node_names())?;
+    } else {
+        record(&data_dir, &cluster)?;
+    }
 
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     let server = runtime.block_on(start_control_plane(&data_dir, &cluster, args.timeout))?;
-    for node in &cluster.nodes {
-        start_agent(&data_dir, node, &server)?;
+    // The agents join the control plane by URL, over the bridge when on namespaces.
+    let agents_server = match &cluster.netns {
+        Some(network) => network.control_plane_url(),
+        None => server.clone(),
+    };
+    for (index, node) in cluster.nodes.iter().enumerate() {
+        start_agent(&data_dir, &cluster, index, node, &agents_server)?;
     }
     let client = Client::new(&server)?;
     runtime.block_on(ensure_pool_cluster(&client, &cluster, args.timeout))?;
@@ -171,13 +239,28 @@ pub fn up(args: UpArgs) -> Result<()> {
         cluster.nodes.len()
     );
     println!("  control plane  {server}");
-    for node in &cluster.nodes {
+    for (index, node) in cluster.nodes.iter().enumerate() {
         println!(
-            "  {:<13}  pool {} ({}), NBD on 127.0.0.1:{}",
+            "  {:<13}  pool {} ({}), NBD on {}:{}",
             node.name,
             node_dir(&data_dir, &node.name).join("pool").display(),
             node.pool_size,
+            cluster.node_ip(index),
             node.nbd_port
+        );
+    }
+    if let Some(network) = &cluster.netns {
+        println!(
+            "Each node is a network namespace on {} ({}-node1, ...); clients run in {}:",
+            network.cidr(),
+            network.prefix,
+            network.client_namespace()
+        );
+        println!(
+            "  ip netns exec {} qemu-io nbd://{}:{}/VOLUME",
+            network.client_namespace(),
+            network.node_address(0),
+            netns::NBD_PORT
         );
     }
     println!("Logs and data are under {}.", data_dir.display());
@@ -187,8 +270,18 @@ pub fn up(args: UpArgs) -> Result<()> {
     Ok(())
 }
 
+fn record(data_dir: &Path, cluster: &ClusterFile) -> Result<()> {
+    write_atomically(
+        &cluster_file(data_dir),
+        &serde_json::to_string_pretty(cluster).context("encode cluster.json")?,
+    )
+}
+
 /// The cluster to run: the recorded one, grown to `--nodes` if that is more.
 fn plan(data_dir: &Path, args: &UpArgs, pool_size: Quantity) -> Result<ClusterFile> {
+    if let Some(prefix) = &args.netns {
+        netns::validate_prefix(prefix)?;
+    }
     let recorded = match std::fs::read_to_string(cluster_file(data_dir)) {
         Ok(text) => Some(serde_json::from_str::<ClusterFile>(&text).with_context(|| {
             format!("{} is not a cluster file", cluster_file(data_dir).display())
@@ -198,12 +291,32 @@ fn plan(data_dir: &Path, args: &UpArgs, pool_size: Quantity) -> Result<ClusterFi
             return Err(error).with_context(|| format!("read {}", cluster_file(data_dir).display()))
         }
     };
+    let on_netns = match &recorded {
+        Some(cluster) if !cluster.nodes.is_empty() => {
+            if cluster.netns.is_none() && args.netns.is_some() {
+                bail!(
+                    "the cluster in {} runs on loopback; it cannot move to --netns (use another                      --data-dir)",
+                    data_dir.display()
+                );
+            }
+            cluster.netns.is_some()
+        }
+        _ => args.netns.is_some(),
+    };
+    if on_netns {
+        netns::check_can_create()?;
+    }
     let mut cluster = match recorded {
         Some(cluster) => cluster,
         None => ClusterFile {
-            port: choose_port(args.port)?,
+            port: if on_netns {
+                netns::CONTROL_PLANE_PORT
+            } else {
+                choose_port(args.port)?
+            },
             agent_timeout: humantime::format_duration(args.agent_timeout).to_string(),
             nodes: Vec::new(),
+            netns: None,
         },
     };
     if args.nodes < cluster.nodes.len() {
@@ -224,6 +337,11 @@ fn plan(data_dir: &Path, args: &UpArgs, pool_size: Quantity) -> Result<ClusterFi
         });
     }
     for node in &mut cluster.nodes {
+        if on_netns {
+            // Every node has its own address: the same ports everywhere.
+            node.data_port = netns::DATA_PORT;
+            node.nbd_port = netns::NBD_PORT;
+        }
         if node.data_port == 0 {
             node.data_port = choose_port(Some(0))?;
         }
@@ -267,25 +385,41 @@ async fn start_control_plane(
 ) -> Result<String> {
     let directory = control_plane_dir(data_dir);
     let pid_file = directory.join("control-plane.pid");
-    let server = format!("http://127.0.0.1:{}", cluster.port);
+    let socket = directory.join("control-plane.sock");
+    let (server, listen) = match &cluster.netns {
+        Some(network) => (
+            format!("{}{}", tandem_client::UNIX_SCHEME, socket.display()),
+            format!("{}:{}", network.control_plane_address(), cluster.port),
+        ),
+        None => (
+            format!("http://127.0.0.1:{}", cluster.port),
+            format!("127.0.0.1:{}", cluster.port),
+        ),
+    };
     if let Some(pid) = running_pid(&pid_file) {
         println!("control plane already running (pid {pid}) at {server}");
         return Ok(server);
     }
     // A stale address would let the wait below succeed before the new process is up.
     let _ = std::fs::remove_file(address_file(data_dir));
+    let mut args = vec![
+        "control-plane".to_string(),
+        "--data-dir".to_string(),
+        data_dir.display().to_string(),
+        "--listen".to_string(),
+        listen,
+        "--agent-timeout".to_string(),
+        cluster.agent_timeout.clone(),
+    ];
+    let namespace = cluster.netns.as_ref().map(Network::control_plane_namespace);
+    if namespace.is_some() {
+        args.extend(["--unix-socket".to_string(), socket.display().to_string()]);
+    }
     let mut child = spawn(
-        &[
-            "control-plane".to_string(),
-            "--data-dir".to_string(),
-            data_dir.display().to_string(),
-            "--listen".to_string(),
-            format!("127.0.0.1:{}", cluster.port),
-            "--agent-timeout".to_string(),
-            cluster.agent_timeout.clone(),
-        ],
+        &args,
         &directory.join("control-plane.log"),
         &pid_file,
+        namespace.as_deref(),
     )?;
     println!("started control plane (pid {}) at {server}", child.id());
     let log = directory.join("control-plane.log");
@@ -308,7 +442,13 @@ async fn start_control_plane(
     Ok(server)
 }
 
-fn start_agent(data_dir: &Path, node: &NodeEntry, server: &str) -> Result<()> {
+fn start_agent(
+    data_dir: &Path,
+    cluster: &ClusterFile,
+    index: usize,
+    node: &NodeEntry,
+    server: &str,
+) -> Result<()> {
     let directory = node_dir(data_dir, &node.name);
     std::fs::create_dir_all(&directory)
         .with_context(|| format!("create {}", directory.display()))?;
@@ -329,27 +469,38 @@ fn start_agent(data_dir: &Path, node: &NodeEntry, server: &str) -> Result<()> {
             "--server".to_string(),
             server.to_string(),
             "--data-address".to_string(),
-            format!("127.0.0.1:{}", node.data_port),
+            format!("{}:{}", cluster.node_ip(index), node.data_port),
             "--nbd-address".to_string(),
-            format!("127.0.0.1:{}", node.nbd_port),
+            format!("{}:{}", cluster.node_ip(index), node.nbd_port),
         ],
         &directory.join("agent.log"),
         &pid_file,
+        cluster
+            .netns
+            .as_ref()
+            .map(|network| network.node_namespace(&node.name))
+            .as_deref(),
     )?;
     println!("started agent {} (pid {})", node.name, child.id());
     Ok(())
 }
 
 /// Starts `tandem ARGS` in the background, in its own process group (so a Ctrl-C in this
-/// terminal does not reach it), appending its output to `log`. It outlives this process.
-fn spawn(args: &[String], log: &Path, pid_file: &Path) -> Result<Child> {
+/// terminal does not reach it), appending its output to `log`, in network namespace
+/// `namespace` if one is given (`ip netns exec` execs, so the pid is tandem's). It outlives this
+/// process.
+fn spawn(args: &[String], log: &Path, pid_file: &Path, namespace: Option<&str>) -> Result<Child> {
     let executable = std::env::current_exe().context("find the tandem executable")?;
     let log_file = OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .with_context(|| format!("open {}", log.display()))?;
-    let child = Command::new(executable)
+    let mut command = match namespace {
+        Some(namespace) => netns::command_in(namespace, &executable),
+        None => Command::new(executable),
+    };
+    let child = command
         .args(args)
         .env_remove("TANDEM_SERVER")
         .stdin(Stdio::null())
@@ -508,6 +659,17 @@ pub fn down(args: DownArgs) -> Result<()> {
         let _ = std::fs::remove_file(pid_file);
     }
     let _ = std::fs::remove_file(address_file(&data_dir));
+    if let Some(mut cluster) = read_recorded(&data_dir) {
+        if let Some(network) = cluster.netns.clone().filter(|network| network.created) {
+            netns::remove(&network, &cluster.node_names())?;
+            cluster.netns = Some(Network {
+                created: false,
+                ..network
+            });
+            record(&data_dir, &cluster)?;
+            stopped += 1;
+        }
+    }
     if stopped == 0 {
         println!("no Tandem cluster is running in {}", data_dir.display());
     } else {

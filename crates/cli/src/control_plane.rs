@@ -23,6 +23,11 @@ pub struct ControlPlaneArgs {
     /// How long a node agent may stay silent before its pool is marked OFFLINE.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     agent_timeout: Duration,
+    /// Also serve the API on this Unix socket, and record that address (`unix:PATH`) for the
+    /// CLI: processes in another network namespace on this host (the `tandem` command in the
+    /// root namespace of a `tandem up --netns` cluster) reach the control plane through it.
+    #[arg(long)]
+    unix_socket: Option<PathBuf>,
 }
 
 pub fn run(args: ControlPlaneArgs) -> Result<()> {
@@ -42,15 +47,35 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
             .context("read the listening address")?;
         // Scripts read this line to find the API; the CLI reads the address file.
         println!("control plane listening on http://{address}");
-        write_atomically(&address_file(&data_dir), &format!("http://{address}\n"))?;
+        let unix = match &args.unix_socket {
+            Some(socket) => Some(bind_unix_socket(socket)?),
+            None => None,
+        };
+        let recorded = match &args.unix_socket {
+            Some(socket) => {
+                println!("control plane listening on unix:{}", socket.display());
+                format!("unix:{}", socket.display())
+            }
+            None => format!("http://{address}"),
+        };
+        write_atomically(&address_file(&data_dir), &format!("{recorded}\n"))?;
         tracing::info!(%address, store = %path.display(), "control plane started");
         let api = Api::new(Arc::new(store), args.agent_timeout);
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let controllers = tokio::spawn(controllers::run(
             api.clone(),
             format!("http://{address}"),
-            wait_for(stopped),
+            wait_for(stopped.clone()),
         ));
+        let on_socket = unix.map(|listener| {
+            let router = router(api.clone());
+            let stopped = stopped.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(wait_for(stopped))
+                    .await
+            })
+        });
         let served = axum::serve(listener, router(api))
             .with_graceful_shutdown(shutdown_signal())
             .await
@@ -58,8 +83,31 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
         // The receiver may already be gone if the controllers ended on their own.
         let _ = stop.send(true);
         let _ = controllers.await;
+        if let Some(on_socket) = on_socket {
+            let _ = on_socket.await;
+        }
+        if let Some(socket) = &args.unix_socket {
+            let _ = std::fs::remove_file(socket);
+        }
         served
     })
+}
+
+/// Listens on `socket`, replacing a socket file a previous (killed) control plane left.
+fn bind_unix_socket(socket: &std::path::Path) -> Result<tokio::net::UnixListener> {
+    match std::fs::symlink_metadata(socket) {
+        Ok(metadata) if std::os::unix::fs::FileTypeExt::is_socket(&metadata.file_type()) => {
+            std::fs::remove_file(socket)
+                .with_context(|| format!("remove the stale socket {}", socket.display()))?;
+        }
+        Ok(_) => anyhow::bail!(
+            "--unix-socket {}: a file that is not a socket is in the way",
+            socket.display()
+        ),
+        Err(_) => {}
+    }
+    tokio::net::UnixListener::bind(socket)
+        .with_context(|| format!("listen on the Unix socket {}", socket.display()))
 }
 
 async fn wait_for(mut stopped: tokio::sync::watch::Receiver<bool>) {

@@ -92,6 +92,10 @@ pub struct DemoArgs {
     /// Keep the demo's volume at the end; this is the default (the opposite of --cleanup).
     #[arg(long, conflicts_with = "cleanup")]
     keep: bool,
+    /// Run the cluster on network namespaces (as `tandem up --netns PREFIX`), the application
+    /// in PREFIX-client. A cluster started with --netns is reused on its namespaces either way.
+    #[arg(long, value_name = "PREFIX")]
+    netns: Option<String>,
 }
 
 const NAMESPACE: &str = DEFAULT_NAMESPACE;
@@ -116,8 +120,24 @@ pub fn run(args: DemoArgs) -> Result<bool> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     let started = Instant::now();
 
-    step1_cluster::start_cluster(&data_dir, args.nodes, args.port, args.timeout)?;
+    step1_cluster::start_cluster(
+        &data_dir,
+        args.nodes,
+        args.port,
+        args.netns.clone(),
+        args.timeout,
+    )?;
     let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
+    // On namespaces, the application is a client like any other: it runs in PREFIX-client
+    // (this thread, and the runtime's threads it starts below); the API stays reachable over
+    // the control plane's Unix socket.
+    if let Some(network) = crate::cluster::recorded_network(&data_dir) {
+        crate::cluster::enter_namespace(&network.client_namespace())?;
+        println!(
+            "(the application runs in the network namespace {})",
+            network.client_namespace()
+        );
+    }
     let api = ServerArgs {
         server: None,
         data_dir: Some(data_dir.clone()),

@@ -1,7 +1,9 @@
 //! The data path end to end: volumes of a cluster started with `tandem up` (separate agent and
 //! control-plane processes, real pool directories, loopback TCP) served over NBD to real
 //! clients — qemu-io, qemu-img, nbdinfo, nbdcopy, fio — while replicas move, and while agents
-//! are killed with kill -9.
+//! are killed with kill -9. The tests that matter across hosts run twice: `X` on loopback and
+//! `X_on_netns` on a cluster whose nodes are network namespaces (`tandem up --netns`), the
+//! clients in its client namespace.
 
 mod common;
 
@@ -11,8 +13,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-fn tool(name: &str, args: &[&str]) -> String {
-    let output = Command::new(name)
+fn tool(cluster: &Cluster, name: &str, args: &[&str]) -> String {
+    let output = cluster
+        .client(name)
         .args(args)
         .output()
         .unwrap_or_else(|error| panic!("{name} is not installed ({error}); .ci/run installs it"));
@@ -27,13 +30,13 @@ fn tool(name: &str, args: &[&str]) -> String {
 
 /// qemu-io commands against the volume; a failed pattern check fails the test (qemu-io's exit
 /// status does not say so).
-fn qemu_io(uri: &str, commands: &[&str]) -> String {
+fn qemu_io(cluster: &Cluster, uri: &str, commands: &[&str]) -> String {
     let mut args = vec!["-f", "raw"];
     for command in commands {
         args.extend(["-c", command]);
     }
     args.push(uri);
-    let text = tool("qemu-io", &args);
+    let text = tool(cluster, "qemu-io", &args);
     assert!(!text.contains("Pattern verification failed"), "{text}");
     assert!(!text.to_lowercase().contains("error"), "{text}");
     text
@@ -57,7 +60,7 @@ fn real_clients_read_back_everything_across_a_replica_move() {
         "{uri}"
     );
 
-    let info: Value = serde_json::from_str(&tool("nbdinfo", &["--json", &uri])).unwrap();
+    let info: Value = serde_json::from_str(&tool(&cluster, "nbdinfo", &["--json", &uri])).unwrap();
     let export = &info["exports"][0];
     assert_eq!(export["export-size"], 128 << 20);
     for flag in [
@@ -71,6 +74,7 @@ fn real_clients_read_back_everything_across_a_replica_move() {
     }
 
     qemu_io(
+        &cluster,
         &uri,
         &["write -P 0x11 0 4M", "write -P 0x22 64M 8M", "flush"],
     );
@@ -82,7 +86,7 @@ fn real_clients_read_back_everything_across_a_replica_move() {
         .collect();
     std::fs::write(&source, &pattern).unwrap();
     let write_file = format!("write -s {} 32M 16M", source.display());
-    qemu_io(&uri, &[write_file.as_str(), "flush"]);
+    qemu_io(&cluster, &uri, &[write_file.as_str(), "flush"]);
 
     let old = cluster.replica_nodes("vol-q");
     let free = free_node(&cluster, "vol-q");
@@ -90,6 +94,7 @@ fn real_clients_read_back_everything_across_a_replica_move() {
     cluster.remove_pool("vol-q", &old[0]);
 
     qemu_io(
+        &cluster,
         &uri,
         &[
             "read -P 0x11 0 4M",
@@ -100,7 +105,8 @@ fn real_clients_read_back_everything_across_a_replica_move() {
 
     // Block status (`base:allocation`): what was written is data, the rest holes, also on the
     // replica rebuilt during the move (it is copied only the regions ever written).
-    let map: Value = serde_json::from_str(&tool("nbdinfo", &["--map", "--json", &uri])).unwrap();
+    let map: Value =
+        serde_json::from_str(&tool(&cluster, "nbdinfo", &["--map", "--json", &uri])).unwrap();
     let extents: Vec<(u64, u64, u64)> = map
         .as_array()
         .unwrap_or_else(|| panic!("nbdinfo --map: {map}"))
@@ -127,7 +133,7 @@ fn real_clients_read_back_everything_across_a_replica_move() {
 
     // A sparse-aware client copies only the data.
     let copy = dir.path().join("copy.img");
-    tool("nbdcopy", &[&uri, copy.to_str().unwrap()]);
+    tool(&cluster, "nbdcopy", &[&uri, copy.to_str().unwrap()]);
     let copied = std::fs::read(&copy).unwrap();
     assert_eq!(copied.len(), 128 << 20);
     assert!(
@@ -170,7 +176,18 @@ fn real_clients_read_back_everything_across_a_replica_move() {
 
 #[test]
 fn fio_verifies_with_no_errors_during_a_full_migration() {
-    let cluster = Cluster::up(3, "1G");
+    fio_verifies_with_no_errors_during_a_full_migration_on(Net::Loopback);
+}
+
+#[test]
+fn fio_verifies_with_no_errors_during_a_full_migration_on_netns() {
+    fio_verifies_with_no_errors_during_a_full_migration_on(Net::Netns);
+}
+
+fn fio_verifies_with_no_errors_during_a_full_migration_on(net: Net) {
+    let Some(cluster) = Cluster::on(net, 3, "1G") else {
+        return;
+    };
     cluster.ok(&[
         "volume",
         "create",
@@ -187,11 +204,12 @@ fn fio_verifies_with_no_errors_during_a_full_migration() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let (stop, uri, dir) = (stop.clone(), uri.clone(), dir.path().to_path_buf());
+        let netns = cluster.netns_prefix().map(str::to_string);
         std::thread::spawn(move || {
             let mut runs = 0u32;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) && runs < 200 {
                 let output = dir.join(format!("fio-{runs}.json"));
-                let status = Command::new("fio")
+                let status = client_command(netns.as_deref(), "fio")
                     .current_dir(&dir)
                     .args([
                         "--name=migrate",
@@ -235,7 +253,18 @@ fn fio_verifies_with_no_errors_during_a_full_migration() {
 
 #[test]
 fn a_killed_replica_agent_resyncs_only_what_it_missed() {
-    let cluster = Cluster::up(3, "1G");
+    a_killed_replica_agent_resyncs_only_what_it_missed_on(Net::Loopback);
+}
+
+#[test]
+fn a_killed_replica_agent_resyncs_only_what_it_missed_on_netns() {
+    a_killed_replica_agent_resyncs_only_what_it_missed_on(Net::Netns);
+}
+
+fn a_killed_replica_agent_resyncs_only_what_it_missed_on(net: Net) {
+    let Some(cluster) = Cluster::on(net, 3, "1G") else {
+        return;
+    };
     cluster.ok(&[
         "volume",
         "create",
@@ -246,7 +275,7 @@ fn a_killed_replica_agent_resyncs_only_what_it_missed() {
         "3",
     ]);
     let uri = cluster.uri("vol-k");
-    qemu_io(&uri, &["write -P 0x33 0 64M", "flush"]);
+    qemu_io(&cluster, &uri, &["write -P 0x33 0 64M", "flush"]);
     let target = cluster.target_node("vol-k");
     let victim = cluster
         .replica_nodes("vol-k")
@@ -257,6 +286,7 @@ fn a_killed_replica_agent_resyncs_only_what_it_missed() {
     cluster.kill_9(&format!("nodes/{victim}/agent.pid"));
     // I/O goes on with two of three replicas.
     qemu_io(
+        &cluster,
         &uri,
         &["write -P 0x44 128M 2M", "flush", "read -P 0x33 0 64M"],
     );
@@ -276,12 +306,27 @@ fn a_killed_replica_agent_resyncs_only_what_it_missed() {
     let bytes = last["bytes"].as_u64().unwrap();
     // 2 MiB were written meanwhile (1 MiB regions); the 64 MiB before were not copied again.
     assert!((2 << 20..=4 << 20).contains(&bytes), "copied {bytes} bytes");
-    qemu_io(&uri, &["read -P 0x33 0 64M", "read -P 0x44 128M 2M"]);
+    qemu_io(
+        &cluster,
+        &uri,
+        &["read -P 0x33 0 64M", "read -P 0x44 128M 2M"],
+    );
 }
 
 #[test]
 fn a_killed_target_agent_comes_back_and_every_acknowledged_write_reads_back() {
-    let cluster = Cluster::up(3, "1G");
+    a_killed_target_agent_comes_back_and_every_acknowledged_write_reads_back_on(Net::Loopback);
+}
+
+#[test]
+fn a_killed_target_agent_comes_back_and_every_acknowledged_write_reads_back_on_netns() {
+    a_killed_target_agent_comes_back_and_every_acknowledged_write_reads_back_on(Net::Netns);
+}
+
+fn a_killed_target_agent_comes_back_and_every_acknowledged_write_reads_back_on(net: Net) {
+    let Some(cluster) = Cluster::on(net, 3, "1G") else {
+        return;
+    };
     cluster.ok(&[
         "volume",
         "create",
@@ -292,7 +337,11 @@ fn a_killed_target_agent_comes_back_and_every_acknowledged_write_reads_back() {
         "2",
     ]);
     let uri = cluster.uri("vol-t");
-    qemu_io(&uri, &["write -P 0x55 0 16M", "write -P 0x66 16M 1M"]);
+    qemu_io(
+        &cluster,
+        &uri,
+        &["write -P 0x55 0 16M", "write -P 0x66 16M 1M"],
+    );
     let target = cluster.target_node("vol-t");
     cluster.kill_9(&format!("nodes/{target}/agent.pid"));
     cluster.ok(&["up", "--nodes", "3"]);
@@ -301,7 +350,8 @@ fn a_killed_target_agent_comes_back_and_every_acknowledged_write_reads_back() {
     assert_eq!(cluster.uri("vol-t"), uri);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let output = Command::new("qemu-io")
+        let output = cluster
+            .client("qemu-io")
             .args([
                 "-f",
                 "raw",
@@ -357,13 +407,24 @@ impl Drop for SmallFs {
 
 #[test]
 fn a_full_pool_drops_its_replica_and_the_volume_keeps_everything() {
+    a_full_pool_drops_its_replica_and_the_volume_keeps_everything_on(Net::Loopback);
+}
+
+#[test]
+fn a_full_pool_drops_its_replica_and_the_volume_keeps_everything_on_netns() {
+    a_full_pool_drops_its_replica_and_the_volume_keeps_everything_on(Net::Netns);
+}
+
+fn a_full_pool_drops_its_replica_and_the_volume_keeps_everything_on(net: Net) {
     let dir = tempfile::tempdir().unwrap();
     let pool = dir.path().join("nodes/node3/pool");
     let Some(small) = SmallFs::mount(&pool, "40m") else {
         eprintln!("skipped: mounting a 40 MiB tmpfs needs root (CAP_SYS_ADMIN)");
         return;
     };
-    let cluster = Cluster::up_in(dir, 3, "1G");
+    let Some(cluster) = Cluster::on_in(net, dir, 3, "1G") else {
+        return;
+    };
     cluster.ok(&[
         "volume",
         "create",
@@ -377,7 +438,7 @@ fn a_full_pool_drops_its_replica_and_the_volume_keeps_everything() {
     let full_replica = format!("vol-full-{}", cluster.pool_on("node3"));
     // 96 MiB do not fit node3's 40 MiB: its writes fail with ENOSPC, the target ejects it, and
     // the two others (the consistency factor of three) acknowledge everything.
-    qemu_io(&uri, &["write -P 0x77 0 96M", "flush"]);
+    qemu_io(&cluster, &uri, &["write -P 0x77 0 96M", "flush"]);
     cluster.wait_for(
         "the full pool's replica to leave",
         &["get", "cvr", &full_replica, "-n", "openebs"],
@@ -393,6 +454,7 @@ fn a_full_pool_drops_its_replica_and_the_volume_keeps_everything() {
         |out| out.contains("Degraded"),
     );
     qemu_io(
+        &cluster,
         &uri,
         &[
             "read -P 0x77 0 96M",
@@ -430,14 +492,18 @@ fn a_pool_past_its_size_refuses_writes_until_space_is_freed() {
     ]);
     let crowded = cluster.replica_nodes("filler")[0].clone();
     let replica = format!("vol-a-{}", cluster.pool_on(&crowded));
-    qemu_io(&cluster.uri("filler"), &["write -P 0x11 0 40M", "flush"]);
+    qemu_io(
+        &cluster,
+        &cluster.uri("filler"),
+        &["write -P 0x11 0 40M", "flush"],
+    );
     let uri = cluster.uri("vol-a");
-    qemu_io(&uri, &["write -P 0x22 0 32M", "flush"]);
+    qemu_io(&cluster, &uri, &["write -P 0x22 0 32M", "flush"]);
     // The agent measures its pool every few seconds; once it sees 72 MiB used of 64 MiB, the
     // next writes to the replica there fail and the target ejects it.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        qemu_io(&uri, &["write -P 0x33 64M 1M", "flush"]);
+        qemu_io(&cluster, &uri, &["write -P 0x33 64M 1M", "flush"]);
         let cvr = cluster.ok(&["get", "cvr", &replica, "-n", "openebs"]);
         if cvr
             .lines()
@@ -457,7 +523,11 @@ fn a_pool_past_its_size_refuses_writes_until_space_is_freed() {
         &["get", "cv", "vol-a", "-n", "openebs"],
         |out| out.contains("Degraded"),
     );
-    qemu_io(&uri, &["write -P 0x44 100M 4M", "read -P 0x22 0 32M"]);
+    qemu_io(
+        &cluster,
+        &uri,
+        &["write -P 0x44 100M 4M", "read -P 0x22 0 32M"],
+    );
 
     cluster.ok(&["volume", "delete", "filler"]);
     cluster.wait_for(
@@ -475,6 +545,7 @@ fn a_pool_past_its_size_refuses_writes_until_space_is_freed() {
         |out| out.contains("Healthy"),
     );
     qemu_io(
+        &cluster,
         &uri,
         &[
             "read -P 0x22 0 32M",

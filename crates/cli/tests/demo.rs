@@ -1,6 +1,8 @@
 //! `tandem demo` end to end: the whole walk-through on a local cluster in a temporary
 //! directory, with a small volume, run as a user runs it (the `tandem` binary); `tandem down`
-//! afterwards, whatever happens.
+//! afterwards, whatever happens. It runs on loopback and on network namespaces (`--netns`).
+
+mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -38,10 +40,26 @@ impl Drop for Down {
 
 #[test]
 fn the_demo_moves_a_replica_under_load_and_loses_nothing() {
+    the_demo_moves_a_replica_under_load_and_loses_nothing_on(None);
+}
+
+#[test]
+fn the_demo_moves_a_replica_under_load_and_loses_nothing_on_netns() {
+    if common::netns_possible() {
+        the_demo_moves_a_replica_under_load_and_loses_nothing_on(Some(common::unique_prefix()));
+    }
+}
+
+/// The demo twice, the second time on the running cluster; on network namespaces named after
+/// `netns` if given (the second run finds them recorded).
+fn the_demo_moves_a_replica_under_load_and_loses_nothing_on(netns: Option<String>) {
     let cluster = Down(tempfile::tempdir().expect("a temporary directory"));
     let dir = cluster.0.path();
     let demo = |extra: &[&str]| {
         let mut args = vec!["demo", "--size", "32Mi", "--port", "0", "--timeout", "2m"];
+        if let Some(prefix) = &netns {
+            args.extend(["--netns", prefix]);
+        }
         args.extend_from_slice(extra);
         let output = tandem(dir, &args);
         let all = text(&output);

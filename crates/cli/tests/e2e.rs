@@ -493,7 +493,18 @@ fn a_pool_past_its_threshold_goes_read_only_and_is_skipped() {
 
 #[test]
 fn killed_processes_lose_nothing_and_a_dead_agent_shows_offline() {
-    let cluster = Cluster::up(3, "10G");
+    killed_processes_lose_nothing_and_a_dead_agent_shows_offline_on(Net::Loopback);
+}
+
+#[test]
+fn killed_processes_lose_nothing_and_a_dead_agent_shows_offline_on_netns() {
+    killed_processes_lose_nothing_and_a_dead_agent_shows_offline_on(Net::Netns);
+}
+
+fn killed_processes_lose_nothing_and_a_dead_agent_shows_offline_on(net: Net) {
+    let Some(cluster) = Cluster::on(net, 3, "10G") else {
+        return;
+    };
     cluster.ok(&[
         "volume",
         "create",

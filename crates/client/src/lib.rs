@@ -125,28 +125,47 @@ pub struct NodeStatus {
 
 #[derive(Clone)]
 pub struct Client {
+    /// The address as given: `http://HOST:PORT` or `unix:PATH`.
     server: String,
+    /// What request URLs start with: the server itself over TCP, a placeholder host over a
+    /// Unix socket (the socket decides where the request goes).
+    base: String,
     http: reqwest::Client,
 }
 
+/// The scheme of a control plane reached over a Unix socket: `unix:/path/to/control-plane.sock`.
+pub const UNIX_SCHEME: &str = "unix:";
+
 impl Client {
-    /// A client of the control plane at `server` (e.g. `http://127.0.0.1:7070`).
+    /// A client of the control plane at `server`: `http://127.0.0.1:7070` over TCP, or
+    /// `unix:/path/to/control-plane.sock` over a Unix socket (a control plane in another
+    /// network namespace is reached that way from this one).
     pub fn new(server: &str) -> Result<Client, ClientError> {
         let server = server.trim_end_matches('/').to_string();
-        if !server.starts_with("http://") && !server.starts_with("https://") {
+        let builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        let (base, builder) = if let Some(path) = server.strip_prefix(UNIX_SCHEME) {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if !path.starts_with('/') {
+                return Err(ClientError::Protocol {
+                    server,
+                    detail: "a Unix socket address is unix:/absolute/path".to_string(),
+                });
+            }
+            let socket = std::path::PathBuf::from(path);
+            ("http://localhost".to_string(), builder.unix_socket(socket))
+        } else if server.starts_with("http://") || server.starts_with("https://") {
+            (server.clone(), builder)
+        } else {
             return Err(ClientError::Protocol {
                 server,
-                detail: "the server address must start with http:// or https://".to_string(),
+                detail: "the server address must start with http://, https:// or unix:".to_string(),
             });
-        }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|error| ClientError::Protocol {
-                server: server.clone(),
-                detail: format!("cannot build an HTTP client: {error}"),
-            })?;
-        Ok(Client { server, http })
+        };
+        let http = builder.build().map_err(|error| ClientError::Protocol {
+            server: server.clone(),
+            detail: format!("cannot build an HTTP client: {error}"),
+        })?;
+        Ok(Client { server, base, http })
     }
 
     pub fn server(&self) -> &str {
@@ -227,7 +246,7 @@ impl Client {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.server)
+        format!("{}{path}", self.base)
     }
 
     /// Every object of `kind` in `namespace` (all namespaces if `None`) whose labels match
@@ -473,5 +492,80 @@ impl Watch {
             "DELETED" => Ok(WatchEvent::Deleted(object)),
             other => Err(protocol(format!("unknown watch event type {other:?}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+
+    #[test]
+    fn addresses_are_http_urls_or_absolute_unix_socket_paths() {
+        for good in [
+            "http://127.0.0.1:7070",
+            "https://cp.example:7070/",
+            "unix:/run/cp.sock",
+            "unix:///run/cp.sock",
+        ] {
+            assert!(Client::new(good).is_ok(), "{good}");
+        }
+        for (bad, expected) in [
+            (
+                "127.0.0.1:7070",
+                "must start with http://, https:// or unix:",
+            ),
+            ("unix:cp.sock", "unix:/absolute/path"),
+        ] {
+            let error = Client::new(bad).err().expect(bad).to_string();
+            assert!(error.contains(expected), "{bad}: {error}");
+        }
+    }
+
+    /// A request over a Unix socket reaches the server listening on it, and a socket nobody
+    /// listens on is "unreachable", naming the address.
+    #[tokio::test]
+    async fn a_unix_socket_carries_the_requests() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let socket = dir.path().join("cp.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("a connection");
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut request_line = String::new();
+            reader
+                .read_line(&mut request_line)
+                .expect("the request line");
+            loop {
+                let mut header = String::new();
+                reader.read_line(&mut header).expect("a header");
+                if header == "\r\n" || header.is_empty() {
+                    break;
+                }
+            }
+            let body = r#"[{"node":"node1","lastSeenMs":5,"ready":true}]"#;
+            write!(
+                &stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .expect("answer");
+            request_line
+        });
+        let client = Client::new(&format!("unix:{}", socket.display())).expect("a client");
+        let nodes = client.nodes().await.expect("an answer over the socket");
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0].node, "node1");
+        let request_line = server.join().expect("the server");
+        assert!(
+            request_line.starts_with("GET /tandem/v1/nodes HTTP/1.1"),
+            "{request_line}"
+        );
+
+        std::fs::remove_file(&socket).expect("remove the socket");
+        let error = client.nodes().await.expect_err("nobody listens");
+        assert_eq!(error.kind(), ErrorKind::Unreachable);
+        assert!(error.to_string().contains("unix:"), "{error}");
     }
 }

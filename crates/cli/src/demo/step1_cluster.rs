@@ -17,12 +17,13 @@ pub(super) fn start_cluster(
     data_dir: &Path,
     nodes: usize,
     port: Option<u16>,
+    netns: Option<String>,
     timeout: Duration,
 ) -> Result<()> {
     heading("Step 1: a local cluster and its pools (tandem up)");
     // Never fewer nodes than the cluster has: `up` refuses to remove nodes.
     let nodes = nodes.max(cluster::recorded_nodes(data_dir));
-    cluster::up(UpArgs::new(nodes, data_dir.to_path_buf(), port, timeout))
+    cluster::up(UpArgs::new(nodes, data_dir.to_path_buf(), port, timeout).on_netns(netns))
 }
 
 /// Waits for the pools and shows them (`get cspc`, `get cspi`).

@@ -142,7 +142,11 @@ async fn finish(demo: &Demo, uri: &str) -> Result<()> {
             "  the scaling events   tandem describe cvc {} -n openebs",
             demo.volume
         );
-        println!("  the data             qemu-io -f raw -c 'read -v 0 64' {uri}");
+        // On network namespaces, clients reach the nodes from the client namespace only.
+        let client = crate::cluster::recorded_network(&demo.data_dir)
+            .map(|network| format!("ip netns exec {} ", network.client_namespace()))
+            .unwrap_or_default();
+        println!("  the data             {client}qemu-io -f raw -c 'read -v 0 64' {uri}");
         println!(
             "  remove the volume    tandem volume delete {} -n openebs",
             demo.volume

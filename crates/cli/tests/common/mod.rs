@@ -12,6 +12,8 @@ use serde_json::Value;
 /// A local cluster in a temporary directory; `tandem down` when dropped.
 pub struct Cluster {
     dir: tempfile::TempDir,
+    /// The prefix of its network namespaces (`tandem up --netns`), if it runs on them.
+    netns: Option<String>,
 }
 
 impl Cluster {
@@ -26,7 +28,7 @@ impl Cluster {
     /// [`Cluster::up`] in a prepared data directory (e.g. with a small file system mounted on a
     /// node's pool directory).
     pub fn up_in(dir: tempfile::TempDir, nodes: usize, pool_size: &str) -> Cluster {
-        let cluster = Cluster { dir };
+        let cluster = Cluster { dir, netns: None };
         let nodes = nodes.to_string();
         cluster.ok(&[
             "up",
@@ -357,4 +359,228 @@ pub fn free_node(cluster: &Cluster, volume: &str) -> String {
         .map(|(_, node)| node)
         .find(|node| !used.contains(node))
         .expect("a node without a replica")
+}
+
+/// Where a test's cluster runs: every process on 127.0.0.1, or each node on its own network
+/// namespace (`tandem up --netns`), clients in the client namespace. A test body taking a `Net`
+/// runs on both: `#[test] fn x() { x_on(Net::Loopback) }` and `fn x_on_netns()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Net {
+    Loopback,
+    Netns,
+}
+
+/// Where the namespace prefixes of this test process's clusters come from.
+static NETNS_CLUSTERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A prefix no other cluster of a test running now has: `t`, this process's id and a counter,
+/// in base 36 (at most 8 characters, as `tandem up --netns` wants).
+pub fn unique_prefix() -> String {
+    fn base36(mut value: u32, digits: usize) -> String {
+        let mut text = Vec::new();
+        for _ in 0..digits {
+            text.push(char::from_digit(value % 36, 36).expect("a digit"));
+            value /= 36;
+        }
+        text.iter().rev().collect()
+    }
+    let count = NETNS_CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    format!(
+        "t{}{}",
+        base36(std::process::id() % 36u32.pow(5), 5),
+        base36(count % (36 * 36), 2)
+    )
+}
+
+/// Whether this machine lets a test make network namespaces (root, and `ip`); if not, says why
+/// on standard error (the test then passes without running: a skip).
+pub fn netns_possible() -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).trim() == "0");
+    if !root {
+        eprintln!("skipped: a netns cluster needs root (network namespaces, veths, a route)");
+        return false;
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        eprintln!("skipped: a netns cluster needs `ip` (iproute2); .ci/run installs it");
+        return false;
+    }
+    true
+}
+
+/// [`Cluster::client`] for a thread that has only the prefix (`Cluster::netns_prefix`).
+pub fn client_command(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        Some(prefix) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", &format!("{prefix}-client"), program]);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+impl Cluster {
+    /// [`Cluster::up`] on `net`; `None` (after saying why) when namespaces cannot be made here.
+    pub fn on(net: Net, nodes: usize, pool_size: &str) -> Option<Cluster> {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        Cluster::on_in(net, dir, nodes, pool_size)
+    }
+
+    pub fn on_in(
+        net: Net,
+        dir: tempfile::TempDir,
+        nodes: usize,
+        pool_size: &str,
+    ) -> Option<Cluster> {
+        match net {
+            Net::Loopback => Some(Cluster::up_in(dir, nodes, pool_size)),
+            Net::Netns => Cluster::up_netns_in(dir, nodes, pool_size),
+        }
+    }
+
+    /// A cluster on network namespaces with a prefix of its own (`tandem up --netns`).
+    pub fn up_netns(nodes: usize, pool_size: &str) -> Option<Cluster> {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        Cluster::up_netns_in(dir, nodes, pool_size)
+    }
+
+    pub fn up_netns_in(dir: tempfile::TempDir, nodes: usize, pool_size: &str) -> Option<Cluster> {
+        if !netns_possible() {
+            return None;
+        }
+        // Made before `up`, so a failed `up` is cleaned up by `down` on drop.
+        let cluster = Cluster {
+            dir,
+            netns: Some(unique_prefix()),
+        };
+        let prefix = cluster.netns.clone().expect("a prefix");
+        let nodes = nodes.to_string();
+        cluster.ok(&[
+            "up",
+            "--netns",
+            &prefix,
+            "--nodes",
+            &nodes,
+            "--pool-size",
+            pool_size,
+            "--agent-timeout",
+            "2s",
+        ]);
+        Some(cluster)
+    }
+
+    /// The prefix of its network namespaces, if it runs on them.
+    pub fn netns_prefix(&self) -> Option<&str> {
+        self.netns.as_deref()
+    }
+
+    /// A client program, as an application would run it: in the client namespace on a netns
+    /// cluster (`ip netns exec PREFIX-client PROGRAM`), as it is on loopback.
+    pub fn client(&self, program: &str) -> Command {
+        client_command(self.netns.as_deref(), program)
+    }
+
+    fn netns_or_panic(&self) -> &str {
+        self.netns
+            .as_deref()
+            .expect("a cluster on network namespaces (Cluster::up_netns)")
+    }
+
+    /// Node NODE's address on the bridge (`10.77.S.N`), from cluster.json.
+    pub fn node_address(&self, node: &str) -> String {
+        self.netns_or_panic();
+        let recorded: Value = serde_json::from_str(
+            &std::fs::read_to_string(self.data_dir().join("cluster.json")).expect("cluster.json"),
+        )
+        .expect("cluster.json is JSON");
+        let subnet = recorded["netns"]["subnet"].as_u64().expect("a subnet");
+        let index = recorded["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .position(|entry| entry["name"] == node)
+            .unwrap_or_else(|| panic!("no node {node}"));
+        format!("10.77.{subnet}.{}", index + 1)
+    }
+
+    /// Runs `ip ARGS` (as root), which must succeed.
+    fn ip(&self, args: &[&str]) {
+        let output = Command::new("ip").args(args).output().expect("run ip");
+        assert!(
+            output.status.success(),
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Cuts node NODE off the network: its port on the bridge goes down.
+    pub fn cut_link(&self, node: &str) {
+        let switch = format!("{}-sw", self.netns_or_panic());
+        self.ip(&["-n", &switch, "link", "set", node, "down"]);
+    }
+
+    /// Undoes [`Cluster::cut_link`].
+    pub fn heal_link(&self, node: &str) {
+        let switch = format!("{}-sw", self.netns_or_panic());
+        self.ip(&["-n", &switch, "link", "set", node, "up"]);
+    }
+
+    /// Node NODE drops every packet from node FROM (a one-way partition: NODE still sends to
+    /// FROM), with an nft rule inside NODE's namespace.
+    pub fn drop_from(&self, node: &str, from: &str) {
+        let namespace = format!("{}-{node}", self.netns_or_panic());
+        let source = self.node_address(from);
+        let script = format!(
+            "add table inet tandem-test\n\
+             add chain inet tandem-test input {{ type filter hook input priority 0; }}\n\
+             add rule inet tandem-test input ip saddr {source} drop\n"
+        );
+        let mut nft = Command::new("ip")
+            .args(["netns", "exec", &namespace, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("nft is installed (.ci/run installs nftables)");
+        use std::io::Write;
+        nft.stdin
+            .take()
+            .expect("nft's input")
+            .write_all(script.as_bytes())
+            .expect("write the nft rules");
+        assert!(nft.wait().expect("nft").success(), "nft -f failed");
+    }
+
+    /// A program run inside node NODE's namespace (`ip netns exec PREFIX-NODE PROGRAM`), e.g. to
+    /// look at its sockets or to reach another node from there.
+    pub fn in_node(&self, node: &str, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args([
+            "netns",
+            "exec",
+            &format!("{}-{node}", self.netns_or_panic()),
+            program,
+        ]);
+        command
+    }
+
+    /// Removes every drop rule [`Cluster::drop_from`] added in node NODE.
+    pub fn heal_drops(&self, node: &str) {
+        let namespace = format!("{}-{node}", self.netns_or_panic());
+        // Absent when nothing was dropped: not an error.
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &namespace,
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                "tandem-test",
+            ])
+            .output();
+    }
 }
