@@ -16,7 +16,8 @@ pub struct WorkloadArgs {
     /// How many 64 KiB blocks at the start of the volume it writes, round after round.
     #[arg(long, default_value_t = 256)]
     blocks: u64,
-    /// How long it writes before it stops and reads every block back.
+    /// How long it writes before it stops and reads every block back (it also stops early, and
+    /// still checks, on SIGTERM or Ctrl-C).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Prints the summary as one JSON object instead of text.
@@ -33,7 +34,13 @@ pub fn run(args: WorkloadArgs) -> Result<bool> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let writer = Writer::start_on(args.uris.clone(), args.blocks);
-        tokio::time::sleep(args.duration).await;
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::time::sleep(args.duration) => {}
+            _ = terminate.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
         let written = writer.stop().await;
         let checked = verify_all_on(&args.uris, &written).await;
         let counts = written.stats.counts();
