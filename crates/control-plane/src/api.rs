@@ -750,6 +750,18 @@ impl Api {
     pub fn past_agent_grace(&self) -> bool {
         self.started.elapsed() > self.agent_timeout
     }
+
+    /// How long until the next node that is ready now stops being ready if it stays silent
+    /// (its lease runs out), or the start-up grace ends: the controllers look again then, so a
+    /// failover starts as soon as a lease expires, not at the next periodic pass.
+    pub fn next_lease_expiry(&self) -> Option<Duration> {
+        let nodes = self.nodes.lock().expect("the node table is never poisoned");
+        let leases = nodes
+            .values()
+            .filter_map(|(_, seen)| self.agent_timeout.checked_sub(seen.elapsed()));
+        let grace = self.agent_timeout.checked_sub(self.started.elapsed());
+        leases.chain(grace).min()
+    }
 }
 
 /// The checks a user's write passes before it is stored: new objects must be complete

@@ -359,7 +359,8 @@ fn given_a_placed_target_whose_agent_reports_when_planned_then_it_stays() {
 }
 
 #[test]
-fn given_a_placed_targets_agent_silent_past_the_grace_when_planned_then_the_volume_is_offline() {
+fn given_a_placed_targets_agent_silent_past_the_grace_and_no_other_replica_when_planned_then_offline(
+) {
     check(
         Observed {
             configs: vec![bound("pvc-1", &["a"], &["a"])],
@@ -370,7 +371,7 @@ fn given_a_placed_targets_agent_silent_past_the_grace_when_planned_then_the_volu
         },
         &[&format!(
             "status cv pvc-1: Offline since {NOW}: the agent hosting the target (node n1) is \
-             not reporting"
+             not reporting, and no other node holds a trusted replica of the volume"
         )],
     );
 }
@@ -379,7 +380,9 @@ fn given_a_placed_targets_agent_silent_past_the_grace_when_planned_then_the_volu
 fn given_a_volume_already_offline_for_its_silent_target_when_planned_then_nothing() {
     let mut volume = placed_cv("pvc-1", 1, "n1", "10.0.0.1:10809");
     volume.status.phase = CStorVolumePhase::Offline;
-    volume.status.message = "the agent hosting the target (node n1) is not reporting".to_string();
+    volume.status.message = "the agent hosting the target (node n1) is not reporting, and no \
+                             other node holds a trusted replica of the volume"
+        .to_string();
     check(
         Observed {
             configs: vec![bound("pvc-1", &["a"], &["a"])],
@@ -396,14 +399,327 @@ fn given_a_volume_already_offline_for_its_silent_target_when_planned_then_nothin
 fn given_a_placed_targets_agent_silent_within_the_grace_when_planned_then_nothing() {
     check(
         Observed {
-            configs: vec![bound("pvc-1", &["a"], &["a"])],
-            volumes: vec![placed_cv("pvc-1", 1, "n1", "10.0.0.1:10809")],
-            pools: online_pools(&["a"]),
-            nodes: vec![node("n1", false, "10.0.0.1:10809", 9_000)],
+            configs: vec![bound("pvc-1", &["a", "b"], &["a", "b"])],
+            volumes: vec![trusting(
+                placed_cv("pvc-1", 2, "n1", "10.0.0.1:10809"),
+                &["a", "b"],
+            )],
+            pools: online_pools(&["a", "b"]),
+            replicas: vec![
+                replica("pvc-1", "a", Healthy),
+                replica("pvc-1", "b", Healthy),
+            ],
+            nodes: vec![node("n2", true, "10.0.0.2:10809", 100)],
             past_agent_grace: false,
             ..observed()
         },
         &[],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Target failover
+
+/// The CV's recorded membership trusts the replicas on `pools` (ids `id-<pool>`), generation 3.
+fn trusting(
+    mut volume: tandem_objects::CStorVolume,
+    pools: &[&str],
+) -> tandem_objects::CStorVolume {
+    volume.spec.replica_details.known_replicas = pools
+        .iter()
+        .map(|pool| (format!("id-{pool}"), "1".to_string()))
+        .collect();
+    volume.metadata.annotations.insert(
+        tandem_objects::ANNOTATION_TARGET_GENERATION.to_string(),
+        "3".to_string(),
+    );
+    volume
+}
+
+/// The CV's status as the target last published it: each pool's replica in `phases`.
+fn last_seen(
+    mut volume: tandem_objects::CStorVolume,
+    phases: &[(&str, tandem_objects::CStorVolumeReplicaPhase)],
+) -> tandem_objects::CStorVolume {
+    volume.status.phase = CStorVolumePhase::Healthy;
+    volume.status.replica_statuses = phases
+        .iter()
+        .map(|(pool, phase)| tandem_objects::ReplicaStatus {
+            replica_id: format!("id-{pool}"),
+            phase: Some(*phase),
+            ..tandem_objects::ReplicaStatus::default()
+        })
+        .collect();
+    volume
+}
+
+fn failover_lines(from: &str, to: &str, pool: &str, state: &str, silence: &str) -> Vec<String> {
+    let address = format!("10.0.0.{}:10809", &to[1..]);
+    vec![
+        format!(
+            "status cv pvc-1: Offline since {NOW}: the target is failing over from node {from} \
+             to node {to}"
+        ),
+        format!("update cv pvc-1: drf 3, target {to} at {address} (at the version just written)"),
+        format!(
+            "event Warning TargetFailover by Volumes about CStorVolume pvc-1: target failed over \
+             from node {from} to node {to} (replica id-{pool}, {state}): the agent on {from} \
+             {silence}; the old target had generation 3, the new one starts with the next"
+        ),
+    ]
+}
+
+fn three_replicas() -> Vec<tandem_objects::CStorVolumeReplica> {
+    vec![
+        replica("pvc-1", "a", Healthy),
+        replica("pvc-1", "b", Healthy),
+        replica("pvc-1", "c", Healthy),
+    ]
+}
+
+fn check_lines(observed: Observed, expected: Vec<String>) {
+    let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+    check(observed, &expected);
+}
+
+#[test]
+fn given_the_target_nodes_lease_expired_when_planned_then_the_target_fails_over_to_a_healthy_replica(
+) {
+    let volume = last_seen(
+        trusting(
+            placed_cv("pvc-1", 3, "n1", "10.0.0.1:10809"),
+            &["a", "b", "c"],
+        ),
+        &[("a", Healthy), ("b", Degraded), ("c", Healthy)],
+    );
+    check_lines(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b", "c"], &["a", "b", "c"])],
+            volumes: vec![volume],
+            replicas: three_replicas(),
+            pools: online_pools(&["a", "b", "c"]),
+            nodes: vec![
+                node("n1", false, "10.0.0.1:10809", 2_100),
+                node("n2", true, "10.0.0.2:10809", 100),
+                node("n3", true, "10.0.0.3:10809", 100),
+            ],
+            ..observed()
+        },
+        failover_lines("n1", "n3", "c", "Healthy", "has not reported for 2.1s"),
+    );
+}
+
+#[test]
+fn given_no_other_replica_last_seen_healthy_when_failing_over_then_the_first_ready_trusted_one() {
+    let volume = last_seen(
+        trusting(
+            placed_cv("pvc-1", 3, "n1", "10.0.0.1:10809"),
+            &["a", "b", "c"],
+        ),
+        &[("a", Healthy), ("b", Degraded), ("c", Healthy)],
+    );
+    check_lines(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b", "c"], &["a", "b", "c"])],
+            volumes: vec![volume],
+            replicas: three_replicas(),
+            pools: online_pools(&["a", "b", "c"]),
+            nodes: vec![
+                node("n1", false, "10.0.0.1:10809", 2_100),
+                node("n2", true, "10.0.0.2:10809", 100),
+                node("n3", false, "10.0.0.3:10809", 5_000),
+            ],
+            ..observed()
+        },
+        failover_lines(
+            "n1",
+            "n2",
+            "b",
+            "not last seen Healthy",
+            "has not reported for 2.1s",
+        ),
+    );
+}
+
+#[test]
+fn given_a_ready_node_whose_replica_is_not_trusted_when_failing_over_then_it_is_never_chosen() {
+    // The replica on c is new (not in the recorded membership yet): it may miss acknowledged
+    // writes, so its node cannot host the target; b's node is silent too.
+    let volume = trusting(placed_cv("pvc-1", 3, "n1", "10.0.0.1:10809"), &["a", "b"]);
+    check(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b", "c"], &["a", "b", "c"])],
+            volumes: vec![volume],
+            replicas: three_replicas(),
+            pools: online_pools(&["a", "b", "c", "d"]),
+            nodes: vec![
+                node("n1", false, "10.0.0.1:10809", 2_100),
+                node("n2", false, "10.0.0.2:10809", 2_100),
+                node("n3", true, "10.0.0.3:10809", 100),
+                node("n4", true, "10.0.0.4:10809", 100),
+            ],
+            ..observed()
+        },
+        &[&format!(
+            "status cv pvc-1: Offline since {NOW}: the agent hosting the target (node n1) is \
+             not reporting, and no other node with a trusted replica can take it over (n2: not \
+             reporting)"
+        )],
+    );
+}
+
+#[test]
+fn given_the_only_other_trusted_nodes_agent_has_no_nbd_address_when_failing_over_then_offline_says_so(
+) {
+    let volume = trusting(placed_cv("pvc-1", 2, "n1", "10.0.0.1:10809"), &["a", "b"]);
+    check(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b"], &["a", "b"])],
+            volumes: vec![volume],
+            replicas: vec![
+                replica("pvc-1", "a", Healthy),
+                replica("pvc-1", "b", Healthy),
+            ],
+            pools: online_pools(&["a", "b"]),
+            nodes: vec![
+                node("n1", false, "10.0.0.1:10809", 2_100),
+                node("n2", true, "", 100),
+            ],
+            ..observed()
+        },
+        &[&format!(
+            "status cv pvc-1: Offline since {NOW}: the agent hosting the target (node n1) is \
+             not reporting, and no other node with a trusted replica can take it over (n2: no \
+             NBD address yet)"
+        )],
+    );
+}
+
+#[test]
+fn given_a_restarted_control_plane_that_never_heard_the_target_node_when_past_the_grace_then_it_fails_over(
+) {
+    let volume = last_seen(
+        trusting(
+            placed_cv("pvc-1", 3, "n1", "10.0.0.1:10809"),
+            &["a", "b", "c"],
+        ),
+        &[("a", Healthy), ("b", Healthy), ("c", Healthy)],
+    );
+    check_lines(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b", "c"], &["a", "b", "c"])],
+            volumes: vec![volume],
+            replicas: three_replicas(),
+            pools: online_pools(&["a", "b", "c"]),
+            nodes: vec![
+                node("n2", true, "10.0.0.2:10809", 100),
+                node("n3", true, "10.0.0.3:10809", 100),
+            ],
+            ..observed()
+        },
+        failover_lines(
+            "n1",
+            "n2",
+            "b",
+            "Healthy",
+            "has not reported since the control plane started",
+        ),
+    );
+}
+
+#[test]
+fn given_a_failover_written_when_planned_again_then_the_target_stays_on_its_new_node() {
+    // The second failover's first pass is the first one's last: the new node reports, the old
+    // one is still silent, nothing moves back.
+    let volume = last_seen(
+        trusting(
+            placed_cv("pvc-1", 3, "n3", "10.0.0.3:10809"),
+            &["a", "b", "c"],
+        ),
+        &[("a", Healthy), ("b", Healthy), ("c", Healthy)],
+    );
+    check(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b", "c"], &["a", "b", "c"])],
+            volumes: vec![volume],
+            replicas: three_replicas(),
+            pools: online_pools(&["a", "b", "c"]),
+            nodes: vec![
+                node("n1", false, "10.0.0.1:10809", 9_000),
+                node("n2", true, "10.0.0.2:10809", 100),
+                node("n3", true, "10.0.0.3:10809", 100),
+            ],
+            ..observed()
+        },
+        &[],
+    );
+}
+
+#[test]
+fn given_the_new_target_node_dies_too_when_planned_then_it_fails_over_again_to_the_survivor() {
+    let volume = last_seen(
+        trusting(
+            placed_cv("pvc-1", 3, "n2", "10.0.0.2:10809"),
+            &["a", "b", "c"],
+        ),
+        &[
+            ("a", tandem_objects::CStorVolumeReplicaPhase::Offline),
+            ("b", Healthy),
+            ("c", Healthy),
+        ],
+    );
+    check_lines(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b", "c"], &["a", "b", "c"])],
+            volumes: vec![volume],
+            replicas: three_replicas(),
+            pools: online_pools(&["a", "b", "c"]),
+            nodes: vec![
+                node("n1", false, "10.0.0.1:10809", 9_000),
+                node("n2", false, "10.0.0.2:10809", 2_050),
+                node("n3", true, "10.0.0.3:10809", 100),
+            ],
+            ..observed()
+        },
+        failover_lines("n2", "n3", "c", "Healthy", "has not reported for 2.0s"),
+    );
+}
+
+#[test]
+fn given_a_replica_being_deleted_when_failing_over_then_its_node_is_not_chosen() {
+    let mut leaving = replica("pvc-1", "b", Healthy);
+    leaving.metadata.deletion_timestamp = NOW.to_string();
+    let volume = last_seen(
+        trusting(
+            placed_cv("pvc-1", 3, "n1", "10.0.0.1:10809"),
+            &["a", "b", "c"],
+        ),
+        &[("a", Healthy), ("b", Healthy), ("c", Degraded)],
+    );
+    check_lines(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b", "c"], &["a", "b", "c"])],
+            volumes: vec![volume],
+            replicas: vec![
+                replica("pvc-1", "a", Healthy),
+                leaving,
+                replica("pvc-1", "c", Healthy),
+            ],
+            pools: online_pools(&["a", "b", "c"]),
+            nodes: vec![
+                node("n1", false, "10.0.0.1:10809", 3_000),
+                node("n2", true, "10.0.0.2:10809", 100),
+                node("n3", true, "10.0.0.3:10809", 100),
+            ],
+            ..observed()
+        },
+        failover_lines(
+            "n1",
+            "n3",
+            "c",
+            "not last seen Healthy",
+            "has not reported for 3.0s",
+        ),
     );
 }
 
