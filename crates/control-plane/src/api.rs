@@ -24,8 +24,9 @@ use serde_json::{json, Value};
 use tandem_client::{NodeHeartbeat, NodeStatus};
 use tandem_objects::{
     parse_json, parse_yaml, pool_node, validate_cspc, validate_cvc_update, validate_new_cvc,
-    CStorPoolInstance, CStorVolume, CStorVolumePhase, Kind, Object, PoolLookup,
-    LABEL_CSTOR_POOL_CLUSTER, LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_HOSTNAME,
+    CStorPoolInstance, CStorVolume, CStorVolumePhase, CStorVolumeReplica, CStorVolumeReplicaPhase,
+    Kind, Object, PoolLookup, LABEL_CSTOR_POOL_CLUSTER, LABEL_CSTOR_POOL_INSTANCE_NAME,
+    LABEL_HOSTNAME, LABEL_PERSISTENT_VOLUME,
 };
 use tandem_store::{ChangeKind, ObjectKey, Store, StoreError};
 use tokio::sync::Notify;
@@ -871,6 +872,19 @@ impl PoolLookup for StoreLookup<'_> {
     fn volume_phase(&self, volume_name: &str) -> Option<CStorVolumePhase> {
         let volume = CStorVolume::try_from(self.object(Kind::CStorVolume, volume_name)?).ok()?;
         Some(volume.status.phase)
+    }
+
+    fn replica_phase(&self, volume_name: &str, pool_name: &str) -> Option<CStorVolumeReplicaPhase> {
+        // A replica is named "<volume>-<pool>"; the labels say which it is.
+        let replica = CStorVolumeReplica::try_from(self.object(
+            Kind::CStorVolumeReplica,
+            &format!("{volume_name}-{pool_name}"),
+        )?)
+        .ok()?;
+        let labels = &replica.metadata;
+        let ours = labels.label(LABEL_PERSISTENT_VOLUME) == Some(volume_name)
+            && labels.label(LABEL_CSTOR_POOL_INSTANCE_NAME) == Some(pool_name);
+        ours.then_some(replica.status.phase)
     }
 }
 

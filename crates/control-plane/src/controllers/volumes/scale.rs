@@ -16,6 +16,9 @@ use crate::controllers::volumes::objects::{
 use crate::controllers::volumes::{record, warn_once};
 
 const REASON_SCALING: &str = "ScalingVolumeReplicas";
+/// The event of a scale-down that removed a replica which was not Healthy: the second half of
+/// replacing a dead node (a pool added on a live node, then the dead one's removed).
+pub(crate) const REASON_REPLICA_REPLACED: &str = "ReplicaReplaced";
 
 pub(super) fn plan_scale(observed: &Observed, config: &CStorVolumeConfig) -> Vec<Action> {
     let Some(volume) = observed.volume_of(config) else {
@@ -156,7 +159,18 @@ fn scale_down(
         actions.push(warn_once(config, REASON_SCALING, &message));
         return actions;
     }
+    let mut replaced = None;
     if let Some(replica) = replica {
+        if replica.status.phase != CStorVolumeReplicaPhase::Healthy
+            && replica.metadata.deletion_timestamp.is_empty()
+        {
+            replaced = Some(replacement_message(
+                observed,
+                config,
+                removed_pool,
+                replica.status.phase,
+            ));
+        }
         if replica.metadata.deletion_timestamp.is_empty() {
             actions.push(Action::Log(Log::DeletingReplicaForScaleDown {
                 replica: replica.name().to_string(),
@@ -184,7 +198,39 @@ fn scale_down(
         REASON_SCALING,
         &format!("successfully scaled volume replicas to {desired}"),
     ));
+    if let Some(message) = replaced {
+        actions.push(record(
+            &scaled,
+            EventType::Warning,
+            REASON_REPLICA_REPLACED,
+            &message,
+        ));
+    }
     actions
+}
+
+/// What a replacement did: the replica that left (its pool, node and phase), and where the
+/// volume's replicas are now.
+fn replacement_message(
+    observed: &Observed,
+    config: &CStorVolumeConfig,
+    removed_pool: &str,
+    phase: CStorVolumeReplicaPhase,
+) -> String {
+    let namespace = &config.metadata.namespace;
+    let on = |pool: &str| {
+        observed.pool(namespace, pool).map_or_else(
+            || pool.to_string(),
+            |found| format!("{pool} (node {})", found.spec.host_name),
+        )
+    };
+    let kept: Vec<String> = config.desired_pool_names().into_iter().map(on).collect();
+    format!(
+        "removed the replica on pool {}, which was {phase}; the volume's replicas are now on \
+         pools {}",
+        on(removed_pool),
+        kept.join(", ")
+    )
 }
 
 /// Spec and status agree: a scale-up is finished once every replica is Healthy.

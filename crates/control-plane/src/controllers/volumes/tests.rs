@@ -937,6 +937,49 @@ fn given_the_target_let_go_of_the_removed_replica_when_planned_then_it_is_delete
 }
 
 #[test]
+fn given_the_target_let_go_of_a_dead_replica_when_planned_then_it_is_deleted_and_the_replacement_recorded(
+) {
+    // The seed's second edit after a node died: d was added and is Healthy, b (dead) removed.
+    let mut config = bound("pvc-1", &["a", "b", "c", "d"], &["a", "c", "d"]);
+    config.status.conditions.push(scaling_condition(
+        "ScalingDown",
+        "Scaling down volume replicas from 4 to 3 is in progress",
+    ));
+    let mut volume = cv("pvc-1", 3);
+    volume.status.replica_details.known_replicas = ["id-a", "id-c", "id-d"]
+        .into_iter()
+        .map(|id| (id.to_string(), "1".to_string()))
+        .collect();
+    check(
+        Observed {
+            configs: vec![config],
+            volumes: vec![volume],
+            replicas: vec![
+                replica("pvc-1", "a", Healthy),
+                replica(
+                    "pvc-1",
+                    "b",
+                    tandem_objects::CStorVolumeReplicaPhase::Offline,
+                ),
+                replica("pvc-1", "c", Healthy),
+                replica("pvc-1", "d", Healthy),
+            ],
+            pools: online_pools(&["a", "b", "c", "d"]),
+            ..observed()
+        },
+        &[
+            "delete CStorVolumeReplica pvc-1-b",
+            "status cvc pvc-1: Bound, pools [a, c, d], capacity 5Gi",
+            "event Normal ScalingVolumeReplicas by Volumes about CStorVolumeConfig pvc-1: \
+             successfully scaled volume replicas to 3",
+            "event Warning ReplicaReplaced by Volumes about CStorVolumeConfig pvc-1: removed the \
+             replica on pool b (node n2), which was Offline; the volume's replicas are now on \
+             pools a (node n1), c (node n3), d (node n4)",
+        ],
+    );
+}
+
+#[test]
 fn given_the_removed_replica_already_being_deleted_when_planned_then_only_the_status_follows() {
     let mut leaving = replica("pvc-1", "a", Healthy);
     leaving.metadata.deletion_timestamp = NOW.to_string();
