@@ -4,7 +4,8 @@
 //! refused with a warning.
 
 use tandem_objects::{
-    CStorVolume, CStorVolumeConfig, CStorVolumeReplicaPhase, EventType, Kind, Object,
+    CStorVolume, CStorVolumeConfig, CStorVolumeReplica, CStorVolumeReplicaPhase, EventType, Kind,
+    Object,
 };
 
 use crate::controllers::execute::{Action, Log, Version};
@@ -52,7 +53,7 @@ pub(super) fn plan_scale(observed: &Observed, config: &CStorVolumeConfig) -> Vec
         .filter(|p| !desired.contains(p))
         .collect();
     match (added.is_empty(), removed.is_empty()) {
-        (true, true) => finish_scale(observed, config),
+        (true, true) => finish_scale(observed, config, volume),
         (false, true) => scale_up(observed, config, volume, &added),
         (true, false) => scale_down(observed, config, volume, removed[0]),
         (false, false) => vec![warn_once(
@@ -233,18 +234,31 @@ fn replacement_message(
     )
 }
 
-/// Spec and status agree: a scale-up is finished once every replica is Healthy.
-fn finish_scale(observed: &Observed, config: &CStorVolumeConfig) -> Vec<Action> {
+/// Spec and status agree: a scale-up is finished once every replica is Healthy, or once every
+/// replica is a trusted member of the volume (in the target's `knownReplicas`): a new replica is
+/// trusted only after it was rebuilt and its promotion persisted, so then every new replica was
+/// Healthy, and what is not Healthy is an old member, such as one on a dead node that the
+/// scale-up is replacing (its removal is the next change, which must not wait for it).
+fn finish_scale(
+    observed: &Observed,
+    config: &CStorVolumeConfig,
+    volume: &CStorVolume,
+) -> Vec<Action> {
     if !has_scaling_condition(config) {
         return Vec::new();
     }
     let replicas = observed.replicas_of(config);
-    let all_healthy = config.current_pool_names().iter().all(|pool| {
-        replicas
-            .get(pool.as_str())
-            .is_some_and(|replica| replica.status.phase == CStorVolumeReplicaPhase::Healthy)
-    });
-    if !all_healthy {
+    let every = |done: &dyn Fn(&CStorVolumeReplica) -> bool| {
+        config.current_pool_names().iter().all(|pool| {
+            replicas
+                .get(pool.as_str())
+                .is_some_and(|replica| done(replica))
+        })
+    };
+    let known = &volume.status.replica_details.known_replicas;
+    let all_healthy = every(&|replica| replica.status.phase == CStorVolumeReplicaPhase::Healthy);
+    let all_trusted = every(&|replica| known.contains_key(&replica.spec.replica_id));
+    if !all_healthy && !all_trusted {
         return Vec::new();
     }
     let mut done = config.clone();

@@ -839,6 +839,50 @@ fn given_a_scale_up_whose_replicas_are_all_healthy_when_planned_then_it_is_finis
 }
 
 #[test]
+fn given_a_scale_up_replacing_a_dead_replica_when_the_new_one_is_promoted_then_it_is_finished() {
+    // b's node is dead (Offline) and d was added to replace it: once the target trusts d (it was
+    // rebuilt), the scale-up is done, so the next change (removing b) is not held off.
+    let mut config = bound("pvc-1", &["a", "b", "c", "d"], &["a", "b", "c", "d"]);
+    config.status.conditions.push(scaling_condition(
+        "ScalingUp",
+        "Scaling up volume replicas from 3 to 4",
+    ));
+    let dead = replica(
+        "pvc-1",
+        "b",
+        tandem_objects::CStorVolumeReplicaPhase::Offline,
+    );
+    let observed_with = |trusted: &[&str]| {
+        let mut volume = cv("pvc-1", 4);
+        volume.status.replica_details.known_replicas = trusted
+            .iter()
+            .map(|pool| (format!("id-{pool}"), "1".to_string()))
+            .collect();
+        Observed {
+            configs: vec![config.clone()],
+            volumes: vec![volume],
+            replicas: vec![
+                replica("pvc-1", "a", Healthy),
+                dead.clone(),
+                replica("pvc-1", "c", Healthy),
+                replica("pvc-1", "d", Healthy),
+            ],
+            pools: online_pools(&["a", "b", "c", "d"]),
+            ..observed()
+        }
+    };
+    check(observed_with(&["a", "b", "c"]), &[]);
+    check(
+        observed_with(&["a", "b", "c", "d"]),
+        &[
+            "status cvc pvc-1: Bound, pools [a, b, c, d], capacity 5Gi",
+            "event Normal ScalingVolumeReplicas by Volumes about CStorVolumeConfig pvc-1: \
+             successfully scaled volume replicas to 4",
+        ],
+    );
+}
+
+#[test]
 fn given_a_pool_removed_while_the_target_still_trusts_its_replica_when_planned_then_scale_down_waits(
 ) {
     let mut volume = cv("pvc-1", 3);
