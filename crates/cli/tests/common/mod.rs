@@ -402,6 +402,9 @@ impl Cluster {
 
     /// Restarts only the control plane (not the agents, as `tandem up` would), with the port
     /// and agent timeout `up` recorded; `tandem down` stops it like the first.
+    // The control plane outlives this call, as `up` leaves it; `down` stops it, and the test
+    // process reaps it when it ends.
+    #[allow(clippy::zombie_processes)]
     pub fn restart_control_plane(&self) {
         use std::os::unix::process::CommandExt;
         let recorded: Value = serde_json::from_str(
