@@ -164,6 +164,21 @@ fn killing_the_target_nodes_agent_moves_the_target_and_the_node_resyncs_when_it_
             .contains(&format!("the old target had generation {generation}"))),
         "{events:?}"
     );
+    let done = cluster.wait_for(
+        "the failover to be recorded as done",
+        &["describe", "cv", "vol-f", "-n", "openebs"],
+        |out| out.contains("TargetFailoverDone"),
+    );
+    assert!(
+        done.contains(&format!(
+            "node {moved_to} serves the volume with generation"
+        )),
+        "{done}"
+    );
+    assert!(
+        cluster.cv("vol-f")["metadata"]["annotations"]["tandem.io/failover"].is_null(),
+        "the failover annotation is gone once it is done"
+    );
     // Everything reads back through the new address, and more can be written.
     let uri = cluster.uri("vol-f");
     let mut more = writes(16..24);

@@ -16,6 +16,12 @@ use crate::controllers::observe::Observed;
 
 /// The reason of the event recorded for every failover.
 pub(crate) const REASON_TARGET_FAILOVER: &str = "TargetFailover";
+/// The reason of the event recorded when the new target of a failover serves.
+pub(crate) const REASON_TARGET_FAILOVER_DONE: &str = "TargetFailoverDone";
+/// A failover under way, on the CV until its new target serves: `from=NODE,to=NODE,
+/// generation=N,started=MS,lastHeartbeat=MS` (times in milliseconds since the Unix epoch; the
+/// old node's last heartbeat 0 when this control plane never heard it).
+pub(crate) const ANNOTATION_FAILOVER: &str = "tandem.io/failover";
 
 /// Puts the volume's target on a node and records where clients reach it: the node's NBD
 /// address in `spec.targetIP` / `spec.targetPort`. A placed target stays where it is while its
@@ -35,7 +41,14 @@ pub(super) fn plan_target(
         return first.map_or_else(Vec::new, |node| place_on(volume, node));
     };
     match observed.node(placed) {
-        Some(node) if node.ready => place_on(volume, node),
+        Some(node) if node.ready => {
+            let placed = place_on(volume, node);
+            if placed.is_empty() {
+                finish_failover(observed, volume)
+            } else {
+                placed
+            }
+        }
         // Right after a start the control plane has heard from nobody yet: wait one lease.
         _ if !observed.past_agent_grace => Vec::new(),
         silent => fail_over(observed, config, volume, placed, silent),
@@ -219,6 +232,17 @@ fn fail_over(
     );
     offline.status.last_transition_time = observed.now.clone();
     moved.status = offline.status.clone();
+    let last_heartbeat_ms =
+        silent.map_or(0, |node| observed.now_ms.saturating_sub(node.last_seen_ms));
+    moved.metadata.annotations.insert(
+        ANNOTATION_FAILOVER.to_string(),
+        format!(
+            "from={placed},to={},generation={},started={},lastHeartbeat={last_heartbeat_ms}",
+            chosen.node,
+            generation_number(volume),
+            observed.now_ms
+        ),
+    );
     vec![
         Action::Log(Log::TargetFailover {
             volume: volume.name().to_string(),
@@ -268,4 +292,120 @@ fn mark_unreachable(
         }),
         Action::UpdateStatus(Object::CStorVolume(offline)),
     ]
+}
+
+/// The generation of the volume's newest target (0 before the first).
+fn generation_number(volume: &CStorVolume) -> u64 {
+    volume
+        .metadata
+        .annotation(ANNOTATION_TARGET_GENERATION)
+        .and_then(|generation| generation.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A failover under way, as [`ANNOTATION_FAILOVER`] records it.
+#[derive(Debug, PartialEq, Eq)]
+struct FailoverUnderWay<'a> {
+    from: &'a str,
+    to: &'a str,
+    generation: u64,
+    started_ms: u64,
+    last_heartbeat_ms: u64,
+}
+
+fn parse_failover(text: &str) -> Option<FailoverUnderWay<'_>> {
+    let mut fields = text.split(',').map(|field| field.split_once('='));
+    let mut next = |key: &str| match fields.next() {
+        Some(Some((name, value))) if name == key => Some(value),
+        _ => None,
+    };
+    Some(FailoverUnderWay {
+        from: next("from")?,
+        to: next("to")?,
+        generation: next("generation")?.parse().ok()?,
+        started_ms: next("started")?.parse().ok()?,
+        last_heartbeat_ms: next("lastHeartbeat")?.parse().ok()?,
+    })
+}
+
+/// Once the target a failover started serves (a newer generation than the old target's, the
+/// volume Healthy or Degraded), the failover is over: the annotation goes, and an event says how
+/// long it took. An unreadable annotation is dropped without an event.
+fn finish_failover(observed: &Observed, volume: &CStorVolume) -> Vec<Action> {
+    let Some(text) = volume.metadata.annotation(ANNOTATION_FAILOVER) else {
+        return Vec::new();
+    };
+    let mut finished = volume.clone();
+    finished.metadata.annotations.remove(ANNOTATION_FAILOVER);
+    let update = Action::Update {
+        object: Object::CStorVolume(finished.clone()),
+        at: Version::Read,
+    };
+    let Some(failover) = parse_failover(text) else {
+        return vec![update];
+    };
+    let serving = matches!(
+        volume.status.phase,
+        CStorVolumePhase::Healthy | CStorVolumePhase::Degraded
+    );
+    let generation = generation_number(volume);
+    if !serving || generation <= failover.generation {
+        return Vec::new();
+    }
+    let seconds = |since_ms: u64| observed.now_ms.saturating_sub(since_ms) as f64 / 1000.0;
+    let since_heartbeat = if failover.last_heartbeat_ms == 0 {
+        String::new()
+    } else {
+        format!(
+            ", {:.1}s after node {}'s last heartbeat",
+            seconds(failover.last_heartbeat_ms),
+            failover.from
+        )
+    };
+    let message = format!(
+        "node {} serves the volume with generation {generation} ({}): {:.1}s after the failover \
+         from node {} began{since_heartbeat}",
+        failover.to,
+        volume.status.phase,
+        seconds(failover.started_ms),
+        failover.from
+    );
+    vec![
+        update,
+        Action::Record {
+            by: Controller::Volumes,
+            about: Object::CStorVolume(finished),
+            event_type: EventType::Normal,
+            reason: REASON_TARGET_FAILOVER_DONE.to_string(),
+            message,
+            unless_newest_says_the_same: false,
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_a_failover_annotation_when_parsed_then_its_fields_or_nothing_if_malformed() {
+        assert_eq!(
+            parse_failover("from=n1,to=n2,generation=3,started=5000,lastHeartbeat=3000"),
+            Some(FailoverUnderWay {
+                from: "n1",
+                to: "n2",
+                generation: 3,
+                started_ms: 5000,
+                last_heartbeat_ms: 3000,
+            })
+        );
+        for malformed in [
+            "",
+            "from=n1,to=n2,generation=x,started=5000,lastHeartbeat=3000",
+            "to=n2,from=n1,generation=3,started=5000,lastHeartbeat=3000",
+            "from=n1,to=n2,generation=3,started=5000",
+        ] {
+            assert_eq!(parse_failover(malformed), None, "{malformed:?}");
+        }
+    }
 }

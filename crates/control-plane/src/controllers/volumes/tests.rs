@@ -10,7 +10,7 @@ use tandem_objects::{
 
 use crate::controllers::execute::Action;
 use crate::controllers::fixtures::{
-    bound, cv, cvc, describe, node, observed, placed_cv, pool, random, replica, NOW,
+    bound, cv, cvc, describe, node, observed, placed_cv, pool, random, replica, NOW, NOW_MS,
 };
 use crate::controllers::observe::Observed;
 use crate::controllers::volumes::{plan_config, plan_orphans, plan_provision, Step};
@@ -455,12 +455,23 @@ fn last_seen(
 
 fn failover_lines(from: &str, to: &str, pool: &str, state: &str, silence: &str) -> Vec<String> {
     let address = format!("10.0.0.{}:10809", &to[1..]);
+    let last_seen_ms: u64 = match silence {
+        "has not reported for 2.1s" => 2_100,
+        "has not reported for 2.0s" => 2_050,
+        "has not reported for 3.0s" => 3_000,
+        _ => NOW_MS, // never heard: the annotation says 0
+    };
+    let last_heartbeat = NOW_MS - last_seen_ms;
     vec![
         format!(
             "status cv pvc-1: Offline since {NOW}: the target is failing over from node {from} \
              to node {to}"
         ),
-        format!("update cv pvc-1: drf 3, target {to} at {address} (at the version just written)"),
+        format!(
+            "update cv pvc-1: drf 3, target {to} at {address}, failover from={from},to={to},\
+             generation=3,started={NOW_MS},lastHeartbeat={last_heartbeat} (at the version just \
+             written)"
+        ),
         format!(
             "event Warning TargetFailover by Volumes about CStorVolume pvc-1: target failed over \
              from node {from} to node {to} (replica id-{pool}, {state}): the agent on {from} \
@@ -682,6 +693,56 @@ fn given_the_new_target_node_dies_too_when_planned_then_it_fails_over_again_to_t
             ..observed()
         },
         failover_lines("n2", "n3", "c", "Healthy", "has not reported for 2.0s"),
+    );
+}
+
+#[test]
+fn given_a_failover_under_way_when_its_new_target_serves_then_it_is_finished_with_its_duration() {
+    let under_way = |phase: CStorVolumePhase, generation: &str| {
+        let mut volume = last_seen(
+            trusting(
+                placed_cv("pvc-1", 3, "n2", "10.0.0.2:10809"),
+                &["a", "b", "c"],
+            ),
+            &[("b", Healthy), ("c", Healthy)],
+        );
+        volume.status.phase = phase;
+        volume.metadata.annotations.insert(
+            tandem_objects::ANNOTATION_TARGET_GENERATION.to_string(),
+            generation.to_string(),
+        );
+        volume.metadata.annotations.insert(
+            "tandem.io/failover".to_string(),
+            format!(
+                "from=n1,to=n2,generation=3,started={},lastHeartbeat={}",
+                NOW_MS - 600,
+                NOW_MS - 2_400
+            ),
+        );
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b", "c"], &["a", "b", "c"])],
+            volumes: vec![volume],
+            replicas: three_replicas(),
+            pools: online_pools(&["a", "b", "c"]),
+            nodes: vec![
+                node("n1", false, "10.0.0.1:10809", 2_400),
+                node("n2", true, "10.0.0.2:10809", 100),
+                node("n3", true, "10.0.0.3:10809", 100),
+            ],
+            ..observed()
+        }
+    };
+    // Not yet: the new target has not taken its generation, or does not serve yet.
+    check(under_way(CStorVolumePhase::Degraded, "3"), &[]);
+    check(under_way(CStorVolumePhase::Offline, "4"), &[]);
+    check(
+        under_way(CStorVolumePhase::Degraded, "4"),
+        &[
+            "update cv pvc-1: drf 3, target n2 at 10.0.0.2:10809",
+            "event Normal TargetFailoverDone by Volumes about CStorVolume pvc-1: node n2 serves \
+             the volume with generation 4 (Degraded): 0.6s after the failover from node n1 \
+             began, 2.4s after node n1's last heartbeat",
+        ],
     );
 }
 
