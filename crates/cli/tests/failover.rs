@@ -3,7 +3,8 @@
 //! moves the target to a node holding a trusted replica, which serves everything written before
 //! (read back with qemu-io); the dead node's replica resyncs when it returns; a node gone for
 //! good is replaced with the seed's two edits; a control-plane restart during a failover
-//! finishes it; two failovers in a row work while CF replicas survive.
+//! finishes it; two failovers in a row work while CF replicas survive; an agent paused past its
+//! lease (SIGSTOP) loses its target and does not take it back when resumed.
 
 mod common;
 
@@ -436,4 +437,59 @@ fn two_failovers_in_a_row_work_while_cf_replicas_survive() {
     }
     let cv = cluster.cv("vol-d");
     assert_eq!(cv["status"]["phase"], "Degraded", "{cv}");
+}
+
+/// Sends `signal` (STOP, CONT) to node `node`'s agent.
+fn signal_agent(cluster: &Cluster, node: &str, signal: &str) {
+    let pid = cluster.pid(&format!("nodes/{node}/agent.pid"));
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+#[test]
+fn an_agent_paused_past_its_lease_loses_its_target_and_does_not_take_it_back_when_resumed() {
+    let cluster = Cluster::up(3, "1G");
+    cluster.ok(&[
+        "volume",
+        "create",
+        "vol-s",
+        "--size",
+        "64Mi",
+        "--replicas",
+        "3",
+    ]);
+    let uri = cluster.uri("vol-s");
+    let mut first = writes(0..8);
+    first.push("flush".to_string());
+    qemu_io(&uri, &refs(&first));
+    let paused = cluster.target_node("vol-s");
+
+    signal_agent(&cluster, &paused, "STOP");
+    let moved_to = wait_moved_off(&cluster, "vol-s", &paused);
+    until_served(&cluster, "vol-s", &refs(&reads(0..8)), "read while paused");
+    let generation = cluster.target_generation("vol-s");
+    signal_agent(&cluster, &paused, "CONT");
+
+    // Resumed, the paused node's agent finds the target elsewhere and stops its own; its
+    // replica returns Healthy, the target stays where it went, at the same generation.
+    let pool = cluster.pool_on(&paused);
+    cluster.wait_for(
+        "the resumed node's replica to be Healthy",
+        &["get", "cvr", &format!("vol-s-{pool}"), "-n", "openebs"],
+        |out| out.contains("Healthy"),
+    );
+    cluster.wait_for(
+        "the volume to be Healthy",
+        &["get", "cv", "vol-s", "-n", "openebs"],
+        |out| out.contains("Healthy"),
+    );
+    assert_eq!(cluster.target_node("vol-s"), moved_to);
+    assert_eq!(cluster.target_generation("vol-s"), generation);
+    let mut more = writes(8..12);
+    more.push("flush".to_string());
+    qemu_io(&cluster.uri("vol-s"), &refs(&more));
+    qemu_io(&cluster.uri("vol-s"), &refs(&reads(0..12)));
 }
