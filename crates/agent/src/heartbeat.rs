@@ -1,17 +1,21 @@
 //! The heartbeat task: tells the control plane every `interval` that this node's agent is alive.
-//! It runs on its own so that slow or failing reconcile work never delays it, and it never stops
-//! on an error: an unreachable control plane is retried with a short bounded backoff (at most
-//! [`RETRY_MAX`], well inside the control plane's agent timeout).
+//! Each heartbeat renews the node's lease (the control plane's agent timeout); a node whose
+//! lease runs out loses its targets to other nodes. So the task runs on its own, never stops on
+//! an error, and keeps its cadence whatever happens: a heartbeat that gets no answer within one
+//! interval is abandoned and the next one sent on time, and an unreachable control plane is
+//! tried again every interval (no backoff: one small request per interval, and a backoff longer
+//! than the lease would lose it right after the control plane comes back).
 
 use std::time::Duration;
 
 use tandem_client::{Client, NodeHeartbeat};
+use tokio::time::Instant;
 
 use crate::error::{Error, Subject};
-use crate::report::{backoff, ErrorLog};
+use crate::report::ErrorLog;
 
-/// The longest wait between heartbeats while they fail.
-pub const RETRY_MAX: Duration = Duration::from_secs(3);
+/// The shortest time a heartbeat waits for its answer, however short the interval.
+pub const ANSWER_MIN: Duration = Duration::from_millis(200);
 
 /// Heartbeats for `node`, reporting `address` (where its replica host listens) and
 /// `nbd_address` (where its targets' NBD exports are).
@@ -29,32 +33,28 @@ pub async fn run(
         nbd_address,
     };
     let mut errors = ErrorLog::default();
-    let mut failures: u32 = 0;
+    let timeout = answer_timeout(interval, request_timeout);
     loop {
-        let timeout = answer_timeout(interval, request_timeout);
+        let started = Instant::now();
         let outcome = match tokio::time::timeout(timeout, client.heartbeat(&heartbeat)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(Error::from(error)),
             Err(_) => Err(Error::NoAnswer(timeout)),
         };
         match outcome {
-            Ok(()) => {
-                errors.ok(&Subject::Heartbeat);
-                failures = 0;
-            }
+            Ok(()) => errors.ok(&Subject::Heartbeat),
             Err(error) => {
                 errors.failed(&Subject::Heartbeat, &error);
-                failures = failures.saturating_add(1);
             }
         }
-        tokio::time::sleep(backoff(interval, failures, RETRY_MAX)).await;
+        tokio::time::sleep_until(started + interval).await;
     }
 }
 
-/// How long one heartbeat waits for an answer: the request timeout, cut to the interval (at
-/// least [`RETRY_MAX`]) so a hung request cannot hold back the next heartbeat for long.
+/// How long one heartbeat waits for an answer: one interval (at least [`ANSWER_MIN`]), never
+/// more than the request timeout, so a hung request cannot hold back the next heartbeat.
 fn answer_timeout(interval: Duration, request_timeout: Duration) -> Duration {
-    request_timeout.min(interval.max(RETRY_MAX))
+    request_timeout.min(interval.max(ANSWER_MIN))
 }
 
 #[cfg(test)]
@@ -62,16 +62,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn given_a_request_timeout_longer_than_the_interval_when_heartbeating_then_wait_at_most_the_interval_or_the_retry_cap(
+    fn given_a_request_timeout_longer_than_the_interval_when_heartbeating_then_wait_one_interval_at_most(
     ) {
-        let second = Duration::from_secs(1);
+        let half = Duration::from_millis(500);
         let ten = Duration::from_secs(10);
-        assert_eq!(answer_timeout(second, ten), RETRY_MAX);
+        assert_eq!(answer_timeout(half, ten), half);
         assert_eq!(
-            answer_timeout(Duration::from_secs(5), ten),
-            Duration::from_secs(5)
+            answer_timeout(Duration::from_millis(50), ten),
+            ANSWER_MIN,
+            "never less than the minimum"
         );
         assert_eq!(answer_timeout(Duration::from_secs(30), ten), ten);
-        assert_eq!(answer_timeout(second, second), second);
+        assert_eq!(
+            answer_timeout(half, Duration::from_millis(300)),
+            Duration::from_millis(300)
+        );
     }
 }

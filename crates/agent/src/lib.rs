@@ -84,7 +84,8 @@ pub struct AgentConfig {
     pub pool_size: u64,
     /// The control plane, e.g. `http://127.0.0.1:7070`.
     pub server: String,
-    /// How often to heartbeat (default 1s).
+    /// How often to heartbeat, renewing the node's lease (default 500ms: four heartbeats per
+    /// default lease of 2s, so one lost heartbeat never loses the lease).
     pub heartbeat: Duration,
     /// Where the pool and replica objects are (default `openebs`).
     pub namespace: String,
@@ -108,7 +109,7 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+    pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(500);
     pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
     pub const DEFAULT_MEASURE_INTERVAL: Duration = Duration::from_secs(2);
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -398,7 +399,7 @@ mod tests {
     #[test]
     fn config_defaults_and_validation() {
         let config = AgentConfig::new("n1", "/tmp/pool", 10 << 30, "http://127.0.0.1:7070");
-        assert_eq!(config.heartbeat, Duration::from_secs(1));
+        assert_eq!(config.heartbeat, Duration::from_millis(500));
         assert_eq!(config.namespace, "openebs");
         assert_eq!(config.reconcile_interval, Duration::from_secs(1));
         assert_eq!(config.measure_interval, Duration::from_secs(2));

@@ -32,6 +32,10 @@ pub struct AgentArgs {
     /// (0.0.0.0 or ::); by default the listening addresses are reported as they are.
     #[arg(long)]
     advertise_address: Option<std::net::IpAddr>,
+    /// How often to heartbeat, renewing this node's lease with the control plane (keep it well
+    /// under the control plane's --agent-timeout).
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    heartbeat_interval: std::time::Duration,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -44,6 +48,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
     config.data_address = args.data_address;
     config.nbd_address = args.nbd_address;
     config.advertise_ip = args.advertise_address;
+    config.heartbeat = args.heartbeat_interval;
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     runtime.block_on(tandem_agent::run(
         config,

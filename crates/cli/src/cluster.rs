@@ -53,8 +53,9 @@ const DEFAULT_PORT: u16 = 7070;
 const NODES_MAX: usize = 16;
 /// `up --pool-size` when not given.
 const POOL_SIZE_DEFAULT: &str = "10G";
-/// `up --agent-timeout` when not given.
-const AGENT_TIMEOUT_DEFAULT: &str = "10s";
+/// `up --agent-timeout` when not given: a node's lease (agents heartbeat every 500ms), short
+/// enough that a volume's I/O resumes within 5 s of its target's node dying.
+const AGENT_TIMEOUT_DEFAULT: &str = "2s";
 
 #[derive(Args, Debug, PartialEq, Eq)]
 pub struct UpArgs {
@@ -68,7 +69,8 @@ pub struct UpArgs {
     /// if that is taken; 0: any free port]. Later runs reuse the recorded one.
     #[arg(long)]
     port: Option<u16>,
-    /// How long an agent may stay silent before its pool is OFFLINE.
+    /// How long an agent may stay silent (its lease) before its node's targets fail over and
+    /// its pool is OFFLINE.
     #[arg(long, default_value = AGENT_TIMEOUT_DEFAULT, value_parser = humantime::parse_duration)]
     agent_timeout: Duration,
     /// How long to wait for the pools to come ONLINE.

@@ -20,8 +20,9 @@ pub struct ControlPlaneArgs {
     /// Address to serve the API on.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
-    /// How long a node agent may stay silent before its pool is marked OFFLINE.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// How long a node agent may stay silent (its lease) before its node's targets fail over
+    /// and its pool is marked OFFLINE.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     agent_timeout: Duration,
     /// Also serve the API on this Unix socket, and record that address (`unix:PATH`) for the
     /// CLI: processes in another network namespace on this host (the `tandem` command in the

@@ -24,8 +24,9 @@ use serde_json::{json, Value};
 use tandem_client::{NodeHeartbeat, NodeStatus};
 use tandem_objects::{
     parse_json, parse_yaml, pool_node, validate_cspc, validate_cvc_update, validate_new_cvc,
-    CStorPoolInstance, CStorVolume, CStorVolumePhase, Kind, Object, PoolLookup,
-    LABEL_CSTOR_POOL_CLUSTER, LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_HOSTNAME,
+    CStorPoolInstance, CStorVolume, CStorVolumePhase, CStorVolumeReplica, CStorVolumeReplicaPhase,
+    Kind, Object, PoolLookup, LABEL_CSTOR_POOL_CLUSTER, LABEL_CSTOR_POOL_INSTANCE_NAME,
+    LABEL_HOSTNAME, LABEL_PERSISTENT_VOLUME,
 };
 use tandem_store::{ChangeKind, ObjectKey, Store, StoreError};
 use tokio::sync::Notify;
@@ -750,6 +751,18 @@ impl Api {
     pub fn past_agent_grace(&self) -> bool {
         self.started.elapsed() > self.agent_timeout
     }
+
+    /// How long until the next node that is ready now stops being ready if it stays silent
+    /// (its lease runs out), or the start-up grace ends: the controllers look again then, so a
+    /// failover starts as soon as a lease expires, not at the next periodic pass.
+    pub fn next_lease_expiry(&self) -> Option<Duration> {
+        let nodes = self.nodes.lock().expect("the node table is never poisoned");
+        let leases = nodes
+            .values()
+            .filter_map(|(_, seen)| self.agent_timeout.checked_sub(seen.elapsed()));
+        let grace = self.agent_timeout.checked_sub(self.started.elapsed());
+        leases.chain(grace).min()
+    }
 }
 
 /// The checks a user's write passes before it is stored: new objects must be complete
@@ -859,6 +872,19 @@ impl PoolLookup for StoreLookup<'_> {
     fn volume_phase(&self, volume_name: &str) -> Option<CStorVolumePhase> {
         let volume = CStorVolume::try_from(self.object(Kind::CStorVolume, volume_name)?).ok()?;
         Some(volume.status.phase)
+    }
+
+    fn replica_phase(&self, volume_name: &str, pool_name: &str) -> Option<CStorVolumeReplicaPhase> {
+        // A replica is named "<volume>-<pool>"; the labels say which it is.
+        let replica = CStorVolumeReplica::try_from(self.object(
+            Kind::CStorVolumeReplica,
+            &format!("{volume_name}-{pool_name}"),
+        )?)
+        .ok()?;
+        let labels = &replica.metadata;
+        let ours = labels.label(LABEL_PERSISTENT_VOLUME) == Some(volume_name)
+            && labels.label(LABEL_CSTOR_POOL_INSTANCE_NAME) == Some(pool_name);
+        ours.then_some(replica.status.phase)
     }
 }
 

@@ -1,7 +1,9 @@
 //! The admission rules for an update of a CStorVolumeConfig: cStor's webhook rules in cStor's
 //! order with cStor's exact messages, then the guards Tandem adds (pool must exist, be in the
 //! volume's pool cluster, be ONLINE and writable; never remove the last replica; one change in
-//! flight; scale down only while the volume is Healthy).
+//! flight; scale down only while the volume is Healthy, except that a replica which is not
+//! Healthy, such as one on a dead node, may be removed when every other replica is Healthy and
+//! at least the consistency factor of them remain).
 //!
 //! Like cStor's webhook, the rules judge every update, the controllers' as well as the users'.
 //! Tandem's guards are written so the controllers' own updates pass them: they only look at
@@ -16,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::meta::LABEL_CSTOR_POOL_CLUSTER;
 use crate::object::{CStorPoolInstance, CStorVolumeConfig};
 use crate::pool::CStorPoolInstancePhase;
-use crate::volume::{CStorVolumeConfigPhase, CStorVolumePhase};
+use crate::volume::{CStorVolumeConfigPhase, CStorVolumePhase, CStorVolumeReplicaPhase};
 
 /// What the rules need to know about the rest of the cluster.
 pub trait PoolLookup {
@@ -26,6 +28,10 @@ pub trait PoolLookup {
     /// The phase of the CStorVolume named `volume_name` (a volume's CV, CVC and PV share its
     /// name), if there is one.
     fn volume_phase(&self, volume_name: &str) -> Option<CStorVolumePhase>;
+
+    /// The phase of the volume's replica in pool `pool_name` (its CStorVolumeReplica's), if
+    /// there is one.
+    fn replica_phase(&self, volume_name: &str, pool_name: &str) -> Option<CStorVolumeReplicaPhase>;
 }
 
 /// The condition a CVC carries from a scale's start until it is finished (for a scale-up: until
@@ -38,6 +44,8 @@ pub const CONDITION_SCALING_VOLUME_REPLICAS: &str = "ScalingVolumeReplicas";
 pub struct PoolSnapshot {
     pub pools: BTreeMap<String, CStorPoolInstance>,
     pub volume_phases: BTreeMap<String, CStorVolumePhase>,
+    /// (volume, pool) -> the phase of the volume's replica in that pool.
+    pub replica_phases: BTreeMap<(String, String), CStorVolumeReplicaPhase>,
 }
 
 impl PoolSnapshot {
@@ -54,6 +62,17 @@ impl PoolSnapshot {
         self.volume_phases.insert(volume_name.to_string(), phase);
         self
     }
+
+    pub fn with_replica_phase(
+        mut self,
+        volume_name: &str,
+        pool_name: &str,
+        phase: CStorVolumeReplicaPhase,
+    ) -> Self {
+        self.replica_phases
+            .insert((volume_name.to_string(), pool_name.to_string()), phase);
+        self
+    }
 }
 
 impl PoolLookup for PoolSnapshot {
@@ -63,6 +82,12 @@ impl PoolLookup for PoolSnapshot {
 
     fn volume_phase(&self, volume_name: &str) -> Option<CStorVolumePhase> {
         self.volume_phases.get(volume_name).copied()
+    }
+
+    fn replica_phase(&self, volume_name: &str, pool_name: &str) -> Option<CStorVolumeReplicaPhase> {
+        self.replica_phases
+            .get(&(volume_name.to_string(), pool_name.to_string()))
+            .copied()
     }
 }
 
@@ -92,6 +117,9 @@ pub enum AdmissionRule {
     ChangeWhileScaling,
     /// Tandem: a pool removed while the volume is not Healthy.
     ScaleDownWhileNotHealthy,
+    /// Tandem: a pool whose replica is not Healthy removed while another replica is not Healthy
+    /// either, or with fewer than the consistency factor of replicas left.
+    UnhealthyReplicaRemoval,
     /// Tandem: the CVC does not say which pool cluster its replicas belong to.
     VolumeClusterUnknown,
     /// Tandem: an added pool does not exist.
@@ -391,6 +419,12 @@ fn refuse_changes_while_scaling(
 
 /// cStor enforces this late, in the target's sidecar, after the CVC edit was accepted; Tandem
 /// refuses the edit itself so the user hears it at once.
+///
+/// A replica known not to be Healthy (its node died, say) is the exception, or a dead node could
+/// never be replaced: the volume stays Degraded while it is a member. Removing it is allowed
+/// exactly when every other replica is Healthy and at least the consistency factor (of the
+/// volume as it is) of them remain, which is what the target needs to drop a member without
+/// losing an acknowledged write (the others hold everything; it drains them first).
 fn refuse_scale_down_unless_healthy(
     old: &CStorVolumeConfig,
     new: &CStorVolumeConfig,
@@ -402,6 +436,20 @@ fn refuse_scale_down_unless_healthy(
         return Ok(());
     }
     let volume_name = new.name();
+    if let [removed] = removed_pools.as_slice() {
+        match pools.replica_phase(volume_name, removed) {
+            Some(CStorVolumeReplicaPhase::Healthy) | None => {}
+            Some(phase) => {
+                return refuse_unless_others_healthy(
+                    volume_name,
+                    &old_desired,
+                    removed,
+                    phase,
+                    pools,
+                )
+            }
+        }
+    }
     let state = match pools.volume_phase(volume_name) {
         Some(CStorVolumePhase::Healthy) => return Ok(()),
         Some(phase) => format!("it is {phase}"),
@@ -415,6 +463,55 @@ fn refuse_scale_down_unless_healthy(
             removed_pools.join(", ")
         ),
     )
+}
+
+/// Removing `removed`, whose replica is in `phase` (not Healthy), from the volume on
+/// `old_desired`: every other replica must be Healthy, and at least the consistency factor of
+/// them must remain.
+fn refuse_unless_others_healthy(
+    volume_name: &str,
+    old_desired: &[&str],
+    removed: &str,
+    phase: CStorVolumeReplicaPhase,
+    pools: &dyn PoolLookup,
+) -> Result<(), AdmissionError> {
+    let others: Vec<&str> = old_desired
+        .iter()
+        .copied()
+        .filter(|pool| *pool != removed)
+        .collect();
+    let consistency_factor = old_desired.len() / 2 + 1;
+    let removing = format!(
+        "cvc {volume_name}: removing pool {removed}, whose replica is {phase} (not Healthy), is \
+         allowed only when every other replica is Healthy and at least {consistency_factor} \
+         (the volume's consistency factor) of them remain"
+    );
+    let unhealthy: Vec<String> = others
+        .iter()
+        .filter_map(|pool| match pools.replica_phase(volume_name, pool) {
+            Some(CStorVolumeReplicaPhase::Healthy) => None,
+            Some(phase) => Some(format!("the replica on pool {pool} is {phase}")),
+            None => Some(format!("pool {pool} has no replica")),
+        })
+        .collect();
+    if !unhealthy.is_empty() {
+        return refuse(
+            AdmissionRule::UnhealthyReplicaRemoval,
+            format!("{removing}; {}", unhealthy.join(", ")),
+        );
+    }
+    if others.len() < consistency_factor {
+        return refuse(
+            AdmissionRule::UnhealthyReplicaRemoval,
+            format!(
+                "{removing}; only {} would remain: add a pool on a live node to \
+                 spec.policy.replicaPoolInfo first, and remove {removed} once its replica is \
+                 Healthy",
+                others.len()
+            ),
+        );
+    }
+    Ok(())
 }
 
 /// Pools added by this update (named now, not named before, holding no replica yet) must exist

@@ -497,3 +497,107 @@ fn cstor_rules_come_before_tandem_guards() {
         )),
     });
 }
+
+/// One removal of pool B: its name, the pools before, each replica's phase, the verdict.
+type Removal = (
+    &'static str,
+    &'static [&'static str],
+    &'static [(&'static str, CStorVolumeReplicaPhase)],
+    Result<(), String>,
+);
+
+/// Removing a replica that is not Healthy (the seed's replace-a-dead-node flow, second edit):
+/// allowed exactly when every other replica is Healthy and at least CF of them remain, whatever
+/// the volume's phase (it is Degraded while the dead replica is a member).
+#[test]
+fn a_replica_that_is_not_healthy_is_removed_only_when_the_others_are_healthy_and_enough_remain() {
+    use CStorVolumeReplicaPhase::{Degraded, Healthy, Offline, Rebuilding};
+    const POOL_D: &str = "cspc-stripe-pool-full"; // any fourth pool name
+    let removing_b = |consistency_factor: u32, phase: &str| {
+        format!(
+            "cvc {VOLUME}: removing pool {POOL_B}, whose replica is {phase} (not Healthy), is \
+             allowed only when every other replica is Healthy and at least {consistency_factor} \
+             (the volume's consistency factor) of them remain"
+        )
+    };
+    let table: [Removal; 6] = [
+        (
+            "a dead replica replaced: the new one is Healthy, three of four remain",
+            &[POOL_A, POOL_B, POOL_C, POOL_D],
+            &[
+                (POOL_A, Healthy),
+                (POOL_B, Offline),
+                (POOL_C, Healthy),
+                (POOL_D, Healthy),
+            ],
+            Ok(()),
+        ),
+        (
+            "a dead replica dropped from three: two remain, the consistency factor of three",
+            &[POOL_A, POOL_B, POOL_C],
+            &[(POOL_A, Healthy), (POOL_B, Offline), (POOL_C, Healthy)],
+            Ok(()),
+        ),
+        (
+            "the replacement is still being rebuilt",
+            &[POOL_A, POOL_B, POOL_C, POOL_D],
+            &[
+                (POOL_A, Healthy),
+                (POOL_B, Offline),
+                (POOL_C, Healthy),
+                (POOL_D, Rebuilding),
+            ],
+            Err(format!(
+                "{}; the replica on pool {POOL_D} is Rebuilding",
+                removing_b(3, "Offline")
+            )),
+        ),
+        (
+            "another replica is Degraded too",
+            &[POOL_A, POOL_B, POOL_C],
+            &[(POOL_A, Degraded), (POOL_B, Offline), (POOL_C, Healthy)],
+            Err(format!(
+                "{}; the replica on pool {POOL_A} is Degraded",
+                removing_b(2, "Offline")
+            )),
+        ),
+        (
+            "a dead replica of two: one would remain, fewer than the consistency factor",
+            &[POOL_A, POOL_B],
+            &[(POOL_A, Healthy), (POOL_B, Offline)],
+            Err(format!(
+                "{}; only 1 would remain: add a pool on a live node to \
+                 spec.policy.replicaPoolInfo first, and remove {POOL_B} once its replica is \
+                 Healthy",
+                removing_b(2, "Offline")
+            )),
+        ),
+        (
+            "another pool has no replica",
+            &[POOL_A, POOL_B, POOL_C],
+            &[(POOL_A, Healthy), (POOL_B, Degraded)],
+            Err(format!(
+                "{}; pool {POOL_C} has no replica",
+                removing_b(2, "Degraded")
+            )),
+        ),
+    ];
+    for (name, pools, phases, expected) in table {
+        let mut old = seed_cvc();
+        set_desired(&mut old, pools);
+        set_current(&mut old, pools);
+        let mut new = old.clone();
+        let kept: Vec<&str> = pools.iter().copied().filter(|p| *p != POOL_B).collect();
+        set_desired(&mut new, &kept);
+        let mut snapshot = cluster(Some(CStorVolumePhase::Degraded));
+        for (pool, phase) in phases {
+            snapshot = snapshot.with_replica_phase(VOLUME, pool, *phase);
+        }
+        let actual = validate_cvc_update(&old, &new, &snapshot).map_err(|error| {
+            assert_eq!(error.rule, AdmissionRule::UnhealthyReplicaRemoval, "{name}");
+            assert!(!error.rule.is_cstor_rule());
+            error.message
+        });
+        assert_eq!(actual, expected, "case: {name}");
+    }
+}

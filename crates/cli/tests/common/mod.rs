@@ -584,3 +584,100 @@ impl Cluster {
             .output();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Node loss and failover (tests/failover.rs)
+
+impl Cluster {
+    /// Creates volume `name` of `size` with one replica on each of `pools`, in that order (a
+    /// CVC whose spec names its pools, as `tandem create -f` takes it), and waits until Bound.
+    pub fn create_volume_on(&self, name: &str, size: &str, pools: &[String]) {
+        let pool_lines: String = pools
+            .iter()
+            .map(|pool| format!("    - poolName: {pool}\n"))
+            .collect();
+        let manifest = format!(
+            "apiVersion: cstor.openebs.io/v1\nkind: CStorVolumeConfig\nmetadata:\n  name: \
+             {name}\n  namespace: openebs\n  labels:\n    openebs.io/cstor-pool-cluster: \
+             cspc-stripe-pool\nspec:\n  capacity:\n    storage: {size}\n  provision:\n    \
+             capacity:\n      storage: {size}\n    replicaCount: {}\n  policy:\n    \
+             replicaPoolInfo:\n{pool_lines}",
+            pools.len()
+        );
+        let file = self.data_dir().join(format!("{name}.yaml"));
+        std::fs::write(&file, manifest).expect("write the manifest");
+        self.ok(&["create", "-f", file.to_str().expect("a UTF-8 path")]);
+        self.wait_for(
+            &format!("volume {name} to be Bound"),
+            &["get", "cvc", name, "-n", "openebs"],
+            |out| out.contains("Bound"),
+        );
+    }
+
+    /// The volume's CStorVolume.
+    pub fn cv(&self, volume: &str) -> Value {
+        self.json(&["get", "cv", volume, "-n", "openebs"])
+    }
+
+    /// The generation of the volume's newest target (0 before the first).
+    pub fn target_generation(&self, volume: &str) -> u64 {
+        text(&self.cv(volume)["metadata"]["annotations"]["tandem.io/target-generation"])
+            .parse()
+            .unwrap_or(0)
+    }
+
+    /// Restarts only the control plane (not the agents, as `tandem up` would), with the port
+    /// and agent timeout `up` recorded; `tandem down` stops it like the first.
+    // The control plane outlives this call, as `up` leaves it; `down` stops it, and the test
+    // process reaps it when it ends.
+    #[allow(clippy::zombie_processes)]
+    pub fn restart_control_plane(&self) {
+        use std::os::unix::process::CommandExt;
+        let recorded: Value = serde_json::from_str(
+            &std::fs::read_to_string(self.data_dir().join("cluster.json")).expect("cluster.json"),
+        )
+        .expect("cluster.json is JSON");
+        let directory = self.data_dir().join("control-plane");
+        let _ = std::fs::remove_file(directory.join("address"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(directory.join("control-plane.log"))
+            .expect("open the control plane's log");
+        let child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args([
+                "control-plane",
+                "--data-dir",
+                self.data_dir().to_str().expect("a UTF-8 path"),
+                "--listen",
+                &format!("127.0.0.1:{}", recorded["port"]),
+                "--agent-timeout",
+                &text(&recorded["agentTimeout"]),
+            ])
+            .env_remove("TANDEM_SERVER")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("share the log"))
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("start the control plane");
+        std::fs::write(
+            directory.join("control-plane.pid"),
+            format!("{}\n", child.id()),
+        )
+        .expect("write the pid file");
+        self.wait_for(
+            "the control plane to answer",
+            &["get", "cspc", "-n", "openebs"],
+            |_| true,
+        );
+    }
+
+    /// The end of the control plane's log (for a failure message).
+    pub fn control_plane_log_tail(&self) -> String {
+        let log = self.data_dir().join("control-plane/control-plane.log");
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}

@@ -100,6 +100,12 @@ pub(crate) enum Log {
         node: String,
         address: String,
     },
+    TargetFailover {
+        volume: String,
+        from: String,
+        to: String,
+        generation: String,
+    },
     CreatingReplica {
         replica: String,
         pool: String,
@@ -155,6 +161,20 @@ impl Log {
                 address,
             } => {
                 tracing::info!(volume = volume.as_str(), node = %node, address = %address, "target placed");
+            }
+            Log::TargetFailover {
+                volume,
+                from,
+                to,
+                generation,
+            } => {
+                tracing::warn!(
+                    volume = volume.as_str(),
+                    from = from.as_str(),
+                    to = to.as_str(),
+                    generation = generation.as_str(),
+                    "target node not reporting: failing the target over"
+                );
             }
             Log::CreatingReplica { replica, pool } => {
                 tracing::info!(

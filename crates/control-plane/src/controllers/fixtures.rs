@@ -19,6 +19,8 @@ use crate::controllers::observe::Observed;
 pub(crate) const NS: &str = "openebs";
 pub(crate) const CLUSTER: &str = "cspc";
 pub(crate) const NOW: &str = "2026-12-02T11:00:00Z";
+/// [`NOW`] in milliseconds since the Unix epoch.
+pub(crate) const NOW_MS: u64 = 1_796_209_200_000;
 
 /// The seeded randomness of every plan under test.
 pub(crate) fn random() -> StdRng {
@@ -30,6 +32,7 @@ pub(crate) fn observed() -> Observed {
     Observed {
         past_agent_grace: true,
         now: NOW.to_string(),
+        now_ms: NOW_MS,
         ..Observed::default()
     }
 }
@@ -238,14 +241,18 @@ fn describe_object(object: &Object) -> String {
                 .join(", ")
         ),
         Object::CStorVolume(volume) => format!(
-            "cv {}: drf {}, target {} at {}",
+            "cv {}: drf {}, target {} at {}{}",
             volume.name(),
             volume.spec.desired_replication_factor,
             volume
                 .metadata
                 .annotation(ANNOTATION_TARGET_NODE)
                 .unwrap_or("-"),
-            volume.spec.target_portal
+            volume.spec.target_portal,
+            volume
+                .metadata
+                .annotation("tandem.io/failover")
+                .map_or(String::new(), |failover| format!(", failover {failover}"))
         ),
         Object::CStorVolumeConfig(config) => format!(
             "cvc {}: pools [{}], volume {}",

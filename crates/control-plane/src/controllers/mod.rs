@@ -65,12 +65,28 @@ pub async fn run(api: Arc<Api>, server: String, shutdown: impl Future<Output = (
     loop {
         let written = context.api.written.notified();
         pass(&context, &mut errors).await;
+        let next = next_pass_in(context.api.next_lease_expiry());
         tokio::select! {
             _ = &mut shutdown => return,
             _ = written => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(next) => {}
         }
     }
+}
+
+/// The longest a pass waits for the next when nothing is written (pool liveness depends on
+/// time).
+const PASS_INTERVAL: Duration = Duration::from_secs(1);
+/// How long after a lease's end the pass looks: the API calls a node ready up to and including
+/// its timeout.
+const PAST_LEASE_END: Duration = Duration::from_millis(5);
+
+/// When the next pass runs if nothing is written: at the next lease's end if that comes first
+/// (a target fails over as soon as its node's lease runs out), else after [`PASS_INTERVAL`].
+fn next_pass_in(lease_expiry: Option<Duration>) -> Duration {
+    lease_expiry.map_or(PASS_INTERVAL, |expiry| {
+        (expiry + PAST_LEASE_END).min(PASS_INTERVAL)
+    })
 }
 
 async fn pass(context: &Context, errors: &mut ErrorLog) {
@@ -191,6 +207,19 @@ mod tests {
             reason: "Conflict".to_string(),
             message: "stale".to_string(),
         }))
+    }
+
+    #[test]
+    fn given_a_lease_ending_before_the_interval_when_waiting_then_the_pass_runs_just_after_it() {
+        let table = [
+            (None, PASS_INTERVAL),
+            (Some(Duration::ZERO), PAST_LEASE_END),
+            (Some(Duration::from_millis(300)), Duration::from_millis(305)),
+            (Some(Duration::from_secs(5)), PASS_INTERVAL),
+        ];
+        for (expiry, wait) in table {
+            assert_eq!(next_pass_in(expiry), wait, "{expiry:?}");
+        }
     }
 
     #[test]

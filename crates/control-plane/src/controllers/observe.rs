@@ -27,6 +27,8 @@ pub(crate) struct Observed {
     pub past_agent_grace: bool,
     /// The pass's time (RFC 3339, in seconds), for the conditions and transitions it writes.
     pub now: String,
+    /// The pass's time in milliseconds since the Unix epoch, for the durations it reports.
+    pub now_ms: u64,
 }
 
 impl Observed {
@@ -48,6 +50,11 @@ impl Observed {
             nodes: api.node_statuses(),
             past_agent_grace: api.past_agent_grace(),
             now: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            now_ms: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |since| {
+                    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+                }),
         })
     }
 

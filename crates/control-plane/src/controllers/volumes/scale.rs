@@ -4,7 +4,8 @@
 //! refused with a warning.
 
 use tandem_objects::{
-    CStorVolume, CStorVolumeConfig, CStorVolumeReplicaPhase, EventType, Kind, Object,
+    CStorVolume, CStorVolumeConfig, CStorVolumeReplica, CStorVolumeReplicaPhase, EventType, Kind,
+    Object,
 };
 
 use crate::controllers::execute::{Action, Log, Version};
@@ -16,6 +17,9 @@ use crate::controllers::volumes::objects::{
 use crate::controllers::volumes::{record, warn_once};
 
 const REASON_SCALING: &str = "ScalingVolumeReplicas";
+/// The event of a scale-down that removed a replica which was not Healthy: the second half of
+/// replacing a dead node (a pool added on a live node, then the dead one's removed).
+pub(crate) const REASON_REPLICA_REPLACED: &str = "ReplicaReplaced";
 
 pub(super) fn plan_scale(observed: &Observed, config: &CStorVolumeConfig) -> Vec<Action> {
     let Some(volume) = observed.volume_of(config) else {
@@ -49,7 +53,7 @@ pub(super) fn plan_scale(observed: &Observed, config: &CStorVolumeConfig) -> Vec
         .filter(|p| !desired.contains(p))
         .collect();
     match (added.is_empty(), removed.is_empty()) {
-        (true, true) => finish_scale(observed, config),
+        (true, true) => finish_scale(observed, config, volume),
         (false, true) => scale_up(observed, config, volume, &added),
         (true, false) => scale_down(observed, config, volume, removed[0]),
         (false, false) => vec![warn_once(
@@ -156,7 +160,18 @@ fn scale_down(
         actions.push(warn_once(config, REASON_SCALING, &message));
         return actions;
     }
+    let mut replaced = None;
     if let Some(replica) = replica {
+        if replica.status.phase != CStorVolumeReplicaPhase::Healthy
+            && replica.metadata.deletion_timestamp.is_empty()
+        {
+            replaced = Some(replacement_message(
+                observed,
+                config,
+                removed_pool,
+                replica.status.phase,
+            ));
+        }
         if replica.metadata.deletion_timestamp.is_empty() {
             actions.push(Action::Log(Log::DeletingReplicaForScaleDown {
                 replica: replica.name().to_string(),
@@ -184,21 +199,66 @@ fn scale_down(
         REASON_SCALING,
         &format!("successfully scaled volume replicas to {desired}"),
     ));
+    if let Some(message) = replaced {
+        actions.push(record(
+            &scaled,
+            EventType::Warning,
+            REASON_REPLICA_REPLACED,
+            &message,
+        ));
+    }
     actions
 }
 
-/// Spec and status agree: a scale-up is finished once every replica is Healthy.
-fn finish_scale(observed: &Observed, config: &CStorVolumeConfig) -> Vec<Action> {
+/// What a replacement did: the replica that left (its pool, node and phase), and where the
+/// volume's replicas are now.
+fn replacement_message(
+    observed: &Observed,
+    config: &CStorVolumeConfig,
+    removed_pool: &str,
+    phase: CStorVolumeReplicaPhase,
+) -> String {
+    let namespace = &config.metadata.namespace;
+    let on = |pool: &str| {
+        observed.pool(namespace, pool).map_or_else(
+            || pool.to_string(),
+            |found| format!("{pool} (node {})", found.spec.host_name),
+        )
+    };
+    let kept: Vec<String> = config.desired_pool_names().into_iter().map(on).collect();
+    format!(
+        "removed the replica on pool {}, which was {phase}; the volume's replicas are now on \
+         pools {}",
+        on(removed_pool),
+        kept.join(", ")
+    )
+}
+
+/// Spec and status agree: a scale-up is finished once every replica is Healthy, or once every
+/// replica is a trusted member of the volume (in the target's `knownReplicas`): a new replica is
+/// trusted only after it was rebuilt and its promotion persisted, so then every new replica was
+/// Healthy, and what is not Healthy is an old member, such as one on a dead node that the
+/// scale-up is replacing (its removal is the next change, which must not wait for it).
+fn finish_scale(
+    observed: &Observed,
+    config: &CStorVolumeConfig,
+    volume: &CStorVolume,
+) -> Vec<Action> {
     if !has_scaling_condition(config) {
         return Vec::new();
     }
     let replicas = observed.replicas_of(config);
-    let all_healthy = config.current_pool_names().iter().all(|pool| {
-        replicas
-            .get(pool.as_str())
-            .is_some_and(|replica| replica.status.phase == CStorVolumeReplicaPhase::Healthy)
-    });
-    if !all_healthy {
+    let every = |done: &dyn Fn(&CStorVolumeReplica) -> bool| {
+        config.current_pool_names().iter().all(|pool| {
+            replicas
+                .get(pool.as_str())
+                .is_some_and(|replica| done(replica))
+        })
+    };
+    let known = &volume.status.replica_details.known_replicas;
+    let all_healthy = every(&|replica| replica.status.phase == CStorVolumeReplicaPhase::Healthy);
+    let all_trusted = every(&|replica| known.contains_key(&replica.spec.replica_id));
+    if !all_healthy && !all_trusted {
         return Vec::new();
     }
     let mut done = config.clone();

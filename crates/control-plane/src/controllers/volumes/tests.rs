@@ -10,7 +10,7 @@ use tandem_objects::{
 
 use crate::controllers::execute::Action;
 use crate::controllers::fixtures::{
-    bound, cv, cvc, describe, node, observed, placed_cv, pool, random, replica, NOW,
+    bound, cv, cvc, describe, node, observed, placed_cv, pool, random, replica, NOW, NOW_MS,
 };
 use crate::controllers::observe::Observed;
 use crate::controllers::volumes::{plan_config, plan_orphans, plan_provision, Step};
@@ -359,7 +359,8 @@ fn given_a_placed_target_whose_agent_reports_when_planned_then_it_stays() {
 }
 
 #[test]
-fn given_a_placed_targets_agent_silent_past_the_grace_when_planned_then_the_volume_is_offline() {
+fn given_a_placed_targets_agent_silent_past_the_grace_and_no_other_replica_when_planned_then_offline(
+) {
     check(
         Observed {
             configs: vec![bound("pvc-1", &["a"], &["a"])],
@@ -370,7 +371,7 @@ fn given_a_placed_targets_agent_silent_past_the_grace_when_planned_then_the_volu
         },
         &[&format!(
             "status cv pvc-1: Offline since {NOW}: the agent hosting the target (node n1) is \
-             not reporting"
+             not reporting, and no other node holds a trusted replica of the volume"
         )],
     );
 }
@@ -379,7 +380,9 @@ fn given_a_placed_targets_agent_silent_past_the_grace_when_planned_then_the_volu
 fn given_a_volume_already_offline_for_its_silent_target_when_planned_then_nothing() {
     let mut volume = placed_cv("pvc-1", 1, "n1", "10.0.0.1:10809");
     volume.status.phase = CStorVolumePhase::Offline;
-    volume.status.message = "the agent hosting the target (node n1) is not reporting".to_string();
+    volume.status.message = "the agent hosting the target (node n1) is not reporting, and no \
+                             other node holds a trusted replica of the volume"
+        .to_string();
     check(
         Observed {
             configs: vec![bound("pvc-1", &["a"], &["a"])],
@@ -396,14 +399,388 @@ fn given_a_volume_already_offline_for_its_silent_target_when_planned_then_nothin
 fn given_a_placed_targets_agent_silent_within_the_grace_when_planned_then_nothing() {
     check(
         Observed {
-            configs: vec![bound("pvc-1", &["a"], &["a"])],
-            volumes: vec![placed_cv("pvc-1", 1, "n1", "10.0.0.1:10809")],
-            pools: online_pools(&["a"]),
-            nodes: vec![node("n1", false, "10.0.0.1:10809", 9_000)],
+            configs: vec![bound("pvc-1", &["a", "b"], &["a", "b"])],
+            volumes: vec![trusting(
+                placed_cv("pvc-1", 2, "n1", "10.0.0.1:10809"),
+                &["a", "b"],
+            )],
+            pools: online_pools(&["a", "b"]),
+            replicas: vec![
+                replica("pvc-1", "a", Healthy),
+                replica("pvc-1", "b", Healthy),
+            ],
+            nodes: vec![node("n2", true, "10.0.0.2:10809", 100)],
             past_agent_grace: false,
             ..observed()
         },
         &[],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Target failover
+
+/// The CV's recorded membership trusts the replicas on `pools` (ids `id-<pool>`), generation 3.
+fn trusting(
+    mut volume: tandem_objects::CStorVolume,
+    pools: &[&str],
+) -> tandem_objects::CStorVolume {
+    volume.spec.replica_details.known_replicas = pools
+        .iter()
+        .map(|pool| (format!("id-{pool}"), "1".to_string()))
+        .collect();
+    volume.metadata.annotations.insert(
+        tandem_objects::ANNOTATION_TARGET_GENERATION.to_string(),
+        "3".to_string(),
+    );
+    volume
+}
+
+/// The CV's status as the target last published it: each pool's replica in `phases`.
+fn last_seen(
+    mut volume: tandem_objects::CStorVolume,
+    phases: &[(&str, tandem_objects::CStorVolumeReplicaPhase)],
+) -> tandem_objects::CStorVolume {
+    volume.status.phase = CStorVolumePhase::Healthy;
+    volume.status.replica_statuses = phases
+        .iter()
+        .map(|(pool, phase)| tandem_objects::ReplicaStatus {
+            replica_id: format!("id-{pool}"),
+            phase: Some(*phase),
+            ..tandem_objects::ReplicaStatus::default()
+        })
+        .collect();
+    volume
+}
+
+fn failover_lines(from: &str, to: &str, pool: &str, state: &str, silence: &str) -> Vec<String> {
+    let address = format!("10.0.0.{}:10809", &to[1..]);
+    let last_seen_ms: u64 = match silence {
+        "has not reported for 2.1s" => 2_100,
+        "has not reported for 2.0s" => 2_050,
+        "has not reported for 3.0s" => 3_000,
+        _ => NOW_MS, // never heard: the annotation says 0
+    };
+    let last_heartbeat = NOW_MS - last_seen_ms;
+    vec![
+        format!(
+            "status cv pvc-1: Offline since {NOW}: the target is failing over from node {from} \
+             to node {to}"
+        ),
+        format!(
+            "update cv pvc-1: drf 3, target {to} at {address}, failover from={from},to={to},\
+             generation=3,started={NOW_MS},lastHeartbeat={last_heartbeat} (at the version just \
+             written)"
+        ),
+        format!(
+            "event Warning TargetFailover by Volumes about CStorVolume pvc-1: target failed over \
+             from node {from} to node {to} (replica id-{pool}, {state}): the agent on {from} \
+             {silence}; the old target had generation 3, the new one starts with the next"
+        ),
+    ]
+}
+
+fn three_replicas() -> Vec<tandem_objects::CStorVolumeReplica> {
+    vec![
+        replica("pvc-1", "a", Healthy),
+        replica("pvc-1", "b", Healthy),
+        replica("pvc-1", "c", Healthy),
+    ]
+}
+
+fn check_lines(observed: Observed, expected: Vec<String>) {
+    let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+    check(observed, &expected);
+}
+
+#[test]
+fn given_the_target_nodes_lease_expired_when_planned_then_the_target_fails_over_to_a_healthy_replica(
+) {
+    let volume = last_seen(
+        trusting(
+            placed_cv("pvc-1", 3, "n1", "10.0.0.1:10809"),
+            &["a", "b", "c"],
+        ),
+        &[("a", Healthy), ("b", Degraded), ("c", Healthy)],
+    );
+    check_lines(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b", "c"], &["a", "b", "c"])],
+            volumes: vec![volume],
+            replicas: three_replicas(),
+            pools: online_pools(&["a", "b", "c"]),
+            nodes: vec![
+                node("n1", false, "10.0.0.1:10809", 2_100),
+                node("n2", true, "10.0.0.2:10809", 100),
+                node("n3", true, "10.0.0.3:10809", 100),
+            ],
+            ..observed()
+        },
+        failover_lines("n1", "n3", "c", "Healthy", "has not reported for 2.1s"),
+    );
+}
+
+#[test]
+fn given_no_other_replica_last_seen_healthy_when_failing_over_then_the_first_ready_trusted_one() {
+    let volume = last_seen(
+        trusting(
+            placed_cv("pvc-1", 3, "n1", "10.0.0.1:10809"),
+            &["a", "b", "c"],
+        ),
+        &[("a", Healthy), ("b", Degraded), ("c", Healthy)],
+    );
+    check_lines(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b", "c"], &["a", "b", "c"])],
+            volumes: vec![volume],
+            replicas: three_replicas(),
+            pools: online_pools(&["a", "b", "c"]),
+            nodes: vec![
+                node("n1", false, "10.0.0.1:10809", 2_100),
+                node("n2", true, "10.0.0.2:10809", 100),
+                node("n3", false, "10.0.0.3:10809", 5_000),
+            ],
+            ..observed()
+        },
+        failover_lines(
+            "n1",
+            "n2",
+            "b",
+            "not last seen Healthy",
+            "has not reported for 2.1s",
+        ),
+    );
+}
+
+#[test]
+fn given_a_ready_node_whose_replica_is_not_trusted_when_failing_over_then_it_is_never_chosen() {
+    // The replica on c is new (not in the recorded membership yet): it may miss acknowledged
+    // writes, so its node cannot host the target; b's node is silent too.
+    let volume = trusting(placed_cv("pvc-1", 3, "n1", "10.0.0.1:10809"), &["a", "b"]);
+    check(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b", "c"], &["a", "b", "c"])],
+            volumes: vec![volume],
+            replicas: three_replicas(),
+            pools: online_pools(&["a", "b", "c", "d"]),
+            nodes: vec![
+                node("n1", false, "10.0.0.1:10809", 2_100),
+                node("n2", false, "10.0.0.2:10809", 2_100),
+                node("n3", true, "10.0.0.3:10809", 100),
+                node("n4", true, "10.0.0.4:10809", 100),
+            ],
+            ..observed()
+        },
+        &[&format!(
+            "status cv pvc-1: Offline since {NOW}: the agent hosting the target (node n1) is \
+             not reporting, and no other node with a trusted replica can take it over (n2: not \
+             reporting)"
+        )],
+    );
+}
+
+#[test]
+fn given_the_only_other_trusted_nodes_agent_has_no_nbd_address_when_failing_over_then_offline_says_so(
+) {
+    let volume = trusting(placed_cv("pvc-1", 2, "n1", "10.0.0.1:10809"), &["a", "b"]);
+    check(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b"], &["a", "b"])],
+            volumes: vec![volume],
+            replicas: vec![
+                replica("pvc-1", "a", Healthy),
+                replica("pvc-1", "b", Healthy),
+            ],
+            pools: online_pools(&["a", "b"]),
+            nodes: vec![
+                node("n1", false, "10.0.0.1:10809", 2_100),
+                node("n2", true, "", 100),
+            ],
+            ..observed()
+        },
+        &[&format!(
+            "status cv pvc-1: Offline since {NOW}: the agent hosting the target (node n1) is \
+             not reporting, and no other node with a trusted replica can take it over (n2: no \
+             NBD address yet)"
+        )],
+    );
+}
+
+#[test]
+fn given_a_restarted_control_plane_that_never_heard_the_target_node_when_past_the_grace_then_it_fails_over(
+) {
+    let volume = last_seen(
+        trusting(
+            placed_cv("pvc-1", 3, "n1", "10.0.0.1:10809"),
+            &["a", "b", "c"],
+        ),
+        &[("a", Healthy), ("b", Healthy), ("c", Healthy)],
+    );
+    check_lines(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b", "c"], &["a", "b", "c"])],
+            volumes: vec![volume],
+            replicas: three_replicas(),
+            pools: online_pools(&["a", "b", "c"]),
+            nodes: vec![
+                node("n2", true, "10.0.0.2:10809", 100),
+                node("n3", true, "10.0.0.3:10809", 100),
+            ],
+            ..observed()
+        },
+        failover_lines(
+            "n1",
+            "n2",
+            "b",
+            "Healthy",
+            "has not reported since the control plane started",
+        ),
+    );
+}
+
+#[test]
+fn given_a_failover_written_when_planned_again_then_the_target_stays_on_its_new_node() {
+    // The second failover's first pass is the first one's last: the new node reports, the old
+    // one is still silent, nothing moves back.
+    let volume = last_seen(
+        trusting(
+            placed_cv("pvc-1", 3, "n3", "10.0.0.3:10809"),
+            &["a", "b", "c"],
+        ),
+        &[("a", Healthy), ("b", Healthy), ("c", Healthy)],
+    );
+    check(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b", "c"], &["a", "b", "c"])],
+            volumes: vec![volume],
+            replicas: three_replicas(),
+            pools: online_pools(&["a", "b", "c"]),
+            nodes: vec![
+                node("n1", false, "10.0.0.1:10809", 9_000),
+                node("n2", true, "10.0.0.2:10809", 100),
+                node("n3", true, "10.0.0.3:10809", 100),
+            ],
+            ..observed()
+        },
+        &[],
+    );
+}
+
+#[test]
+fn given_the_new_target_node_dies_too_when_planned_then_it_fails_over_again_to_the_survivor() {
+    let volume = last_seen(
+        trusting(
+            placed_cv("pvc-1", 3, "n2", "10.0.0.2:10809"),
+            &["a", "b", "c"],
+        ),
+        &[
+            ("a", tandem_objects::CStorVolumeReplicaPhase::Offline),
+            ("b", Healthy),
+            ("c", Healthy),
+        ],
+    );
+    check_lines(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b", "c"], &["a", "b", "c"])],
+            volumes: vec![volume],
+            replicas: three_replicas(),
+            pools: online_pools(&["a", "b", "c"]),
+            nodes: vec![
+                node("n1", false, "10.0.0.1:10809", 9_000),
+                node("n2", false, "10.0.0.2:10809", 2_050),
+                node("n3", true, "10.0.0.3:10809", 100),
+            ],
+            ..observed()
+        },
+        failover_lines("n2", "n3", "c", "Healthy", "has not reported for 2.0s"),
+    );
+}
+
+#[test]
+fn given_a_failover_under_way_when_its_new_target_serves_then_it_is_finished_with_its_duration() {
+    let under_way = |phase: CStorVolumePhase, generation: &str| {
+        let mut volume = last_seen(
+            trusting(
+                placed_cv("pvc-1", 3, "n2", "10.0.0.2:10809"),
+                &["a", "b", "c"],
+            ),
+            &[("b", Healthy), ("c", Healthy)],
+        );
+        volume.status.phase = phase;
+        volume.metadata.annotations.insert(
+            tandem_objects::ANNOTATION_TARGET_GENERATION.to_string(),
+            generation.to_string(),
+        );
+        volume.metadata.annotations.insert(
+            "tandem.io/failover".to_string(),
+            format!(
+                "from=n1,to=n2,generation=3,started={},lastHeartbeat={}",
+                NOW_MS - 600,
+                NOW_MS - 2_400
+            ),
+        );
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b", "c"], &["a", "b", "c"])],
+            volumes: vec![volume],
+            replicas: three_replicas(),
+            pools: online_pools(&["a", "b", "c"]),
+            nodes: vec![
+                node("n1", false, "10.0.0.1:10809", 2_400),
+                node("n2", true, "10.0.0.2:10809", 100),
+                node("n3", true, "10.0.0.3:10809", 100),
+            ],
+            ..observed()
+        }
+    };
+    // Not yet: the new target has not taken its generation, or does not serve yet.
+    check(under_way(CStorVolumePhase::Degraded, "3"), &[]);
+    check(under_way(CStorVolumePhase::Offline, "4"), &[]);
+    check(
+        under_way(CStorVolumePhase::Degraded, "4"),
+        &[
+            "update cv pvc-1: drf 3, target n2 at 10.0.0.2:10809",
+            "event Normal TargetFailoverDone by Volumes about CStorVolume pvc-1: node n2 serves \
+             the volume with generation 4 (Degraded): 0.6s after the failover from node n1 \
+             began, 2.4s after node n1's last heartbeat",
+        ],
+    );
+}
+
+#[test]
+fn given_a_replica_being_deleted_when_failing_over_then_its_node_is_not_chosen() {
+    let mut leaving = replica("pvc-1", "b", Healthy);
+    leaving.metadata.deletion_timestamp = NOW.to_string();
+    let volume = last_seen(
+        trusting(
+            placed_cv("pvc-1", 3, "n1", "10.0.0.1:10809"),
+            &["a", "b", "c"],
+        ),
+        &[("a", Healthy), ("b", Healthy), ("c", Degraded)],
+    );
+    check_lines(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b", "c"], &["a", "b", "c"])],
+            volumes: vec![volume],
+            replicas: vec![
+                replica("pvc-1", "a", Healthy),
+                leaving,
+                replica("pvc-1", "c", Healthy),
+            ],
+            pools: online_pools(&["a", "b", "c"]),
+            nodes: vec![
+                node("n1", false, "10.0.0.1:10809", 3_000),
+                node("n2", true, "10.0.0.2:10809", 100),
+                node("n3", true, "10.0.0.3:10809", 100),
+            ],
+            ..observed()
+        },
+        failover_lines(
+            "n1",
+            "n3",
+            "c",
+            "not last seen Healthy",
+            "has not reported for 3.0s",
+        ),
     );
 }
 
@@ -523,6 +900,50 @@ fn given_a_scale_up_whose_replicas_are_all_healthy_when_planned_then_it_is_finis
 }
 
 #[test]
+fn given_a_scale_up_replacing_a_dead_replica_when_the_new_one_is_promoted_then_it_is_finished() {
+    // b's node is dead (Offline) and d was added to replace it: once the target trusts d (it was
+    // rebuilt), the scale-up is done, so the next change (removing b) is not held off.
+    let mut config = bound("pvc-1", &["a", "b", "c", "d"], &["a", "b", "c", "d"]);
+    config.status.conditions.push(scaling_condition(
+        "ScalingUp",
+        "Scaling up volume replicas from 3 to 4",
+    ));
+    let dead = replica(
+        "pvc-1",
+        "b",
+        tandem_objects::CStorVolumeReplicaPhase::Offline,
+    );
+    let observed_with = |trusted: &[&str]| {
+        let mut volume = cv("pvc-1", 4);
+        volume.status.replica_details.known_replicas = trusted
+            .iter()
+            .map(|pool| (format!("id-{pool}"), "1".to_string()))
+            .collect();
+        Observed {
+            configs: vec![config.clone()],
+            volumes: vec![volume],
+            replicas: vec![
+                replica("pvc-1", "a", Healthy),
+                dead.clone(),
+                replica("pvc-1", "c", Healthy),
+                replica("pvc-1", "d", Healthy),
+            ],
+            pools: online_pools(&["a", "b", "c", "d"]),
+            ..observed()
+        }
+    };
+    check(observed_with(&["a", "b", "c"]), &[]);
+    check(
+        observed_with(&["a", "b", "c", "d"]),
+        &[
+            "status cvc pvc-1: Bound, pools [a, b, c, d], capacity 5Gi",
+            "event Normal ScalingVolumeReplicas by Volumes about CStorVolumeConfig pvc-1: \
+             successfully scaled volume replicas to 4",
+        ],
+    );
+}
+
+#[test]
 fn given_a_pool_removed_while_the_target_still_trusts_its_replica_when_planned_then_scale_down_waits(
 ) {
     let mut volume = cv("pvc-1", 3);
@@ -616,6 +1037,49 @@ fn given_the_target_let_go_of_the_removed_replica_when_planned_then_it_is_delete
             "status cvc pvc-1: Bound, pools [b, c], capacity 5Gi",
             "event Normal ScalingVolumeReplicas by Volumes about CStorVolumeConfig pvc-1: \
              successfully scaled volume replicas to 2",
+        ],
+    );
+}
+
+#[test]
+fn given_the_target_let_go_of_a_dead_replica_when_planned_then_it_is_deleted_and_the_replacement_recorded(
+) {
+    // The seed's second edit after a node died: d was added and is Healthy, b (dead) removed.
+    let mut config = bound("pvc-1", &["a", "b", "c", "d"], &["a", "c", "d"]);
+    config.status.conditions.push(scaling_condition(
+        "ScalingDown",
+        "Scaling down volume replicas from 4 to 3 is in progress",
+    ));
+    let mut volume = cv("pvc-1", 3);
+    volume.status.replica_details.known_replicas = ["id-a", "id-c", "id-d"]
+        .into_iter()
+        .map(|id| (id.to_string(), "1".to_string()))
+        .collect();
+    check(
+        Observed {
+            configs: vec![config],
+            volumes: vec![volume],
+            replicas: vec![
+                replica("pvc-1", "a", Healthy),
+                replica(
+                    "pvc-1",
+                    "b",
+                    tandem_objects::CStorVolumeReplicaPhase::Offline,
+                ),
+                replica("pvc-1", "c", Healthy),
+                replica("pvc-1", "d", Healthy),
+            ],
+            pools: online_pools(&["a", "b", "c", "d"]),
+            ..observed()
+        },
+        &[
+            "delete CStorVolumeReplica pvc-1-b",
+            "status cvc pvc-1: Bound, pools [a, c, d], capacity 5Gi",
+            "event Normal ScalingVolumeReplicas by Volumes about CStorVolumeConfig pvc-1: \
+             successfully scaled volume replicas to 3",
+            "event Warning ReplicaReplaced by Volumes about CStorVolumeConfig pvc-1: removed the \
+             replica on pool b (node n2), which was Offline; the volume's replicas are now on \
+             pools a (node n1), c (node n3), d (node n4)",
         ],
     );
 }
