@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use tandem_control_plane::{controllers, router, Api};
-use tandem_store::RedbStore;
+use tandem_store::{RedbStore, StoreError};
 
 use crate::server::{address_file, default_data_dir};
 
@@ -31,18 +31,52 @@ pub struct ControlPlaneArgs {
     unix_socket: Option<PathBuf>,
 }
 
+/// How long a restarted control plane waits for its store and port to be let go.
+const RESTART_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Runs `attempt` until it succeeds, or fails in a way `in_use` does not call temporary, or
+/// [`RESTART_PATIENCE`] is over.
+async fn patiently<T, E>(
+    mut attempt: impl FnMut() -> std::result::Result<T, E>,
+    in_use: impl Fn(&E) -> bool,
+) -> std::result::Result<T, E> {
+    let deadline = tokio::time::Instant::now() + RESTART_PATIENCE;
+    loop {
+        match attempt() {
+            Err(error) if in_use(&error) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
 pub fn run(args: ControlPlaneArgs) -> Result<()> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     let directory = data_dir.join("control-plane");
     std::fs::create_dir_all(&directory)
         .with_context(|| format!("create data directory {}", directory.display()))?;
     let path = directory.join("store.redb");
-    let store = RedbStore::open(&path).with_context(|| format!("open store {}", path.display()))?;
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("listen on {}", args.listen))?;
+        // After a kill -9 the previous control plane may still be letting go of its store and
+        // its port for a moment: wait for them rather than fail a prompt restart.
+        let store = patiently(
+            || RedbStore::open(&path),
+            |error| matches!(error, StoreError::InUse(_)),
+        )
+        .await
+        .with_context(|| format!("open store {}", path.display()))?;
+        let listener = patiently(
+            || std::net::TcpListener::bind(args.listen),
+            |error| error.kind() == std::io::ErrorKind::AddrInUse,
+        )
+        .await
+        .and_then(|listener| {
+            listener.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(listener)
+        })
+        .with_context(|| format!("listen on {}", args.listen))?;
         let address = listener
             .local_addr()
             .context("read the listening address")?;

@@ -92,6 +92,8 @@ pub enum StoreError {
     Invalid { key: ObjectKey, reason: String },
     #[error("store file: {0}")]
     Storage(String),
+    #[error("{} is in use by another process (another control plane, or one still exiting)", .0.display())]
+    InUse(std::path::PathBuf),
 }
 
 /// The narrow interface the control plane uses. Implementations are safe to share between
@@ -142,8 +144,10 @@ impl RedbStore {
 
     /// Opens the store, keeping at most `changes_kept` changes for watchers.
     pub fn open_keeping(path: &Path, changes_kept: u64) -> Result<RedbStore, StoreError> {
-        let database = Database::create(path)
-            .map_err(|e| StoreError::Storage(format!("open {}: {e}", path.display())))?;
+        let database = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.to_path_buf()),
+            e => StoreError::Storage(format!("open {}: {e}", path.display())),
+        })?;
         let transaction = database.begin_write().map_err(storage)?;
         {
             transaction.open_table(OBJECTS).map_err(storage)?;
