@@ -344,6 +344,7 @@ impl Writer {
 async fn connect(uri: &str, stats: &Stats, give_up: impl Fn() -> bool) -> Option<Arc<NbdClient>> {
     let options = ClientOptions {
         handshake_timeout: IO_TIMEOUT,
+        ..ClientOptions::default()
     };
     loop {
         if give_up() {

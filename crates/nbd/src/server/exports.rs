@@ -70,6 +70,22 @@ impl<D: BlockDevice> Exports<D> {
         })
     }
 
+    /// Removes export `name` if `remove` says its device is to go (see [`Exports::remove`]).
+    pub fn remove_if(&self, name: &str, remove: impl FnOnce(&Arc<D>) -> bool) -> Option<Arc<D>> {
+        let removed = {
+            let mut exports = self.by_name.write().unwrap_or_else(PoisonError::into_inner);
+            match exports.get(name) {
+                Some(export) if remove(&export.device) => exports.remove(name),
+                _ => None,
+            }
+        };
+        removed.map(|export| {
+            tracing::info!(export = %name, "export removed");
+            export.closed.send_replace(true);
+            export.device
+        })
+    }
+
     /// The device served as `name`.
     pub fn device(&self, name: &str) -> Option<Arc<D>> {
         let exports = self.by_name.read().unwrap_or_else(PoisonError::into_inner);

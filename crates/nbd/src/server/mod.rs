@@ -73,6 +73,17 @@ impl<D: BlockDevice> Server<D> {
         self.exports.remove(name)
     }
 
+    /// Removes export `name` only if `remove` says so of its device (its connections close as
+    /// with [`Server::remove_export`]): lets two owners share a server without removing each
+    /// other's exports.
+    pub fn remove_export_if(
+        &self,
+        name: &str,
+        remove: impl FnOnce(&Arc<D>) -> bool,
+    ) -> Option<Arc<D>> {
+        self.exports.remove_if(name, remove)
+    }
+
     /// Connections currently open (in the handshake or the transmission phase).
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::SeqCst)
