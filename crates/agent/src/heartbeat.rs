@@ -13,13 +13,15 @@ use crate::report::{backoff, ErrorLog};
 /// The longest wait between heartbeats while they fail.
 pub const RETRY_MAX: Duration = Duration::from_secs(3);
 
-/// Heartbeats for `node`, reporting `address` (where its replica host listens) and
-/// `nbd_address` (where its targets' NBD exports are).
+/// Heartbeats for `node`, reporting `address` (where its replica host listens),
+/// `nbd_address` (its client endpoint) and `target_address` (where it serves its own targets
+/// to other nodes' endpoints).
 pub async fn run(
     client: Client,
     node: String,
     address: String,
     nbd_address: String,
+    target_address: String,
     interval: Duration,
     request_timeout: Duration,
 ) {
@@ -27,6 +29,7 @@ pub async fn run(
         node,
         address,
         nbd_address,
+        target_address,
     };
     let mut errors = ErrorLog::default();
     let mut failures: u32 = 0;

@@ -1,0 +1,267 @@
+//! The node's client endpoint: one NBD server (on `--nbd-address`) that serves every volume,
+//! whichever node runs its target. A volume whose target runs here is served directly
+//! ([`Endpoint::Local`], added by the targets loop); any other is forwarded
+//! ([`Endpoint::Remote`], added by [`forward`]): a [`RemoteDevice`] relays its requests over
+//! one pipelined NBD connection to the target node's *own* listener (`--target-address`),
+//! which serves that node's own targets and nothing else. So a forwarded request makes at
+//! most one hop whatever either node believes: two nodes with stale views can never pass a
+//! connection back and forth.
+//!
+//! The handshake with the application is this server's own (structured replies, metadata
+//! contexts, block status, block sizes taken from the target's). When the forwarded connection
+//! fails or the volume's target moves to another node, the forwarder removes the export:
+//! requests in flight get `ESHUTDOWN` (the target's node is gone or going) and the
+//! application's connections close, so a client that reconnects (qemu's `reconnect-delay`, or
+//! any retrying client) finds the export again once the forwarder has connected to the new
+//! target, at the same address.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tandem_block::{BlockDevice, ExportInfo, Extent, IoError};
+use tandem_dataplane::target::TargetHandle;
+use tandem_nbd::{ClientOptions, RemoteDevice, Server, ServerError};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// How long connecting to a target node (TCP and NBD handshake) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long after a failed connection the next attempt for the same volume is made.
+pub const RETRY_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Volume name -> where its target's node serves its own targets, for the volumes whose target
+/// runs on another node (decided by the targets loop, `targets::plan::plan_routes`).
+pub type Routes = BTreeMap<String, SocketAddr>;
+
+/// A volume as this node's endpoint serves it.
+pub enum Endpoint {
+    /// The target runs here.
+    Local(TargetHandle),
+    /// The target runs on another node; requests are relayed to it.
+    Remote(Arc<RemoteDevice>),
+}
+
+/// The node's public NBD server.
+pub type EndpointServer = Server<Endpoint>;
+
+impl Endpoint {
+    fn is_remote(&self, device: &Arc<RemoteDevice>) -> bool {
+        matches!(self, Endpoint::Remote(remote) if Arc::ptr_eq(remote, device))
+    }
+}
+
+impl BlockDevice for Endpoint {
+    fn info(&self) -> ExportInfo {
+        match self {
+            Endpoint::Local(target) => target.info(),
+            Endpoint::Remote(remote) => remote.info(),
+        }
+    }
+
+    async fn read(&self, offset: u64, len: u32) -> Result<Bytes, IoError> {
+        match self {
+            Endpoint::Local(target) => BlockDevice::read(target, offset, len).await,
+            Endpoint::Remote(remote) => remote.read(offset, len).await,
+        }
+    }
+
+    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), IoError> {
+        match self {
+            Endpoint::Local(target) => BlockDevice::write(target, offset, data, fua).await,
+            Endpoint::Remote(remote) => remote.write(offset, data, fua).await,
+        }
+    }
+
+    async fn flush(&self) -> Result<(), IoError> {
+        match self {
+            Endpoint::Local(target) => BlockDevice::flush(target).await,
+            Endpoint::Remote(remote) => remote.flush().await,
+        }
+    }
+
+    async fn trim(&self, offset: u64, len: u32, fua: bool) -> Result<(), IoError> {
+        match self {
+            Endpoint::Local(target) => BlockDevice::trim(target, offset, len, fua).await,
+            Endpoint::Remote(remote) => remote.trim(offset, len, fua).await,
+        }
+    }
+
+    async fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u32,
+        fua: bool,
+        no_hole: bool,
+    ) -> Result<(), IoError> {
+        match self {
+            Endpoint::Local(target) => {
+                BlockDevice::write_zeroes(target, offset, len, fua, no_hole).await
+            }
+            Endpoint::Remote(remote) => remote.write_zeroes(offset, len, fua, no_hole).await,
+        }
+    }
+
+    async fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, IoError> {
+        match self {
+            Endpoint::Local(target) => BlockDevice::block_status(target, offset, len).await,
+            Endpoint::Remote(remote) => remote.block_status(offset, len).await,
+        }
+    }
+}
+
+/// Serves `volume` as `endpoint`, replacing whatever the server had under that name (a
+/// forwarder's export, or a stopped target's); another owner adding the name meanwhile is
+/// replaced too.
+pub fn replace_export(
+    server: &EndpointServer,
+    volume: &str,
+    endpoint: Endpoint,
+) -> Result<(), ServerError> {
+    let endpoint = Arc::new(endpoint);
+    loop {
+        server.remove_export(volume);
+        match server.add_export(volume.to_string(), Arc::clone(&endpoint)) {
+            Err(ServerError::ExportExists(_)) => continue,
+            result => return result,
+        }
+    }
+}
+
+/// One forwarded volume.
+struct Forwarded {
+    upstream: SocketAddr,
+    device: Arc<RemoteDevice>,
+    /// The task that reports the device lost.
+    watch: tokio::task::AbortHandle,
+}
+
+impl Drop for Forwarded {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
+}
+
+/// Keeps a forwarding export on `server` for every volume of `routes`, until the task is
+/// dropped. See the module documentation.
+pub async fn forward(server: Arc<EndpointServer>, mut routes: watch::Receiver<Routes>) {
+    let mut forwarded: BTreeMap<String, Forwarded> = BTreeMap::new();
+    let mut connecting: JoinSet<(String, SocketAddr, Option<RemoteDevice>)> = JoinSet::new();
+    let mut in_progress: BTreeSet<String> = BTreeSet::new();
+    let mut retry_at: BTreeMap<String, Instant> = BTreeMap::new();
+    let (lost_tx, mut lost_rx) = mpsc::unbounded_channel::<String>();
+    let mut watchers = JoinSet::new();
+    loop {
+        let current = routes.borrow_and_update().clone();
+        // Stop forwarding what moved, left, or lost its connection.
+        forwarded.retain(|volume, forward| {
+            let why = if current.get(volume) != Some(&forward.upstream) {
+                "the volume's target moved"
+            } else if forward.device.is_lost() {
+                "the connection to the target was lost"
+            } else {
+                return true;
+            };
+            tracing::info!(
+                volume,
+                upstream = %forward.upstream,
+                reason = forward.device.lost_reason(),
+                "closing the forwarded export: {why}"
+            );
+            server.remove_export_if(volume, |endpoint| endpoint.is_remote(&forward.device));
+            false
+        });
+        retry_at.retain(|volume, _| current.contains_key(volume));
+        let now = Instant::now();
+        for (volume, upstream) in &current {
+            let due = retry_at.get(volume).is_none_or(|at| *at <= now);
+            if forwarded.contains_key(volume) || in_progress.contains(volume) || !due {
+                continue;
+            }
+            in_progress.insert(volume.clone());
+            let (volume, upstream) = (volume.clone(), *upstream);
+            connecting.spawn(async move {
+                let device = connect(&volume, upstream).await;
+                (volume, upstream, device)
+            });
+        }
+        let next_retry = retry_at.values().min().copied();
+        tokio::select! {
+            changed = routes.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            Some(volume) = lost_rx.recv() => {
+                tracing::debug!(volume, "a forwarded connection is lost");
+            }
+            Some(joined) = connecting.join_next(), if !connecting.is_empty() => {
+                let Ok((volume, upstream, device)) = joined else { continue };
+                in_progress.remove(&volume);
+                let wanted = routes.borrow().get(&volume) == Some(&upstream);
+                match device {
+                    Some(device) if wanted => {
+                        let device = Arc::new(device);
+                        let endpoint = Arc::new(Endpoint::Remote(Arc::clone(&device)));
+                        match server.add_export(volume.clone(), endpoint) {
+                            Ok(()) => {
+                                tracing::info!(volume, %upstream, "forwarding the volume to its target's node");
+                                retry_at.remove(&volume);
+                                let (lost_tx, name) = (lost_tx.clone(), volume.clone());
+                                let watched = Arc::clone(&device);
+                                let watch = watchers.spawn(async move {
+                                    watched.lost().await;
+                                    let _ = lost_tx.send(name);
+                                });
+                                forwarded.insert(volume, Forwarded { upstream, device, watch });
+                            }
+                            // The target came here meanwhile: served directly.
+                            Err(ServerError::ExportExists(_)) => {}
+                            Err(error) => {
+                                tracing::warn!(volume, %upstream, %error, "cannot serve the forwarded export");
+                                retry_at.insert(volume, Instant::now() + RETRY_INTERVAL);
+                            }
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        retry_at.insert(volume, Instant::now() + RETRY_INTERVAL);
+                    }
+                }
+            }
+            () = sleep_until(next_retry) => {}
+        }
+        while watchers.try_join_next().is_some() {}
+    }
+    for (volume, forward) in forwarded {
+        server.remove_export_if(&volume, |endpoint| endpoint.is_remote(&forward.device));
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Connects to `volume` on the node whose own targets are served at `upstream`.
+async fn connect(volume: &str, upstream: SocketAddr) -> Option<RemoteDevice> {
+    let uri = format!("nbd://{upstream}/{volume}");
+    let options = ClientOptions {
+        handshake_timeout: CONNECT_TIMEOUT,
+        ..ClientOptions::default()
+    };
+    match RemoteDevice::connect(&uri, &options).await {
+        Ok(device) => Some(device),
+        Err(error) => {
+            // Expected while a target starts or moves; the next attempt follows shortly.
+            tracing::debug!(volume, %upstream, %error, "cannot connect to the volume's target");
+            None
+        }
+    }
+}
