@@ -9,11 +9,12 @@
 //!
 //! The handshake with the application is this server's own (structured replies, metadata
 //! contexts, block status, block sizes taken from the target's). When the forwarded connection
-//! fails or the volume's target moves to another node, the forwarder removes the export:
-//! requests in flight get `ESHUTDOWN` (the target's node is gone or going) and the
-//! application's connections close, so a client that reconnects (qemu's `reconnect-delay`, or
-//! any retrying client) finds the export again once the forwarder has connected to the new
-//! target, at the same address.
+//! fails or the volume's target moves to another node, the forwarder aborts the export: the
+//! application's connections close at once and the requests in flight are left unanswered
+//! (not failed), so a client that reconnects (qemu's `reconnect-delay`, or any retrying client)
+//! sends them again, and finds the export again, at the same address, once the forwarder has
+//! connected to the new target. A client that does not reconnect sees its connection closed:
+//! the error for its requests.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -172,7 +173,7 @@ pub async fn forward(server: Arc<EndpointServer>, mut routes: watch::Receiver<Ro
                 reason = forward.device.lost_reason(),
                 "closing the forwarded export: {why}"
             );
-            server.remove_export_if(volume, |endpoint| endpoint.is_remote(&forward.device));
+            server.abort_export_if(volume, |endpoint| endpoint.is_remote(&forward.device));
             false
         });
         retry_at.retain(|volume, _| current.contains_key(volume));
@@ -238,7 +239,7 @@ pub async fn forward(server: Arc<EndpointServer>, mut routes: watch::Receiver<Ro
         while watchers.try_join_next().is_some() {}
     }
     for (volume, forward) in forwarded {
-        server.remove_export_if(&volume, |endpoint| endpoint.is_remote(&forward.device));
+        server.abort_export_if(&volume, |endpoint| endpoint.is_remote(&forward.device));
     }
 }
 

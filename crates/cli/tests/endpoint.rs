@@ -249,6 +249,35 @@ fn a_client_retrying_on_a_forwarding_uri_gets_io_back_after_the_target_agent_res
     let client = runtime
         .block_on(tandem_nbd::Client::connect(&forwarding))
         .expect("connect through the forwarding node");
+    // And qemu's NBD driver with reconnect-delay is writing through the forwarder: it
+    // reconnects to the same address and sends its request in flight again, so its
+    // application sees no error at all.
+    let (host, port) = address_of(&forwarding)
+        .rsplit_once(':')
+        .map(|(host, port)| (host.to_string(), port.to_string()))
+        .unwrap();
+    let mut writer = Command::new("qemu-io")
+        .arg("--image-opts")
+        .arg(format!(
+            "driver=nbd,server.type=inet,server.host={host},server.port={port},export=vol-r,\
+             reconnect-delay=60"
+        ))
+        .args((0..300).flat_map(|i| {
+            [
+                "-c".to_string(),
+                format!("write -P 0x44 {}M 1M", 32 + i % 32),
+            ]
+        }))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qemu-io is installed");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(writer.stdout.take().unwrap()));
+    let first = lines
+        .next()
+        .expect("qemu-io writes")
+        .expect("qemu-io's output");
+    assert!(first.starts_with("wrote"), "{first}");
     cluster.kill_9(&format!("nodes/{target}/agent.pid"));
     let killed = Instant::now();
     runtime.block_on(async {
@@ -263,6 +292,24 @@ fn a_client_retrying_on_a_forwarding_uri_gets_io_back_after_the_target_agent_res
     });
     let closed_after = killed.elapsed();
     cluster.ok(&["up", "--nodes", "3"]);
+    let mut written = 1;
+    for line in lines {
+        let line = line.expect("qemu-io's output");
+        assert!(!line.contains("failed"), "qemu-io saw an error: {line}");
+        written += usize::from(line.starts_with("wrote"));
+    }
+    let status = writer.wait().expect("qemu-io ends");
+    let mut stderr = String::new();
+    writer
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        status.success() && written == 300,
+        "{written} writes, {status}: {stderr}"
+    );
 
     // A client retrying on the same URI gets its I/O back, every acknowledged write intact.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -297,7 +344,11 @@ fn a_client_retrying_on_a_forwarding_uri_gets_io_back_after_the_target_agent_res
     }
     qemu_io(
         &forwarding,
-        &["write -P 0x77 32M 1M", "read -P 0x77 32M 1M"],
+        &[
+            "read -P 0x44 32M 32M",
+            "write -P 0x77 64M 1M",
+            "read -P 0x77 64M 1M",
+        ],
     );
     eprintln!("the forwarded connection closed {closed_after:?} after the kill");
 }

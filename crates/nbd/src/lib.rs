@@ -52,5 +52,5 @@ pub mod remote;
 mod server;
 
 pub use client::{Client, ClientError, ClientOptions, NbdUri};
-pub use remote::RemoteDevice;
+pub use remote::{RemoteDevice, DEFAULT_LOST_HOLD};
 pub use server::{Server, ServerConfig, ServerError};

@@ -5,11 +5,16 @@
 //! cookie). Used by the node agent to forward a volume whose target runs on another node.
 //!
 //! The connection is never re-established: once it is lost (or the server answers
-//! `ESHUTDOWN`), every request fails with [`IoError::Shutdown`] (which tells the client to
-//! disconnect) and [`RemoteDevice::lost`] completes, so the owner removes the export (its
-//! connections close) and connects a new device.
+//! `ESHUTDOWN`), [`RemoteDevice::lost`] completes, so the owner aborts the export
+//! ([`crate::Server::abort_export_if`]: its connections close at once) and connects a new
+//! device. Requests in flight then are held back, not answered, for up to
+//! [`RemoteDevice::with_lost_hold`] (5 s by default): the abort drops them unanswered, so a
+//! client that reconnects (qemu's NBD driver with `reconnect-delay`) sends them again rather
+//! than passing an error to its application. Past the hold they fail with
+//! [`IoError::Shutdown`] (which tells the client to disconnect).
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tandem_block::{BlockDevice, ExportInfo, Extent, IoError};
@@ -25,7 +30,12 @@ pub struct RemoteDevice {
     /// The server answered `ESHUTDOWN`: it is going away.
     shut_down: AtomicBool,
     shut_down_signal: Notify,
+    /// How long a request that fails because the device is lost waits before it answers.
+    lost_hold: Duration,
 }
+
+/// The default of [`RemoteDevice::with_lost_hold`].
+pub const DEFAULT_LOST_HOLD: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for RemoteDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -50,7 +60,15 @@ impl RemoteDevice {
             info,
             shut_down: AtomicBool::new(false),
             shut_down_signal: Notify::new(),
+            lost_hold: DEFAULT_LOST_HOLD,
         })
+    }
+
+    /// How long a request failing because the device is lost is held back before it is
+    /// answered with [`IoError::Shutdown`] (see the module documentation).
+    pub fn with_lost_hold(mut self, hold: Duration) -> RemoteDevice {
+        self.lost_hold = hold;
+        self
     }
 
     /// Where the device is.
@@ -89,8 +107,8 @@ impl RemoteDevice {
     }
 
     /// The device error for a failed request; a lost connection or a server going away marks
-    /// the device lost.
-    fn failed(&self, error: ClientError) -> IoError {
+    /// the device lost, and the request is held back (see the module documentation).
+    async fn failed(&self, error: ClientError) -> IoError {
         let io = match &error {
             ClientError::Server { errno, .. } => proto::io_error(*errno),
             ClientError::InvalidRequest { .. } => IoError::Invalid,
@@ -101,14 +119,16 @@ impl RemoteDevice {
                 tracing::warn!(uri = %self.uri(), %error, "forwarded export lost");
             }
             self.shut_down_signal.notify_waiters();
+            tokio::time::sleep(self.lost_hold).await;
         } else {
             tracing::debug!(uri = %self.uri(), %error, "forwarded request failed");
         }
         io
     }
 
-    fn check(&self) -> Result<(), IoError> {
+    async fn check(&self) -> Result<(), IoError> {
         if self.is_lost() {
+            tokio::time::sleep(self.lost_hold).await;
             return Err(IoError::Shutdown);
         }
         Ok(())
@@ -142,35 +162,34 @@ impl BlockDevice for RemoteDevice {
     }
 
     async fn read(&self, offset: u64, len: u32) -> Result<Bytes, IoError> {
-        self.check()?;
-        self.client
-            .read(offset, len)
-            .await
-            .map_err(|error| self.failed(error))
+        self.check().await?;
+        match self.client.read(offset, len).await {
+            Ok(done) => Ok(done),
+            Err(error) => Err(self.failed(error).await),
+        }
     }
 
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), IoError> {
-        self.check()?;
-        self.client
-            .write(offset, &data, fua)
-            .await
-            .map_err(|error| self.failed(error))
+        self.check().await?;
+        match self.client.write(offset, &data, fua).await {
+            Ok(done) => Ok(done),
+            Err(error) => Err(self.failed(error).await),
+        }
     }
 
     async fn flush(&self) -> Result<(), IoError> {
-        self.check()?;
-        self.client
-            .flush()
-            .await
-            .map_err(|error| self.failed(error))
+        self.check().await?;
+        match self.client.flush().await {
+            Ok(done) => Ok(done),
+            Err(error) => Err(self.failed(error).await),
+        }
     }
 
     async fn trim(&self, offset: u64, len: u32, fua: bool) -> Result<(), IoError> {
-        self.check()?;
-        self.client
-            .trim(offset, len)
-            .await
-            .map_err(|error| self.failed(error))?;
+        self.check().await?;
+        if let Err(error) = self.client.trim(offset, len).await {
+            return Err(self.failed(error).await);
+        }
         if fua && self.client.can_flush() {
             self.flush().await?;
         }
@@ -184,20 +203,19 @@ impl BlockDevice for RemoteDevice {
         fua: bool,
         no_hole: bool,
     ) -> Result<(), IoError> {
-        self.check()?;
-        self.client
-            .write_zeroes(offset, len, fua, no_hole)
-            .await
-            .map_err(|error| self.failed(error))
+        self.check().await?;
+        match self.client.write_zeroes(offset, len, fua, no_hole).await {
+            Ok(done) => Ok(done),
+            Err(error) => Err(self.failed(error).await),
+        }
     }
 
     async fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, IoError> {
-        self.check()?;
-        let descriptors = self
-            .client
-            .block_status(offset, len)
-            .await
-            .map_err(|error| self.failed(error))?;
+        self.check().await?;
+        let descriptors = match self.client.block_status(offset, len).await {
+            Ok(descriptors) => descriptors,
+            Err(error) => return Err(self.failed(error).await),
+        };
         Ok(descriptors
             .into_iter()
             .map(|(length, flags)| Extent {

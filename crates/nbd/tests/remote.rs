@@ -214,9 +214,9 @@ async fn a_forwarded_export_looks_and_behaves_like_the_upstream_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_the_upstream_export_goes_away_the_device_is_lost_and_requests_say_shutdown() {
+async fn when_the_upstream_goes_away_requests_in_flight_are_dropped_with_the_connection() {
     let t = TestServer::start().await;
-    t.add_file("disk", 4 * MIB);
+    let probe = t.add_file("disk", 4 * MIB);
     let f = Forwarder::start().await;
     let device = f.forward("disk", &t.uri("disk")).await;
     device
@@ -224,27 +224,49 @@ async fn when_the_upstream_export_goes_away_the_device_is_lost_and_requests_say_
         .await
         .expect("write");
     assert!(!device.is_lost());
-    t.server.remove_export("disk");
+    // A read through the forwarder is in flight (held upstream) when the upstream goes.
+    probe
+        .hold_reads_at
+        .store(MIB, std::sync::atomic::Ordering::SeqCst);
+    let client = Arc::new(Client::connect(&f.uri("disk")).await.expect("connect"));
+    let in_flight = tokio::spawn({
+        let client = Arc::clone(&client);
+        async move { client.read(MIB, 4096).await }
+    });
+    wait_until("the read to reach the upstream device", || {
+        probe
+            .reads_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 1
+    })
+    .await;
+    t.server.abort_export_if("disk", |_| true);
     tokio::time::timeout(DEADLINE, device.lost())
         .await
         .expect("the device notices that the upstream closed");
     assert!(device.is_lost());
-    assert_eq!(device.read(0, 4096).await, Err(IoError::Shutdown));
     assert!(
         device.lost_reason().contains("closed"),
         "{}",
         device.lost_reason()
     );
-    // The forwarder's own clients see a clear error, then the owner removes the export.
-    let client = Client::connect(&f.uri("disk")).await.expect("connect");
-    let error = client.read(0, 4096).await.unwrap_err();
-    assert_eq!(error.errno(), Some(proto::ESHUTDOWN), "{error}");
+    // The owner aborts the forwarded export: the client's connection closes and its request
+    // is left unanswered (a reconnecting client sends it again), not failed with an error.
     f.server
-        .remove_export_if("disk", |d| Arc::ptr_eq(d, &device));
-    tokio::time::timeout(DEADLINE, client.lost())
+        .abort_export_if("disk", |d| Arc::ptr_eq(d, &device));
+    let error = tokio::time::timeout(Duration::from_secs(3), in_flight)
         .await
-        .expect("the forwarder closes its clients");
+        .expect("the connection closes well within the device's hold")
+        .expect("task")
+        .unwrap_err();
+    assert!(error.is_connection_lost(), "{error}");
+    assert_eq!(error.errno(), None, "{error}");
     assert!(f.server.export("disk").is_none());
+    // Without an owner aborting it, a lost device answers once its hold is over.
+    let started = tokio::time::Instant::now();
+    assert_eq!(device.read(0, 4096).await, Err(IoError::Shutdown));
+    assert!(started.elapsed() >= tandem_nbd::DEFAULT_LOST_HOLD);
+    probe.release.notify_waiters();
 }
 
 /// A server that negotiates structured replies, then answers the first request with `reply`.

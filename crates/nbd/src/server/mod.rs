@@ -81,7 +81,20 @@ impl<D: BlockDevice> Server<D> {
         name: &str,
         remove: impl FnOnce(&Arc<D>) -> bool,
     ) -> Option<Arc<D>> {
-        self.exports.remove_if(name, remove)
+        self.exports.remove_if(name, remove, false)
+    }
+
+    /// Like [`Server::remove_export_if`], but the export's connections close at once, leaving
+    /// the requests in flight unanswered: for a device that can no longer answer them (a
+    /// forwarded export whose upstream is gone). A client that reconnects (qemu's NBD driver
+    /// with `reconnect-delay`) sends them again, instead of passing an error to its
+    /// application.
+    pub fn abort_export_if(
+        &self,
+        name: &str,
+        remove: impl FnOnce(&Arc<D>) -> bool,
+    ) -> Option<Arc<D>> {
+        self.exports.remove_if(name, remove, true)
     }
 
     /// Connections currently open (in the handshake or the transmission phase).
