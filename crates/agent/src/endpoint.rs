@@ -266,3 +266,146 @@ async fn connect(volume: &str, upstream: SocketAddr) -> Option<RemoteDevice> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tandem_nbd::{Client, ServerConfig};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    const SIZE: usize = 1 << 20;
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    /// A volume in memory, filled with one byte: which upstream answered shows in the data.
+    struct Memory(Mutex<Vec<u8>>);
+
+    impl BlockDevice for Memory {
+        fn info(&self) -> ExportInfo {
+            let mut info = ExportInfo::new(SIZE as u64);
+            info.can_flush = true;
+            info
+        }
+        async fn read(&self, offset: u64, len: u32) -> Result<Bytes, IoError> {
+            let data = self.0.lock().unwrap();
+            let at = offset as usize;
+            Ok(Bytes::copy_from_slice(&data[at..at + len as usize]))
+        }
+        async fn write(&self, offset: u64, data: Bytes, _fua: bool) -> Result<(), IoError> {
+            let at = offset as usize;
+            self.0.lock().unwrap()[at..at + data.len()].copy_from_slice(&data);
+            Ok(())
+        }
+        async fn flush(&self) -> Result<(), IoError> {
+            Ok(())
+        }
+        async fn trim(&self, _: u64, _: u32, _: bool) -> Result<(), IoError> {
+            Err(IoError::NotSupported)
+        }
+        async fn write_zeroes(&self, _: u64, _: u32, _: bool, _: bool) -> Result<(), IoError> {
+            Err(IoError::NotSupported)
+        }
+        async fn block_status(&self, _: u64, len: u32) -> Result<Vec<Extent>, IoError> {
+            Ok(vec![Extent::data(len)])
+        }
+    }
+
+    async fn serve<D: BlockDevice>(server: &Arc<Server<D>>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(Arc::clone(server).serve(listener, std::future::pending()));
+        address
+    }
+
+    /// A node's own-targets server with `vol` filled with `byte`.
+    async fn upstream(byte: u8) -> (Arc<Server<Memory>>, SocketAddr) {
+        let server = Arc::new(Server::new(ServerConfig::default()));
+        server
+            .add_export("vol", Arc::new(Memory(Mutex::new(vec![byte; SIZE]))))
+            .unwrap();
+        let address = serve(&server).await;
+        (server, address)
+    }
+
+    /// Connects to the endpoint until `vol` reads as `byte` there.
+    async fn wait_for_byte(endpoint: SocketAddr, byte: u8) -> Client {
+        let started = Instant::now();
+        loop {
+            if let Ok(client) = Client::connect(&format!("nbd://{endpoint}/vol")).await {
+                if let Ok(data) = client.read(0, 4096).await {
+                    if data.iter().all(|b| *b == byte) {
+                        return client;
+                    }
+                }
+            }
+            assert!(started.elapsed() < DEADLINE, "vol never read as {byte:#x}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn closed(client: &Client) {
+        tokio::time::timeout(Duration::from_secs(5), client.lost())
+            .await
+            .expect("the forwarder closes the connection promptly");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn given_a_forwarded_volume_when_its_target_moves_or_its_connection_fails_then_clients_are_closed_and_reconnect_to_the_new_target(
+    ) {
+        let (_a, a) = upstream(0xaa).await;
+        let (b_server, b) = upstream(0xbb).await;
+        let server: Arc<EndpointServer> = Arc::new(Server::new(ServerConfig::default()));
+        let endpoint = serve(&server).await;
+        let (routes, routed) = watch::channel(Routes::from([("vol".to_string(), a)]));
+        let forwarding = tokio::spawn(forward(Arc::clone(&server), routed));
+
+        let on_a = wait_for_byte(endpoint, 0xaa).await;
+        on_a.write(8192, &[1; 4096], false).await.unwrap();
+        // The CV names another node: the connection through the old route closes.
+        routes.send_replace(Routes::from([("vol".to_string(), b)]));
+        closed(&on_a).await;
+        let on_b = wait_for_byte(endpoint, 0xbb).await;
+
+        // The connection to the target fails (its node stops serving it): closed too, and the
+        // forwarder connects again once the target serves.
+        b_server.abort_export_if("vol", |_| true);
+        closed(&on_b).await;
+        b_server
+            .add_export("vol", Arc::new(Memory(Mutex::new(vec![0xbb; SIZE]))))
+            .unwrap();
+        let again = wait_for_byte(endpoint, 0xbb).await;
+
+        // A volume no longer routed here is no longer served.
+        routes.send_replace(Routes::new());
+        closed(&again).await;
+        assert!(server.export("vol").is_none());
+        forwarding.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn given_a_route_to_nowhere_when_forwarding_then_nothing_is_served_and_the_forwarder_keeps_trying(
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let nowhere = listener.local_addr().unwrap();
+        drop(listener);
+        let server: Arc<EndpointServer> = Arc::new(Server::new(ServerConfig::default()));
+        let endpoint = serve(&server).await;
+        let (routes, routed) = watch::channel(Routes::from([("vol".to_string(), nowhere)]));
+        let forwarding = tokio::spawn(forward(Arc::clone(&server), routed));
+        let refused = Client::connect(&format!("nbd://{endpoint}/vol")).await;
+        assert!(refused.unwrap_err().to_string().contains("no export named"));
+        // The target's node comes up at that address: the forwarder finds it.
+        let upstream = Arc::new(Server::new(ServerConfig::default()));
+        upstream
+            .add_export("vol", Arc::new(Memory(Mutex::new(vec![0xcc; SIZE]))))
+            .unwrap();
+        let listener = TcpListener::bind(nowhere).await.unwrap();
+        tokio::spawn(Arc::clone(&upstream).serve(listener, std::future::pending()));
+        wait_for_byte(endpoint, 0xcc).await;
+        drop(routes);
+        forwarding.await.unwrap();
+        assert!(server.export("vol").is_none());
+    }
+}
