@@ -116,18 +116,19 @@ impl BlockDevice for Endpoint {
 }
 
 /// Serves `volume` as `endpoint`, replacing whatever the server had under that name (a
-/// forwarder's export, or a stopped target's); another owner adding the name meanwhile is
-/// replaced too.
+/// forwarder's export, or a stopped target's); the forwarder adding the name meanwhile (it
+/// stops once the routes say the target is here) is replaced too, a few times at most.
 pub fn replace_export(
     server: &EndpointServer,
     volume: &str,
     endpoint: Endpoint,
 ) -> Result<(), ServerError> {
     let endpoint = Arc::new(endpoint);
+    let mut attempts = 0;
     loop {
         server.remove_export(volume);
         match server.add_export(volume.to_string(), Arc::clone(&endpoint)) {
-            Err(ServerError::ExportExists(_)) => continue,
+            Err(ServerError::ExportExists(_)) if attempts < 10 => attempts += 1,
             result => return result,
         }
     }
