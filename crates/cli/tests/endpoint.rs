@@ -1,6 +1,6 @@
 //! The stable client endpoint end to end: every node of a `tandem up` cluster serves every
 //! volume on its NBD port, forwarding to the node that runs the volume's target. Real clients
-//! (qemu-io, nbdinfo --map, nbdcopy, fio) see the same volume through every node; a client
+//! (qemu-io, qemu-img, nbdinfo --map, nbdcopy, fio) see the same volume through every node; a client
 //! retrying on a forwarding node's URI gets its I/O back after the target's agent is killed
 //! and restarted, with every acknowledged write intact; garbage sent to an endpoint harms
 //! nothing.
@@ -154,6 +154,28 @@ fn every_node_serves_the_volume_and_real_clients_agree_through_forwarding_nodes(
         std::fs::read(&copy_direct).unwrap() == std::fs::read(&copy_forwarded).unwrap(),
         "nbdcopy through {forwarding_node} differs from through the target's node"
     );
+
+    // qemu-img reads the volume through both nodes and finds them identical, and its copy
+    // through the forwarding node is nbdcopy's.
+    let compared = tool(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "raw", on_target, &forwarding],
+    );
+    assert!(compared.contains("Images are identical"), "{compared}");
+    let converted = dir.path().join("c.img");
+    tool(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &forwarding,
+            converted.to_str().unwrap(),
+        ],
+    );
+    assert!(std::fs::read(&converted).unwrap() == std::fs::read(&copy_direct).unwrap());
 
     // fio verifies every block it wrote through the forwarding node.
     let report = dir.path().join("fio.json");
