@@ -155,6 +155,8 @@ pub async fn forward(server: Arc<EndpointServer>, mut routes: watch::Receiver<Ro
     let mut connecting: JoinSet<(String, SocketAddr, Option<RemoteDevice>)> = JoinSet::new();
     let mut in_progress: BTreeSet<String> = BTreeSet::new();
     let mut retry_at: BTreeMap<String, Instant> = BTreeMap::new();
+    // Connection attempts that failed in a row, per volume.
+    let mut failures: BTreeMap<String, u32> = BTreeMap::new();
     let (lost_tx, mut lost_rx) = mpsc::unbounded_channel::<String>();
     let mut watchers = JoinSet::new();
     loop {
@@ -178,6 +180,7 @@ pub async fn forward(server: Arc<EndpointServer>, mut routes: watch::Receiver<Ro
             false
         });
         retry_at.retain(|volume, _| current.contains_key(volume));
+        failures.retain(|volume, _| current.contains_key(volume));
         let now = Instant::now();
         for (volume, upstream) in &current {
             let due = retry_at.get(volume).is_none_or(|at| *at <= now);
@@ -213,6 +216,7 @@ pub async fn forward(server: Arc<EndpointServer>, mut routes: watch::Receiver<Ro
                             Ok(()) => {
                                 tracing::info!(volume, %upstream, "forwarding the volume to its target's node");
                                 retry_at.remove(&volume);
+                                failures.remove(&volume);
                                 let (lost_tx, name) = (lost_tx.clone(), volume.clone());
                                 let watched = Arc::clone(&device);
                                 let watch = watchers.spawn(async move {
@@ -231,6 +235,13 @@ pub async fn forward(server: Arc<EndpointServer>, mut routes: watch::Receiver<Ro
                     }
                     Some(_) => {}
                     None => {
+                        // Expected for a moment while a target starts or moves; said once it
+                        // lasts (about 5 s), then about every minute.
+                        let failed = failures.entry(volume.clone()).or_insert(0);
+                        *failed += 1;
+                        if *failed == 20 || failed.is_multiple_of(240) {
+                            tracing::info!(volume, %upstream, attempts = *failed, "cannot reach the volume's target yet; still trying");
+                        }
                         retry_at.insert(volume, Instant::now() + RETRY_INTERVAL);
                     }
                 }
@@ -261,7 +272,6 @@ async fn connect(volume: &str, upstream: SocketAddr) -> Option<RemoteDevice> {
     match RemoteDevice::connect(&uri, &options).await {
         Ok(device) => Some(device),
         Err(error) => {
-            // Expected while a target starts or moves; the next attempt follows shortly.
             tracing::debug!(volume, %upstream, %error, "cannot connect to the volume's target");
             None
         }
