@@ -3,7 +3,8 @@
 //! what was encoded.
 //!
 //! The input is decoded as a greeting, an option reply header, the data of an `NBD_REP_INFO`
-//! reply, an `NBD_OPT_EXPORT_NAME` reply and a simple reply. Then the values read from the same
+//! reply, an `NBD_OPT_EXPORT_NAME` reply, a simple reply, and (structured replies) a reply
+//! header, a chunk length and a chunk payload of every type. Then the values read from the same
 //! bytes are encoded by the server's encoders and must decode to themselves.
 
 #![no_main]
@@ -41,6 +42,31 @@ fn decode_everything(data: &[u8]) {
         assert!(data.len() >= 10);
     }
     let _ = proto::decode_simple_reply(&prefix::<{ proto::SIMPLE_REPLY_LEN }>(data));
+    for structured in [false, true] {
+        let _ =
+            proto::decode_reply_header(&prefix::<{ proto::SIMPLE_REPLY_LEN }>(data), structured);
+    }
+    if let Ok(length) = proto::decode_chunk_length(&prefix::<4>(data)) {
+        assert!(length <= proto::MAX_CHUNK_PAYLOAD);
+    }
+    let kind = u16::from_be_bytes(prefix::<2>(data));
+    let payload = data.get(2..).unwrap_or(&[]);
+    for kind in [
+        kind,
+        proto::REPLY_TYPE_NONE,
+        proto::REPLY_TYPE_OFFSET_DATA,
+        proto::REPLY_TYPE_OFFSET_HOLE,
+        proto::REPLY_TYPE_BLOCK_STATUS,
+        proto::REPLY_TYPE_ERROR,
+        proto::REPLY_TYPE_ERROR_OFFSET,
+    ] {
+        match proto::decode_chunk(kind, payload) {
+            Ok(proto::Chunk::Data { data, .. }) => assert!(!data.is_empty()),
+            Ok(proto::Chunk::Error { error, .. }) => assert_ne!(error, 0),
+            Ok(proto::Chunk::BlockStatus { descriptors, .. }) => assert!(!descriptors.is_empty()),
+            Ok(_) | Err(_) => {}
+        }
+    }
 }
 
 fn be_u64(data: &[u8]) -> u64 {

@@ -17,13 +17,15 @@ use crate::report::ErrorLog;
 /// The shortest time a heartbeat waits for its answer, however short the interval.
 pub const ANSWER_MIN: Duration = Duration::from_millis(200);
 
-/// Heartbeats for `node`, reporting `address` (where its replica host listens) and
-/// `nbd_address` (where its targets' NBD exports are).
+/// Heartbeats for `node`, reporting `address` (where its replica host listens),
+/// `nbd_address` (its client endpoint) and `target_address` (where it serves its own targets
+/// to other nodes' endpoints).
 pub async fn run(
     client: Client,
     node: String,
     address: String,
     nbd_address: String,
+    target_address: String,
     interval: Duration,
     request_timeout: Duration,
 ) {
@@ -31,6 +33,7 @@ pub async fn run(
         node,
         address,
         nbd_address,
+        target_address,
     };
     let mut errors = ErrorLog::default();
     let timeout = answer_timeout(interval, request_timeout);

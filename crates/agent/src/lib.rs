@@ -33,6 +33,9 @@
 //! * `targets` — the targets this node hosts, the same way: `targets/plan.rs` decides which to
 //!   start, keep or stop and what to write, `targets/mod.rs` runs them, exports them over NBD
 //!   and keeps their membership in the CV.
+//! * `endpoint` — the node's client endpoint: every volume on one NBD port, its own targets
+//!   served directly, the others forwarded (one hop, to the target node's own-targets
+//!   listener, so never in a loop).
 //! * `heartbeat` — the heartbeat task. `changes` — the wake-ups of the loops (a watch on the
 //!   objects, the targets' state changes). `report` — each distinct failure logged once, the
 //!   bounded backoff.
@@ -45,6 +48,7 @@
 
 mod changes;
 pub(crate) mod cstor;
+pub mod endpoint;
 pub(crate) mod error;
 #[cfg(test)]
 mod fixtures;
@@ -98,10 +102,15 @@ pub struct AgentConfig {
     /// Where the replica host listens for targets (default `127.0.0.1:0`: any free port on
     /// loopback; [`NodeAgent::data_address`] says which).
     pub data_address: SocketAddr,
-    /// Where the NBD server of the targets this node hosts listens (default `127.0.0.1:0`;
-    /// [`NodeAgent::nbd_address`] says which). Clients reconnect to it after a restart, so a
-    /// cluster gives each node a fixed port.
+    /// The node's client endpoint: where applications reach every volume, whichever node runs
+    /// its target (default `127.0.0.1:0`; [`NodeAgent::nbd_address`] says which; deployments use
+    /// the standard 10809). Clients reconnect to it after a restart, so a cluster gives each
+    /// node a fixed port.
     pub nbd_address: SocketAddr,
+    /// Where this node serves its own targets, and nothing else, to other nodes' endpoints
+    /// (which forward to it). `None`: the NBD address's IP with any free port (reported in the
+    /// heartbeat).
+    pub target_address: Option<SocketAddr>,
     /// The address other nodes and clients reach this node at, reported in the heartbeat with
     /// the ports the agent listens on. `None` reports the listening addresses themselves, which
     /// then must name one interface (not `0.0.0.0` or `::`).
@@ -135,8 +144,16 @@ impl AgentConfig {
             request_timeout: AgentConfig::DEFAULT_REQUEST_TIMEOUT,
             data_address: AgentConfig::DEFAULT_DATA_ADDRESS,
             nbd_address: AgentConfig::DEFAULT_DATA_ADDRESS,
+            target_address: None,
             advertise_ip: None,
         }
+    }
+
+    /// Where the own-targets listener listens: `target_address`, or the NBD address's IP with
+    /// any free port.
+    pub fn target_address(&self) -> SocketAddr {
+        self.target_address
+            .unwrap_or_else(|| SocketAddr::new(self.nbd_address.ip(), 0))
     }
 
     /// The address to report for a listener bound at `bound`: the advertised IP with the bound
@@ -174,7 +191,11 @@ impl AgentConfig {
                 );
             }
         }
-        for (what, address) in [("data", self.data_address), ("NBD", self.nbd_address)] {
+        for (what, address) in [
+            ("data", self.data_address),
+            ("NBD", self.nbd_address),
+            ("target", self.target_address()),
+        ] {
             if address.ip().is_unspecified() && self.advertise_ip.is_none() {
                 bail!(
                     "the {what} address {address} listens on every interface, so it cannot be \
@@ -215,8 +236,10 @@ pub struct NodeAgent {
     host: Arc<ReplicaHost>,
     /// Volume name -> the replica the host serves from `replicas/<volume>`.
     hosted: HashMap<String, ReplicaId>,
-    nbd: Arc<targets::NbdServer>,
+    endpoint: Arc<endpoint::EndpointServer>,
     nbd_listener: tokio::net::TcpListener,
+    own: Arc<targets::OwnTargetsServer>,
+    target_listener: tokio::net::TcpListener,
 }
 
 impl NodeAgent {
@@ -233,13 +256,16 @@ impl NodeAgent {
             .context("start the replica host")?;
         let hosted = host_existing(&host, &config.pool_dir.join(pool::REPLICAS_DIR)).await;
         let nbd_listener = listen(config.nbd_address, "NBD clients").await?;
+        let target_listener = listen(config.target_address(), "other nodes' forwarders").await?;
         Ok(NodeAgent {
             config,
             client,
             host: Arc::new(host),
             hosted,
-            nbd: Arc::new(tandem_nbd::Server::new(tandem_nbd::ServerConfig::default())),
+            endpoint: Arc::new(tandem_nbd::Server::new(tandem_nbd::ServerConfig::default())),
             nbd_listener,
+            own: Arc::new(tandem_nbd::Server::new(tandem_nbd::ServerConfig::default())),
+            target_listener,
         })
     }
 
@@ -255,19 +281,30 @@ impl NodeAgent {
             .unwrap_or(self.config.nbd_address)
     }
 
+    /// Where other nodes' endpoints reach the targets this node hosts.
+    pub fn target_address(&self) -> SocketAddr {
+        self.target_listener
+            .local_addr()
+            .unwrap_or(self.config.target_address())
+    }
+
     /// Runs until `shutdown` completes, then stops the replica host (waiting for its disk work).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let nbd_address = self.nbd_address();
+        let target_address = self.target_address();
         let NodeAgent {
             config,
             client,
             host,
             hosted,
-            nbd,
+            endpoint,
             nbd_listener,
+            own,
+            target_listener,
         } = self;
         let data_address = config.advertised(host.local_addr());
         let nbd_address = config.advertised(nbd_address);
+        let target_address = config.advertised(target_address);
         tracing::info!(
             node = %config.node,
             pool_dir = %config.pool_dir.display(),
@@ -275,6 +312,7 @@ impl NodeAgent {
             server = %config.server,
             data_address = %data_address,
             nbd_address = %nbd_address,
+            target_address = %target_address,
             replicas = hosted.len(),
             "node agent started"
         );
@@ -283,13 +321,20 @@ impl NodeAgent {
             config.node.clone(),
             data_address.to_string(),
             nbd_address.to_string(),
+            target_address.to_string(),
             config.heartbeat,
             config.request_timeout,
         ));
-        let (nbd_stop, nbd_stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = tokio::spawn(Arc::clone(&nbd).serve(nbd_listener, async move {
-            let _ = nbd_stopped.await;
-        }));
+        let (nbd_stop, nbd_stopped) = tokio::sync::watch::channel(false);
+        let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        };
+        let serving =
+            tokio::spawn(Arc::clone(&endpoint).serve(nbd_listener, stopped(nbd_stopped.clone())));
+        let serving_own =
+            tokio::spawn(Arc::clone(&own).serve(target_listener, stopped(nbd_stopped.clone())));
+        let (routes, routed) = tokio::sync::watch::channel(endpoint::Routes::new());
+        let forwarding = tokio::spawn(endpoint::forward(Arc::clone(&endpoint), routed));
         let changes = changes::Changes::new();
         let watching = changes.watch_api(client.clone(), config.namespace.clone());
         let targets = tokio::spawn(
@@ -297,7 +342,9 @@ impl NodeAgent {
                 client.clone(),
                 config.namespace.clone(),
                 config.node.clone(),
-                Arc::clone(&nbd),
+                Arc::clone(&own),
+                Arc::clone(&endpoint),
+                routes,
             )
             .run(changes.clone()),
         );
@@ -311,8 +358,10 @@ impl NodeAgent {
         heartbeat.abort();
         watching.abort();
         targets.abort();
-        let _ = nbd_stop.send(());
+        forwarding.abort();
+        let _ = nbd_stop.send(true);
         let _ = serving.await;
+        let _ = serving_own.await;
         drop(agent);
         match Arc::try_unwrap(host) {
             Ok(host) => host.shutdown().await,
@@ -426,6 +475,15 @@ mod tests {
         );
         assert!(broken(|c| c.nbd_address = "[::]:10809".parse().unwrap())
             .starts_with("the NBD address [::]:10809 listens on every interface"));
+        assert!(
+            broken(|c| c.target_address = Some("0.0.0.0:7100".parse().unwrap()))
+                .starts_with("the target address 0.0.0.0:7100 listens on every interface")
+        );
+        // By default the own-targets listener takes the NBD address's IP and any free port.
+        assert_eq!(config.target_address().to_string(), "127.0.0.1:0");
+        let mut moved = config.clone();
+        moved.nbd_address = "10.77.0.2:10809".parse().unwrap();
+        assert_eq!(moved.target_address().to_string(), "10.77.0.2:0");
         assert_eq!(
             broken(|c| c.advertise_ip = Some("0.0.0.0".parse().unwrap())),
             "the advertised address 0.0.0.0 names no interface: give the address other nodes \

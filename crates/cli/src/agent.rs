@@ -24,9 +24,15 @@ pub struct AgentArgs {
     /// Where the replica host listens for targets.
     #[arg(long, default_value = "127.0.0.1:0")]
     data_address: std::net::SocketAddr,
-    /// Where the NBD exports of the targets this node hosts are served.
-    #[arg(long, default_value = "127.0.0.1:0")]
+    /// The node's client endpoint: applications reach every volume here, whichever node runs
+    /// its target (volumes whose target runs elsewhere are forwarded to it). 10809 is NBD's
+    /// standard port.
+    #[arg(long, default_value = "127.0.0.1:10809")]
     nbd_address: std::net::SocketAddr,
+    /// Where this node serves its own targets, and nothing else, to other nodes' endpoints
+    /// [default: the --nbd-address IP with any free port; reported to the control plane].
+    #[arg(long)]
+    target_address: Option<std::net::SocketAddr>,
     /// The address other nodes and clients reach this node at (reported with the ports it
     /// listens on). Needed when --data-address or --nbd-address listen on every interface
     /// (0.0.0.0 or ::); by default the listening addresses are reported as they are.
@@ -47,6 +53,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
     let mut config = AgentConfig::new(args.node, args.pool_dir, pool_size.bytes(), server);
     config.data_address = args.data_address;
     config.nbd_address = args.nbd_address;
+    config.target_address = args.target_address;
     config.advertise_ip = args.advertise_address;
     config.heartbeat = args.heartbeat_interval;
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;

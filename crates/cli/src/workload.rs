@@ -389,6 +389,7 @@ async fn connect(
 ) -> Option<Arc<NbdClient>> {
     let options = ClientOptions {
         handshake_timeout: IO_TIMEOUT,
+        ..ClientOptions::default()
     };
     loop {
         if give_up() {

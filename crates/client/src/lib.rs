@@ -103,9 +103,14 @@ pub struct NodeHeartbeat {
     /// Where the agent serves replicas (the data path), if it does yet.
     #[serde(default)]
     pub address: String,
-    /// Where the agent serves the NBD exports of the targets it hosts.
+    /// Where the agent serves NBD to applications: every volume, its own targets' directly and
+    /// the others' forwarded to their target's node.
     #[serde(default)]
     pub nbd_address: String,
+    /// Where the agent serves its own targets alone, to other nodes' forwarders (empty from an
+    /// agent that predates forwarding).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub target_address: String,
 }
 
 /// A node as the control plane sees it.
@@ -117,6 +122,9 @@ pub struct NodeStatus {
     pub address: String,
     #[serde(default)]
     pub nbd_address: String,
+    /// Where the node serves its own targets to other nodes' forwarders (empty if unknown).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub target_address: String,
     /// Milliseconds since the agent last reported.
     pub last_seen_ms: u64,
     /// Whether it reported within the control plane's agent timeout.
@@ -567,5 +575,30 @@ mod tests {
         let error = client.nodes().await.expect_err("nobody listens");
         assert_eq!(error.kind(), ErrorKind::Unreachable);
         assert!(error.to_string().contains("unix:"), "{error}");
+    }
+
+    #[test]
+    fn heartbeats_without_a_target_address_still_read_and_new_ones_carry_it() {
+        let old: NodeHeartbeat = serde_json::from_str(
+            r#"{"node":"n1","address":"10.0.0.1:7000","nbdAddress":"10.0.0.1:10809"}"#,
+        )
+        .expect("an old heartbeat");
+        assert_eq!(old.target_address, "");
+        assert_eq!(
+            serde_json::to_value(&old).expect("serialize"),
+            serde_json::json!({"node":"n1","address":"10.0.0.1:7000","nbdAddress":"10.0.0.1:10809"})
+        );
+        let new = NodeHeartbeat {
+            target_address: "10.0.0.1:41000".into(),
+            ..old
+        };
+        let json = serde_json::to_value(&new).expect("serialize");
+        assert_eq!(json["targetAddress"], "10.0.0.1:41000");
+        let status: NodeStatus = serde_json::from_value(serde_json::json!({
+            "node": "n1", "nbdAddress": "10.0.0.1:10809", "lastSeenMs": 5, "ready": true,
+            "targetAddress": "10.0.0.1:41000"
+        }))
+        .expect("a node status");
+        assert_eq!(status.target_address, "10.0.0.1:41000");
     }
 }

@@ -742,6 +742,7 @@ impl Api {
                     node: heartbeat.node.clone(),
                     address: heartbeat.address.clone(),
                     nbd_address: heartbeat.nbd_address.clone(),
+                    target_address: heartbeat.target_address.clone(),
                     last_seen_ms: u64::try_from(silent.as_millis()).unwrap_or(u64::MAX),
                     ready: silent <= self.agent_timeout,
                 }

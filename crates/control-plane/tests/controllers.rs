@@ -55,6 +55,7 @@ async fn cluster(nodes: &[&str]) -> Cluster {
                         node,
                         address: String::new(),
                         nbd_address: String::new(),
+                        target_address: String::new(),
                     })
                     .await;
             }

@@ -1,7 +1,8 @@
 //! Tandem's NBD server (and a small client): serves block devices to applications over the
 //! Network Block Device protocol (the NetworkBlockDevice `doc/proto.md`), fixed newstyle
-//! handshake only. [`client::Client`] is a minimal pipelined client (simple replies), used by
-//! `tandem demo` as the application.
+//! handshake only. [`client::Client`] is a small pipelined client (simple or structured
+//! replies), used by `tandem demo` as the application; [`RemoteDevice`] is an export of another
+//! server relayed over it, which a [`Server`] can serve as its own (the agent's forwarder).
 //!
 //! A [`Server`] hosts any number of exports of one [`BlockDevice`] type (the interface of
 //! `tandem-block`, which this crate serves and does not define), added and removed at run time
@@ -32,7 +33,8 @@
 //! frames, the protocol's values for `tandem-block`'s types, then the handshake's and the
 //! transmission's encoders and decoders); the server (`config`, `conn`, `exports`, `handshake`,
 //! `transmission`, then [`Server`]) and the [`client`] (`uri`, `error`, `handshake`, then
-//! [`Client`]) each stand on `proto` alone, never on each other.
+//! [`Client`]) each stand on `proto` alone, never on each other; [`remote`] stands on the
+//! client and `tandem-block` (it is a device, which the server can serve).
 //!
 //! # Hostile clients
 //!
@@ -46,7 +48,9 @@
 
 pub mod client;
 pub mod proto;
+pub mod remote;
 mod server;
 
 pub use client::{Client, ClientError, ClientOptions, NbdUri};
+pub use remote::{RemoteDevice, DEFAULT_LOST_HOLD};
 pub use server::{Server, ServerConfig, ServerError};

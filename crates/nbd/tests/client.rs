@@ -257,6 +257,7 @@ async fn connect_and_handshake_failures_say_what_failed() {
     .await;
     let options = tandem_nbd::ClientOptions {
         handshake_timeout: Duration::from_millis(200),
+        ..Default::default()
     };
     let error = Client::connect_with(&format!("nbd://{addr}/disk"), &options)
         .await

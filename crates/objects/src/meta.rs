@@ -38,6 +38,10 @@ pub const LABEL_POD_DISRUPTION_BUDGET: &str = "openebs.io/pod-disruption-budget"
 pub const ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME: &str = "cstorpoolinstance.openebs.io/hostname";
 /// Tandem: the node whose agent hosts a volume's target (on the CStorVolume).
 pub const ANNOTATION_TARGET_NODE: &str = "tandem.io/target-node";
+/// Tandem: the node whose NBD endpoint `tandem volume uri` names by default (on the
+/// CStorVolume): the node of the volume's first target, recorded once, so the default address
+/// stays the same for the life of the volume (every node serves every volume).
+pub const ANNOTATION_ENDPOINT_NODE: &str = "tandem.io/endpoint-node";
 /// Tandem: the newest target generation started for a volume (on the CStorVolume). A target
 /// takes the next number with a resource-version-checked update, so two never share one, and
 /// its membership writes are refused once a newer one exists (fencing).

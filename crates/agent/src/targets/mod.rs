@@ -15,6 +15,10 @@
 //!   control plane waits for before it deletes a removed replica.
 //! * **Status.** The CV's phase and per-replica status (mode, CVR-style phase, rebuild progress,
 //!   last resync) follow the target; the replicas' agents copy each replica's part into its CVR.
+//! * **Exports.** A running target is an export of two NBD servers: the node's own-targets
+//!   server (`--target-address`, which other nodes' forwarders reach) and the node's endpoint
+//!   (`--nbd-address`, for applications). Every pass also tells the forwarder
+//!   ([`crate::endpoint::forward`]) where every other volume's target is now.
 //!
 //! What to do is decided in [`plan`] from what a pass observed; this file reads the objects and
 //! the targets' status and carries the plan out.
@@ -30,11 +34,13 @@ use std::time::{Duration, Instant};
 use tandem_client::{Client, ClientError};
 use tandem_core::{Fenced, Generation, Membership, ReplicaId, TargetOptions};
 use tandem_dataplane::target::{self, MembershipStore, TargetConfig, TargetHandle, TargetStatus};
-use tandem_nbd::Server;
+use tandem_nbd::{Server, ServerError};
 use tandem_objects::{CStorVolume, Kind, Object};
+use tokio::sync::watch;
 
 use crate::changes::Changes;
 use crate::cstor::{generation_of, known_replicas};
+use crate::endpoint::{replace_export, Endpoint, EndpointServer, Routes};
 use crate::error::{Error, Subject};
 use crate::report::ErrorLog;
 use plan::{KeepPlan, Measured, Step, View};
@@ -48,8 +54,8 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 /// up time) are written at most this often.
 const COUNTERS_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The NBD server every target of this node is an export of.
-pub type NbdServer = Server<TargetHandle>;
+/// The NBD server of this node's own targets, and nothing else: what other nodes forward to.
+pub type OwnTargetsServer = Server<TargetHandle>;
 
 struct Running {
     handle: TargetHandle,
@@ -68,7 +74,10 @@ pub struct Targets {
     client: Client,
     namespace: String,
     node: String,
-    nbd: Arc<NbdServer>,
+    own: Arc<OwnTargetsServer>,
+    endpoint: Arc<EndpointServer>,
+    /// Where the forwarder sends the volumes whose target is elsewhere.
+    routes: watch::Sender<Routes>,
     running: BTreeMap<String, Running>,
     errors: ErrorLog,
     /// Signalled when a target started here changes state (set by [`Targets::run`]).
@@ -76,12 +85,21 @@ pub struct Targets {
 }
 
 impl Targets {
-    pub fn new(client: Client, namespace: String, node: String, nbd: Arc<NbdServer>) -> Targets {
+    pub fn new(
+        client: Client,
+        namespace: String,
+        node: String,
+        own: Arc<OwnTargetsServer>,
+        endpoint: Arc<EndpointServer>,
+        routes: watch::Sender<Routes>,
+    ) -> Targets {
         Targets {
             client,
             namespace,
             node,
-            nbd,
+            own,
+            endpoint,
+            routes,
             running: BTreeMap::new(),
             errors: ErrorLog::default(),
             changes: None,
@@ -107,12 +125,14 @@ impl Targets {
 
     async fn read(&self) -> Result<View, ClientError> {
         let namespace = Some(self.namespace.as_str());
-        let addresses = self
-            .client
-            .nodes()
-            .await?
+        let nodes = self.client.nodes().await?;
+        let addresses = nodes
+            .iter()
+            .filter_map(|node| Some((node.node.clone(), node.address.parse().ok()?)))
+            .collect();
+        let target_addresses = nodes
             .into_iter()
-            .filter_map(|node| Some((node.node, node.address.parse().ok()?)))
+            .filter_map(|node| Some((node.node, node.target_address.parse().ok()?)))
             .collect();
         Ok(View {
             volumes: self
@@ -128,11 +148,18 @@ impl Targets {
                 .list_typed(Kind::CStorVolumeReplica, namespace, None)
                 .await?,
             addresses,
+            target_addresses,
         })
     }
 
     async fn pass(&mut self) -> Result<(), Error> {
         let view = self.read().await?;
+        let routes = plan::plan_routes(&self.node, &view.volumes, &view.target_addresses);
+        self.routes.send_if_modified(|current| {
+            let changed = *current != routes;
+            *current = routes;
+            changed
+        });
         let running: BTreeMap<String, Generation> = self
             .running
             .iter()
@@ -171,7 +198,9 @@ impl Targets {
     async fn stop(&mut self, volume: &str) {
         if let Some(running) = self.running.remove(volume) {
             tracing::info!(volume, "stopping target: the volume moved or is gone");
-            self.nbd.remove_export(volume);
+            self.own.remove_export(volume);
+            self.endpoint
+                .remove_export_if(volume, |endpoint| matches!(**endpoint, Endpoint::Local(_)));
             if let Some(command) = running.command {
                 command.abort();
             }
@@ -212,13 +241,17 @@ impl Targets {
         if let Some(changes) = &self.changes {
             tokio::spawn(signal_state_changes(handle.watch_status(), changes.clone()));
         }
-        self.nbd.remove_export(name);
-        self.nbd
+        let export_error = |error: ServerError| Error::Export {
+            volume: name.to_string(),
+            message: error.to_string(),
+        };
+        self.own.remove_export(name);
+        self.own
             .add_export(name.to_string(), Arc::new(handle.clone()))
-            .map_err(|error| Error::Export {
-                volume: name.to_string(),
-                message: error.to_string(),
-            })?;
+            .map_err(export_error)?;
+        // Replaces the forwarder's export, if it had one: this node serves the volume directly.
+        replace_export(&self.endpoint, name, Endpoint::Local(handle.clone()))
+            .map_err(export_error)?;
         tracing::info!(volume = %name, generation = generation.0, "target started");
         self.running.insert(
             name.to_string(),

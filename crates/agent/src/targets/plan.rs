@@ -14,9 +14,11 @@ use tandem_dataplane::target::{self, TargetStatus};
 use tandem_objects::{
     CStorVolume, CStorVolumeConfig, CStorVolumePhase, CStorVolumeReplica, CStorVolumeReplicaPhase,
     CStorVolumeReplicaStatus, CStorVolumeStatus, RebuildProgress, ReplicaStatus, ResyncRecord,
+    ANNOTATION_ENDPOINT_NODE,
 };
 
 use crate::cstor::{self, generation_of, known_replicas, replica_id, replica_of};
+use crate::endpoint::Routes;
 use crate::error::Error;
 
 /// What a pass reads once.
@@ -27,6 +29,8 @@ pub struct View {
     pub replicas: Vec<CStorVolumeReplica>,
     /// Node name -> where its replica host listens.
     pub addresses: BTreeMap<String, SocketAddr>,
+    /// Node name -> where it serves its own targets to other nodes' forwarders.
+    pub target_addresses: BTreeMap<String, SocketAddr>,
 }
 
 impl View {
@@ -95,6 +99,27 @@ pub fn plan_targets(
     steps
 }
 
+/// Where this node's endpoint forwards each volume whose target runs on another node: that
+/// node's own-targets address. A volume whose target node is unknown, or has not reported
+/// such an address (an older agent), is not served here until it does.
+pub fn plan_routes(
+    node: &str,
+    volumes: &[CStorVolume],
+    target_addresses: &BTreeMap<String, SocketAddr>,
+) -> Routes {
+    volumes
+        .iter()
+        .filter_map(|volume| {
+            let target = cstor::target_node_of(volume)?;
+            if target == node {
+                return None;
+            }
+            let address = target_addresses.get(target)?;
+            Some((volume.name().to_string(), *address))
+        })
+        .collect()
+}
+
 /// How a new target starts: the CV updated to take the next generation (and, for a new volume,
 /// to record its first membership), and the target's configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,6 +148,13 @@ pub fn plan_start(volume: &CStorVolume, view: &View) -> Result<StartPlan, Error>
     };
     let generation = Generation(generation_of(volume) + 1);
     cstor::set_generation(&mut updated, generation);
+    // The first target's node is the volume's default endpoint for good (recorded once).
+    if let Some(node) = cstor::target_node_of(volume) {
+        let annotations = &mut updated.metadata.annotations;
+        if !annotations.contains_key(ANNOTATION_ENDPOINT_NODE) {
+            annotations.insert(ANNOTATION_ENDPOINT_NODE.to_string(), node.to_string());
+        }
+    }
     updated.spec.replication_factor = membership.replication_factor() as u32;
     updated.spec.consistency_factor = membership.consistency_factor() as u32;
     let addresses = membership

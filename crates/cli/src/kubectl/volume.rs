@@ -11,7 +11,8 @@ use tandem_client::Client;
 use tandem_objects::{
     CStorPoolInstance, CStorVolumeConfig, CStorVolumeConfigPhase, CStorVolumeConfigSpec,
     CStorVolumePhase, Event, EventType, Kind, Object, ObjectMeta, Quantity, StorageCapacity,
-    VolumeProvision, LABEL_CSTOR_POOL_CLUSTER,
+    VolumeProvision, ANNOTATION_ENDPOINT_NODE, ANNOTATION_TARGET_NODE, LABEL_CSTOR_POOL_CLUSTER,
+    LABEL_HOSTNAME,
 };
 
 use super::delete::delete_one;
@@ -28,7 +29,13 @@ pub enum VolumeCommand {
     Create(CreateArgs),
     /// Deletes a volume (its CStorVolumeConfig; the controllers remove the rest).
     Delete(DeleteArgs),
-    /// Prints where applications reach the volume: nbd://IP:PORT/NAME.
+    /// Prints where applications reach the volume: nbd://ADDRESS:PORT/NAME.
+    ///
+    /// Every node serves every volume on its NBD endpoint (forwarding to the node that runs the
+    /// volume's target), so any node's URI works and keeps working when the target moves.
+    /// `--node N` prints node N's. Without it: the volume's endpoint node, the node its first
+    /// target ran on (recorded on the CStorVolume as tandem.io/endpoint-node), so the URI stays
+    /// the same for the life of the volume; pick another node with --node if that one is down.
     Uri(UriArgs),
 }
 
@@ -36,6 +43,9 @@ pub enum VolumeCommand {
 pub struct UriArgs {
     /// The volume's name.
     name: String,
+    /// Print this node's endpoint [default: the volume's endpoint node, see above].
+    #[arg(long)]
+    node: Option<String>,
     /// Wait up to this long for the volume's target to be placed and serving.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -102,17 +112,39 @@ pub async fn delete_volume(client: &Client, namespace: &str, name: &str) -> Resu
 /// (Healthy or Degraded), then prints the NBD URI.
 async fn uri(args: UriArgs) -> Result<bool> {
     let client = args.server.client()?;
-    let uri = wait_for_uri(&client, &args.namespace.namespace, &args.name, args.timeout).await?;
+    let namespace = &args.namespace.namespace;
+    let uri = wait_for_endpoint(
+        &client,
+        namespace,
+        &args.name,
+        args.node.as_deref(),
+        args.timeout,
+    )
+    .await?;
     println!("{uri}");
     Ok(true)
 }
 
-/// `nbd://IP:PORT/NAME`, where applications reach the volume, once its CStorVolume names its
-/// target's address and the target serves I/O (Healthy or Degraded); waits up to `timeout`.
+/// `nbd://ADDRESS:PORT/NAME`, the volume's default endpoint (see `tandem volume uri --help`),
+/// once its target serves I/O (Healthy or Degraded); waits up to `timeout`.
 pub async fn wait_for_uri(
     client: &Client,
     namespace: &str,
     name: &str,
+    timeout: Duration,
+) -> Result<String> {
+    wait_for_endpoint(client, namespace, name, None, timeout).await
+}
+
+/// `nbd://ADDRESS:PORT/NAME` of `node`'s endpoint (`None`: the volume's endpoint node, or for a
+/// volume that has not recorded one, its target's node), once the volume's target serves I/O
+/// (Healthy or Degraded); waits up to `timeout`. A node no agent ever reported from and that
+/// holds no pool is an error at once.
+pub async fn wait_for_endpoint(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    node: Option<&str>,
     timeout: Duration,
 ) -> Result<String> {
     let deadline = Deadline::after(timeout).polling_every(POLL_INTERVAL);
@@ -126,18 +158,29 @@ pub async fn wait_for_uri(
                         volume.status.phase,
                         CStorVolumePhase::Healthy | CStorVolumePhase::Degraded
                     );
-                    if !volume.spec.target_ip.is_empty() && serving {
-                        return Ok(Probe::Done(format!(
-                            "nbd://{}:{}/{}",
-                            volume.spec.target_ip,
-                            volume.spec.target_port,
-                            volume.name()
-                        )));
+                    let annotations = &volume.metadata.annotations;
+                    let chosen = node
+                        .or(annotations
+                            .get(ANNOTATION_ENDPOINT_NODE)
+                            .map(String::as_str))
+                        .or(annotations.get(ANNOTATION_TARGET_NODE).map(String::as_str));
+                    match (chosen, serving) {
+                        (Some(chosen), true) => {
+                            match endpoint_of(client, chosen, node.is_some()).await? {
+                                Ok(address) => {
+                                    return Ok(Probe::Done(format!(
+                                        "nbd://{address}/{}",
+                                        volume.name()
+                                    )))
+                                }
+                                Err(waiting) => waiting,
+                            }
+                        }
+                        _ => format!(
+                            "its target to serve (the volume is {})",
+                            volume.status.phase
+                        ),
                     }
-                    format!(
-                        "its target to serve (the volume is {})",
-                        volume.status.phase
-                    )
                 }
                 Ok(_) => bail!("{name} is not a CStorVolume"),
                 Err(error) if error.is_not_found() => {
@@ -149,6 +192,41 @@ pub async fn wait_for_uri(
         },
     )
     .await
+}
+
+/// Node `node`'s NBD endpoint (`Ok(Ok(address))`), or what to wait for (`Ok(Err(..))`). A node
+/// nothing is known of is an error when `named` (the user asked for it).
+async fn endpoint_of(
+    client: &Client,
+    node: &str,
+    named: bool,
+) -> Result<std::result::Result<String, String>> {
+    let nodes = client.nodes().await?;
+    if let Some(status) = nodes.iter().find(|status| status.node == node) {
+        if status.nbd_address.is_empty() {
+            bail!(
+                "node {node} has reported no NBD endpoint (is its agent older than the endpoint?)"
+            );
+        }
+        return Ok(Ok(status.nbd_address.clone()));
+    }
+    let pools: Vec<CStorPoolInstance> = client
+        .list_typed(Kind::CStorPoolInstance, None, None)
+        .await?;
+    let has_pool = pools
+        .iter()
+        .any(|pool| pool.metadata.labels.get(LABEL_HOSTNAME).map(String::as_str) == Some(node));
+    if named && !has_pool {
+        let mut known: Vec<&str> = nodes.iter().map(|status| status.node.as_str()).collect();
+        known.sort_unstable();
+        bail!(
+            "unknown node {node}: no agent of that name has reported to the control plane and no              pool is on it (nodes that reported: {})",
+            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+        );
+    }
+    Ok(Err(format!(
+        "node {node} to report its NBD endpoint (its agent has not reported to the control plane          since it started; is it running?)"
+    )))
 }
 
 async fn create(args: CreateArgs) -> Result<bool> {

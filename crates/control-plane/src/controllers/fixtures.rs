@@ -157,6 +157,7 @@ pub(crate) fn node(name: &str, ready: bool, nbd_address: &str, last_seen_ms: u64
         node: name.to_string(),
         address: String::new(),
         nbd_address: nbd_address.to_string(),
+        target_address: String::new(),
         last_seen_ms,
         ready,
     }

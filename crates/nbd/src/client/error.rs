@@ -10,10 +10,30 @@ use crate::proto::{self, DecodeError};
 /// One request, as errors name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
-    Read { offset: u64, length: u32 },
-    Write { offset: u64, length: u32, fua: bool },
+    Read {
+        offset: u64,
+        length: u32,
+    },
+    Write {
+        offset: u64,
+        length: u32,
+        fua: bool,
+    },
     Flush,
-    Trim { offset: u64, length: u32 },
+    Trim {
+        offset: u64,
+        length: u32,
+    },
+    WriteZeroes {
+        offset: u64,
+        length: u32,
+        fua: bool,
+        no_hole: bool,
+    },
+    BlockStatus {
+        offset: u64,
+        length: u32,
+    },
     Disconnect,
 }
 
@@ -32,6 +52,20 @@ impl fmt::Display for Op {
             ),
             Op::Flush => f.write_str("flush"),
             Op::Trim { offset, length } => write!(f, "trim of {length} bytes at offset {offset}"),
+            Op::WriteZeroes {
+                offset,
+                length,
+                fua,
+                no_hole,
+            } => write!(
+                f,
+                "write zeroes of {length} bytes at offset {offset}{}{}",
+                if fua { " (FUA)" } else { "" },
+                if no_hole { " (no hole)" } else { "" }
+            ),
+            Op::BlockStatus { offset, length } => {
+                write!(f, "block status of {length} bytes at offset {offset}")
+            }
             Op::Disconnect => f.write_str("disconnect"),
         }
     }
@@ -162,6 +196,12 @@ pub enum ProtocolError {
     /// A reply to no request in flight.
     #[error("a reply for cookie {0}, which is not in flight")]
     UnknownCookie(u64),
+    /// A reply chunk whose type does not fit its request (block status for a read...).
+    #[error("a reply chunk for cookie {cookie} ({op}) of a type that does not fit it")]
+    UnexpectedChunk { cookie: u64, op: Op },
+    /// A read's data or hole chunk outside the range it asked for.
+    #[error("a reply chunk for cookie {cookie} at offset {offset}, outside its request")]
+    ChunkOutOfRange { cookie: u64, offset: u64 },
 }
 
 #[cfg(test)]

@@ -1,12 +1,15 @@
 //! The client's side of the handshake on a connected socket: the greeting, the client's flags,
-//! then `NBD_OPT_GO` (or `NBD_OPT_EXPORT_NAME` when the server does not know `GO`).
+//! optionally structured replies and the `base:allocation` metadata context, then `NBD_OPT_GO`
+//! (or `NBD_OPT_EXPORT_NAME` when the server does not know `GO`).
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::error::HandshakeError;
-use crate::proto::{self, BlockSizes, ClientOption, InfoItem, InfoRequest};
+use crate::proto::{
+    self, BlockSizes, ClientOption, InfoItem, InfoRequest, MetaContextRequest, OptionReplyHeader,
+};
 
 /// What the handshake settled.
 #[derive(Debug, Clone, Copy)]
@@ -14,6 +17,10 @@ pub(super) struct Negotiated {
     pub size: u64,
     pub flags: u16,
     pub block_sizes: Option<BlockSizes>,
+    /// Structured replies were negotiated.
+    pub structured: bool,
+    /// The id the server gave `base:allocation`, if it was negotiated.
+    pub base_allocation: Option<u32>,
 }
 
 /// Greeting, flags, then `NBD_OPT_GO` (or `NBD_OPT_EXPORT_NAME` if the server does not know
@@ -21,6 +28,7 @@ pub(super) struct Negotiated {
 pub(super) async fn run(
     stream: &mut TcpStream,
     export: &str,
+    structured: bool,
 ) -> Result<Negotiated, HandshakeError> {
     let io = |what: &'static str| move |error| HandshakeError::Io { what, error };
     let mut greeting = [0u8; proto::GREETING_LEN];
@@ -39,6 +47,17 @@ pub(super) async fn run(
 
     let mut out = BytesMut::new();
     out.put_u32(client_flags);
+    stream
+        .write_all(&out)
+        .await
+        .map_err(io("sending the client flags"))?;
+    let (structured, base_allocation) = if structured {
+        structured_replies(stream, export).await?
+    } else {
+        (false, None)
+    };
+
+    let mut out = BytesMut::new();
     ClientOption::Go(InfoRequest {
         name: export.to_string(),
         requests: vec![proto::INFO_BLOCK_SIZE],
@@ -52,20 +71,8 @@ pub(super) async fn run(
     let mut export_info = None;
     let mut block_sizes = None;
     loop {
-        let mut header = [0u8; proto::OPTION_REPLY_HEADER_LEN];
-        stream
-            .read_exact(&mut header)
-            .await
-            .map_err(io("reading the reply to NBD_OPT_GO"))?;
-        let header = proto::decode_option_reply_header(&header)?;
-        let mut data = vec![0u8; header.length as usize];
-        stream
-            .read_exact(&mut data)
-            .await
-            .map_err(io("reading the reply to NBD_OPT_GO"))?;
-        if header.option != proto::OPT_GO {
-            return Err(HandshakeError::UnexpectedReply(header.option));
-        }
+        let (header, data) =
+            option_reply(stream, proto::OPT_GO, "reading the reply to NBD_OPT_GO").await?;
         match header.reply_type {
             proto::REP_INFO => match proto::decode_info(&data)? {
                 InfoItem::Export { size, flags } => export_info = Some((size, flags)),
@@ -78,9 +85,20 @@ pub(super) async fn run(
                     size,
                     flags,
                     block_sizes,
+                    structured,
+                    base_allocation,
                 });
             }
-            proto::REP_ERR_UNSUP => return export_name(stream, export, no_zeroes).await,
+            proto::REP_ERR_UNSUP => {
+                let (size, flags) = export_name(stream, export, no_zeroes).await?;
+                return Ok(Negotiated {
+                    size,
+                    flags,
+                    block_sizes: None,
+                    structured,
+                    base_allocation,
+                });
+            }
             reply_type if reply_type & proto::REP_FLAG_ERROR != 0 => {
                 let message = String::from_utf8_lossy(&data).into_owned();
                 return Err(if reply_type == proto::REP_ERR_UNKNOWN {
@@ -108,7 +126,7 @@ async fn export_name(
     stream: &mut TcpStream,
     export: &str,
     no_zeroes: bool,
-) -> Result<Negotiated, HandshakeError> {
+) -> Result<(u64, u16), HandshakeError> {
     let mut out = BytesMut::new();
     ClientOption::ExportName(export.to_string()).encode(&mut out);
     stream
@@ -126,10 +144,70 @@ async fn export_name(
             export: export.to_string(),
             error,
         })?;
-    let (size, flags) = proto::decode_export_name_reply(&reply)?;
-    Ok(Negotiated {
-        size,
-        flags,
-        block_sizes: None,
+    Ok(proto::decode_export_name_reply(&reply)?)
+}
+
+/// One option reply to `option` (a reply to another option is an error).
+async fn option_reply(
+    stream: &mut TcpStream,
+    option: u32,
+    what: &'static str,
+) -> Result<(OptionReplyHeader, Vec<u8>), HandshakeError> {
+    let io = |error| HandshakeError::Io { what, error };
+    let mut header = [0u8; proto::OPTION_REPLY_HEADER_LEN];
+    stream.read_exact(&mut header).await.map_err(io)?;
+    let header = proto::decode_option_reply_header(&header)?;
+    let mut data = vec![0u8; header.length as usize];
+    stream.read_exact(&mut data).await.map_err(io)?;
+    if header.option != option {
+        return Err(HandshakeError::UnexpectedReply(header.option));
+    }
+    Ok((header, data))
+}
+
+/// `NBD_OPT_STRUCTURED_REPLY`, then `NBD_OPT_SET_META_CONTEXT` for `base:allocation`: whether
+/// structured replies were agreed, and the context's id if it was. A server that refuses
+/// either is served without it (the client then sends no block status requests).
+async fn structured_replies(
+    stream: &mut TcpStream,
+    export: &str,
+) -> Result<(bool, Option<u32>), HandshakeError> {
+    let io = |what: &'static str| move |error| HandshakeError::Io { what, error };
+    let mut out = BytesMut::new();
+    ClientOption::StructuredReply.encode(&mut out);
+    stream
+        .write_all(&out)
+        .await
+        .map_err(io("sending NBD_OPT_STRUCTURED_REPLY"))?;
+    let what = "reading the reply to NBD_OPT_STRUCTURED_REPLY";
+    let (header, _) = option_reply(stream, proto::OPT_STRUCTURED_REPLY, what).await?;
+    if header.reply_type != proto::REP_ACK {
+        return Ok((false, None));
+    }
+    let mut out = BytesMut::new();
+    ClientOption::SetMetaContext(MetaContextRequest {
+        export: export.to_string(),
+        queries: vec![proto::BASE_ALLOCATION.to_string()],
     })
+    .encode(&mut out);
+    stream
+        .write_all(&out)
+        .await
+        .map_err(io("sending NBD_OPT_SET_META_CONTEXT"))?;
+    let mut id = None;
+    loop {
+        let what = "reading the reply to NBD_OPT_SET_META_CONTEXT";
+        let (header, data) = option_reply(stream, proto::OPT_SET_META_CONTEXT, what).await?;
+        match header.reply_type {
+            proto::REP_META_CONTEXT
+                if data.len() >= 4 && &data[4..] == proto::BASE_ALLOCATION.as_bytes() =>
+            {
+                id = Some(u32::from_be_bytes([data[0], data[1], data[2], data[3]]));
+            }
+            proto::REP_ACK => return Ok((true, id)),
+            // An error (unknown export, say) is seen again, with its message, at NBD_OPT_GO.
+            reply_type if reply_type & proto::REP_FLAG_ERROR != 0 => return Ok((true, None)),
+            _ => {}
+        }
+    }
 }

@@ -1,6 +1,9 @@
 //! A small async NBD client: connects to `nbd://host:port/name`, negotiates the export with
 //! `NBD_OPT_GO` (falling back to `NBD_OPT_EXPORT_NAME` only when the server does not know
-//! `GO`), and sends reads, writes (optionally FUA), flushes and trims with simple replies.
+//! `GO`), and sends reads, writes (optionally FUA), flushes, trims and write-zeroes; with
+//! [`ClientOptions::structured_replies`] it also negotiates structured replies and the
+//! `base:allocation` context, follows reply chunks (data, holes, errors) and sends block status
+//! requests.
 //!
 //! Requests are pipelined: every call gets its own cookie (the protocol's "handle") and may be
 //! in flight together with others, from several tasks at once (`&self` methods; share the
@@ -9,6 +12,8 @@
 //! leaves half a request on the socket; a reader task matches each reply to its request by
 //! cookie. A reply for an unknown cookie, a structured reply chunk (never negotiated) or a bad
 //! magic ends the connection: every request in flight then fails, and so does every later one.
+//! With structured replies, a request's chunks are gathered until the one flagged `DONE`; a
+//! chunk outside its request or of a type that does not fit it ends the connection too.
 //!
 //! Every byte is encoded and decoded by [`crate::proto`], where the client's decoders (the
 //! greeting, option replies, `NBD_REP_INFO`, simple reply headers, the `EXPORT_NAME` reply) sit
@@ -32,14 +37,14 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use self::error::{ClientError, HandshakeError, Op, ProtocolError};
 use self::handshake::Negotiated;
 pub use self::uri::{NbdUri, DEFAULT_PORT};
 pub use crate::proto::BlockSizes;
-use crate::proto::{self, RequestHeader};
+use crate::proto::{self, Chunk, ReplyHeader, RequestHeader};
 
 /// Requests handed to the writer task and not yet on the wire; a caller waits for room beyond
 /// this (the socket's own buffers and the server's limits bound the rest).
@@ -56,12 +61,16 @@ const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ClientOptions {
     /// The TCP connection and the whole handshake must finish within this.
     pub handshake_timeout: Duration,
+    /// Negotiate structured replies and `base:allocation` (needed for
+    /// [`Client::block_status`]; a server without them is used without).
+    pub structured_replies: bool,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             handshake_timeout: Duration::from_secs(30),
+            structured_replies: false,
         }
     }
 }
@@ -73,9 +82,31 @@ enum Fatal {
     Lost(String),
 }
 
+/// What a request's reply carries on success.
+enum Answer {
+    Done,
+    Data(Bytes),
+    /// `(length, flags)` descriptors of `base:allocation`.
+    Extents(Vec<(u32, u32)>),
+}
+
 struct Pending {
     op: Op,
-    reply: oneshot::Sender<Result<Bytes, ClientError>>,
+    reply: oneshot::Sender<Result<Answer, ClientError>>,
+    /// The chunks received so far of a structured reply.
+    gathered: Gathered,
+}
+
+/// The chunks of a structured reply received before its last.
+#[derive(Default)]
+struct Gathered {
+    /// A read's data: one chunk covering the whole request, as received.
+    whole: Option<Bytes>,
+    /// A read's data pieced together from several chunks (zeroes where holes were).
+    pieces: Option<BytesMut>,
+    extents: Vec<(u32, u32)>,
+    /// The first error chunk's value.
+    error: Option<u32>,
 }
 
 struct State {
@@ -89,6 +120,8 @@ struct State {
 struct Shared {
     address: String,
     state: Mutex<State>,
+    /// Set once the connection is unusable.
+    lost: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -118,9 +151,15 @@ impl Shared {
             let fatal = state.fatal.get_or_insert(fatal).clone();
             (std::mem::take(&mut state.pending), fatal)
         };
+        self.lost.send_replace(true);
         for (_, pending) in pending {
             let _ = pending.reply.send(Err(self.error(pending.op, &fatal)));
         }
+    }
+
+    /// Fails one request taken out of the table (the reader holds it while reading its chunk).
+    fn fail_one(&self, pending: Pending, fatal: &Fatal) {
+        let _ = pending.reply.send(Err(self.error(pending.op, fatal)));
     }
 }
 
@@ -186,7 +225,7 @@ impl Client {
                     })?;
             let _ = stream.set_nodelay(true);
             let mut stream = stream;
-            let negotiated = handshake::run(&mut stream, &uri.export)
+            let negotiated = handshake::run(&mut stream, &uri.export, options.structured_replies)
                 .await
                 .map_err(handshake_error)?;
             Ok::<_, ClientError>((stream, negotiated))
@@ -203,10 +242,15 @@ impl Client {
                 fatal: None,
                 disconnecting: false,
             }),
+            lost: watch::channel(false).0,
         });
         let (read_half, write_half) = stream.into_split();
         let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
-        let reader = tokio::spawn(read_replies(Arc::clone(&shared), read_half));
+        let reader = tokio::spawn(read_replies(
+            Arc::clone(&shared),
+            read_half,
+            negotiated.structured,
+        ));
         let writer = tokio::spawn(write_requests(Arc::clone(&shared), write_half, queue));
         Ok(Client {
             shared,
@@ -262,6 +306,41 @@ impl Client {
         self.has_flag(proto::FLAG_CAN_MULTI_CONN)
     }
 
+    pub fn can_write_zeroes(&self) -> bool {
+        self.has_flag(proto::FLAG_SEND_WRITE_ZEROES)
+    }
+
+    /// Structured replies were negotiated.
+    pub fn structured_replies(&self) -> bool {
+        self.negotiated.structured
+    }
+
+    /// The connection is unusable (lost, or closed after a protocol error): every request fails.
+    pub fn is_lost(&self) -> bool {
+        *self.shared.lost.borrow()
+    }
+
+    /// Completes once the connection is unusable, also with no request in flight (the server
+    /// closed it, or the client broke off after a protocol error).
+    pub async fn lost(&self) {
+        let mut lost = self.shared.lost.subscribe();
+        let _ = lost.wait_for(|lost| *lost).await;
+    }
+
+    /// Why the connection is unusable, if it is.
+    pub fn lost_reason(&self) -> Option<String> {
+        let fatal = self.shared.lock().fatal.clone()?;
+        Some(match fatal {
+            Fatal::Protocol(reason) => reason.to_string(),
+            Fatal::Lost(reason) => reason,
+        })
+    }
+
+    /// `base:allocation` was negotiated: [`Client::block_status`] can be used.
+    pub fn can_block_status(&self) -> bool {
+        self.negotiated.base_allocation.is_some()
+    }
+
     /// The largest read or write this client sends.
     fn max_payload(&self) -> u32 {
         self.negotiated
@@ -290,8 +369,13 @@ impl Client {
                 reason: "longer than the export's maximum block size",
             });
         }
-        self.submit(op, proto::CMD_READ, 0, offset, length, &[])
-            .await
+        match self
+            .submit(op, proto::CMD_READ, 0, offset, length, &[])
+            .await?
+        {
+            Answer::Data(data) => Ok(data),
+            Answer::Done | Answer::Extents(_) => Ok(Bytes::from(vec![0; length as usize])),
+        }
     }
 
     /// Writes `data` at `offset`; with `fua`, the server answers once the data is persistent.
@@ -338,6 +422,67 @@ impl Client {
         self.submit(Op::Flush, proto::CMD_FLUSH, 0, 0, 0, &[])
             .await
             .map(drop)
+    }
+
+    /// Makes `length` bytes at `offset` read as zeroes; with `no_hole` they stay allocated.
+    pub async fn write_zeroes(
+        &self,
+        offset: u64,
+        length: u32,
+        fua: bool,
+        no_hole: bool,
+    ) -> Result<(), ClientError> {
+        let op = Op::WriteZeroes {
+            offset,
+            length,
+            fua,
+            no_hole,
+        };
+        self.check_range(op, offset, length)?;
+        if !self.can_write_zeroes() {
+            return Err(ClientError::InvalidRequest {
+                op,
+                reason: "the server does not support write zeroes",
+            });
+        }
+        if fua && !self.can_fua() {
+            return Err(ClientError::InvalidRequest {
+                op,
+                reason: "the server does not support FUA",
+            });
+        }
+        let mut flags = if fua { proto::CMD_FLAG_FUA } else { 0 };
+        if no_hole {
+            flags |= proto::CMD_FLAG_NO_HOLE;
+        }
+        self.submit(op, proto::CMD_WRITE_ZEROES, flags, offset, length, &[])
+            .await
+            .map(drop)
+    }
+
+    /// The `base:allocation` status of `length` bytes at `offset`: `(length, flags)`
+    /// descriptors (`proto::STATE_HOLE`, `proto::STATE_ZERO`) from `offset` on, which may
+    /// describe fewer bytes than asked, or more.
+    pub async fn block_status(
+        &self,
+        offset: u64,
+        length: u32,
+    ) -> Result<Vec<(u32, u32)>, ClientError> {
+        let op = Op::BlockStatus { offset, length };
+        self.check_range(op, offset, length)?;
+        if !self.can_block_status() {
+            return Err(ClientError::InvalidRequest {
+                op,
+                reason: "base:allocation was not negotiated",
+            });
+        }
+        match self
+            .submit(op, proto::CMD_BLOCK_STATUS, 0, offset, length, &[])
+            .await?
+        {
+            Answer::Extents(extents) => Ok(extents),
+            Answer::Done | Answer::Data(_) => Ok(Vec::new()),
+        }
     }
 
     /// Tells the server `length` bytes at `offset` are no longer needed (a hint: they may or may
@@ -423,7 +568,7 @@ impl Client {
         offset: u64,
         length: u32,
         payload: &[u8],
-    ) -> Result<Bytes, ClientError> {
+    ) -> Result<Answer, ClientError> {
         let (reply, answer) = oneshot::channel();
         let cookie = {
             let mut state = self.shared.lock();
@@ -437,7 +582,14 @@ impl Client {
             }
             let cookie = state.next_cookie;
             state.next_cookie += 1;
-            state.pending.insert(cookie, Pending { op, reply });
+            state.pending.insert(
+                cookie,
+                Pending {
+                    op,
+                    reply,
+                    gathered: Gathered::default(),
+                },
+            );
             cookie
         };
         let mut registration = Registration {
@@ -513,7 +665,7 @@ async fn write_requests(
 }
 
 /// The reader task: matches each reply to its request by cookie until the connection ends.
-async fn read_replies(shared: Arc<Shared>, read_half: OwnedReadHalf) {
+async fn read_replies(shared: Arc<Shared>, read_half: OwnedReadHalf, structured: bool) {
     let mut socket = BufReader::with_capacity(SOCKET_BUFFER, read_half);
     let fatal = loop {
         let mut header = [0u8; proto::SIMPLE_REPLY_LEN];
@@ -529,29 +681,199 @@ async fn read_replies(shared: Arc<Shared>, read_half: OwnedReadHalf) {
             };
             break Fatal::Lost(reason);
         }
-        let (errno, cookie) = match proto::decode_simple_reply(&header) {
-            Ok(reply) => (reply.error, reply.handle),
-            Err(error) => break Fatal::Protocol(error.into()),
-        };
-        let Some(pending) = shared.lock().pending.remove(&cookie) else {
-            break Fatal::Protocol(ProtocolError::UnknownCookie(cookie));
-        };
-        let result = match (errno, pending.op) {
-            (0, Op::Read { length, .. }) => {
-                let mut data = BytesMut::zeroed(length as usize);
-                if let Err(error) = socket.read_exact(&mut data).await {
-                    let fatal =
-                        Fatal::Lost(format!("reading {length} bytes of data failed: {error}"));
-                    let _ = pending.reply.send(Err(shared.error(pending.op, &fatal)));
-                    break fatal;
-                }
-                Ok(data.freeze())
+        let outcome = match proto::decode_reply_header(&header, structured) {
+            Ok(ReplyHeader::Simple { error, handle }) => {
+                simple_reply(&shared, &mut socket, error, handle).await
             }
-            (0, _) => Ok(Bytes::new()),
-            (errno, op) => Err(ClientError::Server { op, errno }),
+            Ok(ReplyHeader::Chunk {
+                flags,
+                kind,
+                handle,
+            }) => chunk(&shared, &mut socket, flags, kind, handle).await,
+            Err(error) => Err(Fatal::Protocol(error.into())),
         };
-        // The caller may have given up (a timeout); the reply is then dropped.
-        let _ = pending.reply.send(result);
+        if let Err(fatal) = outcome {
+            break fatal;
+        }
     };
     shared.fail_all(fatal);
+}
+
+/// Takes request `cookie` out of the table, or says the reply is for no request.
+fn take_pending(shared: &Shared, cookie: u64) -> Result<Pending, Fatal> {
+    shared
+        .lock()
+        .pending
+        .remove(&cookie)
+        .ok_or(Fatal::Protocol(ProtocolError::UnknownCookie(cookie)))
+}
+
+/// A simple reply (and a good read's data), answered at once.
+async fn simple_reply(
+    shared: &Shared,
+    socket: &mut BufReader<OwnedReadHalf>,
+    errno: u32,
+    cookie: u64,
+) -> Result<(), Fatal> {
+    let pending = take_pending(shared, cookie)?;
+    let result = match (errno, pending.op) {
+        (0, Op::Read { length, .. }) => {
+            let mut data = BytesMut::zeroed(length as usize);
+            if let Err(error) = socket.read_exact(&mut data).await {
+                let fatal = Fatal::Lost(format!("reading {length} bytes of data failed: {error}"));
+                shared.fail_one(pending, &fatal);
+                return Err(fatal);
+            }
+            Ok(Answer::Data(data.freeze()))
+        }
+        (0, _) => Ok(Answer::Done),
+        (errno, op) => Err(ClientError::Server { op, errno }),
+    };
+    // The caller may have given up (a timeout); the reply is then dropped.
+    let _ = pending.reply.send(result);
+    Ok(())
+}
+
+/// One chunk of a structured reply: gathered into its request, which is answered with the chunk
+/// flagged `DONE`.
+async fn chunk(
+    shared: &Shared,
+    socket: &mut BufReader<OwnedReadHalf>,
+    flags: u16,
+    kind: u16,
+    cookie: u64,
+) -> Result<(), Fatal> {
+    let mut length = [0u8; 4];
+    socket
+        .read_exact(&mut length)
+        .await
+        .map_err(|error| Fatal::Lost(format!("reading a reply chunk failed: {error}")))?;
+    let length = proto::decode_chunk_length(&length).map_err(|e| Fatal::Protocol(e.into()))?;
+    let mut pending = take_pending(shared, cookie)?;
+    let mut payload = BytesMut::zeroed(length as usize);
+    if let Err(error) = socket.read_exact(&mut payload).await {
+        let fatal = Fatal::Lost(format!(
+            "reading a reply chunk of {length} bytes failed: {error}"
+        ));
+        shared.fail_one(pending, &fatal);
+        return Err(fatal);
+    }
+    let payload = payload.freeze();
+    let gathered = proto::decode_chunk(kind, &payload)
+        .map_err(ProtocolError::from)
+        .and_then(|decoded| gather(&mut pending, decoded, cookie, &payload));
+    if let Err(reason) = gathered {
+        let fatal = Fatal::Protocol(reason);
+        shared.fail_one(pending, &fatal);
+        return Err(fatal);
+    }
+    if flags & proto::REPLY_FLAG_DONE == 0 {
+        shared.lock().pending.insert(cookie, pending);
+        return Ok(());
+    }
+    let Pending {
+        op,
+        reply,
+        gathered,
+    } = pending;
+    let result = match (gathered.error, op) {
+        (Some(errno), op) => Err(ClientError::Server { op, errno }),
+        (None, Op::Read { length, .. }) => Ok(Answer::Data(match gathered {
+            Gathered {
+                whole: Some(data), ..
+            } => data,
+            Gathered {
+                pieces: Some(data), ..
+            } => data.freeze(),
+            _ => Bytes::from(vec![0; length as usize]),
+        })),
+        (None, Op::BlockStatus { .. }) => Ok(Answer::Extents(gathered.extents)),
+        (None, _) => Ok(Answer::Done),
+    };
+    let _ = reply.send(result);
+    Ok(())
+}
+
+/// Adds one decoded chunk to its request. `raw` is the chunk's payload (a read's data is taken
+/// from it without a copy when one chunk covers the whole request).
+fn gather(
+    pending: &mut Pending,
+    chunk: Chunk<'_>,
+    cookie: u64,
+    raw: &Bytes,
+) -> Result<(), ProtocolError> {
+    let unexpected = Err(ProtocolError::UnexpectedChunk {
+        cookie,
+        op: pending.op,
+    });
+    let gathered = &mut pending.gathered;
+    match (chunk, pending.op) {
+        (Chunk::None | Chunk::Unknown(_), _) => Ok(()),
+        (Chunk::Error { error, .. }, _) => {
+            gathered.error.get_or_insert(error);
+            Ok(())
+        }
+        (
+            Chunk::Data { offset, data },
+            Op::Read {
+                offset: start,
+                length,
+            },
+        ) => {
+            let at = within(start, length, offset, data.len(), cookie)?;
+            if at == 0 && data.len() == length as usize && gathered.pieces.is_none() {
+                gathered.whole = Some(raw.slice(8..));
+                return Ok(());
+            }
+            let pieces = pieces(gathered, length);
+            pieces[at..at + data.len()].copy_from_slice(data);
+            Ok(())
+        }
+        (
+            Chunk::Hole {
+                offset,
+                length: hole,
+            },
+            Op::Read {
+                offset: start,
+                length,
+            },
+        ) => {
+            let at = within(start, length, offset, hole as usize, cookie)?;
+            let pieces = pieces(gathered, length);
+            pieces[at..at + hole as usize].fill(0);
+            Ok(())
+        }
+        (Chunk::BlockStatus { descriptors, .. }, Op::BlockStatus { .. }) => {
+            gathered.extents.extend(descriptors);
+            Ok(())
+        }
+        _ => unexpected,
+    }
+}
+
+/// Where a chunk of `len` bytes at `offset` starts in the request's data, if it lies inside.
+fn within(
+    start: u64,
+    length: u32,
+    offset: u64,
+    len: usize,
+    cookie: u64,
+) -> Result<usize, ProtocolError> {
+    let end = offset.checked_add(len as u64);
+    match (offset.checked_sub(start), end) {
+        (Some(at), Some(end)) if end <= start + u64::from(length) => Ok(at as usize),
+        _ => Err(ProtocolError::ChunkOutOfRange { cookie, offset }),
+    }
+}
+
+/// The read's data pieced together so far (zeroes until chunks arrive).
+fn pieces(gathered: &mut Gathered, length: u32) -> &mut BytesMut {
+    gathered.pieces.get_or_insert_with(|| {
+        let mut pieces = BytesMut::zeroed(length as usize);
+        if let Some(whole) = gathered.whole.take() {
+            pieces.copy_from_slice(&whole);
+        }
+        pieces
+    })
 }

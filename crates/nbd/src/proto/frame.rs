@@ -50,6 +50,12 @@ pub enum DecodeError {
     /// A reply's magic is neither the simple nor the structured reply magic.
     #[error("bad reply magic {0:#x}")]
     BadReplyMagic(u32),
+    /// A reply chunk announces a payload longer than a client accepts.
+    #[error("a reply chunk of {0} bytes exceeds the largest payload")]
+    ChunkTooLong(u32),
+    /// A reply chunk's payload does not have the layout of its type.
+    #[error("malformed reply chunk of type {kind}: {what}")]
+    MalformedChunk { kind: u16, what: &'static str },
 }
 
 pub(super) fn need(buf: &[u8], n: usize) -> Result<(), DecodeError> {

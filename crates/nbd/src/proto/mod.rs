@@ -24,11 +24,13 @@
 //! - `values`: the protocol's values for `tandem-block`'s types (error values, extent status
 //!   flags, the advertised maximum block size) and the names of error values;
 //! - `handshake`: the greeting, client flags, options and option replies;
-//! - `transmission`: request headers and their validation, simple replies and reply chunks.
+//! - `transmission`: request headers and their validation, simple replies and reply chunks;
+//! - `reply`: what a client decodes of replies once structured replies were negotiated.
 
 mod constants;
 mod frame;
 mod handshake;
+mod reply;
 mod transmission;
 mod values;
 
@@ -40,6 +42,9 @@ pub use handshake::{
     encode_greeting, encode_option_reply, encode_rep_info, encode_rep_meta_context,
     encode_rep_server, BlockSizes, ClientFlags, ClientOption, Info, InfoItem, InfoRequest,
     MetaContextRequest, OptionError, OptionHeader, OptionReplyHeader,
+};
+pub use reply::{
+    decode_chunk, decode_chunk_length, decode_reply_header, Chunk, ReplyHeader, MAX_CHUNK_PAYLOAD,
 };
 pub use transmission::{
     block_status_descriptors, decode_request_header, decode_simple_reply, encode_block_status,

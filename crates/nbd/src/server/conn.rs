@@ -16,6 +16,8 @@ pub(super) struct Session<D> {
     pub params: TransmissionParams,
     /// Set when the export is removed.
     pub closed: watch::Receiver<bool>,
+    /// Set when the export is aborted: close at once, answering nothing more.
+    pub aborted: watch::Receiver<bool>,
 }
 
 /// Waits until `rx` holds `true`, or its sender is gone (which also means stop).

@@ -28,6 +28,16 @@ struct Export<D> {
     /// Set (then dropped) when the export is removed: its connections finish their in-flight
     /// requests and close.
     closed: watch::Sender<bool>,
+    /// Set when the export is aborted: its connections close at once, in-flight requests
+    /// unanswered.
+    aborted: watch::Sender<bool>,
+}
+
+/// What a connection opening an export takes from it.
+pub(super) struct Lookup<D> {
+    pub device: Arc<D>,
+    pub closed: watch::Receiver<bool>,
+    pub aborted: watch::Receiver<bool>,
 }
 
 /// The exports of a server, each a device and the signal that closes its connections.
@@ -51,8 +61,16 @@ impl<D: BlockDevice> Exports<D> {
             return Err(ServerError::ExportExists(name));
         }
         let (closed, _) = watch::channel(false);
+        let (aborted, _) = watch::channel(false);
         tracing::info!(export = %name, "export added");
-        exports.insert(name, Export { device, closed });
+        exports.insert(
+            name,
+            Export {
+                device,
+                closed,
+                aborted,
+            },
+        );
         Ok(())
     }
 
@@ -70,6 +88,31 @@ impl<D: BlockDevice> Exports<D> {
         })
     }
 
+    /// Removes export `name` if `remove` says its device is to go (see [`Exports::remove`]);
+    /// with `abort`, its connections close at once without answering what is in flight.
+    pub fn remove_if(
+        &self,
+        name: &str,
+        remove: impl FnOnce(&Arc<D>) -> bool,
+        abort: bool,
+    ) -> Option<Arc<D>> {
+        let removed = {
+            let mut exports = self.by_name.write().unwrap_or_else(PoisonError::into_inner);
+            match exports.get(name) {
+                Some(export) if remove(&export.device) => exports.remove(name),
+                _ => None,
+            }
+        };
+        removed.map(|export| {
+            tracing::info!(export = %name, abort, "export removed");
+            if abort {
+                export.aborted.send_replace(true);
+            }
+            export.closed.send_replace(true);
+            export.device
+        })
+    }
+
     /// The device served as `name`.
     pub fn device(&self, name: &str) -> Option<Arc<D>> {
         let exports = self.by_name.read().unwrap_or_else(PoisonError::into_inner);
@@ -82,12 +125,14 @@ impl<D: BlockDevice> Exports<D> {
         exports.keys().cloned().collect()
     }
 
-    /// The device and close signal of export `name`.
-    pub fn lookup(&self, name: &str) -> Option<(Arc<D>, watch::Receiver<bool>)> {
+    /// The device and the close and abort signals of export `name`.
+    pub fn lookup(&self, name: &str) -> Option<Lookup<D>> {
         let exports = self.by_name.read().unwrap_or_else(PoisonError::into_inner);
-        exports
-            .get(name)
-            .map(|e| (Arc::clone(&e.device), e.closed.subscribe()))
+        exports.get(name).map(|e| Lookup {
+            device: Arc::clone(&e.device),
+            closed: e.closed.subscribe(),
+            aborted: e.aborted.subscribe(),
+        })
     }
 
     /// Every export, sorted by name.

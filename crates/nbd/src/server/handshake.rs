@@ -7,7 +7,7 @@ use tandem_block::{BlockDevice, ExportInfo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::conn::{ConnError, Session, Violation};
-use super::exports::Exports;
+use super::exports::{Exports, Lookup};
 use crate::proto::{self, ClientOption, Info, InfoRequest, MetaContextRequest, TransmissionParams};
 
 /// How a handshake ended without an error.
@@ -110,7 +110,12 @@ fn handle_option<D: BlockDevice>(
     };
     match option {
         ClientOption::ExportName(name) => {
-            let Some((device, closed)) = exports.lookup(&name) else {
+            let Some(Lookup {
+                device,
+                closed,
+                aborted,
+            }) = exports.lookup(&name)
+            else {
                 return Err(Violation::UnknownExport(name).into());
             };
             let info = device.info();
@@ -127,6 +132,7 @@ fn handle_option<D: BlockDevice>(
                 device,
                 params,
                 closed,
+                aborted,
             })));
         }
         ClientOption::Abort => {
@@ -157,7 +163,7 @@ fn handle_option<D: BlockDevice>(
                 );
                 return Ok(None);
             }
-            let Some((device, _)) = exports.lookup(&req.export) else {
+            let Some(Lookup { device, .. }) = exports.lookup(&req.export) else {
                 error(out, proto::REP_ERR_UNKNOWN, "unknown export");
                 return Ok(None);
             };
@@ -197,7 +203,7 @@ fn set_meta_context<D: BlockDevice>(
     out: &mut BytesMut,
 ) {
     let code = proto::OPT_SET_META_CONTEXT;
-    let Some((device, _)) = exports.lookup(&req.export) else {
+    let Some(Lookup { device, .. }) = exports.lookup(&req.export) else {
         proto::encode_option_reply(out, code, proto::REP_ERR_UNKNOWN, b"unknown export");
         return;
     };
@@ -223,7 +229,12 @@ fn info_or_go<D: BlockDevice>(
     out: &mut BytesMut,
 ) -> Result<Option<Outcome<D>>, ConnError> {
     let code = if go { proto::OPT_GO } else { proto::OPT_INFO };
-    let Some((device, closed)) = exports.lookup(&req.name) else {
+    let Some(Lookup {
+        device,
+        closed,
+        aborted,
+    }) = exports.lookup(&req.name)
+    else {
         proto::encode_option_reply(out, code, proto::REP_ERR_UNKNOWN, b"unknown export");
         return Ok(None);
     };
@@ -266,6 +277,7 @@ fn info_or_go<D: BlockDevice>(
         device,
         params,
         closed,
+        aborted,
     };
     Ok(Some(Outcome::Transmission(session)))
 }

@@ -73,6 +73,30 @@ impl<D: BlockDevice> Server<D> {
         self.exports.remove(name)
     }
 
+    /// Removes export `name` only if `remove` says so of its device (its connections close as
+    /// with [`Server::remove_export`]): lets two owners share a server without removing each
+    /// other's exports.
+    pub fn remove_export_if(
+        &self,
+        name: &str,
+        remove: impl FnOnce(&Arc<D>) -> bool,
+    ) -> Option<Arc<D>> {
+        self.exports.remove_if(name, remove, false)
+    }
+
+    /// Like [`Server::remove_export_if`], but the export's connections close at once, leaving
+    /// the requests in flight unanswered: for a device that can no longer answer them (a
+    /// forwarded export whose upstream is gone). A client that reconnects (qemu's NBD driver
+    /// with `reconnect-delay`) sends them again, instead of passing an error to its
+    /// application.
+    pub fn abort_export_if(
+        &self,
+        name: &str,
+        remove: impl FnOnce(&Arc<D>) -> bool,
+    ) -> Option<Arc<D>> {
+        self.exports.remove_if(name, remove, true)
+    }
+
     /// Connections currently open (in the handshake or the transmission phase).
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::SeqCst)

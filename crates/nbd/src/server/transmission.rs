@@ -161,8 +161,9 @@ pub(super) async fn run<D: BlockDevice>(
 ) -> Result<Summary, ConnError> {
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel();
+    let mut aborted = session.aborted.clone();
     let writer = tokio::spawn(write_loop(wr, rx, config.reply_timeout));
-    let read_result = read_loop(
+    let reading = read_loop(
         Reader {
             rd,
             buf: BytesMut::new(),
@@ -171,8 +172,19 @@ pub(super) async fn run<D: BlockDevice>(
         tx,
         stop,
         config,
-    )
-    .await;
+    );
+    // An aborted export closes the connection at once: the requests in flight are dropped
+    // unanswered (a reconnecting client sends them again), the socket closes with the writer.
+    let read_result = tokio::select! {
+        result = reading => result,
+        _ = wait_set(&mut aborted) => {
+            writer.abort();
+            return Ok(Summary {
+                reason: "export aborted: requests in flight left unanswered",
+                requests: 0,
+            });
+        }
+    };
     let write_result = match writer.await {
         Ok(result) => result,
         Err(_) => Err(ConnError::TaskPanicked),

@@ -5,7 +5,9 @@
 use std::net::SocketAddr;
 
 use tandem_core::{ReplicaId, ResyncProgress};
-use tandem_objects::{ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME, ANNOTATION_TARGET_GENERATION};
+use tandem_objects::{
+    ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME, ANNOTATION_ENDPOINT_NODE, ANNOTATION_TARGET_GENERATION,
+};
 
 use super::*;
 use crate::fixtures::{config, cvr, known, on_node, target, volume, with_incarnation};
@@ -25,6 +27,7 @@ fn view(volumes: Vec<CStorVolume>, replicas: Vec<CStorVolumeReplica>) -> View {
             ("n2".to_string(), address(7002)),
         ]
         .into(),
+        target_addresses: BTreeMap::new(),
     }
 }
 
@@ -338,4 +341,63 @@ fn given_rebuild_progress_alone_when_its_interval_has_not_passed_then_write_noth
     let due = check_publish(&written, &replicas, &status, &measured(true, false));
     assert_eq!(due.replicas.len(), 1);
     assert!(due.volume.is_some());
+}
+
+// The endpoint.
+
+#[test]
+fn given_a_volume_without_an_endpoint_node_when_a_target_starts_then_record_its_node_once() {
+    let new = volume("pvc-1", "n1", 0, 2);
+    let view = view(vec![new.clone()], vec![replica(1), replica(2)]);
+    let plan = plan_start(&new, &view).unwrap();
+    assert_eq!(
+        plan.updated.metadata.annotation(ANNOTATION_ENDPOINT_NODE),
+        Some("n1")
+    );
+    // A later target elsewhere keeps the first one's node.
+    let mut moved = known(volume("pvc-1", "n2", 1, 2), &[(1, 1001), (2, 1002)]);
+    moved
+        .metadata
+        .annotations
+        .insert(ANNOTATION_ENDPOINT_NODE.to_string(), "n1".to_string());
+    let view = super::View {
+        volumes: vec![moved.clone()],
+        ..view
+    };
+    let plan = plan_start(&moved, &view).unwrap();
+    assert_eq!(
+        plan.updated.metadata.annotation(ANNOTATION_ENDPOINT_NODE),
+        Some("n1")
+    );
+}
+
+fn check_routes(node: &str, volumes: &[CStorVolume], expected: &[(&str, u16)]) {
+    let target_addresses = [
+        ("n1".to_string(), address(8001)),
+        ("n2".to_string(), address(8002)),
+    ]
+    .into();
+    let expected: Routes = expected
+        .iter()
+        .map(|(volume, port)| (volume.to_string(), address(*port)))
+        .collect();
+    assert_eq!(plan_routes(node, volumes, &target_addresses), expected);
+}
+
+#[test]
+fn given_volumes_on_several_nodes_when_routing_then_forward_only_those_whose_target_is_elsewhere_and_known(
+) {
+    let mut unplaced = volume("pvc-4", "n1", 0, 1);
+    unplaced.metadata.annotations.clear();
+    let volumes = [
+        volume("pvc-1", "n1", 1, 1),
+        volume("pvc-2", "n2", 1, 1),
+        // n3 never reported where it serves its targets (gone, or an older agent).
+        volume("pvc-3", "n3", 1, 1),
+        unplaced,
+    ];
+    check_routes("n1", &volumes, &[("pvc-2", 8002)]);
+    check_routes("n2", &volumes, &[("pvc-1", 8001)]);
+    check_routes("n3", &volumes, &[("pvc-1", 8001), ("pvc-2", 8002)]);
+    check_routes("n1", &[], &[]);
 }
