@@ -3,8 +3,9 @@
 # On a loopback cluster (`tandem up`, default lease timing), a 3-replica volume is written once;
 # then, KILLS times: wait until the volume is Healthy, kill -9 the agent of the node hosting its
 # target, and measure the time from the kill to the first successful read (qemu-io, checking the
-# pattern) through the address `tandem volume uri` reports; then bring the node back (`tandem
-# up`) for the next round. Prints min / median / p90 / max.
+# pattern) through a surviving node's endpoint (`tandem volume uri --node`, the same address for
+# the whole round: that node forwards to wherever the target runs); then bring the node back
+# (`tandem up`) for the next round. Prints min / median / p90 / max.
 #
 # Usage: bench/failover.sh [KILLS]     (default 20; 1 to 200)
 #
@@ -85,9 +86,9 @@ tandem volume create "$VOLUME" --size 64Mi --replicas 3 >/dev/null
 URI=$(tandem volume uri "$VOLUME" -n openebs)
 qemu-io -f raw -c "write -P 0x5a 0 16M" -c flush "$URI" >/dev/null || die "the first write failed"
 
+# A successful read through `$1`.
 read_ok() {
-    local uri
-    uri=$(tandem volume uri "$VOLUME" -n openebs --timeout 1s 2>/dev/null) || return 1
+    local uri=$1
     local out
     out=$(qemu-io -f raw -c "read -P 0x5a 0 1M" "$uri" 2>&1) || return 1
     if grep -q "Pattern verification failed" <<<"$out"; then
@@ -103,17 +104,20 @@ for round in $(seq 1 "$KILLS"); do
     wait_until '[ "$(cv_json | jq -r .status.phase)" = Healthy ]' "the volume to be Healthy before round $round"
     node=$(cv_json | jq -r '.metadata.annotations["tandem.io/target-node"]')
     pid=$(cat "$TANDEM_DATA_DIR/nodes/$node/agent.pid")
+    survivor=node1
+    [ "$node" != node1 ] || survivor=node2
+    uri=$(tandem volume uri "$VOLUME" -n openebs --node "$survivor")
     killed=$(now)
     kill -9 "$pid"
     deadline=$(($(date +%s) + ROUND_SECONDS))
-    until read_ok; do
+    until read_ok "$uri"; do
         [ "$(date +%s)" -lt "$deadline" ] || die "round $round: no successful read ${ROUND_SECONDS}s after the kill"
         sleep 0.02
     done
     served=$(now)
     pause=$(python3 -c "print(f'{$served - $killed:.3f}')")
     moved=$(cv_json | jq -r '.metadata.annotations["tandem.io/target-node"]')
-    log "round $round: killed $node's agent; $moved serves; I/O paused ${pause}s"
+    log "round $round: killed $node's agent; $moved serves; I/O through $survivor paused ${pause}s"
     PAUSES+=("$pause")
     # The dead node returns (its replica resyncs) for the next round.
     while kill -0 "$pid" 2>/dev/null; do sleep 0.02; done

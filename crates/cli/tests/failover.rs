@@ -20,13 +20,14 @@ const FAILOVER_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Runs qemu-io `commands` against `uri`: `Ok` with its output if it connected and every
 /// command succeeded, `Err` with its output otherwise. A failed pattern check fails the test.
+/// Bounded: an endpoint on a paused node accepts connections and never answers.
 fn try_qemu_io(uri: &str, commands: &[&str]) -> Result<String, String> {
-    let mut args = vec!["-f", "raw"];
+    let mut args = vec!["--kill-after=5", "30", "qemu-io", "-f", "raw"];
     for command in commands {
         args.extend(["-c", command]);
     }
     args.push(uri);
-    let output = Command::new("qemu-io")
+    let output = Command::new("timeout")
         .args(&args)
         .output()
         .unwrap_or_else(|error| panic!("qemu-io is not installed ({error}); .ci/run installs it"));
@@ -47,12 +48,33 @@ fn qemu_io(uri: &str, commands: &[&str]) -> String {
     try_qemu_io(uri, commands).unwrap_or_else(|text| panic!("qemu-io {commands:?}: {text}"))
 }
 
-/// Asks `tandem volume uri` for the volume's address and runs `commands` there until they
-/// succeed (the client retrying, as qemu's reconnect-delay does); returns when they did.
+/// The endpoint of the node the volume's target runs on now (`tandem volume uri --node`): the
+/// default endpoint may be the node these tests kill.
+fn target_uri(cluster: &Cluster, volume: &str) -> String {
+    let node = cluster.target_node(volume);
+    cluster
+        .ok(&["volume", "uri", volume, "-n", "openebs", "--node", &node])
+        .trim()
+        .to_string()
+}
+
+/// Asks `tandem volume uri --node` for the address of the endpoint on the node the volume's
+/// target runs on now, and runs `commands` there until they succeed (the client retrying, as qemu's reconnect-delay does); returns when they did.
 fn until_served(cluster: &Cluster, volume: &str, commands: &[&str], what: &str) -> Instant {
     let deadline = Instant::now() + FAILOVER_DEADLINE;
     loop {
-        let output = cluster.run(&["volume", "uri", volume, "-n", "openebs", "--timeout", "2s"]);
+        let node = cluster.target_node(volume);
+        let output = cluster.run(&[
+            "volume",
+            "uri",
+            volume,
+            "-n",
+            "openebs",
+            "--node",
+            &node,
+            "--timeout",
+            "2s",
+        ]);
         let uri = String::from_utf8_lossy(&output.stdout).trim().to_string();
         let last = if output.status.success() {
             match try_qemu_io(&uri, commands) {
@@ -131,7 +153,7 @@ fn killing_the_target_nodes_agent_moves_the_target_and_the_node_resyncs_when_it_
         "--replicas",
         "3",
     ]);
-    let uri = cluster.uri("vol-f");
+    let uri = target_uri(&cluster, "vol-f");
     let mut first = writes(0..16);
     first.push("flush".to_string());
     qemu_io(&uri, &refs(&first));
@@ -181,7 +203,7 @@ fn killing_the_target_nodes_agent_moves_the_target_and_the_node_resyncs_when_it_
         "the failover annotation is gone once it is done"
     );
     // Everything reads back through the new address, and more can be written.
-    let uri = cluster.uri("vol-f");
+    let uri = target_uri(&cluster, "vol-f");
     let mut more = writes(16..24);
     more.push("flush".to_string());
     qemu_io(&uri, &refs(&more));
@@ -213,7 +235,7 @@ fn killing_the_target_nodes_agent_moves_the_target_and_the_node_resyncs_when_it_
     );
     assert_eq!(cluster.target_node("vol-f"), moved_to);
     assert_eq!(cluster.target_generation("vol-f"), generation_after);
-    qemu_io(&cluster.uri("vol-f"), &refs(&reads(0..24)));
+    qemu_io(&target_uri(&cluster, "vol-f"), &refs(&reads(0..24)));
 }
 
 #[test]
@@ -228,7 +250,7 @@ fn a_dead_node_is_replaced_by_adding_a_pool_then_removing_its_pool() {
         "--replicas",
         "3",
     ]);
-    let uri = cluster.uri("vol-r");
+    let uri = target_uri(&cluster, "vol-r");
     let mut first = writes(0..16);
     first.push("flush".to_string());
     qemu_io(&uri, &refs(&first));
@@ -248,7 +270,7 @@ fn a_dead_node_is_replaced_by_adding_a_pool_then_removing_its_pool() {
         "16Mi",
         &[cluster.pool_on(&target), dead_pool.clone()],
     );
-    cluster.uri("vol-two");
+    target_uri(&cluster, "vol-two");
 
     cluster.kill_9(&format!("nodes/{dead}/agent.pid"));
     cluster.wait_for(
@@ -316,7 +338,7 @@ fn a_dead_node_is_replaced_by_adding_a_pool_then_removing_its_pool() {
         &["get", "cv", "vol-r", "-n", "openebs"],
         |out| out.contains("Healthy"),
     );
-    qemu_io(&cluster.uri("vol-r"), &refs(&reads(0..16)));
+    qemu_io(&target_uri(&cluster, "vol-r"), &refs(&reads(0..16)));
 
     // When the dead node comes back after all, the removed replica's storage is destroyed.
     cluster.ok(&["up", "--nodes", "4"]);
@@ -349,7 +371,7 @@ fn a_control_plane_restarted_during_a_failover_finishes_it() {
         "--replicas",
         "3",
     ]);
-    let uri = cluster.uri("vol-c");
+    let uri = target_uri(&cluster, "vol-c");
     let mut first = writes(0..8);
     first.push("flush".to_string());
     qemu_io(&uri, &refs(&first));
@@ -377,8 +399,8 @@ fn a_control_plane_restarted_during_a_failover_finishes_it() {
     );
     let mut more = writes(8..12);
     more.push("flush".to_string());
-    qemu_io(&cluster.uri("vol-c"), &refs(&more));
-    qemu_io(&cluster.uri("vol-c"), &refs(&reads(0..12)));
+    qemu_io(&target_uri(&cluster, "vol-c"), &refs(&more));
+    qemu_io(&target_uri(&cluster, "vol-c"), &refs(&reads(0..12)));
 }
 
 #[test]
@@ -394,7 +416,7 @@ fn two_failovers_in_a_row_work_while_cf_replicas_survive() {
         "--replicas",
         "5",
     ]);
-    let uri = cluster.uri("vol-d");
+    let uri = target_uri(&cluster, "vol-d");
     let mut first = writes(0..8);
     first.push("flush".to_string());
     qemu_io(&uri, &refs(&first));
@@ -410,7 +432,7 @@ fn two_failovers_in_a_row_work_while_cf_replicas_survive() {
     let second_dead = wait_moved_off(&cluster, "vol-d", &first_dead);
     let mut more = writes(8..12);
     more.push("flush".to_string());
-    qemu_io(&cluster.uri("vol-d"), &refs(&more));
+    qemu_io(&target_uri(&cluster, "vol-d"), &refs(&more));
 
     // The new target's node dies too.
     cluster.kill_9(&format!("nodes/{second_dead}/agent.pid"));
@@ -424,8 +446,8 @@ fn two_failovers_in_a_row_work_while_cf_replicas_survive() {
     assert_ne!(third, first_dead);
     let mut last = writes(12..16);
     last.push("flush".to_string());
-    qemu_io(&cluster.uri("vol-d"), &refs(&last));
-    qemu_io(&cluster.uri("vol-d"), &refs(&reads(0..16)));
+    qemu_io(&target_uri(&cluster, "vol-d"), &refs(&last));
+    qemu_io(&target_uri(&cluster, "vol-d"), &refs(&reads(0..16)));
     let events = failover_events(&cluster, "vol-d");
     for (from, to) in [(&first_dead, &second_dead), (&second_dead, &third)] {
         assert!(
@@ -461,7 +483,7 @@ fn an_agent_paused_past_its_lease_loses_its_target_and_does_not_take_it_back_whe
         "--replicas",
         "3",
     ]);
-    let uri = cluster.uri("vol-s");
+    let uri = target_uri(&cluster, "vol-s");
     let mut first = writes(0..8);
     first.push("flush".to_string());
     qemu_io(&uri, &refs(&first));
@@ -490,6 +512,6 @@ fn an_agent_paused_past_its_lease_loses_its_target_and_does_not_take_it_back_whe
     assert_eq!(cluster.target_generation("vol-s"), generation);
     let mut more = writes(8..12);
     more.push("flush".to_string());
-    qemu_io(&cluster.uri("vol-s"), &refs(&more));
-    qemu_io(&cluster.uri("vol-s"), &refs(&reads(0..12)));
+    qemu_io(&target_uri(&cluster, "vol-s"), &refs(&more));
+    qemu_io(&target_uri(&cluster, "vol-s"), &refs(&reads(0..12)));
 }
