@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -17,32 +16,6 @@ use serde_json::Value;
 /// How long a test waits for a failover before calling it failed (the goal is 5 s; this
 /// machine is shared with builds).
 const FAILOVER_DEADLINE: Duration = Duration::from_secs(30);
-
-/// Runs qemu-io `commands` against `uri`: `Ok` with its output if it connected and every
-/// command succeeded, `Err` with its output otherwise. A failed pattern check fails the test.
-/// Bounded: an endpoint on a paused node accepts connections and never answers.
-fn try_qemu_io(uri: &str, commands: &[&str]) -> Result<String, String> {
-    let mut args = vec!["--kill-after=5", "30", "qemu-io", "-f", "raw"];
-    for command in commands {
-        args.extend(["-c", command]);
-    }
-    args.push(uri);
-    let output = Command::new("timeout")
-        .args(&args)
-        .output()
-        .unwrap_or_else(|error| panic!("qemu-io is not installed ({error}); .ci/run installs it"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(!text.contains("Pattern verification failed"), "{text}");
-    if output.status.success() && !text.to_lowercase().contains("error") {
-        Ok(text)
-    } else {
-        Err(text)
-    }
-}
 
 fn qemu_io(uri: &str, commands: &[&str]) -> String {
     try_qemu_io(uri, commands).unwrap_or_else(|text| panic!("qemu-io {commands:?}: {text}"))
@@ -463,12 +436,7 @@ fn two_failovers_in_a_row_work_while_cf_replicas_survive() {
 
 /// Sends `signal` (STOP, CONT) to node `node`'s agent.
 fn signal_agent(cluster: &Cluster, node: &str, signal: &str) {
-    let pid = cluster.pid(&format!("nodes/{node}/agent.pid"));
-    let status = Command::new("kill")
-        .args([&format!("-{signal}"), &pid])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill -{signal} {pid}");
+    common::signal(signal, &cluster.pid(&format!("nodes/{node}/agent.pid")));
 }
 
 #[test]

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -32,39 +31,6 @@ impl Drop for Paused {
     }
 }
 
-fn signal(name: &str, pid: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), pid])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill -{name} {pid}");
-}
-
-/// qemu-io commands; the text it printed, and whether every one succeeded (qemu-io's exit status
-/// does not say when a pattern check fails). Bounded: an endpoint on a paused node accepts
-/// connections and never answers.
-fn qemu_io(uri: &str, commands: &[&str]) -> (bool, String) {
-    let mut args = vec!["--kill-after=5", "30", "qemu-io", "-f", "raw"];
-    for command in commands {
-        args.extend(["-c", command]);
-    }
-    args.push(uri);
-    let output = Command::new("timeout")
-        .args(&args)
-        .output()
-        .expect("qemu-io is installed (.ci/run installs it)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let ok = output.status.success()
-        && !text.contains("Pattern verification failed")
-        && !text.to_lowercase().contains("error")
-        && !text.contains("can't open");
-    (ok, text)
-}
-
 /// Runs qemu-io commands through the endpoint of the node the target runs on now, until they
 /// all succeed (the volume is failing over meanwhile).
 fn qemu_io_eventually(cluster: &Cluster, volume: &str, commands: &[&str]) {
@@ -75,10 +41,9 @@ fn qemu_io_eventually(cluster: &Cluster, volume: &str, commands: &[&str]) {
             .ok(&["volume", "uri", volume, "-n", "openebs", "--node", &node])
             .trim()
             .to_string();
-        let (ok, text) = qemu_io(&uri, commands);
-        if ok {
+        let Err(text) = try_qemu_io(&uri, commands) else {
             return;
-        }
+        };
         assert!(
             Instant::now() < deadline,
             "{commands:?} on {uri} never succeeded:\n{text}"
@@ -100,8 +65,9 @@ fn a_paused_target_wakes_up_fenced_and_serves_nothing_stale() {
         "3",
     ]);
     let uri = cluster.uri("vol-p");
-    let (ok, text) = qemu_io(&uri, &["write -P 0xaa 0 1M"]);
-    assert!(ok, "{text}");
+    if let Err(text) = try_qemu_io(&uri, &["write -P 0xaa 0 1M"]) {
+        panic!("{text}");
+    }
     let old_node = cluster.target_node("vol-p");
 
     // A client connected to the old target, which it keeps across the pause.

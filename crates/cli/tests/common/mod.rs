@@ -681,3 +681,44 @@ impl Cluster {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Signals and bounded clients (tests/failover.rs, fencing.rs, nemesis.rs)
+
+/// Sends signal NAME (`STOP`, `CONT`, `TERM`) to process PID, which must exist.
+pub fn signal(name: &str, pid: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), pid])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// Runs qemu-io `commands` against `uri`: `Ok` with its output if it connected and every
+/// command succeeded, `Err` with its output otherwise. A failed pattern check fails the test.
+/// Bounded: an endpoint on a paused node accepts connections and never answers.
+pub fn try_qemu_io(uri: &str, commands: &[&str]) -> Result<String, String> {
+    let mut args = vec!["--kill-after=5", "30", "qemu-io", "-f", "raw"];
+    for command in commands {
+        args.extend(["-c", command]);
+    }
+    args.push(uri);
+    let output = Command::new("timeout")
+        .args(&args)
+        .output()
+        .unwrap_or_else(|error| panic!("qemu-io is not installed ({error}); .ci/run installs it"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!text.contains("Pattern verification failed"), "{text}");
+    if output.status.success()
+        && !text.to_lowercase().contains("error")
+        && !text.contains("can't open")
+    {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}

@@ -174,13 +174,7 @@ impl Target {
             .map(|(replica, _)| *replica)
             .collect();
         for replica in idle {
-            let request = self.request_id();
-            self.send(
-                replica,
-                Message::Ping { request },
-                Some(Awaited::Request(request)),
-                out,
-            );
+            self.ping(replica, out);
         }
     }
 

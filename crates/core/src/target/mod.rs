@@ -344,6 +344,17 @@ impl Target {
         }
     }
 
+    /// Asks a connected replica for a sign of life (an idle probe, or renewing the read lease).
+    fn ping(&mut self, replica: ReplicaId, out: &mut Vec<TargetOutput>) {
+        let request = self.request_id();
+        self.send(
+            replica,
+            Message::Ping { request },
+            Some(Awaited::Request(request)),
+            out,
+        );
+    }
+
     fn hello(&mut self, replica: ReplicaId, out: &mut Vec<TargetOutput>) {
         self.session_counter += 1;
         let session = SessionId::new(self.generation, self.session_counter);
@@ -557,15 +568,7 @@ impl Target {
                     self.hello(replica, out)
                 }
                 Some(Due::TimedOut) => self.eject(replica, EjectReason::Timeout, out),
-                Some(Due::Probe) => {
-                    let request = self.request_id();
-                    self.send(
-                        replica,
-                        Message::Ping { request },
-                        Some(Awaited::Request(request)),
-                        out,
-                    );
-                }
+                Some(Due::Probe) => self.ping(replica, out),
                 // Recovery is stuck on this answer: ask again, the replica may have moved on (or
                 // accepted a newer target, which fences this one).
                 Some(Due::AskAgain) => self.hello(replica, out),
