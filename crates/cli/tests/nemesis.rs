@@ -2,7 +2,8 @@
 //! the demo's: known content, FUA writes, flushes, read-back checks, reconnecting through every
 //! node's endpoint) runs while faults picked at random from a seed hit real processes: kill -9
 //! of an agent, SIGSTOP and SIGCONT, a node's link down and up, a one-way drop (nft inside a
-//! namespace), a kill -9 and restart of the control plane, and a replica migration. One fault at
+//! namespace), random packet loss on a node's link (nft `numgen random`: there is no netem for
+//! delay), a kill -9 and restart of the control plane, and a replica migration. One fault at
 //! a time, each healed before the next, the volume Healthy in between: a volume of three
 //! replicas survives any one. It prints what it injected, the failovers and the longest I/O
 //! pause, and fails on any lost or wrong block.
@@ -31,15 +32,17 @@ enum Fault {
     PauseAgent,
     CutLink,
     DropOneWay,
+    LoseTraffic,
     RestartControlPlane,
     Migrate,
 }
 
-const FAULTS: [Fault; 6] = [
+const FAULTS: [Fault; 7] = [
     Fault::KillAgent,
     Fault::PauseAgent,
     Fault::CutLink,
     Fault::DropOneWay,
+    Fault::LoseTraffic,
     Fault::RestartControlPlane,
     Fault::Migrate,
 ];
@@ -136,17 +139,25 @@ fn migrate(cluster: &Cluster, from: &str, to: &str) {
     });
 }
 
+/// Waits until the volume is Healthy and every pool ONLINE again: the next fault hits a whole
+/// cluster (a migration needs its new pool ONLINE).
 fn wait_healthy(cluster: &Cluster, after: &str) {
     let deadline = Instant::now() + HEAL_TIMEOUT;
     loop {
         let output = cluster.run(&["get", "cv", VOLUME, "-n", "openebs", "-o", "json"]);
         let cv: Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
-        if cv["status"]["phase"] == "Healthy" {
+        let output = cluster.run(&["get", "cspi", "-n", "openebs", "-o", "json"]);
+        let pools: Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        let pools = items(&pools);
+        let online =
+            pools.len() == NODES && pools.iter().all(|pool| pool["status"]["phase"] == "ONLINE");
+        if cv["status"]["phase"] == "Healthy" && online {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "the volume was not Healthy {HEAL_TIMEOUT:?} after {after}: {}",
+            "the volume was not Healthy with every pool ONLINE {HEAL_TIMEOUT:?} after {after}: \
+             {}",
             cv["status"]
         );
         std::thread::sleep(Duration::from_millis(250));
@@ -184,7 +195,12 @@ fn nemesis_on_real_processes_loses_no_acknowledged_write() {
     for _ in 0..faults {
         let target = cluster.target_node(VOLUME);
         let fault = FAULTS[rng.gen_range(0..FAULTS.len())];
-        let node = nodes[rng.gen_range(0..nodes.len())].clone();
+        // Half the faults hit the node running the target: those make failovers.
+        let node = if rng.gen_bool(0.5) {
+            target.clone()
+        } else {
+            nodes[rng.gen_range(0..nodes.len())].clone()
+        };
         let hold = Duration::from_millis(rng.gen_range(1_000..4_000));
         let started = Instant::now();
         let what = match fault {
@@ -214,6 +230,13 @@ fn nemesis_on_real_processes_loses_no_acknowledged_write() {
                 std::thread::sleep(hold);
                 cluster.heal_drops(&node);
                 format!("{node} dropping everything from {from} for {hold:?}")
+            }
+            Fault::LoseTraffic => {
+                let percent = rng.gen_range(5..40);
+                cluster.lose_packets(&node, percent);
+                std::thread::sleep(hold);
+                cluster.heal_drops(&node);
+                format!("{node} losing {percent}% of what it receives for {hold:?}")
             }
             Fault::RestartControlPlane => {
                 cluster.kill_9("control-plane/control-plane.pid");

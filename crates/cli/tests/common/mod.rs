@@ -532,12 +532,25 @@ impl Cluster {
     /// Node NODE drops every packet from node FROM (a one-way partition: NODE still sends to
     /// FROM), with an nft rule inside NODE's namespace.
     pub fn drop_from(&self, node: &str, from: &str) {
-        let namespace = format!("{}-{node}", self.netns_or_panic());
         let source = self.node_address(from);
+        self.nft_input_rule(node, &format!("ip saddr {source} drop"));
+    }
+
+    /// Node NODE loses `percent` % of the packets it receives, at random (a lossy link: TCP
+    /// retransmits, so its traffic slows and stalls rather than fails). There is no netem in
+    /// this kernel; nft's `numgen random` does the loss. Healed by [`Cluster::heal_drops`].
+    pub fn lose_packets(&self, node: &str, percent: u32) {
+        assert!(percent <= 100, "a percentage");
+        self.nft_input_rule(node, &format!("numgen random mod 100 < {percent} drop"));
+    }
+
+    /// Adds `rule` to the input chain of node NODE's test table (created if missing).
+    fn nft_input_rule(&self, node: &str, rule: &str) {
+        let namespace = format!("{}-{node}", self.netns_or_panic());
         let script = format!(
             "add table inet tandem-test\n\
              add chain inet tandem-test input {{ type filter hook input priority 0; }}\n\
-             add rule inet tandem-test input ip saddr {source} drop\n"
+             add rule inet tandem-test input {rule}\n"
         );
         let mut nft = Command::new("ip")
             .args(["netns", "exec", &namespace, "nft", "-f", "-"])
