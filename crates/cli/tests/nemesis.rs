@@ -2,8 +2,9 @@
 //! the demo's: known content, FUA writes, flushes, read-back checks, reconnecting through every
 //! node's endpoint) runs while faults picked at random from a seed hit real processes: kill -9
 //! of an agent, SIGSTOP and SIGCONT, a node's link down and up, a one-way drop (nft inside a
-//! namespace), random packet loss on a node's link (nft `numgen random`: there is no netem for
-//! delay), a kill -9 and restart of the control plane, and a replica migration. One fault at
+//! namespace), random packet loss on a node's link (nft `numgen random`) and a slow, congested
+//! link (a tbf qdisc: there is no netem here for a fixed delay), a kill -9 and restart of the
+//! control plane, and a replica migration. One fault at
 //! a time, each healed before the next, the volume Healthy in between: a volume of three
 //! replicas survives any one. It prints what it injected, the failovers and the longest I/O
 //! pause, and fails on any lost or wrong block.
@@ -33,16 +34,18 @@ enum Fault {
     CutLink,
     DropOneWay,
     LoseTraffic,
+    SlowLink,
     RestartControlPlane,
     Migrate,
 }
 
-const FAULTS: [Fault; 7] = [
+const FAULTS: [Fault; 8] = [
     Fault::KillAgent,
     Fault::PauseAgent,
     Fault::CutLink,
     Fault::DropOneWay,
     Fault::LoseTraffic,
+    Fault::SlowLink,
     Fault::RestartControlPlane,
     Fault::Migrate,
 ];
@@ -237,6 +240,13 @@ fn nemesis_on_real_processes_loses_no_acknowledged_write() {
                 std::thread::sleep(hold);
                 cluster.heal_drops(&node);
                 format!("{node} losing {percent}% of what it receives for {hold:?}")
+            }
+            Fault::SlowLink => {
+                let mbit = rng.gen_range(5..100);
+                cluster.slow_link(&node, mbit);
+                std::thread::sleep(hold);
+                cluster.heal_slow_link(&node);
+                format!("{node}'s link slowed to {mbit} Mbit/s for {hold:?}")
             }
             Fault::RestartControlPlane => {
                 cluster.kill_9("control-plane/control-plane.pid");

@@ -544,6 +544,26 @@ impl Cluster {
         self.nft_input_rule(node, &format!("numgen random mod 100 < {percent} drop"));
     }
 
+    /// Node NODE's link gets slow: what it sends is held to `mbit` Mbit/s and queues up to
+    /// 300 ms (a tbf qdisc on its interface: congestion, with the delay it brings; there is no
+    /// netem here for a fixed delay). Healed by [`Cluster::heal_slow_link`].
+    pub fn slow_link(&self, node: &str, mbit: u32) {
+        let namespace = format!("{}-{node}", self.netns_or_panic());
+        let rate = format!("{mbit}mbit");
+        self.ip(&[
+            "netns", "exec", &namespace, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf",
+            "rate", &rate, "burst", "32kbit", "latency", "300ms",
+        ]);
+    }
+
+    /// Undoes [`Cluster::slow_link`].
+    pub fn heal_slow_link(&self, node: &str) {
+        let namespace = format!("{}-{node}", self.netns_or_panic());
+        self.ip(&[
+            "netns", "exec", &namespace, "tc", "qdisc", "del", "dev", "eth0", "root",
+        ]);
+    }
+
     /// Adds `rule` to the input chain of node NODE's test table (created if missing).
     fn nft_input_rule(&self, node: &str, rule: &str) {
         let namespace = format!("{}-{node}", self.netns_or_panic());
