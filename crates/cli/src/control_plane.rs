@@ -82,6 +82,16 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
             .context("read the listening address")?;
         // Scripts read this line to find the API; the CLI reads the address file.
         println!("control plane listening on http://{address}");
+        // Where processes on this host reach it over TCP: listening on every interface, on
+        // loopback.
+        let mut local = address;
+        if address.ip().is_unspecified() {
+            local.set_ip(match address.ip() {
+                std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let local_url = format!("http://{local}");
         let unix = match &args.unix_socket {
             Some(socket) => Some(bind_unix_socket(socket)?),
             None => None,
@@ -91,7 +101,7 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
                 println!("control plane listening on unix:{}", socket.display());
                 format!("unix:{}", socket.display())
             }
-            None => format!("http://{address}"),
+            None => local_url.clone(),
         };
         write_atomically(&address_file(&data_dir), &format!("{recorded}\n"))?;
         tracing::info!(%address, store = %path.display(), "control plane started");
@@ -99,7 +109,7 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let controllers = tokio::spawn(controllers::run(
             api.clone(),
-            format!("http://{address}"),
+            local_url.clone(),
             wait_for(stopped.clone()),
         ));
         let on_socket = unix.map(|listener| {

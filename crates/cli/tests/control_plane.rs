@@ -175,3 +175,48 @@ async fn an_agent_on_every_interface_reports_its_advertised_address() {
     control_plane.kill().unwrap();
     control_plane.wait().unwrap();
 }
+
+/// A control plane listening on every interface records an address this host's CLI reaches
+/// (loopback, its port), not `0.0.0.0`.
+#[test]
+fn a_control_plane_on_every_interface_records_a_loopback_address_for_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["control-plane", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tandem control-plane");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the address line");
+    let port = line.trim().rsplit(':').next().expect("a port").to_string();
+    // The address file is written just after that line.
+    let file = dir.path().join("control-plane/address");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let recorded = loop {
+        match std::fs::read_to_string(&file) {
+            Ok(text) if text.ends_with('\n') => break text,
+            _ if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => panic!("no address file: {other:?}"),
+        }
+    };
+    assert_eq!(recorded.trim(), format!("http://127.0.0.1:{port}"));
+    let listed = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["get", "cspc", "-n", "openebs"])
+        .env("TANDEM_DATA_DIR", dir.path())
+        .env_remove("TANDEM_SERVER")
+        .output()
+        .expect("run tandem get");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+}
