@@ -11,6 +11,7 @@ mod application;
 mod cluster;
 mod control_plane;
 mod demo;
+mod kubeconfig;
 mod kubectl;
 mod output;
 mod server;
@@ -47,6 +48,8 @@ enum TopCommand {
     /// (FUA writes, flushes, read-back checks, reconnecting after failures), then reads every
     /// block back. Fails if any block held the wrong data.
     Workload(application::WorkloadArgs),
+    /// Prints a kubeconfig for the cluster, so the real kubectl reaches its control plane.
+    Kubeconfig(kubeconfig::KubeconfigArgs),
     /// The kubectl-style verbs: get, describe, edit, patch, apply, create, delete, volume.
     #[command(flatten)]
     Kubectl(kubectl::Command),
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         TopCommand::Agent(args) => agent::run(args).map(|()| true),
         TopCommand::Demo(args) => demo::run(args),
         TopCommand::Workload(args) => application::run(args),
+        TopCommand::Kubeconfig(args) => kubeconfig::run(args),
         TopCommand::Kubectl(command) => kubectl::run(command),
     };
     match result {

@@ -81,6 +81,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/{resource}", get(list_all))
         .route("/tandem/v1/nodes", get(list_nodes))
         .route("/tandem/v1/nodes/{node}", put(heartbeat))
+        .merge(crate::discovery::routes())
         .with_state(api)
 }
 
