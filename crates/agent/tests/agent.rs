@@ -567,7 +567,11 @@ async fn corrupt_metadata_is_reported_and_kept() {
     let meta_path = replica_dir(pool_dir.path(), "pvc-1").join(META_FILE);
     let mut bytes = std::fs::read(&meta_path).unwrap();
     bytes[20] ^= 0xff;
-    std::fs::write(&meta_path, &bytes).unwrap();
+    // Replaced in one step: the agent may read it at any moment, and must find either the old
+    // file or the corrupt one, never a half-written one.
+    let corrupt = meta_path.with_extension("corrupt");
+    std::fs::write(&corrupt, &bytes).unwrap();
+    std::fs::rename(&corrupt, &meta_path).unwrap();
     let cvr = wait_for("the replica to be Error", || async {
         find_replica(client, "pvc-1-cspc-a-abcd")
             .await
