@@ -11,8 +11,14 @@ use tandem::wait::{wait_for, Deadline, Probe, TimedOut};
 
 /// Starts the control plane on a free port; returns the process and its API address.
 fn start(data_dir: &Path) -> (Child, String) {
+    start_on(data_dir, "127.0.0.1:0")
+}
+
+/// Starts the control plane listening on `listen`; returns the process and the address it says
+/// it listens on.
+fn start_on(data_dir: &Path, listen: &str) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .args(["control-plane", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["control-plane", "--listen", listen, "--data-dir"])
         .arg(data_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -181,18 +187,8 @@ async fn an_agent_on_every_interface_reports_its_advertised_address() {
 #[test]
 fn a_control_plane_on_every_interface_records_a_loopback_address_for_the_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .args(["control-plane", "--listen", "0.0.0.0:0", "--data-dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start tandem control-plane");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read the address line");
-    let port = line.trim().rsplit(':').next().expect("a port").to_string();
+    let (mut child, address) = start_on(dir.path(), "0.0.0.0:0");
+    let port = address.rsplit(':').next().expect("a port").to_string();
     // The address file is written just after that line.
     let file = dir.path().join("control-plane/address");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
