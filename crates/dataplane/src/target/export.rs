@@ -5,8 +5,19 @@
 //! advertise. Block status (NBD's `base:allocation`) asks one Healthy replica which blocks its
 //! storage holds, after every write acknowledged before the request: a hole is never reported
 //! where written data lies.
+//!
+//! Clients may address any byte range (the export's minimum block is 1), while the core and the
+//! replicas work in whole blocks. A read reads the blocks around the range and returns the part
+//! asked for. A write that covers part of a block is a read-modify-write: under the lock of the
+//! blocks it touches (every write, trim and zeroing holds one, see [`super::range_lock`]) it
+//! reads the partial blocks, puts its bytes in, and writes the blocks back whole, so it is
+//! atomic with respect to every other write and replicated identically like any other write.
+//! WRITE_ZEROES zeroes exactly its range the same way; TRIM, only advisory, leaves the partial
+//! blocks at its ends untouched.
 
-use bytes::Bytes;
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
 use tandem_block::{BlockDevice, ExportInfo, Extent, IoError};
 use tandem_core::ClientError;
 
@@ -18,7 +29,7 @@ use crate::replica::ALLOCATION_LEN_MAX;
 const MAX_REQUEST: u32 = 4 << 20;
 
 /// Zeroes written for WRITE_ZEROES with NO_HOLE, at most this many bytes at a time.
-const ZERO_CHUNK: u32 = 1 << 20;
+const ZERO_CHUNK: u64 = 1 << 20;
 
 fn device_error(error: RequestError) -> IoError {
     match error {
@@ -30,12 +41,156 @@ fn device_error(error: RequestError) -> IoError {
     }
 }
 
+/// The whole blocks of `block` bytes that cover `range` (which is not empty).
+fn covering(block: u64, range: &Range<u64>) -> Range<u64> {
+    range.start - range.start % block..range.end.div_ceil(block) * block
+}
+
+/// The whole blocks of `block` bytes inside `range`; empty (`start >= end`) when there are none.
+fn inside(block: u64, range: &Range<u64>) -> Range<u64> {
+    range.start.div_ceil(block) * block..range.end - range.end % block
+}
+
+/// A byte range cut at block boundaries: the partial block at its start, the whole blocks, the
+/// partial block at its end (each `None` when empty). A range within one block is all `head`.
+#[derive(Debug, PartialEq, Eq)]
+struct Pieces {
+    head: Option<Range<u64>>,
+    whole: Option<Range<u64>>,
+    tail: Option<Range<u64>>,
+}
+
+fn pieces(block: u64, range: &Range<u64>) -> Pieces {
+    let whole = inside(block, range);
+    if whole.start >= whole.end {
+        let boundary = range.end - range.end % block;
+        let (head, tail) = if boundary <= range.start || boundary == range.end {
+            (range.clone(), None)
+        } else {
+            (range.start..boundary, Some(boundary..range.end))
+        };
+        return Pieces {
+            head: Some(head),
+            whole: None,
+            tail,
+        };
+    }
+    Pieces {
+        head: (range.start < whole.start).then_some(range.start..whole.start),
+        tail: (whole.end < range.end).then_some(whole.end..range.end),
+        whole: Some(whole),
+    }
+}
+
+/// Extents describing `asked`, cut from extents that describe `described` (which covers it).
+fn clip(
+    extents: Vec<tandem_core::Extent>,
+    described: &Range<u64>,
+    asked: &Range<u64>,
+) -> Vec<Extent> {
+    let mut clipped = Vec::new();
+    let mut at = described.start;
+    for extent in extents {
+        let range = at.max(asked.start)..(at + extent.len).min(asked.end);
+        at += extent.len;
+        if range.start >= range.end {
+            continue;
+        }
+        // Each extent is at most ALLOCATION_LEN_MAX long, well within a u32.
+        let length = u32::try_from(range.end - range.start).unwrap_or(u32::MAX);
+        clipped.push(if extent.allocated {
+            Extent::data(length)
+        } else {
+            Extent::hole(length)
+        });
+    }
+    clipped
+}
+
+impl TargetHandle {
+    fn block(&self) -> u64 {
+        u64::from(self.geometry().block_size)
+    }
+
+    /// Writes `data` at `offset`, reading and rewriting the blocks it covers only in part. The
+    /// caller holds the lock of every block the range touches.
+    async fn write_locked(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), RequestError> {
+        let block = self.block();
+        let range = offset..offset + data.len() as u64;
+        let blocks = covering(block, &range);
+        if blocks == range {
+            return self.write(offset, data, fua).await;
+        }
+        let last = blocks.end - block;
+        let (first_block, last_block) = if blocks.start == last {
+            let only = self.read(blocks.start, block).await?;
+            (only.clone(), only)
+        } else {
+            let read_if = |needed: bool, at: u64| async move {
+                if needed {
+                    self.read(at, block).await
+                } else {
+                    Ok(Bytes::new())
+                }
+            };
+            tokio::try_join!(
+                read_if(range.start != blocks.start, blocks.start),
+                read_if(range.end != blocks.end, last),
+            )?
+        };
+        let mut whole = BytesMut::with_capacity((blocks.end - blocks.start) as usize);
+        whole.extend_from_slice(&first_block[..(range.start - blocks.start) as usize]);
+        whole.extend_from_slice(&data);
+        whole.extend_from_slice(&last_block[(range.end - last) as usize..]);
+        assert_eq!(
+            whole.len() as u64,
+            blocks.end - blocks.start,
+            "a read-modify-write writes whole blocks"
+        );
+        self.write(blocks.start, whole.freeze(), fua).await
+    }
+
+    /// Zeroes `range` exactly: partial blocks by read-modify-write, whole ones by trimming
+    /// (`no_hole`: by writing zeroes). The caller holds the lock of every block it touches.
+    async fn zero_locked(
+        &self,
+        range: Range<u64>,
+        fua: bool,
+        no_hole: bool,
+    ) -> Result<(), RequestError> {
+        let block = self.block();
+        let Pieces { head, whole, tail } = pieces(block, &range);
+        for partial in [head, tail].into_iter().flatten() {
+            let zeroes = Bytes::from(vec![0u8; (partial.end - partial.start) as usize]);
+            self.write_locked(partial.start, zeroes, fua).await?;
+        }
+        let Some(whole) = whole else {
+            return Ok(());
+        };
+        if !no_hole {
+            // The core's trim zeroes the range (replicas punch holes).
+            self.trim(whole.start, whole.end - whole.start).await?;
+            return if fua { self.flush().await } else { Ok(()) };
+        }
+        let mut at = whole.start;
+        while at < whole.end {
+            let chunk = (whole.end - at).min(ZERO_CHUNK);
+            let zeroes = Bytes::from(vec![0u8; chunk as usize]);
+            self.write(at, zeroes, fua).await?;
+            at += chunk;
+        }
+        Ok(())
+    }
+}
+
 impl BlockDevice for TargetHandle {
     fn info(&self) -> ExportInfo {
         let geometry = self.geometry();
         let mut info = ExportInfo::new(geometry.size_bytes);
         info.description = "Tandem replicated volume".to_string();
-        info.min_block = geometry.block_size;
+        // Any byte range is served (partial blocks by read-modify-write); whole blocks of at
+        // least 4 KiB are what is efficient.
+        info.min_block = 1;
         info.preferred_block = geometry.block_size.max(4096);
         info.max_block = MAX_REQUEST;
         info.can_flush = true;
@@ -48,13 +203,25 @@ impl BlockDevice for TargetHandle {
     }
 
     async fn read(&self, offset: u64, len: u32) -> Result<Bytes, IoError> {
-        TargetHandle::read(self, offset, u64::from(len))
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let range = offset..offset + u64::from(len);
+        let blocks = covering(self.block(), &range);
+        let data = TargetHandle::read(self, blocks.start, blocks.end - blocks.start)
             .await
-            .map_err(device_error)
+            .map_err(device_error)?;
+        let start = (range.start - blocks.start) as usize;
+        Ok(data.slice(start..start + len as usize))
     }
 
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), IoError> {
-        TargetHandle::write(self, offset, data, fua)
+        if data.is_empty() {
+            return Ok(());
+        }
+        let range = offset..offset + data.len() as u64;
+        let _locked = self.locks.lock(covering(self.block(), &range)).await;
+        self.write_locked(offset, data, fua)
             .await
             .map_err(device_error)
     }
@@ -64,9 +231,13 @@ impl BlockDevice for TargetHandle {
     }
 
     async fn trim(&self, offset: u64, len: u32, fua: bool) -> Result<(), IoError> {
-        TargetHandle::trim(self, offset, u64::from(len))
-            .await
-            .map_err(device_error)?;
+        let whole = inside(self.block(), &(offset..offset + u64::from(len)));
+        if whole.start < whole.end {
+            let _locked = self.locks.lock(whole.clone()).await;
+            TargetHandle::trim(self, whole.start, whole.end - whole.start)
+                .await
+                .map_err(device_error)?;
+        }
         if fua {
             TargetHandle::flush(self).await.map_err(device_error)?;
         }
@@ -80,39 +251,86 @@ impl BlockDevice for TargetHandle {
         fua: bool,
         no_hole: bool,
     ) -> Result<(), IoError> {
-        if !no_hole {
-            // The core's trim zeroes the range (replicas punch holes).
-            return BlockDevice::trim(self, offset, len, fua).await;
+        if len == 0 {
+            return Ok(());
         }
-        let mut done = 0u32;
-        while done < len {
-            let chunk = (len - done).min(ZERO_CHUNK);
-            let zeroes = Bytes::from(vec![0u8; chunk as usize]);
-            TargetHandle::write(self, offset + u64::from(done), zeroes, fua)
-                .await
-                .map_err(device_error)?;
-            done += chunk;
-        }
-        Ok(())
+        let range = offset..offset + u64::from(len);
+        let _locked = self.locks.lock(covering(self.block(), &range)).await;
+        self.zero_locked(range, fua, no_hole)
+            .await
+            .map_err(device_error)
     }
 
     async fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, IoError> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
         // Describing less than asked is allowed: the client asks again from where it stopped.
-        let len = u64::from(len).min(ALLOCATION_LEN_MAX);
-        let extents = TargetHandle::allocation(self, offset, len)
-            .await
-            .map_err(device_error)?;
-        Ok(extents
-            .into_iter()
-            .map(|extent| {
-                // Each extent is at most ALLOCATION_LEN_MAX long, well within a u32.
-                let length = u32::try_from(extent.len).unwrap_or(u32::MAX);
-                if extent.allocated {
-                    Extent::data(length)
-                } else {
-                    Extent::hole(length)
-                }
-            })
-            .collect())
+        let asked = offset..offset + u64::from(len).min(ALLOCATION_LEN_MAX);
+        let block = self.block();
+        let mut described = covering(block, &asked);
+        if described.end - described.start > ALLOCATION_LEN_MAX {
+            described.end -= block;
+        }
+        let extents =
+            TargetHandle::allocation(self, described.start, described.end - described.start)
+                .await
+                .map_err(device_error)?;
+        Ok(clip(extents, &described, &asked))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const B: u64 = 4096;
+
+    #[test]
+    fn covering_and_inside_blocks() {
+        assert_eq!(covering(B, &(0..B)), 0..B);
+        assert_eq!(covering(B, &(1..2)), 0..B);
+        assert_eq!(covering(B, &(B - 1..B + 1)), 0..2 * B);
+        assert_eq!(inside(B, &(0..B)), 0..B);
+        assert_eq!(inside(B, &(1..2 * B + 1)), B..2 * B);
+        assert!(inside(B, &(1..B)).is_empty());
+        let within = inside(B, &(1..2));
+        assert!(within.start >= within.end, "{within:?}");
+    }
+
+    #[test]
+    fn ranges_split_into_partial_and_whole_pieces() {
+        let cut = |range: Range<u64>| {
+            let Pieces { head, whole, tail } = pieces(B, &range);
+            (head, whole, tail)
+        };
+        assert_eq!(cut(0..2 * B), (None, Some(0..2 * B), None));
+        assert_eq!(cut(10..20), (Some(10..20), None, None));
+        assert_eq!(cut(10..B), (Some(10..B), None, None));
+        assert_eq!(cut(B..B + 5), (Some(B..B + 5), None, None));
+        assert_eq!(cut(10..B + 5), (Some(10..B), None, Some(B..B + 5)));
+        assert_eq!(
+            cut(10..3 * B + 5),
+            (Some(10..B), Some(B..3 * B), Some(3 * B..3 * B + 5))
+        );
+        assert_eq!(cut(0..B + 5), (None, Some(0..B), Some(B..B + 5)));
+    }
+
+    #[test]
+    fn extents_are_clipped_to_the_bytes_asked() {
+        let extent = |len, allocated| tandem_core::Extent { len, allocated };
+        let extents = vec![extent(B, true), extent(2 * B, false), extent(B, true)];
+        let clipped = clip(extents.clone(), &(0..4 * B), &(100..3 * B + 7));
+        assert_eq!(
+            clipped,
+            vec![
+                Extent::data((B - 100) as u32),
+                Extent::hole(2 * B as u32),
+                Extent::data(7)
+            ]
+        );
+        // An extent wholly outside the range asked is dropped.
+        let clipped = clip(extents, &(0..4 * B), &(B + 1..B + 2));
+        assert_eq!(clipped, vec![Extent::hole(1)]);
     }
 }

@@ -13,6 +13,7 @@
 mod clock;
 mod connection;
 mod export;
+mod range_lock;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use clock::TickClock;
 use connection::Connection;
+use range_lock::RangeLocks;
 
 /// How long one core tick is. The core's timeouts are in ticks (see [`TargetOptions`]): with
 /// 10 ms ticks a replica that does not answer for 1 s is ejected and a client waits at most 30 s.
@@ -127,6 +129,8 @@ pub struct TargetHandle {
     requests: mpsc::Sender<Request>,
     status: watch::Receiver<TargetStatus>,
     geometry: Geometry,
+    /// The block ranges client writes hold (see [`range_lock`]), shared by every handle.
+    locks: Arc<RangeLocks>,
 }
 
 impl TargetHandle {
@@ -260,6 +264,7 @@ pub fn start(config: TargetConfig, store: Arc<dyn MembershipStore>) -> TargetHan
         requests,
         status,
         geometry: config.geometry,
+        locks: Arc::default(),
     }
 }
 
