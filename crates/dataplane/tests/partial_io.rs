@@ -1,5 +1,5 @@
 //! Any byte range on a volume whose blocks are 4 KiB: partial-block writes, zeroes, trims and
-//! reads against a byte model while a replica is added and another removed; concurrent
+//! reads and block status against a byte model while a replica is added and another removed; concurrent
 //! partial writes to one block losing nothing; and qemu-io over NBD with unaligned requests.
 
 mod common;
@@ -37,6 +37,10 @@ enum Op {
         offset: u64,
         len: u64,
     },
+    BlockStatus {
+        offset: u64,
+        len: u64,
+    },
     Flush,
 }
 
@@ -50,6 +54,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (range(), any::<bool>()).prop_map(|((offset, len), no_hole)| Op::Zero { offset, len, no_hole }),
         1 => range().prop_map(|(offset, len)| Op::Trim { offset, len }),
         2 => range().prop_map(|(offset, len)| Op::Read { offset, len }),
+        1 => range().prop_map(|(offset, len)| Op::BlockStatus { offset, len }),
         1 => Just(Op::Flush),
     ]
 }
@@ -69,7 +74,7 @@ fn apply(model: &mut [u8], op: &Op, block: u64) {
                 model[start as usize..end as usize].fill(0);
             }
         }
-        Op::Read { .. } | Op::Flush => {}
+        Op::Read { .. } | Op::BlockStatus { .. } | Op::Flush => {}
     }
 }
 
@@ -99,6 +104,29 @@ async fn run(handle: &TargetHandle, op: &Op, model: &[u8]) {
                 data == expected,
                 "read {len} bytes at {offset} differ from the model"
             );
+        }
+        Op::BlockStatus { offset, len } => {
+            let extents = BlockDevice::block_status(handle, offset, len32(len))
+                .await
+                .unwrap();
+            let described: u64 = extents.iter().map(|e| u64::from(e.length)).sum();
+            assert!(
+                described > 0 && described <= len,
+                "block status of {len} bytes at {offset} describes {described}"
+            );
+            // A hole is never reported where data lies.
+            let mut at = offset;
+            for extent in extents {
+                let end = at + u64::from(extent.length);
+                if extent.hole {
+                    let bytes = &model[at as usize..end as usize];
+                    assert!(
+                        bytes.iter().all(|&byte| byte == 0),
+                        "a hole at {at}..{end} over written data"
+                    );
+                }
+                at = end;
+            }
         }
         Op::Flush => BlockDevice::flush(handle).await.unwrap(),
     }
