@@ -121,8 +121,9 @@ impl TargetHandle {
         if blocks == range {
             return self.write(offset, data, fua).await;
         }
-        let last = blocks.end - block;
-        let (first_block, last_block) = if blocks.start == last {
+        // The bytes of the first and last blocks that stay as they are.
+        let (kept_before, kept_after) = (range.start - blocks.start, blocks.end - range.end);
+        let (first, last) = if blocks.end - blocks.start == block {
             let only = self.read(blocks.start, block).await?;
             (only.clone(), only)
         } else {
@@ -134,14 +135,15 @@ impl TargetHandle {
                 }
             };
             tokio::try_join!(
-                read_if(range.start != blocks.start, blocks.start),
-                read_if(range.end != blocks.end, last),
+                read_if(kept_before > 0, blocks.start),
+                read_if(kept_after > 0, blocks.end - block),
             )?
         };
+        // The core answers a read with exactly the bytes asked for.
         let mut whole = BytesMut::with_capacity((blocks.end - blocks.start) as usize);
-        whole.extend_from_slice(&first_block[..(range.start - blocks.start) as usize]);
+        whole.extend_from_slice(&first[..kept_before as usize]);
         whole.extend_from_slice(&data);
-        whole.extend_from_slice(&last_block[(range.end - last) as usize..]);
+        whole.extend_from_slice(&last[last.len() - kept_after as usize..]);
         assert_eq!(
             whole.len() as u64,
             blocks.end - blocks.start,
