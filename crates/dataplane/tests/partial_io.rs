@@ -188,18 +188,30 @@ async fn against_the_model(ops: Vec<Op>) {
     BlockDevice::flush(&handle).await.unwrap();
     let whole = BlockDevice::read(&handle, 0, HOT as u32).await.unwrap();
     assert!(whole == model, "the volume differs from the model");
+    // A flush is answered once CF replicas hold it; the third may still be writing, so each
+    // file gets a bounded while to catch up before it is compared.
     for (index, node) in nodes.iter().enumerate().skip(1) {
-        let stored = file_bytes(&data_file(node), 0, HOT as usize);
-        let differs = stored.iter().zip(&model).position(|(a, b)| a != b);
-        if let Some(at) = differs {
-            let last = stored.iter().zip(&model).rposition(|(a, b)| a != b).unwrap();
-            panic!(
-                "replica {}'s file differs from the model at bytes {at}..={last}: stored {:?}, model {:?}; resyncs {:?}; ops {ops:?}",
-                index + 1,
-                &stored[at..(at + 8).min(stored.len())],
-                &model[at..(at + 8).min(model.len())],
-                handle.status().resyncs_finished,
-            );
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let stored = file_bytes(&data_file(node), 0, HOT as usize);
+            let Some(at) = stored.iter().zip(&model).position(|(a, b)| a != b) else {
+                break;
+            };
+            if tokio::time::Instant::now() >= deadline {
+                let last = stored
+                    .iter()
+                    .zip(&model)
+                    .rposition(|(a, b)| a != b)
+                    .unwrap();
+                panic!(
+                    "replica {}'s file differs from the model at bytes {at}..={last}: stored {:?}, model {:?}; resyncs {:?}; ops {ops:?}",
+                    index + 1,
+                    &stored[at..(at + 8).min(stored.len())],
+                    &model[at..(at + 8).min(model.len())],
+                    handle.status().resyncs_finished,
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
     handle.stop().await;
