@@ -4,6 +4,8 @@
 
 mod events;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -131,8 +133,8 @@ pub struct NodeStatus {
     pub ready: bool,
 }
 
-#[derive(Clone)]
-pub struct Client {
+/// One control-plane address and the HTTP client that reaches it.
+struct Endpoint {
     /// The address as given: `http://HOST:PORT` or `unix:PATH`.
     server: String,
     /// What request URLs start with: the server itself over TCP, a placeholder host over a
@@ -141,15 +143,9 @@ pub struct Client {
     http: reqwest::Client,
 }
 
-/// The scheme of a control plane reached over a Unix socket: `unix:/path/to/control-plane.sock`.
-pub const UNIX_SCHEME: &str = "unix:";
-
-impl Client {
-    /// A client of the control plane at `server`: `http://127.0.0.1:7070` over TCP, or
-    /// `unix:/path/to/control-plane.sock` over a Unix socket (a control plane in another
-    /// network namespace is reached that way from this one).
-    pub fn new(server: &str) -> Result<Client, ClientError> {
-        let server = server.trim_end_matches('/').to_string();
+impl Endpoint {
+    fn new(server: &str) -> Result<Endpoint, ClientError> {
+        let server = server.trim().trim_end_matches('/').to_string();
         let builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
         let (base, builder) = if let Some(path) = server.strip_prefix(UNIX_SCHEME) {
             let path = path.strip_prefix("//").unwrap_or(path);
@@ -173,11 +169,60 @@ impl Client {
             server: server.clone(),
             detail: format!("cannot build an HTTP client: {error}"),
         })?;
-        Ok(Client { server, base, http })
+        Ok(Endpoint { server, base, http })
     }
 
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+/// A client of one Tandem cluster's control planes. Given several addresses it sends each
+/// request to the one that answered last and moves on to the next when that one cannot be
+/// reached or answers 503 (it lost its store); every control plane serves the whole API.
+#[derive(Clone)]
+pub struct Client {
+    endpoints: Arc<[Endpoint]>,
+    /// The index of the endpoint that answered last.
+    current: Arc<AtomicUsize>,
+}
+
+/// The scheme of a control plane reached over a Unix socket: `unix:/path/to/control-plane.sock`.
+pub const UNIX_SCHEME: &str = "unix:";
+
+impl Client {
+    /// A client of the control plane at `server`: `http://127.0.0.1:7070` over TCP, or
+    /// `unix:/path/to/control-plane.sock` over a Unix socket (a control plane in another
+    /// network namespace is reached that way from this one). Several control planes of one
+    /// cluster are given separated by commas: `http://10.0.0.1:7070,http://10.0.0.2:7070`.
+    pub fn new(server: &str) -> Result<Client, ClientError> {
+        let endpoints = server
+            .split(',')
+            .filter(|address| !address.trim().is_empty())
+            .map(Endpoint::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        if endpoints.is_empty() {
+            return Err(ClientError::Protocol {
+                server: server.to_string(),
+                detail: "no control-plane address given".to_string(),
+            });
+        }
+        Ok(Client {
+            endpoints: endpoints.into(),
+            current: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// The address of the control plane that answered last (the first given, before any
+    /// request).
     pub fn server(&self) -> &str {
-        &self.server
+        &self.endpoints[self.current.load(Ordering::Relaxed) % self.endpoints.len()].server
+    }
+
+    /// Every address given, in order, separated by commas.
+    pub fn servers(&self) -> String {
+        let servers: Vec<&str> = self.endpoints.iter().map(|e| e.server.as_str()).collect();
+        servers.join(",")
     }
 
     fn collection_path(kind: Kind, namespace: Option<&str>) -> String {
@@ -195,66 +240,70 @@ impl Client {
         format!("{}/{name}", Client::collection_path(kind, Some(namespace)))
     }
 
+    /// Sends the request `build` makes for an endpoint, starting with the one that answered
+    /// last. A request that could not be delivered (no connection) or that a control plane
+    /// refused as unavailable (503) goes to the next; each endpoint is tried once.
     async fn send(
         &self,
-        request: reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, ClientError> {
-        let response = request
-            .send()
-            .await
-            .map_err(|error| self.unreachable(&error))?;
-        if response.status().is_success() {
-            return Ok(response);
+        build: impl Fn(&Endpoint) -> reqwest::RequestBuilder,
+    ) -> Result<(reqwest::Response, &Endpoint), ClientError> {
+        let first = self.current.load(Ordering::Relaxed);
+        let several = self.endpoints.len() > 1;
+        let mut failures = Vec::new();
+        let mut last_refusal = None;
+        for attempt in 0..self.endpoints.len() {
+            let index = (first + attempt) % self.endpoints.len();
+            let endpoint = &self.endpoints[index];
+            let response = match build(endpoint).send().await {
+                Ok(response) => response,
+                Err(error) if error.is_connect() && several => {
+                    failures.push(format!("{}: {}", endpoint.server, cause(&error)));
+                    continue;
+                }
+                Err(error) => return Err(unreachable_at(&endpoint.server, &error)),
+            };
+            let status = response.status();
+            if status.is_success() {
+                self.current.store(index, Ordering::Relaxed);
+                return Ok((response, endpoint));
+            }
+            let error = api_error(response).await;
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && several {
+                failures.push(format!("{}: {error}", endpoint.server));
+                last_refusal = Some(error);
+                continue;
+            }
+            self.current.store(index, Ordering::Relaxed);
+            return Err(error);
         }
-        let code = response.status().as_u16();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        let text = |field: &str| body[field].as_str().unwrap_or_default().to_string();
-        let message = match text("message") {
-            message if message.is_empty() => format!("the server answered HTTP {code}"),
-            message => message,
-        };
-        Err(ClientError::Api {
-            code,
-            reason: text("reason"),
-            message,
-        })
+        match last_refusal {
+            // Some control plane answered, none could serve: say so in the servers' words.
+            Some(ClientError::Api { code, reason, .. }) => Err(ClientError::Api {
+                code,
+                reason,
+                message: format!("no control plane can serve: {}", failures.join("; ")),
+            }),
+            _ => Err(ClientError::Unreachable {
+                server: self.servers(),
+                detail: failures.join("; "),
+            }),
+        }
     }
 
-    fn unreachable(&self, error: &reqwest::Error) -> ClientError {
-        // reqwest's own text ("error sending request for url ...") buries the cause.
-        let mut detail = error.to_string();
-        let mut source = std::error::Error::source(error);
-        while let Some(cause) = source {
-            detail = cause.to_string();
-            source = cause.source();
-        }
-        ClientError::Unreachable {
-            server: self.server.clone(),
-            detail,
-        }
-    }
-
+    /// Sends a request and reads the JSON answer.
     async fn json<T: for<'de> Deserialize<'de>>(
         &self,
-        response: reqwest::Response,
+        build: impl Fn(&Endpoint) -> reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
+        let (response, endpoint) = self.send(build).await?;
         let bytes = response
             .bytes()
             .await
-            .map_err(|error| self.unreachable(&error))?;
+            .map_err(|error| unreachable_at(&endpoint.server, &error))?;
         serde_json::from_slice(&bytes).map_err(|error| ClientError::Protocol {
-            server: self.server.clone(),
+            server: endpoint.server.clone(),
             detail: error.to_string(),
         })
-    }
-
-    async fn object(&self, request: reqwest::RequestBuilder) -> Result<Object, ClientError> {
-        let response = self.send(request).await?;
-        self.json(response).await
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
     }
 
     /// Every object of `kind` in `namespace` (all namespaces if `None`) whose labels match
@@ -265,13 +314,7 @@ impl Client {
         namespace: Option<&str>,
         selector: Option<&str>,
     ) -> Result<ObjectList, ClientError> {
-        let mut request = self
-            .http
-            .get(self.url(&Client::collection_path(kind, namespace)));
-        if let Some(selector) = selector {
-            request = request.query(&[("labelSelector", selector)]);
-        }
-        let response = self.send(request).await?;
+        let path = Client::collection_path(kind, namespace);
         #[derive(Deserialize)]
         struct ListMetadata {
             #[serde(rename = "resourceVersion")]
@@ -282,7 +325,15 @@ impl Client {
             metadata: ListMetadata,
             items: Vec<Object>,
         }
-        let list: List = self.json(response).await?;
+        let list: List = self
+            .json(|e| {
+                let request = e.http.get(e.url(&path));
+                match selector {
+                    Some(selector) => request.query(&[("labelSelector", selector)]),
+                    None => request,
+                }
+            })
+            .await?;
         Ok(ObjectList {
             items: list.items,
             resource_version: list.metadata.resource_version.parse().unwrap_or(0),
@@ -310,11 +361,8 @@ impl Client {
         namespace: &str,
         name: &str,
     ) -> Result<Object, ClientError> {
-        self.object(
-            self.http
-                .get(self.url(&Client::object_path(kind, namespace, name))),
-        )
-        .await
+        let path = Client::object_path(kind, namespace, name);
+        self.json(|e| e.http.get(e.url(&path))).await
     }
 
     /// [`Client::get`], `None` when there is no such object.
@@ -333,7 +381,8 @@ impl Client {
 
     pub async fn create(&self, object: &Object) -> Result<Object, ClientError> {
         let path = Client::collection_path(object.kind(), Some(object.namespace()));
-        self.object(self.http.post(self.url(&path)).body(object.to_json()))
+        let body = object.to_json();
+        self.json(|e| e.http.post(e.url(&path)).body(body.clone()))
             .await
     }
 
@@ -341,7 +390,8 @@ impl Client {
     /// was read at (a stale one is a conflict). The status is not changed.
     pub async fn update(&self, object: &Object) -> Result<Object, ClientError> {
         let path = Client::object_path(object.kind(), object.namespace(), object.name());
-        self.object(self.http.put(self.url(&path)).body(object.to_json()))
+        let body = object.to_json();
+        self.json(|e| e.http.put(e.url(&path)).body(body.clone()))
             .await
     }
 
@@ -349,12 +399,9 @@ impl Client {
     /// resource-version rule as [`Client::update`]. Spec and metadata are not changed.
     pub async fn update_status(&self, object: &Object) -> Result<Object, ClientError> {
         let path = Client::object_path(object.kind(), object.namespace(), object.name());
-        self.object(
-            self.http
-                .put(self.url(&format!("{path}/status")))
-                .body(object.to_json()),
-        )
-        .await
+        let (path, body) = (format!("{path}/status"), object.to_json());
+        self.json(|e| e.http.put(e.url(&path)).body(body.clone()))
+            .await
     }
 
     /// A JSON merge patch (RFC 7396) of spec and metadata.
@@ -366,7 +413,8 @@ impl Client {
         patch: &Value,
     ) -> Result<Object, ClientError> {
         let path = Client::object_path(kind, namespace, name);
-        self.object(self.http.patch(self.url(&path)).body(patch.to_string()))
+        let body = patch.to_string();
+        self.json(|e| e.http.patch(e.url(&path)).body(body.clone()))
             .await
     }
 
@@ -378,11 +426,8 @@ impl Client {
         namespace: &str,
         name: &str,
     ) -> Result<Object, ClientError> {
-        self.object(
-            self.http
-                .delete(self.url(&Client::object_path(kind, namespace, name))),
-        )
-        .await
+        let path = Client::object_path(kind, namespace, name);
+        self.json(|e| e.http.delete(e.url(&path))).await
     }
 
     /// Changes to objects of `kind` after `resource_version`, for at most `timeout`.
@@ -402,13 +447,12 @@ impl Client {
         if let Some(selector) = selector {
             query.push(("labelSelector", selector.to_string()));
         }
-        let request = self
-            .http
-            .get(self.url(&Client::collection_path(kind, namespace)))
-            .query(&query);
-        let response = self.send(request).await?;
+        let path = Client::collection_path(kind, namespace);
+        let (response, endpoint) = self
+            .send(|e| e.http.get(e.url(&path)).query(&query))
+            .await?;
         Ok(Watch {
-            client: self.clone(),
+            server: endpoint.server.clone(),
             response,
             buffer: Vec::new(),
         })
@@ -430,23 +474,21 @@ impl Client {
     /// A node agent's periodic report.
     pub async fn heartbeat(&self, heartbeat: &NodeHeartbeat) -> Result<(), ClientError> {
         let path = format!("/tandem/v1/nodes/{}", heartbeat.node);
-        self.send(self.http.put(self.url(&path)).json(heartbeat))
+        self.send(|e| e.http.put(e.url(&path)).json(heartbeat))
             .await
             .map(drop)
     }
 
     /// Every node that has reported since the control plane started.
     pub async fn nodes(&self) -> Result<Vec<NodeStatus>, ClientError> {
-        let response = self
-            .send(self.http.get(self.url("/tandem/v1/nodes")))
-            .await?;
-        self.json(response).await
+        self.json(|e| e.http.get(e.url("/tandem/v1/nodes"))).await
     }
 }
 
 /// An open watch: call [`Watch::next`] until it returns `None` (the server's timeout).
 pub struct Watch {
-    client: Client,
+    /// The control plane the watch is open on.
+    server: String,
     response: reqwest::Response,
     buffer: Vec<u8>,
 }
@@ -464,7 +506,7 @@ impl Watch {
             match self.response.chunk().await {
                 Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk),
                 Ok(None) => return Ok(None),
-                Err(error) => return Err(self.client.unreachable(&error)),
+                Err(error) => return Err(unreachable_at(&self.server, &error)),
             }
         }
     }
@@ -477,7 +519,7 @@ impl Watch {
             object: Value,
         }
         let protocol = |detail: String| ClientError::Protocol {
-            server: self.client.server.clone(),
+            server: self.server.clone(),
             detail,
         };
         let line: Line = serde_json::from_slice(line)
@@ -500,6 +542,41 @@ impl Watch {
             "DELETED" => Ok(WatchEvent::Deleted(object)),
             other => Err(protocol(format!("unknown watch event type {other:?}"))),
         }
+    }
+}
+
+/// The innermost cause of a transport error: reqwest's own text ("error sending request for
+/// url ...") buries it.
+fn cause(error: &reqwest::Error) -> String {
+    let mut detail = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        detail = inner.to_string();
+        source = inner.source();
+    }
+    detail
+}
+
+fn unreachable_at(server: &str, error: &reqwest::Error) -> ClientError {
+    ClientError::Unreachable {
+        server: server.to_string(),
+        detail: cause(error),
+    }
+}
+
+/// A refusal, from the Kubernetes `Status` the server answered with.
+async fn api_error(response: reqwest::Response) -> ClientError {
+    let code = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let text = |field: &str| body[field].as_str().unwrap_or_default().to_string();
+    let message = match text("message") {
+        message if message.is_empty() => format!("the server answered HTTP {code}"),
+        message => message,
+    };
+    ClientError::Api {
+        code,
+        reason: text("reason"),
+        message,
     }
 }
 
@@ -600,5 +677,97 @@ mod tests {
         }))
         .expect("a node status");
         assert_eq!(status.target_address, "10.0.0.1:41000");
+    }
+
+    /// Answers one HTTP request on `listener` with `status` and `body`; returns its request line.
+    fn answer_once(
+        listener: std::net::TcpListener,
+        status: &'static str,
+        body: &'static str,
+    ) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("a connection");
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut request_line = String::new();
+            reader
+                .read_line(&mut request_line)
+                .expect("the request line");
+            loop {
+                let mut header = String::new();
+                reader.read_line(&mut header).expect("a header");
+                if header == "\r\n" || header.is_empty() {
+                    break;
+                }
+            }
+            write!(
+                &stream,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .expect("answer");
+            request_line
+        })
+    }
+
+    /// A port nothing listens on (bound, then closed).
+    fn closed_port() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        drop(listener);
+        format!("http://{address}")
+    }
+
+    /// Of several control planes, one that is gone and one that lost its store (503) are
+    /// passed over; the one that serves answers, and later requests start with it.
+    #[tokio::test]
+    async fn several_addresses_pass_over_the_gone_and_the_unavailable() {
+        let unavailable = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let serving = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addresses = [
+            closed_port(),
+            format!("http://{}", unavailable.local_addr().expect("address")),
+            format!("http://{}", serving.local_addr().expect("address")),
+        ];
+        let refused = answer_once(
+            unavailable,
+            "503 Service Unavailable",
+            r#"{"kind":"Status","code":503,"reason":"ServiceUnavailable","message":"store: etcd has no quorum"}"#,
+        );
+        let served = answer_once(
+            serving,
+            "200 OK",
+            r#"[{"node":"n1","lastSeenMs":5,"ready":true}]"#,
+        );
+        let client = Client::new(&addresses.join(",")).expect("a client");
+        assert_eq!(client.server(), addresses[0]);
+        let nodes = client.nodes().await.expect("the third answers");
+        assert_eq!(nodes[0].node, "n1");
+        assert_eq!(
+            client.server(),
+            addresses[2],
+            "later requests start with it"
+        );
+        assert!(refused
+            .join()
+            .expect("refused")
+            .starts_with("GET /tandem/v1/nodes"));
+        assert!(served
+            .join()
+            .expect("served")
+            .starts_with("GET /tandem/v1/nodes"));
+
+        // Now none serves: the error names every address and why.
+        let error = client.nodes().await.expect_err("nobody listens any more");
+        assert_eq!(error.kind(), ErrorKind::Unreachable);
+        for address in &addresses {
+            assert!(error.to_string().contains(address.as_str()), "{error}");
+        }
+    }
+
+    #[test]
+    fn an_empty_address_list_is_refused() {
+        let error = Client::new(" , ").err().expect("no address").to_string();
+        assert!(error.contains("no control-plane address given"), "{error}");
     }
 }
