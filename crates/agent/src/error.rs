@@ -158,7 +158,8 @@ impl ReplicaError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Subject {
     Reconcile,
-    Heartbeat,
+    /// The heartbeat to the control plane at this address.
+    Heartbeat(String),
     Targets,
     PoolDirectory,
     CleanUp,
@@ -216,7 +217,7 @@ impl fmt::Display for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Subject::Reconcile => f.write_str("reconcile"),
-            Subject::Heartbeat => f.write_str("heartbeat"),
+            Subject::Heartbeat(server) => write!(f, "heartbeat to {server}"),
             Subject::Targets => f.write_str("targets"),
             Subject::PoolDirectory => f.write_str("pool directory"),
             Subject::CleanUp => f.write_str("clean up"),

@@ -1,6 +1,8 @@
 //! The heartbeat task: tells the control plane every `interval` that this node's agent is alive.
 //! Each heartbeat renews the node's lease (the control plane's agent timeout); a node whose
-//! lease runs out loses its targets to other nodes. So the task runs on its own, never stops on
+//! lease runs out loses its targets to other nodes. With several control planes the heartbeat
+//! goes to each of them at once (they keep leases in memory, so whichever leads, now or after a
+//! handover, knows every node without a store write per heartbeat). So the task runs on its own, never stops on
 //! an error, and keeps its cadence whatever happens: a heartbeat that gets no answer within one
 //! interval is abandoned and the next one sent on time, and an unreachable control plane is
 //! tried again every interval (no backoff: one small request per interval, and a backoff longer
@@ -37,17 +39,23 @@ pub async fn run(
     };
     let mut errors = ErrorLog::default();
     let timeout = answer_timeout(interval, request_timeout);
+    let control_planes = client.each();
     loop {
         let started = Instant::now();
-        let outcome = match tokio::time::timeout(timeout, client.heartbeat(&heartbeat)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(Error::from(error)),
-            Err(_) => Err(Error::NoAnswer(timeout)),
-        };
-        match outcome {
-            Ok(()) => errors.ok(&Subject::Heartbeat),
-            Err(error) => {
-                errors.failed(&Subject::Heartbeat, &error);
+        let sent = control_planes.iter().map(|client| async {
+            let outcome = match tokio::time::timeout(timeout, client.heartbeat(&heartbeat)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(Error::from(error)),
+                Err(_) => Err(Error::NoAnswer(timeout)),
+            };
+            (Subject::Heartbeat(client.server().to_string()), outcome)
+        });
+        for (subject, outcome) in futures::future::join_all(sent).await {
+            match outcome {
+                Ok(()) => errors.ok(&subject),
+                Err(error) => {
+                    errors.failed(&subject, &error);
+                }
             }
         }
         tokio::time::sleep_until(started + interval).await;

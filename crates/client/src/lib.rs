@@ -134,6 +134,7 @@ pub struct NodeStatus {
 }
 
 /// One control-plane address and the HTTP client that reaches it.
+#[derive(Clone)]
 struct Endpoint {
     /// The address as given: `http://HOST:PORT` or `unix:PATH`.
     server: String,
@@ -217,6 +218,18 @@ impl Client {
     /// request).
     pub fn server(&self) -> &str {
         &self.endpoints[self.current.load(Ordering::Relaxed) % self.endpoints.len()].server
+    }
+
+    /// A client of each control plane given, on its own (node agents report to every one, so
+    /// whichever leads knows every node).
+    pub fn each(&self) -> Vec<Client> {
+        self.endpoints
+            .iter()
+            .map(|endpoint| Client {
+                endpoints: Arc::new([endpoint.clone()]),
+                current: Arc::new(AtomicUsize::new(0)),
+            })
+            .collect()
     }
 
     /// Every address given, in order, separated by commas.
