@@ -10,6 +10,9 @@
 //! The controllers see only the [`Store`] trait; [`RedbStore`], one crash-safe file under the data
 //! directory, is the default. A distributed backend (etcd) implements the same trait.
 
+#[cfg(feature = "etcd")]
+pub mod election;
+
 use std::fmt;
 use std::path::Path;
 
