@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use tandem_control_plane::leader::Leader;
 use tandem_control_plane::{controllers, router, Api};
 use tandem_store::{RedbStore, StoreError};
 
@@ -110,6 +111,7 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
         let controllers = tokio::spawn(controllers::run(
             api.clone(),
             local_url.clone(),
+            Leader::Sole,
             wait_for(stopped.clone()),
         ));
         let on_socket = unix.map(|listener| {

@@ -186,7 +186,13 @@ pub struct Client {
     endpoints: Arc<[Endpoint]>,
     /// The index of the endpoint that answered last.
     current: Arc<AtomicUsize>,
+    /// The leader term every request carries ([`TERM_HEADER`]), for the controllers' writes.
+    term: Option<i64>,
 }
+
+/// The header that carries the controllers' leader term: a control plane on etcd makes each
+/// write with it conditional on that term still leading, so a deposed leader writes nothing.
+pub const TERM_HEADER: &str = "x-tandem-leader-term";
 
 /// The scheme of a control plane reached over a Unix socket: `unix:/path/to/control-plane.sock`.
 pub const UNIX_SCHEME: &str = "unix:";
@@ -211,7 +217,16 @@ impl Client {
         Ok(Client {
             endpoints: endpoints.into(),
             current: Arc::new(AtomicUsize::new(0)),
+            term: None,
         })
+    }
+
+    /// This client, every request of which carries the leader `term` (see [`TERM_HEADER`]).
+    pub fn in_term(&self, term: i64) -> Client {
+        Client {
+            term: Some(term),
+            ..self.clone()
+        }
     }
 
     /// The address of the control plane that answered last (the first given, before any
@@ -228,6 +243,7 @@ impl Client {
             .map(|endpoint| Client {
                 endpoints: Arc::new([endpoint.clone()]),
                 current: Arc::new(AtomicUsize::new(0)),
+                term: self.term,
             })
             .collect()
     }
@@ -267,7 +283,11 @@ impl Client {
         for attempt in 0..self.endpoints.len() {
             let index = (first + attempt) % self.endpoints.len();
             let endpoint = &self.endpoints[index];
-            let response = match build(endpoint).send().await {
+            let mut request = build(endpoint);
+            if let Some(term) = self.term {
+                request = request.header(TERM_HEADER, term);
+            }
+            let response = match request.send().await {
                 Ok(response) => response,
                 Err(error) if error.is_connect() && several => {
                     failures.push(format!("{}: {}", endpoint.server, cause(&error)));

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tandem_client::{Client, NodeHeartbeat};
+use tandem_control_plane::leader::Leader;
 use tandem_control_plane::{controllers, router, Api};
 use tandem_objects::{
     parse_yaml, CStorPoolCluster, CStorPoolInstance, CStorPoolInstancePhase, CStorVolume,
@@ -35,6 +36,7 @@ async fn cluster(nodes: &[&str]) -> Cluster {
     tokio::spawn(controllers::run(
         api.clone(),
         server.clone(),
+        Leader::Sole,
         std::future::pending(),
     ));
     tokio::spawn(async move { axum::serve(listener, router(api)).await.unwrap() });

@@ -29,6 +29,7 @@ use tandem_objects::{CStorVolume, CStorVolumeConfig, Object};
 use crate::controllers::execute::{execute, ExecuteError};
 use crate::controllers::observe::Observed;
 use crate::controllers::volumes::Step;
+use crate::leader::Leader;
 use crate::Api;
 
 /// The event source of the volume controller, as cStor names it.
@@ -45,8 +46,15 @@ pub(crate) struct Context {
     pub pool_events: Recorder,
 }
 
-/// Runs the controllers against the API at `server` (this process's own) until `shutdown`.
-pub async fn run(api: Arc<Api>, server: String, shutdown: impl Future<Output = ()>) {
+/// Runs the controllers against the API at `server` (this process's own) while this control
+/// plane leads, until `shutdown`. A pass under way when the leadership is lost is dropped at
+/// its next await; its writes carry the term, so one already sent is refused by the store.
+pub async fn run(
+    api: Arc<Api>,
+    server: String,
+    mut leader: Leader,
+    shutdown: impl Future<Output = ()>,
+) {
     let client = match Client::new(&server) {
         Ok(client) => client,
         Err(error) => {
@@ -54,23 +62,43 @@ pub async fn run(api: Arc<Api>, server: String, shutdown: impl Future<Output = (
             return;
         }
     };
-    let context = Context {
-        volume_events: Recorder::new(client.clone(), VOLUME_CONTROLLER, ""),
-        pool_events: Recorder::new(client.clone(), POOL_CONTROLLER, ""),
-        client,
-        api,
-    };
-    let mut errors = ErrorLog::default();
     tokio::pin!(shutdown);
     loop {
-        let written = context.api.written.notified();
-        pass(&context, &mut errors).await;
-        let next = next_pass_in(context.api.next_lease_expiry());
-        tokio::select! {
+        let mandate = tokio::select! {
             _ = &mut shutdown => return,
-            _ = written => {}
-            _ = tokio::time::sleep(next) => {}
+            mandate = leader.until_leading() => mandate,
+        };
+        let client = match mandate {
+            Some(term) => {
+                tracing::info!(term = term.0, "this control plane leads: controllers start");
+                client.in_term(term.0)
+            }
+            None => client.clone(),
+        };
+        let context = Context {
+            volume_events: Recorder::new(client.clone(), VOLUME_CONTROLLER, ""),
+            pool_events: Recorder::new(client.clone(), POOL_CONTROLLER, ""),
+            client,
+            api: api.clone(),
+        };
+        let mut errors = ErrorLog::default();
+        let mut lost = std::pin::pin!(leader.clone().lost(mandate));
+        loop {
+            let written = context.api.written.notified();
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = &mut lost => break,
+                _ = pass(&context, &mut errors) => {}
+            }
+            let next = next_pass_in(context.api.next_lease_expiry());
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = &mut lost => break,
+                _ = written => {}
+                _ = tokio::time::sleep(next) => {}
+            }
         }
+        tracing::warn!("this control plane no longer leads: controllers stop");
     }
 }
 
