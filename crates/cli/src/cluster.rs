@@ -8,7 +8,13 @@
 //! DIR/control-plane/{store.redb, address, control-plane.log, control-plane.pid,
 //!                    control-plane.sock (with --netns)}
 //! DIR/nodes/NODE/{pool/, agent.log, agent.pid}
+//! DIR/control-planes/cpN/control-plane/{address, control-plane.log, control-plane.pid}  (--ha)
+//! DIR/etcd/etcdN/{data/, etcd.log, etcd.pid}                                          (--ha)
 //! ```
+//!
+//! With `--ha` the objects live in a three-member etcd cluster ([`etcd`]) and three control
+//! planes share it: every one serves the API, the elected one runs the controllers, and the
+//! agents and the `tandem` command know all three addresses (DIR/control-plane/address).
 //!
 //! By default every process listens on 127.0.0.1. With `--netns PREFIX` each runs on its own
 //! network host, a network namespace on a bridge ([`netns`]); the `tandem` command reaches the
@@ -37,9 +43,12 @@ use tandem_objects::{
     PoolSpec, Quantity, RaidGroup, DEFAULT_NAMESPACE, LABEL_HOSTNAME,
 };
 
+mod etcd;
 mod netns;
+mod status;
 
 pub use netns::{enter as enter_namespace, Network};
+pub use status::{status, StatusArgs};
 
 use crate::control_plane::write_atomically;
 use crate::server::{address_file, default_data_dir};
@@ -85,6 +94,11 @@ pub struct UpArgs {
     /// cluster started with it keeps it.
     #[arg(long, value_name = "PREFIX")]
     netns: Option<String>,
+    /// High availability: a three-member etcd cluster (Debian's etcd-server) holds the objects
+    /// and three control planes share it, one of them (elected) running the controllers. A
+    /// cluster started with it keeps it.
+    #[arg(long)]
+    ha: bool,
 }
 
 impl UpArgs {
@@ -100,7 +114,14 @@ impl UpArgs {
             timeout,
             data_dir: Some(data_dir),
             netns: None,
+            ha: false,
         }
+    }
+
+    /// The same, highly available (`up --ha`).
+    pub fn highly_available(mut self) -> UpArgs {
+        self.ha = true;
+        self
     }
 
     /// The same, on network namespaces named after `prefix` (`up --netns PREFIX`).
@@ -127,6 +148,18 @@ struct ClusterFile {
     /// The network namespaces the cluster runs on (`up --netns`); none on loopback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     netns: Option<Network>,
+    /// The etcd cluster and the control planes' ports (`up --ha`); none with one control plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ha: Option<HighAvailability>,
+}
+
+/// An HA cluster's etcd members and control planes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HighAvailability {
+    etcd: Vec<etcd::Member>,
+    /// Every control plane's port on 127.0.0.1, the first being the cluster's `port`.
+    control_plane_ports: Vec<u16>,
 }
 
 impl ClusterFile {
@@ -188,6 +221,13 @@ fn control_plane_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("control-plane")
 }
 
+/// The data directory of HA control plane `index` (each has its own log, pid and address).
+fn ha_control_plane_dir(data_dir: &Path, index: usize) -> PathBuf {
+    data_dir
+        .join("control-planes")
+        .join(format!("cp{}", index + 1))
+}
+
 pub fn up(args: UpArgs) -> Result<()> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     if args.nodes == 0 || args.nodes > NODES_MAX {
@@ -222,7 +262,38 @@ pub fn up(args: UpArgs) -> Result<()> {
     }
 
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
-    let server = runtime.block_on(start_control_plane(&data_dir, &cluster, args.timeout))?;
+    let server = match &cluster.ha {
+        None => runtime.block_on(start_control_plane(
+            &data_dir,
+            &cluster,
+            cluster.port,
+            None,
+            args.timeout,
+        ))?,
+        Some(ha) => {
+            runtime.block_on(etcd::start(
+                &data_dir,
+                &ha.etcd,
+                |pid_file| running_pid(pid_file, "etcd"),
+                args.timeout,
+            ))?;
+            let store = etcd::store_location(&ha.etcd);
+            let mut servers = Vec::new();
+            for (index, &port) in ha.control_plane_ports.iter().enumerate() {
+                servers.push(runtime.block_on(start_control_plane(
+                    &ha_control_plane_dir(&data_dir, index),
+                    &cluster,
+                    port,
+                    Some(&store),
+                    args.timeout,
+                ))?);
+            }
+            // The tandem command finds every control plane here.
+            let server = servers.join(",");
+            write_atomically(&address_file(&data_dir), &format!("{server}\n"))?;
+            server
+        }
+    };
     // The agents join the control plane by URL, over the bridge when on namespaces.
     let agents_server = match &cluster.netns {
         Some(network) => network.control_plane_url(),
@@ -240,7 +311,16 @@ pub fn up(args: UpArgs) -> Result<()> {
         cluster.nodes.len(),
         cluster.nodes.len()
     );
-    println!("  control plane  {server}");
+    match &cluster.ha {
+        None => println!("  control plane  {server}"),
+        Some(ha) => {
+            for address in server.split(',') {
+                println!("  control plane  {address}");
+            }
+            println!("  etcd           {}", etcd::client_urls(&ha.etcd).join(" "));
+            println!("  (one control plane leads the controllers: tandem status)");
+        }
+    }
     for (index, node) in cluster.nodes.iter().enumerate() {
         println!(
             "  {:<13}  pool {} ({}), NBD on {}:{}",
@@ -308,6 +388,23 @@ fn plan(data_dir: &Path, args: &UpArgs, pool_size: Quantity) -> Result<ClusterFi
     if on_netns {
         netns::check_can_create()?;
     }
+    let highly_available = match &recorded {
+        Some(cluster) if !cluster.nodes.is_empty() => {
+            if cluster.ha.is_none() && args.ha {
+                bail!(
+                    "the cluster in {} has one control plane on a redb store; it cannot become \
+                     --ha (copy its objects to etcd with `tandem store copy`, or use another \
+                     --data-dir)",
+                    data_dir.display()
+                );
+            }
+            cluster.ha.is_some()
+        }
+        _ => args.ha,
+    };
+    if highly_available && on_netns {
+        bail!("--ha and --netns cannot be combined yet: --ha runs on loopback");
+    }
     let mut cluster = match recorded {
         Some(cluster) => cluster,
         None => ClusterFile {
@@ -319,8 +416,28 @@ fn plan(data_dir: &Path, args: &UpArgs, pool_size: Quantity) -> Result<ClusterFi
             agent_timeout: humantime::format_duration(args.agent_timeout).to_string(),
             nodes: Vec::new(),
             netns: None,
+            ha: None,
         },
     };
+    if highly_available && cluster.ha.is_none() {
+        let mut control_plane_ports = vec![cluster.port];
+        while control_plane_ports.len() < 3 {
+            control_plane_ports.push(choose_port(Some(0))?);
+        }
+        let etcd = (1..=etcd::MEMBERS)
+            .map(|n| -> Result<etcd::Member> {
+                Ok(etcd::Member {
+                    name: format!("etcd{n}"),
+                    client_port: choose_port(Some(0))?,
+                    peer_port: choose_port(Some(0))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        cluster.ha = Some(HighAvailability {
+            etcd,
+            control_plane_ports,
+        });
+    }
     if args.nodes < cluster.nodes.len() {
         bail!(
             "the cluster in {} has {} nodes; `tandem up --nodes {}` cannot remove nodes (move \
@@ -380,9 +497,14 @@ fn choose_port(asked: Option<u16>) -> Result<u16> {
     }
 }
 
+/// Starts the control plane whose data directory is `data_dir` (the cluster's, or with --ha its
+/// own) on `port`, on `store` if given (else the redb file in its data directory); returns its
+/// address once it serves.
 async fn start_control_plane(
     data_dir: &Path,
     cluster: &ClusterFile,
+    port: u16,
+    store: Option<&str>,
     timeout: Duration,
 ) -> Result<String> {
     let directory = control_plane_dir(data_dir);
@@ -394,11 +516,11 @@ async fn start_control_plane(
             format!("{}:{}", network.control_plane_address(), cluster.port),
         ),
         None => (
-            format!("http://127.0.0.1:{}", cluster.port),
-            format!("127.0.0.1:{}", cluster.port),
+            format!("http://127.0.0.1:{port}"),
+            format!("127.0.0.1:{port}"),
         ),
     };
-    if let Some(pid) = running_pid(&pid_file) {
+    if let Some(pid) = running_pid(&pid_file, "tandem") {
         println!("control plane already running (pid {pid}) at {server}");
         return Ok(server);
     }
@@ -413,6 +535,9 @@ async fn start_control_plane(
         "--agent-timeout".to_string(),
         cluster.agent_timeout.clone(),
     ];
+    if let Some(store) = store {
+        args.extend(["--store".to_string(), store.to_string()]);
+    }
     let namespace = cluster.netns.as_ref().map(Network::control_plane_namespace);
     if namespace.is_some() {
         args.extend(["--unix-socket".to_string(), socket.display().to_string()]);
@@ -455,7 +580,7 @@ fn start_agent(
     std::fs::create_dir_all(&directory)
         .with_context(|| format!("create {}", directory.display()))?;
     let pid_file = directory.join("agent.pid");
-    if let Some(pid) = running_pid(&pid_file) {
+    if let Some(pid) = running_pid(&pid_file, "tandem") {
         println!("agent {} already running (pid {pid})", node.name);
         return Ok(());
     }
@@ -515,9 +640,9 @@ fn spawn(args: &[String], log: &Path, pid_file: &Path, namespace: Option<&str>) 
     Ok(child)
 }
 
-/// The pid in `pid_file`, if that process is alive and is a tandem process (a pid can be
-/// reused after a reboot).
-fn running_pid(pid_file: &Path) -> Option<i32> {
+/// The pid in `pid_file`, if that process is alive and runs `program` (a pid can be reused
+/// after a reboot).
+fn running_pid(pid_file: &Path, program: &str) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(pid_file)
         .ok()?
         .trim()
@@ -527,8 +652,8 @@ fn running_pid(pid_file: &Path) -> Option<i32> {
     // The state follows the command name in parentheses: "123 (tandem) S ...".
     let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
     let command = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let is_tandem = String::from_utf8_lossy(&command).contains("tandem");
-    (state != 'Z' && state != 'X' && is_tandem).then_some(pid)
+    let runs_it = String::from_utf8_lossy(&command).contains(program);
+    (state != 'Z' && state != 'X' && runs_it).then_some(pid)
 }
 
 /// Makes sure the pool cluster has a pool on every node, then waits until they are ONLINE.
@@ -647,21 +772,39 @@ pub fn down(args: DownArgs) -> Result<()> {
         }
     }
     pid_files.sort();
-    // Agents first: the control plane outlives them, so they can report that they stop.
+    // Agents first: the control plane outlives them, so they can report that they stop; etcd
+    // last, after every control plane that uses it.
     pid_files.push((
         "control plane".to_string(),
         control_plane_dir(&data_dir).join("control-plane.pid"),
     ));
+    let recorded = read_recorded(&data_dir);
+    let ha = recorded.as_ref().and_then(|cluster| cluster.ha.clone());
+    let mut programs = vec!["tandem"; pid_files.len()];
+    if let Some(ha) = &ha {
+        for index in 0..ha.control_plane_ports.len() {
+            pid_files.push((
+                format!("control plane cp{}", index + 1),
+                control_plane_dir(&ha_control_plane_dir(&data_dir, index))
+                    .join("control-plane.pid"),
+            ));
+            programs.push("tandem");
+        }
+        for member in &ha.etcd {
+            pid_files.push((format!("etcd {}", member.name), member.pid_file(&data_dir)));
+            programs.push("etcd");
+        }
+    }
     let mut stopped = 0;
-    for (what, pid_file) in &pid_files {
-        if let Some(pid) = running_pid(pid_file) {
+    for ((what, pid_file), program) in pid_files.iter().zip(programs) {
+        if let Some(pid) = running_pid(pid_file, program) {
             stop(what, pid)?;
             stopped += 1;
         }
         let _ = std::fs::remove_file(pid_file);
     }
     let _ = std::fs::remove_file(address_file(&data_dir));
-    if let Some(mut cluster) = read_recorded(&data_dir) {
+    if let Some(mut cluster) = recorded {
         if let Some(network) = cluster.netns.clone().filter(|network| network.created) {
             netns::remove(&network, &cluster.node_names())?;
             cluster.netns = Some(Network {

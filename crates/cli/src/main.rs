@@ -48,6 +48,8 @@ enum TopCommand {
     /// (FUA writes, flushes, read-back checks, reconnecting after failures), then reads every
     /// block back. Fails if any block held the wrong data.
     Workload(application::WorkloadArgs),
+    /// Shows the local cluster's processes: control planes (which leads), etcd members, nodes.
+    Status(cluster::StatusArgs),
     /// Prints a kubeconfig for the cluster, so the real kubectl reaches its control plane.
     Kubeconfig(kubeconfig::KubeconfigArgs),
     /// The kubectl-style verbs: get, describe, edit, patch, apply, create, delete, volume.
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
         TopCommand::Agent(args) => agent::run(args).map(|()| true),
         TopCommand::Demo(args) => demo::run(args),
         TopCommand::Workload(args) => application::run(args),
+        TopCommand::Status(args) => cluster::status(args),
         TopCommand::Kubeconfig(args) => kubeconfig::run(args),
         TopCommand::Kubectl(command) => kubectl::run(command),
     };
