@@ -118,12 +118,6 @@ impl UpArgs {
         }
     }
 
-    /// The same, highly available (`up --ha`).
-    pub fn highly_available(mut self) -> UpArgs {
-        self.ha = true;
-        self
-    }
-
     /// The same, on network namespaces named after `prefix` (`up --netns PREFIX`).
     pub fn on_netns(mut self, prefix: Option<String>) -> UpArgs {
         self.netns = prefix;

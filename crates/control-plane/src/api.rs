@@ -29,6 +29,8 @@ use tandem_objects::{
     LABEL_HOSTNAME, LABEL_PERSISTENT_VOLUME,
 };
 use tandem_store::{ChangeKind, ObjectKey, Store, StoreError};
+
+use crate::fence::FencedStore;
 use tokio::sync::Notify;
 
 /// How long a watch stays open at most, unless the client asks for less.
@@ -49,7 +51,7 @@ impl Api {
     /// `agent_timeout`: how long an agent may stay silent before its node is not ready.
     pub fn new(store: Arc<dyn Store>, agent_timeout: Duration) -> Arc<Api> {
         Arc::new(Api {
-            store,
+            store: Arc::new(FencedStore(store)),
             written: Notify::new(),
             nodes: Mutex::new(BTreeMap::new()),
             started: Instant::now(),
@@ -82,6 +84,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/tandem/v1/nodes", get(list_nodes))
         .route("/tandem/v1/nodes/{node}", put(heartbeat))
         .merge(crate::discovery::routes())
+        .layer(axum::middleware::from_fn(crate::fence::layer))
         .with_state(api)
 }
 
@@ -147,7 +150,7 @@ impl ApiError {
         self.kind
     }
 
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(ErrorKind::BadRequest, message)
     }
 
@@ -200,6 +203,7 @@ fn store_error(kind: Kind, error: StoreError) -> ApiError {
         }
         error @ StoreError::Expired { .. } => ApiError::new(ErrorKind::Expired, error.to_string()),
         error @ StoreError::Invalid { .. } => ApiError::invalid(error.to_string()),
+        error @ StoreError::Fenced { .. } => ApiError::new(ErrorKind::Conflict, error.to_string()),
         error @ (StoreError::Storage(_) | StoreError::InUse(_)) => {
             ApiError::internal(error.to_string())
         }

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod controllers;
 pub mod discovery;
+pub mod fence;
 pub mod leader;
 
 pub use api::{router, Api};

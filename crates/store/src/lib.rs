@@ -97,6 +97,10 @@ pub enum StoreError {
     Storage(String),
     #[error("{} is in use by another process (another control plane, or one still exiting)", .0.display())]
     InUse(std::path::PathBuf),
+    /// A write made in a leader term that has ended (another control plane leads): nothing was
+    /// written.
+    #[error("this control plane no longer leads (its term {term} ended); nothing was written")]
+    Fenced { term: i64 },
 }
 
 /// The narrow interface the control plane uses. Implementations are safe to share between
@@ -123,6 +127,13 @@ pub trait Store: Send + Sync {
     fn changes_since(&self, version: u64, limit: usize) -> Result<Vec<Change>, StoreError>;
     /// The newest resource version.
     fn current_version(&self) -> Result<u64, StoreError>;
+    /// This store, whose writes hold only while leader `term` (see the `election` module) still leads,
+    /// checked in the same step as the write ([`StoreError::Fenced`] otherwise). `None` for a
+    /// store only one process can open: it has no other leader to fear.
+    fn fenced(&self, term: i64) -> Option<Box<dyn Store + '_>> {
+        let _ = term;
+        None
+    }
 }
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");

@@ -44,6 +44,29 @@ impl Cluster {
         cluster
     }
 
+    /// A cluster of `nodes` nodes with three control planes on a three-member etcd
+    /// (`tandem up --ha`).
+    pub fn up_ha(nodes: usize, pool_size: &str) -> Cluster {
+        let cluster = Cluster {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            netns: None,
+        };
+        let nodes = nodes.to_string();
+        cluster.ok(&[
+            "up",
+            "--ha",
+            "--nodes",
+            &nodes,
+            "--pool-size",
+            pool_size,
+            "--port",
+            "0",
+            "--agent-timeout",
+            "2s",
+        ]);
+        cluster
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }
