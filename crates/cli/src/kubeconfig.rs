@@ -1,6 +1,9 @@
 //! `tandem kubeconfig`: a kubeconfig for the cluster, so the real `kubectl` talks to its control
 //! plane (`KUBECONFIG=<(tandem kubeconfig) kubectl get cspc`). It stays the way to reach the
-//! cluster when credentials come.
+//! cluster when credentials come. With several control planes (`tandem up --ha`) it has one
+//! context per control plane (`tandem`, `tandem-2`, ...), the current one being the first that
+//! accepts a connection now; kubectl itself does not move between servers, so when that one is
+//! gone run `tandem kubeconfig` again or pick another with `kubectl --context`.
 
 use anyhow::{bail, Result};
 use clap::Args;
@@ -17,28 +20,68 @@ pub struct KubeconfigArgs {
 }
 
 pub fn run(args: KubeconfigArgs) -> Result<bool> {
-    let address = args.server.address()?;
-    if !(address.starts_with("http://") || address.starts_with("https://")) {
-        bail!(
-            "the control plane is reached at {address}, which kubectl cannot use; give its HTTP \
-             address with --server (on a `tandem up --netns` cluster, from inside its \
-             namespaces: http://10.77.S.254:7070)"
-        );
+    let addresses = args.server.address()?;
+    let servers: Vec<&str> = addresses.split(',').map(str::trim).collect();
+    for address in &servers {
+        if !(address.starts_with("http://") || address.starts_with("https://")) {
+            bail!(
+                "the control plane is reached at {address}, which kubectl cannot use; give its \
+                 HTTP address with --server (on a `tandem up --netns` cluster, from inside its \
+                 namespaces: http://10.77.S.254:7070)"
+            );
+        }
     }
-    print!("{}", kubeconfig(&address, &args.namespace));
+    let current = servers
+        .iter()
+        .position(|server| accepts_connections(server))
+        .unwrap_or(0);
+    print!("{}", kubeconfig(&servers, current, &args.namespace));
     Ok(true)
 }
 
-fn kubeconfig(server: &str, namespace: &str) -> String {
+/// Whether something listens at the HTTP address `server` (within a second).
+fn accepts_connections(server: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    let host = server
+        .split_once("://")
+        .map_or(server, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let Ok(mut addresses) = host.to_socket_addrs() else {
+        return false;
+    };
+    addresses.any(|address| {
+        std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(1)).is_ok()
+    })
+}
+
+/// The context (and cluster) name of control plane `index`: `tandem`, then `tandem-2`, ...
+fn context_name(index: usize) -> String {
+    match index {
+        0 => "tandem".to_string(),
+        _ => format!("tandem-{}", index + 1),
+    }
+}
+
+fn kubeconfig(servers: &[&str], current: usize, namespace: &str) -> String {
+    let mut clusters = String::new();
+    let mut contexts = String::new();
+    for (index, server) in servers.iter().enumerate() {
+        let name = context_name(index);
+        clusters += &format!("- name: {name}\n  cluster:\n    server: {server}\n");
+        contexts += &format!(
+            "- name: {name}\n  context:\n    cluster: {name}\n    namespace: {namespace}\n"
+        );
+    }
     format!(
         "apiVersion: v1\n\
          kind: Config\n\
-         clusters:\n\
-         - name: tandem\n  cluster:\n    server: {server}\n\
-         contexts:\n\
-         - name: tandem\n  context:\n    cluster: tandem\n    namespace: {namespace}\n\
-         current-context: tandem\n\
-         users: []\n"
+         clusters:\n{clusters}\
+         contexts:\n{contexts}\
+         current-context: {}\n\
+         users: []\n",
+        context_name(current)
     )
 }
 
@@ -48,7 +91,7 @@ mod tests {
 
     #[test]
     fn the_kubeconfig_names_the_server_and_the_namespace() {
-        let text = kubeconfig("http://127.0.0.1:7070", "openebs");
+        let text = kubeconfig(&["http://127.0.0.1:7070"], 0, "openebs");
         let parsed: yaml_serde::Value = yaml_serde::from_str(&text).expect("YAML");
         assert_eq!(
             parsed["clusters"][0]["cluster"]["server"],
@@ -56,5 +99,25 @@ mod tests {
         );
         assert_eq!(parsed["contexts"][0]["context"]["namespace"], "openebs");
         assert_eq!(parsed["current-context"], "tandem");
+    }
+
+    #[test]
+    fn several_control_planes_have_a_context_each_and_the_answering_one_is_current() {
+        let servers = ["http://127.0.0.1:7070", "http://127.0.0.1:7071"];
+        let parsed: yaml_serde::Value =
+            yaml_serde::from_str(&kubeconfig(&servers, 1, "openebs")).expect("YAML");
+        assert_eq!(parsed["clusters"][1]["name"], "tandem-2");
+        assert_eq!(
+            parsed["clusters"][1]["cluster"]["server"],
+            "http://127.0.0.1:7071"
+        );
+        assert_eq!(parsed["contexts"][1]["context"]["cluster"], "tandem-2");
+        assert_eq!(parsed["current-context"], "tandem-2");
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let open = format!("http://{}", listener.local_addr().expect("address"));
+        assert!(accepts_connections(&open));
+        drop(listener);
+        assert!(!accepts_connections(&open));
     }
 }
