@@ -200,7 +200,7 @@ fn store_error(kind: Kind, error: StoreError) -> ApiError {
         }
         error @ StoreError::Expired { .. } => ApiError::new(ErrorKind::Expired, error.to_string()),
         error @ StoreError::Invalid { .. } => ApiError::invalid(error.to_string()),
-        error @ (StoreError::Storage(_) | StoreError::InUse(_)) => {
+        error @ (StoreError::Storage(_) | StoreError::InUse(_) | StoreError::Unavailable(_)) => {
             ApiError::internal(error.to_string())
         }
     }
