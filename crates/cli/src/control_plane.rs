@@ -1,4 +1,6 @@
-//! `tandem control-plane`: serves the object API from the store under the data directory.
+//! `tandem control-plane`: serves the object API from its store (the redb file under the data
+//! directory, or etcd) and runs the controllers while it leads: always, alone on redb; when
+//! elected, among the control planes that share an etcd.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,7 +11,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use tandem_control_plane::leader::Leader;
 use tandem_control_plane::{controllers, router, Api};
-use tandem_store::{RedbStore, StoreError};
+use tandem_store::election::{self, ControlPlane, ElectionConfig, Leadership};
+use tandem_store::{Location, RedbStore, Store, StoreError};
 
 use crate::server::{address_file, default_data_dir};
 
@@ -30,6 +33,16 @@ pub struct ControlPlaneArgs {
     /// root namespace of a `tandem up --netns` cluster) reach the control plane through it.
     #[arg(long)]
     unix_socket: Option<PathBuf>,
+    /// Where the objects live: `redb:PATH`, a path, or
+    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` [default: control-plane/store.redb under the
+    /// data directory]. Any number of control planes may share one etcd: all serve the API, the
+    /// elected one runs the controllers.
+    #[arg(long, env = "TANDEM_STORE")]
+    store: Option<String>,
+    /// On etcd, the leader's lease: how long the controllers stand still after their leader
+    /// dies before another control plane leads.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    leader_lease: Duration,
 }
 
 /// How long a restarted control plane waits for its store and port to be let go.
@@ -57,17 +70,30 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
     let directory = data_dir.join("control-plane");
     std::fs::create_dir_all(&directory)
         .with_context(|| format!("create data directory {}", directory.display()))?;
-    let path = directory.join("store.redb");
+    let location = match &args.store {
+        Some(text) => Location::parse(text)?,
+        None => Location::Redb(directory.join("store.redb")),
+    };
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     runtime.block_on(async move {
-        // After a kill -9 the previous control plane may still be letting go of its store and
-        // its port for a moment: wait for them rather than fail a prompt restart.
-        let store = patiently(
-            || RedbStore::open(&path),
-            |error| matches!(error, StoreError::InUse(_)),
-        )
-        .await
-        .with_context(|| format!("open store {}", path.display()))?;
+        let store: Arc<dyn Store> = match &location {
+            // After a kill -9 the previous control plane may still be letting go of its store
+            // and its port for a moment: wait for them rather than fail a prompt restart.
+            Location::Redb(path) => Arc::new(
+                patiently(
+                    || RedbStore::open(path),
+                    |error| matches!(error, StoreError::InUse(_)),
+                )
+                .await
+                .with_context(|| format!("open store {}", path.display()))?,
+            ),
+            etcd => {
+                let etcd = etcd.clone();
+                tokio::task::spawn_blocking(move || etcd.open())
+                    .await
+                    .context("open the store")??
+            }
+        };
         let listener = patiently(
             || std::net::TcpListener::bind(args.listen),
             |error| error.kind() == std::io::ErrorKind::AddrInUse,
@@ -105,13 +131,30 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
             None => local_url.clone(),
         };
         write_atomically(&address_file(&data_dir), &format!("{recorded}\n"))?;
-        tracing::info!(%address, store = %path.display(), "control plane started");
-        let api = Api::new(Arc::new(store), args.agent_timeout);
+        tracing::info!(%address, store = %location, "control plane started");
+        let api = Api::new(store, args.agent_timeout);
+        let (leader, election) = match &location {
+            Location::Redb(_) => (Leader::Sole, None),
+            Location::Etcd { endpoints, prefix } => {
+                let config = ElectionConfig {
+                    endpoints: endpoints.iter().map(|e| format!("http://{e}")).collect(),
+                    prefix: prefix.clone(),
+                    me: ControlPlane {
+                        address: local_url.clone(),
+                        pid: std::process::id(),
+                    },
+                    ttl: args.leader_lease,
+                };
+                let (publish, leadership) = tokio::sync::watch::channel(Leadership::Following);
+                let election = tokio::spawn(election::run(config, publish));
+                (Leader::Elected(leadership), Some(election))
+            }
+        };
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let controllers = tokio::spawn(controllers::run(
             api.clone(),
             local_url.clone(),
-            Leader::Sole,
+            leader,
             wait_for(stopped.clone()),
         ));
         let on_socket = unix.map(|listener| {
@@ -130,6 +173,11 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
         // The receiver may already be gone if the controllers ended on their own.
         let _ = stop.send(true);
         let _ = controllers.await;
+        // The controllers held the only receiver: the election gives the lease back now, so
+        // another control plane leads at once rather than after the lease.
+        if let Some(election) = election {
+            let _ = tokio::time::timeout(Duration::from_secs(2), election).await;
+        }
         if let Some(on_socket) = on_socket {
             let _ = on_socket.await;
         }

@@ -102,6 +102,9 @@ pub enum ErrorKind {
     /// The object, or the change, breaks a validation or admission rule.
     Invalid,
     Internal,
+    /// The store cannot be reached or cannot decide (etcd without quorum): try again, or
+    /// another control plane.
+    Unavailable,
 }
 
 impl ErrorKind {
@@ -113,6 +116,7 @@ impl ErrorKind {
             ErrorKind::Expired => StatusCode::GONE,
             ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -126,6 +130,7 @@ impl ErrorKind {
             ErrorKind::Expired => "Expired",
             ErrorKind::Invalid => "Invalid",
             ErrorKind::Internal => "InternalError",
+            ErrorKind::Unavailable => "ServiceUnavailable",
         }
     }
 }
@@ -160,6 +165,10 @@ impl ApiError {
 
     fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(ErrorKind::Internal, message)
+    }
+
+    fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorKind::Unavailable, message)
     }
 }
 
@@ -204,6 +213,7 @@ fn store_error(kind: Kind, error: StoreError) -> ApiError {
         error @ StoreError::Expired { .. } => ApiError::new(ErrorKind::Expired, error.to_string()),
         error @ StoreError::Invalid { .. } => ApiError::invalid(error.to_string()),
         error @ StoreError::Fenced { .. } => ApiError::new(ErrorKind::Conflict, error.to_string()),
+        error @ StoreError::Unavailable(_) => ApiError::unavailable(error.to_string()),
         error @ (StoreError::Storage(_) | StoreError::InUse(_)) => {
             ApiError::internal(error.to_string())
         }
@@ -911,6 +921,7 @@ mod tests {
             (ErrorKind::Expired, 410, "Expired"),
             (ErrorKind::Invalid, 422, "Invalid"),
             (ErrorKind::Internal, 500, "InternalError"),
+            (ErrorKind::Unavailable, 503, "ServiceUnavailable"),
         ];
         for (kind, code, reason) in table {
             let response = ApiError::new(kind, "what was wrong").into_response();

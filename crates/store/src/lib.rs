@@ -7,8 +7,18 @@
 //! also appended to a change log, so a watcher can ask for everything after a version it has seen;
 //! the log keeps the newest changes only, and a watch from before them is told to list again.
 //!
-//! The controllers see only the [`Store`] trait; [`RedbStore`], one crash-safe file under the data
-//! directory, is the default. A distributed backend (etcd) implements the same trait.
+//! The controllers see only the [`Store`] trait. [`RedbStore`], one crash-safe file under the data
+//! directory, is the default; [`EtcdStore`] (feature `etcd`) keeps the objects in an etcd cluster
+//! under the same contract, its resource versions being etcd revisions. [`Location`] names either
+//! (`redb:PATH`, a bare path, or `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`) and [`open`] opens it.
+
+#[cfg(feature = "etcd")]
+mod etcd;
+mod location;
+
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdOptions, EtcdStore};
+pub use location::{open, Location, OpenError, ETCD_PREFIX_DEFAULT};
 
 #[cfg(feature = "etcd")]
 pub mod election;
@@ -95,6 +105,10 @@ pub enum StoreError {
     Invalid { key: ObjectKey, reason: String },
     #[error("store file: {0}")]
     Storage(String),
+    /// The store cannot be reached or cannot decide (etcd down, or without a quorum): the
+    /// request may succeed later. The text names the store's endpoints and what failed.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{} is in use by another process (another control plane, or one still exiting)", .0.display())]
     InUse(std::path::PathBuf),
     /// A write made in a leader term that has ended (another control plane leads): nothing was
@@ -335,15 +349,23 @@ impl Store for RedbStore {
     }
 }
 
-/// Writes the version into `metadata.resourceVersion` (a string, as in Kubernetes).
-fn stamp(key: &ObjectKey, mut object: Value, version: u64) -> Result<Versioned, StoreError> {
-    let metadata = object
+/// The object's `metadata`, which every stored object has.
+fn metadata_mut<'a>(
+    key: &ObjectKey,
+    object: &'a mut Value,
+) -> Result<&'a mut serde_json::Map<String, Value>, StoreError> {
+    object
         .get_mut("metadata")
         .and_then(Value::as_object_mut)
         .ok_or_else(|| StoreError::Invalid {
             key: key.clone(),
             reason: "it has no metadata object".into(),
-        })?;
+        })
+}
+
+/// Writes the version into `metadata.resourceVersion` (a string, as in Kubernetes).
+fn stamp(key: &ObjectKey, mut object: Value, version: u64) -> Result<Versioned, StoreError> {
+    let metadata = metadata_mut(key, &mut object)?;
     metadata.insert("resourceVersion".into(), Value::String(version.to_string()));
     Ok(Versioned {
         key: key.clone(),

@@ -1,85 +1,37 @@
 //! Leader election against a real etcd: one leader at a time; a resigning leader hands over at
-//! once; a crashed one only after its lease, and never before its own clock says it stopped.
+//! once; a crashed one only after its lease, and never before its own clock says it stopped; a
+//! deposed leader's fenced writes are refused.
 
 #![cfg(feature = "etcd")]
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use serde_json::json;
 use tandem_store::election::{self, ControlPlane, ElectionConfig, Leadership, Term};
+use tandem_store::{ObjectKey, Store, StoreError};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// One etcd member on free loopback ports, killed when dropped.
-struct Etcd {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
+mod support;
+use support::Etcd;
+
+/// A one-member etcd, or `None` (the support module says why) when etcd is not installed.
+fn etcd() -> Option<Etcd> {
+    Etcd::start(1)
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port()
-}
-
-impl Etcd {
-    /// Starts etcd, or `None` (saying so) when it is not installed.
-    async fn start() -> Option<Etcd> {
-        if Command::new("etcd").arg("--version").output().is_err() {
-            println!("SKIPPED: etcd is not installed (Debian: etcd-server)");
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", "e1", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("e1={peer_url}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcd starts");
-        let etcd = Etcd {
-            child,
-            url,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let healthy =
-                election::members(std::slice::from_ref(&etcd.url), Duration::from_millis(500))
-                    .await;
-            if healthy.is_ok_and(|members| members.iter().all(|m| m.healthy)) {
-                return Some(etcd);
-            }
-            assert!(Instant::now() < deadline, "etcd did not become healthy");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn urls(etcd: &Etcd) -> Vec<String> {
+    etcd.endpoints()
+        .iter()
+        .map(|e| format!("http://{e}"))
+        .collect()
 }
 
 const TTL: Duration = Duration::from_secs(2);
 
 fn config(etcd: &Etcd, prefix: &str, port: u16) -> ElectionConfig {
     ElectionConfig {
-        endpoints: vec![etcd.url.clone()],
+        endpoints: urls(etcd),
         prefix: prefix.to_string(),
         me: ControlPlane {
             address: format!("http://127.0.0.1:{port}"),
@@ -121,13 +73,13 @@ async fn a_leader(candidates: &[&Candidate], within: Duration) -> (usize, Term) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leads_and_a_resigning_leader_hands_over_at_once() {
-    let Some(etcd) = Etcd::start().await else {
+    let Some(etcd) = etcd() else {
         return;
     };
     let first = candidate(config(&etcd, "/t1", 1));
     let second = candidate(config(&etcd, "/t1", 2));
     let (index, term) = a_leader(&[&first, &second], Duration::from_secs(10)).await;
-    let (planes, leader) = election::control_planes(std::slice::from_ref(&etcd.url), "/t1", TTL)
+    let (planes, leader) = election::control_planes(&urls(&etcd), "/t1", TTL)
         .await
         .expect("the registrations");
     assert_eq!(planes.len(), 2, "{planes:?}");
@@ -156,7 +108,7 @@ async fn one_leads_and_a_resigning_leader_hands_over_at_once() {
         "handed over in {:?}, not after the lease",
         resigned.elapsed()
     );
-    let (planes, _) = election::control_planes(std::slice::from_ref(&etcd.url), "/t1", TTL)
+    let (planes, _) = election::control_planes(&urls(&etcd), "/t1", TTL)
         .await
         .expect("the registrations");
     assert_eq!(planes.len(), 1, "the resigned one is gone: {planes:?}");
@@ -166,7 +118,7 @@ async fn one_leads_and_a_resigning_leader_hands_over_at_once() {
 /// after its lease, and the new term starts after the old leader's own clock said it stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_leader_is_replaced_after_its_lease_never_before_it_stopped() {
-    let Some(etcd) = Etcd::start().await else {
+    let Some(etcd) = etcd() else {
         return;
     };
     let first = candidate(config(&etcd, "/t2", 1));
@@ -199,7 +151,7 @@ async fn a_crashed_leader_is_replaced_after_its_lease_never_before_it_stopped() 
 /// etcd gone: the leader steps down by its own clock within the lease, without an answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_cannot_reach_etcd_steps_down_within_its_lease() {
-    let Some(etcd) = Etcd::start().await else {
+    let Some(etcd) = etcd() else {
         return;
     };
     let leader = candidate(config(&etcd, "/t3", 1));
@@ -216,4 +168,69 @@ async fn a_leader_that_cannot_reach_etcd_steps_down_within_its_lease() {
         "stepped down after {:?}",
         killed.elapsed()
     );
+}
+
+/// Writes made in a term hold while it leads; once another leads they are refused as fenced,
+/// and a fenced write's other refusals (a stale version, a missing object) read as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leaders_fenced_writes_are_refused() {
+    let Some(etcd) = etcd() else {
+        return;
+    };
+    let store = {
+        let etcd_store = etcd.store("/t4", Duration::from_secs(2));
+        std::sync::Arc::new(etcd_store)
+    };
+    let first = candidate(config(&etcd, "/t4", 1));
+    let (_, term) = a_leader(&[&first], Duration::from_secs(10)).await;
+    let key = ObjectKey::new("CStorVolumeConfig", "openebs", "pvc-f");
+    let object = |n: u64| json!({"metadata": {"name": "pvc-f", "namespace": "openebs"}, "n": n});
+    let writer = store.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        let fenced = writer.fenced(term.0).expect("etcd fences");
+        let created = fenced.create(&key, object(1))?;
+        let stale = fenced.update(&key, created.resource_version + 1000, object(2));
+        let missing = fenced.delete(
+            &ObjectKey::new("CStorVolumeConfig", "openebs", "none"),
+            None,
+        );
+        Ok::<_, StoreError>((created, stale, missing))
+    })
+    .await
+    .expect("no panic")
+    .expect("the leader writes");
+    let (created, stale, missing) = written;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { .. })),
+        "{stale:?}"
+    );
+    assert!(
+        matches!(missing, Err(StoreError::NotFound(_))),
+        "{missing:?}"
+    );
+
+    // Another leads: the first term's writes are refused, and nothing is written.
+    drop(first.leadership);
+    let _ = first.task.await;
+    let second = candidate(config(&etcd, "/t4", 2));
+    let (_, next) = a_leader(&[&second], Duration::from_secs(10)).await;
+    assert_ne!(next, term);
+    let writer = store.clone();
+    let key = ObjectKey::new("CStorVolumeConfig", "openebs", "pvc-f");
+    let version = created.resource_version;
+    let (refused, stored) = tokio::task::spawn_blocking(move || {
+        let refused = writer
+            .fenced(term.0)
+            .expect("etcd fences")
+            .update(&key, version, object(3));
+        (refused, writer.get(&key))
+    })
+    .await
+    .expect("no panic");
+    assert!(
+        matches!(refused, Err(StoreError::Fenced { term: t }) if t == term.0),
+        "{refused:?}"
+    );
+    let stored = stored.expect("a read").expect("the object");
+    assert_eq!(stored.object["n"], 1, "the deposed leader wrote nothing");
 }
