@@ -502,6 +502,8 @@ async fn start_control_plane(
     timeout: Duration,
 ) -> Result<String> {
     let directory = control_plane_dir(data_dir);
+    std::fs::create_dir_all(&directory)
+        .with_context(|| format!("create {}", directory.display()))?;
     let pid_file = directory.join("control-plane.pid");
     let socket = directory.join("control-plane.sock");
     let (server, listen) = match &cluster.netns {
