@@ -180,7 +180,8 @@ impl Endpoint {
 
 /// A client of one Tandem cluster's control planes. Given several addresses it sends each
 /// request to the one that answered last and moves on to the next when that one cannot be
-/// reached or answers 503 (it lost its store); every control plane serves the whole API.
+/// reached, does not start answering within [`ANSWER_PATIENCE`], or answers 503 (it lost its
+/// store); every control plane serves the whole API.
 #[derive(Clone)]
 pub struct Client {
     endpoints: Arc<[Endpoint]>,
@@ -193,6 +194,11 @@ pub struct Client {
 /// The header that carries the controllers' leader term: a control plane on etcd makes each
 /// write with it conditional on that term still leading, so a deposed leader writes nothing.
 pub const TERM_HEADER: &str = "x-tandem-leader-term";
+
+/// With several control planes, how long one may take to start answering a request before the
+/// request goes to the next (a paused or wedged process accepts connections but never answers).
+/// Longer than the store's own deadline, so a control plane that lost its store says so first.
+pub const ANSWER_PATIENCE: Duration = Duration::from_secs(6);
 
 /// The scheme of a control plane reached over a Unix socket: `unix:/path/to/control-plane.sock`.
 pub const UNIX_SCHEME: &str = "unix:";
@@ -287,13 +293,25 @@ impl Client {
             if let Some(term) = self.term {
                 request = request.header(TERM_HEADER, term);
             }
-            let response = match request.send().await {
-                Ok(response) => response,
-                Err(error) if error.is_connect() && several => {
+            let sent = if several {
+                tokio::time::timeout(ANSWER_PATIENCE, request.send()).await
+            } else {
+                Ok(request.send().await)
+            };
+            let response = match sent {
+                Ok(Ok(response)) => response,
+                Ok(Err(error)) if error.is_connect() && several => {
                     failures.push(format!("{}: {}", endpoint.server, cause(&error)));
                     continue;
                 }
-                Err(error) => return Err(unreachable_at(&endpoint.server, &error)),
+                Ok(Err(error)) => return Err(unreachable_at(&endpoint.server, &error)),
+                Err(_) => {
+                    failures.push(format!(
+                        "{}: no answer within {ANSWER_PATIENCE:?}",
+                        endpoint.server
+                    ));
+                    continue;
+                }
             };
             let status = response.status();
             if status.is_success() {
@@ -802,5 +820,26 @@ mod tests {
     fn an_empty_address_list_is_refused() {
         let error = Client::new(" , ").err().expect("no address").to_string();
         assert!(error.contains("no control-plane address given"), "{error}");
+    }
+
+    /// A control plane that accepts connections but never answers (paused) is passed over
+    /// after [`ANSWER_PATIENCE`].
+    #[tokio::test]
+    async fn a_silent_control_plane_is_passed_over() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let serving = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addresses = [
+            format!("http://{}", silent.local_addr().expect("address")),
+            format!("http://{}", serving.local_addr().expect("address")),
+        ];
+        let served = answer_once(serving, "200 OK", r#"[]"#);
+        let client = Client::new(&addresses.join(",")).expect("a client");
+        let started = std::time::Instant::now();
+        let nodes = client.nodes().await.expect("the second answers");
+        assert!(nodes.is_empty());
+        assert!(started.elapsed() >= ANSWER_PATIENCE);
+        assert_eq!(client.server(), addresses[1]);
+        served.join().expect("served");
+        drop(silent);
     }
 }

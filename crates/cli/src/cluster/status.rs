@@ -83,7 +83,7 @@ async fn report(data_dir: &std::path::Path, cluster: &ClusterFile) -> Result<boo
                     (Some(_), Ok(_)) if planes.iter().any(|p| p.address == address) => {
                         "standby".to_string()
                     }
-                    (Some(_), Ok(_)) => "not registered (cannot reach etcd?)".to_string(),
+                    (Some(_), Ok(_)) => "not registered (paused, or cannot reach etcd)".to_string(),
                 };
                 healthy &= role == "leader" || role == "standby";
                 table += &format!("{address}\t{}\t{role}\n", show(pid));
@@ -117,12 +117,7 @@ async fn report(data_dir: &std::path::Path, cluster: &ClusterFile) -> Result<boo
         }
     }
     table += "\nNODE\tREADY\tLAST HEARTBEAT\n";
-    let nodes = match Client::new(&servers.join(",")) {
-        Ok(client) => tokio::time::timeout(ASK_TIMEOUT, client.nodes())
-            .await
-            .unwrap_or_else(|_| Err(timed_out(&servers))),
-        Err(error) => Err(error),
-    };
+    let nodes = ask_nodes(&servers).await;
     match nodes {
         Ok(nodes) => {
             for node in &cluster.nodes {
@@ -160,9 +155,23 @@ fn show(pid: Option<i32>) -> String {
     pid.map_or_else(|| "-".to_string(), |pid| pid.to_string())
 }
 
-fn timed_out(servers: &[String]) -> tandem_client::ClientError {
-    tandem_client::ClientError::Unreachable {
-        server: servers.join(","),
-        detail: format!("no answer within {ASK_TIMEOUT:?}"),
+/// The nodes as the first control plane that answers within [`ASK_TIMEOUT`] sees them.
+async fn ask_nodes(
+    servers: &[String],
+) -> Result<Vec<tandem_client::NodeStatus>, tandem_client::ClientError> {
+    let mut failures = Vec::new();
+    for client in Client::new(&servers.join(","))?.each() {
+        match tokio::time::timeout(ASK_TIMEOUT, client.nodes()).await {
+            Ok(Ok(nodes)) => return Ok(nodes),
+            Ok(Err(error)) => failures.push(error.to_string()),
+            Err(_) => failures.push(format!(
+                "{}: no answer within {ASK_TIMEOUT:?}",
+                client.server()
+            )),
+        }
     }
+    Err(tandem_client::ClientError::Unreachable {
+        server: servers.join(","),
+        detail: failures.join("; "),
+    })
 }
