@@ -366,8 +366,12 @@ impl Client {
         patch: &Value,
     ) -> Result<Object, ClientError> {
         let path = Client::object_path(kind, namespace, name);
-        self.object(self.http.patch(self.url(&path)).body(patch.to_string()))
-            .await
+        let request = self
+            .http
+            .patch(self.url(&path))
+            .header("content-type", "application/merge-patch+json")
+            .body(patch.to_string());
+        self.object(request).await
     }
 
     /// Deletes an object. One with finalizers is only marked (`deletionTimestamp`) and goes

@@ -1,10 +1,18 @@
-//! Tandem's control plane: the API that stores cStor objects (`api`, with Kubernetes discovery in
-//! `discovery` so kubectl finds its way), and the controllers that
-//! reconcile them (`controllers`: observe, plan, execute). It is never on the data path:
+//! Tandem's control plane: the API that stores cStor objects (`api`; reads, selectors and
+//! server-side Tables in `read`, `selector` and `table`; patches in `patch`; `Status` errors in
+//! `error`; Kubernetes discovery in `discovery` and the OpenAPI documents in `openapi`, so
+//! kubectl finds its way), and the controllers
+//! that reconcile them (`controllers`: observe, plan, execute). It is never on the data path:
 //! volumes keep serving I/O while it is down.
 
 pub mod api;
 pub mod controllers;
 pub mod discovery;
+pub mod error;
+mod openapi;
+mod patch;
+mod read;
+mod selector;
+mod table;
 
 pub use api::{router, Api};
