@@ -450,7 +450,7 @@ fn apply_get_describe_patch_delete() {
         ])
         .fails();
     assert!(
-        refused.starts_with("Error from server (Invalid): admission webhook"),
+        refused.starts_with("Error from server (BadRequest): admission webhook"),
         "{refused}"
     );
     let strategic = plane

@@ -465,8 +465,13 @@ impl Client {
     ) -> Result<Object, ClientError> {
         let path = Client::object_path(kind, namespace, name);
         let body = patch.to_string();
-        self.json(|e| e.http.patch(e.url(&path)).body(body.clone()))
-            .await
+        self.json(|e| {
+            e.http
+                .patch(e.url(&path))
+                .header("content-type", "application/merge-patch+json")
+                .body(body.clone())
+        })
+        .await
     }
 
     /// Deletes an object. One with finalizers is only marked (`deletionTimestamp`) and goes

@@ -1,26 +1,23 @@
 //! The object API: cStor objects under Kubernetes-style paths, validated and stored.
 //!
 //! `/apis/cstor.openebs.io/v1/namespaces/{namespace}/{plural}[/{name}]` (and
-//! `/api/v1/namespaces/{namespace}/events` for Events) with list, get, create (POST), update
-//! (PUT, naming the resource version it read), merge patch (PATCH), delete, and watch
-//! (`?watch=true&resourceVersion=N`: one JSON line per change). Every write is parsed into the
-//! typed object first, so nothing malformed is ever stored; an update of a CStorVolumeConfig
-//! also passes cStor's admission rules and Tandem's guards. Errors are Kubernetes `Status`
-//! documents whose message names what was wrong.
+//! `/api/v1/namespaces/{namespace}/events[/{name}]` for Events) with list, get and watch (in
+//! `read`, as JSON or server-side Tables), create (POST), update (PUT, naming the resource
+//! version it read), patch (PATCH, in `patch`: merge or JSON patch) and delete. Every write is
+//! parsed into the typed object first, so nothing malformed is ever stored; an update of a
+//! CStorVolumeConfig also passes cStor's admission rules and Tandem's guards. Errors (`error`)
+//! are Kubernetes `Status` documents whose message names what was wrong, unknown paths
+//! included.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::body::Body;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, Uri};
 use axum::routing::{get, put};
 use axum::{Json, Router};
-use futures::StreamExt;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tandem_client::{NodeHeartbeat, NodeStatus};
 use tandem_objects::{
     parse_json, parse_yaml, pool_node, validate_cspc, validate_cvc_update, validate_new_cvc,
@@ -28,19 +25,20 @@ use tandem_objects::{
     Kind, Object, PoolLookup, LABEL_CSTOR_POOL_CLUSTER, LABEL_CSTOR_POOL_INSTANCE_NAME,
     LABEL_HOSTNAME, LABEL_PERSISTENT_VOLUME,
 };
-use tandem_store::{ChangeKind, ObjectKey, Store, StoreError};
-
-use crate::fence::FencedStore;
+use tandem_store::{ObjectKey, Store, StoreError};
 use tokio::sync::Notify;
 
-/// How long a watch stays open at most, unless the client asks for less.
-const WATCH_SECONDS_MAX: u64 = 300;
+use crate::fence::FencedStore;
+
+use crate::error::{resource_name, store_error, ApiError, ErrorKind};
+use crate::patch::patch;
+use crate::read::{get_namespace, get_one, list, list_all};
 
 /// The API's state: the store, a signal woken on every write so watches need not poll, and the
 /// newest heartbeat of every node agent (kept in memory only: after a restart the agents are
 /// given one timeout to report again before their pools are declared OFFLINE).
 pub struct Api {
-    store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
     pub(crate) written: Notify,
     nodes: Mutex<BTreeMap<String, (NodeHeartbeat, Instant)>>,
     started: Instant,
@@ -62,6 +60,7 @@ impl Api {
 
 pub fn router(api: Arc<Api>) -> Router {
     let cstor = "/apis/cstor.openebs.io/v1";
+    let object = || get(get_one).put(update).patch(patch).delete(delete);
     Router::new()
         .route(&format!("{cstor}/{{resource}}"), get(list_all))
         .route(
@@ -70,7 +69,7 @@ pub fn router(api: Arc<Api>) -> Router {
         )
         .route(
             &format!("{cstor}/namespaces/{{namespace}}/{{resource}}/{{name}}"),
-            get(get_one).put(update).patch(patch).delete(delete),
+            object(),
         )
         .route(
             &format!("{cstor}/namespaces/{{namespace}}/{{resource}}/{{name}}/status"),
@@ -80,111 +79,33 @@ pub fn router(api: Arc<Api>) -> Router {
             "/api/v1/namespaces/{namespace}/{resource}",
             get(list).post(create),
         )
+        .route("/api/v1/namespaces/{namespace}/{resource}/{name}", object())
+        .route("/api/v1/namespaces/{namespace}", get(get_namespace))
         .route("/api/v1/{resource}", get(list_all))
         .route("/tandem/v1/nodes", get(list_nodes))
         .route("/tandem/v1/nodes/{node}", put(heartbeat))
         .merge(crate::discovery::routes())
+        .merge(crate::openapi::routes())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(crate::fence::layer))
         .with_state(api)
 }
 
-/// What went wrong with a request, as Kubernetes names it: it decides the HTTP status and the
-/// `reason` of the `Status` answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    BadRequest,
-    NotFound,
-    AlreadyExists,
-    /// A stale resource version: someone else wrote first.
-    Conflict,
-    /// A watch from a version the store no longer has.
-    Expired,
-    /// The object, or the change, breaks a validation or admission rule.
-    Invalid,
-    Internal,
-    /// The store cannot be reached or cannot decide (etcd without quorum): try again, or
-    /// another control plane.
-    Unavailable,
+/// Any other path, as kube-apiserver answers an unknown one (`/openapi/v2` too: kubectl reads
+/// it only when `/openapi/v3` is missing).
+async fn not_found() -> ApiError {
+    ApiError::new(
+        ErrorKind::NotFound,
+        "the server could not find the requested resource",
+    )
 }
 
-impl ErrorKind {
-    pub fn status(self) -> StatusCode {
-        match self {
-            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
-            ErrorKind::NotFound => StatusCode::NOT_FOUND,
-            ErrorKind::AlreadyExists | ErrorKind::Conflict => StatusCode::CONFLICT,
-            ErrorKind::Expired => StatusCode::GONE,
-            ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-
-    /// The `reason` of the `Status` answer.
-    pub fn reason(self) -> &'static str {
-        match self {
-            ErrorKind::BadRequest => "BadRequest",
-            ErrorKind::NotFound => "NotFound",
-            ErrorKind::AlreadyExists => "AlreadyExists",
-            ErrorKind::Conflict => "Conflict",
-            ErrorKind::Expired => "Expired",
-            ErrorKind::Invalid => "Invalid",
-            ErrorKind::Internal => "InternalError",
-            ErrorKind::Unavailable => "ServiceUnavailable",
-        }
-    }
-}
-
-/// A failed request, answered as a Kubernetes `Status` whose message names what was wrong.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct ApiError {
-    kind: ErrorKind,
-    message: String,
-}
-
-impl ApiError {
-    fn new(kind: ErrorKind, message: impl Into<String>) -> ApiError {
-        ApiError {
-            kind,
-            message: message.into(),
-        }
-    }
-
-    pub fn kind(&self) -> ErrorKind {
-        self.kind
-    }
-
-    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(ErrorKind::BadRequest, message)
-    }
-
-    fn invalid(message: impl Into<String>) -> ApiError {
-        ApiError::new(ErrorKind::Invalid, message)
-    }
-
-    fn internal(message: impl Into<String>) -> ApiError {
-        ApiError::new(ErrorKind::Internal, message)
-    }
-
-    fn unavailable(message: impl Into<String>) -> ApiError {
-        ApiError::new(ErrorKind::Unavailable, message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.kind.status();
-        let body = json!({
-            "apiVersion": "v1",
-            "kind": "Status",
-            "status": "Failure",
-            "reason": self.kind.reason(),
-            "message": self.message,
-            "code": status.as_u16(),
-        });
-        (status, Json(body)).into_response()
-    }
+async fn method_not_allowed(uri: Uri) -> ApiError {
+    ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        format!("the server does not allow this method on the requested resource ({uri})"),
+    )
 }
 
 /// A pool cannot go (from its cluster's spec, or with its cluster): a volume replica still
@@ -195,40 +116,7 @@ pub(crate) struct PoolHoldsReplicas {
     pool: String,
 }
 
-/// Store errors, worded as kubectl users know them.
-fn store_error(kind: Kind, error: StoreError) -> ApiError {
-    let resource = resource_name(kind);
-    match error {
-        StoreError::NotFound(key) => ApiError::new(
-            ErrorKind::NotFound,
-            format!("{resource} \"{}\" not found", key.name),
-        ),
-        StoreError::AlreadyExists(key) => ApiError::new(
-            ErrorKind::AlreadyExists,
-            format!("{resource} \"{}\" already exists", key.name),
-        ),
-        error @ StoreError::Conflict { .. } => {
-            ApiError::new(ErrorKind::Conflict, error.to_string())
-        }
-        error @ StoreError::Expired { .. } => ApiError::new(ErrorKind::Expired, error.to_string()),
-        error @ StoreError::Invalid { .. } => ApiError::invalid(error.to_string()),
-        error @ StoreError::Fenced { .. } => ApiError::new(ErrorKind::Conflict, error.to_string()),
-        error @ StoreError::Unavailable(_) => ApiError::unavailable(error.to_string()),
-        error @ (StoreError::Storage(_) | StoreError::InUse(_)) => {
-            ApiError::internal(error.to_string())
-        }
-    }
-}
-
-/// "cstorvolumeconfigs.cstor.openebs.io", as kubectl names a resource in messages.
-fn resource_name(kind: Kind) -> String {
-    match kind {
-        Kind::Event => kind.plural().to_string(),
-        _ => format!("{}.cstor.openebs.io", kind.plural()),
-    }
-}
-
-fn kind_of(resource: &str) -> Result<Kind, ApiError> {
+pub(crate) fn kind_of(resource: &str) -> Result<Kind, ApiError> {
     Kind::ALL
         .iter()
         .copied()
@@ -241,7 +129,7 @@ fn kind_of(resource: &str) -> Result<Kind, ApiError> {
         })
 }
 
-fn key(kind: Kind, namespace: &str, name: &str) -> ObjectKey {
+pub(crate) fn key(kind: Kind, namespace: &str, name: &str) -> ObjectKey {
     ObjectKey::new(kind.name(), namespace, name)
 }
 
@@ -250,179 +138,13 @@ fn to_value(object: &Object) -> Value {
 }
 
 /// Reads a stored object back into its type (it was validated when written).
-fn typed(kind: Kind, value: &Value) -> Result<Object, ApiError> {
+pub(crate) fn typed(kind: Kind, value: &Value) -> Result<Object, ApiError> {
     parse_json(&value.to_string()).map_err(|error| {
         ApiError::internal(format!(
             "a stored {} no longer parses: {error}",
             kind.name()
         ))
     })
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ListQuery {
-    #[serde(default)]
-    watch: bool,
-    resource_version: Option<u64>,
-    label_selector: Option<String>,
-    timeout_seconds: Option<u64>,
-}
-
-/// `key=value[,key=value]`: every pair must match.
-fn label_selector(selector: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
-    let Some(selector) = selector.filter(|s| !s.is_empty()) else {
-        return Ok(Vec::new());
-    };
-    selector
-        .split(',')
-        .map(|pair| {
-            pair.split_once('=')
-                .map(|(key, value)| (key.trim().to_string(), value.trim().to_string()))
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "label selector \"{pair}\" is not of the form key=value"
-                    ))
-                })
-        })
-        .collect()
-}
-
-fn labels_match(object: &Value, selector: &[(String, String)]) -> bool {
-    selector.iter().all(|(key, value)| {
-        object["metadata"]["labels"][key.as_str()].as_str() == Some(value.as_str())
-    })
-}
-
-async fn list_all(
-    State(api): State<Arc<Api>>,
-    Path(resource): Path<String>,
-    Query(query): Query<ListQuery>,
-) -> Result<Response, ApiError> {
-    list_in(api, resource, None, query).await
-}
-
-async fn list(
-    State(api): State<Arc<Api>>,
-    Path((namespace, resource)): Path<(String, String)>,
-    Query(query): Query<ListQuery>,
-) -> Result<Response, ApiError> {
-    list_in(api, resource, Some(namespace), query).await
-}
-
-async fn list_in(
-    api: Arc<Api>,
-    resource: String,
-    namespace: Option<String>,
-    query: ListQuery,
-) -> Result<Response, ApiError> {
-    let kind = kind_of(&resource)?;
-    let selector = label_selector(query.label_selector.as_deref())?;
-    if query.watch {
-        return watch(api, kind, namespace, selector, &query);
-    }
-    let version = api
-        .store
-        .current_version()
-        .map_err(|e| store_error(kind, e))?;
-    let items: Vec<Value> = api
-        .store
-        .list(kind.name(), namespace.as_deref())
-        .map_err(|e| store_error(kind, e))?
-        .into_iter()
-        .map(|stored| stored.object)
-        .filter(|object| labels_match(object, &selector))
-        .collect();
-    Ok(Json(json!({
-        "apiVersion": kind.api_version(),
-        "kind": format!("{}List", kind.name()),
-        "metadata": { "resourceVersion": version.to_string() },
-        "items": items,
-    }))
-    .into_response())
-}
-
-/// Streams one JSON line per change after `resourceVersion`, until the timeout.
-fn watch(
-    api: Arc<Api>,
-    kind: Kind,
-    namespace: Option<String>,
-    selector: Vec<(String, String)>,
-    query: &ListQuery,
-) -> Result<Response, ApiError> {
-    let start = match query.resource_version {
-        Some(version) => version,
-        None => api
-            .store
-            .current_version()
-            .map_err(|e| store_error(kind, e))?,
-    };
-    let seconds = query
-        .timeout_seconds
-        .unwrap_or(WATCH_SECONDS_MAX)
-        .min(WATCH_SECONDS_MAX);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-    let lines = futures::stream::unfold(Some(start), move |after| {
-        let (api, namespace, selector) = (api.clone(), namespace.clone(), selector.clone());
-        async move {
-            let mut after = after?;
-            loop {
-                // Ask to be woken before reading, so a write in between is not missed.
-                let written = api.written.notified();
-                let changes = match api.store.changes_since(after, 100) {
-                    Ok(changes) => changes,
-                    Err(error) => {
-                        let status = store_error(kind, error);
-                        let line = json!({"type": "ERROR", "object": {"message": status.message}});
-                        return Some((Ok::<_, std::io::Error>(format!("{line}\n")), None));
-                    }
-                };
-                if let Some(last) = changes.last() {
-                    after = last.object.resource_version;
-                }
-                let mut text = String::new();
-                for change in changes {
-                    let stored = &change.object;
-                    let wanted = stored.key.kind == kind.name()
-                        && namespace
-                            .as_ref()
-                            .is_none_or(|ns| *ns == stored.key.namespace)
-                        && labels_match(&stored.object, &selector);
-                    if wanted {
-                        let kind_word = match change.kind {
-                            ChangeKind::Added => "ADDED",
-                            ChangeKind::Modified => "MODIFIED",
-                            ChangeKind::Deleted => "DELETED",
-                        };
-                        let line = json!({"type": kind_word, "object": stored.object});
-                        text.push_str(&format!("{line}\n"));
-                    }
-                }
-                if !text.is_empty() {
-                    return Some((Ok(text), Some(after)));
-                }
-                if tokio::time::timeout_at(deadline, written).await.is_err() {
-                    return None;
-                }
-            }
-        }
-    });
-    Ok(Response::builder()
-        .header("content-type", "application/json")
-        .body(Body::from_stream(lines.boxed()))
-        .expect("a valid response"))
-}
-
-async fn get_one(
-    State(api): State<Arc<Api>>,
-    Path((namespace, resource, name)): Path<(String, String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    let kind = kind_of(&resource)?;
-    let key = key(kind, &namespace, &name);
-    match api.store.get(&key).map_err(|e| store_error(kind, e))? {
-        Some(stored) => Ok(Json(stored.object)),
-        None => Err(store_error(kind, StoreError::NotFound(key))),
-    }
 }
 
 /// Parses a request body (YAML or JSON) into an object of the kind the path names.
@@ -510,81 +232,11 @@ fn required_version(object: &Object) -> Result<u64, ApiError> {
         })
 }
 
-/// JSON merge patch (RFC 7396) of the current object, then the same checks as an update.
-/// How often a merge patch without a resource version is tried again when another writer (a
-/// controller writing status, say) changed the object between its read and its write. Such a
-/// patch states no precondition, so it applies to whatever is current, as in Kubernetes.
-const PATCH_ATTEMPTS_MAX: u32 = 5;
-
-async fn patch(
-    State(api): State<Arc<Api>>,
-    Path((namespace, resource, name)): Path<(String, String, String)>,
-    body: String,
-) -> Result<Json<Value>, ApiError> {
-    let kind = kind_of(&resource)?;
-    let patch: Value = serde_json::from_str(&body)
-        .map_err(|error| ApiError::bad_request(format!("the merge patch is not JSON: {error}")))?;
-    let key = key(kind, &namespace, &name);
-    let has_precondition = patch
-        .pointer("/metadata/resourceVersion")
-        .is_some_and(|version| !version.is_null());
-    let mut attempt = 1;
-    loop {
-        let current = api
-            .store
-            .get(&key)
-            .map_err(|e| store_error(kind, e))?
-            .ok_or_else(|| store_error(kind, StoreError::NotFound(key.clone())))?;
-        let mut merged = current.object.clone();
-        merge_patch(&mut merged, &patch);
-        let object = parse_json(&merged.to_string()).map_err(|error| {
-            ApiError::bad_request(format!("the patched object is invalid: {error}"))
-        })?;
-        let result = replace(
-            &api,
-            kind,
-            &namespace,
-            &name,
-            object,
-            current.resource_version,
-            Part::Spec,
-        );
-        match result {
-            Err(error)
-                if error.kind() == ErrorKind::Conflict
-                    && !has_precondition
-                    && attempt < PATCH_ATTEMPTS_MAX =>
-            {
-                attempt += 1;
-            }
-            result => return result,
-        }
-    }
-}
-
-fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = json!({});
-    }
-    let target = target.as_object_mut().expect("made an object");
-    for (field, value) in patch {
-        if value.is_null() {
-            target.remove(field);
-        } else {
-            merge_patch(target.entry(field.clone()).or_insert(Value::Null), value);
-        }
-    }
-}
-
 /// Which part of an object a write may change, as with Kubernetes' status subresource: users
 /// change metadata and spec, the controllers and agents that own an object change its status,
 /// and neither can undo the other's work by writing back a stale copy of the other part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Part {
+pub(crate) enum Part {
     Spec,
     Status,
 }
@@ -592,7 +244,7 @@ enum Part {
 /// Stores `object` over the current version `expected`, keeping what the writer may not change
 /// (identity, creation and deletion times, the other part), running the admission rules for
 /// volume configs, and removing an object being deleted once its last finalizer is gone.
-fn replace(
+pub(crate) fn replace(
     api: &Api,
     kind: Kind,
     namespace: &str,
@@ -693,7 +345,7 @@ async fn delete(
         lookup
             .refuse_pools_with_replicas(&name, &nodes)
             .map_err(|refusal| {
-                ApiError::invalid(format!(
+                ApiError::denied(format!(
                     "cannot delete cspc {name}: {refusal}; move or delete its volumes first"
                 ))
             })?;
@@ -785,27 +437,30 @@ impl Api {
 
 /// The checks a user's write passes before it is stored: new objects must be complete
 /// (`validate_cspc`, `validate_new_cvc`), a CVC edit passes cStor's admission rules and
-/// Tandem's guards, and a CSPC edit may not drop a pool that still holds replicas.
+/// Tandem's guards, and a CSPC edit may not drop a pool that still holds replicas. What cStor
+/// checks in its admission webhook (pool clusters, volume config edits) is refused as the
+/// webhook refuses it ([`ApiError::denied`]: HTTP 400, reason BadRequest); an incomplete new
+/// volume config is invalid (422).
 fn admit(
     api: &Api,
     namespace: &str,
     current: Option<&Object>,
     new: &Object,
 ) -> Result<(), ApiError> {
-    let invalid = ApiError::invalid;
+    let (invalid, denied) = (ApiError::invalid, ApiError::denied);
     let lookup = StoreLookup {
         store: api.store.as_ref(),
         namespace,
     };
     match (current, new) {
         (None, Object::CStorPoolCluster(cspc)) => {
-            validate_cspc(cspc).map_err(|error| invalid(error.to_string()))
+            validate_cspc(cspc).map_err(|error| denied(error.to_string()))
         }
         (None, Object::CStorVolumeConfig(cvc)) => {
             validate_new_cvc(cvc).map_err(|error| invalid(error.to_string()))
         }
         (Some(Object::CStorPoolCluster(old)), Object::CStorPoolCluster(new)) => {
-            validate_cspc(new).map_err(|error| invalid(error.to_string()))?;
+            validate_cspc(new).map_err(|error| denied(error.to_string()))?;
             let kept: Vec<&str> = new
                 .spec
                 .pools
@@ -821,11 +476,11 @@ fn admit(
                 .collect();
             lookup
                 .refuse_pools_with_replicas(old.name(), &removed)
-                .map_err(|refusal| invalid(format!("invalid cspc specification: {refusal}")))
+                .map_err(|refusal| denied(format!("invalid cspc specification: {refusal}")))
         }
         (Some(Object::CStorVolumeConfig(old)), Object::CStorVolumeConfig(new)) => {
             validate_cvc_update(old, new, &lookup).map_err(|error| {
-                invalid(format!(
+                denied(format!(
                     "admission webhook \"admission-webhook.cstor.openebs.io\" denied the request: {error}"
                 ))
             })
@@ -903,44 +558,5 @@ impl PoolLookup for StoreLookup<'_> {
         let ours = labels.label(LABEL_PERSISTENT_VOLUME) == Some(volume_name)
             && labels.label(LABEL_CSTOR_POOL_INSTANCE_NAME) == Some(pool_name);
         ours.then_some(replica.status.phase)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every kind of error answers with the Kubernetes `Status` it always had.
-    #[tokio::test]
-    async fn given_each_error_kind_when_answered_then_its_status_code_and_reason() {
-        let table = [
-            (ErrorKind::BadRequest, 400, "BadRequest"),
-            (ErrorKind::NotFound, 404, "NotFound"),
-            (ErrorKind::AlreadyExists, 409, "AlreadyExists"),
-            (ErrorKind::Conflict, 409, "Conflict"),
-            (ErrorKind::Expired, 410, "Expired"),
-            (ErrorKind::Invalid, 422, "Invalid"),
-            (ErrorKind::Internal, 500, "InternalError"),
-            (ErrorKind::Unavailable, 503, "ServiceUnavailable"),
-        ];
-        for (kind, code, reason) in table {
-            let response = ApiError::new(kind, "what was wrong").into_response();
-            assert_eq!(response.status().as_u16(), code, "{kind:?}");
-            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-                .await
-                .expect("a body");
-            let body: Value = serde_json::from_slice(&bytes).expect("JSON");
-            assert_eq!(
-                body,
-                json!({
-                    "apiVersion": "v1",
-                    "kind": "Status",
-                    "status": "Failure",
-                    "reason": reason,
-                    "message": "what was wrong",
-                    "code": code,
-                })
-            );
-        }
     }
 }

@@ -12,7 +12,7 @@ use serde_json::Value;
 use tandem_client::TERM_HEADER;
 use tandem_store::{Change, ObjectKey, Store, StoreError, Versioned};
 
-use crate::api::ApiError;
+use crate::error::ApiError;
 
 tokio::task_local! {
     /// The leader term of the request being served, if it carries one.

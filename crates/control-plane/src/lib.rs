@@ -1,13 +1,21 @@
-//! Tandem's control plane: the API that stores cStor objects (`api`, with Kubernetes discovery in
-//! `discovery` so kubectl finds its way), and the controllers that
-//! reconcile them (`controllers`: observe, plan, execute) while this control plane leads
-//! (`leader`: always alone on redb, by election among several on etcd). It is never on the data
+//! Tandem's control plane: the API that stores cStor objects (`api`; reads, selectors and
+//! server-side Tables in `read`, `selector` and `table`; patches in `patch`; `Status` errors in
+//! `error`; Kubernetes discovery in `discovery` and the OpenAPI documents in `openapi`, so
+//! kubectl finds its way), and the controllers that reconcile them (`controllers`: observe, plan,
+//! execute) while this control plane leads (`leader`: always alone on redb, by election among
+//! several on etcd; a deposed leader's writes are refused by `fence`). It is never on the data
 //! path: volumes keep serving I/O while it is down.
 
 pub mod api;
 pub mod controllers;
 pub mod discovery;
+pub mod error;
 pub mod fence;
 pub mod leader;
+mod openapi;
+mod patch;
+mod read;
+mod selector;
+mod table;
 
 pub use api::{router, Api};

@@ -236,7 +236,9 @@ async fn volume_config_edits_pass_the_admission_rules() {
     let (status, error) = server
         .send(reqwest::Method::PATCH, &path, &patch(&["pool-a", "pool-c"]))
         .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    // Refused as cStor's admission webhook refuses it: HTTP 400, reason BadRequest.
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error["reason"], "BadRequest");
     assert!(
         error["message"]
             .as_str()
@@ -252,7 +254,7 @@ async fn volume_config_edits_pass_the_admission_rules() {
             &patch(&["pool-a", "pool-b", "pool-typo"]),
         )
         .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(
         error["message"].as_str().unwrap().contains("pool-typo"),
         "{error}"
@@ -264,7 +266,7 @@ async fn volume_config_edits_pass_the_admission_rules() {
             &patch(&["pool-a", "pool-b", "pool-ro"]),
         )
         .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 
     // A valid scale-up is accepted.
     let (status, cvc) = server
@@ -303,7 +305,8 @@ async fn a_watch_streams_every_change_after_its_version() {
     assert_eq!(line["type"], "ADDED");
     assert_eq!(line["object"]["metadata"]["name"], "pvc-1");
 
-    // A change after the watch started is delivered too.
+    // Without a version, a watch starts with every current object (as Kubernetes' does), then
+    // delivers each change after it started.
     let url = format!(
         "{}{NS}/cstorvolumes?watch=true&timeoutSeconds=5",
         server.base
@@ -317,9 +320,25 @@ async fn a_watch_streams_every_change_after_its_version() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    let chunk = response.chunk().await.unwrap().expect("a change");
-    let line: Value = serde_json::from_slice(chunk.split(|b| *b == b'\n').next().unwrap()).unwrap();
-    assert_eq!(line["type"], "DELETED");
+    let lines = watch_lines(&mut response, 2).await;
+    assert_eq!(lines[0]["type"], "ADDED");
+    assert_eq!(lines[1]["type"], "DELETED");
+    assert_eq!(lines[1]["object"]["metadata"]["name"], "pvc-1");
+}
+
+/// The first `count` lines of a watch (each a JSON event); the watch's own timeout bounds it.
+async fn watch_lines(response: &mut reqwest::Response, count: usize) -> Vec<Value> {
+    let mut text = String::new();
+    while text.lines().count() < count {
+        match response.chunk().await.unwrap() {
+            Some(chunk) => text.push_str(std::str::from_utf8(&chunk).unwrap()),
+            None => break,
+        }
+    }
+    text.lines()
+        .take(count)
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
 }
 
 #[tokio::test]
@@ -464,4 +483,314 @@ async fn concurrent_merge_patches_without_a_version_all_apply() {
             );
         }
     }
+}
+
+const TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,\
+                     application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+
+impl Server {
+    async fn get_with(&self, path: &str, accept: &str) -> (StatusCode, String, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        (status, content_type, response.json().await.unwrap())
+    }
+
+    async fn patch_as(&self, path: &str, content_type: &str, body: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .patch(format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// The cells of a Table's rows.
+fn cells(table: &Value) -> Vec<Value> {
+    table["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["cells"].clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn kubectl_gets_server_side_tables_for_lists_objects_and_watches() {
+    let server = volume_with_three_pools().await;
+    let (status, content_type, table) = server
+        .get_with(&format!("{NS}/cstorpoolinstances?limit=500"), TABLE)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{table}");
+    assert_eq!(content_type, "application/json;as=Table;v=v1;g=meta.k8s.io");
+    assert_eq!(table["kind"], "Table");
+    assert_eq!(table["apiVersion"], "meta.k8s.io/v1");
+    assert!(table["metadata"]["resourceVersion"].is_string());
+    let columns: Vec<(&str, u64)> = table["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["priority"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(columns[1], ("HostName", 0));
+    assert_eq!(columns[7], ("ProvisionedReplicas", 1), "wide only");
+    let rows = cells(&table);
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[0][0], "pool-a");
+    assert_eq!(rows[0][1], "node-pool-a");
+    assert_eq!(rows[0][2], Value::Null, "no capacity reported yet");
+    assert_eq!(rows[3][5], true, "pool-ro is read-only");
+    assert_eq!(rows[0][9], "ONLINE");
+    let object = &table["rows"][0]["object"];
+    assert_eq!(object["kind"], "PartialObjectMetadata");
+    assert_eq!(
+        object["metadata"]["labels"]["openebs.io/cstor-pool-cluster"],
+        "cspc-stripe-pool"
+    );
+
+    // A label selector and a field selector narrow the rows; one object is a Table of one row.
+    let selected = format!("{NS}/cstorpoolinstances?labelSelector=no%3Dsuch");
+    assert!(cells(&server.get_with(&selected, TABLE).await.2).is_empty());
+    let named = format!("{NS}/cstorpoolinstances?fieldSelector=metadata.name%3Dpool-b");
+    assert_eq!(
+        cells(&server.get_with(&named, TABLE).await.2)[0][0],
+        "pool-b"
+    );
+    let (_, _, one) = server
+        .get_with(&format!("{NS}/cstorvolumeconfigs/pvc-1"), TABLE)
+        .await;
+    assert_eq!(cells(&one)[0][0], "pvc-1");
+    assert_eq!(cells(&one)[0][2], "Bound");
+    let full = format!("{NS}/cstorvolumeconfigs/pvc-1?includeObject=Object");
+    let (_, _, full) = server.get_with(&full, TABLE).await;
+    assert_eq!(full["rows"][0]["object"]["kind"], "CStorVolumeConfig");
+    // Plain JSON when a Table is not asked for.
+    let (_, _, plain) = server
+        .get_with(
+            &format!("{NS}/cstorvolumeconfigs/pvc-1"),
+            "application/json",
+        )
+        .await;
+    assert_eq!(plain["kind"], "CStorVolumeConfig");
+
+    // A watch answers Tables of one row; the column definitions come with the first only.
+    let version = table["metadata"]["resourceVersion"].as_str().unwrap();
+    let url = format!(
+        "{}{NS}/cstorpoolinstances?watch=true&resourceVersion={version}&timeoutSeconds=5",
+        server.base
+    );
+    let mut response = server
+        .client
+        .get(url)
+        .header("accept", TABLE)
+        .send()
+        .await
+        .unwrap();
+    for label in ["x", "y"] {
+        let patch = json!({"metadata": {"labels": {label: "1"}}}).to_string();
+        let (status, _) = server
+            .patch_as(
+                &format!("{NS}/cstorpoolinstances/pool-c"),
+                "application/merge-patch+json",
+                &patch,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let events = watch_lines(&mut response, 2).await;
+    assert_eq!(events[0]["type"], "MODIFIED");
+    assert_eq!(events[0]["object"]["kind"], "Table");
+    assert!(events[0]["object"]["columnDefinitions"].is_array());
+    assert_eq!(cells(&events[0]["object"])[0][0], "pool-c");
+    assert!(events[1]["object"].get("columnDefinitions").is_none());
+    assert_eq!(
+        events[1]["object"]["rows"][0]["object"]["metadata"]["labels"]["y"],
+        "1"
+    );
+}
+
+#[tokio::test]
+async fn patches_by_content_type_and_strategic_merge_is_refused_as_for_custom_resources() {
+    let server = volume_with_three_pools().await;
+    let path = format!("{NS}/cstorvolumeconfigs/pvc-1");
+    let add = r#"[{"op":"add","path":"/metadata/labels/team","value":"a"}]"#;
+    let (status, patched) = server
+        .patch_as(&path, "application/json-patch+json", add)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(patched["metadata"]["labels"]["team"], "a");
+    let failing = r#"[{"op":"test","path":"/metadata/labels/team","value":"b"}]"#;
+    let (status, _) = server
+        .patch_as(&path, "application/json-patch+json", failing)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Admission runs on the patched object, whatever the patch format.
+    let replace_pool =
+        r#"[{"op":"replace","path":"/spec/policy/replicaPoolInfo/1/poolName","value":"pool-c"}]"#;
+    let (status, refused) = server
+        .patch_as(&path, "application/json-patch+json", replace_pool)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().starts_with(
+            "admission webhook \"admission-webhook.cstor.openebs.io\" denied the request: "
+        ),
+        "{refused}"
+    );
+
+    for content_type in [
+        "application/strategic-merge-patch+json",
+        "application/apply-patch+yaml",
+    ] {
+        let (status, refused) = server.patch_as(&path, content_type, "{}").await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{content_type}");
+        assert_eq!(refused["kind"], "Status");
+        assert_eq!(refused["reason"], "UnsupportedMediaType");
+        assert_eq!(
+            refused["message"],
+            "the body of the request was in an unknown format - accepted media types include: \
+             application/json-patch+json, application/merge-patch+json"
+        );
+    }
+
+    // A merge patch naming a stale resource version is a conflict.
+    let stale = json!({"metadata": {"resourceVersion": "1", "labels": {"team": "c"}}});
+    let (status, _) = server
+        .patch_as(&path, "application/merge-patch+json", &stale.to_string())
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn events_are_found_by_the_field_selectors_kubectl_describe_sends() {
+    let server = volume_with_three_pools().await;
+    let (_, cvc) = server
+        .send(
+            reqwest::Method::GET,
+            &format!("{NS}/cstorvolumeconfigs/pvc-1"),
+            "",
+        )
+        .await;
+    let uid = cvc["metadata"]["uid"].as_str().unwrap().to_string();
+    let event = |name: &str, about: &str, uid: &str, reason: &str| {
+        format!(
+            "apiVersion: v1\nkind: Event\nmetadata:\n  name: {name}\n  namespace: openebs\n\
+             involvedObject:\n  apiVersion: cstor.openebs.io/v1\n  kind: CStorVolumeConfig\n  \
+             name: {about}\n  namespace: openebs\n  uid: \"{uid}\"\nreason: {reason}\n\
+             message: m\ntype: Normal\nsource:\n  component: c\ncount: 1\n"
+        )
+    };
+    let events = "/api/v1/namespaces/openebs/events";
+    for body in [
+        event("pvc-1.a", "pvc-1", &uid, "Synced"),
+        event("pvc-1.b", "pvc-1", "an-older-pvc-1", "Synced"),
+        event("pvc-2.a", "pvc-2", "u-2", "ScalingVolumeReplicas"),
+    ] {
+        let (status, answer) = server.send(reqwest::Method::POST, events, &body).await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+    }
+    let selector = format!(
+        "involvedObject.kind=CStorVolumeConfig,involvedObject.name=pvc-1,\
+         involvedObject.namespace=openebs,involvedObject.uid={uid}"
+    );
+    let url = format!("{events}?fieldSelector={}&limit=500", urlencode(&selector));
+    let (status, list) = server.send(reqwest::Method::GET, &url, "").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["pvc-1.a"]);
+    let by_reason = format!("{events}?fieldSelector=reason%3DScalingVolumeReplicas");
+    let (_, list) = server.send(reqwest::Method::GET, &by_reason, "").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    // One event by name.
+    let (status, one) = server
+        .send(reqwest::Method::GET, &format!("{events}/pvc-2.a"), "")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["reason"], "ScalingVolumeReplicas");
+
+    let unsupported = format!("{NS}/cstorvolumeconfigs?fieldSelector=status.phase%3DBound");
+    let (status, refused) = server.send(reqwest::Method::GET, &unsupported, "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        refused["message"],
+        "field label not supported: status.phase"
+    );
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {
+                (byte as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn discovery_openapi_namespaces_and_unknown_paths_answer_as_kubectl_expects() {
+    let server = server().await;
+    let aggregated = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,\
+                      application/json";
+    let (status, content_type, groups) = server.get_with("/apis", aggregated).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        content_type,
+        "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+    );
+    assert_eq!(groups["items"][0]["metadata"]["name"], "cstor.openebs.io");
+    let (_, content_type, legacy) = server.get_with("/apis", "application/json").await;
+    assert_eq!(content_type, "application/json");
+    assert_eq!(legacy["kind"], "APIGroupList");
+
+    let (status, _, root) = server.get_with("/openapi/v3", "application/json").await;
+    assert_eq!(status, StatusCode::OK);
+    let url = root["paths"]["apis/cstor.openebs.io/v1"]["serverRelativeURL"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, _, spec) = server.get_with(&url, "application/json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(spec["openapi"], "3.0.0");
+
+    let (status, namespace) = server
+        .send(reqwest::Method::GET, "/api/v1/namespaces/openebs", "")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(namespace["status"]["phase"], "Active");
+
+    for path in [
+        "/openapi/v2",
+        "/no/such/path",
+        "/api/v1/namespaces/Not_A_Name",
+    ] {
+        let (status, answer) = server.send(reqwest::Method::GET, path, "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(answer["kind"], "Status", "{path}");
+        assert_eq!(answer["reason"], "NotFound", "{path}");
+    }
+    let (status, answer) = server.send(reqwest::Method::DELETE, "/apis", "").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(answer["kind"], "Status");
 }

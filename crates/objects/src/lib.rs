@@ -13,6 +13,8 @@
 //! * `object` — the object types themselves and [`Object`], any of them.
 //! * `parse` — YAML (one document or a `---` stream) and JSON in, with located errors; YAML and
 //!   JSON out.
+//! * `print` — what `get` shows of each kind: columns (with the `-o wide` ones), typed cells and
+//!   kubectl's ages, shared by the CLI's tables and the control plane's server-side `Table`.
 //! * `validation` — [`validate_cspc`] (cStor's CSPC webhook) and [`validate_new_cvc`].
 //! * `admission` — [`validate_cvc_update`]: cStor's webhook rules, then Tandem's guards.
 //!
@@ -41,6 +43,7 @@ mod meta;
 mod object;
 mod parse;
 mod pool;
+pub mod print;
 mod quantity;
 mod validation;
 mod volume;

@@ -14,8 +14,8 @@ use std::time::SystemTime;
 use serde_json::{Map, Value};
 use tandem_objects::{Event, Object};
 
-use super::age::{age, parse_timestamp};
 use super::tabwriter::{align, DESCRIBE};
+use tandem_objects::print::{age, parse_timestamp};
 
 /// Fields printed in the header, or not at all (kubectl's skip list, as JSON paths).
 const SKIPPED_PATHS: [&str; 5] = [

@@ -1,5 +1,6 @@
 //! What the `tandem` verbs print, in kubectl's formats: `get` tables ([`render_table`], with
-//! [`no_resources`] for an empty list), `describe` ([`describe`]) and ages ([`age`]).
+//! [`no_resources`] for an empty list) and `describe` ([`describe`]); each kind's columns,
+//! cells and ages come from `tandem_objects::print`.
 //!
 //! Everything here is a pure function of objects and a `now` the caller passes in: nothing reads
 //! the clock, the network or the terminal, so the output is reproducible and tested against
@@ -7,7 +8,6 @@
 //!
 //! Code map:
 //!
-//! * `age` — kubectl's `HumanDuration` ("4m13s", "15h") from RFC 3339 timestamps.
 //! * `tabwriter` — Go's `text/tabwriter` column alignment, which both formats go through.
 //! * `table` — the columns of each kind and of `-o wide`, `-A`, `--no-headers`.
 //! * `describe` — kubectl's generic describer: header, fields in "Title Case", events.
@@ -17,7 +17,6 @@
 //! `TANDEM_UPDATE_GOLDEN=1 cargo test -p tandem output` to rewrite them, read the diff, then
 //! run the tests again without the variable (the files are compiled in).
 
-mod age;
 mod describe;
 mod table;
 mod tabwriter;

@@ -1,112 +1,13 @@
-//! `get` tables in kubectl's layout: the columns of each kind (the seed's, from cStor's CRDs),
-//! the extra `-o wide` columns, the NAMESPACE column of `-A`, and kubectl's wording for an
-//! empty list.
+//! `get` tables in kubectl's layout: each kind's columns and cells (defined once, in
+//! `tandem_objects::print`, which the control plane's server-side tables share), the extra
+//! `-o wide` columns, the NAMESPACE column of `-A`, and kubectl's wording for an empty list.
 
 use std::time::SystemTime;
 
-use tandem_objects::{
-    CStorPoolCluster, CStorPoolInstance, CStorVolume, CStorVolumeConfig, CStorVolumeReplica, Event,
-    Kind, Object, Quantity, ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME,
-    LABEL_CSTOR_POOL_INSTANCE_NAME,
-};
+use tandem_objects::print::{cells, columns, Cell};
+use tandem_objects::{Kind, Object};
 
-use super::age::age;
 use super::tabwriter::{align, TABLE};
-
-/// One column: its header and whether only `-o wide` shows it (kubectl's priority 1).
-struct Column {
-    header: &'static str,
-    wide_only: bool,
-}
-
-const fn always(header: &'static str) -> Column {
-    Column {
-        header,
-        wide_only: false,
-    }
-}
-
-const fn wide(header: &'static str) -> Column {
-    Column {
-        header,
-        wide_only: true,
-    }
-}
-
-const CSPC_COLUMNS: &[Column] = &[
-    always("NAME"),
-    always("HEALTHYINSTANCES"),
-    always("PROVISIONEDINSTANCES"),
-    always("DESIREDINSTANCES"),
-    always("AGE"),
-];
-
-const CSPI_COLUMNS: &[Column] = &[
-    always("NAME"),
-    always("HOSTNAME"),
-    always("ALLOCATED"),
-    always("FREE"),
-    always("CAPACITY"),
-    always("READONLY"),
-    always("TYPE"),
-    wide("PROVISIONEDREPLICAS"),
-    wide("HEALTHYREPLICAS"),
-    always("STATUS"),
-    always("AGE"),
-];
-
-const CVC_COLUMNS: &[Column] = &[
-    always("NAME"),
-    wide("CAPACITY"),
-    always("STATUS"),
-    always("AGE"),
-];
-
-const CV_COLUMNS: &[Column] = &[
-    always("NAME"),
-    always("CAPACITY"),
-    wide("RF"),
-    wide("CF"),
-    wide("DRF"),
-    wide("TARGET"),
-    always("STATUS"),
-    always("AGE"),
-];
-
-const CVR_COLUMNS: &[Column] = &[
-    always("NAME"),
-    always("USED"),
-    always("ALLOCATED"),
-    wide("POOL"),
-    wide("NODE"),
-    always("STATUS"),
-    always("AGE"),
-];
-
-/// kubectl's own printer for core Events.
-const EVENT_COLUMNS: &[Column] = &[
-    always("LAST SEEN"),
-    always("TYPE"),
-    always("REASON"),
-    always("OBJECT"),
-    wide("SUBOBJECT"),
-    wide("SOURCE"),
-    always("MESSAGE"),
-    wide("FIRST SEEN"),
-    wide("COUNT"),
-    wide("NAME"),
-];
-
-fn columns(kind: Kind) -> &'static [Column] {
-    match kind {
-        Kind::CStorPoolCluster => CSPC_COLUMNS,
-        Kind::CStorPoolInstance => CSPI_COLUMNS,
-        Kind::CStorVolumeConfig => CVC_COLUMNS,
-        Kind::CStorVolume => CV_COLUMNS,
-        Kind::CStorVolumeReplica => CVR_COLUMNS,
-        Kind::Event => EVENT_COLUMNS,
-    }
-}
 
 /// The table `get <kind>` prints for `objects`, in the order given, ending with a newline; ""
 /// when there is nothing to list (print [`no_resources`] instead). `wide` is `-o wide`,
@@ -124,7 +25,7 @@ pub fn render_table(
         .iter()
         .filter(|object| object.kind() == kind)
         .map(|object| {
-            let row = cells(object, now).into_iter().map(printable).collect();
+            let row = cells(object, now).iter().map(printable).collect();
             (object.namespace(), row)
         })
         .collect();
@@ -133,15 +34,15 @@ pub fn render_table(
     }
     let shown: Vec<bool> = columns(kind)
         .iter()
-        .map(|column| wide || !column.wide_only)
+        .map(|column| wide || !column.wide_only())
         .collect();
     let mut text = String::new();
     if with_header {
-        let headers = columns(kind).iter().map(|column| column.header);
+        let headers: Vec<String> = columns(kind).iter().map(|column| column.header()).collect();
         push_row(
             &mut text,
             with_namespace.then_some("NAMESPACE"),
-            headers,
+            headers.iter().map(String::as_str),
             &shown,
         );
     }
@@ -180,167 +81,20 @@ fn push_row<'a>(
     text.push('\n');
 }
 
-/// As kubectl prints a text cell: cut at the first line break, marked with "...".
-fn printable(mut cell: String) -> String {
-    if let Some(line_break) = cell.find(['\n', '\r', '\x0c']) {
-        cell.truncate(line_break);
-        cell.push_str("...");
+/// As kubectl prints a cell: a text one cut at the first line break, marked with "...".
+fn printable(cell: &Cell) -> String {
+    let mut text = cell.to_string();
+    if let Some(line_break) = text.find(['\n', '\r', '\x0c']) {
+        text.truncate(line_break);
+        text.push_str("...");
     }
-    cell
-}
-
-/// Every column's value for one object, wide ones included, in [`columns`] order.
-fn cells(object: &Object, now: SystemTime) -> Vec<String> {
-    match object {
-        Object::CStorPoolCluster(cspc) => cspc_cells(cspc, now),
-        Object::CStorPoolInstance(cspi) => cspi_cells(cspi, now),
-        Object::CStorVolumeConfig(cvc) => cvc_cells(cvc, now),
-        Object::CStorVolume(cv) => cv_cells(cv, now),
-        Object::CStorVolumeReplica(cvr) => cvr_cells(cvr, now),
-        Object::Event(event) => event_cells(event, now),
-    }
-}
-
-fn cspc_cells(cspc: &CStorPoolCluster, now: SystemTime) -> Vec<String> {
-    let status = &cspc.status;
-    vec![
-        cspc.metadata.name.clone(),
-        status.healthy_instances.to_string(),
-        status.provisioned_instances.to_string(),
-        status.desired_instances.to_string(),
-        age(&cspc.metadata.creation_timestamp, now),
-    ]
-}
-
-/// Sizes in the exact form cStor stores for pools ("81500", "9630M", "10G"); empty until the
-/// pool reports its capacity, as kubectl prints an absent field.
-fn cspi_cells(cspi: &CStorPoolInstance, now: SystemTime) -> Vec<String> {
-    let status = &cspi.status;
-    let capacity = &status.capacity;
-    let reported = *capacity != Default::default();
-    let size = |quantity: &Quantity| shown_if(reported, || quantity.to_string());
-    vec![
-        cspi.metadata.name.clone(),
-        cspi.spec.host_name.clone(),
-        size(&capacity.used),
-        size(&capacity.free),
-        size(&capacity.total),
-        status.read_only.to_string(),
-        cspi.spec.pool_config.data_raid_group_type.clone(),
-        status.provisioned_replicas.to_string(),
-        status.healthy_replicas.to_string(),
-        status.phase.as_str().to_string(),
-        age(&cspi.metadata.creation_timestamp, now),
-    ]
-}
-
-fn cvc_cells(cvc: &CStorVolumeConfig, now: SystemTime) -> Vec<String> {
-    let capacity = cvc.status.capacity.as_ref();
-    vec![
-        cvc.metadata.name.clone(),
-        capacity
-            .map(|capacity| capacity.storage.to_string())
-            .unwrap_or_default(),
-        cvc.status.phase.as_str().to_string(),
-        age(&cvc.metadata.creation_timestamp, now),
-    ]
-}
-
-/// CAPACITY is `status.capacity`, as in cStor's CRD: empty until the target reports it.
-fn cv_cells(cv: &CStorVolume, now: SystemTime) -> Vec<String> {
-    let spec = &cv.spec;
-    let capacity = &cv.status.capacity;
-    vec![
-        cv.metadata.name.clone(),
-        shown_if(!capacity.is_zero(), || capacity.to_string()),
-        spec.replication_factor.to_string(),
-        spec.consistency_factor.to_string(),
-        spec.desired_replication_factor.to_string(),
-        target_address(&spec.target_ip, &spec.target_port),
-        cv.status.phase.as_str().to_string(),
-        age(&cv.metadata.creation_timestamp, now),
-    ]
-}
-
-/// The value, or an empty cell for a field the object does not hold yet (kubectl prints an
-/// absent field as nothing).
-fn shown_if(present: bool, value: impl FnOnce() -> String) -> String {
-    if present {
-        value()
-    } else {
-        String::new()
-    }
-}
-
-/// "10.0.0.5:3260"; the address alone without a port; empty without an address.
-fn target_address(ip: &str, port: &str) -> String {
-    match (ip.is_empty(), port.is_empty()) {
-        (true, _) => String::new(),
-        (false, true) => ip.to_string(),
-        (false, false) => format!("{ip}:{port}"),
-    }
-}
-
-/// Sizes in the short form zfs prints and cStor shows for replicas ("1.47G", "91.4M"); empty
-/// until the replica reports its capacity.
-fn cvr_cells(cvr: &CStorVolumeReplica, now: SystemTime) -> Vec<String> {
-    let metadata = &cvr.metadata;
-    let capacity = &cvr.status.capacity;
-    let reported = *capacity != Default::default();
-    let size = |quantity: &Quantity| shown_if(reported, || quantity.to_short_string());
-    vec![
-        metadata.name.clone(),
-        size(&capacity.used),
-        size(&capacity.total),
-        metadata
-            .label(LABEL_CSTOR_POOL_INSTANCE_NAME)
-            .unwrap_or_default()
-            .to_string(),
-        metadata
-            .annotation(ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME)
-            .unwrap_or_default()
-            .to_string(),
-        cvr.status.phase.as_str().to_string(),
-        age(&metadata.creation_timestamp, now),
-    ]
-}
-
-/// kubectl's `printEvent`: LAST SEEN falls back to FIRST SEEN, a count of 0 is 1, OBJECT is
-/// "kind/name" in lower case.
-fn event_cells(event: &Event, now: SystemTime) -> Vec<String> {
-    let first_seen = age(&event.first_timestamp, now);
-    let last_seen = if event.last_timestamp.is_empty() {
-        first_seen.clone()
-    } else {
-        age(&event.last_timestamp, now)
-    };
-    let involved = &event.involved_object;
-    let kind = involved.kind.to_lowercase();
-    let object = if involved.name.is_empty() {
-        kind
-    } else {
-        format!("{kind}/{}", involved.name)
-    };
-    let source = match (&event.source.component, &event.source.host) {
-        (component, host) if host.is_empty() => component.clone(),
-        (component, host) => format!("{component}, {host}"),
-    };
-    vec![
-        last_seen,
-        event.event_type.as_str().to_string(),
-        event.reason.clone(),
-        object,
-        String::new(), // SUBOBJECT: involvedObject.fieldPath, which Tandem's references lack
-        source,
-        event.message.trim().to_string(),
-        first_seen,
-        event.count.max(1).to_string(),
-        event.metadata.name.clone(),
-    ]
+    text
 }
 
 #[cfg(test)]
 mod tests {
+    use tandem_objects::{CStorVolumeReplica, Event};
+
     use super::*;
     use crate::output::fixtures::{self, assert_golden, now};
 
@@ -369,7 +123,7 @@ mod tests {
             assert_eq!(cells(object, now()).len(), columns(kind).len(), "{kind}");
         }
         let empty = |object: Object| cells(&object, now()).len();
-        assert_eq!(empty(Event::default().into()), EVENT_COLUMNS.len());
+        assert_eq!(empty(Event::default().into()), columns(Kind::Event).len());
     }
 
     #[test]
@@ -448,10 +202,6 @@ mod tests {
         let table = get(Kind::CStorVolumeReplica, &[cvr.into()], true);
         let header = "NAME    USED   ALLOCATED   POOL   NODE   STATUS   AGE\n";
         assert_eq!(table, format!("{header}fresh{}<unknown>\n", " ".repeat(45)));
-        let cv = CStorVolume::default();
-        let row = cv_cells(&cv, now());
-        assert_eq!(row[1], "");
-        assert_eq!(row[5], "");
     }
 
     #[test]
@@ -461,18 +211,11 @@ mod tests {
         event.count = 0;
         event.last_timestamp.clear();
         let row = cells(&event.into(), now())
-            .into_iter()
+            .iter()
             .map(printable)
             .collect::<Vec<_>>();
         assert_eq!(row[6], "first line...");
         assert_eq!(row[0], "64m");
         assert_eq!(row[8], "1");
-    }
-
-    #[test]
-    fn target_addresses() {
-        assert_eq!(target_address("10.0.0.5", "3260"), "10.0.0.5:3260");
-        assert_eq!(target_address("10.0.0.5", ""), "10.0.0.5");
-        assert_eq!(target_address("", "3260"), "");
     }
 }

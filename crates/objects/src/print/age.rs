@@ -1,6 +1,6 @@
 //! Ages as kubectl prints them: `HumanDuration` from k8s.io/apimachinery
 //! (`pkg/util/duration`) and `translateTimestampSince` from kubectl, over RFC 3339 timestamps
-//! and a `now` passed in by the caller.
+//! and a `now` passed in by the caller (nothing here reads the clock).
 
 use std::time::SystemTime;
 
