@@ -16,6 +16,7 @@ mod kubectl;
 mod output;
 mod server;
 mod sim;
+mod store;
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +49,8 @@ enum TopCommand {
     /// (FUA writes, flushes, read-back checks, reconnecting after failures), then reads every
     /// block back. Fails if any block held the wrong data.
     Workload(application::WorkloadArgs),
+    /// Moves a cluster's objects between stores (`tandem store copy --from redb:... --to etcd://...`).
+    Store(store::StoreArgs),
     /// Shows the local cluster's processes: control planes (which leads), etcd members, nodes.
     Status(cluster::StatusArgs),
     /// Prints a kubeconfig for the cluster, so the real kubectl reaches its control plane.
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
         TopCommand::Demo(args) => demo::run(args),
         TopCommand::Workload(args) => application::run(args),
         TopCommand::Status(args) => cluster::status(args),
+        TopCommand::Store(args) => store::run(args),
         TopCommand::Kubeconfig(args) => kubeconfig::run(args),
         TopCommand::Kubectl(command) => kubectl::run(command),
     };

@@ -135,16 +135,21 @@ fn a_killed_leader_is_replaced_and_the_scale_up_it_was_doing_completes_once() {
     );
     try_qemu_io(&uri, &["read -P 0x5a 0 4M"]).expect("the data is all there");
 
-    // `up --ha` brings the killed control plane back, as a standby.
+    // `up --ha` brings the killed control plane back; it registers, as a standby.
     cluster.ok(&["up", "--ha", "--nodes", "4"]);
-    let planes = control_planes(&cluster);
-    assert_eq!(planes.len(), 3, "{planes:?}");
-    assert!(
-        planes
-            .iter()
-            .all(|(_, _, role)| role == "leader" || role == "standby"),
-        "{planes:?}"
-    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let planes = control_planes(&cluster);
+        let settled = planes.len() == 3
+            && planes
+                .iter()
+                .all(|(_, _, role)| role == "leader" || role == "standby");
+        if settled {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{planes:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

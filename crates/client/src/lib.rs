@@ -198,7 +198,7 @@ pub const TERM_HEADER: &str = "x-tandem-leader-term";
 /// With several control planes, how long one may take to start answering a request before the
 /// request goes to the next (a paused or wedged process accepts connections but never answers).
 /// Longer than the store's own deadline, so a control plane that lost its store says so first.
-pub const ANSWER_PATIENCE: Duration = Duration::from_secs(6);
+pub const ANSWER_PATIENCE: Duration = Duration::from_secs(10);
 
 /// The scheme of a control plane reached over a Unix socket: `unix:/path/to/control-plane.sock`.
 pub const UNIX_SCHEME: &str = "unix:";
