@@ -38,22 +38,24 @@ const WATCH_SECONDS_MAX: u64 = 300;
 /// newest heartbeat of every node agent (kept in memory only: after a restart the agents are
 /// given one timeout to report again before their pools are declared OFFLINE).
 pub struct Api {
-    store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
     pub(crate) written: Notify,
     nodes: Mutex<BTreeMap<String, (NodeHeartbeat, Instant)>>,
     started: Instant,
     agent_timeout: Duration,
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl Api {
     /// `agent_timeout`: how long an agent may stay silent before its node is not ready.
     pub fn new(store: Arc<dyn Store>, agent_timeout: Duration) -> Arc<Api> {
-        Arc::new(Api {
+        Arc::new_cyclic(|api| Api {
             store,
             written: Notify::new(),
             nodes: Mutex::new(BTreeMap::new()),
             started: Instant::now(),
             agent_timeout,
+            metrics: crate::metrics::Metrics::new(api.clone()),
         })
     }
 }
@@ -81,7 +83,12 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/{resource}", get(list_all))
         .route("/tandem/v1/nodes", get(list_nodes))
         .route("/tandem/v1/nodes/{node}", put(heartbeat))
+        .route("/metrics", get(crate::metrics::serve))
         .merge(crate::discovery::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            crate::metrics::track,
+        ))
         .with_state(api)
 }
 
@@ -679,6 +686,7 @@ async fn delete(
         lookup
             .refuse_pools_with_replicas(&name, &nodes)
             .map_err(|refusal| {
+                api.metrics.admission_refused(kind);
                 ApiError::invalid(format!(
                     "cannot delete cspc {name}: {refusal}; move or delete its volumes first"
                 ))
@@ -773,6 +781,19 @@ impl Api {
 /// (`validate_cspc`, `validate_new_cvc`), a CVC edit passes cStor's admission rules and
 /// Tandem's guards, and a CSPC edit may not drop a pool that still holds replicas.
 fn admit(
+    api: &Api,
+    namespace: &str,
+    current: Option<&Object>,
+    new: &Object,
+) -> Result<(), ApiError> {
+    let admitted = admit_checks(api, namespace, current, new);
+    if admitted.is_err() {
+        api.metrics.admission_refused(new.kind());
+    }
+    admitted
+}
+
+fn admit_checks(
     api: &Api,
     namespace: &str,
     current: Option<&Object>,

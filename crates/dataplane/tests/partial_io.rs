@@ -192,7 +192,11 @@ async fn against_the_model(ops: Vec<Op>) {
         let stored = file_bytes(&data_file(node), 0, HOT as usize);
         let differs = stored.iter().zip(&model).position(|(a, b)| a != b);
         if let Some(at) = differs {
-            let last = stored.iter().zip(&model).rposition(|(a, b)| a != b).unwrap();
+            let last = stored
+                .iter()
+                .zip(&model)
+                .rposition(|(a, b)| a != b)
+                .unwrap();
             panic!(
                 "replica {}'s file differs from the model at bytes {at}..={last}: stored {:?}, model {:?}; resyncs {:?}; ops {ops:?}",
                 index + 1,
