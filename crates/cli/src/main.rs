@@ -13,6 +13,7 @@ mod control_plane;
 mod demo;
 mod kubeconfig;
 mod kubectl;
+mod metrics;
 mod output;
 mod server;
 mod sim;
@@ -50,6 +51,9 @@ enum TopCommand {
     Workload(application::WorkloadArgs),
     /// Prints a kubeconfig for the cluster, so the real kubectl reaches its control plane.
     Kubeconfig(kubeconfig::KubeconfigArgs),
+    /// Prints where Prometheus scrapes the cluster: the control plane's and every agent's
+    /// /metrics URL.
+    Metrics(metrics::MetricsArgs),
     /// The kubectl-style verbs: get, describe, edit, patch, apply, create, delete, volume.
     #[command(flatten)]
     Kubectl(kubectl::Command),
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         TopCommand::Demo(args) => demo::run(args),
         TopCommand::Workload(args) => application::run(args),
         TopCommand::Kubeconfig(args) => kubeconfig::run(args),
+        TopCommand::Metrics(args) => metrics::run(args),
         TopCommand::Kubectl(command) => kubectl::run(command),
     };
     match result {

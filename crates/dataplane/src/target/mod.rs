@@ -206,7 +206,7 @@ impl TargetHandle {
     }
 
     /// What the target counts for metrics (backpressure waits, ejections, bytes resynced).
-    pub fn counters(&self) -> &TargetCounters {
+    pub fn counters(&self) -> &Arc<TargetCounters> {
         &self.counters
     }
 
