@@ -29,6 +29,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::metrics::metered::Metered;
+
 /// How long connecting to a target node (TCP and NBD handshake) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -41,8 +43,8 @@ pub type Routes = BTreeMap<String, SocketAddr>;
 
 /// A volume as this node's endpoint serves it.
 pub enum Endpoint {
-    /// The target runs here.
-    Local(TargetHandle),
+    /// The target runs here (its client I/O counted for metrics).
+    Local(Metered<TargetHandle>),
     /// The target runs on another node; requests are relayed to it.
     Remote(Arc<RemoteDevice>),
 }

@@ -19,24 +19,14 @@ use crate::report::ErrorLog;
 /// The shortest time a heartbeat waits for its answer, however short the interval.
 pub const ANSWER_MIN: Duration = Duration::from_millis(200);
 
-/// Heartbeats for `node`, reporting `address` (where its replica host listens),
-/// `nbd_address` (its client endpoint) and `target_address` (where it serves its own targets
-/// to other nodes' endpoints).
+/// Sends `heartbeat` (the node, where its replica host listens, its client endpoint, where it
+/// serves its own targets to other nodes' endpoints, and its metrics) every `interval`.
 pub async fn run(
     client: Client,
-    node: String,
-    address: String,
-    nbd_address: String,
-    target_address: String,
+    heartbeat: NodeHeartbeat,
     interval: Duration,
     request_timeout: Duration,
 ) {
-    let heartbeat = NodeHeartbeat {
-        node,
-        address,
-        nbd_address,
-        target_address,
-    };
     let mut errors = ErrorLog::default();
     let timeout = answer_timeout(interval, request_timeout);
     let control_planes = client.each();

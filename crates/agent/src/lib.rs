@@ -36,6 +36,8 @@
 //! * `endpoint` — the node's client endpoint: every volume on one NBD port, its own targets
 //!   served directly, the others forwarded (one hop, to the target node's own-targets
 //!   listener, so never in a loop).
+//! * `metrics` — the Prometheus metrics the agent serves on `metrics_address` (the targets'
+//!   client I/O through `metrics::metered::Metered`, their replicas, the pool).
 //! * `heartbeat` — the heartbeat task. `changes` — the wake-ups of the loops (a watch on the
 //!   objects, the targets' state changes). `report` — each distinct failure logged once, the
 //!   bounded backoff.
@@ -53,6 +55,7 @@ pub(crate) mod error;
 #[cfg(test)]
 mod fixtures;
 mod heartbeat;
+pub mod metrics;
 pub(crate) mod pool;
 mod reconcile;
 mod report;
@@ -107,6 +110,9 @@ pub struct AgentConfig {
     /// the standard 10809). Clients reconnect to it after a restart, so a cluster gives each
     /// node a fixed port.
     pub nbd_address: SocketAddr,
+    /// Where the agent serves its Prometheus metrics (`GET /metrics`; default `127.0.0.1:0`;
+    /// [`NodeAgent::metrics_address`] says which; reported in the heartbeat).
+    pub metrics_address: SocketAddr,
     /// Where this node serves its own targets, and nothing else, to other nodes' endpoints
     /// (which forward to it). `None`: the NBD address's IP with any free port (reported in the
     /// heartbeat).
@@ -144,6 +150,7 @@ impl AgentConfig {
             request_timeout: AgentConfig::DEFAULT_REQUEST_TIMEOUT,
             data_address: AgentConfig::DEFAULT_DATA_ADDRESS,
             nbd_address: AgentConfig::DEFAULT_DATA_ADDRESS,
+            metrics_address: AgentConfig::DEFAULT_DATA_ADDRESS,
             target_address: None,
             advertise_ip: None,
         }
@@ -195,6 +202,7 @@ impl AgentConfig {
             ("data", self.data_address),
             ("NBD", self.nbd_address),
             ("target", self.target_address()),
+            ("metrics", self.metrics_address),
         ] {
             if address.ip().is_unspecified() && self.advertise_ip.is_none() {
                 bail!(
@@ -240,6 +248,8 @@ pub struct NodeAgent {
     nbd_listener: tokio::net::TcpListener,
     own: Arc<targets::OwnTargetsServer>,
     target_listener: tokio::net::TcpListener,
+    metrics: Arc<metrics::AgentMetrics>,
+    metrics_listener: tokio::net::TcpListener,
 }
 
 impl NodeAgent {
@@ -257,6 +267,7 @@ impl NodeAgent {
         let hosted = host_existing(&host, &config.pool_dir.join(pool::REPLICAS_DIR)).await;
         let nbd_listener = listen(config.nbd_address, "NBD clients").await?;
         let target_listener = listen(config.target_address(), "other nodes' forwarders").await?;
+        let metrics_listener = listen(config.metrics_address, "metrics scrapes").await?;
         Ok(NodeAgent {
             config,
             client,
@@ -266,6 +277,8 @@ impl NodeAgent {
             nbd_listener,
             own: Arc::new(tandem_nbd::Server::new(tandem_nbd::ServerConfig::default())),
             target_listener,
+            metrics: metrics::AgentMetrics::new(),
+            metrics_listener,
         })
     }
 
@@ -288,10 +301,18 @@ impl NodeAgent {
             .unwrap_or(self.config.target_address())
     }
 
+    /// Where the agent serves its metrics (`http://ADDRESS/metrics`).
+    pub fn metrics_address(&self) -> SocketAddr {
+        self.metrics_listener
+            .local_addr()
+            .unwrap_or(self.config.metrics_address)
+    }
+
     /// Runs until `shutdown` completes, then stops the replica host (waiting for its disk work).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let nbd_address = self.nbd_address();
         let target_address = self.target_address();
+        let metrics_address = self.metrics_address();
         let NodeAgent {
             config,
             client,
@@ -301,10 +322,13 @@ impl NodeAgent {
             nbd_listener,
             own,
             target_listener,
+            metrics,
+            metrics_listener,
         } = self;
         let data_address = config.advertised(host.local_addr());
         let nbd_address = config.advertised(nbd_address);
         let target_address = config.advertised(target_address);
+        let metrics_address = config.advertised(metrics_address);
         tracing::info!(
             node = %config.node,
             pool_dir = %config.pool_dir.display(),
@@ -313,15 +337,19 @@ impl NodeAgent {
             data_address = %data_address,
             nbd_address = %nbd_address,
             target_address = %target_address,
+            metrics_address = %metrics_address,
             replicas = hosted.len(),
             "node agent started"
         );
         let heartbeat = tokio::spawn(heartbeat::run(
             client.clone(),
-            config.node.clone(),
-            data_address.to_string(),
-            nbd_address.to_string(),
-            target_address.to_string(),
+            tandem_client::NodeHeartbeat {
+                node: config.node.clone(),
+                address: data_address.to_string(),
+                nbd_address: nbd_address.to_string(),
+                target_address: target_address.to_string(),
+                metrics_address: metrics_address.to_string(),
+            },
             config.heartbeat,
             config.request_timeout,
         ));
@@ -333,6 +361,11 @@ impl NodeAgent {
             tokio::spawn(Arc::clone(&endpoint).serve(nbd_listener, stopped(nbd_stopped.clone())));
         let serving_own =
             tokio::spawn(Arc::clone(&own).serve(target_listener, stopped(nbd_stopped.clone())));
+        let serving_metrics = tokio::spawn(metrics::serve(
+            metrics_listener,
+            Arc::clone(&metrics),
+            stopped(nbd_stopped.clone()),
+        ));
         let (routes, routed) = tokio::sync::watch::channel(endpoint::Routes::new());
         let forwarding = tokio::spawn(endpoint::forward(Arc::clone(&endpoint), routed));
         let changes = changes::Changes::new();
@@ -345,11 +378,13 @@ impl NodeAgent {
                 Arc::clone(&own),
                 Arc::clone(&endpoint),
                 routes,
+                Arc::clone(&metrics),
             )
             .run(changes.clone()),
         );
         let recorder = Recorder::new(client.clone(), EVENT_COMPONENT, &config.node);
-        let mut agent = reconcile::Agent::new(config, client, recorder, Arc::clone(&host), hosted);
+        let mut agent =
+            reconcile::Agent::new(config, client, recorder, Arc::clone(&host), hosted, metrics);
         tokio::select! {
             // The agent's loop never ends on its own.
             () = agent.run(changes.subscribe()) => {}
@@ -362,6 +397,9 @@ impl NodeAgent {
         let _ = nbd_stop.send(true);
         let _ = serving.await;
         let _ = serving_own.await;
+        if let Ok(Err(error)) = serving_metrics.await {
+            tracing::warn!(%error, "the metrics server failed");
+        }
         drop(agent);
         match Arc::try_unwrap(host) {
             Ok(host) => host.shutdown().await,

@@ -33,6 +33,10 @@ pub struct AgentArgs {
     /// [default: the --nbd-address IP with any free port; reported to the control plane].
     #[arg(long)]
     target_address: Option<std::net::SocketAddr>,
+    /// Where the agent serves its Prometheus metrics (`GET /metrics`; port 0: any free port,
+    /// reported to the control plane; `tandem metrics` lists it).
+    #[arg(long, default_value = "127.0.0.1:9580")]
+    metrics_address: std::net::SocketAddr,
     /// The address other nodes and clients reach this node at (reported with the ports it
     /// listens on). Needed when --data-address or --nbd-address listen on every interface
     /// (0.0.0.0 or ::); by default the listening addresses are reported as they are.
@@ -54,6 +58,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
     config.data_address = args.data_address;
     config.nbd_address = args.nbd_address;
     config.target_address = args.target_address;
+    config.metrics_address = args.metrics_address;
     config.advertise_ip = args.advertise_address;
     config.heartbeat = args.heartbeat_interval;
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;

@@ -181,6 +181,10 @@ struct NodeEntry {
     data_port: u16,
     #[serde(default)]
     nbd_port: u16,
+    /// Where the node's agent serves its metrics, chosen once like the others (a cluster
+    /// recorded before metrics gets one at its next `up`).
+    #[serde(default)]
+    metrics_port: u16,
 }
 
 fn cluster_file(data_dir: &Path) -> PathBuf {
@@ -298,6 +302,7 @@ pub fn up(args: UpArgs) -> Result<()> {
     }
     let client = Client::new(&server)?;
     runtime.block_on(ensure_pool_cluster(&client, &cluster, args.timeout))?;
+    let metrics = runtime.block_on(crate::metrics::urls(&client, &agents_server))?;
 
     println!();
     println!(
@@ -339,6 +344,8 @@ pub fn up(args: UpArgs) -> Result<()> {
             netns::NBD_PORT
         );
     }
+    println!("Prometheus metrics (`tandem metrics` lists them again):");
+    print!("{}", crate::metrics::table(&metrics));
     println!("Logs and data are under {}.", data_dir.display());
     println!("The tandem command finds this cluster by itself; elsewhere, set");
     println!("  export TANDEM_SERVER={server}");
@@ -447,6 +454,7 @@ fn plan(data_dir: &Path, args: &UpArgs, pool_size: Quantity) -> Result<ClusterFi
             pool_size: pool_size.to_string(),
             data_port: 0,
             nbd_port: 0,
+            metrics_port: 0,
         });
     }
     for node in &mut cluster.nodes {
@@ -454,12 +462,16 @@ fn plan(data_dir: &Path, args: &UpArgs, pool_size: Quantity) -> Result<ClusterFi
             // Every node has its own address: the same ports everywhere.
             node.data_port = netns::DATA_PORT;
             node.nbd_port = netns::NBD_PORT;
+            node.metrics_port = netns::METRICS_PORT;
         }
         if node.data_port == 0 {
             node.data_port = choose_port(Some(0))?;
         }
         if node.nbd_port == 0 {
             node.nbd_port = choose_port(Some(0))?;
+        }
+        if node.metrics_port == 0 {
+            node.metrics_port = choose_port(Some(0))?;
         }
     }
     Ok(cluster)
@@ -595,6 +607,8 @@ fn start_agent(
             format!("{}:{}", cluster.node_ip(index), node.data_port),
             "--nbd-address".to_string(),
             format!("{}:{}", cluster.node_ip(index), node.nbd_port),
+            "--metrics-address".to_string(),
+            format!("{}:{}", cluster.node_ip(index), node.metrics_port),
         ],
         &directory.join("agent.log"),
         &pid_file,

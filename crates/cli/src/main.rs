@@ -13,6 +13,7 @@ mod control_plane;
 mod demo;
 mod kubeconfig;
 mod kubectl;
+mod metrics;
 mod output;
 mod server;
 mod sim;
@@ -55,6 +56,9 @@ enum TopCommand {
     Status(cluster::StatusArgs),
     /// Prints a kubeconfig for the cluster, so the real kubectl reaches its control plane.
     Kubeconfig(kubeconfig::KubeconfigArgs),
+    /// Prints where Prometheus scrapes the cluster: the control plane's and every agent's
+    /// /metrics URL.
+    Metrics(metrics::MetricsArgs),
     /// The kubectl-style verbs: get, describe, edit, patch, apply, create, delete, volume.
     #[command(flatten)]
     Kubectl(kubectl::Command),
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         TopCommand::Status(args) => cluster::status(args),
         TopCommand::Store(args) => store::run(args),
         TopCommand::Kubeconfig(args) => kubeconfig::run(args),
+        TopCommand::Metrics(args) => metrics::run(args),
         TopCommand::Kubectl(command) => kubectl::run(command),
     };
     match result {

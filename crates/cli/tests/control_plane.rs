@@ -131,6 +131,7 @@ async fn an_agent_on_every_interface_reports_its_advertised_address() {
                 &address,
             ])
             .args(["--data-address", "0.0.0.0:0", "--nbd-address", "0.0.0.0:0"])
+            .args(["--metrics-address", "0.0.0.0:0"])
             .arg("--pool-dir")
             .arg(dir.path().join("pool"))
             .args(extra);
@@ -162,7 +163,7 @@ async fn an_agent_on_every_interface_reports_its_advertised_address() {
     )
     .await
     .unwrap_or_else(|timed_out| panic!("{timed_out}"));
-    for field in ["address", "nbdAddress"] {
+    for field in ["address", "nbdAddress", "metricsAddress"] {
         let reported = status[field].as_str().unwrap_or_default();
         let port = reported
             .strip_prefix("127.0.0.1:")

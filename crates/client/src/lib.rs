@@ -113,6 +113,10 @@ pub struct NodeHeartbeat {
     /// agent that predates forwarding).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub target_address: String,
+    /// Where the agent serves its Prometheus metrics (`http://ADDRESS/metrics`; empty from an
+    /// agent that predates them).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub metrics_address: String,
 }
 
 /// A node as the control plane sees it.
@@ -127,6 +131,9 @@ pub struct NodeStatus {
     /// Where the node serves its own targets to other nodes' forwarders (empty if unknown).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub target_address: String,
+    /// Where the node's agent serves its metrics (empty if unknown).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub metrics_address: String,
     /// Milliseconds since the agent last reported.
     pub last_seen_ms: u64,
     /// Whether it reported within the control plane's agent timeout.
@@ -717,16 +724,19 @@ mod tests {
         )
         .expect("an old heartbeat");
         assert_eq!(old.target_address, "");
+        assert_eq!(old.metrics_address, "");
         assert_eq!(
             serde_json::to_value(&old).expect("serialize"),
             serde_json::json!({"node":"n1","address":"10.0.0.1:7000","nbdAddress":"10.0.0.1:10809"})
         );
         let new = NodeHeartbeat {
             target_address: "10.0.0.1:41000".into(),
+            metrics_address: "10.0.0.1:9580".into(),
             ..old
         };
         let json = serde_json::to_value(&new).expect("serialize");
         assert_eq!(json["targetAddress"], "10.0.0.1:41000");
+        assert_eq!(json["metricsAddress"], "10.0.0.1:9580");
         let status: NodeStatus = serde_json::from_value(serde_json::json!({
             "node": "n1", "nbdAddress": "10.0.0.1:10809", "lastSeenMs": 5, "ready": true,
             "targetAddress": "10.0.0.1:41000"

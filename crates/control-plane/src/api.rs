@@ -43,17 +43,19 @@ pub struct Api {
     nodes: Mutex<BTreeMap<String, (NodeHeartbeat, Instant)>>,
     started: Instant,
     agent_timeout: Duration,
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl Api {
     /// `agent_timeout`: how long an agent may stay silent before its node is not ready.
     pub fn new(store: Arc<dyn Store>, agent_timeout: Duration) -> Arc<Api> {
-        Arc::new(Api {
+        Arc::new_cyclic(|api| Api {
             store: Arc::new(FencedStore(store)),
             written: Notify::new(),
             nodes: Mutex::new(BTreeMap::new()),
             started: Instant::now(),
             agent_timeout,
+            metrics: crate::metrics::Metrics::new(api.clone()),
         })
     }
 }
@@ -84,11 +86,16 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/{resource}", get(list_all))
         .route("/tandem/v1/nodes", get(list_nodes))
         .route("/tandem/v1/nodes/{node}", put(heartbeat))
+        .route("/metrics", get(crate::metrics::serve))
         .merge(crate::discovery::routes())
         .merge(crate::openapi::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(crate::fence::layer))
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            crate::metrics::track,
+        ))
         .with_state(api)
 }
 
@@ -345,6 +352,7 @@ async fn delete(
         lookup
             .refuse_pools_with_replicas(&name, &nodes)
             .map_err(|refusal| {
+                api.metrics.admission_refused(kind);
                 ApiError::denied(format!(
                     "cannot delete cspc {name}: {refusal}; move or delete its volumes first"
                 ))
@@ -410,6 +418,7 @@ impl Api {
                     address: heartbeat.address.clone(),
                     nbd_address: heartbeat.nbd_address.clone(),
                     target_address: heartbeat.target_address.clone(),
+                    metrics_address: heartbeat.metrics_address.clone(),
                     last_seen_ms: u64::try_from(silent.as_millis()).unwrap_or(u64::MAX),
                     ready: silent <= self.agent_timeout,
                 }
@@ -442,6 +451,19 @@ impl Api {
 /// webhook refuses it ([`ApiError::denied`]: HTTP 400, reason BadRequest); an incomplete new
 /// volume config is invalid (422).
 fn admit(
+    api: &Api,
+    namespace: &str,
+    current: Option<&Object>,
+    new: &Object,
+) -> Result<(), ApiError> {
+    let admitted = admit_checks(api, namespace, current, new);
+    if admitted.is_err() {
+        api.metrics.admission_refused(new.kind());
+    }
+    admitted
+}
+
+fn admit_checks(
     api: &Api,
     namespace: &str,
     current: Option<&Object>,

@@ -58,6 +58,7 @@ async fn cluster(nodes: &[&str]) -> Cluster {
                         address: String::new(),
                         nbd_address: String::new(),
                         target_address: String::new(),
+                        metrics_address: String::new(),
                     })
                     .await;
             }

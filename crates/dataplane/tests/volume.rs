@@ -64,6 +64,21 @@ async fn a_volume_serves_nbd_and_moves_a_replica_while_serving() {
     })
     .await;
     during.await.unwrap();
+    // The target counted what the rebuild copied: exactly, unless it was ejected and started
+    // over (a loaded machine may time it out).
+    let rebuild = handle
+        .status()
+        .resyncs_finished
+        .into_iter()
+        .find(|resync| resync.replica == fourth)
+        .expect("the new replica was rebuilt");
+    let counted = handle.counters().replicas()[&fourth];
+    assert!(rebuild.full && rebuild.bytes >= 5 << 20, "{rebuild:?}");
+    if counted.ejections == 0 {
+        assert_eq!(counted.resync_bytes_copied, rebuild.bytes, "{counted:?}");
+    } else {
+        assert!(counted.resync_bytes_copied >= rebuild.bytes, "{counted:?}");
+    }
     let flushed = {
         let uri = uri.clone();
         tokio::task::spawn_blocking(move || qemu_io(&uri, &["flush"]))
@@ -164,9 +179,55 @@ async fn a_full_pool_refuses_writes_and_its_replica_returns_when_space_is_freed(
         .cloned()
         .expect("the returning replica was resynced");
     assert!(!resync.full && resync.bytes >= 2 << 20, "{resync:?}");
+    // The target counted the ejection of the full replica, and what its resyncs copied.
+    let counted = handle.counters().replicas()[&full];
+    assert!(counted.ejections >= 1, "{counted:?}");
+    assert!(counted.resync_bytes_copied >= resync.bytes, "{counted:?}");
     assert_eq!(
         file_bytes(&data_file(&nodes[2]), 4 << 20, 4096),
         vec![0x5a; 4096]
     );
+    handle.stop().await;
+}
+
+/// With backpressure starting at one unanswered request, writes sent together wait for each
+/// other, and the target counts each that arrived while it held new operations back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_held_back_by_backpressure_are_counted() {
+    let nodes = [node().await, node().await];
+    let mut initial = Vec::new();
+    for (index, node) in nodes.iter().enumerate() {
+        initial.push(replica_on(node, index as u64 + 1, true).await);
+    }
+    let options = tandem_core::TargetOptions {
+        replica_congestion_ops: 1,
+        ..tandem_core::TargetOptions::default()
+    };
+    let (handle, _uri) =
+        serve_volume_with(&nodes, &initial, Arc::new(Recorded::default()), options).await;
+    assert_eq!(handle.counters().backpressure_waits(), 0);
+    // Bursts of writes until one arrives while another is unanswered (the first does, almost
+    // surely: the target reads its queue faster than a replica answers over TCP).
+    for _burst in 0..20 {
+        let writes: Vec<_> = (0..32u64)
+            .map(|block| {
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    let data = bytes::Bytes::from(vec![block as u8; 4096]);
+                    handle.write(block * 4096, data, false).await
+                })
+            })
+            .collect();
+        for write in writes {
+            write
+                .await
+                .unwrap()
+                .expect("a write held back still succeeds");
+        }
+        if handle.counters().backpressure_waits() > 0 {
+            break;
+        }
+    }
+    assert!(handle.counters().backpressure_waits() > 0);
     handle.stop().await;
 }

@@ -28,6 +28,7 @@ use tandem_objects::{
 
 use crate::cstor::creation_order;
 use crate::error::{Aspect, Error, ReplicaError, Subject};
+use crate::metrics::{AgentMetrics, PoolSample};
 use crate::pool::{self, Claim, PoolRecord, REPLICAS_DIR, RO_THRESHOLD_DEFAULT};
 use crate::report::{backoff, ErrorLog};
 use crate::storage;
@@ -77,6 +78,8 @@ pub struct Agent {
     host: Arc<ReplicaHost>,
     /// Volume name -> the replica the host serves from `replicas/<volume>`.
     hosted: HashMap<String, ReplicaId>,
+    /// Where each pass's pool measurement is published for scrapes.
+    metrics: Arc<AgentMetrics>,
 }
 
 /// The objects a pass saw, so the agent can forget the others.
@@ -100,6 +103,7 @@ impl Agent {
         recorder: Recorder,
         host: Arc<ReplicaHost>,
         hosted: HashMap<String, ReplicaId>,
+        metrics: Arc<AgentMetrics>,
     ) -> Agent {
         Agent {
             config,
@@ -115,6 +119,7 @@ impl Agent {
             waiting_logged: false,
             host,
             hosted,
+            metrics,
         }
     }
 
@@ -277,6 +282,15 @@ impl Agent {
             storage.len(),
             healthy,
         );
+        self.metrics.pool_measured(PoolSample {
+            pool: served.name().to_string(),
+            node: self.config.node.clone(),
+            capacity_bytes: self.config.pool_size,
+            used_bytes: used,
+            read_only: status.read_only,
+            replicas: storage.len() as u64,
+            healthy_replicas: u64::from(healthy),
+        });
         self.write_pool_status(served, status).await;
         self.forget_except(&seen);
         Ok(changed)

@@ -42,6 +42,8 @@ use crate::changes::Changes;
 use crate::cstor::{generation_of, known_replicas};
 use crate::endpoint::{replace_export, Endpoint, EndpointServer, Routes};
 use crate::error::{Error, Subject};
+use crate::metrics::metered::{Metered, VolumeIo};
+use crate::metrics::AgentMetrics;
 use crate::report::ErrorLog;
 use plan::{KeepPlan, Measured, Step, View};
 
@@ -55,7 +57,8 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 const COUNTERS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The NBD server of this node's own targets, and nothing else: what other nodes forward to.
-pub type OwnTargetsServer = Server<TargetHandle>;
+/// Each target's client I/O is counted (the same counters as its export on the endpoint).
+pub type OwnTargetsServer = Server<Metered<TargetHandle>>;
 
 struct Running {
     handle: TargetHandle,
@@ -82,6 +85,8 @@ pub struct Targets {
     errors: ErrorLog,
     /// Signalled when a target started here changes state (set by [`Targets::run`]).
     changes: Option<Changes>,
+    /// Where the running targets are reported for scrapes.
+    metrics: Arc<AgentMetrics>,
 }
 
 impl Targets {
@@ -92,6 +97,7 @@ impl Targets {
         own: Arc<OwnTargetsServer>,
         endpoint: Arc<EndpointServer>,
         routes: watch::Sender<Routes>,
+        metrics: Arc<AgentMetrics>,
     ) -> Targets {
         Targets {
             client,
@@ -103,6 +109,7 @@ impl Targets {
             running: BTreeMap::new(),
             errors: ErrorLog::default(),
             changes: None,
+            metrics,
         }
     }
 
@@ -198,6 +205,7 @@ impl Targets {
     async fn stop(&mut self, volume: &str) {
         if let Some(running) = self.running.remove(volume) {
             tracing::info!(volume, "stopping target: the volume moved or is gone");
+            self.metrics.target_stopped(volume);
             self.own.remove_export(volume);
             self.endpoint
                 .remove_export_if(volume, |endpoint| matches!(**endpoint, Endpoint::Local(_)));
@@ -245,13 +253,16 @@ impl Targets {
             volume: name.to_string(),
             message: error.to_string(),
         };
+        // Both exports count into the same counters: a client reaches the target through one.
+        let io = Arc::new(VolumeIo::default());
+        let metered = Metered::new(handle.clone(), Arc::clone(&io));
         self.own.remove_export(name);
         self.own
-            .add_export(name.to_string(), Arc::new(handle.clone()))
+            .add_export(name.to_string(), Arc::new(metered.clone()))
             .map_err(export_error)?;
         // Replaces the forwarder's export, if it had one: this node serves the volume directly.
-        replace_export(&self.endpoint, name, Endpoint::Local(handle.clone()))
-            .map_err(export_error)?;
+        replace_export(&self.endpoint, name, Endpoint::Local(metered)).map_err(export_error)?;
+        self.metrics.target_started(name, &handle, io);
         tracing::info!(volume = %name, generation = generation.0, "target started");
         self.running.insert(
             name.to_string(),
@@ -331,6 +342,15 @@ impl Targets {
             now: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         };
         let replicas = view.replicas_of(name);
+        let pools = replicas
+            .iter()
+            .filter_map(|cvr| {
+                let id = crate::cstor::replica_id(cvr).ok()??;
+                Some((id, crate::cstor::pool_of(cvr)?.to_string()))
+            })
+            .collect();
+        self.metrics
+            .target_measured(name, measured.resync_rate, pools);
         let publish = plan::plan_publish(volume, &replicas, &status, &measured);
         // The CV first, then the CVRs: the pool's reconcile pass lists its CVRs and then the CVs
         // and makes each CVR's phase follow its CV's, so a CVR must never say more than its CV

@@ -35,6 +35,8 @@ pub const CONTROL_PLANE_PORT: u16 = 7070;
 pub const DATA_PORT: u16 = 7100;
 /// Every node's NBD port: the standard one (each node has its own address).
 pub const NBD_PORT: u16 = 10809;
+/// Every node's metrics port (the agent's default).
+pub const METRICS_PORT: u16 = 9580;
 /// The /16 the clusters' /24s come from: 10.77.S.0/24.
 const NETWORK: [u8; 2] = [10, 77];
 /// The longest prefix: namespace names stay short enough to read in `ip netns list`, and

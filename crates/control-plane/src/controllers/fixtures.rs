@@ -158,6 +158,7 @@ pub(crate) fn node(name: &str, ready: bool, nbd_address: &str, last_seen_ms: u64
         address: String::new(),
         nbd_address: nbd_address.to_string(),
         target_address: String::new(),
+        metrics_address: String::new(),
         last_seen_ms,
         ready,
     }

@@ -118,6 +118,11 @@ fn next_pass_in(lease_expiry: Option<Duration>) -> Duration {
 }
 
 async fn pass(context: &Context, errors: &mut ErrorLog) {
+    context.api.metrics.controller_pass();
+    let mut errors = Counted {
+        log: errors,
+        context,
+    };
     let observed = match Observed::read(&context.client, &context.api).await {
         Ok(observed) => observed,
         Err(error) => {
@@ -164,6 +169,24 @@ async fn create_volume_then_provision(
     execute(context, actions).await
 }
 
+/// The error log of a pass, counting each failure (a conflict is not one) in the metrics.
+struct Counted<'a> {
+    log: &'a mut ErrorLog,
+    context: &'a Context,
+}
+
+impl Counted<'_> {
+    fn report(&mut self, subject: Subject, result: Result<(), ExecuteError>) {
+        if result.as_ref().is_err_and(|error| !error.is_conflict()) {
+            self.context
+                .api
+                .metrics
+                .reconcile_error(subject.metric_label());
+        }
+        self.log.report(subject, result);
+    }
+}
+
 /// What an error is about: the key of the error log.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Subject {
@@ -173,6 +196,19 @@ enum Subject {
     Pool(String),
     VolumeConfig(String),
     GarbageCollection,
+}
+
+impl Subject {
+    /// The subject's label in `tandem_controller_reconcile_errors_total`.
+    fn metric_label(&self) -> &'static str {
+        match self {
+            Subject::Snapshot => "snapshot",
+            Subject::PoolCluster(_) => "cspc",
+            Subject::Pool(_) => "cspi",
+            Subject::VolumeConfig(_) => "cvc",
+            Subject::GarbageCollection => "gc",
+        }
+    }
 }
 
 impl fmt::Display for Subject {

@@ -208,6 +208,12 @@ impl Target {
         })
     }
 
+    /// Whether backpressure holds new writes, trims and flushes back now: a replica that
+    /// receives live operations has `replica_congestion_ops` of them unanswered.
+    pub fn is_congested(&self) -> bool {
+        self.congested()
+    }
+
     pub fn resync_progress(&self) -> Option<ResyncProgress> {
         self.resync.as_ref().map(ResyncJob::progress)
     }

@@ -12,6 +12,7 @@
 
 mod clock;
 mod connection;
+mod counters;
 mod export;
 mod range_lock;
 
@@ -31,6 +32,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use clock::TickClock;
 use connection::Connection;
+use counters::CopiedTracker;
+pub use counters::{ReplicaCounters, TargetCounters};
 use range_lock::RangeLocks;
 
 /// How long one core tick is. The core's timeouts are in ticks (see [`TargetOptions`]): with
@@ -131,6 +134,7 @@ pub struct TargetHandle {
     geometry: Geometry,
     /// The block ranges client writes hold (see [`range_lock`]), shared by every handle.
     locks: Arc<RangeLocks>,
+    counters: Arc<TargetCounters>,
 }
 
 impl TargetHandle {
@@ -201,6 +205,11 @@ impl TargetHandle {
         self.status.borrow().clone()
     }
 
+    /// What the target counts for metrics (backpressure waits, ejections, bytes resynced).
+    pub fn counters(&self) -> &Arc<TargetCounters> {
+        &self.counters
+    }
+
     /// A receiver that sees every status change.
     pub fn watch_status(&self) -> watch::Receiver<TargetStatus> {
         self.status.clone()
@@ -243,6 +252,7 @@ pub fn start(config: TargetConfig, store: Arc<dyn MembershipStore>) -> TargetHan
     let (status_tx, status) = watch::channel(initial);
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
     let (persisted_tx, persisted_rx) = mpsc::channel(4);
+    let counters = Arc::new(TargetCounters::default());
     let task = TargetTask {
         volume: config.volume,
         target,
@@ -258,6 +268,8 @@ pub fn start(config: TargetConfig, store: Arc<dyn MembershipStore>) -> TargetHan
         resyncs_finished: Vec::new(),
         out: Vec::new(),
         clock: TickClock::start(TICK),
+        counters: Arc::clone(&counters),
+        copied: CopiedTracker::default(),
     };
     tokio::spawn(task.run(requests_rx, inbound_rx, persisted_rx));
     TargetHandle {
@@ -265,6 +277,7 @@ pub fn start(config: TargetConfig, store: Arc<dyn MembershipStore>) -> TargetHan
         status,
         geometry: config.geometry,
         locks: Arc::default(),
+        counters,
     }
 }
 
@@ -284,6 +297,8 @@ struct TargetTask {
     resyncs_finished: Vec<FinishedResync>,
     out: Vec<TargetOutput>,
     clock: TickClock,
+    counters: Arc<TargetCounters>,
+    copied: CopiedTracker,
 }
 
 /// Who waits for a membership command's outcome.
@@ -323,6 +338,10 @@ impl TargetTask {
                         // A client is served on the time it is now, not the time the target
                         // last woke up (a paused target's read lease has run out).
                         self.catch_up();
+                        let held = !matches!(op, ClientOp::Read { .. } | ClientOp::Allocation { .. });
+                        if held && self.target.is_congested() {
+                            self.counters.note_backpressure_wait();
+                        }
                         let id = ClientRequestId(self.next_client);
                         self.next_client += 1;
                         self.clients.insert(id, reply);
@@ -494,6 +513,7 @@ impl TargetTask {
                     volume = %self.volume, replica = replica.0, source = source.0, full, bytes, regions,
                     "resync finished"
                 );
+                self.copied.finished(*replica, *bytes, &self.counters);
                 self.resyncs_finished.push(FinishedResync {
                     replica: *replica,
                     source: *source,
@@ -505,6 +525,8 @@ impl TargetTask {
                 }
             }
             TargetEvent::Ejected { replica, reason } => {
+                self.counters.note_ejection(*replica);
+                self.copied.ejected(*replica);
                 tracing::warn!(volume = %self.volume, replica = replica.0, ?reason, "replica ejected");
             }
             TargetEvent::Fenced => {
@@ -523,7 +545,9 @@ impl TargetTask {
         }
     }
 
-    fn publish_status(&self) {
+    fn publish_status(&mut self) {
+        self.copied
+            .observe(self.target.resync_progress(), &self.counters);
         let target = &self.target;
         let modes: BTreeMap<ReplicaId, ReplicaMode> = target
             .membership()

@@ -125,6 +125,16 @@ pub async fn serve_volume(
     initial: &[(ReplicaId, Incarnation)],
     store: Arc<Recorded>,
 ) -> (TargetHandle, String) {
+    serve_volume_with(nodes, initial, store, TargetOptions::default()).await
+}
+
+/// [`serve_volume`] with the target's `options`.
+pub async fn serve_volume_with(
+    nodes: &[Node],
+    initial: &[(ReplicaId, Incarnation)],
+    store: Arc<Recorded>,
+    options: TargetOptions,
+) -> (TargetHandle, String) {
     let addresses: BTreeMap<ReplicaId, _> = nodes
         .iter()
         .enumerate()
@@ -137,7 +147,7 @@ pub async fn serve_volume(
             geometry: geometry_for(SIZE, None).unwrap(),
             membership: Membership::initial(initial),
             addresses,
-            options: TargetOptions::default(),
+            options,
         },
         store,
     );
