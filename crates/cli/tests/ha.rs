@@ -264,3 +264,60 @@ fn with_every_control_plane_down_volumes_serve_and_a_pending_scale_up_completes_
     );
     try_qemu_io(&uri, &["read -P 0x33 0 2M"]).expect("the data is there");
 }
+
+/// `tandem store copy` moves every object of a stopped cluster into an empty store, refuses a
+/// store that holds objects, and a control plane on the copy serves them.
+#[test]
+fn store_copy_moves_every_object_into_an_empty_store_only() {
+    let cluster = Cluster::up(1, "1G");
+    let before = cluster.ok(&["get", "cspi", "-n", "openebs", "-o", "name"]);
+    cluster.ok(&["down"]);
+    let from = format!(
+        "redb:{}",
+        cluster
+            .data_dir()
+            .join("control-plane/store.redb")
+            .display()
+    );
+    let copy_dir = tempfile::tempdir().expect("a temporary directory");
+    let to = format!("redb:{}", copy_dir.path().join("copy.redb").display());
+    let copied = cluster.ok(&["store", "copy", "--from", &from, "--to", &to]);
+    assert!(copied.contains("copied 1 cstorpoolclusters"), "{copied}");
+    assert!(copied.contains("copied 1 cstorpoolinstances"), "{copied}");
+    let again = cluster.fails(&["store", "copy", "--from", &from, "--to", &to]);
+    assert!(
+        again.contains("already holds") && again.contains("copy only into an empty store"),
+        "{again}"
+    );
+
+    // A control plane on the copy serves the same objects.
+    let mut control_plane = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args([
+            "control-plane",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            &to,
+            "--data-dir",
+        ])
+        .arg(copy_dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start a control plane");
+    let address_file = copy_dir.path().join("control-plane/address");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !address_file.exists() {
+        assert!(Instant::now() < deadline, "the control plane did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let server = std::fs::read_to_string(&address_file).expect("its address");
+    let after = cluster.run_with(
+        &["get", "cspi", "-n", "openebs", "-o", "name"],
+        &[("TANDEM_SERVER", server.trim())],
+    );
+    let _ = control_plane.kill();
+    let _ = control_plane.wait();
+    assert!(after.status.success(), "{after:?}");
+    assert_eq!(String::from_utf8_lossy(&after.stdout), before);
+}
