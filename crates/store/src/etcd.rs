@@ -295,6 +295,29 @@ fn classify(error: &etcd_client::Error) -> Class {
     }
 }
 
+/// An etcd error in a few words: gRPC's message and its innermost cause.
+fn describe(error: &etcd_client::Error) -> String {
+    let etcd_client::Error::GRpcStatus(status) = error else {
+        return error.to_string();
+    };
+    let mut text = status.message().to_string();
+    let mut innermost = None;
+    let mut cause = std::error::Error::source(status);
+    // A source chain is finite.
+    while let Some(error) = cause {
+        innermost = Some(error.to_string());
+        cause = error.source();
+    }
+    match innermost {
+        Some(innermost) if !text.contains(&innermost) => {
+            text.push_str(": ");
+            text.push_str(&innermost);
+        }
+        _ => {}
+    }
+    text
+}
+
 struct Cluster {
     members: Vec<Member>,
     /// The member calls go to first; moved on when it fails.
@@ -320,41 +343,49 @@ impl Cluster {
     {
         let deadline = Instant::now() + self.timeout;
         let mut pause = Duration::from_millis(20);
-        let mut last = String::from("none");
+        // What each member last said, for the message if none answers.
+        let mut said: Vec<Option<String>> = vec![None; self.members.len()];
         let mut attempt = 0usize;
         // Bounded by the deadline: every attempt runs under it, and so does every pause.
         loop {
             attempt += 1;
             let index = self.preferred.load(Ordering::Relaxed) % self.members.len();
             let member = self.members[index].clone();
-            let endpoint = member.endpoint.clone();
             let error = match tokio::time::timeout_at(deadline, op(member)).await {
                 Err(_) => {
+                    said[index] = Some("no answer".into());
+                    let outcome = match retry {
+                        Retry::Reads => "",
+                        Retry::Writes => ", so it may or may not have happened",
+                    };
                     return Err(self.unavailable(
                         what,
                         &format!(
-                            "no answer within {:?} ({attempt} attempts; last error: {last})",
-                            self.timeout
+                            "no answer within {:?}{outcome} ({attempt} attempts; {})",
+                            self.timeout,
+                            self.what_members_said(&said)
                         ),
-                    ))
+                    ));
                 }
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(Failure::Final(error))) => return Err(error),
                 Ok(Err(Failure::Etcd(error))) => error,
             };
-            last = format!("{endpoint}: {error}");
+            said[index] = Some(describe(&error));
             match classify(&error) {
                 Class::Final => {
                     return Err(StoreError::Storage(format!(
-                        "{}: {what}: {last}",
-                        self.named
+                        "{}: {what}: {}",
+                        self.named,
+                        self.what_members_said(&said)
                     )))
                 }
                 Class::Lost if retry == Retry::Writes => {
                     return Err(self.unavailable(
                         what,
                         &format!(
-                            "the answer was lost, so it may or may not have happened ({last})"
+                            "the answer was lost, so it may or may not have happened ({})",
+                            self.what_members_said(&said)
                         ),
                     ))
                 }
@@ -371,9 +402,9 @@ impl Cluster {
                     return Err(self.unavailable(
                         what,
                         &format!(
-                            "no member answered within {:?} ({attempt} attempts; last error: \
-                             {last})",
-                            self.timeout
+                            "no member answered within {:?} ({attempt} attempts; {})",
+                            self.timeout,
+                            self.what_members_said(&said)
                         ),
                     ));
                 }
@@ -381,6 +412,20 @@ impl Cluster {
                 pause = (pause * 2).min(Duration::from_millis(500));
             }
         }
+    }
+
+    /// "127.0.0.1:2379 said: ...; 127.0.0.1:22379 said: ..." for the members tried.
+    fn what_members_said(&self, said: &[Option<String>]) -> String {
+        let lines: Vec<String> = self
+            .members
+            .iter()
+            .zip(said)
+            .filter_map(|(member, said)| {
+                said.as_ref()
+                    .map(|said| format!("{} said: {said}", member.endpoint))
+            })
+            .collect();
+        lines.join("; ")
     }
 
     fn unavailable(&self, what: &str, detail: &str) -> StoreError {
