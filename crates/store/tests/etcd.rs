@@ -256,4 +256,9 @@ fn two_stores_under_different_prefixes_see_only_their_own_objects_and_versions()
     let location = format!("etcd://{}/one", etcd.endpoints().join(","));
     let reopened = tandem_store::open(&location).unwrap();
     assert_eq!(reopened.list("CStorVolumeConfig", None).unwrap().len(), 1);
+    // Its watch cache starts now, so older changes come from etcd's history, the same.
+    assert_eq!(
+        reopened.changes_since(0, 10).unwrap(),
+        one.changes_since(0, 10).unwrap()
+    );
 }

@@ -4,9 +4,11 @@
 //! each object's JSON, and `PREFIX/last-write` is rewritten by every write, so its mod revision
 //! is this store's current version even when others write elsewhere in the cluster. An object's
 //! resource version is its key's mod revision. A create, update or delete is one etcd
-//! transaction comparing the key's create or mod revision (optimistic concurrency);
-//! `changes_since` replays etcd's history with a watch from the asked version (with each
-//! deleted object's last state) and answers Expired once etcd has compacted past it.
+//! transaction comparing the key's create or mod revision (optimistic concurrency).
+//! `changes_since` answers from the watch cache (`cache.rs`: the newest changes, followed by one
+//! live watch) once it has reached the current version, and otherwise replays etcd's history with
+//! a watch from the asked version (with each deleted object's last state), answering Expired once
+//! etcd has compacted past it.
 //!
 //! The `Store` trait is synchronous and the control plane calls it from async handlers, so the
 //! store owns a small tokio runtime: each call runs there while the caller waits on a channel,
@@ -18,20 +20,25 @@
 //! write whose answer was lost may have happened. Past the deadline, or after such a lost
 //! answer, the call fails with [`StoreError::Unavailable`], naming the endpoints and what failed.
 
+mod cache;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, CompactionOptions, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType,
+    Client, CompactionOptions, Compare, CompareOp, ConnectOptions, DeleteOptions, Event, EventType,
     GetOptions, KeyValue, KvClient, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse,
     WatchClient, WatchOptions,
 };
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::{metadata_mut, stamp, Change, ChangeKind, ObjectKey, Store, StoreError, Versioned};
+use crate::{
+    metadata_mut, stamp, Change, ChangeKind, ObjectKey, Store, StoreError, Versioned,
+    CHANGES_KEPT_DEFAULT,
+};
 
 /// How long one call may take, retries included, unless told otherwise.
 pub const ETCD_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
@@ -48,6 +55,9 @@ pub struct EtcdOptions {
     pub prefix: String,
     /// The most one call may take, retries included.
     pub timeout: Duration,
+    /// How many of the newest changes the watch cache keeps in memory; older ones are read from
+    /// etcd's history (until etcd compacts it).
+    pub changes_kept: usize,
 }
 
 impl EtcdOptions {
@@ -56,7 +66,13 @@ impl EtcdOptions {
             endpoints,
             prefix: prefix.trim_end_matches('/').to_string(),
             timeout: ETCD_TIMEOUT_DEFAULT,
+            changes_kept: CHANGES_KEPT_DEFAULT as usize,
         }
+    }
+
+    pub fn with_changes_kept(mut self, changes_kept: usize) -> EtcdOptions {
+        self.changes_kept = changes_kept;
+        self
     }
 
     pub fn with_timeout(mut self, timeout: Duration) -> EtcdOptions {
@@ -137,7 +153,9 @@ impl EtcdStore {
             objects: format!("{prefix}/objects/"),
             marker: format!("{prefix}/last-write"),
             watched: format!("{prefix}/"),
+            cache: cache::Cache::new(options.changes_kept),
         });
+        runtime.spawn(cache::follow(cluster.clone()));
         Ok(EtcdStore {
             cluster,
             runtime: Some(runtime),
@@ -331,6 +349,8 @@ struct Cluster {
     marker: String,
     /// `PREFIX/`, what `changes_since` watches.
     watched: String,
+    /// The newest changes, followed by one live watch.
+    cache: cache::Cache,
 }
 
 impl Cluster {
@@ -623,7 +643,46 @@ impl Cluster {
         format!("{}{}", self.objects, key.encoded())
     }
 
-    /// Replays etcd's history after `version` up to this store's last write when the call began.
+    /// What one watch event is to this store: its revision and the change to an object, or
+    /// None for the last-write marker; nothing for keys not its own.
+    fn read_event(&self, event: &Event) -> Result<Option<(u64, Option<Change>)>, StoreError> {
+        let Some(stored) = event.kv() else {
+            return Ok(None);
+        };
+        let at = stored.mod_revision() as u64;
+        if stored.key() == self.marker.as_bytes() {
+            return Ok(Some((at, None)));
+        }
+        if !stored.key().starts_with(self.objects.as_bytes()) {
+            return Ok(None);
+        }
+        let key = parse_key(&self.objects, stored.key())?;
+        let change = match event.event_type() {
+            EventType::Put => Change {
+                kind: if stored.version() == 1 {
+                    ChangeKind::Added
+                } else {
+                    ChangeKind::Modified
+                },
+                object: decode_object(&key, stored)?,
+            },
+            EventType::Delete => {
+                let last = event.prev_kv().ok_or_else(|| {
+                    StoreError::Storage(format!(
+                        "the deletion of {key} at {at} came without its last state"
+                    ))
+                })?;
+                Change {
+                    kind: ChangeKind::Deleted,
+                    object: stamp(&key, decode_value(&key, last.value())?, at)?,
+                }
+            }
+        };
+        Ok(Some((at, Some(change))))
+    }
+
+    /// The changes after `version` up to this store's last write when the call began: from the
+    /// watch cache when it holds them, else replayed from etcd's history.
     async fn changes_since(
         &self,
         mut member: Member,
@@ -633,6 +692,9 @@ impl Cluster {
         let current = last_write(&mut member.kv, self.marker.clone()).await?;
         if version >= current {
             return Ok(Vec::new());
+        }
+        if let Some(found) = self.cache.read(version, current, limit).await {
+            return Ok(found);
         }
         // Etcd replays from a compacted revision itself but may have dropped deletions made at
         // it, so start at `version` (skipping its events): a compaction at `version` or later
@@ -670,42 +732,20 @@ impl Cluster {
             }
             let mut done = false;
             for event in answer.events() {
-                let Some(stored) = event.kv() else { continue };
-                let at = stored.mod_revision() as u64;
+                let Some((at, change)) = self.read_event(event)? else {
+                    continue;
+                };
                 if at <= version {
                     continue;
                 }
-                if stored.key() == self.marker.as_bytes() {
-                    done |= at >= current;
-                    continue;
-                }
-                if !stored.key().starts_with(self.objects.as_bytes()) {
-                    continue;
-                }
-                let key = parse_key(&self.objects, stored.key())?;
-                let change = match event.event_type() {
-                    EventType::Put => Change {
-                        kind: if stored.version() == 1 {
-                            ChangeKind::Added
-                        } else {
-                            ChangeKind::Modified
-                        },
-                        object: decode_object(&key, stored)?,
-                    },
-                    EventType::Delete => {
-                        let last = event.prev_kv().ok_or_else(|| {
-                            StoreError::Storage(format!(
-                                "the deletion of {key} at {at} came without its last state"
-                            ))
-                        })?;
-                        Change {
-                            kind: ChangeKind::Deleted,
-                            object: stamp(&key, decode_value(&key, last.value())?, at)?,
-                        }
+                match change {
+                    // The marker: every write of this store up to `current` has been seen.
+                    None => done |= at >= current,
+                    Some(change) => {
+                        found.push(change);
+                        done |= found.len() >= limit;
                     }
-                };
-                found.push(change);
-                done |= found.len() >= limit;
+                }
             }
             if done {
                 found.truncate(limit);
