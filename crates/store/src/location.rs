@@ -52,7 +52,7 @@ impl Location {
             return Err(bad("it has spaces around it"));
         }
         if let Some(rest) = text.strip_prefix("etcd://") {
-            return parse_etcd(rest).map_err(|reason| bad(&reason));
+            return parse_etcd(rest, bad);
         }
         if let Some(path) = text.strip_prefix("redb:") {
             if path.is_empty() {
@@ -94,36 +94,39 @@ pub fn open(location: &str) -> Result<Arc<dyn Store>, OpenError> {
     Location::parse(location)?.open()
 }
 
-fn parse_etcd(rest: &str) -> Result<Location, String> {
+/// The part after `etcd://`; `bad` makes the error from a reason.
+fn parse_etcd(rest: &str, bad: impl Fn(&str) -> OpenError) -> Result<Location, OpenError> {
     let (members, prefix) = match rest.find('/') {
         Some(slash) => (&rest[..slash], rest[slash..].trim_end_matches('/')),
         None => (rest, ""),
     };
     if members.is_empty() {
-        return Err("it names no etcd member".into());
+        return Err(bad("it names no etcd member"));
     }
     let mut endpoints = Vec::new();
     for member in members.split(',') {
         let (host, port) = member
             .rsplit_once(':')
-            .ok_or_else(|| format!("member {member:?} has no port (HOST:PORT)"))?;
+            .ok_or_else(|| bad(&format!("member {member:?} has no port (HOST:PORT)")))?;
         if host.is_empty() {
-            return Err(format!("member {member:?} has no host"));
+            return Err(bad(&format!("member {member:?} has no host")));
         }
         if host
             .chars()
             .any(|c| c.is_whitespace() || "/?#@".contains(c))
         {
-            return Err(format!("member {member:?}: {host:?} is not a host name"));
+            return Err(bad(&format!(
+                "member {member:?}: {host:?} is not a host name"
+            )));
         }
         match port.parse::<u16>() {
             Ok(port) if port > 0 => {}
-            _ => return Err(format!("member {member:?}: {port:?} is not a port")),
+            _ => return Err(bad(&format!("member {member:?}: {port:?} is not a port"))),
         }
         endpoints.push(member.to_string());
     }
     if prefix.split('/').skip(1).any(str::is_empty) {
-        return Err(format!("the key prefix {prefix:?} has an empty part"));
+        return Err(bad(&format!("the key prefix {prefix:?} has an empty part")));
     }
     let prefix = if prefix.is_empty() {
         ETCD_PREFIX_DEFAULT.to_string()
