@@ -143,7 +143,14 @@ impl EtcdStore {
                 Ok(members)
             }
         };
-        let members = wait_on(&runtime, options.timeout, &named, connect)?;
+        let members = match wait_on(&runtime, options.timeout, &named, connect) {
+            Ok(members) => members,
+            Err(error) => {
+                // Dropping a runtime blocks, which panics on an async thread.
+                runtime.shutdown_background();
+                return Err(error);
+            }
+        };
         let prefix = options.prefix;
         let cluster = Arc::new(Cluster {
             members,
@@ -162,9 +169,10 @@ impl EtcdStore {
         })
     }
 
-    /// Forgets the history at and before `version`: watches from before it are told to list
-    /// again (Expired). Etcd keeps every revision until compacted, so whoever runs the cluster
-    /// compacts (etcd's `--auto-compaction-retention`, or this).
+    /// Has etcd forget its history before `version`: `changes_since` an older version that the
+    /// watch cache does not hold is told to list again (Expired); from `version` on it works.
+    /// Etcd keeps every revision until compacted, so whoever runs the cluster compacts (etcd's
+    /// `--auto-compaction-retention`, or this).
     pub fn compact(&self, version: u64) -> Result<(), StoreError> {
         self.run(
             format!("compact at {version}"),
