@@ -221,7 +221,8 @@ pub trait Backend {
     /// A new, empty store.
     fn open(&mut self) -> Arc<dyn Store>;
     /// A new, empty store that keeps only the newest `kept` changes for watchers once told to
-    /// `forget` (redb keeps that many as it writes; etcd compacts when told).
+    /// `forget` (redb keeps that many as it writes; etcd's watch cache keeps that many, and etcd
+    /// compacts its history when told).
     fn open_keeping(&mut self, kept: u64) -> Arc<dyn Store>;
     /// Drops the changes older than the newest `kept` ones.
     fn forget(&mut self);
@@ -294,8 +295,13 @@ impl EtcdBackend {
         })
     }
 
+    /// A store keeping (in its watch cache) the changes the test asked for.
     fn store(&self) -> EtcdStore {
-        self.etcd.store(PREFIX, Duration::from_secs(5))
+        let mut options = EtcdOptions::new(self.etcd.endpoints(), PREFIX);
+        if let Some(kept) = self.kept {
+            options = options.with_changes_kept(kept as usize);
+        }
+        EtcdStore::open(options).expect("open the etcd store")
     }
 }
 

@@ -4,9 +4,11 @@
 //! each object's JSON, and `PREFIX/last-write` is rewritten by every write, so its mod revision
 //! is this store's current version even when others write elsewhere in the cluster. An object's
 //! resource version is its key's mod revision. A create, update or delete is one etcd
-//! transaction comparing the key's create or mod revision (optimistic concurrency);
-//! `changes_since` replays etcd's history with a watch from the asked version (with each
-//! deleted object's last state) and answers Expired once etcd has compacted past it.
+//! transaction comparing the key's create or mod revision (optimistic concurrency).
+//! `changes_since` answers from the watch cache (`cache.rs`: the newest changes, followed by one
+//! live watch) once it has reached the current version, and otherwise replays etcd's history with
+//! a watch from the asked version (with each deleted object's last state), answering Expired once
+//! etcd has compacted past it.
 //!
 //! The `Store` trait is synchronous and the control plane calls it from async handlers, so the
 //! store owns a small tokio runtime: each call runs there while the caller waits on a channel,
@@ -18,20 +20,25 @@
 //! write whose answer was lost may have happened. Past the deadline, or after such a lost
 //! answer, the call fails with [`StoreError::Unavailable`], naming the endpoints and what failed.
 
+mod cache;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, CompactionOptions, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType,
+    Client, CompactionOptions, Compare, CompareOp, ConnectOptions, DeleteOptions, Event, EventType,
     GetOptions, KeyValue, KvClient, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse,
     WatchClient, WatchOptions,
 };
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::{metadata_mut, stamp, Change, ChangeKind, ObjectKey, Store, StoreError, Versioned};
+use crate::{
+    metadata_mut, stamp, Change, ChangeKind, ObjectKey, Store, StoreError, Versioned,
+    CHANGES_KEPT_DEFAULT,
+};
 
 /// How long one call may take, retries included, unless told otherwise.
 pub const ETCD_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
@@ -48,6 +55,9 @@ pub struct EtcdOptions {
     pub prefix: String,
     /// The most one call may take, retries included.
     pub timeout: Duration,
+    /// How many of the newest changes the watch cache keeps in memory; older ones are read from
+    /// etcd's history (until etcd compacts it).
+    pub changes_kept: usize,
 }
 
 impl EtcdOptions {
@@ -56,7 +66,13 @@ impl EtcdOptions {
             endpoints,
             prefix: prefix.trim_end_matches('/').to_string(),
             timeout: ETCD_TIMEOUT_DEFAULT,
+            changes_kept: CHANGES_KEPT_DEFAULT as usize,
         }
+    }
+
+    pub fn with_changes_kept(mut self, changes_kept: usize) -> EtcdOptions {
+        self.changes_kept = changes_kept;
+        self
     }
 
     pub fn with_timeout(mut self, timeout: Duration) -> EtcdOptions {
@@ -127,7 +143,14 @@ impl EtcdStore {
                 Ok(members)
             }
         };
-        let members = wait_on(&runtime, options.timeout, &named, connect)?;
+        let members = match wait_on(&runtime, options.timeout, &named, connect) {
+            Ok(members) => members,
+            Err(error) => {
+                // Dropping a runtime blocks, which panics on an async thread.
+                runtime.shutdown_background();
+                return Err(error);
+            }
+        };
         let prefix = options.prefix;
         let cluster = Arc::new(Cluster {
             members,
@@ -138,16 +161,19 @@ impl EtcdStore {
             marker: format!("{prefix}/last-write"),
             leader_key: crate::election::leader_key(&prefix),
             watched: format!("{prefix}/"),
+            cache: cache::Cache::new(options.changes_kept),
         });
+        runtime.spawn(cache::follow(cluster.clone()));
         Ok(EtcdStore {
             cluster,
             runtime: Some(runtime),
         })
     }
 
-    /// Forgets the history at and before `version`: watches from before it are told to list
-    /// again (Expired). Etcd keeps every revision until compacted, so whoever runs the cluster
-    /// compacts (etcd's `--auto-compaction-retention`, or this).
+    /// Has etcd forget its history before `version`: `changes_since` an older version that the
+    /// watch cache does not hold is told to list again (Expired); from `version` on it works.
+    /// Etcd keeps every revision until compacted, so whoever runs the cluster compacts (etcd's
+    /// `--auto-compaction-retention`, or this).
     pub fn compact(&self, version: u64) -> Result<(), StoreError> {
         self.run(
             format!("compact at {version}"),
@@ -296,6 +322,29 @@ fn classify(error: &etcd_client::Error) -> Class {
     }
 }
 
+/// An etcd error in a few words: gRPC's message and its innermost cause.
+fn describe(error: &etcd_client::Error) -> String {
+    let etcd_client::Error::GRpcStatus(status) = error else {
+        return error.to_string();
+    };
+    let mut text = status.message().to_string();
+    let mut innermost = None;
+    let mut cause = std::error::Error::source(status);
+    // A source chain is finite.
+    while let Some(error) = cause {
+        innermost = Some(error.to_string());
+        cause = error.source();
+    }
+    match innermost {
+        Some(innermost) if !text.contains(&innermost) => {
+            text.push_str(": ");
+            text.push_str(&innermost);
+        }
+        _ => {}
+    }
+    text
+}
+
 struct Cluster {
     members: Vec<Member>,
     /// The member calls go to first; moved on when it fails.
@@ -311,6 +360,8 @@ struct Cluster {
     leader_key: String,
     /// `PREFIX/`, what `changes_since` watches.
     watched: String,
+    /// The newest changes, followed by one live watch.
+    cache: cache::Cache,
 }
 
 impl Cluster {
@@ -323,41 +374,49 @@ impl Cluster {
     {
         let deadline = Instant::now() + self.timeout;
         let mut pause = Duration::from_millis(20);
-        let mut last = String::from("none");
+        // What each member last said, for the message if none answers.
+        let mut said: Vec<Option<String>> = vec![None; self.members.len()];
         let mut attempt = 0usize;
         // Bounded by the deadline: every attempt runs under it, and so does every pause.
         loop {
             attempt += 1;
             let index = self.preferred.load(Ordering::Relaxed) % self.members.len();
             let member = self.members[index].clone();
-            let endpoint = member.endpoint.clone();
             let error = match tokio::time::timeout_at(deadline, op(member)).await {
                 Err(_) => {
+                    said[index] = Some("no answer".into());
+                    let outcome = match retry {
+                        Retry::Reads => "",
+                        Retry::Writes => ", so it may or may not have happened",
+                    };
                     return Err(self.unavailable(
                         what,
                         &format!(
-                            "no answer within {:?} ({attempt} attempts; last error: {last})",
-                            self.timeout
+                            "no answer within {:?}{outcome} ({attempt} attempts; {})",
+                            self.timeout,
+                            self.what_members_said(&said)
                         ),
-                    ))
+                    ));
                 }
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(Failure::Final(error))) => return Err(error),
                 Ok(Err(Failure::Etcd(error))) => error,
             };
-            last = format!("{endpoint}: {error}");
+            said[index] = Some(describe(&error));
             match classify(&error) {
                 Class::Final => {
                     return Err(StoreError::Storage(format!(
-                        "{}: {what}: {last}",
-                        self.named
+                        "{}: {what}: {}",
+                        self.named,
+                        self.what_members_said(&said)
                     )))
                 }
                 Class::Lost if retry == Retry::Writes => {
                     return Err(self.unavailable(
                         what,
                         &format!(
-                            "the answer was lost, so it may or may not have happened ({last})"
+                            "the answer was lost, so it may or may not have happened ({})",
+                            self.what_members_said(&said)
                         ),
                     ))
                 }
@@ -374,9 +433,9 @@ impl Cluster {
                     return Err(self.unavailable(
                         what,
                         &format!(
-                            "no member answered within {:?} ({attempt} attempts; last error: \
-                             {last})",
-                            self.timeout
+                            "no member answered within {:?} ({attempt} attempts; {})",
+                            self.timeout,
+                            self.what_members_said(&said)
                         ),
                     ));
                 }
@@ -384,6 +443,20 @@ impl Cluster {
                 pause = (pause * 2).min(Duration::from_millis(500));
             }
         }
+    }
+
+    /// "127.0.0.1:2379 said: ...; 127.0.0.1:22379 said: ..." for the members tried.
+    fn what_members_said(&self, said: &[Option<String>]) -> String {
+        let lines: Vec<String> = self
+            .members
+            .iter()
+            .zip(said)
+            .filter_map(|(member, said)| {
+                said.as_ref()
+                    .map(|said| format!("{} said: {said}", member.endpoint))
+            })
+            .collect();
+        lines.join("; ")
     }
 
     fn unavailable(&self, what: &str, detail: &str) -> StoreError {
@@ -727,7 +800,46 @@ impl Cluster {
         format!("{}{}", self.objects, key.encoded())
     }
 
-    /// Replays etcd's history after `version` up to this store's last write when the call began.
+    /// What one watch event is to this store: its revision and the change to an object, or
+    /// None for the last-write marker; nothing for keys not its own.
+    fn read_event(&self, event: &Event) -> Result<Option<(u64, Option<Change>)>, StoreError> {
+        let Some(stored) = event.kv() else {
+            return Ok(None);
+        };
+        let at = stored.mod_revision() as u64;
+        if stored.key() == self.marker.as_bytes() {
+            return Ok(Some((at, None)));
+        }
+        if !stored.key().starts_with(self.objects.as_bytes()) {
+            return Ok(None);
+        }
+        let key = parse_key(&self.objects, stored.key())?;
+        let change = match event.event_type() {
+            EventType::Put => Change {
+                kind: if stored.version() == 1 {
+                    ChangeKind::Added
+                } else {
+                    ChangeKind::Modified
+                },
+                object: decode_object(&key, stored)?,
+            },
+            EventType::Delete => {
+                let last = event.prev_kv().ok_or_else(|| {
+                    StoreError::Storage(format!(
+                        "the deletion of {key} at {at} came without its last state"
+                    ))
+                })?;
+                Change {
+                    kind: ChangeKind::Deleted,
+                    object: stamp(&key, decode_value(&key, last.value())?, at)?,
+                }
+            }
+        };
+        Ok(Some((at, Some(change))))
+    }
+
+    /// The changes after `version` up to this store's last write when the call began: from the
+    /// watch cache when it holds them, else replayed from etcd's history.
     async fn changes_since(
         &self,
         mut member: Member,
@@ -737,6 +849,9 @@ impl Cluster {
         let current = last_write(&mut member.kv, self.marker.clone()).await?;
         if version >= current {
             return Ok(Vec::new());
+        }
+        if let Some(found) = self.cache.read(version, current, limit).await {
+            return Ok(found);
         }
         // Etcd replays from a compacted revision itself but may have dropped deletions made at
         // it, so start at `version` (skipping its events): a compaction at `version` or later
@@ -774,42 +889,20 @@ impl Cluster {
             }
             let mut done = false;
             for event in answer.events() {
-                let Some(stored) = event.kv() else { continue };
-                let at = stored.mod_revision() as u64;
+                let Some((at, change)) = self.read_event(event)? else {
+                    continue;
+                };
                 if at <= version {
                     continue;
                 }
-                if stored.key() == self.marker.as_bytes() {
-                    done |= at >= current;
-                    continue;
-                }
-                if !stored.key().starts_with(self.objects.as_bytes()) {
-                    continue;
-                }
-                let key = parse_key(&self.objects, stored.key())?;
-                let change = match event.event_type() {
-                    EventType::Put => Change {
-                        kind: if stored.version() == 1 {
-                            ChangeKind::Added
-                        } else {
-                            ChangeKind::Modified
-                        },
-                        object: decode_object(&key, stored)?,
-                    },
-                    EventType::Delete => {
-                        let last = event.prev_kv().ok_or_else(|| {
-                            StoreError::Storage(format!(
-                                "the deletion of {key} at {at} came without its last state"
-                            ))
-                        })?;
-                        Change {
-                            kind: ChangeKind::Deleted,
-                            object: stamp(&key, decode_value(&key, last.value())?, at)?,
-                        }
+                match change {
+                    // The marker: every write of this store up to `current` has been seen.
+                    None => done |= at >= current,
+                    Some(change) => {
+                        found.push(change);
+                        done |= found.len() >= limit;
                     }
-                };
-                found.push(change);
-                done |= found.len() >= limit;
+                }
             }
             if done {
                 found.truncate(limit);
