@@ -133,6 +133,7 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
         write_atomically(&address_file(&data_dir), &format!("{recorded}\n"))?;
         tracing::info!(%address, store = %location, "control plane started");
         let api = Api::new(store, args.agent_timeout);
+        tokio::spawn(api.clone().follow_store());
         let (leader, election) = match &location {
             Location::Redb(_) => (Leader::Sole, None),
             Location::Etcd { endpoints, prefix } => {

@@ -321,3 +321,55 @@ fn store_copy_moves_every_object_into_an_empty_store_only() {
     assert!(after.status.success(), "{after:?}");
     assert_eq!(String::from_utf8_lossy(&after.stdout), before);
 }
+
+/// A watch on a standby control plane sees writes made through another: the store's own watch
+/// wakes it, not only writes this process makes.
+#[test]
+fn a_watch_on_a_standby_sees_writes_made_through_the_leader() {
+    if !etcd_installed() {
+        return;
+    }
+    let cluster = Cluster::up_ha(1, "1G");
+    let (leader, _) = wait_for_leader(&cluster, None, Duration::from_secs(10));
+    let standby = control_planes(&cluster)
+        .into_iter()
+        .map(|(address, _, _)| address)
+        .find(|address| *address != leader)
+        .expect("a standby control plane");
+    let pool = cluster.pools()[0].0.clone();
+
+    let mut watch = std::net::TcpStream::connect(standby.trim_start_matches("http://"))
+        .expect("connect to the standby");
+    let request = "GET /apis/cstor.openebs.io/v1/namespaces/openebs/cstorpoolinstances\
+                   ?watch=true&timeoutSeconds=30 HTTP/1.1\r\nHost: tandem\r\n\r\n";
+    std::io::Write::write_all(&mut watch, request.as_bytes()).expect("send the watch");
+    watch
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("a read timeout");
+    let mut seen = String::new();
+    let mut read_until = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !seen.contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "the standby's watch did not show {needle} within 15 s: {seen}"
+            );
+            let mut buffer = [0u8; 8192];
+            match std::io::Read::read(&mut watch, &mut buffer) {
+                Ok(0) => panic!("the watch ended without {needle}: {seen}"),
+                Ok(read) => seen.push_str(&String::from_utf8_lossy(&buffer[..read])),
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(error) => panic!("read the watch: {error}"),
+            }
+        }
+    };
+    read_until(&format!(r#""name":"{pool}""#));
+
+    let patch = r#"{"metadata":{"labels":{"seen-from":"the-leader"}}}"#;
+    cluster.ok(&[
+        "patch", "cspi", &pool, "-n", "openebs", "--type", "merge", "-p", patch, "--server",
+        &leader,
+    ]);
+    read_until(r#""seen-from":"the-leader""#);
+}

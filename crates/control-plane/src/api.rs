@@ -34,7 +34,8 @@ use crate::error::{resource_name, store_error, ApiError, ErrorKind};
 use crate::patch::patch;
 use crate::read::{get_namespace, get_one, list, list_all};
 
-/// The API's state: the store, a signal woken on every write so watches need not poll, and the
+/// The API's state: the store, a signal woken on every write (this process's, and other
+/// processes' to a shared store) so watches need not poll, and the
 /// newest heartbeat of every node agent (kept in memory only: after a restart the agents are
 /// given one timeout to report again before their pools are declared OFFLINE).
 pub struct Api {
@@ -57,6 +58,23 @@ impl Api {
             agent_timeout,
             metrics: crate::metrics::Metrics::new(api.clone()),
         })
+    }
+
+    /// Wakes watches and the controllers on writes other processes make to a store they share
+    /// (other control planes on one etcd), as this process's own writes do; for the life of the
+    /// API. Returns at once for a store only this process writes.
+    pub async fn follow_store(self: Arc<Api>) {
+        let Some(mut versions) = self.store.versions() else {
+            return;
+        };
+        let api = Arc::downgrade(&self);
+        drop(self);
+        while versions.changed().await.is_ok() {
+            let Some(api) = api.upgrade() else {
+                return;
+            };
+            api.written.notify_waiters();
+        }
     }
 }
 

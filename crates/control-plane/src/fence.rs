@@ -98,4 +98,8 @@ impl Store for FencedStore {
     fn fenced(&self, term: i64) -> Option<Box<dyn Store + '_>> {
         self.0.fenced(term)
     }
+
+    fn versions(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.0.versions()
+    }
 }

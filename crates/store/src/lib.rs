@@ -148,6 +148,12 @@ pub trait Store: Send + Sync {
         let _ = term;
         None
     }
+    /// The newest version this store has seen committed, by any process, as it changes: how
+    /// watchers learn of writes other processes make to a shared store. `None` for a store only
+    /// this process writes: its writers know when they write.
+    fn versions(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");

@@ -85,6 +85,11 @@ impl Cache {
         }
     }
 
+    /// The newest revision the window has seen, as it changes.
+    pub(super) fn progress(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.progress.subscribe()
+    }
+
     fn seen(&self) -> Option<u64> {
         self.window().as_ref().map(|window| window.seen)
     }

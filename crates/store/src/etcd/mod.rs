@@ -694,6 +694,10 @@ impl Store for Fenced<'_> {
     fn current_version(&self) -> Result<u64, StoreError> {
         self.store.current_version()
     }
+
+    fn versions(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.store.versions()
+    }
 }
 
 impl Store for EtcdStore {
@@ -792,6 +796,11 @@ impl Store for EtcdStore {
                 term,
             },
         }))
+    }
+
+    /// What the watch cache's live etcd watch has seen: every process's writes.
+    fn versions(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.cluster.cache.progress())
     }
 }
 
