@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use tandem_control_plane::leader::Leader;
-use tandem_control_plane::{controllers, router, Api};
+use tandem_control_plane::{compaction, controllers, router, Api};
 use tandem_store::election::{self, ControlPlane, ElectionConfig, Leadership};
 use tandem_store::{Location, RedbStore, Store, StoreError};
 
@@ -43,6 +43,17 @@ pub struct ControlPlaneArgs {
     /// dies before another control plane leads.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     leader_lease: Duration,
+    /// On etcd, how long the history of changes is kept for watches: this often the leader has
+    /// etcd forget what came before the previous time, as Kubernetes' API server does. A watch
+    /// from further back lists again. 0 keeps every change (etcd's own
+    /// `--auto-compaction-retention` may then bound it).
+    #[arg(
+        long,
+        env = "TANDEM_COMPACTION_INTERVAL",
+        default_value = "5m",
+        value_parser = humantime::parse_duration
+    )]
+    compaction_interval: Duration,
 }
 
 /// How long a restarted control plane waits for its store and port to be let go.
@@ -151,6 +162,11 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
                 (Leader::Elected(leadership), Some(election))
             }
         };
+        let compaction = tokio::spawn(compaction::run(
+            api.clone(),
+            leader.clone(),
+            args.compaction_interval,
+        ));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let controllers = tokio::spawn(controllers::run(
             api.clone(),
@@ -174,6 +190,7 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
         // The receiver may already be gone if the controllers ended on their own.
         let _ = stop.send(true);
         let _ = controllers.await;
+        compaction.abort();
         // The controllers held the only receiver: the election gives the lease back now, so
         // another control plane leads at once rather than after the lease.
         if let Some(election) = election {

@@ -2,7 +2,8 @@
 //! is replaced within its lease and the scale-up completes exactly once; a leader paused past its
 //! lease acts on nothing when it wakes; etcd losing one member changes nothing, losing quorum
 //! refuses writes clearly while volumes keep serving I/O; with every control plane down the
-//! data path serves and a pending scale-up completes once one is back.
+//! data path serves and a pending scale-up completes once one is back; watches on any control
+//! plane see every write; the leader compacts etcd; `tandem store copy` into redb and etcd.
 
 mod common;
 
@@ -265,8 +266,9 @@ fn with_every_control_plane_down_volumes_serve_and_a_pending_scale_up_completes_
     try_qemu_io(&uri, &["read -P 0x33 0 2M"]).expect("the data is there");
 }
 
-/// `tandem store copy` moves every object of a stopped cluster into an empty store, refuses a
-/// store that holds objects, and a control plane on the copy serves them.
+/// `tandem store copy` moves every object of a stopped cluster into an empty store (another redb
+/// file, then etcd under a prefix of its own), refuses a store that holds objects, and a control
+/// plane on the copy serves them.
 #[test]
 fn store_copy_moves_every_object_into_an_empty_store_only() {
     let cluster = Cluster::up(1, "1G");
@@ -291,21 +293,49 @@ fn store_copy_moves_every_object_into_an_empty_store_only() {
     );
 
     // A control plane on the copy serves the same objects.
+    let after = served(&cluster, &to, copy_dir.path());
+    assert_eq!(after, before);
+
+    // Into etcd: the redb cluster's objects move to a `tandem up --ha` etcd, under a prefix of
+    // their own, and a control plane there serves them.
+    if !etcd_installed() {
+        return;
+    }
+    let ha = Cluster::up_ha(1, "1G");
+    let status = ha.ok(&["status"]);
+    let members: Vec<&str> = status
+        .lines()
+        .filter(|line| line.starts_with("etcd"))
+        .filter_map(|line| line.split_whitespace().nth(1))
+        .map(|url| url.trim_start_matches("http://"))
+        .collect();
+    assert_eq!(members.len(), 3, "{status}");
+    let etcd = format!("etcd://{}/moved", members.join(","));
+    let copied = cluster.ok(&["store", "copy", "--from", &from, "--to", &etcd]);
+    assert!(copied.contains("copied 1 cstorpoolinstances"), "{copied}");
+    let again = cluster.fails(&["store", "copy", "--from", &from, "--to", &etcd]);
+    assert!(again.contains("copy only into an empty store"), "{again}");
+    let etcd_dir = tempfile::tempdir().expect("a temporary directory");
+    assert_eq!(served(&cluster, &etcd, etcd_dir.path()), before);
+}
+
+/// `tandem get cspi -o name` from a control plane started on `store` (its data directory `dir`).
+fn served(cluster: &Cluster, store: &str, dir: &std::path::Path) -> String {
     let mut control_plane = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
         .args([
             "control-plane",
             "--listen",
             "127.0.0.1:0",
             "--store",
-            &to,
+            store,
             "--data-dir",
         ])
-        .arg(copy_dir.path())
+        .arg(dir)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start a control plane");
-    let address_file = copy_dir.path().join("control-plane/address");
+    let address_file = dir.join("control-plane/address");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !address_file.exists() {
         assert!(Instant::now() < deadline, "the control plane did not start");
@@ -319,7 +349,7 @@ fn store_copy_moves_every_object_into_an_empty_store_only() {
     let _ = control_plane.kill();
     let _ = control_plane.wait();
     assert!(after.status.success(), "{after:?}");
-    assert_eq!(String::from_utf8_lossy(&after.stdout), before);
+    String::from_utf8_lossy(&after.stdout).into_owned()
 }
 
 /// A watch on a standby control plane sees writes made through another: the store's own watch
@@ -338,38 +368,158 @@ fn a_watch_on_a_standby_sees_writes_made_through_the_leader() {
         .expect("a standby control plane");
     let pool = cluster.pools()[0].0.clone();
 
-    let mut watch = std::net::TcpStream::connect(standby.trim_start_matches("http://"))
-        .expect("connect to the standby");
-    let request = "GET /apis/cstor.openebs.io/v1/namespaces/openebs/cstorpoolinstances\
-                   ?watch=true&timeoutSeconds=30 HTTP/1.1\r\nHost: tandem\r\n\r\n";
-    std::io::Write::write_all(&mut watch, request.as_bytes()).expect("send the watch");
-    watch
-        .set_read_timeout(Some(Duration::from_secs(1)))
-        .expect("a read timeout");
-    let mut seen = String::new();
-    let mut read_until = |needle: &str| {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !seen.contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "the standby's watch did not show {needle} within 15 s: {seen}"
-            );
-            let mut buffer = [0u8; 8192];
-            match std::io::Read::read(&mut watch, &mut buffer) {
-                Ok(0) => panic!("the watch ended without {needle}: {seen}"),
-                Ok(read) => seen.push_str(&String::from_utf8_lossy(&buffer[..read])),
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {}
-                Err(error) => panic!("read the watch: {error}"),
-            }
-        }
-    };
-    read_until(&format!(r#""name":"{pool}""#));
+    let mut watch = Watch::open(
+        &standby,
+        "/apis/cstor.openebs.io/v1/namespaces/openebs/cstorpoolinstances?watch=true",
+    );
+    watch.until(&format!(r#""name":"{pool}""#));
 
     let patch = r#"{"metadata":{"labels":{"seen-from":"the-leader"}}}"#;
     cluster.ok(&[
         "patch", "cspi", &pool, "-n", "openebs", "--type", "merge", "-p", patch, "--server",
         &leader,
     ]);
-    read_until(r#""seen-from":"the-leader""#);
+    watch.until(r#""seen-from":"the-leader""#);
+}
+
+/// The leader compacts etcd's history every `--compaction-interval`: a watch from before it is
+/// told its version is too old (410 Gone), as Kubernetes answers, and lists again.
+#[test]
+fn the_leader_compacts_etcd_and_a_watch_from_before_is_told_to_list_again() {
+    if !etcd_installed() {
+        return;
+    }
+    let cluster = Cluster::up_ha_with(1, "1G", &[("TANDEM_COMPACTION_INTERVAL", "1s")]);
+    let (leader, _) = wait_for_leader(&cluster, None, Duration::from_secs(10));
+    // A control plane's watch cache holds the changes since it started, whatever etcd forgets;
+    // one restarted after the cluster's first writes must ask etcd for them.
+    let before = control_planes(&cluster);
+    let (_, pid, _) = before
+        .iter()
+        .find(|(address, _, _)| *address != leader)
+        .expect("a standby control plane");
+    kill("-9", pid);
+    cluster.ok_with(
+        &["up", "--ha", "--nodes", "1"],
+        &[("TANDEM_COMPACTION_INTERVAL", "1s")],
+    );
+    let started = Instant::now();
+    let restarted = loop {
+        let planes = control_planes(&cluster);
+        if let Some((address, _, _)) = planes
+            .iter()
+            .find(|(_, pid, _)| !before.iter().any(|(_, old, _)| old == pid))
+        {
+            break address.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the restarted control plane did not register: {planes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // From version 1, older than the restarted control plane's watch cache: replayed from
+        // etcd's history until the leader compacts it.
+        let mut watch = Watch::open(
+            &restarted,
+            "/apis/cstor.openebs.io/v1/namespaces/openebs/cstorpoolinstances\
+             ?watch=true&resourceVersion=1&timeoutSeconds=1",
+        );
+        let answer = watch.read_to_end();
+        if answer.contains("410") && answer.contains("too old resource version") {
+            break;
+        }
+        assert!(
+            answer.contains(r#""type":"ADDED""#),
+            "before compaction the history is replayed: {answer}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "etcd was not compacted within 20 s: {answer}"
+        );
+    }
+    // The objects themselves are all there, and a new watch from now works.
+    let pools = cluster.pools();
+    assert_eq!(pools.len(), 1);
+    let mut watch = Watch::open(
+        &leader,
+        "/apis/cstor.openebs.io/v1/namespaces/openebs/cstorpoolinstances?watch=true",
+    );
+    watch.until(&format!(r#""name":"{}""#, pools[0].0));
+}
+
+/// A watch over plain HTTP/1.1, read as raw text (chunk sizes and all).
+struct Watch {
+    stream: std::net::TcpStream,
+    seen: String,
+}
+
+impl Watch {
+    fn open(address: &str, path: &str) -> Watch {
+        let mut stream = std::net::TcpStream::connect(address.trim_start_matches("http://"))
+            .unwrap_or_else(|error| panic!("connect to {address}: {error}"));
+        let request = format!("GET {path} HTTP/1.1\r\nHost: tandem\r\nConnection: close\r\n\r\n");
+        std::io::Write::write_all(&mut stream, request.as_bytes()).expect("send the watch");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("a read timeout");
+        Watch {
+            stream,
+            seen: String::new(),
+        }
+    }
+
+    /// Reads a little more; false once the answer has ended.
+    fn read(&mut self) -> bool {
+        let mut buffer = [0u8; 8192];
+        match std::io::Read::read(&mut self.stream, &mut buffer) {
+            Ok(0) => false,
+            Ok(read) => {
+                self.seen
+                    .push_str(&String::from_utf8_lossy(&buffer[..read]));
+                true
+            }
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                true
+            }
+            Err(error) => panic!("read the watch: {error}"),
+        }
+    }
+
+    /// Reads until `needle` shows (within 15 s).
+    fn until(&mut self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !self.seen.contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "the watch did not show {needle} within 15 s: {}",
+                self.seen
+            );
+            assert!(
+                self.read(),
+                "the watch ended without {needle}: {}",
+                self.seen
+            );
+        }
+    }
+
+    /// Reads the whole answer (within 15 s).
+    fn read_to_end(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.read() {
+            assert!(
+                Instant::now() < deadline,
+                "the watch did not end: {}",
+                self.seen
+            );
+        }
+        std::mem::take(&mut self.seen)
+    }
 }

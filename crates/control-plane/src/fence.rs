@@ -102,4 +102,8 @@ impl Store for FencedStore {
     fn versions(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.0.versions()
     }
+
+    fn compact(&self, version: u64) -> Result<(), StoreError> {
+        self.0.compact(version)
+    }
 }

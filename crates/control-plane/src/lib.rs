@@ -8,6 +8,7 @@
 //! while it is down.
 
 pub mod api;
+pub mod compaction;
 pub mod controllers;
 pub mod discovery;
 pub mod error;

@@ -97,8 +97,8 @@ pub enum StoreError {
         actual: u64,
     },
     #[error(
-        "changes after resource version {requested} are no longer kept (the oldest kept is \
-         {oldest}); list again and watch from there"
+        "too old resource version: {requested} ({oldest}): the changes after it are no longer \
+         kept; list again and watch from there"
     )]
     Expired { requested: u64, oldest: u64 },
     #[error("{key} is not a JSON object with metadata: {reason}")]
@@ -153,6 +153,13 @@ pub trait Store: Send + Sync {
     /// this process writes: its writers know when they write.
     fn versions(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
+    }
+    /// Forgets the changes before `version`: a watch from further back is told to list again
+    /// ([`StoreError::Expired`]). Nothing, for a store that bounds its history itself (redb
+    /// keeps the newest changes by count).
+    fn compact(&self, version: u64) -> Result<(), StoreError> {
+        let _ = version;
+        Ok(())
     }
 }
 

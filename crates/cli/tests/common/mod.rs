@@ -47,23 +47,31 @@ impl Cluster {
     /// A cluster of `nodes` nodes with three control planes on a three-member etcd
     /// (`tandem up --ha`).
     pub fn up_ha(nodes: usize, pool_size: &str) -> Cluster {
+        Cluster::up_ha_with(nodes, pool_size, &[])
+    }
+
+    /// [`Cluster::up_ha`], with `env` set for `tandem up` and the processes it starts.
+    pub fn up_ha_with(nodes: usize, pool_size: &str, env: &[(&str, &str)]) -> Cluster {
         let cluster = Cluster {
             dir: tempfile::tempdir().expect("a temporary directory"),
             netns: None,
         };
         let nodes = nodes.to_string();
-        cluster.ok(&[
-            "up",
-            "--ha",
-            "--nodes",
-            &nodes,
-            "--pool-size",
-            pool_size,
-            "--port",
-            "0",
-            "--agent-timeout",
-            "2s",
-        ]);
+        cluster.ok_with(
+            &[
+                "up",
+                "--ha",
+                "--nodes",
+                &nodes,
+                "--pool-size",
+                pool_size,
+                "--port",
+                "0",
+                "--agent-timeout",
+                "2s",
+            ],
+            env,
+        );
         cluster
     }
 
@@ -90,7 +98,12 @@ impl Cluster {
 
     /// Runs `tandem ARGS`, which must succeed; its standard output.
     pub fn ok(&self, args: &[&str]) -> String {
-        let output = self.run(args);
+        self.ok_with(args, &[])
+    }
+
+    /// [`Cluster::ok`] with `env` set.
+    pub fn ok_with(&self, args: &[&str], env: &[(&str, &str)]) -> String {
+        let output = self.run_with(args, env);
         assert!(
             output.status.success(),
             "tandem {} failed:\n{}{}",

@@ -170,27 +170,6 @@ impl EtcdStore {
         })
     }
 
-    /// Has etcd forget its history before `version`: `changes_since` an older version that the
-    /// watch cache does not hold is told to list again (Expired); from `version` on it works.
-    /// Etcd keeps every revision until compacted, so whoever runs the cluster compacts (etcd's
-    /// `--auto-compaction-retention`, or this).
-    pub fn compact(&self, version: u64) -> Result<(), StoreError> {
-        self.run(
-            format!("compact at {version}"),
-            Retry::Writes,
-            move |mut member| async move {
-                member
-                    .kv
-                    .compact(
-                        revision(version),
-                        Some(CompactionOptions::new().with_physical()),
-                    )
-                    .await?;
-                Ok(())
-            },
-        )
-    }
-
     /// Runs `op` on the store's runtime with the cluster's retry and deadline rules, and waits.
     fn run<T, F, Fut>(&self, what: String, retry: Retry, op: F) -> Result<T, StoreError>
     where
@@ -698,6 +677,10 @@ impl Store for Fenced<'_> {
     fn versions(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.store.versions()
     }
+
+    fn compact(&self, version: u64) -> Result<(), StoreError> {
+        self.store.compact(version)
+    }
 }
 
 impl Store for EtcdStore {
@@ -796,6 +779,29 @@ impl Store for EtcdStore {
                 term,
             },
         }))
+    }
+
+    /// Has etcd forget its history before `version` (etcd keeps every revision until someone
+    /// compacts: the leading control plane does, `--compaction-interval`). Compaction is
+    /// cluster-wide: it covers every prefix on this etcd.
+    fn compact(&self, version: u64) -> Result<(), StoreError> {
+        self.run(
+            format!("compact at {version}"),
+            Retry::Writes,
+            move |mut member| async move {
+                let options = CompactionOptions::new().with_physical();
+                match member.kv.compact(revision(version), Some(options)).await {
+                    Ok(_) => Ok(()),
+                    // Compacted further already (by another cluster sharing this etcd).
+                    Err(etcd_client::Error::GRpcStatus(status))
+                        if status.code() == tonic::Code::OutOfRange =>
+                    {
+                        Ok(())
+                    }
+                    Err(error) => Err(error.into()),
+                }
+            },
+        )
     }
 
     /// What the watch cache's live etcd watch has seen: every process's writes.
