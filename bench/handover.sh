@@ -40,8 +40,9 @@ WORK=$(mktemp -d "${BENCH_BASE:-/tmp}/tandem-handover.XXXXXX")
 export TANDEM_DATA_DIR="$WORK/data"
 trap '"$TANDEM_BIN" down >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
 
+# `tandem status` exits non-zero while a control plane is down: only its table matters here.
 leader_pid() {
-    "$TANDEM_BIN" status 2>/dev/null | awk '$1 ~ /^http/ && $3 == "leader" { print $2 }'
+    { "$TANDEM_BIN" status 2>/dev/null || true; } | awk '$1 ~ /^http/ && $3 == "leader" { print $2 }'
 }
 
 log "starting an HA cluster in $WORK"
