@@ -223,6 +223,20 @@ fn without_etcd_quorum_writes_are_refused_and_volumes_keep_serving() {
         error.contains("etcd"),
         "the refusal names the store: {error}"
     );
+    // Reads are linearizable, as Kubernetes' are by default: without quorum they are refused
+    // too, rather than answered from a member that may be behind.
+    let started = Instant::now();
+    let read = cluster.run(&["get", "cvc", "pvc-q", "-n", "openebs"]);
+    let error = String::from_utf8_lossy(&read.stderr);
+    assert!(!read.status.success(), "{read:?}");
+    assert!(
+        error.contains("etcd"),
+        "the refusal names the store: {error}"
+    );
+    println!(
+        "a read without quorum was refused after {:?}: {error}",
+        started.elapsed()
+    );
     try_qemu_io(&uri, &["write -P 0x22 1M 1M", "flush", "read -P 0x11 0 1M"])
         .expect("I/O without etcd quorum");
 
