@@ -135,6 +135,7 @@ const TANDEM_DEPENDENCIES_ALLOWED: &[(&str, &[&str])] = &[
     ("objects", &[]),
     ("store", &[]),
     ("block", &[]),
+    ("pki", &[]),
     ("tidy", &[]),
     ("wire", &["tandem-core"]),
     ("sim", &["tandem-core"]),
