@@ -1,11 +1,13 @@
 //! A file system on a volume through clients that ignore block sizes: nbdfuse shows the volume
 //! as a file (its requests follow the kernel's page cache and FUSE, not the export's block
-//! constraints), mkfs.ext4 formats it, fuse2fs mounts it, files are written while a replica
+//! constraints; fallocate's zero range arrives as one request longer than the export's maximum),
+//! mkfs.ext4 formats it, fuse2fs mounts it, files are written while a replica
 //! moves, and e2fsck finds the file system clean; then the files read back. Skipped, with a
 //! line saying so, where FUSE or the tools are missing (CI installs them).
 
 mod common;
 
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -161,6 +163,35 @@ fn ext4_through_nbdfuse_is_made_written_and_clean_across_a_migration() {
     let mut nbdfuse = Command::new("nbdfuse");
     nbdfuse.arg(&image).arg(&uri);
     let nbd = Mount::start(nbdfuse, &exported);
+    // fallocate's zero range becomes one NBD WRITE_ZEROES (libnbd does not split it), longer
+    // than the export's 4 MiB maximum request: it is served, as mkfs.ext4's discards are.
+    let length = 8 << 20;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&image)
+        .unwrap();
+    file.write_all(&vec![0xabu8; length]).unwrap();
+    file.sync_all().unwrap();
+    run(
+        "fallocate",
+        &[
+            "--zero-range",
+            "--offset",
+            "0",
+            "--length",
+            "8MiB",
+            &image_path,
+        ],
+    );
+    let mut zeroed = vec![1u8; length];
+    file.seek(SeekFrom::Start(0)).unwrap();
+    file.read_exact(&mut zeroed).unwrap();
+    drop(file);
+    assert!(
+        zeroed.iter().all(|byte| *byte == 0),
+        "the zeroed range reads back as zeroes"
+    );
     let made = run("mkfs.ext4", &["-F", "-q", "-b", "4096", &image_path]);
     assert!(!made.contains("Invalid argument"), "{made}");
 

@@ -298,7 +298,7 @@ fn metrics_follow_writes_refusals_and_a_migration() {
         &[
             ("verb", "patch"),
             ("resource", "cstorvolumeconfigs"),
-            ("code", "422"),
+            ("code", "400"),
         ],
     );
     assert_eq!(refused_patches.len(), 1, "{control_plane}");

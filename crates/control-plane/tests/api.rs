@@ -819,7 +819,7 @@ async fn metrics_count_requests_refusals_objects_and_nodes() {
             &refused.to_string(),
         )
         .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 
     let response = server
         .client
@@ -842,7 +842,7 @@ async fn metrics_count_requests_refusals_objects_and_nodes() {
     for (series, value) in [
         (requests("create", "cstorpoolinstances", 201), 4.0),
         (requests("create", "cstorvolumeconfigs", 201), 1.0),
-        (requests("patch", "cstorvolumeconfigs", 422), 1.0),
+        (requests("patch", "cstorvolumeconfigs", 400), 1.0),
         (requests("update", "nodes", 204), 1.0),
         (
             "tandem_admission_refusals_total{kind=\"CStorVolumeConfig\"}".to_string(),

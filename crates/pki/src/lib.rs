@@ -390,10 +390,9 @@ pub fn client_config(ca: &str, credential: Option<&Credential>) -> Result<Client
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots(ca)?);
     Ok(match credential {
-        Some(credential) => builder.with_client_auth_cert(
-            credential.chain()?,
-            credential.private_key()?,
-        )?,
+        Some(credential) => {
+            builder.with_client_auth_cert(credential.chain()?, credential.private_key()?)?
+        }
         None => builder.with_no_client_auth(),
     })
 }

@@ -21,6 +21,7 @@
 //! answer, the call fails with [`StoreError::Unavailable`], naming the endpoints and what failed.
 
 mod cache;
+mod fence;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,11 +30,13 @@ use std::time::Duration;
 
 use etcd_client::{
     Client, CompactionOptions, Compare, CompareOp, ConnectOptions, DeleteOptions, Event, EventType,
-    GetOptions, KeyValue, KvClient, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse,
+    GetOptions, KeyValue, KvClient, SortOrder, SortTarget, TxnOp, TxnOpResponse, TxnResponse,
     WatchClient, WatchOptions,
 };
 use serde_json::Value;
 use tokio::time::Instant;
+
+use fence::{Fence, Fenced};
 
 use crate::{
     metadata_mut, stamp, Change, ChangeKind, ObjectKey, Store, StoreError, Versioned,
@@ -201,6 +204,11 @@ impl Drop for EtcdStore {
 
 /// Runs `work` on `runtime` and waits for its answer on a channel (never `block_on`, which
 /// panics inside another runtime). `work` has its own deadline; this one is a backstop.
+///
+/// Called from a task of a multi-threaded Tokio runtime (the control plane's handlers), the wait
+/// tells that runtime the thread is blocked, so its other tasks move to another thread: with
+/// etcd gone each call waits out its deadline, and a few such calls would otherwise hold every
+/// worker and leave the API unable to answer anything, even to say etcd is unavailable.
 fn wait_on<T: Send + 'static>(
     runtime: &tokio::runtime::Runtime,
     timeout: Duration,
@@ -212,13 +220,22 @@ fn wait_on<T: Send + 'static>(
         // The caller may have given up; then nobody wants the answer.
         let _ = answer.send(work.await);
     });
-    answered
-        .recv_timeout(timeout + Duration::from_secs(1))
-        .unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(format!(
-                "{named}: no answer within {timeout:?}"
-            )))
-        })
+    let wait = || {
+        answered
+            .recv_timeout(timeout + Duration::from_secs(1))
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "{named}: no answer within {timeout:?}"
+                )))
+            })
+    };
+    let in_worker = tokio::runtime::Handle::try_current()
+        .is_ok_and(|handle| handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if in_worker {
+        tokio::task::block_in_place(wait)
+    } else {
+        wait()
+    }
 }
 
 fn connect_options(timeout: Duration) -> ConnectOptions {
@@ -577,109 +594,6 @@ impl EtcdStore {
                 Ok(stamp(&key, decode_value(&key, last.value())?, version)?)
             }
         })
-    }
-}
-
-/// A leader's term as a write condition: the leader key still exists and was created at the
-/// term's revision (see `election`).
-#[derive(Clone, Debug)]
-struct Fence {
-    leader_key: String,
-    term: i64,
-}
-
-impl Fence {
-    /// `when` -> `then`, else `otherwise`; fenced, also the term's condition, and the leader
-    /// key read first on refusal so [`Fence::check`] can tell a lost term from other refusals.
-    fn guard(
-        fence: Option<&Fence>,
-        mut when: Vec<Compare>,
-        then: Vec<TxnOp>,
-        mut otherwise: Vec<TxnOp>,
-    ) -> Txn {
-        if let Some(fence) = fence {
-            when.push(Compare::create_revision(
-                fence.leader_key.clone(),
-                CompareOp::Equal,
-                fence.term,
-            ));
-            otherwise.insert(0, TxnOp::get(fence.leader_key.clone(), None));
-        }
-        Txn::new().when(when).and_then(then).or_else(otherwise)
-    }
-
-    /// On a refused fenced write: [`StoreError::Fenced`] if the term no longer leads. The
-    /// leader key's read is then taken out of the answer's reads.
-    fn check(fence: Option<&Fence>, answer: &TxnResponse) -> Result<(), StoreError> {
-        let Some(fence) = fence else {
-            return Ok(());
-        };
-        let leader = answer.op_responses().into_iter().next();
-        let holds = matches!(
-            leader,
-            Some(TxnOpResponse::Get(read))
-                if read.kvs().first().is_some_and(|kv| kv.create_revision() == fence.term)
-        );
-        if holds {
-            Ok(())
-        } else {
-            Err(StoreError::Fenced { term: fence.term })
-        }
-    }
-}
-
-/// An [`EtcdStore`] whose writes hold only while a leader term does.
-struct Fenced<'a> {
-    store: &'a EtcdStore,
-    fence: Fence,
-}
-
-impl Store for Fenced<'_> {
-    fn get(&self, key: &ObjectKey) -> Result<Option<Versioned>, StoreError> {
-        self.store.get(key)
-    }
-
-    fn list(&self, kind: &str, namespace: Option<&str>) -> Result<Vec<Versioned>, StoreError> {
-        self.store.list(kind, namespace)
-    }
-
-    fn create(&self, key: &ObjectKey, object: Value) -> Result<Versioned, StoreError> {
-        self.store.create_in(Some(self.fence.clone()), key, object)
-    }
-
-    fn update(
-        &self,
-        key: &ObjectKey,
-        expected_version: u64,
-        object: Value,
-    ) -> Result<Versioned, StoreError> {
-        self.store
-            .update_in(Some(self.fence.clone()), key, expected_version, object)
-    }
-
-    fn delete(
-        &self,
-        key: &ObjectKey,
-        expected_version: Option<u64>,
-    ) -> Result<Versioned, StoreError> {
-        self.store
-            .delete_in(Some(self.fence.clone()), key, expected_version)
-    }
-
-    fn changes_since(&self, version: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
-        self.store.changes_since(version, limit)
-    }
-
-    fn current_version(&self) -> Result<u64, StoreError> {
-        self.store.current_version()
-    }
-
-    fn versions(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        self.store.versions()
-    }
-
-    fn compact(&self, version: u64) -> Result<(), StoreError> {
-        self.store.compact(version)
     }
 }
 
