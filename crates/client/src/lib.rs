@@ -151,8 +151,40 @@ struct Endpoint {
     http: reqwest::Client,
 }
 
+/// How a client proves itself to control planes served over TLS (`https://` addresses): it
+/// trusts only the cluster's CA and shows a certificate of it.
+#[derive(Clone)]
+pub struct Credentials {
+    config: tandem_pki::rustls::ClientConfig,
+    identity: tandem_pki::Identity,
+}
+
+impl Credentials {
+    /// `ca`: the cluster CA's certificate (PEM); `credential`: this client's certificate and key.
+    pub fn new(
+        ca: &str,
+        credential: &tandem_pki::Credential,
+    ) -> Result<Credentials, tandem_pki::PkiError> {
+        Ok(Credentials {
+            config: tandem_pki::client_config(ca, Some(credential))?,
+            identity: credential.identity()?,
+        })
+    }
+
+    /// Who the certificate says this client is.
+    pub fn identity(&self) -> &tandem_pki::Identity {
+        &self.identity
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({})", self.identity)
+    }
+}
+
 impl Endpoint {
-    fn new(server: &str) -> Result<Endpoint, ClientError> {
+    fn new(server: &str, credentials: Option<&Credentials>) -> Result<Endpoint, ClientError> {
         let server = server.trim().trim_end_matches('/').to_string();
         let builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
         let (base, builder) = if let Some(path) = server.strip_prefix(UNIX_SCHEME) {
@@ -165,8 +197,21 @@ impl Endpoint {
             }
             let socket = std::path::PathBuf::from(path);
             ("http://localhost".to_string(), builder.unix_socket(socket))
-        } else if server.starts_with("http://") || server.starts_with("https://") {
+        } else if server.starts_with("http://") {
             (server.clone(), builder)
+        } else if server.starts_with("https://") {
+            let Some(credentials) = credentials else {
+                return Err(ClientError::Protocol {
+                    server,
+                    detail: "a control plane served over TLS needs the cluster's CA and a \
+                             certificate of it to be reached (--ca, --certificate and --key)"
+                        .to_string(),
+                });
+            };
+            (
+                server.clone(),
+                builder.use_preconfigured_tls(credentials.config.clone()),
+            )
         } else {
             return Err(ClientError::Protocol {
                 server,
@@ -216,10 +261,18 @@ impl Client {
     /// network namespace is reached that way from this one). Several control planes of one
     /// cluster are given separated by commas: `http://10.0.0.1:7070,http://10.0.0.2:7070`.
     pub fn new(server: &str) -> Result<Client, ClientError> {
+        Client::with_credentials(server, None)
+    }
+
+    /// [`Client::new`], showing `credentials` to control planes served over TLS (`https://`).
+    pub fn with_credentials(
+        server: &str,
+        credentials: Option<&Credentials>,
+    ) -> Result<Client, ClientError> {
         let endpoints = server
             .split(',')
             .filter(|address| !address.trim().is_empty())
-            .map(Endpoint::new)
+            .map(|address| Endpoint::new(address, credentials))
             .collect::<Result<Vec<_>, _>>()?;
         if endpoints.is_empty() {
             return Err(ClientError::Protocol {
@@ -652,7 +705,6 @@ mod tests {
     fn addresses_are_http_urls_or_absolute_unix_socket_paths() {
         for good in [
             "http://127.0.0.1:7070",
-            "https://cp.example:7070/",
             "unix:/run/cp.sock",
             "unix:///run/cp.sock",
         ] {
@@ -664,6 +716,8 @@ mod tests {
                 "must start with http://, https:// or unix:",
             ),
             ("unix:cp.sock", "unix:/absolute/path"),
+            // TLS needs the cluster's CA and a credential (tests/tls.rs in the control plane).
+            ("https://cp.example:7070/", "the cluster's CA"),
         ] {
             let error = Client::new(bad).err().expect(bad).to_string();
             assert!(error.contains(expected), "{bad}: {error}");

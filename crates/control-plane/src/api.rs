@@ -110,6 +110,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(crate::fence::layer))
+        .layer(axum::middleware::from_fn(crate::auth::layer))
         .layer(axum::middleware::from_fn_with_state(
             api.clone(),
             crate::metrics::track,

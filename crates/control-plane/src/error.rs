@@ -33,6 +33,8 @@ pub enum ErrorKind {
     /// The store cannot be reached or cannot decide (etcd without quorum): try again, or
     /// another control plane.
     Unavailable,
+    /// The request came without a credential this API takes.
+    Unauthorized,
 }
 
 impl ErrorKind {
@@ -47,6 +49,7 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -63,6 +66,7 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => "MethodNotAllowed",
             ErrorKind::Internal => "InternalError",
             ErrorKind::Unavailable => "ServiceUnavailable",
+            ErrorKind::Unauthorized => "Unauthorized",
         }
     }
 }
@@ -182,6 +186,7 @@ mod tests {
             (ErrorKind::MethodNotAllowed, 405, "MethodNotAllowed"),
             (ErrorKind::Internal, 500, "InternalError"),
             (ErrorKind::Unavailable, 503, "ServiceUnavailable"),
+            (ErrorKind::Unauthorized, 401, "Unauthorized"),
         ];
         for (kind, code, reason) in table {
             let response = ApiError::new(kind, "what was wrong").into_response();

@@ -8,6 +8,7 @@
 //! while it is down.
 
 pub mod api;
+pub mod auth;
 pub mod compaction;
 pub mod controllers;
 pub mod discovery;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod fence;
 pub mod leader;
 pub mod metrics;
+pub mod tls;
 mod openapi;
 mod patch;
 mod read;

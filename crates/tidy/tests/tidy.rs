@@ -139,12 +139,12 @@ const TANDEM_DEPENDENCIES_ALLOWED: &[(&str, &[&str])] = &[
     ("tidy", &[]),
     ("wire", &["tandem-core"]),
     ("sim", &["tandem-core"]),
-    ("client", &["tandem-objects"]),
+    ("client", &["tandem-objects", "tandem-pki"]),
     ("nbd", &["tandem-block"]),
     ("dataplane", &["tandem-core", "tandem-wire", "tandem-block"]),
     (
         "control-plane",
-        &["tandem-objects", "tandem-client", "tandem-store"],
+        &["tandem-objects", "tandem-client", "tandem-store", "tandem-pki"],
     ),
     (
         "agent",

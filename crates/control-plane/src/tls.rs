@@ -1,0 +1,154 @@
+//! The API over TLS: a listener that completes each handshake off its accept loop, bounded in
+//! time and in number, so a slow or silent peer holds nothing but its own small task; every
+//! connection it hands on carries what the client's certificate says about who is calling.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener};
+use tandem_pki::rustls::ServerConfig;
+use tandem_pki::{identity_of, Identity};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+/// How long handshakes may take and how many may be in progress at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A client that has not finished its handshake by then is disconnected.
+    pub handshake_timeout: Duration,
+    /// Connections beyond this many unfinished handshakes are closed at once.
+    pub handshakes_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            handshake_timeout: Duration::from_secs(10),
+            handshakes_max: 256,
+        }
+    }
+}
+
+/// Who is at the other end of a connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub address: SocketAddr,
+    /// What the client's certificate, verified against the cluster's CA, names; `None` for a
+    /// client that showed none.
+    pub identity: Option<Identity>,
+}
+
+/// Hands `axum::serve` connections whose TLS handshake is complete.
+pub struct TlsListener {
+    local: SocketAddr,
+    accepted: mpsc::Receiver<(TlsStream<TcpStream>, Peer)>,
+}
+
+impl TlsListener {
+    /// Serves TLS on `listener` with `config` (from [`tandem_pki::server_config`]); must be
+    /// called inside a Tokio runtime, which runs the handshakes.
+    pub fn new(
+        listener: TcpListener,
+        config: Arc<ServerConfig>,
+        limits: Limits,
+    ) -> std::io::Result<TlsListener> {
+        let local = listener.local_addr()?;
+        let (handed, accepted) = mpsc::channel(64);
+        tokio::spawn(accept(listener, TlsAcceptor::from(config), limits, handed));
+        Ok(TlsListener { local, accepted })
+    }
+}
+
+/// Accepts connections and runs each handshake in its own task, until the listener is dropped.
+async fn accept(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    limits: Limits,
+    handed: mpsc::Sender<(TlsStream<TcpStream>, Peer)>,
+) {
+    let handshakes = Arc::new(Semaphore::new(limits.handshakes_max));
+    loop {
+        let (stream, address) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, say: wait a little rather than spin.
+                    tracing::warn!(%error, "could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = handed.closed() => return,
+        };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            tracing::warn!(
+                %address,
+                limit = limits.handshakes_max,
+                "too many TLS handshakes in progress: connection closed"
+            );
+            continue;
+        };
+        let (acceptor, handed) = (acceptor.clone(), handed.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let stream = match tokio::time::timeout(
+                limits.handshake_timeout,
+                acceptor.accept(stream),
+            )
+            .await
+            {
+                Ok(Ok(stream)) => stream,
+                // Anyone can connect and fail; only the count of such is worth more than debug.
+                Ok(Err(error)) => {
+                    tracing::debug!(%address, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%address, "TLS handshake not finished in time");
+                    return;
+                }
+            };
+            let identity = match stream.get_ref().1.peer_certificates() {
+                Some([first, ..]) => match identity_of(first) {
+                    Ok(identity) => Some(identity),
+                    Err(error) => {
+                        tracing::warn!(%address, %error, "a certificate of the cluster's CA names no identity: connection closed");
+                        return;
+                    }
+                },
+                _ => None,
+            };
+            let _ = handed.send((stream, Peer { address, identity })).await;
+        });
+    }
+}
+
+impl Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = Peer;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(accepted) => accepted,
+            // The accept loop ended (its task panicked): serve nothing more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Peer> {
+        Ok(Peer {
+            address: self.local,
+            identity: None,
+        })
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Peer {
+        stream.remote_addr().clone()
+    }
+}

@@ -1,0 +1,203 @@
+//! The API over TLS on a real listener: holders of the cluster CA's certificates get in and are
+//! named; a client without a certificate is answered 401; another CA's certificate, an expired
+//! one, or a client that never finishes its handshake gets a closed connection; and a flood of
+//! silent connections beyond the limit is closed at once without stopping the others.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use tandem_control_plane::tls::{Limits, Peer, TlsListener};
+use tandem_control_plane::{router, Api};
+use tandem_pki::{
+    client_config, server_config, Authority, ClientCertificates, Credential, Identity,
+};
+use tandem_client::Credentials;
+use tandem_objects::Kind;
+use tandem_store::RedbStore;
+use tokio::io::AsyncReadExt;
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+const PATH: &str = "/apis/cstor.openebs.io/v1/namespaces/openebs/cstorpoolinstances";
+
+struct Server {
+    base: String,
+    ca: Authority,
+    _dir: tempfile::TempDir,
+}
+
+async fn server(limits: Limits) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(RedbStore::open(&dir.path().join("store.redb")).unwrap());
+    let ca = Authority::create("test").unwrap();
+    let credential = ca
+        .issue(
+            &Identity::ControlPlane("cp1".into()),
+            &[LOOPBACK],
+            &[],
+            DAY,
+        )
+        .unwrap();
+    let config = server_config(ca.certificate(), &credential, ClientCertificates::Optional).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TlsListener::new(listener, Arc::new(config), limits).unwrap();
+    let base = format!("https://{}", listener_address(&listener));
+    let api = Api::new(store, Duration::from_secs(10));
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router(api).into_make_service_with_connect_info::<Peer>(),
+        )
+        .await
+        .unwrap();
+    });
+    Server {
+        base,
+        ca,
+        _dir: dir,
+    }
+}
+
+fn listener_address(listener: &TlsListener) -> std::net::SocketAddr {
+    axum::serve::Listener::local_addr(listener).unwrap().address
+}
+
+fn client(ca: &str, credential: Option<&Credential>) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(client_config(ca, credential).unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> Result<(StatusCode, Value), String> {
+    let response = client.get(url).send().await.map_err(|e| format!("{e:?}"))?;
+    let status = response.status();
+    Ok((status, response.json().await.unwrap_or(Value::Null)))
+}
+
+#[tokio::test]
+async fn holders_of_the_clusters_certificates_get_in_and_others_do_not() {
+    let server = server(Limits::default()).await;
+    let url = format!("{}{PATH}", server.base);
+    let ca = server.ca.certificate();
+
+    for identity in [
+        Identity::Admin("admin".into()),
+        Identity::Node("node1".into()),
+    ] {
+        let credential = server.ca.issue(&identity, &[], &[], DAY).unwrap();
+        let (status, list) = get(&client(ca, Some(&credential)), &url).await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{identity}: {list}");
+        assert_eq!(list["kind"], "CStorPoolInstanceList");
+    }
+
+    // Tandem's own client, as the CLI, the agents and the controllers use it.
+    let admin = server
+        .ca
+        .issue(&Identity::Admin("admin".into()), &[], &[], DAY)
+        .unwrap();
+    let credentials = Credentials::new(ca, &admin).unwrap();
+    let tandem = tandem_client::Client::with_credentials(&server.base, Some(&credentials)).unwrap();
+    let pools = tandem
+        .list(Kind::CStorPoolInstance, Some("openebs"), None)
+        .await
+        .unwrap();
+    assert!(pools.items.is_empty());
+    let without = tandem_client::Client::new(&server.base).err().unwrap();
+    assert!(without.to_string().contains("cluster's CA"), "{without}");
+
+    let (status, body) = get(&client(ca, None), &url).await.unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["kind"], "Status");
+    assert_eq!(body["reason"], "Unauthorized");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no client certificate")),
+        "{body}"
+    );
+
+    let now = std::time::SystemTime::now();
+    let expired = server
+        .ca
+        .issue_between(&Identity::Admin("admin".into()), &[], &[], now - 2 * DAY, now - DAY)
+        .unwrap();
+    let refused = get(&client(ca, Some(&expired)), &url).await;
+    assert!(refused.is_err(), "an expired certificate: {refused:?}");
+
+    let other = Authority::create("other").unwrap();
+    let foreign = other
+        .issue(&Identity::Admin("admin".into()), &[], &[], DAY)
+        .unwrap();
+    let refused = get(&client(ca, Some(&foreign)), &url).await;
+    assert!(refused.is_err(), "another CA's certificate: {refused:?}");
+
+    // A client that trusts another CA does not talk to this server at all.
+    let refused = get(&client(other.certificate(), Some(&admin)), &url).await;
+    assert!(refused.is_err(), "a server of another CA: {refused:?}");
+
+    // Plain HTTP to the TLS port is no request at all.
+    let plain = reqwest::Client::new()
+        .get(url.replace("https://", "http://"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
+    assert!(
+        plain.is_err() || plain.as_ref().is_ok_and(|r| !r.status().is_success()),
+        "{plain:?}"
+    );
+}
+
+/// Reads from a connection until the server closes it; how long that took.
+async fn until_closed(stream: &mut tokio::net::TcpStream, within: Duration) -> Duration {
+    let started = Instant::now();
+    let mut buffer = [0u8; 64];
+    loop {
+        match tokio::time::timeout(within, stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("the server kept a silent connection open past {within:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn silent_clients_are_dropped_in_time_and_beyond_the_limit_at_once() {
+    let limits = Limits {
+        handshake_timeout: Duration::from_millis(500),
+        handshakes_max: 2,
+    };
+    let server = server(limits).await;
+    let address = server.base.trim_start_matches("https://").to_string();
+    let mut silent = Vec::new();
+    for _ in 0..limits.handshakes_max {
+        silent.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    // Both handshake slots are held: the next connection is closed without waiting.
+    let mut beyond = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let closed = until_closed(&mut beyond, Duration::from_secs(5)).await;
+    assert!(
+        closed < limits.handshake_timeout,
+        "closed after {closed:?}, not at once"
+    );
+    for stream in &mut silent {
+        let closed = until_closed(stream, Duration::from_secs(5)).await;
+        assert!(closed <= Duration::from_secs(2), "{closed:?}");
+    }
+    // The slots are free again.
+    let admin = server
+        .ca
+        .issue(&Identity::Admin("admin".into()), &[], &[], DAY)
+        .unwrap();
+    let (status, _) = get(
+        &client(server.ca.certificate(), Some(&admin)),
+        &format!("{}{PATH}", server.base),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::OK);
+}
