@@ -16,11 +16,11 @@ pub mod error;
 pub mod fence;
 pub mod leader;
 pub mod metrics;
-pub mod tls;
 mod openapi;
 mod patch;
 mod read;
 mod selector;
 mod table;
+pub mod tls;
 
 pub use api::{router, Api};

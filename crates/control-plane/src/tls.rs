@@ -95,23 +95,20 @@ async fn accept(
         let (acceptor, handed) = (acceptor.clone(), handed.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let stream = match tokio::time::timeout(
-                limits.handshake_timeout,
-                acceptor.accept(stream),
-            )
-            .await
-            {
-                Ok(Ok(stream)) => stream,
-                // Anyone can connect and fail; only the count of such is worth more than debug.
-                Ok(Err(error)) => {
-                    tracing::debug!(%address, %error, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%address, "TLS handshake not finished in time");
-                    return;
-                }
-            };
+            let stream =
+                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await
+                {
+                    Ok(Ok(stream)) => stream,
+                    // Anyone can connect and fail; only the count of such is worth more than debug.
+                    Ok(Err(error)) => {
+                        tracing::debug!(%address, %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%address, "TLS handshake not finished in time");
+                        return;
+                    }
+                };
             let identity = match stream.get_ref().1.peer_certificates() {
                 Some([first, ..]) => match identity_of(first) {
                     Ok(identity) => Some(identity),

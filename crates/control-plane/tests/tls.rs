@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::Value;
+use tandem_client::Credentials;
 use tandem_control_plane::tls::{Limits, Peer, TlsListener};
 use tandem_control_plane::{router, Api};
+use tandem_objects::Kind;
 use tandem_pki::{
     client_config, server_config, Authority, ClientCertificates, Credential, Identity,
 };
-use tandem_client::Credentials;
-use tandem_objects::Kind;
 use tandem_store::RedbStore;
 use tokio::io::AsyncReadExt;
 
@@ -34,14 +34,10 @@ async fn server(limits: Limits) -> Server {
     let store = Arc::new(RedbStore::open(&dir.path().join("store.redb")).unwrap());
     let ca = Authority::create("test").unwrap();
     let credential = ca
-        .issue(
-            &Identity::ControlPlane("cp1".into()),
-            &[LOOPBACK],
-            &[],
-            DAY,
-        )
+        .issue(&Identity::ControlPlane("cp1".into()), &[LOOPBACK], &[], DAY)
         .unwrap();
-    let config = server_config(ca.certificate(), &credential, ClientCertificates::Optional).unwrap();
+    let config =
+        server_config(ca.certificate(), &credential, ClientCertificates::Optional).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let listener = TlsListener::new(listener, Arc::new(config), limits).unwrap();
     let base = format!("https://{}", listener_address(&listener));
@@ -124,7 +120,13 @@ async fn holders_of_the_clusters_certificates_get_in_and_others_do_not() {
     let now = std::time::SystemTime::now();
     let expired = server
         .ca
-        .issue_between(&Identity::Admin("admin".into()), &[], &[], now - 2 * DAY, now - DAY)
+        .issue_between(
+            &Identity::Admin("admin".into()),
+            &[],
+            &[],
+            now - 2 * DAY,
+            now - DAY,
+        )
         .unwrap();
     let refused = get(&client(ca, Some(&expired)), &url).await;
     assert!(refused.is_err(), "an expired certificate: {refused:?}");

@@ -144,7 +144,12 @@ const TANDEM_DEPENDENCIES_ALLOWED: &[(&str, &[&str])] = &[
     ("dataplane", &["tandem-core", "tandem-wire", "tandem-block"]),
     (
         "control-plane",
-        &["tandem-objects", "tandem-client", "tandem-store", "tandem-pki"],
+        &[
+            "tandem-objects",
+            "tandem-client",
+            "tandem-store",
+            "tandem-pki",
+        ],
     ),
     (
         "agent",
