@@ -95,33 +95,49 @@ async fn accept(
         let (acceptor, handed) = (acceptor.clone(), handed.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let stream =
-                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await
-                {
-                    Ok(Ok(stream)) => stream,
-                    // Anyone can connect and fail; only the count of such is worth more than debug.
-                    Ok(Err(error)) => {
-                        tracing::debug!(%address, %error, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%address, "TLS handshake not finished in time");
-                        return;
-                    }
-                };
-            let identity = match stream.get_ref().1.peer_certificates() {
-                Some([first, ..]) => match identity_of(first) {
-                    Ok(identity) => Some(identity),
-                    Err(error) => {
-                        tracing::warn!(%address, %error, "a certificate of the cluster's CA names no identity: connection closed");
-                        return;
-                    }
-                },
-                _ => None,
-            };
-            let _ = handed.send((stream, Peer { address, identity })).await;
+            if let Some(connection) = handshake(&acceptor, stream, address, limits).await {
+                let _ = handed.send(connection).await;
+            }
         });
     }
+}
+
+/// One client's handshake, within the time limit; the connection and who it is, or `None`
+/// (dropped: the client failed, was too slow, or showed a certificate naming no identity).
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    address: SocketAddr,
+    limits: Limits,
+) -> Option<(TlsStream<TcpStream>, Peer)> {
+    let accepted = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await;
+    let stream = match accepted {
+        Ok(Ok(stream)) => stream,
+        // Anyone can connect and fail: not worth more than debug.
+        Ok(Err(error)) => {
+            tracing::debug!(%address, %error, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%address, "TLS handshake not finished in time");
+            return None;
+        }
+    };
+    let identity = match stream.get_ref().1.peer_certificates() {
+        Some([first, ..]) => match identity_of(first) {
+            Ok(identity) => Some(identity),
+            Err(error) => {
+                tracing::warn!(
+                    %address,
+                    %error,
+                    "a certificate of the cluster's CA names no identity: connection closed"
+                );
+                return None;
+            }
+        },
+        _ => None,
+    };
+    Some((stream, Peer { address, identity }))
 }
 
 impl Listener for TlsListener {
