@@ -35,9 +35,9 @@ use crate::patch::patch;
 use crate::read::{get_namespace, get_one, list, list_all};
 
 /// The API's state: the store, a signal woken on every write (this process's, and other
-/// processes' to a shared store) so watches need not poll, and the
-/// newest heartbeat of every node agent (kept in memory only: after a restart the agents are
-/// given one timeout to report again before their pools are declared OFFLINE).
+/// processes' to a shared store) so watches need not poll, and the newest heartbeat of every
+/// node agent (kept in memory only: after a restart the agents are given one timeout to report
+/// again before their pools are declared OFFLINE).
 pub struct Api {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) written: Notify,
