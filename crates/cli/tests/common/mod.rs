@@ -328,7 +328,16 @@ impl Cluster {
             &["describe", "cvc", volume, "-n", "openebs"],
             |out| out.contains(&format!("successfully scaled volume replicas to {count}")),
         );
-        assert_eq!(self.cvr(&replica)["status"]["phase"], "Healthy");
+        // The scale-up is recorded from the target's view (the CV); the replica's agent writes
+        // the CVR's phase on its next status pass, which may come a moment later.
+        self.wait_for(
+            "the new replica's CVR to say Healthy",
+            &["get", "cvr", &replica, "-n", "openebs", "-o", "json"],
+            |out| {
+                serde_json::from_str::<Value>(out)
+                    .is_ok_and(|cvr| cvr["status"]["phase"] == "Healthy")
+            },
+        );
         replica
     }
 
