@@ -81,7 +81,7 @@ pub use reconcile::{
 };
 
 /// How the agent runs. [`AgentConfig::new`] fills in the defaults.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct AgentConfig {
     /// This node's name: the agent serves the CSPI labelled `kubernetes.io/hostname=<node>`.
     pub node: String,
@@ -89,8 +89,10 @@ pub struct AgentConfig {
     pub pool_dir: PathBuf,
     /// The pool's capacity in bytes (its `status.capacity.total`).
     pub pool_size: u64,
-    /// The control plane, e.g. `http://127.0.0.1:7070`.
+    /// The control plane, e.g. `https://127.0.0.1:7070` (several separated by commas).
     pub server: String,
+    /// The node's credential and the cluster's CA, shown to control planes served over HTTPS.
+    pub credentials: Option<tandem_client::Credentials>,
     /// How often to heartbeat, renewing the node's lease (default 500ms: four heartbeats per
     /// default lease of 2s, so one lost heartbeat never loses the lease).
     pub heartbeat: Duration,
@@ -143,6 +145,7 @@ impl AgentConfig {
             pool_dir: pool_dir.into(),
             pool_size,
             server: server.into(),
+            credentials: None,
             heartbeat: AgentConfig::DEFAULT_HEARTBEAT,
             namespace: tandem_objects::DEFAULT_NAMESPACE.to_string(),
             reconcile_interval: AgentConfig::DEFAULT_RECONCILE_INTERVAL,
@@ -258,7 +261,7 @@ impl NodeAgent {
     /// storage cannot be opened is logged and left to the reconcile passes).
     pub async fn start(config: AgentConfig) -> anyhow::Result<NodeAgent> {
         config.validate()?;
-        let client = Client::new(&config.server)?;
+        let client = Client::with_credentials(&config.server, config.credentials.as_ref())?;
         std::fs::create_dir_all(&config.pool_dir)
             .with_context(|| format!("create the pool directory {}", config.pool_dir.display()))?;
         let data_listener = listen(config.data_address, "replica traffic").await?;

@@ -3,10 +3,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use tandem_agent::AgentConfig;
 use tandem_objects::Quantity;
+use tandem_pki::Identity;
 
 use crate::server::ServerArgs;
 
@@ -54,7 +55,20 @@ pub fn run(args: AgentArgs) -> Result<()> {
     let pool_size = Quantity::parse(&args.pool_size)
         .with_context(|| format!("--pool-size {:?}", args.pool_size))?;
     let server = args.server.address()?;
+    let credentials = args.server.credentials()?;
+    if let Some(credentials) = &credentials {
+        let identity = credentials.identity();
+        if *identity != Identity::Node(args.node.clone()) {
+            bail!(
+                "the agent of node {} must show its node's certificate (--certificate \
+                 DIR/pki/nodes/{}.crt, --key ...), not that of {identity}",
+                args.node,
+                args.node
+            );
+        }
+    }
     let mut config = AgentConfig::new(args.node, args.pool_dir, pool_size.bytes(), server);
+    config.credentials = credentials;
     config.data_address = args.data_address;
     config.nbd_address = args.nbd_address;
     config.target_address = args.target_address;

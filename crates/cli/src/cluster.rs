@@ -26,7 +26,7 @@
 //! leaves the data in place, so the next `up` finds every pool and volume again.
 
 use std::fs::OpenOptions;
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,11 +37,12 @@ use clap::Args;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use tandem_client::Client;
+use tandem_client::{Client, Credentials};
 use tandem_objects::{
     BlockDevice, CStorPoolCluster, CStorPoolClusterSpec, Kind, Object, ObjectMeta, PoolConfig,
     PoolSpec, Quantity, RaidGroup, DEFAULT_NAMESPACE, LABEL_HOSTNAME,
 };
+use tandem_pki::Identity;
 
 mod etcd;
 mod netns;
@@ -51,6 +52,7 @@ pub use netns::{enter as enter_namespace, Network};
 pub use status::{status, StatusArgs};
 
 use crate::control_plane::write_atomically;
+use crate::pki::Pki;
 use crate::server::{address_file, default_data_dir};
 use crate::wait::{wait_for, Deadline, Probe};
 
@@ -259,10 +261,20 @@ pub fn up(args: UpArgs) -> Result<()> {
         record(&data_dir, &cluster)?;
     }
 
+    // The cluster's CA and the CLI's (and kubectl's) credential; every process started below
+    // gets its own.
+    let pki = Pki::of(&data_dir);
+    let (admin_certificate, admin_key) =
+        pki.ensure(&Identity::Admin(crate::pki::ADMIN.into()), &[], &[])?;
+    let admin = Credentials::load(&pki.ca(), &admin_certificate, &admin_key)
+        .context("load the admin credential")?;
+
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     let server = match &cluster.ha {
         None => runtime.block_on(start_control_plane(
             &data_dir,
+            &pki,
+            "control-plane",
             &cluster,
             cluster.port,
             None,
@@ -280,6 +292,8 @@ pub fn up(args: UpArgs) -> Result<()> {
             for (index, &port) in ha.control_plane_ports.iter().enumerate() {
                 servers.push(runtime.block_on(start_control_plane(
                     &ha_control_plane_dir(&data_dir, index),
+                    &pki,
+                    &format!("cp{}", index + 1),
                     &cluster,
                     port,
                     Some(&store),
@@ -298,9 +312,9 @@ pub fn up(args: UpArgs) -> Result<()> {
         None => server.clone(),
     };
     for (index, node) in cluster.nodes.iter().enumerate() {
-        start_agent(&data_dir, &cluster, index, node, &agents_server)?;
+        start_agent(&data_dir, &pki, &cluster, index, node, &agents_server)?;
     }
-    let client = Client::new(&server)?;
+    let client = Client::with_credentials(&server, Some(&admin))?;
     runtime.block_on(ensure_pool_cluster(&client, &cluster, args.timeout))?;
     let metrics = runtime.block_on(crate::metrics::urls(&client, &agents_server))?;
 
@@ -503,11 +517,13 @@ fn choose_port(asked: Option<u16>) -> Result<u16> {
     }
 }
 
-/// Starts the control plane whose data directory is `data_dir` (the cluster's, or with --ha its
-/// own) on `port`, on `store` if given (else the redb file in its data directory); returns its
-/// address once it serves.
+/// Starts the control plane `name` whose data directory is `data_dir` (the cluster's, or with
+/// --ha its own) on `port`, on `store` if given (else the redb file in its data directory), with
+/// its credential from `pki` (issued if missing); returns its address once it serves.
 async fn start_control_plane(
     data_dir: &Path,
+    pki: &Pki,
+    name: &str,
     cluster: &ClusterFile,
     port: u16,
     store: Option<&str>,
@@ -521,13 +537,19 @@ async fn start_control_plane(
     let (server, listen) = match &cluster.netns {
         Some(network) => (
             format!("{}{}", tandem_client::UNIX_SCHEME, socket.display()),
-            format!("{}:{}", network.control_plane_address(), cluster.port),
+            SocketAddr::from((network.control_plane_address(), cluster.port)),
         ),
         None => (
-            format!("http://127.0.0.1:{port}"),
-            format!("127.0.0.1:{port}"),
+            format!("https://127.0.0.1:{port}"),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
         ),
     };
+    let (addresses, hosts) = crate::pki::server_names(&[listen.ip()]);
+    let (certificate, key) = pki.ensure(
+        &Identity::ControlPlane(name.to_string()),
+        &addresses,
+        &hosts,
+    )?;
     if let Some(pid) = running_pid(&pid_file, "tandem") {
         println!("control plane already running (pid {pid}) at {server}");
         return Ok(server);
@@ -539,9 +561,15 @@ async fn start_control_plane(
         "--data-dir".to_string(),
         data_dir.display().to_string(),
         "--listen".to_string(),
-        listen,
+        listen.to_string(),
         "--agent-timeout".to_string(),
         cluster.agent_timeout.clone(),
+        "--ca".to_string(),
+        pki.ca().display().to_string(),
+        "--certificate".to_string(),
+        certificate.display().to_string(),
+        "--key".to_string(),
+        key.display().to_string(),
     ];
     if let Some(store) = store {
         args.extend(["--store".to_string(), store.to_string()]);
@@ -579,6 +607,7 @@ async fn start_control_plane(
 
 fn start_agent(
     data_dir: &Path,
+    pki: &Pki,
     cluster: &ClusterFile,
     index: usize,
     node: &NodeEntry,
@@ -592,6 +621,12 @@ fn start_agent(
         println!("agent {} already running (pid {pid})", node.name);
         return Ok(());
     }
+    let ip: IpAddr = cluster
+        .node_ip(index)
+        .parse()
+        .context("the node's recorded address")?;
+    let (addresses, hosts) = crate::pki::node_names(&node.name, &[ip]);
+    let (certificate, key) = pki.ensure(&Identity::Node(node.name.clone()), &addresses, &hosts)?;
     let child = spawn(
         &[
             "agent".to_string(),
@@ -609,6 +644,12 @@ fn start_agent(
             format!("{}:{}", cluster.node_ip(index), node.nbd_port),
             "--metrics-address".to_string(),
             format!("{}:{}", cluster.node_ip(index), node.metrics_port),
+            "--ca".to_string(),
+            pki.ca().display().to_string(),
+            "--certificate".to_string(),
+            certificate.display().to_string(),
+            "--key".to_string(),
+            key.display().to_string(),
         ],
         &directory.join("agent.log"),
         &pid_file,

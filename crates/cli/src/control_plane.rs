@@ -1,18 +1,27 @@
 //! `tandem control-plane`: serves the object API from its store (the redb file under the data
 //! directory, or etcd) and runs the controllers while it leads: always, alone on redb; when
 //! elected, among the control planes that share an etcd.
+//!
+//! The API is served over HTTPS, every request authenticated by a client certificate of the
+//! cluster's CA (`--ca`, `--certificate`, `--key`; without them, the data directory's, created
+//! at the first start: `DIR/pki`). Plain HTTP only when asked for with `--insecure`, and only on
+//! a loopback address.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use tandem_client::{Client, Credentials};
 use tandem_control_plane::leader::Leader;
-use tandem_control_plane::{compaction, controllers, router, Api};
+use tandem_control_plane::{compaction, controllers, router, tls, Api};
+use tandem_pki::{ClientCertificates, Credential, Identity};
 use tandem_store::election::{self, ControlPlane, ElectionConfig, Leadership};
 use tandem_store::{Location, RedbStore, Store, StoreError};
+
+use crate::pki::Pki;
 
 use crate::server::{address_file, default_data_dir};
 
@@ -54,6 +63,90 @@ pub struct ControlPlaneArgs {
         value_parser = humantime::parse_duration
     )]
     compaction_interval: Duration,
+    /// The cluster CA's certificate: clients must show a certificate it signed [default:
+    /// DIR/pki/ca.crt, the CA created at the first start if there is none].
+    #[arg(long, requires_all = ["certificate", "key"])]
+    ca: Option<PathBuf>,
+    /// This control plane's certificate (its identity must be a control plane's) [default:
+    /// DIR/pki/control-planes/control-plane.crt, issued from the CA if missing].
+    #[arg(long, requires_all = ["ca", "key"])]
+    certificate: Option<PathBuf>,
+    /// The certificate's private key.
+    #[arg(long, requires_all = ["ca", "certificate"])]
+    key: Option<PathBuf>,
+    /// Serve plain HTTP, with no authentication: whoever reaches the address may do anything.
+    /// Refused unless --listen is a loopback address.
+    #[arg(long, conflicts_with_all = ["ca", "certificate", "key"])]
+    insecure: bool,
+}
+
+/// How the API is served.
+enum Transport {
+    /// HTTPS: the server's TLS configuration, and the credentials the controllers show it.
+    Tls {
+        server: Arc<tandem_pki::rustls::ServerConfig>,
+        controllers: Credentials,
+    },
+    /// Plain HTTP on loopback (`--insecure`).
+    Plain,
+}
+
+impl Transport {
+    fn scheme(&self) -> &'static str {
+        match self {
+            Transport::Tls { .. } => "https",
+            Transport::Plain => "http",
+        }
+    }
+}
+
+/// The TLS set-up from the flags, or from the data directory (made at the first start).
+fn transport(args: &ControlPlaneArgs, data_dir: &Path) -> Result<Transport> {
+    if args.insecure {
+        if !args.listen.ip().is_loopback() {
+            bail!(
+                "--insecure serves the API to anyone who reaches it, so it is only allowed on a \
+                 loopback address, not on {}",
+                args.listen
+            );
+        }
+        tracing::warn!("serving the API over plain HTTP without authentication (--insecure)");
+        return Ok(Transport::Plain);
+    }
+    let (ca, certificate, key) = match (&args.ca, &args.certificate, &args.key) {
+        (Some(ca), Some(certificate), Some(key)) => (ca.clone(), certificate.clone(), key.clone()),
+        _ => {
+            let pki = Pki::of(data_dir);
+            // The first start of a standalone control plane makes the cluster's CA, its own
+            // credential and an admin's for the CLI.
+            let (addresses, hosts) = crate::pki::server_names(&[args.listen.ip()]);
+            let (certificate, key) = pki.ensure(
+                &Identity::ControlPlane("control-plane".into()),
+                &addresses,
+                &hosts,
+            )?;
+            pki.ensure(&Identity::Admin(crate::pki::ADMIN.into()), &[], &[])?;
+            (pki.ca(), certificate, key)
+        }
+    };
+    let ca_pem = std::fs::read_to_string(&ca)
+        .with_context(|| format!("read the CA certificate {}", ca.display()))?;
+    let credential = Credential::load(&certificate, &key)?;
+    let identity = credential.identity()?;
+    if !matches!(identity, Identity::ControlPlane(_)) {
+        bail!(
+            "{} is the certificate of {identity}, not of a control plane",
+            certificate.display()
+        );
+    }
+    let server = tandem_pki::server_config(&ca_pem, &credential, ClientCertificates::Optional)
+        .with_context(|| format!("the TLS set-up from {}", certificate.display()))?;
+    let controllers = Credentials::new(&ca_pem, &credential)?;
+    tracing::info!(%identity, certificate = %certificate.display(), "serving the API over HTTPS");
+    Ok(Transport::Tls {
+        server: Arc::new(server),
+        controllers,
+    })
 }
 
 /// How long a restarted control plane waits for its store and port to be let go.
@@ -85,6 +178,7 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
         Some(text) => Location::parse(text)?,
         None => Location::Redb(directory.join("store.redb")),
     };
+    let transport = transport(&args, &data_dir)?;
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     runtime.block_on(async move {
         let store: Arc<dyn Store> = match &location {
@@ -118,8 +212,9 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
         let address = listener
             .local_addr()
             .context("read the listening address")?;
+        let scheme = transport.scheme();
         // Scripts read this line to find the API; the CLI reads the address file.
-        println!("control plane listening on http://{address}");
+        println!("control plane listening on {scheme}://{address}");
         // Where processes on this host reach it over TCP: listening on every interface, on
         // loopback.
         let mut local = address;
@@ -129,7 +224,7 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
                 std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
             });
         }
-        let local_url = format!("http://{local}");
+        let local_url = format!("{scheme}://{local}");
         let unix = match &args.unix_socket {
             Some(socket) => Some(bind_unix_socket(socket)?),
             None => None,
@@ -168,9 +263,16 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
             args.compaction_interval,
         ));
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let client = match &transport {
+            Transport::Tls { controllers, .. } => {
+                Client::with_credentials(&local_url, Some(controllers))
+            }
+            Transport::Plain => Client::new(&local_url),
+        }
+        .context("the controllers' client")?;
         let controllers = tokio::spawn(controllers::run(
             api.clone(),
-            local_url.clone(),
+            client,
             leader,
             wait_for(stopped.clone()),
         ));
@@ -183,10 +285,24 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
                     .await
             })
         });
-        let served = axum::serve(listener, router(api))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("serve the API");
+        let served = match transport {
+            Transport::Tls { server, .. } => {
+                tls::serve(
+                    listener,
+                    server,
+                    tls::Limits::default(),
+                    router(api),
+                    shutdown_signal(),
+                )
+                .await
+            }
+            Transport::Plain => {
+                axum::serve(listener, router(api))
+                    .with_graceful_shutdown(shutdown_signal())
+                    .await
+            }
+        }
+        .context("serve the API");
         // The receiver may already be gone if the controllers ended on their own.
         let _ = stop.send(true);
         let _ = controllers.await;
@@ -219,8 +335,12 @@ fn bind_unix_socket(socket: &std::path::Path) -> Result<tokio::net::UnixListener
         ),
         Err(_) => {}
     }
-    tokio::net::UnixListener::bind(socket)
-        .with_context(|| format!("listen on the Unix socket {}", socket.display()))
+    let listener = tokio::net::UnixListener::bind(socket)
+        .with_context(|| format!("listen on the Unix socket {}", socket.display()))?;
+    // Requests on the socket are not authenticated: only this user may connect.
+    std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("restrict {} to its owner", socket.display()))?;
+    Ok(listener)
 }
 
 async fn wait_for(mut stopped: tokio::sync::watch::Receiver<bool>) {

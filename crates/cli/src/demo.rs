@@ -138,11 +138,7 @@ pub fn run(args: DemoArgs) -> Result<bool> {
             network.client_namespace()
         );
     }
-    let api = ServerArgs {
-        server: None,
-        data_dir: Some(data_dir.clone()),
-    }
-    .client()?;
+    let api = ServerArgs::of_data_dir(&data_dir).client()?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

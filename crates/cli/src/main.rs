@@ -15,6 +15,7 @@ mod kubeconfig;
 mod kubectl;
 mod metrics;
 mod output;
+mod pki;
 mod server;
 mod sim;
 mod store;
@@ -59,6 +60,8 @@ enum TopCommand {
     /// Prints where Prometheus scrapes the cluster: the control plane's and every agent's
     /// /metrics URL.
     Metrics(metrics::MetricsArgs),
+    /// Issues credentials from the cluster's CA: for a new node, a new user, or a rotation.
+    Credential(pki::CredentialArgs),
     /// The kubectl-style verbs: get, describe, edit, patch, apply, create, delete, volume.
     #[command(flatten)]
     Kubectl(kubectl::Command),
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
         TopCommand::Store(args) => store::run(args),
         TopCommand::Kubeconfig(args) => kubeconfig::run(args),
         TopCommand::Metrics(args) => metrics::run(args),
+        TopCommand::Credential(args) => pki::run(args),
         TopCommand::Kubectl(command) => kubectl::run(command),
     };
     match result {

@@ -1,11 +1,16 @@
-//! Finding the control plane: `--server`, else `TANDEM_SERVER`, else the local cluster that
-//! `tandem up` started in the data directory (`--data-dir`, `TANDEM_DATA_DIR`, or `~/.tandem`).
+//! Finding the control plane and proving who we are to it: `--server`, else `TANDEM_SERVER`,
+//! else the local cluster that `tandem up` started in the data directory (`--data-dir`,
+//! `TANDEM_DATA_DIR`, or `~/.tandem`); the credential from `--ca`, `--certificate` and `--key`,
+//! else the data directory's admin credential (`DIR/pki/users/admin.crt`).
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
-use tandem_client::Client;
+use tandem_client::{Client, Credentials};
+use tandem_pki::Identity;
+
+use crate::pki::{Pki, ADMIN};
 
 /// Where the data directory is when nothing says otherwise.
 pub fn default_data_dir() -> PathBuf {
@@ -29,9 +34,30 @@ pub struct ServerArgs {
     /// The data directory of a local cluster started by `tandem up` [default: ~/.tandem].
     #[arg(long, global = true, env = "TANDEM_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The cluster CA's certificate, the only one trusted for the control plane's HTTPS
+    /// [default: DIR/pki/ca.crt].
+    #[arg(long, global = true, env = "TANDEM_CA")]
+    pub ca: Option<PathBuf>,
+    /// The certificate to show the control plane [default: DIR/pki/users/admin.crt].
+    #[arg(long, global = true, env = "TANDEM_CERTIFICATE", requires = "key")]
+    pub certificate: Option<PathBuf>,
+    /// The certificate's private key [default: DIR/pki/users/admin.key].
+    #[arg(long, global = true, env = "TANDEM_KEY", requires = "certificate")]
+    pub key: Option<PathBuf>,
 }
 
 impl ServerArgs {
+    /// The cluster `tandem up` started in `data_dir`, reached with its admin credential.
+    pub fn of_data_dir(data_dir: &Path) -> ServerArgs {
+        ServerArgs {
+            server: None,
+            data_dir: Some(data_dir.to_path_buf()),
+            ca: None,
+            certificate: None,
+            key: None,
+        }
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(default_data_dir)
     }
@@ -53,8 +79,43 @@ impl ServerArgs {
         }
     }
 
+    /// The CA and credential files to use: those given, else the data directory's CA and admin
+    /// credential if it has them.
+    pub fn credential_files(&self) -> Option<(PathBuf, PathBuf, PathBuf)> {
+        let pki = Pki::of(&self.data_dir());
+        let ca = self.ca.clone().unwrap_or_else(|| pki.ca());
+        let (certificate, key) = match (&self.certificate, &self.key) {
+            (Some(certificate), Some(key)) => (certificate.clone(), key.clone()),
+            _ => pki.paths(&Identity::Admin(ADMIN.to_string())),
+        };
+        [&ca, &certificate, &key]
+            .iter()
+            .all(|path| path.exists())
+            .then_some((ca, certificate, key))
+    }
+
+    /// The credentials to show control planes served over TLS, if there are any.
+    pub fn credentials(&self) -> Result<Option<Credentials>> {
+        match self.credential_files() {
+            Some((ca, certificate, key)) => Credentials::load(&ca, &certificate, &key)
+                .map(Some)
+                .with_context(|| {
+                    format!(
+                        "load the credential {} with the CA {}",
+                        certificate.display(),
+                        ca.display()
+                    )
+                }),
+            None if self.certificate.is_some() || self.ca.is_some() => {
+                bail!("--ca, --certificate or --key names a file that does not exist")
+            }
+            None => Ok(None),
+        }
+    }
+
     pub fn client(&self) -> Result<Client> {
         let address = self.address()?;
-        Client::new(&address).with_context(|| format!("control plane address {address:?}"))
+        Client::with_credentials(&address, self.credentials()?.as_ref())
+            .with_context(|| format!("control plane address {address:?}"))
     }
 }

@@ -10,6 +10,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use tandem_pki::rustls::pki_types::ServerName;
+use tandem_pki::rustls::{ClientConnection, StreamOwned};
 
 /// `etcd` is installed (CI installs Debian's etcd-server); else the tests say why they skip.
 fn etcd_installed() -> bool {
@@ -29,7 +31,7 @@ fn control_planes(cluster: &Cluster) -> Vec<(String, String, String)> {
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     text.lines()
         .skip(1)
-        .take_while(|line| line.starts_with("http://"))
+        .take_while(|line| line.starts_with("https://"))
         .map(|line| {
             let mut words = line.split_whitespace();
             let address = words.next().unwrap_or_default().to_string();
@@ -335,6 +337,8 @@ fn store_copy_moves_every_object_into_an_empty_store_only() {
 
 /// `tandem get cspi -o name` from a control plane started on `store` (its data directory `dir`).
 fn served(cluster: &Cluster, store: &str, dir: &std::path::Path) -> String {
+    // The cluster's own credentials, so its CLI reaches this control plane too.
+    let pki = cluster.data_dir().join("pki");
     let mut control_plane = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
         .args([
             "control-plane",
@@ -345,6 +349,12 @@ fn served(cluster: &Cluster, store: &str, dir: &std::path::Path) -> String {
             "--data-dir",
         ])
         .arg(dir)
+        .arg("--ca")
+        .arg(pki.join("ca.crt"))
+        .arg("--certificate")
+        .arg(pki.join("control-planes/control-plane.crt"))
+        .arg("--key")
+        .arg(pki.join("control-planes/control-plane.key"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -383,6 +393,7 @@ fn a_watch_on_a_standby_sees_writes_made_through_the_leader() {
     let pool = cluster.pools()[0].0.clone();
 
     let mut watch = Watch::open(
+        &cluster,
         &standby,
         "/apis/cstor.openebs.io/v1/namespaces/openebs/cstorpoolinstances?watch=true",
     );
@@ -437,6 +448,7 @@ fn the_leader_compacts_etcd_and_a_watch_from_before_is_told_to_list_again() {
         // From version 1, older than the restarted control plane's watch cache: replayed from
         // etcd's history until the leader compacts it.
         let mut watch = Watch::open(
+            &cluster,
             &restarted,
             "/apis/cstor.openebs.io/v1/namespaces/openebs/cstorpoolinstances\
              ?watch=true&resourceVersion=1&timeoutSeconds=1",
@@ -458,27 +470,42 @@ fn the_leader_compacts_etcd_and_a_watch_from_before_is_told_to_list_again() {
     let pools = cluster.pools();
     assert_eq!(pools.len(), 1);
     let mut watch = Watch::open(
+        &cluster,
         &leader,
         "/apis/cstor.openebs.io/v1/namespaces/openebs/cstorpoolinstances?watch=true",
     );
     watch.until(&format!(r#""name":"{}""#, pools[0].0));
 }
 
-/// A watch over plain HTTP/1.1, read as raw text (chunk sizes and all).
+/// A watch over HTTPS/1.1 (the admin credential of `cluster`), read as raw text (chunk sizes
+/// and all).
 struct Watch {
-    stream: std::net::TcpStream,
+    stream: StreamOwned<ClientConnection, std::net::TcpStream>,
     seen: String,
 }
 
 impl Watch {
-    fn open(address: &str, path: &str) -> Watch {
-        let mut stream = std::net::TcpStream::connect(address.trim_start_matches("http://"))
+    fn open(cluster: &Cluster, address: &str, path: &str) -> Watch {
+        let host = address.trim_start_matches("https://");
+        let socket = std::net::TcpStream::connect(host)
             .unwrap_or_else(|error| panic!("connect to {address}: {error}"));
-        let request = format!("GET {path} HTTP/1.1\r\nHost: tandem\r\nConnection: close\r\n\r\n");
-        std::io::Write::write_all(&mut stream, request.as_bytes()).expect("send the watch");
-        stream
+        socket
             .set_read_timeout(Some(Duration::from_secs(1)))
             .expect("a read timeout");
+        let pki = cluster.data_dir().join("pki");
+        let ca = std::fs::read_to_string(pki.join("ca.crt")).expect("the cluster's CA");
+        let admin = tandem_pki::Credential::load(
+            &pki.join("users/admin.crt"),
+            &pki.join("users/admin.key"),
+        )
+        .expect("the admin credential");
+        let config = tandem_pki::client_config(&ca, Some(&admin)).expect("a TLS set-up");
+        let name = ServerName::try_from("127.0.0.1").expect("a server name");
+        let connection =
+            ClientConnection::new(std::sync::Arc::new(config), name).expect("a TLS client");
+        let mut stream = StreamOwned::new(connection, socket);
+        let request = format!("GET {path} HTTP/1.1\r\nHost: tandem\r\nConnection: close\r\n\r\n");
+        std::io::Write::write_all(&mut stream, request.as_bytes()).expect("send the watch");
         Watch {
             stream,
             seen: String::new(),

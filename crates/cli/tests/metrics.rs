@@ -17,23 +17,21 @@ use common::*;
 
 const MIB: f64 = (1 << 20) as f64;
 
-/// Scrapes over HTTP (reqwest on a runtime of its own, so a test thread can use it).
+/// Scrapes over HTTP(S) with the cluster's admin credential (reqwest on a runtime of its own,
+/// so a test thread can use it).
 struct Scraper {
     runtime: tokio::runtime::Runtime,
     client: reqwest::Client,
 }
 
 impl Scraper {
-    fn new() -> Scraper {
+    fn new(cluster: &Cluster) -> Scraper {
         Scraper {
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("a runtime"),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("an HTTP client"),
+            client: api_client(cluster.data_dir()),
         }
     }
 
@@ -148,7 +146,7 @@ fn qemu_io(uri: &str, commands: &[&str]) {
 #[test]
 fn metrics_follow_writes_refusals_and_a_migration() {
     let cluster = Cluster::up(3, "1G");
-    let scraper = Scraper::new();
+    let scraper = Scraper::new(&cluster);
     let urls = metrics_urls(&cluster);
     let names: Vec<&str> = urls.keys().map(String::as_str).collect();
     assert_eq!(
@@ -159,7 +157,11 @@ fn metrics_follow_writes_refusals_and_a_migration() {
     let mut promtool = true;
     for (name, url) in &urls {
         assert!(
-            url.starts_with("http://127.0.0.1:") && url.ends_with("/metrics"),
+            url.starts_with(if name == "control-plane" {
+                "https://127.0.0.1:"
+            } else {
+                "http://127.0.0.1:"
+            }) && url.ends_with("/metrics"),
             "{url}"
         );
         promtool &= promtool_accepts(&scraper.scrape(url), name);
@@ -325,8 +327,8 @@ fn metrics_follow_writes_refusals_and_a_migration() {
     let sampling = Arc::new(AtomicBool::new(true));
     let sampler = {
         let (sampling, url) = (Arc::clone(&sampling), target_url.clone());
+        let scraper = Scraper::new(&cluster);
         std::thread::spawn(move || {
-            let scraper = Scraper::new();
             let mut texts = Vec::new();
             let deadline = Instant::now() + Duration::from_secs(120);
             while sampling.load(Ordering::SeqCst) && Instant::now() < deadline {

@@ -171,6 +171,19 @@ impl Credentials {
         })
     }
 
+    /// [`Credentials::new`] from files: the CA's certificate, this client's certificate and key.
+    pub fn load(
+        ca: &std::path::Path,
+        certificate: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Result<Credentials, tandem_pki::PkiError> {
+        let ca_pem = std::fs::read_to_string(ca).map_err(|source| tandem_pki::PkiError::File {
+            path: ca.to_path_buf(),
+            source,
+        })?;
+        Credentials::new(&ca_pem, &tandem_pki::Credential::load(certificate, key)?)
+    }
+
     /// Who the certificate says this client is.
     pub fn identity(&self) -> &tandem_pki::Identity {
         &self.identity

@@ -165,3 +165,22 @@ impl Connected<IncomingStream<'_, TlsListener>> for Peer {
         stream.remote_addr().clone()
     }
 }
+
+/// Serves `router` over TLS on `listener` until `shutdown`: the one way the API is served over
+/// TLS, so that every request carries its caller's [`Peer`] (the authentication layer treats a
+/// request without one as having come over a listener without TLS).
+pub async fn serve(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    limits: Limits,
+    router: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = TlsListener::new(listener, config, limits)?;
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<Peer>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

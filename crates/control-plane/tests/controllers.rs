@@ -33,14 +33,14 @@ async fn cluster(nodes: &[&str]) -> Cluster {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = format!("http://{}", listener.local_addr().unwrap());
     let api = Api::new(store, AGENT_TIMEOUT);
+    let client = Client::new(&server).unwrap();
     tokio::spawn(controllers::run(
         api.clone(),
-        server.clone(),
+        client.clone(),
         Leader::Sole,
         std::future::pending(),
     ));
     tokio::spawn(async move { axum::serve(listener, router(api)).await.unwrap() });
-    let client = Client::new(&server).unwrap();
     let alive = Arc::new(Mutex::new(
         nodes
             .iter()

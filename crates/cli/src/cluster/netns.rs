@@ -120,7 +120,7 @@ impl Network {
     /// Where the agents reach the control plane: over the bridge, as on real hosts.
     pub fn control_plane_url(&self) -> String {
         format!(
-            "http://{}:{CONTROL_PLANE_PORT}",
+            "https://{}:{CONTROL_PLANE_PORT}",
             self.control_plane_address()
         )
     }
@@ -528,7 +528,7 @@ mod tests {
             .collect();
         assert_eq!(hosts, expected);
         assert_eq!(network.cidr(), "10.77.12.0/24");
-        assert_eq!(network.control_plane_url(), "http://10.77.12.254:7070");
+        assert_eq!(network.control_plane_url(), "https://10.77.12.254:7070");
         assert_eq!(network.namespaces(&nodes)[0], "t7-sw");
     }
 }

@@ -3,7 +3,7 @@
 //! agent as the control planes see it. Exits non-zero when something is down.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -46,7 +46,7 @@ async fn report(data_dir: &std::path::Path, cluster: &ClusterFile) -> Result<boo
     let mut servers = Vec::new();
     match &cluster.ha {
         None => {
-            let address = format!("http://127.0.0.1:{}", cluster.port);
+            let address = format!("https://127.0.0.1:{}", cluster.port);
             let pid = running_pid(
                 &control_plane_dir(data_dir).join("control-plane.pid"),
                 "tandem",
@@ -68,7 +68,7 @@ async fn report(data_dir: &std::path::Path, cluster: &ClusterFile) -> Result<boo
                 Err(_) => (Vec::new(), None),
             };
             for (index, port) in ha.control_plane_ports.iter().enumerate() {
-                let address = format!("http://127.0.0.1:{port}");
+                let address = format!("https://127.0.0.1:{port}");
                 let pid = running_pid(
                     &control_plane_dir(&ha_control_plane_dir(data_dir, index))
                         .join("control-plane.pid"),
@@ -117,7 +117,7 @@ async fn report(data_dir: &std::path::Path, cluster: &ClusterFile) -> Result<boo
         }
     }
     table += "\nNODE\tREADY\tLAST HEARTBEAT\n";
-    let nodes = ask_nodes(&servers).await;
+    let nodes = ask_nodes(data_dir, &servers).await;
     match nodes {
         Ok(nodes) => {
             for node in &cluster.nodes {
@@ -157,10 +157,17 @@ fn show(pid: Option<i32>) -> String {
 
 /// The nodes as the first control plane that answers within [`ASK_TIMEOUT`] sees them.
 async fn ask_nodes(
+    data_dir: &Path,
     servers: &[String],
 ) -> Result<Vec<tandem_client::NodeStatus>, tandem_client::ClientError> {
     let mut failures = Vec::new();
-    for client in Client::new(&servers.join(","))?.each() {
+    let credentials = crate::server::ServerArgs::of_data_dir(data_dir)
+        .credentials()
+        .map_err(|error| tandem_client::ClientError::Protocol {
+            server: servers.join(","),
+            detail: format!("{error:#}"),
+        })?;
+    for client in Client::with_credentials(&servers.join(","), credentials.as_ref())?.each() {
         match tokio::time::timeout(ASK_TIMEOUT, client.nodes()).await {
             Ok(Ok(nodes)) => return Ok(nodes),
             Ok(Err(error)) => failures.push(error.to_string()),

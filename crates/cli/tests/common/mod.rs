@@ -800,3 +800,19 @@ pub fn try_qemu_io(uri: &str, commands: &[&str]) -> Result<String, String> {
         Err(text)
     }
 }
+
+/// An HTTP client of the control plane of the cluster in `data_dir`, showing its admin
+/// credential (`DIR/pki/users/admin.crt`) and trusting only its CA.
+pub fn api_client(data_dir: &Path) -> reqwest::Client {
+    let pki = data_dir.join("pki");
+    let ca = std::fs::read_to_string(pki.join("ca.crt")).expect("the cluster's CA");
+    let admin =
+        tandem_pki::Credential::load(&pki.join("users/admin.crt"), &pki.join("users/admin.key"))
+            .expect("the admin credential");
+    let config = tandem_pki::client_config(&ca, Some(&admin)).expect("a TLS client set-up");
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("an HTTPS client")
+}

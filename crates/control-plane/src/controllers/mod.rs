@@ -46,22 +46,15 @@ pub(crate) struct Context {
     pub pool_events: Recorder,
 }
 
-/// Runs the controllers against the API at `server` (this process's own) while this control
-/// plane leads, until `shutdown`. A pass under way when the leadership is lost is dropped at
+/// Runs the controllers through `client` (of this process's own API) while this control plane
+/// leads, until `shutdown`. A pass under way when the leadership is lost is dropped at
 /// its next await; its writes carry the term, so one already sent is refused by the store.
 pub async fn run(
     api: Arc<Api>,
-    server: String,
+    client: Client,
     mut leader: Leader,
     shutdown: impl Future<Output = ()>,
 ) {
-    let client = match Client::new(&server) {
-        Ok(client) => client,
-        Err(error) => {
-            tracing::error!(%error, "controllers cannot start");
-            return;
-        }
-    };
     tokio::pin!(shutdown);
     loop {
         let mandate = tokio::select! {
