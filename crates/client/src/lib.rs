@@ -98,7 +98,7 @@ impl WatchEvent {
 
 /// What a node agent tells the control plane every few seconds; the control plane keeps the
 /// newest one per node in memory and marks a pool OFFLINE when its agent stops reporting.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeHeartbeat {
     pub node: String,

@@ -16,18 +16,20 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::routing::{get, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::Value;
 use tandem_client::{NodeHeartbeat, NodeStatus};
 use tandem_objects::{
     parse_json, parse_yaml, pool_node, validate_cspc, validate_cvc_update, validate_new_cvc,
     CStorPoolInstance, CStorVolume, CStorVolumePhase, CStorVolumeReplica, CStorVolumeReplicaPhase,
-    Kind, Object, PoolLookup, LABEL_CSTOR_POOL_CLUSTER, LABEL_CSTOR_POOL_INSTANCE_NAME,
-    LABEL_HOSTNAME, LABEL_PERSISTENT_VOLUME,
+    Kind, Object, PoolLookup, ANNOTATION_TARGET_NODE, LABEL_CSTOR_POOL_CLUSTER,
+    LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_HOSTNAME, LABEL_PERSISTENT_VOLUME,
 };
+use tandem_pki::Identity;
 use tandem_store::{ObjectKey, Store, StoreError};
 use tokio::sync::Notify;
 
+use crate::auth::{Caller, Write};
 use crate::fence::FencedStore;
 
 use crate::error::{resource_name, store_error, ApiError, ErrorKind};
@@ -194,11 +196,16 @@ fn parse_body(kind: Kind, namespace: &str, body: &str) -> Result<Object, ApiErro
 
 async fn create(
     State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
     Path((namespace, resource)): Path<(String, String)>,
     body: String,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let kind = kind_of(&resource)?;
     let mut object = parse_body(kind, &namespace, &body)?;
+    caller.may(Write::Create {
+        kind,
+        new: &to_value(&object),
+    })?;
     admit(&api, &namespace, None, &object)?;
     let metadata = object.metadata_mut();
     metadata.uid = uuid::Uuid::new_v4().to_string();
@@ -216,18 +223,7 @@ async fn create(
 
 async fn update(
     State(api): State<Arc<Api>>,
-    Path((namespace, resource, name)): Path<(String, String, String)>,
-    body: String,
-) -> Result<Json<Value>, ApiError> {
-    let kind = kind_of(&resource)?;
-    let object = parse_body(kind, &namespace, &body)?;
-    let expected = required_version(&object)?;
-    replace(&api, kind, &namespace, &name, object, expected, Part::Spec)
-}
-
-/// `PUT .../{name}/status`: the controllers' and agents' write; only the status changes.
-async fn update_status(
-    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
     Path((namespace, resource, name)): Path<(String, String, String)>,
     body: String,
 ) -> Result<Json<Value>, ApiError> {
@@ -236,6 +232,29 @@ async fn update_status(
     let expected = required_version(&object)?;
     replace(
         &api,
+        &caller,
+        kind,
+        &namespace,
+        &name,
+        object,
+        expected,
+        Part::Spec,
+    )
+}
+
+/// `PUT .../{name}/status`: the controllers' and agents' write; only the status changes.
+async fn update_status(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path((namespace, resource, name)): Path<(String, String, String)>,
+    body: String,
+) -> Result<Json<Value>, ApiError> {
+    let kind = kind_of(&resource)?;
+    let object = parse_body(kind, &namespace, &body)?;
+    let expected = required_version(&object)?;
+    replace(
+        &api,
+        &caller,
         kind,
         &namespace,
         &name,
@@ -268,10 +287,13 @@ pub(crate) enum Part {
 }
 
 /// Stores `object` over the current version `expected`, keeping what the writer may not change
-/// (identity, creation and deletion times, the other part), running the admission rules for
-/// volume configs, and removing an object being deleted once its last finalizer is gone.
+/// (identity, creation and deletion times, the other part), if `caller` may make that change,
+/// running the admission rules for volume configs, and removing an object being deleted once
+/// its last finalizer is gone.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn replace(
     api: &Api,
+    caller: &Caller,
     kind: Kind,
     namespace: &str,
     name: &str,
@@ -310,6 +332,19 @@ pub(crate) fn replace(
         copy_field(&mut merged["metadata"], &current.object["metadata"], field);
     }
     let object = typed(kind, &merged)?;
+    let volume_target = match (kind, caller) {
+        (Kind::CStorVolumeReplica, Caller::Identified(Identity::Node(_))) => {
+            volume_target(api, namespace, &current.object)?
+        }
+        _ => None,
+    };
+    caller.may(Write::Replace {
+        kind,
+        part,
+        current: &current.object,
+        new: &to_value(&object),
+        volume_target: volume_target.as_deref(),
+    })?;
     if part == Part::Spec {
         admit(api, namespace, Some(&current_object), &object)?;
     }
@@ -325,6 +360,22 @@ pub(crate) fn replace(
     };
     api.written.notify_waiters();
     Ok(Json(stored.object))
+}
+
+/// The node the target of a replica's volume is to run on, if the volume names one.
+fn volume_target(api: &Api, namespace: &str, replica: &Value) -> Result<Option<String>, ApiError> {
+    let Some(volume) = replica["metadata"]["labels"][LABEL_PERSISTENT_VOLUME].as_str() else {
+        return Ok(None);
+    };
+    let volume = api
+        .store
+        .get(&key(Kind::CStorVolume, namespace, volume))
+        .map_err(|e| store_error(Kind::CStorVolume, e))?;
+    Ok(volume.and_then(|volume| {
+        volume.object["metadata"]["annotations"][ANNOTATION_TARGET_NODE]
+            .as_str()
+            .map(str::to_string)
+    }))
 }
 
 /// Sets `target[field]` to `source[field]`, or removes it when `source` has none.
@@ -346,6 +397,7 @@ fn copy_field(target: &mut Value, source: &Value, field: &str) {
 /// can clean up (a replica's agent destroys its data first) and remove the finalizer.
 async fn delete(
     State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
     Path((namespace, resource, name)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let kind = kind_of(&resource)?;
@@ -355,6 +407,10 @@ async fn delete(
         .get(&key)
         .map_err(|e| store_error(kind, e))?
         .ok_or_else(|| store_error(kind, StoreError::NotFound(key.clone())))?;
+    caller.may(Write::Delete {
+        kind,
+        current: &current.object,
+    })?;
     if kind == Kind::CStorPoolCluster {
         let lookup = StoreLookup {
             store: api.store.as_ref(),
@@ -404,9 +460,11 @@ fn now_rfc3339() -> String {
 
 async fn heartbeat(
     State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
     Path(node): Path<String>,
     body: String,
 ) -> Result<StatusCode, ApiError> {
+    caller.may(Write::Heartbeat { node: &node })?;
     let heartbeat: NodeHeartbeat = serde_json::from_str(&body)
         .map_err(|error| ApiError::bad_request(format!("the heartbeat is not valid: {error}")))?;
     if heartbeat.node != node {

@@ -35,6 +35,8 @@ pub enum ErrorKind {
     Unavailable,
     /// The request came without a credential this API takes.
     Unauthorized,
+    /// The caller is known but may not do this.
+    Forbidden,
 }
 
 impl ErrorKind {
@@ -50,6 +52,7 @@ impl ErrorKind {
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
         }
     }
 
@@ -67,6 +70,7 @@ impl ErrorKind {
             ErrorKind::Internal => "InternalError",
             ErrorKind::Unavailable => "ServiceUnavailable",
             ErrorKind::Unauthorized => "Unauthorized",
+            ErrorKind::Forbidden => "Forbidden",
         }
     }
 }
@@ -187,6 +191,7 @@ mod tests {
             (ErrorKind::Internal, 500, "InternalError"),
             (ErrorKind::Unavailable, 503, "ServiceUnavailable"),
             (ErrorKind::Unauthorized, 401, "Unauthorized"),
+            (ErrorKind::Forbidden, 403, "Forbidden"),
         ];
         for (kind, code, reason) in table {
             let response = ApiError::new(kind, "what was wrong").into_response();

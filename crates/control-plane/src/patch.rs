@@ -10,12 +10,13 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::HeaderMap;
-use axum::Json;
+use axum::{Extension, Json};
 use serde_json::Value;
 use tandem_objects::parse_json;
 use tandem_store::StoreError;
 
 use crate::api::{key, kind_of, replace, Api, Part};
+use crate::auth::Caller;
 use crate::error::{store_error, ApiError, ErrorKind};
 
 /// How often a patch without a resource version is tried again when another writer (a
@@ -86,6 +87,7 @@ impl Patch {
 
 pub(crate) async fn patch(
     State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
     Path((namespace, resource, name)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: String,
@@ -118,6 +120,7 @@ pub(crate) async fn patch(
         })?;
         let result = replace(
             &api,
+            &caller,
             kind,
             &namespace,
             &name,

@@ -12,7 +12,7 @@ use serde_json::Value;
 use tandem_client::Credentials;
 use tandem_control_plane::tls::{Limits, Peer, TlsListener};
 use tandem_control_plane::{router, Api};
-use tandem_objects::Kind;
+use tandem_objects::{Kind, Object, Quantity};
 use tandem_pki::{
     client_config, server_config, Authority, ClientCertificates, Credential, Identity,
 };
@@ -202,4 +202,203 @@ async fn silent_clients_are_dropped_in_time_and_beyond_the_limit_at_once() {
     .await
     .unwrap();
     assert_eq!(status, StatusCode::OK);
+}
+
+/// A node's agent may write what its node owns and nothing else; each refusal is a 403 that
+/// names the node and the object, and changes nothing. Administrators may do anything.
+#[tokio::test]
+async fn a_node_writes_only_what_its_node_owns() {
+    let server = server(Limits::default()).await;
+    let ca = server.ca.certificate();
+    let tandem = |identity: Identity| {
+        let credential = server.ca.issue(&identity, &[], &[], DAY).unwrap();
+        let credentials = Credentials::new(ca, &credential).unwrap();
+        tandem_client::Client::with_credentials(&server.base, Some(&credentials)).unwrap()
+    };
+    let admin = tandem(Identity::Admin("admin".into()));
+    let node1 = tandem(Identity::Node("node1".into()));
+    let node2 = tandem(Identity::Node("node2".into()));
+    let object = |yaml: &str| tandem_objects::parse_yaml(yaml).unwrap();
+    let forbidden = |result: Result<Object, tandem_client::ClientError>, words: &[&str]| {
+        let error = result.expect_err("a write beyond the node's own");
+        let text = error.to_string();
+        assert!(text.contains("forbidden"), "{text}");
+        for word in words {
+            assert!(text.contains(word), "{word:?} not in {text}");
+        }
+    };
+
+    // Pools on node1 and node2, a replica on each, a volume whose target runs on node1.
+    for (pool, node) in [("pool-1", "node1"), ("pool-2", "node2")] {
+        admin
+            .create(&object(&format!(
+                "apiVersion: cstor.openebs.io/v1\nkind: CStorPoolInstance\nmetadata:\n  name: \
+                 {pool}\n  namespace: openebs\n  labels:\n    kubernetes.io/hostname: {node}\n\
+                 spec:\n  hostName: {node}\n"
+            )))
+            .await
+            .unwrap();
+        admin
+            .create(&object(&format!(
+                "apiVersion: cstor.openebs.io/v1\nkind: CStorVolumeReplica\nmetadata:\n  name: \
+                 pvc-1-{pool}\n  namespace: openebs\n  labels:\n    \
+                 openebs.io/persistent-volume: pvc-1\n  annotations:\n    \
+                 cstorpoolinstance.openebs.io/hostname: {node}\nspec:\n  capacity: 5Gi\n"
+            )))
+            .await
+            .unwrap();
+    }
+    admin
+        .create(&object(
+            "apiVersion: cstor.openebs.io/v1\nkind: CStorVolume\nmetadata:\n  name: pvc-1\n  \
+             namespace: openebs\n  annotations:\n    tandem.io/target-node: node1\nspec:\n  \
+             capacity: 5Gi\n  replicationFactor: 2\n  consistencyFactor: 2\n",
+        ))
+        .await
+        .unwrap();
+    let get = async |kind: Kind, name: &str| admin.get(kind, "openebs", name).await.unwrap();
+
+    // Its own: the status of its pool and replica, the replica's id, the volume's membership,
+    // its heartbeat, its events.
+    let Object::CStorPoolInstance(mut pool) = get(Kind::CStorPoolInstance, "pool-1").await else {
+        panic!("a pool")
+    };
+    pool.status.read_only = true;
+    node1
+        .update_status(&Object::CStorPoolInstance(pool))
+        .await
+        .unwrap();
+    let Object::CStorVolumeReplica(mut replica) =
+        get(Kind::CStorVolumeReplica, "pvc-1-pool-1").await
+    else {
+        panic!("a replica")
+    };
+    replica.spec.replica_id = "42".into();
+    let replica = node1
+        .update(&Object::CStorVolumeReplica(replica))
+        .await
+        .unwrap();
+    let Object::CStorVolume(mut volume) = get(Kind::CStorVolume, "pvc-1").await else {
+        panic!("a volume")
+    };
+    volume.spec.replication_factor = 3;
+    volume
+        .spec
+        .replica_details
+        .known_replicas
+        .insert("42".into(), "1".into());
+    let volume = node1.update(&Object::CStorVolume(volume)).await.unwrap();
+    let beat = |node: &str| tandem_client::NodeHeartbeat {
+        node: node.into(),
+        ..Default::default()
+    };
+    node1.heartbeat(&beat("node1")).await.unwrap();
+    let event = |host: &str| {
+        object(&format!(
+            "apiVersion: v1\nkind: Event\nmetadata:\n  name: pvc-1.{host}\n  namespace: \
+             openebs\ninvolvedObject:\n  kind: CStorVolume\n  name: pvc-1\nreason: Test\n\
+             source:\n  component: agent\n  host: {host}\n"
+        ))
+    };
+    node1.create(&event("node1")).await.unwrap();
+
+    // As the volume's target: the volume's status and every replica's, wherever it is.
+    let volume_now = get(Kind::CStorVolume, "pvc-1").await;
+    node1.update_status(&volume_now).await.unwrap();
+    let replica_elsewhere = get(Kind::CStorVolumeReplica, "pvc-1-pool-2").await;
+    node1.update_status(&replica_elsewhere).await.unwrap();
+    forbidden(
+        node2
+            .update_status(&get(Kind::CStorVolume, "pvc-1").await)
+            .await,
+        &["node node2", "its target is to run on node node1"],
+    );
+
+    // Not its own, or not its to write.
+    let Object::CStorPoolInstance(mut other_pool) = get(Kind::CStorPoolInstance, "pool-2").await
+    else {
+        panic!("a pool")
+    };
+    other_pool.status.read_only = true;
+    forbidden(
+        node1
+            .update_status(&Object::CStorPoolInstance(other_pool))
+            .await,
+        &[
+            "cstorpoolinstances.cstor.openebs.io \"pool-2\"",
+            "node node1",
+            "it is on node node2",
+        ],
+    );
+    let Object::CStorVolumeReplica(mut other_replica) =
+        get(Kind::CStorVolumeReplica, "pvc-1-pool-2").await
+    else {
+        panic!("a replica")
+    };
+    other_replica.spec.replica_id = "43".into();
+    forbidden(
+        node1
+            .update(&Object::CStorVolumeReplica(other_replica))
+            .await,
+        &["pvc-1-pool-2", "its pool is on node node2"],
+    );
+    let Object::CStorVolumeReplica(mut own) = replica else {
+        panic!("a replica")
+    };
+    own.spec.capacity = Quantity::parse("500Gi").unwrap();
+    forbidden(
+        node1.update(&Object::CStorVolumeReplica(own)).await,
+        &["spec.replicaid"],
+    );
+    let Object::CStorVolume(mut volume) = volume else {
+        panic!("a volume")
+    };
+    volume.spec.capacity = Quantity::parse("500Gi").unwrap();
+    forbidden(
+        node1.update(&Object::CStorVolume(volume)).await,
+        &["cstorvolumes.cstor.openebs.io \"pvc-1\"", "membership"],
+    );
+    forbidden(
+        node1
+            .create(&object(
+                "apiVersion: cstor.openebs.io/v1\nkind: CStorVolumeConfig\nmetadata:\n  name: \
+                 pvc-2\n  namespace: openebs\nspec:\n  capacity:\n    storage: 1Gi\n",
+            ))
+            .await,
+        &["create"],
+    );
+    forbidden(node1.create(&event("node2")).await, &["node2"]);
+    forbidden(
+        node1
+            .delete(Kind::CStorVolumeReplica, "openebs", "pvc-1-pool-1")
+            .await,
+        &["delete"],
+    );
+    let refused = node1.heartbeat(&beat("node2")).await.unwrap_err();
+    assert!(refused.to_string().contains("node2"), "{refused}");
+
+    // Nothing of it landed.
+    let Object::CStorVolumeReplica(replica) = get(Kind::CStorVolumeReplica, "pvc-1-pool-1").await
+    else {
+        panic!("a replica")
+    };
+    assert_eq!(replica.spec.capacity.to_string(), "5Gi");
+    assert!(replica.metadata.deletion_timestamp.is_empty());
+    let Object::CStorVolume(volume) = get(Kind::CStorVolume, "pvc-1").await else {
+        panic!("a volume")
+    };
+    assert_eq!(volume.spec.capacity.to_string(), "5Gi");
+    assert_eq!(volume.spec.replication_factor, 3);
+    let nodes: Vec<String> = admin
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|status| status.node)
+        .collect();
+    assert_eq!(nodes, ["node1"]);
+    assert!(admin
+        .get(Kind::CStorVolumeConfig, "openebs", "pvc-2")
+        .await
+        .is_err());
 }
