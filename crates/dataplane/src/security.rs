@@ -74,7 +74,9 @@ impl From<PeerError> for io::Error {
 }
 
 /// Who the first certificate of a verified chain names.
-pub(crate) fn peer_identity(certificates: Option<&[CertificateDer<'_>]>) -> Result<Identity, PeerError> {
+pub(crate) fn peer_identity(
+    certificates: Option<&[CertificateDer<'_>]>,
+) -> Result<Identity, PeerError> {
     match certificates {
         Some([first, ..]) => Ok(tandem_pki::identity_of(first)?),
         _ => Err(PeerError::NoCertificate),
@@ -84,7 +86,9 @@ pub(crate) fn peer_identity(certificates: Option<&[CertificateDer<'_>]>) -> Resu
 /// Both ends accept only nodes of the cluster: a replica host any node (targets run in node
 /// agents); a target the node whose name the server name check matched (the certificate's DNS
 /// subject-alt-name), so an admin's or the control plane's certificate cannot serve replicas.
-pub(crate) fn accept_node(certificates: Option<&[CertificateDer<'_>]>) -> Result<Identity, PeerError> {
+pub(crate) fn accept_node(
+    certificates: Option<&[CertificateDer<'_>]>,
+) -> Result<Identity, PeerError> {
     match peer_identity(certificates)? {
         node @ Identity::Node(_) => Ok(node),
         found => Err(PeerError::NotANode { found }),

@@ -13,7 +13,10 @@ use tandem_core::{
 };
 use tandem_dataplane::replica::storage::{create_replica, geometry_for, NewReplica};
 use tandem_dataplane::replica::{HostOptions, ReplicaHost};
-use tandem_dataplane::target::{self, MembershipStore, TargetConfig, TargetHandle};
+use tandem_dataplane::security::LinkSecurity;
+use tandem_dataplane::target::{
+    self, MembershipStore, ReplicaEndpoint, TargetConfig, TargetHandle,
+};
 use tandem_nbd::{Server, ServerConfig};
 
 pub const VOLUME: &str = "pvc-1";
@@ -135,10 +138,13 @@ pub async fn serve_volume_with(
     store: Arc<Recorded>,
     options: TargetOptions,
 ) -> (TargetHandle, String) {
-    let addresses: BTreeMap<ReplicaId, _> = nodes
+    let endpoints: BTreeMap<ReplicaId, _> = nodes
         .iter()
         .enumerate()
-        .map(|(index, node)| (ReplicaId(index as u64 + 1), node.host.local_addr()))
+        .map(|(index, node)| {
+            let endpoint = ReplicaEndpoint::new(node.host.local_addr(), format!("node{index}"));
+            (ReplicaId(index as u64 + 1), endpoint)
+        })
         .collect();
     let handle: TargetHandle = target::start(
         TargetConfig {
@@ -146,7 +152,8 @@ pub async fn serve_volume_with(
             generation: Generation(1),
             geometry: geometry_for(SIZE, None).unwrap(),
             membership: Membership::initial(initial),
-            addresses,
+            endpoints,
+            security: LinkSecurity::Plain,
             options,
         },
         store,
