@@ -1,13 +1,12 @@
 //! How replica links are protected: mutual TLS with the cluster's CA ([`LinkSecurity::Tls`]),
 //! or plain TCP ([`LinkSecurity::Plain`], for tests and the explicit insecure loopback mode).
 //!
-//! Under TLS both ends present a certificate of the cluster CA. The replica host lets in only
-//! node identities (targets run in node agents); a target checks that the replica host's
-//! certificate names the node the replica is expected on (its DNS subject-alt-name, by the
-//! usual server name check, and its identity).
+//! Under TLS both ends present a certificate of the cluster CA, and both let in only node
+//! identities: the replica host any node (targets run in node agents); a target only the node
+//! the replica is expected on, whose name the host's certificate must carry as a DNS
+//! subject-alt-name (rustls' server name check).
 
 use std::fmt;
-use std::io;
 use std::sync::Arc;
 
 use tandem_pki::rustls::pki_types::CertificateDer;
@@ -42,6 +41,7 @@ impl LinkSecurity {
         })
     }
 
+    /// True for mutual TLS.
     pub fn is_tls(&self) -> bool {
         matches!(self, LinkSecurity::Tls { .. })
     }
@@ -67,25 +67,17 @@ pub enum PeerError {
     NotANode { found: Identity },
 }
 
-impl From<PeerError> for io::Error {
-    fn from(error: PeerError) -> io::Error {
-        io::Error::new(io::ErrorKind::PermissionDenied, error)
-    }
-}
-
 /// Who the first certificate of a verified chain names.
-pub(crate) fn peer_identity(
-    certificates: Option<&[CertificateDer<'_>]>,
-) -> Result<Identity, PeerError> {
+fn peer_identity(certificates: Option<&[CertificateDer<'_>]>) -> Result<Identity, PeerError> {
     match certificates {
         Some([first, ..]) => Ok(tandem_pki::identity_of(first)?),
         _ => Err(PeerError::NoCertificate),
     }
 }
 
-/// Both ends accept only nodes of the cluster: a replica host any node (targets run in node
-/// agents); a target the node whose name the server name check matched (the certificate's DNS
-/// subject-alt-name), so an admin's or the control plane's certificate cannot serve replicas.
+/// Both ends accept only nodes of the cluster: a replica host any node; a target the node whose
+/// name the server name check matched, so that an admin's or the control plane's certificate
+/// can neither open sessions nor serve replicas.
 pub(crate) fn accept_node(
     certificates: Option<&[CertificateDer<'_>]>,
 ) -> Result<Identity, PeerError> {

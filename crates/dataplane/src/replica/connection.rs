@@ -1,7 +1,7 @@
 //! One connection from a target to the replica host, plain TCP or mutual TLS (the handshake and
-//! the peer's identity are checked here, in the connection's own task). A reader task decodes frames: the
-//! first must be a `Hello` naming a replica the host serves, and from then on every frame goes
-//! to that replica's task. A writer task, started once the connection is bound to a replica,
+//! the peer's identity are checked here, in the connection's own task). A reader task decodes
+//! frames: the first must be a `Hello` naming a replica the host serves, and from then on every
+//! frame goes to that replica's task. A writer task, started once the connection is bound to a replica,
 //! encodes what the replica sends back, in order, batching what is queued into one write.
 //!
 //! Either side may end the connection: the reader on end of stream, an I/O error or a

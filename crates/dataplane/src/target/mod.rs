@@ -104,7 +104,7 @@ pub struct ReplicaEndpoint {
     pub address: SocketAddr,
     /// The name of the node whose replica host serves the replica (its pool's node). Under
     /// TLS the host's certificate must name it (as a DNS subject-alt-name): a host presenting
-    /// another node's certificate is refused. Plain links only log it.
+    /// another node's certificate is refused. Plain links ignore it.
     pub node: String,
 }
 
