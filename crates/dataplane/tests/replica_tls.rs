@@ -383,3 +383,42 @@ async fn silent_peers_hold_up_no_handshake_and_are_closed_in_time() {
         assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_beyond_the_limit_are_closed_at_once() {
+    let authority = Authority::create("test cluster").unwrap();
+    let ca = authority.certificate();
+    let security = mutual_tls(&authority, &node_credential(&authority, &name(0)));
+    let node = node_with(HostOptions {
+        security,
+        handshakes_max: 1,
+        handshake_timeout: Duration::from_secs(60),
+        ..HostOptions::default()
+    })
+    .await;
+    replica_on(&node, 1, true).await;
+    let address = node.host.local_addr();
+    let member = node_credential(&authority, "node9");
+
+    // A silent peer takes the only handshake slot (connections are accepted in order).
+    let silent = TcpStream::connect(address).await.unwrap();
+    if let Ok(stream) = tls_client(address, ca, Some(&member), &name(0)).await {
+        assert_eq!(try_session(stream, false).await, None);
+    }
+    // Once it leaves, a node is let in again.
+    drop(silent);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Ok(stream) = tls_client(address, ca, Some(&member), &name(0)).await {
+            if let Some(answer) = try_session(stream, false).await {
+                assert!(matches!(answer.message, Message::HelloAck(_)), "{answer:?}");
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for the handshake slot to be freed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
