@@ -141,7 +141,10 @@ const TANDEM_DEPENDENCIES_ALLOWED: &[(&str, &[&str])] = &[
     ("sim", &["tandem-core"]),
     ("client", &["tandem-objects", "tandem-pki"]),
     ("nbd", &["tandem-block"]),
-    ("dataplane", &["tandem-core", "tandem-wire", "tandem-block"]),
+    (
+        "dataplane",
+        &["tandem-core", "tandem-wire", "tandem-block", "tandem-pki"],
+    ),
     (
         "control-plane",
         &[

@@ -33,7 +33,10 @@ use std::time::{Duration, Instant};
 
 use tandem_client::{Client, ClientError};
 use tandem_core::{Fenced, Generation, Membership, ReplicaId, TargetOptions};
-use tandem_dataplane::target::{self, MembershipStore, TargetConfig, TargetHandle, TargetStatus};
+use tandem_dataplane::security::LinkSecurity;
+use tandem_dataplane::target::{
+    self, MembershipStore, ReplicaEndpoint, TargetConfig, TargetHandle, TargetStatus,
+};
 use tandem_nbd::{Server, ServerError};
 use tandem_objects::{CStorVolume, Kind, Object};
 use tokio::sync::watch;
@@ -241,7 +244,13 @@ impl Targets {
                 generation,
                 geometry: plan.geometry,
                 membership: plan.membership,
-                addresses: plan.addresses,
+                // Plain links until the node's credentials and each replica's node are wired.
+                endpoints: plan
+                    .addresses
+                    .into_iter()
+                    .map(|(replica, address)| (replica, ReplicaEndpoint::new(address, "")))
+                    .collect(),
+                security: LinkSecurity::Plain,
                 options: TargetOptions::default(),
             },
             store,
@@ -295,11 +304,13 @@ impl Targets {
         }
         let KeepPlan { addresses, command } = plan::plan_keep(&status, name, view, in_flight);
         for (replica, address) in addresses {
-            running.handle.set_address(replica, address).await;
+            let endpoint = address.map(|address| ReplicaEndpoint::new(address, ""));
+            running.handle.set_endpoint(replica, endpoint).await;
         }
         if let Some((command, address)) = command {
             if let tandem_core::Command::AddReplica(replica) = command {
-                running.handle.set_address(replica, address).await;
+                let endpoint = address.map(|address| ReplicaEndpoint::new(address, ""));
+                running.handle.set_endpoint(replica, endpoint).await;
             }
             let (handle, volume_name) = (running.handle.clone(), name.to_string());
             running.command = Some(tokio::spawn(async move {

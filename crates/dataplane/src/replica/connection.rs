@@ -1,6 +1,7 @@
-//! One TCP connection from a target to the replica host. A reader task decodes frames: the
-//! first must be a `Hello` naming a replica the host serves, and from then on every frame goes
-//! to that replica's task. A writer task, started once the connection is bound to a replica,
+//! One connection from a target to the replica host, plain TCP or mutual TLS (the handshake and
+//! the peer's identity are checked here, in the connection's own task). A reader task decodes
+//! frames: the first must be a `Hello` naming a replica the host serves, and from then on every
+//! frame goes to that replica's task. A writer task, started once the connection is bound to a replica,
 //! encodes what the replica sends back, in order, batching what is queued into one write.
 //!
 //! Either side may end the connection: the reader on end of stream, an I/O error or a
@@ -17,13 +18,14 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tandem_core::{Envelope, Message};
 use tandem_wire::DecodeError;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 use tokio::task::AbortHandle;
+use tokio_rustls::TlsAcceptor;
 
 use super::host::{Input, Shared};
+use crate::security;
 
 /// Identifies one accepted connection within a host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -120,19 +122,80 @@ pub(crate) fn frame_size_estimate(message: &Message) -> usize {
     tandem_wire::HEADER_LEN + tandem_wire::TRAILER_LEN + 128 + payload
 }
 
-/// Serves one accepted connection until it ends.
-pub(crate) async fn serve(
+/// Serves one accepted plain TCP connection until it ends.
+pub(crate) async fn serve_plain(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
     id: ConnId,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
     if let Err(error) = stream.set_nodelay(true) {
         tracing::warn!(%peer, %error, "cannot set TCP_NODELAY; closing the connection");
         return;
     }
-    let (mut reader, writer) = stream.into_split();
+    let (reader, writer) = stream.into_split();
+    serve(shared, reader, writer, peer, id, permit).await;
+}
+
+/// Completes the TLS handshake of an accepted connection (within the host's handshake timeout,
+/// holding `permits.1` meanwhile), lets in only a node of the cluster, then serves it until it
+/// ends.
+pub(crate) async fn serve_tls(
+    shared: Arc<Shared>,
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: ConnId,
+    permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+) {
+    let (permit, handshake) = permits;
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::warn!(%peer, %error, "cannot set TCP_NODELAY; closing the connection");
+        return;
+    }
+    let timeout = shared.options.handshake_timeout;
+    let mut shutdown = shared.shutdown.clone();
+    let accepted = tokio::select! {
+        accepted = tokio::time::timeout(timeout, acceptor.accept(stream)) => accepted,
+        _ = shutdown.wait_for(|stopped| *stopped) => return,
+    };
+    drop(handshake);
+    let stream = match accepted {
+        Ok(Ok(stream)) => stream,
+        // Anyone may connect and fail: a foreign or expired certificate, or no TLS at all.
+        Ok(Err(error)) => {
+            tracing::info!(%peer, %error, "TLS handshake failed; closing the connection");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, ?timeout, "TLS handshake not finished in time; closing the connection");
+            return;
+        }
+    };
+    match security::accept_node(stream.get_ref().1.peer_certificates()) {
+        Ok(identity) => tracing::debug!(%peer, conn = id.0, %identity, "TLS peer accepted"),
+        Err(error) => {
+            tracing::warn!(%peer, %error, "refused a replica connection");
+            return;
+        }
+    }
+    let (reader, writer) = tokio::io::split(stream);
+    serve(shared, reader, writer, peer, id, permit).await;
+}
+
+/// Serves one connection (its two halves) until it ends.
+async fn serve<R, W>(
+    shared: Arc<Shared>,
+    mut reader: R,
+    writer: W,
+    peer: SocketAddr,
+    id: ConnId,
+    _permit: OwnedSemaphorePermit,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let mut buffer = BytesMut::with_capacity(READ_CHUNK);
     let mut shutdown = shared.shutdown.clone();
     let hello_timeout = shared.options.hello_timeout;
@@ -277,7 +340,7 @@ enum ReadError {
 
 /// Reads until one whole frame is decoded; `None` at the end of the stream.
 async fn read_frame(
-    reader: &mut OwnedReadHalf,
+    reader: &mut (impl AsyncRead + Unpin),
     buffer: &mut BytesMut,
 ) -> Result<Option<Envelope>, ReadError> {
     loop {
@@ -294,7 +357,7 @@ async fn read_frame(
 /// Writes queued frames in order until the handle is dropped (then what is queued is still
 /// written) or a write fails or takes longer than `timeout`.
 async fn write_frames(
-    mut writer: OwnedWriteHalf,
+    mut writer: impl AsyncWrite + Unpin,
     mut frames: mpsc::Receiver<(Envelope, usize)>,
     queued_bytes: Arc<AtomicUsize>,
     timeout: Duration,
@@ -318,7 +381,12 @@ async fn write_frames(
                 }
             }
         }
-        match tokio::time::timeout(timeout, writer.write_all(&buffer)).await {
+        // TLS keeps what the socket did not take yet: flushed, the batch is on its way.
+        let written = async {
+            writer.write_all(&buffer).await?;
+            writer.flush().await
+        };
+        match tokio::time::timeout(timeout, written).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 tracing::debug!(%peer, replica, %error, "write failed; closing the connection");

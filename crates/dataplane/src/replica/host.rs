@@ -14,6 +14,11 @@
 //! another replica, another geometry) or ignores (a stale session) is answered as the core
 //! decides and its connection is then closed. A malformed frame closes its connection only.
 //!
+//! Security ([`HostOptions::security`]): under mutual TLS every connection's handshake runs in
+//! its own task, within `handshake_timeout`, at most `handshakes_max` at once; only a peer whose
+//! certificate (of the cluster CA) names a node is let in, and then speaks frames as above.
+//! Plain TCP lets in anyone who reaches the port.
+//!
 //! Bounds: each replica's input is bounded in frames and bytes (a connection's reader waits,
 //! so TCP pushes back on the target); each connection's outgoing queue is bounded in frames and
 //! bytes and a connection that falls behind is closed (the target's timeouts then eject and
@@ -38,9 +43,11 @@ use tandem_core::{
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
 
 use super::connection::{self, ConnHandle, ConnId};
 use super::disk::{Allocation, DiskCompletion, DiskOpenError, ReplicaDisk};
+use crate::security::LinkSecurity;
 
 /// How a host runs. [`HostOptions::default`] is what the agent uses.
 /// Reads and writes up to this long are done on the replica's own task rather than the
@@ -55,8 +62,11 @@ fn inline(op: &DiskOp) -> bool {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct HostOptions {
+    /// Plain TCP (the default: anyone reaching the port may open sessions) or mutual TLS with
+    /// the cluster CA, letting in only node identities.
+    pub security: LinkSecurity,
     pub replica: ReplicaOptions,
     /// Frames, and bytes of frames, waiting for one replica's task (beyond them, its
     /// connections stop reading). A frame larger than the byte limit waits for an empty queue.
@@ -72,7 +82,11 @@ pub struct HostOptions {
     pub outgoing_bytes_max: usize,
     /// Connections open at once; more wait in the listen backlog.
     pub connections_max: usize,
-    /// How long a new connection may take to send its Hello.
+    /// How long a TLS handshake may take, and how many may be unfinished at once (a connection
+    /// beyond them is closed at once). Handshakes run off the accept loop.
+    pub handshake_timeout: Duration,
+    pub handshakes_max: usize,
+    /// How long a new connection may take (after its TLS handshake) to send its Hello.
     pub hello_timeout: Duration,
     /// How long one write to a target may take.
     pub write_timeout: Duration,
@@ -81,6 +95,7 @@ pub struct HostOptions {
 impl Default for HostOptions {
     fn default() -> Self {
         HostOptions {
+            security: LinkSecurity::Plain,
             replica: ReplicaOptions::default(),
             replica_queue: 1024,
             replica_queue_bytes: 256 << 20,
@@ -89,6 +104,8 @@ impl Default for HostOptions {
             outgoing_frames_max: 4096,
             outgoing_bytes_max: 256 << 20,
             connections_max: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            handshakes_max: 256,
             hello_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
         }
@@ -332,7 +349,7 @@ impl ReplicaHost {
         let runner = Runner {
             replica,
             disk: disk.clone(),
-            options: self.shared.options,
+            options: self.shared.options.clone(),
             conns: HashMap::new(),
             sessions: HashMap::new(),
             disk_ops: JoinSet::new(),
@@ -486,6 +503,11 @@ fn publish(replica: &Replica, target: Option<Generation>) -> Published {
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let limit = Arc::new(Semaphore::new(shared.options.connections_max));
+    let handshakes = Arc::new(Semaphore::new(shared.options.handshakes_max));
+    let acceptor = match &shared.options.security {
+        LinkSecurity::Plain => None,
+        LinkSecurity::Tls { server, .. } => Some(TlsAcceptor::from(Arc::clone(server))),
+    };
     let next_id = AtomicU64::new(1);
     loop {
         let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
@@ -495,12 +517,27 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             Ok((stream, peer)) => {
                 let id = ConnId(next_id.fetch_add(1, Ordering::Relaxed));
                 tracing::debug!(%peer, conn = id.0, "accepted a connection");
-                tokio::spawn(connection::serve(
-                    Arc::clone(&shared),
+                let shared = Arc::clone(&shared);
+                let Some(acceptor) = &acceptor else {
+                    tokio::spawn(connection::serve_plain(shared, stream, peer, id, permit));
+                    continue;
+                };
+                // A silent peer holds only its own task, and only so many of those at once.
+                let Ok(handshake) = Arc::clone(&handshakes).try_acquire_owned() else {
+                    tracing::warn!(
+                        %peer,
+                        limit = shared.options.handshakes_max,
+                        "too many TLS handshakes in progress; closing the connection"
+                    );
+                    continue;
+                };
+                tokio::spawn(connection::serve_tls(
+                    shared,
+                    acceptor.clone(),
                     stream,
                     peer,
                     id,
-                    permit,
+                    (permit, handshake),
                 ));
             }
             Err(error) => {

@@ -1,5 +1,5 @@
 //! The volume target: a [`tandem_core::Target`] in one tokio task, connected to its replicas
-//! over TCP, serving client requests (the NBD frontend calls [`TargetHandle`]) and publishing
+//! over TCP or mutual TLS ([`TargetConfig::security`]), serving client requests (the NBD frontend calls [`TargetHandle`]) and publishing
 //! its status.
 //!
 //! The task owns the state machine and is the only one to touch it. Everything else talks to it
@@ -29,6 +29,8 @@ use tandem_core::{
     TargetOutput, VolumeStatus,
 };
 use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::security::LinkSecurity;
 
 use clock::TickClock;
 use connection::Connection;
@@ -96,14 +98,36 @@ pub enum CommandError {
     Stopped,
 }
 
+/// Where a replica is served: its host's address, and the node expected to host it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaEndpoint {
+    pub address: SocketAddr,
+    /// The name of the node whose replica host serves the replica (its pool's node). Under
+    /// TLS the host's certificate must name it (as a DNS subject-alt-name): a host presenting
+    /// another node's certificate is refused. Plain links ignore it.
+    pub node: String,
+}
+
+impl ReplicaEndpoint {
+    pub fn new(address: SocketAddr, node: impl Into<String>) -> ReplicaEndpoint {
+        ReplicaEndpoint {
+            address,
+            node: node.into(),
+        }
+    }
+}
+
 /// How to start a target.
 pub struct TargetConfig {
     pub volume: String,
     pub generation: Generation,
     pub geometry: Geometry,
     pub membership: Membership,
-    /// Where each replica's host listens; updated later with [`TargetHandle::set_address`].
-    pub addresses: BTreeMap<ReplicaId, SocketAddr>,
+    /// Where each replica is served; updated later with [`TargetHandle::set_endpoint`].
+    pub endpoints: BTreeMap<ReplicaId, ReplicaEndpoint>,
+    /// How the links to the replica hosts are protected: the node's mutual TLS credentials
+    /// ([`LinkSecurity::mutual_tls`]), or plain TCP.
+    pub security: LinkSecurity,
     pub options: TargetOptions,
 }
 
@@ -113,7 +137,7 @@ enum Request {
         oneshot::Sender<Result<ClientReplyBody, ClientError>>,
     ),
     Command(Command, oneshot::Sender<Result<(), MembershipError>>),
-    Address(ReplicaId, Option<SocketAddr>),
+    Endpoint(ReplicaId, Option<ReplicaEndpoint>),
     ReplicaIo(oneshot::Sender<BTreeMap<ReplicaId, ReplicaIo>>),
     Stop,
 }
@@ -195,10 +219,14 @@ impl TargetHandle {
         Ok(answer.await.map_err(|_| CommandError::Stopped)??)
     }
 
-    /// Where a replica's host listens now (`None`: unknown, do not connect).
-    pub async fn set_address(&self, replica: ReplicaId, address: Option<SocketAddr>) {
-        // A stopped target needs no addresses.
-        let _ = self.requests.send(Request::Address(replica, address)).await;
+    /// Where a replica is served now (`None`: unknown, do not connect). A change takes effect
+    /// with the replica's next session.
+    pub async fn set_endpoint(&self, replica: ReplicaId, endpoint: Option<ReplicaEndpoint>) {
+        // A stopped target needs no endpoints.
+        let _ = self
+            .requests
+            .send(Request::Endpoint(replica, endpoint))
+            .await;
     }
 
     pub fn status(&self) -> TargetStatus {
@@ -256,7 +284,8 @@ pub fn start(config: TargetConfig, store: Arc<dyn MembershipStore>) -> TargetHan
     let task = TargetTask {
         volume: config.volume,
         target,
-        addresses: config.addresses,
+        endpoints: config.endpoints,
+        security: config.security,
         connections: BTreeMap::new(),
         clients: BTreeMap::new(),
         next_client: 0,
@@ -284,7 +313,8 @@ pub fn start(config: TargetConfig, store: Arc<dyn MembershipStore>) -> TargetHan
 struct TargetTask {
     volume: String,
     target: Target,
-    addresses: BTreeMap<ReplicaId, SocketAddr>,
+    endpoints: BTreeMap<ReplicaId, ReplicaEndpoint>,
+    security: LinkSecurity,
     /// The open connection of each replica, with the session it carries.
     connections: BTreeMap<ReplicaId, (SessionId, Connection)>,
     clients: BTreeMap<ClientRequestId, oneshot::Sender<Result<ClientReplyBody, ClientError>>>,
@@ -351,7 +381,7 @@ impl TargetTask {
                         self.commands.entry(command_key(command)).or_default().push(reply);
                         self.handle(TargetInput::Command(command));
                     }
-                    Some(Request::Address(replica, address)) => self.set_address(replica, address),
+                    Some(Request::Endpoint(replica, endpoint)) => self.set_endpoint(replica, endpoint),
                     Some(Request::ReplicaIo(reply)) => {
                         let io = self
                             .target
@@ -372,13 +402,13 @@ impl TargetTask {
         // Dropping the reply slots tells every waiting client the target stopped.
     }
 
-    fn set_address(&mut self, replica: ReplicaId, address: Option<SocketAddr>) {
-        let changed = match address {
-            Some(address) => self.addresses.insert(replica, address) != Some(address),
-            None => self.addresses.remove(&replica).is_some(),
+    fn set_endpoint(&mut self, replica: ReplicaId, endpoint: Option<ReplicaEndpoint>) {
+        let changed = match endpoint {
+            Some(endpoint) => self.endpoints.insert(replica, endpoint.clone()) != Some(endpoint),
+            None => self.endpoints.remove(&replica).is_some(),
         };
         if changed {
-            // The next Hello connects to the new address; the old connection is stale.
+            // The next Hello connects to the new endpoint; the old connection is stale.
             self.connections.remove(&replica);
         }
     }
@@ -481,12 +511,18 @@ impl TargetTask {
         if matches!(envelope.message, Message::Hello { .. }) {
             // Every Hello starts a new session on a new connection; the old one is done.
             self.connections.remove(&to);
-            let Some(&address) = self.addresses.get(&to) else {
-                tracing::debug!(volume = %self.volume, replica = to.0, "no address for replica yet");
+            let Some(endpoint) = self.endpoints.get(&to) else {
+                tracing::debug!(volume = %self.volume, replica = to.0, "no endpoint for replica yet");
                 return;
             };
             let session = envelope.session;
-            let connection = Connection::open(address, to, session, self.inbound_tx.clone());
+            let connection = Connection::open(
+                endpoint.clone(),
+                self.security.clone(),
+                to,
+                session,
+                self.inbound_tx.clone(),
+            );
             connection.send(envelope);
             self.connections.insert(to, (session, connection));
             return;

@@ -13,7 +13,10 @@ use tandem_core::{
 };
 use tandem_dataplane::replica::storage::{create_replica, geometry_for, NewReplica};
 use tandem_dataplane::replica::{HostOptions, ReplicaHost};
-use tandem_dataplane::target::{self, MembershipStore, TargetConfig, TargetHandle};
+use tandem_dataplane::security::LinkSecurity;
+use tandem_dataplane::target::{
+    self, MembershipStore, ReplicaEndpoint, TargetConfig, TargetHandle,
+};
 use tandem_nbd::{Server, ServerConfig};
 
 pub const VOLUME: &str = "pvc-1";
@@ -43,10 +46,15 @@ pub struct Node {
 }
 
 pub async fn node() -> Node {
+    node_with(HostOptions::default()).await
+}
+
+/// A node whose replica host runs with `options` (its link security, say).
+pub async fn node_with(options: HostOptions) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let replicas_dir = dir.path().join("replicas");
     std::fs::create_dir_all(&replicas_dir).unwrap();
-    let host = ReplicaHost::bind("127.0.0.1:0".parse().unwrap(), HostOptions::default())
+    let host = ReplicaHost::bind("127.0.0.1:0".parse().unwrap(), options)
         .await
         .unwrap();
     Node {
@@ -118,6 +126,34 @@ pub fn file_bytes(path: &Path, offset: u64, len: usize) -> Vec<u8> {
     buffer
 }
 
+/// Starts generation 1's target over `initial`, replica i+1 served at `endpoints[i]`, with
+/// `security` on its replica links.
+pub fn start_target(
+    endpoints: Vec<ReplicaEndpoint>,
+    initial: &[(ReplicaId, Incarnation)],
+    store: Arc<Recorded>,
+    security: LinkSecurity,
+    options: TargetOptions,
+) -> TargetHandle {
+    let endpoints: BTreeMap<ReplicaId, _> = endpoints
+        .into_iter()
+        .enumerate()
+        .map(|(index, endpoint)| (ReplicaId(index as u64 + 1), endpoint))
+        .collect();
+    target::start(
+        TargetConfig {
+            volume: VOLUME.to_string(),
+            generation: Generation(1),
+            geometry: geometry_for(SIZE, None).unwrap(),
+            membership: Membership::initial(initial),
+            endpoints,
+            security,
+            options,
+        },
+        store,
+    )
+}
+
 /// Starts generation 1's target over `initial` (replica i+1 on `nodes[i]`), waits for it to be
 /// Healthy, and serves it over NBD; returns the handle and the export's URI.
 pub async fn serve_volume(
@@ -135,22 +171,12 @@ pub async fn serve_volume_with(
     store: Arc<Recorded>,
     options: TargetOptions,
 ) -> (TargetHandle, String) {
-    let addresses: BTreeMap<ReplicaId, _> = nodes
+    let endpoints = nodes
         .iter()
         .enumerate()
-        .map(|(index, node)| (ReplicaId(index as u64 + 1), node.host.local_addr()))
+        .map(|(index, node)| ReplicaEndpoint::new(node.host.local_addr(), format!("node{index}")))
         .collect();
-    let handle: TargetHandle = target::start(
-        TargetConfig {
-            volume: VOLUME.to_string(),
-            generation: Generation(1),
-            geometry: geometry_for(SIZE, None).unwrap(),
-            membership: Membership::initial(initial),
-            addresses,
-            options,
-        },
-        store,
-    );
+    let handle = start_target(endpoints, initial, store, LinkSecurity::Plain, options);
     eventually("the volume to be Healthy", || {
         handle.status().status == VolumeStatus::Healthy
     })
