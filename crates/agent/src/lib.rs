@@ -74,6 +74,7 @@ use anyhow::{bail, Context};
 use tandem_client::{Client, Recorder};
 use tandem_core::ReplicaId;
 use tandem_dataplane::replica::{HostOptions, ReplicaHost};
+pub use tandem_dataplane::security::LinkSecurity;
 
 pub use reconcile::{
     EVENT_COMPONENT, FINALIZER, MESSAGE_READ_ONLY_SET, MESSAGE_READ_ONLY_UNSET,
@@ -93,6 +94,10 @@ pub struct AgentConfig {
     pub server: String,
     /// The node's credential and the cluster's CA, shown to control planes served over HTTPS.
     pub credentials: Option<tandem_client::Credentials>,
+    /// How replica links are secured: mutual TLS with the node's credential (its replica host
+    /// requires a node's certificate; its targets check each host names the replica's node),
+    /// or plain (the default, for loopback-only use).
+    pub links: LinkSecurity,
     /// How often to heartbeat, renewing the node's lease (default 500ms: four heartbeats per
     /// default lease of 2s, so one lost heartbeat never loses the lease).
     pub heartbeat: Duration,
@@ -146,6 +151,7 @@ impl AgentConfig {
             pool_size,
             server: server.into(),
             credentials: None,
+            links: LinkSecurity::Plain,
             heartbeat: AgentConfig::DEFAULT_HEARTBEAT,
             namespace: tandem_objects::DEFAULT_NAMESPACE.to_string(),
             reconcile_interval: AgentConfig::DEFAULT_RECONCILE_INTERVAL,
@@ -265,8 +271,11 @@ impl NodeAgent {
         std::fs::create_dir_all(&config.pool_dir)
             .with_context(|| format!("create the pool directory {}", config.pool_dir.display()))?;
         let data_listener = listen(config.data_address, "replica traffic").await?;
-        let host = ReplicaHost::serve(data_listener, HostOptions::default())
-            .context("start the replica host")?;
+        let options = HostOptions {
+            security: config.links.clone(),
+            ..HostOptions::default()
+        };
+        let host = ReplicaHost::serve(data_listener, options).context("start the replica host")?;
         let hosted = host_existing(&host, &config.pool_dir.join(pool::REPLICAS_DIR)).await;
         let nbd_listener = listen(config.nbd_address, "NBD clients").await?;
         let target_listener = listen(config.target_address(), "other nodes' forwarders").await?;
@@ -383,6 +392,7 @@ impl NodeAgent {
                 routes,
                 Arc::clone(&metrics),
             )
+            .with_security(config.links.clone())
             .run(changes.clone()),
         );
         let recorder = Recorder::new(client.clone(), EVENT_COMPONENT, &config.node);

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use tandem_agent::AgentConfig;
+use tandem_agent::LinkSecurity;
 use tandem_objects::Quantity;
-use tandem_pki::Identity;
+use tandem_pki::{Credential, Identity};
 
 use crate::server::ServerArgs;
 
@@ -68,6 +69,30 @@ pub fn run(args: AgentArgs) -> Result<()> {
         }
     }
     let mut config = AgentConfig::new(args.node, args.pool_dir, pool_size.bytes(), server);
+    match args.server.credential_files() {
+        Some((ca, certificate, key)) => {
+            let ca = std::fs::read_to_string(&ca)
+                .with_context(|| format!("read the CA certificate {}", ca.display()))?;
+            let credential = Credential::load(&certificate, &key)?;
+            config.links = LinkSecurity::mutual_tls(&ca, &credential)
+                .context("the TLS set-up of the replica links")?;
+        }
+        None => {
+            // Without a credential nothing is authenticated: loopback only.
+            for (flag, address) in [
+                ("--data-address", args.data_address),
+                ("--nbd-address", args.nbd_address),
+            ] {
+                if !address.ip().is_loopback() {
+                    bail!(
+                        "{flag} {address}: without a credential (--ca, --certificate, --key) the \
+                         agent serves only on loopback, as anyone reaching it could open its \
+                         replicas"
+                    );
+                }
+            }
+        }
+    }
     config.credentials = credentials;
     config.data_address = args.data_address;
     config.nbd_address = args.nbd_address;

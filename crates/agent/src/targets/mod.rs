@@ -34,9 +34,7 @@ use std::time::{Duration, Instant};
 use tandem_client::{Client, ClientError};
 use tandem_core::{Fenced, Generation, Membership, ReplicaId, TargetOptions};
 use tandem_dataplane::security::LinkSecurity;
-use tandem_dataplane::target::{
-    self, MembershipStore, ReplicaEndpoint, TargetConfig, TargetHandle, TargetStatus,
-};
+use tandem_dataplane::target::{self, MembershipStore, TargetConfig, TargetHandle, TargetStatus};
 use tandem_nbd::{Server, ServerError};
 use tandem_objects::{CStorVolume, Kind, Object};
 use tokio::sync::watch;
@@ -90,9 +88,17 @@ pub struct Targets {
     changes: Option<Changes>,
     /// Where the running targets are reported for scrapes.
     metrics: Arc<AgentMetrics>,
+    /// How targets reach replica hosts (mutual TLS with the node's credential, or plain).
+    security: LinkSecurity,
 }
 
 impl Targets {
+    /// Targets reach replica hosts with `security` (plain by default).
+    pub fn with_security(mut self, security: LinkSecurity) -> Targets {
+        self.security = security;
+        self
+    }
+
     pub fn new(
         client: Client,
         namespace: String,
@@ -113,6 +119,7 @@ impl Targets {
             errors: ErrorLog::default(),
             changes: None,
             metrics,
+            security: LinkSecurity::Plain,
         }
     }
 
@@ -244,13 +251,8 @@ impl Targets {
                 generation,
                 geometry: plan.geometry,
                 membership: plan.membership,
-                // Plain links until the node's credentials and each replica's node are wired.
-                endpoints: plan
-                    .addresses
-                    .into_iter()
-                    .map(|(replica, address)| (replica, ReplicaEndpoint::new(address, "")))
-                    .collect(),
-                security: LinkSecurity::Plain,
+                endpoints: plan.endpoints,
+                security: self.security.clone(),
                 options: TargetOptions::default(),
             },
             store,
@@ -302,14 +304,12 @@ impl Targets {
         if !in_flight {
             running.command = None;
         }
-        let KeepPlan { addresses, command } = plan::plan_keep(&status, name, view, in_flight);
-        for (replica, address) in addresses {
-            let endpoint = address.map(|address| ReplicaEndpoint::new(address, ""));
+        let KeepPlan { endpoints, command } = plan::plan_keep(&status, name, view, in_flight);
+        for (replica, endpoint) in endpoints {
             running.handle.set_endpoint(replica, endpoint).await;
         }
-        if let Some((command, address)) = command {
+        if let Some((command, endpoint)) = command {
             if let tandem_core::Command::AddReplica(replica) = command {
-                let endpoint = address.map(|address| ReplicaEndpoint::new(address, ""));
                 running.handle.set_endpoint(replica, endpoint).await;
             }
             let (handle, volume_name) = (running.handle.clone(), name.to_string());

@@ -10,7 +10,7 @@ use tandem_core::{
     Command, Generation, Geometry, Incarnation, Member, Membership, ReplicaId, ReplicaIo,
     ReplicaMode, VolumeStatus,
 };
-use tandem_dataplane::target::{self, TargetStatus};
+use tandem_dataplane::target::{self, ReplicaEndpoint, TargetStatus};
 use tandem_objects::{
     CStorVolume, CStorVolumeConfig, CStorVolumePhase, CStorVolumeReplica, CStorVolumeReplicaPhase,
     CStorVolumeReplicaStatus, CStorVolumeStatus, RebuildProgress, ReplicaStatus, ResyncRecord,
@@ -45,17 +45,17 @@ impl View {
         self.configs.iter().find(|config| config.name() == volume)
     }
 
-    pub fn address_of(&self, cvr: &CStorVolumeReplica) -> Option<SocketAddr> {
-        self.addresses.get(cstor::node_of(cvr)?).copied()
-    }
-
-    /// Where the replica with id `id` is served, if its CVR and its node's address are known.
-    pub fn address_of_replica(
+    /// Where the replica with id `id` is served and by which node (whose certificate its host
+    /// must show), if its CVR and its node's address are known.
+    pub fn endpoint_of_replica(
         &self,
         replicas: &[&CStorVolumeReplica],
         id: ReplicaId,
-    ) -> Option<SocketAddr> {
-        replica_of(replicas, id).and_then(|cvr| self.address_of(cvr))
+    ) -> Option<ReplicaEndpoint> {
+        let cvr = replica_of(replicas, id)?;
+        let node = cstor::node_of(cvr)?;
+        let address = self.addresses.get(node)?;
+        Some(ReplicaEndpoint::new(*address, node))
     }
 }
 
@@ -128,7 +128,7 @@ pub struct StartPlan {
     pub generation: Generation,
     pub geometry: Geometry,
     pub membership: Membership,
-    pub addresses: BTreeMap<ReplicaId, SocketAddr>,
+    pub endpoints: BTreeMap<ReplicaId, ReplicaEndpoint>,
 }
 
 pub fn plan_start(volume: &CStorVolume, view: &View) -> Result<StartPlan, Error> {
@@ -157,12 +157,12 @@ pub fn plan_start(volume: &CStorVolume, view: &View) -> Result<StartPlan, Error>
     }
     updated.spec.replication_factor = membership.replication_factor() as u32;
     updated.spec.consistency_factor = membership.consistency_factor() as u32;
-    let addresses = membership
+    let endpoints = membership
         .members
         .iter()
         .filter_map(|member| {
-            let address = view.address_of_replica(&replicas, member.replica)?;
-            Some((member.replica, address))
+            let endpoint = view.endpoint_of_replica(&replicas, member.replica)?;
+            Some((member.replica, endpoint))
         })
         .collect();
     Ok(StartPlan {
@@ -170,7 +170,7 @@ pub fn plan_start(volume: &CStorVolume, view: &View) -> Result<StartPlan, Error>
         generation,
         geometry,
         membership,
-        addresses,
+        endpoints,
     })
 }
 
@@ -197,10 +197,10 @@ fn initial_members(
 /// What a running target is given this pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeepPlan {
-    /// Every member's address (`None`: unknown, the target stops dialling it).
-    pub addresses: Vec<(ReplicaId, Option<SocketAddr>)>,
-    /// The membership change to send, with the new replica's address for an addition.
-    pub command: Option<(Command, Option<SocketAddr>)>,
+    /// Every member's endpoint (`None`: unknown, the target stops dialling it).
+    pub endpoints: Vec<(ReplicaId, Option<ReplicaEndpoint>)>,
+    /// The membership change to send, with the new replica's endpoint for an addition.
+    pub command: Option<(Command, Option<ReplicaEndpoint>)>,
 }
 
 /// `command_in_flight`: the target is still carrying out the last change (one at a time).
@@ -211,27 +211,27 @@ pub fn plan_keep(
     command_in_flight: bool,
 ) -> KeepPlan {
     let replicas = view.replicas_of(volume);
-    let addresses = status
+    let endpoints = status
         .membership
         .members
         .iter()
         .map(|member| {
-            let address = view.address_of_replica(&replicas, member.replica);
-            (member.replica, address)
+            let endpoint = view.endpoint_of_replica(&replicas, member.replica);
+            (member.replica, endpoint)
         })
         .collect();
     let command = if command_in_flight {
         None
     } else {
         cstor::membership_change(status, view.config(volume), &replicas).map(|command| {
-            let address = match command {
-                Command::AddReplica(replica) => view.address_of_replica(&replicas, replica),
+            let endpoint = match command {
+                Command::AddReplica(replica) => view.endpoint_of_replica(&replicas, replica),
                 _ => None,
             };
-            (command, address)
+            (command, endpoint)
         })
     };
-    KeepPlan { addresses, command }
+    KeepPlan { endpoints, command }
 }
 
 /// What the executor measured of a running target, beyond its status.

@@ -16,6 +16,11 @@ fn address(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// The replica host of node `n<port - 7000>` (see [`view`]).
+fn endpoint(port: u16) -> ReplicaEndpoint {
+    ReplicaEndpoint::new(address(port), format!("n{}", port - 7000))
+}
+
 /// Two nodes, n1 and n2, whose replica hosts listen on ports 7001 and 7002.
 fn view(volumes: Vec<CStorVolume>, replicas: Vec<CStorVolumeReplica>) -> View {
     View {
@@ -100,8 +105,12 @@ fn given_a_new_volume_when_every_replica_has_storage_then_record_them_and_take_g
     assert_eq!(plan.updated.spec.replication_factor, 2);
     assert_eq!(plan.membership.members.len(), 2);
     assert_eq!(
-        plan.addresses,
-        [(ReplicaId(1), address(7001)), (ReplicaId(2), address(7002))].into()
+        plan.endpoints,
+        [
+            (ReplicaId(1), endpoint(7001)),
+            (ReplicaId(2), endpoint(7002))
+        ]
+        .into()
     );
     assert_eq!(plan.geometry, cstor::geometry(1 << 30, None).unwrap());
 }
@@ -143,7 +152,7 @@ fn given_a_volume_with_a_recorded_membership_when_starting_then_take_the_next_ge
         plan.membership,
         cstor::recorded_membership(&existing).unwrap()
     );
-    assert_eq!(plan.addresses, [(ReplicaId(1), address(7001))].into());
+    assert_eq!(plan.endpoints, [(ReplicaId(1), endpoint(7001))].into());
 }
 
 #[test]
@@ -194,7 +203,7 @@ fn given_a_running_target_when_its_members_are_placed_then_it_gets_their_address
         vec![replica(1), unknown],
         false,
         KeepPlan {
-            addresses: vec![(ReplicaId(1), Some(address(7001))), (ReplicaId(2), None)],
+            endpoints: vec![(ReplicaId(1), Some(endpoint(7001))), (ReplicaId(2), None)],
             command: None,
         },
     );
@@ -208,8 +217,8 @@ fn given_a_scale_up_when_the_new_replica_has_storage_then_add_it_with_its_addres
         vec![replica(1), replica(2)],
         false,
         KeepPlan {
-            addresses: vec![(ReplicaId(1), Some(address(7001)))],
-            command: Some((Command::AddReplica(ReplicaId(2)), Some(address(7002)))),
+            endpoints: vec![(ReplicaId(1), Some(endpoint(7001)))],
+            command: Some((Command::AddReplica(ReplicaId(2)), Some(endpoint(7002)))),
         },
     );
 }
@@ -222,9 +231,9 @@ fn given_a_scale_down_when_a_members_pool_left_the_list_then_remove_it() {
         vec![replica(1), replica(2)],
         false,
         KeepPlan {
-            addresses: vec![
-                (ReplicaId(1), Some(address(7001))),
-                (ReplicaId(2), Some(address(7002))),
+            endpoints: vec![
+                (ReplicaId(1), Some(endpoint(7001))),
+                (ReplicaId(2), Some(endpoint(7002))),
             ],
             command: Some((Command::RemoveReplica(ReplicaId(2)), None)),
         },
@@ -239,7 +248,7 @@ fn given_a_membership_change_in_flight_when_another_is_asked_for_then_wait() {
         vec![replica(1), replica(2)],
         true,
         KeepPlan {
-            addresses: vec![(ReplicaId(1), Some(address(7001)))],
+            endpoints: vec![(ReplicaId(1), Some(endpoint(7001)))],
             command: None,
         },
     );
