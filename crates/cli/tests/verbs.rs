@@ -63,9 +63,9 @@ impl ControlPlane {
             .args(args)
             .arg("--server")
             .arg(&self.address)
-            // Where the admin credential the control plane made at its first start is.
-            .arg("--data-dir")
-            .arg(self.dir.path())
+            // Where the admin credential the control plane made at its first start is (for
+            // this command and any it runs, such as an editor script).
+            .env("TANDEM_DATA_DIR", self.dir.path())
             .env_remove("TANDEM_SERVER")
             .env_remove("KUBE_EDITOR")
             .env_remove("EDITOR");

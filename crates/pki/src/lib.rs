@@ -11,7 +11,7 @@ use std::fmt;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -411,7 +411,12 @@ fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
         source,
     };
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(failed)?;
+        // Directories made here are the owner's alone too.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(failed)?;
     }
     let temporary = path.with_extension("tmp");
     let mut file = OpenOptions::new()
