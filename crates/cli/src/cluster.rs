@@ -101,6 +101,11 @@ pub struct UpArgs {
     /// cluster started with it keeps it.
     #[arg(long)]
     ha: bool,
+    /// For development and benchmarks only: no TLS and no authentication anywhere (the API over
+    /// plain HTTP, plain replica links, plain NBD), on loopback only. A cluster started with it
+    /// keeps it.
+    #[arg(long, conflicts_with = "netns")]
+    insecure: bool,
 }
 
 impl UpArgs {
@@ -117,6 +122,7 @@ impl UpArgs {
             data_dir: Some(data_dir),
             netns: None,
             ha: false,
+            insecure: false,
         }
     }
 
@@ -147,6 +153,20 @@ struct ClusterFile {
     /// The etcd cluster and the control planes' ports (`up --ha`); none with one control plane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ha: Option<HighAvailability>,
+    /// No TLS and no authentication (`up --insecure`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    insecure: bool,
+}
+
+impl ClusterFile {
+    /// The scheme of the control planes' API.
+    fn scheme(&self) -> &'static str {
+        if self.insecure {
+            "http"
+        } else {
+            "https"
+        }
+    }
 }
 
 /// An HA cluster's etcd members and control planes.
@@ -264,10 +284,16 @@ pub fn up(args: UpArgs) -> Result<()> {
     // The cluster's CA and the CLI's (and kubectl's) credential; every process started below
     // gets its own.
     let pki = Pki::of(&data_dir);
-    let (admin_certificate, admin_key) =
-        pki.ensure(&Identity::Admin(crate::pki::ADMIN.into()), &[], &[])?;
-    let admin = Credentials::load(&pki.ca(), &admin_certificate, &admin_key)
-        .context("load the admin credential")?;
+    let admin = if cluster.insecure {
+        None
+    } else {
+        let (certificate, key) =
+            pki.ensure(&Identity::Admin(crate::pki::ADMIN.into()), &[], &[])?;
+        Some(
+            Credentials::load(&pki.ca(), &certificate, &key)
+                .context("load the admin credential")?,
+        )
+    };
 
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     let server = match &cluster.ha {
@@ -314,7 +340,7 @@ pub fn up(args: UpArgs) -> Result<()> {
     for (index, node) in cluster.nodes.iter().enumerate() {
         start_agent(&data_dir, &pki, &cluster, index, node, &agents_server)?;
     }
-    let client = Client::with_credentials(&server, Some(&admin))?;
+    let client = Client::with_credentials(&server, admin.as_ref())?;
     runtime.block_on(ensure_pool_cluster(&client, &cluster, args.timeout))?;
     let metrics = runtime.block_on(crate::metrics::urls(&client, &agents_server))?;
 
@@ -363,6 +389,19 @@ pub fn up(args: UpArgs) -> Result<()> {
     println!("Logs and data are under {}.", data_dir.display());
     println!("The tandem command finds this cluster by itself; elsewhere, set");
     println!("  export TANDEM_SERVER={server}");
+    if !cluster.insecure {
+        let (certificate, key) = pki.paths(&Identity::Admin(crate::pki::ADMIN.into()));
+        println!("  export TANDEM_CA={}", pki.ca().display());
+        println!("  export TANDEM_CERTIFICATE={}", certificate.display());
+        println!("  export TANDEM_KEY={}", key.display());
+        println!(
+            "Credentials are under {} (docs/security.md).",
+            pki.ca().parent().map_or_else(
+                || pki.ca().display().to_string(),
+                |dir| dir.display().to_string()
+            )
+        );
+    }
     println!("Next: tandem get cspi -n openebs      Stop: tandem down");
     Ok(())
 }
@@ -432,8 +471,16 @@ fn plan(data_dir: &Path, args: &UpArgs, pool_size: Quantity) -> Result<ClusterFi
             nodes: Vec::new(),
             netns: None,
             ha: None,
+            insecure: args.insecure,
         },
     };
+    if args.insecure && !cluster.insecure {
+        bail!(
+            "the cluster in {} runs with TLS; it cannot drop it (--insecure: use another \
+             --data-dir)",
+            data_dir.display()
+        );
+    }
     if highly_available && cluster.ha.is_none() {
         let mut control_plane_ports = vec![cluster.port];
         while control_plane_ports.len() < 3 {
@@ -540,16 +587,10 @@ async fn start_control_plane(
             SocketAddr::from((network.control_plane_address(), cluster.port)),
         ),
         None => (
-            format!("https://127.0.0.1:{port}"),
+            format!("{}://127.0.0.1:{port}", cluster.scheme()),
             SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
         ),
     };
-    let (addresses, hosts) = crate::pki::server_names(&[listen.ip()]);
-    let (certificate, key) = pki.ensure(
-        &Identity::ControlPlane(name.to_string()),
-        &addresses,
-        &hosts,
-    )?;
     if let Some(pid) = running_pid(&pid_file, "tandem") {
         println!("control plane already running (pid {pid}) at {server}");
         return Ok(server);
@@ -564,13 +605,14 @@ async fn start_control_plane(
         listen.to_string(),
         "--agent-timeout".to_string(),
         cluster.agent_timeout.clone(),
-        "--ca".to_string(),
-        pki.ca().display().to_string(),
-        "--certificate".to_string(),
-        certificate.display().to_string(),
-        "--key".to_string(),
-        key.display().to_string(),
     ];
+    if cluster.insecure {
+        args.push("--insecure".to_string());
+    } else {
+        let (addresses, hosts) = crate::pki::server_names(&[listen.ip()]);
+        let identity = Identity::ControlPlane(name.to_string());
+        args.extend(credential_args(pki, &identity, &addresses, &hosts)?);
+    }
     if let Some(store) = store {
         args.extend(["--store".to_string(), store.to_string()]);
     }
@@ -621,36 +663,34 @@ fn start_agent(
         println!("agent {} already running (pid {pid})", node.name);
         return Ok(());
     }
-    let ip: IpAddr = cluster
-        .node_ip(index)
-        .parse()
-        .context("the node's recorded address")?;
-    let (addresses, hosts) = crate::pki::node_names(&node.name, &[ip]);
-    let (certificate, key) = pki.ensure(&Identity::Node(node.name.clone()), &addresses, &hosts)?;
+    let mut args = vec![
+        "agent".to_string(),
+        "--node".to_string(),
+        node.name.clone(),
+        "--pool-dir".to_string(),
+        directory.join("pool").display().to_string(),
+        "--pool-size".to_string(),
+        node.pool_size.clone(),
+        "--server".to_string(),
+        server.to_string(),
+        "--data-address".to_string(),
+        format!("{}:{}", cluster.node_ip(index), node.data_port),
+        "--nbd-address".to_string(),
+        format!("{}:{}", cluster.node_ip(index), node.nbd_port),
+        "--metrics-address".to_string(),
+        format!("{}:{}", cluster.node_ip(index), node.metrics_port),
+    ];
+    if !cluster.insecure {
+        let ip: IpAddr = cluster
+            .node_ip(index)
+            .parse()
+            .context("the node's recorded address")?;
+        let (addresses, hosts) = crate::pki::node_names(&node.name, &[ip]);
+        let identity = Identity::Node(node.name.clone());
+        args.extend(credential_args(pki, &identity, &addresses, &hosts)?);
+    }
     let child = spawn(
-        &[
-            "agent".to_string(),
-            "--node".to_string(),
-            node.name.clone(),
-            "--pool-dir".to_string(),
-            directory.join("pool").display().to_string(),
-            "--pool-size".to_string(),
-            node.pool_size.clone(),
-            "--server".to_string(),
-            server.to_string(),
-            "--data-address".to_string(),
-            format!("{}:{}", cluster.node_ip(index), node.data_port),
-            "--nbd-address".to_string(),
-            format!("{}:{}", cluster.node_ip(index), node.nbd_port),
-            "--metrics-address".to_string(),
-            format!("{}:{}", cluster.node_ip(index), node.metrics_port),
-            "--ca".to_string(),
-            pki.ca().display().to_string(),
-            "--certificate".to_string(),
-            certificate.display().to_string(),
-            "--key".to_string(),
-            key.display().to_string(),
-        ],
+        &args,
         &directory.join("agent.log"),
         &pid_file,
         cluster
@@ -661,6 +701,24 @@ fn start_agent(
     )?;
     println!("started agent {} (pid {})", node.name, child.id());
     Ok(())
+}
+
+/// `--ca`, `--certificate` and `--key` for `identity`, issued from `pki` if missing.
+fn credential_args(
+    pki: &Pki,
+    identity: &Identity,
+    addresses: &[IpAddr],
+    hosts: &[String],
+) -> Result<[String; 6]> {
+    let (certificate, key) = pki.ensure(identity, addresses, hosts)?;
+    Ok([
+        "--ca".to_string(),
+        pki.ca().display().to_string(),
+        "--certificate".to_string(),
+        certificate.display().to_string(),
+        "--key".to_string(),
+        key.display().to_string(),
+    ])
 }
 
 /// Starts `tandem ARGS` in the background, in its own process group (so a Ctrl-C in this

@@ -46,7 +46,7 @@ async fn report(data_dir: &std::path::Path, cluster: &ClusterFile) -> Result<boo
     let mut servers = Vec::new();
     match &cluster.ha {
         None => {
-            let address = format!("https://127.0.0.1:{}", cluster.port);
+            let address = format!("{}://127.0.0.1:{}", cluster.scheme(), cluster.port);
             let pid = running_pid(
                 &control_plane_dir(data_dir).join("control-plane.pid"),
                 "tandem",
@@ -68,7 +68,7 @@ async fn report(data_dir: &std::path::Path, cluster: &ClusterFile) -> Result<boo
                 Err(_) => (Vec::new(), None),
             };
             for (index, port) in ha.control_plane_ports.iter().enumerate() {
-                let address = format!("https://127.0.0.1:{port}");
+                let address = format!("{}://127.0.0.1:{port}", cluster.scheme());
                 let pid = running_pid(
                     &control_plane_dir(&ha_control_plane_dir(data_dir, index))
                         .join("control-plane.pid"),
