@@ -396,10 +396,7 @@ pub fn up(args: UpArgs) -> Result<()> {
         println!("  export TANDEM_KEY={}", key.display());
         println!(
             "Credentials are under {} (docs/security.md).",
-            pki.ca().parent().map_or_else(
-                || pki.ca().display().to_string(),
-                |dir| dir.display().to_string()
-            )
+            pki.dir().display()
         );
     }
     println!("Next: tandem get cspi -n openebs      Stop: tandem down");

@@ -35,6 +35,11 @@ impl Pki {
         }
     }
 
+    /// The directory of the credential files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The CA's certificate: what every party trusts.
     pub fn ca(&self) -> PathBuf {
         self.dir.join("ca.crt")
