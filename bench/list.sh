@@ -42,7 +42,7 @@ for backend in redb etcd; do
 done
 
 python3 - "$WORK" "$TANDEM_BIN" "$OBJECTS" "$REPEATS" <<'EOF'
-import json, os, statistics, subprocess, sys, time, urllib.request
+import json, os, ssl, statistics, subprocess, sys, time, urllib.request
 
 work, tandem, objects, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 path = "/apis/cstor.openebs.io/v1/namespaces/openebs/cstorvolumereplicas"
@@ -50,6 +50,15 @@ path = "/apis/cstor.openebs.io/v1/namespaces/openebs/cstorvolumereplicas"
 def server(backend):
     with open(f"{work}/{backend}/control-plane/address") as file:
         return file.read().split(",")[0].strip()
+
+def opener(backend):
+    """HTTPS with the cluster's admin credential (plain HTTP needs none)."""
+    pki = f"{work}/{backend}/pki"
+    if not os.path.exists(f"{pki}/ca.crt"):
+        return urllib.request.build_opener()
+    context = ssl.create_default_context(cafile=f"{pki}/ca.crt")
+    context.load_cert_chain(f"{pki}/users/admin.crt", f"{pki}/users/admin.key")
+    return urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
 
 def replica(index):
     return {
@@ -68,12 +77,12 @@ def replica(index):
         "spec": {"capacity": "10Gi", "targetIP": "127.0.0.1", "replicaid": f"{index:032x}"},
     }
 
-def create(base):
+def create(base, http):
     for index in range(objects):
         request = urllib.request.Request(
             base + path, data=json.dumps(replica(index)).encode(),
             headers={"Content-Type": "application/json"}, method="POST")
-        urllib.request.urlopen(request).read()
+        http.open(request).read()
 
 def timed(run):
     times = []
@@ -84,9 +93,9 @@ def timed(run):
     times.sort()
     return times
 
-def raw(base):
+def raw(base, http):
     def run():
-        items = json.load(urllib.request.urlopen(base + "/apis/cstor.openebs.io/v1/cstorvolumereplicas"))["items"]
+        items = json.load(http.open(base + "/apis/cstor.openebs.io/v1/cstorvolumereplicas"))["items"]
         assert len(items) == objects, len(items)
     return run
 
@@ -103,12 +112,13 @@ results = {}
 for backend in ("redb", "etcd"):
     base = server(backend)
     started = time.perf_counter()
-    create(base)
+    http = opener(backend)
+    create(base, http)
     per_create = (time.perf_counter() - started) / objects
     print(f"{backend}: created {objects} replicas, {per_create * 1e3:.2f} ms each", flush=True)
     command(["kubectl", "get", "cvr", "-A"], backend)()  # discovery, cached after
     results[backend] = {
-        "raw JSON list": timed(raw(base)),
+        "raw JSON list": timed(raw(base, http)),
         "tandem get cvr -A": timed(command([tandem, "get", "cvr", "-A"], backend)),
         "kubectl get cvr -A": timed(command(["kubectl", "get", "cvr", "-A"], backend)),
     }
