@@ -1,15 +1,21 @@
 //! The API over TLS: a listener that completes each handshake off its accept loop, bounded in
-//! time and in number, so a slow or silent peer holds nothing but its own small task; every
-//! connection it hands on carries what the client's certificate says about who is calling.
+//! time and in number (in all, and per peer address), so a slow or silent peer holds nothing but
+//! its own small task and cannot take every handshake slot; the connections one address holds
+//! open are bounded too. Every connection it hands on carries what the client's certificate says
+//! about who is calling.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
 use tandem_pki::rustls::ServerConfig;
 use tandem_pki::{identity_of, Identity};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
@@ -22,6 +28,10 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// Connections beyond this many unfinished handshakes are closed at once.
     pub handshakes_max: usize,
+    /// ... and beyond this many unfinished handshakes from one address.
+    pub handshakes_per_peer: usize,
+    /// Connections from an address that already holds this many open are closed at once.
+    pub connections_per_peer: usize,
 }
 
 impl Default for Limits {
@@ -29,7 +39,97 @@ impl Default for Limits {
         Limits {
             handshake_timeout: Duration::from_secs(10),
             handshakes_max: 256,
+            handshakes_per_peer: 32,
+            connections_per_peer: 256,
         }
+    }
+}
+
+/// How many of something each peer address holds.
+#[derive(Default)]
+struct PerPeer(Mutex<HashMap<IpAddr, usize>>);
+
+impl PerPeer {
+    /// One more for `peer`, unless it holds `limit` already.
+    fn take(self: &Arc<Self>, peer: IpAddr, limit: usize) -> Option<PeerSlot> {
+        let mut counts = self.0.lock().expect("the peer counts are never poisoned");
+        let count = counts.entry(peer).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            counts: Arc::clone(self),
+            peer,
+        })
+    }
+}
+
+/// One of a peer's handshakes or connections; given back when dropped.
+struct PeerSlot {
+    counts: Arc<PerPeer>,
+    peer: IpAddr,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .counts
+            .0
+            .lock()
+            .expect("the peer counts are never poisoned");
+        if let Some(count) = counts.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// A connection whose TLS handshake is complete; holds its peer's connection slot while open.
+pub struct Connection {
+    stream: TlsStream<TcpStream>,
+    _slot: PeerSlot,
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
     }
 }
 
@@ -45,7 +145,7 @@ pub struct Peer {
 /// Hands `axum::serve` connections whose TLS handshake is complete.
 pub struct TlsListener {
     local: SocketAddr,
-    accepted: mpsc::Receiver<(TlsStream<TcpStream>, Peer)>,
+    accepted: mpsc::Receiver<(Connection, Peer)>,
 }
 
 impl TlsListener {
@@ -68,9 +168,11 @@ async fn accept(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     limits: Limits,
-    handed: mpsc::Sender<(TlsStream<TcpStream>, Peer)>,
+    handed: mpsc::Sender<(Connection, Peer)>,
 ) {
     let handshakes = Arc::new(Semaphore::new(limits.handshakes_max));
+    let (peer_handshakes, peer_connections) =
+        (Arc::new(PerPeer::default()), Arc::new(PerPeer::default()));
     loop {
         let (stream, address) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -92,11 +194,32 @@ async fn accept(
             );
             continue;
         };
+        let Some(handshaking) = peer_handshakes.take(address.ip(), limits.handshakes_per_peer)
+        else {
+            tracing::warn!(
+                %address,
+                limit = limits.handshakes_per_peer,
+                "too many TLS handshakes in progress from this address: connection closed"
+            );
+            continue;
+        };
+        let Some(slot) = peer_connections.take(address.ip(), limits.connections_per_peer) else {
+            tracing::warn!(
+                %address,
+                limit = limits.connections_per_peer,
+                "too many connections from this address: connection closed"
+            );
+            continue;
+        };
         let (acceptor, handed) = (acceptor.clone(), handed.clone());
         tokio::spawn(async move {
-            let _permit = permit;
-            if let Some(connection) = handshake(&acceptor, stream, address, limits).await {
-                let _ = handed.send(connection).await;
+            let _permits = (permit, handshaking);
+            if let Some((stream, peer)) = handshake(&acceptor, stream, address, limits).await {
+                let connection = Connection {
+                    stream,
+                    _slot: slot,
+                };
+                let _ = handed.send((connection, peer)).await;
             }
         });
     }
@@ -141,7 +264,7 @@ async fn handshake(
 }
 
 impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Connection;
     type Addr = Peer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

@@ -172,6 +172,7 @@ async fn silent_clients_are_dropped_in_time_and_beyond_the_limit_at_once() {
     let limits = Limits {
         handshake_timeout: Duration::from_millis(500),
         handshakes_max: 2,
+        ..Limits::default()
     };
     let server = server(limits).await;
     let address = server.base.trim_start_matches("https://").to_string();
@@ -201,6 +202,84 @@ async fn silent_clients_are_dropped_in_time_and_beyond_the_limit_at_once() {
     )
     .await
     .unwrap();
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// A TCP connection to `server` from the loopback address `from`.
+async fn connect_from(from: [u8; 4], server: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::from((from, 0))).unwrap();
+    socket.connect(server.parse().unwrap()).await.unwrap()
+}
+
+/// One address cannot take every handshake slot or hold more connections than its share: past
+/// its limits its connections are closed at once, while another address is served.
+#[tokio::test]
+async fn one_peer_cannot_take_every_slot() {
+    let limits = Limits {
+        handshakes_per_peer: 2,
+        ..Limits::default()
+    };
+    let server = server(limits).await;
+    let address = server.base.trim_start_matches("https://").to_string();
+    let mut silent = Vec::new();
+    for _ in 0..limits.handshakes_per_peer {
+        silent.push(connect_from([127, 0, 0, 2], &address).await);
+    }
+    let mut beyond = connect_from([127, 0, 0, 2], &address).await;
+    let closed = until_closed(&mut beyond, Duration::from_secs(5)).await;
+    assert!(
+        closed < Duration::from_secs(1),
+        "closed after {closed:?}, not at once"
+    );
+
+    // Another address is served meanwhile.
+    let admin = server
+        .ca
+        .issue(&Identity::Admin("admin".into()), &[], &[], DAY)
+        .unwrap();
+    let url = format!("{}{PATH}", server.base);
+    let (status, _) = get(&client(server.ca.certificate(), Some(&admin)), &url)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// An address holding its share of open connections gets no more; another still does.
+#[tokio::test]
+async fn one_peer_cannot_hold_more_connections_than_its_share() {
+    let limits = Limits {
+        connections_per_peer: 2,
+        ..Limits::default()
+    };
+    let server = server(limits).await;
+    let address = server.base.trim_start_matches("https://").to_string();
+    let admin = server
+        .ca
+        .issue(&Identity::Admin("admin".into()), &[], &[], DAY)
+        .unwrap();
+    let url = format!("{}{PATH}", server.base);
+    let from = |ip: [u8; 4]| {
+        reqwest::Client::builder()
+            .use_preconfigured_tls(client_config(server.ca.certificate(), Some(&admin)).unwrap())
+            .local_address(IpAddr::from(ip))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    // Two clients whose connections stay open (kept alive) after a request each.
+    let held = [from([127, 0, 0, 3]), from([127, 0, 0, 3])];
+    for client in &held {
+        let (status, _) = get(client, &url).await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+    }
+    let mut third = connect_from([127, 0, 0, 3], &address).await;
+    let closed = until_closed(&mut third, Duration::from_secs(5)).await;
+    assert!(
+        closed < Duration::from_secs(1),
+        "closed after {closed:?}, not at once"
+    );
+    let (status, _) = get(&from([127, 0, 0, 4]), &url).await.unwrap();
     assert_eq!(status, StatusCode::OK);
 }
 
