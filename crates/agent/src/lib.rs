@@ -361,6 +361,7 @@ impl NodeAgent {
                 nbd_address: nbd_address.to_string(),
                 target_address: target_address.to_string(),
                 metrics_address: metrics_address.to_string(),
+                nbd_tls: false,
             },
             config.heartbeat,
             config.request_timeout,

@@ -428,7 +428,8 @@ fn plan(data_dir: &Path, args: &UpArgs, pool_size: Quantity) -> Result<ClusterFi
         Some(cluster) if !cluster.nodes.is_empty() => {
             if cluster.netns.is_none() && args.netns.is_some() {
                 bail!(
-                    "the cluster in {} runs on loopback; it cannot move to --netns (use another                      --data-dir)",
+                    "the cluster in {} runs on loopback; it cannot move to --netns (use another \
+                     --data-dir)",
                     data_dir.display()
                 );
             }

@@ -110,6 +110,28 @@ impl Pki {
     }
 }
 
+/// The directory GnuTLS-based NBD clients read a client credential from (libnbd's
+/// `nbds://...?tls-certificates=DIR`, qemu's `tls-creds-x509,dir=DIR`): `ca-cert.pem`,
+/// `client-cert.pem` and `client-key.pem`, copies of `ca`, `certificate` and `key` kept beside
+/// the certificate (`NAME.crt` -> `NAME.nbd/`, mode 0700, files 0600), rewritten when they
+/// differ.
+pub fn nbd_client_dir(ca: &Path, certificate: &Path, key: &Path) -> Result<PathBuf> {
+    let dir = certificate.with_extension("nbd");
+    for (from, name) in [
+        (ca, "ca-cert.pem"),
+        (certificate, "client-cert.pem"),
+        (key, "client-key.pem"),
+    ] {
+        let contents =
+            std::fs::read_to_string(from).with_context(|| format!("read {}", from.display()))?;
+        let to = dir.join(name);
+        if std::fs::read_to_string(&to).ok().as_deref() != Some(contents.as_str()) {
+            tandem_pki::write_private(&to, &contents)?;
+        }
+    }
+    Ok(dir)
+}
+
 /// The names a server on `listen` is reached by on this host: that address (unless it is a
 /// wildcard), loopback, `localhost` and the host's name.
 pub fn server_names(listen: &[IpAddr]) -> (Vec<IpAddr>, Vec<String>) {

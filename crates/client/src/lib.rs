@@ -117,6 +117,9 @@ pub struct NodeHeartbeat {
     /// agent that predates them).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub metrics_address: String,
+    /// Whether its NBD endpoints require TLS (`nbds://`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nbd_tls: bool,
 }
 
 /// A node as the control plane sees it.
@@ -134,6 +137,9 @@ pub struct NodeStatus {
     /// Where the node's agent serves its metrics (empty if unknown).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub metrics_address: String,
+    /// Whether its NBD endpoints require TLS (`nbds://`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nbd_tls: bool,
     /// Milliseconds since the agent last reported.
     pub last_seen_ms: u64,
     /// Whether it reported within the control plane's agent timeout.

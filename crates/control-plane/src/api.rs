@@ -496,6 +496,7 @@ impl Api {
                     nbd_address: heartbeat.nbd_address.clone(),
                     target_address: heartbeat.target_address.clone(),
                     metrics_address: heartbeat.metrics_address.clone(),
+                    nbd_tls: heartbeat.nbd_tls,
                     last_seen_ms: u64::try_from(silent.as_millis()).unwrap_or(u64::MAX),
                     ready: silent <= self.agent_timeout,
                 }

@@ -55,10 +55,7 @@ async fn cluster(nodes: &[&str]) -> Cluster {
                 let _ = heart
                     .heartbeat(&NodeHeartbeat {
                         node,
-                        address: String::new(),
-                        nbd_address: String::new(),
-                        target_address: String::new(),
-                        metrics_address: String::new(),
+                        ..NodeHeartbeat::default()
                     })
                     .await;
             }

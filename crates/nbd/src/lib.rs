@@ -13,7 +13,9 @@
 //!
 //! - Handshake: `NBD_OPT_EXPORT_NAME`, `ABORT`, `LIST`, `INFO`, `GO` (with `NBD_INFO_EXPORT`,
 //!   `NAME`, `DESCRIPTION`, `BLOCK_SIZE`), `STRUCTURED_REPLY`, `LIST_META_CONTEXT` and
-//!   `SET_META_CONTEXT` (`base:allocation`); everything else is `NBD_REP_ERR_UNSUP`. No TLS.
+//!   `SET_META_CONTEXT` (`base:allocation`), `STARTTLS` (with [`ServerConfig::tls`], TLS is
+//!   required: X.509 with client certificates, whom they name allowed by [`TlsRequired`]);
+//!   everything else is `NBD_REP_ERR_UNSUP`. The client speaks `nbds://` too.
 //! - Transmission: `READ`, `WRITE` (FUA), `DISC`, `FLUSH`, `TRIM`, `WRITE_ZEROES` (`NO_HOLE`),
 //!   `BLOCK_STATUS` (`REQ_ONE`), simple or structured replies. Requests of a connection run
 //!   concurrently and may be answered out of order, bounded by [`ServerConfig`].
@@ -51,6 +53,6 @@ pub mod proto;
 pub mod remote;
 mod server;
 
-pub use client::{Client, ClientError, ClientOptions, NbdUri};
+pub use client::{tls_from_directory, Client, ClientError, ClientOptions, NbdUri};
 pub use remote::{RemoteDevice, DEFAULT_LOST_HOLD};
-pub use server::{Server, ServerConfig, ServerError};
+pub use server::{Server, ServerConfig, ServerError, TlsRequired};

@@ -55,14 +55,16 @@ async fn options_are_answered_as_the_spec_says() {
     assert_eq!(&replies[1].2[4..9], b"other");
     assert_eq!(replies[2].1, proto::REP_ACK);
 
+    // STARTTLS on a server without TLS: refused by policy (with data: invalid).
+    c.raw_option(proto::OPT_STARTTLS, &[]).await;
+    let (option, kind, _) = c.option_reply().await;
+    assert_eq!((option, kind), (proto::OPT_STARTTLS, proto::REP_ERR_POLICY));
+    c.raw_option(proto::OPT_STARTTLS, &[1]).await;
+    let (_, kind, _) = c.option_reply().await;
+    assert_eq!(kind, proto::REP_ERR_INVALID);
+
     // Unknown and unsupported options: NBD_REP_ERR_UNSUP, and the next option still parses.
-    for code in [
-        proto::OPT_STARTTLS,
-        proto::OPT_PEEK_EXPORT,
-        11,
-        99,
-        0xffff_ffff,
-    ] {
+    for code in [proto::OPT_PEEK_EXPORT, 11, 99, 0xffff_ffff] {
         c.raw_option(code, &[1, 2, 3]).await;
         let (option, kind, _) = c.option_reply().await;
         assert_eq!(

@@ -404,8 +404,9 @@ fn read(path: &Path) -> Result<String, PkiError> {
     })
 }
 
-/// Writes `contents` to `path` with mode 0600, whole or not at all.
-fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
+/// Writes `contents` to `path` with mode 0600 (and any directory it makes 0700), whole or not
+/// at all.
+pub fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     let failed = |source| PkiError::File {
         path: path.to_path_buf(),
         source,

@@ -140,7 +140,7 @@ const TANDEM_DEPENDENCIES_ALLOWED: &[(&str, &[&str])] = &[
     ("wire", &["tandem-core"]),
     ("sim", &["tandem-core"]),
     ("client", &["tandem-objects", "tandem-pki"]),
-    ("nbd", &["tandem-block"]),
+    ("nbd", &["tandem-block", "tandem-pki"]),
     (
         "dataplane",
         &["tandem-core", "tandem-wire", "tandem-block", "tandem-pki"],

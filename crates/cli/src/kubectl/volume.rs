@@ -220,12 +220,18 @@ async fn endpoint_of(
         let mut known: Vec<&str> = nodes.iter().map(|status| status.node.as_str()).collect();
         known.sort_unstable();
         bail!(
-            "unknown node {node}: no agent of that name has reported to the control plane and no              pool is on it (nodes that reported: {})",
-            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            "unknown node {node}: no agent of that name has reported to the control plane and no \
+             pool is on it (nodes that reported: {})",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
         );
     }
     Ok(Err(format!(
-        "node {node} to report its NBD endpoint (its agent has not reported to the control plane          since it started; is it running?)"
+        "node {node} to report its NBD endpoint (its agent has not reported to the control plane \
+         since it started; is it running?)"
     )))
 }
 

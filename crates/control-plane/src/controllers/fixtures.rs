@@ -159,6 +159,7 @@ pub(crate) fn node(name: &str, ready: bool, nbd_address: &str, last_seen_ms: u64
         nbd_address: nbd_address.to_string(),
         target_address: String::new(),
         metrics_address: String::new(),
+        nbd_tls: false,
         last_seen_ms,
         ready,
     }

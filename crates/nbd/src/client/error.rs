@@ -168,6 +168,21 @@ pub enum HandshakeError {
     /// Any other error reply to `NBD_OPT_GO`.
     #[error("the server refused the export ({})", refusal(*.reply_type, .message))]
     Refused { reply_type: u32, message: String },
+    /// `NBD_REP_ERR_TLS_REQD`: the server takes only TLS clients (`nbds://` with credentials).
+    #[error(
+        "the server requires TLS: connect with nbds:// and the cluster's credentials ({message})"
+    )]
+    TlsRequired { message: String },
+    /// The server did not accept `NBD_OPT_STARTTLS`.
+    #[error("the server does not offer TLS ({})", refusal(*.reply_type, .message))]
+    NoTls { reply_type: u32, message: String },
+    /// The TLS handshake failed (a certificate the client does not trust, none it was asked
+    /// for, or another name than the one connected to).
+    #[error("TLS handshake: {0}")]
+    Tls(io::Error),
+    /// The client's TLS credentials could not be loaded.
+    #[error("TLS credentials: {0}")]
+    Credentials(String),
     /// A server without `NBD_OPT_GO` closed the connection after `NBD_OPT_EXPORT_NAME`, which is
     /// how it says there is no such export.
     #[error(

@@ -3,8 +3,7 @@
 //! (or `NBD_OPT_EXPORT_NAME` when the server does not know `GO`).
 
 use bytes::{BufMut, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::error::HandshakeError;
 use crate::proto::{
@@ -23,13 +22,11 @@ pub(super) struct Negotiated {
     pub base_allocation: Option<u32>,
 }
 
-/// Greeting, flags, then `NBD_OPT_GO` (or `NBD_OPT_EXPORT_NAME` if the server does not know
-/// `GO`). Errors are the reason, for [`super::ClientError::Handshake`].
-pub(super) async fn run(
-    stream: &mut TcpStream,
-    export: &str,
-    structured: bool,
-) -> Result<Negotiated, HandshakeError> {
+/// The greeting and the client's flags; whether the server omits the zeroes after
+/// `NBD_OPT_EXPORT_NAME`'s reply.
+pub(super) async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+) -> Result<bool, HandshakeError> {
     let io = |what: &'static str| move |error| HandshakeError::Io { what, error };
     let mut greeting = [0u8; proto::GREETING_LEN];
     stream
@@ -51,6 +48,47 @@ pub(super) async fn run(
         .write_all(&out)
         .await
         .map_err(io("sending the client flags"))?;
+    Ok(no_zeroes)
+}
+
+/// `NBD_OPT_STARTTLS`, answered with an acknowledgement: the caller then runs the TLS handshake
+/// on the same socket.
+pub(super) async fn start_tls<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+) -> Result<(), HandshakeError> {
+    let mut out = BytesMut::new();
+    ClientOption::StartTls.encode(&mut out);
+    stream
+        .write_all(&out)
+        .await
+        .map_err(|error| HandshakeError::Io {
+            what: "sending NBD_OPT_STARTTLS",
+            error,
+        })?;
+    let (header, data) = option_reply(
+        stream,
+        proto::OPT_STARTTLS,
+        "reading the reply to NBD_OPT_STARTTLS",
+    )
+    .await?;
+    match header.reply_type {
+        proto::REP_ACK => Ok(()),
+        reply_type => Err(HandshakeError::NoTls {
+            reply_type,
+            message: String::from_utf8_lossy(&data).into_owned(),
+        }),
+    }
+}
+
+/// Then (inside TLS if it was started) `NBD_OPT_GO` (or `NBD_OPT_EXPORT_NAME` if the server
+/// does not know `GO`). Errors are the reason, for [`super::ClientError::Handshake`].
+pub(super) async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    export: &str,
+    structured: bool,
+    no_zeroes: bool,
+) -> Result<Negotiated, HandshakeError> {
+    let io = |what: &'static str| move |error| HandshakeError::Io { what, error };
     let (structured, base_allocation) = if structured {
         structured_replies(stream, export).await?
     } else {
@@ -101,7 +139,9 @@ pub(super) async fn run(
             }
             reply_type if reply_type & proto::REP_FLAG_ERROR != 0 => {
                 let message = String::from_utf8_lossy(&data).into_owned();
-                return Err(if reply_type == proto::REP_ERR_UNKNOWN {
+                return Err(if reply_type == proto::REP_ERR_TLS_REQD {
+                    HandshakeError::TlsRequired { message }
+                } else if reply_type == proto::REP_ERR_UNKNOWN {
                     HandshakeError::UnknownExport {
                         export: export.to_string(),
                         reply_type,
@@ -122,8 +162,8 @@ pub(super) async fn run(
 
 /// The old way in: `NBD_OPT_EXPORT_NAME`, answered with size and flags, or a closed connection
 /// when there is no such export.
-async fn export_name(
-    stream: &mut TcpStream,
+async fn export_name<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     export: &str,
     no_zeroes: bool,
 ) -> Result<(u64, u16), HandshakeError> {
@@ -148,8 +188,8 @@ async fn export_name(
 }
 
 /// One option reply to `option` (a reply to another option is an error).
-async fn option_reply(
-    stream: &mut TcpStream,
+async fn option_reply<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     option: u32,
     what: &'static str,
 ) -> Result<(OptionReplyHeader, Vec<u8>), HandshakeError> {
@@ -168,8 +208,8 @@ async fn option_reply(
 /// `NBD_OPT_STRUCTURED_REPLY`, then `NBD_OPT_SET_META_CONTEXT` for `base:allocation`: whether
 /// structured replies were agreed, and the context's id if it was. A server that refuses
 /// either is served without it (the client then sends no block status requests).
-async fn structured_replies(
-    stream: &mut TcpStream,
+async fn structured_replies<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     export: &str,
 ) -> Result<(bool, Option<u32>), HandshakeError> {
     let io = |what: &'static str| move |error| HandshakeError::Io { what, error };

@@ -34,8 +34,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tandem_pki::rustls;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -56,14 +56,32 @@ const SOCKET_BUFFER: usize = 256 * 1024;
 /// How long [`Client::disconnect`] waits for the server to finish and close.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The socket's reading half (plain TCP or inside TLS).
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The socket's writing half.
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
 /// How a [`Client`] connects.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct ClientOptions {
     /// The TCP connection and the whole handshake must finish within this.
     pub handshake_timeout: Duration,
     /// Negotiate structured replies and `base:allocation` (needed for
     /// [`Client::block_status`]; a server without them is used without).
     pub structured_replies: bool,
+    /// The TLS set-up for `nbds://` URIs (from [`tandem_pki::client_config`]); without it, an
+    /// `nbds://` URI must name its credentials with `?tls-certificates=DIR`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("structured_replies", &self.structured_replies)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl Default for ClientOptions {
@@ -71,8 +89,20 @@ impl Default for ClientOptions {
         ClientOptions {
             handshake_timeout: Duration::from_secs(30),
             structured_replies: false,
+            tls: None,
         }
     }
+}
+
+/// The TLS set-up in a directory laid out as GnuTLS clients (libnbd, qemu) expect it:
+/// `ca-cert.pem`, `client-cert.pem`, `client-key.pem`.
+pub fn tls_from_directory(dir: &std::path::Path) -> Result<rustls::ClientConfig, String> {
+    let ca = std::fs::read_to_string(dir.join("ca-cert.pem"))
+        .map_err(|error| format!("{}: {error}", dir.join("ca-cert.pem").display()))?;
+    let credential =
+        tandem_pki::Credential::load(&dir.join("client-cert.pem"), &dir.join("client-key.pem"))
+            .map_err(|error| error.to_string())?;
+    tandem_pki::client_config(&ca, Some(&credential)).map_err(|error| error.to_string())
 }
 
 /// Why the connection is unusable.
@@ -215,6 +245,20 @@ impl Client {
             export: uri.export.clone(),
             reason,
         };
+        let tls = match (&options.tls, uri.tls, &uri.tls_certificates) {
+            (_, false, _) => None,
+            (Some(config), true, _) => Some(Arc::clone(config)),
+            (None, true, Some(dir)) => Some(Arc::new(
+                tls_from_directory(std::path::Path::new(dir))
+                    .map_err(|reason| handshake_error(HandshakeError::Credentials(reason)))?,
+            )),
+            (None, true, None) => {
+                return Err(handshake_error(HandshakeError::Credentials(
+                    "an nbds:// URI needs credentials: ?tls-certificates=DIR".to_string(),
+                )))
+            }
+        };
+        let structured = options.structured_replies;
         let attempt = async {
             let stream =
                 TcpStream::connect(&address)
@@ -225,14 +269,44 @@ impl Client {
                     })?;
             let _ = stream.set_nodelay(true);
             let mut stream = stream;
-            let negotiated = handshake::run(&mut stream, &uri.export, options.structured_replies)
+            let no_zeroes = handshake::greet(&mut stream)
                 .await
                 .map_err(handshake_error)?;
-            Ok::<_, ClientError>((stream, negotiated))
+            let Some(config) = tls else {
+                let negotiated =
+                    handshake::negotiate(&mut stream, &uri.export, structured, no_zeroes)
+                        .await
+                        .map_err(handshake_error)?;
+                let (read, write) = stream.into_split();
+                let halves: (ReadHalf, WriteHalf) = (Box::new(read), Box::new(write));
+                return Ok::<_, ClientError>((halves, negotiated));
+            };
+            handshake::start_tls(&mut stream)
+                .await
+                .map_err(handshake_error)?;
+            let name = rustls_pki_types::ServerName::try_from(uri.host.clone()).map_err(|_| {
+                handshake_error(HandshakeError::Credentials(format!(
+                    "{} is not a host name or address TLS can check",
+                    uri.host
+                )))
+            })?;
+            let mut stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
+                .await
+                .map_err(|error| handshake_error(HandshakeError::Tls(error)))?;
+            let negotiated = handshake::negotiate(&mut stream, &uri.export, structured, no_zeroes)
+                .await
+                .map_err(handshake_error)?;
+            let (read, write) = tokio::io::split(stream);
+            let halves: (ReadHalf, WriteHalf) = (Box::new(read), Box::new(write));
+            Ok((halves, negotiated))
         };
-        let (stream, negotiated) = tokio::time::timeout(options.handshake_timeout, attempt)
-            .await
-            .map_err(|_| handshake_error(HandshakeError::TimedOut(options.handshake_timeout)))??;
+        let ((read_half, write_half), negotiated) =
+            tokio::time::timeout(options.handshake_timeout, attempt)
+                .await
+                .map_err(|_| {
+                    handshake_error(HandshakeError::TimedOut(options.handshake_timeout))
+                })??;
 
         let shared = Arc::new(Shared {
             address: address.clone(),
@@ -244,7 +318,6 @@ impl Client {
             }),
             lost: watch::channel(false).0,
         });
-        let (read_half, write_half) = stream.into_split();
         let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
         let reader = tokio::spawn(read_replies(
             Arc::clone(&shared),
@@ -641,7 +714,7 @@ impl Drop for Client {
 /// empty; when the queue closes, shuts its half of the connection down.
 async fn write_requests(
     shared: Arc<Shared>,
-    write_half: OwnedWriteHalf,
+    write_half: WriteHalf,
     mut queue: mpsc::Receiver<Bytes>,
 ) {
     let mut socket = BufWriter::with_capacity(SOCKET_BUFFER, write_half);
@@ -665,7 +738,7 @@ async fn write_requests(
 }
 
 /// The reader task: matches each reply to its request by cookie until the connection ends.
-async fn read_replies(shared: Arc<Shared>, read_half: OwnedReadHalf, structured: bool) {
+async fn read_replies(shared: Arc<Shared>, read_half: ReadHalf, structured: bool) {
     let mut socket = BufReader::with_capacity(SOCKET_BUFFER, read_half);
     let fatal = loop {
         let mut header = [0u8; proto::SIMPLE_REPLY_LEN];
@@ -711,7 +784,7 @@ fn take_pending(shared: &Shared, cookie: u64) -> Result<Pending, Fatal> {
 /// A simple reply (and a good read's data), answered at once.
 async fn simple_reply(
     shared: &Shared,
-    socket: &mut BufReader<OwnedReadHalf>,
+    socket: &mut BufReader<ReadHalf>,
     errno: u32,
     cookie: u64,
 ) -> Result<(), Fatal> {
@@ -738,7 +811,7 @@ async fn simple_reply(
 /// flagged `DONE`.
 async fn chunk(
     shared: &Shared,
-    socket: &mut BufReader<OwnedReadHalf>,
+    socket: &mut BufReader<ReadHalf>,
     flags: u16,
     kind: u16,
     cookie: u64,

@@ -1,4 +1,5 @@
-//! [`NbdUri`]: `nbd://host[:port]/export`, parsed and printed.
+//! [`NbdUri`]: `nbd://host[:port]/export` and `nbds://host[:port]/export[?tls-certificates=DIR]`,
+//! parsed and printed.
 
 use std::fmt;
 use std::str::FromStr;
@@ -9,7 +10,8 @@ use crate::proto;
 /// The NBD port when a URI names none.
 pub const DEFAULT_PORT: u16 = 10809;
 
-/// A parsed `nbd://host[:port]/export` URI (the NBD URI specification's TCP form, no TLS).
+/// A parsed `nbd://host[:port]/export` URI (the NBD URI specification's TCP form), or
+/// `nbds://` for TLS, with libnbd's `tls-certificates=DIR` query naming the client's credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NbdUri {
     /// A host name, an IPv4 address, or an IPv6 address without brackets.
@@ -17,6 +19,11 @@ pub struct NbdUri {
     pub port: u16,
     /// The export name, percent-decoded; empty for the server's default export.
     pub export: String,
+    /// `nbds://`: TLS is required.
+    pub tls: bool,
+    /// The directory of the client's credentials (`ca-cert.pem`, `client-cert.pem`,
+    /// `client-key.pem`), percent-decoded.
+    pub tls_certificates: Option<String>,
 }
 
 impl NbdUri {
@@ -31,13 +38,37 @@ impl NbdUri {
         let (scheme, rest) = uri
             .split_once("://")
             .ok_or_else(|| invalid("expected nbd://host[:port]/export"))?;
-        if !scheme.eq_ignore_ascii_case("nbd") {
+        let tls = if scheme.eq_ignore_ascii_case("nbd") {
+            false
+        } else if scheme.eq_ignore_ascii_case("nbds") {
+            true
+        } else {
             return Err(invalid(&format!(
-                "scheme {scheme:?} is not supported (only nbd://, TCP without TLS)"
+                "scheme {scheme:?} is not supported (only nbd:// and nbds://, over TCP)"
             )));
+        };
+        if rest.contains('#') {
+            return Err(invalid("fragments are not supported"));
         }
-        if rest.contains(['?', '#']) {
-            return Err(invalid("queries and fragments are not supported"));
+        let (rest, query) = match rest.split_once('?') {
+            Some((rest, query)) => (rest, Some(query)),
+            None => (rest, None),
+        };
+        let mut tls_certificates = None;
+        for parameter in query.into_iter().flat_map(|query| query.split('&')) {
+            match parameter.split_once('=') {
+                Some(("tls-certificates", dir)) if tls => {
+                    tls_certificates = Some(percent_decode(dir).map_err(invalid)?);
+                }
+                Some(("tls-certificates", _)) => {
+                    return Err(invalid("tls-certificates is for nbds:// URIs"));
+                }
+                _ => {
+                    return Err(invalid(&format!(
+                        "query parameter {parameter:?} is not supported (only tls-certificates)"
+                    )))
+                }
+            }
         }
         let (authority, path) = match rest.split_once('/') {
             Some((authority, path)) => (authority, path),
@@ -82,6 +113,8 @@ impl NbdUri {
             host: host.to_string(),
             port,
             export,
+            tls,
+            tls_certificates,
         })
     }
 
@@ -105,13 +138,22 @@ impl FromStr for NbdUri {
 
 impl fmt::Display for NbdUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "nbd://{}/", self.address())?;
-        for byte in self.export.bytes() {
-            if byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&byte) {
-                write!(f, "{}", byte as char)?;
-            } else {
-                write!(f, "%{byte:02X}")?;
+        let scheme = if self.tls { "nbds" } else { "nbd" };
+        write!(f, "{scheme}://{}/", self.address())?;
+        let encode = |f: &mut fmt::Formatter<'_>, text: &str, keep: &[u8]| -> fmt::Result {
+            for byte in text.bytes() {
+                if byte.is_ascii_alphanumeric() || keep.contains(&byte) {
+                    write!(f, "{}", byte as char)?;
+                } else {
+                    write!(f, "%{byte:02X}")?;
+                }
             }
+            Ok(())
+        };
+        encode(f, &self.export, b"-._~!$&'()*+,;=:@/")?;
+        if let Some(dir) = &self.tls_certificates {
+            write!(f, "?tls-certificates=")?;
+            encode(f, dir, b"-._~/")?;
         }
         Ok(())
     }
@@ -150,7 +192,9 @@ mod tests {
             NbdUri {
                 host: "127.0.0.1".into(),
                 port: 10900,
-                export: "vol1".into()
+                export: "vol1".into(),
+                tls: false,
+                tls_certificates: None,
             }
         );
         assert_eq!(uri.address(), "127.0.0.1:10900");
@@ -164,12 +208,21 @@ mod tests {
         assert_eq!(uri.address(), "[::1]:99");
         assert_eq!(uri.to_string(), "nbd://[::1]:99/a%20b/c");
         assert_eq!("nbd://h:1/x".parse::<NbdUri>().unwrap().export, "x");
+        let uri =
+            NbdUri::parse("nbds://127.0.0.1:7/vol?tls-certificates=/tmp/a%20b/c.nbd").unwrap();
+        assert!(uri.tls);
+        assert_eq!(uri.tls_certificates.as_deref(), Some("/tmp/a b/c.nbd"));
+        assert_eq!(
+            uri.to_string(),
+            "nbds://127.0.0.1:7/vol?tls-certificates=/tmp/a%20b/c.nbd"
+        );
 
         for (bad, says) in [
             ("127.0.0.1:10809/x", "expected nbd://"),
-            ("nbds://h/x", "scheme \"nbds\""),
             ("nbd+unix:///x?socket=/s", "scheme"),
-            ("nbd://h/x?tls=on", "queries"),
+            ("nbd://h/x?tls=on", "not supported"),
+            ("nbd://h/x?tls-certificates=/d", "for nbds://"),
+            ("nbd://h/x#f", "fragments"),
             ("nbd://u@h/x", "user information"),
             ("nbd:///x", "host is missing"),
             ("nbd://h:0/x", "port \"0\""),

@@ -169,7 +169,8 @@ pub fn decode_option(option: u32, data: &[u8]) -> Result<ClientOption, OptionErr
         OPT_ABORT => Ok(ClientOption::Abort),
         OPT_LIST if data.is_empty() => Ok(ClientOption::List),
         OPT_LIST => Err(invalid("NBD_OPT_LIST takes no data")),
-        OPT_STARTTLS => Ok(ClientOption::StartTls),
+        OPT_STARTTLS if data.is_empty() => Ok(ClientOption::StartTls),
+        OPT_STARTTLS => Err(invalid("NBD_OPT_STARTTLS takes no data")),
         OPT_INFO | OPT_GO => {
             let req = decode_info_request(&mut c).map_err(invalid)?;
             Ok(if option == OPT_INFO {
@@ -616,10 +617,8 @@ mod tests {
             Ok(ClientOption::Abort)
         );
         assert_eq!(decode_option(42, &[1, 2, 3]), Ok(ClientOption::Unknown(42)));
-        assert_eq!(
-            decode_option(OPT_STARTTLS, &[1]),
-            Ok(ClientOption::StartTls)
-        );
+        assert_eq!(decode_option(OPT_STARTTLS, &[]), Ok(ClientOption::StartTls));
+        assert!(bad(OPT_STARTTLS, &[1]));
     }
 
     #[test]

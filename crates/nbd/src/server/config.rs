@@ -1,9 +1,32 @@
 //! [`ServerConfig`]: the limits and timeouts of a [`super::Server`] and its connections.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use tandem_pki::rustls;
+use tandem_pki::Identity;
+
+/// TLS as the NBD protocol defines it, in its "TLS required" form: a client must upgrade the
+/// connection with `NBD_OPT_STARTTLS` before any other option (`NBD_REP_ERR_TLS_REQD`
+/// otherwise; `NBD_OPT_EXPORT_NAME` closes the connection), and show a client certificate of
+/// the CA `config` trusts; whom the certificate names must be allowed by `allow`, or opening an
+/// export is refused (`NBD_REP_ERR_POLICY`).
+#[derive(Clone)]
+pub struct TlsRequired {
+    /// From [`tandem_pki::server_config`] with client certificates required.
+    pub config: Arc<rustls::ServerConfig>,
+    /// Who may open exports.
+    pub allow: fn(&Identity) -> bool,
+}
+
+impl std::fmt::Debug for TlsRequired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsRequired").finish_non_exhaustive()
+    }
+}
+
 /// Limits and timeouts of a [`super::Server`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// The whole handshake (greeting to transmission phase) must finish within this.
     pub handshake_timeout: Duration,
@@ -21,6 +44,8 @@ pub struct ServerConfig {
     /// Write payloads and read replies of one connection held in memory at once (at least one
     /// maximum payload, 32 MiB, is always allowed).
     pub max_in_flight_bytes: usize,
+    /// `None`: plain NBD (for loopback-only endpoints); else TLS is required.
+    pub tls: Option<TlsRequired>,
 }
 
 impl Default for ServerConfig {
@@ -32,6 +57,7 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(30),
             max_in_flight_requests: 128,
             max_in_flight_bytes: 64 << 20,
+            tls: None,
         }
     }
 }

@@ -1,13 +1,45 @@
-//! What a connection's phases share: the [`Session`] the handshake hands to the transmission
-//! phase, why a connection ends badly ([`ConnError`]), and waiting for a stop signal.
+//! What a connection's phases share: the socket ([`Stream`]: plain, or inside TLS), the
+//! [`Session`] the handshake hands to the transmission phase, why a connection ends badly
+//! ([`ConnError`]), and waiting for a stop signal.
 
 use std::io;
 use std::sync::Arc;
 
 use tandem_block::InvalidExportInfo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio_rustls::server::TlsStream;
 
 use crate::proto::{DecodeError, OptionError, TransmissionParams};
+
+/// The socket's reading half (plain TCP or inside TLS).
+pub(super) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The socket's writing half.
+pub(super) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A connection's socket once the handshake is over.
+pub(super) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// The two halves, each used by one task of the transmission phase.
+    pub(super) fn split(self) -> (ReadHalf, WriteHalf) {
+        match self {
+            // Plain TCP splits without a lock between the halves.
+            Stream::Plain(stream) => {
+                let (read, write) = stream.into_split();
+                (Box::new(read), Box::new(write))
+            }
+            Stream::Tls(stream) => {
+                let (read, write) = tokio::io::split(*stream);
+                (Box::new(read), Box::new(write))
+            }
+        }
+    }
+}
 
 /// A connection that reached the transmission phase.
 pub(super) struct Session<D> {
@@ -36,6 +68,8 @@ pub(super) enum ConnError {
     Timeout(&'static str),
     #[error("a request task panicked")]
     TaskPanicked,
+    #[error("TLS handshake: {0}")]
+    Tls(io::Error),
 }
 
 /// How the connection broke the protocol, or could not follow it (the connection is closed).

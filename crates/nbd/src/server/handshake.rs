@@ -1,4 +1,8 @@
-//! The handshake phase: greeting, client flags, and option haggling (fixed newstyle).
+//! The handshake phase: greeting, client flags, and option haggling (fixed newstyle), with
+//! `NBD_OPT_STARTTLS` as the protocol defines it: a server that requires TLS answers every
+//! option but `STARTTLS` and `ABORT` with `NBD_REP_ERR_TLS_REQD` until the connection is
+//! upgraded (and closes on `NBD_OPT_EXPORT_NAME`), then haggles again inside TLS, forgetting
+//! what was negotiated before.
 
 use std::io;
 
@@ -15,6 +19,20 @@ pub(super) enum Outcome<D> {
     Transmission(Session<D>),
     /// The client left (soft or hard) before choosing an export.
     Closed(&'static str),
+    /// `NBD_OPT_STARTTLS` was acknowledged: the TLS handshake comes next on the same socket,
+    /// then [`haggle`] again.
+    StartTls,
+}
+
+/// Where a connection stands with TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Tls {
+    /// The server does not offer TLS.
+    Plain,
+    /// The server requires TLS, and the client has not started it yet.
+    Required,
+    /// Inside TLS; `refused` says why this client may not open exports, if it may not.
+    Established { refused: Option<String> },
 }
 
 /// The last `NBD_OPT_SET_META_CONTEXT`: for which export, and whether `base:allocation` was
@@ -28,6 +46,7 @@ struct Negotiation {
     no_zeroes: bool,
     structured: bool,
     meta: Option<MetaSelection>,
+    tls: Tls,
 }
 
 /// Reads exactly `buf.len()` bytes; `Ok(false)` if the client closed the connection first.
@@ -39,25 +58,39 @@ async fn read_full<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut [u8]) -> io::
     }
 }
 
-/// Runs the handshake on `stream` until the client enters the transmission phase or leaves.
-pub(super) async fn run<S, D>(stream: &mut S, exports: &Exports<D>) -> Result<Outcome<D>, ConnError>
+/// Sends the greeting and reads the client's flags; `None` if the client left first.
+pub(super) async fn greet<S>(stream: &mut S) -> Result<Option<proto::ClientFlags>, ConnError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut out = BytesMut::with_capacity(256);
+    proto::encode_greeting(&mut out);
+    stream.write_all(&out).await?;
+    let mut flags = [0u8; 4];
+    if !read_full(stream, &mut flags).await? {
+        return Ok(None);
+    }
+    Ok(Some(proto::decode_client_flags(&flags)?))
+}
+
+/// Haggles over options on `stream` until the client enters the transmission phase, leaves,
+/// or (when `tls` is [`Tls::Required`]) starts TLS.
+pub(super) async fn haggle<S, D>(
+    stream: &mut S,
+    exports: &Exports<D>,
+    flags: proto::ClientFlags,
+    tls: Tls,
+) -> Result<Outcome<D>, ConnError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     D: BlockDevice,
 {
     let mut out = BytesMut::with_capacity(256);
-    proto::encode_greeting(&mut out);
-    stream.write_all(&out).await?;
-
-    let mut flags = [0u8; 4];
-    if !read_full(stream, &mut flags).await? {
-        return Ok(Outcome::Closed("client left before sending its flags"));
-    }
-    let flags = proto::decode_client_flags(&flags)?;
     let mut state = Negotiation {
         no_zeroes: flags.no_zeroes,
         structured: false,
         meta: None,
+        tls,
     };
 
     let mut header = [0u8; proto::OPTION_HEADER_LEN];
@@ -75,6 +108,38 @@ where
             return Err(Violation::NotFixedNewstyle(header.option).into());
         }
         out.clear();
+        if state.tls == Tls::Required {
+            match header.option {
+                proto::OPT_STARTTLS if data.is_empty() => {
+                    proto::encode_option_reply(&mut out, header.option, proto::REP_ACK, &[]);
+                    stream.write_all(&out).await?;
+                    return Ok(Outcome::StartTls);
+                }
+                proto::OPT_EXPORT_NAME => {
+                    return Ok(Outcome::Closed(
+                        "NBD_OPT_EXPORT_NAME without TLS, which this server requires",
+                    ));
+                }
+                proto::OPT_ABORT => {
+                    proto::encode_option_reply(&mut out, header.option, proto::REP_ACK, &[]);
+                    stream.write_all(&out).await?;
+                    return Ok(Outcome::Closed("client aborted the handshake"));
+                }
+                option => {
+                    let (reply, message): (u32, &[u8]) = if option == proto::OPT_STARTTLS {
+                        (proto::REP_ERR_INVALID, b"NBD_OPT_STARTTLS takes no data")
+                    } else {
+                        (
+                            proto::REP_ERR_TLS_REQD,
+                            b"this server requires TLS: send NBD_OPT_STARTTLS first",
+                        )
+                    };
+                    proto::encode_option_reply(&mut out, option, reply, message);
+                    stream.write_all(&out).await?;
+                    continue;
+                }
+            }
+        }
         let option = match proto::decode_option(header.option, &data) {
             Ok(option) => option,
             // NBD_OPT_EXPORT_NAME cannot be answered with an error.
@@ -108,6 +173,25 @@ fn handle_option<D: BlockDevice>(
     let error = |out: &mut BytesMut, reply: u32, message: &str| {
         proto::encode_option_reply(out, code, reply, message.as_bytes());
     };
+    if let (
+        Tls::Established {
+            refused: Some(refused),
+        },
+        ClientOption::ExportName(_)
+        | ClientOption::Go(_)
+        | ClientOption::Info(_)
+        | ClientOption::List,
+    ) = (&state.tls, &option)
+    {
+        tracing::warn!(%refused, "refused a client");
+        if matches!(option, ClientOption::ExportName(_)) {
+            return Ok(Some(Outcome::Closed(
+                "a client whose certificate is not allowed",
+            )));
+        }
+        error(out, proto::REP_ERR_POLICY, refused);
+        return Ok(None);
+    }
     match option {
         ClientOption::ExportName(name) => {
             let Some(Lookup {
@@ -145,7 +229,10 @@ fn handle_option<D: BlockDevice>(
             }
             proto::encode_option_reply(out, code, proto::REP_ACK, &[]);
         }
-        ClientOption::StartTls => error(out, proto::REP_ERR_UNSUP, "TLS is not supported"),
+        ClientOption::StartTls => match state.tls {
+            Tls::Plain => error(out, proto::REP_ERR_POLICY, "this server does not offer TLS"),
+            _ => error(out, proto::REP_ERR_INVALID, "TLS is already in use"),
+        },
         ClientOption::Info(req) => {
             info_or_go(req, false, state, exports, out)?;
         }

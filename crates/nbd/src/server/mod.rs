@@ -23,11 +23,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-pub use self::config::ServerConfig;
-use self::conn::wait_set;
+pub use self::config::{ServerConfig, TlsRequired};
+use self::conn::{wait_set, ConnError, Stream};
 use self::exports::Exports;
 pub use self::exports::ServerError;
-use self::handshake::Outcome;
+use self::handshake::{Outcome, Tls};
 
 /// An NBD server hosting any number of exports of one device type. Exports can be added and
 /// removed while it serves.
@@ -150,6 +150,47 @@ impl<D: BlockDevice> Server<D> {
         tracing::info!("NBD server stopped");
     }
 
+    /// The whole handshake: greeting, options, and with TLS required the upgrade and the
+    /// options again inside it; the outcome and the socket the transmission phase then uses.
+    async fn handshake(&self, mut stream: TcpStream) -> Result<(Outcome<D>, Stream), ConnError> {
+        let Some(flags) = handshake::greet(&mut stream).await? else {
+            let closed = Outcome::Closed("client left before sending its flags");
+            return Ok((closed, Stream::Plain(stream)));
+        };
+        let Some(tls) = &self.config.tls else {
+            let outcome = handshake::haggle(&mut stream, &self.exports, flags, Tls::Plain).await?;
+            return Ok((outcome, Stream::Plain(stream)));
+        };
+        match handshake::haggle(&mut stream, &self.exports, flags, Tls::Required).await? {
+            Outcome::StartTls => {}
+            outcome => return Ok((outcome, Stream::Plain(stream))),
+        }
+        let mut stream = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.config))
+            .accept(stream)
+            .await
+            .map_err(ConnError::Tls)?;
+        let identity = match stream.get_ref().1.peer_certificates() {
+            Some([first, ..]) => tandem_pki::identity_of(first).map_err(|error| error.to_string()),
+            _ => Err("no client certificate".to_string()),
+        };
+        let refused = match identity {
+            Ok(identity) if (tls.allow)(&identity) => {
+                tracing::debug!(%identity, "TLS established");
+                None
+            }
+            Ok(identity) => Some(format!("{identity} may not open exports on this server")),
+            Err(error) => Some(format!("the client certificate names no identity: {error}")),
+        };
+        let outcome = handshake::haggle(
+            &mut stream,
+            &self.exports,
+            flags,
+            Tls::Established { refused },
+        )
+        .await?;
+        Ok((outcome, Stream::Tls(Box::new(stream))))
+    }
+
     async fn connection(&self, stream: TcpStream, stop: watch::Receiver<bool>) {
         self.open.fetch_add(1, Ordering::SeqCst);
         let _open = OpenGuard(&self.open);
@@ -157,12 +198,8 @@ impl<D: BlockDevice> Server<D> {
             tracing::debug!(%err, "cannot set TCP_NODELAY");
         }
         tracing::debug!("connection opened");
-        let mut stream = stream;
         let mut server_stop = stop.clone();
-        let handshake = tokio::time::timeout(
-            self.config.handshake_timeout,
-            handshake::run(&mut stream, &self.exports),
-        );
+        let handshake = tokio::time::timeout(self.config.handshake_timeout, self.handshake(stream));
         let outcome = tokio::select! {
             outcome = handshake => outcome,
             _ = wait_set(&mut server_stop) => {
@@ -170,7 +207,7 @@ impl<D: BlockDevice> Server<D> {
                 return;
             }
         };
-        let session = match outcome {
+        let (session, stream) = match outcome {
             Err(_) => {
                 tracing::warn!(timeout = ?self.config.handshake_timeout, "handshake timed out, closing");
                 return;
@@ -179,11 +216,15 @@ impl<D: BlockDevice> Server<D> {
                 tracing::warn!(%err, "handshake failed, closing");
                 return;
             }
-            Ok(Ok(Outcome::Closed(reason))) => {
+            Ok(Ok((Outcome::Closed(reason), _))) => {
                 tracing::debug!(reason, "connection closed during handshake");
                 return;
             }
-            Ok(Ok(Outcome::Transmission(session))) => session,
+            Ok(Ok((Outcome::StartTls, _))) => {
+                tracing::warn!("a second NBD_OPT_STARTTLS was acknowledged, closing");
+                return;
+            }
+            Ok(Ok((Outcome::Transmission(session), stream))) => (session, stream),
         };
         let export = session.name.clone();
         tracing::info!(
@@ -192,7 +233,7 @@ impl<D: BlockDevice> Server<D> {
             block_status = session.params.meta_context.is_some(),
             "export opened"
         );
-        match transmission::run(stream, session, stop, &self.config).await {
+        match transmission::run(stream.split(), session, stop, &self.config).await {
             Ok(summary) => tracing::info!(
                 %export,
                 reason = summary.reason,

@@ -18,13 +18,11 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use tandem_block::{BlockDevice, IoError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinSet};
 
 use super::config::ServerConfig;
-use super::conn::{wait_set, ConnError, Session, Violation};
+use super::conn::{wait_set, ConnError, ReadHalf, Session, Violation, WriteHalf};
 use crate::proto::{self, Command, Rejection, RequestHeader};
 
 /// The most descriptors in one block status reply.
@@ -107,7 +105,7 @@ impl Reply {
 /// Reads requests from a buffered socket. Filling the buffer is cancel safe, so the reader can
 /// wait for the socket and for other events at once without losing bytes.
 struct Reader {
-    rd: OwnedReadHalf,
+    rd: ReadHalf,
     buf: BytesMut,
 }
 
@@ -154,12 +152,11 @@ fn panicked(result: Result<(), JoinError>) -> bool {
 /// Runs the transmission phase until the client disconnects, the connection fails, or the
 /// server or export stops.
 pub(super) async fn run<D: BlockDevice>(
-    stream: TcpStream,
+    (rd, wr): (ReadHalf, WriteHalf),
     session: Session<D>,
     stop: watch::Receiver<bool>,
     config: &ServerConfig,
 ) -> Result<Summary, ConnError> {
-    let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel();
     let mut aborted = session.aborted.clone();
     let writer = tokio::spawn(write_loop(wr, rx, config.reply_timeout));
@@ -551,7 +548,7 @@ async fn read<D: BlockDevice>(
 }
 
 async fn write_loop(
-    wr: OwnedWriteHalf,
+    wr: WriteHalf,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     reply_timeout: Duration,
 ) -> Result<(), ConnError> {
@@ -578,7 +575,7 @@ async fn write_loop(
     Ok(())
 }
 
-async fn write_one(out: &mut BufWriter<OwnedWriteHalf>, reply: Outgoing) -> std::io::Result<usize> {
+async fn write_one(out: &mut BufWriter<WriteHalf>, reply: Outgoing) -> std::io::Result<usize> {
     out.write_all(&reply.head).await?;
     if !reply.data.is_empty() {
         out.write_all(&reply.data).await?;
