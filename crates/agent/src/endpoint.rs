@@ -152,7 +152,11 @@ impl Drop for Forwarded {
 
 /// Keeps a forwarding export on `server` for every volume of `routes`, until the task is
 /// dropped. See the module documentation.
-pub async fn forward(server: Arc<EndpointServer>, mut routes: watch::Receiver<Routes>) {
+pub async fn forward(
+    server: Arc<EndpointServer>,
+    mut routes: watch::Receiver<Routes>,
+    tls: Option<Arc<tandem_pki::rustls::ClientConfig>>,
+) {
     let mut forwarded: BTreeMap<String, Forwarded> = BTreeMap::new();
     let mut connecting: JoinSet<(String, SocketAddr, Option<RemoteDevice>)> = JoinSet::new();
     let mut in_progress: BTreeSet<String> = BTreeSet::new();
@@ -190,9 +194,9 @@ pub async fn forward(server: Arc<EndpointServer>, mut routes: watch::Receiver<Ro
                 continue;
             }
             in_progress.insert(volume.clone());
-            let (volume, upstream) = (volume.clone(), *upstream);
+            let (volume, upstream, tls) = (volume.clone(), *upstream, tls.clone());
             connecting.spawn(async move {
-                let device = connect(&volume, upstream).await;
+                let device = connect(&volume, upstream, tls).await;
                 (volume, upstream, device)
             });
         }
@@ -264,11 +268,18 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Connects to `volume` on the node whose own targets are served at `upstream`.
-async fn connect(volume: &str, upstream: SocketAddr) -> Option<RemoteDevice> {
-    let uri = format!("nbd://{upstream}/{volume}");
+/// Connects to `volume` on the node whose own targets are served at `upstream` (over TLS with
+/// this node's credential when `tls` is given).
+async fn connect(
+    volume: &str,
+    upstream: SocketAddr,
+    tls: Option<Arc<tandem_pki::rustls::ClientConfig>>,
+) -> Option<RemoteDevice> {
+    let scheme = if tls.is_some() { "nbds" } else { "nbd" };
+    let uri = format!("{scheme}://{upstream}/{volume}");
     let options = ClientOptions {
         handshake_timeout: CONNECT_TIMEOUT,
+        tls,
         ..ClientOptions::default()
     };
     match RemoteDevice::connect(&uri, &options).await {
@@ -372,7 +383,7 @@ mod tests {
         let server: Arc<EndpointServer> = Arc::new(Server::new(ServerConfig::default()));
         let endpoint = serve(&server).await;
         let (routes, routed) = watch::channel(Routes::from([("vol".to_string(), a)]));
-        let forwarding = tokio::spawn(forward(Arc::clone(&server), routed));
+        let forwarding = tokio::spawn(forward(Arc::clone(&server), routed, None));
 
         let on_a = wait_for_byte(endpoint, 0xaa).await;
         on_a.write(8192, &[1; 4096], false).await.unwrap();
@@ -406,7 +417,7 @@ mod tests {
         let server: Arc<EndpointServer> = Arc::new(Server::new(ServerConfig::default()));
         let endpoint = serve(&server).await;
         let (routes, routed) = watch::channel(Routes::from([("vol".to_string(), nowhere)]));
-        let forwarding = tokio::spawn(forward(Arc::clone(&server), routed));
+        let forwarding = tokio::spawn(forward(Arc::clone(&server), routed, None));
         let refused = Client::connect(&format!("nbd://{endpoint}/vol")).await;
         assert!(refused.unwrap_err().to_string().contains("no export named"));
         // The target's node comes up at that address: the forwarder finds it.

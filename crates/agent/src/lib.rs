@@ -98,6 +98,10 @@ pub struct AgentConfig {
     /// requires a node's certificate; its targets check each host names the replica's node),
     /// or plain (the default, for loopback-only use).
     pub links: LinkSecurity,
+    /// NBD over TLS (required) with the node's credential: the server set-up for its endpoints
+    /// and the client set-up its forwarders reach other nodes' targets with. `None`: plain NBD
+    /// (loopback only).
+    pub nbd_tls: Option<NbdTls>,
     /// How often to heartbeat, renewing the node's lease (default 500ms: four heartbeats per
     /// default lease of 2s, so one lost heartbeat never loses the lease).
     pub heartbeat: Duration,
@@ -152,6 +156,7 @@ impl AgentConfig {
             server: server.into(),
             credentials: None,
             links: LinkSecurity::Plain,
+            nbd_tls: None,
             heartbeat: AgentConfig::DEFAULT_HEARTBEAT,
             namespace: tandem_objects::DEFAULT_NAMESPACE.to_string(),
             reconcile_interval: AgentConfig::DEFAULT_RECONCILE_INTERVAL,
@@ -280,14 +285,16 @@ impl NodeAgent {
         let nbd_listener = listen(config.nbd_address, "NBD clients").await?;
         let target_listener = listen(config.target_address(), "other nodes' forwarders").await?;
         let metrics_listener = listen(config.metrics_address, "metrics scrapes").await?;
+        let endpoint = nbd_config(config.nbd_tls.as_ref(), endpoint_allows);
+        let own = nbd_config(config.nbd_tls.as_ref(), own_targets_allow);
         Ok(NodeAgent {
             config,
             client,
             host: Arc::new(host),
             hosted,
-            endpoint: Arc::new(tandem_nbd::Server::new(tandem_nbd::ServerConfig::default())),
+            endpoint: Arc::new(tandem_nbd::Server::new(endpoint)),
             nbd_listener,
-            own: Arc::new(tandem_nbd::Server::new(tandem_nbd::ServerConfig::default())),
+            own: Arc::new(tandem_nbd::Server::new(own)),
             target_listener,
             metrics: metrics::AgentMetrics::new(),
             metrics_listener,
@@ -361,7 +368,7 @@ impl NodeAgent {
                 nbd_address: nbd_address.to_string(),
                 target_address: target_address.to_string(),
                 metrics_address: metrics_address.to_string(),
-                nbd_tls: false,
+                nbd_tls: config.nbd_tls.is_some(),
             },
             config.heartbeat,
             config.request_timeout,
@@ -380,7 +387,11 @@ impl NodeAgent {
             stopped(nbd_stopped.clone()),
         ));
         let (routes, routed) = tokio::sync::watch::channel(endpoint::Routes::new());
-        let forwarding = tokio::spawn(endpoint::forward(Arc::clone(&endpoint), routed));
+        let forwarding = tokio::spawn(endpoint::forward(
+            Arc::clone(&endpoint),
+            routed,
+            config.nbd_tls.as_ref().map(|tls| Arc::clone(&tls.client)),
+        ));
         let changes = changes::Changes::new();
         let watching = changes.watch_api(client.clone(), config.namespace.clone());
         let targets = tokio::spawn(
@@ -421,6 +432,49 @@ impl NodeAgent {
         }
         tracing::info!("node agent stopped");
         Ok(())
+    }
+}
+
+/// NBD over TLS with a node's credential (see [`AgentConfig::nbd_tls`]).
+#[derive(Clone)]
+pub struct NbdTls {
+    /// From [`tandem_pki::server_config`], client certificates required.
+    pub server: Arc<tandem_pki::rustls::ServerConfig>,
+    /// From [`tandem_pki::client_config`] with the node's credential.
+    pub client: Arc<tandem_pki::rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for NbdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NbdTls").finish_non_exhaustive()
+    }
+}
+
+/// Who may open volumes on a node's client endpoint: users (administrators).
+fn endpoint_allows(identity: &tandem_pki::Identity) -> bool {
+    matches!(identity, tandem_pki::Identity::Admin(_))
+}
+
+/// Who may open volumes on the endpoint of a node's own targets: other nodes' forwarders, and
+/// users.
+fn own_targets_allow(identity: &tandem_pki::Identity) -> bool {
+    matches!(
+        identity,
+        tandem_pki::Identity::Node(_) | tandem_pki::Identity::Admin(_)
+    )
+}
+
+/// An NBD server's configuration: TLS required with `tls`, letting in whom `allow` allows.
+fn nbd_config(
+    tls: Option<&NbdTls>,
+    allow: fn(&tandem_pki::Identity) -> bool,
+) -> tandem_nbd::ServerConfig {
+    tandem_nbd::ServerConfig {
+        tls: tls.map(|tls| tandem_nbd::TlsRequired {
+            config: Arc::clone(&tls.server),
+            allow,
+        }),
+        ..tandem_nbd::ServerConfig::default()
     }
 }
 

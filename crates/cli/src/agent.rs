@@ -5,10 +5,12 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use std::sync::Arc;
 use tandem_agent::AgentConfig;
-use tandem_agent::LinkSecurity;
+
+use tandem_agent::{LinkSecurity, NbdTls};
 use tandem_objects::Quantity;
-use tandem_pki::{Credential, Identity};
+use tandem_pki::{ClientCertificates, Credential, Identity};
 
 use crate::server::ServerArgs;
 
@@ -76,6 +78,16 @@ pub fn run(args: AgentArgs) -> Result<()> {
             let credential = Credential::load(&certificate, &key)?;
             config.links = LinkSecurity::mutual_tls(&ca, &credential)
                 .context("the TLS set-up of the replica links")?;
+            config.nbd_tls = Some(NbdTls {
+                server: Arc::new(
+                    tandem_pki::server_config(&ca, &credential, ClientCertificates::Required)
+                        .context("the TLS set-up of the NBD endpoints")?,
+                ),
+                client: Arc::new(
+                    tandem_pki::client_config(&ca, Some(&credential))
+                        .context("the TLS set-up of the forwarders")?,
+                ),
+            });
         }
         None => {
             // Without a credential nothing is authenticated: loopback only.

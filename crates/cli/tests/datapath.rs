@@ -31,11 +31,8 @@ fn tool(cluster: &Cluster, name: &str, args: &[&str]) -> String {
 /// qemu-io commands against the volume; a failed pattern check fails the test (qemu-io's exit
 /// status does not say so).
 fn qemu_io(cluster: &Cluster, uri: &str, commands: &[&str]) -> String {
-    let mut args = vec!["-f", "raw"];
-    for command in commands {
-        args.extend(["-c", command]);
-    }
-    args.push(uri);
+    let args = qemu_io_args(uri, commands);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let text = tool(cluster, "qemu-io", &args);
     assert!(!text.contains("Pattern verification failed"), "{text}");
     assert!(!text.to_lowercase().contains("error"), "{text}");
@@ -56,7 +53,9 @@ fn real_clients_read_back_everything_across_a_replica_move() {
     ]);
     let uri = cluster.uri("vol-q");
     assert!(
-        uri.starts_with("nbd://127.0.0.1:") && uri.ends_with("/vol-q"),
+        uri.starts_with("nbds://127.0.0.1:")
+            && uri.contains("/vol-q?tls-certificates=")
+            && uri.ends_with("/pki/users/admin.nbd"),
         "{uri}"
     );
 
@@ -209,7 +208,8 @@ fn fio_verifies_with_no_errors_during_a_full_migration_on(net: Net) {
             let mut runs = 0u32;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) && runs < 200 {
                 let output = dir.join(format!("fio-{runs}.json"));
-                let status = client_command(netns.as_deref(), "fio")
+                let (mut fio, uri) = fio_command(netns.as_deref(), &uri);
+                let status = fio
                     .current_dir(&dir)
                     .args([
                         "--name=migrate",
@@ -352,15 +352,10 @@ fn a_killed_target_agent_comes_back_and_every_acknowledged_write_reads_back_on(n
     loop {
         let output = cluster
             .client("qemu-io")
-            .args([
-                "-f",
-                "raw",
-                "-c",
-                "read -P 0x55 0 16M",
-                "-c",
-                "read -P 0x66 16M 1M",
+            .args(qemu_io_args(
                 &uri,
-            ])
+                &["read -P 0x55 0 16M", "read -P 0x66 16M 1M"],
+            ))
             .output()
             .expect("qemu-io is installed");
         let text = String::from_utf8_lossy(&output.stdout).to_string()

@@ -31,11 +31,8 @@ fn tool(name: &str, args: &[&str]) -> String {
 
 /// qemu-io commands; a failed pattern check fails the test.
 fn qemu_io(uri: &str, commands: &[&str]) -> String {
-    let mut args = vec!["-f", "raw"];
-    for command in commands {
-        args.extend(["-c", command]);
-    }
-    args.push(uri);
+    let args = qemu_io_args(uri, commands);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let text = tool("qemu-io", &args);
     assert!(
         !text.contains("Pattern verification failed"),
@@ -57,9 +54,12 @@ fn endpoints(cluster: &Cluster, volume: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// `host:port` of an `nbd://host:port/name` URI.
+/// `host:port` of an `nbd://` or `nbds://host:port/name` URI.
 fn address_of(uri: &str) -> String {
-    let rest = uri.strip_prefix("nbd://").expect("an nbd:// URI");
+    let rest = uri
+        .strip_prefix("nbd://")
+        .or_else(|| uri.strip_prefix("nbds://"))
+        .expect("an nbd:// URI");
     rest.split_once('/').expect("a path").0.to_string()
 }
 
@@ -69,7 +69,7 @@ fn wait_until_served(uri: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let output = Command::new("qemu-io")
-            .args(["-f", "raw", "-c", "read 0 4k", uri])
+            .args(qemu_io_args(uri, &["read 0 4k"]))
             .output()
             .expect("qemu-io is installed");
         let text = String::from_utf8_lossy(&output.stdout).to_string()
@@ -157,34 +157,60 @@ fn every_node_serves_the_volume_and_real_clients_agree_through_forwarding_nodes(
 
     // qemu-img reads the volume through both nodes and finds them identical, and its copy
     // through the forwarding node is nbdcopy's.
-    let compared = tool(
-        "qemu-img",
-        &["compare", "-f", "raw", "-F", "raw", on_target, &forwarding],
-    );
-    assert!(compared.contains("Images are identical"), "{compared}");
     let converted = dir.path().join("c.img");
-    tool(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &forwarding,
-            converted.to_str().unwrap(),
-        ],
-    );
+    let converted_path = converted.to_str().unwrap();
+    let (compare, convert): (Vec<String>, Vec<String>) =
+        match (qemu_tls_image(on_target), qemu_tls_image(&forwarding)) {
+            (Some((object, a)), Some((_, b))) => (
+                ["compare", "--object", &object, "--image-opts", &a, &b]
+                    .map(String::from)
+                    .to_vec(),
+                [
+                    "convert",
+                    "--object",
+                    &object,
+                    "--image-opts",
+                    &b,
+                    "-O",
+                    "raw",
+                    converted_path,
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+            _ => (
+                ["compare", "-f", "raw", "-F", "raw", on_target, &forwarding]
+                    .map(String::from)
+                    .to_vec(),
+                [
+                    "convert",
+                    "-f",
+                    "raw",
+                    "-O",
+                    "raw",
+                    &forwarding,
+                    converted_path,
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+        };
+    let compare: Vec<&str> = compare.iter().map(String::as_str).collect();
+    let compared = tool("qemu-img", &compare);
+    assert!(compared.contains("Images are identical"), "{compared}");
+    let convert: Vec<&str> = convert.iter().map(String::as_str).collect();
+    tool("qemu-img", &convert);
     assert!(std::fs::read(&converted).unwrap() == std::fs::read(&copy_direct).unwrap());
 
     // fio verifies every block it wrote through the forwarding node.
     let report = dir.path().join("fio.json");
-    let status = Command::new("fio")
+    let (mut fio, fio_uri) = fio_command(None, &forwarding);
+    let status = fio
         .current_dir(dir.path())
         .args([
             "--name=forwarded",
             "--ioengine=nbd",
-            &format!("--uri={forwarding}"),
+            &format!("--uri={fio_uri}"),
             "--rw=randwrite",
             "--bs=4k",
             "--iodepth=16",
@@ -278,11 +304,19 @@ fn a_client_retrying_on_a_forwarding_uri_gets_io_back_after_the_target_agent_res
         .rsplit_once(':')
         .map(|(host, port)| (host.to_string(), port.to_string()))
         .unwrap();
-    let mut writer = Command::new("qemu-io")
+    let mut writer = Command::new("qemu-io");
+    let tls = match qemu_tls_image(&forwarding) {
+        Some((object, _)) => {
+            writer.args(["--object", &object]);
+            ",tls-creds=tls0"
+        }
+        None => "",
+    };
+    let mut writer = writer
         .arg("--image-opts")
         .arg(format!(
             "driver=nbd,server.type=inet,server.host={host},server.port={port},export=vol-r,\
-             reconnect-delay=60"
+             reconnect-delay=60{tls}"
         ))
         .args((0..300).flat_map(|i| {
             [

@@ -129,7 +129,7 @@ impl HeldClient {
     fn connect(mut command: Command, uri: &str) -> HeldClient {
         use std::io::BufRead;
         let mut child = command
-            .args(["-f", "raw", uri])
+            .args(qemu_image(uri))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -238,8 +238,8 @@ fn a_target_cut_off_and_healed_serves_nothing_stale() {
     loop {
         let new_node = cluster.target_node("vol-l");
         let mut qemu = cluster.client("timeout");
-        qemu.args(["--kill-after=5", "30", "qemu-io", "-f", "raw"])
-            .args(["-c", "write -P 0xbb 0 1M", &node_uri(&new_node)]);
+        qemu.args(["--kill-after=5", "30", "qemu-io"])
+            .args(qemu_io_args(&node_uri(&new_node), &["write -P 0xbb 0 1M"]));
         let output = qemu.output().expect("qemu-io");
         let text = String::from_utf8_lossy(&output.stdout).to_string();
         if output.status.success() && text.contains("wrote 1048576/1048576") {

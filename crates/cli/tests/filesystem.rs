@@ -14,7 +14,14 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const TOOLS: [&str; 5] = ["nbdfuse", "fuse2fs", "mkfs.ext4", "e2fsck", "fusermount3"];
+const TOOLS: [&str; 6] = [
+    "nbdfuse",
+    "nbdkit",
+    "fuse2fs",
+    "mkfs.ext4",
+    "e2fsck",
+    "fusermount3",
+];
 
 fn usable() -> bool {
     let missing: Vec<&str> = TOOLS
@@ -160,8 +167,26 @@ fn ext4_through_nbdfuse_is_made_written_and_clean_across_a_migration() {
     let image = exported.join("volume");
     let image_path = image.to_string_lossy().into_owned();
 
+    // nbdfuse does not let a URI name local files (the credentials of nbds://): it reaches the
+    // volume over TLS through nbdkit's nbd plugin, which it starts itself (socket activation).
+    let (rest, credentials) = uri
+        .strip_prefix("nbds://")
+        .and_then(|rest| rest.split_once("?tls-certificates="))
+        .unwrap_or_else(|| panic!("{uri} is not an nbds:// URI with credentials"));
+    let (authority, export) = rest.split_once('/').expect("an export");
+    let (host, port) = authority.rsplit_once(':').expect("a port");
     let mut nbdfuse = Command::new("nbdfuse");
-    nbdfuse.arg(&image).arg(&uri);
+    nbdfuse.arg(&image).args([
+        "[",
+        "nbdkit",
+        "nbd",
+        &format!("hostname={host}"),
+        &format!("port={port}"),
+        &format!("export={export}"),
+        "tls=require",
+        &format!("tls-certificates={credentials}"),
+        "]",
+    ]);
     let nbd = Mount::start(nbdfuse, &exported);
     // fallocate's zero range becomes one NBD WRITE_ZEROES (libnbd does not split it), longer
     // than the export's 4 MiB maximum request: it is served, as mkfs.ext4's discards are.

@@ -189,7 +189,12 @@ fn nemesis_on_real_processes_loses_no_acknowledged_write() {
     let nodes: Vec<String> = (1..=NODES).map(|n| format!("node{n}")).collect();
     let uris: Vec<String> = nodes
         .iter()
-        .map(|node| format!("nbd://{}:10809/{VOLUME}", cluster.node_address(node)))
+        .map(|node| {
+            cluster
+                .ok(&["volume", "uri", VOLUME, "-n", "openebs", "--node", node])
+                .trim()
+                .to_string()
+        })
         .collect();
     let application = Application::start(&cluster, &uris);
 

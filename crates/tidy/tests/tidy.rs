@@ -163,6 +163,7 @@ const TANDEM_DEPENDENCIES_ALLOWED: &[(&str, &[&str])] = &[
             "tandem-block",
             "tandem-objects",
             "tandem-client",
+            "tandem-pki",
         ],
     ),
     (

@@ -14,7 +14,16 @@ use crate::workload::{Writer, BLOCK, FLUSH_EVERY, FUA_EVERY, IO_TIMEOUT, VERIFY_
 /// Finds the volume's URI and starts the application on it; returns both.
 pub(super) async fn start(demo: &Demo) -> Result<(String, Writer)> {
     heading("Step 3: an application writes to the volume over NBD (tandem volume uri)");
-    let uri = volume::wait_for_uri(&demo.api, NAMESPACE, &demo.volume, demo.timeout).await?;
+    let credentials =
+        volume::nbd_credentials(&crate::server::ServerArgs::of_data_dir(&demo.data_dir))?;
+    let uri = volume::wait_for_uri(
+        &demo.api,
+        NAMESPACE,
+        &demo.volume,
+        credentials.as_deref(),
+        demo.timeout,
+    )
+    .await?;
     command(&format!("tandem volume uri {} -n openebs", demo.volume));
     println!("{uri}");
     let blocks = demo.size.bytes() / BLOCK;

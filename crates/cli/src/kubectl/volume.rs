@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{ArgAction, Args, Subcommand};
 use tandem_client::Client;
 use tandem_objects::{
@@ -113,11 +113,13 @@ pub async fn delete_volume(client: &Client, namespace: &str, name: &str) -> Resu
 async fn uri(args: UriArgs) -> Result<bool> {
     let client = args.server.client()?;
     let namespace = &args.namespace.namespace;
+    let credentials = nbd_credentials(&args.server)?;
     let uri = wait_for_endpoint(
         &client,
         namespace,
         &args.name,
         args.node.as_deref(),
+        credentials.as_deref(),
         args.timeout,
     )
     .await?;
@@ -131,20 +133,32 @@ pub async fn wait_for_uri(
     client: &Client,
     namespace: &str,
     name: &str,
+    credentials: Option<&std::path::Path>,
     timeout: Duration,
 ) -> Result<String> {
-    wait_for_endpoint(client, namespace, name, None, timeout).await
+    wait_for_endpoint(client, namespace, name, None, credentials, timeout).await
+}
+
+/// The directory of the CLI's credential as NBD clients read it (`nbds://...?tls-certificates=`),
+/// made beside the credential; `None` without a credential.
+pub fn nbd_credentials(server: &ServerArgs) -> Result<Option<std::path::PathBuf>> {
+    server
+        .credential_files()
+        .map(|(ca, certificate, key)| crate::pki::nbd_client_dir(&ca, &certificate, &key))
+        .transpose()
 }
 
 /// `nbd://ADDRESS:PORT/NAME` of `node`'s endpoint (`None`: the volume's endpoint node, or for a
 /// volume that has not recorded one, its target's node), once the volume's target serves I/O
-/// (Healthy or Degraded); waits up to `timeout`. A node no agent ever reported from and that
-/// holds no pool is an error at once.
+/// (Healthy or Degraded); waits up to `timeout`. A node that requires TLS gets
+/// `nbds://ADDRESS:PORT/NAME?tls-certificates=DIR` with the client's `credentials` directory. A
+/// node no agent ever reported from and that holds no pool is an error at once.
 pub async fn wait_for_endpoint(
     client: &Client,
     namespace: &str,
     name: &str,
     node: Option<&str>,
+    credentials: Option<&std::path::Path>,
     timeout: Duration,
 ) -> Result<String> {
     let deadline = Deadline::after(timeout).polling_every(POLL_INTERVAL);
@@ -167,11 +181,28 @@ pub async fn wait_for_endpoint(
                     match (chosen, serving) {
                         (Some(chosen), true) => {
                             match endpoint_of(client, chosen, node.is_some()).await? {
-                                Ok(address) => {
+                                Ok((address, false)) => {
                                     return Ok(Probe::Done(format!(
                                         "nbd://{address}/{}",
                                         volume.name()
                                     )))
+                                }
+                                Ok((address, true)) => {
+                                    let Some(dir) = credentials else {
+                                        bail!(
+                                            "node {chosen} serves NBD over TLS only, and no \
+                                             client credential was found (--ca, --certificate, \
+                                             --key, or the cluster's --data-dir)"
+                                        );
+                                    };
+                                    let uri = tandem_nbd::NbdUri {
+                                        host: address.ip().to_string(),
+                                        port: address.port(),
+                                        export: volume.name().to_string(),
+                                        tls: true,
+                                        tls_certificates: Some(dir.display().to_string()),
+                                    };
+                                    return Ok(Probe::Done(uri.to_string()));
                                 }
                                 Err(waiting) => waiting,
                             }
@@ -194,13 +225,14 @@ pub async fn wait_for_endpoint(
     .await
 }
 
-/// Node `node`'s NBD endpoint (`Ok(Ok(address))`), or what to wait for (`Ok(Err(..))`). A node
-/// nothing is known of is an error when `named` (the user asked for it).
+/// Node `node`'s NBD endpoint and whether it requires TLS (`Ok(Ok(..))`), or what to wait for
+/// (`Ok(Err(..))`). A node nothing is known of is an error when `named` (the user asked for
+/// it).
 async fn endpoint_of(
     client: &Client,
     node: &str,
     named: bool,
-) -> Result<std::result::Result<String, String>> {
+) -> Result<std::result::Result<(std::net::SocketAddr, bool), String>> {
     let nodes = client.nodes().await?;
     if let Some(status) = nodes.iter().find(|status| status.node == node) {
         if status.nbd_address.is_empty() {
@@ -208,7 +240,16 @@ async fn endpoint_of(
                 "node {node} has reported no NBD endpoint (is its agent older than the endpoint?)"
             );
         }
-        return Ok(Ok(status.nbd_address.clone()));
+        let address = status
+            .nbd_address
+            .parse::<std::net::SocketAddr>()
+            .with_context(|| {
+                format!(
+                    "node {node} reported {:?} as its NBD endpoint",
+                    status.nbd_address
+                )
+            })?;
+        return Ok(Ok((address, status.nbd_tls)));
     }
     let pools: Vec<CStorPoolInstance> = client
         .list_typed(Kind::CStorPoolInstance, None, None)

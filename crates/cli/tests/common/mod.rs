@@ -467,6 +467,29 @@ pub fn client_command(netns: Option<&str>, program: &str) -> Command {
     }
 }
 
+/// fio for the volume at `uri`, in network namespace `netns`'s client namespace if given, and
+/// the URI to give it. fio's nbd engine does not let a URI name local files, so for
+/// `nbds://...?tls-certificates=DIR` fio runs in a mount namespace of its own in which DIR is
+/// libnbd's default certificate directory for root (`/etc/pki/libnbd`), given the URI without
+/// the query.
+pub fn fio_command(netns: Option<&str>, uri: &str) -> (Command, String) {
+    let Some((bare, dir)) = uri.split_once("?tls-certificates=") else {
+        return (client_command(netns, "fio"), uri.to_string());
+    };
+    std::fs::create_dir_all("/etc/pki/libnbd").expect("make libnbd's certificate directory");
+    let mut command = client_command(netns, "unshare");
+    command.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        r#"mount --bind "$0" /etc/pki/libnbd && exec fio "$@""#,
+        dir,
+    ]);
+    (command, bare.to_string())
+}
+
 impl Cluster {
     /// [`Cluster::up`] on `net`; `None` (after saying why) when namespaces cannot be made here.
     pub fn on(net: Net, nodes: usize, pool_size: &str) -> Option<Cluster> {
@@ -772,17 +795,52 @@ pub fn signal(name: &str, pid: &str) {
     assert!(status.success(), "kill -{name} {pid}");
 }
 
+/// qemu's arguments naming the image at `uri`: `-f raw URI` for `nbd://`; for
+/// `nbds://H:P/E?tls-certificates=DIR` (qemu takes no nbds URI) the X.509 credentials object and
+/// `--image-opts` with them.
+pub fn qemu_image(uri: &str) -> Vec<String> {
+    let Some(rest) = uri.strip_prefix("nbds://") else {
+        return vec!["-f".into(), "raw".into(), uri.into()];
+    };
+    let (rest, dir) = rest
+        .split_once("?tls-certificates=")
+        .unwrap_or_else(|| panic!("{uri}: no tls-certificates"));
+    let (authority, export) = rest.split_once('/').expect("an export");
+    let (host, port) = authority.rsplit_once(':').expect("a port");
+    vec![
+        "--object".into(),
+        format!("tls-creds-x509,id=tls0,endpoint=client,dir={dir}"),
+        "--image-opts".into(),
+        format!("driver=nbd,host={host},port={port},export={export},tls-creds=tls0"),
+    ]
+}
+
+/// The `--object` argument and the `--image-opts` text of `nbds://` `uri` (`None` for `nbd://`),
+/// for tools that take several images or extra options.
+pub fn qemu_tls_image(uri: &str) -> Option<(String, String)> {
+    let args = qemu_image(uri);
+    (args[0] == "--object").then(|| (args[1].clone(), args[3].clone()))
+}
+
+/// qemu-io's arguments: `commands` against the image at `uri` (see [`qemu_image`]).
+pub fn qemu_io_args(uri: &str, commands: &[&str]) -> Vec<String> {
+    let mut image = qemu_image(uri);
+    let last = image.pop().expect("an image");
+    let mut args = image;
+    for command in commands {
+        args.extend(["-c".to_string(), command.to_string()]);
+    }
+    args.push(last);
+    args
+}
+
 /// Runs qemu-io `commands` against `uri`: `Ok` with its output if it connected and every
 /// command succeeded, `Err` with its output otherwise. A failed pattern check fails the test.
 /// Bounded: an endpoint on a paused node accepts connections and never answers.
 pub fn try_qemu_io(uri: &str, commands: &[&str]) -> Result<String, String> {
-    let mut args = vec!["--kill-after=5", "30", "qemu-io", "-f", "raw"];
-    for command in commands {
-        args.extend(["-c", command]);
-    }
-    args.push(uri);
     let output = Command::new("timeout")
-        .args(&args)
+        .args(["--kill-after=5", "30", "qemu-io"])
+        .args(qemu_io_args(uri, commands))
         .output()
         .unwrap_or_else(|error| panic!("qemu-io is not installed ({error}); .ci/run installs it"));
     let text = format!(
