@@ -184,6 +184,24 @@ t() { timeout -k 5 60 "$TANDEM" "$@"; }
 
 # --- fio ---------------------------------------------------------------------------------------
 
+# fio_nbd URI FIO-ARGS...: fio's nbd engine on URI (given last: fio takes an engine's options
+# only after --ioengine). fio does not let libnbd read the credentials
+# an nbds:// URI names (?tls-certificates=DIR), so for those fio runs in a mount namespace of its
+# own in which DIR is libnbd's default certificate directory for root (/etc/pki/libnbd).
+fio_nbd() {
+    local uri=$1
+    shift
+    case $uri in
+    nbds://*\?tls-certificates=*)
+        mkdir -p /etc/pki/libnbd
+        unshare --mount --propagation private sh -c 'mount --bind "$0" /etc/pki/libnbd && exec fio "$@"' \
+            "${uri#*\?tls-certificates=}" "$@" --uri="${uri%%\?*}"
+        ;;
+    *) fio "$@" --uri="$uri" ;;
+    esac
+}
+
+
 # fio_run NAME URI RW BS DEPTH [extra fio options...]: JSON in $WORK/fio/NAME.json
 fio_run() {
     local name=$1 uri=$2 rw=$3 bs=$4 depth=$5
@@ -191,7 +209,7 @@ fio_run() {
     log "fio $name: $rw bs=$bs iodepth=$depth ${RUNTIME}s"
     local from
     from=$(date +%s)
-    timeout -k 5 $((RUNTIME + RAMP + 60)) fio --name="$name" --ioengine=nbd --uri="$uri" \
+    timeout -k 5 $((RUNTIME + RAMP + 60)) bash -c "$(declare -f fio_nbd); fio_nbd \"\$@\"" _ "$uri" --name="$name" --ioengine=nbd \
         --rw="$rw" --bs="$bs" --iodepth="$depth" --size="${SIZE_MIB}m" \
         --runtime="$RUNTIME" --ramp_time="$RAMP" --time_based \
         --randrepeat=0 --norandommap --lat_percentiles=1 \

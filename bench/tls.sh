@@ -49,7 +49,16 @@ trap cleanup EXIT
 trap 'log "error (status $?) at line $LINENO: $BASH_COMMAND"' ERR
 trap 'exit 130' INT
 trap 'exit 143' TERM
-( sleep "$MAX_SECONDS" && echo "bench: over ${MAX_SECONDS}s, stopping" >&2 && kill -TERM $$ ) &
+# The whole run is bounded; the watchdog takes its sleep with it when stopped (a sleep left
+# behind would hold this script's output open).
+(
+    trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
+    sleep "$MAX_SECONDS" &
+    sleeper=$!
+    wait "$sleeper"
+    echo "bench: over ${MAX_SECONDS}s, stopping" >&2
+    kill -TERM $$
+) &
 WATCHDOG=$!
 
 if [ -n "${TANDEM_BIN:-}" ]; then
@@ -59,6 +68,23 @@ else
     (cd "$REPO" && timeout 1800 cargo build --release -p tandem -q) || die "cargo build"
     TANDEM=$REPO/target/release/tandem
 fi
+
+# fio_nbd URI FIO-ARGS...: fio's nbd engine on URI (given last: fio takes an engine's options
+# only after --ioengine). fio does not let libnbd read the credentials
+# an nbds:// URI names (?tls-certificates=DIR), so for those fio runs in a mount namespace of its
+# own in which DIR is libnbd's default certificate directory for root (/etc/pki/libnbd).
+fio_nbd() {
+    local uri=$1
+    shift
+    case $uri in
+    nbds://*\?tls-certificates=*)
+        mkdir -p /etc/pki/libnbd
+        unshare --mount --propagation private sh -c 'mount --bind "$0" /etc/pki/libnbd && exec fio "$@"' \
+            "${uri#*\?tls-certificates=}" "$@" --uri="${uri%%\?*}"
+        ;;
+    *) fio "$@" --uri="$uri" ;;
+    esac
+}
 
 # The agents' CPU time so far, in clock ticks: agent_ticks DATA_DIR
 agent_ticks() {
@@ -78,7 +104,7 @@ measure() {
     local mode=$1 label=$2 dir=$3 uri=$4 rw=$5 bs=$6 depth=$7 metric=$8 before after ios
     log "$mode $label: fio $rw bs=$bs iodepth=$depth ${RUNTIME}s"
     before=$(agent_ticks "$dir")
-    timeout -k 5 $((RUNTIME + 60)) fio --name="$label" --ioengine=nbd --uri="$uri" \
+    timeout -k 5 $((RUNTIME + 60)) bash -c "$(declare -f fio_nbd); fio_nbd \"\$@\"" _ "$uri" --name="$label" --ioengine=nbd \
         --rw="$rw" --bs="$bs" --iodepth="$depth" --size=1g --runtime="$RUNTIME" --time_based \
         --randrepeat=0 --norandommap --output-format=json --output="$WORK/$mode-$label.json" \
         >"$WORK/$mode-$label.out" 2>&1 || die "fio $mode $label (see $WORK/$mode-$label.out)"

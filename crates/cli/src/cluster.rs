@@ -92,7 +92,7 @@ pub struct UpArgs {
     data_dir: Option<PathBuf>,
     /// Run every node on its own network host: namespaces PREFIX-node1.. with their own
     /// addresses on a bridge (in PREFIX-sw), the control plane in PREFIX-cp, and PREFIX-client
-    /// for clients (`ip netns exec PREFIX-client qemu-io nbd://...`). Needs root and `ip`. A
+    /// for clients (`ip netns exec PREFIX-client nbdinfo "$(tandem volume uri VOL)"`). Needs root and `ip`. A
     /// cluster started with it keeps it.
     #[arg(long, value_name = "PREFIX")]
     netns: Option<String>,
@@ -378,10 +378,8 @@ pub fn up(args: UpArgs) -> Result<()> {
             network.client_namespace()
         );
         println!(
-            "  ip netns exec {} qemu-io nbd://{}:{}/VOLUME",
+            "  ip netns exec {} nbdinfo \"$(tandem volume uri VOLUME)\"",
             network.client_namespace(),
-            network.node_address(0),
-            netns::NBD_PORT
         );
     }
     println!("Prometheus metrics (`tandem metrics` lists them again):");

@@ -85,7 +85,7 @@ enum Transport {
     /// HTTPS: the server's TLS configuration, and the credentials the controllers show it.
     Tls {
         server: Arc<tandem_pki::rustls::ServerConfig>,
-        controllers: Credentials,
+        controllers: Box<Credentials>,
     },
     /// Plain HTTP on loopback (`--insecure`).
     Plain,
@@ -141,7 +141,7 @@ fn transport(args: &ControlPlaneArgs, data_dir: &Path) -> Result<Transport> {
     }
     let server = tandem_pki::server_config(&ca_pem, &credential, ClientCertificates::Optional)
         .with_context(|| format!("the TLS set-up from {}", certificate.display()))?;
-    let controllers = Credentials::new(&ca_pem, &credential)?;
+    let controllers = Box::new(Credentials::new(&ca_pem, &credential)?);
     tracing::info!(%identity, certificate = %certificate.display(), "serving the API over HTTPS");
     Ok(Transport::Tls {
         server: Arc::new(server),

@@ -146,7 +146,15 @@ async fn finish(demo: &Demo, uri: &str) -> Result<()> {
         let client = crate::cluster::recorded_network(&demo.data_dir)
             .map(|network| format!("ip netns exec {} ", network.client_namespace()))
             .unwrap_or_default();
-        println!("  the data             {client}qemu-io -f raw -c 'read -v 0 64' {uri}");
+        if uri.starts_with("nbds://") {
+            // libnbd's tools take the URI with its credentials as it is (qemu needs them
+            // spelled out: docs/security.md).
+            println!(
+                "  the data             {client}nbdcopy '{uri}' - | head -c 64 | od -A d -t x1"
+            );
+        } else {
+            println!("  the data             {client}qemu-io -f raw -c 'read -v 0 64' {uri}");
+        }
         println!(
             "  remove the volume    tandem volume delete {} -n openebs",
             demo.volume
