@@ -134,7 +134,7 @@ fn refused(node: &str, write: Write<'_>) -> String {
 /// membership and generation the target records.
 /// Never a spec of its own choosing, never another node's objects, never a create or delete of
 /// anything but events.
-fn node_may(node: &str, write: Write<'_>) -> Result<(), String> {
+fn node_may(node: &str, write: Write<'_>) -> Result<(), Refusal> {
     match write {
         Write::Heartbeat { node: other } if other == node => Ok(()),
         Write::Heartbeat { .. } => Err("an agent heartbeats only for its own node".into()),
@@ -231,16 +231,27 @@ fn node_may(node: &str, write: Write<'_>) -> Result<(), String> {
     }
 }
 
+/// Why a node may not make a write (the end of the 403's message).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refusal(String);
+
+impl From<&str> for Refusal {
+    fn from(reason: &str) -> Refusal {
+        Refusal(reason.to_string())
+    }
+}
+
 fn text(value: &Value) -> &str {
     value.as_str().unwrap_or_default()
 }
 
 /// The event was reported from `node` (its `source.host`).
-fn reported_by(node: &str, event: &Value) -> Result<(), String> {
+fn reported_by(node: &str, event: &Value) -> Result<(), Refusal> {
     match text(&event["source"]["host"]) {
         host if host == node => Ok(()),
         "" => Err("an agent's events name its node as source.host".into()),
-        host => Err(format!("the event is reported from node {host}")),
+        host => Err(Refusal(format!("the event is reported from node {host}"))),
     }
 }
 
@@ -250,11 +261,11 @@ fn owned(
     object: &Value,
     what: &str,
     field: impl Fn(&Value) -> &Value,
-) -> Result<(), String> {
+) -> Result<(), Refusal> {
     match text(field(&object["metadata"])) {
         owner if owner == node => Ok(()),
-        "" => Err(format!("{what} no node")),
-        owner => Err(format!("{what} node {owner}")),
+        "" => Err(Refusal(format!("{what} no node"))),
+        owner => Err(Refusal(format!("{what} node {owner}"))),
     }
 }
 
@@ -264,7 +275,7 @@ fn only_changes(
     new: &Value,
     allowed: &str,
     strip: impl Fn(&mut Value),
-) -> Result<(), String> {
+) -> Result<(), Refusal> {
     let normal = |object: &Value| {
         let mut object = object.clone();
         forget(&mut object, &["metadata", "resourceVersion"]);
@@ -274,7 +285,7 @@ fn only_changes(
     if normal(current) == normal(new) {
         Ok(())
     } else {
-        Err(format!("an agent may change only {allowed}"))
+        Err(Refusal(format!("an agent may change only {allowed}")))
     }
 }
 

@@ -180,6 +180,7 @@ const TANDEM_DEPENDENCIES_ALLOWED: &[(&str, &[&str])] = &[
             "tandem-block",
             "tandem-dataplane",
             "tandem-wire",
+            "tandem-pki",
         ],
     ),
 ];

@@ -96,13 +96,15 @@ impl Default for ClientOptions {
 
 /// The TLS set-up in a directory laid out as GnuTLS clients (libnbd, qemu) expect it:
 /// `ca-cert.pem`, `client-cert.pem`, `client-key.pem`.
-pub fn tls_from_directory(dir: &std::path::Path) -> Result<rustls::ClientConfig, String> {
-    let ca = std::fs::read_to_string(dir.join("ca-cert.pem"))
-        .map_err(|error| format!("{}: {error}", dir.join("ca-cert.pem").display()))?;
+pub fn tls_from_directory(
+    dir: &std::path::Path,
+) -> Result<rustls::ClientConfig, tandem_pki::PkiError> {
+    let path = dir.join("ca-cert.pem");
+    let ca = std::fs::read_to_string(&path)
+        .map_err(|source| tandem_pki::PkiError::File { path, source })?;
     let credential =
-        tandem_pki::Credential::load(&dir.join("client-cert.pem"), &dir.join("client-key.pem"))
-            .map_err(|error| error.to_string())?;
-    tandem_pki::client_config(&ca, Some(&credential)).map_err(|error| error.to_string())
+        tandem_pki::Credential::load(&dir.join("client-cert.pem"), &dir.join("client-key.pem"))?;
+    tandem_pki::client_config(&ca, Some(&credential))
 }
 
 /// Why the connection is unusable.
@@ -249,8 +251,9 @@ impl Client {
             (_, false, _) => None,
             (Some(config), true, _) => Some(Arc::clone(config)),
             (None, true, Some(dir)) => Some(Arc::new(
-                tls_from_directory(std::path::Path::new(dir))
-                    .map_err(|reason| handshake_error(HandshakeError::Credentials(reason)))?,
+                tls_from_directory(std::path::Path::new(dir)).map_err(|error| {
+                    handshake_error(HandshakeError::Credentials(error.to_string()))
+                })?,
             )),
             (None, true, None) => {
                 return Err(handshake_error(HandshakeError::Credentials(
