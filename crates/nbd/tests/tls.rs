@@ -2,7 +2,8 @@
 //! `nbdcopy` (libnbd, `nbds://...?tls-certificates=DIR`) and `qemu-io` (`tls-creds-x509`) read
 //! and write through a server that requires TLS; a plain client is told TLS is required and
 //! reads nothing; another CA's certificate, an expired one, none at all, an identity the server
-//! does not allow, and a server certificate for another name are all refused.
+//! does not allow, and a server certificate for another name are all refused; any bytes after
+//! STARTTLS end only that connection (a property test).
 
 mod common;
 
@@ -25,6 +26,11 @@ fn admins_only(identity: &Identity) -> bool {
 
 /// A server requiring TLS with a certificate of `ca` for 127.0.0.1, letting in administrators.
 async fn tls_server(ca: &Authority) -> TestServer {
+    tls_server_with(ca, ServerConfig::default().handshake_timeout).await
+}
+
+/// [`tls_server`] whose handshakes must finish within `handshake_timeout`.
+async fn tls_server_with(ca: &Authority, handshake_timeout: Duration) -> TestServer {
     let credential = ca
         .issue(&Identity::Node("node1".into()), &[LOOPBACK], &[], DAY)
         .unwrap();
@@ -35,6 +41,7 @@ async fn tls_server(ca: &Authority) -> TestServer {
             config: Arc::new(config),
             allow: admins_only,
         }),
+        handshake_timeout,
         ..ServerConfig::default()
     })
     .await
@@ -265,4 +272,88 @@ async fn before_starttls_only_starttls_and_abort_are_served() {
     .expect("the server closes the connection");
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
     server.shutdown().await;
+}
+
+/// Completes the greeting, STARTTLS and the TLS handshake as `credential`; the TLS stream, ready
+/// for option haggling.
+async fn inside_tls(
+    server: &TestServer,
+    ca: &Authority,
+    credential: &Credential,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut raw = common::RawClient::start(server.addr, proto::FLAG_C_FIXED_NEWSTYLE).await;
+    raw.raw_option(proto::OPT_STARTTLS, &[]).await;
+    let (_, reply, _) = raw.option_reply().await;
+    assert_eq!(reply, proto::REP_ACK);
+    let config = tandem_pki::client_config(ca.certificate(), Some(credential)).unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, raw.stream)
+        .await
+        .unwrap()
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// Whatever a client sends once inside TLS (option headers with any code and length, any
+    /// data, a second STARTTLS, garbage), the server answers or closes that connection within
+    /// its handshake timeout, never panics, and serves the next client.
+    #[test]
+    fn any_bytes_after_starttls_end_only_that_connection(
+        options in proptest::collection::vec(
+            (proptest::prop_oneof![
+                proptest::strategy::Just(proto::OPT_STARTTLS),
+                proptest::strategy::Just(proto::OPT_GO),
+                proptest::strategy::Just(proto::OPT_INFO),
+                proptest::strategy::Just(proto::OPT_LIST),
+                proptest::strategy::Just(proto::OPT_EXPORT_NAME),
+                proptest::strategy::Just(proto::OPT_SET_META_CONTEXT),
+                0u32..16,
+            ], proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), 0u32..80),
+            0..6,
+        ),
+        garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let ca = Authority::create("test").unwrap();
+            let server = tls_server_with(&ca, Duration::from_secs(2)).await;
+            server.add_file("disk", 1 << 20);
+            let admin = ca.issue(&Identity::Admin("admin".into()), &[], &[], DAY).unwrap();
+            let mut stream = inside_tls(&server, &ca, &admin).await;
+            let mut bytes = Vec::new();
+            for (code, data, declared) in &options {
+                bytes.extend_from_slice(&proto::IHAVEOPT.to_be_bytes());
+                bytes.extend_from_slice(&code.to_be_bytes());
+                // The declared length may disagree with the data sent.
+                let length = if *declared < 64 { data.len() as u32 } else { *declared };
+                bytes.extend_from_slice(&length.to_be_bytes());
+                bytes.extend_from_slice(data);
+            }
+            bytes.extend_from_slice(&garbage);
+            let _ = stream.write_all(&bytes).await;
+            let _ = stream.flush().await;
+            // The server answers what it can and closes, or waits for more and gives up at its
+            // handshake timeout: either way the connection ends.
+            let mut sink = vec![0u8; 4096];
+            let ended = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    match stream.read(&mut sink).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+            assert!(ended.is_ok(), "the connection stayed open past the handshake timeout");
+            // The next client is served.
+            let dir = tempfile::tempdir().unwrap();
+            client_dir(dir.path(), ca.certificate(), &admin);
+            let client = Client::connect(&nbds(&server, "disk", dir.path())).await.unwrap();
+            client.disconnect().await.unwrap();
+            server.shutdown().await;
+        });
+    }
 }
