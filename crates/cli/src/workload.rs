@@ -18,6 +18,7 @@
 //! # }
 //! ```
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -45,7 +46,8 @@ pub const VERIFY_DEPTH: usize = 8;
 /// An I/O not answered within this counts as an error (the application goes on, on a new
 /// connection).
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
-/// The most problems (I/O errors, wrong data) kept for the summary.
+/// The most problems (I/O errors, wrong data) kept for the summary: the first half and the
+/// last half of them.
 pub const PROBLEMS_SHOWN: usize = 20;
 
 /// "256 MiB", "1.5 GiB", "512 KiB", "12 B".
@@ -152,7 +154,38 @@ pub struct Stats {
     /// Full passes over the volume finished.
     rounds: AtomicU64,
     reconnects: AtomicU64,
-    problems: Mutex<Vec<String>>,
+    problems: Mutex<Problems>,
+}
+
+/// The first and the last problems, and how many were in between.
+#[derive(Default)]
+struct Problems {
+    first: Vec<String>,
+    last: VecDeque<String>,
+    skipped: u64,
+}
+
+impl Problems {
+    fn push(&mut self, message: String) {
+        if self.first.len() < PROBLEMS_SHOWN / 2 {
+            self.first.push(message);
+            return;
+        }
+        if self.last.len() == PROBLEMS_SHOWN - PROBLEMS_SHOWN / 2 {
+            self.last.pop_front();
+            self.skipped += 1;
+        }
+        self.last.push_back(message);
+    }
+
+    fn list(&self) -> Vec<String> {
+        let mut list = self.first.clone();
+        if self.skipped > 0 {
+            list.push(format!("({} more)", self.skipped));
+        }
+        list.extend(self.last.iter().cloned());
+        list
+    }
 }
 
 /// The moment the counters started (an `Instant` with a default).
@@ -179,10 +212,10 @@ impl Stats {
     }
 
     fn problem(&self, message: String) {
-        let mut problems = self.problems.lock().unwrap_or_else(PoisonError::into_inner);
-        if problems.len() < PROBLEMS_SHOWN {
-            problems.push(message);
-        }
+        self.problems
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(message);
     }
 
     fn io_error(&self, message: String) {
@@ -213,12 +246,13 @@ impl Stats {
         }
     }
 
-    /// The first [`PROBLEMS_SHOWN`] problems (I/O errors, wrong data), in order.
+    /// The first and the last problems (I/O errors, wrong data), [`PROBLEMS_SHOWN`] in all, in
+    /// order, with a line saying how many were left out between them.
     pub fn problems(&self) -> Vec<String> {
         self.problems
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .list()
     }
 
     /// "1.2 GiB written, 80 MiB verified, 0 I/O errors, longest I/O stall 41 ms".
@@ -280,7 +314,7 @@ async fn timed<T>(
             Ok(value)
         }
         Ok(Err(error)) => Err(Failure {
-            lost: error.is_connection_lost(),
+            lost: error.needs_reconnect(),
             message: error.to_string(),
         }),
         Err(_) => Err(Failure {
@@ -577,9 +611,17 @@ pub struct Checked {
     pub bytes: u64,
 }
 
+/// How often the final check reads a block whose read failed (an application tries a failed
+/// read again, on a new connection if the old one is gone) before it counts as unreadable.
+pub const READ_ATTEMPTS: u32 = 3;
+
+/// The pause after a batch of reads with a failure, before the next batch.
+const RETRY_PAUSE: Duration = Duration::from_millis(250);
+
 /// Reads back every block on a new connection, [`VERIFY_DEPTH`] at a time, and checks each
-/// against what it must hold. A lost connection is replaced (within [`IO_TIMEOUT`]); blocks
-/// that cannot be read count as unreadable.
+/// against what it must hold. A lost connection is replaced (within [`IO_TIMEOUT`]); a failed
+/// read is tried again, up to [`READ_ATTEMPTS`] in all (each failure is an I/O error in the
+/// counts); a block that cannot be read then counts as unreadable.
 pub async fn verify_all(uri: &str, written: &Written) -> Checked {
     verify_all_on(&[uri.to_string()], written).await
 }
@@ -590,11 +632,10 @@ pub async fn verify_all_on(uris: &[String], written: &Written) -> Checked {
     let stats = &written.stats;
     let mut turn = 0;
     let expected = Arc::new(written.expected.clone());
-    let blocks = expected.len() as u64;
+    let mut waiting: VecDeque<(u64, u32)> = (0..expected.len() as u64).map(|b| (b, 0)).collect();
     let mut checked = Checked::default();
     let mut nbd: Option<Arc<NbdClient>> = None;
-    let mut next = 0u64;
-    while next < blocks {
+    while !waiting.is_empty() {
         let client = match &nbd {
             Some(client) => Arc::clone(client),
             None => {
@@ -605,43 +646,56 @@ pub async fn verify_all_on(uris: &[String], written: &Written) -> Checked {
                         client
                     }
                     None => {
-                        checked.unreadable += blocks - next;
+                        checked.unreadable += waiting.len() as u64;
                         break;
                     }
                 }
             }
         };
         let mut in_flight = JoinSet::new();
-        let end = (next + VERIFY_DEPTH as u64).min(blocks);
-        for block in next..end {
+        let mut failed = false;
+        for (block, attempts) in waiting.drain(..waiting.len().min(VERIFY_DEPTH)) {
             let (client, stats, expected) = (
                 Arc::clone(&client),
                 Arc::clone(stats),
                 Arc::clone(&expected),
             );
             in_flight.spawn(async move {
-                check_block(&client, &stats, block, &expected[block as usize]).await
+                let check = check_block(&client, &stats, block, &expected[block as usize]).await;
+                (block, attempts + 1, check)
             });
         }
-        next = end;
         while let Some(joined) = in_flight.join_next().await {
-            match joined {
-                Ok(BlockCheck::Good) => {
-                    checked.good += 1;
-                    checked.bytes += BLOCK;
-                }
-                Ok(BlockCheck::Wrong) => checked.wrong += 1,
-                Ok(BlockCheck::Failed { lost }) => {
-                    checked.unreadable += 1;
-                    if lost {
-                        nbd = None;
-                    }
-                }
+            let (block, attempts, check) = match joined {
+                Ok(done) => done,
                 Err(error) => {
                     checked.unreadable += 1;
                     stats.io_error(format!("a read task failed: {error}"));
+                    continue;
+                }
+            };
+            match check {
+                BlockCheck::Good => {
+                    checked.good += 1;
+                    checked.bytes += BLOCK;
+                }
+                BlockCheck::Wrong => checked.wrong += 1,
+                BlockCheck::Failed { lost } => {
+                    failed = true;
+                    if lost {
+                        nbd = None;
+                    }
+                    if attempts < READ_ATTEMPTS {
+                        waiting.push_back((block, attempts));
+                    } else {
+                        checked.unreadable += 1;
+                    }
                 }
             }
+        }
+        if failed {
+            // Give whatever failed (a failover, a replica ejected) a moment before trying again.
+            tokio::time::sleep(RETRY_PAUSE).await;
         }
     }
     if let Some(client) = nbd.and_then(Arc::into_inner) {
@@ -685,6 +739,136 @@ mod tests {
         assert!(!uncertain.matches(5, &block_data(6, 2)));
         assert_eq!(uncertain.describe(), "round 1 or round 2");
         assert_eq!(Expect(vec![None, Some(0)]).describe(), "zeroes or round 0");
+    }
+
+    #[test]
+    fn the_first_and_the_last_problems_are_kept() {
+        let mut problems = Problems::default();
+        for n in 0..(PROBLEMS_SHOWN + 5) {
+            problems.push(format!("problem {n}"));
+        }
+        let list = problems.list();
+        assert_eq!(list.len(), PROBLEMS_SHOWN + 1);
+        assert_eq!(list[0], "problem 0");
+        assert_eq!(list[PROBLEMS_SHOWN / 2], "(5 more)");
+        assert_eq!(
+            list[PROBLEMS_SHOWN],
+            format!("problem {}", PROBLEMS_SHOWN + 4)
+        );
+    }
+
+    /// A file whose reads fail: the first read of each block in `flaky` (with `ESHUTDOWN`, so
+    /// the reader reconnects), and every read of `dead`.
+    struct Flaky {
+        file: tandem_block::FileDevice,
+        flaky: Mutex<std::collections::BTreeSet<u64>>,
+        dead: u64,
+    }
+
+    impl tandem_block::BlockDevice for Flaky {
+        fn info(&self) -> tandem_block::ExportInfo {
+            self.file.info()
+        }
+        async fn read(&self, offset: u64, len: u32) -> Result<bytes::Bytes, tandem_block::IoError> {
+            let block = offset / BLOCK;
+            if block == self.dead || self.flaky.lock().unwrap().remove(&block) {
+                return Err(tandem_block::IoError::Shutdown);
+            }
+            self.file.read(offset, len).await
+        }
+        async fn write(
+            &self,
+            offset: u64,
+            data: bytes::Bytes,
+            fua: bool,
+        ) -> Result<(), tandem_block::IoError> {
+            self.file.write(offset, data, fua).await
+        }
+        async fn flush(&self) -> Result<(), tandem_block::IoError> {
+            self.file.flush().await
+        }
+        async fn trim(
+            &self,
+            offset: u64,
+            len: u32,
+            fua: bool,
+        ) -> Result<(), tandem_block::IoError> {
+            self.file.trim(offset, len, fua).await
+        }
+        async fn write_zeroes(
+            &self,
+            offset: u64,
+            len: u32,
+            fua: bool,
+            no_hole: bool,
+        ) -> Result<(), tandem_block::IoError> {
+            self.file.write_zeroes(offset, len, fua, no_hole).await
+        }
+        async fn block_status(
+            &self,
+            offset: u64,
+            len: u32,
+        ) -> Result<Vec<tandem_block::Extent>, tandem_block::IoError> {
+            self.file.block_status(offset, len).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_read_is_tried_again_and_one_that_always_fails_is_unreadable() {
+        const BLOCKS: u64 = 32;
+        let directory = tempfile::tempdir().unwrap();
+        let file = tandem_block::FileDevice::create(directory.path().join("disk"), BLOCKS * BLOCK)
+            .unwrap();
+        let device = Arc::new(Flaky {
+            file,
+            flaky: Mutex::new(std::collections::BTreeSet::new()),
+            dead: BLOCKS + 1,
+        });
+        let server = Arc::new(tandem_nbd::Server::new(tandem_nbd::ServerConfig::default()));
+        server.add_export("disk", Arc::clone(&device)).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri = format!("nbd://{}/disk", listener.local_addr().unwrap());
+        tokio::spawn(Arc::clone(&server).serve(listener, std::future::pending()));
+
+        let writer = Writer::start(uri.clone(), BLOCKS);
+        while writer.rounds() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let written = writer.stop().await;
+        let errors_before = written.stats.counts().io_errors;
+        // Every block's first read fails: each is read again (a new connection), and good.
+        *device.flaky.lock().unwrap() = (0..BLOCKS).collect();
+        let checked = verify_all(&uri, &written).await;
+        assert_eq!(
+            (checked.good, checked.wrong, checked.unreadable),
+            (BLOCKS, 0, 0)
+        );
+        assert_eq!(written.stats.counts().io_errors - errors_before, BLOCKS);
+
+        // A block that never reads is unreadable after READ_ATTEMPTS tries; the others are good.
+        let dead = 5;
+        let device = Arc::new(Flaky {
+            file: tandem_block::FileDevice::open(directory.path().join("disk"), false).unwrap(),
+            flaky: Mutex::new(std::collections::BTreeSet::new()),
+            dead,
+        });
+        server.remove_export("disk");
+        server.add_export("disk", device).unwrap();
+        let errors_before = written.stats.counts().io_errors;
+        let checked = verify_all(&uri, &written).await;
+        assert_eq!(
+            (checked.good, checked.wrong, checked.unreadable),
+            (BLOCKS - 1, 0, 1)
+        );
+        assert_eq!(
+            written.stats.counts().io_errors - errors_before,
+            u64::from(READ_ATTEMPTS)
+        );
+        assert!(written
+            .stats
+            .problems()
+            .iter()
+            .any(|p| p.contains("block 5")));
     }
 
     #[test]

@@ -292,6 +292,17 @@ fn nemesis_on_real_processes_loses_no_acknowledged_write() {
         summary["reconnects"],
         summary["longestPauseMs"]
     );
+    let clean = summary["wrongWhileRunning"] == 0
+        && summary["blocksWrong"] == 0
+        && summary["blocksUnreadable"] == 0;
+    if !clean {
+        for node in &nodes {
+            eprintln!(
+                "--- {node}'s agent log, the end:\n{}",
+                cluster.agent_log_tail(node)
+            );
+        }
+    }
     assert_eq!(summary["wrongWhileRunning"], 0, "{summary:#}");
     assert_eq!(summary["blocksWrong"], 0, "{summary:#}");
     assert_eq!(summary["blocksUnreadable"], 0, "{summary:#}");

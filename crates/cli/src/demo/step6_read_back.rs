@@ -172,7 +172,7 @@ fn writer_problems(stats: &Stats) {
     if problems.is_empty() {
         return;
     }
-    println!("  problems (the first {PROBLEMS_SHOWN}):");
+    println!("  problems (the first and the last, {PROBLEMS_SHOWN} in all):");
     for problem in &problems {
         println!("    {problem}");
     }

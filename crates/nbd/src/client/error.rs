@@ -138,6 +138,13 @@ impl ClientError {
             ClientError::Disconnected { .. } | ClientError::Protocol { .. }
         )
     }
+
+    /// True when this connection cannot go on: it is lost, or the server answered `ESHUTDOWN`
+    /// (it is going away; the protocol says the client should disconnect). A client that
+    /// reconnects (perhaps to another address) and sends the request again loses nothing.
+    pub fn needs_reconnect(&self) -> bool {
+        self.is_connection_lost() || self.errno() == Some(proto::ESHUTDOWN)
+    }
 }
 
 /// Why the handshake failed (the reason of [`ClientError::Handshake`]).
@@ -244,6 +251,12 @@ mod tests {
             errno: 99,
         };
         assert!(error.to_string().ends_with("unknown error value 99"));
+        assert!(!error.needs_reconnect());
+        let shutting_down = ClientError::Server {
+            op: Op::Flush,
+            errno: proto::ESHUTDOWN,
+        };
+        assert!(shutting_down.needs_reconnect() && !shutting_down.is_connection_lost());
     }
 
     #[test]
