@@ -4,15 +4,15 @@
 //! open are bounded too. Every connection it hands on carries what the client's certificate says
 //! about who is calling.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
+use tandem_pki::peers::{PeerCounts, PeerSlot};
 use tandem_pki::rustls::ServerConfig;
 use tandem_pki::{identity_of, Identity};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -41,48 +41,6 @@ impl Default for Limits {
             handshakes_max: 256,
             handshakes_per_peer: 32,
             connections_per_peer: 256,
-        }
-    }
-}
-
-/// How many of something each peer address holds.
-#[derive(Default)]
-struct PerPeer(Mutex<HashMap<IpAddr, usize>>);
-
-impl PerPeer {
-    /// One more for `peer`, unless it holds `limit` already.
-    fn take(self: &Arc<Self>, peer: IpAddr, limit: usize) -> Option<PeerSlot> {
-        let mut counts = self.0.lock().expect("the peer counts are never poisoned");
-        let count = counts.entry(peer).or_insert(0);
-        if *count >= limit {
-            return None;
-        }
-        *count += 1;
-        Some(PeerSlot {
-            counts: Arc::clone(self),
-            peer,
-        })
-    }
-}
-
-/// One of a peer's handshakes or connections; given back when dropped.
-struct PeerSlot {
-    counts: Arc<PerPeer>,
-    peer: IpAddr,
-}
-
-impl Drop for PeerSlot {
-    fn drop(&mut self) {
-        let mut counts = self
-            .counts
-            .0
-            .lock()
-            .expect("the peer counts are never poisoned");
-        if let Some(count) = counts.get_mut(&self.peer) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.peer);
-            }
         }
     }
 }
@@ -171,8 +129,7 @@ async fn accept(
     handed: mpsc::Sender<(Connection, Peer)>,
 ) {
     let handshakes = Arc::new(Semaphore::new(limits.handshakes_max));
-    let (peer_handshakes, peer_connections) =
-        (Arc::new(PerPeer::default()), Arc::new(PerPeer::default()));
+    let (peer_handshakes, peer_connections) = (PeerCounts::new(), PeerCounts::new());
     loop {
         let (stream, address) = tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -63,12 +63,29 @@ async fn tls_client(
     credential: Option<&Credential>,
     server: &str,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    tls_client_from("127.0.0.1", address, ca, credential, server).await
+}
+
+/// [`tls_client`] from the loopback address `from` (each its own peer).
+async fn tls_client_from(
+    from: &str,
+    address: SocketAddr,
+    ca: &str,
+    credential: Option<&Credential>,
+    server: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let config = tandem_pki::client_config(ca, credential).unwrap();
-    let stream = TcpStream::connect(address).await?;
+    let stream = connect_from(from, address).await?;
     let name = ServerName::try_from(server.to_string()).unwrap();
     TlsConnector::from(Arc::new(config))
         .connect(name, stream)
         .await
+}
+
+async fn connect_from(from: &str, address: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((from.parse::<std::net::IpAddr>().unwrap(), 0).into())?;
+    socket.connect(address).await
 }
 
 fn frame(number: u64, message: Message) -> BytesMut {
@@ -421,4 +438,37 @@ async fn handshakes_beyond_the_limit_are_closed_at_once() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_handshake() {
+    let authority = Authority::create("test cluster").unwrap();
+    let ca = authority.certificate();
+    let security = mutual_tls(&authority, &node_credential(&authority, &name(0)));
+    let node = node_with(HostOptions {
+        security,
+        handshakes_per_peer: 2,
+        handshake_timeout: Duration::from_secs(60),
+        ..HostOptions::default()
+    })
+    .await;
+    replica_on(&node, 1, true).await;
+    let address = node.host.local_addr();
+    let member = node_credential(&authority, "node9");
+
+    // Two silent connections from 127.0.0.2 take its share; a third from there is closed...
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(connect_from("127.0.0.2", address).await.unwrap());
+    }
+    if let Ok(stream) = tls_client_from("127.0.0.2", address, ca, Some(&member), &name(0)).await {
+        assert_eq!(try_session(stream, false).await, None);
+    }
+    // ... while a node at another address is let in.
+    let stream = tls_client(address, ca, Some(&member), &name(0))
+        .await
+        .unwrap();
+    let answer = try_session(stream, false).await.expect("an answer");
+    assert!(matches!(answer.message, Message::HelloAck(_)), "{answer:?}");
+    drop(silent);
 }

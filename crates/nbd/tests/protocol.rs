@@ -687,6 +687,56 @@ async fn stalled_handshake_and_stalled_payload_are_dropped() {
     t.shutdown().await;
 }
 
+/// A raw connection to `server` from the loopback address `from` (each its own peer).
+async fn connect_from(from: &str, server: std::net::SocketAddr) -> RawClient {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    let local: std::net::IpAddr = from.parse().expect("an address");
+    socket.bind((local, 0).into()).expect("bind");
+    RawClient {
+        stream: socket.connect(server).await.expect("connect"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_bounded_per_peer_address_and_in_all() {
+    let config = ServerConfig {
+        connections_per_peer: 2,
+        connections_max: 3,
+        ..ServerConfig::default()
+    };
+    let t = TestServer::start_with(config).await;
+    t.add_file("disk", 1 << 20);
+    let (mut serving, _, _) = RawClient::go(t.addr, "disk", false, false).await;
+    // A second one from the same address sits in its handshake.
+    let handshaking = RawClient::start(t.addr, FIXED).await;
+    let mut third = connect_from("127.0.0.1", t.addr).await;
+    assert!(
+        third.closed_within(SHORT).await,
+        "a third connection from one address is closed at once"
+    );
+    // Another address has its own share...
+    let mut other = connect_from("127.0.0.2", t.addr).await;
+    let mut greeting = [0u8; proto::GREETING_LEN];
+    other.read_exact(&mut greeting).await;
+    assert_eq!(&greeting[..8], b"NBDMAGIC");
+    // ... within the server's bound.
+    let mut beyond = connect_from("127.0.0.3", t.addr).await;
+    assert!(
+        beyond.closed_within(SHORT).await,
+        "a connection beyond the server's bound is closed at once"
+    );
+    still_works(&mut serving, 1, 0).await;
+    // A closed connection gives its slot back.
+    drop(handshaking);
+    wait_until("the handshaking connection to close", || {
+        t.server.open_connections() == 2
+    })
+    .await;
+    let (mut again, _, _) = RawClient::go(t.addr, "disk", false, false).await;
+    still_works(&mut again, 2, 4096).await;
+    t.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_replies_is_dropped() {
     let config = ServerConfig {

@@ -1,6 +1,7 @@
 //! The cluster's certificate authority and the credentials it issues: one CA per cluster, a
 //! certificate per control plane, per node agent (whose identity is its node name) and per user;
-//! and the rustls configurations that present them and require the other side's.
+//! and the rustls configurations that present them and require the other side's; and
+//! [`peers`], the per-peer bounds every listener facing the network keeps.
 //!
 //! An identity is carried in the certificate's subject, as Kubernetes does: the common name is
 //! the name, the organisation is the role (`tandem:admins`, `tandem:control-planes`,
@@ -437,6 +438,8 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     file.sync_all().map_err(failed)?;
     std::fs::rename(&temporary, path).map_err(failed)
 }
+
+pub mod peers;
 
 #[cfg(test)]
 mod tests;

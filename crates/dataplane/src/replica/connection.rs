@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tandem_core::{Envelope, Message};
+use tandem_pki::peers::PeerSlot;
 use tandem_wire::DecodeError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -147,7 +148,7 @@ pub(crate) async fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
     id: ConnId,
-    permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    permits: (OwnedSemaphorePermit, (OwnedSemaphorePermit, PeerSlot)),
 ) {
     let (permit, handshake) = permits;
     if let Err(error) = stream.set_nodelay(true) {

@@ -15,7 +15,8 @@
 //! decides and its connection is then closed. A malformed frame closes its connection only.
 //!
 //! Security ([`HostOptions::security`]): under mutual TLS every connection's handshake runs in
-//! its own task, within `handshake_timeout`, at most `handshakes_max` at once; only a peer whose
+//! its own task, within `handshake_timeout`, at most `handshakes_max` at once (and
+//! `handshakes_per_peer` from one address); only a peer whose
 //! certificate (of the cluster CA) names a node is let in, and then speaks frames as above.
 //! Plain TCP lets in anyone who reaches the port.
 //!
@@ -40,6 +41,7 @@ use tandem_core::{
     DiskOp, DiskOpId, Envelope, Generation, Incarnation, Message, Replica, ReplicaId, ReplicaInput,
     ReplicaOptions, ReplicaOutput, Seq, SessionId, Stamp,
 };
+use tandem_pki::peers::PeerCounts;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
@@ -86,6 +88,8 @@ pub struct HostOptions {
     /// beyond them is closed at once). Handshakes run off the accept loop.
     pub handshake_timeout: Duration,
     pub handshakes_max: usize,
+    /// ... and from one peer address (so that one address cannot take them all).
+    pub handshakes_per_peer: usize,
     /// How long a new connection may take (after its TLS handshake) to send its Hello.
     pub hello_timeout: Duration,
     /// How long one write to a target may take.
@@ -106,6 +110,7 @@ impl Default for HostOptions {
             connections_max: 1024,
             handshake_timeout: Duration::from_secs(10),
             handshakes_max: 256,
+            handshakes_per_peer: 32,
             hello_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
         }
@@ -504,6 +509,7 @@ fn publish(replica: &Replica, target: Option<Generation>) -> Published {
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let limit = Arc::new(Semaphore::new(shared.options.connections_max));
     let handshakes = Arc::new(Semaphore::new(shared.options.handshakes_max));
+    let peer_handshakes = PeerCounts::new();
     let acceptor = match &shared.options.security {
         LinkSecurity::Plain => None,
         LinkSecurity::Tls { server, .. } => Some(TlsAcceptor::from(Arc::clone(server))),
@@ -531,13 +537,23 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     );
                     continue;
                 };
+                let Some(peer_handshake) =
+                    peer_handshakes.take(peer.ip(), shared.options.handshakes_per_peer)
+                else {
+                    tracing::warn!(
+                        %peer,
+                        limit = shared.options.handshakes_per_peer,
+                        "too many TLS handshakes in progress from this address; closing the connection"
+                    );
+                    continue;
+                };
                 tokio::spawn(connection::serve_tls(
                     shared,
                     acceptor.clone(),
                     stream,
                     peer,
                     id,
-                    (permit, handshake),
+                    (permit, (handshake, peer_handshake)),
                 ));
             }
             Err(error) => {

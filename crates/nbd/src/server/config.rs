@@ -46,6 +46,10 @@ pub struct ServerConfig {
     pub max_in_flight_bytes: usize,
     /// `None`: plain NBD (for loopback-only endpoints); else TLS is required.
     pub tls: Option<TlsRequired>,
+    /// Connections open at once (handshake or transmission); one more is closed at once.
+    pub connections_max: usize,
+    /// ... and from one peer address, so that one address cannot take them all.
+    pub connections_per_peer: usize,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +62,8 @@ impl Default for ServerConfig {
             max_in_flight_requests: 128,
             max_in_flight_bytes: 64 << 20,
             tls: None,
+            connections_max: 1024,
+            connections_per_peer: 256,
         }
     }
 }

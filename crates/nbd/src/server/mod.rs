@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_block::BlockDevice;
+use tandem_pki::peers::PeerCounts;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -118,6 +119,7 @@ impl<D: BlockDevice> Server<D> {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
+        let peers = PeerCounts::new();
         let local = listener.local_addr().ok();
         tracing::info!(addr = ?local, "NBD server listening");
         tokio::pin!(shutdown);
@@ -126,12 +128,32 @@ impl<D: BlockDevice> Server<D> {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        if connections.len() >= self.config.connections_max {
+                            tracing::warn!(
+                                %peer,
+                                limit = self.config.connections_max,
+                                "too many connections open: connection closed"
+                            );
+                            continue;
+                        }
+                        let Some(slot) = peers.take(peer.ip(), self.config.connections_per_peer)
+                        else {
+                            tracing::warn!(
+                                %peer,
+                                limit = self.config.connections_per_peer,
+                                "too many connections from this address: connection closed"
+                            );
+                            continue;
+                        };
                         let server = Arc::clone(&self);
                         let stop = stop_rx.clone();
                         let span = tracing::info_span!("nbd", %peer);
                         connections.spawn(
-                            async move { server.connection(stream, stop).await }
-                                .instrument(span),
+                            async move {
+                                server.connection(stream, stop).await;
+                                drop(slot);
+                            }
+                            .instrument(span),
                         );
                     }
                     Err(err) => {
