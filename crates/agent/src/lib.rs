@@ -286,7 +286,13 @@ impl NodeAgent {
         let target_listener = listen(config.target_address(), "other nodes' forwarders").await?;
         let metrics_listener = listen(config.metrics_address, "metrics scrapes").await?;
         let endpoint = nbd_config(config.nbd_tls.as_ref(), endpoint_allows);
-        let own = nbd_config(config.nbd_tls.as_ref(), own_targets_allow);
+        // Every other node forwards each volume whose target runs here over a connection of
+        // its own: this listener needs room for volumes x nodes, from few addresses.
+        let own = tandem_nbd::ServerConfig {
+            connections_max: OWN_TARGETS_CONNECTIONS_MAX,
+            connections_per_peer: OWN_TARGETS_CONNECTIONS_PER_PEER,
+            ..nbd_config(config.nbd_tls.as_ref(), own_targets_allow)
+        };
         Ok(NodeAgent {
             config,
             client,
@@ -463,6 +469,11 @@ fn own_targets_allow(identity: &tandem_pki::Identity) -> bool {
         tandem_pki::Identity::Node(_) | tandem_pki::Identity::Admin(_)
     )
 }
+
+/// Connections the endpoint of a node's own targets takes (in all, and from one address): one
+/// per volume whose target runs here, from every other node that forwards it.
+const OWN_TARGETS_CONNECTIONS_MAX: usize = 16_384;
+const OWN_TARGETS_CONNECTIONS_PER_PEER: usize = 4_096;
 
 /// An NBD server's configuration: TLS required with `tls`, letting in whom `allow` allows.
 fn nbd_config(
