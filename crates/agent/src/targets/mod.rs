@@ -82,6 +82,8 @@ pub struct Targets {
     endpoint: Arc<EndpointServer>,
     /// Where the forwarder sends the volumes whose target is elsewhere.
     routes: watch::Sender<Routes>,
+    /// The nodes' addresses as last reported (see [`plan::KnownAddresses`]).
+    known: plan::KnownAddresses,
     running: BTreeMap<String, Running>,
     errors: ErrorLog,
     /// Signalled when a target started here changes state (set by [`Targets::run`]).
@@ -115,6 +117,7 @@ impl Targets {
             own,
             endpoint,
             routes,
+            known: plan::KnownAddresses::default(),
             running: BTreeMap::new(),
             errors: ErrorLog::default(),
             changes: None,
@@ -170,7 +173,8 @@ impl Targets {
     }
 
     async fn pass(&mut self) -> Result<(), Error> {
-        let view = self.read().await?;
+        let mut view = self.read().await?;
+        self.known.fill(&mut view);
         let routes = plan::plan_routes(&self.node, &view.volumes, &view.target_addresses);
         self.routes.send_if_modified(|current| {
             let changed = *current != routes;

@@ -33,6 +33,29 @@ pub struct View {
     pub target_addresses: BTreeMap<String, SocketAddr>,
 }
 
+/// The nodes' addresses as last reported. A control plane knows them from heartbeats, kept in
+/// memory: right after it restarts (or another takes over) it lists only the nodes heard from
+/// since. Forgetting a node then would close every forwarded export to it and cut its
+/// replicas' endpoints, so the last known addresses stay until the node reports new ones.
+#[derive(Debug, Default)]
+pub struct KnownAddresses {
+    addresses: BTreeMap<String, SocketAddr>,
+    target_addresses: BTreeMap<String, SocketAddr>,
+}
+
+impl KnownAddresses {
+    /// Learns the addresses `view` lists and gives it every address known.
+    pub fn fill(&mut self, view: &mut View) {
+        for (known, seen) in [
+            (&mut self.addresses, &mut view.addresses),
+            (&mut self.target_addresses, &mut view.target_addresses),
+        ] {
+            known.extend(std::mem::take(seen));
+            seen.clone_from(known);
+        }
+    }
+}
+
 impl View {
     pub fn replicas_of<'a>(&'a self, volume: &'a str) -> Vec<&'a CStorVolumeReplica> {
         self.replicas

@@ -410,3 +410,52 @@ fn given_volumes_on_several_nodes_when_routing_then_forward_only_those_whose_tar
     check_routes("n3", &volumes, &[("pvc-1", 8001), ("pvc-2", 8002)]);
     check_routes("n1", &[], &[]);
 }
+
+#[test]
+fn given_a_control_plane_that_has_not_heard_from_a_node_yet_when_filling_then_its_last_addresses_stay(
+) {
+    let mut known = KnownAddresses::default();
+    let mut first = view(vec![], vec![]);
+    first.addresses = [
+        ("n1".to_string(), address(7001)),
+        ("n2".to_string(), address(7002)),
+    ]
+    .into();
+    first.target_addresses = [
+        ("n1".to_string(), address(8001)),
+        ("n2".to_string(), address(8002)),
+    ]
+    .into();
+    known.fill(&mut first);
+
+    // A restarted control plane has heard from n1 only, which now listens elsewhere.
+    let mut restarted = view(vec![], vec![]);
+    restarted.addresses = [("n1".to_string(), address(7011))].into();
+    restarted.target_addresses = [("n1".to_string(), address(8011))].into();
+    known.fill(&mut restarted);
+    assert_eq!(
+        restarted.addresses,
+        [
+            ("n1".to_string(), address(7011)),
+            ("n2".to_string(), address(7002))
+        ]
+        .into()
+    );
+    assert_eq!(
+        restarted.target_addresses,
+        [
+            ("n1".to_string(), address(8011)),
+            ("n2".to_string(), address(8002))
+        ]
+        .into()
+    );
+    // So a volume whose target is on n2 is still forwarded there.
+    assert_eq!(
+        plan_routes(
+            "n1",
+            &[volume("pvc-1", "n2", 1, 1)],
+            &restarted.target_addresses
+        ),
+        [("pvc-1".to_string(), address(8002))].into()
+    );
+}
