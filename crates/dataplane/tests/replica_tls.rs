@@ -52,6 +52,19 @@ async fn tls_node(security: LinkSecurity) -> Node {
     .await
 }
 
+/// Node 0 under mutual TLS with `options` (its security replaced), hosting replica 1, and its
+/// host's address.
+async fn bounded_node(authority: &Authority, options: HostOptions) -> (Node, SocketAddr) {
+    let node = node_with(HostOptions {
+        security: mutual_tls(authority, &node_credential(authority, &name(0))),
+        ..options
+    })
+    .await;
+    replica_on(&node, 1, true).await;
+    let address = node.host.local_addr();
+    (node, address)
+}
+
 fn endpoint(node: &Node, name: &str) -> ReplicaEndpoint {
     ReplicaEndpoint::new(node.host.local_addr(), name)
 }
@@ -373,15 +386,14 @@ async fn a_target_refuses_a_host_presenting_another_nodes_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_peers_hold_up_no_handshake_and_are_closed_in_time() {
     let authority = Authority::create("test cluster").unwrap();
-    let security = mutual_tls(&authority, &node_credential(&authority, &name(0)));
-    let node = node_with(HostOptions {
-        security,
-        handshake_timeout: Duration::from_millis(500),
-        ..HostOptions::default()
-    })
+    let (_node, address) = bounded_node(
+        &authority,
+        HostOptions {
+            handshake_timeout: Duration::from_millis(500),
+            ..HostOptions::default()
+        },
+    )
     .await;
-    replica_on(&node, 1, true).await;
-    let address = node.host.local_addr();
     let mut silent = Vec::new();
     for _ in 0..3 {
         silent.push(TcpStream::connect(address).await.unwrap());
@@ -405,16 +417,15 @@ async fn silent_peers_hold_up_no_handshake_and_are_closed_in_time() {
 async fn handshakes_beyond_the_limit_are_closed_at_once() {
     let authority = Authority::create("test cluster").unwrap();
     let ca = authority.certificate();
-    let security = mutual_tls(&authority, &node_credential(&authority, &name(0)));
-    let node = node_with(HostOptions {
-        security,
-        handshakes_max: 1,
-        handshake_timeout: Duration::from_secs(60),
-        ..HostOptions::default()
-    })
+    let (_node, address) = bounded_node(
+        &authority,
+        HostOptions {
+            handshakes_max: 1,
+            handshake_timeout: Duration::from_secs(60),
+            ..HostOptions::default()
+        },
+    )
     .await;
-    replica_on(&node, 1, true).await;
-    let address = node.host.local_addr();
     let member = node_credential(&authority, "node9");
 
     // A silent peer takes the only handshake slot (connections are accepted in order).
@@ -444,16 +455,15 @@ async fn handshakes_beyond_the_limit_are_closed_at_once() {
 async fn one_address_cannot_take_every_handshake() {
     let authority = Authority::create("test cluster").unwrap();
     let ca = authority.certificate();
-    let security = mutual_tls(&authority, &node_credential(&authority, &name(0)));
-    let node = node_with(HostOptions {
-        security,
-        handshakes_per_peer: 2,
-        handshake_timeout: Duration::from_secs(60),
-        ..HostOptions::default()
-    })
+    let (_node, address) = bounded_node(
+        &authority,
+        HostOptions {
+            handshakes_per_peer: 2,
+            handshake_timeout: Duration::from_secs(60),
+            ..HostOptions::default()
+        },
+    )
     .await;
-    replica_on(&node, 1, true).await;
-    let address = node.host.local_addr();
     let member = node_credential(&authority, "node9");
 
     // Two silent connections from 127.0.0.2 take its share; a third from there is closed...

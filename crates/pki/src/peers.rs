@@ -28,12 +28,6 @@ impl PeerCounts {
             peer,
         })
     }
-
-    /// How many `peer` holds now.
-    pub fn held_by(&self, peer: IpAddr) -> usize {
-        let counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        counts.get(&peer).copied().unwrap_or(0)
-    }
 }
 
 /// One of a peer's handshakes or connections; given back when dropped.
@@ -59,6 +53,10 @@ impl Drop for PeerSlot {
 mod tests {
     use super::*;
 
+    fn held_by(counts: &PeerCounts, peer: IpAddr) -> usize {
+        counts.0.lock().unwrap().get(&peer).copied().unwrap_or(0)
+    }
+
     #[test]
     fn each_peer_is_bounded_on_its_own_and_slots_come_back() {
         let counts = PeerCounts::new();
@@ -67,11 +65,11 @@ mod tests {
         let second = counts.take(a, 2).unwrap();
         assert!(counts.take(a, 2).is_none());
         let other = counts.take(b, 2).unwrap();
-        assert_eq!((counts.held_by(a), counts.held_by(b)), (2, 1));
+        assert_eq!((held_by(&counts, a), held_by(&counts, b)), (2, 1));
         drop(first);
         assert!(counts.take(a, 2).is_some(), "a dropped slot is given back");
         drop((second, other));
-        assert_eq!((counts.held_by(a), counts.held_by(b)), (0, 0));
+        assert_eq!((held_by(&counts, a), held_by(&counts, b)), (0, 0));
         assert!(
             counts.0.lock().unwrap().is_empty(),
             "no entry is left behind"
