@@ -411,6 +411,7 @@ impl NodeAgent {
                 Arc::clone(&metrics),
             )
             .with_security(config.links.clone())
+            .with_local_host(host.local(config.node.clone()))
             .run(changes.clone()),
         );
         let recorder = Recorder::new(client.clone(), EVENT_COMPONENT, &config.node);

@@ -200,7 +200,7 @@ async fn a_target_writes_and_reads_back_over_mutual_tls() {
         endpoints,
         &initial,
         store,
-        security,
+        (security, None),
         TargetOptions::default(),
     );
     eventually("the volume to be Healthy over TLS", || {
@@ -221,6 +221,59 @@ async fn a_target_writes_and_reads_back_over_mutual_tls() {
         assert!(status.iter().all(|s| s.target == Some(Generation(1))));
     }
     handle.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_target_reaches_its_own_nodes_replicas_in_memory() {
+    let authority = Authority::create("test cluster").unwrap();
+    let credentials = [0, 1].map(|index| node_credential(&authority, &name(index)));
+    let nodes = [
+        tls_node(mutual_tls(&authority, &credentials[0])).await,
+        tls_node(mutual_tls(&authority, &credentials[1])).await,
+    ];
+    let mut initial = Vec::new();
+    for (index, node) in nodes.iter().enumerate() {
+        initial.push(replica_on(node, index as u64 + 1, true).await);
+    }
+    // The target runs in node0's agent: node0's replica is in its own process, node1's is not.
+    let (proxy, dialled) = counting_proxy(nodes[0].host.local_addr()).await;
+    let endpoints = vec![
+        ReplicaEndpoint::new(proxy, name(0)),
+        endpoint(&nodes[1], &name(1)),
+    ];
+    let links = (
+        mutual_tls(&authority, &credentials[0]),
+        Some(nodes[0].host.local(name(0))),
+    );
+    let store = Arc::new(Recorded::default());
+    let handle = start_target(endpoints, &initial, store, links, TargetOptions::default());
+    eventually("the volume to be Healthy", || {
+        handle.status().status == VolumeStatus::Healthy
+    })
+    .await;
+    let data: Vec<u8> = (0..256 << 10)
+        .map(|index: u32| (index % 253) as u8)
+        .collect();
+    handle
+        .write(0, Bytes::from(data.clone()), true)
+        .await
+        .unwrap();
+    assert_eq!(handle.read(0, 256 << 10).await.unwrap(), data);
+    for node in &nodes {
+        assert_eq!(file_bytes(&data_file(node), 0, 256 << 10), data);
+    }
+    assert_eq!(
+        dialled.load(Ordering::SeqCst),
+        0,
+        "node0's replica was reached in memory, not at its address"
+    );
+    handle.stop().await;
+
+    // Once the host has stopped, the way in is closed and a target is told so.
+    let local = nodes[0].host.local(name(0));
+    let [node0, _node1] = nodes;
+    node0.host.shutdown().await;
+    assert!(local.connect().await.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,7 +404,7 @@ async fn a_target_refuses_a_host_presenting_another_nodes_certificate() {
         endpoints,
         &initial,
         store,
-        security,
+        (security, None),
         TargetOptions::default(),
     );
     eventually("the target to dial node2 again after a refusal", || {

@@ -1,7 +1,8 @@
 //! The cluster's certificate authority and the credentials it issues: one CA per cluster, a
 //! certificate per control plane, per node agent (whose identity is its node name) and per user;
 //! and the rustls configurations that present them and require the other side's; and
-//! [`peers`], the per-peer bounds every listener facing the network keeps.
+//! [`peers`], the per-peer bounds every listener facing the network keeps; and
+//! [`buffered`], the socket every TLS stream should sit on.
 //!
 //! An identity is carried in the certificate's subject, as Kubernetes does: the common name is
 //! the name, the organisation is the role (`tandem:admins`, `tandem:control-planes`,
@@ -360,8 +361,28 @@ fn roots(ca: &str) -> Result<RootCertStore, PkiError> {
     Ok(roots)
 }
 
+/// ring's algorithms, AES-128-GCM first: as safe as AES-256 for TLS 1.3 and about a third
+/// cheaper per byte, which block storage pays on every byte it moves.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    let preferred = [
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+        rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    ];
+    // A stable sort: the rest keep ring's order.
+    (provider.cipher_suites).sort_by_key(|suite| !preferred.contains(&suite.suite()));
+    Arc::new(provider)
+}
+
+/// What [`buffered`] reads from the socket at a time.
+pub const TLS_READ_BUFFER: usize = 256 << 10;
+
+/// The socket to put a TLS stream on: rustls reads its socket at most 4 KiB at a time, so a
+/// stream of 4 KiB writes would cost two `read` calls each and one of 1 MiB 256; through this
+/// buffer (writes pass straight through) each takes one call per [`TLS_READ_BUFFER`]. Put it
+/// on the socket only when TLS starts: bytes it has read ahead belong to the TLS stream.
+pub fn buffered<S: tokio::io::AsyncRead>(socket: S) -> tokio::io::BufReader<S> {
+    tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, socket)
 }
 
 /// A server presenting `credential`, verifying clients against the CA `ca` (PEM).
@@ -379,10 +400,13 @@ pub fn server_config(
     };
     let chain = credential.chain()?;
     let key = credential.private_key()?;
-    Ok(ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?)
+        .with_single_cert(chain, key)?;
+    // Our order (AES-128-GCM first), not the client's: GnuTLS clients ask for AES-256 first.
+    config.ignore_client_order = true;
+    Ok(config)
 }
 
 /// A client trusting only the CA `ca` (PEM), presenting `credential` if given.

@@ -32,6 +32,19 @@ fn handshake(
     server: ServerConfig,
     name: &str,
 ) -> Result<Option<Identity>, String> {
+    let (_, server) = connect(client, server, name)?;
+    match server.peer_certificates() {
+        Some([first, ..]) => identity_of(first).map(Some).map_err(|e| e.to_string()),
+        _ => Ok(None),
+    }
+}
+
+/// Runs a TLS handshake between the two ends in memory; both ends once it is over.
+fn connect(
+    client: ClientConfig,
+    server: ServerConfig,
+    name: &str,
+) -> Result<(ClientConnection, ServerConnection), String> {
     let name = ServerName::try_from(name.to_string()).unwrap();
     let mut client = ClientConnection::new(Arc::new(client), name).unwrap();
     let mut server = ServerConnection::new(Arc::new(server)).unwrap();
@@ -59,10 +72,7 @@ fn handshake(
             .process_new_packets()
             .map_err(|error| format!("client: {error}"))?;
         if !client.is_handshaking() && !server.is_handshaking() {
-            return match server.peer_certificates() {
-                Some([first, ..]) => identity_of(first).map(Some).map_err(|e| e.to_string()),
-                _ => Ok(None),
-            };
+            return Ok((client, server));
         }
     }
     Err("the handshake did not finish".into())
@@ -236,4 +246,36 @@ fn given_a_client_when_the_server_is_not_the_clusters_or_not_the_named_host_then
         wrong_host.is_err(),
         "an address the certificate does not name: {wrong_host:?}"
     );
+}
+
+#[test]
+fn given_a_client_preferring_aes_256_when_it_connects_then_the_server_chooses_aes_128() {
+    let ca = Authority::create("test").unwrap();
+    let server = server_config(
+        ca.certificate(),
+        &control_plane(&ca),
+        ClientCertificates::Required,
+    )
+    .unwrap();
+    // ring's own order, as GnuTLS clients (libnbd, qemu) ask: AES-256-GCM first.
+    let ring = Arc::new(rustls::crypto::ring::default_provider());
+    assert_eq!(
+        ring.cipher_suites[0].suite(),
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+    );
+    let admin = admin(&ca);
+    let client = ClientConfig::builder_with_provider(ring)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots(ca.certificate()).unwrap())
+        .with_client_auth_cert(admin.chain().unwrap(), admin.private_key().unwrap())
+        .unwrap();
+    let (client, server) = connect(client, server, "localhost").unwrap();
+    for suite in [
+        client.negotiated_cipher_suite(),
+        server.negotiated_cipher_suite(),
+    ] {
+        let suite = suite.expect("negotiated").suite();
+        assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    }
 }

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use tandem_client::{Client, ClientError};
 use tandem_core::{Fenced, Generation, Membership, ReplicaId, TargetOptions};
+use tandem_dataplane::replica::LocalHost;
 use tandem_dataplane::security::LinkSecurity;
 use tandem_dataplane::target::{self, MembershipStore, TargetConfig, TargetHandle, TargetStatus};
 use tandem_nbd::{Server, ServerError};
@@ -92,12 +93,20 @@ pub struct Targets {
     metrics: Arc<AgentMetrics>,
     /// How targets reach replica hosts (mutual TLS with the node's credential, or plain).
     security: LinkSecurity,
+    /// This node's replica host: targets reach its replicas in memory.
+    local: Option<LocalHost>,
 }
 
 impl Targets {
     /// Targets reach replica hosts with `security` (plain by default).
     pub fn with_security(mut self, security: LinkSecurity) -> Targets {
         self.security = security;
+        self
+    }
+
+    /// Targets reach the replicas of this node's host, `local`, in memory (no socket, no TLS).
+    pub fn with_local_host(mut self, local: LocalHost) -> Targets {
+        self.local = Some(local);
         self
     }
 
@@ -123,6 +132,7 @@ impl Targets {
             changes: None,
             metrics,
             security: LinkSecurity::Plain,
+            local: None,
         }
     }
 
@@ -257,6 +267,7 @@ impl Targets {
                 membership: plan.membership,
                 endpoints: plan.endpoints,
                 security: self.security.clone(),
+                local: self.local.clone(),
                 options: TargetOptions::default(),
             },
             store,

@@ -1,5 +1,6 @@
 //! One connection from a target to the replica host, plain TCP or mutual TLS (the handshake and
-//! the peer's identity are checked here, in the connection's own task). A reader task decodes
+//! the peer's identity are checked here, in the connection's own task), or in memory from a
+//! target in the same process ([`LocalHost`]). A reader task decodes
 //! frames: the first must be a `Hello` naming a replica the host serves, and from then on every
 //! frame goes to that replica's task. A writer task, started once the connection is bound to a replica,
 //! encodes what the replica sends back, in order, batching what is queued into one write.
@@ -10,16 +11,17 @@
 //! handle, wakes the reader, and for a slow connection aborts the writer instead of letting it
 //! drain).
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tandem_core::{Envelope, Message};
 use tandem_pki::peers::PeerSlot;
 use tandem_wire::DecodeError;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 use tokio::task::AbortHandle;
@@ -31,6 +33,66 @@ use crate::security;
 /// Identifies one accepted connection within a host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct ConnId(pub u64);
+
+/// Who is on the other end of a connection (for the logs).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Peer {
+    Remote(SocketAddr),
+    /// A target in this process, connected through [`LocalHost`].
+    Local,
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Remote(address) => address.fmt(f),
+            Peer::Local => f.write_str("a target in this process"),
+        }
+    }
+}
+
+/// What an in-memory connection buffers in each direction (a write batch and more).
+const LOCAL_BUFFER: usize = 2 << 20;
+
+/// The way in to a replica host for the targets of the same process (see
+/// [`ReplicaHost::local`](super::ReplicaHost::local)): a connection in memory, served like any
+/// other (`Hello` first, the same bounds) but with neither a socket nor TLS, which would only
+/// cost CPU here: nothing outside the process can reach it. It does not keep the host alive.
+#[derive(Clone, Debug)]
+pub struct LocalHost {
+    node: String,
+    shared: Weak<Shared>,
+}
+
+impl LocalHost {
+    pub(crate) fn new(node: String, shared: Weak<Shared>) -> LocalHost {
+        LocalHost { node, shared }
+    }
+
+    /// The node whose replicas the host serves: a target reaches them through [`Self::connect`].
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Opens a connection to the host (waiting, like the listener, while `connections_max` are
+    /// open); `None` once the host has stopped.
+    pub async fn connect(&self) -> Option<DuplexStream> {
+        let shared = self.shared.upgrade()?;
+        if *shared.shutdown.borrow() {
+            return None;
+        }
+        let permit = Arc::clone(&shared.connections).acquire_owned().await.ok()?;
+        let id = shared.next_conn_id();
+        tracing::debug!(
+            conn = id.0,
+            "accepted a connection from a target in this process"
+        );
+        let (target_end, host_end) = tokio::io::duplex(LOCAL_BUFFER);
+        let (reader, writer) = tokio::io::split(host_end);
+        tokio::spawn(serve(shared, reader, writer, Peer::Local, id, permit));
+        Some(target_end)
+    }
+}
 
 /// Bytes read from the socket at a time (the buffer grows to hold one whole frame at most:
 /// frames are decoded as soon as they are complete, and their headers are checked first).
@@ -55,7 +117,7 @@ pub(crate) enum SendError {
 /// The replica task's handle on a connection bound to it.
 pub(crate) struct ConnHandle {
     pub id: ConnId,
-    pub peer: SocketAddr,
+    pub peer: Peer,
     frames: mpsc::Sender<(Envelope, usize)>,
     queued_bytes: Arc<AtomicUsize>,
     bytes_max: usize,
@@ -136,7 +198,7 @@ pub(crate) async fn serve_plain(
         return;
     }
     let (reader, writer) = stream.into_split();
-    serve(shared, reader, writer, peer, id, permit).await;
+    serve(shared, reader, writer, Peer::Remote(peer), id, permit).await;
 }
 
 /// Completes the TLS handshake of an accepted connection (within the host's handshake timeout,
@@ -158,7 +220,7 @@ pub(crate) async fn serve_tls(
     let timeout = shared.options.handshake_timeout;
     let mut shutdown = shared.shutdown.clone();
     let accepted = tokio::select! {
-        accepted = tokio::time::timeout(timeout, acceptor.accept(stream)) => accepted,
+        accepted = tokio::time::timeout(timeout, acceptor.accept(tandem_pki::buffered(stream))) => accepted,
         _ = shutdown.wait_for(|stopped| *stopped) => return,
     };
     drop(handshake);
@@ -182,7 +244,7 @@ pub(crate) async fn serve_tls(
         }
     }
     let (reader, writer) = tokio::io::split(stream);
-    serve(shared, reader, writer, peer, id, permit).await;
+    serve(shared, reader, writer, Peer::Remote(peer), id, permit).await;
 }
 
 /// Serves one connection (its two halves) until it ends.
@@ -190,7 +252,7 @@ async fn serve<R, W>(
     shared: Arc<Shared>,
     mut reader: R,
     writer: W,
-    peer: SocketAddr,
+    peer: Peer,
     id: ConnId,
     _permit: OwnedSemaphorePermit,
 ) where
@@ -362,7 +424,7 @@ async fn write_frames(
     mut frames: mpsc::Receiver<(Envelope, usize)>,
     queued_bytes: Arc<AtomicUsize>,
     timeout: Duration,
-    peer: SocketAddr,
+    peer: Peer,
     replica: u64,
 ) {
     let mut buffer = BytesMut::new();

@@ -47,7 +47,7 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
-use super::connection::{self, ConnHandle, ConnId};
+use super::connection::{self, ConnHandle, ConnId, LocalHost};
 use super::disk::{Allocation, DiskCompletion, DiskOpenError, ReplicaDisk};
 use crate::security::LinkSecurity;
 
@@ -230,12 +230,19 @@ pub(crate) struct Shared {
     replicas: Mutex<HashMap<ReplicaId, ReplicaEntry>>,
     /// Shared with every hosted replica's disk: set while the pool is full.
     pool_full: Arc<AtomicBool>,
+    /// A permit per open connection, from the listener or [`LocalHost`] (`connections_max`).
+    pub connections: Arc<Semaphore>,
+    next_conn: AtomicU64,
 }
 
 impl Shared {
     fn replicas(&self) -> MutexGuard<'_, HashMap<ReplicaId, ReplicaEntry>> {
         // Nothing panics while holding the lock; a poisoned map is still a consistent map.
         self.replicas.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn next_conn_id(&self) -> ConnId {
+        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Where frames for `replica` go, if it is hosted.
@@ -281,10 +288,12 @@ impl ReplicaHost {
         let local_addr = listener.local_addr().map_err(HostError::LocalAddress)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
+            connections: Arc::new(Semaphore::new(options.connections_max)),
             options,
             shutdown: shutdown_rx,
             replicas: Mutex::new(HashMap::new()),
             pool_full: Arc::new(AtomicBool::new(false)),
+            next_conn: AtomicU64::new(1),
         });
         let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         tracing::info!(address = %local_addr, "replica host listening");
@@ -299,6 +308,12 @@ impl ReplicaHost {
     /// The address the host listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The way in for targets in this process to the replicas of `node` (the node this host
+    /// serves): in memory, without a socket or TLS.
+    pub fn local(&self, node: impl Into<String>) -> LocalHost {
+        LocalHost::new(node.into(), Arc::downgrade(&self.shared))
     }
 
     /// Opens the replica storage in `dir` and starts serving it. Refused if the storage cannot
@@ -507,21 +522,19 @@ fn publish(replica: &Replica, target: Option<Generation>) -> Published {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let limit = Arc::new(Semaphore::new(shared.options.connections_max));
     let handshakes = Arc::new(Semaphore::new(shared.options.handshakes_max));
     let peer_handshakes = PeerCounts::new();
     let acceptor = match &shared.options.security {
         LinkSecurity::Plain => None,
         LinkSecurity::Tls { server, .. } => Some(TlsAcceptor::from(Arc::clone(server))),
     };
-    let next_id = AtomicU64::new(1);
     loop {
-        let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
+        let Ok(permit) = Arc::clone(&shared.connections).acquire_owned().await else {
             return; // Never closed.
         };
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let id = ConnId(next_id.fetch_add(1, Ordering::Relaxed));
+                let id = shared.next_conn_id();
                 tracing::debug!(%peer, conn = id.0, "accepted a connection");
                 let shared = Arc::clone(&shared);
                 let Some(acceptor) = &acceptor else {

@@ -6,13 +6,15 @@
 //! * `disk` — [`ReplicaDisk`]: the core's disk operations on a replica's real files.
 //! * `host` — [`ReplicaHost`]: the listener, one task per replica owning its
 //!   [`tandem_core::Replica`], and the routing of frames between connections and replicas.
-//! * `connection` — one target connection's reader and writer.
+//! * `connection` — one target connection's reader and writer, and [`LocalHost`]: connections
+//!   in memory from the targets of the same process.
 
 mod connection;
 mod disk;
 mod host;
 pub mod storage;
 
+pub use connection::LocalHost;
 pub use disk::{
     io_failure, Allocation, DiskCompletion, DiskOpenError, OpError, ReplicaDisk,
     ALLOCATION_LEN_MAX, READ_LEN_MAX,

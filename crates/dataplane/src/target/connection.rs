@@ -1,5 +1,6 @@
-//! One connection from a target to a replica host, carrying one session: plain TCP, or mutual
-//! TLS verifying that the host is the node the replica is expected on. A writer task
+//! One connection from a target to a replica host, carrying one session: plain TCP, mutual
+//! TLS verifying that the host is the node the replica is expected on, or in memory to the
+//! host of the same process (the replica's node is this one). A writer task
 //! encodes the target's messages in order, a reader task decodes the replica's and hands them
 //! to the target tagged with the session. Any error ends the connection, and the target hears
 //! that it did (the replica is ejected at once, not after a timeout) and starts a new session.
@@ -16,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 
 use super::{Inbound, ReplicaEndpoint};
+use crate::replica::LocalHost;
 use crate::security::{self, LinkSecurity};
 
 /// Frames waiting to be written on one connection. The core bounds what it sends a replica
@@ -49,6 +51,8 @@ enum LinkError {
     Decode(#[from] tandem_wire::DecodeError),
     #[error("the replica host closed the connection")]
     Closed,
+    #[error("the replica host of this process has stopped")]
+    LocalHostStopped,
 }
 
 pub(crate) struct Connection {
@@ -59,13 +63,17 @@ impl Connection {
     pub fn open(
         endpoint: ReplicaEndpoint,
         security: LinkSecurity,
+        local: Option<LocalHost>,
         replica: ReplicaId,
         session: SessionId,
         inbound: mpsc::Sender<Inbound>,
     ) -> Connection {
         let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
         tokio::spawn(async move {
-            let ran = run(&endpoint, security, replica, session, outbound_rx, &inbound).await;
+            let ran = match local {
+                Some(local) => run_local(&local, replica, session, outbound_rx, &inbound).await,
+                None => run(&endpoint, security, replica, session, outbound_rx, &inbound).await,
+            };
             let address = endpoint.address;
             match ran {
                 Ok(()) => {}
@@ -94,6 +102,19 @@ impl Connection {
     }
 }
 
+/// The connection in memory to the host of this process.
+async fn run_local(
+    local: &LocalHost,
+    replica: ReplicaId,
+    session: SessionId,
+    outbound: mpsc::Receiver<Envelope>,
+    inbound: &mpsc::Sender<Inbound>,
+) -> Result<(), LinkError> {
+    let stream = local.connect().await.ok_or(LinkError::LocalHostStopped)?;
+    let (reader, writer) = tokio::io::split(stream);
+    exchange(reader, writer, replica, session, outbound, inbound).await
+}
+
 async fn run(
     endpoint: &ReplicaEndpoint,
     security: LinkSecurity,
@@ -120,7 +141,7 @@ async fn run(
     })?;
     let stream = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        TlsConnector::from(client).connect(name, stream),
+        TlsConnector::from(client).connect(name, tandem_pki::buffered(stream)),
     )
     .await
     .map_err(|_| LinkError::HandshakeTimeout)?

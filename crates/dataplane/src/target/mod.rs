@@ -1,6 +1,7 @@
 //! The volume target: a [`tandem_core::Target`] in one tokio task, connected to its replicas
-//! over TCP or mutual TLS ([`TargetConfig::security`]), serving client requests (the NBD frontend calls [`TargetHandle`]) and publishing
-//! its status.
+//! over TCP or mutual TLS ([`TargetConfig::security`]), or in memory to the replica host of its
+//! own process ([`TargetConfig::local`]), serving client requests (the NBD frontend calls
+//! [`TargetHandle`]) and publishing its status.
 //!
 //! The task owns the state machine and is the only one to touch it. Everything else talks to it
 //! through bounded channels: replica connections deliver frames, clients send requests with a
@@ -30,6 +31,7 @@ use tandem_core::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::replica::LocalHost;
 use crate::security::LinkSecurity;
 
 use clock::TickClock;
@@ -128,6 +130,9 @@ pub struct TargetConfig {
     /// How the links to the replica hosts are protected: the node's mutual TLS credentials
     /// ([`LinkSecurity::mutual_tls`]), or plain TCP.
     pub security: LinkSecurity,
+    /// The replica host of this process, if there is one: the replicas of its node are reached
+    /// in memory (no socket, no TLS) rather than at their endpoint's address.
+    pub local: Option<LocalHost>,
     pub options: TargetOptions,
 }
 
@@ -286,6 +291,7 @@ pub fn start(config: TargetConfig, store: Arc<dyn MembershipStore>) -> TargetHan
         target,
         endpoints: config.endpoints,
         security: config.security,
+        local: config.local,
         connections: BTreeMap::new(),
         clients: BTreeMap::new(),
         next_client: 0,
@@ -315,6 +321,7 @@ struct TargetTask {
     target: Target,
     endpoints: BTreeMap<ReplicaId, ReplicaEndpoint>,
     security: LinkSecurity,
+    local: Option<LocalHost>,
     /// The open connection of each replica, with the session it carries.
     connections: BTreeMap<ReplicaId, (SessionId, Connection)>,
     clients: BTreeMap<ClientRequestId, oneshot::Sender<Result<ClientReplyBody, ClientError>>>,
@@ -516,9 +523,11 @@ impl TargetTask {
                 return;
             };
             let session = envelope.session;
+            let local = (self.local.as_ref()).filter(|local| local.node() == endpoint.node);
             let connection = Connection::open(
                 endpoint.clone(),
                 self.security.clone(),
+                local.cloned(),
                 to,
                 session,
                 self.inbound_tx.clone(),

@@ -12,7 +12,7 @@ use tandem_core::{
     Fenced, Generation, Incarnation, Membership, ReplicaId, TargetOptions, VolumeStatus,
 };
 use tandem_dataplane::replica::storage::{create_replica, geometry_for, NewReplica};
-use tandem_dataplane::replica::{HostOptions, ReplicaHost};
+use tandem_dataplane::replica::{HostOptions, LocalHost, ReplicaHost};
 use tandem_dataplane::security::LinkSecurity;
 use tandem_dataplane::target::{
     self, MembershipStore, ReplicaEndpoint, TargetConfig, TargetHandle,
@@ -127,12 +127,12 @@ pub fn file_bytes(path: &Path, offset: u64, len: usize) -> Vec<u8> {
 }
 
 /// Starts generation 1's target over `initial`, replica i+1 served at `endpoints[i]`, with
-/// `security` on its replica links.
+/// `security` on its replica links (and `local`, the replica host of its own process).
 pub fn start_target(
     endpoints: Vec<ReplicaEndpoint>,
     initial: &[(ReplicaId, Incarnation)],
     store: Arc<Recorded>,
-    security: LinkSecurity,
+    (security, local): (LinkSecurity, Option<LocalHost>),
     options: TargetOptions,
 ) -> TargetHandle {
     let endpoints: BTreeMap<ReplicaId, _> = endpoints
@@ -148,6 +148,7 @@ pub fn start_target(
             membership: Membership::initial(initial),
             endpoints,
             security,
+            local,
             options,
         },
         store,
@@ -176,7 +177,8 @@ pub async fn serve_volume_with(
         .enumerate()
         .map(|(index, node)| ReplicaEndpoint::new(node.host.local_addr(), format!("node{index}")))
         .collect();
-    let handle = start_target(endpoints, initial, store, LinkSecurity::Plain, options);
+    let links = (LinkSecurity::Plain, None);
+    let handle = start_target(endpoints, initial, store, links, options);
     eventually("the volume to be Healthy", || {
         handle.status().status == VolumeStatus::Healthy
     })

@@ -294,7 +294,7 @@ impl Client {
                 )))
             })?;
             let mut stream = tokio_rustls::TlsConnector::from(config)
-                .connect(name, stream)
+                .connect(name, tandem_pki::buffered(stream))
                 .await
                 .map_err(|error| handshake_error(HandshakeError::Tls(error)))?;
             let negotiated = handshake::negotiate(&mut stream, &uri.export, structured, no_zeroes)

@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Arc;
 
 use tandem_block::InvalidExportInfo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
@@ -21,7 +21,8 @@ pub(super) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 /// A connection's socket once the handshake is over.
 pub(super) enum Stream {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    /// On [`tandem_pki::buffered`].
+    Tls(Box<TlsStream<BufReader<TcpStream>>>),
 }
 
 impl Stream {

@@ -188,7 +188,7 @@ impl<D: BlockDevice> Server<D> {
             outcome => return Ok((outcome, Stream::Plain(stream))),
         }
         let mut stream = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.config))
-            .accept(stream)
+            .accept(tandem_pki::buffered(stream))
             .await
             .map_err(ConnError::Tls)?;
         let identity = match stream.get_ref().1.peer_certificates() {
