@@ -102,6 +102,9 @@ pub struct AgentConfig {
     /// and the client set-up its forwarders reach other nodes' targets with. `None`: plain NBD
     /// (loopback only).
     pub nbd_tls: Option<NbdTls>,
+    /// HTTPS for the metrics, requiring a client certificate of the cluster's CA (the node's
+    /// credential, as its NBD endpoints'); `None`: plain HTTP (loopback only).
+    pub metrics_tls: Option<Arc<tandem_pki::rustls::ServerConfig>>,
     /// How often to heartbeat, renewing the node's lease (default 500ms: four heartbeats per
     /// default lease of 2s, so one lost heartbeat never loses the lease).
     pub heartbeat: Duration,
@@ -157,6 +160,7 @@ impl AgentConfig {
             credentials: None,
             links: LinkSecurity::Plain,
             nbd_tls: None,
+            metrics_tls: None,
             heartbeat: AgentConfig::DEFAULT_HEARTBEAT,
             namespace: tandem_objects::DEFAULT_NAMESPACE.to_string(),
             reconcile_interval: AgentConfig::DEFAULT_RECONCILE_INTERVAL,
@@ -375,6 +379,7 @@ impl NodeAgent {
                 target_address: target_address.to_string(),
                 metrics_address: metrics_address.to_string(),
                 nbd_tls: config.nbd_tls.is_some(),
+                metrics_tls: config.metrics_tls.is_some(),
             },
             config.heartbeat,
             config.request_timeout,
@@ -389,6 +394,7 @@ impl NodeAgent {
             tokio::spawn(Arc::clone(&own).serve(target_listener, stopped(nbd_stopped.clone())));
         let serving_metrics = tokio::spawn(metrics::serve(
             metrics_listener,
+            config.metrics_tls.clone(),
             Arc::clone(&metrics),
             stopped(nbd_stopped.clone()),
         ));

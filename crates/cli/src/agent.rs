@@ -78,11 +78,14 @@ pub fn run(args: AgentArgs) -> Result<()> {
             let credential = Credential::load(&certificate, &key)?;
             config.links = LinkSecurity::mutual_tls(&ca, &credential)
                 .context("the TLS set-up of the replica links")?;
+            // The NBD endpoints and the metrics both require a certificate of the cluster's CA.
+            let server = Arc::new(
+                tandem_pki::server_config(&ca, &credential, ClientCertificates::Required)
+                    .context("the TLS set-up of the NBD endpoints and the metrics")?,
+            );
+            config.metrics_tls = Some(Arc::clone(&server));
             config.nbd_tls = Some(NbdTls {
-                server: Arc::new(
-                    tandem_pki::server_config(&ca, &credential, ClientCertificates::Required)
-                        .context("the TLS set-up of the NBD endpoints")?,
-                ),
+                server,
                 client: Arc::new(
                     tandem_pki::client_config(&ca, Some(&credential))
                         .context("the TLS set-up of the forwarders")?,
@@ -94,12 +97,12 @@ pub fn run(args: AgentArgs) -> Result<()> {
             for (flag, address) in [
                 ("--data-address", args.data_address),
                 ("--nbd-address", args.nbd_address),
+                ("--metrics-address", args.metrics_address),
             ] {
                 if !address.ip().is_loopback() {
                     bail!(
                         "{flag} {address}: without a credential (--ca, --certificate, --key) the \
-                         agent serves only on loopback, as anyone reaching it could open its \
-                         replicas"
+                         agent serves only on loopback, as it would let in anyone reaching it"
                     );
                 }
             }

@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use tandem_client::{Client, Credentials};
 use tandem_control_plane::leader::Leader;
-use tandem_control_plane::{compaction, controllers, router, tls, Api};
+use tandem_control_plane::{compaction, controllers, router, Api};
 use tandem_pki::{ClientCertificates, Credential, Identity};
 use tandem_store::election::{self, ControlPlane, ElectionConfig, Leadership};
 use tandem_store::{Location, RedbStore, Store, StoreError};
@@ -287,10 +287,10 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
         });
         let served = match transport {
             Transport::Tls { server, .. } => {
-                tls::serve(
+                tandem_https::serve(
                     listener,
                     server,
-                    tls::Limits::default(),
+                    tandem_https::Limits::default(),
                     router(api),
                     shutdown_signal(),
                 )

@@ -40,10 +40,11 @@ pub async fn urls(client: &Client, control_plane: &str) -> Result<Vec<(String, S
         .await
         .context("list the nodes the control plane knows")?;
     for node in nodes {
+        let scheme = if node.metrics_tls { "https" } else { "http" };
         let url = if node.metrics_address.is_empty() {
             "(its agent reports no metrics address)".to_string()
         } else {
-            format!("http://{}/metrics", node.metrics_address)
+            format!("{scheme}://{}/metrics", node.metrics_address)
         };
         urls.push((node.node, url));
     }

@@ -55,6 +55,26 @@ impl Scraper {
     }
 }
 
+impl Scraper {
+    /// `url` (an agent's metrics) answers nothing to a client showing no certificate (which
+    /// trusts the cluster's CA), nor over plain HTTP.
+    fn refused(&self, url: &str, cluster: &Cluster) {
+        let ca = std::fs::read_to_string(cluster.data_dir().join("pki/ca.crt")).unwrap();
+        let anonymous = reqwest::Client::builder()
+            .use_preconfigured_tls(tandem_pki::client_config(&ca, None).unwrap())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let plain = url.replacen("https://", "http://", 1);
+        for (client, url) in [(&anonymous, url), (&self.client, plain.as_str())] {
+            let answer = self
+                .runtime
+                .block_on(async { client.get(url).send().await });
+            assert!(answer.is_err(), "{url} answered {answer:?}");
+        }
+    }
+}
+
 /// `promtool check metrics` accepts `text`; `false` when promtool is not installed.
 fn promtool_accepts(text: &str, from: &str) -> bool {
     let Ok(mut child) = Command::new("promtool")
@@ -157,15 +177,13 @@ fn metrics_follow_writes_refusals_and_a_migration() {
     let mut promtool = true;
     for (name, url) in &urls {
         assert!(
-            url.starts_with(if name == "control-plane" {
-                "https://127.0.0.1:"
-            } else {
-                "http://127.0.0.1:"
-            }) && url.ends_with("/metrics"),
+            url.starts_with("https://127.0.0.1:") && url.ends_with("/metrics"),
             "{url}"
         );
         promtool &= promtool_accepts(&scraper.scrape(url), name);
     }
+    // Without a certificate of the cluster's CA, or without TLS, an agent shows nothing.
+    scraper.refused(&urls["node1"], &cluster);
     if !promtool {
         eprintln!(
             "skipped: promtool is not installed, so scrapes are not checked with `promtool check \

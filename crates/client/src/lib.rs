@@ -113,13 +113,17 @@ pub struct NodeHeartbeat {
     /// agent that predates forwarding).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub target_address: String,
-    /// Where the agent serves its Prometheus metrics (`http://ADDRESS/metrics`; empty from an
-    /// agent that predates them).
+    /// Where the agent serves its Prometheus metrics (`http(s)://ADDRESS/metrics`; empty from
+    /// an agent that predates them).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub metrics_address: String,
     /// Whether its NBD endpoints require TLS (`nbds://`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub nbd_tls: bool,
+    /// Whether it serves its metrics over HTTPS, to clients with a certificate of the cluster's
+    /// CA.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub metrics_tls: bool,
 }
 
 /// A node as the control plane sees it.
@@ -140,6 +144,9 @@ pub struct NodeStatus {
     /// Whether its NBD endpoints require TLS (`nbds://`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub nbd_tls: bool,
+    /// Whether its metrics are served over HTTPS (`https://METRICS_ADDRESS/metrics`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub metrics_tls: bool,
     /// Milliseconds since the agent last reported.
     pub last_seen_ms: u64,
     /// Whether it reported within the control plane's agent timeout.

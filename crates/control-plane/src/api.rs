@@ -497,6 +497,7 @@ impl Api {
                     target_address: heartbeat.target_address.clone(),
                     metrics_address: heartbeat.metrics_address.clone(),
                     nbd_tls: heartbeat.nbd_tls,
+                    metrics_tls: heartbeat.metrics_tls,
                     last_seen_ms: u64::try_from(silent.as_millis()).unwrap_or(u64::MAX),
                     ready: silent <= self.agent_timeout,
                 }

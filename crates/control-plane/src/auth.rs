@@ -1,4 +1,4 @@
-//! Who is calling: a request that came over TLS ([`crate::tls::TlsListener`]) must carry a client
+//! Who is calling: a request that came over TLS ([`tandem_https::TlsListener`]) must carry a client
 //! certificate of the cluster's CA, else it is answered 401 before any handler sees it; one that
 //! came over a listener without TLS (plain HTTP on loopback, a Unix socket) is trusted, as
 //! whoever can reach those is the cluster's own user. Handlers find the [`Caller`] in the
@@ -18,7 +18,7 @@ use tandem_pki::Identity;
 
 use crate::api::Part;
 use crate::error::{resource_name, ApiError, ErrorKind};
-use crate::tls::Peer;
+use tandem_https::Peer;
 
 /// The caller of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,6 +21,5 @@ mod patch;
 mod read;
 mod selector;
 mod table;
-pub mod tls;
 
 pub use api::{router, Api};

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::Value;
 use tandem_client::Credentials;
-use tandem_control_plane::tls::{Limits, Peer, TlsListener};
 use tandem_control_plane::{router, Api};
+use tandem_https::{Limits, Peer, TlsListener};
 use tandem_objects::{Kind, Object, Quantity};
 use tandem_pki::{
     client_config, server_config, Authority, ClientCertificates, Credential, Identity,

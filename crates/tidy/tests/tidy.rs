@@ -136,6 +136,7 @@ const TANDEM_DEPENDENCIES_ALLOWED: &[(&str, &[&str])] = &[
     ("store", &[]),
     ("block", &[]),
     ("pki", &[]),
+    ("https", &["tandem-pki"]),
     ("tidy", &[]),
     ("wire", &["tandem-core"]),
     ("sim", &["tandem-core"]),
@@ -152,6 +153,7 @@ const TANDEM_DEPENDENCIES_ALLOWED: &[(&str, &[&str])] = &[
             "tandem-client",
             "tandem-store",
             "tandem-pki",
+            "tandem-https",
         ],
     ),
     (
@@ -164,6 +166,7 @@ const TANDEM_DEPENDENCIES_ALLOWED: &[(&str, &[&str])] = &[
             "tandem-objects",
             "tandem-client",
             "tandem-pki",
+            "tandem-https",
         ],
     ),
     (
@@ -181,6 +184,7 @@ const TANDEM_DEPENDENCIES_ALLOWED: &[(&str, &[&str])] = &[
             "tandem-dataplane",
             "tandem-wire",
             "tandem-pki",
+            "tandem-https",
         ],
     ),
 ];

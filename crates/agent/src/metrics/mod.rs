@@ -1,5 +1,6 @@
-//! The agent's Prometheus metrics, served at `http://--metrics-address/metrics` (Prometheus
-//! text format 0.0.4): for every volume whose target runs on this node, its clients' I/O
+//! The agent's Prometheus metrics, served at `https://--metrics-address/metrics` (to clients
+//! with a certificate of the cluster's CA; plain `http://` on an insecure, loopback-only node)
+//! in Prometheus text format 0.0.4: for every volume whose target runs on this node, its clients' I/O
 //! ([`metered`]: operations, errors, bytes and latency by kind of request), its status,
 //! generation, replication and consistency factors and backpressure waits, and per replica its
 //! mode, resync progress, bytes copied, rate and ejections; for the node's pool, its capacity,
@@ -21,6 +22,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use tandem_core::ReplicaId;
 use tandem_dataplane::target::{TargetCounters, TargetHandle, TargetStatus};
+use tandem_pki::rustls::ServerConfig;
 use tokio::sync::watch;
 
 use metered::VolumeIo;
@@ -132,15 +134,25 @@ impl AgentMetrics {
 /// Serves `GET /metrics` on `listener` until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<ServerConfig>>,
     metrics: Arc<AgentMetrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let router = axum::Router::new()
         .route("/metrics", axum::routing::get(scrape))
         .with_state(metrics);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    match tls {
+        // The handshake requires a certificate of the cluster's CA: every holder may scrape.
+        Some(config) => {
+            let limits = tandem_https::Limits::default();
+            tandem_https::serve(listener, config, limits, router, shutdown).await
+        }
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
 
 async fn scrape(State(metrics): State<Arc<AgentMetrics>>) -> impl IntoResponse {

@@ -160,6 +160,7 @@ pub(crate) fn node(name: &str, ready: bool, nbd_address: &str, last_seen_ms: u64
         target_address: String::new(),
         metrics_address: String::new(),
         nbd_tls: false,
+        metrics_tls: false,
         last_seen_ms,
         ready,
     }

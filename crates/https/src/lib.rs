@@ -1,4 +1,4 @@
-//! The API over TLS: a listener that completes each handshake off its accept loop, bounded in
+//! HTTPS for the API and the agents' metrics: a listener that completes each handshake off its accept loop, bounded in
 //! time and in number (in all, and per peer address), so a slow or silent peer holds nothing but
 //! its own small task and cannot take every handshake slot; the connections one address holds
 //! open are bounded too. Every connection it hands on carries what the client's certificate says
