@@ -54,6 +54,7 @@ pub use status::{status, StatusArgs};
 use crate::control_plane::write_atomically;
 use crate::pki::Pki;
 use crate::server::{address_file, default_data_dir};
+use crate::store::EtcdTlsArgs;
 use crate::wait::{wait_for, Deadline, Probe};
 
 /// The pool cluster `tandem up` makes, named as in cStor's walk-through.
@@ -176,6 +177,17 @@ struct HighAvailability {
     etcd: Vec<etcd::Member>,
     /// Every control plane's port on 127.0.0.1, the first being the cluster's `port`.
     control_plane_ports: Vec<u16>,
+    /// etcd serves TLS with its own CA (`DIR/pki/etcd`); false for an insecure cluster and for
+    /// one made before etcd had TLS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    etcd_tls: bool,
+}
+
+impl HighAvailability {
+    /// The etcd CA, if etcd serves TLS.
+    fn etcd_pki(&self, data_dir: &Path) -> Option<etcd::EtcdPki> {
+        self.etcd_tls.then(|| etcd::EtcdPki::of(data_dir))
+    }
 }
 
 impl ClusterFile {
@@ -303,17 +315,22 @@ pub fn up(args: UpArgs) -> Result<()> {
             "control-plane",
             &cluster,
             cluster.port,
-            None,
+            &[],
             args.timeout,
         ))?,
         Some(ha) => {
+            let etcd_pki = ha.etcd_pki(&data_dir);
             runtime.block_on(etcd::start(
                 &data_dir,
                 &ha.etcd,
+                etcd_pki.as_ref(),
                 |pid_file| running_pid(pid_file, "etcd"),
                 args.timeout,
             ))?;
-            let store = etcd::store_location(&ha.etcd);
+            let mut store = vec!["--store".to_string(), etcd::store_location(&ha.etcd)];
+            if let Some(etcd_pki) = &etcd_pki {
+                store.extend(EtcdTlsArgs::flags(&etcd_pki.client_files()?));
+            }
             let mut servers = Vec::new();
             for (index, &port) in ha.control_plane_ports.iter().enumerate() {
                 servers.push(runtime.block_on(start_control_plane(
@@ -322,7 +339,7 @@ pub fn up(args: UpArgs) -> Result<()> {
                     &format!("cp{}", index + 1),
                     &cluster,
                     port,
-                    Some(&store),
+                    &store,
                     args.timeout,
                 ))?);
             }
@@ -356,7 +373,8 @@ pub fn up(args: UpArgs) -> Result<()> {
             for address in server.split(',') {
                 println!("  control plane  {address}");
             }
-            println!("  etcd           {}", etcd::client_urls(&ha.etcd).join(" "));
+            let urls = etcd::client_urls(&ha.etcd, ha.etcd_tls);
+            println!("  etcd           {}", urls.join(" "));
             println!("  (one control plane leads the controllers: tandem status)");
         }
     }
@@ -494,6 +512,7 @@ fn plan(data_dir: &Path, args: &UpArgs, pool_size: Quantity) -> Result<ClusterFi
         cluster.ha = Some(HighAvailability {
             etcd,
             control_plane_ports,
+            etcd_tls: !cluster.insecure,
         });
     }
     if args.nodes < cluster.nodes.len() {
@@ -561,15 +580,16 @@ fn choose_port(asked: Option<u16>) -> Result<u16> {
 }
 
 /// Starts the control plane `name` whose data directory is `data_dir` (the cluster's, or with
-/// --ha its own) on `port`, on `store` if given (else the redb file in its data directory), with
-/// its credential from `pki` (issued if missing); returns its address once it serves.
+/// --ha its own) on `port`, on the store the arguments `store` name if any (else the redb file
+/// in its data directory), with its credential from `pki` (issued if missing); returns its
+/// address once it serves.
 async fn start_control_plane(
     data_dir: &Path,
     pki: &Pki,
     name: &str,
     cluster: &ClusterFile,
     port: u16,
-    store: Option<&str>,
+    store: &[String],
     timeout: Duration,
 ) -> Result<String> {
     let directory = control_plane_dir(data_dir);
@@ -609,9 +629,7 @@ async fn start_control_plane(
         let identity = Identity::ControlPlane(name.to_string());
         args.extend(credential_args(pki, &identity, &addresses, &hosts)?);
     }
-    if let Some(store) = store {
-        args.extend(["--store".to_string(), store.to_string()]);
-    }
+    args.extend(store.iter().cloned());
     let namespace = cluster.netns.as_ref().map(Network::control_plane_namespace);
     if namespace.is_some() {
         args.extend(["--unix-socket".to_string(), socket.display().to_string()]);

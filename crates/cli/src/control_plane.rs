@@ -48,6 +48,9 @@ pub struct ControlPlaneArgs {
     /// elected one runs the controllers.
     #[arg(long, env = "TANDEM_STORE")]
     store: Option<String>,
+    /// The credential for an etcd that serves TLS.
+    #[command(flatten)]
+    etcd: crate::store::EtcdTlsArgs,
     /// On etcd, the leader's lease: how long the controllers stand still after their leader
     /// dies before another control plane leads.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
@@ -179,6 +182,7 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
         None => Location::Redb(directory.join("store.redb")),
     };
     let transport = transport(&args, &data_dir)?;
+    let etcd_tls = args.etcd.load()?;
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     runtime.block_on(async move {
         let store: Arc<dyn Store> = match &location {
@@ -193,8 +197,8 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
                 .with_context(|| format!("open store {}", path.display()))?,
             ),
             etcd => {
-                let etcd = etcd.clone();
-                tokio::task::spawn_blocking(move || etcd.open())
+                let (etcd, tls) = (etcd.clone(), etcd_tls.clone());
+                tokio::task::spawn_blocking(move || etcd.open_with(tls.as_ref()))
                     .await
                     .context("open the store")??
             }
@@ -244,7 +248,10 @@ pub fn run(args: ControlPlaneArgs) -> Result<()> {
             Location::Redb(_) => (Leader::Sole, None),
             Location::Etcd { endpoints, prefix } => {
                 let config = ElectionConfig {
-                    endpoints: endpoints.iter().map(|e| format!("http://{e}")).collect(),
+                    endpoints: (endpoints.iter())
+                        .map(|endpoint| tandem_store::etcd_url(endpoint, etcd_tls.as_ref()))
+                        .collect(),
+                    tls: etcd_tls.clone(),
                     prefix: prefix.clone(),
                     me: ControlPlane {
                         address: local_url.clone(),

@@ -30,9 +30,12 @@ pub struct Pki {
 impl Pki {
     /// The cluster whose data directory is `data_dir`.
     pub fn of(data_dir: &Path) -> Pki {
-        Pki {
-            dir: data_dir.join("pki"),
-        }
+        Pki::at(data_dir.join("pki"))
+    }
+
+    /// A CA and its credentials in `dir` (etcd's own, say).
+    pub fn at(dir: PathBuf) -> Pki {
+        Pki { dir }
     }
 
     /// The directory of the credential files.

@@ -309,11 +309,12 @@ fn store_copy_moves_every_object_into_an_empty_store_only() {
     );
 
     // A control plane on the copy serves the same objects.
-    let after = served(&cluster, &to, copy_dir.path());
+    let after = served(&cluster, &to, &[], copy_dir.path());
     assert_eq!(after, before);
 
     // Into etcd: the redb cluster's objects move to a `tandem up --ha` etcd, under a prefix of
-    // their own, and a control plane there serves them.
+    // their own, and a control plane there serves them. etcd serves TLS to holders of its own
+    // CA's certificates only.
     if !etcd_installed() {
         return;
     }
@@ -323,20 +324,66 @@ fn store_copy_moves_every_object_into_an_empty_store_only() {
         .lines()
         .filter(|line| line.starts_with("etcd"))
         .filter_map(|line| line.split_whitespace().nth(1))
-        .map(|url| url.trim_start_matches("http://"))
+        .map(|url| url.trim_start_matches("https://"))
         .collect();
     assert_eq!(members.len(), 3, "{status}");
+    assert!(
+        members.iter().all(|m| m.starts_with("127.0.0.1:")),
+        "{status}"
+    );
     let etcd = format!("etcd://{}/moved", members.join(","));
-    let copied = cluster.ok(&["store", "copy", "--from", &from, "--to", &etcd]);
+    let copy = ["store", "copy", "--from", &from, "--to", &etcd];
+    let (etcd_pki, cluster_pki) = (ha.data_dir().join("pki/etcd"), ha.data_dir().join("pki"));
+    let credential = |pki: &std::path::Path, ca: &str, certificate: &str| -> Vec<String> {
+        let file = |name: &str| pki.join(name).display().to_string();
+        let key = certificate.replace(".crt", ".key");
+        [
+            "--etcd-ca",
+            &file(ca),
+            "--etcd-certificate",
+            &file(certificate),
+            "--etcd-key",
+            &file(&key),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let etcd_client = credential(&etcd_pki, "ca.crt", "control-planes/etcd-client.crt");
+    let with = |flags: &[String]| -> Vec<String> {
+        copy.iter()
+            .map(|arg| arg.to_string())
+            .chain(flags.iter().cloned())
+            .collect()
+    };
+    // Plain HTTP, or the cluster's admin or a node's certificate (trusting etcd's CA): refused.
+    for flags in [
+        Vec::new(),
+        credential(&cluster_pki, "etcd/ca.crt", "users/admin.crt"),
+        credential(&cluster_pki, "etcd/ca.crt", "nodes/node1.crt"),
+    ] {
+        let args = with(&flags);
+        let refused = cluster.fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(
+            refused.contains("the store to copy to"),
+            "{flags:?}: {refused}"
+        );
+    }
+    let args = with(&etcd_client);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let copied = cluster.ok(&args);
     assert!(copied.contains("copied 1 cstorpoolinstances"), "{copied}");
-    let again = cluster.fails(&["store", "copy", "--from", &from, "--to", &etcd]);
+    let again = cluster.fails(&args);
     assert!(again.contains("copy only into an empty store"), "{again}");
     let etcd_dir = tempfile::tempdir().expect("a temporary directory");
-    assert_eq!(served(&cluster, &etcd, etcd_dir.path()), before);
+    assert_eq!(
+        served(&cluster, &etcd, &etcd_client, etcd_dir.path()),
+        before
+    );
 }
 
-/// `tandem get cspi -o name` from a control plane started on `store` (its data directory `dir`).
-fn served(cluster: &Cluster, store: &str, dir: &std::path::Path) -> String {
+/// `tandem get cspi -o name` from a control plane started on `store` (with the arguments
+/// `etcd`, its credential for etcd; its data directory `dir`).
+fn served(cluster: &Cluster, store: &str, etcd: &[String], dir: &std::path::Path) -> String {
     // The cluster's own credentials, so its CLI reaches this control plane too.
     let pki = cluster.data_dir().join("pki");
     let mut control_plane = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
@@ -355,6 +402,7 @@ fn served(cluster: &Cluster, store: &str, dir: &std::path::Path) -> String {
         .arg(pki.join("control-planes/control-plane.crt"))
         .arg("--key")
         .arg(pki.join("control-planes/control-plane.key"))
+        .args(etcd)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -21,11 +21,15 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::EtcdTls;
+
 /// Election settings: `ttl` is the lease, so the longest a dead leader holds the cluster up.
 #[derive(Debug, Clone)]
 pub struct ElectionConfig {
-    /// etcd client URLs: `http://127.0.0.1:2379`.
+    /// etcd client URLs: `http://127.0.0.1:2379`, or `https://...` with `tls`.
     pub endpoints: Vec<String>,
+    /// The client credential for an etcd serving TLS.
+    pub tls: Option<EtcdTls>,
     /// The cluster's key prefix, without a trailing slash: `/tandem`.
     pub prefix: String,
     /// This control plane: its API address and process id.
@@ -235,10 +239,11 @@ async fn campaign(
 /// The control planes registered now, and the address of the one that leads (if any).
 pub async fn control_planes(
     endpoints: &[String],
+    tls: Option<&EtcdTls>,
     prefix: &str,
     timeout: Duration,
 ) -> Result<(Vec<ControlPlane>, Option<String>), ElectionError> {
-    let etcd = Etcd::connect_to(endpoints, timeout).await?;
+    let etcd = Etcd::connect_to(endpoints, tls, timeout).await?;
     let registered = etcd
         .call("list control planes", |mut c| {
             let key = format!("{prefix}/control-planes/");
@@ -279,9 +284,10 @@ pub struct Member {
 /// Every member of the etcd cluster and whether each answers.
 pub async fn members(
     endpoints: &[String],
+    tls: Option<&EtcdTls>,
     timeout: Duration,
 ) -> Result<Vec<Member>, ElectionError> {
-    let etcd = Etcd::connect_to(endpoints, timeout).await?;
+    let etcd = Etcd::connect_to(endpoints, tls, timeout).await?;
     let list = etcd
         .call("member list", |mut c| async move { c.member_list().await })
         .await?;
@@ -289,7 +295,7 @@ pub async fn members(
     for member in list.members() {
         let urls = member.client_urls().to_vec();
         let status = async {
-            let one = Etcd::connect_to(&urls, timeout).await?;
+            let one = Etcd::connect_to(&urls, tls, timeout).await?;
             one.call("status", |mut c| async move { c.status().await })
                 .await
         };
@@ -320,15 +326,22 @@ impl Etcd {
     async fn connect(config: &ElectionConfig) -> Result<Etcd, ElectionError> {
         // Calls must answer well within the lease, or the leader could not renew it in time.
         let timeout = (config.ttl / 4).clamp(Duration::from_millis(200), Duration::from_secs(2));
-        Etcd::connect_to(&config.endpoints, timeout).await
+        Etcd::connect_to(&config.endpoints, config.tls.as_ref(), timeout).await
     }
 
-    async fn connect_to(endpoints: &[String], timeout: Duration) -> Result<Etcd, ElectionError> {
+    async fn connect_to(
+        endpoints: &[String],
+        tls: Option<&EtcdTls>,
+        timeout: Duration,
+    ) -> Result<Etcd, ElectionError> {
         let joined = endpoints.join(",");
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
             .with_require_leader(true);
+        if let Some(tls) = tls {
+            options = options.with_tls(tls.options());
+        }
         let client = tokio::time::timeout(timeout, Client::connect(endpoints, Some(options)))
             .await
             .map_err(|_| ElectionError::Timeout {

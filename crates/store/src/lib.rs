@@ -17,7 +17,7 @@ mod etcd;
 mod location;
 
 #[cfg(feature = "etcd")]
-pub use etcd::{EtcdOptions, EtcdStore};
+pub use etcd::{url as etcd_url, EtcdOptions, EtcdStore, EtcdTls, EtcdTlsError};
 pub use location::{open, Location, OpenError, ETCD_PREFIX_DEFAULT};
 
 #[cfg(feature = "etcd")]

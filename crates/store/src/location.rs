@@ -31,7 +31,8 @@ pub enum OpenError {
     BadLocation { location: String, reason: String },
     #[error("store location {0}: this build of Tandem has no etcd support (feature `etcd`)")]
     EtcdNotBuilt(String),
-    #[error("open the store at {location}: {source}")]
+    // The reason is the source, which error reports print after this.
+    #[error("open the store at {location}")]
     Store {
         location: String,
         #[source]
@@ -79,13 +80,26 @@ impl Location {
         match self {
             Location::Redb(path) => Ok(Arc::new(RedbStore::open(path).map_err(failed)?)),
             #[cfg(feature = "etcd")]
-            Location::Etcd { endpoints, prefix } => {
-                let options = crate::EtcdOptions::new(endpoints.clone(), prefix);
-                Ok(Arc::new(crate::EtcdStore::open(options).map_err(failed)?))
-            }
+            Location::Etcd { .. } => self.open_with(None),
             #[cfg(not(feature = "etcd"))]
             Location::Etcd { .. } => Err(OpenError::EtcdNotBuilt(self.to_string())),
         }
+    }
+}
+
+#[cfg(feature = "etcd")]
+impl Location {
+    /// [`Location::open`], reaching etcd over TLS with `tls` if given (a redb file ignores it).
+    pub fn open_with(&self, tls: Option<&crate::EtcdTls>) -> Result<Arc<dyn Store>, OpenError> {
+        let Location::Etcd { endpoints, prefix } = self else {
+            return self.open();
+        };
+        let options = crate::EtcdOptions::new(endpoints.clone(), prefix).with_tls(tls.cloned());
+        let store = crate::EtcdStore::open(options).map_err(|source| OpenError::Store {
+            location: self.to_string(),
+            source,
+        })?;
+        Ok(Arc::new(store))
     }
 }
 

@@ -32,6 +32,7 @@ const TTL: Duration = Duration::from_secs(2);
 fn config(etcd: &Etcd, prefix: &str, port: u16) -> ElectionConfig {
     ElectionConfig {
         endpoints: urls(etcd),
+        tls: None,
         prefix: prefix.to_string(),
         me: ControlPlane {
             address: format!("http://127.0.0.1:{port}"),
@@ -79,7 +80,7 @@ async fn one_leads_and_a_resigning_leader_hands_over_at_once() {
     let first = candidate(config(&etcd, "/t1", 1));
     let second = candidate(config(&etcd, "/t1", 2));
     let (index, term) = a_leader(&[&first, &second], Duration::from_secs(10)).await;
-    let (planes, leader) = election::control_planes(&urls(&etcd), "/t1", TTL)
+    let (planes, leader) = election::control_planes(&urls(&etcd), None, "/t1", TTL)
         .await
         .expect("the registrations");
     assert_eq!(planes.len(), 2, "{planes:?}");
@@ -108,7 +109,7 @@ async fn one_leads_and_a_resigning_leader_hands_over_at_once() {
         "handed over in {:?}, not after the lease",
         resigned.elapsed()
     );
-    let (planes, _) = election::control_planes(&urls(&etcd), "/t1", TTL)
+    let (planes, _) = election::control_planes(&urls(&etcd), None, "/t1", TTL)
         .await
         .expect("the registrations");
     assert_eq!(planes.len(), 1, "the resigned one is gone: {planes:?}");

@@ -1,6 +1,11 @@
 //! The etcd cluster of `tandem up --ha`: three `etcd` processes (Debian's etcd-server) on
 //! loopback ports chosen once, each with its data, log and pid file under `DIR/etcd/NAME/`.
 //! They are started before the control planes and stopped after them.
+//!
+//! Unless the cluster is insecure, etcd serves clients and peers over TLS and requires client
+//! certificates of its own CA (`DIR/pki/etcd/`, apart from the cluster's: only etcd members
+//! and the control planes hold one, so a node's or a user's credential cannot reach etcd and
+//! go around the API's authorisation). A cluster made before etcd had TLS keeps it plain.
 
 use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
@@ -10,9 +15,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use tandem_store::election;
+use tandem_pki::Identity;
+use tandem_store::{election, EtcdTls};
 
 use crate::control_plane::write_atomically;
+use crate::pki::Pki;
 use crate::wait::{wait_for, Deadline, Probe};
 
 /// The etcd members of an HA cluster.
@@ -29,13 +36,51 @@ pub struct Member {
     pub peer_port: u16,
 }
 
-impl Member {
-    pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+/// The client credential control planes and the CLI reach etcd with.
+const CLIENT: &str = "etcd-client";
+
+/// The credentials of a TLS etcd cluster: its own CA under `DIR/pki/etcd/`.
+pub struct EtcdPki(Pki);
+
+impl EtcdPki {
+    pub fn of(data_dir: &Path) -> EtcdPki {
+        EtcdPki(Pki::at(data_dir.join("pki").join("etcd")))
     }
 
-    fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+    /// The client credential's files (CA, certificate, key), issued if missing.
+    pub fn client_files(&self) -> Result<[PathBuf; 3]> {
+        let (certificate, key) = self
+            .0
+            .ensure(&Identity::ControlPlane(CLIENT.into()), &[], &[])?;
+        Ok([self.0.ca(), certificate, key])
+    }
+
+    /// The client credential.
+    pub fn client(&self) -> Result<EtcdTls> {
+        let [ca, certificate, key] = self.client_files()?;
+        Ok(EtcdTls::load(&ca, &certificate, &key)?)
+    }
+
+    /// `member`'s certificate and key (it serves clients and peers, and is a peer's client),
+    /// issued if missing.
+    fn member_files(&self, member: &Member) -> Result<(PathBuf, PathBuf)> {
+        let (addresses, hosts) = crate::pki::server_names(&[]);
+        self.0.ensure(
+            &Identity::ControlPlane(member.name.clone()),
+            &addresses,
+            &hosts,
+        )
+    }
+}
+
+impl Member {
+    /// Where clients reach it: `https://` under `tls`.
+    pub fn client_url(&self, tls: bool) -> String {
+        url(tls, self.client_port)
+    }
+
+    fn peer_url(&self, tls: bool) -> String {
+        url(tls, self.peer_port)
     }
 
     fn dir(&self, data_dir: &Path) -> PathBuf {
@@ -56,25 +101,37 @@ pub fn store_location(members: &[Member]) -> String {
     format!("etcd://{}{PREFIX}", hosts.join(","))
 }
 
-/// Every member's client URL.
-pub fn client_urls(members: &[Member]) -> Vec<String> {
-    members.iter().map(Member::client_url).collect()
+fn url(tls: bool, port: u16) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://127.0.0.1:{port}")
 }
 
-/// Starts the members that are not running and waits until every member is healthy.
+/// Every member's client URL.
+pub fn client_urls(members: &[Member], tls: bool) -> Vec<String> {
+    members
+        .iter()
+        .map(|member| member.client_url(tls))
+        .collect()
+}
+
+/// Starts the members that are not running and waits until every member is healthy. With
+/// `pki`, every member serves TLS and requires certificates of that CA from clients and peers.
 /// `running` says whether a pid file names a live etcd.
 pub async fn start(
     data_dir: &Path,
     members: &[Member],
+    pki: Option<&EtcdPki>,
     running: impl Fn(&Path) -> Option<i32>,
     timeout: Duration,
 ) -> Result<()> {
     if Command::new("etcd").arg("--version").output().is_err() {
         bail!("--ha runs etcd, which is not installed (Debian: apt-get install etcd-server)");
     }
+    let tls = pki.is_some();
+    let client_tls = pki.map(EtcdPki::client).transpose()?;
     let cluster: Vec<String> = members
         .iter()
-        .map(|member| format!("{}={}", member.name, member.peer_url()))
+        .map(|member| format!("{}={}", member.name, member.peer_url(tls)))
         .collect();
     let cluster = cluster.join(",");
     for member in members {
@@ -91,9 +148,25 @@ pub async fn start(
             .append(true)
             .open(&log)
             .with_context(|| format!("open {}", log.display()))?;
-        let (client, peer) = (member.client_url(), member.peer_url());
+        let (client, peer) = (member.client_url(tls), member.peer_url(tls));
+        let mut etcd = Command::new("etcd");
+        if let Some(pki) = pki {
+            let (certificate, key) = pki.member_files(member)?;
+            let ca = pki.0.ca();
+            for (flag, path) in [
+                ("--cert-file", &certificate),
+                ("--key-file", &key),
+                ("--trusted-ca-file", &ca),
+                ("--peer-cert-file", &certificate),
+                ("--peer-key-file", &key),
+                ("--peer-trusted-ca-file", &ca),
+            ] {
+                etcd.arg(flag).arg(path);
+            }
+            etcd.args(["--client-cert-auth", "--peer-client-cert-auth"]);
+        }
         // On a restart etcd finds its data directory and ignores the initial-cluster flags.
-        let child = Command::new("etcd")
+        let child = etcd
             .args(["--name", &member.name, "--data-dir"])
             .arg(dir.join("data"))
             .args([
@@ -128,10 +201,11 @@ pub async fn start(
             child.id()
         );
     }
-    let urls = client_urls(members);
+    let urls = client_urls(members, tls);
     let deadline = Deadline::after(timeout).polling_every(Duration::from_millis(200));
     wait_for(deadline, "etcd is not healthy", async || {
-        let members = match election::members(&urls, Duration::from_secs(1)).await {
+        let asked = election::members(&urls, client_tls.as_ref(), Duration::from_secs(1));
+        let members = match asked.await {
             Ok(members) => members,
             Err(error) => return Ok::<_, anyhow::Error>(Probe::Waiting(error.to_string())),
         };
@@ -174,6 +248,7 @@ mod tests {
             store_location(&members),
             "etcd://127.0.0.1:2001,127.0.0.1:2002,127.0.0.1:2003/tandem"
         );
-        assert_eq!(client_urls(&members)[2], "http://127.0.0.1:2003");
+        assert_eq!(client_urls(&members, false)[2], "http://127.0.0.1:2003");
+        assert_eq!(client_urls(&members, true)[0], "https://127.0.0.1:2001");
     }
 }

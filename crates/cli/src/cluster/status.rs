@@ -61,8 +61,10 @@ async fn report(data_dir: &std::path::Path, cluster: &ClusterFile) -> Result<boo
             servers.push(address);
         }
         Some(ha) => {
-            let urls = etcd::client_urls(&ha.etcd);
-            let registered = election::control_planes(&urls, etcd::PREFIX, ASK_TIMEOUT).await;
+            let urls = etcd::client_urls(&ha.etcd, ha.etcd_tls);
+            let tls = ha.etcd_pki(data_dir).map(|pki| pki.client()).transpose()?;
+            let registered =
+                election::control_planes(&urls, tls.as_ref(), etcd::PREFIX, ASK_TIMEOUT).await;
             let (planes, leader) = match &registered {
                 Ok((planes, leader)) => (planes.clone(), leader.clone()),
                 Err(_) => (Vec::new(), None),
@@ -94,7 +96,7 @@ async fn report(data_dir: &std::path::Path, cluster: &ClusterFile) -> Result<boo
                 table += "(no control plane leads: the controllers are stopped)\n";
             }
             table += "\nETCD MEMBER\tCLIENT URL\tPID\tHEALTH\n";
-            let members = election::members(&urls, ASK_TIMEOUT).await;
+            let members = election::members(&urls, tls.as_ref(), ASK_TIMEOUT).await;
             for member in &ha.etcd {
                 let pid = running_pid(&member.pid_file(data_dir), "etcd");
                 let health = match &members {
@@ -110,7 +112,7 @@ async fn report(data_dir: &std::path::Path, cluster: &ClusterFile) -> Result<boo
                 table += &format!(
                     "{}\t{}\t{}\t{health}\n",
                     member.name,
-                    member.client_url(),
+                    member.client_url(ha.etcd_tls),
                     show(pid)
                 );
             }

@@ -21,6 +21,7 @@
 //! answer, the call fails with [`StoreError::Unavailable`], naming the endpoints and what failed.
 
 mod cache;
+mod connect;
 mod fence;
 
 use std::future::Future;
@@ -29,13 +30,14 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, CompactionOptions, Compare, CompareOp, ConnectOptions, DeleteOptions, Event, EventType,
-    GetOptions, KeyValue, KvClient, SortOrder, SortTarget, TxnOp, TxnOpResponse, TxnResponse,
-    WatchClient, WatchOptions,
+    Client, CompactionOptions, Compare, CompareOp, DeleteOptions, Event, EventType, GetOptions,
+    KeyValue, KvClient, SortOrder, SortTarget, TxnOp, TxnOpResponse, TxnResponse, WatchClient,
+    WatchOptions,
 };
 use serde_json::Value;
 use tokio::time::Instant;
 
+pub use connect::{url, EtcdTls, EtcdTlsError};
 use fence::{Fence, Fenced};
 
 use crate::{
@@ -52,8 +54,10 @@ const MESSAGE_BYTES_MAX: usize = 256 << 20;
 /// How an [`EtcdStore`] reaches its cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EtcdOptions {
-    /// Each member's client address, `host:port` (plain HTTP).
+    /// Each member's client address, `host:port` (HTTPS with `tls`, else plain HTTP).
     pub endpoints: Vec<String>,
+    /// The client credential for an etcd serving TLS; `None`: plain HTTP.
+    pub tls: Option<EtcdTls>,
     /// Where the store's keys live, such as `/tandem` (no trailing slash).
     pub prefix: String,
     /// The most one call may take, retries included.
@@ -67,10 +71,16 @@ impl EtcdOptions {
     pub fn new(endpoints: Vec<String>, prefix: &str) -> EtcdOptions {
         EtcdOptions {
             endpoints,
+            tls: None,
             prefix: prefix.trim_end_matches('/').to_string(),
             timeout: ETCD_TIMEOUT_DEFAULT,
             changes_kept: CHANGES_KEPT_DEFAULT as usize,
         }
+    }
+
+    pub fn with_tls(mut self, tls: Option<EtcdTls>) -> EtcdOptions {
+        self.tls = tls;
+        self
     }
 
     pub fn with_changes_kept(mut self, changes_kept: usize) -> EtcdOptions {
@@ -122,12 +132,13 @@ impl EtcdStore {
         let connect = {
             let (endpoints, timeout, named) =
                 (options.endpoints.clone(), options.timeout, named.clone());
+            let tls = options.tls.clone();
             async move {
                 let mut members = Vec::new();
                 for endpoint in endpoints {
                     let client = Client::connect(
-                        [format!("http://{endpoint}")],
-                        Some(connect_options(timeout)),
+                        [url(&endpoint, tls.as_ref())],
+                        Some(connect::connect_options(timeout, tls.as_ref())),
                     )
                     .await
                     .map_err(|e| {
@@ -236,15 +247,6 @@ fn wait_on<T: Send + 'static>(
     } else {
         wait()
     }
-}
-
-fn connect_options(timeout: Duration) -> ConnectOptions {
-    ConnectOptions::new()
-        .with_connect_timeout(timeout.min(Duration::from_secs(1)))
-        .with_timeout(timeout)
-        // A member cut off from its leader says so at once instead of serving or waiting.
-        .with_require_leader(true)
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
 }
 
 /// One member's connection.
