@@ -16,6 +16,7 @@ mod kubectl;
 mod metrics;
 mod output;
 mod pki;
+mod progress;
 mod server;
 mod sim;
 mod store;

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -197,58 +197,12 @@ fn fio_verifies_with_no_errors_during_a_full_migration_on(net: Net) {
         "2",
     ]);
     let uri = cluster.uri("vol-f");
-    let dir = tempfile::tempdir().unwrap();
-    // Verifying writers, one after another, for the whole migration: each writes 32 MiB of
-    // random 4k blocks with flushes, then reads every block back and checks its crc32c.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (stop, uri, dir) = (stop.clone(), uri.clone(), dir.path().to_path_buf());
-        let netns = cluster.netns_prefix().map(str::to_string);
-        std::thread::spawn(move || {
-            let mut runs = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) && runs < 200 {
-                let output = dir.join(format!("fio-{runs}.json"));
-                let (mut fio, uri) = fio_command(netns.as_deref(), &uri);
-                let status = fio
-                    .current_dir(&dir)
-                    .args([
-                        "--name=migrate",
-                        "--ioengine=nbd",
-                        &format!("--uri={uri}"),
-                        "--rw=randwrite",
-                        "--bs=4k",
-                        "--iodepth=16",
-                        "--size=32m",
-                        &format!("--offset={}m", (runs % 4) * 64),
-                        "--verify=crc32c",
-                        "--do_verify=1",
-                        "--verify_fatal=1",
-                        "--verify_state_save=0",
-                        "--fsync=64",
-                        "--output-format=json",
-                        &format!("--output={}", output.display()),
-                    ])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .expect("fio is installed (.ci/run installs it)");
-                let report: Value =
-                    serde_json::from_str(&std::fs::read_to_string(&output).unwrap_or_default())
-                        .unwrap_or(Value::Null);
-                assert!(status.success(), "fio run {runs} failed: {report}");
-                assert_eq!(report["jobs"][0]["error"], 0, "fio run {runs}: {report}");
-                runs += 1;
-            }
-            runs
-        })
-    };
+    let writer = VerifyingFio::start(&cluster, &uri);
     let old = cluster.replica_nodes("vol-f");
     let free = free_node(&cluster, "vol-f");
     cluster.add_pool("vol-f", &free);
     cluster.remove_pool("vol-f", &old[0]);
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let runs = writer.join().expect("every fio run verified");
-    assert!(runs >= 1);
+    assert!(writer.finish() >= 1);
 }
 
 #[test]

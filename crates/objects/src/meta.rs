@@ -46,6 +46,10 @@ pub const ANNOTATION_ENDPOINT_NODE: &str = "tandem.io/endpoint-node";
 /// takes the next number with a resource-version-checked update, so two never share one, and
 /// its membership writes are refused once a newer one exists (fencing).
 pub const ANNOTATION_TARGET_GENERATION: &str = "tandem.io/target-generation";
+/// Tandem: on a CVC, the pool whose replica leaves once the volume has finished scaling up
+/// (`tandem volume migrate` adds the new pool and this in one write; the volume controller then
+/// removes the pool and the annotation in one write).
+pub const ANNOTATION_MIGRATE_FROM: &str = "tandem.io/migrate-from";
 /// Tandem: the incarnation of a replica's storage (cStor's zvol GUID), set by its agent when it
 /// creates the storage (on the CStorVolumeReplica).
 pub const ANNOTATION_INCARNATION: &str = "tandem.io/incarnation";

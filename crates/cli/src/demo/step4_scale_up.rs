@@ -2,17 +2,13 @@
 //! `spec.policy.replicaPoolInfo`, as `tandem patch` sends it) and follow the new replica's
 //! rebuild until it is Healthy, with a progress bar.
 
-use std::io::IsTerminal;
-use std::time::Duration;
-
 use anyhow::{bail, Result};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tandem_objects::{CStorVolumeReplica, CStorVolumeReplicaPhase, Event, Kind, RebuildProgress};
-use tokio::time::Instant;
+use tandem_objects::{CStorVolumeReplica, CStorVolumeReplicaPhase, Event, Kind};
 
 use super::common::{has_new_event, heading, newest_event, replica_status, Pool};
 use super::{Demo, NAMESPACE};
 use crate::cluster::POOL_CLUSTER;
+use crate::progress::Progress;
 use crate::wait::{wait_for, Probe};
 use crate::workload::{human, Writer};
 
@@ -159,90 +155,4 @@ async fn wait_for_growth(demo: &Demo, pool: &Pool, copied: u64) -> Result<()> {
         })
     })
     .await
-}
-
-/// How a rebuild's progress is shown: a bar on standard output when it is a terminal (from the
-/// first progress the replica reports), a line a second otherwise.
-struct Progress {
-    terminal: bool,
-    bar: Option<ProgressBar>,
-    last_line: Instant,
-}
-
-impl Progress {
-    fn new() -> Progress {
-        Progress {
-            terminal: std::io::stdout().is_terminal(),
-            bar: None,
-            last_line: Instant::now(),
-        }
-    }
-
-    /// Prints a line (above the bar when one is shown).
-    fn println(&self, line: String) {
-        match &self.bar {
-            Some(bar) => bar.println(line),
-            None => println!("{line}"),
-        }
-    }
-
-    fn show(&mut self, rebuild: &RebuildProgress) {
-        let eta = rebuild
-            .eta_seconds
-            .map_or(String::new(), |eta| format!(", ~{eta} s left"));
-        let rate = match rebuild.bytes_per_second {
-            0 => "rate not known yet".to_string(),
-            rate => format!("{}/s{eta}", human(rate)),
-        };
-        if self.terminal && self.bar.is_none() {
-            self.bar = Some(progress_bar());
-        }
-        match &self.bar {
-            Some(bar) => {
-                bar.set_length(rebuild.bytes_total);
-                bar.set_position(rebuild.bytes_done);
-                bar.set_message(rate);
-            }
-            None if self.last_line.elapsed() >= Duration::from_secs(1) => {
-                println!(
-                    "  rebuild: {} of {} ({}%), {rate}",
-                    human(rebuild.bytes_done),
-                    human(rebuild.bytes_total),
-                    rebuild.bytes_done * 100 / rebuild.bytes_total.max(1)
-                );
-                self.last_line = Instant::now();
-            }
-            None => {}
-        }
-    }
-
-    /// The rebuild is done: the bar shows all of it, and stays on its line.
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.set_position(bar.length().unwrap_or(0));
-            bar.finish_with_message("done");
-            // The finished bar stays on its line; what follows goes below it.
-            println!();
-        }
-    }
-
-    /// The wait failed: the bar stays as it is.
-    fn abandon(&self) {
-        if let Some(bar) = &self.bar {
-            bar.abandon();
-        }
-    }
-}
-
-/// The rebuild's progress bar, on standard output (a terminal).
-fn progress_bar() -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stdout());
-    bar.set_style(
-        ProgressStyle::with_template(
-            "  rebuild [{bar:30}] {binary_bytes}/{binary_total_bytes} {msg}",
-        )
-        .expect("a valid progress template")
-        .progress_chars("=> "),
-    );
-    bar
 }

@@ -8,7 +8,7 @@
 //!   kubectl way (`cstorvolumeconfig.cstor.openebs.io/pvc-1`), `KIND NAME` / `KIND/NAME`
 //!   arguments, server errors as kubectl prints them, reading `-f` files, JSON merge patches.
 //! * `get`, `describe`, `edit`, `patch`, `apply` (apply and create), `delete`, `volume` — one
-//!   verb each.
+//!   verb each; `migrate` is `volume migrate`.
 //!
 //! Exit status: 0 on success, 1 on any failure. A failure prints one line on standard error:
 //! `Error from server (Reason): message` when the control plane refused a request (kubectl's
@@ -20,6 +20,7 @@ mod delete;
 mod describe;
 mod edit;
 mod get;
+mod migrate;
 mod patch;
 pub(crate) mod volume;
 

@@ -37,6 +37,11 @@ pub enum VolumeCommand {
     /// target ran on (recorded on the CStorVolume as tandem.io/endpoint-node), so the URI stays
     /// the same for the life of the volume; pick another node with --node if that one is down.
     Uri(UriArgs),
+    /// Moves the volume's replica from one pool to another, with the volume in use: adds a
+    /// replica on --to, waits until it is rebuilt and Healthy, then removes the one on --from
+    /// (the two edits of spec.policy.replicaPoolInfo in one command, under the same rules).
+    /// Recorded in the volume config, so it goes on after any restart; `--wait` follows it.
+    Migrate(super::migrate::MigrateArgs),
 }
 
 #[derive(Args, Debug)]
@@ -95,6 +100,7 @@ pub async fn run(command: VolumeCommand) -> Result<bool> {
     match command {
         VolumeCommand::Create(args) => create(args).await,
         VolumeCommand::Uri(args) => uri(args).await,
+        VolumeCommand::Migrate(args) => super::migrate::migrate(args).await,
         VolumeCommand::Delete(args) => {
             let client = args.server.client()?;
             delete_volume(&client, &args.namespace.namespace, &args.name).await

@@ -4,7 +4,7 @@
 #![allow(dead_code)] // Each test file uses a part of it.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -464,6 +464,72 @@ pub fn client_command(netns: Option<&str>, program: &str) -> Command {
             command
         }
         None => Command::new(program),
+    }
+}
+
+/// Verifying fio writers on a volume, one after another until stopped (at most 200): each
+/// writes 32 MiB of random 4k blocks with flushes, then reads every block back and checks its
+/// crc32c; a failed run fails the test.
+pub struct VerifyingFio {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    runs: std::thread::JoinHandle<u32>,
+    _dir: tempfile::TempDir,
+}
+
+impl VerifyingFio {
+    pub fn start(cluster: &Cluster, uri: &str) -> VerifyingFio {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stopped, uri, path) = (stop.clone(), uri.to_string(), dir.path().to_path_buf());
+        let netns = cluster.netns_prefix().map(str::to_string);
+        let runs = std::thread::spawn(move || {
+            let mut runs = 0u32;
+            while !stopped.load(std::sync::atomic::Ordering::SeqCst) && runs < 200 {
+                let output = path.join(format!("fio-{runs}.json"));
+                let (mut fio, uri) = fio_command(netns.as_deref(), &uri);
+                let status = fio
+                    .current_dir(&path)
+                    .args([
+                        "--name=verify",
+                        "--ioengine=nbd",
+                        &format!("--uri={uri}"),
+                        "--rw=randwrite",
+                        "--bs=4k",
+                        "--iodepth=16",
+                        "--size=32m",
+                        &format!("--offset={}m", (runs % 4) * 64),
+                        "--verify=crc32c",
+                        "--do_verify=1",
+                        "--verify_fatal=1",
+                        "--verify_state_save=0",
+                        "--fsync=64",
+                        "--output-format=json",
+                        &format!("--output={}", output.display()),
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .expect("fio is installed (.ci/run installs it)");
+                let report: Value =
+                    serde_json::from_str(&std::fs::read_to_string(&output).unwrap_or_default())
+                        .unwrap_or(Value::Null);
+                assert!(status.success(), "fio run {runs} failed: {report}");
+                assert_eq!(report["jobs"][0]["error"], 0, "fio run {runs}: {report}");
+                runs += 1;
+            }
+            runs
+        });
+        VerifyingFio {
+            stop,
+            runs,
+            _dir: dir,
+        }
+    }
+
+    /// Stops after the run in progress; how many runs verified.
+    pub fn finish(self) -> u32 {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.runs.join().expect("every fio run verified")
     }
 }
 

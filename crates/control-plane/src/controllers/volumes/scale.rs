@@ -1,11 +1,12 @@
 //! Scaling a Bound volume to the pools its CVC's spec names: a scale-up creates the new
 //! replicas for reconstruction and finishes once every replica is Healthy; a scale-down waits
-//! for the target to let go of the replica before deleting it. Replacing pools (migration) is
-//! refused with a warning.
+//! for the target to let go of the replica before deleting it. Replacing pools in one edit is
+//! refused with a warning; `tandem volume migrate` adds the new pool and names the old one in
+//! `tandem.io/migrate-from`, which leaves the spec once the scale-up has finished.
 
 use tandem_objects::{
     CStorVolume, CStorVolumeConfig, CStorVolumeReplica, CStorVolumeReplicaPhase, EventType, Kind,
-    Object,
+    Object, ANNOTATION_MIGRATE_FROM,
 };
 
 use crate::controllers::execute::{Action, Log, Version};
@@ -17,6 +18,7 @@ use crate::controllers::volumes::objects::{
 use crate::controllers::volumes::{record, warn_once};
 
 const REASON_SCALING: &str = "ScalingVolumeReplicas";
+const REASON_MIGRATING: &str = "MigratingVolumeReplicas";
 /// The event of a scale-down that removed a replica which was not Healthy: the second half of
 /// replacing a dead node (a pool added on a live node, then the dead one's removed).
 pub(crate) const REASON_REPLICA_REPLACED: &str = "ReplicaReplaced";
@@ -53,7 +55,8 @@ pub(super) fn plan_scale(observed: &Observed, config: &CStorVolumeConfig) -> Vec
         .filter(|p| !desired.contains(p))
         .collect();
     match (added.is_empty(), removed.is_empty()) {
-        (true, true) => finish_scale(observed, config, volume),
+        (true, true) if has_scaling_condition(config) => finish_scale(observed, config, volume),
+        (true, true) => finish_migration(config),
         (false, true) => scale_up(observed, config, volume, &added),
         (true, false) => scale_down(observed, config, volume, removed[0]),
         (false, false) => vec![warn_once(
@@ -234,6 +237,40 @@ fn replacement_message(
     )
 }
 
+/// The second half of a migration, once its scale-up has finished: the pool the annotation
+/// names leaves the spec in the same write that removes the annotation (the scale-down then
+/// runs as after an edit). The last pool never leaves; a pool no longer in the spec just
+/// clears the annotation.
+fn finish_migration(config: &CStorVolumeConfig) -> Vec<Action> {
+    let Some(from) = config.metadata.annotations.get(ANNOTATION_MIGRATE_FROM) else {
+        return Vec::new();
+    };
+    let mut moved = config.clone();
+    moved.metadata.annotations.remove(ANNOTATION_MIGRATE_FROM);
+    let pools = &mut moved.spec.policy.replica_pool_info;
+    let mut actions = Vec::new();
+    if pools.len() > 1 && pools.iter().any(|pool| pool.pool_name == *from) {
+        pools.retain(|pool| pool.pool_name != *from);
+        let message = format!(
+            "Migrating volume replicas: every replica is Healthy, removing the one on pool {from}"
+        );
+        actions.push(record(
+            config,
+            EventType::Normal,
+            REASON_MIGRATING,
+            &message,
+        ));
+    }
+    actions.insert(
+        0,
+        Action::Update {
+            object: Object::CStorVolumeConfig(moved),
+            at: Version::Read,
+        },
+    );
+    actions
+}
+
 /// Spec and status agree: a scale-up is finished once every replica is Healthy, or once every
 /// replica is a trusted member of the volume (in the target's `knownReplicas`): a new replica is
 /// trusted only after it was rebuilt and its promotion persisted, so then every new replica was
@@ -244,9 +281,6 @@ fn finish_scale(
     config: &CStorVolumeConfig,
     volume: &CStorVolume,
 ) -> Vec<Action> {
-    if !has_scaling_condition(config) {
-        return Vec::new();
-    }
     let replicas = observed.replicas_of(config);
     let every = |done: &dyn Fn(&CStorVolumeReplica) -> bool| {
         config.current_pool_names().iter().all(|pool| {

@@ -5,7 +5,8 @@ use tandem_objects::CStorPoolInstancePhase::{Offline, Online};
 use tandem_objects::CStorVolumeReplicaPhase::{Degraded, Healthy, Recreate};
 use tandem_objects::{
     CStorPoolInstance, CStorVolumeConfigPhase, CStorVolumePhase, Condition, Object,
-    CONDITION_SCALING_VOLUME_REPLICAS, FINALIZER_CSTOR_VOLUME_REPLICA, LABEL_CSTOR_POOL_CLUSTER,
+    ANNOTATION_MIGRATE_FROM, CONDITION_SCALING_VOLUME_REPLICAS, FINALIZER_CSTOR_VOLUME_REPLICA,
+    LABEL_CSTOR_POOL_CLUSTER,
 };
 
 use crate::controllers::execute::Action;
@@ -1172,5 +1173,79 @@ fn given_a_volume_with_its_cvc_when_collecting_then_it_stays() {
             ..observed()
         },
         &[],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Migration (`tandem volume migrate`)
+
+/// pvc-1 on a and b, migrating from a to c: c added to the spec, a named to leave.
+fn migrating(current: &[&str]) -> tandem_objects::CStorVolumeConfig {
+    let mut config = bound("pvc-1", current, &["a", "b", "c"]);
+    (config.metadata.annotations).insert(ANNOTATION_MIGRATE_FROM.into(), "a".into());
+    config
+}
+
+#[test]
+fn given_a_migration_whose_new_replica_is_rebuilding_when_planned_then_the_old_one_stays() {
+    let mut config = migrating(&["a", "b", "c"]);
+    config.status.conditions.push(scaling_condition(
+        "ScalingUp",
+        "Scaling up volume replicas from 2 to 3",
+    ));
+    check(
+        Observed {
+            configs: vec![config],
+            volumes: vec![cv("pvc-1", 3)],
+            replicas: vec![
+                replica("pvc-1", "a", Healthy),
+                replica("pvc-1", "b", Healthy),
+                replica("pvc-1", "c", Recreate),
+            ],
+            pools: online_pools(&["a", "b", "c"]),
+            ..observed()
+        },
+        &[],
+    );
+}
+
+#[test]
+fn given_a_migration_whose_scale_up_finished_when_planned_then_the_old_pool_leaves_the_spec() {
+    check(
+        Observed {
+            configs: vec![migrating(&["a", "b", "c"])],
+            volumes: vec![cv("pvc-1", 3)],
+            replicas: vec![
+                replica("pvc-1", "a", Healthy),
+                replica("pvc-1", "b", Healthy),
+                replica("pvc-1", "c", Healthy),
+            ],
+            pools: online_pools(&["a", "b", "c"]),
+            ..observed()
+        },
+        &[
+            "update cvc pvc-1: pools [b, c], volume pvc-1 uid-pvc-1",
+            "event Normal MigratingVolumeReplicas by Volumes about CStorVolumeConfig pvc-1: \
+             Migrating volume replicas: every replica is Healthy, removing the one on pool a",
+        ],
+    );
+}
+
+#[test]
+fn given_a_migration_whose_old_pool_already_left_when_planned_then_only_the_annotation_goes() {
+    let mut config = bound("pvc-1", &["b", "c"], &["b", "c"]);
+    (config.metadata.annotations).insert(ANNOTATION_MIGRATE_FROM.into(), "a".into());
+    check(
+        Observed {
+            configs: vec![config],
+            volumes: vec![cv("pvc-1", 2)],
+            replicas: vec![
+                replica("pvc-1", "b", Healthy),
+                replica("pvc-1", "c", Healthy),
+            ],
+            pools: online_pools(&["a", "b", "c"]),
+            ..observed()
+        },
+        &["update cvc pvc-1: pools [b, c], volume pvc-1 uid-pvc-1"],
     );
 }
