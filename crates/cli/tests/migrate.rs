@@ -1,7 +1,8 @@
 //! `tandem volume migrate`: one command moves a replica from one pool to another while fio
 //! writes and verifies, with the control plane and the new replica's agent killed -9 in the
 //! middle; it ends with exactly the placement asked for, and an impossible migration is refused
-//! before anything changes.
+//! before anything changes. `tandem node drain` moves every replica and target off a node while
+//! fio verifies, and refuses up front (cordoning nothing) when a replica has nowhere to go.
 
 mod common;
 
@@ -120,4 +121,78 @@ fn a_migration_survives_killed_processes_and_ends_with_the_asked_placement() {
     // The application's data is all there: the last verifying run read back every block.
     let events = cluster.ok(&["describe", "cvc", "vol-m", "-n", "openebs"]);
     assert!(events.contains("MigratingVolumeReplicas"), "{events}");
+}
+
+/// Whether node `node`'s pool carries the cordon annotation.
+fn is_cordoned(cluster: &Cluster, node: &str) -> bool {
+    let pool = cluster.pool_on(node);
+    let cspi = cluster.json(&["get", "cspi", &pool, "-n", "openebs"]);
+    !cspi["metadata"]["annotations"]["tandem.io/cordoned"].is_null()
+}
+
+#[test]
+fn a_drain_moves_every_replica_and_target_off_the_node_or_refuses_up_front() {
+    let cluster = Cluster::up(3, "1G");
+    let create = |name: &str, replicas: &str| {
+        cluster.ok(&[
+            "volume",
+            "create",
+            name,
+            "--size",
+            "128Mi",
+            "--replicas",
+            replicas,
+        ]);
+    };
+    create("vol-a", "2");
+    let node = cluster.target_node("vol-a");
+    // A volume with a replica on every node: the drained node's has nowhere to go.
+    create("vol-all", "3");
+    let refused = cluster.fails(&["node", "drain", &node]);
+    assert!(
+        refused.contains(&format!("cannot drain node {node}")) && refused.contains("vol-all"),
+        "{refused}"
+    );
+    assert!(refused.contains("nothing was changed"), "{refused}");
+    assert!(!is_cordoned(&cluster, &node));
+    cluster.ok(&["volume", "delete", "vol-all"]);
+    cluster.wait_for(
+        "vol-all to be gone",
+        &["get", "cvr", "-n", "openebs"],
+        |out| !out.contains("vol-all"),
+    );
+
+    // The target moves: the application must reconnect (fio's nbd engine does not).
+    let application = Application::start(&cluster, &[cluster.uri("vol-a")]);
+    let drained = cluster.ok(&["node", "drain", &node]);
+    assert!(
+        drained.contains(&format!("node/{node} cordoned")),
+        "{drained}"
+    );
+    assert!(
+        drained.contains(&format!("node/{node} drained")),
+        "{drained}"
+    );
+    assert!(is_cordoned(&cluster, &node));
+    assert!(!cluster.replica_nodes("vol-a").contains(&node));
+    let moved_to = cluster.target_node("vol-a");
+    assert_ne!(moved_to, node, "the target left the drained node");
+    let described = cluster.ok(&["describe", "cv", "vol-a", "-n", "openebs"]);
+    assert!(described.contains("TargetMoved"), "{described}");
+    let summary = application.finish();
+    assert!(summary["writes"].as_u64().unwrap_or(0) > 0, "{summary:#}");
+    for field in ["wrongWhileRunning", "blocksWrong", "blocksUnreadable"] {
+        assert_eq!(summary[field], 0, "{field}: {summary:#}");
+    }
+    // A cordoned node gets no new replica; uncordoned, it may again.
+    create("vol-b", "2");
+    assert!(!cluster.replica_nodes("vol-b").contains(&node));
+    let uncordoned = cluster.ok(&["node", "uncordon", &node]);
+    assert!(
+        uncordoned.contains(&format!("node/{node} uncordoned")),
+        "{uncordoned}"
+    );
+    assert!(!is_cordoned(&cluster, &node));
+    let missing = cluster.fails(&["node", "cordon", "node9"]);
+    assert!(missing.contains("node node9 has no pool"), "{missing}");
 }

@@ -14,7 +14,6 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -57,48 +56,6 @@ fn env_number(name: &str) -> Option<u64> {
             .parse()
             .unwrap_or_else(|_| panic!("{name}={value} is not a number")),
     )
-}
-
-/// The application, running in the client namespace until told to stop.
-struct Application {
-    child: Option<Child>,
-}
-
-impl Application {
-    fn start(cluster: &Cluster, uris: &[String]) -> Application {
-        let mut command = cluster.client(env!("CARGO_BIN_EXE_tandem"));
-        command
-            .arg("workload")
-            .args(uris)
-            .args(["--blocks", "256", "--duration", "1h", "--json"])
-            .env("TANDEM_LOG", "warn")
-            .stdout(Stdio::piped());
-        Application {
-            child: Some(command.spawn().expect("start the application")),
-        }
-    }
-
-    /// Stops it (SIGTERM: it flushes, then reads every block back) and returns its summary.
-    fn finish(mut self) -> Value {
-        let child = self.child.take().expect("running");
-        signal("TERM", &child.id().to_string());
-        let output = child.wait_with_output().expect("the application's summary");
-        serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
-            panic!(
-                "the application printed no summary ({error}): {}",
-                String::from_utf8_lossy(&output.stdout)
-            )
-        })
-    }
-}
-
-impl Drop for Application {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// Runs `check` until it is true (bounded), naming what it waited for.

@@ -130,6 +130,8 @@ pub enum AdmissionRule {
     PoolNotOnline,
     /// Tandem: an added pool is read-only.
     PoolReadOnly,
+    /// Tandem: an added pool's node is cordoned.
+    PoolCordoned,
 }
 
 impl AdmissionRule {
@@ -590,6 +592,16 @@ fn check_added_pools(
                 format!(
                     "cvc {volume_name}: pool {pool_name} {state}, not ONLINE, so it cannot take \
                      a new replica"
+                ),
+            );
+        }
+        if pool.cordoned() {
+            return refuse(
+                AdmissionRule::PoolCordoned,
+                format!(
+                    "cvc {volume_name}: pool {pool_name} is on node {}, which is cordoned (tandem \
+                     node uncordon {}), so it cannot take a new replica",
+                    pool.spec.host_name, pool.spec.host_name
                 ),
             );
         }

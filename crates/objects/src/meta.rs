@@ -46,6 +46,9 @@ pub const ANNOTATION_ENDPOINT_NODE: &str = "tandem.io/endpoint-node";
 /// takes the next number with a resource-version-checked update, so two never share one, and
 /// its membership writes are refused once a newer one exists (fencing).
 pub const ANNOTATION_TARGET_GENERATION: &str = "tandem.io/target-generation";
+/// Tandem: on a CSPI, set by `tandem node cordon`: the pool's node takes no new replica and no
+/// new target, and the targets it hosts move to other nodes.
+pub const ANNOTATION_CORDONED: &str = "tandem.io/cordoned";
 /// Tandem: on a CVC, the pool whose replica leaves once the volume has finished scaling up
 /// (`tandem volume migrate` adds the new pool and this in one write; the volume controller then
 /// removes the pool and the annotation in one write).

@@ -174,6 +174,13 @@ impl CStorPoolInstance {
     pub fn pool_cluster_name(&self) -> Option<&str> {
         self.metadata.label(LABEL_CSTOR_POOL_CLUSTER)
     }
+
+    /// Whether its node is cordoned (`tandem node cordon`): no new replica goes here.
+    pub fn cordoned(&self) -> bool {
+        self.metadata
+            .annotation(crate::ANNOTATION_CORDONED)
+            .is_some()
+    }
 }
 
 impl CStorVolumeConfig {

@@ -42,6 +42,13 @@ fn pool(
     pool
 }
 
+/// `pool` on a cordoned node (`node4`).
+fn cordoned(mut pool: CStorPoolInstance) -> CStorPoolInstance {
+    pool.spec.host_name = "node4".to_string();
+    (pool.metadata.annotations).insert(tandem_objects::ANNOTATION_CORDONED.into(), "true".into());
+    pool
+}
+
 /// Three ONLINE pools of the volume's cluster (one per node, as in the seed), plus one pool of
 /// each kind the guards refuse.
 fn cluster(volume_phase: Option<CStorVolumePhase>) -> PoolSnapshot {
@@ -53,6 +60,12 @@ fn cluster(volume_phase: Option<CStorVolumePhase>) -> PoolSnapshot {
         .with_pool(pool("cspc-stripe-pool-off1", Some(CLUSTER), Offline, false))
         .with_pool(pool("cspc-stripe-pool-new1", Some(CLUSTER), Empty, false))
         .with_pool(pool("cspc-stripe-pool-full", Some(CLUSTER), Online, true))
+        .with_pool(cordoned(pool(
+            "cspc-stripe-pool-crd1",
+            Some(CLUSTER),
+            Online,
+            false,
+        )))
         .with_pool(pool(
             "cspc-mirror-pool-x2k4",
             Some("cspc-mirror-pool"),
@@ -442,6 +455,16 @@ fn tandem_guards_refuse_with_clear_messages() {
             expected: Err((
                 AdmissionRule::PoolReadOnly,
                 "cvc pvc-d1b26676-5035-4e5b-b564-68869b023306: pool cspc-stripe-pool-full is read-only (its used space reached its read-only threshold), so it cannot take a new replica; expand the pool or choose another",
+            )),
+        },
+        Case {
+            name: "a pool on a cordoned node",
+            old: unchanged,
+            new: |cvc| set_desired(cvc, &[POOL_A, POOL_B, "cspc-stripe-pool-crd1"]),
+            volume_phase: HEALTHY,
+            expected: Err((
+                AdmissionRule::PoolCordoned,
+                "cvc pvc-d1b26676-5035-4e5b-b564-68869b023306: pool cspc-stripe-pool-crd1 is on node node4, which is cordoned (tandem node uncordon node4), so it cannot take a new replica",
             )),
         },
         Case {

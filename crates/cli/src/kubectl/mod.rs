@@ -8,7 +8,7 @@
 //!   kubectl way (`cstorvolumeconfig.cstor.openebs.io/pvc-1`), `KIND NAME` / `KIND/NAME`
 //!   arguments, server errors as kubectl prints them, reading `-f` files, JSON merge patches.
 //! * `get`, `describe`, `edit`, `patch`, `apply` (apply and create), `delete`, `volume` — one
-//!   verb each; `migrate` is `volume migrate`.
+//!   verb each; `migrate` is `volume migrate`; `node` is `node cordon|uncordon|drain`.
 //!
 //! Exit status: 0 on success, 1 on any failure. A failure prints one line on standard error:
 //! `Error from server (Reason): message` when the control plane refused a request (kubectl's
@@ -21,6 +21,7 @@ mod describe;
 mod edit;
 mod get;
 mod migrate;
+mod node;
 mod patch;
 pub(crate) mod volume;
 
@@ -52,6 +53,9 @@ pub enum Command {
     /// Creates or deletes a volume (a CStorVolumeConfig) and waits for it.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
+    /// Cordons, uncordons or drains a node (its pools and the targets it hosts).
+    #[command(subcommand)]
+    Node(node::NodeCommand),
 }
 
 /// Runs one verb. `Ok(false)` means a failure that was already reported.
@@ -70,6 +74,7 @@ pub fn run(command: Command) -> Result<bool> {
             Command::Create(args) => apply::create(args).await,
             Command::Delete(args) => delete::run(args).await,
             Command::Volume(command) => volume::run(command).await,
+            Command::Node(command) => node::run(command).await,
         }
     });
     match result {

@@ -4,7 +4,7 @@
 #![allow(dead_code)] // Each test file uses a part of it.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -464,6 +464,49 @@ pub fn client_command(netns: Option<&str>, program: &str) -> Command {
             command
         }
         None => Command::new(program),
+    }
+}
+
+/// The verifying application (`tandem workload`: it reconnects, to the next URI, after a
+/// failure), in the cluster's client namespace if it has one, until told to stop.
+pub struct Application {
+    child: Option<Child>,
+}
+
+impl Application {
+    pub fn start(cluster: &Cluster, uris: &[String]) -> Application {
+        let mut command = cluster.client(env!("CARGO_BIN_EXE_tandem"));
+        command
+            .arg("workload")
+            .args(uris)
+            .args(["--blocks", "256", "--duration", "1h", "--json"])
+            .env("TANDEM_LOG", "warn")
+            .stdout(Stdio::piped());
+        Application {
+            child: Some(command.spawn().expect("start the application")),
+        }
+    }
+
+    /// Stops it (SIGTERM: it flushes, then reads every block back) and returns its summary.
+    pub fn finish(mut self) -> Value {
+        let child = self.child.take().expect("running");
+        signal("TERM", &child.id().to_string());
+        let output = child.wait_with_output().expect("the application's summary");
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+            panic!(
+                "the application printed no summary ({error}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })
+    }
+}
+
+impl Drop for Application {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

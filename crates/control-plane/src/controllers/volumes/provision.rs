@@ -114,6 +114,9 @@ fn bind(config: &CStorVolumeConfig, volume: &CStorVolume, pools: Vec<String>) ->
 
 /// Why provisioning or a scale-up must not use this pool, if it must not.
 fn unusable_reason(pool: &CStorPoolInstance) -> Option<String> {
+    if pool.cordoned() {
+        return Some(format!("is on cordoned node {}", pool.spec.host_name));
+    }
     if pool.status.read_only {
         return Some("is read-only".to_string());
     }

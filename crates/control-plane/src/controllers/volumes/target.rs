@@ -3,7 +3,10 @@
 //! When that node's agent stops reporting (its lease, the control plane's agent timeout, ran
 //! out), the target fails over to another ready node holding a trusted replica; the agent there
 //! starts it with the next generation, so the replicas refuse the old one. With no such node the
-//! volume is Offline, and says why.
+//! volume is Offline, and says why. A target on a cordoned node (`tandem node cordon|drain`)
+//! moves the same way to an uncordoned one while its node still reports (a planned move), and
+//! stays where it is if there is none; a new target goes to a cordoned node only when every
+//! replica's node is.
 
 use tandem_client::NodeStatus;
 use tandem_objects::{
@@ -16,6 +19,8 @@ use crate::controllers::observe::Observed;
 
 /// The reason of the event recorded for every failover.
 pub(crate) const REASON_TARGET_FAILOVER: &str = "TargetFailover";
+/// The reason of the event recorded for a planned move off a cordoned node.
+pub(crate) const REASON_TARGET_MOVED: &str = "TargetMoved";
 /// The reason of the event recorded when the new target of a failover serves.
 pub(crate) const REASON_TARGET_FAILOVER_DONE: &str = "TargetFailoverDone";
 /// A failover under way, on the CV until its new target serves: `from=NODE,to=NODE,
@@ -32,16 +37,25 @@ pub(super) fn plan_target(
     config: &CStorVolumeConfig,
     volume: &CStorVolume,
 ) -> Vec<Action> {
+    let namespace = &config.metadata.namespace;
     let Some(placed) = volume.metadata.annotation(ANNOTATION_TARGET_NODE) else {
-        let first = config
-            .current_pool_names()
-            .iter()
-            .filter_map(|pool| observed.pool(&config.metadata.namespace, pool))
+        let pools: Vec<_> = (config.current_pool_names().iter())
+            .filter_map(|pool| observed.pool(namespace, pool))
+            .collect();
+        let first = (pools.iter())
+            .filter(|pool| !cordoned(observed, namespace, &pool.spec.host_name))
+            .chain(pools.iter())
             .find_map(|pool| ready_with_nbd(observed, &pool.spec.host_name));
         return first.map_or_else(Vec::new, |node| place_on(volume, node));
     };
     match observed.node(placed) {
         Some(node) if node.ready => {
+            if cordoned(observed, namespace, placed) && !has_failover(volume) {
+                let moved = fail_over(observed, config, volume, placed, Why::Cordoned);
+                if !moved.is_empty() {
+                    return moved;
+                }
+            }
             let placed = place_on(volume, node);
             if placed.is_empty() {
                 finish_failover(observed, volume)
@@ -51,8 +65,29 @@ pub(super) fn plan_target(
         }
         // Right after a start the control plane has heard from nobody yet: wait one lease.
         _ if !observed.past_agent_grace => Vec::new(),
-        silent => fail_over(observed, config, volume, placed, silent),
+        silent => fail_over(observed, config, volume, placed, Why::Silent(silent)),
     }
+}
+
+/// Whether a pool of `node` in `namespace` is cordoned.
+fn cordoned(observed: &Observed, namespace: &str, node: &str) -> bool {
+    (observed.pools.iter()).any(|pool| {
+        pool.metadata.namespace == namespace && pool.spec.host_name == node && pool.cordoned()
+    })
+}
+
+/// A move of the target is under way (its new target has not served yet).
+fn has_failover(volume: &CStorVolume) -> bool {
+    volume.metadata.annotation(ANNOTATION_FAILOVER).is_some()
+}
+
+/// Why the target moves.
+#[derive(Clone, Copy)]
+enum Why<'a> {
+    /// Its node's agent stopped reporting (its last status, if this control plane heard it).
+    Silent(Option<&'a NodeStatus>),
+    /// Its node is cordoned: a planned move.
+    Cordoned,
 }
 
 /// A node whose agent reports and serves NBD.
@@ -147,6 +182,7 @@ fn candidates<'a>(
             });
             let status = observed.node(node);
             let unusable = match status {
+                _ if cordoned(observed, &config.metadata.namespace, node) => Some("cordoned"),
                 None => Some("not reporting"),
                 Some(status) if !status.ready => Some("not reporting"),
                 Some(status) if status.nbd_address.is_empty() => Some("no NBD address yet"),
@@ -163,15 +199,16 @@ fn candidates<'a>(
         .collect()
 }
 
-/// The target's node stopped reporting: move the target to the best other ready node with a
-/// trusted replica (one last seen Healthy first), marking the volume Offline until the new
-/// target reports, and record the failover; with no such node, the volume is Offline.
+/// The target's node stopped reporting, or is cordoned: move the target to the best other
+/// ready, uncordoned node with a trusted replica (one last seen Healthy first), marking the
+/// volume Offline until the new target reports, and record the move; with no such node, a
+/// silent node's volume is Offline and a cordoned node's target stays.
 fn fail_over(
     observed: &Observed,
     config: &CStorVolumeConfig,
     volume: &CStorVolume,
     placed: &str,
-    silent: Option<&NodeStatus>,
+    why: Why<'_>,
 ) -> Vec<Action> {
     let candidates = candidates(observed, config, volume, placed);
     let chosen = candidates
@@ -179,6 +216,9 @@ fn fail_over(
         .filter(|candidate| candidate.unusable.is_none())
         .min_by_key(|candidate| !candidate.healthy);
     let Some((chosen, Some(status))) = chosen.map(|candidate| (candidate, candidate.status)) else {
+        if let Why::Cordoned = why {
+            return Vec::new();
+        }
         let why = if candidates.is_empty() {
             "no other node holds a trusted replica of the volume".to_string()
         } else {
@@ -206,12 +246,23 @@ fn fail_over(
         .metadata
         .annotation(ANNOTATION_TARGET_GENERATION)
         .unwrap_or("none (it never started)");
-    let silence = match silent {
-        Some(node) => format!(
-            "has not reported for {:.1}s",
+    let (silent, reason, event_type) = match why {
+        Why::Silent(silent) => (silent, REASON_TARGET_FAILOVER, EventType::Warning),
+        Why::Cordoned => (None, REASON_TARGET_MOVED, EventType::Normal),
+    };
+    let cause = match why {
+        Why::Silent(Some(node)) => format!(
+            "the agent on {placed} has not reported for {:.1}s",
             node.last_seen_ms as f64 / 1000.0
         ),
-        None => "has not reported since the control plane started".to_string(),
+        Why::Silent(None) => {
+            format!("the agent on {placed} has not reported since the control plane started")
+        }
+        Why::Cordoned => format!("node {placed} is cordoned (a planned move)"),
+    };
+    let verb = match why {
+        Why::Silent(_) => "failed over",
+        Why::Cordoned => "moved",
     };
     let replica_state = if chosen.healthy {
         "Healthy"
@@ -219,9 +270,8 @@ fn fail_over(
         "not last seen Healthy"
     };
     let message = format!(
-        "target failed over from node {placed} to node {} (replica {}, {replica_state}): the \
-         agent on {placed} {silence}; the old target had generation {generation}, the new one \
-         starts with the next",
+        "target {verb} from node {placed} to node {} (replica {}, {replica_state}): {cause}; \
+         the old target had generation {generation}, the new one starts with the next",
         chosen.node, chosen.replica_id
     );
     let mut offline = volume.clone();
@@ -260,8 +310,8 @@ fn fail_over(
         Action::Record {
             by: Controller::Volumes,
             about: Object::CStorVolume(moved),
-            event_type: EventType::Warning,
-            reason: REASON_TARGET_FAILOVER.to_string(),
+            event_type,
+            reason: reason.to_string(),
             message,
             unless_newest_says_the_same: false,
         },

@@ -5,8 +5,8 @@ use tandem_objects::CStorPoolInstancePhase::{Offline, Online};
 use tandem_objects::CStorVolumeReplicaPhase::{Degraded, Healthy, Recreate};
 use tandem_objects::{
     CStorPoolInstance, CStorVolumeConfigPhase, CStorVolumePhase, Condition, Object,
-    ANNOTATION_MIGRATE_FROM, CONDITION_SCALING_VOLUME_REPLICAS, FINALIZER_CSTOR_VOLUME_REPLICA,
-    LABEL_CSTOR_POOL_CLUSTER,
+    ANNOTATION_CORDONED, ANNOTATION_MIGRATE_FROM, CONDITION_SCALING_VOLUME_REPLICAS,
+    FINALIZER_CSTOR_VOLUME_REPLICA, LABEL_CSTOR_POOL_CLUSTER,
 };
 
 use crate::controllers::execute::Action;
@@ -1247,5 +1247,97 @@ fn given_a_migration_whose_old_pool_already_left_when_planned_then_only_the_anno
             ..observed()
         },
         &["update cvc pvc-1: pools [b, c], volume pvc-1 uid-pvc-1"],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cordoned nodes (`tandem node cordon|drain`)
+
+/// The online pools `names`, those in `cordoned` on a cordoned node.
+fn pools_cordoned(names: &[&str], cordoned: &[&str]) -> Vec<CStorPoolInstance> {
+    let mut pools = online_pools(names);
+    for pool in &mut pools {
+        if cordoned.contains(&pool.metadata.name.as_str()) {
+            (pool.metadata.annotations).insert(ANNOTATION_CORDONED.into(), "true".into());
+        }
+    }
+    pools
+}
+
+#[test]
+fn given_a_cordoned_pool_when_a_volume_is_provisioned_then_no_replica_goes_there() {
+    check(
+        Observed {
+            configs: vec![cvc("pvc-two", 2)],
+            volumes: vec![cv("pvc-two", 2)],
+            pools: pools_cordoned(&["a", "b", "c"], &["a"]),
+            ..observed()
+        },
+        &[
+            "create replica pvc-two-b (Empty, owner CStorVolume uid-pvc-two)",
+            "create replica pvc-two-c (Empty, owner CStorVolume uid-pvc-two)",
+        ],
+    );
+}
+
+#[test]
+fn given_the_target_on_a_cordoned_ready_node_when_planned_then_it_moves_to_an_uncordoned_one() {
+    let volume = last_seen(
+        trusting(
+            placed_cv("pvc-1", 3, "n1", "10.0.0.1:10809"),
+            &["a", "b", "c"],
+        ),
+        &[("a", Healthy), ("b", Healthy), ("c", Healthy)],
+    );
+    let nodes = vec![
+        node("n1", true, "10.0.0.1:10809", 100),
+        node("n2", true, "10.0.0.2:10809", 100),
+        node("n3", true, "10.0.0.3:10809", 100),
+    ];
+    check(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b", "c"], &["a", "b", "c"])],
+            volumes: vec![volume],
+            replicas: three_replicas(),
+            pools: pools_cordoned(&["a", "b", "c"], &["a", "b"]),
+            nodes,
+            ..observed()
+        },
+        &[
+            &format!(
+                "status cv pvc-1: Offline since {NOW}: the target is failing over from node n1 \
+                 to node n3"
+            ),
+            &format!(
+                "update cv pvc-1: drf 3, target n3 at 10.0.0.3:10809, failover from=n1,to=n3,\
+                 generation=3,started={NOW_MS},lastHeartbeat=0 (at the version just written)"
+            ),
+            "event Normal TargetMoved by Volumes about CStorVolume pvc-1: target moved from node \
+             n1 to node n3 (replica id-c, Healthy): node n1 is cordoned (a planned move); the \
+             old target had generation 3, the new one starts with the next",
+        ],
+    );
+}
+
+#[test]
+fn given_the_target_on_a_cordoned_node_and_every_other_cordoned_when_planned_then_it_stays() {
+    let volume = trusting(
+        placed_cv("pvc-1", 3, "n1", "10.0.0.1:10809"),
+        &["a", "b", "c"],
+    );
+    check(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b", "c"], &["a", "b", "c"])],
+            volumes: vec![volume],
+            replicas: three_replicas(),
+            pools: pools_cordoned(&["a", "b", "c"], &["a", "b", "c"]),
+            nodes: vec![
+                node("n1", true, "10.0.0.1:10809", 100),
+                node("n2", true, "10.0.0.2:10809", 100),
+                node("n3", true, "10.0.0.3:10809", 100),
+            ],
+            ..observed()
+        },
+        &[],
     );
 }
