@@ -196,3 +196,43 @@ fn a_drain_moves_every_replica_and_target_off_the_node_or_refuses_up_front() {
     let missing = cluster.fails(&["node", "cordon", "node9"]);
     assert!(missing.contains("node node9 has no pool"), "{missing}");
 }
+
+#[test]
+fn a_dead_node_is_drained_from_the_surviving_replicas() {
+    let cluster = Cluster::up(3, "1G");
+    cluster.ok(&[
+        "volume",
+        "create",
+        "vol-d",
+        "--size",
+        "128Mi",
+        "--replicas",
+        "2",
+    ]);
+    let target = cluster.target_node("vol-d");
+    let dead = cluster
+        .replica_nodes("vol-d")
+        .into_iter()
+        .find(|node| *node != target)
+        .expect("a replica away from the target");
+    let pool = cluster.pool_on(&dead);
+    cluster.kill_9(&format!("nodes/{dead}/agent.pid"));
+    cluster.wait_for(
+        "the dead node's pool to be OFFLINE",
+        &["get", "cspi", &pool, "-n", "openebs"],
+        |out| out.contains("OFFLINE"),
+    );
+    let drained = cluster.ok(&["node", "drain", &dead]);
+    assert!(
+        drained.contains(&format!("node/{dead} drained")),
+        "{drained}"
+    );
+    let nodes = cluster.replica_nodes("vol-d");
+    assert!(!nodes.contains(&dead) && nodes.len() == 2, "{nodes:?}");
+    let replicas = cluster.ok(&["get", "cvr", "-n", "openebs"]);
+    let healthy = replicas
+        .lines()
+        .filter(|line| line.contains("Healthy"))
+        .count();
+    assert_eq!(healthy, 2, "{replicas}");
+}

@@ -119,7 +119,8 @@ pub(super) struct Check {
 
 /// Whether volume `name` has moved from `from` to `to`: its spec and status name the same pools,
 /// `to` among them and `from` not, the annotation is gone, the new replica is Healthy and the
-/// old one deleted.
+/// old one deleted (or its deletion asked for: on a dead node its data is destroyed when its
+/// agent is back).
 pub(super) async fn check(
     client: &Client,
     namespace: &str,
@@ -128,7 +129,8 @@ pub(super) async fn check(
 ) -> Result<Check> {
     let config = volume_config(client, namespace, name).await?;
     let new = replica(client, namespace, name, to).await?;
-    let old = replica(client, namespace, name, from).await?;
+    let old = (replica(client, namespace, name, from).await?)
+        .filter(|old| old.metadata.deletion_timestamp.is_empty());
     let mut desired: Vec<&str> = config.desired_pool_names();
     let mut current: Vec<&str> = (config.current_pool_names().iter())
         .map(String::as_str)
