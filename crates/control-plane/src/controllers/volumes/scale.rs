@@ -74,7 +74,6 @@ fn scale_up(
     added: &[&str],
 ) -> Vec<Action> {
     let mut actions = Vec::new();
-    let namespace = &config.metadata.namespace;
     let wanted = u32::try_from(config.desired_pool_names().len()).unwrap_or(u32::MAX);
     if volume.spec.desired_replication_factor < wanted {
         let mut raised = volume.clone();
@@ -85,21 +84,29 @@ fn scale_up(
         });
     }
     let existing = observed.replicas_of(config);
-    for pool_name in added {
-        if existing.contains_key(pool_name) {
+    let mut missing = Vec::new();
+    for &pool_name in added {
+        let Some(replica) = existing.get(pool_name) else {
+            missing.push(pool_name);
             continue;
-        }
-        let Some(pool) = observed.pool(namespace, pool_name) else {
-            let message =
-                format!("failed to get cstorpoolinstance {pool_name} error: it does not exist");
+        };
+        if !replica.metadata.deletion_timestamp.is_empty() {
+            // The pool left the volume a moment ago and its replica is still being destroyed:
+            // the new one is made once it is gone (it has the same name).
+            let message = format!(
+                "waiting for the replica removed from pool {pool_name} to be destroyed before \
+                 creating a new one there"
+            );
             actions.push(warn_once(config, REASON_SCALING, &message));
             return actions;
-        };
-        let replica = new_replica(config, volume, pool, CStorVolumeReplicaPhase::Recreate);
-        actions.push(Action::Log(Log::CreatingReplicaForScaleUp {
-            replica: replica.name().to_string(),
-        }));
-        actions.push(Action::Create(Object::CStorVolumeReplica(replica)));
+        }
+    }
+    match create_replicas(observed, config, volume, &missing) {
+        Ok(created) => actions.extend(created),
+        Err(message) => {
+            actions.push(warn_once(config, REASON_SCALING, &message));
+            return actions;
+        }
     }
     let from = config.current_pool_names().len();
     let mut scaled = config.clone();
@@ -118,6 +125,30 @@ fn scale_up(
     )));
     actions.push(record(&scaled, EventType::Normal, REASON_SCALING, &message));
     actions
+}
+
+/// New replicas (for reconstruction) on `pools`; `Err`, what to warn, if one of them does not
+/// exist.
+fn create_replicas(
+    observed: &Observed,
+    config: &CStorVolumeConfig,
+    volume: &CStorVolume,
+    pools: &[&str],
+) -> Result<Vec<Action>, String> {
+    let mut actions = Vec::new();
+    for pool_name in pools {
+        let Some(pool) = observed.pool(&config.metadata.namespace, pool_name) else {
+            return Err(format!(
+                "failed to get cstorpoolinstance {pool_name} error: it does not exist"
+            ));
+        };
+        let replica = new_replica(config, volume, pool, CStorVolumeReplicaPhase::Recreate);
+        actions.push(Action::Log(Log::CreatingReplicaForScaleUp {
+            replica: replica.name().to_string(),
+        }));
+        actions.push(Action::Create(Object::CStorVolumeReplica(replica)));
+    }
+    Ok(actions)
 }
 
 /// cStor's scale-down, first half: the CV's desired replication factor drops, and the target
@@ -282,11 +313,22 @@ fn finish_scale(
     volume: &CStorVolume,
 ) -> Vec<Action> {
     let replicas = observed.replicas_of(config);
+    // A pool of the volume without a replica (one deleted by hand, or a scale-up that counted
+    // one being destroyed): it gets a new one, rebuilt like any other.
+    let missing: Vec<&str> = (config.current_pool_names().iter())
+        .map(String::as_str)
+        .filter(|pool| !replicas.contains_key(pool))
+        .collect();
+    if !missing.is_empty() {
+        return create_replicas(observed, config, volume, &missing)
+            .unwrap_or_else(|message| vec![warn_once(config, REASON_SCALING, &message)]);
+    }
     let every = |done: &dyn Fn(&CStorVolumeReplica) -> bool| {
         config.current_pool_names().iter().all(|pool| {
-            replicas
-                .get(pool.as_str())
-                .is_some_and(|replica| done(replica))
+            // A replica being destroyed is not the pool's replica any more.
+            replicas.get(pool.as_str()).is_some_and(|replica| {
+                replica.metadata.deletion_timestamp.is_empty() && done(replica)
+            })
         })
     };
     let known = &volume.status.replica_details.known_replicas;

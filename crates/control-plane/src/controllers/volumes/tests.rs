@@ -1341,3 +1341,49 @@ fn given_the_target_on_a_cordoned_node_and_every_other_cordoned_when_planned_the
         &[],
     );
 }
+
+#[test]
+fn given_a_pool_added_back_while_its_old_replica_is_destroyed_when_planned_then_it_waits() {
+    let mut leaving = replica("pvc-1", "c", Healthy);
+    leaving.metadata.deletion_timestamp = NOW.to_string();
+    check(
+        Observed {
+            configs: vec![bound("pvc-1", &["a", "b"], &["a", "b", "c"])],
+            volumes: vec![cv("pvc-1", 3)],
+            replicas: vec![
+                replica("pvc-1", "a", Healthy),
+                replica("pvc-1", "b", Healthy),
+                leaving,
+            ],
+            pools: online_pools(&["a", "b", "c"]),
+            ..observed()
+        },
+        &[
+            "event Warning ScalingVolumeReplicas by Volumes about CStorVolumeConfig pvc-1 unless \
+             its newest says the same: waiting for the replica removed from pool c to be \
+             destroyed before creating a new one there",
+        ],
+    );
+}
+
+#[test]
+fn given_a_scaling_volume_with_a_pool_left_without_a_replica_when_planned_then_one_is_made() {
+    let mut config = bound("pvc-1", &["a", "b", "c"], &["a", "b", "c"]);
+    config.status.conditions.push(scaling_condition(
+        "ScalingUp",
+        "Scaling up volume replicas from 2 to 3",
+    ));
+    check(
+        Observed {
+            configs: vec![config],
+            volumes: vec![cv("pvc-1", 3)],
+            replicas: vec![
+                replica("pvc-1", "a", Healthy),
+                replica("pvc-1", "b", Healthy),
+            ],
+            pools: online_pools(&["a", "b", "c"]),
+            ..observed()
+        },
+        &["create replica pvc-1-c (Recreate, owner CStorVolume uid-pvc-1)"],
+    );
+}
