@@ -246,6 +246,7 @@ async fn plan(
         .collect();
     let mut moves = Vec::new();
     let mut stuck = Vec::new();
+    let mut busy = Vec::new();
     for config in &configs {
         let desired = config.desired_pool_names();
         let Some(from) = desired
@@ -255,20 +256,19 @@ async fn plan(
             continue;
         };
         if let Some(pending) = config.metadata.annotations.get(ANNOTATION_MIGRATE_FROM) {
-            // Already on its way (an earlier drain, or a migration by hand).
-            if let Some(to) = desired
-                .iter()
-                .find(|pool| !leaving.iter().any(|l| l == *pool))
-            {
-                if pending == from {
+            // Already on its way (an earlier drain, or a migration by hand): `volume migrate`
+            // put the new pool last.
+            match desired.last() {
+                Some(to) if pending == from && !leaving.iter().any(|l| l == to) => {
                     moves.push(Move {
                         volume: config.name().to_string(),
                         from: from.to_string(),
                         to: to.to_string(),
                     });
-                    continue;
                 }
+                _ => busy.push(format!("{} (from pool {pending})", config.name())),
             }
+            continue;
         }
         let nodes_used: Vec<&str> = (desired.iter())
             .filter_map(|pool| node_of.get(pool).copied())
@@ -302,6 +302,13 @@ async fn plan(
             }
             None => stuck.push(config.name().to_string()),
         }
+    }
+    if !busy.is_empty() {
+        bail!(
+            "cannot drain node {node} yet: these volumes are migrating already: {}; wait until \
+             they are done; nothing was changed",
+            busy.join(", ")
+        );
     }
     if !stuck.is_empty() {
         bail!(
