@@ -103,8 +103,8 @@ fn scale_up(
     }
     match create_replicas(observed, config, volume, &missing) {
         Ok(created) => actions.extend(created),
-        Err(message) => {
-            actions.push(warn_once(config, REASON_SCALING, &message));
+        Err(missing) => {
+            actions.push(warn_once(config, REASON_SCALING, &missing.to_string()));
             return actions;
         }
     }
@@ -127,20 +127,22 @@ fn scale_up(
     actions
 }
 
-/// New replicas (for reconstruction) on `pools`; `Err`, what to warn, if one of them does not
-/// exist.
+/// A pool the volume's spec names that does not exist (cStor's words).
+#[derive(Debug, thiserror::Error)]
+#[error("failed to get cstorpoolinstance {0} error: it does not exist")]
+struct NoSuchPool(String);
+
+/// New replicas (for reconstruction) on `pools`.
 fn create_replicas(
     observed: &Observed,
     config: &CStorVolumeConfig,
     volume: &CStorVolume,
     pools: &[&str],
-) -> Result<Vec<Action>, String> {
+) -> Result<Vec<Action>, NoSuchPool> {
     let mut actions = Vec::new();
     for pool_name in pools {
         let Some(pool) = observed.pool(&config.metadata.namespace, pool_name) else {
-            return Err(format!(
-                "failed to get cstorpoolinstance {pool_name} error: it does not exist"
-            ));
+            return Err(NoSuchPool(pool_name.to_string()));
         };
         let replica = new_replica(config, volume, pool, CStorVolumeReplicaPhase::Recreate);
         actions.push(Action::Log(Log::CreatingReplicaForScaleUp {
@@ -320,8 +322,9 @@ fn finish_scale(
         .filter(|pool| !replicas.contains_key(pool))
         .collect();
     if !missing.is_empty() {
-        return create_replicas(observed, config, volume, &missing)
-            .unwrap_or_else(|message| vec![warn_once(config, REASON_SCALING, &message)]);
+        return create_replicas(observed, config, volume, &missing).unwrap_or_else(|missing| {
+            vec![warn_once(config, REASON_SCALING, &missing.to_string())]
+        });
     }
     let every = |done: &dyn Fn(&CStorVolumeReplica) -> bool| {
         config.current_pool_names().iter().all(|pool| {
