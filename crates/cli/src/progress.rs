@@ -6,10 +6,24 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tandem_objects::RebuildProgress;
+use tandem_objects::{RebuildProgress, ResyncRecord};
 use tokio::time::Instant;
 
 use crate::workload::human;
+
+/// What a finished rebuild or resync copied: `512 MiB copied from replica ID (full rebuild)`.
+pub fn copied(resync: &ResyncRecord) -> String {
+    let kind = if resync.full {
+        "full rebuild"
+    } else {
+        "changed regions only"
+    };
+    format!(
+        "{} copied from replica {} ({kind})",
+        human(resync.bytes),
+        resync.source
+    )
+}
 
 /// How a rebuild's progress is shown: a bar on standard output when it is a terminal (from the
 /// first progress the replica reports), a line a second otherwise.

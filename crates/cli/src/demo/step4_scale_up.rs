@@ -8,7 +8,7 @@ use tandem_objects::{CStorVolumeReplica, CStorVolumeReplicaPhase, Event, Kind};
 use super::common::{has_new_event, heading, newest_event, replica_status, Pool};
 use super::{Demo, NAMESPACE};
 use crate::cluster::POOL_CLUSTER;
-use crate::progress::Progress;
+use crate::progress::{self, Progress};
 use crate::wait::{wait_for, Probe};
 use crate::workload::{human, Writer};
 
@@ -111,18 +111,7 @@ async fn wait_for_rebuild(demo: &mut Demo, pool: &Pool, baseline: &[Event]) -> R
     };
     let resync = replica.status.last_resync.as_ref();
     let copied = resync
-        .map(|resync| {
-            format!(
-                ": {} copied from replica {} ({})",
-                human(resync.bytes),
-                resync.source,
-                if resync.full {
-                    "full rebuild"
-                } else {
-                    "changed regions only"
-                }
-            )
-        })
+        .map(|resync| format!(": {}", progress::copied(resync)))
         .unwrap_or_default();
     progress.finish();
     println!(

@@ -20,10 +20,9 @@ use tandem_objects::{
 use tokio::time::Instant;
 
 use super::{reference, report, NamespaceArg};
-use crate::progress::Progress;
+use crate::progress::{self, Progress};
 use crate::server::ServerArgs;
 use crate::wait::{wait_for, Deadline, Probe};
-use crate::workload::human;
 
 /// How often the volume is looked at while waiting.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -225,7 +224,7 @@ async fn wait_until_moved(
                     progress.show(rebuild);
                 }
                 if let Some(resync) = &new.status.last_resync {
-                    copied = Some((resync.bytes, resync.source.clone(), resync.full));
+                    copied = Some(progress::copied(resync));
                 }
             }
             Ok(if check.done {
@@ -248,18 +247,9 @@ async fn wait_until_moved(
         println!("its replicas are on {}", wanted.join(", "));
         return Ok(true);
     }
-    let copied = match copied {
-        Some((bytes, source, full)) => format!(
-            "; {} copied from replica {source} ({})",
-            human(bytes),
-            if full {
-                "full rebuild"
-            } else {
-                "changed regions only"
-            }
-        ),
-        None => String::new(),
-    };
+    let copied = copied
+        .map(|copied| format!("; {copied}"))
+        .unwrap_or_default();
     println!(
         "volume {name} moved from pool {from} to pool {to} in {:.1} s{copied}; its replicas are \
          on {}",
