@@ -1,26 +1,73 @@
-//! Wake-ups for the agent's loops, so they answer a change at once instead of at their next
-//! interval: a watch on the objects whose changes need an answer from some agent (CVRs: a new
-//! replica to create, an incarnation to add, a deletion; CVCs: an edited pool list), and the
-//! state changes of this node's targets (a replica's mode, the volume's phase, the membership).
-//! The loops still run on their intervals; a lost watch only costs latency.
+//! What the agent's loops read and what wakes them. The objects they look at (pools, volume
+//! configs, volumes, replicas) are kept in memory by watches (`Cache`, one
+//! [`tandem_client::Informer`] per kind), so a pass reads memory instead of listing every
+//! object over the API. The loops wake at once when an object changes whose change needs an
+//! answer from some agent (a pool, a CVR: a new replica to create, an incarnation to add, a
+//! deletion; a CVC: an edited pool list) and when one of this node's targets changes state (a
+//! replica's mode, the volume's phase, the membership); otherwise they run on their (slow)
+//! intervals.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tandem_client::Client;
-use tandem_objects::Kind;
+use tandem_client::{Client, ClientError, Informer};
+use tandem_objects::{CStorVolume, CStorVolumeSpec, Kind, Object, ObjectMeta};
 use tokio::sync::watch;
 
-/// How long a watch request stays open before it is renewed.
-const WATCH_WINDOW: Duration = Duration::from_secs(60);
-/// After an error, the watch is retried after this long.
-const RETRY: Duration = Duration::from_secs(1);
 /// A change wakes a loop after this pause, so a burst of changes makes one pass.
 const COALESCE: Duration = Duration::from_millis(20);
 
-/// The object kinds whose changes wake the loops. CVs are left out: their status changes with
-/// every rebuild progress report, and the targets that write them wake their own loop.
-const WATCHED: [Kind; 2] = [Kind::CStorVolumeReplica, Kind::CStorVolumeConfig];
+/// The objects of the agent's namespace that its loops read, each kept by a watch.
+#[derive(Clone)]
+pub struct Cache {
+    pub namespace: String,
+    pub pools: Informer,
+    pub configs: Informer,
+    pub volumes: Informer,
+    pub replicas: Informer,
+}
+
+impl Cache {
+    pub fn start(client: &Client, namespace: &str) -> Cache {
+        let informer = |kind| Informer::start(client.clone(), kind, Some(namespace));
+        Cache {
+            namespace: namespace.to_string(),
+            pools: informer(Kind::CStorPoolInstance),
+            configs: informer(Kind::CStorVolumeConfig),
+            volumes: informer(Kind::CStorVolume),
+            replicas: informer(Kind::CStorVolumeReplica),
+        }
+    }
+
+    /// The objects of `informer`'s kind, or why there are none to read yet.
+    pub fn read<T: TryFrom<Object>>(informer: &Informer) -> Result<Vec<T>, ClientError> {
+        Cache::read_where(informer, |_| true)
+    }
+
+    /// The objects of `informer`'s kind that `keep` accepts, or why there are none to read yet.
+    pub fn read_where<T: TryFrom<Object>>(
+        informer: &Informer,
+        keep: impl Fn(&Object) -> bool,
+    ) -> Result<Vec<T>, ClientError> {
+        informer
+            .typed_where(keep)
+            .ok_or_else(|| ClientError::Unreachable {
+                server: "the control plane".to_string(),
+                detail: format!("no {} listed yet", informer.kind().name()),
+            })
+    }
+
+    /// The objects of `informer`'s kind labelled `label=value`.
+    pub fn read_labelled<T: TryFrom<Object>>(
+        informer: &Informer,
+        label: &str,
+        value: &str,
+    ) -> Result<Vec<T>, ClientError> {
+        Cache::read_where(informer, |object| {
+            object.metadata().labels.get(label).map(String::as_str) == Some(value)
+        })
+    }
+}
 
 /// A change signal every loop can wait on; cheap to clone.
 #[derive(Clone)]
@@ -47,22 +94,63 @@ impl Changes {
         }
     }
 
-    /// Watches the API's objects in `namespace` until the task is aborted.
-    pub fn watch_api(&self, client: Client, namespace: String) -> tokio::task::JoinHandle<()> {
+    /// Signals every change of the cache's pools, configs and replicas, and every change of a
+    /// volume other than its status, until the task is aborted. A volume's status alone is left
+    /// out: it changes with every rebuild progress report, and the targets that write it wake
+    /// their own loop.
+    pub fn follow(&self, cache: &Cache) -> tokio::task::JoinHandle<()> {
         let changes = self.clone();
+        let mut followed: Vec<watch::Receiver<u64>> =
+            [&cache.pools, &cache.configs, &cache.replicas]
+                .into_iter()
+                .map(Informer::subscribe)
+                .collect();
+        let mut volumes_changed = cache.volumes.subscribe();
+        let volumes = cache.volumes.clone();
         tokio::spawn(async move {
-            let mut tasks = tokio::task::JoinSet::new();
-            for kind in WATCHED {
-                tasks.spawn(watch_kind(
-                    client.clone(),
-                    kind,
-                    namespace.clone(),
-                    changes.clone(),
-                ));
+            let mut placed = placement(&volumes);
+            loop {
+                let others = futures::future::select_all(
+                    followed
+                        .iter_mut()
+                        .map(|receiver| Box::pin(receiver.changed())),
+                );
+                tokio::select! {
+                    (result, _, _) = others => {
+                        if result.is_err() {
+                            return;
+                        }
+                    }
+                    result = volumes_changed.changed() => {
+                        if result.is_err() {
+                            return;
+                        }
+                        let now = placement(&volumes);
+                        if now == placed {
+                            continue;
+                        }
+                        placed = now;
+                    }
+                }
+                changes.signal();
             }
-            while tasks.join_next().await.is_some() {}
         })
     }
+}
+
+/// Every cached volume without its status (and resource version): what a change of the target's
+/// place, generation, membership or deletion changes.
+fn placement(volumes: &Informer) -> Vec<(ObjectMeta, CStorVolumeSpec)> {
+    volumes
+        .typed::<CStorVolume>()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|volume| {
+            let mut meta = volume.metadata;
+            meta.resource_version.clear();
+            (meta, volume.spec)
+        })
+        .collect()
 }
 
 /// One loop's view of the change signal.
@@ -86,41 +174,6 @@ impl Wakeups {
                 } else {
                     // Every sender is gone (the agent is stopping): plain interval.
                     tokio::time::sleep(interval).await;
-                }
-            }
-        }
-    }
-}
-
-async fn watch_kind(client: Client, kind: Kind, namespace: String, changes: Changes) {
-    loop {
-        let version = match client.list(kind, Some(&namespace), None).await {
-            Ok(list) => list.resource_version,
-            Err(error) => {
-                tracing::debug!(kind = kind.name(), %error, "cannot list for a watch; retrying");
-                tokio::time::sleep(RETRY).await;
-                continue;
-            }
-        };
-        let mut watch = match client
-            .watch(kind, Some(&namespace), None, version, WATCH_WINDOW)
-            .await
-        {
-            Ok(watch) => watch,
-            Err(error) => {
-                tracing::debug!(kind = kind.name(), %error, "cannot watch; retrying");
-                tokio::time::sleep(RETRY).await;
-                continue;
-            }
-        };
-        loop {
-            match watch.next().await {
-                Ok(Some(_)) => changes.signal(),
-                Ok(None) => break,
-                Err(error) => {
-                    tracing::debug!(kind = kind.name(), %error, "watch ended; renewing");
-                    tokio::time::sleep(RETRY).await;
-                    break;
                 }
             }
         }

@@ -110,7 +110,8 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// Where the pool and replica objects are (default `openebs`).
     pub namespace: String,
-    /// How often to run a reconcile pass when nothing changed (default 1s).
+    /// How often to run a reconcile pass when nothing changed (default 2s: changes of the
+    /// objects wake it at once; this is for the pool's measurement and the disk).
     pub reconcile_interval: Duration,
     /// How often to re-measure the pool's used space (default 2s; also after every change).
     pub measure_interval: Duration,
@@ -139,7 +140,7 @@ pub struct AgentConfig {
 
 impl AgentConfig {
     pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(500);
-    pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+    pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(2);
     pub const DEFAULT_MEASURE_INTERVAL: Duration = Duration::from_secs(2);
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
     pub const DEFAULT_DATA_ADDRESS: SocketAddr =
@@ -404,12 +405,13 @@ impl NodeAgent {
             routed,
             config.nbd_tls.as_ref().map(|tls| Arc::clone(&tls.client)),
         ));
+        let cache = changes::Cache::start(&client, &config.namespace);
         let changes = changes::Changes::new();
-        let watching = changes.watch_api(client.clone(), config.namespace.clone());
+        let watching = changes.follow(&cache);
         let targets = tokio::spawn(
             targets::Targets::new(
                 client.clone(),
-                config.namespace.clone(),
+                cache.clone(),
                 config.node.clone(),
                 Arc::clone(&own),
                 Arc::clone(&endpoint),
@@ -421,8 +423,15 @@ impl NodeAgent {
             .run(changes.clone()),
         );
         let recorder = Recorder::new(client.clone(), EVENT_COMPONENT, &config.node);
-        let mut agent =
-            reconcile::Agent::new(config, client, recorder, Arc::clone(&host), hosted, metrics);
+        let mut agent = reconcile::Agent::new(
+            config,
+            client,
+            cache,
+            recorder,
+            Arc::clone(&host),
+            hosted,
+            metrics,
+        );
         tokio::select! {
             // The agent's loop never ends on its own.
             () = agent.run(changes.subscribe()) => {}
@@ -574,7 +583,7 @@ mod tests {
         let config = AgentConfig::new("n1", "/tmp/pool", 10 << 30, "http://127.0.0.1:7070");
         assert_eq!(config.heartbeat, Duration::from_millis(500));
         assert_eq!(config.namespace, "openebs");
-        assert_eq!(config.reconcile_interval, Duration::from_secs(1));
+        assert_eq!(config.reconcile_interval, Duration::from_secs(2));
         assert_eq!(config.measure_interval, Duration::from_secs(2));
         assert_eq!(config.data_address.to_string(), "127.0.0.1:0");
         assert!(config.validate().is_ok());

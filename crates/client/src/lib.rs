@@ -3,6 +3,7 @@
 //! write passes the same validation and admission rules whoever makes it).
 
 mod events;
+mod informer;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use serde_json::Value;
 use tandem_objects::{Event, Kind, Object};
 
 pub use events::Recorder;
+pub use informer::Informer;
 
 /// Why a request failed. Callers branch on [`ClientError::kind`] (or its shorthands
 /// [`ClientError::is_not_found`] and [`ClientError::is_conflict`]); the message is fit to show

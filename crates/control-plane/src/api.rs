@@ -474,7 +474,15 @@ async fn heartbeat(
         )));
     }
     let mut nodes = api.nodes.lock().expect("the node table is never poisoned");
+    // A node that was not ready, or reports new addresses, changes what the controllers see.
+    let news = nodes
+        .get(&node)
+        .is_none_or(|(last, seen)| *last != heartbeat || seen.elapsed() > api.agent_timeout);
     nodes.insert(node, (heartbeat, Instant::now()));
+    drop(nodes);
+    if news {
+        api.written.notify_waiters();
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -503,6 +511,18 @@ impl Api {
                 }
             })
             .collect()
+    }
+
+    /// Whether the start-up grace is over, and which nodes are ready: what the controllers'
+    /// view of liveness depends on besides the stored objects.
+    pub fn readiness(&self) -> (bool, Vec<String>) {
+        let ready = self
+            .node_statuses()
+            .into_iter()
+            .filter(|node| node.ready)
+            .map(|node| node.node)
+            .collect();
+        (self.past_agent_grace(), ready)
     }
 
     /// Whether the control plane has run long enough to call a silent agent gone.

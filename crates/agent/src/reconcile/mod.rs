@@ -10,7 +10,7 @@
 mod plan;
 mod replica;
 
-use crate::changes::Wakeups;
+use crate::changes::{Cache, Wakeups};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::path::Path;
@@ -23,7 +23,7 @@ use tandem_dataplane::replica::ReplicaHost;
 use tandem_objects::{
     CStorPoolInstance, CStorPoolInstanceStatus, CStorVolume, CStorVolumeReplica,
     CStorVolumeReplicaPhase, EventType, Kind, Object, ObjectMeta, FINALIZER_CSTOR_VOLUME_REPLICA,
-    LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_HOSTNAME,
+    LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_CSTOR_VOLUME_NAME, LABEL_HOSTNAME,
 };
 
 use crate::cstor::creation_order;
@@ -64,6 +64,8 @@ struct CachedMeta {
 pub struct Agent {
     config: AgentConfig,
     client: Client,
+    /// The pools, volumes and replicas, kept by watches.
+    cache: Cache,
     recorder: Recorder,
     errors: ErrorLog,
     /// (object uid, reason) -> the message last recorded, so an event is recorded once.
@@ -100,6 +102,7 @@ impl Agent {
     pub fn new(
         config: AgentConfig,
         client: Client,
+        cache: Cache,
         recorder: Recorder,
         host: Arc<ReplicaHost>,
         hosted: HashMap<String, ReplicaId>,
@@ -108,6 +111,7 @@ impl Agent {
         Agent {
             config,
             client,
+            cache,
             recorder,
             errors: ErrorLog::default(),
             events: HashMap::new(),
@@ -176,16 +180,13 @@ impl Agent {
     async fn pass(&mut self) -> Result<bool, Error> {
         let namespace = self.config.namespace.clone();
         let selector = format!("{LABEL_HOSTNAME}={}", self.config.node);
-        let pools: Vec<CStorPoolInstance> = self
-            .api(
-                self.client
-                    .list_typed(Kind::CStorPoolInstance, Some(&namespace), Some(&selector)),
-            )
-            .await
-            .map_err(|error| Error::ListPools {
-                node: self.config.node.clone(),
-                source: Box::new(error),
-            })?;
+        let pools: Vec<CStorPoolInstance> =
+            Cache::read_labelled(&self.cache.pools, LABEL_HOSTNAME, &self.config.node).map_err(
+                |error| Error::ListPools {
+                    node: self.config.node.clone(),
+                    source: Box::new(error.into()),
+                },
+            )?;
         let Some(choice) = plan::choose_pool(pools) else {
             if !self.waiting_logged {
                 tracing::info!(
@@ -224,21 +225,18 @@ impl Agent {
             .ro_threshold_limit
             .unwrap_or(RO_THRESHOLD_DEFAULT);
 
-        let cvr_selector = format!("{LABEL_CSTOR_POOL_INSTANCE_NAME}={}", served.name());
-        let mut replicas: Vec<CStorVolumeReplica> = self
-            .api(self.client.list_typed(
-                Kind::CStorVolumeReplica,
-                Some(&namespace),
-                Some(&cvr_selector),
-            ))
-            .await
-            .map_err(|error| Error::ListReplicas {
-                pool: served.name().to_string(),
-                source: Box::new(error),
-            })?;
+        let mut replicas: Vec<CStorVolumeReplica> = Cache::read_labelled(
+            &self.cache.replicas,
+            LABEL_CSTOR_POOL_INSTANCE_NAME,
+            served.name(),
+        )
+        .map_err(|error| Error::ListReplicas {
+            pool: served.name().to_string(),
+            source: Box::new(error.into()),
+        })?;
         replicas.sort_by_key(|replica| creation_order(&replica.metadata));
         let storage = self.list_storage(&replicas_dir).await?;
-        let reported = self.reported(&namespace).await;
+        let reported = self.reported(&replicas);
         let view = PoolView {
             name: served.name().to_string(),
             replicas_dir: replicas_dir.clone(),
@@ -298,16 +296,18 @@ impl Agent {
 
     /// The targets' view of each replica, by volume and replica id (a failure here only delays
     /// the phases).
-    async fn reported(
+    fn reported(
         &mut self,
-        namespace: &str,
+        replicas: &[CStorVolumeReplica],
     ) -> HashMap<(String, ReplicaId), tandem_objects::ReplicaStatus> {
-        let listed = self
-            .api(
-                self.client
-                    .list_typed::<CStorVolume>(Kind::CStorVolume, Some(namespace), None),
-            )
-            .await;
+        let volumes: HashSet<&str> = replicas
+            .iter()
+            .filter_map(|replica| replica.metadata.labels.get(LABEL_CSTOR_VOLUME_NAME))
+            .map(String::as_str)
+            .collect();
+        let listed = Cache::read_where::<CStorVolume>(&self.cache.volumes, |volume| {
+            volumes.contains(volume.name())
+        });
         match listed {
             Ok(volumes) => volumes
                 .into_iter()

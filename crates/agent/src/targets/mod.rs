@@ -40,7 +40,7 @@ use tandem_nbd::{Server, ServerError};
 use tandem_objects::{CStorVolume, Kind, Object};
 use tokio::sync::watch;
 
-use crate::changes::Changes;
+use crate::changes::{Cache, Changes};
 use crate::cstor::{generation_of, known_replicas};
 use crate::endpoint::{replace_export, Endpoint, EndpointServer, Routes};
 use crate::error::{Error, Subject};
@@ -49,8 +49,10 @@ use crate::metrics::AgentMetrics;
 use crate::report::ErrorLog;
 use plan::{KeepPlan, Measured, Step, View};
 
-/// How often the targets are brought in line and their status published.
-const PASS_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the targets are brought in line and their status published when nothing wakes
+/// the loop (a change of the objects, a target's change of state, rebuild progress): a slow
+/// resync, and the I/O counters' cadence.
+const PASS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Rebuild progress alone is written at most this often.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
@@ -77,6 +79,8 @@ struct Running {
 
 pub struct Targets {
     client: Client,
+    /// The volumes, configs and replicas, kept by watches.
+    cache: Cache,
     namespace: String,
     node: String,
     own: Arc<OwnTargetsServer>,
@@ -112,7 +116,7 @@ impl Targets {
 
     pub fn new(
         client: Client,
-        namespace: String,
+        cache: Cache,
         node: String,
         own: Arc<OwnTargetsServer>,
         endpoint: Arc<EndpointServer>,
@@ -121,7 +125,8 @@ impl Targets {
     ) -> Targets {
         Targets {
             client,
-            namespace,
+            namespace: cache.namespace.clone(),
+            cache,
             node,
             own,
             endpoint,
@@ -154,7 +159,6 @@ impl Targets {
     }
 
     async fn read(&self) -> Result<View, ClientError> {
-        let namespace = Some(self.namespace.as_str());
         let nodes = self.client.nodes().await?;
         let addresses = nodes
             .iter()
@@ -165,18 +169,9 @@ impl Targets {
             .filter_map(|node| Some((node.node, node.target_address.parse().ok()?)))
             .collect();
         Ok(View {
-            volumes: self
-                .client
-                .list_typed(Kind::CStorVolume, namespace, None)
-                .await?,
-            configs: self
-                .client
-                .list_typed(Kind::CStorVolumeConfig, namespace, None)
-                .await?,
-            replicas: self
-                .client
-                .list_typed(Kind::CStorVolumeReplica, namespace, None)
-                .await?,
+            volumes: Cache::read(&self.cache.volumes)?,
+            configs: Cache::read(&self.cache.configs)?,
+            replicas: Cache::read(&self.cache.replicas)?,
             addresses,
             target_addresses,
         })

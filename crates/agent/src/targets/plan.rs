@@ -353,24 +353,31 @@ pub fn plan_publish(
         }
     }
     // Rebuild progress and I/O counters change all the time: alone, they are written at most
-    // every progress and counters interval.
-    let without = |status: &CStorVolumeStatus, progress: bool| {
+    // every progress and counters interval. Up time alone is never written (it grows every
+    // second of every volume: a thousand idle volumes would keep the API busy); it is brought
+    // up to date with any other write.
+    let without = |status: &CStorVolumeStatus, counters: bool, progress: bool| {
         let mut status = status.clone();
         for replica in &mut status.replica_statuses {
-            replica.checkpointed_io_seq.clear();
-            replica.inflight_read.clear();
-            replica.inflight_write.clear();
-            replica.inflight_sync.clear();
             replica.up_time = 0;
+            if counters {
+                replica.checkpointed_io_seq.clear();
+                replica.inflight_read.clear();
+                replica.inflight_write.clear();
+                replica.inflight_sync.clear();
+            }
             if progress {
                 replica.rebuild = None;
             }
         }
         status
     };
-    let changed = without(&updated.status, true) != without(&volume.status, true);
-    let progressed = without(&updated.status, false) != without(&volume.status, false);
-    let counted = updated.status != volume.status;
+    let differs = |counters: bool, progress: bool| {
+        without(&updated.status, counters, progress) != without(&volume.status, counters, progress)
+    };
+    let changed = differs(true, true);
+    let progressed = differs(true, false);
+    let counted = differs(false, false);
     if changed || (progressed && measured.progress_due) || (counted && measured.counters_due) {
         updated.status.last_update_time = measured.now.clone();
         if updated.status.phase != volume.status.phase {

@@ -2,7 +2,8 @@
 //! everything once (`Observed`), then, for each pool cluster, pool and volume config, plans
 //! what to do from that alone (`pools::plan_*`, `volumes::plan_*`: pure functions, tested as
 //! tables) and executes the plan through the API client (`execute`). A pass runs after every
-//! write to the store and at least once a second (pool liveness depends on time). Every pass is
+//! write to the store (any process's), when a node's readiness changes (a lease ran out, a
+//! node reported again) and otherwise every ten seconds (a slow resync). Every pass is
 //! idempotent, and every write names the resource version it read, so a pass that raced with a
 //! user's edit loses with a conflict and the next pass starts over from what is stored.
 //!
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 use tandem_client::{Client, ClientError, Recorder};
 use tandem_objects::{CStorVolume, CStorVolumeConfig, Object};
+use tokio::time::Instant;
 
 use crate::controllers::execute::{execute, ExecuteError};
 use crate::controllers::observe::Observed;
@@ -77,50 +79,71 @@ pub async fn run(
         let mut errors = ErrorLog::default();
         let mut lost = std::pin::pin!(leader.clone().lost(mandate));
         loop {
-            let written = context.api.written.notified();
-            tokio::select! {
+            let mut written = std::pin::pin!(context.api.written.notified());
+            let failed = tokio::select! {
                 _ = &mut shutdown => return,
                 _ = &mut lost => break,
-                _ = pass(&context, &mut errors) => {}
-            }
-            let next = next_pass_in(context.api.next_lease_expiry());
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = &mut lost => break,
-                _ = written => {}
-                _ = tokio::time::sleep(next) => {}
+                failed = pass(&context, &mut errors) => failed,
+            };
+            // Until something is written, a node's readiness changes, or the resync is due.
+            let resync_at = Instant::now()
+                + if failed {
+                    RETRY_INTERVAL
+                } else {
+                    RESYNC_INTERVAL
+                };
+            let readiness = context.api.readiness();
+            loop {
+                let wake = next_look_at(resync_at, context.api.next_lease_expiry());
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = &mut lost => break,
+                    _ = &mut written => break,
+                    _ = tokio::time::sleep_until(wake) => {
+                        if Instant::now() >= resync_at || context.api.readiness() != readiness {
+                            break;
+                        }
+                    }
+                }
             }
         }
         tracing::warn!("this control plane no longer leads: controllers stop");
     }
 }
 
-/// The longest a pass waits for the next when nothing is written (pool liveness depends on
-/// time).
-const PASS_INTERVAL: Duration = Duration::from_secs(1);
-/// How long after a lease's end the pass looks: the API calls a node ready up to and including
-/// its timeout.
+/// With nothing written and no node's readiness changing, the controllers look again after
+/// this long anyway (a slow resync, as Kubernetes' informers have): every change they answer
+/// comes as a write or a lease's end, so this only bounds the cost of a missed wake-up.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
+/// After a pass that failed somewhere (not a conflict: that is a write, which wakes them), the
+/// controllers look again this soon.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// How long after a lease's end the controllers look: the API calls a node ready up to and
+/// including its timeout.
 const PAST_LEASE_END: Duration = Duration::from_millis(5);
 
-/// When the next pass runs if nothing is written: at the next lease's end if that comes first
-/// (a target fails over as soon as its node's lease runs out), else after [`PASS_INTERVAL`].
-fn next_pass_in(lease_expiry: Option<Duration>) -> Duration {
-    lease_expiry.map_or(PASS_INTERVAL, |expiry| {
-        (expiry + PAST_LEASE_END).min(PASS_INTERVAL)
+/// When to look at the nodes' readiness again: just after the next lease's end (a target fails
+/// over as soon as its node's lease runs out; a lease renewed meanwhile changes nothing and the
+/// wait goes on), or at the resync, whichever comes first.
+fn next_look_at(resync_at: Instant, lease_expiry: Option<Duration>) -> Instant {
+    lease_expiry.map_or(resync_at, |expiry| {
+        (Instant::now() + expiry + PAST_LEASE_END).min(resync_at)
     })
 }
 
-async fn pass(context: &Context, errors: &mut ErrorLog) {
+/// One pass over everything; true if some part of it failed (a conflict is no failure).
+async fn pass(context: &Context, errors: &mut ErrorLog) -> bool {
     context.api.metrics.controller_pass();
     let mut errors = Counted {
         log: errors,
         context,
+        failed: false,
     };
     let observed = match Observed::read(&context.client, &context.api).await {
         Ok(observed) => observed,
         Err(error) => {
             errors.report(Subject::Snapshot, Err(error.into()));
-            return;
+            return true;
         }
     };
     for cluster in &observed.pool_clusters {
@@ -144,6 +167,7 @@ async fn pass(context: &Context, errors: &mut ErrorLog) {
     }
     let result = execute(context, volumes::plan_orphans(&observed)).await;
     errors.report(Subject::GarbageCollection, result);
+    errors.failed
 }
 
 /// The first step of provisioning: the volume, whose uid (the server's) its replicas name.
@@ -166,11 +190,14 @@ async fn create_volume_then_provision(
 struct Counted<'a> {
     log: &'a mut ErrorLog,
     context: &'a Context,
+    /// Something failed that was not a conflict.
+    failed: bool,
 }
 
 impl Counted<'_> {
     fn report(&mut self, subject: Subject, result: Result<(), ExecuteError>) {
         if result.as_ref().is_err_and(|error| !error.is_conflict()) {
+            self.failed = true;
             self.context
                 .api
                 .metrics
@@ -267,15 +294,23 @@ mod tests {
     }
 
     #[test]
-    fn given_a_lease_ending_before_the_interval_when_waiting_then_the_pass_runs_just_after_it() {
+    fn given_a_lease_ending_before_the_resync_when_waiting_then_look_just_after_it() {
+        let now = Instant::now();
+        let resync_at = now + RESYNC_INTERVAL;
         let table = [
-            (None, PASS_INTERVAL),
+            (None, RESYNC_INTERVAL),
             (Some(Duration::ZERO), PAST_LEASE_END),
             (Some(Duration::from_millis(300)), Duration::from_millis(305)),
-            (Some(Duration::from_secs(5)), PASS_INTERVAL),
+            (Some(RESYNC_INTERVAL * 2), RESYNC_INTERVAL),
         ];
         for (expiry, wait) in table {
-            assert_eq!(next_pass_in(expiry), wait, "{expiry:?}");
+            let at = next_look_at(resync_at, expiry);
+            // `next_look_at` reads the clock after `now`: allow what passed in between.
+            let waited = at.saturating_duration_since(now);
+            assert!(
+                waited >= wait && waited <= wait + Duration::from_millis(50),
+                "{expiry:?}: {waited:?}"
+            );
         }
     }
 

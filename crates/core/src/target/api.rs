@@ -216,6 +216,13 @@ pub struct TargetOptions {
     pub replica_congestion_ops: usize,
     pub handshake_timeout_ticks: u64,
     pub reconnect_interval_ticks: u64,
+    /// A connected replica that has sent nothing for this long while nothing is awaited from
+    /// it is probed (a ping), so a replica whose session silently broke, or that accepted a
+    /// newer target, times out and is reconnected even on an idle volume. Under I/O every
+    /// answer counts as a sign of life and no probe is sent. A dead peer process is noticed at
+    /// once (its connection closes); this is for lost hosts and links, which the dataplane also
+    /// watches with TCP keepalive.
+    pub probe_interval_ticks: u64,
     /// Resync bandwidth cap; 0 means uncapped.
     pub resync_bytes_per_tick: u64,
     /// The resync's cap while clients are doing I/O (a request arrived within the last
@@ -248,6 +255,9 @@ impl Default for TargetOptions {
             replica_congestion_ops: 256,
             handshake_timeout_ticks: 50,
             reconnect_interval_ticks: 20,
+            // With 10 ms ticks: an idle volume's replicas are pinged every 5 s, so a thousand
+            // idle volumes cost a few hundred pings a second, not thousands.
+            probe_interval_ticks: 500,
             resync_bytes_per_tick: 0,
             // With 10 ms ticks: 50 MiB/s under load, uncapped when idle.
             resync_bytes_per_tick_under_load: 512 << 10,

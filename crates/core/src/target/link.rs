@@ -102,8 +102,8 @@ pub(super) enum Due {
     Reconnect,
     /// Its oldest unanswered request is older than `replica_timeout_ticks`.
     TimedOut,
-    /// Idle for half the timeout: probe it, so a replica that moved on (or whose session
-    /// silently broke) times out and is reconnected.
+    /// Silent for `probe_interval_ticks` with nothing awaited: probe it, so a replica that
+    /// moved on (or whose session silently broke) times out and is reconnected.
     Probe,
     /// Recovery waited `replica_timeout_ticks` on its answer: ask again.
     AskAgain,
@@ -294,7 +294,7 @@ impl ReplicaLink {
                 if oldest.is_some_and(|sent| sent + options.replica_timeout_ticks <= now) {
                     Some(Due::TimedOut)
                 } else if c.awaited.is_empty()
-                    && c.heard_at_tick + options.replica_timeout_ticks / 2 <= now
+                    && c.heard_at_tick + options.probe_interval_ticks <= now
                 {
                     Some(Due::Probe)
                 } else if recovering
@@ -307,6 +307,28 @@ impl ReplicaLink {
                 }
             }
             _ => None,
+        }
+    }
+
+    /// The first tick at which [`ReplicaLink::tick`] may find something due, or change the
+    /// link, if nothing else happens first; `None`: never, by time alone.
+    pub(super) fn next_due(&self, options: &TargetOptions, recovering: bool) -> Option<u64> {
+        match &self.connection {
+            Connection::Offline { retry_at_tick } => Some(*retry_at_tick),
+            Connection::Handshaking { sent_at_tick, .. } => {
+                Some(sent_at_tick + options.handshake_timeout_ticks)
+            }
+            Connection::Connected(c) => {
+                let timeout = options.replica_timeout_ticks;
+                let answer = c.awaited.values().min().map(|sent| sent + timeout);
+                let probe = c
+                    .awaited
+                    .is_empty()
+                    .then_some(c.heard_at_tick + options.probe_interval_ticks);
+                let ask = (recovering && c.state == LinkState::Answered)
+                    .then_some(c.answered_at_tick + timeout);
+                [answer, probe, ask].into_iter().flatten().min()
+            }
         }
     }
 
@@ -465,6 +487,7 @@ mod tests {
         replica_congestion_ops: 256,
         handshake_timeout_ticks: 50,
         reconnect_interval_ticks: 20,
+        probe_interval_ticks: 50,
         resync_bytes_per_tick: 0,
         resync_bytes_per_tick_under_load: 0,
         resync_segments_inflight_max: 4,

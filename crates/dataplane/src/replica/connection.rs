@@ -193,8 +193,8 @@ pub(crate) async fn serve_plain(
     id: ConnId,
     permit: OwnedSemaphorePermit,
 ) {
-    if let Err(error) = stream.set_nodelay(true) {
-        tracing::warn!(%peer, %error, "cannot set TCP_NODELAY; closing the connection");
+    if let Err(error) = crate::tune_link_socket(&stream) {
+        tracing::warn!(%peer, %error, "cannot set TCP_NODELAY and keepalive; closing the connection");
         return;
     }
     let (reader, writer) = stream.into_split();
@@ -213,8 +213,8 @@ pub(crate) async fn serve_tls(
     permits: (OwnedSemaphorePermit, (OwnedSemaphorePermit, PeerSlot)),
 ) {
     let (permit, handshake) = permits;
-    if let Err(error) = stream.set_nodelay(true) {
-        tracing::warn!(%peer, %error, "cannot set TCP_NODELAY; closing the connection");
+    if let Err(error) = crate::tune_link_socket(&stream) {
+        tracing::warn!(%peer, %error, "cannot set TCP_NODELAY and keepalive; closing the connection");
         return;
     }
     let timeout = shared.options.handshake_timeout;

@@ -25,6 +25,12 @@ impl TickClock {
         }
     }
 
+    /// When tick `tick` is due: the core may be given it from then on.
+    pub(super) fn instant_of(&self, tick: u64) -> Instant {
+        let nanos = u128::from(tick) * self.tick.as_nanos();
+        self.started + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
     /// The ticks to feed the core now (and counts them as fed).
     pub(super) fn due(&mut self) -> u64 {
         self.due_at(Instant::now())
@@ -53,5 +59,9 @@ mod tests {
         // Paused for five seconds: every tick of it is due at once.
         assert_eq!(clock.due_at(start + Duration::from_millis(5_012)), 500);
         assert_eq!(clock.due_at(start + Duration::from_millis(5_012)), 0);
+        // The instant a tick is due is the first at which it is counted.
+        let at = clock.instant_of(502);
+        assert_eq!(clock.due_at(at - Duration::from_nanos(1)), 0);
+        assert_eq!(clock.due_at(at), 1);
     }
 }

@@ -127,7 +127,7 @@ async fn run(
         .await
         .map_err(|_| LinkError::ConnectTimeout)?
         .map_err(LinkError::Connect)?;
-    stream.set_nodelay(true)?;
+    crate::tune_link_socket(&stream)?;
     let client = match security {
         LinkSecurity::Plain => {
             let (reader, writer) = stream.into_split();

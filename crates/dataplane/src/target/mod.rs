@@ -358,23 +358,28 @@ impl TargetTask {
         mut inbound: mpsc::Receiver<Inbound>,
         mut persisted: mpsc::Receiver<Result<(), Fenced>>,
     ) {
-        let mut ticker = tokio::time::interval(TICK);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Nothing ticks while nothing is due: the task sleeps until the core's next due tick
+        // (a timeout, a probe, a retry; every tick while a resync runs) and wakes for any input
+        // before it. Every input first makes up the ticks that passed (`handle`).
+        let wakeup = tokio::time::sleep(TICK);
+        tokio::pin!(wakeup);
+        let mut armed = None;
         tracing::info!(volume = %self.volume, generation = self.target.generation().0, "target started");
         loop {
+            let due = self.target.next_tick_due();
+            if due != armed {
+                if let Some(tick) = due {
+                    wakeup.as_mut().reset(self.clock.instant_of(tick).into());
+                }
+                armed = due;
+            }
             tokio::select! {
-                _ = ticker.tick() => {
-                    // Answers that already arrived count before time moves on.
-                    while let Ok(frame) = inbound.try_recv() {
-                        self.on_inbound(frame);
-                    }
+                () = &mut wakeup, if armed.is_some() => {
+                    armed = None;
                     self.catch_up();
                 }
                 request = requests.recv() => match request {
                     Some(Request::Client(op, reply)) => {
-                        // A client is served on the time it is now, not the time the target
-                        // last woke up (a paused target's read lease has run out).
-                        self.catch_up();
                         let held = !matches!(op, ClientOp::Read { .. } | ClientOp::Allocation { .. });
                         if held && self.target.is_congested() {
                             self.counters.note_backpressure_wait();
@@ -443,20 +448,36 @@ impl TargetTask {
         }
     }
 
-    /// Feeds the core every tick due by the clock (many after a pause), publishing once.
+    /// Feeds the core every tick due by the clock (many after a sleep or a pause), publishing
+    /// once.
     fn catch_up(&mut self) {
-        let due = self.clock.due();
-        let mut publish = false;
-        for _ in 0..due {
-            publish |= self.apply(TargetInput::Tick);
-        }
-        if publish {
+        if self.feed_ticks() {
             self.publish_status();
         }
     }
 
+    /// Feeds the core every tick due by the clock; true if the status should be published.
+    fn feed_ticks(&mut self) -> bool {
+        let mut due = self.clock.due();
+        let mut publish = false;
+        while due > 0 {
+            // Ticks at which nothing is due are only counted.
+            due -= self.target.pass_idle_ticks(due);
+            if due > 0 {
+                publish |= self.apply(TargetInput::Tick);
+                due -= 1;
+            }
+        }
+        publish
+    }
+
+    /// Gives the core `input` on the time it is now, not the time the target last woke up: the
+    /// ticks that passed come first (a read lease may have run out meanwhile, or a replica's
+    /// answer be late).
     fn handle(&mut self, input: TargetInput) {
-        if self.apply(input) {
+        let mut publish = self.feed_ticks();
+        publish |= self.apply(input);
+        if publish {
             self.publish_status();
         }
     }

@@ -107,6 +107,7 @@ impl SimConfig {
                 replica_timeout_ticks: 60,
                 handshake_timeout_ticks: 30,
                 reconnect_interval_ticks: 10,
+                probe_interval_ticks: 30,
                 replica_inflight_max: 512,
                 replica_congestion_ops: 256,
                 resync_bytes_per_tick: 0,
@@ -476,7 +477,16 @@ impl Sim {
         }
         let generations: Vec<Generation> = self.targets.keys().copied().collect();
         for generation in generations {
-            self.process(Work::Target(generation, TargetInput::Tick));
+            // Odd seeds let targets count idle ticks without handling them, as the dataplane
+            // does after sleeping until the next due tick.
+            let counted = self.config.seed % 2 == 1
+                && self
+                    .targets
+                    .get_mut(&generation)
+                    .is_some_and(|target| target.pass_idle_ticks(1) == 1);
+            if !counted {
+                self.process(Work::Target(generation, TargetInput::Tick));
+            }
         }
         while let Some((&(tick, serial), _)) = self.events.first_key_value() {
             if tick > self.now_tick {
@@ -638,7 +648,19 @@ impl Sim {
                     let Some(target) = self.targets.get_mut(&generation) else {
                         continue;
                     };
+                    // A real target sleeps until its next due tick (`next_tick_due`) and
+                    // makes up the ticks in between at once: a tick before it must change
+                    // nothing, or that target would act late.
+                    let quiet = matches!(input, TargetInput::Tick)
+                        && target
+                            .next_tick_due()
+                            .is_none_or(|due| target.now_tick() + 1 < due);
                     target.handle(input, &mut target_out);
+                    assert!(
+                        !quiet || target_out.is_empty(),
+                        "generation {generation:?} acted on a tick before its next due tick: \
+                         {target_out:?}"
+                    );
                     for output in target_out.drain(..) {
                         self.on_target_output(generation, output, &mut queue);
                     }

@@ -459,3 +459,27 @@ fn given_a_control_plane_that_has_not_heard_from_a_node_yet_when_filling_then_it
         [("pvc-1".to_string(), address(8002))].into()
     );
 }
+
+#[test]
+fn given_up_time_alone_when_the_counters_interval_passed_then_write_nothing() {
+    let cv = known(volume("pvc-1", "n1", 1, 2), &[(1, 1001), (2, 1002)]);
+    let status = target(&[(1, true), (2, true)]);
+    let first = check_publish(
+        &cv,
+        &[replica(1), replica(2)],
+        &status,
+        &measured(true, true),
+    );
+    let mut written = first.volume.expect("written");
+    for replica in &mut written.status.replica_statuses {
+        replica.up_time = 3600;
+    }
+    let mut replicas = first.replicas.clone();
+    replicas.sort_by(|a, b| a.name().cmp(b.name()));
+    let again = check_publish(&written, &replicas, &status, &measured(true, true));
+    assert_eq!(
+        again,
+        Publish::default(),
+        "up time alone is not worth a write"
+    );
+}

@@ -1,0 +1,210 @@
+//! A cache of one kind's objects kept up to date by a watch (client-go's reflector and store),
+//! so that a loop which looks at every object often reads memory instead of listing them all
+//! over the API each time: a thousand volumes listed by three agents twice a second kept the
+//! control plane busy doing nothing.
+//!
+//! The cache lists once, then follows a watch from the list's version; a watch that ends is
+//! renewed from the last version seen, and one that fails (the version was compacted away, the
+//! control plane restarted or changed) lists again. Its content is therefore as of some recent
+//! moment of the store, never a mix that the store never held for one object; across objects
+//! it is as consistent as separate lists are. Writers still name the resource version they
+//! read, so a decision made on a stale object loses with a conflict and is made again when the
+//! cache catches up, which it signals.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tandem_objects::{Kind, Object};
+use tokio::sync::watch;
+
+use crate::{Client, WatchEvent};
+
+/// How long one watch request stays open before it is renewed.
+const WATCH_WINDOW: Duration = Duration::from_secs(60);
+/// After an error, the list or watch is tried again after this long.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The cache of one kind's objects in one namespace (or all); cheap to clone. The task that
+/// keeps it stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct Informer {
+    shared: Arc<Shared>,
+    _task: Arc<AbortOnDrop>,
+}
+
+struct Shared {
+    kind: Kind,
+    /// `None` until the first list arrived.
+    objects: Mutex<Option<BTreeMap<(String, String), Object>>>,
+    /// Counts the changes of the cache.
+    changes: watch::Sender<u64>,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Informer {
+    /// Starts keeping the objects of `kind` in `namespace` (all namespaces: `None`). Must be
+    /// called within a tokio runtime.
+    pub fn start(client: Client, kind: Kind, namespace: Option<&str>) -> Informer {
+        let shared = Arc::new(Shared {
+            kind,
+            objects: Mutex::new(None),
+            changes: watch::channel(0).0,
+        });
+        let task = tokio::spawn(keep(client, namespace.map(str::to_string), shared.clone()));
+        Informer {
+            shared,
+            _task: Arc::new(AbortOnDrop(task)),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.shared.kind
+    }
+
+    /// Every object as last seen, in (namespace, name) order; `None` until the first list has
+    /// arrived.
+    pub fn objects(&self) -> Option<Vec<Object>> {
+        let objects = self
+            .shared
+            .objects
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        objects.as_ref().map(|map| map.values().cloned().collect())
+    }
+
+    /// [`Informer::objects`] as their kind's type.
+    pub fn typed<T: TryFrom<Object>>(&self) -> Option<Vec<T>> {
+        self.typed_where(|_| true)
+    }
+
+    /// The objects `keep` accepts, as their kind's type (only those are copied out of the
+    /// cache); `None` until the first list has arrived.
+    pub fn typed_where<T: TryFrom<Object>>(
+        &self,
+        keep: impl Fn(&Object) -> bool,
+    ) -> Option<Vec<T>> {
+        let objects = self
+            .shared
+            .objects
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        objects.as_ref().map(|map| {
+            map.values()
+                .filter(|object| keep(object))
+                .filter_map(|object| T::try_from(object.clone()).ok())
+                .collect()
+        })
+    }
+
+    /// A receiver that sees a change each time the cache changes (the first list included).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.changes.subscribe()
+    }
+
+    /// Waits until the first list has arrived.
+    pub async fn synced(&self) {
+        let mut changes = self.subscribe();
+        while self.objects().is_none() {
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn replace(&self, objects: Vec<Object>) {
+        let fresh: BTreeMap<(String, String), Object> = objects
+            .into_iter()
+            .map(|object| (key(&object), object))
+            .collect();
+        let mut current = self.objects.lock().unwrap_or_else(PoisonError::into_inner);
+        if current.as_ref() != Some(&fresh) {
+            *current = Some(fresh);
+            drop(current);
+            self.changed();
+        }
+    }
+
+    fn apply(&self, event: WatchEvent) {
+        let mut current = self.objects.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(objects) = current.as_mut() else {
+            return;
+        };
+        match event {
+            WatchEvent::Added(object) | WatchEvent::Modified(object) => {
+                objects.insert(key(&object), object);
+            }
+            WatchEvent::Deleted(object) => {
+                objects.remove(&key(&object));
+            }
+        }
+        drop(current);
+        self.changed();
+    }
+
+    fn changed(&self) {
+        self.changes
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+}
+
+fn key(object: &Object) -> (String, String) {
+    (object.namespace().to_string(), object.name().to_string())
+}
+
+/// Lists, then follows watches from the last version seen, until aborted.
+async fn keep(client: Client, namespace: Option<String>, shared: Arc<Shared>) {
+    let kind = shared.kind;
+    loop {
+        let list = match client.list(kind, namespace.as_deref(), None).await {
+            Ok(list) => list,
+            Err(error) => {
+                tracing::debug!(kind = kind.name(), %error, "cannot list for the cache; retrying");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        let mut version = list.resource_version;
+        shared.replace(list.items);
+        // Renew the watch from the last version seen for as long as that works.
+        loop {
+            let mut watch = match client
+                .watch(kind, namespace.as_deref(), None, version, WATCH_WINDOW)
+                .await
+            {
+                Ok(watch) => watch,
+                Err(error) => {
+                    tracing::debug!(kind = kind.name(), %error, "cannot watch; listing again");
+                    tokio::time::sleep(RETRY).await;
+                    break;
+                }
+            };
+            let ended = loop {
+                match watch.next().await {
+                    Ok(Some(event)) => {
+                        if let Ok(seen) = event.object().metadata().resource_version.parse() {
+                            version = seen;
+                        }
+                        shared.apply(event);
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(error) => break Err(error),
+                }
+            };
+            if let Err(error) = ended {
+                tracing::debug!(kind = kind.name(), %error, "watch failed; listing again");
+                tokio::time::sleep(RETRY).await;
+                break;
+            }
+        }
+    }
+}
