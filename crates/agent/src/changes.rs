@@ -164,16 +164,19 @@ impl Wakeups {
         self.receiver.borrow_and_update();
     }
 
-    /// Waits for `interval`, or less if something changed since [`Wakeups::seen`].
-    pub async fn wait(&mut self, interval: Duration) {
+    /// Waits for `interval`, or less if something changed since [`Wakeups::seen`]; true if
+    /// woken by a change.
+    pub async fn wait(&mut self, interval: Duration) -> bool {
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(interval) => false,
             changed = self.receiver.changed() => {
                 if changed.is_ok() {
                     tokio::time::sleep(COALESCE).await;
+                    true
                 } else {
                     // Every sender is gone (the agent is stopping): plain interval.
                     tokio::time::sleep(interval).await;
+                    false
                 }
             }
         }

@@ -48,13 +48,13 @@ pub fn volume_of(cvr: &CStorVolumeReplica) -> Result<String, CstorError> {
     Ok(volume.to_string())
 }
 
-/// Whether a CVR is one of `volume`'s replicas as a target sees them: its persistent-volume
-/// label names the volume. The control plane selects a volume's replicas by that label alone,
-/// and so does the targets loop; the controller sets it (and the cStor volume-name label, to the
-/// same name) on every CVR it creates. [`volume_of`], which places storage, also accepts the
-/// volume-name label when the persistent-volume label is missing.
-pub fn is_replica_of(cvr: &CStorVolumeReplica, volume: &str) -> bool {
-    cvr.metadata.label(LABEL_PERSISTENT_VOLUME) == Some(volume)
+/// The volume whose replicas a CVR is one of, as a target sees them: its persistent-volume
+/// label. The control plane selects a volume's replicas by that label alone, and so does the
+/// targets loop; the controller sets it (and the cStor volume-name label, to the same name) on
+/// every CVR it creates. [`volume_of`], which places storage, also accepts the volume-name
+/// label when the persistent-volume label is missing.
+pub fn replica_volume(cvr: &CStorVolumeReplica) -> Option<&str> {
+    cvr.metadata.label(LABEL_PERSISTENT_VOLUME)
 }
 
 /// The replica id a CVR records in `spec.replicaid` (a decimal u64); `None` while none is
@@ -296,10 +296,9 @@ mod tests {
             ],
             "",
         );
-        assert!(is_replica_of(&both, "pvc-1"));
-        assert!(!is_replica_of(&both, "pvc-2"));
+        assert_eq!(replica_volume(&both), Some("pvc-1"));
         let only_cstor = labelled(&[(LABEL_CSTOR_VOLUME_NAME, "pvc-1")], "");
-        assert!(!is_replica_of(&only_cstor, "pvc-1"));
+        assert_eq!(replica_volume(&only_cstor), None);
         assert_eq!(volume_of(&only_cstor), Ok("pvc-1".into()));
     }
 

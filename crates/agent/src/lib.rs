@@ -26,7 +26,7 @@
 //!   and write the CVRs' labels, annotations and `spec.replicaid` and the CVs' annotations only
 //!   through it (which is where the one difference between them is written down: the targets
 //!   loop, like the control plane, takes a volume's replicas by the persistent-volume label
-//!   alone, see `is_replica_of`).
+//!   alone, see `replica_volume`).
 //! * `reconcile` — the pool loop, one idempotent pass at a time: `reconcile/plan.rs` decides
 //!   from what a pass observed (pure, tested as tables), `reconcile/mod.rs` observes (API, pool
 //!   directory, replica host) and carries the actions out.
@@ -110,10 +110,11 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// Where the pool and replica objects are (default `openebs`).
     pub namespace: String,
-    /// How often to run a reconcile pass when nothing changed (default 2s: changes of the
-    /// objects wake it at once; this is for the pool's measurement and the disk).
+    /// How often to run a reconcile pass when nothing changed (default 10s: a change of the
+    /// objects or of the pool's used space brings one at once; this is a slow resync).
     pub reconcile_interval: Duration,
-    /// How often to re-measure the pool's used space (default 2s; also after every change).
+    /// How often to re-measure the pool's used space (default 2s, between passes too; also
+    /// after every change).
     pub measure_interval: Duration,
     /// The longest a single API request may take before it counts as failed (default 10s).
     pub request_timeout: Duration,
@@ -140,7 +141,7 @@ pub struct AgentConfig {
 
 impl AgentConfig {
     pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(500);
-    pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(2);
+    pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
     pub const DEFAULT_MEASURE_INTERVAL: Duration = Duration::from_secs(2);
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
     pub const DEFAULT_DATA_ADDRESS: SocketAddr =
@@ -583,7 +584,7 @@ mod tests {
         let config = AgentConfig::new("n1", "/tmp/pool", 10 << 30, "http://127.0.0.1:7070");
         assert_eq!(config.heartbeat, Duration::from_millis(500));
         assert_eq!(config.namespace, "openebs");
-        assert_eq!(config.reconcile_interval, Duration::from_secs(2));
+        assert_eq!(config.reconcile_interval, Duration::from_secs(10));
         assert_eq!(config.measure_interval, Duration::from_secs(2));
         assert_eq!(config.data_address.to_string(), "127.0.0.1:0");
         assert!(config.validate().is_ok());

@@ -13,7 +13,7 @@ mod replica;
 use crate::changes::{Cache, Wakeups};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,8 +22,9 @@ use tandem_core::ReplicaId;
 use tandem_dataplane::replica::ReplicaHost;
 use tandem_objects::{
     CStorPoolInstance, CStorPoolInstanceStatus, CStorVolume, CStorVolumeReplica,
-    CStorVolumeReplicaPhase, EventType, Kind, Object, ObjectMeta, FINALIZER_CSTOR_VOLUME_REPLICA,
-    LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_CSTOR_VOLUME_NAME, LABEL_HOSTNAME,
+    CStorVolumeReplicaCapacity, CStorVolumeReplicaPhase, EventType, Kind, Object, ObjectMeta,
+    FINALIZER_CSTOR_VOLUME_REPLICA, LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_CSTOR_VOLUME_NAME,
+    LABEL_HOSTNAME,
 };
 
 use crate::cstor::creation_order;
@@ -54,6 +55,9 @@ const IMMEDIATE_PASSES_MAX: u32 = 3;
 
 /// What a replica's `meta` said when last read, and the file's length and mtime then (it is
 /// read again only when they change).
+/// The length and modification time of a replica's data and meta files.
+type CapacityStamp = [Option<(u64, Option<SystemTime>)>; 2];
+
 struct CachedMeta {
     stamp: (u64, Option<SystemTime>),
     outcome: Result<MetaSummary, ReplicaError>,
@@ -73,6 +77,9 @@ pub struct Agent {
     orphans: BTreeSet<String>,
     duplicates: BTreeSet<String>,
     metas: HashMap<String, CachedMeta>,
+    /// Each replica directory's capacity as last measured, with the sizes and times of its
+    /// files then.
+    capacities: HashMap<PathBuf, (CapacityStamp, CStorVolumeReplicaCapacity)>,
     used: Option<u64>,
     measured_at: Option<Instant>,
     waiting_logged: bool,
@@ -118,6 +125,7 @@ impl Agent {
             orphans: BTreeSet::new(),
             duplicates: BTreeSet::new(),
             metas: HashMap::new(),
+            capacities: HashMap::new(),
             used: None,
             measured_at: None,
             waiting_logged: false,
@@ -127,9 +135,10 @@ impl Agent {
         }
     }
 
-    /// Runs passes forever: every `reconcile_interval`, right after a pass that changed
-    /// something or when `wakeups` signals a change, and with a bounded backoff while the
-    /// control plane cannot be reached.
+    /// Runs passes forever: right after a pass that changed something, when `wakeups` signals
+    /// a change, when the pool's used space changed (measured every `measure_interval`
+    /// between passes), and otherwise every `reconcile_interval`; with a bounded backoff
+    /// while the control plane cannot be reached.
     pub async fn run(&mut self, mut wakeups: Wakeups) {
         let mut failures: u32 = 0;
         let mut immediate: u32 = 0;
@@ -150,9 +159,30 @@ impl Agent {
                 }
             }
             immediate = 0;
-            wakeups
-                .wait(backoff(self.config.reconcile_interval, failures, RETRY_MAX))
-                .await;
+            if failures > 0 {
+                wakeups
+                    .wait(backoff(self.config.reconcile_interval, failures, RETRY_MAX))
+                    .await;
+            } else {
+                self.until_next_pass(&mut wakeups).await;
+            }
+        }
+    }
+
+    /// Waits until something calls for a pass: a change of the objects, a change of the pool's
+    /// used space (measured every `measure_interval` meanwhile, which is all an idle node does
+    /// between passes), or the end of `reconcile_interval`.
+    async fn until_next_pass(&mut self, wakeups: &mut Wakeups) {
+        let resync_at = Instant::now() + self.config.reconcile_interval;
+        loop {
+            let left = resync_at.saturating_duration_since(Instant::now());
+            if left.is_zero() || wakeups.wait(left.min(self.config.measure_interval)).await {
+                return;
+            }
+            let used = self.used;
+            if self.measure_pool(false).await.is_err() || self.used != used {
+                return;
+            }
         }
     }
 
@@ -271,6 +301,11 @@ impl Agent {
             self.unhost(&volume).await;
         }
         self.metas.retain(|volume, _| storage.contains(volume));
+        self.capacities.retain(|dir, _| {
+            dir.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| storage.contains(name))
+        });
         let used = self.used.unwrap_or(0);
         let status = plan::pool_status(
             &served,

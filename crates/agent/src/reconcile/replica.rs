@@ -32,15 +32,13 @@ impl Agent {
             None => None,
         };
         let hosted = cstor::volume_of(&cvr).is_ok_and(|volume| self.hosted.contains_key(&volume));
-        // Asked only when it matters (the host measures the replica's allocation to answer).
         let served = match cstor::replica_id(&cvr) {
             Ok(Some(id)) => Some(id),
             Ok(None) => Some(cstor::replica_id_to_assign(&cvr)),
             Err(_) => None,
         }
         .filter(|_| hosted)
-        .and_then(|id| self.host.status(id))
-        .map(|status| status.incarnation);
+        .and_then(|id| self.host.incarnation(id));
         let actions = plan::plan_replica(
             &ReplicaObserved {
                 cvr: &cvr,
@@ -144,6 +142,7 @@ impl Agent {
                     }
                     tracing::info!(cvr = cvr.name(), path = %dir.display(), "removed replica storage");
                     self.metas.remove(&volume);
+                    self.capacities.remove(&view.replicas_dir.join(&volume));
                     changed = true;
                 }
                 Action::KeepStorage { volume } => {
@@ -311,6 +310,18 @@ impl Agent {
         cvr: &CStorVolumeReplica,
         dir: &Path,
     ) -> Option<CStorVolumeReplicaCapacity> {
+        // Measured again only once the files changed: a pass over a thousand idle replicas
+        // would otherwise walk them all every time.
+        let stamp = [DATA_FILE, META_FILE].map(|file| {
+            std::fs::metadata(dir.join(file))
+                .ok()
+                .map(|metadata| (metadata.len(), metadata.modified().ok()))
+        });
+        if let Some(cached) = self.capacities.get(dir) {
+            if cached.0 == stamp {
+                return Some(cached.1.clone());
+            }
+        }
         let owned = dir.to_path_buf();
         let measured = blocking(move || {
             let total = storage::allocated_bytes(&owned)?;
@@ -323,10 +334,13 @@ impl Agent {
         match measured {
             Ok((total, used)) => {
                 self.errors.ok(&subject);
-                Some(CStorVolumeReplicaCapacity {
+                let capacity = CStorVolumeReplicaCapacity {
                     total: short_quantity(total),
                     used: short_quantity(used),
-                })
+                };
+                self.capacities
+                    .insert(dir.to_path_buf(), (stamp, capacity.clone()));
+                Some(capacity)
             }
             Err(error) => {
                 self.errors.failed(&subject, &error);

@@ -52,7 +52,7 @@ use plan::{KeepPlan, Measured, Step, View};
 /// How often the targets are brought in line and their status published when nothing wakes
 /// the loop (a change of the objects, a target's change of state, rebuild progress): a slow
 /// resync, and the I/O counters' cadence.
-const PASS_INTERVAL: Duration = Duration::from_secs(5);
+const PASS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Rebuild progress alone is written at most this often.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
@@ -174,6 +174,7 @@ impl Targets {
             replicas: Cache::read(&self.cache.replicas)?,
             addresses,
             target_addresses,
+            index: Default::default(),
         })
     }
 

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 
 use tandem_core::{
     Command, Generation, Geometry, Incarnation, Member, Membership, ReplicaId, ReplicaIo,
@@ -31,6 +32,17 @@ pub struct View {
     pub addresses: BTreeMap<String, SocketAddr>,
     /// Node name -> where it serves its own targets to other nodes' forwarders.
     pub target_addresses: BTreeMap<String, SocketAddr>,
+    /// The replicas by volume and the configs by name, built on first use (a view is filled
+    /// before it is asked): a pass looks up every volume hosted here, and a scan per volume
+    /// cost a thousand volumes a million label comparisons.
+    pub index: OnceLock<Index>,
+}
+
+/// Positions in a [`View`]'s lists.
+#[derive(Debug, Clone, Default)]
+pub struct Index {
+    replicas: BTreeMap<String, Vec<usize>>,
+    configs: BTreeMap<String, usize>,
 }
 
 /// The nodes' addresses as last reported. A control plane knows them from heartbeats, kept in
@@ -57,15 +69,36 @@ impl KnownAddresses {
 }
 
 impl View {
-    pub fn replicas_of<'a>(&'a self, volume: &'a str) -> Vec<&'a CStorVolumeReplica> {
-        self.replicas
-            .iter()
-            .filter(move |cvr| cstor::is_replica_of(cvr, volume))
-            .collect()
+    fn index(&self) -> &Index {
+        self.index.get_or_init(|| {
+            let mut index = Index::default();
+            for (position, cvr) in self.replicas.iter().enumerate() {
+                if let Some(volume) = cstor::replica_volume(cvr) {
+                    index
+                        .replicas
+                        .entry(volume.to_string())
+                        .or_default()
+                        .push(position);
+                }
+            }
+            for (position, config) in self.configs.iter().enumerate() {
+                index.configs.insert(config.name().to_string(), position);
+            }
+            index
+        })
+    }
+
+    pub fn replicas_of(&self, volume: &str) -> Vec<&CStorVolumeReplica> {
+        self.index()
+            .replicas
+            .get(volume)
+            .map(|positions| positions.iter().map(|at| &self.replicas[*at]).collect())
+            .unwrap_or_default()
     }
 
     pub fn config(&self, volume: &str) -> Option<&CStorVolumeConfig> {
-        self.configs.iter().find(|config| config.name() == volume)
+        let at = self.index().configs.get(volume)?;
+        Some(&self.configs[*at])
     }
 
     /// Where the replica with id `id` is served and by which node (whose certificate its host

@@ -3,7 +3,7 @@
 //! what to do from that alone (`pools::plan_*`, `volumes::plan_*`: pure functions, tested as
 //! tables) and executes the plan through the API client (`execute`). A pass runs after every
 //! write to the store (any process's), when a node's readiness changes (a lease ran out, a
-//! node reported again) and otherwise every ten seconds (a slow resync). Every pass is
+//! node reported again) and otherwise every thirty seconds (a slow resync). Every pass is
 //! idempotent, and every write names the resource version it read, so a pass that raced with a
 //! user's edit loses with a conflict and the next pass starts over from what is stored.
 //!
@@ -114,7 +114,7 @@ pub async fn run(
 /// With nothing written and no node's readiness changing, the controllers look again after
 /// this long anyway (a slow resync, as Kubernetes' informers have): every change they answer
 /// comes as a write or a lease's end, so this only bounds the cost of a missed wake-up.
-const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
+const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 /// After a pass that failed somewhere (not a conflict: that is a write, which wakes them), the
 /// controllers look again this soon.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);

@@ -255,9 +255,10 @@ impl Default for TargetOptions {
             replica_congestion_ops: 256,
             handshake_timeout_ticks: 50,
             reconnect_interval_ticks: 20,
-            // With 10 ms ticks: an idle volume's replicas are pinged every 5 s, so a thousand
-            // idle volumes cost a few hundred pings a second, not thousands.
-            probe_interval_ticks: 500,
+            // With 10 ms ticks: an idle volume's replicas are pinged every 30 s (the kernel's
+            // TCP keepalive watches the links meanwhile), so a thousand idle volumes cost
+            // tens of pings a second, not thousands.
+            probe_interval_ticks: 3_000,
             resync_bytes_per_tick: 0,
             // With 10 ms ticks: 50 MiB/s under load, uncapped when idle.
             resync_bytes_per_tick_under_load: 512 << 10,

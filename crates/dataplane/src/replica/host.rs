@@ -420,6 +420,15 @@ impl ReplicaHost {
         ids
     }
 
+    /// The incarnation of the replica served with id `replica`, if it is served (nothing
+    /// measured).
+    pub fn incarnation(&self, replica: ReplicaId) -> Option<Incarnation> {
+        self.shared
+            .replicas()
+            .get(&replica)
+            .map(|entry| entry.incarnation)
+    }
+
     /// One replica's status (measuring its allocation takes a few `stat` calls).
     pub fn status(&self, replica: ReplicaId) -> Option<ReplicaStatus> {
         let found = self

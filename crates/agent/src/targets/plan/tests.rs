@@ -33,6 +33,7 @@ fn view(volumes: Vec<CStorVolume>, replicas: Vec<CStorVolumeReplica>) -> View {
         ]
         .into(),
         target_addresses: BTreeMap::new(),
+        index: Default::default(),
     }
 }
 
