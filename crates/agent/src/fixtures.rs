@@ -112,7 +112,7 @@ pub fn target(members: &[(u64, bool)]) -> TargetStatus {
             .collect::<BTreeMap<_, _>>(),
         membership: Membership { members },
         resync: None,
-        resyncs_finished: Vec::new(),
+        resync_history: Vec::new(),
         fenced: false,
     }
 }

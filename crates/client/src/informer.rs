@@ -21,7 +21,11 @@ use tokio::sync::watch;
 use crate::{Client, WatchEvent};
 
 /// How long one watch request stays open before it is renewed.
-const WATCH_WINDOW: Duration = Duration::from_secs(60);
+const WATCH_WINDOW: Duration = Duration::from_secs(10);
+/// A watch silent for this much longer than its window is dead (a control plane that is
+/// paused or cut off keeps the connection open and says nothing): it is opened again, through
+/// whichever control plane answers.
+const WATCH_GRACE: Duration = Duration::from_secs(3);
 /// After an error, the list or watch is tried again after this long.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -189,7 +193,12 @@ async fn keep(client: Client, namespace: Option<String>, shared: Arc<Shared>) {
                 }
             };
             let ended = loop {
-                match watch.next().await {
+                let Ok(next) = tokio::time::timeout(WATCH_WINDOW + WATCH_GRACE, watch.next()).await
+                else {
+                    tracing::debug!(kind = kind.name(), "the watch went silent; opening another");
+                    break Ok(());
+                };
+                match next {
                     Ok(Some(event)) => {
                         if let Ok(seen) = event.object().metadata().resource_version.parse() {
                             version = seen;

@@ -208,7 +208,7 @@ async fn against_the_model(ops: Vec<Op>) {
                     index + 1,
                     &stored[at..(at + 8).min(stored.len())],
                     &model[at..(at + 8).min(model.len())],
-                    handle.status().resyncs_finished,
+                    handle.status().resync_history,
                 );
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;

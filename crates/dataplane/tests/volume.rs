@@ -68,9 +68,9 @@ async fn a_volume_serves_nbd_and_moves_a_replica_while_serving() {
     // over (a loaded machine may time it out).
     let rebuild = handle
         .status()
-        .resyncs_finished
+        .resync_history
         .into_iter()
-        .find(|resync| resync.replica == fourth)
+        .find(|resync| resync.replica == fourth && resync.completed())
         .expect("the new replica was rebuilt");
     let counted = handle.counters().replicas()[&fourth];
     assert!(rebuild.full && rebuild.bytes >= 5 << 20, "{rebuild:?}");
@@ -172,10 +172,10 @@ async fn a_full_pool_refuses_writes_and_its_replica_returns_when_space_is_freed(
     .await;
     let resync = handle
         .status()
-        .resyncs_finished
+        .resync_history
         .iter()
         .rev()
-        .find(|resync| resync.replica == full)
+        .find(|resync| resync.replica == full && resync.completed())
         .cloned()
         .expect("the returning replica was resynced");
     assert!(!resync.full && resync.bytes >= 2 << 20, "{resync:?}");

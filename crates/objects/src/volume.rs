@@ -222,6 +222,9 @@ pub struct CStorVolumeStatus {
     /// Equals the spec's except during a scale-down, when it still lists the leaving replica.
     #[serde(default, skip_serializing_if = "is_default")]
     pub replica_details: ReplicaDetails,
+    /// Tandem: the volume's last rebuilds and resyncs, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resync_history: Vec<ResyncRecord>,
 }
 
 /// A volume's phase, as the target reports it. Healthy means at least CF healthy replicas, not
@@ -292,10 +295,14 @@ pub struct ReplicaStatus {
     pub last_resync: Option<ResyncRecord>,
 }
 
-/// A finished rebuild (full copy) or resync (only the regions that changed).
+/// A rebuild (full copy) or resync (only the regions that changed): as `lastResync`, one that
+/// completed; in a `resyncHistory`, one that completed or was abandoned.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResyncRecord {
+    /// The replica copied to (in a CStorVolume's history; a replica's are its own).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub replica: String,
     /// The replica the data came from.
     #[serde(default)]
     pub source: String,
@@ -305,6 +312,16 @@ pub struct ResyncRecord {
     /// Bytes copied.
     #[serde(default)]
     pub bytes: u64,
+    /// When it started and ended (RFC 3339, milliseconds).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub started: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ended: String,
+    /// `Completed`, or `Abandoned` (then `reason` says why; the next resync starts over).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -366,6 +383,9 @@ pub struct CStorVolumeReplicaStatus {
     /// Tandem's addition: the last finished rebuild or resync, from the data path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_resync: Option<ResyncRecord>,
+    /// Tandem's addition: this replica's last rebuilds and resyncs, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resync_history: Vec<ResyncRecord>,
 }
 
 /// A replica's space: `total` is the ALLOCATED column (space taken in the pool), `used` the USED

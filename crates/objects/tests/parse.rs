@@ -586,6 +586,7 @@ fn one_of_each_kind() -> Vec<Object> {
                     source: "2".to_string(),
                     full: false,
                     bytes: 4096,
+                    ..ResyncRecord::default()
                 }),
             }],
             capacity: Quantity::from_bytes_binary(5 << 30),
@@ -594,6 +595,16 @@ fn one_of_each_kind() -> Vec<Object> {
             message: String::new(),
             conditions: vec![],
             replica_details: ReplicaDetails { known_replicas },
+            resync_history: vec![ResyncRecord {
+                replica: "3".to_string(),
+                source: "2".to_string(),
+                full: false,
+                bytes: 4096,
+                started: "2026-11-23T20:50:00.000Z".to_string(),
+                ended: "2026-11-23T20:50:01.250Z".to_string(),
+                outcome: "Completed".to_string(),
+                reason: String::new(),
+            }],
         },
     };
     let replica = CStorVolumeReplica {
@@ -624,6 +635,16 @@ fn one_of_each_kind() -> Vec<Object> {
                 eta_seconds: Some(28),
             }),
             last_resync: None,
+            resync_history: vec![ResyncRecord {
+                source: "2".to_string(),
+                full: true,
+                bytes: 1 << 30,
+                started: "2026-11-23T20:48:00.000Z".to_string(),
+                ended: "2026-11-23T20:48:12.500Z".to_string(),
+                outcome: "Abandoned".to_string(),
+                reason: "the replica was ejected: it stopped answering".to_string(),
+                ..ResyncRecord::default()
+            }],
         },
     };
     let event = Event {
@@ -720,6 +741,14 @@ status:
     bytesTotal: 1470000000
     bytesPerSecond: 50000000
     etaSeconds: 28
+  resyncHistory:
+  - source: '2'
+    full: true
+    bytes: 1073741824
+    started: 2026-11-23T20:48:00.000Z
+    ended: 2026-11-23T20:48:12.500Z
+    outcome: Abandoned
+    reason: 'the replica was ejected: it stopped answering'
 ";
     assert_eq!(replica.to_yaml(), expected);
 }

@@ -130,10 +130,10 @@ fn replicas_of(volume: &Volume) -> Vec<Replica> {
                     volume.served.resync_rate,
                 ),
                 None => status
-                    .resyncs_finished
+                    .resync_history
                     .iter()
                     .rev()
-                    .find(|finished| finished.replica == id)
+                    .find(|finished| finished.replica == id && finished.completed())
                     .map_or((false, false, 0, 0, 0), |finished| {
                         (false, finished.full, finished.bytes, finished.bytes, 0)
                     }),

@@ -53,6 +53,8 @@ use plan::{KeepPlan, Measured, Step, View};
 /// the loop (a change of the objects, a target's change of state, rebuild progress): a slow
 /// resync, and the I/O counters' cadence.
 const PASS_INTERVAL: Duration = Duration::from_secs(10);
+/// After a pass in which some step failed, the next comes this soon.
+const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Rebuild progress alone is written at most this often.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
@@ -149,12 +151,21 @@ impl Targets {
         self.changes = Some(changes);
         loop {
             wakeups.seen();
-            if let Err(error) = self.pass().await {
-                self.errors.failed(&Subject::Targets, &error);
-            } else {
-                self.errors.ok(&Subject::Targets);
-            }
-            wakeups.wait(PASS_INTERVAL).await;
+            let retry = match self.pass().await {
+                Err(error) => {
+                    self.errors.failed(&Subject::Targets, &error);
+                    true
+                }
+                Ok(failed) => {
+                    self.errors.ok(&Subject::Targets);
+                    failed
+                }
+            };
+            // A failed step (a conflict on a stale object, a control plane not answering) is
+            // tried again soon, not at the next resync.
+            wakeups
+                .wait(if retry { RETRY_INTERVAL } else { PASS_INTERVAL })
+                .await;
         }
     }
 
@@ -178,7 +189,8 @@ impl Targets {
         })
     }
 
-    async fn pass(&mut self) -> Result<(), Error> {
+    /// One pass; true if a step of it failed.
+    async fn pass(&mut self) -> Result<bool, Error> {
         let mut view = self.read().await?;
         self.known.fill(&mut view);
         let routes = plan::plan_routes(&self.node, &view.volumes, &view.target_addresses);
@@ -192,6 +204,7 @@ impl Targets {
             .iter()
             .map(|(volume, running)| (volume.clone(), running.generation))
             .collect();
+        let mut failed = false;
         for step in plan::plan_targets(&self.node, &running, &view.volumes) {
             let (volume, result) = match step {
                 Step::Stop(volume) => {
@@ -215,11 +228,12 @@ impl Targets {
             match result {
                 Ok(()) => self.errors.ok(&subject),
                 Err(error) => {
+                    failed = true;
                     self.errors.failed(&subject, &error);
                 }
             }
         }
-        Ok(())
+        Ok(failed)
     }
 
     async fn stop(&mut self, volume: &str) {
@@ -407,7 +421,8 @@ impl Targets {
 }
 
 /// Signals `changes` whenever a target's state changes (the volume's phase, a replica's mode,
-/// the membership, a resync finishing), not on mere rebuild progress. Ends with the target.
+/// the membership, a resync ending), and on rebuild progress at most every
+/// `PROGRESS_INTERVAL` (the pass that follows writes it). Ends with the target.
 async fn signal_state_changes(
     mut status: tokio::sync::watch::Receiver<TargetStatus>,
     changes: Changes,
@@ -418,14 +433,20 @@ async fn signal_state_changes(
             status.modes.clone(),
             status.membership.clone(),
             status.fenced,
-            status.resyncs_finished.last().cloned(),
+            status.resync_history.last().cloned(),
         )
     };
     let mut last = state(&status.borrow_and_update());
+    let mut progress_signalled = Instant::now();
     while status.changed().await.is_ok() {
-        let now = state(&status.borrow_and_update());
-        if now != last {
+        let (now, progressing) = {
+            let status = status.borrow_and_update();
+            (state(&status), status.resync.is_some())
+        };
+        let progress_due = progressing && progress_signalled.elapsed() >= PROGRESS_INTERVAL;
+        if now != last || progress_due {
             last = now;
+            progress_signalled = Instant::now();
             changes.signal();
         }
     }

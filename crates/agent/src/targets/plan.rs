@@ -11,7 +11,7 @@ use tandem_core::{
     Command, Generation, Geometry, Incarnation, Member, Membership, ReplicaId, ReplicaIo,
     ReplicaMode, VolumeStatus,
 };
-use tandem_dataplane::target::{self, ReplicaEndpoint, TargetStatus};
+use tandem_dataplane::target::{self, ReplicaEndpoint, ResyncAttempt, ResyncOutcome, TargetStatus};
 use tandem_objects::{
     CStorVolume, CStorVolumeConfig, CStorVolumePhase, CStorVolumeReplica, CStorVolumeReplicaPhase,
     CStorVolumeReplicaStatus, CStorVolumeStatus, RebuildProgress, ReplicaStatus, ResyncRecord,
@@ -290,6 +290,56 @@ pub fn plan_keep(
     KeepPlan { endpoints, command }
 }
 
+/// How many rebuilds and resyncs a CStorVolume's status keeps.
+pub const VOLUME_HISTORY: usize = 8;
+/// How many of its own a CStorVolumeReplica's status keeps.
+pub const REPLICA_HISTORY: usize = 5;
+
+/// `kept` (what the object's status holds: it outlives targets) with the target's `attempts`
+/// added or updated, oldest first, the newest `limit`. `with_replica`: each record names the
+/// replica copied to (a volume's history).
+fn merged_history<'a>(
+    kept: &[ResyncRecord],
+    attempts: impl Iterator<Item = &'a ResyncAttempt>,
+    limit: usize,
+    with_replica: bool,
+) -> Vec<ResyncRecord> {
+    let key = |record: &ResyncRecord| {
+        (
+            record.started.clone(),
+            record.replica.clone(),
+            record.source.clone(),
+        )
+    };
+    let mut records: BTreeMap<(String, String, String), ResyncRecord> = kept
+        .iter()
+        .map(|record| (key(record), record.clone()))
+        .collect();
+    for attempt in attempts {
+        let (outcome, reason) = match &attempt.outcome {
+            ResyncOutcome::Completed => ("Completed", String::new()),
+            ResyncOutcome::Abandoned(reason) => ("Abandoned", reason.clone()),
+        };
+        let record = ResyncRecord {
+            replica: if with_replica {
+                attempt.replica.0.to_string()
+            } else {
+                String::new()
+            },
+            source: attempt.source.0.to_string(),
+            full: attempt.full,
+            bytes: attempt.bytes,
+            started: humantime::format_rfc3339_millis(attempt.started).to_string(),
+            ended: humantime::format_rfc3339_millis(attempt.ended).to_string(),
+            outcome: outcome.to_string(),
+            reason,
+        };
+        records.insert(key(&record), record);
+    }
+    let skip = records.len().saturating_sub(limit);
+    records.into_values().skip(skip).collect()
+}
+
 /// What the executor measured of a running target, beyond its status.
 #[derive(Debug, Clone, Default)]
 pub struct Measured {
@@ -347,6 +397,12 @@ pub fn plan_publish(
         })
         .collect();
     updated.status.replica_details.known_replicas = known_replicas(&status.membership);
+    updated.status.resync_history = merged_history(
+        &volume.status.resync_history,
+        status.resync_history.iter(),
+        VOLUME_HISTORY,
+        true,
+    );
     updated.status.capacity = volume.spec.capacity;
     updated.status.message = if status.fenced {
         "a newer target took over".to_string()
@@ -369,6 +425,15 @@ pub fn plan_publish(
         }
         replica.status.rebuild = reported.rebuild.clone();
         replica.status.last_resync = reported.last_resync.clone();
+        replica.status.resync_history = merged_history(
+            &cvr.status.resync_history,
+            status
+                .resync_history
+                .iter()
+                .filter(|attempt| attempt.replica == member.replica),
+            REPLICA_HISTORY,
+            false,
+        );
         let progress_only = replica.status.rebuild != cvr.status.rebuild
             && CStorVolumeReplicaStatus {
                 rebuild: cvr.status.rebuild.clone(),
@@ -455,14 +520,15 @@ pub fn replica_status(
             }
         });
     let last_resync = status
-        .resyncs_finished
+        .resync_history
         .iter()
         .rev()
-        .find(|resync| resync.replica == member.replica)
+        .find(|resync| resync.replica == member.replica && resync.completed())
         .map(|resync| ResyncRecord {
             source: resync.source.0.to_string(),
             full: resync.full,
             bytes: resync.bytes,
+            ..ResyncRecord::default()
         });
     ReplicaStatus {
         replica_id: member.replica.0.to_string(),

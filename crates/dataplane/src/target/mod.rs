@@ -15,6 +15,7 @@ mod clock;
 mod connection;
 mod counters;
 mod export;
+mod history;
 mod range_lock;
 
 use std::collections::BTreeMap;
@@ -38,6 +39,8 @@ use clock::TickClock;
 use connection::Connection;
 use counters::CopiedTracker;
 pub use counters::{ReplicaCounters, TargetCounters};
+use history::ResyncHistory;
+pub use history::{eject_reason, ResyncAttempt, ResyncOutcome, RESYNC_HISTORY};
 use range_lock::RangeLocks;
 
 /// How long one core tick is. The core's timeouts are in ticks (see [`TargetOptions`]): with
@@ -69,17 +72,10 @@ pub struct TargetStatus {
     pub membership: Membership,
     pub modes: BTreeMap<ReplicaId, ReplicaMode>,
     pub resync: Option<ResyncProgress>,
-    /// Bytes copied by each finished resync, newest last (a bounded history).
-    pub resyncs_finished: Vec<FinishedResync>,
+    /// The last rebuilds and resyncs, completed or abandoned, oldest first (a bounded
+    /// history: [`RESYNC_HISTORY`]).
+    pub resync_history: Vec<ResyncAttempt>,
     pub fenced: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FinishedResync {
-    pub replica: ReplicaId,
-    pub source: ReplicaId,
-    pub full: bool,
-    pub bytes: u64,
 }
 
 /// Why a client request failed.
@@ -279,7 +275,7 @@ pub fn start(config: TargetConfig, store: Arc<dyn MembershipStore>) -> TargetHan
         membership: config.membership,
         modes: BTreeMap::new(),
         resync: None,
-        resyncs_finished: Vec::new(),
+        resync_history: Vec::new(),
         fenced: false,
     };
     let (status_tx, status) = watch::channel(initial);
@@ -300,7 +296,7 @@ pub fn start(config: TargetConfig, store: Arc<dyn MembershipStore>) -> TargetHan
         persisted_tx,
         store,
         status: status_tx,
-        resyncs_finished: Vec::new(),
+        history: ResyncHistory::default(),
         out: Vec::new(),
         clock: TickClock::start(TICK),
         counters: Arc::clone(&counters),
@@ -331,7 +327,7 @@ struct TargetTask {
     persisted_tx: mpsc::Sender<Result<(), Fenced>>,
     store: Arc<dyn MembershipStore>,
     status: watch::Sender<TargetStatus>,
-    resyncs_finished: Vec<FinishedResync>,
+    history: ResyncHistory,
     out: Vec<TargetOutput>,
     clock: TickClock,
     counters: Arc<TargetCounters>,
@@ -340,9 +336,6 @@ struct TargetTask {
 
 /// Who waits for a membership command's outcome.
 type CommandWaiter = oneshot::Sender<Result<(), MembershipError>>;
-
-/// How many finished resyncs the status remembers.
-const RESYNC_HISTORY: usize = 16;
 
 fn command_key(command: Command) -> (u8, u64) {
     match command {
@@ -580,22 +573,16 @@ impl TargetTask {
                     "resync finished"
                 );
                 self.copied.finished(*replica, *bytes, &self.counters);
-                self.resyncs_finished.push(FinishedResync {
-                    replica: *replica,
-                    source: *source,
-                    full: *full,
-                    bytes: *bytes,
-                });
-                if self.resyncs_finished.len() > RESYNC_HISTORY {
-                    self.resyncs_finished.remove(0);
-                }
+                self.history.finished(*replica, *source, *full, *bytes);
             }
             TargetEvent::Ejected { replica, reason } => {
                 self.counters.note_ejection(*replica);
                 self.copied.ejected(*replica);
+                self.history.ejected(*replica, reason);
                 tracing::warn!(volume = %self.volume, replica = replica.0, ?reason, "replica ejected");
             }
             TargetEvent::Fenced => {
+                self.history.fenced();
                 tracing::warn!(volume = %self.volume, "a newer target took over; this one stops serving");
             }
             TargetEvent::RecoveredBehind {
@@ -614,6 +601,7 @@ impl TargetTask {
     fn publish_status(&mut self) {
         self.copied
             .observe(self.target.resync_progress(), &self.counters);
+        self.history.observe(self.target.resync_progress());
         let target = &self.target;
         let modes: BTreeMap<ReplicaId, ReplicaMode> = target
             .membership()
@@ -631,7 +619,7 @@ impl TargetTask {
             membership: target.membership().clone(),
             modes,
             resync: target.resync_progress(),
-            resyncs_finished: self.resyncs_finished.clone(),
+            resync_history: self.history.attempts(),
             fenced: target.is_fenced(),
         };
         self.status.send_if_modified(|current| {

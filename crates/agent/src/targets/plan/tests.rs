@@ -484,3 +484,65 @@ fn given_up_time_alone_when_the_counters_interval_passed_then_write_nothing() {
         "up time alone is not worth a write"
     );
 }
+
+#[test]
+fn given_rebuilds_when_publishing_then_the_history_outlives_targets_and_keeps_the_newest() {
+    use std::time::{Duration, SystemTime};
+    let at = |seconds: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + seconds);
+    let attempt = |seconds: u64, outcome: ResyncOutcome| ResyncAttempt {
+        replica: ReplicaId(2),
+        source: ReplicaId(1),
+        full: true,
+        bytes: 100,
+        started: at(seconds),
+        ended: at(seconds + 1),
+        outcome,
+    };
+    let cv = known(volume("pvc-1", "n1", 1, 2), &[(1, 1001), (2, 1002)]);
+    let mut status = target(&[(1, true), (2, true)]);
+    status.resync_history = vec![
+        attempt(
+            0,
+            ResyncOutcome::Abandoned("its source was ejected".to_string()),
+        ),
+        attempt(10, ResyncOutcome::Completed),
+    ];
+    let first = check_publish(
+        &cv,
+        &[replica(1), replica(2)],
+        &status,
+        &measured(true, true),
+    );
+    let written = first.volume.expect("written");
+    let history = &written.status.resync_history;
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert_eq!(history[0].outcome, "Abandoned");
+    assert_eq!(history[0].reason, "its source was ejected");
+    assert_eq!(history[0].replica, "2");
+    assert_eq!(history[1].outcome, "Completed");
+    let cvr = first
+        .replicas
+        .iter()
+        .find(|cvr| cvr.status.resync_history.len() == 2)
+        .expect("the rebuilt replica's CVR keeps its own history");
+    assert!(cvr
+        .status
+        .resync_history
+        .iter()
+        .all(|record| record.replica.is_empty()));
+
+    // A new target (after a failover) knows only its own; the volume keeps the older ones, and
+    // only the newest VOLUME_HISTORY.
+    let mut next = target(&[(1, true), (2, true)]);
+    next.resync_history = (20..20 + VOLUME_HISTORY as u64)
+        .map(|seconds| attempt(seconds * 10, ResyncOutcome::Completed))
+        .collect();
+    let again = check_publish(&written, &first.replicas, &next, &measured(true, true));
+    let history = again.volume.expect("written").status.resync_history;
+    assert_eq!(history.len(), VOLUME_HISTORY);
+    assert!(history.iter().all(|record| record.outcome == "Completed"));
+    assert_eq!(
+        history.last().map(|record| record.started.clone()),
+        Some(humantime::format_rfc3339_millis(at((19 + VOLUME_HISTORY as u64) * 10)).to_string())
+    );
+}
