@@ -21,6 +21,7 @@ const COALESCE: Duration = Duration::from_millis(20);
 #[derive(Clone)]
 pub struct Cache {
     pub namespace: String,
+    pub clusters: Informer,
     pub pools: Informer,
     pub configs: Informer,
     pub volumes: Informer,
@@ -32,6 +33,7 @@ impl Cache {
         let informer = |kind| Informer::start(client.clone(), kind, Some(namespace));
         Cache {
             namespace: namespace.to_string(),
+            clusters: informer(Kind::CStorPoolCluster),
             pools: informer(Kind::CStorPoolInstance),
             configs: informer(Kind::CStorVolumeConfig),
             volumes: informer(Kind::CStorVolume),
@@ -94,17 +96,21 @@ impl Changes {
         }
     }
 
-    /// Signals every change of the cache's pools, configs and replicas, and every change of a
+    /// Signals every change of the cache's pool clusters, pools, configs and replicas, and every change of a
     /// volume other than its status, until the task is aborted. A volume's status alone is left
     /// out: it changes with every rebuild progress report, and the targets that write it wake
     /// their own loop.
     pub fn follow(&self, cache: &Cache) -> tokio::task::JoinHandle<()> {
         let changes = self.clone();
-        let mut followed: Vec<watch::Receiver<u64>> =
-            [&cache.pools, &cache.configs, &cache.replicas]
-                .into_iter()
-                .map(Informer::subscribe)
-                .collect();
+        let mut followed: Vec<watch::Receiver<u64>> = [
+            &cache.clusters,
+            &cache.pools,
+            &cache.configs,
+            &cache.replicas,
+        ]
+        .into_iter()
+        .map(Informer::subscribe)
+        .collect();
         let mut volumes_changed = cache.volumes.subscribe();
         let volumes = cache.volumes.clone();
         tokio::spawn(async move {

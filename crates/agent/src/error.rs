@@ -42,6 +42,10 @@ pub enum Error {
     Api(#[from] ClientError),
     #[error("the control plane did not answer within {}", humantime::format_duration(*.0))]
     Timeout(Duration),
+    /// A volume's or pool cluster's rebuild pace annotation cannot be read (the default
+    /// applies).
+    #[error(transparent)]
+    Pace(#[from] tandem_objects::PaceError),
     /// A heartbeat got no answer in time.
     #[error("no answer within {}", humantime::format_duration(*.0))]
     NoAnswer(Duration),

@@ -22,7 +22,7 @@ use tandem_client::{NodeHeartbeat, NodeStatus};
 use tandem_objects::{
     parse_json, parse_yaml, pool_node, validate_cspc, validate_cvc_update, validate_new_cvc,
     CStorPoolInstance, CStorVolume, CStorVolumePhase, CStorVolumeReplica, CStorVolumeReplicaPhase,
-    Kind, Object, PoolLookup, ANNOTATION_TARGET_NODE, LABEL_CSTOR_POOL_CLUSTER,
+    Kind, Object, PoolLookup, RebuildPace, ANNOTATION_TARGET_NODE, LABEL_CSTOR_POOL_CLUSTER,
     LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_HOSTNAME, LABEL_PERSISTENT_VOLUME,
 };
 use tandem_pki::Identity;
@@ -573,6 +573,13 @@ fn admit_checks(
         store: api.store.as_ref(),
         namespace,
     };
+    if matches!(
+        new,
+        Object::CStorPoolCluster(_) | Object::CStorVolumeConfig(_)
+    ) {
+        RebuildPace::validate(&new.metadata().annotations)
+            .map_err(|error| invalid(error.to_string()))?;
+    }
     match (current, new) {
         (None, Object::CStorPoolCluster(cspc)) => {
             validate_cspc(cspc).map_err(|error| denied(error.to_string()))

@@ -45,6 +45,7 @@ mod parse;
 mod pool;
 pub mod print;
 mod quantity;
+mod rebuild;
 mod validation;
 mod volume;
 
@@ -77,6 +78,10 @@ pub use pool::{
     RaidGroup, ZfsCapacity,
 };
 pub use quantity::{format_bytes_short, Quantity, QuantityError, QuantityFamily};
+pub use rebuild::{
+    PaceError, RebuildPace, ANNOTATION_REBUILD_RATE, ANNOTATION_REBUILD_RATE_UNDER_LOAD,
+    ANNOTATION_REBUILD_SEGMENTS, REBUILD_SEGMENTS_MAX,
+};
 pub use validation::{
     pool_node, validate_cspc, validate_new_cvc, ValidationError, DEFAULT_RO_THRESHOLD_PERCENT,
     REPLICAS_MAX,

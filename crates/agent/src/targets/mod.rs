@@ -35,7 +35,9 @@ use tandem_client::{Client, ClientError};
 use tandem_core::{Fenced, Generation, Membership, ReplicaId, TargetOptions};
 use tandem_dataplane::replica::LocalHost;
 use tandem_dataplane::security::LinkSecurity;
-use tandem_dataplane::target::{self, MembershipStore, TargetConfig, TargetHandle, TargetStatus};
+use tandem_dataplane::target::{
+    self, MembershipStore, ResyncPace, TargetConfig, TargetHandle, TargetStatus,
+};
 use tandem_nbd::{Server, ServerError};
 use tandem_objects::{CStorVolume, Kind, Object};
 use tokio::sync::watch;
@@ -43,7 +45,7 @@ use tokio::sync::watch;
 use crate::changes::{Cache, Changes};
 use crate::cstor::{generation_of, known_replicas};
 use crate::endpoint::{replace_export, Endpoint, EndpointServer, Routes};
-use crate::error::{Error, Subject};
+use crate::error::{Aspect, Error, Subject};
 use crate::metrics::metered::{Metered, VolumeIo};
 use crate::metrics::AgentMetrics;
 use crate::report::ErrorLog;
@@ -77,6 +79,8 @@ struct Running {
     progress_written: Option<Instant>,
     /// When the CV's status, with its I/O counters, was last written.
     counters_written: Option<Instant>,
+    /// How fast its resyncs copy (from the volume's and its pool cluster's annotations).
+    pace: ResyncPace,
 }
 
 pub struct Targets {
@@ -180,6 +184,7 @@ impl Targets {
             .filter_map(|node| Some((node.node, node.target_address.parse().ok()?)))
             .collect();
         Ok(View {
+            clusters: Cache::read(&self.cache.clusters)?,
             volumes: Cache::read(&self.cache.volumes)?,
             configs: Cache::read(&self.cache.configs)?,
             replicas: Cache::read(&self.cache.replicas)?,
@@ -251,10 +256,11 @@ impl Targets {
     }
 
     async fn start(&mut self, name: &str, view: &View) -> Result<(), Error> {
-        let Some(volume) = view.volumes.iter().find(|volume| volume.name() == name) else {
+        let Some(volume) = view.volume(name) else {
             return Ok(());
         };
         let plan = plan::plan_start(volume, view)?;
+        let pace = self.pace(name, view);
         let generation = plan.generation;
         // Taking the generation: a stale read loses with a conflict and the next pass retries.
         self.client
@@ -278,7 +284,7 @@ impl Targets {
                 endpoints: plan.endpoints,
                 security: self.security.clone(),
                 local: self.local.clone(),
-                options: TargetOptions::default(),
+                options: pace.applied_to(TargetOptions::default()),
             },
             store,
         );
@@ -309,16 +315,14 @@ impl Targets {
                 resync_seen: None,
                 progress_written: None,
                 counters_written: None,
+                pace,
             },
         );
         Ok(())
     }
 
     async fn keep(&mut self, name: &str, view: &View) -> Result<(), Error> {
-        let (Some(volume), Some(running)) = (
-            view.volumes.iter().find(|volume| volume.name() == name),
-            self.running.get_mut(name),
-        ) else {
+        let (Some(volume), Some(running)) = (view.volume(name), self.running.get_mut(name)) else {
             return Ok(());
         };
         let status = running.handle.status();
@@ -328,6 +332,13 @@ impl Targets {
             .is_some_and(|command| !command.is_finished());
         if !in_flight {
             running.command = None;
+        }
+        let pace = self.pace(name, view);
+        let running = self.running.get_mut(name).expect("running");
+        if running.pace != pace {
+            tracing::info!(volume = name, ?pace, "rebuild pace changed");
+            running.handle.set_resync_pace(pace).await;
+            running.pace = pace;
         }
         let KeepPlan { endpoints, command } = plan::plan_keep(&status, name, view, in_flight);
         for (replica, endpoint) in endpoints {
@@ -350,6 +361,22 @@ impl Targets {
             }));
         }
         self.publish(volume, view).await
+    }
+
+    /// How fast `volume`'s resyncs copy, as its annotations say.
+    fn pace(&mut self, volume: &str, view: &View) -> ResyncPace {
+        let subject = Subject::object(Kind::CStorVolumeConfig, volume, Aspect::Whole);
+        let pace = match view.pace(volume) {
+            Ok(pace) => {
+                self.errors.ok(&subject);
+                pace
+            }
+            Err((pace, error)) => {
+                self.errors.failed(&subject, Error::Pace(error));
+                pace
+            }
+        };
+        ResyncPace::from_rates(pace.idle, pace.under_load, pace.segments)
     }
 
     /// Measures the target, plans its status writes and makes them.

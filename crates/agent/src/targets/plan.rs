@@ -13,9 +13,10 @@ use tandem_core::{
 };
 use tandem_dataplane::target::{self, ReplicaEndpoint, ResyncAttempt, ResyncOutcome, TargetStatus};
 use tandem_objects::{
-    CStorVolume, CStorVolumeConfig, CStorVolumePhase, CStorVolumeReplica, CStorVolumeReplicaPhase,
-    CStorVolumeReplicaStatus, CStorVolumeStatus, RebuildProgress, ReplicaStatus, ResyncRecord,
-    ANNOTATION_ENDPOINT_NODE,
+    CStorPoolCluster, CStorVolume, CStorVolumeConfig, CStorVolumePhase, CStorVolumeReplica,
+    CStorVolumeReplicaPhase, CStorVolumeReplicaStatus, CStorVolumeStatus, PaceError, RebuildPace,
+    RebuildProgress, ReplicaStatus, ResyncRecord, ANNOTATION_ENDPOINT_NODE,
+    LABEL_CSTOR_POOL_CLUSTER,
 };
 
 use crate::cstor::{self, generation_of, known_replicas, replica_id, replica_of};
@@ -25,6 +26,7 @@ use crate::error::Error;
 /// What a pass reads once.
 #[derive(Debug, Clone, Default)]
 pub struct View {
+    pub clusters: Vec<CStorPoolCluster>,
     pub volumes: Vec<CStorVolume>,
     pub configs: Vec<CStorVolumeConfig>,
     pub replicas: Vec<CStorVolumeReplica>,
@@ -43,6 +45,7 @@ pub struct View {
 pub struct Index {
     replicas: BTreeMap<String, Vec<usize>>,
     configs: BTreeMap<String, usize>,
+    volumes: BTreeMap<String, usize>,
 }
 
 /// The nodes' addresses as last reported. A control plane knows them from heartbeats, kept in
@@ -84,6 +87,9 @@ impl View {
             for (position, config) in self.configs.iter().enumerate() {
                 index.configs.insert(config.name().to_string(), position);
             }
+            for (position, volume) in self.volumes.iter().enumerate() {
+                index.volumes.insert(volume.name().to_string(), position);
+            }
             index
         })
     }
@@ -99,6 +105,27 @@ impl View {
     pub fn config(&self, volume: &str) -> Option<&CStorVolumeConfig> {
         let at = self.index().configs.get(volume)?;
         Some(&self.configs[*at])
+    }
+
+    pub fn volume(&self, name: &str) -> Option<&CStorVolume> {
+        let at = self.index().volumes.get(name)?;
+        Some(&self.volumes[*at])
+    }
+
+    /// How fast `volume`'s rebuilds copy: its config's pace annotations over its pool
+    /// cluster's (admission refuses bad values; one that got in anyway counts as unset, said
+    /// in `Err`).
+    pub fn pace(&self, volume: &str) -> Result<RebuildPace, (RebuildPace, PaceError)> {
+        let empty = BTreeMap::new();
+        let config = self.config(volume);
+        let cluster = config
+            .and_then(|config| config.metadata.label(LABEL_CSTOR_POOL_CLUSTER))
+            .and_then(|name| self.clusters.iter().find(|cluster| cluster.name() == name));
+        RebuildPace::of(
+            cluster.map_or(&empty, |cluster| &cluster.metadata.annotations),
+            config.map_or(&empty, |config| &config.metadata.annotations),
+        )
+        .map_err(|error| (RebuildPace::default(), error))
     }
 
     /// Where the replica with id `id` is served and by which node (whose certificate its host

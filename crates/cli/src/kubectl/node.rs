@@ -25,6 +25,7 @@ use super::migrate;
 use super::NamespaceArg;
 use crate::server::ServerArgs;
 use crate::wait::{wait_for, Deadline, Probe};
+use crate::workload::human;
 
 /// How often the cluster is looked at while draining.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -145,6 +146,8 @@ async fn drain(args: DrainArgs) -> Result<bool> {
     pending.reverse();
     let mut running: Vec<Move> = Vec::new();
     let mut moved = 0;
+    // Bytes the finished moves copied.
+    let mut copied: u64 = 0;
     let total = moves.len();
     let deadline = Deadline::after(args.timeout).polling_every(POLL_INTERVAL);
     wait_for(
@@ -152,18 +155,30 @@ async fn drain(args: DrainArgs) -> Result<bool> {
         format!("node {node} is not drained"),
         async || {
             let mut still = Vec::new();
+            // The running rebuilds: bytes copied and to copy.
+            let (mut copying, mut to_copy) = (0, 0);
             for one in running.drain(..) {
                 let pools = (one.from.as_str(), one.to.as_str());
-                if migrate::check(&client, namespace, &one.volume, pools)
-                    .await?
-                    .done
-                {
+                let state = migrate::check(&client, namespace, &one.volume, pools).await?;
+                let new = state.new.as_ref().map(|cvr| &cvr.status);
+                if state.done {
+                    let bytes = new
+                        .and_then(|status| status.last_resync.as_ref())
+                        .map_or(0, |resync| resync.bytes);
+                    copied += bytes;
                     moved += 1;
                     println!(
-                        "  {}: moved from pool {} to pool {} ({moved} of {total})",
-                        one.volume, one.from, one.to
+                        "  {}: moved from pool {} to pool {} ({} copied; {moved} of {total})",
+                        one.volume,
+                        one.from,
+                        one.to,
+                        human(bytes)
                     );
                 } else {
+                    if let Some(rebuild) = new.and_then(|status| status.rebuild.as_ref()) {
+                        copying += rebuild.bytes_done;
+                        to_copy += rebuild.bytes_total;
+                    }
                     still.push(one);
                 }
             }
@@ -180,8 +195,12 @@ async fn drain(args: DrainArgs) -> Result<bool> {
             }
             if !running.is_empty() || !pending.is_empty() {
                 return Ok::<_, anyhow::Error>(Probe::Waiting(format!(
-                    "{moved} of {total} replicas moved; moving {}",
-                    names(&running)
+                    "{moved} of {total} replicas moved, {} copied in all; moving {} ({} of {} \
+                     copied)",
+                    human(copied + copying),
+                    names(&running),
+                    human(copying),
+                    human(to_copy)
                 )));
             }
             let targets = targets_on(&client, namespace, node).await?;
@@ -196,7 +215,10 @@ async fn drain(args: DrainArgs) -> Result<bool> {
         },
     )
     .await?;
-    println!("node/{node} drained: {total} replica(s) moved, no target left on it");
+    println!(
+        "node/{node} drained: {total} replica(s) moved ({} copied), no target left on it",
+        human(copied)
+    );
     Ok(true)
 }
 

@@ -173,6 +173,23 @@ impl Target {
         self.phase == Phase::Fenced
     }
 
+    /// Changes how fast resyncs copy from now on: the bandwidth caps idle and under client
+    /// load and the segments in flight, as in [`TargetOptions`].
+    pub fn set_resync_pace(
+        &mut self,
+        bytes_per_tick: u64,
+        bytes_per_tick_under_load: u64,
+        segments_inflight_max: usize,
+    ) {
+        assert!(
+            segments_inflight_max > 0,
+            "a resync copies at least one segment at a time"
+        );
+        self.options.resync_bytes_per_tick = bytes_per_tick;
+        self.options.resync_bytes_per_tick_under_load = bytes_per_tick_under_load;
+        self.options.resync_segments_inflight_max = segments_inflight_max;
+    }
+
     /// The ticks this target has been given.
     pub fn now_tick(&self) -> u64 {
         self.now_tick

@@ -64,6 +64,40 @@ pub trait MembershipStore: Send + Sync + 'static {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Fenced>> + Send + '_>>;
 }
 
+/// How fast a target's resyncs copy: [`TargetOptions`]' pace fields, which may change while it
+/// runs ([`TargetHandle::set_resync_pace`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResyncPace {
+    /// Bytes per tick while idle; 0: no cap.
+    pub bytes_per_tick: u64,
+    /// Bytes per tick under client load; 0: no separate cap.
+    pub bytes_per_tick_under_load: u64,
+    pub segments_inflight_max: usize,
+}
+
+impl ResyncPace {
+    /// In bytes per second (`None`: no cap) for idle and under load, and segments.
+    pub fn from_rates(idle: Option<u64>, under_load: Option<u64>, segments: usize) -> ResyncPace {
+        let ticks_per_second = (1000 / TICK.as_millis()) as u64;
+        let per_tick = |rate: Option<u64>| rate.map_or(0, |rate| (rate / ticks_per_second).max(1));
+        ResyncPace {
+            bytes_per_tick: per_tick(idle),
+            bytes_per_tick_under_load: per_tick(under_load),
+            segments_inflight_max: segments.max(1),
+        }
+    }
+
+    /// `options` with this pace.
+    pub fn applied_to(self, options: TargetOptions) -> TargetOptions {
+        TargetOptions {
+            resync_bytes_per_tick: self.bytes_per_tick,
+            resync_bytes_per_tick_under_load: self.bytes_per_tick_under_load,
+            resync_segments_inflight_max: self.segments_inflight_max,
+            ..options
+        }
+    }
+}
+
 /// What the target is, for the agent to report (cStor's CStorVolume status).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TargetStatus {
@@ -139,6 +173,7 @@ enum Request {
     ),
     Command(Command, oneshot::Sender<Result<(), MembershipError>>),
     Endpoint(ReplicaId, Option<ReplicaEndpoint>),
+    Pace(ResyncPace),
     ReplicaIo(oneshot::Sender<BTreeMap<ReplicaId, ReplicaIo>>),
     Stop,
 }
@@ -228,6 +263,11 @@ impl TargetHandle {
             .requests
             .send(Request::Endpoint(replica, endpoint))
             .await;
+    }
+
+    /// How fast resyncs copy from now on.
+    pub async fn set_resync_pace(&self, pace: ResyncPace) {
+        let _ = self.requests.send(Request::Pace(pace)).await;
     }
 
     pub fn status(&self) -> TargetStatus {
@@ -387,6 +427,11 @@ impl TargetTask {
                         self.handle(TargetInput::Command(command));
                     }
                     Some(Request::Endpoint(replica, endpoint)) => self.set_endpoint(replica, endpoint),
+                    Some(Request::Pace(pace)) => self.target.set_resync_pace(
+                        pace.bytes_per_tick,
+                        pace.bytes_per_tick_under_load,
+                        pace.segments_inflight_max,
+                    ),
                     Some(Request::ReplicaIo(reply)) => {
                         let io = self
                             .target

@@ -24,6 +24,7 @@ fn endpoint(port: u16) -> ReplicaEndpoint {
 /// Two nodes, n1 and n2, whose replica hosts listen on ports 7001 and 7002.
 fn view(volumes: Vec<CStorVolume>, replicas: Vec<CStorVolumeReplica>) -> View {
     View {
+        clusters: Vec::new(),
         volumes,
         configs: Vec::new(),
         replicas,
@@ -545,4 +546,60 @@ fn given_rebuilds_when_publishing_then_the_history_outlives_targets_and_keeps_th
         history.last().map(|record| record.started.clone()),
         Some(humantime::format_rfc3339_millis(at((19 + VOLUME_HISTORY as u64) * 10)).to_string())
     );
+}
+
+#[test]
+fn given_pace_annotations_when_planning_then_the_volumes_win_over_its_clusters() {
+    use tandem_objects::{
+        CStorPoolCluster, ObjectMeta, RebuildPace, ANNOTATION_REBUILD_RATE,
+        ANNOTATION_REBUILD_SEGMENTS, LABEL_CSTOR_POOL_CLUSTER,
+    };
+    let mut cluster = CStorPoolCluster::new(ObjectMeta::named("cspc-a"), Default::default());
+    for (key, value) in [
+        (ANNOTATION_REBUILD_RATE, "200Mi"),
+        (ANNOTATION_REBUILD_SEGMENTS, "8"),
+    ] {
+        cluster
+            .metadata
+            .annotations
+            .insert(key.to_string(), value.to_string());
+    }
+    let mut with_cluster = config("pvc-1", &["cspc-a-1"]);
+    with_cluster
+        .metadata
+        .labels
+        .insert(LABEL_CSTOR_POOL_CLUSTER.to_string(), "cspc-a".to_string());
+    let mut own = with_cluster.clone();
+    own.metadata.name = "pvc-2".to_string();
+    own.metadata
+        .annotations
+        .insert(ANNOTATION_REBUILD_RATE.to_string(), "10Mi".to_string());
+    let mut bad = own.clone();
+    bad.metadata.name = "pvc-3".to_string();
+    bad.metadata
+        .annotations
+        .insert(ANNOTATION_REBUILD_SEGMENTS.to_string(), "lots".to_string());
+    let mut view = view(Vec::new(), Vec::new());
+    view.clusters.push(cluster);
+    view.configs.extend([with_cluster, own, bad]);
+    let cluster_pace = RebuildPace {
+        idle: Some(200 << 20),
+        segments: 8,
+        ..RebuildPace::default()
+    };
+    assert_eq!(view.pace("pvc-1"), Ok(cluster_pace));
+    assert_eq!(
+        view.pace("pvc-2"),
+        Ok(RebuildPace {
+            idle: Some(10 << 20),
+            ..cluster_pace
+        })
+    );
+    let (pace, error) = view.pace("pvc-3").expect_err("a bad value");
+    assert_eq!(pace, RebuildPace::default());
+    assert!(
+        error.to_string().contains(ANNOTATION_REBUILD_SEGMENTS),
+        "{error}"
+    );
+    assert_eq!(view.pace("pvc-9"), Ok(RebuildPace::default()));
 }
