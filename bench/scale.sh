@@ -44,7 +44,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-exec timeout -k 10 "$MAX_SECONDS" python3 - "$WORK" "$TANDEM" "$IDLE_SECONDS" "$LIST_REPEATS" \
+timeout -k 10 "$MAX_SECONDS" python3 - "$WORK" "$TANDEM" "$IDLE_SECONDS" "$LIST_REPEATS" \
     "$(git -C "$REPO" rev-parse --short HEAD)" $COUNTS <<'EOF'
 import json, os, ssl, statistics, subprocess, sys, time, urllib.error, urllib.request
 
@@ -173,13 +173,21 @@ def measure(count):
     started = time.monotonic()
     api.call("/cstorvolumeconfigs/vol-00000", {"spec": {"policy": {"replicaPoolInfo": pools}}},
              method="PATCH", content_type="application/merge-patch+json")
-    wait("the scale-up", lambda: healthy_count(api.call("/cstorvolumes/vol-00000")) == 3, 300)
-    result["scale_up_s"] = time.monotonic() - started
-    log(f"{count} volumes: scale-up Healthy after {result['scale_up_s']:.2f} s")
+    try:
+        wait("the scale-up", lambda: healthy_count(api.call("/cstorvolumes/vol-00000")) == 3,
+             120)
+        result["scale_up_s"] = time.monotonic() - started
+        log(f"{count} volumes: scale-up Healthy after {result['scale_up_s']:.2f} s")
+    except SystemExit as error:
+        result["scale_up_s"] = None
+        log(f"{count} volumes: {error}")
 
     run(["down"], directory)
     subprocess.run(["rm", "-rf", directory], check=True)
     return result
+
+def scale_up(seconds):
+    return "not Healthy within 120 s" if seconds is None else f"{seconds:.2f} s"
 
 results = [measure(count) for count in counts]
 base = results[0]
@@ -200,5 +208,5 @@ for result in results:
           f"{' '.join(f'{value:.2f}' for value in agents)}) "
           f"| {' '.join(f'{value / 1024:.0f}' for value in rss)} "
           f"| {per_volume:.0f} | {result['list_s'] * 1000:.0f} ms "
-          f"| {result['scale_up_s']:.2f} s |")
+          f"| {scale_up(result['scale_up_s'])} |")
 EOF

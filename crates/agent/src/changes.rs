@@ -1,5 +1,5 @@
-//! What the agent's loops read and what wakes them. The objects they look at (pools, volume
-//! configs, volumes, replicas) are kept in memory by watches (`Cache`, one
+//! What the agent's loops read and what wakes them. The objects they look at (pool clusters,
+//! pools, volume configs, volumes, replicas) are kept in memory by watches (`Cache`, one
 //! [`tandem_client::Informer`] per kind), so a pass reads memory instead of listing every
 //! object over the API. The loops wake at once when an object changes whose change needs an
 //! answer from some agent (a pool, a CVR: a new replica to create, an incarnation to add, a
@@ -96,10 +96,10 @@ impl Changes {
         }
     }
 
-    /// Signals every change of the cache's pool clusters, pools, configs and replicas, and every change of a
-    /// volume other than its status, until the task is aborted. A volume's status alone is left
-    /// out: it changes with every rebuild progress report, and the targets that write it wake
-    /// their own loop.
+    /// Signals every change of the cache's pool clusters, pools, configs and replicas, and
+    /// every change of a volume other than its status, until the task is aborted. A volume's
+    /// status alone is left out: it changes with every rebuild progress report, and the
+    /// targets that write it wake their own loop.
     pub fn follow(&self, cache: &Cache) -> tokio::task::JoinHandle<()> {
         let changes = self.clone();
         let mut followed: Vec<watch::Receiver<u64>> = [

@@ -2,7 +2,9 @@
 //! writes and verifies, with the control plane and the new replica's agent killed -9 in the
 //! middle; it ends with exactly the placement asked for, and an impossible migration is refused
 //! before anything changes. `tandem node drain` moves every replica and target off a node while
-//! fio verifies, and refuses up front (cordoning nothing) when a replica has nowhere to go.
+//! fio verifies, refuses up front (cordoning nothing) when a replica has nowhere to go, and,
+//! interrupted by kill -9 of itself, the control plane and the new replica's agent, carries on
+//! when run again.
 
 mod common;
 
@@ -251,4 +253,71 @@ fn a_dead_node_is_drained_from_the_surviving_replicas() {
         .filter(|line| line.contains("Healthy"))
         .count();
     assert_eq!(healthy, 2, "{replicas}");
+}
+
+#[test]
+fn a_drain_interrupted_by_killed_processes_carries_on_when_run_again() {
+    let cluster = Cluster::up(3, "1G");
+    cluster.ok(&[
+        "volume",
+        "create",
+        "vol-d",
+        "--size",
+        "256Mi",
+        "--replicas",
+        "2",
+    ]);
+    let uri = cluster.uri("vol-d");
+    let writer = VerifyingFio::start(&cluster, &uri);
+    // Drain a node holding a replica but not the target, so fio's connection stays up.
+    let target = cluster.target_node("vol-d");
+    let node = (cluster.replica_nodes("vol-d").into_iter())
+        .find(|node| *node != target)
+        .expect("a replica off the target's node");
+    let to_node = free_node(&cluster, "vol-d");
+    let drain = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["node", "drain", &node])
+        .env("TANDEM_DATA_DIR", cluster.data_dir())
+        .env_remove("TANDEM_SERVER")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the drain");
+    let mut drain = KillOnDrop(drain);
+    // Once the migration is recorded, the drain command, the control plane and the new
+    // replica's agent all die.
+    cluster.wait_for(
+        "the drain to start migrating vol-d",
+        &["get", "cvc", "vol-d", "-n", "openebs", "-o", "json"],
+        |out| out.contains("tandem.io/migrate-from"),
+    );
+    let _ = drain.0.kill();
+    let _ = drain.0.wait();
+    cluster.kill_9("control-plane/control-plane.pid");
+    cluster.kill_9(&format!("nodes/{to_node}/agent.pid"));
+    cluster.ok(&["up", "--nodes", "3"]);
+    // Run again, the drain finds the migration under way and follows it to the end.
+    let drained = cluster.ok(&["node", "drain", &node]);
+    assert!(
+        drained.contains(&format!("node/{node} drained")),
+        "{drained}"
+    );
+    assert!(drained.contains("copied"), "{drained}");
+    let nodes = cluster.replica_nodes("vol-d");
+    assert!(!nodes.contains(&node), "{nodes:?}");
+    assert!(nodes.contains(&to_node), "{nodes:?}");
+    let (spec, status) = placement(&cluster, "vol-d");
+    assert_eq!(spec, status);
+    assert_eq!(spec.len(), 2, "{spec:?}");
+    assert!(writer.finish() > 0, "fio verified nothing");
+}
+
+/// A child process killed when dropped (a failed assertion must not leave it running).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

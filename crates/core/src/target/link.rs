@@ -311,8 +311,15 @@ impl ReplicaLink {
     }
 
     /// The first tick at which [`ReplicaLink::tick`] may find something due, or change the
-    /// link, if nothing else happens first; `None`: never, by time alone.
-    pub(super) fn next_due(&self, options: &TargetOptions, recovering: bool) -> Option<u64> {
+    /// link, if nothing else happens first (or earlier); `None`: never, by time alone. While
+    /// answers are awaited that is the next tick: a busy link is looked at every tick, as
+    /// finding its oldest request would cost more than the tick.
+    pub(super) fn next_due(
+        &self,
+        options: &TargetOptions,
+        recovering: bool,
+        now: u64,
+    ) -> Option<u64> {
         match &self.connection {
             Connection::Offline { retry_at_tick } => Some(*retry_at_tick),
             Connection::Handshaking { sent_at_tick, .. } => {
@@ -320,7 +327,7 @@ impl ReplicaLink {
             }
             Connection::Connected(c) => {
                 let timeout = options.replica_timeout_ticks;
-                let answer = c.awaited.values().min().map(|sent| sent + timeout);
+                let answer = (!c.awaited.is_empty()).then_some(now + 1);
                 let probe = c
                     .awaited
                     .is_empty()

@@ -214,11 +214,15 @@ impl Target {
         let takeover = (recovering && !self.resumed)
             .then_some(self.takeover_ready_at)
             .flatten();
-        let clients = self.client_deadlines.values().min().copied();
+        // Every request gets the same timeout, and ids grow with time: the first is due first.
+        let clients = self
+            .client_deadlines
+            .first_key_value()
+            .map(|(_, deadline)| *deadline);
         let links = self
             .links
             .values()
-            .filter_map(|link| link.next_due(&self.options, recovering));
+            .filter_map(|link| link.next_due(&self.options, recovering, self.now_tick));
         [takeover, clients]
             .into_iter()
             .flatten()
