@@ -268,6 +268,16 @@ fn a_drain_interrupted_by_killed_processes_carries_on_when_run_again() {
         "2",
     ]);
     let uri = cluster.uri("vol-d");
+    // 32 MiB to copy at 1 MiB/s: the drain is caught in the middle of its migration.
+    try_qemu_io(&uri, &["write -P 0x3c 0 32M"]).expect("write");
+    let rate = |value: &str| {
+        let patch =
+            format!(r#"{{"metadata":{{"annotations":{{"tandem.io/rebuild-rate":{value}}}}}}}"#);
+        cluster.ok(&[
+            "patch", "cvc", "vol-d", "-n", "openebs", "--type", "merge", "-p", &patch,
+        ]);
+    };
+    rate(r#""1Mi""#);
     let writer = VerifyingFio::start(&cluster, &uri);
     // Drain a node holding a replica but not the target, so fio's connection stays up.
     let target = cluster.target_node("vol-d");
@@ -275,27 +285,37 @@ fn a_drain_interrupted_by_killed_processes_carries_on_when_run_again() {
         .find(|node| *node != target)
         .expect("a replica off the target's node");
     let to_node = free_node(&cluster, "vol-d");
+    let log = cluster.data_dir().join("drain.log");
+    let output = std::fs::File::create(&log).expect("the drain's log");
     let drain = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
         .args(["node", "drain", &node])
         .env("TANDEM_DATA_DIR", cluster.data_dir())
         .env_remove("TANDEM_SERVER")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(output.try_clone().expect("the drain's log"))
+        .stderr(output)
         .spawn()
         .expect("start the drain");
     let mut drain = KillOnDrop(drain);
     // Once the migration is recorded, the drain command, the control plane and the new
     // replica's agent all die.
-    cluster.wait_for(
-        "the drain to start migrating vol-d",
-        &["get", "cvc", "vol-d", "-n", "openebs", "-o", "json"],
-        |out| out.contains("tandem.io/migrate-from"),
-    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !cluster
+        .ok(&["get", "cvc", "vol-d", "-n", "openebs", "-o", "json"])
+        .contains("tandem.io/migrate-from")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drain did not start migrating vol-d: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let _ = drain.0.kill();
     let _ = drain.0.wait();
     cluster.kill_9("control-plane/control-plane.pid");
     cluster.kill_9(&format!("nodes/{to_node}/agent.pid"));
     cluster.ok(&["up", "--nodes", "3"]);
+    rate("null");
     // Run again, the drain finds the migration under way and follows it to the end.
     let drained = cluster.ok(&["node", "drain", &node]);
     assert!(
