@@ -18,7 +18,7 @@ use std::time::Duration;
 use tandem_objects::{Kind, Object};
 use tokio::sync::watch;
 
-use crate::{Client, WatchEvent};
+use crate::{Client, ClientError, WatchEvent};
 
 /// How long one watch request stays open before it is renewed.
 const WATCH_WINDOW: Duration = Duration::from_secs(10);
@@ -26,6 +26,10 @@ const WATCH_WINDOW: Duration = Duration::from_secs(10);
 /// paused or cut off keeps the connection open and says nothing): it is opened again, through
 /// whichever control plane answers.
 const WATCH_GRACE: Duration = Duration::from_secs(3);
+/// A list, or the opening of a watch, that has not answered in this long is abandoned and
+/// tried again (a control plane that accepts connections and never answers would otherwise
+/// hold the cache still forever).
+const REQUEST_PATIENCE: Duration = Duration::from_secs(30);
 /// After an error, the list or watch is tried again after this long.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -161,6 +165,13 @@ impl Shared {
     }
 }
 
+fn no_answer(client: &Client) -> ClientError {
+    ClientError::Unreachable {
+        server: client.server().to_string(),
+        detail: format!("no answer within {REQUEST_PATIENCE:?}"),
+    }
+}
+
 fn key(object: &Object) -> (String, String) {
     (object.namespace().to_string(), object.name().to_string())
 }
@@ -169,7 +180,11 @@ fn key(object: &Object) -> (String, String) {
 async fn keep(client: Client, namespace: Option<String>, shared: Arc<Shared>) {
     let kind = shared.kind;
     loop {
-        let list = match client.list(kind, namespace.as_deref(), None).await {
+        let listed = tokio::time::timeout(
+            REQUEST_PATIENCE,
+            client.list(kind, namespace.as_deref(), None),
+        );
+        let list = match listed.await.unwrap_or_else(|_| Err(no_answer(&client))) {
             Ok(list) => list,
             Err(error) => {
                 tracing::debug!(kind = kind.name(), %error, "cannot list for the cache; retrying");
@@ -181,10 +196,11 @@ async fn keep(client: Client, namespace: Option<String>, shared: Arc<Shared>) {
         shared.replace(list.items);
         // Renew the watch from the last version seen for as long as that works.
         loop {
-            let mut watch = match client
-                .watch(kind, namespace.as_deref(), None, version, WATCH_WINDOW)
-                .await
-            {
+            let opened = tokio::time::timeout(
+                REQUEST_PATIENCE,
+                client.watch(kind, namespace.as_deref(), None, version, WATCH_WINDOW),
+            );
+            let mut watch = match opened.await.unwrap_or_else(|_| Err(no_answer(&client))) {
                 Ok(watch) => watch,
                 Err(error) => {
                     tracing::debug!(kind = kind.name(), %error, "cannot watch; listing again");
