@@ -108,8 +108,13 @@ fn a_migration_survives_killed_processes_and_ends_with_the_asked_placement() {
     let mut wanted = vec![kept.clone(), to.clone()];
     wanted.sort();
     assert_eq!(placement(&cluster, "vol-m"), (wanted.clone(), wanted));
-    let replicas = cluster.ok(&["get", "cvr", "-n", "openebs"]);
-    assert!(!replicas.contains(&format!("vol-m-{from}")), "{replicas}");
+    // The old replica's deletion was asked for; its agent destroys it, and then it is gone.
+    let old_replica = format!("vol-m-{from}");
+    cluster.wait_for(
+        "the old replica to be destroyed",
+        &["get", "cvr", "-n", "openebs"],
+        |out| !out.contains(&old_replica),
+    );
     let cvc = cluster.cvc("vol-m");
     assert!(
         cvc["metadata"]["annotations"]["tandem.io/migrate-from"].is_null(),
