@@ -13,6 +13,7 @@
 # The smallest count (default 1) is the empty cluster the others are compared with.
 #
 #   bench/scale.sh     COUNTS="1 100 300 1000"  IDLE_SECONDS=30  TANDEM_BIN=path (else a release build)
+#                      KEEP=1 (a cluster whose scale-up did not finish is left running, to look at)
 #
 # Goals (issue 14): 1,000 volumes Bound in <= 60 s; idle CPU <= 2 % of a core at 1,000 volumes;
 # `get cvr -A` over 2,000 replicas <= 0.5 s; the scale-up as fast among 1,000 as alone.
@@ -37,6 +38,10 @@ fi
 WORK=$(mktemp -d "${BENCH_BASE:-/tmp}/tandem-scale.XXXXXX")
 cleanup() {
     local dir
+    if [ -n "${KEEP:-}" ] && compgen -G "$WORK/n*" >/dev/null; then
+        echo "KEEP: left running in $WORK (tandem down --data-dir DIR for each)" >&2
+        return
+    fi
     for dir in "$WORK"/n*; do
         [ -d "$dir" ] && timeout -k 5 120 "$TANDEM" down --data-dir "$dir" >/dev/null 2>&1
     done
@@ -181,6 +186,9 @@ def measure(count):
     except SystemExit as error:
         result["scale_up_s"] = None
         log(f"{count} volumes: {error}")
+        if os.environ.get("KEEP"):
+            log(f"KEEP: the cluster is left running in {directory}")
+            return result
 
     run(["down"], directory)
     subprocess.run(["rm", "-rf", directory], check=True)

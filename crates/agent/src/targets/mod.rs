@@ -58,6 +58,10 @@ const PASS_INTERVAL: Duration = Duration::from_secs(10);
 /// After a pass in which some step failed, the next comes this soon.
 const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 
+/// A pass that takes longer than this is reported (it holds up every target's membership
+/// changes and status).
+const SLOW_PASS: Duration = Duration::from_secs(5);
+
 /// Rebuild progress alone is written at most this often.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 /// Changes of the per-replica I/O counters alone (in-flight requests, checkpointed sequence,
@@ -155,7 +159,17 @@ impl Targets {
         self.changes = Some(changes);
         loop {
             wakeups.seen();
-            let retry = match self.pass().await {
+            let started = Instant::now();
+            let passed = self.pass().await;
+            let took = started.elapsed();
+            if took > SLOW_PASS {
+                tracing::warn!(
+                    ?took,
+                    targets = self.running.len(),
+                    "a targets pass was slow"
+                );
+            }
+            let retry = match passed {
                 Err(error) => {
                     self.errors.failed(&Subject::Targets, &error);
                     true
@@ -348,6 +362,7 @@ impl Targets {
             if let tandem_core::Command::AddReplica(replica) = command {
                 running.handle.set_endpoint(replica, endpoint).await;
             }
+            tracing::info!(volume = name, ?command, "membership change asked");
             let (handle, volume_name) = (running.handle.clone(), name.to_string());
             running.command = Some(tokio::spawn(async move {
                 match handle.command(command).await {
