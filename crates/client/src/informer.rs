@@ -4,7 +4,8 @@
 //! control plane busy doing nothing.
 //!
 //! The cache lists once, then follows a watch from the list's version; a watch that ends is
-//! renewed from the last version seen, and one that fails (the version was compacted away, the
+//! renewed from the last version seen (an event's, or the server's bookmark: a kind that
+//! rarely changes would otherwise have each renewal re-read every other write since), and one that fails (the version was compacted away, the
 //! control plane restarted or changed) lists again. Its content is therefore as of some recent
 //! moment of the store, never a mix that the store never held for one object; across objects
 //! it is as consistent as separate lists are. Writers still name the resource version they
@@ -214,13 +215,10 @@ async fn keep(client: Client, namespace: Option<String>, shared: Arc<Shared>) {
                     tracing::debug!(kind = kind.name(), "the watch went silent; opening another");
                     break Ok(());
                 };
+                // Every change up to here has been seen (an event's version, or a bookmark's).
+                version = watch.version();
                 match next {
-                    Ok(Some(event)) => {
-                        if let Ok(seen) = event.object().metadata().resource_version.parse() {
-                            version = seen;
-                        }
-                        shared.apply(event);
-                    }
+                    Ok(Some(event)) => shared.apply(event),
                     Ok(None) => break Ok(()),
                     Err(error) => break Err(error),
                 }

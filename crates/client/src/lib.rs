@@ -574,7 +574,9 @@ impl Client {
         self.json(|e| e.http.delete(e.url(&path))).await
     }
 
-    /// Changes to objects of `kind` after `resource_version`, for at most `timeout`.
+    /// Changes to objects of `kind` after `resource_version`, for at most `timeout`. The
+    /// server's bookmarks are asked for: [`Watch::version`] then says where the next watch
+    /// starts.
     pub async fn watch(
         &self,
         kind: Kind,
@@ -587,6 +589,7 @@ impl Client {
             ("watch", "true".to_string()),
             ("resourceVersion", resource_version.to_string()),
             ("timeoutSeconds", timeout.as_secs().max(1).to_string()),
+            ("allowWatchBookmarks", "true".to_string()),
         ];
         if let Some(selector) = selector {
             query.push(("labelSelector", selector.to_string()));
@@ -599,6 +602,7 @@ impl Client {
             server: endpoint.server.clone(),
             response,
             buffer: Vec::new(),
+            version: resource_version,
         })
     }
 
@@ -635,9 +639,14 @@ pub struct Watch {
     server: String,
     response: reqwest::Response,
     buffer: Vec<u8>,
+    /// The newest version the server has said everything up to was sent (an event's, or a
+    /// bookmark's).
+    version: u64,
 }
 
 impl Watch {
+    /// The next change; `None` when the server ended the watch. Bookmarks are not changes:
+    /// they only move [`Watch::version`].
     pub async fn next(&mut self) -> Result<Option<WatchEvent>, ClientError> {
         loop {
             if let Some(end) = self.buffer.iter().position(|&byte| byte == b'\n') {
@@ -645,7 +654,14 @@ impl Watch {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                return self.parse(&line).map(Some);
+                let (version, event) = self.parse(&line)?;
+                if let Some(version) = version {
+                    self.version = self.version.max(version);
+                }
+                match event {
+                    Some(event) => return Ok(Some(event)),
+                    None => continue,
+                }
             }
             match self.response.chunk().await {
                 Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk),
@@ -655,7 +671,13 @@ impl Watch {
         }
     }
 
-    fn parse(&self, line: &[u8]) -> Result<WatchEvent, ClientError> {
+    /// Where a watch after this one starts: every change up to it has been seen.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// A line's resource version and its change (`None`: a bookmark).
+    fn parse(&self, line: &[u8]) -> Result<(Option<u64>, Option<WatchEvent>), ClientError> {
         #[derive(Deserialize)]
         struct Line {
             #[serde(rename = "type")]
@@ -678,14 +700,21 @@ impl Watch {
                     .to_string(),
             });
         }
+        let version = line.object["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|version| version.parse().ok());
+        if line.change == "BOOKMARK" {
+            return Ok((version, None));
+        }
         let object: Object = serde_json::from_value(line.object)
             .map_err(|error| protocol(format!("watched object: {error}")))?;
-        match line.change.as_str() {
-            "ADDED" => Ok(WatchEvent::Added(object)),
-            "MODIFIED" => Ok(WatchEvent::Modified(object)),
-            "DELETED" => Ok(WatchEvent::Deleted(object)),
-            other => Err(protocol(format!("unknown watch event type {other:?}"))),
-        }
+        let event = match line.change.as_str() {
+            "ADDED" => WatchEvent::Added(object),
+            "MODIFIED" => WatchEvent::Modified(object),
+            "DELETED" => WatchEvent::Deleted(object),
+            other => return Err(protocol(format!("unknown watch event type {other:?}"))),
+        };
+        Ok((version, Some(event)))
     }
 }
 

@@ -4,7 +4,10 @@
 //! A watch (`?watch=true`) streams one JSON line per change after `resourceVersion`; without
 //! a version (or with "0") it first sends every current object as ADDED, as Kubernetes does.
 //! Asked for Tables, each event's object is a Table of one row, with the column definitions
-//! in the first event only.
+//! in the first event only. A client that allows bookmarks (`allowWatchBookmarks=true`, as
+//! client-go's reflector does) gets a BOOKMARK with the version the watch has read up to when
+//! the watch ends, so its next watch starts there rather than re-reading every change of
+//! other objects since its last event.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -42,11 +45,16 @@ pub(crate) struct ReadQuery {
     field_selector: Option<String>,
     timeout_seconds: Option<u64>,
     include_object: Option<String>,
+    allow_watch_bookmarks: Option<String>,
 }
 
 impl ReadQuery {
     fn watch(&self) -> bool {
         matches!(self.watch.as_deref(), Some("true" | "1"))
+    }
+
+    fn bookmarks(&self) -> bool {
+        matches!(self.allow_watch_bookmarks.as_deref(), Some("true" | "1"))
     }
 
     /// The version to watch from; `None` for "now, starting with every current object".
@@ -255,6 +263,17 @@ fn event_line(selection: &Selection, change: &str, object: &Value, first: bool) 
     format!("{}\n", json!({"type": change, "object": object}))
 }
 
+/// A BOOKMARK: every change up to `version` has been sent, as Kubernetes says it (an object of
+/// the watched kind with only its resource version).
+fn bookmark_line(kind: Kind, version: u64) -> String {
+    let object = json!({
+        "apiVersion": kind.api_version(),
+        "kind": kind.name(),
+        "metadata": {"resourceVersion": version.to_string()},
+    });
+    format!("{}\n", json!({"type": "BOOKMARK", "object": object}))
+}
+
 fn error_line(error: &ApiError) -> String {
     format!(
         "{}\n",
@@ -295,6 +314,8 @@ fn watch(api: Arc<Api>, selection: Selection, query: &ReadQuery) -> Result<Respo
         .unwrap_or(WATCH_SECONDS_MAX)
         .min(WATCH_SECONDS_MAX);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    // Tables have no bookmark form; kubectl does not ask for them.
+    let bookmarks = query.bookmarks() && selection.table.is_none();
     let state = Watching {
         after: start,
         columns_sent,
@@ -313,6 +334,10 @@ fn watch(api: Arc<Api>, selection: Selection, query: &ReadQuery) -> Result<Respo
                         return Some((Ok::<_, std::io::Error>(line), None));
                     }
                 };
+                // A full batch may have more behind it, already written: read on at once
+                // rather than wait for the next write (a watch whose objects had not changed
+                // in the last batch's worth of writes stood still until the store wrote again).
+                let more = changes.len() >= WATCH_BATCH;
                 if let Some(last) = changes.last() {
                     state.after = last.object.resource_version;
                 }
@@ -333,8 +358,12 @@ fn watch(api: Arc<Api>, selection: Selection, query: &ReadQuery) -> Result<Respo
                 if !text.is_empty() {
                     return Some((Ok(text), Some(state)));
                 }
+                if more && tokio::time::Instant::now() < deadline {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
                 if tokio::time::timeout_at(deadline, written).await.is_err() {
-                    return None;
+                    return bookmarks.then(|| (Ok(bookmark_line(kind, state.after)), None));
                 }
             }
         }

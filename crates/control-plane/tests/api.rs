@@ -326,6 +326,73 @@ async fn a_watch_streams_every_change_after_its_version() {
     assert_eq!(lines[1]["object"]["metadata"]["name"], "pvc-1");
 }
 
+#[tokio::test]
+async fn a_watch_reads_past_other_objects_changes_without_waiting_for_another_write() {
+    let server = server().await;
+    let volume = server.create("cstorvolumes", VOLUME).await;
+    let version = volume["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Many batches' worth of changes to other objects, then one to the volume, and no write
+    // after it: a watch from before them all still sees the volume's change.
+    for index in 0..250 {
+        let name = format!("pool-{index}");
+        server
+            .create("cstorpoolinstances", &pool(&name, "cspc", "ONLINE", false))
+            .await;
+    }
+    let (status, _) = server
+        .send(
+            reqwest::Method::DELETE,
+            &format!("{NS}/cstorvolumes/pvc-1"),
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let url = format!(
+        "{}{NS}/cstorvolumes?watch=true&resourceVersion={version}&timeoutSeconds=5",
+        server.base
+    );
+    let mut response = server.client.get(url).send().await.unwrap();
+    let lines = watch_lines(&mut response, 1).await;
+    assert_eq!(
+        lines.len(),
+        1,
+        "the watch ended without the volume's deletion"
+    );
+    assert_eq!(lines[0]["type"], "DELETED");
+
+    // Asked for bookmarks, a watch with nothing to send ends with one saying how far it read,
+    // so that the next starts there.
+    let (_, list) = server
+        .send(
+            reqwest::Method::GET,
+            &format!("{NS}/cstorpoolinstances"),
+            "",
+        )
+        .await;
+    let newest = list["metadata"]["resourceVersion"].as_str().unwrap();
+    let url = format!(
+        "{}{NS}/cstorvolumeconfigs?watch=true&resourceVersion={version}&timeoutSeconds=1&\
+         allowWatchBookmarks=true",
+        server.base
+    );
+    let mut response = server.client.get(url).send().await.unwrap();
+    let lines = watch_lines(&mut response, 2).await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["type"], "BOOKMARK");
+    assert_eq!(lines[0]["object"]["kind"], "CStorVolumeConfig");
+    assert_eq!(lines[0]["object"]["metadata"]["resourceVersion"], newest);
+    // Without asking, none (kubectl's watches).
+    let url = format!(
+        "{}{NS}/cstorvolumeconfigs?watch=true&resourceVersion={version}&timeoutSeconds=1",
+        server.base
+    );
+    let mut response = server.client.get(url).send().await.unwrap();
+    assert!(watch_lines(&mut response, 1).await.is_empty());
+}
+
 /// The first `count` lines of a watch (each a JSON event); the watch's own timeout bounds it.
 async fn watch_lines(response: &mut reqwest::Response, count: usize) -> Vec<Value> {
     let mut text = String::new();

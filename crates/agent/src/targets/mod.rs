@@ -87,7 +87,50 @@ struct Running {
     pace: ResyncPace,
 }
 
+/// Where the loop is now (when the pass and the step began, and the step), so that a pass
+/// that does not end can say what it waits for.
+#[derive(Clone, Default)]
+struct Doing(Arc<std::sync::Mutex<Option<(Instant, Instant, String)>>>);
+
+impl Doing {
+    fn step(&self, what: impl Into<String>) {
+        let mut doing = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let pass = doing
+            .as_ref()
+            .map_or_else(Instant::now, |(pass, _, _)| *pass);
+        *doing = Some((pass, Instant::now(), what.into()));
+    }
+
+    fn done(&self) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    /// Warns every `SLOW_PASS` while a pass has been running for longer than that.
+    async fn watch(self) {
+        loop {
+            tokio::time::sleep(SLOW_PASS).await;
+            let doing = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            if let Some((pass, step, what)) = doing {
+                if pass.elapsed() > SLOW_PASS {
+                    tracing::warn!(pass = ?pass.elapsed(), step = ?step.elapsed(), what, "a targets pass has not ended");
+                }
+            }
+        }
+    }
+}
+
 pub struct Targets {
+    doing: Doing,
     client: Client,
     /// The volumes, configs and replicas, kept by watches.
     cache: Cache,
@@ -134,6 +177,7 @@ impl Targets {
         metrics: Arc<AgentMetrics>,
     ) -> Targets {
         Targets {
+            doing: Doing::default(),
             client,
             namespace: cache.namespace.clone(),
             cache,
@@ -157,10 +201,13 @@ impl Targets {
     pub async fn run(mut self, changes: Changes) {
         let mut wakeups = changes.subscribe();
         self.changes = Some(changes);
+        let watching = tokio::spawn(self.doing.clone().watch());
+        let _watching = AbortOnDrop(watching);
         loop {
             wakeups.seen();
             let started = Instant::now();
             let passed = self.pass().await;
+            self.doing.done();
             let took = started.elapsed();
             if took > SLOW_PASS {
                 tracing::warn!(
@@ -188,6 +235,7 @@ impl Targets {
     }
 
     async fn read(&self) -> Result<View, ClientError> {
+        self.doing.step("reading the nodes");
         let nodes = self.client.nodes().await?;
         let addresses = nodes
             .iter()
@@ -227,18 +275,22 @@ impl Targets {
         for step in plan::plan_targets(&self.node, &running, &view.volumes) {
             let (volume, result) = match step {
                 Step::Stop(volume) => {
+                    self.doing.step(format!("stopping {volume}"));
                     self.stop(&volume).await;
                     continue;
                 }
                 Step::Fenced(volume) => {
+                    self.doing.step(format!("stopping fenced {volume}"));
                     self.stop(&volume).await;
                     (volume, Ok(()))
                 }
                 Step::Start(volume) => {
+                    self.doing.step(format!("starting {volume}"));
                     let result = self.start(&volume, &view).await;
                     (volume, result)
                 }
                 Step::Keep(volume) => {
+                    self.doing.step(format!("keeping {volume}"));
                     let result = self.keep(&volume, &view).await;
                     (volume, result)
                 }
@@ -349,6 +401,7 @@ impl Targets {
         }
         let pace = self.pace(name, view);
         let running = self.running.get_mut(name).expect("running");
+        self.doing.step(format!("keeping {name}: pace, endpoints"));
         if running.pace != pace {
             tracing::info!(volume = name, ?pace, "rebuild pace changed");
             running.handle.set_resync_pace(pace).await;
@@ -399,6 +452,7 @@ impl Targets {
         let name = volume.name();
         let running = self.running.get_mut(name).expect("a running target");
         let status = running.handle.status();
+        self.doing.step(format!("publishing {name}: replica io"));
         let io = running.handle.replica_io().await;
         let resync_rate = resync_rate(&mut running.resync_seen, &status);
         // A change of phase or mode is written at once; rebuild progress alone at most every
@@ -433,6 +487,7 @@ impl Targets {
         // The CV first, then the CVRs: the pool's reconcile pass lists its CVRs and then the CVs
         // and makes each CVR's phase follow its CV's, so a CVR must never say more than its CV
         // already does, or that pass writes the older phase back over it.
+        self.doing.step(format!("publishing {name}: status writes"));
         if let Some(updated) = publish.volume {
             running.counters_written = Some(Instant::now());
             match self
@@ -459,6 +514,14 @@ impl Targets {
                 .await;
         }
         Ok(())
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

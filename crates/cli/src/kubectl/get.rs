@@ -313,12 +313,10 @@ impl Watching<'_> {
                     },
                     None => watch.next().await,
                 };
+                version = version.max(watch.version());
                 match next {
                     Ok(Some(change)) => {
                         let object = change.object();
-                        if let Ok(seen) = object.metadata().resource_version.parse::<u64>() {
-                            version = version.max(seen);
-                        }
                         if self.names.is_empty() || self.names.iter().any(|n| n == object.name()) {
                             self.print(object);
                         }
