@@ -12,7 +12,7 @@
 #     replicaPoolInfo) until its CV says 3 replicas Healthy.
 # The smallest count (default 1) is the empty cluster the others are compared with.
 #
-#   bench/scale.sh     COUNTS="1 100 300 1000"  IDLE_SECONDS=30  TANDEM_BIN=path (else a release build)
+#   bench/scale.sh     COUNTS="1 100 300 1000"  IDLE_SECONDS=120  TANDEM_BIN=path (else a release build)
 #                      KEEP=1 (a cluster whose scale-up did not finish is left running, to look at)
 #
 # Goals (issue 14): 1,000 volumes Bound in <= 60 s; idle CPU <= 2 % of a core at 1,000 volumes;
@@ -21,7 +21,7 @@
 set -eEuo pipefail
 
 COUNTS=${COUNTS:-1 100 300 1000}
-IDLE_SECONDS=${IDLE_SECONDS:-30}
+IDLE_SECONDS=${IDLE_SECONDS:-120}
 LIST_REPEATS=${LIST_REPEATS:-5}
 MAX_SECONDS=${MAX_SECONDS:-1800}
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

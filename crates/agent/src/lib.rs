@@ -110,8 +110,9 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// Where the pool and replica objects are (default `openebs`).
     pub namespace: String,
-    /// How often to run a reconcile pass when nothing changed (default 10s: a change of the
-    /// objects or of the pool's used space brings one at once; this is a slow resync).
+    /// How often to run a reconcile pass when nothing changed (default 60s: a change of the
+    /// objects or of the pool's used space brings one at once; this is a slow resync, and all
+    /// an idle node's replicas cost besides the pool measurement).
     pub reconcile_interval: Duration,
     /// How often to re-measure the pool's used space (default 2s, between passes too; also
     /// after every change).
@@ -141,7 +142,7 @@ pub struct AgentConfig {
 
 impl AgentConfig {
     pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(500);
-    pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
+    pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
     pub const DEFAULT_MEASURE_INTERVAL: Duration = Duration::from_secs(2);
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
     pub const DEFAULT_DATA_ADDRESS: SocketAddr =
@@ -584,7 +585,7 @@ mod tests {
         let config = AgentConfig::new("n1", "/tmp/pool", 10 << 30, "http://127.0.0.1:7070");
         assert_eq!(config.heartbeat, Duration::from_millis(500));
         assert_eq!(config.namespace, "openebs");
-        assert_eq!(config.reconcile_interval, Duration::from_secs(10));
+        assert_eq!(config.reconcile_interval, Duration::from_secs(60));
         assert_eq!(config.measure_interval, Duration::from_secs(2));
         assert_eq!(config.data_address.to_string(), "127.0.0.1:0");
         assert!(config.validate().is_ok());

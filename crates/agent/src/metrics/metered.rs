@@ -130,6 +130,13 @@ impl VolumeIo {
         &self.ops[op.index()]
     }
 
+    /// Requests of every kind answered so far.
+    pub fn operations(&self) -> u64 {
+        (self.ops.iter())
+            .map(|op| op.operations.load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+
     /// Bytes returned by successful reads.
     pub fn read_bytes(&self) -> u64 {
         self.read_bytes.load(Ordering::Relaxed)

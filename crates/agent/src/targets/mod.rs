@@ -52,9 +52,9 @@ use crate::report::ErrorLog;
 use plan::{KeepPlan, Measured, Step, View};
 
 /// How often the targets are brought in line and their status published when nothing wakes
-/// the loop (a change of the objects, a target's change of state, rebuild progress): a slow
-/// resync, and the I/O counters' cadence.
-const PASS_INTERVAL: Duration = Duration::from_secs(10);
+/// the loop (a change of the objects, a target's change of state, rebuild progress) and no
+/// client I/O came: a slow resync. Idle, a pass over a thousand targets is all the loop costs.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
 /// After a pass in which some step failed, the next comes this soon.
 const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -65,7 +65,8 @@ const SLOW_PASS: Duration = Duration::from_secs(5);
 /// Rebuild progress alone is written at most this often.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 /// Changes of the per-replica I/O counters alone (in-flight requests, checkpointed sequence,
-/// up time) are written at most this often.
+/// up time) are written at most this often; while some target has client I/O, passes come
+/// this often.
 const COUNTERS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The NBD server of this node's own targets, and nothing else: what other nodes forward to.
@@ -85,6 +86,9 @@ struct Running {
     counters_written: Option<Instant>,
     /// How fast its resyncs copy (from the volume's and its pool cluster's annotations).
     pace: ResyncPace,
+    /// Its client I/O, and the requests answered as of the last pass.
+    io: Arc<VolumeIo>,
+    operations_seen: u64,
 }
 
 /// Where the loop is now (when the pass and the step began, and the step), so that a pass
@@ -195,9 +199,10 @@ impl Targets {
         }
     }
 
-    /// Runs passes until the task is dropped; stops every target when it is. A pass runs every
-    /// `PASS_INTERVAL`, and at once when `changes` signals (an object changed, or one of this
-    /// node's targets changed state: every target started here signals it).
+    /// Runs passes until the task is dropped; stops every target when it is. A pass runs at
+    /// once when `changes` signals (an object changed, or one of this node's targets changed
+    /// state: every target started here signals it), every `COUNTERS_INTERVAL` while targets
+    /// have client I/O, and otherwise every `RESYNC_INTERVAL`.
     pub async fn run(mut self, changes: Changes) {
         let mut wakeups = changes.subscribe();
         self.changes = Some(changes);
@@ -228,23 +233,51 @@ impl Targets {
             };
             // A failed step (a conflict on a stale object, a control plane not answering) is
             // tried again soon, not at the next resync.
-            wakeups
-                .wait(if retry { RETRY_INTERVAL } else { PASS_INTERVAL })
-                .await;
+            if retry {
+                wakeups.wait(RETRY_INTERVAL).await;
+                continue;
+            }
+            // Every COUNTERS_INTERVAL a look that costs one request: a pass follows if some
+            // target had client I/O or a node's addresses changed (a new node, an agent
+            // listening elsewhere), else at the resync.
+            let resync_at = Instant::now() + RESYNC_INTERVAL;
+            while !wakeups.wait(COUNTERS_INTERVAL).await
+                && Instant::now() < resync_at
+                && !self.had_io()
+                && !self.addresses_changed().await
+            {}
+        }
+    }
+
+    /// Whether some target answered client requests since the last call.
+    fn had_io(&mut self) -> bool {
+        let mut had = false;
+        for running in self.running.values_mut() {
+            let operations = running.io.operations();
+            had |= operations != running.operations_seen;
+            running.operations_seen = operations;
+        }
+        had
+    }
+
+    /// Whether the nodes list an address this loop does not know (false if it cannot be read:
+    /// the resync reports that).
+    async fn addresses_changed(&self) -> bool {
+        match self.client.nodes().await {
+            Ok(nodes) => {
+                let (addresses, target_addresses) = addresses_of(nodes);
+                self.known.learns_from(&addresses, &target_addresses)
+            }
+            Err(error) => {
+                tracing::debug!(%error, "cannot read the nodes' addresses");
+                false
+            }
         }
     }
 
     async fn read(&self) -> Result<View, ClientError> {
         self.doing.step("reading the nodes");
-        let nodes = self.client.nodes().await?;
-        let addresses = nodes
-            .iter()
-            .filter_map(|node| Some((node.node.clone(), node.address.parse().ok()?)))
-            .collect();
-        let target_addresses = nodes
-            .into_iter()
-            .filter_map(|node| Some((node.node, node.target_address.parse().ok()?)))
-            .collect();
+        let (addresses, target_addresses) = addresses_of(self.client.nodes().await?);
         Ok(View {
             clusters: Cache::read(&self.cache.clusters)?,
             volumes: Cache::read(&self.cache.volumes)?,
@@ -370,7 +403,7 @@ impl Targets {
             .map_err(export_error)?;
         // Replaces the forwarder's export, if it had one: this node serves the volume directly.
         replace_export(&self.endpoint, name, Endpoint::Local(metered)).map_err(export_error)?;
-        self.metrics.target_started(name, &handle, io);
+        self.metrics.target_started(name, &handle, Arc::clone(&io));
         tracing::info!(volume = %name, generation = generation.0, "target started");
         self.running.insert(
             name.to_string(),
@@ -382,6 +415,8 @@ impl Targets {
                 progress_written: None,
                 counters_written: None,
                 pace,
+                operations_seen: io.operations(),
+                io,
             },
         );
         Ok(())
@@ -515,6 +550,18 @@ impl Targets {
         }
         Ok(())
     }
+}
+
+/// Each node's replica address and own-targets address, where readable.
+type Addresses = BTreeMap<String, std::net::SocketAddr>;
+fn addresses_of(nodes: Vec<tandem_client::NodeStatus>) -> (Addresses, Addresses) {
+    let addresses = (nodes.iter())
+        .filter_map(|node| Some((node.node.clone(), node.address.parse().ok()?)))
+        .collect();
+    let target_addresses = (nodes.into_iter())
+        .filter_map(|node| Some((node.node, node.target_address.parse().ok()?)))
+        .collect();
+    (addresses, target_addresses)
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

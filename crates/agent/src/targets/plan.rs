@@ -59,6 +59,19 @@ pub struct KnownAddresses {
 }
 
 impl KnownAddresses {
+    /// Whether `addresses` and `target_addresses` name an address not known yet (a new node,
+    /// or one whose agent now listens elsewhere).
+    pub fn learns_from(
+        &self,
+        addresses: &BTreeMap<String, SocketAddr>,
+        target_addresses: &BTreeMap<String, SocketAddr>,
+    ) -> bool {
+        let news = |known: &BTreeMap<String, SocketAddr>, seen: &BTreeMap<String, SocketAddr>| {
+            (seen.iter()).any(|(node, address)| known.get(node) != Some(address))
+        };
+        news(&self.addresses, addresses) || news(&self.target_addresses, target_addresses)
+    }
+
     /// Learns the addresses `view` lists and gives it every address known.
     pub fn fill(&mut self, view: &mut View) {
         for (known, seen) in [

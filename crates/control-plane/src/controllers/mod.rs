@@ -114,7 +114,7 @@ pub async fn run(
 /// With nothing written and no node's readiness changing, the controllers look again after
 /// this long anyway (a slow resync, as Kubernetes' informers have): every change they answer
 /// comes as a write or a lease's end, so this only bounds the cost of a missed wake-up.
-const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
 /// After a pass that failed somewhere (not a conflict: that is a write, which wakes them), the
 /// controllers look again this soon.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);

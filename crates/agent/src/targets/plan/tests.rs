@@ -413,6 +413,10 @@ fn given_volumes_on_several_nodes_when_routing_then_forward_only_those_whose_tar
     check_routes("n1", &[], &[]);
 }
 
+fn first_addresses(n1: u16) -> std::collections::BTreeMap<String, std::net::SocketAddr> {
+    [("n1".to_string(), address(n1))].into()
+}
+
 #[test]
 fn given_a_control_plane_that_has_not_heard_from_a_node_yet_when_filling_then_its_last_addresses_stay(
 ) {
@@ -430,11 +434,17 @@ fn given_a_control_plane_that_has_not_heard_from_a_node_yet_when_filling_then_it
     .into();
     known.fill(&mut first);
 
-    // A restarted control plane has heard from n1 only, which now listens elsewhere.
+    // A restarted control plane has heard from n1 only, which now listens elsewhere: news
+    // (the loop passes at once), unlike what is known already or a node not heard from.
     let mut restarted = view(vec![], vec![]);
     restarted.addresses = [("n1".to_string(), address(7011))].into();
     restarted.target_addresses = [("n1".to_string(), address(8011))].into();
+    assert!(known.learns_from(&restarted.addresses, &restarted.target_addresses));
+    assert!(known.learns_from(&first_addresses(7001), &restarted.target_addresses));
+    assert!(!known.learns_from(&first_addresses(7001), &Default::default()));
+    assert!(!known.learns_from(&Default::default(), &Default::default()));
     known.fill(&mut restarted);
+    assert!(!known.learns_from(&restarted.addresses, &restarted.target_addresses));
     assert_eq!(
         restarted.addresses,
         [
