@@ -89,6 +89,21 @@ struct Running {
     /// Its client I/O, and the requests answered as of the last pass.
     io: Arc<VolumeIo>,
     operations_seen: u64,
+    /// What its last complete keep step saw: the same again, and no resync due, leaves it be.
+    kept: Option<KeepInputs>,
+}
+
+/// What a target's keep step depends on: its objects' versions, its state, its client I/O. A
+/// pass woken by one volume's change looks at that volume's target, not at a thousand others.
+#[derive(PartialEq)]
+struct KeepInputs {
+    volume: String,
+    config: Option<String>,
+    replicas: Vec<String>,
+    clusters: Vec<String>,
+    status: TargetStatus,
+    command_in_flight: bool,
+    operations: u64,
 }
 
 /// Where the loop is now (when the pass and the step began, and the step), so that a pass
@@ -208,10 +223,13 @@ impl Targets {
         self.changes = Some(changes);
         let watching = tokio::spawn(self.doing.clone().watch());
         let _watching = AbortOnDrop(watching);
+        // The first pass, a resync and a pass after a failure or a node's new address look at
+        // every target; the others only at those whose inputs changed.
+        let mut full = true;
         loop {
             wakeups.seen();
             let started = Instant::now();
-            let passed = self.pass().await;
+            let passed = self.pass(full).await;
             self.doing.done();
             let took = started.elapsed();
             if took > SLOW_PASS {
@@ -235,17 +253,21 @@ impl Targets {
             // tried again soon, not at the next resync.
             if retry {
                 wakeups.wait(RETRY_INTERVAL).await;
+                full = true;
                 continue;
             }
             // Every COUNTERS_INTERVAL a look that costs one request: a pass follows if some
             // target had client I/O or a node's addresses changed (a new node, an agent
             // listening elsewhere), else at the resync.
             let resync_at = Instant::now() + RESYNC_INTERVAL;
-            while !wakeups.wait(COUNTERS_INTERVAL).await
-                && Instant::now() < resync_at
-                && !self.had_io()
-                && !self.addresses_changed().await
-            {}
+            full = loop {
+                if wakeups.wait(COUNTERS_INTERVAL).await || self.had_io() {
+                    break false;
+                }
+                if Instant::now() >= resync_at || self.addresses_changed().await {
+                    break true;
+                }
+            };
         }
     }
 
@@ -289,8 +311,9 @@ impl Targets {
         })
     }
 
-    /// One pass; true if a step of it failed.
-    async fn pass(&mut self) -> Result<bool, Error> {
+    /// One pass (`full`: every target's keep step, else only those whose inputs changed); true
+    /// if a step of it failed.
+    async fn pass(&mut self, full: bool) -> Result<bool, Error> {
         let mut view = self.read().await?;
         self.known.fill(&mut view);
         let routes = plan::plan_routes(&self.node, &view.volumes, &view.target_addresses);
@@ -324,7 +347,7 @@ impl Targets {
                 }
                 Step::Keep(volume) => {
                     self.doing.step(format!("keeping {volume}"));
-                    let result = self.keep(&volume, &view).await;
+                    let result = self.keep(&volume, &view, full).await;
                     (volume, result)
                 }
             };
@@ -417,12 +440,13 @@ impl Targets {
                 pace,
                 operations_seen: io.operations(),
                 io,
+                kept: None,
             },
         );
         Ok(())
     }
 
-    async fn keep(&mut self, name: &str, view: &View) -> Result<(), Error> {
+    async fn keep(&mut self, name: &str, view: &View, full: bool) -> Result<(), Error> {
         let (Some(volume), Some(running)) = (view.volume(name), self.running.get_mut(name)) else {
             return Ok(());
         };
@@ -434,6 +458,24 @@ impl Targets {
         if !in_flight {
             running.command = None;
         }
+        let version = |meta: &tandem_objects::ObjectMeta| meta.resource_version.clone();
+        let inputs = KeepInputs {
+            volume: version(&volume.metadata),
+            config: view.config(name).map(|config| version(&config.metadata)),
+            replicas: (view.replicas_of(name).iter())
+                .map(|cvr| version(&cvr.metadata))
+                .collect(),
+            clusters: (view.clusters.iter())
+                .map(|cluster| version(&cluster.metadata))
+                .collect(),
+            status: status.clone(),
+            command_in_flight: in_flight,
+            operations: running.io.operations(),
+        };
+        if !full && running.kept.as_ref() == Some(&inputs) {
+            return Ok(());
+        }
+        running.kept = None;
         let pace = self.pace(name, view);
         let running = self.running.get_mut(name).expect("running");
         self.doing.step(format!("keeping {name}: pace, endpoints"));
@@ -463,7 +505,12 @@ impl Targets {
                 }
             }));
         }
-        self.publish(volume, view).await
+        if self.publish(volume, view).await? {
+            if let Some(running) = self.running.get_mut(name) {
+                running.kept = Some(inputs);
+            }
+        }
+        Ok(())
     }
 
     /// How fast `volume`'s resyncs copy, as its annotations say.
@@ -482,8 +529,9 @@ impl Targets {
         ResyncPace::from_rates(pace.idle, pace.under_load, pace.segments)
     }
 
-    /// Measures the target, plans its status writes and makes them.
-    async fn publish(&mut self, volume: &CStorVolume, view: &View) -> Result<(), Error> {
+    /// Measures the target, plans its status writes and makes them; false if one of them did
+    /// not happen (a conflict: the next pass that looks publishes again).
+    async fn publish(&mut self, volume: &CStorVolume, view: &View) -> Result<bool, Error> {
         let name = volume.name();
         let running = self.running.get_mut(name).expect("a running target");
         let status = running.handle.status();
@@ -532,7 +580,7 @@ impl Targets {
             {
                 Ok(_) => {}
                 // Someone wrote the CV meanwhile; the next pass publishes again.
-                Err(error) if error.is_conflict() => return Ok(()),
+                Err(error) if error.is_conflict() => return Ok(false),
                 Err(error) => {
                     return Err(Error::WriteVolumeStatus {
                         volume: name.to_string(),
@@ -541,14 +589,16 @@ impl Targets {
                 }
             }
         }
+        let mut complete = true;
         for replica in publish.replicas {
             // A conflict means the replica's agent wrote meanwhile; the next pass retries.
-            let _ = self
+            complete &= self
                 .client
                 .update_status(&Object::CStorVolumeReplica(replica))
-                .await;
+                .await
+                .is_ok();
         }
-        Ok(())
+        Ok(complete)
     }
 }
 

@@ -14,6 +14,9 @@ pub(crate) enum ExecuteError {
     /// The API client failed (the server refused, or did not answer).
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// The store could not be read.
+    #[error("{0}")]
+    Store(String),
     /// The plan asked for something the executor cannot do: a bug in a plan, reported like any
     /// other failure rather than ending the controllers.
     #[error("a plan bug: {0}")]

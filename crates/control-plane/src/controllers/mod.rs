@@ -139,10 +139,10 @@ async fn pass(context: &Context, errors: &mut ErrorLog) -> bool {
         context,
         failed: false,
     };
-    let observed = match Observed::read(&context.client, &context.api).await {
+    let observed = match Observed::read(&context.api) {
         Ok(observed) => observed,
         Err(error) => {
-            errors.report(Subject::Snapshot, Err(error.into()));
+            errors.report(Subject::Snapshot, Err(error));
             return true;
         }
     };

@@ -1,7 +1,7 @@
 //! Garbage collection: a volume whose CVC is gone goes too, its replicas first (their agents
 //! destroy the data and release them), then the CV.
 
-use tandem_objects::{CStorVolumeReplica, Kind, LABEL_PERSISTENT_VOLUME};
+use tandem_objects::{CStorVolumeReplica, Kind};
 
 use crate::controllers::execute::{Action, Log};
 use crate::controllers::observe::Observed;
@@ -9,21 +9,11 @@ use crate::controllers::observe::Observed;
 pub(crate) fn plan_orphans(observed: &Observed) -> Vec<Action> {
     let mut actions = Vec::new();
     for volume in &observed.volumes {
-        let has_config = observed.configs.iter().any(|config| {
-            config.metadata.namespace == volume.metadata.namespace && config.name() == volume.name()
-        });
-        if has_config {
+        let namespace = &volume.metadata.namespace;
+        if observed.has_config(namespace, volume.name()) {
             continue;
         }
-        let namespace = &volume.metadata.namespace;
-        let replicas: Vec<&CStorVolumeReplica> = observed
-            .replicas
-            .iter()
-            .filter(|replica| {
-                replica.metadata.namespace == *namespace
-                    && replica.metadata.label(LABEL_PERSISTENT_VOLUME) == Some(volume.name())
-            })
-            .collect();
+        let replicas: Vec<&CStorVolumeReplica> = observed.replicas_named(namespace, volume.name());
         for replica in &replicas {
             if replica.metadata.deletion_timestamp.is_empty() {
                 actions.push(Action::Log(Log::DeletingReplicaOfDeletedVolume {
