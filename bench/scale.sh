@@ -13,7 +13,8 @@
 # The smallest count (default 1) is the empty cluster the others are compared with.
 #
 #   bench/scale.sh     COUNTS="1 100 300 1000"  IDLE_SECONDS=120  TANDEM_BIN=path (else a release build)
-#                      KEEP=1 (a cluster whose scale-up did not finish is left running, to look at)
+#                      KEEP=1 (a cluster whose scale-up did not finish is left running, to look at;
+#                      KEEP=all: every cluster)
 #
 # Goals (issue 14): 1,000 volumes Bound in <= 60 s; idle CPU <= 2 % of a core at 1,000 volumes;
 # `get cvr -A` over 2,000 replicas <= 0.5 s; the scale-up as fast among 1,000 as alone.
@@ -176,6 +177,7 @@ def measure(count):
             if pool["metadata"]["name"] not in used]
     pools = [{"poolName": name} for name in sorted(used) + free[:1]]
     started = time.monotonic()
+    log(f"{count} volumes: scale-up of vol-00000 asked at {time.time():.3f} (Unix time)")
     api.call("/cstorvolumeconfigs/vol-00000", {"spec": {"policy": {"replicaPoolInfo": pools}}},
              method="PATCH", content_type="application/merge-patch+json")
     try:
@@ -190,6 +192,9 @@ def measure(count):
             log(f"KEEP: the cluster is left running in {directory}")
             return result
 
+    if os.environ.get("KEEP") == "all":
+        log(f"KEEP: the cluster is left running in {directory}")
+        return result
     run(["down"], directory)
     subprocess.run(["rm", "-rf", directory], check=True)
     return result

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use tandem_client::NodeStatus;
 use tandem_objects::{
     CStorPoolCluster, CStorPoolInstance, CStorVolume, CStorVolumeConfig, CStorVolumeReplica, Kind,
-    Object, LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_PERSISTENT_VOLUME,
+    Object, ANNOTATION_TARGET_NODE, LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_PERSISTENT_VOLUME,
 };
 
 use crate::controllers::execute::ExecuteError;
@@ -45,6 +45,8 @@ pub(crate) struct Index {
     configs: BTreeSet<(String, String)>,
     /// By (namespace, the volume named in `openebs.io/persistent-volume`).
     replicas: BTreeMap<(String, String), Vec<usize>>,
+    /// How many volumes' targets each node runs (`tandem.io/target-node`).
+    targets: BTreeMap<String, usize>,
 }
 
 impl Observed {
@@ -74,6 +76,9 @@ impl Observed {
             let mut index = Index::default();
             for (position, volume) in self.volumes.iter().enumerate() {
                 index.volumes.insert(key(&volume.metadata), position);
+                if let Some(node) = volume.metadata.annotation(ANNOTATION_TARGET_NODE) {
+                    *index.targets.entry(node.to_string()).or_default() += 1;
+                }
             }
             for config in &self.configs {
                 index.configs.insert(key(&config.metadata));
@@ -86,6 +91,11 @@ impl Observed {
             }
             index
         })
+    }
+
+    /// How many volumes' targets run on `node`.
+    pub fn targets_on(&self, node: &str) -> usize {
+        self.index().targets.get(node).copied().unwrap_or(0)
     }
 
     /// Whether a config of that name exists in that namespace.

@@ -1,5 +1,7 @@
-//! Where a Bound volume's target runs: on the node of its first replica whose agent is up (a
-//! target next to one copy saves a network hop), recorded in the CV with the node's NBD address.
+//! Where a Bound volume's target runs: on a node holding one of its replicas whose agent is up
+//! (a target next to one copy saves a network hop), the one running the fewest targets (ties
+//! spread by the volume's name: a burst of new volumes is planned on one snapshot), recorded in
+//! the CV with the node's NBD address.
 //! When that node's agent stops reporting (its lease, the control plane's agent timeout, ran
 //! out), the target fails over to another ready node holding a trusted replica; the agent there
 //! starts it with the next generation, so the replicas refuse the old one. With no such node the
@@ -39,14 +41,20 @@ pub(super) fn plan_target(
 ) -> Vec<Action> {
     let namespace = &config.metadata.namespace;
     let Some(placed) = volume.metadata.annotation(ANNOTATION_TARGET_NODE) else {
-        let pools: Vec<_> = (config.current_pool_names().iter())
+        let nodes: Vec<(&NodeStatus, bool)> = (config.current_pool_names().iter())
             .filter_map(|pool| observed.pool(namespace, pool))
+            .filter_map(|pool| {
+                let node = ready_with_nbd(observed, &pool.spec.host_name)?;
+                Some((node, cordoned(observed, namespace, &node.node)))
+            })
             .collect();
-        let first = (pools.iter())
-            .filter(|pool| !cordoned(observed, namespace, &pool.spec.host_name))
-            .chain(pools.iter())
-            .find_map(|pool| ready_with_nbd(observed, &pool.spec.host_name));
-        return first.map_or_else(Vec::new, |node| place_on(volume, node));
+        // Uncordoned first (a cordoned node only when every replica's node is), then the
+        // fewest targets.
+        let chosen = nodes.into_iter().min_by_key(|(node, cordoned)| {
+            let spread = spread(volume.name(), &node.node);
+            (*cordoned, observed.targets_on(&node.node), spread)
+        });
+        return chosen.map_or_else(Vec::new, |(node, _)| place_on(volume, node));
     };
     match observed.node(placed) {
         Some(node) if node.ready => {
@@ -67,6 +75,14 @@ pub(super) fn plan_target(
         _ if !observed.past_agent_grace => Vec::new(),
         silent => fail_over(observed, config, volume, placed, Why::Silent(silent)),
     }
+}
+
+/// A number that orders the nodes differently for different volumes, the same every time
+/// (FNV-1a of the volume's and the node's names).
+fn spread(volume: &str, node: &str) -> u64 {
+    (volume.bytes().chain([0]).chain(node.bytes())).fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Whether a pool of `node` in `namespace` is cordoned.

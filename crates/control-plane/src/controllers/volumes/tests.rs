@@ -5,8 +5,8 @@ use tandem_objects::CStorPoolInstancePhase::{Offline, Online};
 use tandem_objects::CStorVolumeReplicaPhase::{Degraded, Healthy, Recreate};
 use tandem_objects::{
     CStorPoolInstance, CStorVolumeConfigPhase, CStorVolumePhase, Condition, Object,
-    ANNOTATION_CORDONED, ANNOTATION_MIGRATE_FROM, CONDITION_SCALING_VOLUME_REPLICAS,
-    FINALIZER_CSTOR_VOLUME_REPLICA, LABEL_CSTOR_POOL_CLUSTER,
+    ANNOTATION_CORDONED, ANNOTATION_MIGRATE_FROM, ANNOTATION_TARGET_NODE,
+    CONDITION_SCALING_VOLUME_REPLICAS, FINALIZER_CSTOR_VOLUME_REPLICA, LABEL_CSTOR_POOL_CLUSTER,
 };
 
 use crate::controllers::execute::Action;
@@ -14,6 +14,7 @@ use crate::controllers::fixtures::{
     bound, cv, cvc, describe, node, observed, placed_cv, pool, random, replica, NOW, NOW_MS,
 };
 use crate::controllers::observe::Observed;
+use crate::controllers::volumes::target::plan_target;
 use crate::controllers::volumes::{plan_config, plan_orphans, plan_provision, Step};
 
 /// Plans what a pass does for every config (a volume to create first is created with uid
@@ -309,6 +310,72 @@ fn given_a_bound_volume_when_its_first_pools_agent_serves_nbd_then_the_target_is
         },
         &["update cv pvc-1: drf 2, target n1 at 10.0.0.1:10809"],
     );
+}
+
+#[test]
+fn given_a_node_running_fewer_targets_when_placing_then_the_target_goes_there() {
+    let mut busy = cv("pvc-0", 2);
+    busy.metadata
+        .annotations
+        .insert(ANNOTATION_TARGET_NODE.to_string(), "n1".to_string());
+    let config = bound("pvc-1", &["a", "b"], &["a", "b"]);
+    let observed = Observed {
+        configs: vec![config.clone()],
+        volumes: vec![cv("pvc-1", 2), busy],
+        pools: online_pools(&["a", "b"]),
+        nodes: vec![
+            node("n1", true, "10.0.0.1:10809", 100),
+            node("n2", true, "10.0.0.2:10809", 100),
+        ],
+        ..observed()
+    };
+    let volume = observed.volume_of(&config).expect("its volume");
+    let placed = plan_target(&observed, &config, volume);
+    let Some(Action::Update {
+        object: Object::CStorVolume(placed),
+        ..
+    }) = placed.last()
+    else {
+        panic!("the target is placed: {placed:?}");
+    };
+    assert_eq!(
+        placed.metadata.annotation(ANNOTATION_TARGET_NODE),
+        Some("n2")
+    );
+}
+
+#[test]
+fn given_many_new_volumes_on_the_same_nodes_when_placed_in_one_pass_then_their_targets_spread() {
+    let names: Vec<String> = (0..60).map(|index| format!("pvc-{index}")).collect();
+    let observed = Observed {
+        configs: (names.iter())
+            .map(|name| bound(name, &["a", "b", "c"], &["a", "b", "c"]))
+            .collect(),
+        volumes: names.iter().map(|name| cv(name, 3)).collect(),
+        pools: online_pools(&["a", "b", "c"]),
+        nodes: vec![
+            node("n1", true, "10.0.0.1:10809", 100),
+            node("n2", true, "10.0.0.2:10809", 100),
+            node("n3", true, "10.0.0.3:10809", 100),
+        ],
+        ..observed()
+    };
+    let mut per_node = std::collections::BTreeMap::<String, usize>::new();
+    for config in &observed.configs {
+        let volume = observed.volume_of(config).expect("its volume");
+        for action in plan_target(&observed, config, volume) {
+            if let Action::Update {
+                object: Object::CStorVolume(placed),
+                ..
+            } = action
+            {
+                let node = placed.metadata.annotation(ANNOTATION_TARGET_NODE).unwrap();
+                *per_node.entry(node.to_string()).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(per_node.values().sum::<usize>(), 60, "{per_node:?}");
+    assert!(per_node.values().all(|&count| count >= 10), "{per_node:?}");
 }
 
 #[test]
