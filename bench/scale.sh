@@ -96,7 +96,7 @@ def volume(index, cluster):
                  "provision": {"capacity": {"storage": "64Mi"}, "replicaCount": 2}},
     }
 
-def wait(what, check, limit):
+def wait(what, check, limit, poll=0.2):
     started = time.monotonic()
     while True:
         result = check()
@@ -104,7 +104,7 @@ def wait(what, check, limit):
             return time.monotonic() - started
         if time.monotonic() - started > limit:
             raise SystemExit(f"gave up waiting {limit}s for {what}")
-        time.sleep(0.2)
+        time.sleep(poll)
 
 def processes(directory):
     found = {"control-plane": int(open(f"{directory}/control-plane/control-plane.pid").read())}
@@ -182,7 +182,7 @@ def measure(count):
              method="PATCH", content_type="application/merge-patch+json")
     try:
         wait("the scale-up", lambda: healthy_count(api.call("/cstorvolumes/vol-00000")) == 3,
-             120)
+             120, poll=0.02)
         result["scale_up_s"] = time.monotonic() - started
         log(f"{count} volumes: scale-up Healthy after {result['scale_up_s']:.2f} s")
     except SystemExit as error:

@@ -81,7 +81,9 @@ pub struct Agent {
     /// files then.
     capacities: HashMap<PathBuf, (CapacityStamp, CStorVolumeReplicaCapacity)>,
     used: Option<u64>,
+    /// When the pool was last measured, and the replica host's change count then.
     measured_at: Option<Instant>,
+    changes_measured: u64,
     waiting_logged: bool,
     /// Serves the replicas' data to targets.
     host: Arc<ReplicaHost>,
@@ -128,6 +130,7 @@ impl Agent {
             capacities: HashMap::new(),
             used: None,
             measured_at: None,
+            changes_measured: 0,
             waiting_logged: false,
             host,
             hosted,
@@ -479,15 +482,19 @@ impl Agent {
         }
     }
 
-    /// Re-measures the pool's used space when asked to or when the last measurement is older
-    /// than the measure interval. A failed measurement keeps the last one; with none, the pass
-    /// fails.
+    /// Re-measures the pool's used space when asked to, or when the last measurement is older
+    /// than the measure interval and the hosted replicas wrote since (older than the reconcile
+    /// interval, regardless: a walk of a thousand replicas' files is most of what an idle node
+    /// does). A failed measurement keeps the last one; with none, the pass fails.
     async fn measure_pool(&mut self, now: bool) -> Result<(), Error> {
+        let changes = self.host.pool_changes();
         let due = now
             || self.used.is_none()
-            || self
-                .measured_at
-                .is_none_or(|at| at.elapsed() >= self.config.measure_interval);
+            || self.measured_at.is_none_or(|at| {
+                let age = at.elapsed();
+                age >= self.config.reconcile_interval
+                    || (age >= self.config.measure_interval && changes != self.changes_measured)
+            });
         if !due {
             return Ok(());
         }
@@ -504,6 +511,7 @@ impl Agent {
                 // targets eject them and the volumes go on with the others) until space is freed.
                 self.host.set_pool_full(used >= self.config.pool_size);
                 self.measured_at = Some(Instant::now());
+                self.changes_measured = changes;
                 Ok(())
             }
             Err(message) => {

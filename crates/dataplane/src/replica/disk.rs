@@ -29,7 +29,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -111,19 +111,49 @@ struct Inner {
     geometry: Geometry,
     /// The metadata as last written (or attempted: see [`ReplicaDisk::persist_meta`]).
     meta: Mutex<ReplicaMeta>,
-    /// Set while the pool holding this replica is full: writes fail with "no space".
-    pool_full: Arc<AtomicBool>,
+    /// What the replicas of its pool share.
+    pool: Arc<PoolShared>,
+}
+
+/// What the replicas of one pool share: whether the pool is full (writes then fail with "no
+/// space"), and a count of the changes that may have changed its used space (so an idle pool
+/// need not be measured again).
+#[derive(Debug, Default)]
+pub struct PoolShared {
+    full: AtomicBool,
+    changes: AtomicU64,
+}
+
+impl PoolShared {
+    /// Marks the pool full or not; the previous mark.
+    pub fn set_full(&self, full: bool) -> bool {
+        self.full.swap(full, Ordering::Relaxed)
+    }
+
+    fn is_full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
+    }
+
+    /// How many writes, trims and metadata writes its replicas have made so far.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl ReplicaDisk {
     /// Opens the replica in `dir`: reads and checks `meta`, opens and locks `data` and checks
     /// its length against the geometry. Blocking.
     pub fn open(dir: &Path) -> Result<ReplicaDisk, DiskOpenError> {
-        ReplicaDisk::open_in_pool(dir, Arc::new(AtomicBool::new(false)))
+        ReplicaDisk::open_in_pool(dir, Arc::default())
     }
 
-    /// As [`ReplicaDisk::open`], in a pool whose `full` flag the pool's owner keeps up to date.
-    pub fn open_in_pool(dir: &Path, full: Arc<AtomicBool>) -> Result<ReplicaDisk, DiskOpenError> {
+    /// As [`ReplicaDisk::open`], in a pool whose `full` mark the pool's owner keeps up to date
+    /// and whose change count this replica adds to.
+    pub fn open_in_pool(dir: &Path, pool: Arc<PoolShared>) -> Result<ReplicaDisk, DiskOpenError> {
         let meta = storage::read_meta(&dir.join(META_FILE))?;
         let path = dir.join(DATA_FILE);
         let file = OpenOptions::new()
@@ -166,7 +196,7 @@ impl ReplicaDisk {
                 replica: meta.superblock.replica,
                 geometry,
                 meta: Mutex::new(meta),
-                pool_full: full,
+                pool,
             }),
         })
     }
@@ -263,9 +293,10 @@ impl ReplicaDisk {
     /// Writes `data` at `offset` (not yet durable: see [`ReplicaDisk::sync`]).
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), OpError> {
         self.check_range(offset, data.len() as u64)?;
-        if self.inner.pool_full.load(Ordering::Relaxed) {
+        if self.inner.pool.is_full() {
             return Err(OpError::PoolFull);
         }
+        self.inner.pool.changed();
         self.inner.data.write_all_at(data, offset)?;
         Ok(())
     }
@@ -358,6 +389,7 @@ impl ReplicaDisk {
         let (Ok(start), Ok(length)) = (i64::try_from(offset), i64::try_from(len)) else {
             return Err(OpError::OutOfRange { offset, len });
         };
+        self.inner.pool.changed();
         match nix::fcntl::fallocate(self.inner.data.as_raw_fd(), flags, start, length) {
             Ok(()) => Ok(()),
             Err(Errno::EOPNOTSUPP | Errno::ENOSYS | Errno::EINVAL) => self.write_zeros(offset, len),
@@ -393,6 +425,7 @@ impl ReplicaDisk {
         change(&mut meta);
         let bytes = storage::encode_meta(&meta)
             .map_err(|error| OpError::Io(io::Error::new(io::ErrorKind::InvalidData, error)))?;
+        self.inner.pool.changed();
         storage::write_file_atomic(&self.inner.dir, META_FILE, &bytes)?;
         Ok(())
     }
@@ -524,6 +557,24 @@ mod tests {
         let read = disk.read(0, 8192).unwrap();
         assert_eq!(&read[..2048], &[1u8; 2048][..]);
         assert!(read[2048..].iter().all(|&byte| byte == 0));
+    }
+
+    #[test]
+    fn writes_trims_and_metadata_writes_count_as_pool_changes_and_reads_do_not() {
+        let (_parent, dir) = replica_dir(1 << 20);
+        let pool = Arc::new(PoolShared::default());
+        let disk = ReplicaDisk::open_in_pool(&dir, Arc::clone(&pool)).unwrap();
+        disk.read(0, 4096).unwrap();
+        disk.sync().unwrap();
+        assert_eq!(pool.changes(), 0);
+        disk.write(0, &[1u8; 4096]).unwrap();
+        disk.trim(0, 4096).unwrap();
+        disk.persist_meta(|_| {}).unwrap();
+        assert_eq!(pool.changes(), 3);
+        // A full pool refuses the write, which changes nothing.
+        pool.set_full(true);
+        assert!(disk.write(0, &[1u8; 4096]).is_err());
+        assert_eq!(pool.changes(), 3);
     }
 
     #[test]

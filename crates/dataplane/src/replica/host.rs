@@ -33,7 +33,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -48,7 +48,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
 use super::connection::{self, ConnHandle, ConnId, LocalHost};
-use super::disk::{Allocation, DiskCompletion, DiskOpenError, ReplicaDisk};
+use super::disk::{Allocation, DiskCompletion, DiskOpenError, PoolShared, ReplicaDisk};
 use crate::security::LinkSecurity;
 
 /// How a host runs. [`HostOptions::default`] is what the agent uses.
@@ -228,8 +228,8 @@ pub(crate) struct Shared {
     pub options: HostOptions,
     pub shutdown: watch::Receiver<bool>,
     replicas: Mutex<HashMap<ReplicaId, ReplicaEntry>>,
-    /// Shared with every hosted replica's disk: set while the pool is full.
-    pool_full: Arc<AtomicBool>,
+    /// Shared with every hosted replica's disk: the pool's full mark and change count.
+    pool: Arc<PoolShared>,
     /// A permit per open connection, from the listener or [`LocalHost`] (`connections_max`).
     pub connections: Arc<Semaphore>,
     next_conn: AtomicU64,
@@ -266,13 +266,19 @@ impl ReplicaHost {
     /// Marks the pool full (its size reached: every hosted replica then refuses writes as "no
     /// space", and its targets eject it) or no longer full.
     pub fn set_pool_full(&self, full: bool) {
-        if self.shared.pool_full.swap(full, Ordering::Relaxed) != full {
+        if self.shared.pool.set_full(full) != full {
             if full {
                 tracing::warn!("the pool is full: its replicas refuse writes until space is freed");
             } else {
                 tracing::info!("the pool has space again: its replicas accept writes");
             }
         }
+    }
+
+    /// How many writes, trims and metadata writes the hosted replicas have made: while it
+    /// stands still, the pool's used space has not changed through them.
+    pub fn pool_changes(&self) -> u64 {
+        self.shared.pool.changes()
     }
 
     /// Listens on `address` (port 0: any free port; see [`ReplicaHost::local_addr`]).
@@ -292,7 +298,7 @@ impl ReplicaHost {
             options,
             shutdown: shutdown_rx,
             replicas: Mutex::new(HashMap::new()),
-            pool_full: Arc::new(AtomicBool::new(false)),
+            pool: Arc::default(),
             next_conn: AtomicU64::new(1),
         });
         let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
@@ -330,8 +336,8 @@ impl ReplicaHost {
             });
         }
         let owned = dir.to_path_buf();
-        let full = Arc::clone(&self.shared.pool_full);
-        let disk = tokio::task::spawn_blocking(move || ReplicaDisk::open_in_pool(&owned, full))
+        let pool = Arc::clone(&self.shared.pool);
+        let disk = tokio::task::spawn_blocking(move || ReplicaDisk::open_in_pool(&owned, pool))
             .await
             .map_err(|error| HostError::Task {
                 dir: dir.to_path_buf(),
