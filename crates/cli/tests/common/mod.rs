@@ -515,7 +515,10 @@ impl Drop for Application {
 /// crc32c; a failed run fails the test.
 pub struct VerifyingFio {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    runs: std::thread::JoinHandle<u32>,
+    /// Set when dropped without `finish` (the test failed first): the run in progress then
+    /// fails as its cluster goes, and says nothing (the test's own failure is the news).
+    abandoned: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    runs: Option<std::thread::JoinHandle<u32>>,
     _dir: tempfile::TempDir,
 }
 
@@ -523,7 +526,9 @@ impl VerifyingFio {
     pub fn start(cluster: &Cluster, uri: &str) -> VerifyingFio {
         let dir = tempfile::tempdir().unwrap();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let abandoned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (stopped, uri, path) = (stop.clone(), uri.to_string(), dir.path().to_path_buf());
+        let given_up = abandoned.clone();
         let netns = cluster.netns_prefix().map(str::to_string);
         let runs = std::thread::spawn(move || {
             let mut runs = 0u32;
@@ -556,6 +561,9 @@ impl VerifyingFio {
                 let report: Value =
                     serde_json::from_str(&std::fs::read_to_string(&output).unwrap_or_default())
                         .unwrap_or(Value::Null);
+                if given_up.load(std::sync::atomic::Ordering::SeqCst) {
+                    return runs;
+                }
                 assert!(status.success(), "fio run {runs} failed: {report}");
                 assert_eq!(report["jobs"][0]["error"], 0, "fio run {runs}: {report}");
                 runs += 1;
@@ -564,15 +572,27 @@ impl VerifyingFio {
         });
         VerifyingFio {
             stop,
-            runs,
+            abandoned,
+            runs: Some(runs),
             _dir: dir,
         }
     }
 
     /// Stops after the run in progress; how many runs verified.
-    pub fn finish(self) -> u32 {
+    pub fn finish(mut self) -> u32 {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.runs.join().expect("every fio run verified")
+        let runs = self.runs.take().expect("not finished yet");
+        runs.join().expect("every fio run verified")
+    }
+}
+
+impl Drop for VerifyingFio {
+    fn drop(&mut self) {
+        if self.runs.is_some() {
+            self.abandoned
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 }
 
