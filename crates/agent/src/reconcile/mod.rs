@@ -280,6 +280,17 @@ impl Agent {
             reported,
             storage,
         };
+        // The most recently written first: a new or changed replica is what a pass is usually
+        // for, and among a thousand it would otherwise wait for all the others.
+        replicas.sort_by_key(|replica| {
+            std::cmp::Reverse(
+                replica
+                    .metadata
+                    .resource_version
+                    .parse::<u64>()
+                    .unwrap_or(0),
+            )
+        });
         let mut healthy: u32 = 0;
         for replica in replicas {
             seen.add(Kind::CStorVolumeReplica, &replica.metadata);

@@ -155,7 +155,13 @@ async fn pass(context: &Context, errors: &mut ErrorLog) -> bool {
         let result = execute(context, pools::plan_liveness(&observed, pool)).await;
         errors.report(Subject::Pool(pool.name().to_string()), result);
     }
-    for config in &observed.configs {
+    // The most recently written first: a new or edited volume is what a pass is usually for,
+    // and among a thousand it would otherwise wait for the others' plans and writes.
+    let mut configs: Vec<&CStorVolumeConfig> = observed.configs.iter().collect();
+    configs.sort_by_key(|config| {
+        std::cmp::Reverse(config.metadata.resource_version.parse::<u64>().unwrap_or(0))
+    });
+    for config in configs {
         let step = volumes::plan_config(&observed, config, &mut rand::thread_rng());
         let result = match step {
             Step::Act(actions) => execute(context, actions).await,
