@@ -50,6 +50,8 @@ pub const REASON_DELETION_FAILED: &str = "DeletionFailed";
 
 /// The longest wait between passes while the control plane cannot be reached.
 const RETRY_MAX: Duration = Duration::from_secs(10);
+/// Without a write from its replicas, the pool is measured again this often anyway.
+const MEASURE_REGARDLESS: Duration = Duration::from_secs(10);
 /// Passes run back to back at most this many times after changes before the normal interval.
 const IMMEDIATE_PASSES_MAX: u32 = 3;
 
@@ -494,16 +496,18 @@ impl Agent {
     }
 
     /// Re-measures the pool's used space when asked to, or when the last measurement is older
-    /// than the measure interval and the hosted replicas wrote since (older than the reconcile
-    /// interval, regardless: a walk of a thousand replicas' files is most of what an idle node
-    /// does). A failed measurement keeps the last one; with none, the pass fails.
+    /// than the measure interval and the hosted replicas wrote since, or older than
+    /// `MEASURE_REGARDLESS` (something else may fill the pool's directory): a walk of a
+    /// thousand replicas' files is most of what an idle node does. A failed measurement keeps
+    /// the last one; with none, the pass fails.
     async fn measure_pool(&mut self, now: bool) -> Result<(), Error> {
         let changes = self.host.pool_changes();
+        let regardless = MEASURE_REGARDLESS.max(self.config.measure_interval);
         let due = now
             || self.used.is_none()
             || self.measured_at.is_none_or(|at| {
                 let age = at.elapsed();
-                age >= self.config.reconcile_interval
+                age >= regardless
                     || (age >= self.config.measure_interval && changes != self.changes_measured)
             });
         if !due {
