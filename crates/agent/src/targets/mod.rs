@@ -219,10 +219,16 @@ impl Targets {
     /// state: every target started here signals it), every `COUNTERS_INTERVAL` while targets
     /// have client I/O, and otherwise every `RESYNC_INTERVAL`.
     pub async fn run(mut self, changes: Changes) {
+        let watchdog = self.doing.clone().watch();
+        tokio::select! {
+            () = watchdog => {}
+            () = self.passes(changes) => {}
+        }
+    }
+
+    async fn passes(&mut self, changes: Changes) {
         let mut wakeups = changes.subscribe();
         self.changes = Some(changes);
-        let watching = tokio::spawn(self.doing.clone().watch());
-        let _watching = AbortOnDrop(watching);
         // The first pass, a resync and a pass after a failure or a node's new address look at
         // every target; the others only at those whose inputs changed.
         let mut full = true;
@@ -612,14 +618,6 @@ fn addresses_of(nodes: Vec<tandem_client::NodeStatus>) -> (Addresses, Addresses)
         .filter_map(|node| Some((node.node, node.target_address.parse().ok()?)))
         .collect();
     (addresses, target_addresses)
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Signals `changes` whenever a target's state changes (the volume's phase, a replica's mode,
