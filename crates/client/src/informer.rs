@@ -5,8 +5,9 @@
 //!
 //! The cache lists once, then follows a watch from the list's version; a watch that ends is
 //! renewed from the last version seen (an event's, or the server's bookmark: a kind that
-//! rarely changes would otherwise have each renewal re-read every other write since), and one that fails (the version was compacted away, the
-//! control plane restarted or changed) lists again. Its content is therefore as of some recent
+//! rarely changes would otherwise have each renewal re-read every other write since), and one
+//! that fails (the version was compacted away, the control plane restarted or changed) lists
+//! again. Its content is therefore as of some recent
 //! moment of the store, never a mix that the store never held for one object; across objects
 //! it is as consistent as separate lists are. Writers still name the resource version they
 //! read, so a decision made on a stale object loses with a conflict and is made again when the
