@@ -9,29 +9,48 @@ use std::time::{Duration, Instant};
 struct Nbdkit {
     child: Child,
     uri: String,
+    _dir: tempfile::TempDir,
 }
 
 impl Nbdkit {
+    /// Starts nbdkit on a port that was free a moment ago. Another test may take the same port
+    /// in between, and then a probe would reach *its* server (and fail once that one stops), so
+    /// readiness is nbdkit's own PID file, which it writes only once it listens; an nbdkit that
+    /// lost the port exits, and another port is tried.
     fn start() -> Nbdkit {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new("nbdkit")
-            .args(["--foreground", "--exit-with-parent", "-i", "127.0.0.1"])
-            .args(["-p", &port.to_string(), "memory", "64M"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("nbdkit is installed (.ci/run installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nbdkit did not start");
-            std::thread::sleep(Duration::from_millis(20));
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .expect("a free port")
+                .port();
+            let pid_file = dir.path().join(format!("nbdkit-{port}.pid"));
+            let mut child = Command::new("nbdkit")
+                .args(["--foreground", "--exit-with-parent", "-i", "127.0.0.1"])
+                .args(["-p", &port.to_string()])
+                .arg("-P")
+                .arg(&pid_file)
+                .args(["memory", "64M"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("nbdkit is installed (.ci/run installs it)");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if pid_file.exists() {
+                    return Nbdkit {
+                        child,
+                        uri: format!("nbd://127.0.0.1:{port}"),
+                        _dir: dir,
+                    };
+                }
+                if child.try_wait().expect("nbdkit's status").is_some() {
+                    break; // the port was taken after all: try another
+                }
+                assert!(Instant::now() < deadline, "nbdkit did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
-        Nbdkit {
-            child,
-            uri: format!("nbd://127.0.0.1:{port}"),
-        }
+        panic!("nbdkit could not listen on any of 5 free ports");
     }
 }
 
