@@ -1,5 +1,5 @@
-//! The controllers: level-triggered loops that make the stored objects true. Each pass reads
-//! everything once (`Observed`), then, for each pool cluster, pool and volume config, plans
+//! The controllers: level-triggered loops that make the stored objects true. Each pass brings
+//! its view of everything up to date (`Observed`: the store's changes since the last pass), then, for each pool cluster, pool and volume config, plans
 //! what to do from that alone (`pools::plan_*`, `volumes::plan_*`: pure functions, tested as
 //! tables) and executes the plan through the API client (`execute`). A pass runs after every
 //! write to the store (any process's), when a node's readiness changes (a lease ran out, a
@@ -77,13 +77,15 @@ pub async fn run(
             api: api.clone(),
         };
         let mut errors = ErrorLog::default();
+        // The objects, kept from pass to pass (each reads only the changes since).
+        let mut observed = Observed::default();
         let mut lost = std::pin::pin!(leader.clone().lost(mandate));
         loop {
             let mut written = std::pin::pin!(context.api.written.notified());
             let failed = tokio::select! {
                 _ = &mut shutdown => return,
                 _ = &mut lost => break,
-                failed = pass(&context, &mut errors) => failed,
+                failed = pass(&context, &mut observed, &mut errors) => failed,
             };
             // Until something is written, a node's readiness changes, or the resync is due.
             let resync_at = Instant::now()
@@ -132,27 +134,25 @@ fn next_look_at(resync_at: Instant, lease_expiry: Option<Duration>) -> Instant {
 }
 
 /// One pass over everything; true if some part of it failed (a conflict is no failure).
-async fn pass(context: &Context, errors: &mut ErrorLog) -> bool {
+async fn pass(context: &Context, observed: &mut Observed, errors: &mut ErrorLog) -> bool {
     context.api.metrics.controller_pass();
     let mut errors = Counted {
         log: errors,
         context,
         failed: false,
     };
-    let observed = match Observed::read(&context.api) {
-        Ok(observed) => observed,
-        Err(error) => {
-            errors.report(Subject::Snapshot, Err(error));
-            return true;
-        }
-    };
+    if let Err(error) = observed.refresh(&context.api) {
+        errors.report(Subject::Snapshot, Err(error));
+        return true;
+    }
+    let observed = &*observed;
     for cluster in &observed.pool_clusters {
-        let actions = pools::plan_cluster(&observed, cluster, &mut rand::thread_rng());
+        let actions = pools::plan_cluster(observed, cluster, &mut rand::thread_rng());
         let result = execute(context, actions).await;
         errors.report(Subject::PoolCluster(cluster.name().to_string()), result);
     }
     for pool in &observed.pools {
-        let result = execute(context, pools::plan_liveness(&observed, pool)).await;
+        let result = execute(context, pools::plan_liveness(observed, pool)).await;
         errors.report(Subject::Pool(pool.name().to_string()), result);
     }
     // The most recently written first: a new or edited volume is what a pass is usually for,
@@ -162,16 +162,16 @@ async fn pass(context: &Context, errors: &mut ErrorLog) -> bool {
         std::cmp::Reverse(config.metadata.resource_version.parse::<u64>().unwrap_or(0))
     });
     for config in configs {
-        let step = volumes::plan_config(&observed, config, &mut rand::thread_rng());
+        let step = volumes::plan_config(observed, config, &mut rand::thread_rng());
         let result = match step {
             Step::Act(actions) => execute(context, actions).await,
             Step::CreateVolume(volume) => {
-                create_volume_then_provision(context, &observed, config, volume).await
+                create_volume_then_provision(context, observed, config, volume).await
             }
         };
         errors.report(Subject::VolumeConfig(config.name().to_string()), result);
     }
-    let result = execute(context, volumes::plan_orphans(&observed)).await;
+    let result = execute(context, volumes::plan_orphans(observed)).await;
     errors.report(Subject::GarbageCollection, result);
     errors.failed
 }
