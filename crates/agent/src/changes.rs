@@ -10,8 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tandem_client::{Client, ClientError, Informer};
-use tandem_objects::{CStorVolume, CStorVolumeSpec, Kind, Object, ObjectMeta};
+use tandem_client::{Client, ClientError, Informer, Snapshot};
+use tandem_objects::{CStorVolume, Kind, Object, ObjectMeta, OfKind};
 use tokio::sync::watch;
 
 /// A change wakes a loop after this pause, so a burst of changes makes one pass.
@@ -41,9 +41,10 @@ impl Cache {
         }
     }
 
-    /// The objects of `informer`'s kind, or why there are none to read yet.
-    pub fn read<T: TryFrom<Object>>(informer: &Informer) -> Result<Vec<T>, ClientError> {
-        Cache::read_where(informer, |_| true)
+    /// The objects of `informer`'s kind, shared with the cache, or why there are none to
+    /// read yet.
+    pub fn snapshot<T: OfKind>(informer: &Informer) -> Result<Snapshot<T>, ClientError> {
+        informer.snapshot().ok_or_else(|| not_listed(informer))
     }
 
     /// The objects of `informer`'s kind that `keep` accepts, or why there are none to read yet.
@@ -53,10 +54,7 @@ impl Cache {
     ) -> Result<Vec<T>, ClientError> {
         informer
             .typed_where(keep)
-            .ok_or_else(|| ClientError::Unreachable {
-                server: "the control plane".to_string(),
-                detail: format!("no {} listed yet", informer.kind().name()),
-            })
+            .ok_or_else(|| not_listed(informer))
     }
 
     /// The objects of `informer`'s kind labelled `label=value`.
@@ -68,6 +66,14 @@ impl Cache {
         Cache::read_where(informer, |object| {
             object.metadata().labels.get(label).map(String::as_str) == Some(value)
         })
+    }
+}
+
+/// Why a cache cannot be read yet.
+fn not_listed(informer: &Informer) -> ClientError {
+    ClientError::Unreachable {
+        server: "the control plane".to_string(),
+        detail: format!("no {} listed yet", informer.kind().name()),
     }
 }
 
@@ -114,7 +120,7 @@ impl Changes {
         let mut volumes_changed = cache.volumes.subscribe();
         let volumes = cache.volumes.clone();
         tokio::spawn(async move {
-            let mut placed = placement(&volumes);
+            let mut placed = volumes.snapshot::<CStorVolume>();
             loop {
                 let others = futures::future::select_all(
                     followed
@@ -131,11 +137,15 @@ impl Changes {
                         if result.is_err() {
                             return;
                         }
-                        let now = placement(&volumes);
-                        if now == placed {
+                        let now = volumes.snapshot::<CStorVolume>();
+                        let same = match (&now, &placed) {
+                            (Some(now), Some(placed)) => now.same_as(placed, same_placement),
+                            (now, placed) => now.is_none() && placed.is_none(),
+                        };
+                        placed = now;
+                        if same {
                             continue;
                         }
-                        placed = now;
                     }
                 }
                 changes.signal();
@@ -144,19 +154,14 @@ impl Changes {
     }
 }
 
-/// Every cached volume without its status (and resource version): what a change of the target's
-/// place, generation, membership or deletion changes.
-fn placement(volumes: &Informer) -> Vec<(ObjectMeta, CStorVolumeSpec)> {
-    volumes
-        .typed::<CStorVolume>()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|volume| {
-            let mut meta = volume.metadata;
-            meta.resource_version.clear();
-            (meta, volume.spec)
-        })
-        .collect()
+/// Whether two states of a volume place its target alike: the same place, generation,
+/// membership and deletion (everything but its status and resource version).
+fn same_placement(now: &CStorVolume, then: &CStorVolume) -> bool {
+    let without_version = |meta: &ObjectMeta| ObjectMeta {
+        resource_version: String::new(),
+        ..meta.clone()
+    };
+    now.spec == then.spec && without_version(&now.metadata) == without_version(&then.metadata)
 }
 
 /// One loop's view of the change signal.

@@ -17,7 +17,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tandem_objects::{Kind, Object};
+use std::marker::PhantomData;
+
+use tandem_objects::{Kind, Object, OfKind};
 use tokio::sync::watch;
 
 use crate::{Client, ClientError, WatchEvent};
@@ -43,10 +45,14 @@ pub struct Informer {
     _task: Arc<AbortOnDrop>,
 }
 
+/// The cached objects by (namespace, name).
+type Objects = BTreeMap<(String, String), Arc<Object>>;
+
 struct Shared {
     kind: Kind,
-    /// `None` until the first list arrived.
-    objects: Mutex<Option<BTreeMap<(String, String), Object>>>,
+    /// `None` until the first list arrived. Each object is shared with the snapshots taken of
+    /// it (see [`Informer::snapshot`]); a change replaces it.
+    objects: Mutex<Option<Objects>>,
     /// Counts the changes of the cache.
     changes: watch::Sender<u64>,
 }
@@ -82,12 +88,7 @@ impl Informer {
     /// Every object as last seen, in (namespace, name) order; `None` until the first list has
     /// arrived.
     pub fn objects(&self) -> Option<Vec<Object>> {
-        let objects = self
-            .shared
-            .objects
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        objects.as_ref().map(|map| map.values().cloned().collect())
+        self.typed_where(|_| true)
     }
 
     /// [`Informer::objects`] as their kind's type.
@@ -101,17 +102,41 @@ impl Informer {
         &self,
         keep: impl Fn(&Object) -> bool,
     ) -> Option<Vec<T>> {
+        self.read(|objects| {
+            objects
+                .filter(|object| keep(object))
+                .filter_map(|object| T::try_from(object.as_ref().clone()).ok())
+                .collect()
+        })
+    }
+
+    /// Every object of type `T` as last seen, in (namespace, name) order, shared with the
+    /// cache rather than copied: a pass that looks at a thousand volumes takes a reference
+    /// to each. `None` until the first list has arrived.
+    pub fn snapshot<T: OfKind>(&self) -> Option<Snapshot<T>> {
+        self.read(|objects| Snapshot {
+            objects: objects
+                .filter(|object| T::of(object).is_some())
+                .cloned()
+                .collect(),
+            kind: PhantomData,
+        })
+    }
+
+    /// Whether the first list has arrived.
+    pub fn listed(&self) -> bool {
+        self.read(|_| ()).is_some()
+    }
+
+    /// `read` over the cached objects, in (namespace, name) order, under the cache's lock;
+    /// `None` until the first list has arrived.
+    fn read<R>(&self, read: impl FnOnce(&mut dyn Iterator<Item = &Arc<Object>>) -> R) -> Option<R> {
         let objects = self
             .shared
             .objects
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        objects.as_ref().map(|map| {
-            map.values()
-                .filter(|object| keep(object))
-                .filter_map(|object| T::try_from(object.clone()).ok())
-                .collect()
-        })
+        objects.as_ref().map(|map| read(&mut map.values()))
     }
 
     /// A receiver that sees a change each time the cache changes (the first list included).
@@ -122,7 +147,7 @@ impl Informer {
     /// Waits until the first list has arrived.
     pub async fn synced(&self) {
         let mut changes = self.subscribe();
-        while self.objects().is_none() {
+        while !self.listed() {
             if changes.changed().await.is_err() {
                 return;
             }
@@ -132,9 +157,9 @@ impl Informer {
 
 impl Shared {
     fn replace(&self, objects: Vec<Object>) {
-        let fresh: BTreeMap<(String, String), Object> = objects
+        let fresh: Objects = objects
             .into_iter()
-            .map(|object| (key(&object), object))
+            .map(|object| (key(&object), Arc::new(object)))
             .collect();
         let mut current = self.objects.lock().unwrap_or_else(PoisonError::into_inner);
         if current.as_ref() != Some(&fresh) {
@@ -151,7 +176,7 @@ impl Shared {
         };
         match event {
             WatchEvent::Added(object) | WatchEvent::Modified(object) => {
-                objects.insert(key(&object), object);
+                objects.insert(key(&object), Arc::new(object));
             }
             WatchEvent::Deleted(object) => {
                 objects.remove(&key(&object));
@@ -230,5 +255,98 @@ async fn keep(client: Client, namespace: Option<String>, shared: Arc<Shared>) {
                 break;
             }
         }
+    }
+}
+
+/// Objects of one type as an [`Informer`] held them at one moment, shared with its cache: each
+/// costs a reference count, not a copy. An object that changes later is replaced in the cache,
+/// never in a snapshot.
+pub struct Snapshot<T> {
+    /// Only objects of type `T` (see [`Informer::snapshot`]).
+    objects: Vec<Arc<Object>>,
+    kind: PhantomData<fn() -> T>,
+}
+
+impl<T: OfKind> Snapshot<T> {
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.objects.iter().filter_map(|object| T::of(object))
+    }
+
+    /// The object at `position` (in the snapshot's order).
+    pub fn get(&self, position: usize) -> Option<&T> {
+        self.objects.get(position).and_then(|object| T::of(object))
+    }
+
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// Whether this snapshot holds what `earlier` held, as far as `same` tells, object by
+    /// object in order: objects the cache has not replaced since are not compared.
+    pub fn same_as(&self, earlier: &Snapshot<T>, same: impl Fn(&T, &T) -> bool) -> bool {
+        self.objects.len() == earlier.objects.len()
+            && (self.objects.iter().zip(&earlier.objects)).all(|(now, then)| {
+                Arc::ptr_eq(now, then)
+                    || matches!((T::of(now), T::of(then)), (Some(now), Some(then)) if same(now, then))
+            })
+    }
+
+    /// Adds an object at the end (for views built by hand).
+    pub fn push(&mut self, object: T) {
+        self.objects.push(Arc::new(object.into()));
+    }
+}
+
+impl<T> Default for Snapshot<T> {
+    fn default() -> Snapshot<T> {
+        Snapshot {
+            objects: Vec::new(),
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<T> Clone for Snapshot<T> {
+    fn clone(&self) -> Snapshot<T> {
+        Snapshot {
+            objects: self.objects.clone(),
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<T: OfKind> FromIterator<T> for Snapshot<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(objects: I) -> Snapshot<T> {
+        Snapshot {
+            objects: objects
+                .into_iter()
+                .map(|object| Arc::new(object.into()))
+                .collect(),
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<T: OfKind> From<Vec<T>> for Snapshot<T> {
+    fn from(objects: Vec<T>) -> Snapshot<T> {
+        objects.into_iter().collect()
+    }
+}
+
+impl<T: OfKind> Extend<T> for Snapshot<T> {
+    fn extend<I: IntoIterator<Item = T>>(&mut self, objects: I) {
+        for object in objects {
+            self.push(object);
+        }
+    }
+}
+
+impl<T: OfKind + std::fmt::Debug> std::fmt::Debug for Snapshot<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
     }
 }

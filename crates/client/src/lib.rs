@@ -14,7 +14,7 @@ use serde_json::Value;
 use tandem_objects::{Event, Kind, Object};
 
 pub use events::Recorder;
-pub use informer::Informer;
+pub use informer::{Informer, Snapshot};
 
 /// Why a request failed. Callers branch on [`ClientError::kind`] (or its shorthands
 /// [`ClientError::is_not_found`] and [`ClientError::is_conflict`]); the message is fit to show

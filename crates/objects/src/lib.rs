@@ -66,7 +66,7 @@ pub use meta::{
 };
 pub use object::{
     CStorPoolCluster, CStorPoolInstance, CStorVolume, CStorVolumeConfig, CStorVolumeReplica,
-    Object, WrongKindError,
+    Object, OfKind, WrongKindError,
 };
 pub use parse::{
     parse_json, parse_yaml, parse_yaml_stream, to_json, to_yaml, to_yaml_stream, Location,

@@ -240,12 +240,27 @@ pub struct WrongKindError {
     pub name: String,
 }
 
+/// A type that is one kind of [`Object`]: read in place from an object of that kind.
+pub trait OfKind: Into<Object> {
+    /// The object as this type, if it is of this kind.
+    fn of(object: &Object) -> Option<&Self>;
+}
+
 macro_rules! object_conversions {
     ($($name:ident),*) => {
         $(
             impl From<$name> for Object {
                 fn from(object: $name) -> Self {
                     Object::$name(object)
+                }
+            }
+
+            impl OfKind for $name {
+                fn of(object: &Object) -> Option<&$name> {
+                    match object {
+                        Object::$name(inner) => Some(inner),
+                        _ => None,
+                    }
                 }
             }
 

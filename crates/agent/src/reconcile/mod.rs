@@ -27,7 +27,7 @@ use tandem_objects::{
     LABEL_HOSTNAME,
 };
 
-use crate::cstor::creation_order;
+use crate::cstor::{self, creation_order};
 use crate::error::{Aspect, Error, ReplicaError, Subject};
 use crate::metrics::{AgentMetrics, PoolSample};
 use crate::pool::{self, Claim, PoolRecord, REPLICAS_DIR, RO_THRESHOLD_DEFAULT};
@@ -79,6 +79,8 @@ pub struct Agent {
     orphans: BTreeSet<String>,
     duplicates: BTreeSet<String>,
     metas: HashMap<String, CachedMeta>,
+    /// By CVR name: the last look that found nothing to do.
+    looked: HashMap<String, Looked>,
     /// Each replica directory's capacity as last measured, with the sizes and times of its
     /// files then.
     capacities: HashMap<PathBuf, (CapacityStamp, CStorVolumeReplicaCapacity)>,
@@ -93,6 +95,51 @@ pub struct Agent {
     hosted: HashMap<String, ReplicaId>,
     /// Where each pass's pool measurement is published for scrapes.
     metrics: Arc<AgentMetrics>,
+}
+
+/// A replica whose inputs have not changed since a look that found it as it should be is
+/// looked at again only after this long (its files' sizes may have grown meanwhile): a pass
+/// among a thousand replicas looks only at those a change concerns.
+const LOOK_AGAIN: Duration = MEASURE_REGARDLESS;
+
+/// Everything a look at one replica decides from, besides its files (see
+/// [`Agent::inputs`]).
+#[derive(Debug, Clone, PartialEq)]
+struct ReplicaInputs {
+    resource_version: String,
+    /// Its target's view of it.
+    reported: Option<tandem_objects::ReplicaStatus>,
+    /// Whether its volume's storage is in the pool, which CVR owns it, and the pool's state.
+    stored: bool,
+    owner: Option<String>,
+    read_only: bool,
+    limit: u32,
+    hosted: bool,
+    served: Option<tandem_core::Incarnation>,
+}
+
+/// The last look at a replica that only looked (wrote nothing, found no problem).
+struct Looked {
+    inputs: ReplicaInputs,
+    at: Instant,
+}
+
+/// What a look at one replica did.
+pub(super) struct Outcome {
+    /// Storage was created or removed.
+    pub storage_changed: bool,
+    /// It only looked: measured, compared, and found the replica as it should be.
+    pub quiet: bool,
+}
+
+impl Outcome {
+    /// It did something (or failed).
+    pub fn acted(storage_changed: bool) -> Outcome {
+        Outcome {
+            storage_changed,
+            quiet: false,
+        }
+    }
 }
 
 /// The objects a pass saw, so the agent can forget the others.
@@ -129,6 +176,7 @@ impl Agent {
             orphans: BTreeSet::new(),
             duplicates: BTreeSet::new(),
             metas: HashMap::new(),
+            looked: HashMap::new(),
             capacities: HashMap::new(),
             used: None,
             measured_at: None,
@@ -299,7 +347,21 @@ impl Agent {
             if replica.status.phase == CStorVolumeReplicaPhase::Healthy {
                 healthy = healthy.saturating_add(1);
             }
-            changed |= self.reconcile_replica(replica, &view).await;
+            let name = replica.name().to_string();
+            let inputs = self.inputs(&replica, &view);
+            let unchanged = |looked: &Looked| {
+                inputs.as_ref() == Some(&looked.inputs) && looked.at.elapsed() < LOOK_AGAIN
+            };
+            if self.looked.get(&name).is_some_and(unchanged) {
+                continue;
+            }
+            self.looked.remove(&name);
+            let outcome = self.reconcile_replica(replica, &view).await;
+            changed |= outcome.storage_changed;
+            if let (true, Some(inputs)) = (outcome.quiet, inputs) {
+                let at = Instant::now();
+                self.looked.insert(name, Looked { inputs, at });
+            }
         }
 
         let storage = if changed {
@@ -356,22 +418,15 @@ impl Agent {
             .filter_map(|replica| replica.metadata.labels.get(LABEL_CSTOR_VOLUME_NAME))
             .map(String::as_str)
             .collect();
-        let listed = Cache::read_where::<CStorVolume>(&self.cache.volumes, |volume| {
-            volumes.contains(volume.name())
-        });
-        match listed {
-            Ok(volumes) => volumes
-                .into_iter()
+        match Cache::snapshot::<CStorVolume>(&self.cache.volumes) {
+            Ok(listed) => (listed.iter())
+                .filter(|volume| volumes.contains(volume.name()))
                 .flat_map(|volume| {
-                    let name = volume.name().to_string();
-                    volume
-                        .status
-                        .replica_statuses
-                        .into_iter()
-                        .filter_map(move |status| {
-                            let id = ReplicaId(status.replica_id.parse().ok()?);
-                            Some(((name.clone(), id), status))
-                        })
+                    let name = volume.name();
+                    (volume.status.replica_statuses.iter()).filter_map(move |status| {
+                        let id = ReplicaId(status.replica_id.parse().ok()?);
+                        Some(((name.to_string(), id), status.clone()))
+                    })
                 })
                 .collect(),
             Err(error) => {
@@ -381,8 +436,30 @@ impl Agent {
         }
     }
 
+    /// What a look at `cvr` decides from; `None` if it cannot be told (the look then always
+    /// happens, and reports why).
+    fn inputs(&self, cvr: &CStorVolumeReplica, view: &PoolView) -> Option<ReplicaInputs> {
+        let volume = cstor::volume_of(cvr).ok()?;
+        let id = cstor::replica_id(cvr).ok()??;
+        let hosted = self.hosted.contains_key(&volume);
+        Some(ReplicaInputs {
+            resource_version: cvr.metadata.resource_version.clone(),
+            reported: view.reported.get(&(volume.clone(), id)).cloned(),
+            stored: view.storage.contains(&volume),
+            owner: view.owners.get(&volume).cloned(),
+            read_only: view.read_only,
+            limit: view.limit,
+            served: hosted.then(|| self.host.incarnation(id)).flatten(),
+            hosted,
+        })
+    }
+
     /// Drops the memory of objects that are gone.
     fn forget_except(&mut self, seen: &Seen) {
+        self.looked.retain(|name, _| {
+            seen.names
+                .contains(&(Kind::CStorVolumeReplica, name.clone()))
+        });
         self.events.retain(|(uid, _), _| seen.uids.contains(uid));
         self.errors.retain(|subject| match subject {
             Subject::Object { kind, name, .. } => seen.names.contains(&(*kind, name.clone())),

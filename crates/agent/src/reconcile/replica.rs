@@ -11,19 +11,19 @@ use tandem_objects::{
 };
 
 use super::plan::{self, Action, MetaSummary, PoolView, ReplicaObserved};
-use super::{blocking, now_rfc3339, Agent, CachedMeta, FINALIZER, REASON_DELETION_FAILED};
+use super::{blocking, now_rfc3339, Agent, CachedMeta, Outcome, FINALIZER, REASON_DELETION_FAILED};
 use crate::cstor::{self, short_quantity};
 use crate::error::{Aspect, Error, ReplicaError, Subject};
 use crate::storage::{self, NewReplica, DATA_FILE, META_FILE};
 
 impl Agent {
     /// Brings one replica's storage and status in line: observes it, plans, and carries the
-    /// plan out. Returns true if storage was created or removed.
+    /// plan out.
     pub(super) async fn reconcile_replica(
         &mut self,
         cvr: CStorVolumeReplica,
         view: &PoolView,
-    ) -> bool {
+    ) -> Outcome {
         let meta = match view.owned_storage(&cvr) {
             Some(volume) => Some(
                 self.read_meta(&volume, &view.replicas_dir.join(&volume))
@@ -58,11 +58,17 @@ impl Agent {
         mut cvr: CStorVolumeReplica,
         actions: Vec<Action>,
         view: &PoolView,
-    ) -> bool {
+    ) -> Outcome {
         let subject = Subject::cvr(cvr.name());
         let mut changed = false;
+        // Only looked: measured, compared, found as it should be.
+        let mut quiet = true;
         let mut capacity: Option<CStorVolumeReplicaCapacity> = None;
         for action in actions {
+            quiet &= matches!(
+                action,
+                Action::NoteGeometry(_) | Action::MeasureCapacity { .. } | Action::SetStatus { .. }
+            );
             match action {
                 Action::AssignReplicaId(id) => {
                     cstor::set_replica_id(&mut cvr, id);
@@ -77,9 +83,9 @@ impl Agent {
                         }
                         Some(Err(error)) => {
                             self.errors.failed(&subject, error);
-                            return changed;
+                            return Outcome::acted(changed);
                         }
-                        None => return changed,
+                        None => return Outcome::acted(changed),
                     }
                 }
                 Action::NoteGeometry(mismatch) => {
@@ -88,6 +94,7 @@ impl Agent {
                         None => self.errors.ok(&subject),
                         Some(message) => {
                             self.errors.failed(&subject, &message);
+                            quiet = false;
                         }
                     }
                 }
@@ -96,14 +103,14 @@ impl Agent {
                         Ok(()) => changed = true,
                         Err(problem) => {
                             self.failed(cvr, problem, &subject).await;
-                            return changed;
+                            return Outcome::acted(changed);
                         }
                     }
                 }
                 Action::Serve { volume } => {
                     if let Err(problem) = self.ensure_hosted(&volume, &view.replicas_dir).await {
                         self.failed(cvr, problem, &subject).await;
-                        return changed;
+                        return Outcome::acted(changed);
                     }
                 }
                 Action::StopServing { volume } => self.unhost(&volume).await,
@@ -116,13 +123,16 @@ impl Agent {
                     cstor::set_incarnation(&mut cvr, incarnation);
                     match self.update_replica(cvr, &subject).await {
                         Some(Ok(updated)) => cvr = updated,
-                        Some(Err(_)) | None => return changed,
+                        Some(Err(_)) | None => return Outcome::acted(changed),
                     }
                 }
                 Action::SetStatus { status, problem } => {
-                    self.set_status(cvr, status, problem, capacity, &subject)
-                        .await;
-                    return changed;
+                    quiet &= problem.is_none();
+                    let wrote = (self.set_status(cvr, status, problem, capacity, &subject)).await;
+                    return Outcome {
+                        storage_changed: changed,
+                        quiet: quiet && !wrote,
+                    };
                 }
                 Action::RemoveStorage { volume } => {
                     let dir = view.replicas_dir.join(&volume);
@@ -138,7 +148,7 @@ impl Agent {
                     if let Err(message) = outcome {
                         self.deletion_failed(cvr, Error::RemoveStorage { dir, message }, &subject)
                             .await;
-                        return changed;
+                        return Outcome::acted(changed);
                     }
                     tracing::info!(cvr = cvr.name(), path = %dir.display(), "removed replica storage");
                     self.metas.remove(&volume);
@@ -160,11 +170,14 @@ impl Agent {
                         self.errors.ok(&subject);
                         tracing::info!(cvr = %name, "removed the finalizer");
                     }
-                    return changed;
+                    return Outcome::acted(changed);
                 }
             }
         }
-        changed
+        Outcome {
+            storage_changed: changed,
+            quiet,
+        }
     }
 
     /// Writes a CVR's spec and metadata and takes the server's answer: `None` if the update
@@ -365,7 +378,7 @@ impl Agent {
         problem: Option<ReplicaError>,
         capacity: Option<CStorVolumeReplicaCapacity>,
         subject: &Subject,
-    ) {
+    ) -> bool {
         match &problem {
             Some(problem) => {
                 self.errors.failed(subject, problem);
@@ -373,17 +386,18 @@ impl Agent {
             None => self.errors.ok(subject),
         }
         let status = plan::with_capacity(status, capacity);
-        self.write_replica_status(cvr, status, subject).await;
+        self.write_replica_status(cvr, status, subject).await
     }
 
+    /// Writes the status unless the CVR has it already; true if it tried.
     async fn write_replica_status(
         &mut self,
         mut cvr: CStorVolumeReplica,
         mut status: CStorVolumeReplicaStatus,
         subject: &Subject,
-    ) {
+    ) -> bool {
         if status == cvr.status {
-            return;
+            return false;
         }
         let now = now_rfc3339();
         if status.phase != cvr.status.phase {
@@ -398,6 +412,7 @@ impl Agent {
         {
             self.update_failed(&subject.with(Aspect::Status), &error);
         }
+        true
     }
 
     /// The storage of a deleted CVR could not be removed: cStor's DeletionFailed, with an event.

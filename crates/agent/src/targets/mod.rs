@@ -307,10 +307,10 @@ impl Targets {
         self.doing.step("reading the nodes");
         let (addresses, target_addresses) = addresses_of(self.client.nodes().await?);
         Ok(View {
-            clusters: Cache::read(&self.cache.clusters)?,
-            volumes: Cache::read(&self.cache.volumes)?,
-            configs: Cache::read(&self.cache.configs)?,
-            replicas: Cache::read(&self.cache.replicas)?,
+            clusters: Cache::snapshot(&self.cache.clusters)?,
+            volumes: Cache::snapshot(&self.cache.volumes)?,
+            configs: Cache::snapshot(&self.cache.configs)?,
+            replicas: Cache::snapshot(&self.cache.replicas)?,
             addresses,
             target_addresses,
             index: Default::default(),
@@ -322,7 +322,7 @@ impl Targets {
     async fn pass(&mut self, full: bool) -> Result<bool, Error> {
         let mut view = self.read().await?;
         self.known.fill(&mut view);
-        let routes = plan::plan_routes(&self.node, &view.volumes, &view.target_addresses);
+        let routes = plan::plan_routes(&self.node, view.volumes.iter(), &view.target_addresses);
         self.routes.send_if_modified(|current| {
             let changed = *current != routes;
             *current = routes;
@@ -334,7 +334,7 @@ impl Targets {
             .map(|(volume, running)| (volume.clone(), running.generation))
             .collect();
         let mut failed = false;
-        for step in plan::plan_targets(&self.node, &running, &view.volumes) {
+        for step in plan::plan_targets(&self.node, &running, view.volumes.iter()) {
             let (volume, result) = match step {
                 Step::Stop(volume) => {
                     self.doing.step(format!("stopping {volume}"));

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
+use tandem_client::Snapshot;
 use tandem_core::{
     Command, Generation, Geometry, Incarnation, Member, Membership, ReplicaId, ReplicaIo,
     ReplicaMode, VolumeStatus,
@@ -26,10 +27,10 @@ use crate::error::Error;
 /// What a pass reads once.
 #[derive(Debug, Clone, Default)]
 pub struct View {
-    pub clusters: Vec<CStorPoolCluster>,
-    pub volumes: Vec<CStorVolume>,
-    pub configs: Vec<CStorVolumeConfig>,
-    pub replicas: Vec<CStorVolumeReplica>,
+    pub clusters: Snapshot<CStorPoolCluster>,
+    pub volumes: Snapshot<CStorVolume>,
+    pub configs: Snapshot<CStorVolumeConfig>,
+    pub replicas: Snapshot<CStorVolumeReplica>,
     /// Node name -> where its replica host listens.
     pub addresses: BTreeMap<String, SocketAddr>,
     /// Node name -> where it serves its own targets to other nodes' forwarders.
@@ -111,18 +112,20 @@ impl View {
         self.index()
             .replicas
             .get(volume)
-            .map(|positions| positions.iter().map(|at| &self.replicas[*at]).collect())
+            .map(|positions| {
+                (positions.iter())
+                    .filter_map(|&at| self.replicas.get(at))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     pub fn config(&self, volume: &str) -> Option<&CStorVolumeConfig> {
-        let at = self.index().configs.get(volume)?;
-        Some(&self.configs[*at])
+        self.configs.get(*self.index().configs.get(volume)?)
     }
 
     pub fn volume(&self, name: &str) -> Option<&CStorVolume> {
-        let at = self.index().volumes.get(name)?;
-        Some(&self.volumes[*at])
+        self.volumes.get(*self.index().volumes.get(name)?)
     }
 
     /// How fast `volume`'s rebuilds copy: its config's pace annotations over its pool
@@ -169,22 +172,22 @@ pub enum Step {
 }
 
 /// The steps of one pass, given the volumes and the generation of every target running here.
-pub fn plan_targets(
+pub fn plan_targets<'a>(
     node: &str,
     running: &BTreeMap<String, Generation>,
-    volumes: &[CStorVolume],
+    volumes: impl IntoIterator<Item = &'a CStorVolume>,
 ) -> Vec<Step> {
-    let mine: BTreeSet<&str> = volumes
-        .iter()
+    let mine: Vec<&CStorVolume> = volumes
+        .into_iter()
         .filter(|volume| cstor::target_node_of(volume) == Some(node))
-        .map(|volume| volume.name())
         .collect();
+    let names: BTreeSet<&str> = mine.iter().map(|volume| volume.name()).collect();
     let mut steps: Vec<Step> = running
         .keys()
-        .filter(|volume| !mine.contains(volume.as_str()))
+        .filter(|volume| !names.contains(volume.as_str()))
         .map(|volume| Step::Stop(volume.clone()))
         .collect();
-    for volume in volumes.iter().filter(|volume| mine.contains(volume.name())) {
+    for volume in mine {
         let name = volume.name().to_string();
         steps.push(match running.get(&name) {
             Some(generation) if generation_of(volume) > generation.0 => Step::Fenced(name),
@@ -198,13 +201,13 @@ pub fn plan_targets(
 /// Where this node's endpoint forwards each volume whose target runs on another node: that
 /// node's own-targets address. A volume whose target node is unknown, or has not reported
 /// such an address (an older agent), is not served here until it does.
-pub fn plan_routes(
+pub fn plan_routes<'a>(
     node: &str,
-    volumes: &[CStorVolume],
+    volumes: impl IntoIterator<Item = &'a CStorVolume>,
     target_addresses: &BTreeMap<String, SocketAddr>,
 ) -> Routes {
     volumes
-        .iter()
+        .into_iter()
         .filter_map(|volume| {
             let target = cstor::target_node_of(volume)?;
             if target == node {

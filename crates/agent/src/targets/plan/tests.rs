@@ -24,10 +24,10 @@ fn endpoint(port: u16) -> ReplicaEndpoint {
 /// Two nodes, n1 and n2, whose replica hosts listen on ports 7001 and 7002.
 fn view(volumes: Vec<CStorVolume>, replicas: Vec<CStorVolumeReplica>) -> View {
     View {
-        clusters: Vec::new(),
-        volumes,
-        configs: Vec::new(),
-        replicas,
+        clusters: Default::default(),
+        volumes: volumes.into(),
+        configs: Default::default(),
+        replicas: replicas.into(),
         addresses: [
             ("n1".to_string(), address(7001)),
             ("n2".to_string(), address(7002)),
@@ -372,7 +372,7 @@ fn given_a_volume_without_an_endpoint_node_when_a_target_starts_then_record_its_
         .annotations
         .insert(ANNOTATION_ENDPOINT_NODE.to_string(), "n1".to_string());
     let view = super::View {
-        volumes: vec![moved.clone()],
+        volumes: vec![moved.clone()].into(),
         ..view
     };
     let plan = plan_start(&moved, &view).unwrap();
