@@ -14,6 +14,8 @@ use tandem_client::{Client, ClientError, Informer, Snapshot};
 use tandem_objects::{CStorVolume, Kind, Object, ObjectMeta, OfKind};
 use tokio::sync::watch;
 
+/// How long a loop waits at start for the caches' first lists.
+pub const FIRST_LIST_PATIENCE: Duration = Duration::from_secs(10);
 /// A change wakes a loop after this pause, so a burst of changes makes one pass.
 const COALESCE: Duration = Duration::from_millis(20);
 
@@ -39,6 +41,24 @@ impl Cache {
             volumes: informer(Kind::CStorVolume),
             replicas: informer(Kind::CStorVolumeReplica),
         }
+    }
+
+    /// Waits until every kind has been listed once, for at most `patience`: a loop's first
+    /// pass would otherwise fail on the kinds not listed yet (and say so) right after start.
+    /// Past it the pass runs anyway, and reports what it cannot read.
+    pub async fn synced_within(&self, patience: Duration) {
+        let all = async {
+            for informer in [
+                &self.clusters,
+                &self.pools,
+                &self.configs,
+                &self.volumes,
+                &self.replicas,
+            ] {
+                informer.synced().await;
+            }
+        };
+        let _ = tokio::time::timeout(patience, all).await;
     }
 
     /// The objects of `informer`'s kind, shared with the cache, or why there are none to
@@ -173,6 +193,12 @@ impl Wakeups {
     /// Marks every change so far as seen: call it before a pass reads the objects.
     pub fn seen(&mut self) {
         self.receiver.borrow_and_update();
+    }
+
+    /// Whether something changed since [`Wakeups::seen`] (a pass may then leave work that can
+    /// wait to the next one, which follows at once).
+    pub fn pending(&self) -> bool {
+        self.receiver.has_changed().unwrap_or(false)
     }
 
     /// Waits for `interval`, or less if something changed since [`Wakeups::seen`]; true if

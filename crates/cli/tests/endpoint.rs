@@ -265,6 +265,14 @@ fn every_node_serves_the_volume_and_real_clients_agree_through_forwarding_nodes(
     // Unknown nodes are refused with the reason.
     let error = cluster.fails(&["volume", "uri", "vol-e", "-n", "openebs", "--node", "nope"]);
     assert!(error.contains("unknown node nope"), "{error}");
+    // So is an unknown volume, at once rather than after the wait's timeout.
+    let asked = std::time::Instant::now();
+    let error = cluster.fails(&["volume", "uri", "nope", "-n", "openebs", "--timeout", "5m"]);
+    assert!(error.contains("volume nope not found"), "{error}");
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(60),
+        "{error}"
+    );
 }
 
 #[test]

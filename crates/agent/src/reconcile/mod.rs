@@ -10,7 +10,7 @@
 mod plan;
 mod replica;
 
-use crate::changes::{Cache, Wakeups};
+use crate::changes::{Cache, Wakeups, FIRST_LIST_PATIENCE};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -193,11 +193,12 @@ impl Agent {
     /// between passes), and otherwise every `reconcile_interval`; with a bounded backoff
     /// while the control plane cannot be reached.
     pub async fn run(&mut self, mut wakeups: Wakeups) {
+        self.cache.synced_within(FIRST_LIST_PATIENCE).await;
         let mut failures: u32 = 0;
         let mut immediate: u32 = 0;
         loop {
             wakeups.seen();
-            match self.pass().await {
+            match self.pass(&wakeups).await {
                 Ok(changed) => {
                     self.errors.ok(&Subject::Reconcile);
                     failures = 0;
@@ -260,7 +261,7 @@ impl Agent {
 
     /// One pass. Ok(true) if it changed something on disk (the next pass follows at once);
     /// Err when it could not read what it needs (the pass is retried with backoff).
-    async fn pass(&mut self) -> Result<bool, Error> {
+    async fn pass(&mut self, wakeups: &Wakeups) -> Result<bool, Error> {
         let namespace = self.config.namespace.clone();
         let selector = format!("{LABEL_HOSTNAME}={}", self.config.node);
         let pools: Vec<CStorPoolInstance> =
@@ -349,11 +350,15 @@ impl Agent {
             }
             let name = replica.name().to_string();
             let inputs = self.inputs(&replica, &view);
-            let unchanged = |looked: &Looked| {
-                inputs.as_ref() == Some(&looked.inputs) && looked.at.elapsed() < LOOK_AGAIN
-            };
-            if self.looked.get(&name).is_some_and(unchanged) {
-                continue;
+            if let Some(looked) = self.looked.get(&name) {
+                // Unchanged: looked at again only when the last look is old, and then only
+                // while no change waits (a new replica would wait behind a thousand re-looks;
+                // the next pass follows at once and does them).
+                if inputs.as_ref() == Some(&looked.inputs)
+                    && (looked.at.elapsed() < LOOK_AGAIN || wakeups.pending())
+                {
+                    continue;
+                }
             }
             self.looked.remove(&name);
             let outcome = self.reconcile_replica(replica, &view).await;

@@ -42,7 +42,7 @@ use tandem_nbd::{Server, ServerError};
 use tandem_objects::{CStorVolume, Kind, Object};
 use tokio::sync::watch;
 
-use crate::changes::{Cache, Changes};
+use crate::changes::{Cache, Changes, FIRST_LIST_PATIENCE};
 use crate::cstor::{generation_of, known_replicas};
 use crate::endpoint::{replace_export, Endpoint, EndpointServer, Routes};
 use crate::error::{Aspect, Error, Subject};
@@ -227,6 +227,7 @@ impl Targets {
     }
 
     async fn passes(&mut self, changes: Changes) {
+        self.cache.synced_within(FIRST_LIST_PATIENCE).await;
         let mut wakeups = changes.subscribe();
         self.changes = Some(changes);
         // The first pass, a resync and a pass after a failure or a node's new address look at

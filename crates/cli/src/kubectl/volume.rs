@@ -221,7 +221,16 @@ pub async fn wait_for_endpoint(
                 }
                 Ok(_) => bail!("{name} is not a CStorVolume"),
                 Err(error) if error.is_not_found() => {
-                    format!("its CStorVolume (does the volume {name} exist?)")
+                    // A volume just created has its config before its CStorVolume; a name
+                    // with neither is a mistake, said at once.
+                    match client.get(Kind::CStorVolumeConfig, namespace, name).await {
+                        Ok(_) => "its CStorVolume (the volume is being provisioned)".to_string(),
+                        Err(error) if error.is_not_found() => bail!(
+                            "volume {name} not found: there is no CStorVolumeConfig {name} in \
+                             namespace {namespace}"
+                        ),
+                        Err(error) => return Err(error.into()),
+                    }
                 }
                 Err(error) => return Err(error.into()),
             };
