@@ -52,23 +52,7 @@ pub const PROBLEMS_SHOWN: usize = 20;
 
 /// "256 MiB", "1.5 GiB", "512 KiB", "12 B".
 pub fn human(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [
-        ("GiB", 1 << 30),
-        ("MiB", 1 << 20),
-        ("KiB", 1 << 10),
-        ("B", 1),
-    ];
-    for (unit, size) in UNITS {
-        if bytes >= size || size == 1 {
-            let value = bytes as f64 / size as f64;
-            return if value.fract() == 0.0 || value >= 100.0 {
-                format!("{value:.0} {unit}")
-            } else {
-                format!("{value:.1} {unit}")
-            };
-        }
-    }
-    unreachable!("the last unit matches everything")
+    tandem_objects::format_bytes_binary(bytes)
 }
 
 /// The content of `block` after the write of round `round`: a header naming both, then words

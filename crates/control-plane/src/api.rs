@@ -20,6 +20,7 @@ use axum::{Extension, Json, Router};
 use serde_json::Value;
 use tandem_client::{NodeHeartbeat, NodeStatus};
 use tandem_objects::{
+    capacity::{CapacityPolicy, Provisioning, ANNOTATION_PROVISIONING},
     parse_json, parse_yaml, pool_node, validate_cspc, validate_cvc_update, validate_new_cvc,
     CStorPoolInstance, CStorVolume, CStorVolumePhase, CStorVolumeReplica, CStorVolumeReplicaPhase,
     Kind, Object, PoolLookup, RebuildPace, ANNOTATION_TARGET_NODE, LABEL_CSTOR_POOL_CLUSTER,
@@ -580,6 +581,25 @@ fn admit_checks(
         RebuildPace::validate(&new.metadata().annotations)
             .map_err(|error| invalid(error.to_string()))?;
     }
+    match new {
+        Object::CStorPoolCluster(cspc) => CapacityPolicy::validate(&cspc.metadata.annotations)
+            .map_err(|error| invalid(error.to_string()))?,
+        Object::CStorVolumeConfig(cvc) => {
+            let provisioning = Provisioning::of(&cvc.metadata.annotations)
+                .map_err(|error| invalid(error.to_string()))?;
+            if let Some(Object::CStorVolumeConfig(old)) = current {
+                let was = Provisioning::of(&old.metadata.annotations).unwrap_or_default();
+                if was != provisioning {
+                    return Err(invalid(format!(
+                        "annotation {ANNOTATION_PROVISIONING}: volume {} is {was}, and a \
+                         volume's provisioning cannot change after it is created",
+                        cvc.name()
+                    )));
+                }
+            }
+        }
+        _ => {}
+    }
     match (current, new) {
         (None, Object::CStorPoolCluster(cspc)) => {
             validate_cspc(cspc).map_err(|error| denied(error.to_string()))
@@ -673,6 +693,28 @@ impl PoolLookup for StoreLookup<'_> {
     fn volume_phase(&self, volume_name: &str) -> Option<CStorVolumePhase> {
         let volume = CStorVolume::try_from(self.object(Kind::CStorVolume, volume_name)?).ok()?;
         Some(volume.status.phase)
+    }
+
+    fn provisioned_bytes(&self, pool_name: &str) -> u64 {
+        let replicas = (self
+            .store
+            .list(Kind::CStorVolumeReplica.name(), Some(self.namespace)))
+        .unwrap_or_default();
+        replicas
+            .into_iter()
+            .filter_map(|stored| serde_json::from_value::<Object>(stored.object).ok())
+            .filter_map(|object| CStorVolumeReplica::try_from(object).ok())
+            .filter(|replica| {
+                replica.metadata.label(LABEL_CSTOR_POOL_INSTANCE_NAME) == Some(pool_name)
+            })
+            .map(|replica| replica.spec.capacity.bytes())
+            .sum()
+    }
+
+    fn capacity_policy(&self, cluster: &str) -> CapacityPolicy {
+        let cspc = self.object(Kind::CStorPoolCluster, cluster);
+        cspc.map(|cspc| CapacityPolicy::of(&cspc.metadata().annotations).unwrap_or_default())
+            .unwrap_or_default()
     }
 
     fn replica_phase(&self, volume_name: &str, pool_name: &str) -> Option<CStorVolumeReplicaPhase> {

@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::capacity::{room_for, CapacityPolicy, PoolSpace, Provisioning};
 use crate::meta::LABEL_CSTOR_POOL_CLUSTER;
 use crate::object::{CStorPoolInstance, CStorVolumeConfig};
 use crate::pool::CStorPoolInstancePhase;
@@ -32,6 +33,13 @@ pub trait PoolLookup {
     /// The phase of the volume's replica in pool `pool_name` (its CStorVolumeReplica's), if
     /// there is one.
     fn replica_phase(&self, volume_name: &str, pool_name: &str) -> Option<CStorVolumeReplicaPhase>;
+
+    /// The sizes of the replicas on pool `pool_name`, added up.
+    fn provisioned_bytes(&self, pool_name: &str) -> u64;
+
+    /// The capacity policy of the CStorPoolCluster named `cluster` (the defaults if it has
+    /// none, or says nothing).
+    fn capacity_policy(&self, cluster: &str) -> CapacityPolicy;
 }
 
 /// The condition a CVC carries from a scale's start until it is finished (for a scale-up: until
@@ -46,6 +54,10 @@ pub struct PoolSnapshot {
     pub volume_phases: BTreeMap<String, CStorVolumePhase>,
     /// (volume, pool) -> the phase of the volume's replica in that pool.
     pub replica_phases: BTreeMap<(String, String), CStorVolumeReplicaPhase>,
+    /// Pool -> the sizes of its replicas, added up.
+    pub provisioned: BTreeMap<String, u64>,
+    /// Pool cluster -> its capacity policy.
+    pub policies: BTreeMap<String, CapacityPolicy>,
 }
 
 impl PoolSnapshot {
@@ -88,6 +100,14 @@ impl PoolLookup for PoolSnapshot {
         self.replica_phases
             .get(&(volume_name.to_string(), pool_name.to_string()))
             .copied()
+    }
+
+    fn provisioned_bytes(&self, pool_name: &str) -> u64 {
+        self.provisioned.get(pool_name).copied().unwrap_or(0)
+    }
+
+    fn capacity_policy(&self, cluster: &str) -> CapacityPolicy {
+        self.policies.get(cluster).cloned().unwrap_or_default()
     }
 }
 
@@ -132,6 +152,9 @@ pub enum AdmissionRule {
     PoolReadOnly,
     /// Tandem: an added pool's node is cordoned.
     PoolCordoned,
+    /// Tandem: an added pool would pass its pool cluster's over-provisioning limit, or keep
+    /// less than its minimum free space.
+    PoolHasNoRoom,
 }
 
 impl AdmissionRule {
@@ -613,6 +636,20 @@ fn check_added_pools(
                      its read-only threshold), so it cannot take a new replica; expand the pool \
                      or choose another"
                 ),
+            );
+        }
+        let space = PoolSpace {
+            capacity: pool.status.capacity.total.bytes(),
+            used: pool.status.capacity.used.bytes(),
+            provisioned: pools.provisioned_bytes(pool_name),
+        };
+        let provisioning = Provisioning::of(&new.metadata.annotations).unwrap_or_default();
+        let policy = pools.capacity_policy(volume_cluster);
+        let size = new.spec.capacity.storage.bytes();
+        if let Err(no_room) = room_for(pool_name, space, size, provisioning, &policy) {
+            return refuse(
+                AdmissionRule::PoolHasNoRoom,
+                format!("cvc {volume_name}: {no_room}; choose another pool, or free or add space"),
             );
         }
     }

@@ -37,6 +37,7 @@
 //! repeats a syntax error forever, so reading stops at the first error.
 
 mod admission;
+pub mod capacity;
 mod event;
 mod kind;
 mod meta;
@@ -77,7 +78,9 @@ pub use pool::{
     CStorPoolInstancePhase, CStorPoolInstanceSpec, CStorPoolInstanceStatus, PoolConfig, PoolSpec,
     RaidGroup, ZfsCapacity,
 };
-pub use quantity::{format_bytes_short, Quantity, QuantityError, QuantityFamily};
+pub use quantity::{
+    format_bytes_binary, format_bytes_short, Quantity, QuantityError, QuantityFamily,
+};
 pub use rebuild::{
     PaceError, RebuildPace, ANNOTATION_REBUILD_RATE, ANNOTATION_REBUILD_RATE_UNDER_LOAD,
     ANNOTATION_REBUILD_SEGMENTS, REBUILD_SEGMENTS_MAX,

@@ -344,6 +344,28 @@ impl From<u64> for Quantity {
     }
 }
 
+/// A byte count for people, in binary units: "256 MiB", "1.5 GiB", "100 TiB", "12 B".
+pub fn format_bytes_binary(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 6] = [
+        ("PiB", 1 << 50),
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("B", 1),
+    ];
+    let (unit, size) = UNITS
+        .into_iter()
+        .find(|(_, size)| bytes >= *size)
+        .unwrap_or(("B", 1));
+    let value = bytes as f64 / size as f64;
+    if value.fract() == 0.0 || value >= 100.0 {
+        format!("{value:.0} {unit}")
+    } else {
+        format!("{value:.1} {unit}")
+    }
+}
+
 /// The short form of a byte count: at most three significant digits and a decimal unit, e.g.
 /// "1.47G", "91.4M", "56k", "999". See the module docs for the rounding.
 pub fn format_bytes_short(bytes: u64) -> String {

@@ -39,6 +39,15 @@ fn pool(
     let mut pool = CStorPoolInstance::new(metadata, CStorPoolInstanceSpec::default());
     pool.status.phase = phase;
     pool.status.read_only = read_only;
+    // The seed's pools: 10G each, nearly empty.
+    pool.status.capacity.total = Quantity::from_bytes(10_000_000_000);
+    pool.status.capacity.used = Quantity::from_bytes(1 << 20);
+    pool
+}
+
+/// `pool` with `used` bytes of its 10G taken.
+fn using(mut pool: CStorPoolInstance, used: u64) -> CStorPoolInstance {
+    pool.status.capacity.used = Quantity::from_bytes(used);
     pool
 }
 
@@ -72,7 +81,16 @@ fn cluster(volume_phase: Option<CStorVolumePhase>) -> PoolSnapshot {
             Online,
             false,
         ))
-        .with_pool(pool("loose-pool", None, Online, false));
+        .with_pool(pool("loose-pool", None, Online, false))
+        .with_pool(pool("cspc-stripe-pool-prm1", Some(CLUSTER), Online, false))
+        .with_pool(using(
+            pool("cspc-stripe-pool-use1", Some(CLUSTER), Online, false),
+            8_500_000_000,
+        ));
+    // 16 GiB promised of the 20G its cluster allows: no room for another 5 GiB.
+    snapshot
+        .provisioned
+        .insert("cspc-stripe-pool-prm1".into(), 16 << 30);
     if let Some(phase) = volume_phase {
         snapshot = snapshot.with_volume_phase(VOLUME, phase);
     }
@@ -455,6 +473,26 @@ fn tandem_guards_refuse_with_clear_messages() {
             expected: Err((
                 AdmissionRule::PoolReadOnly,
                 "cvc pvc-d1b26676-5035-4e5b-b564-68869b023306: pool cspc-stripe-pool-full is read-only (its used space reached its read-only threshold), so it cannot take a new replica; expand the pool or choose another",
+            )),
+        },
+        Case {
+            name: "a pool past its over-provisioning limit",
+            old: unchanged,
+            new: |cvc| set_desired(cvc, &[POOL_A, POOL_B, "cspc-stripe-pool-prm1"]),
+            volume_phase: HEALTHY,
+            expected: Err((
+                AdmissionRule::PoolHasNoRoom,
+                "cvc pvc-d1b26676-5035-4e5b-b564-68869b023306: pool cspc-stripe-pool-prm1 cannot take a 5 GiB replica: 16 GiB of its 9.3 GiB are provisioned, and its pool cluster allows 200% (18.6 GiB) (tandem.io/over-provisioning-percentage); choose another pool, or free or add space",
+            )),
+        },
+        Case {
+            name: "a pool with less than its minimum free space",
+            old: unchanged,
+            new: |cvc| set_desired(cvc, &[POOL_A, POOL_B, "cspc-stripe-pool-use1"]),
+            volume_phase: HEALTHY,
+            expected: Err((
+                AdmissionRule::PoolHasNoRoom,
+                "cvc pvc-d1b26676-5035-4e5b-b564-68869b023306: pool cspc-stripe-pool-use1 cannot take a 5 GiB replica: 1.4 GiB of its 9.3 GiB are free, and its pool cluster keeps 20% (1.9 GiB) free (tandem.io/minimum-free-percentage); choose another pool, or free or add space",
             )),
         },
         Case {

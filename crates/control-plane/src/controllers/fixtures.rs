@@ -73,6 +73,9 @@ pub(crate) fn pool(name: &str, node: &str, phase: CStorPoolInstancePhase) -> CSt
         },
     );
     pool.status.phase = phase;
+    // 10G, nearly empty (as the seed's pools).
+    pool.status.capacity.total = Quantity::from_bytes(10_000_000_000);
+    pool.status.capacity.used = Quantity::from_bytes(1 << 20);
     pool
 }
 

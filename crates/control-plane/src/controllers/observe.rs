@@ -9,10 +9,11 @@
 //! for it). A change log that no longer reaches back that far is listed again.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::SystemTime;
 
 use tandem_client::NodeStatus;
+use tandem_objects::capacity::{CapacityPolicy, PoolSpace};
 use tandem_objects::{
     CStorPoolCluster, CStorPoolInstance, CStorVolume, CStorVolumeConfig, CStorVolumeReplica, Kind,
     Object, ObjectMeta, ANNOTATION_TARGET_NODE, LABEL_CSTOR_POOL_INSTANCE_NAME,
@@ -26,7 +27,7 @@ use crate::Api;
 
 /// Everything the controllers look at: the objects kept between passes (see
 /// [`Observed::refresh`]), the rest read again by each.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Observed {
     pub pool_clusters: Vec<CStorPoolCluster>,
     pub pools: Vec<CStorPoolInstance>,
@@ -45,8 +46,12 @@ pub(crate) struct Observed {
     /// filled in before): a scan per config cost a thousand volumes millions of comparisons
     /// per pass.
     pub index: OnceLock<Index>,
-    /// The store's version the objects are as of (0: not read yet).
+    /// The store's version the objects are as of (0: not read yet). Public only so tests
+    /// can build an `Observed` with `..` (as for `placed`).
     pub version: u64,
+    /// By (namespace, pool): the sizes of the replicas this pass placed (see
+    /// [`Observed::pool_space`]).
+    pub placed: Mutex<BTreeMap<(String, String), u64>>,
 }
 
 /// Positions in [`Observed`]'s lists, by (namespace, name).
@@ -58,6 +63,8 @@ pub(crate) struct Index {
     replicas: BTreeMap<(String, String), Vec<usize>>,
     /// How many volumes' targets each node runs (`tandem.io/target-node`).
     targets: BTreeMap<String, usize>,
+    /// By (namespace, pool): the sizes of the replicas on it, added up.
+    provisioned: BTreeMap<(String, String), u64>,
 }
 
 /// How many changes one read of the store's change log takes.
@@ -73,6 +80,7 @@ impl Observed {
         }
         self.nodes = api.node_statuses();
         self.past_agent_grace = api.past_agent_grace();
+        self.placed = Mutex::default();
         let now = SystemTime::now();
         self.now = humantime::format_rfc3339_seconds(now).to_string();
         self.now_ms = now
@@ -179,9 +187,46 @@ impl Observed {
                     let volume = (replica.metadata.namespace.clone(), volume.to_string());
                     index.replicas.entry(volume).or_default().push(position);
                 }
+                if let Some(pool) = replica.metadata.label(LABEL_CSTOR_POOL_INSTANCE_NAME) {
+                    let pool = (replica.metadata.namespace.clone(), pool.to_string());
+                    *index.provisioned.entry(pool).or_default() += replica.spec.capacity.bytes();
+                }
             }
             index
         })
+    }
+
+    /// The space of `pool` as a placement sees it: its capacity and use as its agent last
+    /// reported them, and the sizes of the replicas on it added up, with those this pass has
+    /// placed there already (they are not observed until the next pass).
+    pub fn pool_space(&self, pool: &CStorPoolInstance) -> PoolSpace {
+        let key = (pool.metadata.namespace.clone(), pool.name().to_string());
+        let observed = self.index().provisioned.get(&key).copied().unwrap_or(0);
+        let placed = (self.placed.lock().unwrap_or_else(PoisonError::into_inner))
+            .get(&key)
+            .copied()
+            .unwrap_or(0);
+        PoolSpace {
+            capacity: pool.status.capacity.total.bytes(),
+            used: pool.status.capacity.used.bytes(),
+            provisioned: observed.saturating_add(placed),
+        }
+    }
+
+    /// Notes a replica of `size` bytes this pass placed on `pool`.
+    pub fn note_placed(&self, pool: &CStorPoolInstance, size: u64) {
+        let key = (pool.metadata.namespace.clone(), pool.name().to_string());
+        let mut placed = self.placed.lock().unwrap_or_else(PoisonError::into_inner);
+        *placed.entry(key).or_default() += size;
+    }
+
+    /// The capacity policy of pool cluster `cluster` (the defaults if it is gone, or its
+    /// annotations cannot be read: admission refuses those).
+    pub fn capacity_policy(&self, namespace: &str, cluster: &str) -> CapacityPolicy {
+        (self.pool_clusters.iter())
+            .find(|found| found.metadata.namespace == namespace && found.name() == cluster)
+            .and_then(|found| CapacityPolicy::of(&found.metadata.annotations).ok())
+            .unwrap_or_default()
     }
 
     /// How many volumes' targets run on `node`.

@@ -335,11 +335,20 @@ impl Replica {
             session,
             range: Some((offset, len, true)),
         };
-        self.issue(inflight, out, |id| DiskOp::Write {
-            id,
-            offset,
-            data,
-            origin: WriteOrigin::Resync,
+        // A segment of zeros (a hole on the source, or zeros written there) becomes a hole
+        // here: a thin replica rebuilt elsewhere stays thin. Reads see zeros either way.
+        let len = data.len() as u64;
+        self.issue(inflight, out, |id| {
+            if all_zero(&data) {
+                DiskOp::Trim { id, offset, len }
+            } else {
+                DiskOp::Write {
+                    id,
+                    offset,
+                    data,
+                    origin: WriteOrigin::Resync,
+                }
+            }
         });
     }
 
@@ -424,4 +433,10 @@ pub(super) fn read_answer(
             Message::Allocation { request, result }
         }
     }
+}
+
+/// Whether every byte is zero (a word at a time: a rebuild checks every segment it copies).
+fn all_zero(data: &[u8]) -> bool {
+    data.chunks(4096)
+        .all(|chunk| chunk.iter().fold(0u8, |any, &byte| any | byte) == 0)
 }

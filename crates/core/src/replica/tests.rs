@@ -18,6 +18,8 @@ struct Harness {
     session: SessionId,
     number: u64,
     fail_writes: bool,
+    /// Data operations issued since [`Harness::issue`] began.
+    issued: Vec<DiskOp>,
 }
 
 impl Harness {
@@ -30,6 +32,7 @@ impl Harness {
             session: SessionId(0),
             number: 0,
             fail_writes: false,
+            issued: Vec::new(),
         }
     }
 
@@ -40,7 +43,12 @@ impl Harness {
         for output in out {
             match output {
                 ReplicaOutput::Send(envelope) => sent.push(envelope.message),
-                ReplicaOutput::Disk(op) => self.pending.push_back(op),
+                ReplicaOutput::Disk(op) => {
+                    if matches!(op, DiskOp::Write { .. } | DiskOp::Trim { .. }) {
+                        self.issued.push(op.clone());
+                    }
+                    self.pending.push_back(op);
+                }
             }
         }
         sent
@@ -91,6 +99,14 @@ impl Harness {
         }));
         sent.extend(self.settle());
         sent
+    }
+
+    /// Sends a message, completes the storage work, and returns the data operations issued
+    /// meanwhile (writes and trims).
+    fn issue(&mut self, message: Message) -> Vec<DiskOp> {
+        self.issued.clear();
+        self.send(message);
+        std::mem::take(&mut self.issued)
     }
 
     fn send(&mut self, message: Message) -> Vec<Message> {
@@ -254,6 +270,40 @@ fn resync_keeps_a_continuing_replica_consistent_until_data_arrives() {
     let sent = harness.send(Message::FinishResync { stamp: here });
     assert_eq!(sent, vec![Message::ResyncFinished { result: Ok(()) }]);
     assert!(harness.meta.superblock.consistent);
+}
+
+#[test]
+fn a_resync_segment_of_zeros_is_stored_as_a_hole() {
+    let mut harness = Harness::new(true);
+    harness.hello(1, 1);
+    let here = Stamp::new(Generation(1), Seq(0));
+    harness.send(Message::StartResync {
+        sync_stamp: here,
+        live_after: Some(here),
+    });
+    let segment = |offset: u64, byte: u8| Message::WriteSegment {
+        request: RequestId(offset),
+        offset,
+        data: Bytes::from(vec![byte; 16 * 1024]),
+        region_seq: Seq(0),
+    };
+    let issued = harness.issue(segment(0, 0));
+    assert!(
+        matches!(issued[..], [DiskOp::Trim { offset: 0, len, .. }] if len == 16 * 1024),
+        "{issued:?}"
+    );
+    let mut data = vec![0; 16 * 1024];
+    data[16 * 1024 - 1] = 1;
+    let issued = harness.issue(Message::WriteSegment {
+        request: RequestId(9),
+        offset: 16 * 1024,
+        data: Bytes::from(data),
+        region_seq: Seq(0),
+    });
+    assert!(
+        matches!(issued[..], [DiskOp::Write { offset, .. }] if offset == 16 * 1024),
+        "one byte of data is written: {issued:?}"
+    );
 }
 
 #[test]

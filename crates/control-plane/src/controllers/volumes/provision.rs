@@ -4,6 +4,7 @@
 
 use rand::seq::SliceRandom;
 use rand::Rng;
+use tandem_objects::capacity::{room_for, Provisioning};
 use tandem_objects::{
     CStorPoolInstance, CStorPoolInstancePhase, CStorVolume, CStorVolumeConfig,
     CStorVolumeConfigPhase, CStorVolumeReplicaPhase, EventType, Object,
@@ -60,6 +61,19 @@ pub(crate) fn plan_provision(
         }
         None => true,
     });
+    let size = config.spec.capacity.storage.bytes();
+    let provisioning = Provisioning::of(&config.metadata.annotations).unwrap_or_default();
+    let policy = observed.capacity_policy(namespace, cluster);
+    candidates.retain(|pool| {
+        let space = observed.pool_space(pool);
+        match room_for(pool.name(), space, size, provisioning, &policy) {
+            Ok(()) => true,
+            Err(no_room) => {
+                skipped.push(no_room.to_string());
+                false
+            }
+        }
+    });
     if candidates.len() < pending {
         let mut message = format!(
             "not enough pools are available of provided CSPC: {cluster:?}, usable pool count: \
@@ -67,7 +81,7 @@ pub(crate) fn plan_provision(
             candidates.len()
         );
         if !skipped.is_empty() {
-            message.push_str(&format!(" (skipped: {})", skipped.join(", ")));
+            message.push_str(&format!(" (skipped: {})", skipped.join("; ")));
         }
         return vec![warn_once(config, "Provisioning", &message)];
     }
@@ -76,6 +90,7 @@ pub(crate) fn plan_provision(
     candidates.sort_by_key(|pool| pool.status.provisioned_replicas);
     let mut actions = Vec::new();
     for pool in candidates.into_iter().take(pending) {
+        observed.note_placed(pool, size);
         let replica = new_replica(config, volume, pool, CStorVolumeReplicaPhase::Empty);
         actions.push(Action::Log(Log::CreatingReplica {
             replica: replica.name().to_string(),

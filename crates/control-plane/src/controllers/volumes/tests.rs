@@ -117,7 +117,7 @@ fn given_too_few_usable_pools_when_planned_then_a_warning_names_the_skipped_and_
         &[
             "event Warning Provisioning by Volumes about CStorVolumeConfig pvc-three unless its \
              newest says the same: not enough pools are available of provided CSPC: \"cspc\", \
-             usable pool count: 2 pending replica count: 3 (skipped: b is read-only, c is \
+             usable pool count: 2 pending replica count: 3 (skipped: b is read-only; c is \
              OFFLINE)",
         ],
     );
@@ -1452,5 +1452,62 @@ fn given_a_scaling_volume_with_a_pool_left_without_a_replica_when_planned_then_o
             ..observed()
         },
         &["create replica pvc-1-c (Recreate, owner CStorVolume uid-pvc-1)"],
+    );
+}
+
+/// Pool cluster [`crate::controllers::fixtures::CLUSTER`] allowing `percent` % of each pool's
+/// capacity to be provisioned.
+fn cluster_allowing(percent: &str) -> tandem_objects::CStorPoolCluster {
+    let mut cluster = crate::controllers::fixtures::cluster(&["n1", "n2", "n3"]);
+    (cluster.metadata.annotations).insert(
+        tandem_objects::capacity::ANNOTATION_OVER_PROVISIONING.to_string(),
+        percent.to_string(),
+    );
+    cluster
+}
+
+#[test]
+fn given_a_pool_past_its_over_provisioning_limit_when_a_volume_is_provisioned_then_it_goes_elsewhere(
+) {
+    let mut held = replica("pvc-old", "a", Healthy);
+    held.spec.capacity = tandem_objects::Quantity::from_bytes_binary(5 << 30);
+    check(
+        Observed {
+            pool_clusters: vec![cluster_allowing("100")],
+            configs: vec![cvc("pvc-new", 2)],
+            volumes: vec![cv("pvc-new", 2)],
+            replicas: vec![held],
+            pools: online_pools(&["a", "b", "c"]),
+            ..observed()
+        },
+        &[
+            "create replica pvc-new-b (Empty, owner CStorVolume uid-pvc-new)",
+            "create replica pvc-new-c (Empty, owner CStorVolume uid-pvc-new)",
+        ],
+    );
+}
+
+#[test]
+fn given_a_burst_of_volumes_when_planned_in_one_pass_then_each_counts_the_replicas_placed_before_it(
+) {
+    check(
+        Observed {
+            pool_clusters: vec![cluster_allowing("100")],
+            configs: vec![cvc("pvc-1", 2), cvc("pvc-2", 2)],
+            volumes: vec![cv("pvc-1", 2), cv("pvc-2", 2)],
+            pools: online_pools(&["a", "b", "c"]),
+            ..observed()
+        },
+        &[
+            "create replica pvc-1-b (Empty, owner CStorVolume uid-pvc-1)",
+            "create replica pvc-1-a (Empty, owner CStorVolume uid-pvc-1)",
+            "event Warning Provisioning by Volumes about CStorVolumeConfig pvc-2 unless its \
+             newest says the same: not enough pools are available of provided CSPC: \"cspc\", \
+             usable pool count: 1 pending replica count: 2 (skipped: pool a cannot take a 5 GiB \
+             replica: 5 GiB of its 9.3 GiB are provisioned, and its pool cluster allows 100% \
+             (9.3 GiB) (tandem.io/over-provisioning-percentage); pool b cannot take a 5 GiB \
+             replica: 5 GiB of its 9.3 GiB are provisioned, and its pool cluster allows 100% \
+             (9.3 GiB) (tandem.io/over-provisioning-percentage))",
+        ],
     );
 }
