@@ -192,6 +192,10 @@ pub struct CStorPoolInstanceCapacity {
     pub free: Quantity,
     #[serde(default)]
     pub total: Quantity,
+    /// Tandem: the sizes of the volume replicas on the pool, added up (what it has promised;
+    /// thin replicas take less until written). Absent from cStor's objects and older agents'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioned: Option<Quantity>,
     /// cStor's zfs-specific numbers; kept so cStor objects load unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zfs: Option<ZfsCapacity>,

@@ -495,6 +495,7 @@ fn one_of_each_kind() -> Vec<Object> {
                 used: Quantity::from_bytes(1_260_000_000),
                 free: Quantity::from_bytes(8_370_000_000),
                 total: Quantity::from_bytes(9_630_000_000),
+                provisioned: None,
                 zfs: Some(ZfsCapacity {
                     logical_used: Quantity::from_bytes(1_470_000_000),
                 }),

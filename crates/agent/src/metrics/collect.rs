@@ -423,6 +423,19 @@ impl Scrape {
                 pool.used_bytes,
             ),
             (
+                "pool_provisioned",
+                "The sizes of the volume replicas on the pool, added up (thin ones take less)",
+                Some(Unit::Bytes),
+                pool.provisioned_bytes,
+            ),
+            (
+                "pool_usage_warning_percent",
+                "The highest usage warning threshold of its pool cluster the pool's use has \
+                 reached (tandem.io/usage-warning-percentages), 0 if none",
+                None,
+                pool.usage_warning_percent,
+            ),
+            (
                 "pool_read_only",
                 "1 while the pool is read-only (used past its roThresholdLimit)",
                 None,

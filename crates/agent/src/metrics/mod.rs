@@ -61,6 +61,11 @@ pub struct PoolSample {
     pub replicas: u64,
     /// Of them, those whose CVR is Healthy.
     pub healthy_replicas: u64,
+    /// The sizes of the replicas on the pool, added up.
+    pub provisioned_bytes: u64,
+    /// The highest usage warning threshold (a percentage) the pool's use has reached; 0 if
+    /// none.
+    pub usage_warning_percent: u64,
 }
 
 impl AgentMetrics {

@@ -20,11 +20,12 @@ use std::time::{Duration, Instant, SystemTime};
 use tandem_client::{Client, ClientError, Recorder};
 use tandem_core::ReplicaId;
 use tandem_dataplane::replica::ReplicaHost;
+use tandem_objects::capacity::{CapacityPolicy, ANNOTATION_USAGE_WARNINGS};
 use tandem_objects::{
-    CStorPoolInstance, CStorPoolInstanceStatus, CStorVolume, CStorVolumeReplica,
-    CStorVolumeReplicaCapacity, CStorVolumeReplicaPhase, EventType, Kind, Object, ObjectMeta,
-    FINALIZER_CSTOR_VOLUME_REPLICA, LABEL_CSTOR_POOL_INSTANCE_NAME, LABEL_CSTOR_VOLUME_NAME,
-    LABEL_HOSTNAME,
+    format_bytes_binary, CStorPoolCluster, CStorPoolInstance, CStorPoolInstanceStatus, CStorVolume,
+    CStorVolumeReplica, CStorVolumeReplicaCapacity, CStorVolumeReplicaPhase, EventType, Kind,
+    Object, ObjectMeta, FINALIZER_CSTOR_VOLUME_REPLICA, LABEL_CSTOR_POOL_INSTANCE_NAME,
+    LABEL_CSTOR_VOLUME_NAME, LABEL_HOSTNAME,
 };
 
 use crate::cstor::{self, creation_order};
@@ -47,6 +48,8 @@ pub const MESSAGE_READ_ONLY_UNSET: &str =
     "Pool roThresholdLimit or pool got expanded due to that pool readOnly mode is unset";
 pub const REASON_POOL_CREATION_FAILED: &str = "PoolCreationFailed";
 pub const REASON_DELETION_FAILED: &str = "DeletionFailed";
+/// The event of a pool whose use passes a usage warning (Warning), or falls back (Normal).
+pub const REASON_USAGE_HIGH: &str = "PoolUsageHigh";
 
 /// The longest wait between passes while the control plane cannot be reached.
 const RETRY_MAX: Duration = Duration::from_secs(10);
@@ -81,6 +84,8 @@ pub struct Agent {
     metas: HashMap<String, CachedMeta>,
     /// By CVR name: the last look that found nothing to do.
     looked: HashMap<String, Looked>,
+    /// The highest usage warning the pool's use had reached at the last pass.
+    usage_warned: Option<u32>,
     /// Each replica directory's capacity as last measured, with the sizes and times of its
     /// files then.
     capacities: HashMap<PathBuf, (CapacityStamp, CStorVolumeReplicaCapacity)>,
@@ -177,6 +182,7 @@ impl Agent {
             duplicates: BTreeSet::new(),
             metas: HashMap::new(),
             looked: HashMap::new(),
+            usage_warned: None,
             capacities: HashMap::new(),
             used: None,
             measured_at: None,
@@ -321,6 +327,9 @@ impl Agent {
         replicas.sort_by_key(|replica| creation_order(&replica.metadata));
         let storage = self.list_storage(&replicas_dir).await?;
         let reported = self.reported(&replicas);
+        let provisioned: u64 = (replicas.iter())
+            .map(|replica| replica.spec.capacity.bytes())
+            .sum();
         let view = PoolView {
             name: served.name().to_string(),
             replicas_dir: replicas_dir.clone(),
@@ -396,8 +405,10 @@ impl Agent {
             self.config.pool_size,
             limit,
             storage.len(),
+            provisioned,
             healthy,
         );
+        let warning = self.usage_warning(&served, used, limit).await;
         self.metrics.pool_measured(PoolSample {
             pool: served.name().to_string(),
             node: self.config.node.clone(),
@@ -406,10 +417,69 @@ impl Agent {
             read_only: status.read_only,
             replicas: storage.len() as u64,
             healthy_replicas: u64::from(healthy),
+            provisioned_bytes: provisioned,
+            usage_warning_percent: warning.map_or(0, u64::from),
         });
         self.write_pool_status(served, status).await;
         self.forget_except(&seen);
         Ok(changed)
+    }
+
+    /// The highest usage warning of the pool cluster that the pool's use has reached; an event
+    /// (and a log line) when it rises to a new one, and when it falls back under them all.
+    async fn usage_warning(
+        &mut self,
+        served: &CStorPoolInstance,
+        used: u64,
+        read_only_limit: u32,
+    ) -> Option<u32> {
+        let clusters = Cache::snapshot::<CStorPoolCluster>(&self.cache.clusters).ok();
+        let cluster = served.pool_cluster_name().and_then(|name| {
+            (clusters.iter().flat_map(|clusters| clusters.iter()))
+                .find(|cluster| cluster.name() == name)
+                .map(|cluster| CapacityPolicy::of(&cluster.metadata.annotations))
+        });
+        let policy = match cluster {
+            Some(Ok(policy)) => policy,
+            // Admission refuses unreadable annotations; one that got in counts as unset.
+            Some(Err(_)) | None => CapacityPolicy::default(),
+        };
+        let percent = pool::used_percent(used, self.config.pool_size);
+        let reached = policy.warning_reached(percent);
+        let before = std::mem::replace(&mut self.usage_warned, reached);
+        if reached == before {
+            return reached;
+        }
+        let size = self.config.pool_size;
+        let amounts = format!(
+            "{} of {}",
+            format_bytes_binary(used),
+            format_bytes_binary(size)
+        );
+        let object = Object::CStorPoolInstance(served.clone());
+        match reached {
+            Some(threshold) if before.is_none_or(|before| threshold > before) => {
+                let message = format!(
+                    "Pool storage use reached {percent}% ({amounts}), past its usage warning at \
+                     {threshold}% ({ANNOTATION_USAGE_WARNINGS}); it turns read-only at \
+                     {read_only_limit}%: expand the pool, move replicas off it (tandem volume \
+                     migrate) or free space"
+                );
+                tracing::warn!(pool = served.name(), "{message}");
+                self.record(&object, EventType::Warning, REASON_USAGE_HIGH, &message)
+                    .await;
+            }
+            Some(_) => {}
+            None => {
+                let message = format!(
+                    "Pool storage use is back under its usage warnings: {percent}% ({amounts})"
+                );
+                tracing::info!(pool = served.name(), "{message}");
+                self.record(&object, EventType::Normal, REASON_USAGE_HIGH, &message)
+                    .await;
+            }
+        }
+        reached
     }
 
     /// The targets' view of each replica, by volume and replica id (a failure here only delays

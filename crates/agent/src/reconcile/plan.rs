@@ -11,7 +11,7 @@ use tandem_core::{Geometry, Incarnation, ReplicaId};
 use tandem_objects::{
     CStorPoolInstance, CStorPoolInstanceCapacity, CStorPoolInstancePhase, CStorPoolInstanceStatus,
     CStorVolumeReplica, CStorVolumeReplicaCapacity, CStorVolumeReplicaPhase,
-    CStorVolumeReplicaStatus, EventType, ReplicaStatus,
+    CStorVolumeReplicaStatus, EventType, Quantity, ReplicaStatus,
 };
 
 use crate::cstor::{self, creation_order, short_quantity};
@@ -100,6 +100,7 @@ pub fn pool_status(
     pool_size: u64,
     limit: u32,
     provisioned: usize,
+    provisioned_bytes: u64,
     healthy: u32,
 ) -> CStorPoolInstanceStatus {
     CStorPoolInstanceStatus {
@@ -108,6 +109,7 @@ pub fn pool_status(
             used: short_quantity(used),
             free: short_quantity(pool_size.saturating_sub(used)),
             total: short_quantity(pool_size),
+            provisioned: Some(Quantity::from_bytes_binary(provisioned_bytes)),
             zfs: served.status.capacity.zfs.clone(),
         },
         read_only: pool::read_only(used, pool_size, limit),

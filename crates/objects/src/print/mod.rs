@@ -132,6 +132,10 @@ const CSPI_COLUMNS: &[Column] = &[
     text("Allocated", "The space the pool has allocated"),
     text("Free", "The space the pool has free"),
     text("Capacity", "The pool's total capacity"),
+    wide_text(
+        "Provisioned",
+        "The sizes of the volume replicas on the pool, added up (thin ones take less)",
+    ),
     column(
         "ReadOnly",
         ColumnType::Boolean,
@@ -318,6 +322,7 @@ fn cspi_cells(cspi: &CStorPoolInstance, now: SystemTime) -> Vec<Cell> {
         size(&capacity.used),
         size(&capacity.free),
         size(&capacity.total),
+        (capacity.provisioned.as_ref()).map_or(Cell::Absent, |bytes| bytes.to_string().into()),
         Cell::Boolean(status.read_only),
         cspi.spec.pool_config.data_raid_group_type.as_str().into(),
         count(status.provisioned_replicas),
@@ -459,9 +464,10 @@ mod tests {
         cspi.status.provisioned_replicas = 2;
         let row = cells(&cspi.into(), now());
         assert_eq!(row[2], Cell::Absent, "ALLOCATED before the pool reports");
-        assert_eq!(row[5], Cell::Boolean(false));
-        assert_eq!(row[7], Cell::Integer(2));
-        assert_eq!(row[10], Cell::Text("<unknown>".to_string()));
+        assert_eq!(row[5], Cell::Absent, "PROVISIONED before the pool reports");
+        assert_eq!(row[6], Cell::Boolean(false));
+        assert_eq!(row[8], Cell::Integer(2));
+        assert_eq!(row[11], Cell::Text("<unknown>".to_string()));
         let row = cells(&CStorVolume::default().into(), now());
         assert_eq!(row[1], Cell::Absent);
         assert_eq!(row[5], Cell::Absent);

@@ -745,13 +745,17 @@ fn given_storage_without_a_cvr_when_a_pass_ends_then_it_is_an_orphan_kept_and_co
         vec!["pvc-gone".to_string()]
     );
     let served = pool("cspc-a", "");
-    let status = pool_status(&served, 1 << 20, 10 * GIB, 85, storage.len(), 1);
+    let status = pool_status(&served, 1 << 20, 10 * GIB, 85, storage.len(), 3 * GIB, 1);
     assert_eq!(status.provisioned_replicas, 2);
+    assert_eq!(
+        status.capacity.provisioned.map(|bytes| bytes.to_string()),
+        Some("3Gi".to_string())
+    );
     assert_eq!(status.healthy_replicas, 1);
     assert_eq!(status.capacity.total.to_string(), "10700M");
     assert_eq!(status.phase, CStorPoolInstancePhase::Online);
     assert!(!status.read_only);
-    assert!(pool_status(&served, 10 * GIB, 10 * GIB, 85, 0, 0).read_only);
+    assert!(pool_status(&served, 10 * GIB, 10 * GIB, 85, 0, 0, 0).read_only);
 }
 
 // The pool.
