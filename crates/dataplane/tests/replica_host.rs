@@ -34,6 +34,7 @@ fn create(parent: &Path, volume: &str, replica: u64) -> PathBuf {
             incarnation: Incarnation(replica * 100),
             geometry: geometry(),
             consistent: true,
+            thick: false,
         },
     )
     .expect("create replica storage")

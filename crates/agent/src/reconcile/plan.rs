@@ -8,6 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use tandem_core::{Geometry, Incarnation, ReplicaId};
+use tandem_objects::capacity::Provisioning;
 use tandem_objects::{
     CStorPoolInstance, CStorPoolInstanceCapacity, CStorPoolInstancePhase, CStorPoolInstanceStatus,
     CStorVolumeReplica, CStorVolumeReplicaCapacity, CStorVolumeReplicaPhase,
@@ -188,6 +189,8 @@ pub struct NewStorage {
     pub geometry: Geometry,
     /// Created with its volume: a consistent copy of an empty history (quorum on).
     pub consistent: bool,
+    /// Its volume is thick: the space is reserved now.
+    pub thick: bool,
 }
 
 /// One step of bringing a replica in line, carried out in order; a step that fails ends the
@@ -386,6 +389,7 @@ fn plan_live(observed: &ReplicaObserved<'_>, pool: &PoolView) -> Vec<Action> {
             incarnation: observed.new_incarnation,
             geometry,
             consistent,
+            thick: Provisioning::of(&cvr.metadata.annotations) == Ok(Provisioning::Thick),
         },
     });
     if !observed.hosted {

@@ -226,6 +226,7 @@ impl Agent {
             incarnation: planned.incarnation,
             geometry,
             consistent: planned.consistent,
+            thick: planned.thick,
         };
         let replicas_dir = view.replicas_dir.clone();
         let incarnation = new.incarnation;

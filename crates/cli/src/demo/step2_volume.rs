@@ -53,6 +53,7 @@ async fn create_volume(demo: &Demo) -> Result<()> {
         size: demo.size,
         replicas: 2,
         cspc: Some(POOL_CLUSTER),
+        thick: false,
     };
     if !volume::create_volume(&demo.api, NAMESPACE, &new, Some(demo.timeout)).await? {
         bail!("volume {} could not be created", demo.volume);

@@ -16,9 +16,11 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use tandem_client::Client;
+use tandem_objects::capacity::{room_for, CapacityPolicy, PoolSpace, Provisioning};
 use tandem_objects::{
-    CStorPoolInstance, CStorPoolInstancePhase, CStorVolume, CStorVolumeConfig, Kind, Object,
-    ANNOTATION_CORDONED, ANNOTATION_MIGRATE_FROM, ANNOTATION_TARGET_NODE,
+    CStorPoolCluster, CStorPoolInstance, CStorPoolInstancePhase, CStorVolume, CStorVolumeConfig,
+    CStorVolumeReplica, Kind, Object, ANNOTATION_CORDONED, ANNOTATION_MIGRATE_FROM,
+    ANNOTATION_TARGET_NODE, LABEL_CSTOR_POOL_INSTANCE_NAME,
 };
 
 use super::migrate;
@@ -255,6 +257,25 @@ async fn plan(
     let configs: Vec<CStorVolumeConfig> = client
         .list_typed(Kind::CStorVolumeConfig, Some(namespace), None)
         .await?;
+    let replicas: Vec<CStorVolumeReplica> = client
+        .list_typed(Kind::CStorVolumeReplica, Some(namespace), None)
+        .await?;
+    let clusters: Vec<CStorPoolCluster> = client
+        .list_typed(Kind::CStorPoolCluster, Some(namespace), None)
+        .await?;
+    let policy = |cluster: Option<&str>| {
+        (clusters.iter())
+            .find(|found| Some(found.name()) == cluster)
+            .and_then(|found| CapacityPolicy::of(&found.metadata.annotations).ok())
+            .unwrap_or_default()
+    };
+    // What each pool has promised, with what this drain puts there.
+    let mut provisioned: BTreeMap<&str, u64> = BTreeMap::new();
+    for replica in &replicas {
+        if let Some(pool) = replica.metadata.label(LABEL_CSTOR_POOL_INSTANCE_NAME) {
+            *provisioned.entry(pool).or_default() += replica.spec.capacity.bytes();
+        }
+    }
     let node_of: BTreeMap<&str, &str> = (pools.iter())
         .map(|pool| (pool.metadata.name.as_str(), pool.spec.host_name.as_str()))
         .collect();
@@ -296,6 +317,8 @@ async fn plan(
             .filter_map(|pool| node_of.get(pool).copied())
             .collect();
         let size = config.spec.capacity.storage.bytes();
+        let provisioning = Provisioning::of(&config.metadata.annotations).unwrap_or_default();
+        let policy = policy(config.pool_cluster_name());
         let to = (pools.iter())
             .filter(|pool| {
                 pool.pool_cluster_name() == config.pool_cluster_name()
@@ -304,6 +327,16 @@ async fn plan(
                     && !pool.cordoned()
                     && pool.spec.host_name != node
                     && !nodes_used.contains(&pool.spec.host_name.as_str())
+            })
+            .filter(|pool| {
+                let name = pool.metadata.name.as_str();
+                let capacity = pool.status.capacity.total.bytes();
+                let space = PoolSpace {
+                    capacity,
+                    used: capacity.saturating_sub(free[name]),
+                    provisioned: provisioned.get(name).copied().unwrap_or(0),
+                };
+                room_for(name, space, size, provisioning, &policy).is_ok()
             })
             .max_by_key(|pool| {
                 (
@@ -315,7 +348,10 @@ async fn plan(
         match to {
             Some(to) => {
                 let left = free.get_mut(to).expect("every pool counted");
+                // A thin replica takes about what its source holds; counted in full, as
+                // thick, so a drain never plans more than a pool can hold.
                 *left = left.saturating_sub(size);
+                *provisioned.entry(to).or_default() += size;
                 moves.push(Move {
                     volume: config.name().to_string(),
                     from: from.to_string(),
@@ -334,7 +370,8 @@ async fn plan(
     }
     if !stuck.is_empty() {
         bail!(
-            "cannot drain node {node}: no usable pool (ONLINE, writable, not cordoned, on a node \
+            "cannot drain node {node}: no usable pool (ONLINE, writable, not cordoned, with room \
+             under its pool cluster's provisioning limit and minimum free space, on a node \
              without a replica of the volume) can take the replica of {}; nothing was changed",
             stuck.join(", ")
         );

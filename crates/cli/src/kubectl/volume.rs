@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{ArgAction, Args, Subcommand};
 use tandem_client::Client;
+use tandem_objects::capacity::ANNOTATION_PROVISIONING;
 use tandem_objects::{
     CStorPoolInstance, CStorVolumeConfig, CStorVolumeConfigPhase, CStorVolumeConfigSpec,
     CStorVolumePhase, Event, EventType, Kind, Object, ObjectMeta, Quantity, StorageCapacity,
@@ -74,6 +75,11 @@ pub struct CreateArgs {
     /// has exactly one.
     #[arg(long)]
     cspc: Option<String>,
+    /// Reserve each replica's space when it is created (a thick volume: it can never run out
+    /// of space, and counts in full against its pools' free space). Volumes are thin by
+    /// default: space is taken as data is written.
+    #[arg(long)]
+    thick: bool,
     /// Wait until the volume is Bound (`--wait=false` returns once it is created).
     #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     wait: bool,
@@ -300,6 +306,7 @@ async fn create(args: CreateArgs) -> Result<bool> {
         size,
         replicas: args.replicas,
         cspc: args.cspc.as_deref(),
+        thick: args.thick,
     };
     let wait = args.wait.then_some(args.timeout);
     create_volume(&client, &args.namespace.namespace, &volume, wait).await
@@ -313,6 +320,8 @@ pub struct NewVolume<'a> {
     pub replicas: u32,
     /// The pool cluster; `None`: the namespace's only one.
     pub cspc: Option<&'a str>,
+    /// Thick: each replica's space is reserved when it is created.
+    pub thick: bool,
 }
 
 /// `tandem volume create`: creates the volume's CStorVolumeConfig in `namespace` and, with
@@ -332,11 +341,15 @@ pub async fn create_volume(
         }
         None => only_cluster(client, namespace).await?,
     };
+    let mut metadata = ObjectMeta {
+        namespace: namespace.to_string(),
+        ..ObjectMeta::named(volume.name).with_label(LABEL_CSTOR_POOL_CLUSTER, &cluster)
+    };
+    if volume.thick {
+        (metadata.annotations).insert(ANNOTATION_PROVISIONING.to_string(), "thick".to_string());
+    }
     let config = CStorVolumeConfig::new(
-        ObjectMeta {
-            namespace: namespace.to_string(),
-            ..ObjectMeta::named(volume.name).with_label(LABEL_CSTOR_POOL_CLUSTER, &cluster)
-        },
+        metadata,
         CStorVolumeConfigSpec {
             capacity: StorageCapacity::new(volume.size),
             provision: VolumeProvision {

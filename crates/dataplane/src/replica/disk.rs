@@ -10,15 +10,16 @@
 //!
 //! * Write: `pwrite`. Read: `pread`; what lies past the end of the file reads as zeros.
 //! * Allocation: `SEEK_DATA` / `SEEK_HOLE`, in whole blocks (a partly allocated block is data).
-//! * Trim: `fallocate(PUNCH_HOLE | KEEP_SIZE)`, or writing zeros where the file system cannot
-//!   punch holes.
+//! * Trim: `fallocate(PUNCH_HOLE | KEEP_SIZE)` (`ZERO_RANGE` for a thick replica, whose space
+//!   stays reserved), or writing zeros where the file system cannot.
 //! * Sync: `fdatasync` of the data file.
 //! * PersistMeta: the update is applied to the in-memory [`ReplicaMeta`] and the whole of it is
 //!   written atomically (temporary file, fsync, rename, fsync of the directory).
 //!
 //! A full pool (the agent measured its size reached: [`ReplicaDisk::open_in_pool`]'s flag)
 //! refuses writes as "no space", as a full file system would; trims, syncs and metadata writes
-//! go on (they free space or need next to none).
+//! go on (they free space or need next to none), and so do a thick replica's writes (its space
+//! was reserved when it was created: the `thick` file in its directory says so).
 //!
 //! OS errors become [`IoFailure`]s for the core (`ENOSPC`/`EDQUOT`: no space, anything else: a
 //! device error) and are logged with the replica, the operation and the error. The data file is
@@ -40,7 +41,7 @@ use tandem_core::{
     Completion, DiskOp, DiskOpId, Extent, Geometry, IoFailure, ReplicaId, ReplicaInput, ReplicaMeta,
 };
 
-use super::storage::{self, MetaReadError, DATA_FILE, META_FILE};
+use super::storage::{self, MetaReadError, DATA_FILE, META_FILE, THICK_FILE};
 
 /// The longest read the disk serves: its answer must fit in one wire frame (with room for the
 /// message's other fields). Longer reads are refused as out of range.
@@ -113,6 +114,9 @@ struct Inner {
     meta: Mutex<ReplicaMeta>,
     /// What the replicas of its pool share.
     pool: Arc<PoolShared>,
+    /// Its space was reserved when it was created (a thick replica): a full pool does not
+    /// refuse its writes, and a trim zeroes without releasing space.
+    thick: bool,
 }
 
 /// What the replicas of one pool share: whether the pool is full (writes then fail with "no
@@ -197,6 +201,7 @@ impl ReplicaDisk {
                 geometry,
                 meta: Mutex::new(meta),
                 pool,
+                thick: dir.join(THICK_FILE).exists(),
             }),
         })
     }
@@ -293,7 +298,7 @@ impl ReplicaDisk {
     /// Writes `data` at `offset` (not yet durable: see [`ReplicaDisk::sync`]).
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), OpError> {
         self.check_range(offset, data.len() as u64)?;
-        if self.inner.pool.is_full() {
+        if self.inner.pool.is_full() && !self.inner.thick {
             return Err(OpError::PoolFull);
         }
         self.inner.pool.changed();
@@ -381,11 +386,16 @@ impl ReplicaDisk {
         Ok(extents)
     }
 
-    /// Zeroes `[offset, offset + len)`, releasing its space where the file system can.
+    /// Zeroes `[offset, offset + len)`, releasing its space where the file system can (a
+    /// thick replica keeps it: the range stays allocated).
     pub fn trim(&self, offset: u64, len: u64) -> Result<(), OpError> {
         self.check_range(offset, len)?;
-        let flags = nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
-            | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        let zeroing = if self.inner.thick {
+            nix::fcntl::FallocateFlags::FALLOC_FL_ZERO_RANGE
+        } else {
+            nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+        };
+        let flags = zeroing | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
         let (Ok(start), Ok(length)) = (i64::try_from(offset), i64::try_from(len)) else {
             return Err(OpError::OutOfRange { offset, len });
         };
@@ -502,6 +512,7 @@ mod tests {
                 incarnation: Incarnation(9),
                 geometry: geometry_for(size, None).unwrap(),
                 consistent: true,
+                thick: false,
             },
         )
         .unwrap();
@@ -575,6 +586,41 @@ mod tests {
         pool.set_full(true);
         assert!(disk.write(0, &[1u8; 4096]).is_err());
         assert_eq!(pool.changes(), 3);
+    }
+
+    /// A thick replica's space is reserved at creation, stays reserved through trims, and its
+    /// writes go on when the pool is full (they need no new space).
+    #[test]
+    fn a_thick_replica_keeps_its_space_and_writes_in_a_full_pool() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = create_replica(
+            parent.path(),
+            &NewReplica {
+                volume: "pvc-thick".to_string(),
+                replica: ReplicaId(7),
+                incarnation: Incarnation(9),
+                geometry: geometry_for(8 << 20, None).unwrap(),
+                consistent: true,
+                thick: true,
+            },
+        )
+        .unwrap();
+        let pool = Arc::new(PoolShared::default());
+        let disk = ReplicaDisk::open_in_pool(&dir, Arc::clone(&pool)).unwrap();
+        let reserved = disk.allocation().unwrap();
+        assert!(reserved.data_bytes >= 8 << 20, "{reserved:?}");
+        disk.write(0, &[0x5au8; 4096]).unwrap();
+        disk.trim(0, 4 << 20).unwrap();
+        disk.sync().unwrap();
+        let after = disk.allocation().unwrap();
+        assert!(
+            after.total_bytes >= 8 << 20,
+            "a trim keeps the space: {after:?}"
+        );
+        assert_eq!(disk.read(0, 4096).unwrap(), vec![0u8; 4096], "and zeroes");
+        pool.set_full(true);
+        disk.write(4096, &[1u8; 4096]).unwrap();
+        assert_eq!(disk.read(4096, 4096).unwrap(), vec![1u8; 4096]);
     }
 
     #[test]

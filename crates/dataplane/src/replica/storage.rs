@@ -45,6 +45,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use tandem_core::meta::{ReplicaMeta, Superblock};
@@ -74,6 +75,9 @@ pub const BLOCK_SIZE_DEFAULT: u32 = 4096;
 /// The file names inside a replica directory.
 pub const DATA_FILE: &str = "data";
 pub const META_FILE: &str = "meta";
+/// Present (empty) in a thick replica's directory: its data file was fully allocated when it
+/// was created, and stays so.
+pub const THICK_FILE: &str = "thick";
 const CREATING_PREFIX: &str = ".creating-";
 const DELETING_PREFIX: &str = ".deleting-";
 
@@ -379,10 +383,12 @@ pub struct NewReplica {
     /// True for replicas created with their volume (cStor's quorum=on); false for replicas
     /// added later or recreated, which must be rebuilt before they count (quorum=off).
     pub consistent: bool,
+    /// Reserve the whole data file now (a thick replica), rather than as data is written.
+    pub thick: bool,
 }
 
 /// Creates `replicas_dir/<volume>/` with a sparse `data` file of the volume's size (nothing is
-/// allocated) and its `meta`, all durable before the directory appears under its name. Refuses
+/// allocated; for a thick replica all of it is, and an empty `thick` file says so) and its `meta`, all durable before the directory appears under its name. Refuses
 /// (AlreadyExists) if the volume already has storage: existing storage is never overwritten.
 pub fn create_replica(replicas_dir: &Path, replica: &NewReplica) -> io::Result<PathBuf> {
     let target = replicas_dir.join(&replica.volume);
@@ -400,6 +406,13 @@ pub fn create_replica(replicas_dir: &Path, replica: &NewReplica) -> io::Result<P
     fs::create_dir(&staging)?;
     let data = File::create(staging.join(DATA_FILE))?;
     data.set_len(replica.geometry.size_bytes)?;
+    if replica.thick {
+        let length = i64::try_from(replica.geometry.size_bytes)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "the volume is too large"))?;
+        let empty = nix::fcntl::FallocateFlags::empty();
+        nix::fcntl::fallocate(data.as_raw_fd(), empty, 0, length).map_err(io::Error::from)?;
+        File::create(staging.join(THICK_FILE))?.sync_all()?;
+    }
     data.sync_all()?;
     drop(data);
     let meta = ReplicaMeta::new(
@@ -788,6 +801,7 @@ mod tests {
             incarnation: Incarnation(7),
             geometry: geometry(size),
             consistent,
+            thick: false,
         }
     }
 

@@ -75,6 +75,7 @@ pub async fn replica_on(node: &Node, id: u64, consistent: bool) -> (ReplicaId, I
             incarnation,
             geometry: geometry_for(SIZE, None).unwrap(),
             consistent,
+            thick: false,
         },
     )
     .unwrap();

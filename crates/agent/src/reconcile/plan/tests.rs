@@ -71,6 +71,7 @@ fn create(volume: &str, replica: ReplicaId, consistent: bool) -> Action {
             incarnation: NEW,
             geometry: cstor::geometry(GIB, None).unwrap(),
             consistent,
+            thick: false,
         },
     }
 }

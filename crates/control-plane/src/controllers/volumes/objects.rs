@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use tandem_objects::capacity::ANNOTATION_PROVISIONING;
 use tandem_objects::{
     CStorPoolInstance, CStorVolume, CStorVolumeConfig, CStorVolumeReplica, CStorVolumeReplicaPhase,
     CStorVolumeReplicaSpec, CStorVolumeSpec, Condition, Kind, ObjectMeta, ObjectReference,
@@ -71,6 +72,13 @@ pub(super) fn new_replica(
         ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME.to_string(),
         pool.spec.host_name.clone(),
     );
+    // A thick volume's replicas reserve their space (the agent reads it here).
+    if let Some(provisioning) = config.metadata.annotation(ANNOTATION_PROVISIONING) {
+        (metadata.annotations).insert(
+            ANNOTATION_PROVISIONING.to_string(),
+            provisioning.to_string(),
+        );
+    }
     let mut replica = CStorVolumeReplica::new(
         metadata,
         CStorVolumeReplicaSpec {
