@@ -421,6 +421,13 @@ fn a_full_pool_drops_its_replica_and_the_volume_keeps_everything_on(net: Net) {
 #[test]
 fn a_pool_past_its_size_refuses_writes_until_space_is_freed() {
     let cluster = Cluster::up(3, "64M");
+    // Promising six times the pools' size takes an operator's consent.
+    let cspc = rows(&cluster.ok(&["get", "cspc", "-n", "openebs"]))[1][0].clone();
+    let overcommit =
+        r#"{"metadata":{"annotations":{"tandem.io/over-provisioning-percentage":"1000"}}}"#;
+    cluster.ok(&[
+        "patch", "cspc", &cspc, "-n", "openebs", "--type", "merge", "-p", overcommit,
+    ]);
     cluster.ok(&[
         "volume",
         "create",

@@ -441,13 +441,18 @@ fn a_pool_past_its_threshold_goes_read_only_and_is_skipped() {
             && described.contains("Pool storage limit reached to read only threshold limit"),
         "{described}"
     );
+    // The usage warnings came first (70 % and 80 % by default): one event, at the highest.
+    assert!(
+        described.contains("PoolUsageHigh") && described.contains("past its usage warning at 80%"),
+        "{described}"
+    );
 
     let output = cluster.run(&[
         "volume",
         "create",
         "vol-3",
         "--size",
-        "1Gi",
+        "32Mi",
         "--replicas",
         "3",
         "--timeout",
@@ -465,7 +470,7 @@ fn a_pool_past_its_threshold_goes_read_only_and_is_skipped() {
         "create",
         "vol-2",
         "--size",
-        "1Gi",
+        "32Mi",
         "--replicas",
         "2",
     ]);
@@ -486,7 +491,8 @@ fn a_pool_past_its_threshold_goes_read_only_and_is_skipped() {
     );
     let described = cluster.ok(&["describe", "cspi", &full, "-n", "openebs"]);
     assert!(
-        described.contains("pool readOnly mode is unset"),
+        described.contains("pool readOnly mode is unset")
+            && described.contains("back under its usage warnings"),
         "{described}"
     );
 }

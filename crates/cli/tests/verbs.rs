@@ -279,6 +279,10 @@ spec:
     dataRaidGroupType: stripe
 status:
   phase: ONLINE
+  capacity:
+    total: 10G
+    free: 10G
+    used: \"0\"
 "
     )
 }
