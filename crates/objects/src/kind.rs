@@ -92,9 +92,22 @@ impl Kind {
     }
 
     /// Looks a kind up by any spelling a user may type: short name, short name plus "s",
-    /// singular, plural, or the kind name, ignoring case.
+    /// singular, plural, or the kind name, ignoring case; the singular or plural may carry its
+    /// API group as kubectl prints it (`cstorpoolinstance.cstor.openebs.io`, from `-o name`).
     pub fn from_cli_name(spelling: &str) -> Result<Kind, UnknownKindError> {
-        let wanted = spelling.trim().to_ascii_lowercase();
+        let lower = spelling.trim().to_ascii_lowercase();
+        let grouped = |kind: &Kind| {
+            let group = kind
+                .api_version()
+                .rsplit_once('/')
+                .map_or("", |(group, _)| group);
+            (!group.is_empty())
+                .then(|| lower.strip_suffix(group)?.strip_suffix('.'))
+                .flatten()
+                .filter(|name| *name == kind.singular() || *name == kind.plural())
+                .is_some()
+        };
+        let wanted = lower.as_str();
         Kind::ALL
             .into_iter()
             .find(|kind| {
@@ -103,6 +116,7 @@ impl Kind {
                     || wanted.strip_suffix('s') == Some(short)
                     || wanted == kind.singular()
                     || wanted == kind.plural()
+                    || grouped(kind)
             })
             .ok_or_else(|| UnknownKindError {
                 input: spelling.to_string(),
@@ -187,6 +201,9 @@ mod tests {
             ("ev", Event),
             ("Event", Event),
             ("EVENTS", Event),
+            // As `-o name` prints them (kubectl takes them back).
+            ("cstorpoolinstance.cstor.openebs.io", CStorPoolInstance),
+            ("cstorvolumereplicas.cstor.openebs.io", CStorVolumeReplica),
         ];
         for (spelling, kind) in table {
             check(spelling, Ok(*kind));
@@ -197,7 +214,15 @@ mod tests {
     fn unknown_spellings_list_the_known_kinds() {
         let known = "known kinds: cspc (CStorPoolCluster), cspi (CStorPoolInstance), \
                      cvc (CStorVolumeConfig), cv (CStorVolume), cvr (CStorVolumeReplica), ev (Event)";
-        for spelling in ["pods", "", "cstor", "cvrss", "s"] {
+        for spelling in [
+            "pods",
+            "",
+            "cstor",
+            "cvrss",
+            "s",
+            "cvc.cstor.openebs.io",
+            "cstorvolume.other.io",
+        ] {
             check(
                 spelling,
                 Err(&format!("unknown kind {spelling:?}; {known}")),
