@@ -61,7 +61,8 @@ fn pool(name: &str, cluster: &str, phase: &str, read_only: bool) -> String {
     format!(
         "apiVersion: cstor.openebs.io/v1\nkind: CStorPoolInstance\nmetadata:\n  name: {name}\n  \
          labels:\n    openebs.io/cstor-pool-cluster: {cluster}\nspec:\n  hostName: node-{name}\n\
-         status:\n  phase: {phase}\n  readOnly: {read_only}\n"
+         status:\n  phase: {phase}\n  readOnly: {read_only}\n  capacity:\n    total: 10G\n    \
+         free: 10G\n    used: \"0\"\n"
     )
 }
 
@@ -614,14 +615,16 @@ async fn kubectl_gets_server_side_tables_for_lists_objects_and_watches() {
         .map(|c| (c["name"].as_str().unwrap(), c["priority"].as_u64().unwrap()))
         .collect();
     assert_eq!(columns[1], ("HostName", 0));
-    assert_eq!(columns[7], ("ProvisionedReplicas", 1), "wide only");
+    assert_eq!(columns[5], ("Provisioned", 1), "wide only");
+    assert_eq!(columns[8], ("ProvisionedReplicas", 1), "wide only");
     let rows = cells(&table);
     assert_eq!(rows.len(), 4);
     assert_eq!(rows[0][0], "pool-a");
     assert_eq!(rows[0][1], "node-pool-a");
-    assert_eq!(rows[0][2], Value::Null, "no capacity reported yet");
-    assert_eq!(rows[3][5], true, "pool-ro is read-only");
-    assert_eq!(rows[0][9], "ONLINE");
+    assert_eq!(rows[0][2], "0", "nothing allocated");
+    assert_eq!(rows[0][5], Value::Null, "no provisioned space reported yet");
+    assert_eq!(rows[3][6], true, "pool-ro is read-only");
+    assert_eq!(rows[0][10], "ONLINE");
     let object = &table["rows"][0]["object"];
     assert_eq!(object["kind"], "PartialObjectMetadata");
     assert_eq!(
