@@ -25,9 +25,8 @@
 //! are all ONLINE. `down` stops the processes with SIGTERM (SIGKILL after a grace period) and
 //! leaves the data in place, so the next `up` finds every pool and volume again.
 
-use std::collections::BTreeSet;
 use std::fs::OpenOptions;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -47,6 +46,7 @@ use tandem_pki::Identity;
 
 mod etcd;
 mod netns;
+mod ports;
 mod status;
 
 pub use netns::{enter as enter_namespace, Network};
@@ -474,27 +474,14 @@ fn plan(data_dir: &Path, args: &UpArgs, pool_size: Quantity) -> Result<ClusterFi
     if highly_available && on_netns {
         bail!("--ha and --netns cannot be combined yet: --ha runs on loopback");
     }
-    // Every port this cluster uses: a port chosen twice would leave the second listener
-    // unable to start.
-    let mut taken = BTreeSet::new();
-    if let Some(cluster) = &recorded {
-        taken.insert(cluster.port);
-        for node in &cluster.nodes {
-            taken.extend([node.data_port, node.nbd_port, node.metrics_port]);
-        }
-        if let Some(ha) = &cluster.ha {
-            taken.extend(ha.control_plane_ports.iter().copied());
-            taken
-                .extend((ha.etcd.iter()).flat_map(|member| [member.client_port, member.peer_port]));
-        }
-    }
+    let mut taken = recorded.as_ref().map(ports::taken_by).unwrap_or_default();
     let mut cluster = match recorded {
         Some(cluster) => cluster,
         None => ClusterFile {
             port: if on_netns {
                 netns::CONTROL_PLANE_PORT
             } else {
-                choose_port(args.port, &mut taken)?
+                ports::choose(args.port, &mut taken)?
             },
             agent_timeout: humantime::format_duration(args.agent_timeout).to_string(),
             nodes: Vec::new(),
@@ -513,14 +500,14 @@ fn plan(data_dir: &Path, args: &UpArgs, pool_size: Quantity) -> Result<ClusterFi
     if highly_available && cluster.ha.is_none() {
         let mut control_plane_ports = vec![cluster.port];
         while control_plane_ports.len() < 3 {
-            control_plane_ports.push(choose_port(Some(0), &mut taken)?);
+            control_plane_ports.push(ports::choose(Some(0), &mut taken)?);
         }
         let etcd = (1..=etcd::MEMBERS)
             .map(|n| -> Result<etcd::Member> {
                 Ok(etcd::Member {
                     name: format!("etcd{n}"),
-                    client_port: choose_port(Some(0), &mut taken)?,
-                    peer_port: choose_port(Some(0), &mut taken)?,
+                    client_port: ports::choose(Some(0), &mut taken)?,
+                    peer_port: ports::choose(Some(0), &mut taken)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -556,56 +543,16 @@ fn plan(data_dir: &Path, args: &UpArgs, pool_size: Quantity) -> Result<ClusterFi
             node.metrics_port = netns::METRICS_PORT;
         }
         if node.data_port == 0 {
-            node.data_port = choose_port(Some(0), &mut taken)?;
+            node.data_port = ports::choose(Some(0), &mut taken)?;
         }
         if node.nbd_port == 0 {
-            node.nbd_port = choose_port(Some(0), &mut taken)?;
+            node.nbd_port = ports::choose(Some(0), &mut taken)?;
         }
         if node.metrics_port == 0 {
-            node.metrics_port = choose_port(Some(0), &mut taken)?;
+            node.metrics_port = ports::choose(Some(0), &mut taken)?;
         }
     }
     Ok(cluster)
-}
-
-/// Ports for the cluster's listeners come from below the kernel's ephemeral range (32768 and
-/// up), so no outgoing connection can take one between `up` choosing it and a process binding
-/// it; each is checked free when chosen.
-const PORT_RANGE: std::ops::Range<u16> = 20000..32000;
-
-/// A port for one of the cluster's listeners, not among `taken` (which it joins): `asked`, or
-/// with `Some(0)` a free one, or with `None` the default port if free.
-fn choose_port(asked: Option<u16>, taken: &mut BTreeSet<u16>) -> Result<u16> {
-    let free_port = || -> Result<u16> {
-        use rand::Rng;
-        let mut random = rand::thread_rng();
-        for _attempt in 0..200 {
-            let port = random.gen_range(PORT_RANGE);
-            if !taken.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                return Ok(port);
-            }
-        }
-        for _attempt in 0..200 {
-            let listener = TcpListener::bind("127.0.0.1:0").context("find a free port")?;
-            let port = listener.local_addr().context("read the free port")?.port();
-            if !taken.contains(&port) {
-                return Ok(port);
-            }
-        }
-        bail!("found no free port for the cluster's listeners")
-    };
-    let port = match asked {
-        Some(0) => free_port()?,
-        Some(port) => port,
-        None if !taken.contains(&DEFAULT_PORT)
-            && TcpListener::bind(("127.0.0.1", DEFAULT_PORT)).is_ok() =>
-        {
-            DEFAULT_PORT
-        }
-        None => free_port()?,
-    };
-    taken.insert(port);
-    Ok(port)
 }
 
 /// Starts the control plane `name` whose data directory is `data_dir` (the cluster's, or with
@@ -1013,20 +960,6 @@ mod tests {
     struct UpWords {
         #[command(flatten)]
         args: UpArgs,
-    }
-
-    /// A port is never chosen twice for one cluster (an HA cluster's second control plane once
-    /// got its etcd member's client port, and could not start).
-    #[test]
-    fn the_ports_of_one_cluster_are_distinct() {
-        let mut taken = BTreeSet::from([DEFAULT_PORT]);
-        let chosen: Vec<u16> = (0..400)
-            .map(|_| choose_port(Some(0), &mut taken).expect("a free port"))
-            .collect();
-        let distinct: BTreeSet<u16> = chosen.iter().copied().collect();
-        assert_eq!(distinct.len(), chosen.len());
-        assert!(!distinct.contains(&DEFAULT_PORT));
-        assert_eq!(choose_port(Some(4242), &mut taken).expect("asked"), 4242);
     }
 
     #[test]
