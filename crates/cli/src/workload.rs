@@ -51,9 +51,7 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 pub const PROBLEMS_SHOWN: usize = 20;
 
 /// "256 MiB", "1.5 GiB", "512 KiB", "12 B".
-pub fn human(bytes: u64) -> String {
-    tandem_objects::format_bytes_binary(bytes)
-}
+pub use tandem_objects::format_bytes_binary as human;
 
 /// The content of `block` after the write of round `round`: a header naming both, then words
 /// derived from them, so any block read back can be checked and, when wrong, recognised.

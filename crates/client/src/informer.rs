@@ -85,17 +85,6 @@ impl Informer {
         self.shared.kind
     }
 
-    /// Every object as last seen, in (namespace, name) order; `None` until the first list has
-    /// arrived.
-    pub fn objects(&self) -> Option<Vec<Object>> {
-        self.typed_where(|_| true)
-    }
-
-    /// [`Informer::objects`] as their kind's type.
-    pub fn typed<T: TryFrom<Object>>(&self) -> Option<Vec<T>> {
-        self.typed_where(|_| true)
-    }
-
     /// The objects `keep` accepts, as their kind's type (only those are copied out of the
     /// cache); `None` until the first list has arrived.
     pub fn typed_where<T: TryFrom<Object>>(

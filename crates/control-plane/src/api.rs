@@ -20,7 +20,7 @@ use axum::{Extension, Json, Router};
 use serde_json::Value;
 use tandem_client::{NodeHeartbeat, NodeStatus};
 use tandem_objects::{
-    capacity::{CapacityPolicy, Provisioning, ANNOTATION_PROVISIONING},
+    capacity::{provisioned_by_pool, CapacityPolicy, Provisioning, ANNOTATION_PROVISIONING},
     parse_json, parse_yaml, pool_node, validate_cspc, validate_cvc_update, validate_new_cvc,
     CStorPoolInstance, CStorVolume, CStorVolumePhase, CStorVolumeReplica, CStorVolumeReplicaPhase,
     Kind, Object, PoolLookup, RebuildPace, ANNOTATION_TARGET_NODE, LABEL_CSTOR_POOL_CLUSTER,
@@ -696,24 +696,19 @@ impl PoolLookup for StoreLookup<'_> {
     }
 
     fn provisioned_bytes(&self, pool_name: &str) -> u64 {
-        let replicas = (self
-            .store
-            .list(Kind::CStorVolumeReplica.name(), Some(self.namespace)))
-        .unwrap_or_default();
-        replicas
-            .into_iter()
+        let stored = (self.store)
+            .list(Kind::CStorVolumeReplica.name(), Some(self.namespace))
+            .unwrap_or_default();
+        let replicas: Vec<CStorVolumeReplica> = (stored.into_iter())
             .filter_map(|stored| serde_json::from_value::<Object>(stored.object).ok())
             .filter_map(|object| CStorVolumeReplica::try_from(object).ok())
-            .filter(|replica| {
-                replica.metadata.label(LABEL_CSTOR_POOL_INSTANCE_NAME) == Some(pool_name)
-            })
-            .map(|replica| replica.spec.capacity.bytes())
-            .sum()
+            .collect();
+        (provisioned_by_pool(&replicas).get(pool_name)).map_or(0, |bytes| *bytes)
     }
 
     fn capacity_policy(&self, cluster: &str) -> CapacityPolicy {
-        let cspc = self.object(Kind::CStorPoolCluster, cluster);
-        cspc.map(|cspc| CapacityPolicy::of(&cspc.metadata().annotations).unwrap_or_default())
+        (self.object(Kind::CStorPoolCluster, cluster))
+            .map(|cspc| CapacityPolicy::lenient(&cspc.metadata().annotations))
             .unwrap_or_default()
     }
 

@@ -21,7 +21,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::quantity::format_bytes_binary;
+use crate::meta::AnnotationError;
+use crate::object::CStorVolumeReplica;
+use crate::quantity::format_bytes_binary as short;
+use crate::LABEL_CSTOR_POOL_INSTANCE_NAME;
 
 pub const ANNOTATION_OVER_PROVISIONING: &str = "tandem.io/over-provisioning-percentage";
 pub const ANNOTATION_MINIMUM_FREE: &str = "tandem.io/minimum-free-percentage";
@@ -57,13 +60,7 @@ impl Default for CapacityPolicy {
 }
 
 /// A capacity annotation that cannot be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("annotation {annotation}: {value:?} is not {expected}")]
-pub struct PolicyError {
-    pub annotation: &'static str,
-    pub value: String,
-    pub expected: &'static str,
-}
+pub type PolicyError = AnnotationError;
 
 impl CapacityPolicy {
     /// A pool cluster's policy from its annotations, the defaults where they say nothing.
@@ -108,6 +105,12 @@ impl CapacityPolicy {
             policy.usage_warnings = warnings;
         }
         Ok(policy)
+    }
+
+    /// A pool cluster's policy for a decision: one whose annotations cannot be read (admission
+    /// refuses those; one that got in anyway) counts as the defaults.
+    pub fn lenient(annotations: &BTreeMap<String, String>) -> CapacityPolicy {
+        CapacityPolicy::of(annotations).unwrap_or_default()
     }
 
     /// Checks the capacity annotations among `annotations` (what admission refuses).
@@ -228,10 +231,6 @@ pub enum NoRoom {
     },
 }
 
-fn short(bytes: u64) -> String {
-    format_bytes_binary(bytes)
-}
-
 /// Whether pool `pool`, with `space`, may take a new replica of `size` bytes under `policy`.
 pub fn room_for(
     pool: &str,
@@ -240,11 +239,9 @@ pub fn room_for(
     provisioning: Provisioning,
     policy: &CapacityPolicy,
 ) -> Result<(), NoRoom> {
-    let no_room = |make: fn(String, u64, PoolSpace, CapacityPolicy) -> NoRoom| {
-        Err(make(pool.to_string(), size, space, policy.clone()))
-    };
+    let (pool, policy) = (pool.to_string(), policy.clone());
     if space.provisioned.saturating_add(size) > policy.provisioning_limit(space.capacity) {
-        return no_room(|pool, size, space, policy| NoRoom::OverProvisioned {
+        return Err(NoRoom::OverProvisioned {
             pool,
             size,
             space,
@@ -254,24 +251,33 @@ pub fn room_for(
     let free = space.capacity.saturating_sub(space.used);
     let minimum = policy.minimum_free(space.capacity);
     match provisioning {
-        Provisioning::Thin if free < minimum => {
-            no_room(|pool, size, space, policy| NoRoom::TooLittleFree {
-                pool,
-                size,
-                space,
-                policy,
-            })
-        }
-        Provisioning::Thick if free.saturating_sub(size) < minimum || free < size => {
-            no_room(|pool, size, space, policy| NoRoom::CannotReserve {
-                pool,
-                size,
-                space,
-                policy,
-            })
-        }
+        Provisioning::Thin if free < minimum => Err(NoRoom::TooLittleFree {
+            pool,
+            size,
+            space,
+            policy,
+        }),
+        Provisioning::Thick if free < size.saturating_add(minimum) => Err(NoRoom::CannotReserve {
+            pool,
+            size,
+            space,
+            policy,
+        }),
         _ => Ok(()),
     }
+}
+
+/// What each pool has promised: the sizes of the replicas labelled with its name, added up.
+pub fn provisioned_by_pool<'a>(
+    replicas: impl IntoIterator<Item = &'a CStorVolumeReplica>,
+) -> BTreeMap<&'a str, u64> {
+    let mut provisioned = BTreeMap::new();
+    for replica in replicas {
+        if let Some(pool) = replica.metadata.label(LABEL_CSTOR_POOL_INSTANCE_NAME) {
+            *provisioned.entry(pool).or_default() += replica.spec.capacity.bytes();
+        }
+    }
+    provisioned
 }
 
 #[cfg(test)]

@@ -57,8 +57,8 @@ pub use admission::{
 pub use event::{Event, EventSource, EventType};
 pub use kind::{Kind, UnknownKindError};
 pub use meta::{
-    validate_namespace, validate_object_name, Condition, NameError, ObjectMeta, ObjectReference,
-    OwnerReference, ANNOTATION_CORDONED, ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME,
+    validate_namespace, validate_object_name, AnnotationError, Condition, NameError, ObjectMeta,
+    ObjectReference, OwnerReference, ANNOTATION_CORDONED, ANNOTATION_CSTOR_POOL_INSTANCE_HOSTNAME,
     ANNOTATION_ENDPOINT_NODE, ANNOTATION_INCARNATION, ANNOTATION_MIGRATE_FROM,
     ANNOTATION_TARGET_GENERATION, ANNOTATION_TARGET_NODE, CORE_API_VERSION, CSTOR_API_VERSION,
     DEFAULT_NAMESPACE, FINALIZER_CSTOR_VOLUME_REPLICA, LABEL_CAS_TYPE, LABEL_CSTOR_POOL_CLUSTER,

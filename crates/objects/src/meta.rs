@@ -313,6 +313,15 @@ fn validate_rfc1123(name: &str, limit: usize, allows_dots: bool) -> Result<(), N
     }
 }
 
+/// An annotation whose value cannot be read (what admission refuses), naming it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("annotation {annotation}: {value:?} is not {expected}")]
+pub struct AnnotationError {
+    pub annotation: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::meta::AnnotationError;
 use crate::quantity::Quantity;
 
 /// Bytes per second a copy may take while the volume is idle (`unlimited` or `0`: no cap).
@@ -41,13 +42,7 @@ impl Default for RebuildPace {
 }
 
 /// A pace annotation that cannot be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("annotation {annotation}: {value:?} is not {expected}")]
-pub struct PaceError {
-    pub annotation: &'static str,
-    pub value: String,
-    pub expected: &'static str,
-}
+pub type PaceError = AnnotationError;
 
 impl RebuildPace {
     /// A volume's pace: its config's annotations over its pool cluster's over the defaults.

@@ -434,16 +434,14 @@ impl Agent {
         read_only_limit: u32,
     ) -> Option<u32> {
         let clusters = Cache::snapshot::<CStorPoolCluster>(&self.cache.clusters).ok();
-        let cluster = served.pool_cluster_name().and_then(|name| {
-            (clusters.iter().flat_map(|clusters| clusters.iter()))
-                .find(|cluster| cluster.name() == name)
-                .map(|cluster| CapacityPolicy::of(&cluster.metadata.annotations))
-        });
-        let policy = match cluster {
-            Some(Ok(policy)) => policy,
-            // Admission refuses unreadable annotations; one that got in counts as unset.
-            Some(Err(_)) | None => CapacityPolicy::default(),
-        };
+        let policy = served
+            .pool_cluster_name()
+            .and_then(|name| {
+                (clusters.iter().flat_map(|clusters| clusters.iter()))
+                    .find(|cluster| cluster.name() == name)
+            })
+            .map(|cluster| CapacityPolicy::lenient(&cluster.metadata.annotations))
+            .unwrap_or_default();
         let percent = pool::used_percent(used, self.config.pool_size);
         let reached = policy.warning_reached(percent);
         let before = std::mem::replace(&mut self.usage_warned, reached);

@@ -16,11 +16,13 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use tandem_client::Client;
-use tandem_objects::capacity::{room_for, CapacityPolicy, PoolSpace, Provisioning};
+use tandem_objects::capacity::{
+    provisioned_by_pool, room_for, CapacityPolicy, PoolSpace, Provisioning,
+};
 use tandem_objects::{
     CStorPoolCluster, CStorPoolInstance, CStorPoolInstancePhase, CStorVolume, CStorVolumeConfig,
     CStorVolumeReplica, Kind, Object, ANNOTATION_CORDONED, ANNOTATION_MIGRATE_FROM,
-    ANNOTATION_TARGET_NODE, LABEL_CSTOR_POOL_INSTANCE_NAME,
+    ANNOTATION_TARGET_NODE,
 };
 
 use super::migrate;
@@ -266,16 +268,11 @@ async fn plan(
     let policy = |cluster: Option<&str>| {
         (clusters.iter())
             .find(|found| Some(found.name()) == cluster)
-            .and_then(|found| CapacityPolicy::of(&found.metadata.annotations).ok())
+            .map(|found| CapacityPolicy::lenient(&found.metadata.annotations))
             .unwrap_or_default()
     };
     // What each pool has promised, with what this drain puts there.
-    let mut provisioned: BTreeMap<&str, u64> = BTreeMap::new();
-    for replica in &replicas {
-        if let Some(pool) = replica.metadata.label(LABEL_CSTOR_POOL_INSTANCE_NAME) {
-            *provisioned.entry(pool).or_default() += replica.spec.capacity.bytes();
-        }
-    }
+    let mut provisioned = provisioned_by_pool(&replicas);
     let node_of: BTreeMap<&str, &str> = (pools.iter())
         .map(|pool| (pool.metadata.name.as_str(), pool.spec.host_name.as_str()))
         .collect();

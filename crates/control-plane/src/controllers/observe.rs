@@ -139,29 +139,14 @@ impl Observed {
             return Ok(());
         };
         let key = (stored.key.namespace.clone(), stored.key.name.clone());
-        let deleted = change.kind == ChangeKind::Deleted;
         let version = stored.resource_version;
+        let stored = (change.kind != ChangeKind::Deleted).then_some(stored);
         match kind {
-            Kind::CStorPoolCluster => {
-                let object = (!deleted).then(|| decode(stored)).transpose()?;
-                changed(&mut self.pool_clusters, &key, version, object);
-            }
-            Kind::CStorPoolInstance => {
-                let object = (!deleted).then(|| decode(stored)).transpose()?;
-                changed(&mut self.pools, &key, version, object);
-            }
-            Kind::CStorVolumeConfig => {
-                let object = (!deleted).then(|| decode(stored)).transpose()?;
-                changed(&mut self.configs, &key, version, object);
-            }
-            Kind::CStorVolume => {
-                let object = (!deleted).then(|| decode(stored)).transpose()?;
-                changed(&mut self.volumes, &key, version, object);
-            }
-            Kind::CStorVolumeReplica => {
-                let object = (!deleted).then(|| decode(stored)).transpose()?;
-                changed(&mut self.replicas, &key, version, object);
-            }
+            Kind::CStorPoolCluster => changed(&mut self.pool_clusters, &key, version, stored)?,
+            Kind::CStorPoolInstance => changed(&mut self.pools, &key, version, stored)?,
+            Kind::CStorVolumeConfig => changed(&mut self.configs, &key, version, stored)?,
+            Kind::CStorVolume => changed(&mut self.volumes, &key, version, stored)?,
+            Kind::CStorVolumeReplica => changed(&mut self.replicas, &key, version, stored)?,
             Kind::Event => return Ok(()),
         }
         self.index = OnceLock::new();
@@ -225,7 +210,7 @@ impl Observed {
     pub fn capacity_policy(&self, namespace: &str, cluster: &str) -> CapacityPolicy {
         (self.pool_clusters.iter())
             .find(|found| found.metadata.namespace == namespace && found.name() == cluster)
-            .and_then(|found| CapacityPolicy::of(&found.metadata.annotations).ok())
+            .map(|found| CapacityPolicy::lenient(&found.metadata.annotations))
             .unwrap_or_default()
     }
 
@@ -322,31 +307,35 @@ fn decode<T: TryFrom<Object>>(stored: Versioned) -> Result<T, ExecuteError> {
 
 /// Puts a changed object (`None`: deleted) into its kind's list, which stays in (namespace,
 /// name) order, unless the list holds it at `version` or newer already.
-fn changed<T: Kept>(objects: &mut Vec<T>, key: &(String, String), version: u64, object: Option<T>) {
+fn changed<T: Kept + TryFrom<Object>>(
+    objects: &mut Vec<T>,
+    key: &(String, String),
+    version: u64,
+    stored: Option<Versioned>,
+) -> Result<(), ExecuteError> {
     let position = objects.binary_search_by(|kept| {
         let meta = kept.meta();
         (meta.namespace.as_str(), meta.name.as_str()).cmp(&(key.0.as_str(), key.1.as_str()))
     });
-    match (position, object) {
-        (Ok(at), object) => {
-            let kept = objects[at]
-                .meta()
-                .resource_version
-                .parse::<u64>()
-                .unwrap_or(0);
-            if kept >= version {
-                return;
-            }
-            match object {
-                Some(object) => objects[at] = object,
-                None => {
-                    objects.remove(at);
-                }
-            }
+    if let Ok(at) = position {
+        let kept = objects[at]
+            .meta()
+            .resource_version
+            .parse::<u64>()
+            .unwrap_or(0);
+        if kept >= version {
+            return Ok(());
+        }
+    }
+    match (position, stored.map(decode).transpose()?) {
+        (Ok(at), Some(object)) => objects[at] = object,
+        (Ok(at), None) => {
+            objects.remove(at);
         }
         (Err(at), Some(object)) => objects.insert(at, object),
         (Err(_), None) => {}
     }
+    Ok(())
 }
 
 #[cfg(test)]
