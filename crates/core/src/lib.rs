@@ -64,6 +64,12 @@ pub enum PlantedBug {
     ReadWithoutLease,
     /// G5: a target that takes over serves at once, before the old target's read lease ran out.
     ServeBeforeOldLeaseEnds,
+    /// G3: a write voided for lack of space stays on the replicas that applied it: they are
+    /// neither copied to again nor ejected.
+    KeepVoidedWrites,
+    /// G3: a replica that returns after a write was voided is sent what it missed instead of
+    /// being resynced, though it may have applied the voided write.
+    ReplayPastVoidedWrite,
 }
 
 /// The planted bug, if any. A zero-sized `false` in builds without the `planted-bugs` feature.

@@ -104,6 +104,13 @@ pub enum Message {
     Ping {
         request: RequestId,
     },
+    /// Write (or trim) `seq`, which this replica refused for lack of space, was refused by
+    /// every Healthy replica: it changed nothing anywhere, its client is told so (ENOSPC), and
+    /// the volume's history goes on as if it had been applied as nothing. The replica, which
+    /// started nothing after the refusal, goes on with what follows.
+    Voided {
+        seq: Seq,
+    },
 
     // ---- replica -> target ----
     /// Accepts a session and reports what the replica holds.
@@ -196,6 +203,7 @@ impl Message {
             Message::WriteSegment { .. } => "write-segment",
             Message::FinishResync { .. } => "finish-resync",
             Message::Ping { .. } => "ping",
+            Message::Voided { .. } => "voided",
             Message::HelloAck(_) => "hello-ack",
             Message::Refused(_) => "refused",
             Message::WriteDone { .. } => "write-done",

@@ -91,7 +91,9 @@ impl SessionId {
 /// Why an I/O failed, as reported by storage and carried on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IoFailure {
-    /// The pool has no space left (or is read-only past its threshold).
+    /// The pool has no space left (or is read-only past its threshold): the operation was
+    /// refused before it changed anything. Storage that fails part way through for lack of
+    /// space reports `Device`, not this.
     NoSpace,
     /// The device reported an error.
     Device,

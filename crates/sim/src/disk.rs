@@ -30,6 +30,9 @@ pub struct SimDisk {
     pub failure: IoFailure,
     /// Latency multiplier: a slow disk.
     pub slowness: u64,
+    /// The pool is full: data writes (client and resync) are refused with `NoSpace` before
+    /// they change anything, as a full pool refuses them; everything else works.
+    pub full: bool,
 }
 
 impl SimDisk {
@@ -44,6 +47,7 @@ impl SimDisk {
             failure_permille: 0,
             failure: IoFailure::Device,
             slowness: 1,
+            full: false,
         }
     }
 

@@ -28,6 +28,8 @@ pub struct RunReport {
     pub network: NetworkCounters,
     pub acked_ops: u64,
     pub checked_reads: u64,
+    /// Client requests answered with an error, by error.
+    pub client_errors: BTreeMap<String, u64>,
     pub resyncs: usize,
     pub modes_seen: BTreeMap<ReplicaId, Vec<ReplicaMode>>,
 }
@@ -59,6 +61,8 @@ pub fn swarm_config(seed: u64) -> SimConfig {
         target_crash_ppm: rate(1_000),
         target_takeover_ppm: rate(1_000),
         disk_errors_ppm: rate(1_000),
+        // Drawn last (below).
+        pool_full_ppm: 0,
         slow_disk_ppm: rate(2_000),
         wipe_ppm: rate(1_000),
         add_replica_ppm: rate(2_000),
@@ -76,6 +80,9 @@ pub fn swarm_config(seed: u64) -> SimConfig {
     }
     if rng.gen_bool(0.5) {
         config.target.resync_bytes_per_tick_under_load = rng.gen_range(256..4096);
+    }
+    if rng.gen_bool(0.5) {
+        config.faults.pool_full_ppm = rng.gen_range(0..=1_000);
     }
     config
 }
@@ -106,6 +113,7 @@ pub fn run(config: SimConfig) -> RunReport {
         network: sim.network.counters,
         acked_ops: sim.acked_ops,
         checked_reads: sim.checked_reads,
+        client_errors: sim.client_errors.clone(),
         resyncs: sim.resyncs_finished().len(),
         modes_seen: node_ids
             .into_iter()
@@ -198,6 +206,8 @@ pub struct SwarmSummary {
     pub acked_ops: u64,
     pub checked_reads: u64,
     pub resyncs: u64,
+    /// Client requests answered with an error, by error (ENOSPC from full pools among them).
+    pub client_errors: BTreeMap<String, u64>,
     /// Every replica mode some replica reached.
     pub modes_reached: std::collections::BTreeSet<String>,
 }
@@ -208,6 +218,9 @@ impl SwarmSummary {
         self.acked_ops += report.acked_ops;
         self.checked_reads += report.checked_reads;
         self.resyncs += report.resyncs as u64;
+        for (error, count) in &report.client_errors {
+            *self.client_errors.entry(error.clone()).or_default() += count;
+        }
         for violation in &report.violations {
             self.violations.push((report.seed, violation.clone()));
         }
@@ -232,6 +245,7 @@ impl SwarmSummary {
             ("target takeover (zombie)", f.target_takeovers),
             ("disk error window", f.disk_error_windows),
             ("disk I/O error", f.disk_errors),
+            ("pools full window", f.pools_full),
             ("slow disk", f.slow_disks),
             ("replica storage wiped", f.wipes),
             ("replica added", f.replicas_added),

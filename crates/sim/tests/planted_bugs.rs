@@ -43,6 +43,20 @@ fn copying_without_the_range_lock_breaks_g3() {
 }
 
 #[test]
+fn keeping_voided_writes_breaks_g3() {
+    caught_by(PlantedBug::KeepVoidedWrites, Guarantee::G3Convergence, 300);
+}
+
+#[test]
+fn replaying_past_a_voided_write_breaks_g3() {
+    caught_by(
+        PlantedBug::ReplayPastVoidedWrite,
+        Guarantee::G3Convergence,
+        2000,
+    );
+}
+
+#[test]
 fn reading_from_an_unhealthy_replica_breaks_g4() {
     caught_by(
         PlantedBug::ReadFromUnhealthyReplica,

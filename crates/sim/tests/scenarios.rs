@@ -549,3 +549,122 @@ fn a_replica_that_keeps_failing_is_retried_with_backoff() {
     );
     finish_without_violations(&mut sim);
 }
+
+fn no_space_replies(sim: &Sim) -> u64 {
+    let no_space = tandem_core::ClientError::NoSpace.to_string();
+    sim.client_errors.get(&no_space).copied().unwrap_or(0)
+}
+
+fn ejections_of(sim: &Sim, replica: ReplicaId) -> usize {
+    sim.target_events
+        .iter()
+        .filter(|(_, _, event)| matches!(event, TargetEvent::Ejected { replica: r, .. } if *r == replica))
+        .count()
+}
+
+/// Every replica's pool fills: writes fail with ENOSPC (voided: they change nothing anywhere),
+/// reads go on, no replica is ejected and the volume stays Healthy. Once space is freed,
+/// writes succeed again, with nothing lost (checked at the end).
+#[test]
+fn full_pools_fail_writes_with_no_space_and_keep_the_volume_healthy() {
+    let mut sim = healthy_volume(config(21, 3, 3));
+    sim.workload_on = true;
+    sim.run_ticks(300);
+    // Filled between two requests: a write in flight as one pool fills while another still
+    // takes it is the staggered case (the swarm's), where the replicas that disagree go.
+    sim.workload_on = false;
+    assert!(sim.run_until(2_000, |s| s.pending_client_ops() == 0 && s.quiescent()));
+    for replica in [R1, R2, R3] {
+        sim.fill_pool(replica, true);
+    }
+    sim.workload_on = true;
+    let (acked, reads) = (sim.acked_ops, sim.checked_reads);
+    sim.run_ticks(1_500);
+    assert!(no_space_replies(&sim) > 20, "{:?}", sim.client_errors);
+    assert!(sim.checked_reads > reads + 50, "reads stopped");
+    assert!(sim.acked_ops > acked, "nothing answered");
+    assert_eq!(sim.volume_status(), Some(VolumeStatus::Healthy));
+    for replica in [R1, R2, R3] {
+        assert_eq!(ejections_of(&sim, replica), 0, "{replica:?} was ejected");
+    }
+
+    // Within a probe interval of the space coming back, writes succeed again.
+    for replica in [R1, R2, R3] {
+        sim.fill_pool(replica, false);
+    }
+    sim.run_ticks(sim.config.target.no_space_probe_ticks + 100);
+    let refused = no_space_replies(&sim);
+    sim.run_ticks(1_000);
+    assert_eq!(
+        no_space_replies(&sim),
+        refused,
+        "writes still refused once space was freed"
+    );
+    finish_without_violations(&mut sim);
+}
+
+/// One replica's pool fills: the others take the writes, so clients see no error; only that
+/// replica is ejected (it lacks the writes), and it is resynced once its pool has room.
+#[test]
+fn one_full_pool_ejects_its_replica_and_clients_see_no_error() {
+    let mut sim = healthy_volume(config(22, 3, 3));
+    sim.workload_on = true;
+    sim.fill_pool(R3, true);
+    sim.run_ticks(1_500);
+    assert_eq!(no_space_replies(&sim), 0, "{:?}", sim.client_errors);
+    assert!(sim.ejections(EjectReason::IoFailure(tandem_core::IoFailure::NoSpace)) > 0);
+    assert_eq!(sim.volume_status(), Some(VolumeStatus::Degraded));
+    sim.fill_pool(R3, false);
+    assert!(sim.run_until(5_000, Sim::converged), "R3 did not come back");
+    finish_without_violations(&mut sim);
+}
+
+/// A volume whose pools are all full moves to pools with room while the application keeps
+/// writing: the first new replica is rebuilt though it applies writes the full ones refuse
+/// (those regions are copied to it again); a second joins, the full ones are removed, and
+/// writes succeed again.
+#[test]
+fn a_volume_on_full_pools_moves_to_pools_with_room() {
+    let mut sim = healthy_volume(config(23, 2, 4));
+    sim.workload_on = true;
+    sim.run_ticks(300);
+    sim.fill_pool(R1, true);
+    sim.fill_pool(R2, true);
+    sim.run_ticks(300);
+    let refused = no_space_replies(&sim);
+    assert!(refused > 0);
+    assert_eq!(run_command(&mut sim, Command::AddReplica(R3)), Ok(()));
+    assert!(
+        sim.run_until(5_000, |s| s.replica_mode(R3) == Some(ReplicaMode::Healthy)),
+        "R3 was never rebuilt: {}",
+        sim.describe_targets()
+    );
+    assert!(
+        no_space_replies(&sim) > refused,
+        "no write was voided during the rebuild"
+    );
+    // The application pauses for the rest: every other replica must be Healthy for a
+    // removal, and a new replica holding a write the full ones refuse is ejected.
+    sim.workload_on = false;
+    let r4 = ReplicaId(4);
+    assert_eq!(run_command(&mut sim, Command::AddReplica(r4)), Ok(()));
+    assert!(sim.run_until(5_000, Sim::converged), "R4 was not rebuilt");
+    for old in [R1, R2] {
+        assert!(sim.run_until(2_000, |s| s.pending_client_ops() == 0 && s.quiescent()));
+        assert_eq!(run_command(&mut sim, Command::RemoveReplica(old)), Ok(()));
+        assert!(sim.run_until(2_000, Sim::converged));
+    }
+    assert_eq!(sim.membership().replication_factor(), 2);
+    // The first write is the target's probe for space; once it succeeds no write fails.
+    sim.workload_on = true;
+    let acked = sim.acked_ops;
+    assert!(sim.run_until(500, |s| s.acked_ops > acked));
+    let refused = no_space_replies(&sim);
+    sim.run_ticks(1_000);
+    assert_eq!(
+        no_space_replies(&sim),
+        refused,
+        "writes refused after the move"
+    );
+    finish_without_violations(&mut sim);
+}

@@ -41,6 +41,12 @@ fn assert_clean_and_faulty(summary: &SwarmSummary) {
         summary.checked_reads > 1_000 && summary.resyncs > 100,
         "{summary:?}"
     );
+    let no_space = tandem_core::ClientError::NoSpace.to_string();
+    assert!(
+        summary.client_errors.get(&no_space).is_some_and(|n| *n > 0),
+        "no write was ever voided for lack of space: {:?}",
+        summary.client_errors
+    );
 }
 
 #[test]

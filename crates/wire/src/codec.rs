@@ -17,7 +17,7 @@
 //! | `Result<Vec<Extent>, IoFailure>` | u8 tag 0 = Ok followed by the extents, or tag 1 = Err and the failure code |
 //! | `Refusal`              | u8: 1 = Fenced + generation u64, 2 = WrongReplica + replica u64, 3 = GeometryMismatch |
 //!
-//! Kind tags: target -> replica messages use `0x01..=0x0c`, replica -> target messages use
+//! Kind tags: target -> replica messages use `0x01..=0x0d`, replica -> target messages use
 //! `0x41..=0x4c`. Tag 0 is never valid.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -42,6 +42,7 @@ const WRITE_SEGMENT: u8 = 0x09;
 const FINISH_RESYNC: u8 = 0x0a;
 const PING: u8 = 0x0b;
 const QUERY_ALLOCATION: u8 = 0x0c;
+const VOIDED: u8 = 0x0d;
 // replica -> target
 const HELLO_ACK: u8 = 0x41;
 const REFUSED: u8 = 0x42;
@@ -83,6 +84,7 @@ pub(crate) fn kind_tag(message: &Message) -> u8 {
         Message::WriteSegment { .. } => WRITE_SEGMENT,
         Message::FinishResync { .. } => FINISH_RESYNC,
         Message::Ping { .. } => PING,
+        Message::Voided { .. } => VOIDED,
         Message::HelloAck(_) => HELLO_ACK,
         Message::Refused(_) => REFUSED,
         Message::WriteDone { .. } => WRITE_DONE,
@@ -113,6 +115,7 @@ pub(crate) fn kind_name(tag: u8) -> Option<&'static str> {
         WRITE_SEGMENT => "write-segment",
         FINISH_RESYNC => "finish-resync",
         PING => "ping",
+        VOIDED => "voided",
         HELLO_ACK => "hello-ack",
         REFUSED => "refused",
         WRITE_DONE => "write-done",
@@ -224,6 +227,7 @@ pub(crate) fn encode_payload(message: &Message, out: &mut BytesMut) {
         }
         Message::FinishResync { stamp } => put_stamp(out, stamp),
         Message::Ping { request } | Message::Pong { request } => out.put_u64_le(request.0),
+        Message::Voided { seq } => out.put_u64_le(seq.0),
         Message::HelloAck(ack) => {
             out.put_u64_le(ack.replica.0);
             out.put_u64_le(ack.incarnation.0);
@@ -461,6 +465,9 @@ pub(crate) fn decode_payload(tag: u8, payload: Bytes) -> Result<Message, DecodeE
         },
         PONG => Message::Pong {
             request: RequestId(r.u64("request")?),
+        },
+        VOIDED => Message::Voided {
+            seq: Seq(r.u64("seq")?),
         },
         // kind_name accepted the tag, so it is one of the above.
         _ => return Err(DecodeError::UnknownKind { tag }),

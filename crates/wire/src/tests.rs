@@ -183,6 +183,7 @@ fn examples() -> Vec<Message> {
         Message::Pong {
             request: RequestId(11),
         },
+        Message::Voided { seq: Seq(12) },
     ]
 }
 
@@ -239,7 +240,7 @@ fn examples_cover_every_variant() {
     let kinds: BTreeSet<&str> = examples().iter().map(Message::kind).collect();
     assert_eq!(
         kinds.len(),
-        24,
+        25,
         "one example per Message variant: {kinds:?}"
     );
 }
@@ -413,7 +414,7 @@ fn unsupported_version() {
 
 #[test]
 fn unknown_kind_is_rejected_from_the_header() {
-    for tag in [0x00, 0x0d, 0x40, 0x4d, 0xff] {
+    for tag in [0x00, 0x0e, 0x40, 0x4d, 0xff] {
         // Only the header: the tag is rejected before the payload arrives.
         let frame = raw_frame(tag, &[0; 8]);
         let error = decode_err(BytesMut::from(&frame[..HEADER_LEN]));

@@ -154,6 +154,12 @@ pub struct Replica {
     /// Writes of the current history that storage failed, not yet applied again: the history
     /// this replica holds ends just before the first of them.
     failed_writes: Option<(Generation, BTreeSet<Seq>)>,
+    /// Client writes of this session refused for lack of space, with their ranges, awaiting
+    /// the target's verdict: voided everywhere ([`Message::Voided`]: go on), or held elsewhere
+    /// (the session ends). Until then they count as storage work in flight: no later write to
+    /// their range lands (a refused write may be sent again), and no barrier starts (a flush
+    /// must not vouch for a history that may lack them).
+    refused: BTreeMap<Seq, (u64, u64)>,
     next_disk_op: u64,
 }
 
@@ -197,6 +203,7 @@ impl Replica {
             barrier: None,
             storage_failed: false,
             failed_writes: None,
+            refused: BTreeMap::new(),
             joining: None,
             next_disk_op: 0,
         }
@@ -213,7 +220,7 @@ impl Replica {
     /// A one-line summary of the replica's state, for logs and failure reports.
     pub fn describe(&self) -> String {
         format!(
-            "replica {} session {:?} consistent={} storage_failed={} applied={} history={} checkpoint={} queue={} inflight={} barrier={:?} failed_writes={:?}",
+            "replica {} session {:?} consistent={} storage_failed={} applied={} history={} checkpoint={} queue={} inflight={} barrier={:?} failed_writes={:?} refused={:?}",
             self.superblock.replica.0,
             self.session,
             self.superblock.consistent,
@@ -224,7 +231,8 @@ impl Replica {
             self.queue.len(),
             self.inflight.len(),
             self.barrier.as_ref().map(|running| (running.barrier, running.session)),
-            self.failed_writes
+            self.failed_writes,
+            self.refused
         )
     }
 
@@ -288,6 +296,11 @@ impl Replica {
             Message::Ping { request } => {
                 let session = session.id();
                 self.send(session, Message::Pong { request }, out);
+                return;
+            }
+            // Not queued: queued work may be waiting for exactly this.
+            Message::Voided { seq } => {
+                self.on_voided(seq);
                 return;
             }
             Message::Write {
@@ -416,6 +429,7 @@ impl Replica {
         // resyncs whatever it misses). Work already in storage finishes first (Hello is a barrier).
         self.session = Some(Session::accepted(session_id));
         self.queue.clear();
+        self.refused.clear();
         self.joining = None;
         self.queue.push_back(Work::Hello);
     }
@@ -479,11 +493,17 @@ impl Replica {
                     }
                     (Ok(_), _) => {}
                 }
-                let failed = result.is_err();
                 let result = result.map(|_| ());
                 self.send(session, Message::WriteDone { seq, result }, out);
-                if failed {
-                    self.stop_after_failed_write();
+                match (result, inflight.range) {
+                    (Ok(()), _) => {}
+                    // Nothing changed: the target decides whether the write is void everywhere.
+                    (Err(IoFailure::NoSpace), Some((offset, len, _)))
+                        if self.current_session() == Some(session) =>
+                    {
+                        self.refused.insert(seq, (offset, len));
+                    }
+                    (Err(_), _) => self.stop_after_failed_write(),
                 }
             }
             Purpose::WriteSegment { request } => {
@@ -509,6 +529,21 @@ impl Replica {
                 }
             }
             Purpose::Barrier => self.advance_barrier(result.map(|_| ()), out),
+        }
+    }
+
+    /// The target voided a write this replica refused: it did nothing here, as everywhere, so
+    /// the history this replica holds runs through it, and the work it held back goes on
+    /// (`pump`).
+    fn on_voided(&mut self, seq: Seq) {
+        if self.refused.remove(&seq).is_none() {
+            return; // Not refused here (it applied it, or a stale session refused it).
+        }
+        if let Some((_, seqs)) = self.failed_writes.as_mut() {
+            seqs.remove(&seq);
+            if seqs.is_empty() {
+                self.failed_writes = None;
+            }
         }
     }
 

@@ -113,7 +113,7 @@ impl Replica {
                 | Work::StartResync { .. }
                 | Work::MarkInconsistent
                 | Work::FinishResync { .. },
-            ) => return self.inflight.is_empty(),
+            ) => return self.inflight.is_empty() && self.refused.is_empty(),
             Some(Work::Read { offset, len, .. }) => {
                 return !self.overlaps_inflight(*offset, *len, true);
             }
@@ -160,13 +160,18 @@ impl Replica {
 
     /// True if an operation on the range overlaps storage work in flight (only writes, if
     /// `writes_only`).
+    /// Writes refused for space and awaiting their verdict count as writes in flight.
     pub(super) fn overlaps_inflight(&self, offset: u64, len: u64, writes_only: bool) -> bool {
+        let overlaps = |start: u64, length: u64| start < offset + len && offset < start + length;
         self.inflight.values().any(|inflight| match inflight.range {
             Some((start, length, modifies)) => {
-                (modifies || !writes_only) && start < offset + len && offset < start + length
+                (modifies || !writes_only) && overlaps(start, length)
             }
             None => false,
-        })
+        }) || self
+            .refused
+            .values()
+            .any(|(start, length)| overlaps(*start, *length))
     }
 
     /// Checks a modifying operation may start now: no overlap, and its regions are in the

@@ -17,7 +17,8 @@ struct Harness {
     pending: VecDeque<DiskOp>,
     session: SessionId,
     number: u64,
-    fail_writes: bool,
+    /// Storage fails writes and trims so while set.
+    fail_writes: Option<IoFailure>,
     /// Data operations issued since [`Harness::issue`] began.
     issued: Vec<DiskOp>,
 }
@@ -31,7 +32,7 @@ impl Harness {
             pending: VecDeque::new(),
             session: SessionId(0),
             number: 0,
-            fail_writes: false,
+            fail_writes: None,
             issued: Vec::new(),
         }
     }
@@ -63,8 +64,10 @@ impl Harness {
                     self.meta.apply(&update);
                     (id, Ok(Completion::Done))
                 }
-                DiskOp::Write { id, .. } | DiskOp::Trim { id, .. } if self.fail_writes => {
-                    (id, Err(IoFailure::NoSpace))
+                DiskOp::Write { id, .. } | DiskOp::Trim { id, .. }
+                    if self.fail_writes.is_some() =>
+                {
+                    (id, Err(self.fail_writes.expect("checked")))
                 }
                 DiskOp::Write { id, .. } | DiskOp::Trim { id, .. } | DiskOp::Sync { id } => {
                     (id, Ok(Completion::Done))
@@ -326,12 +329,12 @@ fn a_failed_write_stops_the_session_and_ends_the_history_before_it() {
     let mut harness = Harness::new(true);
     harness.hello(1, 1);
     harness.send(write(1, 0, 0));
-    harness.fail_writes = true;
+    harness.fail_writes = Some(IoFailure::Device);
     assert_eq!(
         harness.send(write(2, 1, 0)),
         vec![Message::WriteDone {
             seq: Seq(2),
-            result: Err(IoFailure::NoSpace)
+            result: Err(IoFailure::Device)
         }]
     );
     assert_eq!(
@@ -339,10 +342,89 @@ fn a_failed_write_stops_the_session_and_ends_the_history_before_it() {
         vec![],
         "nothing more in this session"
     );
-    harness.fail_writes = false;
+    harness.fail_writes = None;
     let ack = hello_ack(&harness.hello(1, 2)).clone();
     assert_eq!(ack.stamp, Stamp::new(Generation(1), Seq(1)));
     assert!(ack.consistent);
+}
+
+#[test]
+fn a_write_refused_for_space_holds_back_its_range_and_barriers_until_voided() {
+    let mut harness = Harness::new(true);
+    harness.hello(1, 1);
+    harness.send(write(1, 0, 0));
+    harness.fail_writes = Some(IoFailure::NoSpace);
+    assert_eq!(
+        harness.send(write(2, 1, 0)),
+        vec![Message::WriteDone {
+            seq: Seq(2),
+            result: Err(IoFailure::NoSpace)
+        }]
+    );
+    harness.fail_writes = None;
+    // The session goes on: writes elsewhere too, but not to its range, nor barriers.
+    assert_eq!(
+        harness.issue(write(3, 2, 0)).len(),
+        1,
+        "another range goes on"
+    );
+    assert_eq!(harness.issue(write(4, 1, 0)), vec![], "its range waits");
+    assert_eq!(harness.send(flush(5, 0)), vec![], "barriers wait");
+    let ping = Message::Ping {
+        request: RequestId(9),
+    };
+    assert_eq!(
+        harness.send(ping),
+        vec![Message::Pong {
+            request: RequestId(9)
+        }]
+    );
+    assert_eq!(
+        harness.send(Message::Voided { seq: Seq(7) }),
+        vec![],
+        "not refused here"
+    );
+    assert_eq!(
+        harness.send(Message::Voided { seq: Seq(2) }),
+        vec![
+            Message::WriteDone {
+                seq: Seq(4),
+                result: Ok(())
+            },
+            Message::FlushDone {
+                seq: Seq(5),
+                result: Ok(())
+            }
+        ]
+    );
+    // The voided write is part of the history, as nothing.
+    let ack = hello_ack(&harness.hello(1, 2)).clone();
+    assert_eq!(ack.stamp, Stamp::new(Generation(1), Seq(5)));
+    assert!(ack.consistent);
+}
+
+#[test]
+fn a_refused_write_never_voided_ends_the_history_before_it() {
+    let mut harness = Harness::new(true);
+    harness.hello(1, 1);
+    harness.send(write(1, 0, 0));
+    harness.fail_writes = Some(IoFailure::NoSpace);
+    harness.send(write(2, 1, 0));
+    harness.fail_writes = None;
+    harness.send(write(3, 2, 0));
+    // Another replica holds write 2: the target ends this session instead of voiding it.
+    let ack = hello_ack(&harness.hello(1, 2)).clone();
+    assert_eq!(ack.stamp, Stamp::new(Generation(1), Seq(1)));
+    assert!(ack.consistent);
+    // A verdict from the old session changes nothing, and the new session is not held back.
+    harness.send(Message::Voided { seq: Seq(2) });
+    assert_eq!(
+        harness.send(write(4, 3, 0)),
+        vec![Message::WriteDone {
+            seq: Seq(4),
+            result: Ok(())
+        }]
+    );
 }
 
 #[test]

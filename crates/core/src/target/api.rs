@@ -64,6 +64,10 @@ pub enum ClientError {
     Fenced,
     #[error("no answer within the client timeout: the volume has too few healthy replicas")]
     TimedOut,
+    /// Every Healthy replica refused the write for lack of space in its pool: it changed
+    /// nothing (ENOSPC). Reads, and writes once space is freed, go on.
+    #[error("no space left: every healthy replica's pool is full")]
+    NoSpace,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,6 +149,11 @@ pub enum TargetEvent {
     ReplicaRemoved {
         replica: ReplicaId,
     },
+    /// Every Healthy replica refused write (or trim) `seq` for lack of space: it was voided and
+    /// its client told ENOSPC.
+    WriteVoided {
+        seq: Seq,
+    },
     /// A newer target has taken over; this one stops serving.
     Fenced,
     /// Recovery finished: `source` holds the volume's history up to `stamp`.
@@ -168,6 +177,9 @@ pub enum EjectReason {
     IoFailure(IoFailure),
     SessionBroken,
     Refused(Refusal),
+    /// It applied a write every Healthy replica refused for lack of space (which was voided),
+    /// and is not being copied to in a way that overwrites it: it must be resynced.
+    HoldsVoidedWrite,
 }
 
 /// The volume's status, as cStor's CStorVolume phase.
@@ -244,6 +256,12 @@ pub struct TargetOptions {
     /// has run out first. Must exceed `read_lease_ticks` (by a margin for tick granularity
     /// and clock rate).
     pub takeover_wait_ticks: u64,
+    /// Once a write was voided because the Healthy replicas' pools are full, later writes fail
+    /// with ENOSPC at once, without reaching any replica, except one every this many ticks,
+    /// which is sent to see whether space came back (its success ends the refusals). A
+    /// replica with room, being rebuilt or Healthy beside full ones, then applies a voided
+    /// write (and is copied to again, or resynced) only once per interval, not per write.
+    pub no_space_probe_ticks: u64,
     pub bugs: Bugs,
 }
 
@@ -267,6 +285,8 @@ impl Default for TargetOptions {
             // With 10 ms ticks: a 1 s read lease, and a new target waits 1.2 s.
             read_lease_ticks: 100,
             takeover_wait_ticks: 120,
+            // With 10 ms ticks: space freed is noticed within a second.
+            no_space_probe_ticks: 100,
             bugs: Bugs::none(),
         }
     }

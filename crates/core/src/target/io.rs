@@ -7,9 +7,9 @@ use crate::target::link::{Awaited, LinkState};
 use crate::target::{reply, Phase, Target};
 use crate::target::{
     ClientError, ClientOp, ClientReplyBody, ClientRequest, ClientRequestId, EjectReason,
-    TargetOutput,
+    TargetEvent, TargetOutput,
 };
-use crate::types::{Extent, IoFailure, ReplicaId, Seq, Stamp};
+use crate::types::{Extent, IoFailure, ReplicaId, Seq, SessionId, Stamp};
 use crate::PlantedBug;
 
 #[derive(Clone, Debug)]
@@ -22,6 +22,9 @@ pub(super) struct PendingOp {
     pub(super) is_flush: bool,
     /// Replicas that hold it: acknowledged it, or were resynced past it.
     pub(super) holders: BTreeSet<ReplicaId>,
+    /// Replicas that refused it for lack of space (changing nothing), in the session they
+    /// refused it in: they wait for [`Target::settle_refusals`].
+    pub(super) refusers: Vec<(ReplicaId, SessionId)>,
 }
 
 /// A client read of data, or of allocation (block status): both go to one Healthy replica.
@@ -93,6 +96,10 @@ impl Target {
                 break;
             }
             let request = self.ops_waiting.pop_front().expect("front exists");
+            if matches!(request.op, ClientOp::Write { .. }) && self.refuse_for_space() {
+                self.answer(out, request.id, Err(ClientError::NoSpace));
+                continue;
+            }
             self.sequence(request, out);
         }
         if !self.reads_waiting.is_empty() && !self.read_lease_holds() {
@@ -122,6 +129,19 @@ impl Target {
             };
             self.send(replica, message, Some(Awaited::Request(request)), out);
         }
+    }
+
+    /// True if a client write fails with ENOSPC at once: a write was voided lately and no
+    /// probe is due. When one is due, this write is it (and the next is due an interval on).
+    fn refuse_for_space(&mut self) -> bool {
+        let Some(probe_at) = self.no_space_probe_at else {
+            return false;
+        };
+        if self.now_tick < probe_at {
+            return true;
+        }
+        self.no_space_probe_at = Some(self.now_tick + self.options.no_space_probe_ticks);
+        false
     }
 
     /// A replica that receives live operations has `replica_congestion_ops` unanswered.
@@ -292,6 +312,7 @@ impl Target {
                 reply_stamp: reply_stamp.unwrap_or(Stamp::new(self.generation, seq)),
                 is_flush: matches!(message, Message::Flush { .. }),
                 holders: BTreeSet::new(),
+                refusers: Vec::new(),
             },
         );
         for replica in self.receivers() {
@@ -299,8 +320,9 @@ impl Target {
         }
     }
 
-    /// Answers every operation that CF trusted Healthy replicas hold.
-    pub(super) fn complete_ops(&mut self, out: &mut Vec<TargetOutput>) {
+    /// Answers every operation that CF trusted Healthy replicas hold. True if that ejected a
+    /// replica that had refused one of them for lack of space.
+    pub(super) fn complete_ops(&mut self, out: &mut Vec<TargetOutput>) -> bool {
         let healthy: BTreeSet<ReplicaId> = self.healthy_replicas().into_iter().collect();
         let needed = if self
             .options
@@ -317,13 +339,28 @@ impl Target {
             .filter(|(_, op)| op.holders.intersection(&healthy).count() >= needed)
             .map(|(seq, _)| *seq)
             .collect();
+        let mut ejected = false;
         for seq in done {
             let op = self.ops.remove(&seq).expect("listed");
             assert_eq!(
                 op.stamp.generation, self.generation,
                 "a target answers only operations it sequenced"
             );
+            // Replicas that refused it for lack of space lack it.
+            for (replica, session) in op.refusers {
+                if self
+                    .connected(replica)
+                    .is_some_and(|c| c.session_id() == session)
+                {
+                    self.eject(replica, EjectReason::IoFailure(IoFailure::NoSpace), out);
+                    ejected = true;
+                }
+            }
             self.acked_max = self.acked_max.max(op.stamp);
+            if !op.is_flush {
+                // A write (or trim) went through: there is space again.
+                self.no_space_probe_at = None;
+            }
             if op.is_flush {
                 self.committed = self.committed.max(seq);
                 assert!(
@@ -336,6 +373,7 @@ impl Target {
                 self.answer(out, client, Ok(ClientReplyBody::Done { stamp }));
             }
         }
+        ejected
     }
 
     pub(super) fn on_replica_message(
@@ -346,6 +384,7 @@ impl Target {
     ) {
         match message {
             Message::WriteDone { seq, result } | Message::FlushDone { seq, result } => {
+                let flush = matches!(message, Message::FlushDone { .. });
                 self.answered(from, Awaited::Op(seq));
                 if let Some(c) = self.connected_mut(from) {
                     c.flush_answered(seq, result.is_ok());
@@ -358,6 +397,11 @@ impl Target {
                         if let Some(op) = self.ops.get_mut(&seq) {
                             op.holders.insert(from);
                         }
+                    }
+                    Err(IoFailure::NoSpace) if !flush && self.may_void(seq) => {
+                        let session = self.connected(from).map(|c| c.session_id());
+                        let op = self.ops.get_mut(&seq).expect("may_void checked");
+                        op.refusers.extend(session.map(|session| (from, session)));
                     }
                     Err(failure) => self.eject(from, EjectReason::IoFailure(failure), out),
                 }
@@ -394,6 +438,116 @@ impl Target {
             }
             Message::Pong { request } => self.answered(from, Awaited::Request(request)),
             _ => self.eject(from, EjectReason::SessionBroken, out),
+        }
+    }
+
+    /// True while a write (or trim) refused for lack of space could still be voided: it is
+    /// unanswered (fewer than CF Healthy replicas hold it).
+    fn may_void(&self, seq: Seq) -> bool {
+        self.ops.get(&seq).is_some_and(|op| !op.is_flush)
+    }
+
+    /// Decides each write refused for lack of space once every replica it was sent to has
+    /// answered it. If CF Healthy replicas hold it, it is acknowledged and the refusers, which
+    /// lack it, are ejected (and resynced later, as for any failed write). Otherwise it can
+    /// never be acknowledged, and a Healthy replica refused it: it is voided. Its client is
+    /// told ENOSPC, the refusers (which changed nothing) are told to go on, and each replica
+    /// that applied it is copied to again where it did (a replica being rebuilt) or ejected
+    /// and resynced. The volume's history holds the write as nothing.
+    ///
+    /// True if it decided any (each decision removes a refusal, so rounds of this end).
+    pub(super) fn settle_refusals(&mut self, out: &mut Vec<TargetOutput>) -> bool {
+        let mut decided = false;
+        let refused: Vec<Seq> = self
+            .ops
+            .iter()
+            .filter(|(_, op)| !op.refusers.is_empty())
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in refused {
+            let unanswered = self.links.values().any(|link| {
+                link.connected()
+                    .is_some_and(|c| c.awaited().contains_key(&Awaited::Op(seq)))
+            });
+            if unanswered {
+                continue;
+            }
+            decided = true;
+            let op = self.ops.get_mut(&seq).expect("listed");
+            let refusers: Vec<(ReplicaId, SessionId)> = std::mem::take(&mut op.refusers);
+            let refusers: Vec<ReplicaId> = refusers
+                .into_iter()
+                .filter(|(replica, session)| {
+                    self.connected(*replica)
+                        .is_some_and(|c| c.session_id() == *session)
+                })
+                .map(|(replica, _)| replica)
+                .collect();
+            let healthy_refuser = refusers.iter().any(|r| self.is_healthy(*r));
+            if healthy_refuser && self.healthy_holders(seq) < self.membership.consistency_factor() {
+                self.void(seq, &refusers, out);
+            } else {
+                for replica in refusers {
+                    self.eject(replica, EjectReason::IoFailure(IoFailure::NoSpace), out);
+                }
+            }
+        }
+        decided
+    }
+
+    /// How many Healthy replicas hold pending operation `seq`.
+    fn healthy_holders(&self, seq: Seq) -> usize {
+        self.ops[&seq]
+            .holders
+            .iter()
+            .filter(|holder| self.is_healthy(**holder))
+            .count()
+    }
+
+    /// Voids write (or trim) `seq`, which every Healthy replica refused for lack of space.
+    fn void(&mut self, seq: Seq, refusers: &[ReplicaId], out: &mut Vec<TargetOutput>) {
+        assert!(
+            self.healthy_holders(seq) < self.membership.consistency_factor(),
+            "an acknowledged write is never voided (G1)"
+        );
+        let op = self.ops.remove(&seq).expect("voided ops are pending");
+        assert!(!op.is_flush, "only writes and trims are voided");
+        self.last_voided = self.last_voided.max(seq);
+        self.no_space_probe_at = Some(self.now_tick + self.options.no_space_probe_ticks);
+        // A FUA write's reply rides on the flush right behind it.
+        let client = op.client.or_else(|| {
+            self.ops
+                .values_mut()
+                .find(|later| later.is_flush && later.reply_stamp == op.stamp)
+                .and_then(|flush| flush.client.take())
+        });
+        if let Some(client) = client {
+            self.answer(out, client, Err(ClientError::NoSpace));
+        }
+        out.push(TargetOutput::Event(TargetEvent::WriteVoided { seq }));
+        for replica in refusers {
+            self.send(*replica, Message::Voided { seq }, None, out);
+        }
+        let range = match &op.message {
+            Message::Write { offset, data, .. } => (*offset, data.len() as u64),
+            Message::Trim { offset, len, .. } => (*offset, *len),
+            _ => unreachable!("only writes and trims are voided"),
+        };
+        let regions = self.geometry.regions_of(range.0, range.1);
+        if self.options.bugs.has(PlantedBug::KeepVoidedWrites) {
+            return;
+        }
+        for replica in op.holders {
+            if self.connected(replica).is_none() {
+                continue; // Its next session resyncs it (see `rejoin`).
+            }
+            let geometry = self.geometry;
+            let copied_again = self.resync.as_mut().is_some_and(|job| {
+                job.dest == replica && job.copy_again(regions.clone(), &geometry)
+            });
+            if !copied_again {
+                self.eject(replica, EjectReason::HoldsVoidedWrite, out);
+            }
         }
     }
 

@@ -394,6 +394,10 @@ impl ReplicaLink {
 }
 
 impl Connected {
+    pub(super) fn session_id(&self) -> SessionId {
+        self.session.id()
+    }
+
     pub(super) fn state(&self) -> LinkState {
         self.state
     }
@@ -501,6 +505,7 @@ mod tests {
         client_timeout_ticks: 3_000,
         read_lease_ticks: 100,
         takeover_wait_ticks: 120,
+        no_space_probe_ticks: 100,
         bugs: crate::Bugs::none(),
     };
 

@@ -83,6 +83,12 @@ pub struct Target {
     acked_max: Stamp,
     /// Every operation at or below this is durable on CF replicas.
     committed: Seq,
+    /// The newest write voided because every Healthy replica refused it for lack of space. A
+    /// replica whose checkpoint is older may have applied it: it is resynced, never replayed.
+    last_voided: Seq,
+    /// Set once a write was voided, until a write succeeds: client writes before this tick fail
+    /// with ENOSPC at once; the first one at or after it goes to the replicas as a probe.
+    no_space_probe_at: Option<u64>,
     ops: BTreeMap<Seq, PendingOp>,
     reads: BTreeMap<RequestId, PendingRead>,
     /// Reads waiting for a Healthy replica.
@@ -144,6 +150,8 @@ impl Target {
             activation_stamp: Stamp::ZERO,
             acked_max: Stamp::ZERO,
             committed: Seq::ZERO,
+            last_voided: Seq::ZERO,
+            no_space_probe_at: None,
             ops: BTreeMap::new(),
             reads: BTreeMap::new(),
             reads_waiting: VecDeque::new(),
@@ -374,13 +382,23 @@ impl Target {
                 self.on_session_lost(replica, session, out)
             }
         }
-        self.check_quorum_left(out);
-        if self.phase == Phase::Active {
+        // Settling refused writes and completing operations may eject replicas, which may let
+        // another refused write be settled or a resync be scheduled: then go round again, so
+        // that nothing is left for a tick to do that time did not bring.
+        loop {
+            self.check_quorum_left(out);
+            if self.phase != Phase::Active {
+                break;
+            }
             self.progress_removal(out);
             self.schedule_resync(out);
             self.pump_resync(out);
             self.retry_waiting(out);
-            self.complete_ops(out);
+            let settled = self.settle_refusals(out);
+            let ejected = self.complete_ops(out);
+            if !settled && !ejected {
+                break;
+            }
         }
         self.report_changes(out);
     }

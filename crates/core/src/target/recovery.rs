@@ -149,6 +149,7 @@ impl Target {
                     // Acknowledgements from before do not count: replaying earlier operations
                     // can take a replica back past this one until it is applied again.
                     op.holders.clear();
+                    op.refusers.clear();
                     Some(*seq)
                 }
             })

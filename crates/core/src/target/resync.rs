@@ -53,6 +53,10 @@ pub(super) struct ResyncJob {
     /// Locks kept after their segment was read: only with the planted bug
     /// `HoldRangeLockForWholeResync`, always empty otherwise.
     held: Vec<Segment>,
+    /// A segment was sent to the replica: it no longer claims to be a consistent copy (it
+    /// persists that before writing the first), so nothing it holds can become history until
+    /// the job finishes.
+    wrote_any: bool,
     bytes_total: u64,
     bytes_done: u64,
 }
@@ -86,6 +90,7 @@ impl ResyncJob {
             reading: BTreeMap::new(),
             writing: BTreeMap::new(),
             held: Vec::new(),
+            wrote_any: false,
             bytes_total: 0,
             bytes_done: 0,
         }
@@ -134,6 +139,10 @@ impl ResyncJob {
             return NextSegment::Wait;
         };
         let (offset, len) = geometry.region_range(region);
+        if self.overlaps_segment(offset, len) {
+            // Copied again while its earlier copy is in flight (see `copy_again`).
+            return NextSegment::Wait;
+        }
         if let Some(budget) = budget {
             if !budget.spend(len) {
                 return NextSegment::Wait;
@@ -172,7 +181,30 @@ impl ResyncJob {
 
     /// A segment's write to the replica was sent as `request`.
     pub(super) fn writing(&mut self, request: RequestId, segment: Segment) {
+        self.wrote_any = true;
         self.writing.insert(request, segment);
+    }
+
+    /// Copies `regions` (again) before the job finishes, because the replica applied a write
+    /// that was voided there. Only while copying and once the replica has stopped claiming to
+    /// be a consistent copy: false otherwise (the caller ejects it, so a later resync from its
+    /// checkpoint covers the regions).
+    pub(super) fn copy_again(
+        &mut self,
+        regions: std::ops::RangeInclusive<u32>,
+        geometry: &Geometry,
+    ) -> bool {
+        if !matches!(self.phase, ResyncPhase::Copying) || !self.wrote_any {
+            return false;
+        }
+        for region in regions {
+            if !self.todo.contains(&region) {
+                self.todo.push_back(region);
+                self.regions_total += 1;
+                self.bytes_total += geometry.region_range(region).1;
+            }
+        }
+        true
     }
 
     /// The replica answered write `request`.
@@ -301,7 +333,9 @@ impl Target {
             && history.generation == self.generation
             && history.seq >= self.activation_stamp.seq
             && missed.len() <= self.options.replica_congestion_ops
-            && missed.iter().all(|seq| self.ops.contains_key(seq));
+            && missed.iter().all(|seq| self.ops.contains_key(seq))
+            && (hello.checkpoint >= self.last_voided
+                || self.options.bugs.has(PlantedBug::ReplayPastVoidedWrite));
         if !can_replay {
             let live_after = Some(self.last_stamp);
             self.begin_resync(replica, live_after, out);

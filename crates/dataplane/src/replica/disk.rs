@@ -21,8 +21,10 @@
 //! go on (they free space or need next to none), and so do a thick replica's writes (its space
 //! was reserved when it was created: the `thick` file in its directory says so).
 //!
-//! OS errors become [`IoFailure`]s for the core (`ENOSPC`/`EDQUOT`: no space, anything else: a
-//! device error) and are logged with the replica, the operation and the error. The data file is
+//! A full pool's refusal changes nothing and is "no space" for the core (the target may then
+//! void the write on every replica and answer ENOSPC); OS errors, `ENOSPC` included (a write
+//! may have landed in part), are device errors. Both are logged with the replica, the operation
+//! and the error. The data file is
 //! locked (`flock`, exclusive) while open, so two hosts never serve the same storage.
 
 use std::fs::{File, OpenOptions};
@@ -475,23 +477,16 @@ pub enum OpError {
 }
 
 impl OpError {
-    /// What the core and the target are told.
+    /// What the core and the target are told. Only a full pool's refusal is "no space": it
+    /// changed nothing, so the target may void the write everywhere. A file system that runs
+    /// out of space (`ENOSPC`, `EDQUOT`) may have written part of the range first: that is a
+    /// device failure, and the replica is resynced once it can be written again.
     pub fn failure(&self) -> IoFailure {
         match self {
             OpError::OutOfRange { .. } => IoFailure::OutOfRange,
             OpError::PoolFull => IoFailure::NoSpace,
-            OpError::Io(error) => io_failure(error),
+            OpError::Io(_) => IoFailure::Device,
         }
-    }
-}
-
-/// Maps an OS error to what the core reports: a full pool (or quota) is "no space", anything
-/// else is a device error.
-pub fn io_failure(error: &io::Error) -> IoFailure {
-    match error.raw_os_error().map(Errno::from_raw) {
-        Some(Errno::ENOSPC | Errno::EDQUOT) => IoFailure::NoSpace,
-        _ if error.kind() == io::ErrorKind::StorageFull => IoFailure::NoSpace,
-        _ => IoFailure::Device,
     }
 }
 
@@ -753,15 +748,15 @@ mod tests {
     }
 
     #[test]
-    fn os_errors_map_to_failures() {
-        let no_space = io::Error::from_raw_os_error(Errno::ENOSPC as i32);
-        assert_eq!(io_failure(&no_space), IoFailure::NoSpace);
-        let quota = io::Error::from_raw_os_error(Errno::EDQUOT as i32);
-        assert_eq!(io_failure(&quota), IoFailure::NoSpace);
-        let eio = io::Error::from_raw_os_error(Errno::EIO as i32);
-        assert_eq!(io_failure(&eio), IoFailure::Device);
-        let other = io::Error::other("something");
-        assert_eq!(io_failure(&other), IoFailure::Device);
+    fn only_a_full_pools_refusal_is_no_space() {
+        assert_eq!(OpError::PoolFull.failure(), IoFailure::NoSpace);
+        // The file system filling up part way through a write may leave part of it written.
+        for errno in [Errno::ENOSPC, Errno::EDQUOT, Errno::EIO] {
+            let error = OpError::Io(io::Error::from_raw_os_error(errno as i32));
+            assert_eq!(error.failure(), IoFailure::Device, "{errno}");
+        }
+        let range = OpError::OutOfRange { offset: 1, len: 2 };
+        assert_eq!(range.failure(), IoFailure::OutOfRange);
     }
 
     #[test]

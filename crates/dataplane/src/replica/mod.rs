@@ -16,7 +16,7 @@ pub mod storage;
 
 pub use connection::LocalHost;
 pub use disk::{
-    io_failure, Allocation, DiskCompletion, DiskOpenError, OpError, ReplicaDisk,
-    ALLOCATION_LEN_MAX, READ_LEN_MAX,
+    Allocation, DiskCompletion, DiskOpenError, OpError, ReplicaDisk, ALLOCATION_LEN_MAX,
+    READ_LEN_MAX,
 };
 pub use host::{HostError, HostOptions, ReplicaHost, ReplicaStatus};

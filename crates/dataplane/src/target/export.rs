@@ -36,6 +36,8 @@ fn device_error(error: RequestError) -> IoError {
         RequestError::Target(ClientError::OutOfRange) => IoError::Invalid,
         // The outcome is unknown; the client sees an I/O error, as with a failed disk.
         RequestError::Target(ClientError::TimedOut) => IoError::Io,
+        // Every Healthy replica's pool is full; the write changed nothing.
+        RequestError::Target(ClientError::NoSpace) => IoError::NoSpace,
         // A newer target serves the volume: tell the client to reconnect.
         RequestError::Target(ClientError::Fenced) | RequestError::Stopped => IoError::Shutdown,
     }

@@ -174,6 +174,9 @@ pub fn eject_reason(reason: &EjectReason) -> String {
         EjectReason::IoFailure(failure) => format!("its disk failed ({failure:?})"),
         EjectReason::SessionBroken => "its connection broke".to_string(),
         EjectReason::Refused(refusal) => format!("it refused the target ({refusal:?})"),
+        EjectReason::HoldsVoidedWrite => {
+            "it applied a write the Healthy replicas refused for lack of space".to_string()
+        }
     }
 }
 

@@ -99,6 +99,7 @@ impl Sim {
                 if let Some(disk) = node.disk.as_mut() {
                     disk.failure_permille = 0;
                     disk.slowness = 1;
+                    disk.full = false;
                 }
             }
         }
@@ -120,6 +121,14 @@ impl Sim {
         }
     }
 
+    /// Makes a replica's pool full (its data writes are refused for lack of space, changing
+    /// nothing) or frees it again.
+    pub fn fill_pool(&mut self, replica: ReplicaId, full: bool) {
+        if let Some(disk) = self.nodes.get_mut(&replica).and_then(|n| n.disk.as_mut()) {
+            disk.full = full;
+        }
+    }
+
     /// Makes a replica's disk `slowness` times slower until everything is healed.
     pub fn slow_disk(&mut self, replica: ReplicaId, slowness: u64) {
         if let Some(disk) = self.nodes.get_mut(&replica).and_then(|n| n.disk.as_mut()) {
@@ -138,6 +147,7 @@ impl Sim {
             if let Some(disk) = node.disk.as_mut() {
                 disk.failure_permille = 0;
                 disk.slowness = 1;
+                disk.full = false;
             }
             self.restart_replica(replica);
         }
@@ -240,6 +250,22 @@ impl Sim {
                     self.faults.disk_error_windows += 1;
                 }
             }
+        }
+        if chance(&mut self.rng, rates.pool_full_ppm) && !with_storage.is_empty() {
+            // Half the time every replica's pool fills (writes then fail with ENOSPC), else one.
+            let until = now + self.rng.gen_range(20..300);
+            let every = self.rng.gen_bool(0.5);
+            let one = with_storage.iter().choose(&mut self.rng).copied();
+            for replica in &with_storage {
+                if every || Some(*replica) == one {
+                    let node = self.nodes.get_mut(replica).expect("exists");
+                    if let Some(disk) = node.disk.as_mut() {
+                        disk.full = true;
+                        node.trouble_until_tick = node.trouble_until_tick.max(until);
+                    }
+                }
+            }
+            self.faults.pools_full += 1;
         }
         if chance(&mut self.rng, rates.slow_disk_ppm) {
             if let Some(&replica) = with_storage.iter().choose(&mut self.rng) {

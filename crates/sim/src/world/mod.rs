@@ -39,6 +39,8 @@ pub struct FaultRates {
     /// A new target takes over while the old one is still running (a zombie).
     pub target_takeover_ppm: u32,
     pub disk_errors_ppm: u32,
+    /// Pools fill up for a while: every replica's, or one's.
+    pub pool_full_ppm: u32,
     pub slow_disk_ppm: u32,
     /// A replica's storage is destroyed and created again (a replaced disk).
     pub wipe_ppm: u32,
@@ -116,6 +118,7 @@ impl SimConfig {
                 client_timeout_ticks: 1_500,
                 read_lease_ticks: 40,
                 takeover_wait_ticks: 50,
+                no_space_probe_ticks: 50,
                 bugs: tandem_core::Bugs::none(),
             },
             replica: ReplicaOptions {
@@ -142,6 +145,8 @@ pub struct FaultCounters {
     pub target_takeovers: u64,
     pub disk_error_windows: u64,
     pub disk_errors: u64,
+    /// Windows in which pools were full (every replica's or one's).
+    pub pools_full: u64,
     pub slow_disks: u64,
     pub wipes: u64,
     pub replicas_added: u64,
@@ -593,7 +598,7 @@ impl Sim {
         match op {
             DiskOp::Write {
                 id, offset, data, ..
-            } => match failure {
+            } => match failure.or(disk.full.then_some(tandem_core::IoFailure::NoSpace)) {
                 Some(failure) => (id, Err(failure)),
                 None => {
                     disk.write(offset, data);
