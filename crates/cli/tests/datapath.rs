@@ -510,3 +510,92 @@ fn a_pool_past_its_size_refuses_writes_until_space_is_freed() {
         ],
     );
 }
+
+/// Every pool of a volume full: a client's writes fail with ENOSPC (qemu-io reports "No space
+/// left on device"), its reads go on, no replica leaves, and once space is freed writes succeed
+/// again, with everything acknowledged before still there.
+#[test]
+fn writes_fail_with_enospc_while_every_pool_is_full_and_succeed_once_space_is_freed() {
+    let cluster = Cluster::up(2, "64M");
+    let cspc = rows(&cluster.ok(&["get", "cspc", "-n", "openebs"]))[1][0].clone();
+    let overcommit =
+        r#"{"metadata":{"annotations":{"tandem.io/over-provisioning-percentage":"1000"}}}"#;
+    cluster.ok(&[
+        "patch", "cspc", &cspc, "-n", "openebs", "--type", "merge", "-p", overcommit,
+    ]);
+    for (name, size) in [("vol-a", "256Mi"), ("filler", "128Mi")] {
+        cluster.ok(&["volume", "create", name, "--size", size, "--replicas", "2"]);
+    }
+    let uri = cluster.uri("vol-a");
+    qemu_io(&cluster, &uri, &["write -P 0x22 0 16M", "flush"]);
+    // 16 MiB of vol-a and 56 MiB of the filler on each node: past both 64 MiB pools.
+    qemu_io(
+        &cluster,
+        &cluster.uri("filler"),
+        &["write -P 0x11 0 56M", "flush"],
+    );
+    cluster.wait_for(
+        "both pools to report no free space",
+        &["get", "cspi", "-n", "openebs", "-o", "json"],
+        |out| {
+            let list: Value = serde_json::from_str(out).unwrap_or_default();
+            list["items"].as_array().is_some_and(|pools| {
+                pools.len() == 2
+                    && pools
+                        .iter()
+                        .all(|pool| pool["status"]["capacity"]["free"] == "0")
+            })
+        },
+    );
+
+    let write = |pattern: &str| {
+        let command = format!("write -P {pattern} 32M 1M");
+        let args = qemu_io_args(&uri, &[command.as_str(), "flush"]);
+        let output = cluster
+            .client("qemu-io")
+            .args(&args)
+            .output()
+            .expect("qemu-io runs");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    };
+    let refused = write("0x33");
+    assert!(
+        refused.contains("No space left on device"),
+        "a write to a volume whose pools are full: {refused}"
+    );
+    qemu_io(&cluster, &uri, &["read -P 0x22 0 16M", "read -P 0 32M 1M"]);
+    let cv = cluster.ok(&["get", "cv", "vol-a", "-n", "openebs"]);
+    assert!(cv.contains("Healthy"), "{cv}");
+    let cvrs = cluster.ok(&["get", "cvr", "-n", "openebs"]);
+    for line in cvrs.lines().filter(|line| line.starts_with("vol-a-")) {
+        assert!(line.contains(" Healthy "), "no replica leaves: {cvrs}");
+    }
+
+    cluster.ok(&["volume", "delete", "filler"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = write("0x44");
+        if !answer.to_lowercase().contains("error") && !answer.contains("No space") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes still fail once space was freed: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    qemu_io(
+        &cluster,
+        &uri,
+        &["read -P 0x22 0 16M", "read -P 0x44 32M 1M"],
+    );
+    cluster.wait_for(
+        "the volume to be Healthy",
+        &["get", "cv", "vol-a", "-n", "openebs"],
+        |out| out.contains("Healthy"),
+    );
+}

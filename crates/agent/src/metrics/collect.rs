@@ -326,6 +326,16 @@ impl Scrape {
             self.volume_labels().map(|(labels, volume)| {
                 (labels, counter(volume.served.counters.backpressure_waits()))
             }),
+        )?;
+        family(
+            encoder,
+            "volume_no_space_replies",
+            "Client writes answered ENOSPC because every healthy replica's pool was full (they \
+             changed nothing)",
+            None,
+            self.volume_labels().map(|(labels, volume)| {
+                (labels, counter(volume.served.counters.no_space_replies()))
+            }),
         )
     }
 

@@ -276,6 +276,16 @@ impl ReplicaDisk {
         };
         let result = outcome.map_err(|error| {
             let failure = error.failure();
+            if matches!(error, OpError::PoolFull) {
+                // Expected while the pool is full (the agent reports the pool, the target the
+                // volume): not a warning per write.
+                tracing::debug!(
+                    replica = self.inner.replica.0,
+                    op = kind,
+                    "refused: the pool is full"
+                );
+                return failure;
+            }
             tracing::warn!(
                 replica = self.inner.replica.0,
                 dir = %self.inner.dir.display(),

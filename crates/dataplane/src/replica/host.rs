@@ -264,7 +264,8 @@ pub struct ReplicaHost {
 
 impl ReplicaHost {
     /// Marks the pool full (its size reached: every hosted replica then refuses writes as "no
-    /// space", and its targets eject it) or no longer full.
+    /// space", changing nothing; a target voids a write every Healthy replica refused, and
+    /// ejects a replica that refused one the others hold) or no longer full.
     pub fn set_pool_full(&self, full: bool) {
         if self.shared.pool.set_full(full) != full {
             if full {

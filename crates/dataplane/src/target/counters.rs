@@ -1,5 +1,5 @@
 //! What only a running target knows, counted for metrics: client operations held back by
-//! backpressure, replicas ejected, bytes copied to each replica by resyncs. The target task
+//! backpressure, writes answered ENOSPC, replicas ejected, bytes copied to each replica by resyncs. The target task
 //! updates them (an atomic per client request; a short lock only on an ejection or when resync
 //! progress moved, never per request); a scrape reads them through
 //! [`TargetHandle::counters`](super::TargetHandle::counters).
@@ -14,6 +14,7 @@ use tandem_core::{ReplicaId, ResyncProgress};
 #[derive(Debug, Default)]
 pub struct TargetCounters {
     backpressure_waits: AtomicU64,
+    no_space_replies: AtomicU64,
     replicas: Mutex<BTreeMap<ReplicaId, ReplicaCounters>>,
 }
 
@@ -34,6 +35,12 @@ impl TargetCounters {
         self.backpressure_waits.load(Ordering::Relaxed)
     }
 
+    /// Client writes answered ENOSPC: every Healthy replica's pool was full, so they changed
+    /// nothing.
+    pub fn no_space_replies(&self) -> u64 {
+        self.no_space_replies.load(Ordering::Relaxed)
+    }
+
     /// Every replica this target has counted something for.
     pub fn replicas(&self) -> BTreeMap<ReplicaId, ReplicaCounters> {
         self.replicas
@@ -44,6 +51,10 @@ impl TargetCounters {
 
     pub(crate) fn note_backpressure_wait(&self) {
         self.backpressure_waits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn note_no_space_reply(&self) {
+        self.no_space_replies.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn note_ejection(&self, replica: ReplicaId) {

@@ -341,6 +341,7 @@ pub fn start(config: TargetConfig, store: Arc<dyn MembershipStore>) -> TargetHan
         clock: TickClock::start(TICK),
         counters: Arc::clone(&counters),
         copied: CopiedTracker::default(),
+        no_space_logged: None,
     };
     tokio::spawn(task.run(requests_rx, inbound_rx, persisted_rx));
     TargetHandle {
@@ -372,6 +373,8 @@ struct TargetTask {
     clock: TickClock,
     counters: Arc<TargetCounters>,
     copied: CopiedTracker,
+    /// When writes were last logged as failing for lack of space (once a minute at most).
+    no_space_logged: Option<std::time::Instant>,
 }
 
 /// Who waits for a membership command's outcome.
@@ -549,6 +552,9 @@ impl TargetTask {
         match output {
             TargetOutput::Send { to, envelope } => self.send(to, envelope),
             TargetOutput::Reply(reply) => {
+                if reply.result == Err(ClientError::NoSpace) {
+                    self.counters.note_no_space_reply();
+                }
                 if let Some(client) = self.clients.remove(&reply.id) {
                     // The client may have given up (its connection closed); nothing to do.
                     let _ = client.send(reply.result);
@@ -625,6 +631,17 @@ impl TargetTask {
                 self.copied.ejected(*replica);
                 self.history.ejected(*replica, reason);
                 tracing::warn!(volume = %self.volume, replica = replica.0, ?reason, "replica ejected");
+            }
+            TargetEvent::WriteVoided { seq } => {
+                // Writes fail with ENOSPC from here on (one probe a second) until one succeeds.
+                let quiet = Duration::from_secs(60);
+                if self.no_space_logged.is_none_or(|at| at.elapsed() >= quiet) {
+                    self.no_space_logged = Some(std::time::Instant::now());
+                    tracing::warn!(
+                        volume = %self.volume, seq = seq.0,
+                        "every healthy replica's pool is full: writes fail with ENOSPC until space is freed or the volume moves"
+                    );
+                }
             }
             TargetEvent::Fenced => {
                 self.history.fenced();
