@@ -38,6 +38,11 @@ pub const USAGE_WARNINGS_DEFAULT: [u32; 2] = [70, 80];
 /// The highest over-provisioning percentage accepted (a hundred times the capacity).
 pub const OVER_PROVISIONING_MAX: u32 = 10_000;
 
+/// The reason of the Warning a volume gets when enough pools are online but too few have room
+/// for it: it stays Pending until they do (space freed, pools added, a higher limit), so
+/// `tandem volume create` stops waiting at once.
+pub const REASON_INSUFFICIENT_CAPACITY: &str = "InsufficientCapacity";
+
 /// A pool cluster's capacity policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CapacityPolicy {

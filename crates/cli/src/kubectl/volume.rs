@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{ArgAction, Args, Subcommand};
 use tandem_client::Client;
-use tandem_objects::capacity::ANNOTATION_PROVISIONING;
+use tandem_objects::capacity::{
+    ANNOTATION_OVER_PROVISIONING, ANNOTATION_PROVISIONING, REASON_INSUFFICIENT_CAPACITY,
+};
 use tandem_objects::{
     CStorPoolInstance, CStorVolumeConfig, CStorVolumeConfigPhase, CStorVolumeConfigSpec,
     CStorVolumePhase, Event, EventType, Kind, Object, ObjectMeta, Quantity, StorageCapacity,
@@ -422,6 +424,20 @@ async fn wait_until_bound(
                 }
             }
             let config = CStorVolumeConfig::try_from(object)?;
+            // Enough pools, too little room in them: nothing changes by waiting.
+            let no_room = events.last().filter(|newest| {
+                newest.event_type == EventType::Warning
+                    && newest.reason == REASON_INSUFFICIENT_CAPACITY
+            });
+            if let (Some(newest), CStorVolumeConfigPhase::Pending) = (no_room, &config.status.phase)
+            {
+                bail!(
+                    "volume {name} cannot be placed: {}\n  It stays Pending and is placed once \
+                     pools have room (free space, add pools, or raise {ANNOTATION_OVER_PROVISIONING} \
+                     on the pool cluster); `tandem volume delete {name}` gives it up.",
+                    newest.message
+                );
+            }
             match config.status.phase {
                 CStorVolumeConfigPhase::Bound => {
                     let pools =

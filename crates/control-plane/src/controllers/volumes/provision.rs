@@ -4,7 +4,7 @@
 
 use rand::seq::SliceRandom;
 use rand::Rng;
-use tandem_objects::capacity::{room_for, Provisioning};
+use tandem_objects::capacity::{room_for, Provisioning, REASON_INSUFFICIENT_CAPACITY};
 use tandem_objects::{
     CStorPoolInstance, CStorPoolInstancePhase, CStorVolume, CStorVolumeConfig,
     CStorVolumeConfigPhase, CStorVolumeReplicaPhase, EventType, Object,
@@ -61,6 +61,7 @@ pub(crate) fn plan_provision(
         }
         None => true,
     });
+    let usable_but_for_room = candidates.len();
     let size = config.spec.capacity.storage.bytes();
     let provisioning = Provisioning::of(&config.metadata.annotations).unwrap_or_default();
     let policy = observed.capacity_policy(namespace, cluster);
@@ -83,7 +84,13 @@ pub(crate) fn plan_provision(
         if !skipped.is_empty() {
             message.push_str(&format!(" (skipped: {})", skipped.join("; ")));
         }
-        return vec![warn_once(config, "Provisioning", &message)];
+        // Only room is missing: say so apart, so waiting for the pools is not mistaken for it.
+        let reason = if usable_but_for_room >= pending {
+            REASON_INSUFFICIENT_CAPACITY
+        } else {
+            "Provisioning"
+        };
+        return vec![warn_once(config, reason, &message)];
     }
     // cStor shuffles; spreading by how many replicas a pool holds keeps pools even.
     candidates.shuffle(random);

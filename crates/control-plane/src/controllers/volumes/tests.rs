@@ -1501,8 +1501,8 @@ fn given_a_burst_of_volumes_when_planned_in_one_pass_then_each_counts_the_replic
         &[
             "create replica pvc-1-b (Empty, owner CStorVolume uid-pvc-1)",
             "create replica pvc-1-a (Empty, owner CStorVolume uid-pvc-1)",
-            "event Warning Provisioning by Volumes about CStorVolumeConfig pvc-2 unless its \
-             newest says the same: not enough pools are available of provided CSPC: \"cspc\", \
+            "event Warning InsufficientCapacity by Volumes about CStorVolumeConfig pvc-2 unless \
+             its newest says the same: not enough pools are available of provided CSPC: \"cspc\", \
              usable pool count: 1 pending replica count: 2 (skipped: pool a cannot take a 5 GiB \
              replica: 5 GiB of its 9.3 GiB are provisioned, and its pool cluster allows 100% \
              (9.3 GiB) (tandem.io/over-provisioning-percentage); pool b cannot take a 5 GiB \
