@@ -784,6 +784,18 @@ fn get_watch_prints_each_change() {
     command.stdin(Stdio::null());
     let mut bounded = Background::spawn(command);
     assert!(bounded.wait());
+
+    // Watching a named object that does not exist fails at once, as kubectl does, instead of
+    // watching for a change that cannot come.
+    let mut command = plane.command(&["get", "cvc", "nope", "-w"]);
+    command.stdin(Stdio::null());
+    let mut missing = Background::spawn(command);
+    assert!(!missing.wait(), "watching a missing object succeeded");
+    let said = plane.run(&["get", "cvc", "nope"]).fails();
+    assert!(
+        said.contains(r#"cstorvolumeconfigs.cstor.openebs.io "nope" not found"#),
+        "{said}"
+    );
 }
 
 #[test]

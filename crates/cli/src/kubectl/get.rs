@@ -244,7 +244,8 @@ pub async fn run(args: GetArgs) -> Result<bool> {
         }
     }
 
-    if let Some(kind) = watched_kind {
+    // As kubectl: a named object that does not exist is an error, not something to wait for.
+    if let Some(kind) = watched_kind.filter(|_| ok) {
         let names: Vec<String> = targets.into_iter().map(|(_, name)| name).collect();
         let watching = Watching {
             client: &client,
