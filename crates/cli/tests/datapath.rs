@@ -511,58 +511,80 @@ fn a_pool_past_its_size_refuses_writes_until_space_is_freed() {
     );
 }
 
-/// Every pool of a volume full: a client's writes fail with ENOSPC (qemu-io reports "No space
-/// left on device"), its reads go on, no replica leaves, and once space is freed writes succeed
-/// again, with everything acknowledged before still there.
-#[test]
-fn writes_fail_with_enospc_while_every_pool_is_full_and_succeed_once_space_is_freed() {
-    let cluster = Cluster::up(2, "64M");
+/// A volume `vol-a` (two replicas, 16 MiB of 0x22 written) whose two pools a `filler` volume
+/// has filled past their 64 MiB, on a cluster of `nodes` nodes; checks that a client's writes
+/// fail with ENOSPC (qemu-io: "No space left on device"), reads go on, and no replica leaves.
+fn volume_on_full_pools(nodes: usize) -> (Cluster, String) {
+    let cluster = Cluster::up(nodes, "64M");
     let cspc = rows(&cluster.ok(&["get", "cspc", "-n", "openebs"]))[1][0].clone();
     let overcommit =
         r#"{"metadata":{"annotations":{"tandem.io/over-provisioning-percentage":"1000"}}}"#;
     cluster.ok(&[
         "patch", "cspc", &cspc, "-n", "openebs", "--type", "merge", "-p", overcommit,
     ]);
-    for (name, size) in [("vol-a", "256Mi"), ("filler", "128Mi")] {
-        cluster.ok(&["volume", "create", name, "--size", size, "--replicas", "2"]);
+    cluster.ok(&[
+        "volume",
+        "create",
+        "vol-a",
+        "--size",
+        "256Mi",
+        "--replicas",
+        "2",
+    ]);
+    // The filler goes where vol-a is: the other nodes are cordoned meanwhile.
+    let full_nodes = cluster.replica_nodes("vol-a");
+    let others: Vec<String> = (1..=nodes)
+        .map(|n| format!("node{n}"))
+        .filter(|node| !full_nodes.contains(node))
+        .collect();
+    for node in &others {
+        cluster.ok(&["node", "cordon", node]);
+    }
+    cluster.ok(&[
+        "volume",
+        "create",
+        "filler",
+        "--size",
+        "128Mi",
+        "--replicas",
+        "2",
+    ]);
+    for node in &others {
+        cluster.ok(&["node", "uncordon", node]);
     }
     let uri = cluster.uri("vol-a");
     qemu_io(&cluster, &uri, &["write -P 0x22 0 16M", "flush"]);
-    // 16 MiB of vol-a and 56 MiB of the filler on each node: past both 64 MiB pools.
+    // 16 MiB of vol-a and 56 MiB of the filler on each of vol-a's pools: past their 64 MiB.
     qemu_io(
         &cluster,
         &cluster.uri("filler"),
         &["write -P 0x11 0 56M", "flush"],
     );
+    let full_pools: Vec<String> = full_nodes
+        .iter()
+        .map(|node| cluster.pool_on(node))
+        .collect();
     cluster.wait_for(
-        "both pools to report no free space",
+        "vol-a's pools to report no free space",
         &["get", "cspi", "-n", "openebs", "-o", "json"],
         |out| {
             let list: Value = serde_json::from_str(out).unwrap_or_default();
             list["items"].as_array().is_some_and(|pools| {
-                pools.len() == 2
-                    && pools
-                        .iter()
-                        .all(|pool| pool["status"]["capacity"]["free"] == "0")
+                pools
+                    .iter()
+                    .filter(|pool| {
+                        full_pools
+                            .iter()
+                            .any(|name| pool["metadata"]["name"] == **name)
+                    })
+                    .filter(|pool| pool["status"]["capacity"]["free"] == "0")
+                    .count()
+                    == 2
             })
         },
     );
 
-    let write = |pattern: &str| {
-        let command = format!("write -P {pattern} 32M 1M");
-        let args = qemu_io_args(&uri, &[command.as_str(), "flush"]);
-        let output = cluster
-            .client("qemu-io")
-            .args(&args)
-            .output()
-            .expect("qemu-io runs");
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    };
-    let refused = write("0x33");
+    let refused = qemu_io_write(&cluster, &uri, "0x33");
     assert!(
         refused.contains("No space left on device"),
         "a write to a volume whose pools are full: {refused}"
@@ -574,28 +596,79 @@ fn writes_fail_with_enospc_while_every_pool_is_full_and_succeed_once_space_is_fr
     for line in cvrs.lines().filter(|line| line.starts_with("vol-a-")) {
         assert!(line.contains(" Healthy "), "no replica leaves: {cvrs}");
     }
+    (cluster, uri)
+}
 
-    cluster.ok(&["volume", "delete", "filler"]);
+/// qemu-io writes 1 MiB of `pattern` at 32 MiB and flushes; what it printed.
+fn qemu_io_write(cluster: &Cluster, uri: &str, pattern: &str) -> String {
+    let command = format!("write -P {pattern} 32M 1M");
+    let args = qemu_io_args(uri, &[command.as_str(), "flush"]);
+    let output = cluster
+        .client("qemu-io")
+        .args(&args)
+        .output()
+        .expect("qemu-io runs");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Writes until one succeeds (the target probes for space once a second), then reads back
+/// everything written before and that write.
+fn writes_succeed_again(cluster: &Cluster, uri: &str, why: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let answer = write("0x44");
+        let answer = qemu_io_write(cluster, uri, "0x44");
         if !answer.to_lowercase().contains("error") && !answer.contains("No space") {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "writes still fail once space was freed: {answer}"
+            "writes still fail once {why}: {answer}"
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    qemu_io(
-        &cluster,
-        &uri,
-        &["read -P 0x22 0 16M", "read -P 0x44 32M 1M"],
-    );
+    qemu_io(cluster, uri, &["read -P 0x22 0 16M", "read -P 0x44 32M 1M"]);
     cluster.wait_for(
         "the volume to be Healthy",
         &["get", "cv", "vol-a", "-n", "openebs"],
         |out| out.contains("Healthy"),
     );
+}
+
+/// Every pool of a volume full: writes fail with ENOSPC, reads go on, no replica leaves; once
+/// space is freed, writes succeed again, with everything acknowledged before still there.
+#[test]
+fn writes_fail_with_enospc_while_every_pool_is_full_and_succeed_once_space_is_freed() {
+    let (cluster, uri) = volume_on_full_pools(2);
+    cluster.ok(&["volume", "delete", "filler"]);
+    writes_succeed_again(&cluster, &uri, "space was freed");
+}
+
+/// The same, and the volume moves off its full pools (both replicas migrated, one after the
+/// other, to pools with room): writes succeed again.
+#[test]
+fn writes_fail_with_enospc_while_every_pool_is_full_and_succeed_once_the_volume_moved() {
+    let (cluster, uri) = volume_on_full_pools(4);
+    let full_nodes = cluster.replica_nodes("vol-a");
+    let free_nodes: Vec<String> = (1..=4)
+        .map(|n| format!("node{n}"))
+        .filter(|node| !full_nodes.contains(node))
+        .collect();
+    for (from, to) in full_nodes.iter().zip(&free_nodes) {
+        cluster.ok(&[
+            "volume",
+            "migrate",
+            "vol-a",
+            "--from",
+            &cluster.pool_on(from),
+            "--to",
+            &cluster.pool_on(to),
+            "--timeout",
+            "2m",
+        ]);
+    }
+    writes_succeed_again(&cluster, &uri, "the volume moved");
 }
