@@ -107,7 +107,7 @@ pub enum Message {
     /// Write (or trim) `seq`, which this replica refused for lack of space, was refused by
     /// every Healthy replica: it changed nothing anywhere, its client is told so (ENOSPC), and
     /// the volume's history goes on as if it had been applied as nothing. The replica, which
-    /// started nothing after the refusal, goes on with what follows.
+    /// held back the write's range and every barrier since the refusal, goes on.
     Voided {
         seq: Seq,
     },

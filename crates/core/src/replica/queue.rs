@@ -159,8 +159,8 @@ impl Replica {
     }
 
     /// True if an operation on the range overlaps storage work in flight (only writes, if
-    /// `writes_only`).
-    /// Writes refused for space and awaiting their verdict count as writes in flight.
+    /// `writes_only`); writes refused for space and awaiting their verdict count as writes in
+    /// flight.
     pub(super) fn overlaps_inflight(&self, offset: u64, len: u64, writes_only: bool) -> bool {
         let overlaps = |start: u64, length: u64| start < offset + len && offset < start + length;
         self.inflight.values().any(|inflight| match inflight.range {
