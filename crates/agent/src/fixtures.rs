@@ -114,5 +114,6 @@ pub fn target(members: &[(u64, bool)]) -> TargetStatus {
         resync: None,
         resync_history: Vec::new(),
         fenced: false,
+        no_space: false,
     }
 }

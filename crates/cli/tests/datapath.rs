@@ -592,6 +592,11 @@ fn volume_on_full_pools(nodes: usize) -> (Cluster, String) {
     qemu_io(&cluster, &uri, &["read -P 0x22 0 16M", "read -P 0 32M 1M"]);
     let cv = cluster.ok(&["get", "cv", "vol-a", "-n", "openebs"]);
     assert!(cv.contains("Healthy"), "{cv}");
+    cluster.wait_for(
+        "the volume to say its writes fail for lack of space",
+        &["describe", "cv", "vol-a", "-n", "openebs"],
+        |out| out.contains("Warning  VolumeOutOfSpace") && out.contains("writes fail with ENOSPC"),
+    );
     let cvrs = cluster.ok(&["get", "cvr", "-n", "openebs"]);
     for line in cvrs.lines().filter(|line| line.starts_with("vol-a-")) {
         assert!(line.contains(" Healthy "), "no replica leaves: {cvrs}");
@@ -635,6 +640,11 @@ fn writes_succeed_again(cluster: &Cluster, uri: &str, why: &str) {
         "the volume to be Healthy",
         &["get", "cv", "vol-a", "-n", "openebs"],
         |out| out.contains("Healthy"),
+    );
+    cluster.wait_for(
+        "the volume to say its writes succeed again",
+        &["describe", "cv", "vol-a", "-n", "openebs"],
+        |out| out.contains("writes succeed again"),
     );
 }
 

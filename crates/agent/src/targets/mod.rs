@@ -31,7 +31,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tandem_client::{Client, ClientError};
+use tandem_client::{Client, ClientError, Recorder};
 use tandem_core::{Fenced, Generation, Membership, ReplicaId, TargetOptions};
 use tandem_dataplane::replica::LocalHost;
 use tandem_dataplane::security::LinkSecurity;
@@ -39,7 +39,7 @@ use tandem_dataplane::target::{
     self, MembershipStore, ResyncPace, TargetConfig, TargetHandle, TargetStatus,
 };
 use tandem_nbd::{Server, ServerError};
-use tandem_objects::{CStorVolume, Kind, Object};
+use tandem_objects::{CStorVolume, EventType, Kind, Object};
 use tokio::sync::watch;
 
 use crate::changes::{Cache, Changes, FIRST_LIST_PATIENCE};
@@ -73,6 +73,10 @@ const COUNTERS_INTERVAL: Duration = Duration::from_secs(10);
 /// Each target's client I/O is counted (the same counters as its export on the endpoint).
 pub type OwnTargetsServer = Server<Metered<TargetHandle>>;
 
+/// The reason of the CV's events when its writes start failing for lack of space (Warning)
+/// and when they succeed again (Normal).
+pub const REASON_OUT_OF_SPACE: &str = "VolumeOutOfSpace";
+
 struct Running {
     handle: TargetHandle,
     generation: Generation,
@@ -91,6 +95,8 @@ struct Running {
     operations_seen: u64,
     /// What its last complete keep step saw: the same again, and no resync due, leaves it be.
     kept: Option<KeepInputs>,
+    /// Whether the CV was last told (an event) that writes fail for lack of space.
+    no_space_said: bool,
 }
 
 /// What a target's keep step depends on: its objects' versions, its state, its client I/O. A
@@ -171,6 +177,8 @@ pub struct Targets {
     security: LinkSecurity,
     /// This node's replica host: targets reach its replicas in memory.
     local: Option<LocalHost>,
+    /// Records events about the volumes (writes failing for lack of space, and again not).
+    recorder: Recorder,
 }
 
 impl Targets {
@@ -194,6 +202,7 @@ impl Targets {
         endpoint: Arc<EndpointServer>,
         routes: watch::Sender<Routes>,
         metrics: Arc<AgentMetrics>,
+        recorder: Recorder,
     ) -> Targets {
         Targets {
             doing: Doing::default(),
@@ -211,6 +220,7 @@ impl Targets {
             metrics,
             security: LinkSecurity::Plain,
             local: None,
+            recorder,
         }
     }
 
@@ -448,6 +458,7 @@ impl Targets {
                 operations_seen: io.operations(),
                 io,
                 kept: None,
+                no_space_said: false,
             },
         );
         Ok(())
@@ -596,7 +607,7 @@ impl Targets {
                 }
             }
         }
-        let mut complete = true;
+        let mut complete = self.say_no_space(volume, &status).await;
         for replica in publish.replicas {
             // A conflict means the replica's agent wrote meanwhile; the next pass retries.
             complete &= self
@@ -606,6 +617,51 @@ impl Targets {
                 .is_ok();
         }
         Ok(complete)
+    }
+}
+
+impl Targets {
+    /// Records on the CV when its writes start failing with ENOSPC (every Healthy replica's
+    /// pool is full) and when they succeed again; false if that could not be recorded (the
+    /// next pass that looks tries again).
+    async fn say_no_space(&mut self, volume: &CStorVolume, status: &TargetStatus) -> bool {
+        let name = volume.name();
+        let Some(running) = self.running.get(name) else {
+            return true;
+        };
+        if running.no_space_said == status.no_space {
+            return true;
+        }
+        let (event_type, message) = if status.no_space {
+            (
+                EventType::Warning,
+                "writes fail with ENOSPC: every healthy replica's pool is full; free space in \
+                 the pools or move the volume (reads go on, nothing written is lost)",
+            )
+        } else {
+            (
+                EventType::Normal,
+                "writes succeed again: the replicas' pools have room",
+            )
+        };
+        let about = Object::CStorVolume(volume.clone());
+        let subject = Subject::object(Kind::CStorVolume, name, Aspect::Event(REASON_OUT_OF_SPACE));
+        match (self.recorder)
+            .record(&about, event_type, REASON_OUT_OF_SPACE, message)
+            .await
+        {
+            Ok(()) => {
+                self.errors.ok(&subject);
+                if let Some(running) = self.running.get_mut(name) {
+                    running.no_space_said = status.no_space;
+                }
+                true
+            }
+            Err(error) => {
+                self.errors.failed(&subject, &Error::from(error));
+                false
+            }
+        }
     }
 }
 
@@ -635,6 +691,7 @@ async fn signal_state_changes(
             status.membership.clone(),
             status.fenced,
             status.resync_history.last().cloned(),
+            status.no_space,
         )
     };
     let mut last = state(&status.borrow_and_update());

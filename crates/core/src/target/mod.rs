@@ -181,6 +181,12 @@ impl Target {
         self.phase == Phase::Fenced
     }
 
+    /// True from a write voided for lack of space until a write succeeds: client writes fail
+    /// with ENOSPC (but for a probe a second).
+    pub fn refusing_for_space(&self) -> bool {
+        self.no_space_probe_at.is_some()
+    }
+
     /// Changes how fast resyncs copy from now on: the bandwidth caps idle and under client
     /// load and the segments in flight, as in [`TargetOptions`].
     pub fn set_resync_pace(

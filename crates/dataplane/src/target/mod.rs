@@ -110,6 +110,9 @@ pub struct TargetStatus {
     /// history: [`RESYNC_HISTORY`]).
     pub resync_history: Vec<ResyncAttempt>,
     pub fenced: bool,
+    /// Every Healthy replica's pool is full: client writes fail with ENOSPC until one
+    /// succeeds (see [`tandem_core::Target::refusing_for_space`]).
+    pub no_space: bool,
 }
 
 /// Why a client request failed.
@@ -317,6 +320,7 @@ pub fn start(config: TargetConfig, store: Arc<dyn MembershipStore>) -> TargetHan
         resync: None,
         resync_history: Vec::new(),
         fenced: false,
+        no_space: false,
     };
     let (status_tx, status) = watch::channel(initial);
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
@@ -683,6 +687,7 @@ impl TargetTask {
             resync: target.resync_progress(),
             resync_history: self.history.attempts(),
             fenced: target.is_fenced(),
+            no_space: target.refusing_for_space(),
         };
         self.status.send_if_modified(|current| {
             if *current == status {
