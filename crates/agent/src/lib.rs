@@ -410,7 +410,6 @@ impl NodeAgent {
         let cache = changes::Cache::start(&client, &config.namespace);
         let changes = changes::Changes::new();
         let watching = changes.follow(&cache);
-        let recorder = Recorder::new(client.clone(), EVENT_COMPONENT, &config.node);
         let targets = tokio::spawn(
             targets::Targets::new(
                 client.clone(),
@@ -420,12 +419,12 @@ impl NodeAgent {
                 Arc::clone(&endpoint),
                 routes,
                 Arc::clone(&metrics),
-                recorder.clone(),
             )
             .with_security(config.links.clone())
             .with_local_host(host.local(config.node.clone()))
             .run(changes.clone()),
         );
+        let recorder = Recorder::new(client.clone(), EVENT_COMPONENT, &config.node);
         let mut agent = reconcile::Agent::new(
             config,
             client,

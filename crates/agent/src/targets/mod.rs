@@ -202,9 +202,9 @@ impl Targets {
         endpoint: Arc<EndpointServer>,
         routes: watch::Sender<Routes>,
         metrics: Arc<AgentMetrics>,
-        recorder: Recorder,
     ) -> Targets {
         Targets {
+            recorder: Recorder::new(client.clone(), crate::EVENT_COMPONENT, &node),
             doing: Doing::default(),
             client,
             namespace: cache.namespace.clone(),
@@ -220,7 +220,6 @@ impl Targets {
             metrics,
             security: LinkSecurity::Plain,
             local: None,
-            recorder,
         }
     }
 
@@ -658,7 +657,7 @@ impl Targets {
                 true
             }
             Err(error) => {
-                self.errors.failed(&subject, &Error::from(error));
+                self.errors.failed(&subject, Error::from(error));
                 false
             }
         }
