@@ -402,6 +402,7 @@ impl Target {
                         let session = self.connected(from).map(|c| c.session_id());
                         let op = self.ops.get_mut(&seq).expect("may_void checked");
                         op.refusers.extend(session.map(|session| (from, session)));
+                        self.refused.insert(seq);
                     }
                     Err(failure) => self.eject(from, EjectReason::IoFailure(failure), out),
                 }
@@ -458,12 +459,11 @@ impl Target {
     /// True if it decided any (each decision removes a refusal, so rounds of this end).
     pub(super) fn settle_refusals(&mut self, out: &mut Vec<TargetOutput>) -> bool {
         let mut decided = false;
-        let refused: Vec<Seq> = self
-            .ops
-            .iter()
-            .filter(|(_, op)| !op.refusers.is_empty())
-            .map(|(seq, _)| *seq)
-            .collect();
+        // Answered, voided or sent again meanwhile: nothing to settle.
+        let ops = &self.ops;
+        self.refused
+            .retain(|seq| ops.get(seq).is_some_and(|op| !op.refusers.is_empty()));
+        let refused: Vec<Seq> = self.refused.iter().copied().collect();
         for seq in refused {
             let unanswered = self.links.values().any(|link| {
                 link.connected()
@@ -473,6 +473,7 @@ impl Target {
                 continue;
             }
             decided = true;
+            self.refused.remove(&seq);
             let op = self.ops.get_mut(&seq).expect("listed");
             let refusers: Vec<(ReplicaId, SessionId)> = std::mem::take(&mut op.refusers);
             let refusers: Vec<ReplicaId> = refusers

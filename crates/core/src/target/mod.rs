@@ -25,7 +25,7 @@
 //! the target starts or loses every Healthy replica; `membership` adding, promoting and removing
 //! replicas. This file holds the `Target` itself: its phase, dispatch, ejection and status.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::membership::{Membership, MembershipError};
 use crate::message::{Envelope, HelloAck, Message, Refusal, RequestId};
@@ -90,6 +90,9 @@ pub struct Target {
     /// with ENOSPC at once; the first one at or after it goes to the replicas as a probe.
     no_space_probe_at: Option<u64>,
     ops: BTreeMap<Seq, PendingOp>,
+    /// The pending operations some replica refused for lack of space (so a pass over them
+    /// costs nothing while pools have room).
+    refused: BTreeSet<Seq>,
     reads: BTreeMap<RequestId, PendingRead>,
     /// Reads waiting for a Healthy replica.
     reads_waiting: VecDeque<ClientRead>,
@@ -153,6 +156,7 @@ impl Target {
             last_voided: Seq::ZERO,
             no_space_probe_at: None,
             ops: BTreeMap::new(),
+            refused: BTreeSet::new(),
             reads: BTreeMap::new(),
             reads_waiting: VecDeque::new(),
             client_deadlines: BTreeMap::new(),
