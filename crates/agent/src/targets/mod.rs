@@ -617,9 +617,7 @@ impl Targets {
         }
         Ok(complete)
     }
-}
 
-impl Targets {
     /// Records on the CV when its writes start failing with ENOSPC (every Healthy replica's
     /// pool is full) and when they succeed again; false if that could not be recorded (the
     /// next pass that looks tries again).

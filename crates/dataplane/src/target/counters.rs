@@ -1,7 +1,7 @@
 //! What only a running target knows, counted for metrics: client operations held back by
-//! backpressure, writes answered ENOSPC, replicas ejected, bytes copied to each replica by resyncs. The target task
-//! updates them (an atomic per client request; a short lock only on an ejection or when resync
-//! progress moved, never per request); a scrape reads them through
+//! backpressure, writes answered ENOSPC, replicas ejected, bytes copied to each replica by
+//! resyncs. The target task updates them (an atomic per client request; a short lock only on
+//! an ejection or when resync progress moved, never per request); a scrape reads them through
 //! [`TargetHandle::counters`](super::TargetHandle::counters).
 
 use std::collections::BTreeMap;
