@@ -167,9 +167,6 @@ fn pools_promise_no_more_than_their_limit_and_say_how_much_they_have_promised() 
         refused.contains("tandem.io/over-provisioning-percentage: \"lots\" is not a percentage"),
         "{refused}"
     );
-    let more = r#"{"metadata":{"annotations":{"tandem.io/over-provisioning-percentage":"500"}}}"#;
-    cluster.ok(&[
-        "patch", "cspc", &cspc, "-n", "openebs", "--type", "merge", "-p", more,
-    ]);
+    cluster.allow_over_provisioning("500");
     create(&cluster, "d", "3Gi", "2");
 }

@@ -422,12 +422,7 @@ fn a_full_pool_drops_its_replica_and_the_volume_keeps_everything_on(net: Net) {
 fn a_pool_past_its_size_refuses_writes_until_space_is_freed() {
     let cluster = Cluster::up(3, "64M");
     // Promising six times the pools' size takes an operator's consent.
-    let cspc = rows(&cluster.ok(&["get", "cspc", "-n", "openebs"]))[1][0].clone();
-    let overcommit =
-        r#"{"metadata":{"annotations":{"tandem.io/over-provisioning-percentage":"1000"}}}"#;
-    cluster.ok(&[
-        "patch", "cspc", &cspc, "-n", "openebs", "--type", "merge", "-p", overcommit,
-    ]);
+    cluster.allow_over_provisioning("1000");
     cluster.ok(&[
         "volume",
         "create",
@@ -516,12 +511,7 @@ fn a_pool_past_its_size_refuses_writes_until_space_is_freed() {
 /// fail with ENOSPC (qemu-io: "No space left on device"), reads go on, and no replica leaves.
 fn volume_on_full_pools(nodes: usize) -> (Cluster, String) {
     let cluster = Cluster::up(nodes, "64M");
-    let cspc = rows(&cluster.ok(&["get", "cspc", "-n", "openebs"]))[1][0].clone();
-    let overcommit =
-        r#"{"metadata":{"annotations":{"tandem.io/over-provisioning-percentage":"1000"}}}"#;
-    cluster.ok(&[
-        "patch", "cspc", &cspc, "-n", "openebs", "--type", "merge", "-p", overcommit,
-    ]);
+    cluster.allow_over_provisioning("1000");
     cluster.ok(&[
         "volume",
         "create",

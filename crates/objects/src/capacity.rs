@@ -288,15 +288,9 @@ pub fn provisioned_by_pool<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::meta::annotations;
 
     const GI: u64 = 1 << 30;
-
-    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(key, value)| (key.to_string(), value.to_string()))
-            .collect()
-    }
 
     #[test]
     fn a_policy_reads_its_annotations_and_refuses_what_it_cannot_read() {

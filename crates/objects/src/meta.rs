@@ -322,6 +322,15 @@ pub struct AnnotationError {
     pub expected: &'static str,
 }
 
+/// Annotations from `(key, value)` pairs, for the tests of what reads them.
+#[cfg(test)]
+pub(crate) fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -105,13 +105,7 @@ fn rate(annotation: &'static str, value: &str) -> Result<Option<u64>, PaceError>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(key, value)| (key.to_string(), value.to_string()))
-            .collect()
-    }
+    use crate::meta::annotations;
 
     #[test]
     fn a_volume_overrides_its_cluster_which_overrides_the_defaults() {

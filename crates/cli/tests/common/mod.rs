@@ -222,6 +222,26 @@ impl Cluster {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
+    /// Lets the pools of the (one) pool cluster promise `percent` of their capacity
+    /// (`tandem.io/over-provisioning-percentage`).
+    pub fn allow_over_provisioning(&self, percent: &str) {
+        let cspc = rows(&self.ok(&["get", "cspc", "-n", "openebs"]))[1][0].clone();
+        let patch = serde_json::json!({"metadata": {"annotations": {
+            "tandem.io/over-provisioning-percentage": percent
+        }}});
+        self.ok(&[
+            "patch",
+            "cspc",
+            &cspc,
+            "-n",
+            "openebs",
+            "--type",
+            "merge",
+            "-p",
+            &patch.to_string(),
+        ]);
+    }
+
     pub fn patch_pools(&self, volume: &str, pools: &[&str]) -> Output {
         let info: Vec<Value> = pools
             .iter()

@@ -384,7 +384,6 @@ impl Target {
     ) {
         match message {
             Message::WriteDone { seq, result } | Message::FlushDone { seq, result } => {
-                let flush = matches!(message, Message::FlushDone { .. });
                 self.answered(from, Awaited::Op(seq));
                 if let Some(c) = self.connected_mut(from) {
                     c.flush_answered(seq, result.is_ok());
@@ -398,7 +397,7 @@ impl Target {
                             op.holders.insert(from);
                         }
                     }
-                    Err(IoFailure::NoSpace) if !flush && self.may_void(seq) => {
+                    Err(IoFailure::NoSpace) if self.may_void(seq) => {
                         let session = self.connected(from).map(|c| c.session_id());
                         let op = self.ops.get_mut(&seq).expect("may_void checked");
                         op.refusers.extend(session.map(|session| (from, session)));
@@ -443,7 +442,7 @@ impl Target {
     }
 
     /// True while a write (or trim) refused for lack of space could still be voided: it is
-    /// unanswered (fewer than CF Healthy replicas hold it).
+    /// unanswered (fewer than CF Healthy replicas hold it). Never a flush.
     fn may_void(&self, seq: Seq) -> bool {
         self.ops.get(&seq).is_some_and(|op| !op.is_flush)
     }

@@ -556,7 +556,7 @@ impl TargetTask {
         match output {
             TargetOutput::Send { to, envelope } => self.send(to, envelope),
             TargetOutput::Reply(reply) => {
-                if reply.result == Err(ClientError::NoSpace) {
+                if matches!(reply.result, Err(ClientError::NoSpace)) {
                     self.counters.note_no_space_reply();
                 }
                 if let Some(client) = self.clients.remove(&reply.id) {
